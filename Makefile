@@ -1,0 +1,157 @@
+# hotmesh: set up, lint and test. `make help` lists the targets.
+#
+# Every target that needs a database runs inside `hotmesh db run`: with DATABASE_URL set in the
+# environment that is used as is; otherwise a private cluster on a Unix socket in $(PGDIR) is
+# started for the duration of the command (and stopped afterwards if it was not running).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -e -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HM := $(BIN)/hotmesh
+STAMP := $(VENV)/.hotmesh.stamp
+PG_MAJOR ?= 15
+# Schema the SQL tests and plpgsql_check work on (installed with `hotmesh migrate --app $(APP)`).
+APP ?= hm_test
+# Same default as `hotmesh db`: $HOTMESH_PGDIR, else /tmp/hotmesh-pg-<8 hex of sha1(checkout)>.
+ifndef PGDIR
+PGDIR := $(or $(HOTMESH_PGDIR),/tmp/hotmesh-pg-$(shell printf %s "$(CURDIR)" | sha1sum | cut -c1-8))
+endif
+DB_RUN = $(HM) db run --dir "$(PGDIR)"
+SUBMAKE = $(MAKE) --no-print-directory
+PROVE_FILES ?= tests/sql
+PYTEST_ARGS ?=
+
+.PHONY: help setup sysdeps db-up db-down db-url lint lint-static lint-sql lint-ruff \
+	lint-format lint-mypy lint-plpgsql sqltest pytest test demo bench clean _migrate _prove
+
+help:
+	@echo "make setup     system packages (PostgreSQL $(PG_MAJOR), pgTAP, pg_prove, plpgsql_check) + $(VENV)"
+	@echo "make test      lint + sqltest + pytest against one throwaway cluster (--fast)"
+	@echo "make lint      sqlfluff, ruff check, ruff format --check, mypy, plpgsql_check"
+	@echo "make sqltest   hotmesh migrate --app $(APP), then pg_prove --ext .sql -r tests/sql"
+	@echo "make pytest    $(BIN)/pytest -q   (PYTEST_ARGS=... to add arguments)"
+	@echo "make demo | bench"
+	@echo "make db-up     start the private cluster; eval \"\$$(make -s db-up)\" to use it"
+	@echo "make db-down | db-url | clean"
+	@echo "private cluster: $(PGDIR)   (DATABASE_URL in the environment overrides it)"
+
+# ------------------------------------------------------------------------------ setup
+
+setup: sysdeps $(STAMP)
+
+# Installs only what is missing; needs root for that (otherwise prints the command and fails).
+sysdeps:
+	@missing=""; \
+	ext=/usr/share/postgresql/$(PG_MAJOR)/extension; \
+	[ -x /usr/lib/postgresql/$(PG_MAJOR)/bin/initdb ] || missing="$$missing postgresql-$(PG_MAJOR)"; \
+	[ -f $$ext/pg_stat_statements.control ] || missing="$$missing postgresql-contrib"; \
+	[ -f $$ext/pgtap.control ] || missing="$$missing postgresql-$(PG_MAJOR)-pgtap"; \
+	command -v pg_prove >/dev/null || missing="$$missing libtap-parser-sourcehandler-pgtap-perl"; \
+	[ -f $$ext/plpgsql_check.control ] || missing="$$missing postgresql-$(PG_MAJOR)-plpgsql-check"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	[ -z "$$missing" ] && exit 0; \
+	install="DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends$$missing"; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+		echo "missing system packages:$$missing" >&2; \
+		echo "install them as root:  apt-get update && $$install" >&2; \
+		exit 1; \
+	fi; \
+	echo "installing:$$missing"; \
+	apt-get update; \
+	eval "$$install"
+
+# The venv is (re)installed only when pyproject.toml changes; the install is editable, so source
+# changes need nothing.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "$(PYTHON) is older than Python 3.11 (set PYTHON=...)" >&2; exit 1; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# ------------------------------------------------------------------------------ private cluster
+
+db-up: setup
+	$(HM) db up --dir "$(PGDIR)"
+
+db-down: setup
+	$(HM) db down --dir "$(PGDIR)"
+
+db-url: setup
+	@$(HM) db url --dir "$(PGDIR)"
+
+# ------------------------------------------------------------------------------ lint
+
+lint: lint-static lint-plpgsql
+
+lint-static: lint-sql lint-ruff lint-format lint-mypy
+
+lint-sql: setup
+	$(BIN)/sqlfluff lint --disable-progress-bar sql migrations tests/sql
+
+lint-ruff: setup
+	$(BIN)/ruff check python tests
+
+lint-format: setup
+	$(BIN)/ruff format --check python tests
+
+lint-mypy: setup
+	$(BIN)/mypy
+
+# plpgsql_check over every PL/pgSQL function of schema $(APP): tests/sql/00_plpgsql_check.sql.
+lint-plpgsql: setup
+	$(DB_RUN) --fast -- $(SUBMAKE) _prove PROVE_FILES=tests/sql/00_plpgsql_check.sql
+
+# ------------------------------------------------------------------------------ tests
+
+sqltest: setup
+	$(DB_RUN) --fast -- $(SUBMAKE) _prove
+
+pytest: setup
+	$(DB_RUN) --fast -- $(BIN)/pytest -q $(PYTEST_ARGS)
+
+# One cluster for everything. sqltest runs all of tests/sql, 00_plpgsql_check.sql included, so
+# lint-static + sqltest + pytest covers `make lint` without checking the functions twice.
+# -k: run every step, fail at the end if any failed.
+test: setup
+	$(DB_RUN) --fast -- $(SUBMAKE) -k lint-static sqltest pytest
+
+# Internal: run inside `hotmesh db run`, i.e. with DATABASE_URL set. _prove depends on _migrate
+# so that, even under `make -k`, no test runs against a schema that failed to install.
+_migrate:
+	$(HM) migrate --app $(APP)
+
+# pg_prove cannot take a URL (it mangles `--dbname` values containing `=`): `hotmesh db env`
+# turns DATABASE_URL into PG* variables. The extensions are created once here, so test files
+# may `create extension if not exists` without racing under `pg_prove -j`.
+_prove: _migrate
+	exports="$$($(HM) db env)"; eval "$$exports"; \
+	psql -X -q -v ON_ERROR_STOP=1 -c 'set client_min_messages = warning' \
+		-c 'create extension if not exists pgtap' \
+		-c 'create extension if not exists plpgsql_check'; \
+	pg_prove --ext .sql -r $(PROVE_FILES)
+
+# ------------------------------------------------------------------------------ demo, bench
+
+demo: setup
+	$(DB_RUN) -- $(BIN)/python python/examples/demo.py
+
+bench: setup
+	$(DB_RUN) -- $(HM) bench
+
+# ------------------------------------------------------------------------------ clean
+
+# Works without the venv (_pgcluster.py run as a script needs only the standard library). If
+# the server cannot be stopped, nothing is removed.
+clean:
+	$(PYTHON) python/hotmesh/_pgcluster.py down --dir "$(PGDIR)"
+	@if [ -e "$(PGDIR)/.hotmesh-db.lock" ] || [ -f "$(PGDIR)/data/PG_VERSION" ]; then \
+		echo "rm -rf $(PGDIR)"; rm -rf "$(PGDIR)"; \
+	elif [ -e "$(PGDIR)" ]; then \
+		echo "not removing $(PGDIR): it does not look like a hotmesh cluster" >&2; \
+	fi
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis dist build

@@ -1,0 +1,52 @@
+"""hotmesh: durable workflows with permanent memory, native to PostgreSQL.
+
+    mf = await MemFlow.init(app_id="my_app")            # installs schema my_app
+    await mf.worker.create(task_queue="q", workflow=example)
+    handle = await mf.workflow.start(workflow_name="example", args=["Jane"], task_queue="q")
+    print(await handle.result())
+
+Inside workflow functions use `hotmesh.workflow` (proxy_activities, sleep_for, ...);
+inside activities `hotmesh.activity` (info, heartbeat).
+"""
+
+from hotmesh import activity, workflow
+from hotmesh.client import Handle, MemFlow
+from hotmesh.errors import (
+    CancelledFailure,
+    DuplicateJobError,
+    FatalError,
+    HotMeshError,
+    IllegalTransition,
+    InvalidArgument,
+    LeaseLost,
+    MaxedError,
+    NonDeterminismError,
+    TaskNotFound,
+    TimeoutFailure,
+    WorkflowError,
+    WorkflowNotFound,
+)
+from hotmesh.retry import RetryPolicy
+from hotmesh.worker import Worker
+
+__all__ = [
+    "CancelledFailure",
+    "DuplicateJobError",
+    "FatalError",
+    "Handle",
+    "HotMeshError",
+    "IllegalTransition",
+    "InvalidArgument",
+    "LeaseLost",
+    "MaxedError",
+    "MemFlow",
+    "NonDeterminismError",
+    "RetryPolicy",
+    "TaskNotFound",
+    "TimeoutFailure",
+    "Worker",
+    "WorkflowError",
+    "WorkflowNotFound",
+    "activity",
+    "workflow",
+]

@@ -1,0 +1,88 @@
+"""LISTEN on the app's channel with one dedicated autocommit connection per client, and wake
+whoever waits: workers (a task became ready on their queue) and result waiters (a workflow
+finished). After a reconnect everybody is woken, because notifications sent while the
+connection was down are lost; waiters re-check the database, so nothing is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger("hotmesh.listener")
+
+
+class Listener:
+    def __init__(self, dsn: str, channel: str) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._queues: dict[str, set[asyncio.Event]] = {}
+        self._done: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start listening; returns once the first LISTEN is active."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="hotmesh-listener")
+        await self.ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def watch_queue(self, queue: str, event: asyncio.Event) -> None:
+        self._queues.setdefault(queue, set()).add(event)
+
+    def unwatch_queue(self, queue: str, event: asyncio.Event) -> None:
+        self._queues.get(queue, set()).discard(event)
+
+    def watch_done(self, workflow_id: str, event: asyncio.Event) -> None:
+        self._done.setdefault(workflow_id, set()).add(event)
+
+    def unwatch_done(self, workflow_id: str, event: asyncio.Event) -> None:
+        waiters = self._done.get(workflow_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._done[workflow_id]
+
+    def _wake_all(self) -> None:
+        for events in (*self._queues.values(), *self._done.values()):
+            for event in events:
+                event.set()
+
+    def _dispatch(self, payload: str) -> None:
+        kind, _, name = payload.partition(":")
+        table = self._queues if kind == "q" else self._done if kind == "d" else {}
+        for event in table.get(name, ()):
+            event.set()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+                async with conn:
+                    await conn.execute(sql.SQL("listen {}").format(sql.Identifier(self._channel)))
+                    if self.ready.is_set():
+                        log.warning("listener reconnected")
+                    self.ready.set()
+                    self._wake_all()
+                    delay = 0.1
+                    async for notify in conn.notifies():
+                        self._dispatch(notify.payload)
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as error:
+                log.warning("listener lost its connection (%s); retrying in %.1fs", error, delay)
+                self._wake_all()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

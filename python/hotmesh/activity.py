@@ -1,0 +1,57 @@
+"""What an activity knows about its own run: `activity.info()` and `activity.heartbeat()`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotmesh.errors import HotMeshError
+
+_current: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar("hotmesh_activity")
+
+
+@dataclass(frozen=True)
+class ActivityInfo:
+    """The activity's workflow id, name, queue and attempt (1 for the first run)."""
+
+    workflow_id: str
+    activity_name: str
+    task_queue: str
+    attempt: int
+    inline: bool
+    beat: Callable[[], None] | None = field(default=None, repr=False)
+
+
+def info() -> ActivityInfo:
+    """The running activity's ActivityInfo."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise HotMeshError("activity.info() can only be called inside an activity") from None
+
+
+def heartbeat() -> None:
+    """Tell the engine this activity is alive: its lease is extended at once. (The worker also
+    extends the leases of everything it runs while the process is alive; heartbeats from the
+    activity itself report progress of a long run.) Callable from `def` and `async def`."""
+    beat = info().beat
+    if beat is not None:
+        beat()
+
+
+async def run_activity(fn: Callable[..., Any], args: list[Any], info: ActivityInfo) -> Any:
+    """Run an activity with its info set: `async def` on this loop, `def` in a thread."""
+    token = _current.set(info)
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        result = await asyncio.to_thread(fn, *args)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+    finally:
+        _current.reset(token)

@@ -1,0 +1,220 @@
+"""The client: `MemFlow.init`, `mf.workflow.start / get_handle`, `mf.worker.create`, Handle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from hotmesh import _install, errors
+from hotmesh._db import Database
+from hotmesh._durations import Duration, seconds
+from hotmesh._listener import Listener
+from hotmesh._runner import encode
+from hotmesh.retry import RetryPolicy, policy_json
+from hotmesh.worker import Registry, Worker
+from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function
+
+_TERMINAL = ("completed", "failed", "cancelled")
+
+
+class Handle:
+    """A workflow, by id: its status, its result."""
+
+    def __init__(self, mf: MemFlow, workflow_id: str) -> None:
+        self._mf = mf
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"Handle({self.workflow_id!r})"
+
+    async def status(self) -> str:
+        """pending, running, waiting, completed, failed or cancelled."""
+        return await self._mf.db.workflow_status(self.workflow_id)
+
+    async def result(self, timeout: Duration | None = None) -> Any:  # noqa: ASYNC109 (seed API)
+        """Wait for the workflow to finish (woken by NOTIFY, no polling) and return its result.
+        A failed or cancelled workflow raises the WorkflowError its stored error describes
+        (FatalError 598, MaxedError 597, CancelledFailure 410, ...); TimeoutError when
+        `timeout` seconds pass first."""
+        limit = None if timeout is None else seconds(timeout, "timeout")
+        listener = await self._mf._listening()
+        event = asyncio.Event()
+        listener.watch_done(self.workflow_id, event)
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    event.clear()
+                    status, result, error = await self._mf.db.workflow_outcome(self.workflow_id)
+                    if status == "completed":
+                        return result
+                    if status in _TERMINAL:
+                        raise errors.from_payload(error or {"message": status})
+                    await event.wait()
+        finally:
+            listener.unwatch_done(self.workflow_id, event)
+
+
+class WorkflowClient:
+    """`mf.workflow`: start workflows and find them again."""
+
+    def __init__(self, mf: MemFlow) -> None:
+        self._mf = mf
+
+    async def start(
+        self,
+        *,
+        workflow_name: str,
+        args: Iterable[Any] = (),
+        task_queue: str | None = None,
+        workflow_id: str | None = None,
+        entity: str | None = None,
+        retry_policy: RetryPolicy | dict[str, Any] | None = None,
+        priority: int | None = None,
+        expire: Duration | None = None,
+    ) -> Handle:
+        """Start a workflow; returns its Handle at once. `task_queue` defaults to `entity`;
+        `entity` (the jobs.entity column) defaults to the workflow name. `expire` is how long
+        the finished workflow is kept (default 7 days); `retry_policy` re-runs a failing body."""
+        options: dict[str, Any] = {}
+        if retry_policy is not None:
+            options["retry_policy"] = policy_json(retry_policy)
+        if priority is not None:
+            options["priority"] = priority
+        if expire is not None:
+            options["expire"] = seconds(expire, "expire")
+        arguments = encode(list(args), f"the args of workflow {workflow_name}")
+        workflow_id = await self._mf.db.start_workflow(
+            workflow_name, arguments, task_queue, workflow_id, entity, options
+        )
+        return Handle(self._mf, workflow_id)
+
+    def get_handle(self, workflow_id: str) -> Handle:
+        """The Handle of an existing workflow (no query: status() and result() check)."""
+        return Handle(self._mf, workflow_id)
+
+
+class WorkerFactory:
+    """`mf.worker`: serve task queues from this process."""
+
+    def __init__(self, mf: MemFlow) -> None:
+        self._mf = mf
+
+    async def create(
+        self,
+        *,
+        task_queue: str,
+        workflow: Callable[..., Any] | Iterable[Callable[..., Any]] | None = None,
+        concurrency: int = 8,
+        lease: float = 30.0,
+    ) -> Worker:
+        """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
+        queue. A second create for the same queue adds to the worker that already serves it."""
+        functions: list[Callable[..., Any]] = []
+        if callable(workflow):
+            functions = [workflow]
+        elif workflow is not None:
+            functions = list(workflow)
+        for fn in functions:
+            check_workflow_function(fn)
+        table = self._mf.registry.workflows.setdefault(task_queue, {})
+        table.update({fn.__name__: fn for fn in functions})
+        return await self._mf._serve(task_queue, concurrency, lease)
+
+    async def register_activities(
+        self,
+        *,
+        task_queue: str,
+        activities: ActivityFunctions,
+        concurrency: int = 8,
+        lease: float = 30.0,
+    ) -> Worker:
+        """Serve `activities` on `task_queue`: workflows anywhere that proxy them with this
+        queue get them run here."""
+        self._mf.registry.register_activities(task_queue, _named(activities))
+        return await self._mf._serve(task_queue, concurrency, lease)
+
+
+class MemFlow:
+    """One app: its schema, a connection pool, a listener and the workers of this process."""
+
+    def __init__(self, app_id: str, dsn: str, pool: AsyncConnectionPool) -> None:
+        self.app_id = app_id
+        self.dsn = dsn
+        self.db = Database(pool, app_id)
+        self.registry = Registry()
+        self.workers: dict[str, Worker] = {}
+        self.workflow = WorkflowClient(self)
+        self.worker = WorkerFactory(self)
+        self._listener = Listener(dsn, app_id)
+
+    @classmethod
+    async def init(
+        cls,
+        app_id: str = "memflow",
+        dsn: str | None = None,
+        *,
+        migrate: bool = True,
+        pool_size: int = 10,
+    ) -> MemFlow:
+        """Connect to app `app_id` (a Postgres schema), installing or upgrading it first.
+        `dsn` defaults to DATABASE_URL, else the libpq environment (PGHOST, ...)."""
+        _install.check_app_id(app_id)
+        dsn = os.environ.get("DATABASE_URL", "") if dsn is None else dsn
+        if migrate:
+            await _install.migrate(dsn, app_id)
+        else:
+            await _install.check_installed(dsn, app_id)
+        pool = AsyncConnectionPool(
+            dsn, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False
+        )
+        await pool.open(wait=True)
+        return cls(app_id, dsn, pool)
+
+    async def _listening(self) -> Listener:
+        await self._listener.start()
+        return self._listener
+
+    async def _serve(self, task_queue: str, concurrency: int, lease: float) -> Worker:
+        worker = self.workers.get(task_queue)
+        if worker is None:
+            listener = await self._listening()
+            worker = Worker(
+                self.db, listener, self.registry, task_queue, concurrency=concurrency, lease=lease
+            )
+            self.workers[task_queue] = worker
+            await worker.start()
+        return worker
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop the workers (in-flight work gets `grace` seconds, then its leases are
+        released), the listener and the pool."""
+        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        self.workers.clear()
+        await self._listener.stop()
+        await self.db.pool.close()
+
+    async def run_until_signal(self, grace: float = 10.0) -> None:
+        """Serve until SIGTERM or SIGINT, then close gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+            await self.close(grace)
+
+    async def __aenter__(self) -> MemFlow:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

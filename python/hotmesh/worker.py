@@ -1,0 +1,266 @@
+"""The worker: claims tasks of its queue with SKIP LOCKED, runs them, reports the outcome.
+
+One claim loop per task queue per process. It claims as many tasks as it has free slots,
+sleeps until a NOTIFY for its queue or the next due task, and keeps the leases of everything
+it runs alive with one heartbeat call. A stop finishes in-flight work within a grace period
+and gives back (releases) the leases of whatever is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from hotmesh import errors
+from hotmesh._db import Claimed, Database
+from hotmesh._runner import Activation, encode
+from hotmesh.activity import ActivityInfo, run_activity
+
+if TYPE_CHECKING:
+    from hotmesh._listener import Listener
+
+log = logging.getLogger("hotmesh.worker")
+
+Workflow = Callable[..., Any]
+Activity = Callable[..., Any]
+_IDLE_POLL = 30.0  # seconds between claims when no notification and no due task arrives
+
+
+class Registry:
+    """The workflows and activities this process serves, by task queue."""
+
+    def __init__(self) -> None:
+        self.workflows: dict[str, dict[str, Workflow]] = {}
+        self.activities: dict[str, dict[str, Activity]] = {}
+        self.served: set[str] = set()
+
+    def register_activities(self, task_queue: str, activities: Mapping[str, Activity]) -> None:
+        self.activities.setdefault(task_queue, {}).update(activities)
+
+    def inline_activity(self, task_queue: str, name: str) -> Activity | None:
+        if task_queue not in self.served:
+            return None
+        return self.activities.get(task_queue, {}).get(name)
+
+
+class Worker:
+    """Serves one task queue: workflow activations and activities registered on it."""
+
+    def __init__(
+        self,
+        db: Database,
+        listener: Listener,
+        registry: Registry,
+        task_queue: str,
+        *,
+        concurrency: int = 8,
+        lease: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise errors.InvalidArgument(f"concurrency must be >= 1, not {concurrency}")
+        if lease <= 0:
+            raise errors.InvalidArgument(f"lease must be > 0 seconds, not {lease}")
+        self.db = db
+        self.listener = listener
+        self.registry = registry
+        self.task_queue = task_queue
+        self.concurrency = concurrency
+        self.lease = timedelta(seconds=lease)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._running: dict[asyncio.Task[None], Claimed] = {}
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        self.registry.served.add(self.task_queue)
+        self.listener.watch_queue(self.task_queue, self._wake)
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name=f"hotmesh-claim-{self.task_queue}"),
+            asyncio.create_task(self._heartbeat_loop(), name=f"hotmesh-beat-{self.task_queue}"),
+        ]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; let in-flight tasks finish for up to `grace` seconds, then release
+        the leases of the rest so another worker takes them over at once."""
+        self._stopping = True
+        self._wake.set()
+        self.listener.unwatch_queue(self.task_queue, self._wake)
+        self.registry.served.discard(self.task_queue)
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=grace)
+        leftover = dict(self._running)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.gather(*leftover, return_exceptions=True)
+            with contextlib.suppress(psycopg.Error, errors.HotMeshError):
+                released = await self.db.release_tasks(list(leftover.values()))
+                log.info("worker %s released %d task(s)", self.worker_id, released)
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+    # -- claiming ------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wake.clear()
+            try:
+                claimed = await self.db.claim_tasks(
+                    [self.task_queue], self.worker_id, free, self.lease
+                )
+                delay = 0.1
+            except (psycopg.Error, OSError) as error:
+                log.warning("claim failed (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            for task in claimed:
+                log.debug("claimed %s %s of %s", task.kind, task.name, task.job_id)
+                runner = asyncio.create_task(self._process(task))
+                self._running[runner] = task
+                runner.add_done_callback(self._finished)
+            if len(claimed) < free and not self._stopping:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Sleep until a notification, the next due task or the fallback poll."""
+        timeout = _IDLE_POLL
+        with contextlib.suppress(psycopg.Error, OSError):
+            due = await self.db.next_due([self.task_queue])
+            if due is not None:
+                timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _finished(self, runner: asyncio.Task[None]) -> None:
+        self._running.pop(runner, None)
+        self._slot_freed.set()
+        # A finished activation may have left its task due later (a timer, a retry): the
+        # claim loop looks again, so it sleeps until then and not until the fallback poll.
+        self._wake.set()
+        if not runner.cancelled() and runner.exception() is not None:
+            log.error("task runner crashed", exc_info=runner.exception())
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            held_tasks = dict(self._running)
+            if not held_tasks:
+                continue
+            try:
+                held = await self.db.heartbeat(list(held_tasks.values()), self.lease)
+            except (psycopg.Error, OSError) as error:
+                log.warning("heartbeat failed: %s", error)
+                continue
+            for runner, task in held_tasks.items():
+                if task.task_id not in held and not runner.done():
+                    log.warning("lease lost: task %s of %s; stopping it", task.task_id, task.job_id)
+                    runner.cancel()
+
+    # -- running -------------------------------------------------------------------------
+    async def _process(self, task: Claimed) -> None:
+        try:
+            if task.kind == "workflow":
+                await self._activate(task)
+            else:
+                await self._run_activity(task)
+        except (errors.LeaseLost, errors.TaskNotFound) as error:
+            log.info("task %s of %s dropped: %s", task.task_id, task.job_id, error)
+        except (psycopg.Error, OSError) as error:
+            # The lease expires and the task runs again; nothing unrecorded was lost.
+            log.warning("task %s of %s interrupted: %s", task.task_id, task.job_id, error)
+
+    async def _activate(self, task: Claimed) -> None:
+        fn = self.registry.workflows.get(task.task_queue, {}).get(task.name)
+        if fn is None:
+            known = ", ".join(sorted(self.registry.workflows.get(task.task_queue, {}))) or "none"
+            await self.db.fail_task(
+                task,
+                {
+                    "message": f'workflow "{task.name}" is not registered on task queue '
+                    f'"{task.task_queue}" by worker {self.worker_id} (it serves: {known})',
+                    "type": "UnknownWorkflow",
+                    "code": 599,
+                },
+            )
+            return
+        await Activation(self.db, task, fn, self.registry).run()
+
+    async def _run_activity(self, task: Claimed) -> None:
+        fn = self.registry.activities.get(task.task_queue, {}).get(task.name)
+        if fn is None:
+            known = ", ".join(sorted(self.registry.activities.get(task.task_queue, {}))) or "none"
+            await self.db.fail_task(
+                task,
+                {
+                    "message": f'activity "{task.name}" is not registered on task queue '
+                    f'"{task.task_queue}" by worker {self.worker_id} (it serves: {known})',
+                    "type": "UnknownActivity",
+                    "code": 598,
+                },
+            )
+            return
+        maximum = int(task.payload.get("retry_policy", {}).get("maximum_attempts", 3))
+        if task.attempt > maximum:
+            await self.db.fail_task(
+                task,
+                {
+                    "message": f'activity "{task.name}": its lease expired on every one of '
+                    f"{maximum} attempts (worker crashed or stalled)",
+                    "type": "LeaseExpired",
+                    "code": 599,
+                },
+            )
+            return
+        loop = asyncio.get_running_loop()
+        beats: set[asyncio.Future[Any]] = set()
+
+        def beat() -> None:
+            coro = self.db.heartbeat([task], self.lease)
+            if _on_loop(loop):
+                beats.add(loop.create_task(coro))
+                beats.difference_update({b for b in beats if b.done()})
+            else:
+                asyncio.run_coroutine_threadsafe(coro, loop)
+
+        info = ActivityInfo(task.job_id, task.name, task.task_queue, task.attempt, False, beat)
+        try:
+            result = encode(
+                await run_activity(fn, list(task.args or []), info),
+                f"the result of activity {task.name}",
+            )
+        except Exception as error:
+            outcome = await self.db.fail_task(task, errors.to_payload(error))
+            log.info("activity %s of %s %s: %s", task.name, task.job_id, outcome["status"], error)
+            return
+        await self.db.complete_task(task, result)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -1,0 +1,256 @@
+-- Shared helpers: the clock, the retry policy and its backoff, notifications, the job state
+-- machine and lease fencing. Every other file builds on these.
+
+-- The engine's clock. Tests move it with `set hotmesh.fake_now = '...'`; everything that
+-- compares against "now" asks this function, so leases, timers and backoff move together.
+create or replace function _now() returns timestamptz
+language sql stable
+set search_path from current
+as $$
+    select coalesce(nullif(current_setting('hotmesh.fake_now', true), '')::timestamptz, now())
+$$;
+
+-- Wakes idle workers and result waiters of this app. One channel per app (the schema name);
+-- the payload says what happened: 'q:<task queue>' (a task is ready) or 'd:<workflow id>'.
+create or replace function _notify(p_payload text) returns void
+language sql volatile
+set search_path from current
+as $$
+    select pg_notify(current_schema(), p_payload)
+$$;
+
+-- Checks a retry policy and fills in the defaults (the seed's effective ones: 3 attempts,
+-- 1 s first delay, coefficient 10, 120 s cap). Durations are in seconds.
+create or replace function _retry_policy(p_policy jsonb) returns jsonb
+language plpgsql immutable
+set search_path from current
+as $$
+declare
+    v_in jsonb := coalesce(p_policy, '{}'::jsonb);
+    v_out jsonb;
+    v_unknown text;
+begin
+    if jsonb_typeof(v_in) <> 'object' then
+        raise exception using errcode = '22023',
+            message = format('retry policy must be a JSON object, not %s', jsonb_typeof(v_in));
+    end if;
+    select string_agg(k, ', ') into v_unknown
+      from jsonb_object_keys(v_in) as k
+     where k not in ('maximum_attempts', 'initial_interval', 'backoff_coefficient',
+                     'maximum_interval', 'non_retryable_errors');
+    if v_unknown is not null then
+        raise exception using errcode = '22023',
+            message = format('retry policy has unknown field(s): %s', v_unknown);
+    end if;
+    v_out := jsonb_build_object(
+        'maximum_attempts', coalesce(nullif(v_in -> 'maximum_attempts', 'null'), '3'),
+        'initial_interval', coalesce(nullif(v_in -> 'initial_interval', 'null'), '1'),
+        'backoff_coefficient', coalesce(nullif(v_in -> 'backoff_coefficient', 'null'), '10'),
+        'maximum_interval', coalesce(nullif(v_in -> 'maximum_interval', 'null'), '120'),
+        'non_retryable_errors', coalesce(nullif(v_in -> 'non_retryable_errors', 'null'), '[]')
+    );
+    -- Bounded so the attempt counters (integer) and intervals below cannot overflow later,
+    -- when a failure is being recorded and an error would leave the task stuck.
+    if jsonb_typeof(v_out -> 'maximum_attempts') <> 'number'
+       or (v_out ->> 'maximum_attempts')::numeric not between 1 and 2147483647
+       or (v_out ->> 'maximum_attempts')::numeric <> trunc((v_out ->> 'maximum_attempts')::numeric)
+    then
+        raise exception using errcode = '22023',
+            message = format('retry policy maximum_attempts must be a whole number from 1 to '
+                             '2147483647, not %s', v_out -> 'maximum_attempts');
+    end if;
+    if jsonb_typeof(v_out -> 'initial_interval') <> 'number'
+       or (v_out ->> 'initial_interval')::numeric <= 0 then
+        raise exception using errcode = '22023',
+            message = format('retry policy initial_interval must be a number of seconds > 0, not %s',
+                             v_out -> 'initial_interval');
+    end if;
+    if jsonb_typeof(v_out -> 'backoff_coefficient') <> 'number'
+       or (v_out ->> 'backoff_coefficient')::numeric < 1 then
+        raise exception using errcode = '22023',
+            message = format('retry policy backoff_coefficient must be a number >= 1, not %s',
+                             v_out -> 'backoff_coefficient');
+    end if;
+    if jsonb_typeof(v_out -> 'maximum_interval') <> 'number'
+       or (v_out ->> 'maximum_interval')::numeric < (v_out ->> 'initial_interval')::numeric
+       or (v_out ->> 'maximum_interval')::numeric > 1e10 then
+        raise exception using errcode = '22023',
+            message = format('retry policy maximum_interval must be a number of seconds >= '
+                             'initial_interval and <= 1e10, not %s', v_out -> 'maximum_interval');
+    end if;
+    if jsonb_typeof(v_out -> 'non_retryable_errors') <> 'array'
+       or exists (select from jsonb_array_elements(v_out -> 'non_retryable_errors') as e
+                   where jsonb_typeof(e) <> 'string') then
+        raise exception using errcode = '22023',
+            message = 'retry policy non_retryable_errors must be an array of error type names';
+    end if;
+    return v_out;
+end
+$$;
+
+-- The delay before run p_attempt + 1 after p_attempt runs have failed:
+-- min(initial_interval * backoff_coefficient ^ (p_attempt - 1), maximum_interval).
+-- Computed in log space so a large attempt number cannot overflow.
+create or replace function retry_delay(p_policy jsonb, p_attempt integer) returns interval
+language plpgsql immutable
+set search_path from current
+as $$
+declare
+    v_policy jsonb := _retry_policy(p_policy);
+    v_initial float8 := (v_policy ->> 'initial_interval')::float8;
+    v_coefficient float8 := (v_policy ->> 'backoff_coefficient')::float8;
+    v_maximum float8 := (v_policy ->> 'maximum_interval')::float8;
+begin
+    if p_attempt is null or p_attempt < 1 then
+        raise exception using errcode = '22023',
+            message = format('retry_delay: attempt must be >= 1, not %s', p_attempt);
+    end if;
+    if (p_attempt - 1) * ln(v_coefficient) >= ln(v_maximum / v_initial) then
+        return make_interval(secs => v_maximum);
+    end if;
+    return make_interval(secs => v_initial * power(v_coefficient, p_attempt - 1));
+end
+$$;
+
+-- When to run again after p_attempt failed runs, or null when the failure is final: the
+-- attempts are used up, the error is final by its code (598 fatal, 597 retries exhausted
+-- further down, 596 timeout, 410 cancelled) or its type is listed as non-retryable.
+create or replace function _retry_at(p_policy jsonb, p_attempt integer, p_error jsonb)
+returns timestamptz
+language plpgsql stable
+set search_path from current
+as $$
+declare
+    v_policy jsonb := _retry_policy(p_policy);
+begin
+    if p_attempt >= (v_policy ->> 'maximum_attempts')::integer
+       or (p_error ->> 'code') in ('410', '596', '597', '598')
+       or (v_policy -> 'non_retryable_errors') ? coalesce(p_error ->> 'type', '') then
+        return null;
+    end if;
+    return _now() + retry_delay(v_policy, p_attempt);
+end
+$$;
+
+-- The error a caller finally sees. An error that is final by its code keeps it; any other
+-- error becomes 597 (the seed's "maxed") when the attempts ran out, else 598 (fatal: its type
+-- is non-retryable).
+create or replace function _final_error(p_policy jsonb, p_attempt integer, p_error jsonb)
+returns jsonb
+language sql stable
+set search_path from current
+as $$
+    select p_error || jsonb_build_object(
+        'code', case
+            when (p_error ->> 'code') in ('410', '596', '597', '598')
+                then (p_error ->> 'code')::integer
+            when p_attempt >= (_retry_policy(p_policy) ->> 'maximum_attempts')::integer then 597
+            else 598
+        end,
+        'attempts', p_attempt)
+$$;
+
+-- The job state machine. Every status change goes through here, so an illegal one is refused
+-- the same way everywhere (HM003, naming the workflow and both states):
+--   pending -> running <-> waiting -> completed | failed | cancelled
+create or replace function _transition(
+    p_job_id text, p_to text, p_result jsonb default null, p_error jsonb default null
+) returns jobs
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_now timestamptz := _now();
+    v_job jobs;
+    v_from text[] := case p_to
+        when 'pending' then array[]::text[]
+        when 'running' then array['pending', 'waiting']
+        when 'waiting' then array['running']
+        when 'completed' then array['running']
+        when 'failed' then array['running', 'waiting']
+        when 'cancelled' then array['pending', 'running', 'waiting']
+    end;
+begin
+    if v_from is null then
+        raise exception using errcode = '22023',
+            message = format('unknown workflow status "%s"', p_to);
+    end if;
+    update jobs
+       set status = p_to,
+           updated_at = v_now,
+           result = case when p_to = 'completed' then p_result else result end,
+           error = coalesce(p_error, error),
+           completed_at = case when p_to in ('completed', 'failed', 'cancelled') then v_now end,
+           expire_at = case when p_to in ('completed', 'failed', 'cancelled')
+                            then v_now + retention end
+     where id = p_job_id and status = any(v_from)
+    returning * into v_job;
+    if not found then
+        select * into v_job from jobs where id = p_job_id;
+        if not found then
+            raise exception using errcode = 'HM002',
+                message = format('workflow "%s" not found', p_job_id);
+        end if;
+        raise exception using errcode = 'HM003',
+            message = format('workflow "%s" is %s; it cannot become %s',
+                             p_job_id, v_job.status, p_to);
+    end if;
+    if p_to in ('completed', 'failed', 'cancelled') then
+        perform _notify('d:' || p_job_id);
+    end if;
+    return v_job;
+end
+$$;
+
+-- The task a worker claims to hold, fenced by its lease token: a worker whose lease was taken
+-- over (a new claim issued a new token) can never write over the new owner's work.
+create or replace function _leased_task(p_task_id bigint, p_token uuid) returns tasks
+language plpgsql stable
+set search_path from current
+as $$
+declare
+    v_task tasks;
+begin
+    select * into v_task from tasks where id = p_task_id;
+    if not found then
+        raise exception using errcode = 'HM005',
+            message = format('task %s not found: it finished, was cancelled or never existed',
+                             p_task_id);
+    end if;
+    if v_task.lease_token is distinct from p_token then
+        raise exception using errcode = 'HM004',
+            message = format('lease lost: task %s (%s %s of workflow "%s") is %s',
+                             p_task_id, v_task.kind, v_task.name, v_task.job_id,
+                             case when v_task.lease_token is null then v_task.state
+                                  else 'leased by ' || coalesce(v_task.lease_owner, '?')
+                                       || ' under another token' end);
+    end if;
+    return v_task;
+end
+$$;
+
+-- Makes a thread of a workflow runnable again because something it awaits was recorded. At
+-- most one activation task exists per (job, thread): if it is leased right now, it is flagged
+-- to run again when the running activation suspends, so no wake-up is ever lost.
+create or replace function _wake(p_job_id text, p_thread text) returns void
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_state text;
+    v_queue text;
+begin
+    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
+    select j.id, p_thread, 'workflow', j.workflow_name, j.task_queue, j.priority, _now()
+      from jobs as j
+     where j.id = p_job_id and j.status not in ('completed', 'failed', 'cancelled')
+    on conflict (job_id, thread) where kind = 'workflow' do update
+       set rerun = tasks.rerun or tasks.state = 'leased',
+           run_at = case when tasks.state = 'ready' then least(tasks.run_at, excluded.run_at)
+                         else tasks.run_at end
+    returning state, task_queue into v_state, v_queue;
+    if v_state = 'ready' then
+        perform _notify('q:' || v_queue);
+    end if;
+end
+$$;

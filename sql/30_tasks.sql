@@ -1,0 +1,306 @@
+-- The task state machine: ready(run_at) -> leased(lease_expires_at) -> done (row deleted)
+--                                                      \-> ready(run_at = now + backoff) | dead
+-- A task is either a workflow activation (run or resume one thread of a job) or an activity.
+
+-- Claims up to p_max_tasks due tasks on the given queues, highest priority first, then oldest
+-- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other;
+-- each claim issues a fresh lease token. For an activation it also completes the thread's due
+-- timers and returns its recorded steps, so the worker can replay without another query.
+create or replace function claim_tasks(
+    p_task_queues text[],
+    p_worker_id text,
+    p_max_tasks integer default 1,
+    p_lease interval default interval '30 seconds'
+) returns setof claimed_task
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_now timestamptz := _now();
+    v_ids bigint[];
+begin
+    if p_max_tasks is null or p_max_tasks < 1 then
+        raise exception using errcode = '22023',
+            message = format('max_tasks must be >= 1, not %s', p_max_tasks);
+    end if;
+    if p_lease is null or p_lease <= interval '0' then
+        raise exception using errcode = '22023',
+            message = format('lease must be a positive interval, not %s', p_lease);
+    end if;
+
+    with picked as (
+        select t.id
+          from tasks as t
+         where t.task_queue = any(p_task_queues) and t.state <> 'dead' and t.run_at <= v_now
+         order by t.priority desc, t.run_at
+         limit p_max_tasks
+           for update skip locked
+    ), leased as (
+        update tasks as t
+           set state = 'leased',
+               lease_owner = p_worker_id,
+               lease_token = gen_random_uuid(),
+               lease_expires_at = v_now + p_lease,
+               run_at = v_now + p_lease,
+               attempt = t.attempt + 1,
+               rerun = false
+          from picked
+         where t.id = picked.id
+        returning t.id
+    )
+    select array_agg(id) into v_ids from leased;
+    if v_ids is null then
+        return;
+    end if;
+
+    update steps as s
+       set status = 'completed', output = s.input -> 'seconds', completed_at = v_now
+      from tasks as t
+     where t.id = any(v_ids) and t.kind = 'workflow'
+       and s.job_id = t.job_id and s.thread = t.thread
+       and s.kind = 'sleep' and s.status = 'scheduled' and s.wake_at <= v_now;
+
+    update jobs as j
+       set status = 'running', updated_at = v_now
+      from tasks as t
+     where t.id = any(v_ids) and t.kind = 'workflow' and t.thread = 'main'
+       and j.id = t.job_id and j.status in ('pending', 'waiting');
+
+    return query
+    select t.id, t.kind, t.job_id, t.thread, t.seq, t.name, t.task_queue, t.lease_token,
+           t.attempt,
+           case when t.kind = 'workflow' then j.args else t.payload -> 'args' end,
+           t.payload, j.workflow_name, j.attempt,
+           case when t.kind = 'workflow' then coalesce((
+               select jsonb_agg(jsonb_build_object(
+                          'seq', s.seq, 'kind', s.kind, 'name', s.name, 'status', s.status,
+                          'output', s.output, 'error', s.error, 'attempt', s.attempt,
+                          'due', s.wake_at <= v_now) order by s.seq)
+                 from steps as s
+                where s.job_id = t.job_id and s.thread = t.thread), '[]'::jsonb)
+           end
+      from tasks as t
+      join jobs as j on j.id = t.job_id
+     where t.id = any(v_ids)
+     order by t.priority desc, t.id;
+end
+$$;
+
+-- The soonest moment a task on these queues becomes due (null when none is waiting), so an
+-- idle worker sleeps exactly until then instead of polling.
+create or replace function next_due(p_task_queues text[]) returns timestamptz
+language sql stable
+set search_path from current
+as $$
+    select min(run_at) from tasks where task_queue = any(p_task_queues) and state <> 'dead'
+$$;
+
+-- Finishes a task successfully. An activity: its step is recorded with the result and the
+-- workflow thread that awaits it is woken, in one transaction. An activation: the thread's
+-- function returned; for the main thread the workflow is completed with p_result.
+create or replace function complete_task(p_task_id bigint, p_token uuid, p_result jsonb)
+returns void
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+begin
+    if v_task.kind = 'activity' then
+        update steps
+           set status = 'completed', output = p_result, error = null,
+               attempt = v_task.attempt, completed_at = _now()
+         where job_id = v_task.job_id and thread = v_task.thread and seq = v_task.seq
+           and status = 'scheduled';
+        delete from tasks where id = p_task_id;
+        perform _wake(v_task.job_id, v_task.thread);
+    elsif v_task.thread = 'main' then
+        perform _transition(v_task.job_id, 'completed', p_result);
+        -- Nothing of a finished workflow runs afterwards: no zombie activities.
+        delete from tasks where job_id = v_task.job_id;
+    else
+        delete from tasks where id = p_task_id;
+    end if;
+end
+$$;
+
+-- Finishes a run that failed. The task's retry policy decides: run again after the backoff
+-- (the task becomes ready at now + retry_delay), or fail for good. A failed activity records
+-- its failed step and wakes its workflow, where the call raises; a main thread that fails for
+-- good fails the workflow. Returns {"status": "retrying", "run_at": ...} or {"status": "failed"}.
+create or replace function fail_task(p_task_id bigint, p_token uuid, p_error jsonb)
+returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_job jobs;
+    v_policy jsonb;
+    v_attempt integer;
+    v_retry_at timestamptz;
+    v_error jsonb := coalesce(p_error, '{}'::jsonb);
+begin
+    if jsonb_typeof(v_error) <> 'object' then
+        raise exception using errcode = '22023',
+            message = format('error must be a JSON object, not %s', jsonb_typeof(v_error));
+    end if;
+    if v_task.kind = 'activity' then
+        v_policy := v_task.payload -> 'retry_policy';
+        v_attempt := v_task.attempt;
+    else
+        select * into v_job from jobs where id = v_task.job_id for update;
+        v_policy := v_job.retry_policy;
+        v_attempt := v_job.attempt;
+    end if;
+    v_retry_at := _retry_at(v_policy, v_attempt, v_error);
+
+    if v_retry_at is not null then
+        update tasks
+           set state = 'ready', run_at = v_retry_at, error = v_error, lease_owner = null,
+               lease_token = null, lease_expires_at = null
+         where id = p_task_id;
+        if v_task.kind = 'workflow' then
+            update jobs
+               set attempt = attempt + 1, error = v_error, updated_at = _now(),
+                   status = case when status = 'running' then 'waiting' else status end
+             where id = v_task.job_id;
+        end if;
+        return jsonb_build_object('status', 'retrying', 'run_at', v_retry_at);
+    end if;
+
+    v_error := _final_error(v_policy, v_attempt, v_error);
+    if v_task.kind = 'activity' then
+        update steps
+           set status = 'failed', error = v_error, attempt = v_attempt, completed_at = _now()
+         where job_id = v_task.job_id and thread = v_task.thread and seq = v_task.seq
+           and status = 'scheduled';
+        delete from tasks where id = p_task_id;
+        perform _wake(v_task.job_id, v_task.thread);
+    elsif v_task.thread = 'main' then
+        perform _transition(v_task.job_id, 'failed', null, v_error);
+        delete from tasks where job_id = v_task.job_id;
+    else
+        delete from tasks where id = p_task_id;
+    end if;
+    return jsonb_build_object('status', 'failed', 'error', v_error);
+end
+$$;
+
+-- Ends an activation whose thread now waits on something not yet recorded. The task stays
+-- (ready) only if the thread must run again: at once when something arrived while it ran,
+-- else at its earliest timer or retry; otherwise it is deleted until a wake-up re-creates it.
+-- Returns when the thread runs next (null: when something it awaits is recorded).
+create or replace function suspend_task(p_task_id bigint, p_token uuid)
+returns timestamptz
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_next timestamptz;
+begin
+    if v_task.kind <> 'workflow' then
+        raise exception using errcode = 'HM003',
+            message = format('task %s is an activity; only a workflow activation can suspend',
+                             p_task_id);
+    end if;
+    if v_task.rerun then
+        v_next := _now();
+    else
+        select min(wake_at) into v_next
+          from steps
+         where job_id = v_task.job_id and thread = v_task.thread
+           and status in ('scheduled', 'retrying') and wake_at is not null;
+    end if;
+    if v_task.thread = 'main' then
+        perform _transition(v_task.job_id, 'waiting');
+    end if;
+    if v_next is null then
+        delete from tasks where id = p_task_id;
+    else
+        update tasks
+           set state = 'ready', run_at = v_next, lease_owner = null, lease_token = null,
+               lease_expires_at = null, rerun = false
+         where id = p_task_id;
+        if v_next <= _now() then
+            perform _notify('q:' || v_task.task_queue);
+        end if;
+    end if;
+    return v_next;
+end
+$$;
+
+-- Parks a task that must not run again until a person looks at it (e.g. workflow code that
+-- no longer matches its recorded history). The task becomes dead and its job keeps the
+-- error, visible in SQL; the job's status does not move.
+create or replace function bury_task(p_task_id bigint, p_token uuid, p_error jsonb)
+returns void
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+begin
+    update tasks
+       set state = 'dead', error = p_error, lease_owner = null, lease_token = null,
+           lease_expires_at = null
+     where id = p_task_id;
+    update jobs set error = p_error, updated_at = _now() where id = v_task.job_id;
+end
+$$;
+
+-- Extends the leases a worker still holds (its heartbeat); returns the ids of the tasks whose
+-- lease it still holds, so it learns at once of any it lost.
+create or replace function heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lease interval)
+returns bigint[]
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_held bigint[];
+begin
+    if p_lease is null or p_lease <= interval '0' then
+        raise exception using errcode = '22023',
+            message = format('lease must be a positive interval, not %s', p_lease);
+    end if;
+    with held as (
+        update tasks as t
+           set lease_expires_at = _now() + p_lease, run_at = _now() + p_lease
+          from unnest(p_task_ids, p_tokens) as h (id, token)
+         where t.id = h.id and t.lease_token = h.token
+        returning t.id
+    )
+    select coalesce(array_agg(id), '{}') into v_held from held;
+    return v_held;
+end
+$$;
+
+-- Gives back leased tasks unfinished (a worker shutting down): they are ready again at once,
+-- and the interrupted run does not count as an attempt.
+create or replace function release_tasks(p_task_ids bigint[], p_tokens uuid[])
+returns integer
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_count integer;
+    v_queue text;
+begin
+    with released as (
+        update tasks as t
+           set state = 'ready', run_at = _now(), attempt = greatest(t.attempt - 1, 0),
+               lease_owner = null, lease_token = null, lease_expires_at = null, rerun = false
+          from unnest(p_task_ids, p_tokens) as h (id, token)
+         where t.id = h.id and t.lease_token = h.token
+        returning t.task_queue
+    )
+    select count(*) into v_count from released;
+    for v_queue in
+        select distinct t.task_queue from tasks as t where t.id = any(p_task_ids)
+    loop
+        perform _notify('q:' || v_queue);
+    end loop;
+    return v_count;
+end
+$$;

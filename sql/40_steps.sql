@@ -1,0 +1,189 @@
+-- Recording durable calls. A worker running an activation calls these with the activation's
+-- task id and lease token; each records one step of the thread, keyed (job, thread, seq).
+-- The first record of a position wins: a second worker that re-ran a call gets the recorded
+-- outcome back, so every outcome is recorded exactly once.
+
+-- The part of a step a replaying worker needs.
+create or replace function _step_json(p_step steps) returns jsonb
+language sql stable
+set search_path from current
+as $$
+    select jsonb_build_object('seq', p_step.seq, 'kind', p_step.kind, 'name', p_step.name,
+                              'status', p_step.status, 'output', p_step.output,
+                              'error', p_step.error, 'attempt', p_step.attempt,
+                              'due', p_step.wake_at <= _now())
+$$;
+
+-- Refuses a recorded step that is not the call the code now makes at that position.
+create or replace function _check_step(p_step steps, p_kind text, p_name text) returns void
+language plpgsql immutable
+set search_path from current
+as $$
+begin
+    if p_step.kind <> p_kind or p_step.name <> p_name then
+        raise exception using errcode = 'HM006',
+            message = format('non-determinism in workflow "%s" thread %s: step %s was recorded '
+                             'as %s "%s" but the code now calls %s "%s"',
+                             p_step.job_id, p_step.thread, p_step.seq, p_step.kind,
+                             p_step.name, p_kind, p_name);
+    end if;
+end
+$$;
+
+-- Records the outcome of a call run inside the activation (an inline activity): one call,
+-- one commit. With p_error, the retry policy decides: the step waits as `retrying` until
+-- wake_at (the activation's task is rescheduled for then when it suspends), or it fails for
+-- good with the final error. Returns the step as recorded.
+create or replace function record_step(
+    p_task_id bigint,
+    p_token uuid,
+    p_seq integer,
+    p_kind text,
+    p_name text,
+    p_input jsonb,
+    p_output jsonb,
+    p_error jsonb default null,
+    p_retry_policy jsonb default null
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_now timestamptz := _now();
+    v_step steps;
+    v_attempt integer := 1;
+    v_retry_at timestamptz;
+begin
+    if p_error is null then
+        insert into steps (job_id, thread, seq, kind, name, status, input, output, created_at,
+                           completed_at)
+        values (v_task.job_id, v_task.thread, p_seq, p_kind, p_name, 'completed', p_input,
+                p_output, v_now, v_now)
+        on conflict do nothing
+        returning * into v_step;
+    else
+        v_retry_at := _retry_at(p_retry_policy, 1, p_error);
+        insert into steps (job_id, thread, seq, kind, name, status, input, error, wake_at,
+                           created_at, completed_at)
+        values (v_task.job_id, v_task.thread, p_seq, p_kind, p_name,
+                case when v_retry_at is null then 'failed' else 'retrying' end, p_input,
+                case when v_retry_at is null then _final_error(p_retry_policy, 1, p_error)
+                     else p_error end,
+                v_retry_at, v_now, case when v_retry_at is null then v_now end)
+        on conflict do nothing
+        returning * into v_step;
+    end if;
+    if found then
+        return _step_json(v_step);
+    end if;
+
+    select * into v_step from steps
+     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+       for update;
+    perform _check_step(v_step, p_kind, p_name);
+    if v_step.status <> 'retrying' then
+        return _step_json(v_step);
+    end if;
+
+    -- The step was waiting for another attempt: this is its outcome.
+    v_attempt := v_step.attempt + 1;
+    if p_error is null then
+        update steps
+           set status = 'completed', output = p_output, error = null, attempt = v_attempt,
+               wake_at = null, completed_at = v_now
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+        returning * into v_step;
+    else
+        v_retry_at := _retry_at(p_retry_policy, v_attempt, p_error);
+        update steps
+           set status = case when v_retry_at is null then 'failed' else 'retrying' end,
+               error = case when v_retry_at is null
+                            then _final_error(p_retry_policy, v_attempt, p_error)
+                            else p_error end,
+               attempt = v_attempt, wake_at = v_retry_at,
+               completed_at = case when v_retry_at is null then v_now end
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+        returning * into v_step;
+    end if;
+    return _step_json(v_step);
+end
+$$;
+
+-- Records a call to an activity that runs elsewhere: a `scheduled` step and an activity task
+-- on the activity's queue, in one transaction. The activity's completion (complete_task /
+-- fail_task) records its outcome and wakes this thread. Returns the step as recorded.
+create or replace function schedule_activity(
+    p_task_id bigint,
+    p_token uuid,
+    p_seq integer,
+    p_name text,
+    p_args jsonb,
+    p_task_queue text,
+    p_retry_policy jsonb default null
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_policy jsonb := _retry_policy(p_retry_policy);
+    v_step steps;
+begin
+    if coalesce(p_task_queue, '') = '' then
+        raise exception using errcode = '22023',
+            message = format('activity "%s": task_queue is required', p_name);
+    end if;
+    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
+    values (v_task.job_id, v_task.thread, p_seq, 'activity', p_name, 'scheduled', p_args, _now())
+    on conflict do nothing
+    returning * into v_step;
+    if not found then
+        select * into v_step from steps
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+        perform _check_step(v_step, 'activity', p_name);
+        return _step_json(v_step);
+    end if;
+    insert into tasks (job_id, thread, kind, seq, name, task_queue, priority, payload)
+    values (v_task.job_id, v_task.thread, 'activity', p_seq, p_name, p_task_queue,
+            v_task.priority, jsonb_build_object('args', p_args, 'retry_policy', v_policy));
+    perform _notify('q:' || p_task_queue);
+    return _step_json(v_step);
+end
+$$;
+
+-- Records a durable timer: the step completes when a claim of this thread finds it due
+-- (never before wake_at). A zero-second sleep completes at once. Returns the step.
+create or replace function schedule_sleep(
+    p_task_id bigint, p_token uuid, p_seq integer, p_seconds numeric
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_now timestamptz := _now();
+    v_step steps;
+begin
+    if p_seconds is null or p_seconds < 0 then
+        raise exception using errcode = '22023',
+            message = format('sleep duration must be >= 0 seconds, not %s', p_seconds);
+    end if;
+    insert into steps (job_id, thread, seq, kind, name, status, input, output, wake_at,
+                       created_at, completed_at)
+    values (v_task.job_id, v_task.thread, p_seq, 'sleep', '',
+            case when p_seconds = 0 then 'completed' else 'scheduled' end,
+            jsonb_build_object('seconds', p_seconds),
+            case when p_seconds = 0 then to_jsonb(p_seconds) end,
+            v_now + make_interval(secs => p_seconds::float8), v_now,
+            case when p_seconds = 0 then v_now end)
+    on conflict do nothing
+    returning * into v_step;
+    if not found then
+        select * into v_step from steps
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+        perform _check_step(v_step, 'sleep', '');
+    end if;
+    return _step_json(v_step);
+end
+$$;
