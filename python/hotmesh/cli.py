@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--entity", help="entity type (default: the workflow name)")
     start.add_argument("--wait", action="store_true", help="wait for the result and print it")
 
+    bench = commands.add_parser("bench", help="measure throughput and latency (see README)")
+    from hotmesh import bench as bench_module
+
+    bench_module.add_arguments(bench)
+
     show = commands.add_parser("show", help="show a workflow: status, entity, result or error")
     _common(show)
     show.add_argument("workflow_id", metavar="ID")
@@ -200,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return _pgcluster.main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        from hotmesh import bench
+
+        return bench.main(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -1,0 +1,494 @@
+"""`hotmesh bench`: throughput, latency and cost against the Postgres ceiling.
+
+Every scenario runs against the database you point it at, in its own app schema (dropped at
+the end), with workers in separate processes, and reports medians over `--repeat` runs. The
+ceiling is the minimal durable step this database allows (insert + skip-locked claim and
+delete, each its own commit) driven by the same number of connections in the same run; every
+throughput is also printed as a ratio of it. Times come from the database's own timestamps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from hotmesh import _install, workflow
+
+# -- the workloads (imported by the worker processes) ----------------------------------------
+
+
+async def noop(i: int) -> int:
+    """A no-op activity: the benchmark measures the engine, not the work."""
+    return i
+
+
+ACTIVITIES = [noop]
+
+
+async def chain(steps: int) -> int:
+    """A workflow of `steps` sequential inline activities."""
+    acts = workflow.proxy_activities(activities=ACTIVITIES)
+    total = 0
+    for i in range(steps):
+        total += await acts.noop(i)
+    return total
+
+
+async def chain_remote(steps: int) -> int:
+    """The same, with the activities on another queue served by another process."""
+    acts = workflow.proxy_activities(task_queue="bench-remote-activities")
+    total = 0
+    for i in range(steps):
+        total += await acts.noop(i)
+    return total
+
+
+async def empty() -> None:
+    """A workflow with no steps: one task to claim and complete."""
+
+
+# -- plumbing -----------------------------------------------------------------------------------
+
+
+def _progress(message: str) -> None:
+    print(f"  … {message}", file=sys.stderr, flush=True)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@contextlib.contextmanager
+def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> Iterator[int]:
+    """A worker process serving `specs` on `queue`; yields its pid."""
+    env = {**os.environ, "DATABASE_URL": dsn}
+    command = [sys.executable, "-m", "hotmesh.cli", "worker", *specs, "--queue", queue]
+    command += ["--app", app, "--concurrency", str(concurrency)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = (
+            process.stdout.readline() if process.stdout else ""
+        )  # "worker serving ..." once it is claiming
+        if not line:
+            raise RuntimeError(f"worker failed to start: {' '.join(command)}")
+        yield process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (Linux /proc), 0 when unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Counters:
+    """Commits and statements of this database between two readings."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.statements = (
+            bool(
+                conn.execute(
+                    "select count(*) from pg_extension where extname = 'pg_stat_statements'"
+                ).fetchone()
+            )
+            and self._try_reset()
+        )
+        self.commits0 = self._commits()
+
+    def _try_reset(self) -> bool:
+        try:
+            self.conn.execute("select pg_stat_statements_reset()")
+            return True
+        except psycopg.Error:
+            return False
+
+    def _commits(self) -> int:
+        self.conn.execute("select pg_stat_clear_snapshot()")
+        row = self.conn.execute(
+            "select xact_commit from pg_stat_database where datname = current_database()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def read(self, app: str, own_queries: int) -> tuple[float, float | None]:
+        """(commits, statements) since creation; our own monitoring queries are excluded."""
+        time.sleep(0.6)  # the statistics collector reports every 500 ms
+        commits = self._commits() - self.commits0 - own_queries - 2
+        statements = None
+        if self.statements:
+            row = self.conn.execute(
+                "select coalesce(sum(calls), 0) from pg_stat_statements"
+                " where query like %s and query not like 'listen%%'",
+                (f'%"{app}".%',),
+            ).fetchone()
+            statements = float(row[0]) if row else None
+        return float(commits), statements
+
+
+def _wait_done(conn: psycopg.Connection[Any], app: str, total: int, timeout: float) -> int:
+    """Poll until `total` workflows finished; returns how many polls it took."""
+    query = sql.SQL(
+        "select count(*) from {}.jobs where status in ('completed', 'failed', 'cancelled')"
+    ).format(sql.Identifier(app))
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while True:
+        polls += 1
+        row = conn.execute(query).fetchone()
+        done = int(row[0]) if row else 0
+        if done >= total:
+            return polls
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {total} workflows finished in {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def _timings(conn: psycopg.Connection[Any], app: str) -> dict[str, Any]:
+    row: tuple[Any, ...] = conn.execute(
+        sql.SQL(
+            "select count(*) filter (where status <> 'completed'),"
+            " extract(epoch from max(completed_at) - min(created_at)),"
+            " extract(epoch from max(completed_at) - min(completed_at)),"
+            " array_agg(extract(epoch from completed_at - created_at))"
+            " from {}.jobs"
+        ).format(sql.Identifier(app))
+    ).fetchone() or (0, 0, 0, [])
+    failed, span, completion_span, latencies = row
+    return {
+        "not_completed": int(failed),
+        "span": float(span or 0),
+        "completion_span": float(completion_span or 0),
+        "latencies": [float(x) for x in latencies or []],
+    }
+
+
+def _reset_app(conn: psycopg.Connection[Any], dsn: str, app: str) -> None:
+    conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app)))
+    asyncio.run(_install.migrate(dsn, app))
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+def ceiling(dsn: str, connections: int, seconds: float) -> dict[str, Any]:
+    """The minimal durable step: insert a row (one commit), claim and delete it with SKIP
+    LOCKED (another commit), by `connections` clients at once, with pgbench when present."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("drop table if exists hotmesh_bench_ceiling")
+        conn.execute(
+            "create table hotmesh_bench_ceiling (id bigint generated always as identity"
+            " primary key, payload text not null)"
+        )
+    try:
+        pgbench = _pgbench()
+        if pgbench:
+            steps_per_second = _ceiling_pgbench(pgbench, dsn, connections, seconds)
+            tool = "pgbench"
+        else:
+            steps_per_second = asyncio.run(_ceiling_python(dsn, connections, seconds))
+            tool = "psycopg"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("drop table if exists hotmesh_bench_ceiling")
+    return {"steps_per_s": steps_per_second, "tool": tool}
+
+
+_CEILING_SCRIPT = (
+    "insert into hotmesh_bench_ceiling (payload) values ('step');\n"
+    "with c as (select id from hotmesh_bench_ceiling order by id limit 1 for update skip locked)"
+    " delete from hotmesh_bench_ceiling as t using c where t.id = c.id;\n"
+)
+
+
+def _pgbench() -> str | None:
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        bindir = subprocess.run(
+            ["pg_config", "--bindir"],  # noqa: S607 - found on PATH like psql
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if Path(bindir, "pgbench").exists():
+            return str(Path(bindir, "pgbench"))
+    return None
+
+
+def _ceiling_pgbench(pgbench: str, dsn: str, connections: int, seconds: float) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(_CEILING_SCRIPT)
+    try:
+        result = subprocess.run(
+            [
+                pgbench,
+                "-n",
+                "-f",
+                script.name,
+                "-c",
+                str(connections),
+                "-j",
+                "2",
+                "-T",
+                str(max(1, round(seconds))),
+                dsn,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        os.unlink(script.name)
+    for line in result.stdout.splitlines():
+        if line.startswith("tps = "):
+            return float(line.split()[2])
+    raise RuntimeError(f"pgbench printed no tps: {result.stdout[-300:]}")
+
+
+async def _ceiling_python(dsn: str, connections: int, seconds: float) -> float:
+    deadline = time.monotonic() + seconds
+    counts = [0] * connections
+
+    async def client(index: int) -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                await conn.execute(_CEILING_SCRIPT.splitlines()[0])
+                await conn.execute(_CEILING_SCRIPT.splitlines()[1])
+                counts[index] += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(i) for i in range(connections)))
+    return sum(counts) / (time.monotonic() - started)
+
+
+def workflows(
+    dsn: str, app: str, *, count: int, steps: int, concurrency: int, remote: bool
+) -> dict[str, Any]:
+    """`count` workflows of `steps` sequential activities, started at once, run by one worker
+    process with `concurrency` (plus, when `remote`, an activity worker process)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _reset_app(conn, dsn, app)
+        name = "chain_remote" if remote else "chain"
+        with contextlib.ExitStack() as stack:
+            if remote:
+                stack.enter_context(
+                    _worker(
+                        dsn,
+                        app,
+                        "bench-remote-activities",
+                        "--activities",
+                        "hotmesh.bench:ACTIVITIES",
+                        concurrency=concurrency,
+                    )
+                )
+            pid = stack.enter_context(
+                _worker(dsn, app, "bench", f"hotmesh.bench:{name}", concurrency=concurrency)
+            )
+            counters = Counters(conn)
+            cpu0 = _cpu_seconds(pid)
+            conn.execute(
+                sql.SQL(
+                    "select count({}.start_workflow(%s, jsonb_build_array(%s::integer), 'bench'))"
+                    " from generate_series(1, %s)"
+                ).format(sql.Identifier(app)),
+                (name, steps, count),
+            )
+            polls = _wait_done(conn, app, count, timeout=60 + count * steps / 50)
+            cpu = _cpu_seconds(pid) - cpu0
+        commits, statements = counters.read(app, own_queries=polls + 3)
+        timing = _timings(conn, app)
+    total_steps = count * steps
+    latencies = timing["latencies"]
+    return {
+        "workflows_per_s": count / timing["span"],
+        "steps_per_s": total_steps / timing["span"],
+        "p50_s": _percentile(latencies, 0.50),
+        "p95_s": _percentile(latencies, 0.95),
+        "p99_s": _percentile(latencies, 0.99),
+        "commits_per_step": commits / total_steps,
+        "statements_per_step": None if statements is None else statements / total_steps,
+        "worker_cpu_ms_per_step": cpu * 1000 / total_steps,
+        "not_completed": timing["not_completed"],
+    }
+
+
+def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]:
+    """Enqueue `count` workflows with no steps, then drain them with one worker process."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _reset_app(conn, dsn, app)
+        conn.execute(
+            sql.SQL(
+                "select count({}.start_workflow('empty', '[]', 'bench'))"
+                " from generate_series(1, %s)"
+            ).format(sql.Identifier(app)),
+            (count,),
+        )
+        counters = Counters(conn)
+        with _worker(dsn, app, "bench", "hotmesh.bench:empty", concurrency=concurrency):
+            polls = _wait_done(conn, app, count, timeout=60 + count / 20)
+        commits, statements = counters.read(app, own_queries=polls + 3)
+        timing = _timings(conn, app)
+    return {
+        "tasks_per_s": (count - 1) / timing["completion_span"] if count > 1 else float("nan"),
+        "commits_per_task": commits / count,
+        "statements_per_task": None if statements is None else statements / count,
+        "not_completed": timing["not_completed"],
+    }
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+SCENARIOS = ("ceiling", "steps", "long", "remote", "queue")
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [run[key] for run in runs]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(values)
+        else:
+            merged[key] = value
+    return merged
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    dsn, app = args.dsn, args.app
+    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(wanted) - set(SCENARIOS)
+    if unknown:
+        raise ValueError(f"unknown scenario(s): {', '.join(sorted(unknown))}; use {SCENARIOS}")
+    plans: dict[str, Callable[[], dict[str, Any]]] = {
+        "ceiling": lambda: ceiling(dsn, args.concurrency, args.seconds),
+        "steps": lambda: workflows(
+            dsn,
+            app,
+            count=args.workflows,
+            steps=args.steps,
+            concurrency=args.concurrency,
+            remote=False,
+        ),
+        "long": lambda: workflows(
+            dsn,
+            app,
+            count=max(2 * args.concurrency, args.workflows * args.steps // args.long_steps),
+            steps=args.long_steps,
+            concurrency=args.concurrency,
+            remote=False,
+        ),
+        "remote": lambda: workflows(
+            dsn,
+            app,
+            count=args.workflows,
+            steps=args.steps,
+            concurrency=args.concurrency,
+            remote=True,
+        ),
+        "queue": lambda: queue(dsn, app, count=args.workflows * 4, concurrency=args.concurrency),
+    }
+    report: dict[str, Any] = {
+        "settings": {
+            "workflows": args.workflows,
+            "steps": args.steps,
+            "long_steps": args.long_steps,
+            "concurrency": args.concurrency,
+            "repeat": args.repeat,
+        },
+        "database": _database_facts(dsn),
+        "scenarios": {},
+    }
+    try:
+        for name in wanted:
+            runs = []
+            for attempt in range(args.repeat):
+                _progress(f"{name}: run {attempt + 1} of {args.repeat}")
+                runs.append(plans[name]())
+            report["scenarios"][name] = _median(runs)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app)))
+    ceiling_rate = report["scenarios"].get("ceiling", {}).get("steps_per_s")
+    if ceiling_rate:
+        for result in report["scenarios"].values():
+            for key in ("steps_per_s", "tasks_per_s"):
+                if key in result:
+                    result[key.replace("_per_s", "_vs_ceiling")] = result[key] / ceiling_rate
+    return report
+
+
+def _database_facts(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        facts = {}
+        for setting in ("server_version", "fsync", "synchronous_commit", "max_connections"):
+            row = conn.execute(sql.SQL("show {}").format(sql.Identifier(setting))).fetchone()
+            facts[setting] = str(row[0]) if row else "?"
+    return facts
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        "hotmesh bench — "
+        + ", ".join(f"{k}={v}" for k, v in report["settings"].items())
+        + " | "
+        + ", ".join(f"{k}={v}" for k, v in report["database"].items()),
+        f"{'scenario':10} {'metric':24} {'median':>12}",
+    ]
+    for name, result in report["scenarios"].items():
+        for key, value in result.items():
+            if isinstance(value, float):
+                shown = f"{value:12.3f}" if abs(value) < 100 else f"{value:12.0f}"
+            else:
+                shown = f"{value!s:>12}"
+            lines.append(f"{name:10} {key:24} {shown}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app", default="hotmesh_bench", help="scratch app schema (dropped)")
+    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL", ""))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("-n", "--workflows", type=int, default=500)
+    parser.add_argument("-k", "--steps", type=int, default=5, help="steps per workflow (5)")
+    parser.add_argument("--long-steps", type=int, default=1000, help="steps for `long` (1000)")
+    parser.add_argument("-c", "--concurrency", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="ceiling duration (5)")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run(args)
+    print(render(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
