@@ -83,7 +83,7 @@ create table tasks (
     constraint tasks_state_check check (state in ('ready', 'leased', 'dead'))
 );
 
-create index tasks_claim on tasks (task_queue, priority desc, run_at) where state <> 'dead';
+create index tasks_claim on tasks (task_queue, priority desc, run_at, id) where state <> 'dead';
 create index tasks_job on tasks (job_id, thread);
 create unique index tasks_one_activation on tasks (job_id, thread) where kind = 'workflow';
 

@@ -26,7 +26,7 @@ language plpgsql immutable
 set search_path from current
 as $$
 declare
-    v_in jsonb := coalesce(p_policy, '{}'::jsonb);
+    v_in jsonb := coalesce(nullif(p_policy, 'null'), '{}'::jsonb);
     v_out jsonb;
     v_unknown text;
 begin
@@ -62,8 +62,8 @@ begin
     if jsonb_typeof(v_out -> 'initial_interval') <> 'number'
        or (v_out ->> 'initial_interval')::numeric <= 0 then
         raise exception using errcode = '22023',
-            message = format('retry policy initial_interval must be a number of seconds > 0, not %s',
-                             v_out -> 'initial_interval');
+            message = format('retry policy initial_interval must be a number of seconds > 0, '
+                             'not %s', v_out -> 'initial_interval');
     end if;
     if jsonb_typeof(v_out -> 'backoff_coefficient') <> 'number'
        or (v_out ->> 'backoff_coefficient')::numeric < 1 then
@@ -103,7 +103,8 @@ declare
 begin
     if p_attempt is null or p_attempt < 1 then
         raise exception using errcode = '22023',
-            message = format('retry_delay: attempt must be >= 1, not %s', p_attempt);
+            message = format('retry_delay: attempt must be >= 1, not %s',
+                             coalesce(p_attempt::text, 'null'));
     end if;
     if (p_attempt - 1) * ln(v_coefficient) >= ln(v_maximum / v_initial) then
         return make_interval(secs => v_maximum);
@@ -163,6 +164,7 @@ declare
     v_now timestamptz := _now();
     v_job jobs;
     v_from text[] := case p_to
+        -- Nothing goes back to pending: asking for it is an illegal transition, not a typo.
         when 'pending' then array[]::text[]
         when 'running' then array['pending', 'waiting']
         when 'waiting' then array['running']
@@ -241,9 +243,12 @@ declare
     v_queue text;
 begin
     insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
-    select j.id, p_thread, 'workflow', j.workflow_name, j.task_queue, j.priority, _now()
+    select j.id, p_thread, 'workflow', coalesce(th.name, j.workflow_name),
+           coalesce(th.task_queue, j.task_queue), j.priority, _now()
       from jobs as j
+      left join threads as th on th.job_id = j.id and th.thread = p_thread
      where j.id = p_job_id and j.status not in ('completed', 'failed', 'cancelled')
+       and (p_thread = 'main' or th.status = 'running')
     on conflict (job_id, thread) where kind = 'workflow' do update
        set rerun = tasks.rerun or tasks.state = 'leased',
            run_at = case when tasks.state = 'ready' then least(tasks.run_at, excluded.run_at)

@@ -43,15 +43,19 @@ begin
         raise exception using errcode = '22023', message = 'options must be a JSON object';
     end if;
     if jsonb_typeof(v_options -> 'priority') not in ('number', 'null')
-       or (v_options ->> 'priority')::numeric not between -32768 and 32767 then
+       or (v_options ->> 'priority')::numeric not between -32768 and 32767
+       or (v_options ->> 'priority')::numeric <> trunc((v_options ->> 'priority')::numeric) then
         raise exception using errcode = '22023',
-            message = format('priority must be a whole number, not %s', v_options -> 'priority');
+            message = format('priority must be a whole number from -32768 to 32767, not %s',
+                             v_options -> 'priority');
     end if;
-    v_priority := coalesce((v_options ->> 'priority')::smallint, 0);
+    v_priority := coalesce((v_options ->> 'priority')::numeric::smallint, 0);
+    -- Bounded: make_interval does not check overflow, a huge value would wrap to a negative
+    -- retention and the finished workflow would expire at once.
     if jsonb_typeof(v_options -> 'expire') not in ('number', 'null')
-       or (v_options ->> 'expire')::numeric < 0 then
+       or (v_options ->> 'expire')::numeric not between 0 and 1e10 then
         raise exception using errcode = '22023',
-            message = format('expire must be a number of seconds >= 0, not %s',
+            message = format('expire must be a number of seconds from 0 to 1e10, not %s',
                              v_options -> 'expire');
     end if;
     v_retention := coalesce(make_interval(secs => (v_options ->> 'expire')::float8),

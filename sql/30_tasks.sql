@@ -21,18 +21,20 @@ declare
 begin
     if p_max_tasks is null or p_max_tasks < 1 then
         raise exception using errcode = '22023',
-            message = format('max_tasks must be >= 1, not %s', p_max_tasks);
+            message = format('max_tasks must be >= 1, not %s',
+                             coalesce(p_max_tasks::text, 'null'));
     end if;
     if p_lease is null or p_lease <= interval '0' then
         raise exception using errcode = '22023',
-            message = format('lease must be a positive interval, not %s', p_lease);
+            message = format('lease must be a positive interval, not %s',
+                             coalesce(p_lease::text, 'null'));
     end if;
 
     with picked as (
         select t.id
           from tasks as t
          where t.task_queue = any(p_task_queues) and t.state <> 'dead' and t.run_at <= v_now
-         order by t.priority desc, t.run_at
+         order by t.priority desc, t.run_at, t.id
          limit p_max_tasks
            for update skip locked
     ), leased as (
@@ -53,12 +55,19 @@ begin
         return;
     end if;
 
+    -- Due timers fire: a sleep completes, a signal wait whose timeout passed fails (596).
     update steps as s
-       set status = 'completed', output = s.input -> 'seconds', completed_at = v_now
+       set status = case when s.kind = 'sleep' then 'completed' else 'failed' end,
+           output = case when s.kind = 'sleep' then s.input -> 'seconds' end,
+           error = case when s.kind = 'signal' then jsonb_build_object(
+               'message', format('signal "%s" did not arrive within %s seconds',
+                                 s.name, s.input ->> 'timeout'),
+               'type', 'TimeoutFailure', 'code', 596) end,
+           completed_at = v_now
       from tasks as t
      where t.id = any(v_ids) and t.kind = 'workflow'
        and s.job_id = t.job_id and s.thread = t.thread
-       and s.kind = 'sleep' and s.status = 'scheduled' and s.wake_at <= v_now;
+       and s.kind in ('sleep', 'signal') and s.status = 'scheduled' and s.wake_at <= v_now;
 
     update jobs as j
        set status = 'running', updated_at = v_now
@@ -69,7 +78,9 @@ begin
     return query
     select t.id, t.kind, t.job_id, t.thread, t.seq, t.name, t.task_queue, t.lease_token,
            t.attempt,
-           case when t.kind = 'workflow' then j.args else t.payload -> 'args' end,
+           case when t.kind = 'activity' then t.payload -> 'args'
+                when t.thread = 'main' then j.args
+                else th.args end,
            t.payload, j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then coalesce((
                select jsonb_agg(jsonb_build_object(
@@ -81,6 +92,7 @@ begin
            end
       from tasks as t
       join jobs as j on j.id = t.job_id
+      left join threads as th on th.job_id = t.job_id and th.thread = t.thread
      where t.id = any(v_ids)
      order by t.priority desc, t.id;
 end
@@ -115,11 +127,12 @@ begin
         delete from tasks where id = p_task_id;
         perform _wake(v_task.job_id, v_task.thread);
     elsif v_task.thread = 'main' then
-        perform _transition(v_task.job_id, 'completed', p_result);
-        -- Nothing of a finished workflow runs afterwards: no zombie activities.
+        perform _settle_parent(_transition(v_task.job_id, 'completed', p_result));
+        -- Nothing of a finished workflow runs afterwards: no zombie activities or hooks.
         delete from tasks where job_id = v_task.job_id;
     else
         delete from tasks where id = p_task_id;
+        perform _end_thread(v_task.job_id, v_task.thread, p_result, null);
     end if;
 end
 $$;
@@ -149,9 +162,12 @@ begin
         v_policy := v_task.payload -> 'retry_policy';
         v_attempt := v_task.attempt;
     else
-        select * into v_job from jobs where id = v_task.job_id for update;
+        -- A workflow body (main) or a hook (its thread) retries under the workflow's policy.
+        select * into v_job from jobs where id = v_task.job_id for no key update;
         v_policy := v_job.retry_policy;
-        v_attempt := v_job.attempt;
+        v_attempt := case when v_task.thread = 'main' then v_job.attempt
+                          else (select attempt from threads
+                                 where job_id = v_task.job_id and thread = v_task.thread) end;
     end if;
     v_retry_at := _retry_at(v_policy, v_attempt, v_error);
 
@@ -160,11 +176,14 @@ begin
            set state = 'ready', run_at = v_retry_at, error = v_error, lease_owner = null,
                lease_token = null, lease_expires_at = null
          where id = p_task_id;
-        if v_task.kind = 'workflow' then
+        if v_task.kind = 'workflow' and v_task.thread = 'main' then
             update jobs
                set attempt = attempt + 1, error = v_error, updated_at = _now(),
                    status = case when status = 'running' then 'waiting' else status end
              where id = v_task.job_id;
+        elsif v_task.kind = 'workflow' then
+            update threads set attempt = attempt + 1, error = v_error
+             where job_id = v_task.job_id and thread = v_task.thread;
         end if;
         return jsonb_build_object('status', 'retrying', 'run_at', v_retry_at);
     end if;
@@ -178,10 +197,11 @@ begin
         delete from tasks where id = p_task_id;
         perform _wake(v_task.job_id, v_task.thread);
     elsif v_task.thread = 'main' then
-        perform _transition(v_task.job_id, 'failed', null, v_error);
+        perform _settle_parent(_transition(v_task.job_id, 'failed', null, v_error));
         delete from tasks where job_id = v_task.job_id;
     else
         delete from tasks where id = p_task_id;
+        perform _end_thread(v_task.job_id, v_task.thread, null, v_error);
     end if;
     return jsonb_build_object('status', 'failed', 'error', v_error);
 end
@@ -197,9 +217,13 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks;
     v_next timestamptz;
 begin
+    -- Lock the row before reading `rerun`: a wake-up (_wake) committing between the read and
+    -- the delete below would otherwise be lost, leaving the job waiting forever.
+    perform from tasks where id = p_task_id for update;
+    v_task := _leased_task(p_task_id, p_token);
     if v_task.kind <> 'workflow' then
         raise exception using errcode = 'HM003',
             message = format('task %s is an activity; only a workflow activation can suspend',
@@ -262,7 +286,8 @@ declare
 begin
     if p_lease is null or p_lease <= interval '0' then
         raise exception using errcode = '22023',
-            message = format('lease must be a positive interval, not %s', p_lease);
+            message = format('lease must be a positive interval, not %s',
+                             coalesce(p_lease::text, 'null'));
     end if;
     with held as (
         update tasks as t
@@ -285,6 +310,7 @@ set search_path from current
 as $$
 declare
     v_count integer;
+    v_queues text[];
     v_queue text;
 begin
     with released as (
@@ -295,10 +321,8 @@ begin
          where t.id = h.id and t.lease_token = h.token
         returning t.task_queue
     )
-    select count(*) into v_count from released;
-    for v_queue in
-        select distinct t.task_queue from tasks as t where t.id = any(p_task_ids)
-    loop
+    select count(*), array_agg(distinct task_queue) into v_count, v_queues from released;
+    foreach v_queue in array coalesce(v_queues, '{}') loop
         perform _notify('q:' || v_queue);
     end loop;
     return v_count;

@@ -144,9 +144,12 @@ begin
         perform _check_step(v_step, 'activity', p_name);
         return _step_json(v_step);
     end if;
-    insert into tasks (job_id, thread, kind, seq, name, task_queue, priority, payload)
+    -- run_at from the engine's clock, not the column default (now()): due on the same clock
+    -- that claim_tasks compares with.
+    insert into tasks (job_id, thread, kind, seq, name, task_queue, priority, run_at, payload)
     values (v_task.job_id, v_task.thread, 'activity', p_seq, p_name, p_task_queue,
-            v_task.priority, jsonb_build_object('args', p_args, 'retry_policy', v_policy));
+            v_task.priority, _now(),
+            jsonb_build_object('args', p_args, 'retry_policy', v_policy));
     perform _notify('q:' || p_task_queue);
     return _step_json(v_step);
 end
@@ -165,9 +168,12 @@ declare
     v_now timestamptz := _now();
     v_step steps;
 begin
-    if p_seconds is null or p_seconds < 0 then
+    -- Bounded (NaN and Infinity excluded): make_interval does not check overflow, and a
+    -- wrapped, negative wake_at would fire the timer at once.
+    if p_seconds is null or not (p_seconds between 0 and 1e10) then
         raise exception using errcode = '22023',
-            message = format('sleep duration must be >= 0 seconds, not %s', p_seconds);
+            message = format('sleep duration must be from 0 to 1e10 seconds, not %s',
+                             coalesce(p_seconds::text, 'null'));
     end if;
     insert into steps (job_id, thread, seq, kind, name, status, input, output, wake_at,
                        created_at, completed_at)

@@ -11,9 +11,12 @@ inside activities `hotmesh.activity` (info, heartbeat).
 
 from hotmesh import activity, workflow
 from hotmesh.client import Handle, MemFlow
+from hotmesh.entity import Entity
 from hotmesh.errors import (
     CancelledFailure,
     DuplicateJobError,
+    EntityPathError,
+    EntityTypeError,
     FatalError,
     HotMeshError,
     IllegalTransition,
@@ -32,6 +35,9 @@ from hotmesh.worker import Worker
 __all__ = [
     "CancelledFailure",
     "DuplicateJobError",
+    "Entity",
+    "EntityPathError",
+    "EntityTypeError",
     "FatalError",
     "Handle",
     "HotMeshError",

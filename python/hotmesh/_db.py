@@ -60,6 +60,46 @@ _STATEMENTS = {
     "schedule_activity": "select {}.schedule_activity(%s::bigint, %s::uuid, %s::integer,"
     " %s::text, %s::jsonb, %s::text, %s::jsonb)",
     "schedule_sleep": "select {}.schedule_sleep(%s::bigint, %s::uuid, %s::integer, %s::numeric)",
+    # entity
+    "entity_step": "select {}.entity_step(%s::bigint, %s::uuid, %s::integer, %s::text, %s::text,"
+    " %s::jsonb)",
+    "entity_set": "select {}.entity_set(%s::text, %s::jsonb, %s::text, %s::text)",
+    "entity_merge": "select {}.entity_merge(%s::text, %s::jsonb, %s::text)",
+    "entity_get": "select {}.entity_get(%s::text, %s::text)",
+    "entity_delete": "select {}.entity_delete(%s::text, %s::text, %s::text)",
+    "entity_append": "select {}.entity_append(%s::text, %s::text, %s::jsonb, %s::text)",
+    "entity_prepend": "select {}.entity_prepend(%s::text, %s::text, %s::jsonb, %s::text)",
+    "entity_remove": "select {}.entity_remove(%s::text, %s::text, %s::integer, %s::text)",
+    "entity_increment": "select to_jsonb({}.entity_increment(%s::text, %s::text, %s::numeric,"
+    " %s::text))",
+    "entity_toggle": "select {}.entity_toggle(%s::text, %s::text, %s::text)",
+    "entity_set_if_not_exists": "select {}.entity_set_if_not_exists(%s::text, %s::text,"
+    " %s::jsonb, %s::text)",
+    "entity_history": "select version, thread, seq, op, path, value, result, document, caller,"
+    " recorded_at from {}.entity_history(%s::text)",
+    "entity_find": "select id, context, status from {}.entity_find(%s::text, %s::jsonb,"
+    " %s::integer, %s::integer)",
+    "entity_find_by_condition": "select id, context, status from"
+    " {}.entity_find_by_condition(%s::text, %s::text, %s::text, %s::jsonb, %s::integer,"
+    " %s::integer)",
+    "entity_find_by_id": "select id, context, status from {}.entity_find_by_id(%s::text, %s::text)",
+    "entity_create_index": "select {}.entity_create_index(%s::text, %s::text, %s::text)",
+    # signals, hooks, children, cancellation, search attributes, events
+    "search_step": "select {}.search_step(%s::bigint, %s::uuid, %s::integer, %s::text, %s::jsonb)",
+    "emit_step": "select {}.emit_step(%s::bigint, %s::uuid, %s::integer, %s::jsonb)",
+    "signal": "select {}.signal(%s::text, %s::jsonb, %s::text, %s::text)",
+    "hook": "select {}.hook(%s::text, %s::text, %s::jsonb, %s::text, %s::text)",
+    "cancel_workflow": "select {}.cancel_workflow(%s::text, %s::text, %s::boolean, %s::boolean)",
+    "wait_signal": "select {}.wait_signal(%s::bigint, %s::uuid, %s::integer, %s::text,"
+    " %s::numeric)",
+    "send_signal": "select {}.send_signal(%s::bigint, %s::uuid, %s::integer, %s::text,"
+    " %s::jsonb, %s::text)",
+    "start_child": "select {}.start_child(%s::bigint, %s::uuid, %s::integer, %s::text, %s::jsonb,"
+    " %s::text, %s::text, %s::text, %s::jsonb, %s::boolean)",
+    "start_hook": "select {}.start_hook(%s::bigint, %s::uuid, %s::integer, %s::text, %s::jsonb,"
+    " %s::text, %s::text, %s::text)",
+    "cancel_step": "select {}.cancel_step(%s::bigint, %s::uuid, %s::integer, %s::text, %s::text,"
+    " %s::boolean)",
 }
 
 
@@ -198,3 +238,159 @@ class Database:
     async def schedule_sleep(self, task: Claimed, seq: int, seconds: float) -> dict[str, Any]:
         params = (task.task_id, task.lease_token, seq, seconds)
         return dict(await self._value("schedule_sleep", params))
+
+    # -- signals, hooks, children, cancellation ------------------------------------------
+    async def signal(
+        self, signal_id: str, payload: Any, workflow_id: str | None, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        params = (signal_id, Jsonb(payload), workflow_id, idempotency_key)
+        return dict(await self._value("signal", params))
+
+    async def hook(
+        self,
+        workflow_id: str,
+        workflow_name: str,
+        args: list[Any],
+        task_queue: str | None,
+        signal_id: str | None,
+    ) -> str:
+        params = (workflow_id, workflow_name, Jsonb(args), task_queue, signal_id)
+        return str(await self._value("hook", params))
+
+    async def cancel_workflow(
+        self, workflow_id: str, reason: str | None, descend: bool, ignore_finished: bool
+    ) -> list[str]:
+        params = (workflow_id, reason, descend, ignore_finished)
+        return list(await self._value("cancel_workflow", params) or [])
+
+    async def wait_signal(
+        self, task: Claimed, seq: int, signal_id: str, limit: float | None
+    ) -> dict[str, Any]:
+        params = (task.task_id, task.lease_token, seq, signal_id, limit)
+        return dict(await self._value("wait_signal", params))
+
+    async def send_signal(
+        self, task: Claimed, seq: int, signal_id: str, payload: Any, workflow_id: str | None
+    ) -> dict[str, Any]:
+        params = (task.task_id, task.lease_token, seq, signal_id, Jsonb(payload), workflow_id)
+        return dict(await self._value("send_signal", params))
+
+    async def start_child(
+        self,
+        task: Claimed,
+        seq: int,
+        workflow_name: str,
+        args: list[Any],
+        task_queue: str | None,
+        workflow_id: str | None,
+        entity: str | None,
+        options: dict[str, Any],
+        wait: bool,
+    ) -> dict[str, Any]:
+        params = (
+            task.task_id,
+            task.lease_token,
+            seq,
+            workflow_name,
+            Jsonb(args),
+            task_queue,
+            workflow_id,
+            entity,
+            Jsonb(options),
+            wait,
+        )
+        return dict(await self._value("start_child", params))
+
+    async def start_hook(
+        self,
+        task: Claimed,
+        seq: int,
+        workflow_name: str,
+        args: list[Any],
+        task_queue: str | None,
+        workflow_id: str | None,
+        signal_id: str | None,
+    ) -> dict[str, Any]:
+        params = (
+            task.task_id,
+            task.lease_token,
+            seq,
+            workflow_name,
+            Jsonb(args),
+            task_queue,
+            workflow_id,
+            signal_id,
+        )
+        return dict(await self._value("start_hook", params))
+
+    async def search_step(self, task: Claimed, seq: int, op: str, args: Any) -> dict[str, Any]:
+        params = (task.task_id, task.lease_token, seq, op, Jsonb(args))
+        return dict(await self._value("search_step", params))
+
+    async def emit_step(self, task: Claimed, seq: int, events: dict[str, Any]) -> dict[str, Any]:
+        params = (task.task_id, task.lease_token, seq, Jsonb(events))
+        return dict(await self._value("emit_step", params))
+
+    async def cancel_step(
+        self, task: Claimed, seq: int, workflow_id: str, reason: str | None, descend: bool
+    ) -> dict[str, Any]:
+        params = (task.task_id, task.lease_token, seq, workflow_id, reason, descend)
+        return dict(await self._value("cancel_step", params))
+
+    # -- entity --------------------------------------------------------------------------
+    async def entity_step(
+        self, task: Claimed, seq: int, op: str, path: str | None, value: Any
+    ) -> dict[str, Any]:
+        params = (task.task_id, task.lease_token, seq, op, path, Jsonb(value))
+        return dict(await self._value("entity_step", params))
+
+    async def entity_call(
+        self, op: str, workflow_id: str, path: str | None, value: Any, key: str | None
+    ) -> Any:
+        """One entity_<op> function of the SQL API; `value` is the operand (JSON value, index
+        or amount)."""
+        params: tuple[Any, ...]
+        if op == "get":
+            params = (workflow_id, path)
+        elif op == "set":
+            params = (workflow_id, Jsonb(value), path, key)
+        elif op == "merge":
+            params = (workflow_id, Jsonb(value), key)
+        elif op in ("delete", "toggle"):
+            params = (workflow_id, path, key)
+        elif op in ("remove", "increment"):
+            params = (workflow_id, path, value, key)
+        else:
+            params = (workflow_id, path, Jsonb(value), key)
+        return await self._value(f"entity_{op}", params)
+
+    async def entity_history(self, workflow_id: str) -> list[dict[str, Any]]:
+        rows = await self._fetch("entity_history", (workflow_id,))
+        names = ("version", "thread", "seq", "op", "path", "value", "result", "document")
+        return [dict(zip((*names, "caller", "recorded_at"), row, strict=True)) for row in rows]
+
+    async def entity_find(
+        self, entity: str, where: dict[str, Any], limit: int | None, offset: int
+    ) -> list[dict[str, Any]]:
+        rows = await self._fetch("entity_find", (entity, Jsonb(where), limit, offset))
+        return [{"id": i, "context": c, "status": s} for i, c, s in rows]
+
+    async def entity_find_by_condition(
+        self,
+        entity: str,
+        path: str | None,
+        op: str,
+        value: Any,
+        limit: int | None,
+        offset: int,
+    ) -> list[dict[str, Any]]:
+        params = (entity, path, op, Jsonb(value), limit, offset)
+        rows = await self._fetch("entity_find_by_condition", params)
+        return [{"id": i, "context": c, "status": s} for i, c, s in rows]
+
+    async def entity_find_by_id(self, entity: str, workflow_id: str) -> dict[str, Any] | None:
+        rows = await self._fetch("entity_find_by_id", (entity, workflow_id))
+        return {"id": rows[0][0], "context": rows[0][1], "status": rows[0][2]} if rows else None
+
+    async def entity_create_index(self, entity: str, path: str | None, kind: str) -> str:
+        return str(await self._value("entity_create_index", (entity, path, kind)))

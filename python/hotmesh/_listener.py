@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -22,6 +24,7 @@ class Listener:
         self._channel = channel
         self._queues: dict[str, set[asyncio.Event]] = {}
         self._done: dict[str, set[asyncio.Event]] = {}
+        self._events: set[asyncio.Queue[dict[str, Any]]] = set()
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -54,6 +57,12 @@ class Listener:
             if not waiters:
                 del self._done[workflow_id]
 
+    def watch_events(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._events.add(queue)
+
+    def unwatch_events(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._events.discard(queue)
+
     def _wake_all(self) -> None:
         for events in (*self._queues.values(), *self._done.values()):
             for event in events:
@@ -61,6 +70,11 @@ class Listener:
 
     def _dispatch(self, payload: str) -> None:
         kind, _, name = payload.partition(":")
+        if kind == "e":
+            event = json.loads(name)
+            for queue in self._events:
+                queue.put_nowait(event)
+            return
         table = self._queues if kind == "q" else self._done if kind == "d" else {}
         for event in table.get(name, ()):
             event.set()

@@ -236,7 +236,12 @@ class Activation:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for finished in sorted(done, key=lambda t: running[t].seq):
                     command = running.pop(finished)
-                    if _apply(command.future, finished.result()):
+                    try:
+                        step = finished.result()
+                    except errors.InvalidArgument as error:
+                        command.future.set_exception(error)  # a bad call fails only itself
+                        continue
+                    if _apply(command.future, step):
                         self.pending.append(command)
             await self._finish(main)
         finally:

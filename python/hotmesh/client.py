@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -16,9 +16,10 @@ from hotmesh._db import Database
 from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
 from hotmesh._runner import encode
-from hotmesh.retry import RetryPolicy, policy_json
+from hotmesh.entity import EntityClient
+from hotmesh.retry import RetryPolicy
 from hotmesh.worker import Registry, Worker
-from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function
+from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
 _TERMINAL = ("completed", "failed", "cancelled")
 
@@ -36,6 +37,24 @@ class Handle:
     async def status(self) -> str:
         """pending, running, waiting, completed, failed or cancelled."""
         return await self._mf.db.workflow_status(self.workflow_id)
+
+    async def signal(
+        self, signal_id: str, data: Any = None, *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Send signal `signal_id` to this workflow only (kept until it waits for it)."""
+        return await self._mf.workflow.signal(
+            signal_id, data, workflow_id=self.workflow_id, idempotency_key=idempotency_key
+        )
+
+    async def interrupt(self, reason: str | None = None, *, descend: bool = True) -> list[str]:
+        """Cancel the workflow: it ends `cancelled` (code 410), its queued tasks are removed
+        and, with `descend`, its children are cancelled too. Returns the ids cancelled;
+        IllegalTransition if it already finished."""
+        return await self._mf.db.cancel_workflow(self.workflow_id, reason, descend, False)
+
+    async def describe(self) -> dict[str, Any]:
+        """Everything about the workflow (`<app>.get_workflow`): status, entity, tasks, ..."""
+        return await self._mf.db.get_workflow(self.workflow_id)
 
     async def result(self, timeout: Duration | None = None) -> Any:  # noqa: ASYNC109 (seed API)
         """Wait for the workflow to finish (woken by NOTIFY, no polling) and return its result.
@@ -81,18 +100,49 @@ class WorkflowClient:
         """Start a workflow; returns its Handle at once. `task_queue` defaults to `entity`;
         `entity` (the jobs.entity column) defaults to the workflow name. `expire` is how long
         the finished workflow is kept (default 7 days); `retry_policy` re-runs a failing body."""
-        options: dict[str, Any] = {}
-        if retry_policy is not None:
-            options["retry_policy"] = policy_json(retry_policy)
-        if priority is not None:
-            options["priority"] = priority
-        if expire is not None:
-            options["expire"] = seconds(expire, "expire")
-        arguments = encode(list(args), f"the args of workflow {workflow_name}")
+        options = start_options(retry_policy, priority, expire)
+        try:
+            arguments = encode(list(args), f"the args of workflow {workflow_name}")
+        except errors.FatalError as error:
+            # A caller's bad argument (22023), not a workflow-side failure (598).
+            raise errors.InvalidArgument(error.message) from None
         workflow_id = await self._mf.db.start_workflow(
             workflow_name, arguments, task_queue, workflow_id, entity, options
         )
         return Handle(self._mf, workflow_id)
+
+    async def signal(
+        self,
+        signal_id: str,
+        data: Any = None,
+        *,
+        workflow_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Send a signal: to the oldest wait for `signal_id` (in `workflow_id` only, when
+        given), or kept until one waits. A repeated `idempotency_key` is ignored. Returns
+        {"status": "delivered" | "kept" | "duplicate", ...}."""
+        try:
+            payload = encode(data, f"the data of signal {signal_id}")
+        except errors.FatalError as error:
+            raise errors.InvalidArgument(error.message) from None
+        return await self._mf.db.signal(signal_id, payload, workflow_id, idempotency_key)
+
+    async def hook(
+        self,
+        *,
+        workflow_id: str,
+        workflow_name: str,
+        args: Iterable[Any] = (),
+        task_queue: str | None = None,
+        signal_id: str | None = None,
+    ) -> str:
+        """Start a hook in a running workflow from outside; returns the hook's thread."""
+        try:
+            arguments = encode(list(args), f"the args of hook {workflow_name}")
+        except errors.FatalError as error:
+            raise errors.InvalidArgument(error.message) from None
+        return await self._mf.db.hook(workflow_id, workflow_name, arguments, task_queue, signal_id)
 
     def get_handle(self, workflow_id: str) -> Handle:
         """The Handle of an existing workflow (no query: status() and result() check)."""
@@ -151,6 +201,7 @@ class MemFlow:
         self.workers: dict[str, Worker] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
+        self.entity = EntityClient(self.db)
         self._listener = Listener(dsn, app_id)
 
     @classmethod
@@ -175,6 +226,20 @@ class MemFlow:
         )
         await pool.open(wait=True)
         return cls(app_id, dsn, pool)
+
+    async def events(self, topic: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Events workflows publish with `workflow.emit` from now on (all topics, or one):
+        dicts {"workflow_id", "topic", "data"}. Ephemeral: nothing sent earlier is replayed."""
+        listener = await self._listening()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        listener.watch_events(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if topic is None or event.get("topic") == topic:
+                    yield event
+        finally:
+            listener.unwatch_events(queue)
 
     async def _listening(self) -> Listener:
         await self._listener.start()

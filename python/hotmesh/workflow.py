@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from hotmesh import _durations, errors
 from hotmesh._runner import Activation, Step, activation, encode
 from hotmesh.activity import ActivityInfo, run_activity
+from hotmesh.entity import Entity, workflow_entity
 from hotmesh.retry import RetryPolicy, policy_json
 
 ActivityFunctions = Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]]
@@ -169,3 +171,276 @@ def check_workflow_function(fn: Callable[..., Any]) -> None:
     if not inspect.iscoroutinefunction(fn):
         name = getattr(fn, "__name__", repr(fn))
         raise errors.InvalidArgument(f"workflow function {name} must be declared `async def`")
+
+
+# -- signals, hooks, children, cancellation -----------------------------------------------------
+
+
+def start_options(
+    retry_policy: RetryPolicy | dict[str, Any] | None = None,
+    priority: int | None = None,
+    expire: _durations.Duration | None = None,
+) -> dict[str, Any]:
+    """The `options` JSON of start_workflow / start_child."""
+    options: dict[str, Any] = {}
+    if retry_policy is not None:
+        options["retry_policy"] = policy_json(retry_policy)
+    if priority is not None:
+        options["priority"] = priority
+    if expire is not None:
+        options["expire"] = _durations.seconds(expire, "expire")
+    return options
+
+
+def wait_for(signal_id: str, timeout: _durations.Duration | None = None) -> asyncio.Future[Any]:
+    """Wait until signal `signal_id` arrives for this workflow and return its payload. A
+    signal sent before the wait is kept and taken at once. With `timeout`, raises
+    TimeoutFailure (code 596) when it passes first."""
+    act = activation("wait_for")
+    limit = None if timeout is None else _durations.seconds(timeout, "wait_for timeout")
+
+    async def wait(seq: int) -> Step:
+        return await act.db.wait_signal(act.task, seq, signal_id, limit)
+
+    return act.call("signal", signal_id, wait)
+
+
+def signal(
+    signal_id: str, data: Any = None, *, workflow_id: str | None = None
+) -> asyncio.Future[Any]:
+    """Send signal `signal_id` with `data`, once. It goes to this workflow's own wait (a hook
+    answering its caller) unless `workflow_id` names another workflow, or is "*" for whoever
+    waits on that signal anywhere. Returns the delivery: {"status": "delivered" | "kept", ...}."""
+    act = activation("signal")
+    try:
+        payload = encode(data, f"the data of signal {signal_id}")
+    except errors.FatalError as error:
+        return act.fail_now(error)
+
+    async def send(seq: int) -> Step:
+        return await act.db.send_signal(act.task, seq, signal_id, payload, workflow_id)
+
+    return act.call("send", signal_id, send)
+
+
+def hook(
+    *,
+    workflow_name: str,
+    args: Iterable[Any] = (),
+    task_queue: str | None = None,
+    workflow_id: str | None = None,
+    signal_id: str | None = None,
+) -> asyncio.Future[Any]:
+    """Start function `workflow_name` (registered on `task_queue`, default this workflow's) as
+    a hook: a new thread of workflow `workflow_id` (default this one) that shares its entity.
+    Returns {"workflow_id", "thread"} once started. With `signal_id`, the hook's end (its
+    return value or its error) is delivered as that signal unless it signalled it itself."""
+    act = activation("hook")
+    try:
+        arguments = encode(list(args), f"the args of hook {workflow_name}")
+    except errors.FatalError as error:
+        return act.fail_now(error)
+
+    async def start(seq: int) -> Step:
+        return await act.db.start_hook(
+            act.task, seq, workflow_name, arguments, task_queue, workflow_id, signal_id
+        )
+
+    return act.call("hook", workflow_name, start)
+
+
+async def exec_hook(
+    *,
+    workflow_name: str,
+    args: Iterable[Any] = (),
+    task_queue: str | None = None,
+    signal_id: str | None = None,
+    timeout: _durations.Duration | None = None,  # noqa: ASYNC109 - a durable wait's limit
+) -> Any:
+    """Run a hook in this workflow and wait for it: returns the payload of `signal_id` if the
+    hook sends it, else the hook's return value; raises the hook's error if it fails (errors
+    are never swallowed). The default signal id is unique to this call."""
+    act = activation("exec_hook")
+    sid = signal_id or f"{act.task.job_id}/{act.task.thread}/hook-{act.seq + 1}"
+    await hook(workflow_name=workflow_name, args=args, task_queue=task_queue, signal_id=sid)
+    return await wait_for(sid, timeout)
+
+
+async def exec_hook_batch(hooks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Run several hooks at once: `[{"key": k, "options": {exec_hook options}}, ...]`;
+    returns {key: result}. All hooks start before any wait, so none is missed."""
+    items = [(str(item["key"]), dict(item["options"])) for item in hooks]
+    act = activation("exec_hook_batch")
+    sids: list[str] = []
+    for _key, options in items:
+        sid = options.pop("signal_id", None) or options.pop("signalId", None)
+        sids.append(sid or f"{act.task.job_id}/{act.task.thread}/hook-{act.seq + 1}")
+        options.setdefault("workflow_name", options.pop("workflowName", None))
+        options.setdefault("task_queue", options.pop("taskQueue", None))
+        await hook(
+            workflow_name=options["workflow_name"],
+            args=options.get("args", ()),
+            task_queue=options["task_queue"],
+            signal_id=sids[-1],
+        )
+    results = await asyncio.gather(*(wait_for(sid) for sid in sids))
+    return {key: result for (key, _), result in zip(items, results, strict=True)}
+
+
+def _child(
+    wait: bool,
+    workflow_name: str,
+    args: Iterable[Any],
+    task_queue: str | None,
+    workflow_id: str | None,
+    entity: str | None,
+    options: dict[str, Any],
+) -> asyncio.Future[Any]:
+    act = activation("exec_child" if wait else "start_child")
+    try:
+        arguments = encode(list(args), f"the args of child workflow {workflow_name}")
+    except errors.FatalError as error:
+        return act.fail_now(error)
+
+    async def start(seq: int) -> Step:
+        return await act.db.start_child(
+            act.task, seq, workflow_name, arguments, task_queue, workflow_id, entity, options, wait
+        )
+
+    return act.call("child", workflow_name, start)
+
+
+def exec_child(
+    *,
+    workflow_name: str,
+    args: Iterable[Any] = (),
+    task_queue: str | None = None,
+    workflow_id: str | None = None,
+    entity: str | None = None,
+    retry_policy: RetryPolicy | dict[str, Any] | None = None,
+    priority: int | None = None,
+    expire: _durations.Duration | None = None,
+) -> asyncio.Future[Any]:
+    """Start a child workflow and wait for its result (this workflow suspends meanwhile; it
+    holds no worker slot). A failed child raises its error, with its code, here. The child id
+    defaults to "<this id>-<thread>-<step>", the same on every replay."""
+    options = start_options(retry_policy, priority, expire)
+    return _child(True, workflow_name, args, task_queue, workflow_id, entity, options)
+
+
+def start_child(
+    *,
+    workflow_name: str,
+    args: Iterable[Any] = (),
+    task_queue: str | None = None,
+    workflow_id: str | None = None,
+    entity: str | None = None,
+    retry_policy: RetryPolicy | dict[str, Any] | None = None,
+    priority: int | None = None,
+    expire: _durations.Duration | None = None,
+) -> asyncio.Future[Any]:
+    """Start a child workflow and return its id at once."""
+    options = start_options(retry_policy, priority, expire)
+    return _child(False, workflow_name, args, task_queue, workflow_id, entity, options)
+
+
+def interrupt(
+    workflow_id: str, *, reason: str | None = None, descend: bool = True
+) -> asyncio.Future[Any]:
+    """Cancel another workflow (and, with `descend`, its children), once; returns the ids
+    cancelled. Cancelling a finished or unknown workflow raises here."""
+    act = activation("interrupt")
+
+    async def cancel(seq: int) -> Step:
+        return await act.db.cancel_step(act.task, seq, workflow_id, reason, descend)
+
+    return act.call("cancel", workflow_id, cancel)
+
+
+async def entity() -> Entity:
+    """This workflow's entity (jobs.context), shared with its hooks: `e = await
+    workflow.entity()`. Each operation on it is a durable step, applied exactly once per code
+    position. Unlike the seed's entity(), getting it takes no step number of its own."""
+    return workflow_entity(activation("workflow.entity"))
+
+
+context = entity
+"""Alias of entity() (the seed's workflow.context())."""
+
+
+# -- search attributes and events ---------------------------------------------------------------
+
+
+class Search:
+    """This workflow's search attributes (jobs.search): flat keys with JSON values that SQL
+    can filter on (`where search @> '{"region": "eu"}'`, GIN-indexed). Each operation is a
+    durable call, applied exactly once."""
+
+    def _call(self, op: str, args: Any) -> asyncio.Future[Any]:
+        act = activation(f"search().{op}")
+        try:
+            arguments = encode(args, f"the arguments of search().{op}")
+        except errors.FatalError as error:
+            return act.fail_now(error)
+
+        async def apply(seq: int) -> Step:
+            return await act.db.search_step(act.task, seq, op, arguments)
+
+        return act.call("search", op, apply)
+
+    def set(self, fields: Mapping[str, Any]) -> asyncio.Future[Any]:
+        """Set (merge) fields; returns how many were given."""
+        return self._call("set", dict(fields))
+
+    def get(self, key: str) -> asyncio.Future[Any]:
+        """A field's value (None when missing)."""
+        return self._call("get", [key])
+
+    def mget(self, *keys: str) -> asyncio.Future[Any]:
+        """Several fields' values, in order."""
+        return self._call("mget", list(keys))
+
+    def delete(self, *keys: str) -> asyncio.Future[Any]:
+        """Remove fields; returns how many existed (the seed's `del`)."""
+        return self._call("del", list(keys))
+
+    def incr(self, key: str, by: float = 1) -> asyncio.Future[Any]:
+        """Add to a numeric field (missing counts as 0); returns the new value."""
+        return self._call("incr", [key, by])
+
+    def mult(self, key: str, by: float) -> asyncio.Future[Any]:
+        """Multiply a numeric field (missing counts as 1); returns the new value, stored as is
+        (not as a logarithm, as the seed did)."""
+        return self._call("mult", [key, by])
+
+
+def search() -> Search:
+    """This workflow's search attributes."""
+    activation("search")
+    return Search()
+
+
+async def enrich(fields: Mapping[str, Any]) -> bool:
+    """Set search attributes (the seed's enrich); returns True."""
+    await search().set(fields)
+    return True
+
+
+def emit(events: Mapping[str, Any]) -> asyncio.Future[Any]:
+    """Publish ephemeral events, once: a NOTIFY per topic on the app's channel (payload
+    'e:{"workflow_id", "topic", "data"}'); nothing is stored. Each must stay under ~7.8 kB."""
+    act = activation("emit")
+    try:
+        payload = encode(dict(events), "the events of emit")
+    except errors.FatalError as error:
+        return act.fail_now(error)
+    for topic, data in payload.items():
+        if len(json.dumps(data)) + len(topic) + len(act.task.job_id) > 7800:
+            return act.fail_now(
+                errors.InvalidArgument(f'event "{topic}" is too large for NOTIFY (max ~7.8 kB)')
+            )
+
+    async def publish(seq: int) -> Step:
+        return await act.db.emit_step(act.task, seq, payload)
+
+    return act.call("emit", "", publish)

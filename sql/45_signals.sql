@@ -1,0 +1,178 @@
+-- Signals: never lost, delivered once. A signal goes to the oldest wait for its id (only in
+-- its target workflow when it has one) or, when nobody waits, is kept for the first wait that
+-- comes. An advisory lock per signal id serialises delivery with wait registration, so a
+-- signal and a wait that cross each other always meet.
+
+create or replace function _lock_signal(p_signal_id text) returns void
+language sql volatile
+set search_path from current
+as $$
+    select pg_advisory_xact_lock(hashtextextended(current_schema() || ':signal:' || p_signal_id, 0))
+$$;
+
+-- Hands a payload (or, for a failed hook, an error) to the oldest wait for p_signal_id,
+-- recording its step and waking its thread; keeps it when nobody waits. Returns what
+-- happened: {"status": "delivered", "workflow_id", "thread", "seq"} or {"status": "kept"}.
+create or replace function _deliver(
+    p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb default null
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_wait steps;
+    v_kept bigint;
+begin
+    perform _lock_signal(p_signal_id);
+    select * into v_wait
+      from steps
+     where kind = 'signal' and status = 'scheduled' and name = p_signal_id
+       and (p_workflow_id is null or job_id = p_workflow_id)
+     order by created_at, job_id, thread, seq
+     limit 1
+       for update;
+    if found then
+        update steps
+           set status = case when p_error is null then 'completed' else 'failed' end,
+               output = p_payload, error = p_error, wake_at = null, completed_at = _now()
+         where job_id = v_wait.job_id and thread = v_wait.thread and seq = v_wait.seq;
+        perform _wake(v_wait.job_id, v_wait.thread);
+        return jsonb_build_object('status', 'delivered', 'workflow_id', v_wait.job_id,
+                                  'thread', v_wait.thread, 'seq', v_wait.seq);
+    end if;
+    insert into signals (signal_id, job_id, payload, error, created_at)
+    values (p_signal_id, p_workflow_id, p_payload, p_error, _now())
+    returning id into v_kept;
+    return jsonb_build_object('status', 'kept', 'id', v_kept);
+end
+$$;
+
+-- Sends a signal from any application: `select my_app.signal('human-approval', 'true')`.
+-- With p_workflow_id only that workflow receives it; with p_idempotency_key a repeated send
+-- is ignored ({"status": "duplicate"}). A payload must be JSON (a bad one fails the cast).
+create or replace function signal(
+    p_signal_id text,
+    p_payload jsonb default 'null',
+    p_workflow_id text default null,
+    p_idempotency_key text default null
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+begin
+    if coalesce(p_signal_id, '') = '' then
+        raise exception using errcode = '22023', message = 'signal id is required';
+    end if;
+    if p_workflow_id is not null and not exists (select from jobs where id = p_workflow_id) then
+        raise exception using errcode = 'HM002',
+            message = format('signal "%s": workflow "%s" not found', p_signal_id, p_workflow_id);
+    end if;
+    if p_idempotency_key is not null then
+        insert into signal_keys (idempotency_key) values (p_idempotency_key)
+        on conflict do nothing;
+        if not found then
+            return jsonb_build_object('status', 'duplicate');
+        end if;
+    end if;
+    return _deliver(p_signal_id, p_workflow_id, coalesce(p_payload, 'null'::jsonb));
+end
+$$;
+
+-- A workflow thread waits for a signal: the oldest kept signal for it (untargeted, or
+-- targeted at this workflow) is taken at once; otherwise the step waits, until p_timeout
+-- seconds when given (then claim_tasks fails it with code 596). Returns the step.
+create or replace function wait_signal(
+    p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_timeout numeric
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_now timestamptz := _now();
+    v_step steps;
+    v_kept signals;
+begin
+    if coalesce(p_signal_id, '') = '' then
+        raise exception using errcode = '22023', message = 'signal id is required';
+    end if;
+    if p_timeout is not null and not (p_timeout between 0 and 1e10) then
+        raise exception using errcode = '22023',
+            message = format('wait_for timeout must be from 0 to 1e10 seconds, not %s', p_timeout);
+    end if;
+    perform _lock_signal(p_signal_id);
+    insert into steps (job_id, thread, seq, kind, name, status, input, wake_at, created_at)
+    values (v_task.job_id, v_task.thread, p_seq, 'signal', p_signal_id, 'scheduled',
+            jsonb_build_object('timeout', p_timeout),
+            v_now + make_interval(secs => p_timeout::float8), v_now)
+    on conflict do nothing
+    returning * into v_step;
+    if not found then
+        select * into v_step from steps
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+        perform _check_step(v_step, 'signal', p_signal_id);
+        return _step_json(v_step);
+    end if;
+    select * into v_kept
+      from signals
+     where signal_id = p_signal_id and (job_id is null or job_id = v_task.job_id)
+     order by id
+     limit 1;
+    if found then
+        delete from signals where id = v_kept.id;
+        update steps
+           set status = case when v_kept.error is null then 'completed' else 'failed' end,
+               output = v_kept.payload, error = v_kept.error, wake_at = null,
+               completed_at = v_now
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+        returning * into v_step;
+    end if;
+    return _step_json(v_step);
+end
+$$;
+
+-- A workflow thread sends a signal, exactly once per code position: the step is recorded
+-- first, so a replay returns the recorded delivery instead of sending again. By default it
+-- targets the sender's own workflow (a hook signalling its caller); p_workflow_id = '*'
+-- sends it to whoever waits anywhere.
+create or replace function send_signal(
+    p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_payload jsonb,
+    p_workflow_id text default null
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_step steps;
+    v_target text := case when p_workflow_id = '*' then null
+                          else coalesce(p_workflow_id, v_task.job_id) end;
+    v_outcome jsonb;
+    v_error jsonb;
+begin
+    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
+    values (v_task.job_id, v_task.thread, p_seq, 'send', p_signal_id, 'scheduled',
+            jsonb_build_object('payload', p_payload, 'workflow_id', v_target), _now())
+    on conflict do nothing
+    returning * into v_step;
+    if not found then
+        select * into v_step from steps
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+        perform _check_step(v_step, 'send', p_signal_id);
+        return _step_json(v_step);
+    end if;
+    -- A send that cannot be delivered (unknown target) fails the call, not the activation.
+    begin
+        v_outcome := signal(p_signal_id, p_payload, v_target);
+    exception when sqlstate 'HM002' or sqlstate '22023' then
+        v_error := jsonb_build_object('message', sqlerrm, 'type', 'SignalError', 'code', 598,
+                                      'sqlstate', sqlstate);
+    end;
+    update steps
+       set status = case when v_error is null then 'completed' else 'failed' end,
+           output = v_outcome, error = v_error, completed_at = _now()
+     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+    returning * into v_step;
+    return _step_json(v_step);
+end
+$$;

@@ -1,0 +1,317 @@
+-- Child workflows, hook threads and cancellation.
+
+-- The JSON form of a caught SQL error, for a step that records a failure instead of aborting
+-- the activation (598: retrying the same call cannot help).
+create or replace function _error_json(p_sqlstate text, p_message text, p_type text)
+returns jsonb
+language sql immutable
+set search_path from current
+as $$
+    select jsonb_build_object('message', p_message, 'type', p_type, 'code', 598,
+                              'sqlstate', p_sqlstate)
+$$;
+
+-- Starts a child workflow from a workflow thread, exactly once per code position. With
+-- p_await the step waits until the child ends (its end settles the step: see
+-- _settle_parent); without, the step completes at once with the child's id. The default
+-- child id is derived from the parent's id and the step, so a replay names the same child.
+create or replace function start_child(
+    p_task_id bigint,
+    p_token uuid,
+    p_seq integer,
+    p_workflow_name text,
+    p_args jsonb,
+    p_task_queue text,
+    p_workflow_id text,
+    p_entity text,
+    p_options jsonb,
+    p_await boolean
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_parent jobs;
+    v_step steps;
+    v_child text := coalesce(p_workflow_id, v_task.job_id || '-' || v_task.thread || '-' || p_seq);
+    v_error jsonb;
+begin
+    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
+    values (v_task.job_id, v_task.thread, p_seq, 'child', p_workflow_name, 'scheduled',
+            jsonb_build_object('workflow_id', v_child, 'await', p_await), _now())
+    on conflict do nothing
+    returning * into v_step;
+    if not found then
+        select * into v_step from steps
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+        perform _check_step(v_step, 'child', p_workflow_name);
+        return _step_json(v_step);
+    end if;
+    select * into v_parent from jobs where id = v_task.job_id;
+    begin
+        perform start_workflow(p_workflow_name, p_args,
+                               coalesce(p_task_queue, p_entity, v_parent.task_queue), v_child,
+                               p_entity, p_options);
+        update jobs
+           set parent_id = v_task.job_id,
+               parent_thread = case when p_await then v_task.thread end,
+               parent_seq = case when p_await then p_seq end
+         where id = v_child;
+    exception when sqlstate 'HM001' or sqlstate '22023' then
+        v_error := _error_json(sqlstate, sqlerrm, 'ChildWorkflowError');
+    end;
+    if v_error is not null or not p_await then
+        update steps
+           set status = case when v_error is null then 'completed' else 'failed' end,
+               output = case when v_error is null then to_jsonb(v_child) end,
+               error = v_error, completed_at = _now()
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+        returning * into v_step;
+    end if;
+    return _step_json(v_step);
+end
+$$;
+
+-- A child that ends settles the parent's step that awaits it (result, or its error with its
+-- code) and wakes the parent thread, in the transaction that ends the child.
+create or replace function _settle_parent(p_child jobs) returns void
+language plpgsql
+set search_path from current
+as $$
+begin
+    if p_child.parent_seq is null then
+        return;
+    end if;
+    update steps
+       set status = case when p_child.status = 'completed' then 'completed' else 'failed' end,
+           output = p_child.result, error = p_child.error, completed_at = _now()
+     where job_id = p_child.parent_id and thread = p_child.parent_thread
+       and seq = p_child.parent_seq and status = 'scheduled';
+    if found then
+        perform _wake(p_child.parent_id, p_child.parent_thread);
+    end if;
+end
+$$;
+
+-- Starts a hook: a new thread ('h1', 'h2', ...) of a running workflow that runs another
+-- registered function and shares the workflow's entity. When p_signal_id is given the
+-- hook's end (its return value, or its error) is delivered as that signal to the workflow,
+-- unless the hook already signalled it: a hook's failure always reaches its caller.
+create or replace function hook(
+    p_workflow_id text,
+    p_workflow_name text,
+    p_args jsonb default '[]',
+    p_task_queue text default null,
+    p_signal_id text default null
+) returns text
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_job jobs;
+    v_thread text;
+    v_queue text;
+begin
+    if coalesce(p_workflow_name, '') = '' then
+        raise exception using errcode = '22023', message = 'hook workflow_name is required';
+    end if;
+    if jsonb_typeof(coalesce(p_args, '[]'::jsonb)) <> 'array' then
+        raise exception using errcode = '22023',
+            message = format('args of hook "%s" must be a JSON array, not %s',
+                             p_workflow_name, jsonb_typeof(p_args));
+    end if;
+    -- The row lock numbers hook threads without gaps or races.
+    select * into v_job from jobs where id = p_workflow_id for no key update;
+    if not found then
+        raise exception using errcode = 'HM002',
+            message = format('hook "%s": workflow "%s" not found', p_workflow_name,
+                             p_workflow_id);
+    end if;
+    if v_job.status in ('completed', 'failed', 'cancelled') then
+        raise exception using errcode = 'HM003',
+            message = format('hook "%s": workflow "%s" is %s and takes no more hooks',
+                             p_workflow_name, p_workflow_id, v_job.status);
+    end if;
+    select 'h' || (count(*) + 1) into v_thread from threads where job_id = p_workflow_id;
+    v_queue := coalesce(p_task_queue, v_job.task_queue);
+    insert into threads (job_id, thread, name, task_queue, args, signal_id, created_at)
+    values (p_workflow_id, v_thread, p_workflow_name, v_queue, coalesce(p_args, '[]'::jsonb),
+            p_signal_id, _now());
+    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
+    values (p_workflow_id, v_thread, 'workflow', p_workflow_name, v_queue, v_job.priority,
+            _now());
+    perform _notify('q:' || v_queue);
+    return v_thread;
+end
+$$;
+
+-- A workflow thread starts a hook, exactly once per code position; the step records the
+-- hook's thread. Bad input or a finished target fails the call, not the activation.
+create or replace function start_hook(
+    p_task_id bigint,
+    p_token uuid,
+    p_seq integer,
+    p_workflow_name text,
+    p_args jsonb,
+    p_task_queue text,
+    p_workflow_id text,
+    p_signal_id text
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_step steps;
+    v_target text := coalesce(p_workflow_id, v_task.job_id);
+    v_thread text;
+    v_error jsonb;
+begin
+    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
+    values (v_task.job_id, v_task.thread, p_seq, 'hook', p_workflow_name, 'scheduled',
+            jsonb_build_object('workflow_id', v_target, 'args', p_args,
+                               'signal_id', p_signal_id), _now())
+    on conflict do nothing
+    returning * into v_step;
+    if not found then
+        select * into v_step from steps
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+        perform _check_step(v_step, 'hook', p_workflow_name);
+        return _step_json(v_step);
+    end if;
+    begin
+        v_thread := hook(v_target, p_workflow_name, p_args,
+                         coalesce(p_task_queue, v_task.task_queue), p_signal_id);
+    exception when sqlstate 'HM002' or sqlstate 'HM003' or sqlstate '22023' then
+        v_error := _error_json(sqlstate, sqlerrm, 'HookError');
+    end;
+    update steps
+       set status = case when v_error is null then 'completed' else 'failed' end,
+           output = case when v_error is null
+                         then jsonb_build_object('workflow_id', v_target, 'thread', v_thread)
+                    end,
+           error = v_error, completed_at = _now()
+     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+    returning * into v_step;
+    return _step_json(v_step);
+end
+$$;
+
+-- A hook thread ended (p_error null: it returned p_result). Its caller, waiting on the
+-- hook's signal id, gets the result or the error.
+create or replace function _end_thread(
+    p_job_id text, p_thread text, p_result jsonb, p_error jsonb
+) returns void
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_thread threads;
+begin
+    update threads
+       set status = case when p_error is null then 'completed' else 'failed' end,
+           result = p_result, error = p_error, completed_at = _now()
+     where job_id = p_job_id and thread = p_thread
+    returning * into v_thread;
+    if v_thread.signal_id is not null
+       and not exists (select from steps
+                        where job_id = p_job_id and thread = p_thread and kind = 'send'
+                          and name = v_thread.signal_id and status = 'completed') then
+        perform _deliver(v_thread.signal_id, p_job_id, p_result, p_error);
+    end if;
+end
+$$;
+
+-- Cancels a workflow: it ends `cancelled` with error code 410, every task it has queued is
+-- removed so nothing of it runs afterwards, and with p_descend its running children are
+-- cancelled too. Cancelling a finished workflow raises HM003 unless p_ignore_finished.
+-- Returns the ids of every workflow it cancelled.
+create or replace function cancel_workflow(
+    p_workflow_id text,
+    p_reason text default null,
+    p_descend boolean default true,
+    p_ignore_finished boolean default false
+) returns text[]
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_job jobs;
+    v_child text;
+    v_cancelled text[];
+begin
+    select * into v_job from jobs where id = p_workflow_id for no key update;
+    if not found then
+        raise exception using errcode = 'HM002',
+            message = format('workflow "%s" not found', p_workflow_id);
+    end if;
+    if v_job.status in ('completed', 'failed', 'cancelled') then
+        if p_ignore_finished then
+            return array[]::text[];
+        end if;
+        raise exception using errcode = 'HM003',
+            message = format('workflow "%s" is %s; it cannot be cancelled',
+                             p_workflow_id, v_job.status);
+    end if;
+    delete from tasks where job_id = p_workflow_id;
+    v_job := _transition(p_workflow_id, 'cancelled', null,
+                         jsonb_build_object(
+                             'message', coalesce(p_reason,
+                                                 format('workflow "%s" cancelled', p_workflow_id)),
+                             'type', 'CancelledFailure', 'code', 410,
+                             'workflow_id', p_workflow_id));
+    perform _settle_parent(v_job);
+    v_cancelled := array[p_workflow_id];
+    if p_descend then
+        for v_child in
+            select id from jobs
+             where parent_id = p_workflow_id
+               and status not in ('completed', 'failed', 'cancelled')
+             order by created_at
+        loop
+            v_cancelled := v_cancelled || cancel_workflow(v_child, p_reason, true, true);
+        end loop;
+    end if;
+    return v_cancelled;
+end
+$$;
+
+-- A workflow thread cancels another workflow, exactly once per code position.
+create or replace function cancel_step(
+    p_task_id bigint, p_token uuid, p_seq integer, p_workflow_id text, p_reason text,
+    p_descend boolean
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+    v_step steps;
+    v_cancelled text[];
+    v_error jsonb;
+begin
+    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
+    values (v_task.job_id, v_task.thread, p_seq, 'cancel', p_workflow_id, 'scheduled',
+            jsonb_build_object('reason', p_reason, 'descend', p_descend), _now())
+    on conflict do nothing
+    returning * into v_step;
+    if not found then
+        select * into v_step from steps
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+        perform _check_step(v_step, 'cancel', p_workflow_id);
+        return _step_json(v_step);
+    end if;
+    begin
+        v_cancelled := cancel_workflow(p_workflow_id, p_reason, p_descend);
+    exception when sqlstate 'HM002' or sqlstate 'HM003' then
+        v_error := _error_json(sqlstate, sqlerrm, 'CancelError');
+    end;
+    update steps
+       set status = case when v_error is null then 'completed' else 'failed' end,
+           output = to_jsonb(v_cancelled), error = v_error, completed_at = _now()
+     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+    returning * into v_step;
+    return _step_json(v_step);
+end
+$$;

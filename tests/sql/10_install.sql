@@ -1,0 +1,155 @@
+-- The installed app schema (hotmesh migrate --app hm_test): its tables, keys and indexes, the
+-- engine's API with its exact signatures, every function pinned to the schema, the engine
+-- clock (_now) that tests move with hotmesh.fake_now.
+begin;
+
+set local client_min_messages = warning;
+create extension if not exists pgtap;
+set local search_path = hm_test, public;
+
+select plan(43);
+
+select has_schema('hm_test', 'the app schema exists');
+select has_table('hm_test', 'schema_migrations', 'schema_migrations');
+select has_table('hm_test', 'jobs', 'jobs');
+select has_table('hm_test', 'steps', 'steps');
+select has_table('hm_test', 'tasks', 'tasks');
+select has_type('hm_test', 'claimed_task', 'the claimed_task type');
+select results_eq(
+    $$select version, name from schema_migrations where version = 1$$,
+    $$values (1, '0001_init.sql')$$,
+    'migration 1 is recorded'
+);
+
+-- ------------------------------------------------------------------ keys and indexes
+
+select col_is_pk('hm_test', 'jobs', array['id'], 'jobs are keyed by the workflow id');
+select col_is_pk(
+    'hm_test', 'steps', array['job_id', 'thread', 'seq'], 'steps are keyed (job_id, thread, seq)'
+);
+select has_index(
+    'hm_test', 'tasks', 'tasks_claim', array['task_queue', 'priority', 'run_at', 'id'],
+    'the claim index: (task_queue, priority, run_at, id)'
+);
+select ok(
+    (
+        select
+            pg_get_indexdef(indexrelid) like '%(task_queue, priority DESC, run_at, id)%'
+            and pg_get_expr(indpred, indrelid) = '(state <> ''dead''::text)'
+        from pg_index where indexrelid = 'hm_test.tasks_claim'::regclass
+    ),
+    'the claim index is ordered as claims are (priority desc) and leaves dead tasks out'
+);
+select index_is_unique(
+    'hm_test', 'tasks', 'tasks_one_activation', 'at most one activation task per thread'
+);
+select has_index('hm_test', 'jobs', 'jobs_expire_at', 'jobs_expire_at (retention)');
+
+-- ------------------------------------------------------------------ the API
+
+select
+    has_function(
+        'hm_test', f.name, f.args, format('%s(%s)', f.name, array_to_string(f.args, ', '))
+    )
+from (
+    values
+    ('start_workflow', array['text', 'jsonb', 'text', 'text', 'text', 'jsonb']),
+    ('workflow_status', array['text']),
+    ('workflow_outcome', array['text']),
+    ('claim_tasks', array['text[]', 'text', 'integer', 'interval']),
+    ('next_due', array['text[]']),
+    ('complete_task', array['bigint', 'uuid', 'jsonb']),
+    ('fail_task', array['bigint', 'uuid', 'jsonb']),
+    ('suspend_task', array['bigint', 'uuid']),
+    ('bury_task', array['bigint', 'uuid', 'jsonb']),
+    ('heartbeat', array['bigint[]', 'uuid[]', 'interval']),
+    ('release_tasks', array['bigint[]', 'uuid[]']),
+    (
+        'record_step',
+        array['bigint', 'uuid', 'integer', 'text', 'text', 'jsonb', 'jsonb', 'jsonb', 'jsonb']
+    ),
+    (
+        'schedule_activity',
+        array['bigint', 'uuid', 'integer', 'text', 'jsonb', 'text', 'jsonb']
+    ),
+    ('schedule_sleep', array['bigint', 'uuid', 'integer', 'numeric']),
+    ('retry_delay', array['jsonb', 'integer'])
+) as f (name, args);
+
+select function_returns(
+    'hm_test', 'start_workflow', array['text', 'jsonb', 'text', 'text', 'text', 'jsonb'], 'text',
+    'start_workflow returns the workflow id'
+);
+select function_returns(
+    'hm_test', 'claim_tasks', array['text[]', 'text', 'integer', 'interval'],
+    'setof claimed_task', 'claim_tasks returns claimed_task rows'
+);
+select function_returns(
+    'hm_test', 'heartbeat', array['bigint[]', 'uuid[]', 'interval'], 'bigint[]',
+    'heartbeat returns the ids still held'
+);
+select function_returns(
+    'hm_test', 'retry_delay', array['jsonb', 'integer'], 'interval',
+    'retry_delay returns an interval'
+);
+
+-- Every function runs with the app schema as its search_path, whoever calls it.
+select is_empty(
+    $$
+    select p.oid::regprocedure::text
+    from pg_proc as p
+    where
+        p.pronamespace = 'hm_test'::regnamespace
+        and not coalesce('search_path=hm_test, pg_temp' = any(p.proconfig), false)
+    $$,
+    'every function of hm_test pins search_path to hm_test, pg_temp'
+);
+
+-- Called by its qualified name from a session whose search_path does not include the schema.
+set local search_path = public;
+select lives_ok(
+    $$select hm_test.start_workflow('w', '[]', 't10-q', 't10-elsewhere')$$,
+    'start_workflow works from any search_path'
+);
+select results_eq(
+    $$select job_id, thread from hm_test.claim_tasks(array['t10-q'], 'worker-1', 1)$$,
+    $$values ('t10-elsewhere', 'main')$$,
+    'so does claim_tasks'
+);
+set local search_path = hm_test, public;
+
+-- ------------------------------------------------------------------ constraints
+
+select throws_ok(
+    $$update jobs set status = 'done' where id = 't10-elsewhere'$$,
+    '23514', null, 'a job status outside the state machine is refused by the table'
+);
+select throws_ok(
+    $$update tasks set state = 'done' where job_id = 't10-elsewhere'$$,
+    '23514', null, 'a task state outside the state machine is refused by the table'
+);
+select throws_ok(
+    $$insert into tasks (job_id, thread, kind, name, task_queue)
+      values ('t10-elsewhere', 'main', 'workflow', 'w', 't10-q')$$,
+    '23505', null, 'a second activation task for a thread is refused by the table'
+);
+select lives_ok(
+    $$insert into tasks (job_id, thread, kind, name, task_queue, seq)
+      values ('t10-elsewhere', 'main', 'activity', 'a', 't10-q', 1),
+             ('t10-elsewhere', 'main', 'activity', 'b', 't10-q', 2)$$,
+    'a thread may have many activity tasks'
+);
+
+-- ------------------------------------------------------------------ the engine clock
+
+select is(_now(), now(), '_now() is now() when hotmesh.fake_now is not set');
+set local "hotmesh.fake_now" = '2001-02-03 04:05:06.789+00';
+select is(_now(), '2001-02-03 04:05:06.789+00'::timestamptz, '_now() follows hotmesh.fake_now');
+set local "hotmesh.fake_now" = '2031-02-03 04:05:06+00';
+select is(_now(), '2031-02-03 04:05:06+00'::timestamptz, '... forwards and backwards');
+set local "hotmesh.fake_now" = '';
+select is(_now(), now(), 'an empty hotmesh.fake_now is unset');
+
+select * from finish();
+
+rollback;
