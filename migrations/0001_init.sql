@@ -84,6 +84,14 @@ create table tasks (
 );
 
 create index tasks_claim on tasks (task_queue, priority desc, run_at, id) where state <> 'dead';
+-- A hot, small table of short-lived rows: vacuum it after a fixed number of changes, not a
+-- fraction of its (tiny) size, so claims do not wade through dead index entries.
+alter table tasks set (
+    autovacuum_vacuum_scale_factor = 0.0,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.0,
+    autovacuum_analyze_threshold = 1000
+);
 create index tasks_job on tasks (job_id, thread);
 create unique index tasks_one_activation on tasks (job_id, thread) where kind = 'workflow';
 

@@ -14,6 +14,11 @@ create or replace function claim_tasks(
 ) returns setof claimed_task
 language plpgsql
 set search_path from current
+-- Every lookup here is by key or in claim order: an ordered index scan that stops after
+-- p_max_tasks rows. The tasks table churns faster than its statistics, and with stale ones
+-- the planner picks a bitmap scan that reads and sorts every due task instead.
+set enable_seqscan = off
+set enable_bitmapscan = off
 as $$
 declare
     v_now timestamptz := _now();
@@ -30,13 +35,21 @@ begin
                              coalesce(p_lease::text, 'null'));
     end if;
 
+    -- One ordered index scan per queue (on PostgreSQL 15 `task_queue = any(...)` would read
+    -- and sort every due task of the queues before the limit applies).
     with picked as (
-        select t.id
-          from tasks as t
-         where t.task_queue = any(p_task_queues) and t.state <> 'dead' and t.run_at <= v_now
-         order by t.priority desc, t.run_at, t.id
+        select c.id
+          from unnest(p_task_queues) as q (name)
+         cross join lateral (
+               select t.id, t.priority, t.run_at
+                 from tasks as t
+                where t.task_queue = q.name and t.state <> 'dead' and t.run_at <= v_now
+                order by t.priority desc, t.run_at, t.id
+                limit p_max_tasks
+                  for update skip locked
+               ) as c
+         order by c.priority desc, c.run_at, c.id
          limit p_max_tasks
-           for update skip locked
     ), leased as (
         update tasks as t
            set state = 'leased',
@@ -51,6 +64,24 @@ begin
         returning t.id
     )
     select array_agg(id) into v_ids from leased;
+    if v_ids is null then
+        return;
+    end if;
+
+    -- Nothing of a finished workflow runs: a task it got while it was being cancelled or
+    -- completed (a call recorded by an activation that was still running) is dropped here.
+    with stale as (
+        delete from tasks as t
+         using jobs as j
+         where t.id = any(v_ids) and j.id = t.job_id
+           and j.status in ('completed', 'failed', 'cancelled')
+        returning t.id
+    )
+    select array_agg(id) into v_ids from (
+        select unnest(v_ids) as id
+        except
+        select id from stale
+    ) as live;
     if v_ids is null then
         return;
     end if;
@@ -326,5 +357,37 @@ begin
         perform _notify('q:' || v_queue);
     end loop;
     return v_count;
+end
+$$;
+
+-- Group commit of completions: complete_task for several tasks in one transaction. Items
+-- are {"task_id", "token", "result"}; returns, in order, null for each completed task or
+-- {"error": {...}} for one whose lease was lost (the others still complete).
+create or replace function complete_tasks(p_items jsonb) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_item jsonb;
+    v_results jsonb := '[]'::jsonb;
+    v_held bigint[];
+begin
+    select coalesce(array_agg(t.id), '{}') into v_held
+      from jsonb_array_elements(p_items) as i
+      join tasks as t
+        on t.id = (i ->> 'task_id')::bigint and t.lease_token = (i ->> 'token')::uuid;
+    for v_item in select value from jsonb_array_elements(p_items) loop
+        if (v_item ->> 'task_id')::bigint = any(v_held) then
+            perform complete_task((v_item ->> 'task_id')::bigint, (v_item ->> 'token')::uuid,
+                                  v_item -> 'result');
+            v_results := v_results || jsonb_build_array(null::jsonb);
+        else
+            v_results := v_results || jsonb_build_array(jsonb_build_object('error',
+                jsonb_build_object('sqlstate', 'HM004', 'message', format(
+                    'lease lost: task %s is no longer held with this token',
+                    v_item ->> 'task_id'))));
+        end if;
+    end loop;
+    return v_results;
 end
 $$;

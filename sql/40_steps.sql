@@ -129,6 +129,8 @@ declare
     v_task tasks := _leased_task(p_task_id, p_token);
     v_policy jsonb := _retry_policy(p_retry_policy);
     v_step steps;
+    v_run_at timestamptz := _now();
+    v_attempt integer := 0;
 begin
     if coalesce(p_task_queue, '') = '' then
         raise exception using errcode = '22023',
@@ -140,15 +142,26 @@ begin
     returning * into v_step;
     if not found then
         select * into v_step from steps
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+           for update;
         perform _check_step(v_step, 'activity', p_name);
-        return _step_json(v_step);
+        if v_step.status <> 'retrying' then
+            return _step_json(v_step);
+        end if;
+        -- An inline activity awaiting its next attempt, on a worker that cannot run it
+        -- inline: that attempt goes through the queue, at its backoff time, counting on.
+        v_run_at := coalesce(v_step.wake_at, v_run_at);
+        v_attempt := v_step.attempt;
+        update steps set status = 'scheduled', wake_at = null
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+        returning * into v_step;
     end if;
     -- run_at from the engine's clock, not the column default (now()): due on the same clock
     -- that claim_tasks compares with.
-    insert into tasks (job_id, thread, kind, seq, name, task_queue, priority, run_at, payload)
+    insert into tasks (job_id, thread, kind, seq, name, task_queue, priority, run_at, attempt,
+                       payload)
     values (v_task.job_id, v_task.thread, 'activity', p_seq, p_name, p_task_queue,
-            v_task.priority, _now(),
+            v_task.priority, v_run_at, v_attempt,
             jsonb_build_object('args', p_args, 'retry_policy', v_policy));
     perform _notify('q:' || p_task_queue);
     return _step_json(v_step);
@@ -191,5 +204,41 @@ begin
         perform _check_step(v_step, 'sleep', '');
     end if;
     return _step_json(v_step);
+end
+$$;
+
+-- Group commit: records the outcomes of several inline calls, from any number of
+-- activations, in one transaction (one commit, one round trip). Each item is a record_step
+-- call as JSON; the result is the array of their results, in order. Stale leases are found
+-- up front and answered {"error": {...}} without aborting the batch; any other error fails
+-- the whole batch and the caller retries its items one by one.
+create or replace function record_steps(p_items jsonb) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_item jsonb;
+    v_results jsonb := '[]'::jsonb;
+    v_held bigint[];
+begin
+    select coalesce(array_agg(t.id), '{}') into v_held
+      from jsonb_array_elements(p_items) as i
+      join tasks as t
+        on t.id = (i ->> 'task_id')::bigint and t.lease_token = (i ->> 'token')::uuid;
+    for v_item in select value from jsonb_array_elements(p_items) loop
+        if not (v_item ->> 'task_id')::bigint = any(v_held) then
+            v_results := v_results || jsonb_build_array(jsonb_build_object('error',
+                jsonb_build_object('sqlstate', 'HM004', 'message', format(
+                    'lease lost: task %s is no longer held with this token',
+                    v_item ->> 'task_id'))));
+            continue;
+        end if;
+        v_results := v_results || jsonb_build_array(record_step(
+            (v_item ->> 'task_id')::bigint, (v_item ->> 'token')::uuid,
+            (v_item ->> 'seq')::integer, v_item ->> 'kind', v_item ->> 'name',
+            v_item -> 'input', v_item -> 'output', nullif(v_item -> 'error', 'null'),
+            nullif(v_item -> 'retry_policy', 'null')));
+    end loop;
+    return v_results;
 end
 $$;

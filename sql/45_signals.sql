@@ -11,8 +11,10 @@ as $$
 $$;
 
 -- Hands a payload (or, for a failed hook, an error) to the oldest wait for p_signal_id,
--- recording its step and waking its thread; keeps it when nobody waits. Returns what
--- happened: {"status": "delivered", "workflow_id", "thread", "seq"} or {"status": "kept"}.
+-- recording its step and waking its thread; keeps it when nobody waits. A wait left behind
+-- by a workflow (or hook thread) that already ended takes nothing: a signal given to it would
+-- be lost. Returns what happened: {"status": "delivered", "workflow_id", "thread", "seq"} or
+-- {"status": "kept", "id"}.
 create or replace function _deliver(
     p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb default null
 ) returns jsonb
@@ -24,22 +26,33 @@ declare
     v_kept bigint;
 begin
     perform _lock_signal(p_signal_id);
-    select * into v_wait
-      from steps
-     where kind = 'signal' and status = 'scheduled' and name = p_signal_id
-       and (p_workflow_id is null or job_id = p_workflow_id)
-     order by created_at, job_id, thread, seq
-     limit 1
-       for update;
-    if found then
+    loop
+        select s.* into v_wait
+          from steps as s
+          join jobs as j on j.id = s.job_id
+         where s.kind = 'signal' and s.status = 'scheduled' and s.name = p_signal_id
+           and (p_workflow_id is null or s.job_id = p_workflow_id)
+           and j.status not in ('completed', 'failed', 'cancelled')
+           and (s.thread = 'main'
+                or exists (select from threads as th
+                            where th.job_id = s.job_id and th.thread = s.thread
+                              and th.status = 'running'))
+         order by s.created_at, s.job_id, s.thread, s.seq
+         limit 1;
+        exit when not found;
+        -- The wait may be ending right now (its timeout fired in a claim): the update waits
+        -- for that and then finds it no longer scheduled, and the next oldest wait is tried.
         update steps
            set status = case when p_error is null then 'completed' else 'failed' end,
                output = p_payload, error = p_error, wake_at = null, completed_at = _now()
-         where job_id = v_wait.job_id and thread = v_wait.thread and seq = v_wait.seq;
-        perform _wake(v_wait.job_id, v_wait.thread);
-        return jsonb_build_object('status', 'delivered', 'workflow_id', v_wait.job_id,
-                                  'thread', v_wait.thread, 'seq', v_wait.seq);
-    end if;
+         where job_id = v_wait.job_id and thread = v_wait.thread and seq = v_wait.seq
+           and status = 'scheduled';
+        if found then
+            perform _wake(v_wait.job_id, v_wait.thread);
+            return jsonb_build_object('status', 'delivered', 'workflow_id', v_wait.job_id,
+                                      'thread', v_wait.thread, 'seq', v_wait.seq);
+        end if;
+    end loop;
     insert into signals (signal_id, job_id, payload, error, created_at)
     values (p_signal_id, p_workflow_id, p_payload, p_error, _now())
     returning id into v_kept;
@@ -48,8 +61,10 @@ end
 $$;
 
 -- Sends a signal from any application: `select my_app.signal('human-approval', 'true')`.
--- With p_workflow_id only that workflow receives it; with p_idempotency_key a repeated send
--- is ignored ({"status": "duplicate"}). A payload must be JSON (a bad one fails the cast).
+-- With p_workflow_id only that workflow receives it (HM002 when there is no such workflow,
+-- HM003 when it has finished: it will never wait again, a kept signal would be lost); with
+-- p_idempotency_key a repeated send is ignored ({"status": "duplicate"}), even after the
+-- workflow finished. A payload must be JSON (a bad one fails the cast).
 create or replace function signal(
     p_signal_id text,
     p_payload jsonb default 'null',
@@ -59,19 +74,30 @@ create or replace function signal(
 language plpgsql
 set search_path from current
 as $$
+declare
+    v_status text;
 begin
     if coalesce(p_signal_id, '') = '' then
         raise exception using errcode = '22023', message = 'signal id is required';
     end if;
-    if p_workflow_id is not null and not exists (select from jobs where id = p_workflow_id) then
-        raise exception using errcode = 'HM002',
-            message = format('signal "%s": workflow "%s" not found', p_signal_id, p_workflow_id);
-    end if;
     if p_idempotency_key is not null then
-        insert into signal_keys (idempotency_key) values (p_idempotency_key)
+        insert into signal_keys (idempotency_key, used_at) values (p_idempotency_key, _now())
         on conflict do nothing;
         if not found then
             return jsonb_build_object('status', 'duplicate');
+        end if;
+    end if;
+    if p_workflow_id is not null then
+        select status into v_status from jobs where id = p_workflow_id;
+        if not found then
+            raise exception using errcode = 'HM002',
+                message = format('signal "%s": workflow "%s" not found', p_signal_id,
+                                 p_workflow_id);
+        end if;
+        if v_status in ('completed', 'failed', 'cancelled') then
+            raise exception using errcode = 'HM003',
+                message = format('signal "%s": workflow "%s" is %s and waits for no more '
+                                 'signals', p_signal_id, p_workflow_id, v_status);
         end if;
     end if;
     return _deliver(p_signal_id, p_workflow_id, coalesce(p_payload, 'null'::jsonb));
@@ -164,9 +190,8 @@ begin
     -- A send that cannot be delivered (unknown target) fails the call, not the activation.
     begin
         v_outcome := signal(p_signal_id, p_payload, v_target);
-    exception when sqlstate 'HM002' or sqlstate '22023' then
-        v_error := jsonb_build_object('message', sqlerrm, 'type', 'SignalError', 'code', 598,
-                                      'sqlstate', sqlstate);
+    exception when sqlstate 'HM002' or sqlstate 'HM003' or sqlstate '22023' then
+        v_error := _error_json(sqlstate, sqlerrm, 'SignalError');
     end;
     update steps
        set status = case when v_error is null then 'completed' else 'failed' end,

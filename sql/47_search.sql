@@ -37,14 +37,22 @@ begin
         perform _check_step(v_step, 'search', p_op);
         return _step_json(v_step);
     end if;
-    -- A bad operation (wrong types, bad arguments) fails the call, not the activation.
+    -- A bad operation (wrong types, bad arguments, a number out of range) fails the call,
+    -- not the activation.
     begin
         select search into v_search from jobs where id = v_task.job_id for no key update;
+        if p_op = 'set' and jsonb_typeof(p_args) is distinct from 'object' then
+            raise exception using errcode = '22023',
+                message = 'search set takes an object of fields';
+        elsif p_op <> 'set' and jsonb_typeof(p_args) is distinct from 'array' then
+            raise exception using errcode = '22023',
+                message = format('search %s takes an array of arguments', p_op);
+        elsif p_op in ('get', 'incr', 'mult')
+              and jsonb_typeof(p_args -> 0) is distinct from 'string' then
+            raise exception using errcode = '22023',
+                message = format('search %s needs a key (a string) as its first argument', p_op);
+        end if;
         if p_op = 'set' then
-            if jsonb_typeof(p_args) <> 'object' then
-                raise exception using errcode = '22023',
-                    message = 'search set takes an object of fields';
-            end if;
             v_search := v_search || p_args;
             v_result := to_jsonb((select count(*) from jsonb_object_keys(p_args)));
         elsif p_op = 'get' then
@@ -62,10 +70,12 @@ begin
         else
             v_value := coalesce(v_search -> v_key,
                                 case when p_op = 'incr' then '0' else '1' end::jsonb);
-            if jsonb_typeof(v_value) <> 'number' or jsonb_typeof(p_args -> 1) <> 'number' then
+            if jsonb_typeof(v_value) <> 'number'
+               or jsonb_typeof(p_args -> 1) is distinct from 'number' then
                 raise exception using errcode = 'HM008',
                     message = format('search %s "%s": needs numbers, found %s and %s', p_op,
-                                     v_key, jsonb_typeof(v_value), jsonb_typeof(p_args -> 1));
+                                     v_key, jsonb_typeof(v_value),
+                                     coalesce(jsonb_typeof(p_args -> 1), 'nothing'));
             end if;
             v_result := to_jsonb(
                 case when p_op = 'incr'
@@ -76,7 +86,7 @@ begin
         if p_op not in ('get', 'mget') then
             update jobs set search = v_search, updated_at = _now() where id = v_task.job_id;
         end if;
-    exception when sqlstate 'HM008' or sqlstate '22023' then
+    exception when sqlstate 'HM008' or sqlstate '22023' or sqlstate '22003' then
         v_error := _error_json(sqlstate, sqlerrm, 'SearchError');
     end;
     update steps

@@ -14,7 +14,7 @@
 
 -- A caller's path as segments. One parser for every caller (SQL, Python, the workflow side), so
 -- a path means the same thing everywhere. SQL null stays null: "no path", the whole entity.
-create or replace function _entity_path(p_path text) returns text []
+create or replace function _entity_path(p_path text) returns text[]
 language plpgsql immutable
 set search_path from current
 as $$
@@ -75,7 +75,7 @@ $$;
 
 -- Segments stored as a JSON array (steps.input -> 'path', query conditions) back to text[].
 -- Immutable, so a query built on it is planned with the path as a constant (index matching).
-create or replace function _entity_segments(p_path jsonb) returns text []
+create or replace function _entity_segments(p_path jsonb) returns text[]
 language sql immutable
 set search_path from current
 as $$
@@ -84,7 +84,7 @@ as $$
 $$;
 
 -- How a path reads in a message: dotted when that is unambiguous, else its JSON array form.
-create or replace function _entity_path_label(p_path text []) returns text
+create or replace function _entity_path_label(p_path text[]) returns text
 language sql immutable
 set search_path from current
 as $$
@@ -117,7 +117,7 @@ $$;
 -- 'index': an array and a segment that is not an index; else the JSON type of the scalar in
 -- the way). Shared by every operation, so "exists" means one thing.
 create or replace function _entity_walk(
-    p_doc jsonb, p_path text [], out depth integer, out node jsonb, out blocker text
+    p_doc jsonb, p_path text[], out depth integer, out node jsonb, out blocker text
 )
 language plpgsql immutable
 set search_path from current
@@ -158,7 +158,7 @@ $$;
 -- path to exist (delete, remove) gets HM007 whatever stopped it; one that creates it gets
 -- HM007 for arrays (elements are never created) and HM008 for a scalar in the way.
 create or replace function _entity_unreachable(
-    p_op text, p_path text [], p_depth integer, p_node jsonb, p_blocker text,
+    p_op text, p_path text[], p_depth integer, p_node jsonb, p_blocker text,
     p_creating boolean
 ) returns void
 language plpgsql immutable
@@ -196,7 +196,7 @@ $$;
 
 -- p_value placed at p_path, creating missing intermediate objects. Array elements are never
 -- created (an index past the end is an error), so no operation can pad an array with nulls.
-create or replace function _entity_put(p_doc jsonb, p_op text, p_path text [], p_value jsonb)
+create or replace function _entity_put(p_doc jsonb, p_op text, p_path text[], p_value jsonb)
 returns jsonb
 language plpgsql immutable
 set search_path from current
@@ -251,7 +251,7 @@ $$;
 -- Results: set/merge/delete the new document; append/prepend/remove the new array; increment
 -- the new number; toggle the new boolean; set_if_not_exists and get the value at the path.
 create or replace function _entity_apply(
-    p_doc jsonb, p_op text, p_path text [], p_value jsonb, out doc jsonb, out result jsonb
+    p_doc jsonb, p_op text, p_path text[], p_value jsonb, out doc jsonb, out result jsonb
 )
 language plpgsql immutable
 set search_path from current
@@ -438,6 +438,16 @@ begin
 end
 $$;
 
+-- What a step records of an operation: its path (segments) and, when it has one, its operand.
+create or replace function _entity_input(p_path jsonb, p_value jsonb) returns jsonb
+language sql immutable
+set search_path from current
+as $$
+    select jsonb_build_object('path', p_path)
+           || case when p_value is null then '{}'::jsonb
+                   else jsonb_build_object('value', p_value) end
+$$;
+
 -- Applies one operation for a SQL caller and records it as a step of thread 'sql' (numbered
 -- under the job lock). A repeated idempotency key returns the first call's result and changes
 -- nothing; the same key with a different operation or arguments is refused.
@@ -451,7 +461,7 @@ declare
     v_path text[] := _entity_path(p_path);
     v_job jobs := _entity_job(p_workflow_id, true);
     v_now timestamptz := _now();
-    v_input jsonb := jsonb_build_object('path', to_jsonb(v_path), 'value', p_value);
+    v_input jsonb := _entity_input(to_jsonb(v_path), p_value);
     v_step steps;
     v_doc jsonb;
     v_result jsonb;
@@ -661,8 +671,8 @@ begin
                        entity_version, created_at, completed_at)
     values (v_task.job_id, v_task.thread, p_seq, 'entity', coalesce(p_op, ''),
             case when v_error is null then 'completed' else 'failed' end,
-            jsonb_build_object('path', coalesce(to_jsonb(v_path), to_jsonb(p_path)),
-                               'value', p_value, 'by', v_task.lease_owner),
+            _entity_input(coalesce(to_jsonb(v_path), to_jsonb(p_path)), p_value)
+            || jsonb_build_object('by', v_task.lease_owner),
             v_result, v_error, case when v_changes then v_version + 1 end, v_now, v_now)
     on conflict do nothing
     returning * into v_step;
@@ -696,7 +706,7 @@ returns table (
     thread text,
     seq integer,
     op text,
-    path text [],
+    path text[],
     value jsonb,
     result jsonb,
     document jsonb,
@@ -743,7 +753,7 @@ $$;
 
 -- One query condition, checked: {"path": [...], "op": "=", "value": ...}. Operators come from
 -- a fixed list; comparisons are typed (a number never equals a string).
-create or replace function _entity_condition(p_path text [], p_op text, p_value jsonb)
+create or replace function _entity_condition(p_path text[], p_op text, p_value jsonb)
 returns jsonb
 language plpgsql immutable
 set search_path from current
@@ -803,7 +813,7 @@ end
 $$;
 
 -- The elements of a JSON array as jsonb[] (for `= any(...)`).
-create or replace function _entity_elements(p_values jsonb) returns jsonb []
+create or replace function _entity_elements(p_values jsonb) returns jsonb[]
 language sql immutable
 set search_path from current
 as $$

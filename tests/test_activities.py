@@ -180,6 +180,38 @@ async def test_fails_twice_then_succeeds(mf: MemFlow, remote: MemFlow, db: Any, 
     assert steps_of(db, "fl") == [(1, "activity", "flaky", "completed", 3)]
 
 
+async def test_retry_moves_from_inline_to_remote(mf: MemFlow, remote: MemFlow, db: Any) -> None:
+    # The first attempt runs inline on a worker that serves the activity's queue; the retry
+    # is due on a worker that does not: it goes through the queue, counting attempts on
+    # (regression: the retry used to be asked for again and again, never run).
+    attempts: list[tuple[int, bool]] = []
+
+    def flaky() -> str:
+        info = activity.info()
+        attempts.append((info.attempt, info.inline))
+        if len(attempts) < 2:
+            raise ConnectionError("first run fails")
+        return "ok"
+
+    async def routed() -> str:
+        acts = workflow.proxy_activities(
+            activities=[flaky], task_queue="aq", retry_policy=RetryPolicy(initial_interval=1.0)
+        )
+        return str(await acts.flaky())
+
+    await mf.worker.register_activities(task_queue="aq", activities=[flaky])
+    wq = await mf.worker.create(task_queue="wq", workflow=routed)
+    handle = await mf.workflow.start(workflow_name="routed", task_queue="wq", workflow_id="sw")
+    async with asyncio.timeout(20):
+        while db.one("select status from steps where job_id = 'sw'") != "retrying":  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await wq.stop(grace=5)  # this process keeps serving "aq" only
+    await remote.worker.create(task_queue="wq", workflow=routed)
+    assert await handle.result(timeout=20) == "ok"
+    assert attempts == [(1, True), (2, False)]
+    assert steps_of(db, "sw") == [(1, "activity", "flaky", "completed", 2)]
+
+
 @pytest.mark.parametrize("where", ["inline", "remote"])
 async def test_non_retryable_failures_run_once(
     mf: MemFlow, remote: MemFlow, db: Any, where: str

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.timeout(120)
@@ -132,7 +132,7 @@ def model(doc: dict[str, Any], op: str, path: list[str] | None, value: Any) -> t
             raise ModelError("HM007")
         if not isinstance(node, list):
             raise ModelError("HM008")
-        if not -len(node) < value < len(node):
+        if not -len(node) <= value < len(node):
             raise ModelError("HM007")
         result = [v for i, v in enumerate(node) if i != value % len(node)]
         return put(doc, path, result), result
@@ -200,7 +200,10 @@ values = st.recursive(
     ),
     max_leaves=6,
 )
-paths = st.lists(st.sampled_from(KEYS), min_size=1, max_size=3)
+# Short paths over few keys hit existing values often; longer ones exercise the error paths.
+paths = st.sampled_from([["a"], ["b"], ["x.y"], ["a", "0"], ["b", "1"]]) | st.lists(
+    st.sampled_from(KEYS), min_size=1, max_size=3
+)
 operations = st.one_of(
     st.tuples(
         st.just("set"), st.none(), st.dictionaries(st.sampled_from(KEYS), values, max_size=3)
@@ -211,7 +214,7 @@ operations = st.one_of(
     st.tuples(st.just("get"), st.none() | paths, st.none()),
     st.tuples(st.just("delete"), paths, st.none()),
     st.tuples(st.sampled_from(["append", "prepend", "set_if_not_exists"]), paths, values),
-    st.tuples(st.just("remove"), paths, st.integers(-3, 3)),
+    st.tuples(st.just("remove"), paths, st.integers(-2, 2)),
     st.tuples(st.just("increment"), paths, st.sampled_from([1, -2, 0.5, 1.25])),
     st.tuples(st.just("toggle"), paths, st.none()),
 )
@@ -248,18 +251,27 @@ def path_argument(path: list[str] | None, as_list: bool) -> str | None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    steps=st.lists(st.tuples(operations, st.booleans()), min_size=1, max_size=10),
+    initial=st.dictionaries(
+        st.sampled_from(["a", "b", "c", "x.y"]),
+        st.lists(values, min_size=1, max_size=3) | values,
+        min_size=1,
+        max_size=4,
+    ),
+    steps=st.lists(st.tuples(operations, st.booleans()), min_size=1, max_size=15),
 )
-def test_sql_matches_the_model(db: Any, steps: list[tuple[tuple[str, Any, Any], bool]]) -> None:
+def test_sql_matches_the_model(
+    db: Any, initial: dict[str, Any], steps: list[tuple[tuple[str, Any, Any], bool]]
+) -> None:
     workflow_id = f"p{next(COUNTER)}"
     db.one("select start_workflow('w', '[]', 'q', %s)", workflow_id)
     doc: dict[str, Any] = {}
     changes = 0
-    for (op, path, value), as_list in steps:
+    for (op, path, value), as_list in [(("set", None, initial), False), *steps]:
         try:
             expected: tuple[Any, Any] | ModelError = model(doc, op, path, value)
         except ModelError as error:
             expected = error
+        event(f"{op}: {expected.sqlstate if isinstance(expected, ModelError) else 'ok'}")
         params = {
             "id": workflow_id,
             "path": path_argument(path, as_list),

@@ -80,6 +80,26 @@ async def test_recorded_calls_are_not_performed_again(mf: MemFlow, db: Any) -> N
     assert [len(t.steps or []) for t in claimed] == [0, 2]  # the replay got its history at claim
 
 
+async def test_first_run_sees_what_a_replay_sees(mf: MemFlow) -> None:
+    seen: list[Any] = []
+
+    def shaped() -> Any:
+        return {"pair": (1, 2), 3: "int key", "nested": [(4, 5)]}
+
+    async def shapes() -> Any:
+        acts = workflow.proxy_activities(activities=[shaped])
+        value = await acts.shaped()
+        seen.append(value)  # once live, once replayed
+        await workflow.sleep_for(0.1)
+        return value
+
+    await mf.worker.create(task_queue="q", workflow=shapes)
+    handle = await mf.workflow.start(workflow_name="shapes", task_queue="q")
+    stored = {"pair": [1, 2], "3": "int key", "nested": [[4, 5]]}
+    assert await handle.result(timeout=20) == stored
+    assert seen == [stored, stored]  # the live run got the JSON round trip too
+
+
 @pytest.mark.parametrize("change", ["kind", "name"])
 async def test_non_determinism_parks_the_job(
     mf: MemFlow, app: str, dsn: str, db: Any, change: str

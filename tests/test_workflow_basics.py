@@ -196,6 +196,40 @@ async def test_failed_workflow_raises_stored_error(mf: MemFlow, db: Any) -> None
     assert await buggy.status() == "failed"
 
 
+async def test_wrong_number_of_args_fails_the_workflow(mf: MemFlow, db: Any) -> None:
+    # regression: the call failed before the workflow's task existed and crashed the runner,
+    # so the job was retried at every lease expiry, forever, instead of failing
+    await mf.worker.create(task_queue="q", workflow=hello)
+    handle = await mf.workflow.start(
+        workflow_name="hello", args=["a", "b"], task_queue="q", retry_policy={"maximum_attempts": 1}
+    )
+    with pytest.raises(MaxedError, match="positional argument") as caught:
+        await handle.result(timeout=20)
+    assert caught.value.type == "TypeError"
+    assert await handle.status() == "failed"
+
+
+async def test_non_serialisable_workflow_result_fails_it(mf: MemFlow) -> None:
+    async def odd_result() -> Any:
+        return {"at": object()}
+
+    await mf.worker.create(task_queue="q", workflow=odd_result)
+    handle = await mf.workflow.start(workflow_name="odd_result", task_queue="q")
+    with pytest.raises(FatalError, match="result of workflow odd_result is not JSON") as caught:
+        await handle.result(timeout=20)
+    assert caught.value.type == "SerializationError"
+    assert await handle.status() == "failed"
+
+
+async def test_start_needs_a_task_queue(mf: MemFlow, db: Any) -> None:
+    with pytest.raises(InvalidArgument, match="task_queue") as caught:
+        await mf.workflow.start(workflow_name="hello", args=["x"])
+    assert caught.value.sqlstate == "22023"
+    with pytest.raises(InvalidArgument, match="workflow_name is required"):
+        await mf.workflow.start(workflow_name="", task_queue="q")
+    assert db.one("select count(*) from jobs") == 0
+
+
 async def test_concurrent_migrations_all_succeed(dsn: str) -> None:
     app_id = "t_mig_" + uuid.uuid4().hex[:10]
     other = "t_mig_" + uuid.uuid4().hex[:10]
@@ -295,6 +329,68 @@ async def test_shutdown_mid_activity_releases_the_lease(
         await other.close(grace=1.0)
     assert runs == [1, 2]
     assert db.one("select count(*) from tasks") == 0
+
+
+async def test_stop_lets_in_flight_work_finish_inline(mf: MemFlow, db: Any) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def first_step() -> str:
+        started.set()
+        await release.wait()
+        return "first"
+
+    def second_step() -> str:
+        return "second"
+
+    async def two_steps() -> list[str]:
+        acts = workflow.proxy_activities(activities=[first_step, second_step])
+        return [await acts.first_step(), await acts.second_step()]
+
+    worker = await mf.worker.create(task_queue="q", workflow=two_steps)
+    handle = await mf.workflow.start(workflow_name="two_steps", task_queue="q")
+    async with asyncio.timeout(20):
+        await started.wait()
+    stopping = asyncio.create_task(worker.stop(grace=20))
+    await asyncio.sleep(0)  # the stop has begun: no new claims
+    release.set()
+    await stopping
+    # the in-flight activation finished within the grace period, its second activity inline
+    # too (not turned into a task on the queue for some other worker)
+    assert await handle.status() == "completed"
+    assert await handle.result() == ["first", "second"]
+    assert db.one("select count(*) from tasks") == 0
+
+
+async def test_stop_during_a_claim_leaves_nothing_leased(
+    mf: MemFlow, app: str, dsn: str, db: Any
+) -> None:
+    claimed, gate = asyncio.Event(), asyncio.Event()
+    real = mf.db.claim_tasks
+
+    async def slow_answer(*args: Any) -> Any:
+        tasks = await real(*args)
+        if tasks:
+            claimed.set()
+            await gate.wait()  # committed in Postgres; the answer is still on its way
+        return tasks
+
+    mf.db.claim_tasks = slow_answer  # type: ignore[method-assign]
+    worker = await mf.worker.create(task_queue="q", workflow=hello)
+    handle = await mf.workflow.start(workflow_name="hello", args=["late"], task_queue="q")
+    async with asyncio.timeout(20):
+        await claimed.wait()
+    stopping = asyncio.create_task(worker.stop(grace=20))
+    await asyncio.sleep(0)  # the stop has begun while the claim is in flight
+    gate.set()
+    await stopping
+    # what the claim took was run or given back: nothing stays leased by a stopped worker
+    assert db.one("select count(*) from tasks where state = 'leased'") == 0
+    other = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    try:
+        await other.worker.create(task_queue="q", workflow=hello)
+        assert await handle.result(timeout=20) == {"greeting": "Hello, late!"}
+    finally:
+        await other.close(grace=1.0)
 
 
 async def test_two_sessions_claiming_at_once_never_share_a_task(

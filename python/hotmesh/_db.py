@@ -7,8 +7,9 @@ schema name is the only identifier, composed with `sql.Identifier`.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,6 +99,8 @@ _STATEMENTS = {
     " %s::text, %s::text, %s::text, %s::jsonb, %s::boolean)",
     "start_hook": "select {}.start_hook(%s::bigint, %s::uuid, %s::integer, %s::text, %s::jsonb,"
     " %s::text, %s::text, %s::text)",
+    "record_steps": "select {}.record_steps(%s::jsonb)",
+    "complete_tasks": "select {}.complete_tasks(%s::jsonb)",
     "cancel_step": "select {}.cancel_step(%s::bigint, %s::uuid, %s::integer, %s::text, %s::text,"
     " %s::boolean)",
 }
@@ -105,6 +108,71 @@ _STATEMENTS = {
 
 def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
+
+
+Single = Callable[[dict[str, Any]], Awaitable[Any]]
+Many = Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]
+
+
+class _GroupCommit:
+    """Coalesces concurrent calls of one kind into one transaction.
+
+    The first call is sent at once; calls that arrive while a batch is in flight wait for it
+    and go together in the next one. An idle worker pays no delay, a busy one pays one commit
+    and one round trip per batch instead of per call. Items a batch answers with
+    {"error": ...} raise that error for their caller only; if the batch itself fails, its
+    items are retried one by one so each caller gets its own outcome.
+    """
+
+    def __init__(self, single: Single, many: Many, limit: int = 64) -> None:
+        self._single = single
+        self._many = many
+        self._limit = limit
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, item: dict[str, Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self._limit]
+            del self._waiting[: self._limit]
+            if len(batch) == 1:
+                await self._one(*batch[0])
+                continue
+            try:
+                results = await self._many([item for item, _ in batch])
+            except (psycopg.Error, errors.HotMeshError):
+                await asyncio.gather(*(self._one(item, future) for item, future in batch))
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, dict) and set(result) == {"error"}:
+                    error = result["error"]
+                    cls = errors.from_sqlstate(error.get("sqlstate"))
+                    future.set_exception(
+                        cls(str(error.get("message")), sqlstate=error.get("sqlstate"))
+                    )
+                else:
+                    future.set_result(result)
+
+    async def _one(self, item: dict[str, Any], future: asyncio.Future[Any]) -> None:
+        try:
+            result = await self._single(item)
+        except BaseException as error:  # handed to the waiting caller, then re-raised if fatal
+            if not future.done():
+                future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            if not future.done():
+                future.set_result(result)
 
 
 class Database:
@@ -115,6 +183,8 @@ class Database:
         self.app_id = app_id
         schema = sql.Identifier(app_id)
         self._sql = {name: sql.SQL(text).format(schema) for name, text in _STATEMENTS.items()}
+        self._steps = _GroupCommit(self._record_one, self._record_many)
+        self._completions = _GroupCommit(self._complete_one, self._complete_many)
 
     async def _fetch(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:
@@ -166,7 +236,17 @@ class Database:
         return value if isinstance(value, datetime) else None
 
     async def complete_task(self, task: Claimed, result: Any) -> None:
-        await self._fetch("complete_task", (task.task_id, task.lease_token, Jsonb(result)))
+        """Complete a task; concurrent completions share one transaction (group commit)."""
+        await self._completions.submit(
+            {"task_id": task.task_id, "token": str(task.lease_token), "result": result}
+        )
+
+    async def _complete_one(self, item: dict[str, Any]) -> None:
+        params = (item["task_id"], item["token"], Jsonb(item["result"]))
+        await self._fetch("complete_task", params)
+
+    async def _complete_many(self, items: list[dict[str, Any]]) -> list[Any]:
+        return list(await self._value("complete_tasks", (Jsonb(items),)))
 
     async def fail_task(self, task: Claimed, error: dict[str, Any]) -> dict[str, Any]:
         value = await self._value("fail_task", (task.task_id, task.lease_token, Jsonb(error)))
@@ -202,18 +282,36 @@ class Database:
         error: dict[str, Any] | None = None,
         retry_policy: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Record an inline call's outcome; concurrent records share one transaction."""
+        item = {
+            "task_id": task.task_id,
+            "token": str(task.lease_token),
+            "seq": seq,
+            "kind": kind,
+            "name": name,
+            "input": input,
+            "output": output if error is None else None,
+            "error": error,
+            "retry_policy": retry_policy,
+        }
+        return dict(await self._steps.submit(item))
+
+    async def _record_one(self, item: dict[str, Any]) -> Any:
         params = (
-            task.task_id,
-            task.lease_token,
-            seq,
-            kind,
-            name,
-            _json(input),
-            _json(output) if error is None else None,
-            _json(error),
-            _json(retry_policy),
+            item["task_id"],
+            item["token"],
+            item["seq"],
+            item["kind"],
+            item["name"],
+            _json(item["input"]),
+            _json(item["output"]),
+            _json(item["error"]),
+            _json(item["retry_policy"]),
         )
-        return dict(await self._value("record_step", params))
+        return await self._value("record_step", params)
+
+    async def _record_many(self, items: list[dict[str, Any]]) -> list[Any]:
+        return list(await self._value("record_steps", (Jsonb(items),)))
 
     async def schedule_activity(
         self,
@@ -339,9 +437,16 @@ class Database:
 
     # -- entity --------------------------------------------------------------------------
     async def entity_step(
-        self, task: Claimed, seq: int, op: str, path: str | None, value: Any
+        self,
+        task: Claimed,
+        seq: int,
+        op: str,
+        path: str | None,
+        value: Any,
+        has_value: bool = True,
     ) -> dict[str, Any]:
-        params = (task.task_id, task.lease_token, seq, op, path, Jsonb(value))
+        operand = Jsonb(value) if has_value else None  # None: JSON null; no operand: SQL null
+        params = (task.task_id, task.lease_token, seq, op, path, operand)
         return dict(await self._value("entity_step", params))
 
     async def entity_call(

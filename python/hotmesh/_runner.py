@@ -215,7 +215,7 @@ class Activation:
         """Run the thread until it returns, raises or waits on something outside."""
         token = current.set(self)
         try:
-            main = self.loop.create_task(self.fn(*(self.task.args or [])))
+            main = self.loop.create_task(self._body())
         finally:
             current.reset(token)
         running: dict[asyncio.Task[Step], Command] = {}
@@ -248,6 +248,11 @@ class Activation:
             for leftover in running:
                 leftover.cancel()
             self.loop.close()
+
+    async def _body(self) -> Any:
+        # Called inside the task, so a call that fails at once (wrong number of arguments)
+        # fails the workflow like any error of its code, instead of crashing the runner.
+        return await self.fn(*(self.task.args or []))
 
     async def _finish(self, main: asyncio.Task[Any]) -> None:
         error = main.exception()

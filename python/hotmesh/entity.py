@@ -176,7 +176,7 @@ class Entity:
         return self._run("set_if_not_exists", path, value, idempotency_key)
 
     def _run(self, op: str, path: Path | None, value: Any, key: str | None) -> Awaitable[Any]:
-        operand: Any = None
+        operand: Any = _NO_VALUE
         try:
             text = path_text(path)
             if isinstance(value, Decimal):
@@ -227,6 +227,8 @@ class _Durable:
             value = int(value) if value == value.to_integral_value() else float(value)
 
         async def perform(seq: int) -> Step:
+            if value is _NO_VALUE:
+                return await act.db.entity_step(act.task, seq, op, path, None, has_value=False)
             return await act.db.entity_step(act.task, seq, op, path, value)
 
         return _raise_as_entity_error(act.call("entity", op, perform))
@@ -269,7 +271,9 @@ class _Direct:
         self.workflow_id = workflow_id
 
     def run(self, op: str, path: str | None, value: Any, key: str | None) -> Awaitable[Any]:
-        if op == "increment" and isinstance(value, float):
+        if value is _NO_VALUE:
+            value = None
+        elif op == "increment" and isinstance(value, float):
             value = Decimal(repr(value))  # exact: the SQL function takes numeric
         return self._db.entity_call(op, self.workflow_id, path, value, key)
 
@@ -277,6 +281,14 @@ class _Direct:
         if isinstance(error, errors.WorkflowError):  # a value that cannot be stored as JSON
             raise errors.InvalidArgument(error.message) from None
         raise error
+
+
+def _plain(value: Any, what: str) -> Any:
+    """`value` as JSON, or InvalidArgument (outside workflows nothing is fatal)."""
+    try:
+        return encode(value, what)
+    except errors.WorkflowError as error:
+        raise errors.InvalidArgument(error.message) from None
 
 
 class EntityClient:
@@ -317,7 +329,7 @@ class EntityClient:
             text = path_text(key)
             if text is None:
                 raise errors.EntityPathError("a condition needs a path", sqlstate="HM007")
-            conditions[text] = encode(condition, f"the condition on {text}")
+            conditions[text] = _plain(condition, f"the condition on {text}")
         return await self._db.entity_find(entity, conditions, limit, offset)
 
     async def find_by_condition(
@@ -332,7 +344,7 @@ class EntityClient:
         """Workflows of entity type `entity` whose value at `path` compares with `value` by
         `op` (= != > >= < <= like in), newest first. Comparisons are typed: numbers with
         numbers, strings with strings; `in` takes a list."""
-        value = encode(value, f"the value compared with {op}")
+        value = _plain(value, f"the value compared with {op}")
         return await self._db.entity_find_by_condition(
             entity, path_text(path), op, value, limit, offset
         )

@@ -94,6 +94,11 @@ _BY_SQLSTATE: dict[str, type[HotMeshError]] = {
 _BY_SQLSTATE["22P02"] = InvalidArgument  # invalid text representation (e.g. bad JSON)
 
 
+def from_sqlstate(sqlstate: str | None) -> type[HotMeshError]:
+    """The exception class for a SQLSTATE (HotMeshError for codes not listed)."""
+    return _BY_SQLSTATE.get(sqlstate or "", HotMeshError)
+
+
 def from_database(error: psycopg.Error) -> HotMeshError:
     """The hotmesh exception for a database error (HotMeshError for codes not listed)."""
     sqlstate = error.sqlstate

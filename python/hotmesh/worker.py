@@ -99,10 +99,17 @@ class Worker:
         the leases of the rest so another worker takes them over at once."""
         self._stopping = True
         self._wake.set()
+        self._slot_freed.set()
         self.listener.unwatch_queue(self.task_queue, self._wake)
-        self.registry.served.discard(self.task_queue)
+        if self._loops:
+            # The claim loop exits at its next check. A claim it is making finishes first, so
+            # what it took gets a runner (finished or released below) instead of staying
+            # leased by nobody until the lease expires.
+            await asyncio.wait(self._loops[:1], timeout=grace)
         if self._running:
             await asyncio.wait(list(self._running), timeout=grace)
+        # Only now: in-flight activations keep running their activities inline until here.
+        self.registry.served.discard(self.task_queue)
         leftover = dict(self._running)
         for task in leftover:
             task.cancel()

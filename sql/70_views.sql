@@ -1,0 +1,223 @@
+-- Inspection for people in psql and for `hotmesh list / show / queues / history`: read-only
+-- views over the engine's tables, and the timeline of one workflow. Views are replaced on every
+-- migrate (`create or replace view`): a new column may only be added at the end.
+
+-- What each unfinished thread of a workflow waits on, one JSON object per wait: a timer
+-- (sleep), a signal, an activity (running, queued or between attempts), a child workflow, a
+-- retry of the workflow body, or a task parked as dead (it needs a person: see retry_workflow).
+-- Finished workflows wait on nothing.
+create or replace function _waits(p_job_id text) returns jsonb
+language sql stable
+set search_path from current
+as $$
+    select coalesce(jsonb_agg(w.wait order by w.rank, w.thread, w.seq), '[]'::jsonb)
+      from (
+        select 1 as rank, s.thread, s.seq,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'thread', s.thread, 'seq', s.seq,
+                   'kind', case s.kind when 'sleep' then 'timer' else s.kind end,
+                   'name', nullif(s.name, ''),
+                   'until', case when s.kind in ('sleep', 'signal') then s.wake_at end,
+                   'workflow_id', case when s.kind = 'child' then s.input ->> 'workflow_id' end,
+                   'state', case
+                       when s.kind <> 'activity' then null
+                       when s.status = 'retrying' or t.error is not null then 'retrying'
+                       when t.state = 'leased' then 'running'
+                       when t.state = 'ready' then 'queued'
+                       else coalesce(t.state, 'no task') end,
+                   'retry_at', case when s.status = 'retrying' then s.wake_at
+                                    when t.error is not null and t.state = 'ready' then t.run_at
+                               end,
+                   'attempt', case when s.kind = 'activity'
+                                   then coalesce(t.attempt, s.attempt) end,
+                   'error', case when s.status = 'retrying' then s.error ->> 'message'
+                                 else t.error ->> 'message' end
+               )) as wait
+          from steps as s
+          left join tasks as t
+            on t.job_id = s.job_id and t.thread = s.thread and t.seq = s.seq
+           and t.kind = 'activity'
+         where s.job_id = p_job_id
+           and s.status in ('scheduled', 'retrying')
+           and s.kind in ('sleep', 'signal', 'activity', 'child')
+        union all
+        select case when t.state = 'dead' then 0 else 2 end, t.thread, coalesce(t.seq, 0),
+               jsonb_strip_nulls(jsonb_build_object(
+                   'thread', t.thread, 'seq', t.seq,
+                   'kind', case when t.state = 'dead' then 'dead' else 'workflow_retry' end,
+                   'name', t.name, 'task_id', t.id,
+                   'retry_at', case when t.state <> 'dead' then t.run_at end,
+                   'error', t.error ->> 'message'))
+          from tasks as t
+         where t.job_id = p_job_id
+           and (t.state = 'dead'
+                or (t.kind = 'workflow' and t.state = 'ready' and t.error is not null
+                    and t.run_at > _now()))
+      ) as w
+$$;
+
+-- The waits as one line of text: "timer until ...", "signal approve", "activity charge
+-- (retry 2 at ...)", "child order-7", "dead: ..."; threads other than main are prefixed.
+create or replace function _waits_text(p_waits jsonb) returns text
+language sql immutable
+set search_path from current
+as $$
+    select nullif(string_agg(
+        case when w ->> 'thread' <> 'main' then (w ->> 'thread') || ': ' else '' end
+        || case w ->> 'kind'
+            when 'timer' then 'timer until ' || (w ->> 'until')
+            when 'signal' then 'signal ' || (w ->> 'name')
+                || coalesce(' (timeout ' || (w ->> 'until') || ')', '')
+            when 'activity' then 'activity ' || (w ->> 'name') || ' ('
+                || case when w ->> 'state' = 'retrying'
+                        then 'retry ' || ((w ->> 'attempt')::integer + 1)
+                             || coalesce(' at ' || (w ->> 'retry_at'), '')
+                        else w ->> 'state' end || ')'
+            when 'child' then 'child ' || (w ->> 'workflow_id')
+            when 'workflow_retry' then 'retry of ' || (w ->> 'name') || ' at '
+                || (w ->> 'retry_at')
+            when 'dead' then 'dead task ' || (w ->> 'task_id') || ' (' || (w ->> 'name') || ')'
+                || coalesce(': ' || (w ->> 'error'), '')
+            else w ->> 'kind'
+        end, ', ' order by n), '')
+      from jsonb_array_elements(p_waits) with ordinality as e (w, n)
+$$;
+
+-- Every workflow with its status, age and, while it is unfinished, what it waits on
+-- (waiting_on: text; waits: the same as JSON). `error` is the message of the error the
+-- workflow failed with, or of its last failed attempt while it retries.
+--   select id, status, age, waiting_on from my_app.workflows where status = 'waiting';
+create or replace view workflows as
+select
+    j.id,
+    j.workflow_name,
+    j.entity,
+    j.status,
+    j.task_queue,
+    w.now - j.created_at as age,
+    j.created_at,
+    j.updated_at,
+    j.completed_at,
+    j.attempt,
+    _waits_text(w.waits) as waiting_on,
+    w.waits,
+    j.error ->> 'message' as error,
+    j.parent_id,
+    j.expire_at
+from jobs as j
+cross join lateral (
+    select
+        _now() as now,
+        case
+            when j.status in ('pending', 'running', 'waiting') then _waits(j.id)
+            else '[]'::jsonb
+        end as waits
+) as w;
+
+-- The task backlog per task queue and kind (workflow activations, activities): ready (due
+-- now), delayed (due later: timers, retries), leased (running; lease_expired of them have
+-- outlived their lease, their worker is probably gone, and any worker may take them over),
+-- dead (parked until a person retries them), and how long the oldest ready task has waited.
+--   select * from my_app.queue_backlog order by ready desc;
+create or replace view queue_backlog as
+select
+    t.task_queue,
+    t.kind,
+    count(*) filter (where t.state = 'ready' and t.run_at <= n.now) as ready,
+    count(*) filter (where t.state = 'ready' and t.run_at > n.now) as delayed,
+    count(*) filter (where t.state = 'leased') as leased,
+    count(*) filter (where t.state = 'leased' and t.lease_expires_at <= n.now) as lease_expired,
+    count(*) filter (where t.state = 'dead') as dead,
+    n.now - min(t.run_at) filter (
+        where t.state = 'ready' and t.run_at <= n.now
+    ) as oldest_ready_age,
+    min(t.run_at) filter (where t.state = 'ready' and t.run_at > n.now) as next_run_at
+from tasks as t
+cross join (select _now() as now) as n
+group by t.task_queue, t.kind, n.now;
+
+-- Failed workflows with their error: message, code (598 fatal, 597 retries exhausted, 596
+-- timeout, ...), the original exception type, and when they failed.
+--   select id, workflow_name, error_code, error_message from my_app.failed_workflows
+--    order by completed_at desc limit 20;
+create or replace view failed_workflows as
+select
+    j.id,
+    j.workflow_name,
+    j.entity,
+    j.task_queue,
+    j.error ->> 'message' as error_message,
+    case when (j.error ->> 'code') ~ '^[0-9]{1,9}$' then (j.error ->> 'code')::integer end
+    as error_code,
+    j.error ->> 'type' as error_type,
+    j.attempt,
+    j.created_at,
+    j.completed_at,
+    j.expire_at,
+    j.error
+from jobs as j
+where j.status = 'failed';
+
+-- The timeline of one workflow: its start, every step of every thread (main, hooks, and 'sql'
+-- for entity changes made by SQL callers; entity changes carry their entity_version), hook
+-- threads starting and ending, and its end. Ordered by time, then by a fixed rank (start,
+-- steps, thread start, thread end, end), thread and step number, so rows recorded in the same
+-- transaction always come out in the same order. HM002 for an unknown workflow.
+--   select at, thread, seq, kind, name, status from my_app.workflow_history('A42');
+create or replace function workflow_history(p_workflow_id text)
+returns table (
+    at timestamptz,
+    thread text,
+    seq integer,
+    kind text,
+    name text,
+    status text,
+    attempt integer,
+    entity_version bigint,
+    input jsonb,
+    output jsonb,
+    error jsonb,
+    completed_at timestamptz
+)
+language plpgsql stable
+set search_path from current
+as $$
+begin
+    if not exists (select from jobs as j where j.id = p_workflow_id) then
+        raise exception using errcode = 'HM002',
+            message = format('workflow "%s" not found', p_workflow_id);
+    end if;
+    return query
+    select e.at, e.thread, e.seq, e.kind, e.name, e.status, e.attempt, e.entity_version,
+           e.input, e.output, e.error, e.completed_at
+      from (
+        select j.created_at as at, 0 as rank, 'main'::text as thread, null::integer as seq,
+               'workflow'::text as kind, j.workflow_name as name, 'started'::text as status,
+               null::integer as attempt, null::bigint as entity_version, j.args as input,
+               null::jsonb as output, null::jsonb as error, null::timestamptz as completed_at
+          from jobs as j
+         where j.id = p_workflow_id
+        union all
+        select s.created_at, 1, s.thread, s.seq, s.kind, s.name, s.status, s.attempt,
+               s.entity_version, s.input, s.output, s.error, s.completed_at
+          from steps as s
+         where s.job_id = p_workflow_id
+        union all
+        select th.created_at, 2, th.thread, null, 'thread', th.name, 'started', null, null,
+               th.args, null, null, null
+          from threads as th
+         where th.job_id = p_workflow_id
+        union all
+        select th.completed_at, 3, th.thread, null, 'thread', th.name, th.status, th.attempt,
+               null, null, th.result, th.error, th.completed_at
+          from threads as th
+         where th.job_id = p_workflow_id and th.completed_at is not null
+        union all
+        select j.completed_at, 4, 'main', null, 'workflow', j.workflow_name, j.status,
+               j.attempt, null, null, j.result, j.error, j.completed_at
+          from jobs as j
+         where j.id = p_workflow_id and j.completed_at is not null
+      ) as e
+     order by e.at, e.rank, e.thread, e.seq;
+end
+$$;
