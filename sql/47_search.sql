@@ -113,7 +113,7 @@ declare
     v_data jsonb;
     v_payload text;
 begin
-    if jsonb_typeof(p_events) <> 'object' then
+    if jsonb_typeof(p_events) is distinct from 'object' then
         raise exception using errcode = '22023',
             message = 'emit takes an object of {topic: data}';
     end if;

@@ -62,6 +62,27 @@ async def empty() -> None:
     """A workflow with no steps: one task to claim and complete."""
 
 
+async def parked() -> Any:
+    """Waits for signal "go" and returns its payload."""
+    return await workflow.wait_for("go")
+
+
+async def bump() -> None:
+    """A hook: one increment of the shared entity."""
+    entity = await workflow.entity()
+    await entity.increment("count", 1)
+
+
+async def fanout(hooks: int) -> Any:
+    """Runs `hooks` hooks at once, each incrementing this workflow's entity."""
+    entity = await workflow.entity()
+    await entity.set({"count": 0})
+    await workflow.exec_hook_batch(
+        [{"key": str(i), "options": {"workflow_name": "bump"}} for i in range(hooks)]
+    )
+    return await entity.get("count")
+
+
 # -- plumbing -----------------------------------------------------------------------------------
 
 
@@ -365,10 +386,79 @@ def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]
     }
 
 
+def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, Any]:
+    """A parked workflow on an idle worker, a signal from SQL, the time until its result is
+    committed (database clock: the signal's commit to the workflow's completion)."""
+    schema = sql.Identifier(app)
+    latencies = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _reset_app(conn, dsn, app)
+        with _worker(dsn, app, "bench", "hotmesh.bench:parked", concurrency=concurrency):
+            for i in range(samples):
+                workflow_id = f"parked-{i}"
+                conn.execute(
+                    sql.SQL("select {}.start_workflow('parked', '[]', 'bench', %s)").format(schema),
+                    (workflow_id,),
+                )
+                _wait_status(conn, app, workflow_id, "waiting")
+                row = conn.execute(
+                    sql.SQL("select {}.signal('go', 'true', %s), clock_timestamp()").format(schema),
+                    (workflow_id,),
+                ).fetchone()
+                sent = row[1] if row else None
+                _wait_status(conn, app, workflow_id, "completed")
+                done = conn.execute(
+                    sql.SQL("select completed_at from {}.jobs where id = %s").format(schema),
+                    (workflow_id,),
+                ).fetchone()
+                if sent is not None and done is not None:
+                    latencies.append((done[0] - sent).total_seconds())
+    return {
+        "samples": len(latencies),
+        "p50_ms": _percentile(latencies, 0.50) * 1000,
+        "p95_ms": _percentile(latencies, 0.95) * 1000,
+        "max_ms": max(latencies) * 1000 if latencies else float("nan"),
+    }
+
+
+def _wait_status(conn: psycopg.Connection[Any], app: str, workflow_id: str, status: str) -> None:
+    query = sql.SQL("select status from {}.jobs where id = %s").format(sql.Identifier(app))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = conn.execute(query, (workflow_id,)).fetchone()
+        if row and row[0] == status:
+            return
+        time.sleep(0.002)
+    raise RuntimeError(f"workflow {workflow_id} did not become {status} in 30 s")
+
+
+def fan_out(dsn: str, app: str, *, hooks: int, concurrency: int) -> dict[str, Any]:
+    """One workflow, `hooks` hooks incrementing its entity at once: time and lost updates."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _reset_app(conn, dsn, app)
+        specs = ("hotmesh.bench:fanout", "hotmesh.bench:bump")
+        with _worker(dsn, app, "bench", *specs, concurrency=concurrency):
+            conn.execute(
+                sql.SQL("select {}.start_workflow('fanout', %s, 'bench', 'fanout')").format(
+                    sql.Identifier(app)
+                ),
+                (json.dumps([hooks]),),
+            )
+            _wait_status(conn, app, "fanout", "completed")
+        row = conn.execute(
+            sql.SQL(
+                "select (result #>> '{{}}')::numeric, extract(epoch from completed_at - created_at)"
+                " from {}.jobs where id = 'fanout'"
+            ).format(sql.Identifier(app))
+        ).fetchone()
+    count, seconds = (row[0], row[1]) if row else (0, 0)
+    return {"hooks": hooks, "seconds": float(seconds), "lost_updates": hooks - int(count)}
+
+
 # -- the command ----------------------------------------------------------------------------
 
 
-SCENARIOS = ("ceiling", "steps", "long", "remote", "queue")
+SCENARIOS = ("ceiling", "steps", "long", "remote", "queue", "signal", "fanout")
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -414,7 +504,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             concurrency=args.concurrency,
             remote=True,
         ),
-        "queue": lambda: queue(dsn, app, count=args.workflows * 4, concurrency=args.concurrency),
+        "queue": lambda: queue(
+            dsn, app, count=args.workflows * 4, concurrency=args.queue_concurrency
+        ),
+        "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
+        "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
     }
     report: dict[str, Any] = {
         "settings": {
@@ -422,6 +516,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "steps": args.steps,
             "long_steps": args.long_steps,
             "concurrency": args.concurrency,
+            "queue_concurrency": args.queue_concurrency,
             "repeat": args.repeat,
         },
         "database": _database_facts(dsn),
@@ -481,6 +576,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--steps", type=int, default=5, help="steps per workflow (5)")
     parser.add_argument("--long-steps", type=int, default=1000, help="steps for `long` (1000)")
     parser.add_argument("-c", "--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--queue-concurrency",
+        type=int,
+        default=128,
+        help="worker concurrency for `queue`: how many tasks one claim takes (128)",
+    )
+    parser.add_argument("--samples", type=int, default=60, help="signal samples (60)")
+    parser.add_argument("--hooks", type=int, default=100, help="hooks for `fanout` (100)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling duration (5)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")

@@ -247,7 +247,7 @@ class MemFlow:
 
     async def _serve(self, task_queue: str, concurrency: int, lease: float) -> Worker:
         worker = self.workers.get(task_queue)
-        if worker is None:
+        if worker is None or worker.stopping:
             listener = await self._listening()
             worker = Worker(
                 self.db, listener, self.registry, task_queue, concurrency=concurrency, lease=lease

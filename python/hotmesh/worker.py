@@ -83,6 +83,10 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def in_flight(self) -> int:
         return len(self._running)
 

@@ -1,0 +1,355 @@
+-- Operations: app settings (the default retention), pruning finished workflows, and retrying
+-- a failed (or stuck) workflow.
+
+-- ------------------------------------------------------------------------------ settings
+
+-- A setting's value, checked and normalised, or SQL null to remove it (back to the default).
+-- The known keys are listed here, so a typo is an error instead of a setting nobody reads.
+--   default_retention: how long a finished workflow is kept when its start gave no `expire`;
+--   seconds (a JSON number) or Postgres interval text ("30 days"), stored as seconds.
+create or replace function _setting_value(p_key text, p_value jsonb) returns jsonb
+language plpgsql stable
+set search_path from current
+as $$
+declare
+    v_seconds numeric;
+begin
+    if p_key is distinct from 'default_retention' then
+        raise exception using errcode = '22023',
+            message = format('unknown setting "%s" (known: default_retention)',
+                             coalesce(p_key, 'null'));
+    end if;
+    if p_value is null or p_value = 'null'::jsonb then
+        return null;
+    end if;
+    if jsonb_typeof(p_value) = 'number' then
+        v_seconds := p_value::numeric;
+    elsif jsonb_typeof(p_value) = 'string' then
+        begin
+            v_seconds := extract(epoch from (p_value #>> '{}')::interval);
+        exception when invalid_datetime_format or datetime_field_overflow
+                       or interval_field_overflow then
+            v_seconds := null;
+        end;
+    end if;
+    -- Bounded like start_workflow's `expire`: make_interval does not check overflow.
+    if v_seconds is null or not (v_seconds between 0 and 1e10) then
+        raise exception using errcode = '22023',
+            message = format('default_retention must be a number of seconds or an interval '
+                             '(e.g. "30 days") from 0 to 1e10 seconds, not %s', p_value);
+    end if;
+    return to_jsonb(v_seconds);
+end
+$$;
+
+-- Changes a setting of this app; SQL or JSON null removes it (back to the built-in default).
+-- Returns the value now in force.
+--   select my_app.set_setting('default_retention', '"30 days"');
+create or replace function set_setting(p_key text, p_value jsonb) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_value jsonb := _setting_value(p_key, p_value);
+begin
+    if v_value is null then
+        delete from settings where key = p_key;
+    else
+        insert into settings (key, value, updated_at)
+        values (p_key, v_value, _now())
+        on conflict (key) do update set value = excluded.value, updated_at = excluded.updated_at;
+    end if;
+    return get_setting(p_key);
+end
+$$;
+
+-- A setting's value in force: the stored one, else the built-in default (default_retention:
+-- 604800 seconds, 7 days).
+create or replace function get_setting(p_key text) returns jsonb
+language plpgsql stable
+set search_path from current
+as $$
+declare
+    v_value jsonb;
+begin
+    perform _setting_value(p_key, null);
+    select s.value into v_value from settings as s where s.key = p_key;
+    return coalesce(v_value, case p_key when 'default_retention' then '604800'::jsonb end);
+end
+$$;
+
+-- How long a finished workflow is kept when its start gave no `expire` (start_workflow reads
+-- it when the workflow starts, so a change applies to workflows started afterwards).
+create or replace function _default_retention() returns interval
+language sql stable
+set search_path from current
+as $$
+    select make_interval(secs => (get_setting('default_retention') #>> '{}')::float8)
+$$;
+
+-- ------------------------------------------------------------------------------ prune
+
+-- Deletes one batch of finished workflows whose retention ran out, with everything recorded
+-- for them (steps, tasks, hook threads, signals kept for them), in the caller's transaction.
+-- The rule: a workflow is pruned when it is completed, failed or cancelled, its expire_at (end
+-- + its retention: the start's `expire`, else the app's default_retention) has passed, AND it
+-- finished at least p_older_than ago. p_older_than is an extra guard (default 0: retention
+-- alone decides); it never prunes a workflow before its retention runs out. Live and waiting
+-- workflows are never touched. SKIP LOCKED: a job row someone holds is left for the next run,
+-- so pruning never waits on, or blocks, the engine. Returns how many workflows it deleted;
+-- with p_dry_run, how many a full prune would delete now (nothing is deleted or locked).
+create or replace function prune_batch(
+    p_older_than interval default interval '0',
+    p_batch integer default 1000,
+    p_dry_run boolean default false
+) returns integer
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_now timestamptz := _now();
+    v_ids text[];
+begin
+    if p_older_than is null or p_older_than < interval '0' then
+        raise exception using errcode = '22023',
+            message = format('prune: older_than must be an interval >= 0, not %s',
+                             coalesce(p_older_than::text, 'null'));
+    end if;
+    if p_batch is null or p_batch not between 1 and 100000 then
+        raise exception using errcode = '22023',
+            message = format('prune: batch must be from 1 to 100000, not %s',
+                             coalesce(p_batch::text, 'null'));
+    end if;
+    if coalesce(p_dry_run, false) then
+        return (select count(*)
+                  from jobs as j
+                 where j.expire_at <= v_now
+                   and j.status in ('completed', 'failed', 'cancelled')
+                   and j.completed_at <= v_now - p_older_than);
+    end if;
+    select array_agg(v.id) into v_ids
+      from (select j.id
+              from jobs as j
+             where j.expire_at <= v_now
+               and j.status in ('completed', 'failed', 'cancelled')
+               and j.completed_at <= v_now - p_older_than
+             order by j.expire_at
+             limit p_batch
+               for update skip locked) as v;
+    if v_ids is null then
+        return 0;
+    end if;
+    delete from steps where job_id = any(v_ids);
+    delete from tasks where job_id = any(v_ids);
+    delete from threads where job_id = any(v_ids);
+    delete from signals where job_id = any(v_ids);
+    delete from jobs where id = any(v_ids);
+    return cardinality(v_ids);
+end
+$$;
+
+-- prune, the whole of it, as one command from psql or a scheduler: `call my_app.prune();`.
+-- It runs prune_batch until a batch comes back short, committing after each batch, so no
+-- transaction holds many rows or runs long. Two consequences of the COMMIT: it cannot run
+-- inside an explicit transaction block (use `select my_app.prune_batch(...)` there), and it
+-- cannot pin its search_path like every other function (a procedure with a SET clause may not
+-- commit): its body is generated at install time with the app schema written into it, so it
+-- depends on no caller's search_path. p_pruned (out) is the number of workflows deleted, or
+-- with p_dry_run the number a prune would delete now.
+do $install$
+begin
+    execute format($ddl$
+create or replace procedure prune(
+    p_older_than interval default interval '0',
+    p_batch integer default 1000,
+    p_dry_run boolean default false,
+    inout p_pruned bigint default null
+)
+language plpgsql
+as $body$
+declare
+    v_count integer;
+begin
+    p_pruned := 0;
+    if coalesce(p_dry_run, false) then
+        p_pruned := %1$I.prune_batch(p_older_than, p_batch, true);
+        return;
+    end if;
+    loop
+        v_count := %1$I.prune_batch(p_older_than, p_batch, false);
+        p_pruned := p_pruned + v_count;
+        commit;
+        exit when v_count < p_batch;
+    end loop;
+end
+$body$
+$ddl$, current_schema());
+end
+$install$;
+
+-- ------------------------------------------------------------------------------ retry
+
+-- Resets one thread of a failed workflow so that its replay performs again what made it fail:
+-- its failed steps after its last completed step (a failure the code saw and moved past is
+-- history and replays as recorded) and its scheduled remote activities (their tasks were
+-- removed when the workflow failed) are deleted, so they run again at the same step numbers.
+-- A failed child workflow behind a failed step is retried too and the step awaits it again; a
+-- failed hook whose failure reached this thread as a signal is revived. Returns the workflows
+-- retried below this one and how many steps were reset.
+create or replace function _retry_thread(p_job_id text, p_thread text) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_last integer;
+    v_step steps;
+    v_hook text;
+    v_child jsonb;
+    v_out jsonb := jsonb_build_object('reset_steps', 0, 'retried', '[]'::jsonb);
+    v_sub jsonb;
+begin
+    select coalesce(max(s.seq), 0) into v_last
+      from steps as s
+     where s.job_id = p_job_id and s.thread = p_thread and s.status = 'completed';
+    for v_step in
+        select *
+          from steps as s
+         where s.job_id = p_job_id and s.thread = p_thread
+           and ((s.status = 'failed' and s.seq > v_last)
+                or (s.status = 'scheduled' and s.kind = 'activity'))
+         order by s.seq
+    loop
+        v_out := jsonb_set(v_out, '{reset_steps}', to_jsonb((v_out ->> 'reset_steps')::integer + 1));
+        if v_step.kind = 'child' and v_step.status = 'failed'
+           and exists (select from jobs as c
+                        where c.id = v_step.input ->> 'workflow_id' and c.parent_id = p_job_id
+                          and c.status = 'failed') then
+            v_child := _retry_job(v_step.input ->> 'workflow_id');
+            v_out := jsonb_build_object(
+                'reset_steps', (v_out ->> 'reset_steps')::integer
+                               + (v_child ->> 'reset_steps')::integer,
+                'retried', (v_out -> 'retried') || to_jsonb(v_step.input ->> 'workflow_id')
+                           || (v_child -> 'retried'));
+            -- The child's end settles this step again (_settle_parent).
+            update steps
+               set status = 'scheduled', output = null, error = null, completed_at = null
+             where job_id = p_job_id and thread = p_thread and seq = v_step.seq;
+            continue;
+        end if;
+        if v_step.kind = 'signal' and v_step.status = 'failed' then
+            select th.thread into v_hook
+              from threads as th
+             where th.job_id = p_job_id and th.signal_id = v_step.name and th.status = 'failed'
+             order by th.created_at desc
+             limit 1;
+            if found then
+                -- The revived hook delivers its end as this signal again (kept until the
+                -- replayed wait takes it).
+                update threads
+                   set status = 'running', attempt = 1, result = null, error = null,
+                       completed_at = null
+                 where job_id = p_job_id and thread = v_hook;
+                v_sub := _retry_thread(p_job_id, v_hook);
+                v_out := jsonb_build_object(
+                    'reset_steps', (v_out ->> 'reset_steps')::integer
+                                   + (v_sub ->> 'reset_steps')::integer,
+                    'retried', (v_out -> 'retried') || (v_sub -> 'retried'));
+            end if;
+        end if;
+        delete from steps where job_id = p_job_id and thread = p_thread and seq = v_step.seq;
+    end loop;
+    return v_out;
+end
+$$;
+
+-- Re-runs a failed workflow (row-locked by the caller or locked here): its threads are reset
+-- (_retry_thread), it becomes pending with a fresh attempt count and no error, and its main
+-- thread and its running hooks get an activation. This is the one transition failed ->
+-- pending, which _transition refuses to every other caller.
+create or replace function _retry_job(p_job_id text) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_hooks text[];
+    v_thread text;
+    v_out jsonb;
+    v_sub jsonb;
+begin
+    perform from jobs where id = p_job_id for no key update;
+    -- The hooks that were running when the workflow failed (their tasks were removed).
+    select coalesce(array_agg(th.thread order by th.thread), '{}') into v_hooks
+      from threads as th
+     where th.job_id = p_job_id and th.status = 'running';
+    v_out := _retry_thread(p_job_id, 'main');
+    foreach v_thread in array v_hooks loop
+        v_sub := _retry_thread(p_job_id, v_thread);
+        v_out := jsonb_build_object(
+            'reset_steps', (v_out ->> 'reset_steps')::integer + (v_sub ->> 'reset_steps')::integer,
+            'retried', (v_out -> 'retried') || (v_sub -> 'retried'));
+    end loop;
+    update jobs
+       set status = 'pending', attempt = 1, result = null, error = null, completed_at = null,
+           expire_at = null, updated_at = _now()
+     where id = p_job_id;
+    perform _wake(p_job_id, th.thread)
+       from (select 'main' as thread
+             union all
+             select t.thread from threads as t
+              where t.job_id = p_job_id and t.status = 'running') as th;
+    return v_out;
+end
+$$;
+
+-- Retries a workflow, from SQL or `hotmesh retry`:
+-- * failed: re-run from its last recorded step. The recorded steps replay; the failed step(s)
+--   that made it fail run again (see _retry_thread); children it awaited that failed are
+--   retried with it; its attempt count starts again at 1 and its error is cleared.
+-- * unfinished with a dead task (parked: non-determinism after a code change, ...): the dead
+--   tasks become ready at once with a fresh attempt count (after you fixed the code).
+-- Anything else raises HM003 (HM002 for an unknown id). Returns {"workflow_id", "status",
+-- "reset_steps", "retried": [child ids], "revived_tasks"}.
+create or replace function retry_workflow(p_workflow_id text) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_job jobs;
+    v_out jsonb;
+    v_revived integer;
+    v_queue text;
+begin
+    select * into v_job from jobs where id = p_workflow_id for no key update;
+    if not found then
+        raise exception using errcode = 'HM002',
+            message = format('workflow "%s" not found', p_workflow_id);
+    end if;
+    if v_job.status = 'failed' then
+        v_out := _retry_job(p_workflow_id);
+        return jsonb_build_object('workflow_id', p_workflow_id, 'status', 'pending',
+                                  'reset_steps', v_out -> 'reset_steps',
+                                  'retried', v_out -> 'retried', 'revived_tasks', 0);
+    end if;
+    if v_job.status in ('pending', 'running', 'waiting') then
+        with revived as (
+            update tasks
+               set state = 'ready', run_at = _now(), attempt = 0, error = null
+             where job_id = p_workflow_id and state = 'dead'
+            returning task_queue
+        )
+        select count(*), min(task_queue) into v_revived, v_queue from revived;
+        if v_revived > 0 then
+            update jobs set error = null, updated_at = _now() where id = p_workflow_id;
+            perform _notify('q:' || q.task_queue)
+               from (select distinct t.task_queue from tasks as t
+                      where t.job_id = p_workflow_id and t.state = 'ready') as q;
+            return jsonb_build_object('workflow_id', p_workflow_id, 'status', v_job.status,
+                                      'reset_steps', 0, 'retried', '[]'::jsonb,
+                                      'revived_tasks', v_revived);
+        end if;
+    end if;
+    raise exception using errcode = 'HM003',
+        message = format('workflow "%s" is %s; only a failed workflow, or one with a dead task, '
+                         'can be retried', p_workflow_id, v_job.status);
+end
+$$;
