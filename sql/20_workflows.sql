@@ -58,17 +58,16 @@ begin
             message = format('expire must be a number of seconds from 0 to 1e10, not %s',
                              v_options -> 'expire');
     end if;
+    -- No `expire`: the app's default_retention (sql/71_retention.sql; 7 days unless set).
     v_retention := coalesce(make_interval(secs => (v_options ->> 'expire')::float8),
-                            interval '7 days');
+                            _default_retention());
 
     -- A finished workflow whose retention ran out no longer holds its id.
     select * into v_existing from jobs where id = v_id for update;
     if found then
         if v_existing.status in ('completed', 'failed', 'cancelled')
            and v_existing.expire_at <= v_now then
-            delete from steps where job_id = v_id;
-            delete from tasks where job_id = v_id;
-            delete from jobs where id = v_id;
+            perform _delete_jobs(array[v_id]);
         else
             raise exception using errcode = 'HM001',
                 message = format('Duplicate job: workflow id "%s" is already taken (status %s)',

@@ -89,6 +89,20 @@ $$;
 
 -- ------------------------------------------------------------------------------ prune
 
+-- Deletes workflows and every row recorded for them: the one list of a job's tables, shared by
+-- prune and by start_workflow when it reuses the id of an expired workflow. Callers hold the
+-- job rows' locks.
+create or replace function _delete_jobs(p_ids text[]) returns void
+language sql
+set search_path from current
+as $$
+    delete from steps where job_id = any(p_ids);
+    delete from tasks where job_id = any(p_ids);
+    delete from threads where job_id = any(p_ids);
+    delete from signals where job_id = any(p_ids);
+    delete from jobs where id = any(p_ids);
+$$;
+
 -- Deletes one batch of finished workflows whose retention ran out, with everything recorded
 -- for them (steps, tasks, hook threads, signals kept for them), in the caller's transaction.
 -- The rule: a workflow is pruned when it is completed, failed or cancelled, its expire_at (end
@@ -139,11 +153,7 @@ begin
     if v_ids is null then
         return 0;
     end if;
-    delete from steps where job_id = any(v_ids);
-    delete from tasks where job_id = any(v_ids);
-    delete from threads where job_id = any(v_ids);
-    delete from signals where job_id = any(v_ids);
-    delete from jobs where id = any(v_ids);
+    perform _delete_jobs(v_ids);
     return cardinality(v_ids);
 end
 $$;
@@ -204,9 +214,9 @@ declare
     v_last integer;
     v_step steps;
     v_hook text;
-    v_child jsonb;
-    v_out jsonb := jsonb_build_object('reset_steps', 0, 'retried', '[]'::jsonb);
     v_sub jsonb;
+    v_reset integer := 0;
+    v_retried jsonb := '[]'::jsonb;
 begin
     select coalesce(max(s.seq), 0) into v_last
       from steps as s
@@ -219,18 +229,15 @@ begin
                 or (s.status = 'scheduled' and s.kind = 'activity'))
          order by s.seq
     loop
-        v_out := jsonb_set(v_out, '{reset_steps}', to_jsonb((v_out ->> 'reset_steps')::integer + 1));
+        v_reset := v_reset + 1;
         if v_step.kind = 'child' and v_step.status = 'failed'
            and exists (select from jobs as c
                         where c.id = v_step.input ->> 'workflow_id' and c.parent_id = p_job_id
                           and c.status = 'failed') then
-            v_child := _retry_job(v_step.input ->> 'workflow_id');
-            v_out := jsonb_build_object(
-                'reset_steps', (v_out ->> 'reset_steps')::integer
-                               + (v_child ->> 'reset_steps')::integer,
-                'retried', (v_out -> 'retried') || to_jsonb(v_step.input ->> 'workflow_id')
-                           || (v_child -> 'retried'));
-            -- The child's end settles this step again (_settle_parent).
+            v_sub := _retry_job(v_step.input ->> 'workflow_id');
+            v_reset := v_reset + (v_sub ->> 'reset_steps')::integer;
+            v_retried := v_retried || to_jsonb(v_step.input ->> 'workflow_id') || (v_sub -> 'retried');
+            -- The step awaits the child again: the child's end settles it (_settle_parent).
             update steps
                set status = 'scheduled', output = null, error = null, completed_at = null
              where job_id = p_job_id and thread = p_thread and seq = v_step.seq;
@@ -250,15 +257,13 @@ begin
                        completed_at = null
                  where job_id = p_job_id and thread = v_hook;
                 v_sub := _retry_thread(p_job_id, v_hook);
-                v_out := jsonb_build_object(
-                    'reset_steps', (v_out ->> 'reset_steps')::integer
-                                   + (v_sub ->> 'reset_steps')::integer,
-                    'retried', (v_out -> 'retried') || (v_sub -> 'retried'));
+                v_reset := v_reset + (v_sub ->> 'reset_steps')::integer;
+                v_retried := v_retried || (v_sub -> 'retried');
             end if;
         end if;
         delete from steps where job_id = p_job_id and thread = p_thread and seq = v_step.seq;
     end loop;
-    return v_out;
+    return jsonb_build_object('reset_steps', v_reset, 'retried', v_retried);
 end
 $$;
 
@@ -273,20 +278,22 @@ as $$
 declare
     v_hooks text[];
     v_thread text;
-    v_out jsonb;
     v_sub jsonb;
+    v_reset integer;
+    v_retried jsonb;
 begin
     perform from jobs where id = p_job_id for no key update;
     -- The hooks that were running when the workflow failed (their tasks were removed).
     select coalesce(array_agg(th.thread order by th.thread), '{}') into v_hooks
       from threads as th
      where th.job_id = p_job_id and th.status = 'running';
-    v_out := _retry_thread(p_job_id, 'main');
+    v_sub := _retry_thread(p_job_id, 'main');
+    v_reset := (v_sub ->> 'reset_steps')::integer;
+    v_retried := v_sub -> 'retried';
     foreach v_thread in array v_hooks loop
         v_sub := _retry_thread(p_job_id, v_thread);
-        v_out := jsonb_build_object(
-            'reset_steps', (v_out ->> 'reset_steps')::integer + (v_sub ->> 'reset_steps')::integer,
-            'retried', (v_out -> 'retried') || (v_sub -> 'retried'));
+        v_reset := v_reset + (v_sub ->> 'reset_steps')::integer;
+        v_retried := v_retried || (v_sub -> 'retried');
     end loop;
     update jobs
        set status = 'pending', attempt = 1, result = null, error = null, completed_at = null,
@@ -297,7 +304,7 @@ begin
              union all
              select t.thread from threads as t
               where t.job_id = p_job_id and t.status = 'running') as th;
-    return v_out;
+    return jsonb_build_object('reset_steps', v_reset, 'retried', v_retried);
 end
 $$;
 
@@ -317,7 +324,6 @@ declare
     v_job jobs;
     v_out jsonb;
     v_revived integer;
-    v_queue text;
 begin
     select * into v_job from jobs where id = p_workflow_id for no key update;
     if not found then
@@ -337,7 +343,7 @@ begin
              where job_id = p_workflow_id and state = 'dead'
             returning task_queue
         )
-        select count(*), min(task_queue) into v_revived, v_queue from revived;
+        select count(*) into v_revived from revived;
         if v_revived > 0 then
             update jobs set error = null, updated_at = _now() where id = p_workflow_id;
             perform _notify('q:' || q.task_queue)

@@ -712,3 +712,34 @@ async def test_the_seed_sql_runs_as_written(mf: MemFlow, dsn: str, app: str) -> 
             )
         ).fetchall()
     assert found == [("user-1",)]
+
+
+# ------------------------------------------------------------------ hooks share the entity
+
+
+async def bump(i: int) -> int:
+    e = await workflow.entity()
+    await e.append("seen", i)
+    return int(await e.increment("count"))
+
+
+async def fan_out(n: int) -> dict[str, Any]:
+    e = await workflow.entity()
+    await e.set({"count": 0, "seen": []})
+    await workflow.exec_hook_batch(
+        [{"key": f"h{i}", "options": {"workflow_name": "bump", "args": [i]}} for i in range(n)]
+    )
+    return await e.get()
+
+
+async def test_hooks_share_the_entity_and_lose_nothing(mf: MemFlow) -> None:
+    await mf.worker.create(task_queue="q", workflow=[fan_out, bump], concurrency=8)
+    handle = await mf.workflow.start(workflow_name="fan_out", args=[20], task_queue="q")
+    out = await handle.result(timeout=40)
+    assert out["count"] == 20
+    assert sorted(out["seen"]) == list(range(20))
+    history = await mf.entity.history(handle.workflow_id)
+    assert [h["version"] for h in history] == list(range(1, 42))
+    hook_threads = {h["thread"] for h in history} - {"main"}
+    assert len(hook_threads) == 20  # each hook wrote from its own thread
+    assert history[-1]["document"] == out

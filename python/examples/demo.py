@@ -1,14 +1,17 @@
-"""`make demo`: one workflow end to end against Postgres.
+"""`make demo`: the seed's AI-assisted claims review, end to end, on Postgres.
 
-A claims-intake workflow runs two activities inline (recorded in Postgres as it goes), sleeps
-durably, retries a flaky legacy API with backoff computed in SQL, and returns. The demo then
-prints the result and the workflow's row in demo.jobs and its steps, as psql would show them.
-Run it with `make demo` (which starts a private Postgres when DATABASE_URL is not set).
+Two claims are filed. Each `claims_review` workflow sets its entity (my_app.jobs.context),
+runs two hooks in parallel — `verify_coverage` (a legacy policy system) and
+`generate_summary` (where an AI model would go) — which both write to the shared entity,
+then waits for a person's approval. The approval for A42 is sent from SQL, as any
+application (or a person in psql) would; B17 is then withdrawn (cancelled from SQL). The
+demo prints A42's final entity, its history, and the seed's SQL query over in-flight claims.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 
@@ -16,71 +19,146 @@ import psycopg
 
 from hotmesh import MemFlow, RetryPolicy, workflow
 
-APP = "demo"
-_legacy_calls = 0
+APP = "my_app"  # the schema the seed's SQL names: my_app.jobs
+
+
+# -- activities: the outside world ---------------------------------------------------------
 
 
 def lookup_policy(case_id: str) -> dict[str, object]:
-    """Stands in for a legacy policy system (a plain `def`: runs in a thread)."""
-    return {"case_id": case_id, "policy": "P-" + case_id[-2:], "covered": True}
+    """A legacy policy system (a plain `def`: it runs in a thread)."""
+    return {"policy": f"P-{case_id}", "covered": not case_id.startswith("X")}
 
 
-def legacy_status_api(case_id: str) -> str:
-    """A flaky legacy API: fails twice, then answers. The engine retries it."""
-    global _legacy_calls
-    _legacy_calls += 1
-    if _legacy_calls < 3:
-        raise ConnectionError(f"legacy system timed out (call {_legacy_calls})")
-    return "open"
+def summarise(case_id: str, coverage: dict[str, object]) -> dict[str, object]:
+    """Plug a real model in here. This stand-in is deterministic, so the demo is too."""
+    verdict = "Verified coverage" if coverage["covered"] else "Not covered"
+    return {"result": verdict, "confidence": 0.93, "case": case_id}
 
 
-async def summarise(policy: dict[str, object]) -> str:
-    """Where an AI model would summarise the case (deterministic here)."""
-    return f"Policy {policy['policy']} covers case {policy['case_id']}."
+ACTIVITIES = [lookup_policy, summarise]
+RETRIES = RetryPolicy(maximum_attempts=5, initial_interval=0.5, backoff_coefficient=2)
 
 
-async def claims_intake(case_id: str) -> dict[str, object]:
-    acts = workflow.proxy_activities(
-        activities=[lookup_policy, legacy_status_api, summarise],
-        retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=0.2, backoff_coefficient=2),
+# -- hooks: stateless functions that work on the shared entity ------------------------------
+
+
+async def verify_coverage(case_id: str) -> bool:
+    acts = workflow.proxy_activities(activities=ACTIVITIES, retry_policy=RETRIES)
+    coverage = await acts.lookup_policy(case_id)
+    entity = await workflow.entity()
+    await entity.merge({"coverage": coverage})
+    await entity.append("notes", {"by": "verify_coverage", "note": "policy checked"})
+    return bool(coverage["covered"])
+
+
+async def generate_summary(case_id: str) -> str:
+    acts = workflow.proxy_activities(activities=ACTIVITIES, retry_policy=RETRIES)
+    entity = await workflow.entity()
+    coverage = await acts.lookup_policy(case_id)
+    summary = await acts.summarise(case_id, coverage)
+    await entity.merge({"aiSummary": summary, "stage": "approval"})
+    return str(summary["result"])
+
+
+# -- the workflow ---------------------------------------------------------------------------
+
+
+async def claims_review(case_id: str) -> dict[str, object]:
+    entity = await workflow.entity()
+    await entity.set({"caseId": case_id, "stage": "intake", "approved": False, "notes": []})
+
+    # Verification and summarisation run in parallel, both writing to the same entity.
+    await workflow.exec_hook_batch(
+        [
+            {"key": "verify", "options": {"workflow_name": "verify_coverage", "args": [case_id]}},
+            {"key": "summary", "options": {"workflow_name": "generate_summary", "args": [case_id]}},
+        ]
     )
-    policy = await acts.lookup_policy(case_id)
-    status, summary = await asyncio.gather(acts.legacy_status_api(case_id), acts.summarise(policy))
-    await workflow.sleep_for("1 second")  # durable: survives a restart of this process
-    return {"case_id": case_id, "status": status, "summary": summary}
+
+    # Wait for a person's sign-off: for days if need be (no worker slot is held meanwhile).
+    approval = await workflow.wait_for("human-approval")
+    await entity.merge({"approved": approval is True, "stage": "complete"})
+    await entity.increment("reviews", 1)
+    result: dict[str, object] = await entity.get()
+    return result
+
+
+# -- the demo ---------------------------------------------------------------------------------
+
+
+SEED_QUERY = """SELECT id, context->>'stage', context->'aiSummary'->>'result'
+FROM my_app.jobs
+WHERE entity = 'claims-review'
+  AND context->>'stage' != 'complete'"""
+
+
+def show(conn: psycopg.Connection[tuple[object, ...]], title: str, query: str) -> None:
+    print(f"\n-- {title}\npsql> {query.strip()};")
+    cur = conn.execute(query)  # type: ignore[call-overload]
+    for row in cur.fetchall():
+        print("   " + " | ".join(str(value) for value in row))
+
+
+async def wait_until_waiting(mf: MemFlow, workflow_id: str) -> None:
+    """Poll (demo only) until the workflow parks on its approval wait."""
+    for _ in range(600):
+        if (await mf.workflow.get_handle(workflow_id).status()) == "waiting":
+            doc = await mf.workflow.get_handle(workflow_id).describe()
+            if doc["context"].get("stage") == "approval" and not doc["tasks"]:
+                return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{workflow_id} never reached the approval step")
 
 
 async def main() -> None:
     dsn = os.environ.get("DATABASE_URL", "")
+    suffix = uuid.uuid4().hex[:6]
     mf = await MemFlow.init(app_id=APP, dsn=dsn)
     try:
-        await mf.worker.create(task_queue="claims", workflow=claims_intake)
-        workflow_id = f"claim-A42-{uuid.uuid4().hex[:6]}"
-        handle = await mf.workflow.start(
-            workflow_name="claims_intake",
-            args=["A42"],
-            task_queue="claims",
-            workflow_id=workflow_id,
+        await mf.worker.create(
+            task_queue="agents", workflow=[claims_review, verify_coverage, generate_summary]
         )
-        print(f"started workflow {workflow_id}")
-        result = await handle.result(timeout=60)
-        print(f"result: {result}")
-        print(f"legacy API calls (2 failures retried with backoff): {_legacy_calls}\n")
+        ids = {}
+        for case_id in ("A42", "B17"):
+            handle = await mf.workflow.start(
+                workflow_name="claims_review",
+                args=[case_id],
+                task_queue="agents",
+                entity="claims-review",
+                workflow_id=f"claim-{case_id}-{suffix}",
+            )
+            ids[case_id] = handle.workflow_id
+            print(f"started {handle.workflow_id}")
+        for workflow_id in ids.values():
+            await wait_until_waiting(mf, workflow_id)
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            show(conn, "claims in flight (the seed's query)", SEED_QUERY)
+            approve = f"select {APP}.signal('human-approval', 'true', '{ids['A42']}')"
+            show(conn, "a reviewer approves A42 from SQL", approve)
+            final = await mf.workflow.get_handle(ids["A42"]).result(timeout=30)
+            print(f"\nA42 finished; its entity:\n{json.dumps(final, indent=2)}")
+            show(
+                conn,
+                "A42's row in my_app.jobs",
+                f"select id, entity, status, completed_at from {APP}.jobs"  # noqa: S608
+                f" where id = '{ids['A42']}'",
+            )
+            show(
+                conn,
+                "A42's entity history: every change, by thread (h1, h2: the hooks)",
+                f"select version, thread, seq, op, path, value"  # noqa: S608
+                f" from {APP}.entity_history('{ids['A42']}')",
+            )
+            show(conn, "claims still in flight (the seed's query again)", SEED_QUERY)
+            show(
+                conn,
+                "B17 is withdrawn: cancelled from SQL (code 410, nothing of it runs again)",
+                f"select {APP}.cancel_workflow('{ids['B17']}', 'claim withdrawn')",
+            )
     finally:
         await mf.close()
-
-    with psycopg.connect(dsn) as conn:
-        for query in (
-            "select id, status, workflow_name, result from demo.jobs where id = %s",
-            "select seq, kind, name, status, attempt, output from demo.steps"
-            " where job_id = %s order by seq",
-        ):
-            print("psql> " + query.replace("%s", f"'{workflow_id}'"))
-            cur = conn.execute(query, (workflow_id,))
-            names = [d.name for d in cur.description or []]
-            for row in cur.fetchall():
-                print("  " + " | ".join(f"{n}={v}" for n, v in zip(names, row, strict=True)))
-            print()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""`hotmesh bench` runs end to end on a tiny load: the report has every scenario's figures and
+every workflow completed. No timing is asserted: speed is measured, not tested."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.timeout(300)
+def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
+    app = "bench_" + uuid.uuid4().hex[:8]
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "hotmesh.cli", "bench", "--dsn", dsn, "--app", app]
+    command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2", "--queue-concurrency", "4"]
+    command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
+    command += ["--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    report = json.loads(out.read_text())
+    scenarios = report["scenarios"]
+    assert set(scenarios) == {"ceiling", "steps", "long", "remote", "queue", "signal", "fanout"}
+    assert scenarios["ceiling"]["steps_per_s"] > 0
+    for name in ("steps", "long", "remote"):
+        figures = scenarios[name]
+        assert figures["not_completed"] == 0
+        for key in ("workflows_per_s", "steps_per_s", "p50_s", "p95_s", "p99_s",
+                    "commits_per_step", "worker_cpu_ms_per_step", "steps_vs_ceiling"):  # fmt: skip
+            assert key in figures, (name, key)
+    assert scenarios["queue"]["not_completed"] == 0
+    assert scenarios["signal"]["samples"] == 3
+    assert scenarios["fanout"]["lost_updates"] == 0
+    assert report["database"]["fsync"] in ("on", "off")
+    # The printed table carries the same figures.
+    assert "steps_per_s" in done.stdout and "lost_updates" in done.stdout
