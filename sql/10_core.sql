@@ -231,6 +231,21 @@ begin
 end
 $$;
 
+-- _leased_task for calls that finish or change the task itself (complete, fail, bury): the row
+-- is locked first, so the lease check cannot race a claim that takes the task over (that claim
+-- is waited for and its new token seen), and a worker whose lease expired can never finish the
+-- task another worker now holds. The task is locked before anything of its job: the order of
+-- claims, suspends and cancel_workflow (tasks, then the job row).
+create or replace function _held_task(p_task_id bigint, p_token uuid) returns tasks
+language plpgsql
+set search_path from current
+as $$
+begin
+    perform from tasks where id = p_task_id for update;
+    return _leased_task(p_task_id, p_token);
+end
+$$;
+
 -- Makes a thread of a workflow runnable again because something it awaits was recorded. At
 -- most one activation task exists per (job, thread): if it is leased right now, it is flagged
 -- to run again when the running activation suspends, so no wake-up is ever lost.

@@ -147,7 +147,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _held_task(p_task_id, p_token);
 begin
     if v_task.kind = 'activity' then
         update steps
@@ -178,7 +178,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _held_task(p_task_id, p_token);
     v_job jobs;
     v_policy jsonb;
     v_attempt integer;
@@ -194,7 +194,15 @@ begin
         v_attempt := v_task.attempt;
     else
         -- A workflow body (main) or a hook (its thread) retries under the workflow's policy.
-        select * into v_job from jobs where id = v_task.job_id for no key update;
+        -- Only the main thread changes the job row, so only it locks it: a failing hook wakes
+        -- the main thread (its end is delivered to the caller's wait), and holding the job
+        -- row meanwhile would deadlock with a main activation that suspends (it locks its
+        -- task, then the job row).
+        if v_task.thread = 'main' then
+            select * into v_job from jobs where id = v_task.job_id for no key update;
+        else
+            select * into v_job from jobs where id = v_task.job_id;
+        end if;
         v_policy := v_job.retry_policy;
         v_attempt := case when v_task.thread = 'main' then v_job.attempt
                           else (select attempt from threads
@@ -295,7 +303,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _held_task(p_task_id, p_token);
 begin
     update tasks
        set state = 'dead', error = p_error, lease_owner = null, lease_token = null,
@@ -306,7 +314,10 @@ end
 $$;
 
 -- Extends the leases a worker still holds (its heartbeat); returns the ids of the tasks whose
--- lease it still holds, so it learns at once of any it lost.
+-- lease it still holds, so it learns at once of any it lost. It never waits for a row lock: a
+-- task that another transaction is changing right now (its own completion, a wake-up flag, a
+-- takeover) is skipped this time and judged by its committed token; the next beat extends it.
+-- Waiting deadlocked with group commits that lock the same tasks in another order.
 create or replace function heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lease interval)
 returns bigint[]
 language plpgsql
@@ -320,14 +331,25 @@ begin
             message = format('lease must be a positive interval, not %s',
                              coalesce(p_lease::text, 'null'));
     end if;
-    with held as (
+    with mine as (
+        select h.id, h.token from unnest(p_task_ids, p_tokens) as h (id, token)
+    ), free as (
+        select t.id from tasks as t where t.id = any(p_task_ids) order by t.id
+           for update skip locked
+    ), extended as (
         update tasks as t
            set lease_expires_at = _now() + p_lease, run_at = _now() + p_lease
-          from unnest(p_task_ids, p_tokens) as h (id, token)
-         where t.id = h.id and t.lease_token = h.token
+          from mine
+         where t.id = mine.id and t.lease_token = mine.token and t.id in (select id from free)
         returning t.id
     )
-    select coalesce(array_agg(id), '{}') into v_held from held;
+    select coalesce(array_agg(held.id), '{}') into v_held
+      from (select id from extended
+            union
+            select t.id
+              from tasks as t
+              join mine on t.id = mine.id and t.lease_token = mine.token
+             where t.id not in (select id from free)) as held;
     return v_held;
 end
 $$;

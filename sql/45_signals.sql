@@ -40,6 +40,17 @@ begin
          order by s.created_at, s.job_id, s.thread, s.seq
          limit 1;
         exit when not found;
+        -- The wait's thread activation, then its job row, held until commit (tasks before the
+        -- job: the lock order of claims, suspends and cancel_workflow). A cancel running at the
+        -- same time either comes after this delivery (and removes the task it wakes) or before
+        -- it: then the job is no longer live and the next oldest wait is tried.
+        perform from tasks
+         where job_id = v_wait.job_id and thread = v_wait.thread and kind = 'workflow'
+           for update;
+        perform from jobs
+         where id = v_wait.job_id and status not in ('completed', 'failed', 'cancelled')
+           for key share;
+        continue when not found;
         -- The wait may be ending right now (its timeout fired in a claim): the update waits
         -- for that and then finds it no longer scheduled, and the next oldest wait is tried.
         update steps
@@ -76,6 +87,7 @@ set search_path from current
 as $$
 declare
     v_status text;
+    v_outcome jsonb;
 begin
     if coalesce(p_signal_id, '') = '' then
         raise exception using errcode = '22023', message = 'signal id is required';
@@ -100,7 +112,18 @@ begin
                                  'signals', p_signal_id, p_workflow_id, v_status);
         end if;
     end if;
-    return _deliver(p_signal_id, p_workflow_id, coalesce(p_payload, 'null'::jsonb));
+    v_outcome := _deliver(p_signal_id, p_workflow_id, coalesce(p_payload, 'null'::jsonb));
+    -- A signal kept for a workflow that a concurrent cancel just finished would never be
+    -- taken: checked again under a key share lock (which a cancel in progress waits on).
+    if p_workflow_id is not null and v_outcome ->> 'status' = 'kept' then
+        select status into v_status from jobs where id = p_workflow_id for key share;
+        if v_status in ('completed', 'failed', 'cancelled') then
+            raise exception using errcode = 'HM003',
+                message = format('signal "%s": workflow "%s" is %s and waits for no more '
+                                 'signals', p_signal_id, p_workflow_id, v_status);
+        end if;
+    end if;
+    return v_outcome;
 end
 $$;
 

@@ -241,7 +241,12 @@ declare
     v_child text;
     v_cancelled text[];
 begin
-    select * into v_job from jobs where id = p_workflow_id for no key update;
+    -- Its tasks first, then its row: the order in which claims and suspending activations
+    -- lock them (the other order deadlocks with an activation that is suspending).
+    perform from tasks where job_id = p_workflow_id order by id for update;
+    -- FOR UPDATE (not no key update): it conflicts with the key share lock a signal delivery
+    -- holds on the job (_deliver), so a signal and a cancel never cross unseen.
+    select * into v_job from jobs where id = p_workflow_id for update;
     if not found then
         raise exception using errcode = 'HM002',
             message = format('workflow "%s" not found', p_workflow_id);

@@ -1,6 +1,38 @@
 -- Inspection for people in psql and for `hotmesh list / show / queues / history`: read-only
--- views over the engine's tables, and the timeline of one workflow. Views are replaced on every
--- migrate (`create or replace view`): a new column may only be added at the end.
+-- views over the engine's tables, and the timeline of one workflow.
+
+-- `create or replace view` keeps views that other objects depend on, but can only add columns
+-- at the end. A view whose columns differ from the ones listed here is dropped first, so an
+-- upgrade that reshapes it still installs (and names what depends on it if anything does).
+create or replace function _drop_view_unless(p_view text, p_columns text[]) returns void
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_view regclass := to_regclass(p_view);
+begin
+    if v_view is not null
+       and (select array_agg(a.attname::text order by a.attnum)
+              from pg_attribute as a
+             where a.attrelid = v_view and a.attnum > 0 and not a.attisdropped)
+           is distinct from p_columns then
+        execute format('drop view %s', v_view);
+    end if;
+end
+$$;
+
+select _drop_view_unless('workflows', array[
+    'id', 'workflow_name', 'entity', 'status', 'task_queue', 'created_at', 'updated_at',
+    'completed_at', 'attempt', 'waits', 'parent_id', 'expire_at', 'age', 'waiting_on', 'error'
+]);
+select _drop_view_unless('queue_backlog', array[
+    'task_queue', 'kind', 'ready', 'delayed', 'leased', 'lease_expired', 'dead',
+    'oldest_ready_age', 'next_run_at'
+]);
+select _drop_view_unless('failed_workflows', array[
+    'id', 'workflow_name', 'entity', 'task_queue', 'attempt', 'created_at', 'completed_at',
+    'expire_at', 'error', 'error_message', 'error_code', 'error_type'
+]);
 
 -- What each unfinished thread of a workflow waits on, one JSON object per wait: a timer
 -- (sleep), a signal, an activity (running, queued or between attempts), a child workflow, a
@@ -10,7 +42,8 @@ create or replace function _waits(p_job_id text) returns jsonb
 language sql stable
 set search_path from current
 as $$
-    select coalesce(jsonb_agg(w.wait order by w.rank, w.thread, w.seq), '[]'::jsonb)
+    select coalesce(jsonb_agg(w.wait order by w.thread <> 'main', w.thread, w.rank, w.seq),
+                    '[]'::jsonb)
       from (
         select 1 as rank, s.thread, s.seq,
                jsonb_strip_nulls(jsonb_build_object(
@@ -88,31 +121,38 @@ $$;
 -- workflow failed with, or of its last failed attempt while it retries.
 --   select id, status, age, waiting_on from my_app.workflows where status = 'waiting';
 create or replace view workflows as
-select
-    j.id,
-    j.workflow_name,
-    j.entity,
-    j.status,
-    j.task_queue,
-    w.now - j.created_at as age,
-    j.created_at,
-    j.updated_at,
-    j.completed_at,
-    j.attempt,
-    _waits_text(w.waits) as waiting_on,
-    w.waits,
-    j.error ->> 'message' as error,
-    j.parent_id,
-    j.expire_at
-from jobs as j
-cross join lateral (
+with clock as (
+    select _now() as now
+),
+
+job_waits as (
     select
-        _now() as now,
+        j.*,
         case
             when j.status in ('pending', 'running', 'waiting') then _waits(j.id)
             else '[]'::jsonb
         end as waits
-) as w;
+    from jobs as j
+)
+
+select
+    w.id,
+    w.workflow_name,
+    w.entity,
+    w.status,
+    w.task_queue,
+    w.created_at,
+    w.updated_at,
+    w.completed_at,
+    w.attempt,
+    w.waits,
+    w.parent_id,
+    w.expire_at,
+    c.now - w.created_at as age,
+    _waits_text(w.waits) as waiting_on,
+    w.error ->> 'message' as error
+from job_waits as w
+cross join clock as c;
 
 -- The task backlog per task queue and kind (workflow activations, activities): ready (due
 -- now), delayed (due later: timers, retries), leased (running; lease_expired of them have
@@ -120,21 +160,25 @@ cross join lateral (
 -- dead (parked until a person retries them), and how long the oldest ready task has waited.
 --   select * from my_app.queue_backlog order by ready desc;
 create or replace view queue_backlog as
+with clock as (
+    select _now() as now
+)
+
 select
     t.task_queue,
     t.kind,
-    count(*) filter (where t.state = 'ready' and t.run_at <= n.now) as ready,
-    count(*) filter (where t.state = 'ready' and t.run_at > n.now) as delayed,
+    count(*) filter (where t.state = 'ready' and t.run_at <= c.now) as ready,
+    count(*) filter (where t.state = 'ready' and t.run_at > c.now) as delayed,
     count(*) filter (where t.state = 'leased') as leased,
-    count(*) filter (where t.state = 'leased' and t.lease_expires_at <= n.now) as lease_expired,
+    count(*) filter (where t.state = 'leased' and t.lease_expires_at <= c.now) as lease_expired,
     count(*) filter (where t.state = 'dead') as dead,
-    n.now - min(t.run_at) filter (
-        where t.state = 'ready' and t.run_at <= n.now
+    c.now - min(t.run_at) filter (
+        where t.state = 'ready' and t.run_at <= c.now
     ) as oldest_ready_age,
-    min(t.run_at) filter (where t.state = 'ready' and t.run_at > n.now) as next_run_at
+    min(t.run_at) filter (where t.state = 'ready' and t.run_at > c.now) as next_run_at
 from tasks as t
-cross join (select _now() as now) as n
-group by t.task_queue, t.kind, n.now;
+cross join clock as c
+group by t.task_queue, t.kind, c.now;
 
 -- Failed workflows with their error: message, code (598 fatal, 597 retries exhausted, 596
 -- timeout, ...), the original exception type, and when they failed.
@@ -146,15 +190,16 @@ select
     j.workflow_name,
     j.entity,
     j.task_queue,
-    j.error ->> 'message' as error_message,
-    case when (j.error ->> 'code') ~ '^[0-9]{1,9}$' then (j.error ->> 'code')::integer end
-    as error_code,
-    j.error ->> 'type' as error_type,
     j.attempt,
     j.created_at,
     j.completed_at,
     j.expire_at,
-    j.error
+    j.error,
+    j.error ->> 'message' as error_message,
+    case
+        when (j.error ->> 'code') ~ '^[0-9]{1,9}$' then (j.error ->> 'code')::integer
+    end as error_code,
+    j.error ->> 'type' as error_type
 from jobs as j
 where j.status = 'failed';
 

@@ -38,7 +38,7 @@ begin
             message = format('default_retention must be a number of seconds or an interval '
                              '(e.g. "30 days") from 0 to 1e10 seconds, not %s', p_value);
     end if;
-    return to_jsonb(v_seconds);
+    return to_jsonb(trim_scale(v_seconds));
 end
 $$;
 
@@ -84,7 +84,10 @@ create or replace function _default_retention() returns interval
 language sql stable
 set search_path from current
 as $$
-    select make_interval(secs => (get_setting('default_retention') #>> '{}')::float8)
+    -- justify_hours: 7 days reads '7 days', not '168:00:00'.
+    select justify_hours(
+        make_interval(secs => (get_setting('default_retention') #>> '{}')::float8)
+    )
 $$;
 
 -- ------------------------------------------------------------------------------ prune

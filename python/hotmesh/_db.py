@@ -103,6 +103,69 @@ _STATEMENTS = {
     "complete_tasks": "select {}.complete_tasks(%s::jsonb)",
     "cancel_step": "select {}.cancel_step(%s::bigint, %s::uuid, %s::integer, %s::text, %s::text,"
     " %s::boolean)",
+    # -- operations: the views and functions of sql/70_views.sql and sql/71_retention.sql
+    "list_workflows": "select id, workflow_name, entity, status, task_queue, age, created_at,"
+    " updated_at, completed_at, attempt, waiting_on, waits, error, parent_id, expire_at"
+    " from {}.workflows"
+    " where (%s::text is null or status = %s::text) and (%s::text is null or entity = %s::text)"
+    " and (%s::text is null or task_queue = %s::text)"
+    " order by created_at desc, id limit %s::integer",
+    "workflow_waits": "select waiting_on, waits from {}.workflows where id = %s::text",
+    "workflow_history": "select at, thread, seq, kind, name, status, attempt, entity_version,"
+    " input, output, error, completed_at from {}.workflow_history(%s::text)",
+    "queue_backlog": "select task_queue, kind, ready, delayed, leased, lease_expired, dead,"
+    " oldest_ready_age, next_run_at from {}.queue_backlog order by task_queue, kind",
+    "retry_workflow": "select {}.retry_workflow(%s::text)",
+    "prune": "call {}.prune(%s::interval, %s::integer, %s::boolean, null)",
+    "set_setting": "select {}.set_setting(%s::text, %s::jsonb)",
+    "get_setting": "select {}.get_setting(%s::text)",
+}
+
+# Column names of the operations' row-returning statements, in select order.
+_COLUMNS = {
+    "list_workflows": (
+        "id",
+        "workflow_name",
+        "entity",
+        "status",
+        "task_queue",
+        "age",
+        "created_at",
+        "updated_at",
+        "completed_at",
+        "attempt",
+        "waiting_on",
+        "waits",
+        "error",
+        "parent_id",
+        "expire_at",
+    ),
+    "workflow_waits": ("waiting_on", "waits"),
+    "workflow_history": (
+        "at",
+        "thread",
+        "seq",
+        "kind",
+        "name",
+        "status",
+        "attempt",
+        "entity_version",
+        "input",
+        "output",
+        "error",
+        "completed_at",
+    ),
+    "queue_backlog": (
+        "task_queue",
+        "kind",
+        "ready",
+        "delayed",
+        "leased",
+        "lease_expired",
+        "dead",
+        "oldest_ready_age",
+        "next_run_at",
+    ),
 }
 
 
@@ -499,3 +562,42 @@ class Database:
 
     async def entity_create_index(self, entity: str, path: str | None, kind: str) -> str:
         return str(await self._value("entity_create_index", (entity, path, kind)))
+
+    # -- operations ----------------------------------------------------------------------
+    async def _records(self, name: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        rows = await self._fetch(name, params)
+        return [dict(zip(_COLUMNS[name], row, strict=True)) for row in rows]
+
+    async def list_workflows(
+        self, status: str | None, entity: str | None, task_queue: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Rows of the `workflows` view, newest first."""
+        params = (status, status, entity, entity, task_queue, task_queue, limit)
+        return await self._records("list_workflows", params)
+
+    async def describe_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """get_workflow's document plus what the workflow waits on (`workflows` view)."""
+        doc = await self.get_workflow(workflow_id)
+        waits = await self._records("workflow_waits", (workflow_id,))
+        doc.update(waits[0] if waits else {"waiting_on": None, "waits": []})
+        return doc
+
+    async def workflow_history(self, workflow_id: str) -> list[dict[str, Any]]:
+        return await self._records("workflow_history", (workflow_id,))
+
+    async def queue_backlog(self) -> list[dict[str, Any]]:
+        return await self._records("queue_backlog", ())
+
+    async def retry_workflow(self, workflow_id: str) -> dict[str, Any]:
+        return dict(await self._value("retry_workflow", (workflow_id,)))
+
+    async def prune(self, older_than: timedelta, batch: int, dry_run: bool) -> int:
+        """`call prune(...)`: every batch commits on its own (the pool's connections are in
+        autocommit mode, which a procedure that commits needs)."""
+        return int(await self._value("prune", (older_than, batch, dry_run)) or 0)
+
+    async def set_setting(self, key: str, value: Any) -> Any:
+        return await self._value("set_setting", (key, None if value is None else Jsonb(value)))
+
+    async def get_setting(self, key: str) -> Any:
+        return await self._value("get_setting", (key,))

@@ -15,6 +15,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hotmesh._log import event as log_event
+from hotmesh._log import first_line
+
 log = logging.getLogger("hotmesh.listener")
 
 
@@ -81,13 +84,23 @@ class Listener:
 
     async def _run(self) -> None:
         delay = 0.1
+        failures = 0
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
                 async with conn:
                     await conn.execute(sql.SQL("listen {}").format(sql.Identifier(self._channel)))
                     if self.ready.is_set():
-                        log.warning("listener reconnected")
+                        log_event(
+                            log,
+                            logging.WARNING,
+                            "reconnect",
+                            channel=self._channel,
+                            failures=failures,
+                        )
+                    else:
+                        log_event(log, logging.DEBUG, "listen", channel=self._channel)
+                    failures = 0
                     self.ready.set()
                     self._wake_all()
                     delay = 0.1
@@ -96,7 +109,17 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as error:
-                log.warning("listener lost its connection (%s); retrying in %.1fs", error, delay)
+                failures += 1
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "db_error",
+                    during="listen",
+                    channel=self._channel,
+                    failures=failures,
+                    retry_in=delay,
+                    error=first_line(error),
+                )
                 self._wake_all()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hotmesh import errors
+from hotmesh._log import event, log_failure
 
 if TYPE_CHECKING:
     from hotmesh._db import Claimed, Database
@@ -231,7 +232,8 @@ class Activation:
                     running[asyncio.create_task(command.perform(command.seq))] = command
                 self.pending.clear()
                 if not running:
-                    await self.db.suspend_task(self.task)
+                    next_run = await self.db.suspend_task(self.task)
+                    self._log("suspend", next_run=next_run)
                     return
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for finished in sorted(done, key=lambda t: running[t].seq):
@@ -263,18 +265,29 @@ class Activation:
                 error = fatal
             else:
                 await self.db.complete_task(self.task, result)
+                self._log("complete")
                 return
         outcome = await self.db.fail_task(self.task, errors.to_payload(error))
-        log.info(
-            "workflow %s %s: %s (%s)",
-            self.task.job_id,
-            outcome.get("status"),
-            error,
-            outcome.get("run_at", ""),
+        log_failure(log, self.task, outcome, error)
+
+    def _log(self, name: str, level: int = logging.INFO, **values: object) -> None:
+        task = self.task
+        event(
+            log,
+            level,
+            name,
+            task=task.task_id,
+            kind=task.kind,
+            name=task.name,
+            workflow=task.job_id,
+            thread=task.thread,
+            queue=task.task_queue,
+            steps=self.seq,
+            **values,
         )
 
     async def _bury(self, fault: errors.HotMeshError) -> None:
-        log.error("workflow %s stuck: %s", self.task.job_id, fault)
+        self._log("stuck", logging.ERROR, error=fault.message)
         payload = {"message": fault.message, "type": type(fault).__name__, "code": 500}
         payload["sqlstate"] = fault.sqlstate
         await self.db.bury_task(self.task, payload)

@@ -1,29 +1,41 @@
-"""The `hotmesh` command: install an app, run workers, start and inspect workflows.
+"""The `hotmesh` command: install an app, run workers, start, inspect and steer workflows.
 
 Every command takes `--app` (default $HOTMESH_APP) and `--dsn` (default $DATABASE_URL, else
-the libpq environment). Errors print one line and exit non-zero, without a traceback.
+the libpq environment). Read commands print aligned text, or JSON with `--json`. Errors print
+one line on stderr and exit non-zero (1; 2 for a bad command line), without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine
+import typing
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from hotmesh import _install
+from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
 from hotmesh.errors import HotMeshError
 
+_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-def _common(parser: argparse.ArgumentParser) -> None:
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser, json_flag: bool = False) -> None:
     parser.add_argument(
         "--app",
         default=os.environ.get("HOTMESH_APP"),
@@ -34,13 +46,38 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("DATABASE_URL", ""),
         help="PostgreSQL connection string (default $DATABASE_URL, else PGHOST/PGPORT/...)",
     )
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hotmesh", description="Durable workflows with permanent memory, native to Postgres."
     )
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=_LEVELS,
+        help="log level of the worker's event log on stderr (default WARNING: quiet)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     migrate = commands.add_parser("migrate", help="install or upgrade an app's schema")
@@ -59,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE:NAME",
         help="a function, or a dict/list of functions, to serve as activities on the queue",
     )
-    worker.add_argument("--concurrency", type=int, default=8, help="tasks run at once (8)")
+    worker.add_argument("--concurrency", type=_positive, default=8, help="tasks run at once (8)")
     worker.add_argument("--lease", type=float, default=30.0, help="lease seconds (30)")
 
     start = commands.add_parser("start", help="start a workflow")
@@ -69,18 +106,82 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--queue", help="task queue (default: the entity)")
     start.add_argument("--id", dest="workflow_id", help="workflow id (default: generated)")
     start.add_argument("--entity", help="entity type (default: the workflow name)")
+    start.add_argument("--expire", help="keep it this long after it ends (e.g. 30d)")
     start.add_argument("--wait", action="store_true", help="wait for the result and print it")
+
+    listing = commands.add_parser("list", help="list workflows, newest first")
+    _common(listing, json_flag=True)
+    listing.add_argument("--status", choices=_STATUSES, help="only workflows in this status")
+    listing.add_argument("--entity", help="only workflows of this entity type")
+    listing.add_argument("--queue", help="only workflows started on this task queue")
+    listing.add_argument("--limit", type=_positive, default=50, help="at most N rows (50)")
+
+    show = commands.add_parser("show", help="one workflow: status, entity, waits, result, error")
+    _common(show, json_flag=True)
+    show.add_argument("workflow_id", metavar="ID")
+
+    history = commands.add_parser("history", help="the timeline of a workflow, step by step")
+    _common(history, json_flag=True)
+    history.add_argument("workflow_id", metavar="ID")
+
+    signal = commands.add_parser(
+        "signal", help="send a signal (to the oldest wait for it, or kept until one waits)"
+    )
+    _common(signal, json_flag=True)
+    signal.add_argument("signal_id", metavar="SIGNAL_ID")
+    signal.add_argument("--data", default="null", help="JSON payload (default null)")
+    signal.add_argument("--workflow", help="deliver only to this workflow")
+    signal.add_argument("--key", help="idempotency key: a repeated send is ignored")
+
+    cancel = commands.add_parser("cancel", help="cancel a workflow (and its children)")
+    _common(cancel, json_flag=True)
+    cancel.add_argument("workflow_id", metavar="ID")
+    cancel.add_argument("--reason", help="the message of its CancelledFailure (code 410)")
+    cancel.add_argument(
+        "--descend",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also cancel its unfinished children (default: yes)",
+    )
+
+    retry = commands.add_parser(
+        "retry", help="re-run a failed workflow from its last recorded step, or revive dead tasks"
+    )
+    _common(retry, json_flag=True)
+    retry.add_argument("workflow_id", metavar="ID")
+
+    queues = commands.add_parser("queues", help="the task backlog per queue")
+    _common(queues, json_flag=True)
+
+    prune = commands.add_parser(
+        "prune", help="delete finished workflows whose retention ran out, in batches"
+    )
+    _common(prune, json_flag=True)
+    prune.add_argument(
+        "--older-than",
+        default="0",
+        metavar="DURATION",
+        help="and only those that finished at least this long ago (e.g. 7d; default 0)",
+    )
+    prune.add_argument("--batch", type=_positive, default=1000, help="workflows per batch (1000)")
+    prune.add_argument("--dry-run", action="store_true", help="only count them")
+
+    setting = commands.add_parser(
+        "setting", help="show or change an app setting (default_retention)"
+    )
+    _common(setting, json_flag=True)
+    setting.add_argument("key", metavar="KEY")
+    setting.add_argument("value", nargs="?", metavar="VALUE", help="new value (e.g. 30d)")
+    setting.add_argument("--unset", action="store_true", help="back to the built-in default")
 
     bench = commands.add_parser("bench", help="measure throughput and latency (see README)")
     from hotmesh import bench as bench_module
 
     bench_module.add_arguments(bench)
-
-    show = commands.add_parser("show", help="show a workflow: status, entity, result or error")
-    _common(show)
-    show.add_argument("workflow_id", metavar="ID")
-    show.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+# -- helpers -------------------------------------------------------------------------------------
 
 
 def _load(spec: str) -> Any:
@@ -103,6 +204,76 @@ def _app(args: argparse.Namespace) -> str:
     if not args.app:
         raise HotMeshError("no app id: pass --app NAME or set HOTMESH_APP")
     return _install.check_app_id(args.app)
+
+
+def _json_arg(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise HotMeshError(f"{option} is not valid JSON ({error}): {text!r}") from None
+
+
+@contextlib.asynccontextmanager
+async def _client(args: argparse.Namespace) -> AsyncIterator[MemFlow]:
+    """A client on an installed app (a clear error when it is not), closed afterwards."""
+    mf = await MemFlow.init(app_id=_app(args), dsn=args.dsn, migrate=False, pool_size=2)
+    try:
+        yield mf
+    finally:
+        await mf.close()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=_default))
+
+
+def _age(value: timedelta | None) -> str:
+    if value is None:
+        return ""
+    total = max(int(value.total_seconds()), 0)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S%z")
+
+
+def _short(value: Any, width: int = 60) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, default=_default)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
+    )
+
+
+# -- commands ------------------------------------------------------------------------------------
 
 
 async def _migrate(args: argparse.Namespace) -> int:
@@ -140,44 +311,67 @@ async def _worker(args: argparse.Namespace) -> int:
 
 
 async def _start(args: argparse.Namespace) -> int:
-    try:
-        arguments = json.loads(args.args)
-    except json.JSONDecodeError as error:
-        raise HotMeshError(f"--args is not valid JSON: {error}") from None
+    arguments = _json_arg(args.args, "--args")
     if not isinstance(arguments, list):
         raise HotMeshError("--args must be a JSON array, e.g. '[\"Jane\"]'")
-    mf = await MemFlow.init(app_id=_app(args), dsn=args.dsn, migrate=False)
-    try:
+    expire = None if args.expire is None else seconds(args.expire, "--expire")
+    async with _client(args) as mf:
         handle = await mf.workflow.start(
             workflow_name=args.workflow_name,
             args=arguments,
             task_queue=args.queue,
             workflow_id=args.workflow_id,
             entity=args.entity,
+            expire=expire,
         )
         print(handle.workflow_id, flush=True)
         if args.wait:
             print(json.dumps(await handle.result()))
-    finally:
-        await mf.close()
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    async with _client(args) as mf:
+        rows = await mf.db.list_workflows(args.status, args.entity, args.queue, args.limit)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no workflows")
+        return 0
+    table = [
+        [
+            r["id"],
+            r["workflow_name"],
+            r["entity"],
+            r["status"],
+            r["task_queue"],
+            _age(r["age"]),
+            _short(r["waiting_on"] if r["status"] != "failed" else r["error"]),
+        ]
+        for r in rows
+    ]
+    headers = ("ID", "WORKFLOW", "ENTITY", "STATUS", "QUEUE", "AGE", "WAITING ON / ERROR")
+    print(_table(headers, table))
     return 0
 
 
 async def _show(args: argparse.Namespace) -> int:
-    mf = await MemFlow.init(app_id=_app(args), dsn=args.dsn, migrate=False)
-    try:
-        doc = await mf.db.get_workflow(args.workflow_id)
-    finally:
-        await mf.close()
+    async with _client(args) as mf:
+        doc = await mf.db.describe_workflow(args.workflow_id)
     if args.json:
-        print(json.dumps(doc, indent=2, default=str))
+        _print_json(doc)
         return 0
     for key in ("id", "workflow_name", "entity", "task_queue", "status", "attempt"):
         print(f"{key:14} {doc[key]}")
-    for key in ("created_at", "completed_at"):
+    if doc.get("parent_id"):
+        print(f"{'parent_id':14} {doc['parent_id']}")
+    for key in ("created_at", "updated_at", "completed_at", "expire_at"):
         if doc.get(key):
             print(f"{key:14} {doc[key]}")
     print(f"{'steps':14} {doc['steps']}")
+    for wait in doc.get("waits") or []:
+        print(f"{'waiting on':14} {json.dumps(wait)}")
     print(f"{'context':14} {json.dumps(doc['context'])}")
     if doc.get("result") is not None:
         print(f"{'result':14} {json.dumps(doc['result'])}")
@@ -190,12 +384,171 @@ async def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history_detail(row: dict[str, Any]) -> str:
+    if row["error"]:
+        error = row["error"]
+        return _short(f"error {error.get('code', '')}: {error.get('message', '')}")
+    parts = []
+    if row["entity_version"] is not None:
+        parts.append(f"v{row['entity_version']}")
+    if (row["attempt"] or 1) > 1:
+        parts.append(f"attempt {row['attempt']}")
+    if row["kind"] == "entity" and isinstance(row["input"], dict):
+        path = row["input"].get("path")
+        label = ".".join(str(p) for p in path) if isinstance(path, list) else ""
+        parts.append(f"{label} {_short(row['input'].get('value'), 30)}".strip())
+    elif row["output"] is not None:
+        parts.append("-> " + _short(row["output"], 40))
+    elif row["input"] is not None and row["status"] in ("started", "scheduled"):
+        parts.append(_short(row["input"], 40))
+    return _short(" ".join(parts))
+
+
+async def _history(args: argparse.Namespace) -> int:
+    async with _client(args) as mf:
+        rows = await mf.db.workflow_history(args.workflow_id)
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = [
+        [
+            _when(r["at"]),
+            r["thread"],
+            "" if r["seq"] is None else str(r["seq"]),
+            r["kind"],
+            r["name"],
+            r["status"],
+            _history_detail(r),
+        ]
+        for r in rows
+    ]
+    print(_table(("AT", "THREAD", "SEQ", "KIND", "NAME", "STATUS", "DETAIL"), table))
+    return 0
+
+
+async def _signal(args: argparse.Namespace) -> int:
+    data = _json_arg(args.data, "--data")
+    async with _client(args) as mf:
+        outcome = await mf.workflow.signal(
+            args.signal_id, data, workflow_id=args.workflow, idempotency_key=args.key
+        )
+    if args.json:
+        _print_json(outcome)
+    elif outcome.get("status") == "delivered":
+        print(
+            f"signal {args.signal_id}: delivered to workflow {outcome['workflow_id']} "
+            f"(thread {outcome['thread']}, step {outcome['seq']})"
+        )
+    elif outcome.get("status") == "kept":
+        print(f"signal {args.signal_id}: kept; nothing waits for it yet, the first wait takes it")
+    else:
+        print(f"signal {args.signal_id}: duplicate key {args.key!r}; ignored")
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with _client(args) as mf:
+        cancelled = await mf.db.cancel_workflow(args.workflow_id, args.reason, args.descend, False)
+    if args.json:
+        _print_json({"cancelled": cancelled})
+    else:
+        print("cancelled: " + ", ".join(cancelled))
+    return 0
+
+
+async def _retry(args: argparse.Namespace) -> int:
+    async with _client(args) as mf:
+        outcome = await mf.db.retry_workflow(args.workflow_id)
+    if args.json:
+        _print_json(outcome)
+    elif outcome.get("revived_tasks"):
+        print(f"{args.workflow_id}: {outcome['revived_tasks']} dead task(s) ready again")
+    else:
+        children = ", ".join(outcome.get("retried") or []) or "none"
+        print(
+            f"{args.workflow_id}: pending again; {outcome['reset_steps']} step(s) will run again;"
+            f" children retried: {children}"
+        )
+    return 0
+
+
+async def _queues(args: argparse.Namespace) -> int:
+    async with _client(args) as mf:
+        rows = await mf.db.queue_backlog()
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no tasks queued")
+        return 0
+    headers = ("QUEUE", "KIND", "READY", "DELAYED", "LEASED", "EXPIRED", "DEAD", "OLDEST", "NEXT")
+    table = [
+        [
+            r["task_queue"],
+            r["kind"],
+            str(r["ready"]),
+            str(r["delayed"]),
+            str(r["leased"]),
+            str(r["lease_expired"]),
+            str(r["dead"]),
+            _age(r["oldest_ready_age"]),
+            _when(r["next_run_at"]),
+        ]
+        for r in rows
+    ]
+    print(_table(headers, table))
+    return 0
+
+
+async def _prune(args: argparse.Namespace) -> int:
+    older_than = timedelta(seconds=seconds(args.older_than, "--older-than"))
+    async with _client(args) as mf:
+        count = await mf.db.prune(older_than, args.batch, args.dry_run)
+    if args.json:
+        _print_json({"count": count, "dry_run": args.dry_run})
+    elif args.dry_run:
+        print(f"would prune {count} finished workflow(s)")
+    else:
+        print(f"pruned {count} finished workflow(s)")
+    return 0
+
+
+async def _setting(args: argparse.Namespace) -> int:
+    async with _client(args) as mf:
+        if args.unset:
+            value = await mf.db.set_setting(args.key, None)
+        elif args.value is not None:
+            # Durations as the rest of the CLI takes them ("30d", "12h", seconds).
+            new = seconds(args.value, args.key)
+            value = await mf.db.set_setting(args.key, int(new) if new.is_integer() else new)
+        else:
+            value = await mf.db.get_setting(args.key)
+    if args.json:
+        _print_json({"key": args.key, "value": value})
+    else:
+        print(f"{args.key} = {value} seconds ({_age(timedelta(seconds=float(value)))})")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "migrate": _migrate,
     "worker": _worker,
     "start": _start,
+    "list": _list,
     "show": _show,
+    "history": _history,
+    "signal": _signal,
+    "cancel": _cancel,
+    "retry": _retry,
+    "queues": _queues,
+    "prune": _prune,
+    "setting": _setting,
 }
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,21 +563,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench.main(args)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=args.log_level,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     try:
         return asyncio.run(_COMMANDS[args.command](args))
     except KeyboardInterrupt:
         return 130
     except HotMeshError as error:
-        print(f"hotmesh: {error}", file=sys.stderr)
+        print(f"hotmesh: {_first_line(error)}", file=sys.stderr)
         return 1
     except psycopg.Error as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"hotmesh: database error: {message}", file=sys.stderr)
+        print(f"hotmesh: database error: {_first_line(error)}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"hotmesh: {error}", file=sys.stderr)
+        print(f"hotmesh: {_first_line(error)}", file=sys.stderr)
         return 1
 
 

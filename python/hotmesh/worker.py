@@ -22,6 +22,7 @@ import psycopg
 
 from hotmesh import errors
 from hotmesh._db import Claimed, Database
+from hotmesh._log import event, first_line, log_failure
 from hotmesh._runner import Activation, encode
 from hotmesh.activity import ActivityInfo, run_activity
 
@@ -93,6 +94,15 @@ class Worker:
     async def start(self) -> None:
         self.registry.served.add(self.task_queue)
         self.listener.watch_queue(self.task_queue, self._wake)
+        event(
+            log,
+            logging.INFO,
+            "worker_start",
+            worker=self.worker_id,
+            queue=self.task_queue,
+            concurrency=self.concurrency,
+            lease=self.lease,
+        )
         self._loops = [
             asyncio.create_task(self._claim_loop(), name=f"hotmesh-claim-{self.task_queue}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"hotmesh-beat-{self.task_queue}"),
@@ -121,14 +131,17 @@ class Worker:
             await asyncio.gather(*leftover, return_exceptions=True)
             with contextlib.suppress(psycopg.Error, errors.HotMeshError):
                 released = await self.db.release_tasks(list(leftover.values()))
-                log.info("worker %s released %d task(s)", self.worker_id, released)
+                event(log, logging.INFO, "release", worker=self.worker_id, tasks=released)
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        event(log, logging.INFO, "worker_stop", worker=self.worker_id, queue=self.task_queue)
 
     # -- claiming ------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         delay = 0.1
+        failures = 0
+        down_since = 0.0
         while not self._stopping:
             free = self.concurrency - len(self._running)
             if free <= 0:
@@ -140,14 +153,49 @@ class Worker:
                 claimed = await self.db.claim_tasks(
                     [self.task_queue], self.worker_id, free, self.lease
                 )
-                delay = 0.1
             except (psycopg.Error, OSError) as error:
-                log.warning("claim failed (%s); retrying in %.1fs", error, delay)
+                # The database is unreachable or restarting: back off, 0.1 s doubling to 5 s.
+                # (The pool replaces connections the server ended: see client._alive.)
+                if failures == 0:
+                    down_since = asyncio.get_running_loop().time()
+                failures += 1
+                event(
+                    log,
+                    logging.WARNING,
+                    "db_error",
+                    during="claim",
+                    queue=self.task_queue,
+                    failures=failures,
+                    retry_in=delay,
+                    error=first_line(error),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            if failures:
+                event(
+                    log,
+                    logging.WARNING,
+                    "reconnect",
+                    queue=self.task_queue,
+                    failures=failures,
+                    down_for=asyncio.get_running_loop().time() - down_since,
+                )
+                failures = 0
+                delay = 0.1
             for task in claimed:
-                log.debug("claimed %s %s of %s", task.kind, task.name, task.job_id)
+                event(
+                    log,
+                    logging.INFO,
+                    "claim",
+                    task=task.task_id,
+                    kind=task.kind,
+                    name=task.name,
+                    workflow=task.job_id,
+                    thread=task.thread,
+                    queue=task.task_queue,
+                    attempt=task.attempt,
+                )
                 runner = asyncio.create_task(self._process(task))
                 self._running[runner] = task
                 runner.add_done_callback(self._finished)
@@ -166,13 +214,20 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _finished(self, runner: asyncio.Task[None]) -> None:
-        self._running.pop(runner, None)
+        task = self._running.pop(runner, None)
         self._slot_freed.set()
         # A finished activation may have left its task due later (a timer, a retry): the
         # claim loop looks again, so it sleeps until then and not until the fallback poll.
         self._wake.set()
         if not runner.cancelled() and runner.exception() is not None:
-            log.error("task runner crashed", exc_info=runner.exception())
+            event(
+                log,
+                logging.ERROR,
+                "crash",
+                exc_info=runner.exception(),
+                task=None if task is None else task.task_id,
+                workflow=None if task is None else task.job_id,
+            )
 
     async def _heartbeat_loop(self) -> None:
         interval = self.lease.total_seconds() / 3
@@ -184,11 +239,33 @@ class Worker:
             try:
                 held = await self.db.heartbeat(list(held_tasks.values()), self.lease)
             except (psycopg.Error, OSError) as error:
-                log.warning("heartbeat failed: %s", error)
+                event(
+                    log,
+                    logging.WARNING,
+                    "db_error",
+                    during="heartbeat",
+                    queue=self.task_queue,
+                    error=first_line(error),
+                )
                 continue
+            # A runner whose last call (complete, suspend, fail) committed while the heartbeat
+            # ran is not held any more but is not lost either: it ends in a moment. Only one
+            # still running after that lost its lease.
+            missing = [r for r, t in held_tasks.items() if t.task_id not in held and not r.done()]
+            if missing:
+                await asyncio.wait(missing, timeout=interval)
             for runner, task in held_tasks.items():
                 if task.task_id not in held and not runner.done():
-                    log.warning("lease lost: task %s of %s; stopping it", task.task_id, task.job_id)
+                    event(
+                        log,
+                        logging.WARNING,
+                        "lease_lost",
+                        task=task.task_id,
+                        kind=task.kind,
+                        name=task.name,
+                        workflow=task.job_id,
+                        queue=task.task_queue,
+                    )
                     runner.cancel()
 
     # -- running -------------------------------------------------------------------------
@@ -199,10 +276,30 @@ class Worker:
             else:
                 await self._run_activity(task)
         except (errors.LeaseLost, errors.TaskNotFound) as error:
-            log.info("task %s of %s dropped: %s", task.task_id, task.job_id, error)
+            event(
+                log,
+                logging.INFO,
+                "drop",
+                task=task.task_id,
+                workflow=task.job_id,
+                queue=task.task_queue,
+                reason=error,
+            )
         except (psycopg.Error, OSError) as error:
             # The lease expires and the task runs again; nothing unrecorded was lost.
-            log.warning("task %s of %s interrupted: %s", task.task_id, task.job_id, error)
+            event(
+                log,
+                logging.WARNING,
+                "db_error",
+                during="run",
+                task=task.task_id,
+                kind=task.kind,
+                name=task.name,
+                workflow=task.job_id,
+                queue=task.task_queue,
+                error=first_line(error),
+                rerun_after=self.lease,
+            )
 
     async def _activate(self, task: Claimed) -> None:
         fn = self.registry.workflows.get(task.task_queue, {}).get(task.name)
@@ -265,9 +362,19 @@ class Worker:
             )
         except Exception as error:
             outcome = await self.db.fail_task(task, errors.to_payload(error))
-            log.info("activity %s of %s %s: %s", task.name, task.job_id, outcome["status"], error)
+            log_failure(log, task, outcome, error)
             return
         await self.db.complete_task(task, result)
+        event(
+            log,
+            logging.INFO,
+            "complete",
+            task=task.task_id,
+            kind=task.kind,
+            name=task.name,
+            workflow=task.job_id,
+            queue=task.task_queue,
+        )
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

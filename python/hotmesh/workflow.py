@@ -267,11 +267,13 @@ async def exec_hook(
 
 
 async def exec_hook_batch(hooks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Run several hooks at once: `[{"key": k, "options": {exec_hook options}}, ...]`;
-    returns {key: result}. All hooks start before any wait, so none is missed."""
+    """Run several hooks at once: `[{"key": k, "options": {exec_hook options}}, ...]`
+    (workflow_name, args, task_queue, signal_id, timeout); returns {key: result}. All hooks
+    start before any wait; the first hook error (or timeout) raises here."""
     items = [(str(item["key"]), dict(item["options"])) for item in hooks]
     act = activation("exec_hook_batch")
     sids: list[str] = []
+    limits = [options.get("timeout") for _key, options in items]
     for _key, options in items:
         sid = options.pop("signal_id", None) or options.pop("signalId", None)
         sids.append(sid or f"{act.task.job_id}/{act.task.thread}/hook-{act.seq + 1}")
@@ -283,7 +285,9 @@ async def exec_hook_batch(hooks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             task_queue=options["task_queue"],
             signal_id=sids[-1],
         )
-    results = await asyncio.gather(*(wait_for(sid) for sid in sids))
+    results = await asyncio.gather(
+        *(wait_for(sid, limit) for sid, limit in zip(sids, limits, strict=True))
+    )
     return {key: result for (key, _), result in zip(items, results, strict=True)}
 
 

@@ -381,8 +381,10 @@ select is(
     'the same send again (a replay) returns the recorded step'
 );
 select is(
-    (select count(*)::integer from steps where name = 'ping' and kind = 'signal'
-                                               and status = 'completed')
+    (
+        select count(*)::integer from steps
+        where name = 'ping' and kind = 'signal' and status = 'completed'
+    )
     + (select count(*)::integer from signals),
     1,
     '... and sends nothing: one delivery, nothing kept'

@@ -1,0 +1,274 @@
+"""The crash matrix: a mixed workflow (entity writes, an inline and a remote activity, a timer,
+a hook, a child, a signal) whose worker is killed with SIGKILL at every database call it makes,
+right before the call and right after it committed, one kill point per run.
+
+A run without kills (the baseline) traces the calls: every counted call gives the kill point
+"after" it, every call but a claim also "before" it (before a claim is after the call before
+it). Then each kill point runs in its own worker process (tests/workers/matrix.py, which
+counts its calls and kills itself at the chosen one), on queues of its own, a batch of them at
+once; once all of a batch are dead, one fresh worker serves all their queues. For every kill
+point:
+
+- the workflow completes with the baseline's result, entity and step history;
+- a side effect whose step was recorded before the kill happened exactly once; one whose step
+  was not yet recorded happened once more after the kill (activities run at least once, their
+  outcome is recorded once);
+- nothing is left: no task, no kept signal, and the entity changed as often as in the baseline.
+
+`make test` runs every kill point; HOTMESH_CRASH_MATRIX_SAMPLE=N runs every N-th only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from hotmesh import MemFlow
+
+pytestmark = pytest.mark.timeout(300)
+
+MATRIX = Path(__file__).parent / "workers" / "matrix.py"
+BATCH = 12  # kill points run at once (each a worker process with two small pools)
+TAG = "t"
+
+
+@dataclass
+class Point:
+    """One kill point: the n-th call of a statement, before it or after it."""
+
+    label: str  # "<statement>#<n>"
+    when: str  # before | after
+    slot: str = ""
+    effects_at_kill: dict[tuple[str, str], int] = field(default_factory=dict)
+    recorded_at_kill: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def workflow_id(self) -> str:
+        return f"cm-{self.slot}"
+
+    def __str__(self) -> str:
+        return f"kill {self.when} {self.label}"
+
+
+class Workers:
+    """The worker processes a test started; whatever is left is killed at the end."""
+
+    def __init__(self, dsn: str, app: str, logs: Path) -> None:
+        self.dsn, self.app, self.logs = dsn, app, logs
+        self.started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def spawn(self, slots: list[str], **env: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"worker-{len(self.started)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, str(MATRIX), self.dsn, self.app, *slots],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MATRIX_LEASE": "1.0", **env},
+        )
+        self.started.append((proc, log))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        for proc, log in self.started:
+            self.stop(proc)
+            log.close()
+
+
+@pytest.fixture
+def workers(dsn: str, app: str, db: Any, tmp_path: Path) -> Iterator[Workers]:
+    db.conn.execute(
+        "create table effects (id bigint generated always as identity, job_id text, name text,"
+        " attempt integer, pid integer, at timestamptz not null default clock_timestamp())"
+    )
+    procs = Workers(dsn, app, tmp_path)
+    yield procs
+    procs.close()
+
+
+def _normal(value: Any, workflow_id: str) -> Any:
+    """A value with the run's workflow id replaced, so runs of different ids compare."""
+    if isinstance(value, str):
+        return value.replace(workflow_id, "<id>")
+    if isinstance(value, list | tuple):
+        return [_normal(v, workflow_id) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal(v, workflow_id) for k, v in value.items()}
+    return value
+
+
+def snapshot(db: Any, workflow_id: str) -> dict[str, Any]:
+    """Everything a run leaves behind, comparable across runs."""
+    like = workflow_id + "-%"
+    steps = []
+    for job, thread, seq, kind, name, status, input_, output, error in db.rows(
+        "select job_id, thread, seq, kind, name, status, input, output, error from steps"
+        " where job_id = %s or job_id like %s order by job_id, thread, seq",
+        workflow_id,
+        like,
+    ):
+        if kind == "entity":
+            input_ = {k: v for k, v in input_.items() if k != "by"}  # the worker's id
+        if kind == "send":
+            output = {k: v for k, v in output.items() if k != "id"}  # the kept signal's id
+        steps.append((job, thread, seq, kind, name, status, input_, output, error))
+    jobs = db.rows(
+        "select id, status, result, error, context, entity_version, attempt from jobs"
+        " where id = %s or id like %s order by id",
+        workflow_id,
+        like,
+    )
+    threads = db.rows(
+        "select thread, name, status, result, error from threads where job_id = %s"
+        " order by thread",
+        workflow_id,
+    )
+    return _normal({"steps": steps, "jobs": jobs, "threads": threads}, workflow_id)
+
+
+def effect_counts(db: Any, workflow_id: str) -> dict[tuple[str, str], int]:
+    rows = db.rows(
+        "select job_id, name, count(*) from effects where job_id = %s or job_id like %s"
+        " group by 1, 2",
+        workflow_id,
+        workflow_id + "-%",
+    )
+    return {(job, name): count for job, name, count in rows}
+
+
+def recorded_effects(db: Any, workflow_id: str) -> set[tuple[str, str]]:
+    """(job, effect name) of every activity step recorded as completed."""
+    rows = db.rows(
+        "select job_id, input ->> 0 from steps where (job_id = %s or job_id like %s)"
+        " and kind = 'activity' and status = 'completed'",
+        workflow_id,
+        workflow_id + "-%",
+    )
+    return {(job, name) for job, name in rows}
+
+
+def leftovers(db: Any, workflow_id: str) -> dict[str, int]:
+    like = workflow_id + "-%"
+    return {
+        table: db.one(
+            f"select count(*) from {table} where job_id = %s or job_id like %s",  # noqa: S608
+            workflow_id,
+            like,
+        )
+        for table in ("tasks", "signals")
+    }
+
+
+async def start(mf: MemFlow, slot: str) -> Any:
+    return await mf.workflow.start(
+        workflow_name="matrix_main",
+        args=[TAG, f"aq-{slot}"],
+        task_queue=f"wq-{slot}",
+        workflow_id=f"cm-{slot}",
+    )
+
+
+async def wait_dead(proc: subprocess.Popen[bytes], what: str, limit: float = 60.0) -> int:
+    try:
+        async with asyncio.timeout(limit):
+            while proc.poll() is None:  # noqa: ASYNC110 (a child process: no event to wait on)
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"{what}: the worker did not reach its kill point within {limit} s")
+    return proc.returncode
+
+
+def kill_points(trace: list[str]) -> list[Point]:
+    points = []
+    for label in trace:
+        if not label.startswith("claim_tasks#"):
+            points.append(Point(label, "before"))
+        points.append(Point(label, "after"))
+    return points
+
+
+async def test_kill9_at_every_sql_boundary(
+    mf: MemFlow, db: Any, workers: Workers, tmp_path: Path
+) -> None:
+    # -- the baseline: no kill; its trace names the kill points
+    trace_file = tmp_path / "baseline.trace"
+    handle = await start(mf, "base")
+    baseline_worker = workers.spawn(["base"], HOTMESH_TEST_TRACE=str(trace_file))
+    expected_result = _normal(await handle.result(timeout=60), "cm-base")
+    workers.stop(baseline_worker)
+    expected = snapshot(db, "cm-base")
+    trace = trace_file.read_text().split()
+    assert trace[0] == "claim_tasks#1" and trace[-1].startswith("complete_task#")
+    assert effect_counts(db, "cm-base") == {
+        ("cm-base", "inline"): 1,
+        ("cm-base", "remote"): 1,
+        ("cm-base", "hook"): 1,
+        ("cm-base-main-9", "child"): 1,
+    }
+    assert [job[1] for job in expected["jobs"]] == ["completed", "completed"]
+    assert leftovers(db, "cm-base") == {"tasks": 0, "signals": 0}
+
+    points = kill_points(trace)
+    every = int(os.environ.get("HOTMESH_CRASH_MATRIX_SAMPLE", "1"))
+    chosen = points[::every]
+    for index, point in enumerate(chosen):
+        point.slot = str(index)
+
+    for first in range(0, len(chosen), BATCH):
+        batch = chosen[first : first + BATCH]
+        handles = [await start(mf, p.slot) for p in batch]
+        killers = [
+            workers.spawn(
+                [p.slot],
+                HOTMESH_TEST_KILL_AT=p.label,
+                HOTMESH_TEST_KILL_WHEN=p.when,
+                HOTMESH_TEST_TRACE=str(tmp_path / f"{p.slot}.trace"),
+            )
+            for p in batch
+        ]
+        for point, proc in zip(batch, killers, strict=True):
+            assert await wait_dead(proc, str(point)) == -signal.SIGKILL, str(point)
+            last = (tmp_path / f"{point.slot}.trace").read_text().splitlines()[-1]
+            assert last == f"killed {point.when} {point.label}"
+            # Nothing runs now: what the dead worker left is the state at its kill.
+            point.effects_at_kill = effect_counts(db, point.workflow_id)
+            point.recorded_at_kill = recorded_effects(db, point.workflow_id)
+
+        fresh = workers.spawn([p.slot for p in batch])
+        results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+        workers.stop(fresh)
+
+        for point, result in zip(batch, results, strict=True):
+            wid = point.workflow_id
+            assert _normal(result, wid) == expected_result, str(point)
+            assert snapshot(db, wid) == expected, str(point)
+            assert leftovers(db, wid) == {"tasks": 0, "signals": 0}, str(point)
+            final = effect_counts(db, wid)
+            assert set(final) == {(wid, "inline"), (wid, "remote"), (wid, "hook"), (f"{wid}-main-9", "child")}, str(point)
+            for key, count in final.items():
+                before = point.effects_at_kill.get(key, 0)
+                if key in point.recorded_at_kill:
+                    assert (before, count) == (1, 1), f"{point}: {key} ran again"
+                else:
+                    # not recorded at the kill: it may have run in the dead worker, and runs
+                    # once more in the fresh one
+                    assert before in (0, 1) and count == before + 1, f"{point}: {key}"
+
+    print(f"crash matrix: {len(chosen)} of {len(points)} kill points, all recovered")

@@ -1,0 +1,156 @@
+"""Database faults under load: the server crashes and restarts (`pg_ctl restart -m immediate`),
+every worker connection is terminated (`pg_terminate_backend`), again and again, and the
+listener connections are dropped. Two worker processes (tests/workers/fleet.py) serve the
+workflows throughout; nothing helps them: they reconnect on their own (pool, claim loop,
+listener).
+
+Every workflow completes with its expected result; none is lost and none doubled: each has
+exactly its steps, its entity was changed exactly three times, every side effect ran, and none
+ran again after its step was recorded (re-runs of unrecorded activities are counted and
+reported: activities run at least once).
+
+The restart needs the cluster the tests run against (HOTMESH_PGDIR, set by `make test` /
+`hotmesh db run`); with an external DATABASE_URL those tests are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fleet_harness import (
+    APPLICATION_NAME,
+    FATAL,
+    Fleet,
+    Observer,
+    create_effects,
+    expect_clean,
+    outcome,
+    pgdir,
+    send_signals,
+    start_workflows,
+    wait_until,
+)
+
+from hotmesh import _pgcluster
+
+LEASE = 2.0  # an activation cut off by a fault runs again once its lease expires
+COMPLETED = "select count(*) from jobs where status = 'completed'"
+HOOKS_DONE = "select count(*) from threads where status = 'completed'"
+# The workers' connections (pools, listeners, the effects' pools), not the observer's.
+TERMINATE = (
+    "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
+    " where application_name = %s and pid <> pg_backend_pid()"
+)
+TERMINATE_LISTENERS = TERMINATE + " and query like 'listen %%'"
+
+needs_cluster = pytest.mark.skipif(
+    pgdir() is None, reason="needs the cluster's directory (HOTMESH_PGDIR): run under make test"
+)
+
+
+@pytest.fixture
+def obs(dsn: str, app: str) -> Iterator[Observer]:
+    observer = Observer(dsn, app)
+    create_effects(observer)
+    yield observer
+    observer.close()
+
+
+@pytest.fixture
+def fleet(dsn: str, app: str, tmp_path: Path) -> Iterator[Fleet]:
+    workers = Fleet(dsn, app, tmp_path)
+    yield workers
+    workers.stop()
+
+
+def finish(obs: Observer, fleet: Fleet, total: int, limit: float, what: str) -> dict[str, int]:
+    """Send the second half of the signals, wait for every workflow, check and report."""
+    send_signals(obs, list(range(1, total + 1, 2)))
+    wait_until(obs, COMPLETED, total, limit)
+    assert fleet.alive(), fleet.log()[-3000:]
+    figures = outcome(obs, total)
+    figures["db_errors"] = fleet.count(r"event=db_error")
+    figures["reconnects"] = fleet.count(r"event=reconnect")
+    print(f"{what}: {figures}")
+    expect_clean(figures)
+    assert not FATAL.search(fleet.log()), FATAL.findall(fleet.log())[:5]
+    return figures
+
+
+def begin(obs: Observer, fleet: Fleet, total: int) -> None:
+    start_workflows(obs, 1, total)
+    send_signals(obs, list(range(2, total + 1, 2)))  # kept until their workflows wait
+    fleet.start(processes=2, concurrency=16, lease=LEASE)
+
+
+def restart_mid_load(obs: Observer, fleet: Fleet, total: int, limit: float) -> dict[str, int]:
+    directory = pgdir()
+    assert directory is not None
+    begin(obs, fleet, total)
+    # In the middle: a third of the hooks are done, most workflows are in flight.
+    wait_until(obs, HOOKS_DONE, total // 3, limit)
+    before = int(obs.one(COMPLETED))
+    _pgcluster.restart(directory, "immediate")
+    figures = finish(obs, fleet, total, limit, "restart")
+    assert before < total  # the restart did hit the load
+    # Both processes lost their connections and came back by themselves.
+    assert figures["db_errors"] > 0 and figures["reconnects"] >= 2, figures
+    return figures
+
+
+@needs_cluster
+@pytest.mark.timeout(300)
+async def test_immediate_restart_mid_load_200(obs: Observer, fleet: Fleet) -> None:
+    await asyncio.to_thread(restart_mid_load, obs, fleet, 200, 120.0)
+
+
+@needs_cluster
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_immediate_restart_mid_load_1000(obs: Observer, fleet: Fleet) -> None:
+    await asyncio.to_thread(restart_mid_load, obs, fleet, 1000, 600.0)
+
+
+def terminate_storm(
+    obs: Observer, fleet: Fleet, total: int, rounds: int, query: str, limit: float
+) -> tuple[dict[str, int], int]:
+    """Terminate the matching worker connections `rounds` times while the load runs;
+    returns the figures and how many connections were terminated."""
+    begin(obs, fleet, total)
+    wait_until(obs, HOOKS_DONE, 1, limit)  # the workers are connected and busy
+    terminated = 0
+    for _ in range(rounds):
+        terminated += int(obs.one(query, APPLICATION_NAME))
+        # Once the workers have reconnected, terminate the new connections.
+        time.sleep(0.5)
+    return finish(obs, fleet, total, limit, "terminate"), terminated
+
+
+async def test_terminate_every_worker_connection_repeatedly(obs: Observer, fleet: Fleet) -> None:
+    figures, terminated = await asyncio.to_thread(
+        terminate_storm, obs, fleet, 200, 6, TERMINATE, 120.0
+    )
+    assert terminated > 0 and figures["reconnects"] >= 2, (terminated, figures)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_terminate_storm_1000(obs: Observer, fleet: Fleet) -> None:
+    figures, terminated = await asyncio.to_thread(
+        terminate_storm, obs, fleet, 1000, 30, TERMINATE, 600.0
+    )
+    assert terminated > 0 and figures["reconnects"] >= 2, (terminated, figures)
+
+
+async def test_listener_connection_dropped(obs: Observer, fleet: Fleet) -> None:
+    figures, terminated = await asyncio.to_thread(
+        terminate_storm, obs, fleet, 200, 4, TERMINATE_LISTENERS, 120.0
+    )
+    assert terminated >= 2, terminated
+    # Every dropped listener came back (one reconnect each); nothing else was cut off.
+    listener_reconnects = fleet.count(r"event=reconnect channel=")
+    assert listener_reconnects == terminated, (listener_reconnects, terminated, figures)

@@ -1,0 +1,82 @@
+"""Load: many concurrent workflows with hooks and signals, served by two worker processes
+(tests/workers/fleet.py) at once. All of them are started in one statement, so they compete
+for the same queue, the same signal lock and their own job rows from the first moment; half of
+the signals arrive before their wait exists (kept), half while the workflows wait (delivered).
+
+Everything completes: no stuck job, no task or signal left over, each step and each entity
+change recorded exactly once, each side effect run and none run again after its step was
+recorded; no deadlock (pg_stat_database) and no error surfaced in the workers' logs.
+`make test` runs 1,000 workflows; `make test-slow` runs 10,000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fleet_harness import (
+    FATAL,
+    Fleet,
+    Observer,
+    completed,
+    create_effects,
+    deadlocks,
+    expect_clean,
+    outcome,
+    send_signals,
+    start_workflows,
+    wait_until,
+)
+
+
+@pytest.fixture
+def obs(dsn: str, app: str) -> Iterator[Observer]:
+    observer = Observer(dsn, app)
+    create_effects(observer)
+    yield observer
+    observer.close()
+
+
+@pytest.fixture
+def fleet(dsn: str, app: str, tmp_path: Path) -> Iterator[Fleet]:
+    workers = Fleet(dsn, app, tmp_path)
+    yield workers
+    workers.stop()
+
+
+def run_load(obs: Observer, fleet: Fleet, total: int, limit: float) -> dict[str, int]:
+    before = deadlocks(obs)
+    start_workflows(obs, 1, total)
+    send_signals(obs, list(range(2, total + 1, 2)))  # before anyone waits: kept
+    fleet.start(processes=2, concurrency=16)
+    # The other half once their workflows are well under way: most are delivered to a wait.
+    wait_until(obs, "select count(*) from threads where status = 'completed'", total // 2, limit)
+    send_signals(obs, list(range(1, total + 1, 2)))
+    done = wait_until(obs, "select count(*) from jobs where status = 'completed'", total, limit)
+    assert fleet.alive(), fleet.log()[-2000:]
+    figures = outcome(obs, total)
+    figures["deadlocks"] = deadlocks(obs) - before
+    figures["delivered"] = int(
+        obs.one("select count(*) from steps where kind = 'signal' and name like 'go-%%'")
+    )
+    print(f"load: {figures}")
+    assert done == total == completed(obs), figures
+    expect_clean(figures)
+    assert figures["deadlocks"] == 0, figures
+    assert not FATAL.search(fleet.log()), FATAL.findall(fleet.log())[:5]
+    # Nothing went wrong that the workers had to recover from.
+    assert fleet.count(r"event=(db_error|lease_lost)") == 0, fleet.log()[-2000:]
+    return figures
+
+
+@pytest.mark.timeout(300)
+async def test_load_1000_workflows_two_workers(obs: Observer, fleet: Fleet) -> None:
+    await asyncio.to_thread(run_load, obs, fleet, 1000, 240.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+async def test_load_10000_workflows_two_workers(obs: Observer, fleet: Fleet) -> None:
+    await asyncio.to_thread(run_load, obs, fleet, 10_000, 1500.0)

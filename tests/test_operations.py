@@ -1,0 +1,349 @@
+"""Operations against the real Postgres with a real worker: the inspection views on workflows
+in each state, prune while a worker runs (batches, SKIP LOCKED, live workflows untouched),
+retry of a failed workflow, and a worker that survives pg_terminate_backend of every one of
+its connections (a workflow in flight at that moment and one started afterwards both
+complete)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from hotmesh import FatalError, MemFlow, RetryPolicy, workflow
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def flaky(x: int) -> int:
+    raise RuntimeError(f"flaky {x}")
+
+
+async def completes(x: int) -> int:
+    acts = workflow.proxy_activities(activities=[double])
+    entity = await workflow.entity()
+    await entity.set({"stage": "start"})
+    value = await acts.double(x)
+    await entity.merge({"stage": "done"})
+    return int(value)
+
+
+async def sleeps() -> None:
+    await workflow.sleep_for("1h")
+
+
+async def waits_signal() -> Any:
+    return await workflow.wait_for("approve")
+
+
+async def calls_remote() -> Any:
+    acts = workflow.proxy_activities(task_queue="nobody-serves-this")
+    return await acts.far_away(1)
+
+
+async def retries_inline() -> Any:
+    acts = workflow.proxy_activities(
+        activities=[flaky],
+        retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=3600, maximum_interval=3600),
+    )
+    return await acts.flaky(1)
+
+
+async def awaits_child() -> Any:
+    return await workflow.exec_child(
+        workflow_name="waits_signal", task_queue="ops", workflow_id="ops-kid"
+    )
+
+
+async def fails() -> None:
+    raise FatalError("cannot go on")
+
+
+ALL = [completes, sleeps, waits_signal, calls_remote, retries_inline, awaits_child, fails]
+
+
+async def settled(mf: MemFlow, workflow_id: str) -> str:
+    """Wait until a workflow stops moving (waiting with its waits recorded, or finished)."""
+    async with asyncio.timeout(20):
+        while True:
+            rows = await mf.db.list_workflows(None, None, None, 1000)
+            row = next((r for r in rows if r["id"] == workflow_id), None)
+            if row and (row["status"] in ("completed", "failed") or row["waits"]):
+                return str(row["status"])
+            await asyncio.sleep(0.05)
+
+
+async def test_views_show_each_state(mf: MemFlow, db: Any) -> None:
+    await mf.worker.create(task_queue="ops", workflow=ALL)
+    for name in ("completes", "sleeps", "waits_signal", "calls_remote", "retries_inline"):
+        await mf.workflow.start(
+            workflow_name=name,
+            args=[21] if name == "completes" else [],
+            task_queue="ops",
+            workflow_id=f"ops-{name}",
+        )
+    await mf.workflow.start(workflow_name="awaits_child", task_queue="ops", workflow_id="ops-dad")
+    await mf.workflow.start(workflow_name="fails", task_queue="ops", workflow_id="ops-fails")
+    for workflow_id in (
+        "ops-completes",
+        "ops-sleeps",
+        "ops-waits_signal",
+        "ops-calls_remote",
+        "ops-retries_inline",
+        "ops-dad",
+        "ops-kid",
+        "ops-fails",
+    ):
+        await settled(mf, workflow_id)
+
+    waits = dict(db.rows("select id, waits from workflows"))
+    kinds = {key: [(w["kind"], w.get("name")) for w in value] for key, value in waits.items()}
+    assert kinds == {
+        "ops-completes": [],
+        "ops-sleeps": [("timer", None)],
+        "ops-waits_signal": [("signal", "approve")],
+        "ops-calls_remote": [("activity", "far_away")],
+        "ops-retries_inline": [("activity", "flaky")],
+        "ops-dad": [("child", "waits_signal")],
+        "ops-kid": [("signal", "approve")],
+        "ops-fails": [],
+    }
+    assert waits["ops-calls_remote"][0]["state"] == "queued"
+    assert waits["ops-retries_inline"][0]["state"] == "retrying"
+    assert waits["ops-retries_inline"][0]["error"] == "flaky 1"
+    assert waits["ops-dad"][0]["workflow_id"] == "ops-kid"
+    text = dict(db.rows("select id, waiting_on from workflows"))
+    assert text["ops-retries_inline"].startswith("activity flaky (retry 2 at ")
+    assert text["ops-completes"] is None
+
+    assert db.rows("select id, error_message, error_code, error_type from failed_workflows") == [
+        ("ops-fails", "cannot go on", 598, "FatalError")
+    ]
+    backlog = db.rows(
+        "select kind, ready, delayed from queue_backlog where task_queue = 'nobody-serves-this'"
+    )
+    assert backlog == [("activity", 1, 0)]
+
+    history = db.rows(
+        "select thread, seq, kind, name, status, entity_version"
+        " from workflow_history('ops-completes')"
+    )
+    assert history == [
+        ("main", None, "workflow", "completes", "started", None),
+        ("main", 1, "entity", "set", "completed", 1),
+        ("main", 2, "activity", "double", "completed", None),
+        ("main", 3, "entity", "merge", "completed", 2),
+        ("main", None, "workflow", "completes", "completed", None),
+    ]
+
+    # The same through the Python calls the CLI uses.
+    listed = await mf.db.list_workflows("waiting", None, "ops", 100)
+    assert {r["id"] for r in listed} == {
+        "ops-sleeps",
+        "ops-waits_signal",
+        "ops-calls_remote",
+        "ops-retries_inline",
+        "ops-dad",
+        "ops-kid",
+    }
+    assert [r["id"] for r in await mf.db.list_workflows(None, "fails", None, 10)] == ["ops-fails"]
+    assert await mf.db.list_workflows(None, None, "no-such-queue", 10) == []
+    assert len(await mf.db.list_workflows(None, None, None, 3)) == 3
+    doc = await mf.db.describe_workflow("ops-waits_signal")
+    assert doc["waiting_on"] == "signal approve"
+    assert doc["status"] == "waiting"
+
+
+async def test_retry_reruns_failed_step_only(mf: MemFlow, db: Any) -> None:
+    calls: list[str] = []
+    broken = {"on": True}
+
+    def first(x: int) -> int:
+        calls.append("first")
+        return x + 1
+
+    def second(x: int) -> int:
+        calls.append("second")
+        if broken["on"]:
+            raise FatalError("down for maintenance")
+        return x * 10
+
+    async def two_steps(x: int) -> int:
+        acts = workflow.proxy_activities(activities=[first, second])
+        return int(await acts.second(await acts.first(x)))
+
+    await mf.worker.create(task_queue="ops", workflow=two_steps)
+    handle = await mf.workflow.start(
+        workflow_name="two_steps", args=[1], task_queue="ops", workflow_id="ops-retry"
+    )
+    with pytest.raises(FatalError):
+        await handle.result(timeout=20)
+    assert calls == ["first", "second"]
+
+    broken["on"] = False
+    outcome = await mf.db.retry_workflow("ops-retry")
+    assert outcome["reset_steps"] == 1 and outcome["status"] == "pending"
+    assert await handle.result(timeout=20) == 20
+    # the recorded first step replayed; only the failed one ran again
+    assert calls == ["first", "second", "second"]
+    assert db.one("select attempt from jobs where id = 'ops-retry'") == 1
+
+
+async def quick(x: int) -> int:
+    return x
+
+
+async def test_prune_while_a_worker_runs(mf: MemFlow, db: Any, dsn: str, app: str) -> None:
+    await mf.worker.create(task_queue="ops", workflow=[quick, sleeps], concurrency=4)
+    sleepers = [
+        await mf.workflow.start(
+            workflow_name="sleeps", task_queue="ops", workflow_id=f"live-{i}", expire=0
+        )
+        for i in range(3)
+    ]
+    handles = []
+    pruned = 0
+    for i in range(40):
+        handles.append(
+            await mf.workflow.start(
+                workflow_name="quick", args=[i], task_queue="ops", workflow_id=f"q-{i}", expire=0
+            )
+        )
+        if i % 8 == 7:  # prune while workflows are being started and run
+            pruned += await mf.db.prune(timedelta(0), 3, False)
+    async with asyncio.timeout(30):
+        while db.one("select count(*) from jobs where id like 'q-%%'"):
+            pruned += await mf.db.prune(timedelta(0), 3, False)
+            await asyncio.sleep(0.05)
+
+    assert pruned == 40
+
+    # A job row someone else holds: prune skips it instead of waiting, and takes the rest.
+    late = [
+        await mf.workflow.start(
+            workflow_name="quick", args=[i], task_queue="ops", workflow_id=f"z-{i}", expire=0
+        )
+        for i in range(3)
+    ]
+    for handle in late:
+        await handle.result(timeout=20)
+    with psycopg.connect(dsn) as holder:
+        holder.execute(
+            sql.SQL("select id from {}.jobs where id = 'z-0' for update").format(
+                sql.Identifier(app)
+            )
+        )
+        assert await asyncio.wait_for(mf.db.prune(timedelta(0), 3, False), 10) == 2
+        assert db.rows("select id from jobs where id like 'z-%%'") == [("z-0",)]
+    assert await mf.db.prune(timedelta(0), 3, False) == 1  # released: now it goes too
+
+    assert db.one("select count(*) from jobs where id like 'q-%%' or id like 'z-%%'") == 0
+    assert db.one("select count(*) from steps where job_id like 'q-%%'") == 0
+    # the sleeping workflows are live: untouched, with their timers
+    assert db.rows("select id, status from jobs where id like 'live-%%' order by id") == [
+        (h.workflow_id, "waiting") for h in sleepers
+    ]
+    assert db.one("select count(*) from steps where job_id like 'live-%%'") == 3
+    assert await mf.db.prune(timedelta(0), 3, True) == 0
+
+
+async def test_prune_procedure_from_psql_style_call(dsn: str, app: str, db: Any) -> None:
+    for i in range(7):
+        db.one("select start_workflow('w', '[]', 'q', %s, null, '{\"expire\": 0}')", f"p-{i}")
+        db.one("select cancel_workflow(%s)", f"p-{i}")
+    db.one("select start_workflow('w', '[]', 'q', 'p-live')")
+    # One command, many batches, each committed on its own.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        call = sql.SQL("call {}.prune(p_batch => 2)").format(sql.Identifier(app))
+        assert conn.execute(call).fetchone() == (7,)
+        assert conn.execute(call).fetchone() == (0,)
+    assert db.rows("select id from jobs") == [("p-live",)]
+    # Inside a transaction block the COMMIT between batches is refused, and nothing changes.
+    db.one("select start_workflow('w', '[]', 'q', 'p-last', null, '{\"expire\": 0}')")
+    db.one("select cancel_workflow('p-last')")
+    with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.InvalidTransactionTermination):
+        conn.execute(sql.SQL("call {}.prune()").format(sql.Identifier(app)))
+    assert db.rows("select id from jobs order by id") == [("p-last",), ("p-live",)]
+
+
+STARTED = asyncio.Event()
+RUNS: list[int] = []
+
+
+async def slow_double(x: int) -> int:
+    RUNS.append(x)
+    STARTED.set()
+    await asyncio.sleep(0.5)
+    return 2 * x
+
+
+async def survives(x: int) -> int:
+    acts = workflow.proxy_activities(activities=[slow_double])
+    return int(await acts.slow_double(x))
+
+
+async def test_worker_survives_terminated_connections(
+    dsn: str, app: str, db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hotmesh")
+    tag = f"hm-ops-{app}"
+    mf = await MemFlow.init(app_id=app, dsn=make_conninfo(dsn, application_name=tag), migrate=False)
+    holder = psycopg.connect(dsn)
+    try:
+        STARTED.clear()
+        RUNS.clear()
+        await mf.worker.create(task_queue="ops", workflow=survives, lease=2.0)
+        before = await mf.workflow.start(
+            workflow_name="survives", args=[1], task_queue="ops", workflow_id="before"
+        )
+        await asyncio.wait_for(STARTED.wait(), 20)
+        # Hold the job row: the activation's completion will wait on it, mid-call.
+        holder.execute(
+            sql.SQL("select 1 from {}.jobs where id = 'before' for update").format(
+                sql.Identifier(app)
+            )
+        )
+        async with asyncio.timeout(20):
+            while not db.one(  # noqa: ASYNC110 (polling the database: no event to wait on)
+                "select count(*) from pg_stat_activity"
+                " where application_name = %s and wait_event_type = 'Lock'",
+                tag,
+            ):
+                await asyncio.sleep(0.05)
+        killed = db.one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+            " where application_name = %s",
+            tag,
+        )
+        assert killed >= 2  # the waiting call, the pool's others, the listener
+        holder.rollback()
+        after = await mf.workflow.start(
+            workflow_name="survives", args=[2], task_queue="ops", workflow_id="after"
+        )
+        assert await before.result(timeout=30) == 2
+        assert await after.result(timeout=30) == 4
+    finally:
+        holder.close()
+        await mf.close(grace=2.0)
+    events = [r.getMessage() for r in caplog.records if r.name.startswith("hotmesh")]
+    # the call cut off mid-flight dropped its activation; it ran again once its lease expired
+    assert any("event=db_error during=run" in e and "workflow=before" in e for e in events)
+    assert any(e.startswith("event=reconnect") for e in events)  # the listener is back
+    claims = [e for e in events if e.startswith("event=claim") and "workflow=before" in e]
+    assert len(claims) == 2
+    # the activity's outcome was recorded before the cut: the rerun replayed it, not re-ran it
+    assert RUNS == [1, 2]
+    assert db.rows("select id, status, result from jobs order by id") == [
+        ("after", "completed", 4),
+        ("before", "completed", 2),
+    ]

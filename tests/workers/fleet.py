@@ -1,0 +1,97 @@
+"""A worker process for the load and database-fault tests (tests/test_load.py,
+tests/test_db_faults.py): several of them serve one queue together.
+
+    python tests/workers/fleet.py DSN APP QUEUE CONCURRENCY LEASE
+
+Serves QUEUE with `fleet_main` and its hook `fleet_hook` until SIGTERM. A workflow runs an
+inline activity, increments its entity, runs a hook (another inline activity and increment),
+waits for its signal "go-<i>" (sent by the test, before or after the wait exists), increments
+again and returns. Every `effect` call inserts one row into the app's `effects` table (the
+side-effect counter, keyed by workflow and step name; `at` is the database's clock, so a test
+can tell whether an effect ran after its step was recorded).
+
+Warnings and errors of the engine (db_error, reconnect, lease_lost, crash, stuck) go to
+stderr, one line each, so a test can count them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from hotmesh import MemFlow, RetryPolicy, activity, workflow
+
+CONFIG: dict[str, Any] = {"dsn": "", "app": "", "pool": None}
+# The effect writes to the database the test restarts: a failed write is retried like any
+# failing activity, often enough to outlast a restart.
+RETRY = RetryPolicy(maximum_attempts=30, initial_interval=0.2, backoff_coefficient=2,
+                    maximum_interval=1.0)  # fmt: skip
+
+
+async def effect(name: str) -> str:
+    """The side effect: one row per run."""
+    pool: AsyncConnectionPool | None = CONFIG["pool"]
+    if pool is None:
+        pool = AsyncConnectionPool(
+            CONFIG["dsn"], min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+        )
+        CONFIG["pool"] = pool
+        await pool.open()
+    info = activity.info()
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(
+                sql.SQL("insert into {}.effects (job_id, name, pid) values (%s, %s, %s)").format(
+                    sql.Identifier(CONFIG["app"])
+                ),
+                (info.workflow_id, name, os.getpid()),
+            )
+    except Exception:
+        await pool.check()  # drop connections the restart broke before the next attempt
+        raise
+    return f"{name} done"
+
+
+async def fleet_main(i: int) -> Any:
+    acts = workflow.proxy_activities(activities=[effect], retry_policy=RETRY)
+    e = await workflow.entity()
+    await acts.effect("a")
+    await e.increment("n")
+    hooked = await workflow.exec_hook(workflow_name="fleet_hook", args=[i])
+    got = await workflow.wait_for(f"go-{i}")
+    await e.increment("n")
+    return {"i": i, "hook": hooked, "got": got, "n": await e.get("n")}
+
+
+async def fleet_hook(i: int) -> str:
+    acts = workflow.proxy_activities(activities=[effect], retry_policy=RETRY)
+    await acts.effect("h")
+    e = await workflow.entity()
+    await e.increment("n")
+    return f"hook {i}"
+
+
+async def main(dsn: str, app: str, queue: str, concurrency: int, lease: float) -> None:
+    mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    await mf.worker.create(
+        task_queue=queue, workflow=[fleet_main, fleet_hook], concurrency=concurrency, lease=lease
+    )
+    print("ready", flush=True)
+    try:
+        await mf.run_until_signal(grace=2.0)
+    finally:
+        if CONFIG["pool"] is not None:
+            await CONFIG["pool"].close()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("psycopg.pool").setLevel(logging.INFO)
+    CONFIG.update(dsn=sys.argv[1], app=sys.argv[2])
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
