@@ -26,11 +26,13 @@ PROVE_FILES ?= tests/sql
 PYTEST_ARGS ?=
 
 .PHONY: help setup sysdeps db-up db-down db-url lint lint-static lint-sql lint-ruff \
-	lint-format lint-mypy lint-plpgsql sqltest pytest test demo bench clean _migrate _prove
+	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow demo bench clean _migrate \
+	_prove
 
 help:
 	@echo "make setup     system packages (PostgreSQL $(PG_MAJOR), pgTAP, pg_prove, plpgsql_check) + $(VENV)"
 	@echo "make test      lint + sqltest + pytest against one throwaway cluster (--fast)"
+	@echo "make test-slow the slow reliability tests (pytest -m slow: 10,000-workflow load, ...)"
 	@echo "make lint      sqlfluff, ruff check, ruff format --check, mypy, plpgsql_check"
 	@echo "make sqltest   hotmesh migrate --app $(APP), then pg_prove --ext .sql -r tests/sql"
 	@echo "make pytest    $(BIN)/pytest -q   (PYTEST_ARGS=... to add arguments)"
@@ -119,6 +121,12 @@ pytest: setup
 # -k: run every step, fail at the end if any failed.
 test: setup
 	$(DB_RUN) --fast -- $(SUBMAKE) -k lint-static sqltest pytest
+
+# The tests marked `slow` (pyproject.toml deselects them by default): the 10,000-workflow load,
+# a database restart and a terminate storm under 1,000 workflows, ... Same throwaway cluster
+# (--fast keeps synchronous_commit on: an immediate restart loses nothing committed).
+test-slow: setup
+	$(DB_RUN) --fast -- $(BIN)/pytest -q -m slow $(PYTEST_ARGS)
 
 # Internal: run inside `hotmesh db run`, i.e. with DATABASE_URL set. _prove depends on _migrate
 # so that, even under `make -k`, no test runs against a schema that failed to install.

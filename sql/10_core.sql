@@ -3,11 +3,26 @@
 
 -- The engine's clock. Tests move it with `set hotmesh.fake_now = '...'`; everything that
 -- compares against "now" asks this function, so leases, timers and backoff move together.
+-- Any session may set a custom setting, so only the schema's owner (or a superuser) may move
+-- the clock: for anyone else a future clock would expire leases and retention early.
 create or replace function _now() returns timestamptz
-language sql stable
+language plpgsql stable
 set search_path from current
 as $$
-    select coalesce(nullif(current_setting('hotmesh.fake_now', true), '')::timestamptz, now())
+declare
+    v_fake text := current_setting('hotmesh.fake_now', true);
+begin
+    if v_fake is null or v_fake = '' then
+        return now();
+    end if;
+    if not pg_has_role(session_user, (select n.nspowner from pg_namespace as n
+                                       where n.nspname = current_schema()), 'member') then
+        raise exception using errcode = '42501',
+            message = format('hotmesh.fake_now is set, but only the owner of schema %s may '
+                             'move the engine''s clock', current_schema());
+    end if;
+    return v_fake::timestamptz;
+end
 $$;
 
 -- Wakes idle workers and result waiters of this app. One channel per app (the schema name);

@@ -384,32 +384,39 @@ $$;
 
 -- Group commit of completions: complete_task for several tasks in one transaction. Items
 -- are {"task_id", "token", "result"}; returns, in order, null for each completed task or
--- {"error": {...}} for one whose lease was lost (the others still complete).
+-- {"error": {...}} for one whose lease was lost (the others still complete). The items are
+-- applied in job order, not arrival order: a completion wakes its workflow thread (_wake locks
+-- or inserts the activation's row), and two batches waking the same jobs in opposite orders
+-- deadlocked (fan-out activities completed by several workers at once).
 create or replace function complete_tasks(p_items jsonb) returns jsonb
 language plpgsql
 set search_path from current
 as $$
 declare
-    v_item jsonb;
-    v_results jsonb := '[]'::jsonb;
+    v_item record;
+    v_results jsonb[] := array_fill(null::jsonb, array[jsonb_array_length(p_items)]);
     v_held bigint[];
 begin
     select coalesce(array_agg(t.id), '{}') into v_held
       from jsonb_array_elements(p_items) as i
       join tasks as t
         on t.id = (i ->> 'task_id')::bigint and t.lease_token = (i ->> 'token')::uuid;
-    for v_item in select value from jsonb_array_elements(p_items) loop
-        if (v_item ->> 'task_id')::bigint = any(v_held) then
-            perform complete_task((v_item ->> 'task_id')::bigint, (v_item ->> 'token')::uuid,
-                                  v_item -> 'result');
-            v_results := v_results || jsonb_build_array(null::jsonb);
+    for v_item in
+        select i.value, i.pos::integer as pos
+          from jsonb_array_elements(p_items) with ordinality as i (value, pos)
+          left join tasks as t on t.id = (i.value ->> 'task_id')::bigint
+         order by t.job_id, t.thread, i.pos
+    loop
+        if (v_item.value ->> 'task_id')::bigint = any(v_held) then
+            perform complete_task((v_item.value ->> 'task_id')::bigint,
+                                  (v_item.value ->> 'token')::uuid, v_item.value -> 'result');
         else
-            v_results := v_results || jsonb_build_array(jsonb_build_object('error',
+            v_results[v_item.pos] := jsonb_build_object('error',
                 jsonb_build_object('sqlstate', 'HM004', 'message', format(
                     'lease lost: task %s is no longer held with this token',
-                    v_item ->> 'task_id'))));
+                    v_item.value ->> 'task_id')));
         end if;
     end loop;
-    return v_results;
+    return to_jsonb(v_results);
 end
 $$;

@@ -8,7 +8,6 @@ listener). Only the test's own observer connection reconnects, like any monitori
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -85,13 +84,20 @@ class Fleet:
         self.app, self.logs, self.queue = app, logs, queue
         self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes], Path]] = []
 
-    def start(self, processes: int = 2, concurrency: int = 16, lease: float = 3.0) -> None:
+    def start(
+        self,
+        processes: int = 2,
+        concurrency: int = 16,
+        lease: float = 3.0,
+        role: str = "workflows",
+        queue: str | None = None,
+    ) -> None:
         for _ in range(processes):
             path = self.logs / f"fleet-{len(self.procs)}.log"
             log = path.open("wb")
             proc = subprocess.Popen(
-                [sys.executable, str(FLEET), self.dsn, self.app, self.queue,
-                 str(concurrency), str(lease)],
+                [sys.executable, str(FLEET), self.dsn, self.app, queue or self.queue,
+                 str(concurrency), str(lease), role],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
@@ -178,11 +184,14 @@ def outcome(obs: Observer, total: int) -> dict[str, int]:
         ),
         "tasks_left": obs.one("select count(*) from tasks"),
         "signals_left": obs.one("select count(*) from signals"),
-        "threads_not_completed": obs.one("select count(*) from threads where status <> 'completed'"),
+        "threads_not_completed": obs.one(
+            "select count(*) from threads where status <> 'completed'"
+        ),
         # lost: a side effect that never ran
         "effects_lost": obs.one(
             "select count(*) from jobs as j cross join unnest(%s::text[]) as n (name)"
-            " where not exists (select from effects as e where e.job_id = j.id and e.name = n.name)",
+            " where not exists (select from effects as e"
+            " where e.job_id = j.id and e.name = n.name)",
             list(EFFECTS),
         ),
         # doubled: a side effect that ran after its step was recorded (a re-run that should
@@ -227,12 +236,6 @@ def create_effects(obs: Observer) -> None:
 
 def deadlocks(obs: Observer) -> int:
     return int(obs.one("select deadlocks from pg_stat_database where datname = current_database()"))
-
-
-@contextlib.contextmanager
-def suppress_db_errors() -> Any:
-    with contextlib.suppress(psycopg.Error):
-        yield
 
 
 def pgdir() -> str | None:

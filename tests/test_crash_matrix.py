@@ -21,7 +21,9 @@ point:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -136,8 +138,7 @@ def snapshot(db: Any, workflow_id: str) -> dict[str, Any]:
         like,
     )
     threads = db.rows(
-        "select thread, name, status, result, error from threads where job_id = %s"
-        " order by thread",
+        "select thread, name, status, result, error from threads where job_id = %s order by thread",
         workflow_id,
     )
     return _normal({"steps": steps, "jobs": jobs, "threads": threads}, workflow_id)
@@ -204,10 +205,10 @@ def kill_points(trace: list[str]) -> list[Point]:
     return points
 
 
-async def test_kill9_at_every_sql_boundary(
+async def baseline(
     mf: MemFlow, db: Any, workers: Workers, tmp_path: Path
-) -> None:
-    # -- the baseline: no kill; its trace names the kill points
+) -> tuple[Any, dict[str, Any], list[str]]:
+    """A run without kills: its result, its snapshot and the trace of its counted calls."""
     trace_file = tmp_path / "baseline.trace"
     handle = await start(mf, "base")
     baseline_worker = workers.spawn(["base"], HOTMESH_TEST_TRACE=str(trace_file))
@@ -224,7 +225,13 @@ async def test_kill9_at_every_sql_boundary(
     }
     assert [job[1] for job in expected["jobs"]] == ["completed", "completed"]
     assert leftovers(db, "cm-base") == {"tasks": 0, "signals": 0}
+    return expected_result, expected, trace
 
+
+async def test_kill9_at_every_sql_boundary(
+    mf: MemFlow, db: Any, workers: Workers, tmp_path: Path
+) -> None:
+    expected_result, expected, trace = await baseline(mf, db, workers, tmp_path)
     points = kill_points(trace)
     every = int(os.environ.get("HOTMESH_CRASH_MATRIX_SAMPLE", "1"))
     chosen = points[::every]
@@ -261,7 +268,12 @@ async def test_kill9_at_every_sql_boundary(
             assert snapshot(db, wid) == expected, str(point)
             assert leftovers(db, wid) == {"tasks": 0, "signals": 0}, str(point)
             final = effect_counts(db, wid)
-            assert set(final) == {(wid, "inline"), (wid, "remote"), (wid, "hook"), (f"{wid}-main-9", "child")}, str(point)
+            assert set(final) == {
+                (wid, "inline"),
+                (wid, "remote"),
+                (wid, "hook"),
+                (f"{wid}-main-9", "child"),
+            }, str(point)
             for key, count in final.items():
                 before = point.effects_at_kill.get(key, 0)
                 if key in point.recorded_at_kill:
@@ -272,3 +284,57 @@ async def test_kill9_at_every_sql_boundary(
                     assert before in (0, 1) and count == before + 1, f"{point}: {key}"
 
     print(f"crash matrix: {len(chosen)} of {len(points)} kill points, all recovered")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_kill9_fuzz_loop(mf: MemFlow, db: Any, workers: Workers, tmp_path: Path) -> None:
+    """Repeated kills: generations of 40 workflows, each served by one worker process after
+    another, each process killed at a random call (the n-th of a random statement, before or
+    after it) or, when it does not get there, from outside after a random while, until the
+    generation is done; then a last process finishes it. Generations follow until at least
+    30 workers died. Every workflow ends exactly as the baseline did, every side effect ran,
+    none ran again after its step was recorded. HOTMESH_CRASH_FUZZ_SEED picks the run."""
+    expected_result, expected, trace = await baseline(mf, db, workers, tmp_path)
+    rng = random.Random(int(os.environ.get("HOTMESH_CRASH_FUZZ_SEED", "8")))
+    names = sorted({label.split("#")[0] for label in trace})
+    kills = workflows = 0
+    generation = 0
+    while kills < 30:
+        slots = [f"z{generation}x{i}" for i in range(40)]
+        handles = [await start(mf, slot) for slot in slots]
+        unfinished = (
+            "select count(*) from jobs where id like %s and status <> 'completed'",
+            f"cm-z{generation}x%",
+        )
+        for _ in range(60):
+            if not db.one(*unfinished):
+                break
+            label = f"{rng.choice(names)}#{rng.randint(1, 2 * len(slots))}"
+            when = rng.choice(["before", "after"])
+            proc = workers.spawn(slots, HOTMESH_TEST_KILL_AT=label, HOTMESH_TEST_KILL_WHEN=when)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, rng.uniform(0.2, 2.0))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            assert await wait_dead(proc, f"kill {when} {label}") == -signal.SIGKILL
+            kills += 1
+        fresh = workers.spawn(slots)
+        results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
+        workers.stop(fresh)
+        for slot, result in zip(slots, results, strict=True):
+            wid = f"cm-{slot}"
+            assert _normal(result, wid) == expected_result, wid
+            assert snapshot(db, wid) == expected, wid
+            assert leftovers(db, wid) == {"tasks": 0, "signals": 0}, wid
+            assert len(effect_counts(db, wid)) == 4, wid  # every side effect ran
+        workflows += len(slots)
+        generation += 1
+    doubled = db.rows(
+        "select e.job_id, e.name from effects as e join steps as s on s.job_id = e.job_id"
+        " and s.kind = 'activity' and s.status = 'completed' and s.input ->> 0 = e.name"
+        " where e.at > s.completed_at"
+    )
+    assert doubled == []  # none ran again after its step was recorded
+    reruns = db.one("select count(*) from effects where job_id like 'cm-z%%'") - 4 * workflows
+    print(f"crash fuzz: {kills} workers killed, {workflows} workflows, {reruns} re-runs")

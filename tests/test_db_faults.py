@@ -19,8 +19,13 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
 from fleet_harness import (
     APPLICATION_NAME,
     FATAL,
@@ -33,9 +38,10 @@ from fleet_harness import (
     send_signals,
     start_workflows,
     wait_until,
+    with_application_name,
 )
-
-from hotmesh import _pgcluster
+from hotmesh import MemFlow, _pgcluster
+from hotmesh._db import Database
 
 LEASE = 2.0  # an activation cut off by a fault runs again once its lease expires
 COMPLETED = "select count(*) from jobs where status = 'completed'"
@@ -93,10 +99,11 @@ def restart_mid_load(obs: Observer, fleet: Fleet, total: int, limit: float) -> d
     begin(obs, fleet, total)
     # In the middle: a third of the hooks are done, most workflows are in flight.
     wait_until(obs, HOOKS_DONE, total // 3, limit)
-    before = int(obs.one(COMPLETED))
+    in_flight = total - int(obs.one(COMPLETED))
     _pgcluster.restart(directory, "immediate")
     figures = finish(obs, fleet, total, limit, "restart")
-    assert before < total  # the restart did hit the load
+    figures["unfinished_at_restart"] = in_flight
+    print(f"restart: {in_flight} of {total} workflows unfinished when the server restarted")
     # Both processes lost their connections and came back by themselves.
     assert figures["db_errors"] > 0 and figures["reconnects"] >= 2, figures
     return figures
@@ -152,5 +159,95 @@ async def test_listener_connection_dropped(obs: Observer, fleet: Fleet) -> None:
     )
     assert terminated >= 2, terminated
     # Every dropped listener came back (one reconnect each); nothing else was cut off.
+    dropped = fleet.count(r"event=db_error during=listen")
     listener_reconnects = fleet.count(r"event=reconnect channel=")
-    assert listener_reconnects == terminated, (listener_reconnects, terminated, figures)
+    assert dropped == listener_reconnects == terminated, (dropped, listener_reconnects, figures)
+    assert fleet.count(r"event=db_error during=(claim|run|heartbeat)") == 0, figures
+
+
+async def test_calls_after_terminated_connections_get_live_ones(dsn: str, app: str) -> None:
+    """Every idle connection of a pool is terminated; the next calls get live ones at once:
+    the dead ones are discarded and replaced without the pool's per-connection backoff (1, 2,
+    4, ... s), which with six dead connections would outlast this pool's 3 s timeout."""
+    pool = AsyncConnectionPool(
+        with_application_name(dsn, "hm-dead-pool"),
+        min_size=6,
+        max_size=6,
+        timeout=3.0,
+        kwargs={"autocommit": True},
+        open=False,
+    )
+    await pool.open(wait=True)
+    try:
+        db = Database(pool, app)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            pids = [
+                row[0]
+                for row in await (
+                    await admin.execute(
+                        "select pid from pg_stat_activity where application_name = 'hm-dead-pool'"
+                    )
+                ).fetchall()
+            ]
+            assert len(pids) == 6
+            await admin.execute(
+                "select pg_terminate_backend(pid) from unnest(%s::int[]) pid", [pids]
+            )
+            async with asyncio.timeout(10):  # the backends are gone: their sockets closed
+                while (  # noqa: ASYNC110 (server processes: no event to wait on)
+                    await (
+                        await admin.execute(
+                            "select count(*) from pg_stat_activity where pid = any(%s)", [pids]
+                        )
+                    ).fetchone()
+                )[0]:
+                    await asyncio.sleep(0.02)
+        workflow_id = await db.start_workflow("w", [], "q", "after-terminate", None, {})
+        statuses = await asyncio.gather(*(db.workflow_status(workflow_id) for _ in range(6)))
+        assert statuses == ["pending"] * 6
+    finally:
+        await pool.close()
+
+
+async def test_heartbeat_never_waits_for_a_row_lock(mf: MemFlow, db: Any, dsn: str) -> None:
+    """A task row locked by another transaction (a completion, a wake-up, a takeover in
+    progress) does not block the heartbeat: it is reported held by its committed token and its
+    lease is left for the next beat. (Waiting deadlocked with group commits.)"""
+    await mf.workflow.start(workflow_name="w", task_queue="q", workflow_id="beat")
+    await mf.workflow.start(workflow_name="w", task_queue="q", workflow_id="beat-2")
+    claimed = db.rows("select task_id, lease_token from claim_tasks(array['q'], 'me', 2)")
+    (locked_id, locked_token), (free_id, free_token) = sorted(claimed)
+    before = dict(db.rows("select id, lease_expires_at from tasks"))
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        await holder.execute(
+            sql.SQL("select from {}.tasks where id = %s for update").format(
+                sql.Identifier(mf.app_id)
+            ),
+            [locked_id],
+        )
+        db.conn.execute("set lock_timeout = '5s'")  # waiting would fail the call, not hang
+        held = db.one(
+            "select heartbeat(%s::bigint[], %s::uuid[], interval '1 hour')",
+            [locked_id, free_id],
+            [locked_token, free_token],
+        )
+        await holder.rollback()
+    assert sorted(held) == [locked_id, free_id]
+    after = dict(db.rows("select id, lease_expires_at from tasks"))
+    assert after[locked_id] == before[locked_id]  # skipped this time
+    assert after[free_id] > before[free_id]  # extended
+    # Once the lock is gone the next beat extends it too; a wrong token holds nothing.
+    assert db.one(
+        "select heartbeat(%s::bigint[], %s::uuid[], interval '1 hour')",
+        [locked_id],
+        [locked_token],
+    ) == [locked_id]
+    assert db.one("select lease_expires_at from tasks where id = %s", locked_id) > before[locked_id]
+    assert (
+        db.one(
+            "select heartbeat(%s::bigint[], %s::uuid[], interval '1 hour')",
+            [locked_id, free_id],
+            [free_token, locked_token],
+        )
+        == []
+    )

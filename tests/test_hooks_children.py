@@ -447,6 +447,7 @@ async def test_worker_killed_while_hooks_run(mf: MemFlow, db: Any, workers: Proc
     # hooks a (h1) and c (h3) finished; b (h2) ran its side effect and hangs there
     await until(db, "select count(*) from effects where name = 'b'")
     await until(db, "select count(*) = 2 from threads where status = 'completed'")
+    await until(db, "select count(*) = 1 from tasks")  # the caller parked again: only b's
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait(10) == -signal.SIGKILL
     (thread, state, owner) = db.rows("select thread, state, lease_owner from tasks")[0]

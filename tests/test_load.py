@@ -7,6 +7,9 @@ Everything completes: no stuck job, no task or signal left over, each step and e
 change recorded exactly once, each side effect run and none run again after its step was
 recorded; no deadlock (pg_stat_database) and no error surfaced in the workers' logs.
 `make test` runs 1,000 workflows; `make test-slow` runs 10,000.
+
+A fan-out load (each workflow runs 8 remote activities at once, completed by two activity
+workers) checks the same of group commits that wake the same workflows concurrently.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from psycopg.types.json import Jsonb
+
 from fleet_harness import (
     FATAL,
     Fleet,
@@ -80,3 +85,50 @@ async def test_load_1000_workflows_two_workers(obs: Observer, fleet: Fleet) -> N
 @pytest.mark.timeout(1800)
 async def test_load_10000_workflows_two_workers(obs: Observer, fleet: Fleet) -> None:
     await asyncio.to_thread(run_load, obs, fleet, 10_000, 1500.0)
+
+
+def run_fanout(obs: Observer, fleet: Fleet, total: int, width: int, limit: float) -> None:
+    before = deadlocks(obs)
+    obs.rows(
+        "select start_workflow('fleet_fanout', jsonb_build_array(%s, 'fq'), 'lq', 'f-' || i)"
+        " from generate_series(1, %s) as i",
+        width,
+        total,
+    )
+    fleet.start(processes=2, concurrency=16)
+    fleet.start(processes=2, concurrency=16, role="activities", queue="fq")
+    done = wait_until(obs, "select count(*) from jobs where status = 'completed'", total, limit)
+    expected = [f"r{k} done" for k in range(width)]
+    figures = {
+        "workflows": total,
+        "completed": done,
+        "wrong_result": obs.one(
+            "select count(*) from jobs where result is distinct from %s::jsonb", Jsonb(expected)
+        ),
+        "wrong_step_count": obs.one(
+            "select count(*) from (select j.id from jobs as j left join steps as s"
+            " on s.job_id = j.id and s.status = 'completed' group by j.id"
+            " having count(s.seq) <> %s) as x",
+            width,
+        ),
+        "tasks_left": obs.one("select count(*) from tasks"),
+        "effects_lost": obs.one(
+            "select count(*) from steps as s where not exists (select from effects as e"
+            " where e.job_id = s.job_id and e.name = s.input ->> 0)"
+        ),
+        "effects_doubled": obs.one(
+            "select count(*) from effects as e join steps as s on s.job_id = e.job_id"
+            " and s.input ->> 0 = e.name where e.at > s.completed_at"
+        ),
+        "deadlocks": deadlocks(obs) - before,
+    }
+    print(f"fan-out: {figures}")
+    assert done == total, figures
+    assert all(figures[k] == 0 for k in figures if k not in ("workflows", "completed")), figures
+    assert not FATAL.search(fleet.log()), FATAL.findall(fleet.log())[:5]
+    assert fleet.count(r"event=(db_error|lease_lost)") == 0, fleet.log()[-2000:]
+
+
+@pytest.mark.timeout(300)
+async def test_fanout_completions_by_two_activity_workers(obs: Observer, fleet: Fleet) -> None:
+    await asyncio.to_thread(run_fanout, obs, fleet, 500, 8, 240.0)

@@ -119,11 +119,11 @@ async def test_a_claim_skips_a_locked_task_and_takes_the_next(sessions: list[Ses
     not waited for; the next due task is claimed instead."""
     a, b, obs = sessions
     await obs.one("select start_workflow('w', '[]', 'q', 'first')")
-    await obs.one("set hotmesh.fake_now = '2031-01-01 00:00:01+00'")
+    await obs.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:01+00")
     await obs.one("select start_workflow('w', '[]', 'q', 'second')")
     await a.conn.execute("begin")
     await a.one("select from tasks where job_id = 'first' for update")
-    await b.one("set hotmesh.fake_now = '2031-01-01 00:00:02+00'")
+    await b.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:02+00")
     claimed = await b.rows("select job_id from claim_tasks(array['q'], 'B', 5)")
     assert claimed == [("second",)]
     await a.conn.execute("commit")
@@ -202,7 +202,7 @@ async def test_a_stale_completion_waits_for_the_takeover_and_is_refused(
     old, new, obs = sessions
     await obs.one("select start_workflow('w', '[]', 'q', 'wf')")
     task_a = await old.one("select task_id, lease_token from claim_tasks(array['q'], 'A', 1)")
-    await new.one("set hotmesh.fake_now = '2031-01-01 00:00:31+00'")  # A's lease: 30 s
+    await new.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:31+00")  # A's lease: 30 s
     await new.conn.execute("begin")
     task_b = await new.one("select task_id, lease_token from claim_tasks(array['q'], 'B', 1)")
     assert task_b[0] == task_a[0] and task_b[1] != task_a[1]
@@ -229,7 +229,7 @@ async def test_a_completion_in_progress_is_skipped_by_the_takeover_claim(
     task_a = await old.one("select task_id, lease_token from claim_tasks(array['q'], 'A', 1)")
     await old.conn.execute("begin")
     await old.one("select complete_task(%s, %s, '\"A\"')", *task_a)
-    await new.one("set hotmesh.fake_now = '2031-01-01 00:00:31+00'")
+    await new.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:31+00")
     assert await new.rows("select * from claim_tasks(array['q'], 'B', 1)") == []
     await old.conn.execute("commit")
     assert await new.rows("select * from claim_tasks(array['q'], 'B', 1)") == []
@@ -249,7 +249,7 @@ async def test_a_stale_activity_worker_cannot_finish_the_retaken_activity(
     await obs.one("select schedule_activity(%s, %s, 1, 'charge', '[]', 'acts')", *act)
     await obs.one("select suspend_task(%s, %s)", *act)
     task_a = await old.one("select task_id, lease_token from claim_tasks(array['acts'], 'A', 1)")
-    await new.one("set hotmesh.fake_now = '2031-01-01 00:00:31+00'")
+    await new.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:31+00")
     await new.conn.execute("begin")
     task_b = await new.one("select task_id, lease_token from claim_tasks(array['acts'], 'B', 1)")
     assert task_b[0] == task_a[0]
@@ -343,6 +343,7 @@ async def test_a_real_hook_waits_for_an_open_entity_write_and_then_applies(
         return json.dumps(await entity.get())
 
     async def bump() -> int:
+        await workflow.wait_for("go")
         entity = await workflow.entity()
         return int(await entity.increment("n", 2))
 
@@ -357,10 +358,18 @@ async def test_a_real_hook_waits_for_an_open_entity_write_and_then_applies(
         async with asyncio.timeout(20):  # the workflow is waiting for its signal
             while await obs.one("select status from jobs where id = 'wf'") != "waiting":
                 await asyncio.sleep(0.01)
+        await mf.workflow.hook(workflow_id="wf", workflow_name="bump", task_queue="q")
+        async with asyncio.timeout(20):  # the hook waits for its signal too
+            while not await obs.one(
+                "select exists (select from steps where job_id = 'wf' and thread = 'h1'"
+                " and kind = 'signal' and status = 'scheduled')"
+            ):
+                await asyncio.sleep(0.01)
         app_session = Session(conn)
         await conn.execute("begin")
         await app_session.one("select entity_increment('wf', 'n', 1)")
-        await mf.workflow.hook(workflow_id="wf", workflow_name="bump", task_queue="q")
+        # A signal does not need the entity's lock; the hook it wakes does.
+        await mf.workflow.signal("go", workflow_id="wf")
         async with asyncio.timeout(20):  # some worker backend waits on our transaction
             while not await obs.one(
                 "select exists (select from pg_stat_activity"

@@ -93,7 +93,7 @@ async def test_a_kept_targeted_signal_waits_for_its_workflow(mf: MemFlow, db: An
     delivered = await other.signal("x", "for other")
     assert (delivered["status"], delivered["workflow_id"]) == ("delivered", other.workflow_id)
     assert await other.result(timeout=20) == "for other"
-    assert await target.status() == "waiting"
+    assert signal_steps(db, target.workflow_id) == [(1, "x", "scheduled", None)]
     assert db.rows("select job_id, payload from signals") == [(third.workflow_id, "for third")]
     # an untargeted one goes to the remaining (oldest) wait
     assert (await mf.workflow.signal("x", "anyone"))["workflow_id"] == target.workflow_id
@@ -322,7 +322,10 @@ async def test_signal_wakes_a_waiter_served_by_another_client(
     await other.worker.create(task_queue="q", workflow=waiter)
     handle = await mf.workflow.start(workflow_name="waiter", args=["wake"], task_queue="q")
     await until_waiting(db, 1, "wake")
-    assert db.one("select count(*) from tasks") == 0  # the waiter holds no task, no slot
+    async with asyncio.timeout(20):  # the waiter suspends: it holds no task, no slot
+        while db.one("select count(*) from tasks"):  # noqa: ASYNC110 (polling the database)
+            await asyncio.sleep(0.02)
+    assert await handle.status() == "waiting"
     assert (await handle.signal("wake", "up"))["status"] == "delivered"
     assert await handle.result(timeout=20) == "up"
 

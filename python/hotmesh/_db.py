@@ -8,8 +8,10 @@ schema name is the only identifier, composed with `sql.Identifier`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -238,6 +240,16 @@ class _GroupCommit:
                 future.set_result(result)
 
 
+def _ended_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle pooled connection is gone, without a round trip: it receives nothing
+    from the server unless the server ended it (restart, pg_terminate_backend, idle timeout: a
+    FATAL message, then EOF), so a readable socket means it is gone."""
+    if conn.closed or conn.broken:
+        return True
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
+
+
 class Database:
     """The stored functions of one app schema, called through a connection pool."""
 
@@ -249,9 +261,28 @@ class Database:
         self._steps = _GroupCommit(self._record_one, self._record_many)
         self._completions = _GroupCommit(self._complete_one, self._complete_many)
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection the server has not ended. A dead one (the server restarted, an
+        operator terminated it) is closed and handed back, so the pool replaces it, and the
+        next one is taken at once: after a restart the first call does not fail on a stale
+        connection. (The pool's own `check` backs off 1, 2, 4, ... s per dead connection, so
+        with a pool full of them a call waited out its whole timeout.)"""
+        conn = await self.pool.getconn()
+        for _ in range(2 * self.pool.max_size):
+            if not _ended_by_server(conn):
+                break
+            await conn.close()
+            await self.pool.putconn(conn)
+            conn = await self.pool.getconn()
+        try:
+            yield conn
+        finally:
+            await self.pool.putconn(conn)
+
     async def _fetch(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(self._sql[name], params)
                 return await cur.fetchall()
         except psycopg.Error as error:

@@ -7,10 +7,12 @@ migrating the same app at once both succeed: the second waits, then finds nothin
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hotmesh import _paths
@@ -18,6 +20,15 @@ from hotmesh.errors import HotMeshError, InvalidArgument
 
 APP_ID = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+log = logging.getLogger("hotmesh.install")
+
+
+def _warn(diagnostic: pg_errors.Diagnostic) -> None:
+    """Pass on the installer's WARNINGs (e.g. sql/99_grants.sql could not create the app's
+    roles); the NOTICEs of `create ... if not exists` are noise."""
+    if diagnostic.severity_nonlocalized == "WARNING":
+        hint = f" ({diagnostic.message_hint})" if diagnostic.message_hint else ""
+        log.warning("%s%s", diagnostic.message_primary, hint)
 
 
 def check_app_id(app_id: object) -> str:
@@ -50,6 +61,7 @@ async def migrate(dsn: str, app_id: str) -> list[int]:
     check_app_id(app_id)
     schema = sql.Identifier(app_id)
     async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
+        conn.add_notice_handler(_warn)
         await conn.execute(
             "select pg_advisory_xact_lock(hashtextextended(%s, 0))", ("hotmesh:" + app_id,)
         )

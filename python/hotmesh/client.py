@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
 import signal
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import _install, errors
@@ -24,20 +22,6 @@ from hotmesh.worker import Registry, Worker
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
 _TERMINAL = ("completed", "failed", "cancelled")
-
-
-async def _alive(conn: psycopg.AsyncConnection[Any]) -> None:
-    """The pool's check of a connection it hands out, without a round trip: an idle pooled
-    connection receives nothing from the server unless the server ended it (restart,
-    pg_terminate_backend, idle timeout: a FATAL message, then EOF). A readable socket means it
-    is gone, and the pool replaces it, so the first call after a database restart does not
-    fail on a stale connection."""
-    if conn.closed or conn.broken:
-        raise psycopg.OperationalError("connection closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
-        await conn.close()  # closed, so the pool discards it instead of taking it back
-        raise psycopg.OperationalError("the server ended this idle connection")
 
 
 class Handle:
@@ -243,7 +227,6 @@ class MemFlow:
             max_size=pool_size,
             kwargs={"autocommit": True},
             open=False,
-            check=_alive,
         )
         await pool.open(wait=True)
         return cls(app_id, dsn, pool)

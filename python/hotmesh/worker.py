@@ -155,7 +155,7 @@ class Worker:
                 )
             except (psycopg.Error, OSError) as error:
                 # The database is unreachable or restarting: back off, 0.1 s doubling to 5 s.
-                # (The pool replaces connections the server ended: see client._alive.)
+                # (Connections the server ended are replaced: see Database._connection.)
                 if failures == 0:
                     down_since = asyncio.get_running_loop().time()
                 failures += 1
@@ -205,8 +205,13 @@ class Worker:
     async def _idle(self) -> None:
         """Sleep until a notification, the next due task or the fallback poll."""
         timeout = _IDLE_POLL
-        with contextlib.suppress(psycopg.Error, OSError):
+        try:
             due = await self.db.next_due([self.task_queue])
+        except (psycopg.Error, OSError):
+            # Not knowing when the next task is due (the connection broke, the server is
+            # restarting), look again soon: a lease that expires meanwhile sends no NOTIFY.
+            timeout = 1.0
+        else:
             if due is not None:
                 timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
         if timeout > 0:

@@ -1,14 +1,16 @@
 """A worker process for the load and database-fault tests (tests/test_load.py,
 tests/test_db_faults.py): several of them serve one queue together.
 
-    python tests/workers/fleet.py DSN APP QUEUE CONCURRENCY LEASE
+    python tests/workers/fleet.py DSN APP QUEUE CONCURRENCY LEASE [ROLE]
 
-Serves QUEUE with `fleet_main` and its hook `fleet_hook` until SIGTERM. A workflow runs an
-inline activity, increments its entity, runs a hook (another inline activity and increment),
-waits for its signal "go-<i>" (sent by the test, before or after the wait exists), increments
-again and returns. Every `effect` call inserts one row into the app's `effects` table (the
-side-effect counter, keyed by workflow and step name; `at` is the database's clock, so a test
-can tell whether an effect ran after its step was recorded).
+ROLE "workflows" (the default) serves QUEUE with `fleet_main`, its hook `fleet_hook` and
+`fleet_fanout`, until SIGTERM. `fleet_main` runs an inline activity, increments its entity,
+runs a hook (another inline activity and increment), waits for its signal "go-<i>" (sent by
+the test, before or after the wait exists), increments again and returns. `fleet_fanout`
+runs `effect` on another queue, several calls at once. ROLE "activities" serves `effect` on
+QUEUE (for `fleet_fanout`). Every `effect` call inserts one row into the app's `effects`
+table (the side-effect counter, keyed by workflow and step name; `at` is the database's
+clock, so a test can tell whether an effect ran after its step was recorded).
 
 Warnings and errors of the engine (db_error, reconnect, lease_lost, crash, stuck) go to
 stderr, one line each, so a test can count them.
@@ -77,11 +79,26 @@ async def fleet_hook(i: int) -> str:
     return f"hook {i}"
 
 
-async def main(dsn: str, app: str, queue: str, concurrency: int, lease: float) -> None:
+async def fleet_fanout(width: int, activity_queue: str) -> list[str]:
+    """`width` remote activities at once: their completions, by several activity workers,
+    wake the same workflow thread concurrently."""
+    acts = workflow.proxy_activities(task_queue=activity_queue, retry_policy=RETRY)
+    return list(await asyncio.gather(*(acts.effect(f"r{k}") for k in range(width))))
+
+
+async def main(dsn: str, app: str, queue: str, concurrency: int, lease: float, role: str) -> None:
     mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
-    await mf.worker.create(
-        task_queue=queue, workflow=[fleet_main, fleet_hook], concurrency=concurrency, lease=lease
-    )
+    if role == "activities":
+        await mf.worker.register_activities(
+            task_queue=queue, activities=[effect], concurrency=concurrency, lease=lease
+        )
+    else:
+        await mf.worker.create(
+            task_queue=queue,
+            workflow=[fleet_main, fleet_hook, fleet_fanout],
+            concurrency=concurrency,
+            lease=lease,
+        )
     print("ready", flush=True)
     try:
         await mf.run_until_signal(grace=2.0)
@@ -91,7 +108,7 @@ async def main(dsn: str, app: str, queue: str, concurrency: int, lease: float) -
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("psycopg.pool").setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     CONFIG.update(dsn=sys.argv[1], app=sys.argv[2])
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
+    role = sys.argv[6] if len(sys.argv) > 6 else "workflows"
+    asyncio.run(main(*sys.argv[1:4], int(sys.argv[4]), float(sys.argv[5]), role))

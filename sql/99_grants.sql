@@ -1,0 +1,154 @@
+-- Least privilege. This file runs last on every migrate, after every function and view has
+-- been (re)created, and sets every privilege of the app schema from scratch:
+--
+-- * Every function runs as the schema's owner (SECURITY DEFINER) with its search_path pinned to
+--   `<app>, pg_temp` (checked here: a function without a pinned search_path fails the install).
+--   So nobody but the owner needs, or gets, any right to write the engine's tables.
+-- * EXECUTE is revoked from PUBLIC on every routine and granted explicitly, per role:
+--     <app>_app     the application: start, signal, hook, cancel and read workflows, use the
+--                   entity functions; SELECT on jobs, steps, threads and the views.
+--     <app>_worker  a worker process: everything <app>_app may do, plus the calls a worker
+--                   makes while it runs tasks (claim, complete, record steps, ...).
+--   Operations (prune, set_setting, retry_workflow, entity_create_index) stay with the owner.
+-- * Both roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
+--   They are created here when the installer may create roles (CREATEROLE or superuser);
+--   otherwise a WARNING says so and the grants wait until the roles exist (create them as
+--   shown in the warning, then migrate again). A role of that name that can log in, or is a
+--   superuser, is never used: it is not one of ours.
+-- * No role gets USAGE on another app's schema, so one app's roles cannot read or call
+--   anything of another app.
+do $grants$
+declare
+    v_schema text := current_schema();
+    v_app text := current_schema() || '_app';
+    v_worker text := current_schema() || '_worker';
+    -- What an application may call. The views' own helper functions are added below.
+    v_app_functions text[] := array[
+        'start_workflow', 'workflow_status', 'workflow_outcome', 'get_workflow',
+        'workflow_history', 'signal', 'hook', 'cancel_workflow', 'retry_delay', 'get_setting',
+        'entity_set', 'entity_merge', 'entity_get', 'entity_delete', 'entity_append',
+        'entity_prepend', 'entity_remove', 'entity_increment', 'entity_toggle',
+        'entity_set_if_not_exists', 'entity_history', 'entity_find',
+        'entity_find_by_condition', 'entity_find_by_id'
+    ];
+    -- What a worker calls while it runs tasks, on top of the application's functions.
+    v_worker_functions text[] := array[
+        'claim_tasks', 'next_due', 'complete_task', 'complete_tasks', 'fail_task',
+        'suspend_task', 'bury_task', 'heartbeat', 'release_tasks', 'record_step',
+        'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
+        'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step'
+    ];
+    v_tables text[] := array['jobs', 'steps', 'threads'];
+    v_can_create boolean;
+    v_role text;
+    v_roles text[] := array[]::text[];
+    v_routine regprocedure;
+    v_unpinned text;
+begin
+    -- Every routine but a procedure that commits (prune: it cannot have a SET clause, and its
+    -- body names the schema) must pin its search_path before it may run as the owner.
+    select string_agg(p.oid::regprocedure::text, ', ') into v_unpinned
+      from pg_proc as p
+     where p.pronamespace = v_schema::regnamespace and p.prokind <> 'p'
+       and not exists (select from unnest(p.proconfig) as c (setting)
+                        where c.setting like 'search_path=%');
+    if v_unpinned is not null then
+        raise exception using errcode = '42501',
+            message = format('functions of schema %s without a pinned search_path cannot be '
+                             'made SECURITY DEFINER: %s', v_schema, v_unpinned),
+            hint = 'Create them with "set search_path from current".';
+    end if;
+    for v_routine in
+        select p.oid from pg_proc as p
+         where p.pronamespace = v_schema::regnamespace and p.prokind <> 'p'
+           and not p.prosecdef
+    loop
+        execute format('alter function %s security definer', v_routine);
+    end loop;
+
+    execute format('revoke all on all routines in schema %I from public', v_schema);
+    execute format('revoke all on all tables in schema %I from public', v_schema);
+    execute format('revoke all on all sequences in schema %I from public', v_schema);
+
+    -- The roles: created when allowed, used only when they are what they should be.
+    if length(v_worker) > 63 then
+        raise warning using
+            message = format('app id %s is too long for role names (at most 56 characters): '
+                             'no %s / %s roles; grant the privileges yourself (see the README, '
+                             'section Least privilege)', v_schema, v_app, v_worker);
+        return;
+    end if;
+    select r.rolsuper or r.rolcreaterole into v_can_create
+      from pg_roles as r where r.rolname = current_user;
+    foreach v_role in array array[v_app, v_worker] loop
+        if not exists (select from pg_roles as r where r.rolname = v_role) then
+            if not v_can_create then
+                raise warning using
+                    message = format('role %s does not exist and %s may not create roles: the '
+                                     'app is installed, but only its owner may use it',
+                                     v_role, current_user),
+                    hint = format('As a role with CREATEROLE: create role %I nologin; then '
+                                  'migrate again.', v_role);
+                continue;
+            end if;
+            begin
+                execute format('create role %I nologin', v_role);
+            exception when duplicate_object or unique_violation then
+                null;  -- created at this moment by an install of the same app elsewhere
+            end;
+        end if;
+        if exists (select from pg_roles as r
+                    where r.rolname = v_role and (r.rolcanlogin or r.rolsuper)) then
+            raise warning using
+                message = format('role %s can log in or is a superuser: it is not a hotmesh '
+                                 'role and gets no privileges on app %s', v_role, v_schema),
+                hint = 'Rename that role, or make it NOLOGIN, then migrate again.';
+            continue;
+        end if;
+        v_roles := v_roles || v_role;
+        -- From scratch: a function or table dropped from the lists loses its grant.
+        execute format('revoke all on schema %I from %I', v_schema, v_role);
+        execute format('revoke all on all routines in schema %I from %I', v_schema, v_role);
+        execute format('revoke all on all tables in schema %I from %I', v_schema, v_role);
+        execute format('revoke all on all sequences in schema %I from %I', v_schema, v_role);
+        execute format('grant usage on schema %I to %I', v_schema, v_role);
+    end loop;
+
+    -- Reading: the tables and every view. A view's functions are executed with the rights of
+    -- whoever selects from it, so they are granted too (they run as the owner).
+    for v_routine in
+        select p.oid
+          from pg_proc as p
+         where p.pronamespace = v_schema::regnamespace
+           and (p.proname = any(v_app_functions)
+                or p.oid in (select d.refobjid
+                               from pg_depend as d
+                               join pg_rewrite as w on w.oid = d.objid
+                               join pg_class as c on c.oid = w.ev_class
+                              where d.classid = 'pg_rewrite'::regclass
+                                and d.refclassid = 'pg_proc'::regclass
+                                and c.relnamespace = v_schema::regnamespace
+                                and c.relkind = 'v'))
+    loop
+        foreach v_role in array v_roles loop
+            execute format('grant execute on function %s to %I', v_routine, v_role);
+        end loop;
+    end loop;
+    for v_routine in
+        select p.oid from pg_proc as p
+         where p.pronamespace = v_schema::regnamespace and p.proname = any(v_worker_functions)
+    loop
+        if v_worker = any(v_roles) then
+            execute format('grant execute on function %s to %I', v_routine, v_worker);
+        end if;
+    end loop;
+    foreach v_role in array v_roles loop
+        execute format('grant select on %s to %I',
+                       (select string_agg(format('%I.%I', v_schema, c.relname), ', ')
+                          from pg_class as c
+                         where c.relnamespace = v_schema::regnamespace
+                           and (c.relkind = 'v' or c.relname = any(v_tables))),
+                       v_role);
+    end loop;
+end
+$grants$;
