@@ -34,6 +34,44 @@ as $$
     select pg_notify(current_schema(), p_payload)
 $$;
 
+-- The limits on what callers hand the engine (README: Limits). A JSON value that enters as
+-- workflow or hook args, a signal payload, an entity or search value, or a cancel reason is
+-- at most 1 MiB (as stored: jsonb) and nested at most 100 levels deep: every value is kept in
+-- the history and read back on every replay, and deeper nesting overflows JSON parsers
+-- (Python's among them) that a worker must survive. Refused with 22023, before anything is
+-- written.
+create or replace function _check_value(p_what text, p_value jsonb) returns void
+language plpgsql immutable
+set search_path from current
+as $$
+begin
+    if pg_column_size(p_value) > 1048576 then
+        raise exception using errcode = '22023',
+            message = format('%s is %s bytes; the limit is 1 MiB (1048576 bytes)', p_what,
+                             pg_column_size(p_value));
+    end if;
+    if jsonb_path_exists(p_value, 'strict $.**{101}') then
+        raise exception using errcode = '22023',
+            message = format('%s is nested more than 100 levels deep', p_what);
+    end if;
+end
+$$;
+
+-- Names (workflow and activity names, task queues, entity types, signal ids, idempotency
+-- keys, worker ids) are at most 255 characters, like workflow ids: they are indexed, and a
+-- longer one would fail on an index's row size or a NOTIFY payload instead of saying why.
+create or replace function _check_name(p_what text, p_value text) returns void
+language plpgsql immutable
+set search_path from current
+as $$
+begin
+    if length(p_value) > 255 then
+        raise exception using errcode = '22023',
+            message = format('%s is %s characters long; at most 255', p_what, length(p_value));
+    end if;
+end
+$$;
+
 -- Checks a retry policy and fills in the defaults (the seed's effective ones: 3 attempts,
 -- 1 s first delay, coefficient 10, 120 s cap). Durations are in seconds.
 create or replace function _retry_policy(p_policy jsonb) returns jsonb

@@ -42,6 +42,11 @@ begin
     if jsonb_typeof(v_options) <> 'object' then
         raise exception using errcode = '22023', message = 'options must be a JSON object';
     end if;
+    perform _check_name('workflow_name', p_workflow_name);
+    perform _check_name('task_queue', v_queue);
+    perform _check_name('entity', p_entity);
+    perform _check_value(format('the args of workflow "%s"', left(p_workflow_name, 100)), p_args);
+    perform _check_value('options', v_options);
     if jsonb_typeof(v_options -> 'priority') not in ('number', 'null')
        or (v_options ->> 'priority')::numeric not between -32768 and 32767
        or (v_options ->> 'priority')::numeric <> trunc((v_options ->> 'priority')::numeric) then

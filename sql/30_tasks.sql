@@ -29,10 +29,17 @@ begin
             message = format('max_tasks must be >= 1, not %s',
                              coalesce(p_max_tasks::text, 'null'));
     end if;
+    perform _check_name('worker id', p_worker_id);
     if p_lease is null or p_lease <= interval '0' then
         raise exception using errcode = '22023',
             message = format('lease must be a positive interval, not %s',
                              coalesce(p_lease::text, 'null'));
+    end if;
+    -- A worker heartbeats to keep a task; a longer lease only delays the takeover after a
+    -- crash (and an absurd one overflows the timestamp it sets).
+    if p_lease > interval '1 day' then
+        raise exception using errcode = '22023',
+            message = format('lease must be at most 1 day, not %s', p_lease);
     end if;
 
     -- One ordered index scan per queue (on PostgreSQL 15 `task_queue = any(...)` would read
@@ -330,6 +337,12 @@ begin
         raise exception using errcode = '22023',
             message = format('lease must be a positive interval, not %s',
                              coalesce(p_lease::text, 'null'));
+    end if;
+    -- A worker heartbeats to keep a task; a longer lease only delays the takeover after a
+    -- crash (and an absurd one overflows the timestamp it sets).
+    if p_lease > interval '1 day' then
+        raise exception using errcode = '22023',
+            message = format('lease must be at most 1 day, not %s', p_lease);
     end if;
     with mine as (
         select h.id, h.token from unnest(p_task_ids, p_tokens) as h (id, token)

@@ -136,6 +136,8 @@ begin
         raise exception using errcode = '22023',
             message = format('activity "%s": task_queue is required', p_name);
     end if;
+    perform _check_name('activity name', p_name);
+    perform _check_name('task_queue', p_task_queue);
     insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
     values (v_task.job_id, v_task.thread, p_seq, 'activity', p_name, 'scheduled', p_args, _now())
     on conflict do nothing

@@ -92,6 +92,9 @@ begin
     if coalesce(p_signal_id, '') = '' then
         raise exception using errcode = '22023', message = 'signal id is required';
     end if;
+    perform _check_name('signal id', p_signal_id);
+    perform _check_name('idempotency key', p_idempotency_key);
+    perform _check_value(format('the payload of signal "%s"', p_signal_id), p_payload);
     if p_idempotency_key is not null then
         insert into signal_keys (idempotency_key, used_at) values (p_idempotency_key, _now())
         on conflict do nothing;
@@ -149,6 +152,7 @@ begin
         raise exception using errcode = '22023',
             message = format('wait_for timeout must be from 0 to 1e10 seconds, not %s', p_timeout);
     end if;
+    perform _check_name('signal id', p_signal_id);
     perform _lock_signal(p_signal_id);
     insert into steps (job_id, thread, seq, kind, name, status, input, wake_at, created_at)
     values (v_task.job_id, v_task.thread, p_seq, 'signal', p_signal_id, 'scheduled',
@@ -199,6 +203,8 @@ declare
     v_outcome jsonb;
     v_error jsonb;
 begin
+    -- Checked before the step records the payload (a bad id fails the call, recorded, below).
+    perform _check_value(format('the payload of signal "%s"', left(p_signal_id, 255)), p_payload);
     insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
     values (v_task.job_id, v_task.thread, p_seq, 'send', p_signal_id, 'scheduled',
             jsonb_build_object('payload', p_payload, 'workflow_id', v_target), _now())

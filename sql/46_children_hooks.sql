@@ -121,6 +121,10 @@ begin
             message = format('args of hook "%s" must be a JSON array, not %s',
                              p_workflow_name, jsonb_typeof(p_args));
     end if;
+    perform _check_name('hook workflow_name', p_workflow_name);
+    perform _check_name('task_queue', p_task_queue);
+    perform _check_name('signal id', p_signal_id);
+    perform _check_value(format('the args of hook "%s"', p_workflow_name), p_args);
     -- The row lock numbers hook threads without gaps or races.
     select * into v_job from jobs where id = p_workflow_id for no key update;
     if not found then
@@ -168,6 +172,8 @@ declare
     v_thread text;
     v_error jsonb;
 begin
+    -- Checked before the step records the args (other bad input fails the call, recorded).
+    perform _check_value(format('the args of hook "%s"', left(p_workflow_name, 255)), p_args);
     insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
     values (v_task.job_id, v_task.thread, p_seq, 'hook', p_workflow_name, 'scheduled',
             jsonb_build_object('workflow_id', v_target, 'args', p_args,
@@ -241,6 +247,7 @@ declare
     v_child text;
     v_cancelled text[];
 begin
+    perform _check_value('the cancel reason', to_jsonb(p_reason));
     -- Its tasks first, then its row: the order in which claims and suspending activations
     -- lock them (the other order deadlocks with an activation that is suspending).
     perform from tasks where job_id = p_workflow_id order by id for update;

@@ -22,11 +22,12 @@ declare
     v_value jsonb;
     v_error jsonb;
 begin
-    if p_op not in ('set', 'get', 'mget', 'del', 'incr', 'mult') then
+    if p_op is null or p_op not in ('set', 'get', 'mget', 'del', 'incr', 'mult') then
         raise exception using errcode = '22023',
             message = format('unknown search operation "%s" (set, get, mget, del, incr, mult)',
                              p_op);
     end if;
+    perform _check_value(format('the arguments of search %s', p_op), p_args);
     insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
     values (v_task.job_id, v_task.thread, p_seq, 'search', p_op, 'scheduled', p_args, _now())
     on conflict do nothing

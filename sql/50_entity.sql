@@ -27,11 +27,23 @@ begin
     if p_path is null then
         return null;
     end if;
+    -- Bounded (README: Limits): every operation walks and rebuilds the path segment by
+    -- segment, and a deeper path would nest the entity past what JSON parsers take.
+    if length(p_path) > 10000 then
+        raise exception using errcode = 'HM007',
+            message = format('entity path is %s characters long; at most 10000',
+                             length(p_path));
+    end if;
     if left(p_path, 1) <> '[' then
         if p_path = '' then
             raise exception using errcode = 'HM007', message = 'entity path is empty';
         end if;
         v_segments := string_to_array(p_path, '.');
+        if cardinality(v_segments) > 100 then
+            raise exception using errcode = 'HM007',
+                message = format('entity path has %s segments; at most 100',
+                                 cardinality(v_segments));
+        end if;
         if '' = any(v_segments) then
             raise exception using errcode = 'HM007',
                 message = format('entity path "%s" has an empty segment', p_path),
@@ -52,6 +64,11 @@ begin
     end if;
     if jsonb_array_length(v_json) = 0 then
         raise exception using errcode = 'HM007', message = 'entity path is empty';
+    end if;
+    if jsonb_array_length(v_json) > 100 then
+        raise exception using errcode = 'HM007',
+            message = format('entity path has %s segments; at most 100',
+                             jsonb_array_length(v_json));
     end if;
     for v_segment in select e.value from jsonb_array_elements(v_json) as e loop
         v_position := v_position + 1;
@@ -467,6 +484,8 @@ declare
     v_result jsonb;
     v_seq integer;
 begin
+    perform _check_name('idempotency key', p_idempotency_key);
+    perform _check_value(format('the value of entity %s', p_op), p_value);
     if p_idempotency_key is not null then
         select * into v_step
           from steps
@@ -644,6 +663,8 @@ declare
     v_step steps;
     v_changes boolean;
 begin
+    -- Checked before anything is recorded: a too large or too deep value fails the call.
+    perform _check_value(format('the value of entity %s', p_op), p_value);
     select j.context, j.entity_version into v_context, v_version
       from jobs as j
      where j.id = v_task.job_id
@@ -776,6 +797,7 @@ begin
             message = format('condition on %s %s: a value is required (JSON null is '
                              '''null''::jsonb)', _entity_path_label(p_path), v_op);
     end if;
+    perform _check_value(format('the value compared with %s', v_op), p_value);
     if v_op in ('>', '>=', '<', '<=') and jsonb_typeof(p_value) not in ('number', 'string') then
         raise exception using errcode = '22023',
             message = format('condition on %s: %s compares numbers or strings, not %s',

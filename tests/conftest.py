@@ -26,7 +26,8 @@ def dsn() -> str:
 
 @pytest.fixture
 async def app(dsn: str) -> AsyncIterator[str]:
-    """A new app schema, installed by the real installer, dropped after the test."""
+    """A new app schema, installed by the real installer, dropped after the test (with the
+    roles <app>_app and <app>_worker the installer made: sql/99_grants.sql)."""
     app_id = "t_" + uuid.uuid4().hex[:12]
     await migrate(dsn, app_id)
     yield app_id
@@ -34,6 +35,11 @@ async def app(dsn: str) -> AsyncIterator[str]:
         await conn.execute(
             sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app_id))
         )
+        for role in (f"{app_id}_app", f"{app_id}_worker"):
+            cur = await conn.execute("select from pg_roles where rolname = %s", (role,))
+            if await cur.fetchone():
+                await conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+                await conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture

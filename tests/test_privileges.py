@@ -325,8 +325,9 @@ def test_the_worker_role_runs_tasks_through_functions_only(
     s = logins.session(app, app_roles[1])
     s.one("select start_workflow('w', '[]', 'q', 'w1')")
     task = s.one("select task_id, lease_token from claim_tasks(array['q'], 'me', 1)")
-    assert s.one("select status from record_step(%s, %s, 1, 'activity', 'a', '[]', '1')"
-                 " as r (status)", *task) is not None
+    assert s.one("select record_step(%s, %s, 1, 'activity', 'a', '[]', '1') ->> 'status'", *task) == (
+        "completed"
+    )
     assert s.one("select schedule_activity(%s, %s, 2, 'b', '[]', 'acts') ->> 'status'", *task) == (
         "scheduled"
     )
@@ -390,8 +391,8 @@ def test_one_apps_roles_cannot_reach_another_app(
 
 def test_a_login_without_a_role_reaches_nothing(app: str, logins: Logins) -> None:
     s = logins.session(app, None)
-    s.refused("select * from jobs")
-    s.refused("select start_workflow('w', '[]', 'q', 'x')")
+    s.refused(f"select * from {app}.jobs")
+    s.refused(f"select {app}.start_workflow('w', '[]', 'q', 'x')")
 
 
 # ------------------------------------------------------------------------ installing
@@ -491,7 +492,7 @@ async def test_a_worker_login_and_an_app_login_run_a_workflow(
 
     async def greet(name: str) -> str:
         entity = await workflow.entity()
-        await entity.set("greeted", name)
+        await entity.set(name, "greeted")
         return f"hello {name}"
 
     with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -246,8 +246,9 @@ def _ended_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
     FATAL message, then EOF), so a readable socket means it is gone."""
     if conn.closed or conn.broken:
         return True
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    return bool(readable)
+    poller = select.poll()  # not select.select: it fails for descriptors >= 1024
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class Database:
