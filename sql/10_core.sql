@@ -36,10 +36,10 @@ $$;
 
 -- The limits on what callers hand the engine (README: Limits). A JSON value that enters as
 -- workflow or hook args, a signal payload, an entity or search value, or a cancel reason is
--- at most 1 MiB (as stored: jsonb) and nested at most 100 levels deep: every value is kept in
--- the history and read back on every replay, and deeper nesting overflows JSON parsers
--- (Python's among them) that a worker must survive. Refused with 22023, before anything is
--- written.
+-- at most 1 MiB (as stored: jsonb), nested at most 100 levels deep, and its numbers are within
+-- the range of a double: every value is kept in the history and read back on every replay,
+-- and deeper nesting or a number of thousands of digits breaks JSON parsers (Python's among
+-- them) that a worker must survive. Refused with 22023, before anything is written.
 create or replace function _check_value(p_what text, p_value jsonb) returns void
 language plpgsql immutable
 set search_path from current
@@ -53,6 +53,12 @@ begin
     if jsonb_path_exists(p_value, 'strict $.**{101}') then
         raise exception using errcode = '22023',
             message = format('%s is nested more than 100 levels deep', p_what);
+    end if;
+    if jsonb_path_exists(p_value, 'strict $.** ? (@.type() == "number" '
+                                  '&& @.abs() > 1.7976931348623157e308)') then
+        raise exception using errcode = '22023',
+            message = format('%s holds a number beyond the range of a double (1.8e308)',
+                             p_what);
     end if;
 end
 $$;

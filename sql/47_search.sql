@@ -82,6 +82,8 @@ begin
                 case when p_op = 'incr'
                      then (v_value #>> '{}')::numeric + (p_args ->> 1)::numeric
                      else (v_value #>> '{}')::numeric * (p_args ->> 1)::numeric end);
+            -- Repeated mult would otherwise grow a number past what JSON readers parse.
+            perform _check_value(format('the result of search %s', p_op), v_result);
             v_search := jsonb_set(v_search, array[v_key], v_result);
         end if;
         if p_op not in ('get', 'mget') then

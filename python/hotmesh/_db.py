@@ -289,7 +289,13 @@ class Database:
         except psycopg.Error as error:
             if error.sqlstate and (error.sqlstate.startswith("HM") or error.sqlstate[:2] == "22"):
                 raise errors.from_database(error) from error
+            if error.sqlstate is None and isinstance(error, psycopg.DataError):
+                # Refused before it was sent: a NUL character in a text argument.
+                raise errors.InvalidArgument(f"{name}: {error}") from error
             raise
+        except UnicodeEncodeError as error:
+            # A str with a lone surrogate has no UTF-8 form: it cannot be sent at all.
+            raise errors.InvalidArgument(f"{name}: an argument is not valid Unicode: {error}") from error
 
     async def _value(self, name: str, params: Sequence[Any]) -> Any:
         rows = await self._fetch(name, params)

@@ -18,6 +18,7 @@ import collections
 import contextvars
 import json
 import logging
+import re
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,21 +53,36 @@ class SandboxError(errors.HotMeshError, RuntimeError):
     """Workflow code used something that is not durable (asyncio.sleep, real I/O, ...)."""
 
 
+# \u0000 as JSON writes it (an escape not itself escaped: a string holding the six characters
+# backslash-u-0-0-0-0 is fine).
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def encode(value: Any, what: str) -> Any:
     """The value as it will read back from Postgres (JSON round trip), so a first run and a
     replay see the same thing; FatalError when it cannot be stored."""
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")  # a lone surrogate has no UTF-8 form (UnicodeEncodeError)
+    except RecursionError:
+        raise errors.FatalError(
+            f"{what} is nested too deeply to be stored as JSON", type="SerializationError"
+        ) from None
     except (TypeError, ValueError) as error:
         raise errors.FatalError(
             f"{what} is not JSON-serialisable: {error}", type="SerializationError"
         ) from None
-    if "\\u0000" in text:
+    if _NUL.search(text):
         raise errors.FatalError(
             f"{what} contains a NUL character (\\u0000), which Postgres jsonb cannot store",
             type="SerializationError",
         )
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise errors.FatalError(
+            f"{what} is nested too deeply to be stored as JSON", type="SerializationError"
+        ) from None
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):

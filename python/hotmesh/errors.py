@@ -92,6 +92,8 @@ _BY_SQLSTATE: dict[str, type[HotMeshError]] = {
     if cls.sqlstate is not None
 }
 _BY_SQLSTATE["22P02"] = InvalidArgument  # invalid text representation (e.g. bad JSON)
+_BY_SQLSTATE["22P05"] = InvalidArgument  # untranslatable character (\u0000 in JSON)
+_BY_SQLSTATE["22003"] = InvalidArgument  # numeric value out of range (e.g. an index > 2**31)
 
 
 def from_sqlstate(sqlstate: str | None) -> type[HotMeshError]:
