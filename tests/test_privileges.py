@@ -53,14 +53,14 @@ class As:
         self.real_login = real_login
         conn.execute(sql.SQL("set search_path = {}").format(sql.Identifier(schema)))
 
-    def one(self, query: str, *params: Any) -> Any:
-        row = self.conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    def one(self, query: Any, *params: Any) -> Any:
+        row = self.conn.execute(query, params).fetchone()
         return None if row is None else (row[0] if len(row) == 1 else row)
 
-    def refused(self, query: str, *params: Any) -> str:
+    def refused(self, query: Any, *params: Any) -> str:
         """The statement fails with insufficient_privilege; returns the message."""
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
-            self.conn.execute(query, params)  # type: ignore[arg-type]
+            self.conn.execute(query, params)
         assert caught.value.sqlstate == "42501"
         return str(caught.value.diag.message_primary)
 
@@ -182,8 +182,7 @@ def test_every_function_runs_as_the_owner_with_a_pinned_path_and_none_is_public(
             (app,),
         ).fetchall()
         defaulted = conn.execute(  # proacl null means the default: EXECUTE for PUBLIC
-            "select count(*) from pg_proc where pronamespace = %s::regnamespace"
-            " and proacl is null",
+            "select count(*) from pg_proc where pronamespace = %s::regnamespace and proacl is null",
             (app,),
         ).fetchone()
     assert unsafe == []
@@ -325,9 +324,9 @@ def test_the_worker_role_runs_tasks_through_functions_only(
     s = logins.session(app, app_roles[1])
     s.one("select start_workflow('w', '[]', 'q', 'w1')")
     task = s.one("select task_id, lease_token from claim_tasks(array['q'], 'me', 1)")
-    assert s.one("select record_step(%s, %s, 1, 'activity', 'a', '[]', '1') ->> 'status'", *task) == (
-        "completed"
-    )
+    assert s.one(
+        "select record_step(%s, %s, 1, 'activity', 'a', '[]', '1') ->> 'status'", *task
+    ) == ("completed")
     assert s.one("select schedule_activity(%s, %s, 2, 'b', '[]', 'acts') ->> 'status'", *task) == (
         "scheduled"
     )
@@ -380,19 +379,19 @@ def test_one_apps_roles_cannot_reach_another_app(
             "select {}.workflow_status('theirs')",
             "select * from {}.claim_tasks(array['q'], 'me', 1)",
         ):
-            s.refused(statement.replace("{}", other_app))
+            s.refused(sql.SQL(statement).format(sql.Identifier(other_app)))
     # ... and the other way round
     for role in (f"{other_app}_app", f"{other_app}_worker"):
         s = logins.session(other_app, role)
-        s.refused(f"select * from {app}.jobs")
-        s.refused(f"select {app}.entity_get('x')")
+        s.refused(sql.SQL("select * from {}.jobs").format(sql.Identifier(app)))
+        s.refused(sql.SQL("select {}.entity_get('x')").format(sql.Identifier(app)))
         assert s.one("select workflow_status('theirs')") == "pending"
 
 
 def test_a_login_without_a_role_reaches_nothing(app: str, logins: Logins) -> None:
     s = logins.session(app, None)
-    s.refused(f"select * from {app}.jobs")
-    s.refused(f"select {app}.start_workflow('w', '[]', 'q', 'x')")
+    s.refused(sql.SQL("select * from {}.jobs").format(sql.Identifier(app)))
+    s.refused(sql.SQL("select {}.start_workflow('w', '[]', 'q', 'x')").format(sql.Identifier(app)))
 
 
 # ------------------------------------------------------------------------ installing
@@ -433,9 +432,7 @@ def test_an_installer_without_createrole_installs_and_warns(
             finally:
                 owner.conn.close()
             conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(app + "_app")))
-            conn.execute(
-                sql.SQL("create role {} nologin").format(sql.Identifier(app + "_worker"))
-            )
+            conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(app + "_worker")))
         asyncio.run(migrate(installer_dsn, app))
         s = logins.session(app, app + "_app")
         assert s.one("select workflow_status('x')") == "pending"

@@ -394,7 +394,7 @@ class Machine:
         elif op == "suspend":
             self.sql("select suspend_task(%s, %s)", *self.lease())
         elif op == "bury":
-            self.sql("select bury_task(%s, %s, '{\"message\": \"stuck\"}')", *self.lease())
+            self.sql('select bury_task(%s, %s, \'{"message": "stuck"}\')', *self.lease())
         elif op == "heartbeat":
             chosen = [self.lease() for _ in range(d(st.integers(0, 3)))]
             self.sql(
@@ -411,9 +411,7 @@ class Machine:
                 [t for _, t in chosen],
             )
         elif op == "cancel":
-            self.sql(
-                "select cancel_workflow(%s, null, true, %s)", self.job(), d(st.booleans())
-            )
+            self.sql("select cancel_workflow(%s, null, true, %s)", self.job(), d(st.booleans()))
         elif op == "retry":
             self.sql("select retry_workflow(%s)", self.job())
         elif op == "signal":
@@ -442,7 +440,7 @@ class Machine:
         elif op == "activity":
             self.sql(
                 "select schedule_activity(%s, %s, %s, 'act', '[]', %s,"
-                " '{\"maximum_attempts\": 2, \"initial_interval\": 5}')",
+                ' \'{"maximum_attempts": 2, "initial_interval": 5}\')',
                 *self.lease(),
                 d(st.integers(1, 4)),
                 d(st.sampled_from(self.queues)),
@@ -451,15 +449,13 @@ class Machine:
             failed = d(st.booleans())
             self.sql(
                 "select record_step(%s, %s, %s, 'activity', 'inline', '[]', '1', %s,"
-                " '{\"maximum_attempts\": 2, \"initial_interval\": 5}')",
+                ' \'{"maximum_attempts": 2, "initial_interval": 5}\')',
                 *self.lease(),
                 d(st.integers(1, 4)),
                 Jsonb({"message": "flaky", "type": "OSError"}) if failed else None,
             )
         elif op == "hook":
-            self.sql(
-                "select hook(%s, 'h', '[]', %s)", self.job(), d(st.sampled_from(self.queues))
-            )
+            self.sql("select hook(%s, 'h', '[]', %s)", self.job(), d(st.sampled_from(self.queues)))
         elif op == "wake":
             self.sql("select _wake(%s, %s)", self.job(), d(st.sampled_from(["main", "h1"])))
         elif op == "clock":
@@ -544,4 +540,3 @@ def test_the_state_machine_never_reaches_an_undefined_state(db: Any, data: st.Da
             event(f"reached {status}")
     finally:
         db.conn.execute("select set_config('hotmesh.fake_now', '', false)")
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -63,6 +63,15 @@ async def blocked_by(observer: Session, waiter: int, holder: int) -> None:
                 waiter,
             )
             if row is not None and row[0] == "Lock" and row[1]:
+                return
+            await asyncio.sleep(0.005)
+
+
+async def until(check: Callable[[], Awaitable[Any]]) -> None:
+    """Return once `check()` is true (a bounded poll of the database's state)."""
+    async with asyncio.timeout(20):
+        while True:
+            if await check():
                 return
             await asyncio.sleep(0.005)
 
@@ -202,13 +211,12 @@ async def test_a_stale_completion_waits_for_the_takeover_and_is_refused(
     old, new, obs = sessions
     await obs.one("select start_workflow('w', '[]', 'q', 'wf')")
     task_a = await old.one("select task_id, lease_token from claim_tasks(array['q'], 'A', 1)")
-    await new.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:31+00")  # A's lease: 30 s
+    # A's lease (30 s) has expired on B's clock
+    await new.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:31+00")
     await new.conn.execute("begin")
     task_b = await new.one("select task_id, lease_token from claim_tasks(array['q'], 'B', 1)")
     assert task_b[0] == task_a[0] and task_b[1] != task_a[1]
-    stale = asyncio.create_task(
-        outcome(old.one("select complete_task(%s, %s, '\"A\"')", *task_a))
-    )
+    stale = asyncio.create_task(outcome(old.one("select complete_task(%s, %s, '\"A\"')", *task_a)))
     await blocked_by(obs, old.pid, new.pid)
     await new.conn.execute("commit")
     assert await stale == "HM004"
@@ -256,7 +264,7 @@ async def test_a_stale_activity_worker_cannot_finish_the_retaken_activity(
     statement = {
         "complete": "select complete_task(%s, %s, '\"A\"')",
         "fail": 'select fail_task(%s, %s, \'{"message": "A failed"}\')',
-        "bury": "select bury_task(%s, %s, '{\"message\": \"A buried\"}')",
+        "bury": 'select bury_task(%s, %s, \'{"message": "A buried"}\')',
     }[call]
     stale = asyncio.create_task(outcome(old.one(statement, *task_a)))
     await blocked_by(obs, old.pid, new.pid)
@@ -355,28 +363,30 @@ async def test_a_real_hook_waits_for_an_open_entity_write_and_then_applies(
         await psycopg.AsyncConnection.connect(dsn, autocommit=True, options=options) as watch,
     ):
         obs = Session(watch)
-        async with asyncio.timeout(20):  # the workflow is waiting for its signal
-            while await obs.one("select status from jobs where id = 'wf'") != "waiting":
-                await asyncio.sleep(0.01)
+
+        async def waiting() -> bool:
+            return await obs.one("select status from jobs where id = 'wf'") == "waiting"
+
+        await until(waiting)  # the workflow waits for its signal
         await mf.workflow.hook(workflow_id="wf", workflow_name="bump", task_queue="q")
-        async with asyncio.timeout(20):  # the hook waits for its signal too
-            while not await obs.one(
+        await until(  # the hook waits for its signal too
+            lambda: obs.one(
                 "select exists (select from steps where job_id = 'wf' and thread = 'h1'"
                 " and kind = 'signal' and status = 'scheduled')"
-            ):
-                await asyncio.sleep(0.01)
+            )
+        )
         app_session = Session(conn)
         await conn.execute("begin")
         await app_session.one("select entity_increment('wf', 'n', 1)")
         # A signal does not need the entity's lock; the hook it wakes does.
         await mf.workflow.signal("go", workflow_id="wf")
-        async with asyncio.timeout(20):  # some worker backend waits on our transaction
-            while not await obs.one(
+        await until(  # some worker backend waits on our transaction
+            lambda: obs.one(
                 "select exists (select from pg_stat_activity"
                 " where wait_event_type = 'Lock' and %s = any(pg_blocking_pids(pid)))",
                 app_session.pid,
-            ):
-                await asyncio.sleep(0.005)
+            )
+        )
         await conn.execute("commit")
     async with asyncio.timeout(20):
         while True:

@@ -295,7 +295,8 @@ class Database:
             raise
         except UnicodeEncodeError as error:
             # A str with a lone surrogate has no UTF-8 form: it cannot be sent at all.
-            raise errors.InvalidArgument(f"{name}: an argument is not valid Unicode: {error}") from error
+            message = f"{name}: an argument is not valid Unicode: {error}"
+            raise errors.InvalidArgument(message) from error
 
     async def _value(self, name: str, params: Sequence[Any]) -> Any:
         rows = await self._fetch(name, params)

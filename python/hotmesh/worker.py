@@ -70,7 +70,7 @@ class Worker:
             raise errors.InvalidArgument(f"concurrency must be >= 1, not {concurrency}")
         if not 0 < lease <= 86400:
             raise errors.InvalidArgument(f"lease must be > 0 and <= 86400 seconds, not {lease}")
-        if not isinstance(task_queue, str) or not 0 < len(task_queue) <= 255 or "\x00" in task_queue:
+        if not (isinstance(task_queue, str) and 0 < len(task_queue) <= 255) or "\0" in task_queue:
             raise errors.InvalidArgument(
                 f"task_queue must be 1 to 255 characters without NUL, not {task_queue!r:.80}"
             )
