@@ -36,7 +36,7 @@ $$;
 
 -- The limits on what callers hand the engine (README: Limits). A JSON value that enters as
 -- workflow or hook args, a signal payload, an entity or search value, or a cancel reason is
--- at most 1 MiB (as stored: jsonb), nested at most 100 levels deep, and its numbers are within
+-- at most 1 MiB (as stored: jsonb), at most 100 arrays or objects deep, its numbers within
 -- the range of a double: every value is kept in the history and read back on every replay,
 -- and deeper nesting or a number of thousands of digits breaks JSON parsers (Python's among
 -- them) that a worker must survive. Refused with 22023, before anything is written.
@@ -50,7 +50,9 @@ begin
             message = format('%s is %s bytes; the limit is 1 MiB (1048576 bytes)', p_what,
                              pg_column_size(p_value));
     end if;
-    if jsonb_path_exists(p_value, 'strict $.**{101}') then
+    -- 100 arrays or objects inside each other at most: none at level 100 (the top is 0).
+    if jsonb_path_exists(p_value, 'strict $.**{100} ? (@.type() == "array" '
+                                  '|| @.type() == "object")') then
         raise exception using errcode = '22023',
             message = format('%s is nested more than 100 levels deep', p_what);
     end if;

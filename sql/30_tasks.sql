@@ -407,9 +407,15 @@ set search_path from current
 as $$
 declare
     v_item record;
-    v_results jsonb[] := array_fill(null::jsonb, array[jsonb_array_length(p_items)]);
+    v_results jsonb[];
     v_held bigint[];
 begin
+    if jsonb_typeof(p_items) is distinct from 'array' then
+        raise exception using errcode = '22023',
+            message = format('items must be a JSON array, not %s',
+                             coalesce(jsonb_typeof(p_items), 'null'));
+    end if;
+    v_results := array_fill(null::jsonb, array[jsonb_array_length(p_items)]);
     select coalesce(array_agg(t.id), '{}') into v_held
       from jsonb_array_elements(p_items) as i
       join tasks as t

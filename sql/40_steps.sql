@@ -223,6 +223,11 @@ declare
     v_results jsonb := '[]'::jsonb;
     v_held bigint[];
 begin
+    if jsonb_typeof(p_items) is distinct from 'array' then
+        raise exception using errcode = '22023',
+            message = format('items must be a JSON array, not %s',
+                             coalesce(jsonb_typeof(p_items), 'null'));
+    end if;
     select coalesce(array_agg(t.id), '{}') into v_held
       from jsonb_array_elements(p_items) as i
       join tasks as t

@@ -132,6 +132,12 @@ begin
             message = format('prune: older_than must be an interval >= 0, not %s',
                              coalesce(p_older_than::text, 'null'));
     end if;
+    -- Bounded like every duration (1e10 s): now() minus more would leave the timestamp range.
+    if p_older_than > make_interval(secs => 1e10) then
+        raise exception using errcode = '22023',
+            message = format('prune: older_than must be at most 1e10 seconds, not %s',
+                             p_older_than);
+    end if;
     if p_batch is null or p_batch not between 1 and 100000 then
         raise exception using errcode = '22023',
             message = format('prune: batch must be from 1 to 100000, not %s',

@@ -284,7 +284,14 @@ class Database:
     async def _fetch(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:
             async with self._connection() as conn:
-                cur = await conn.execute(self._sql[name], params)
+                try:
+                    cur = await conn.execute(self._sql[name], params)
+                except (TypeError, ValueError, RecursionError) as error:
+                    # An argument psycopg cannot send (a str with a lone surrogate, an int of
+                    # thousands of digits, JSON nested too deeply or not JSON at all): nothing
+                    # was sent.
+                    message = f"{name}: an argument cannot be sent to Postgres: {error}"
+                    raise errors.InvalidArgument(message) from error
                 return await cur.fetchall()
         except psycopg.Error as error:
             if error.sqlstate and (error.sqlstate.startswith("HM") or error.sqlstate[:2] == "22"):
@@ -293,10 +300,6 @@ class Database:
                 # Refused before it was sent: a NUL character in a text argument.
                 raise errors.InvalidArgument(f"{name}: {error}") from error
             raise
-        except UnicodeEncodeError as error:
-            # A str with a lone surrogate has no UTF-8 form: it cannot be sent at all.
-            message = f"{name}: an argument is not valid Unicode: {error}"
-            raise errors.InvalidArgument(message) from error
 
     async def _value(self, name: str, params: Sequence[Any]) -> Any:
         rows = await self._fetch(name, params)

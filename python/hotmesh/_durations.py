@@ -6,7 +6,7 @@ import math
 import re
 from datetime import timedelta
 
-from hotmesh.errors import InvalidArgument
+from hotmesh.errors import InvalidArgument, shown
 
 Duration = float | int | str | timedelta
 
@@ -38,7 +38,10 @@ def seconds(value: Duration, what: str = "duration") -> float:
     if isinstance(value, timedelta):
         result = value.total_seconds()
     elif isinstance(value, (int, float)):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an int beyond any float (and maybe too long to print)
+            raise InvalidArgument(f"{what} is too large to be a number of seconds") from None
     elif isinstance(value, str):
         match = _TEXT.match(value.lower())
         unit = match.group(2) if match else None
@@ -53,5 +56,5 @@ def seconds(value: Duration, what: str = "duration") -> float:
             f"{what} must be a number of seconds, text or timedelta, not {type(value).__name__}"
         )
     if not math.isfinite(result) or result < 0:
-        raise InvalidArgument(f"{what} must be a finite number of seconds >= 0, not {value!r}")
+        raise InvalidArgument(f"{what} must be a finite number of seconds >= 0, not {shown(value)}")
     return result

@@ -16,7 +16,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hotmesh import _paths
-from hotmesh.errors import HotMeshError, InvalidArgument
+from hotmesh.errors import HotMeshError, InvalidArgument, shown
 
 APP_ID = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -35,7 +35,7 @@ def check_app_id(app_id: object) -> str:
     """The app id, or InvalidArgument saying what a valid one looks like."""
     if not isinstance(app_id, str) or not APP_ID.match(app_id):
         raise InvalidArgument(
-            f"invalid app id {app_id!r}: use 1 to 63 lowercase letters, digits and "
+            f"invalid app id {shown(app_id)}: use 1 to 63 lowercase letters, digits and "
             "underscores, starting with a letter or underscore (it names a Postgres schema)"
         )
     return app_id

@@ -44,7 +44,7 @@ def path_text(path: Path | None) -> str | None:
             if isinstance(segment, bool) or not isinstance(segment, str | int):
                 raise errors.EntityPathError(
                     f"entity path segments are strings (keys) or ints (array indexes), "
-                    f"not {segment!r}",
+                    f"not {errors.shown(segment)}",
                     sqlstate="HM007",
                 )
         return json.dumps(segments)
@@ -146,7 +146,8 @@ class Entity:
         if isinstance(index, bool) or not isinstance(index, int):
             return self._fail(
                 errors.EntityTypeError(
-                    f"entity remove: the index must be an int, not {index!r}", sqlstate="HM008"
+                    f"entity remove: the index must be an int, not {errors.shown(index)}",
+                    sqlstate="HM008",
                 )
             )
         return self._run("remove", path, index, idempotency_key)
@@ -159,7 +160,8 @@ class Entity:
         if isinstance(by, bool) or not isinstance(by, int | float | Decimal):
             return self._fail(
                 errors.EntityTypeError(
-                    f"entity increment: the amount must be a number, not {by!r}", sqlstate="HM008"
+                    f"entity increment: the amount must be a number, not {errors.shown(by)}",
+                    sqlstate="HM008",
                 )
             )
         return self._run("increment", path, by, idempotency_key)
@@ -302,7 +304,7 @@ class EntityClient:
     def __call__(self, workflow_id: str) -> Entity:
         if not isinstance(workflow_id, str) or not workflow_id:
             raise errors.InvalidArgument(
-                f"workflow id must be a non-empty str, not {workflow_id!r}"
+                f"workflow id must be a non-empty str, not {errors.shown(workflow_id)}"
             )
         return Entity(_Direct(self._db, workflow_id))
 

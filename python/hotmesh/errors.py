@@ -96,6 +96,16 @@ _BY_SQLSTATE["22P05"] = InvalidArgument  # untranslatable character (\u0000 in J
 _BY_SQLSTATE["22003"] = InvalidArgument  # numeric value out of range (e.g. an index > 2**31)
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """A short repr of a caller's value for a message; never raises (a structure nested too
+    deeply, or an int too long, to print is named by its type)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def from_sqlstate(sqlstate: str | None) -> type[HotMeshError]:
     """The exception class for a SQLSTATE (HotMeshError for codes not listed)."""
     return _BY_SQLSTATE.get(sqlstate or "", HotMeshError)
