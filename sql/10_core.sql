@@ -307,6 +307,26 @@ begin
 end
 $$;
 
+-- _leased_task for the calls that record a step of a workflow thread: only that thread's
+-- activation may. An activity's lease records nothing in the workflow (a timer or a wait
+-- recorded with it would belong to no running activation and never be acted on).
+create or replace function _activation_task(p_task_id bigint, p_token uuid) returns tasks
+language plpgsql stable
+set search_path from current
+as $$
+declare
+    v_task tasks := _leased_task(p_task_id, p_token);
+begin
+    if v_task.kind <> 'workflow' then
+        raise exception using errcode = 'HM003',
+            message = format('task %s is an activity (%s of workflow "%s"); only a workflow '
+                             'activation records steps', p_task_id, v_task.name,
+                             v_task.job_id);
+    end if;
+    return v_task;
+end
+$$;
+
 -- Makes a thread of a workflow runnable again because something it awaits was recorded. At
 -- most one activation task exists per (job, thread): if it is leased right now, it is flagged
 -- to run again when the running activation suspends, so no wake-up is ever lost.

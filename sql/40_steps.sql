@@ -49,7 +49,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_now timestamptz := _now();
     v_step steps;
     v_attempt integer := 1;
@@ -126,7 +126,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_policy jsonb := _retry_policy(p_retry_policy);
     v_step steps;
     v_run_at timestamptz := _now();
@@ -179,7 +179,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_now timestamptz := _now();
     v_step steps;
 begin

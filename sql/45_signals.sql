@@ -140,7 +140,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_now timestamptz := _now();
     v_step steps;
     v_kept signals;
@@ -196,7 +196,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_step steps;
     v_target text := case when p_workflow_id = '*' then null
                           else coalesce(p_workflow_id, v_task.job_id) end;

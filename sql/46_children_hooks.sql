@@ -31,7 +31,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_parent jobs;
     v_step steps;
     v_child text := coalesce(p_workflow_id, v_task.job_id || '-' || v_task.thread || '-' || p_seq);
@@ -166,7 +166,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_step steps;
     v_target text := coalesce(p_workflow_id, v_task.job_id);
     v_thread text;
@@ -298,7 +298,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_step steps;
     v_cancelled text[];
     v_error jsonb;

@@ -14,7 +14,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_step steps;
     v_search jsonb;
     v_result jsonb;
@@ -110,7 +110,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_step steps;
     v_topic text;
     v_data jsonb;

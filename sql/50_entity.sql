@@ -652,7 +652,7 @@ language plpgsql
 set search_path from current
 as $$
 declare
-    v_task tasks := _leased_task(p_task_id, p_token);
+    v_task tasks := _activation_task(p_task_id, p_token);
     v_now timestamptz := _now();
     v_context jsonb;
     v_version bigint;

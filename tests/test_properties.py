@@ -540,3 +540,33 @@ def test_the_state_machine_never_reaches_an_undefined_state(db: Any, data: st.Da
             event(f"reached {status}")
     finally:
         db.conn.execute("select set_config('hotmesh.fake_now', '', false)")
+
+
+def test_an_activity_lease_records_no_workflow_step(db: Any) -> None:
+    """Found by the state machine test: a timer recorded under an activity's lease belonged to
+    no activation and never fired. Every step-recording call now wants an activation (HM003)."""
+    db.one("select start_workflow('w', '[]', 'q', 'wf')")
+    main = db.one("select row(task_id, lease_token) from claim_tasks(array['q'], 'W', 1)")
+    db.one("select schedule_activity(%s::bigint, %s::uuid, 1, 'act', '[]', 'acts')", *main)
+    db.one("select suspend_task(%s::bigint, %s::uuid)", *main)
+    act = db.one("select row(task_id, lease_token) from claim_tasks(array['acts'], 'A', 1)")
+    calls = [
+        "record_step(%s, %s, 2, 'activity', 'a', '[]', '1')",
+        "schedule_activity(%s, %s, 2, 'b', '[]', 'acts')",
+        "schedule_sleep(%s, %s, 2, 5)",
+        "wait_signal(%s, %s, 2, 'go', null)",
+        "send_signal(%s, %s, 2, 'go', '1')",
+        "start_child(%s, %s, 2, 'c', '[]', 'q', null, null, '{}', false)",
+        "start_hook(%s, %s, 2, 'h', '[]', 'q', null, null)",
+        "cancel_step(%s, %s, 2, 'wf', null, false)",
+        "search_step(%s, %s, 2, 'set', '{\"k\": 1}')",
+        "emit_step(%s, %s, 2, '{\"t\": 1}')",
+        "entity_step(%s, %s, 2, 'set', 'k', '1')",
+    ]
+    for call in calls:
+        with pytest.raises(psycopg.Error) as caught, db.conn.transaction():
+            db.conn.execute(f"select {call}", (int(act[0]), act[1]))
+        assert caught.value.sqlstate == "HM003", call
+    assert db.rows("select seq, kind from steps where job_id = 'wf' order by seq") == [
+        (1, "activity")
+    ]
