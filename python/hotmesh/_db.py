@@ -251,6 +251,9 @@ def _ended_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
     return bool(poller.poll(0))
 
 
+_CONFLICT_RETRIES = 4
+
+
 class Database:
     """The stored functions of one app schema, called through a connection pool."""
 
@@ -282,6 +285,18 @@ class Database:
             await self.pool.putconn(conn)
 
     async def _fetch(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        # Each call is one autocommit statement, so one that lost a deadlock or a
+        # serialization conflict was rolled back whole and is safe to send again.
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                return await self._fetch_once(name, params)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == _CONFLICT_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _fetch_once(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:
             async with self._connection() as conn:
                 try:

@@ -157,7 +157,7 @@ class Worker:
                 claimed = await self.db.claim_tasks(
                     [self.task_queue], self.worker_id, free, self.lease
                 )
-            except (psycopg.Error, OSError) as error:
+            except Exception as error:  # the loop must outlive any failure, it only backs off
                 # The database is unreachable or restarting: back off, 0.1 s doubling to 5 s.
                 # (Connections the server ended are replaced: see Database._connection.)
                 if failures == 0:
