@@ -130,7 +130,10 @@ test-slow: setup
 
 # Internal: run inside `hotmesh db run`, i.e. with DATABASE_URL set. _prove depends on _migrate
 # so that, even under `make -k`, no test runs against a schema that failed to install.
+# The tests run against a fresh install of $(APP): a schema left by an earlier run is dropped.
 _migrate:
+	psql "$$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -c 'set client_min_messages = warning' \
+		-c 'drop schema if exists $(APP) cascade'
 	$(HM) migrate --app $(APP)
 
 # pg_prove cannot take a URL (it mangles `--dbname` values containing `=`): `hotmesh db env`

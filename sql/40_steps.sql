@@ -30,6 +30,44 @@ begin
 end
 $$;
 
+-- The step already recorded at this position, checked against the call the code makes now:
+-- what every step function answers when a replay (or a worker that lost its lease) asks again.
+create or replace function _recorded_step(
+    p_task tasks, p_seq integer, p_kind text, p_name text
+) returns jsonb
+language plpgsql stable
+set search_path from current
+as $$
+declare
+    v_step steps;
+begin
+    select * into v_step from steps
+     where job_id = p_task.job_id and thread = p_task.thread and seq = p_seq;
+    perform _check_step(v_step, p_kind, p_name);
+    return _step_json(v_step);
+end
+$$;
+
+-- Ends a step that was recorded `scheduled` in the same call: completed with p_output, or
+-- failed with p_error (a call that failed without aborting the activation).
+create or replace function _settle_step(
+    p_task tasks, p_seq integer, p_output jsonb, p_error jsonb
+) returns jsonb
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_step steps;
+begin
+    update steps
+       set status = case when p_error is null then 'completed' else 'failed' end,
+           output = p_output, error = p_error, completed_at = _now()
+     where job_id = p_task.job_id and thread = p_task.thread and seq = p_seq
+    returning * into v_step;
+    return _step_json(v_step);
+end
+$$;
+
 -- Records the outcome of a call run inside the activation (an inline activity): one call,
 -- one commit. With p_error, the retry policy decides: the step waits as `retrying` until
 -- wake_at (the activation's task is rescheduled for then when it suspends), or it fails for

@@ -161,10 +161,7 @@ begin
     on conflict do nothing
     returning * into v_step;
     if not found then
-        select * into v_step from steps
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
-        perform _check_step(v_step, 'signal', p_signal_id);
-        return _step_json(v_step);
+        return _recorded_step(v_task, p_seq, 'signal', p_signal_id);
     end if;
     select * into v_kept
       from signals
@@ -211,10 +208,7 @@ begin
     on conflict do nothing
     returning * into v_step;
     if not found then
-        select * into v_step from steps
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
-        perform _check_step(v_step, 'send', p_signal_id);
-        return _step_json(v_step);
+        return _recorded_step(v_task, p_seq, 'send', p_signal_id);
     end if;
     -- A send that cannot be delivered (unknown target) fails the call, not the activation.
     begin
@@ -222,11 +216,6 @@ begin
     exception when sqlstate 'HM002' or sqlstate 'HM003' or sqlstate '22023' then
         v_error := _error_json(sqlstate, sqlerrm, 'SignalError');
     end;
-    update steps
-       set status = case when v_error is null then 'completed' else 'failed' end,
-           output = v_outcome, error = v_error, completed_at = _now()
-     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-    returning * into v_step;
-    return _step_json(v_step);
+    return _settle_step(v_task, p_seq, v_outcome, v_error);
 end
 $$;

@@ -43,10 +43,7 @@ begin
     on conflict do nothing
     returning * into v_step;
     if not found then
-        select * into v_step from steps
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
-        perform _check_step(v_step, 'child', p_workflow_name);
-        return _step_json(v_step);
+        return _recorded_step(v_task, p_seq, 'child', p_workflow_name);
     end if;
     select * into v_parent from jobs where id = v_task.job_id;
     begin
@@ -181,10 +178,7 @@ begin
     on conflict do nothing
     returning * into v_step;
     if not found then
-        select * into v_step from steps
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
-        perform _check_step(v_step, 'hook', p_workflow_name);
-        return _step_json(v_step);
+        return _recorded_step(v_task, p_seq, 'hook', p_workflow_name);
     end if;
     begin
         v_thread := hook(v_target, p_workflow_name, p_args,
@@ -192,15 +186,11 @@ begin
     exception when sqlstate 'HM002' or sqlstate 'HM003' or sqlstate '22023' then
         v_error := _error_json(sqlstate, sqlerrm, 'HookError');
     end;
-    update steps
-       set status = case when v_error is null then 'completed' else 'failed' end,
-           output = case when v_error is null
-                         then jsonb_build_object('workflow_id', v_target, 'thread', v_thread)
-                    end,
-           error = v_error, completed_at = _now()
-     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-    returning * into v_step;
-    return _step_json(v_step);
+    return _settle_step(v_task, p_seq,
+                        case when v_error is null
+                             then jsonb_build_object('workflow_id', v_target, 'thread', v_thread)
+                        end,
+                        v_error);
 end
 $$;
 
@@ -309,21 +299,13 @@ begin
     on conflict do nothing
     returning * into v_step;
     if not found then
-        select * into v_step from steps
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
-        perform _check_step(v_step, 'cancel', p_workflow_id);
-        return _step_json(v_step);
+        return _recorded_step(v_task, p_seq, 'cancel', p_workflow_id);
     end if;
     begin
         v_cancelled := cancel_workflow(p_workflow_id, p_reason, p_descend);
     exception when sqlstate 'HM002' or sqlstate 'HM003' then
         v_error := _error_json(sqlstate, sqlerrm, 'CancelError');
     end;
-    update steps
-       set status = case when v_error is null then 'completed' else 'failed' end,
-           output = to_jsonb(v_cancelled), error = v_error, completed_at = _now()
-     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-    returning * into v_step;
-    return _step_json(v_step);
+    return _settle_step(v_task, p_seq, to_jsonb(v_cancelled), v_error);
 end
 $$;

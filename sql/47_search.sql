@@ -33,10 +33,7 @@ begin
     on conflict do nothing
     returning * into v_step;
     if not found then
-        select * into v_step from steps
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
-        perform _check_step(v_step, 'search', p_op);
-        return _step_json(v_step);
+        return _recorded_step(v_task, p_seq, 'search', p_op);
     end if;
     -- A bad operation (wrong types, bad arguments, a number out of range) fails the call,
     -- not the activation.
@@ -92,12 +89,7 @@ begin
     exception when sqlstate 'HM008' or sqlstate '22023' or sqlstate '22003' then
         v_error := _error_json(sqlstate, sqlerrm, 'SearchError');
     end;
-    update steps
-       set status = case when v_error is null then 'completed' else 'failed' end,
-           output = v_result, error = v_error, completed_at = _now()
-     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-    returning * into v_step;
-    return _step_json(v_step);
+    return _settle_step(v_task, p_seq, v_result, v_error);
 end
 $$;
 
@@ -136,10 +128,7 @@ begin
     on conflict do nothing
     returning * into v_step;
     if not found then
-        select * into v_step from steps
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
-        perform _check_step(v_step, 'emit', '');
-        return _step_json(v_step);
+        return _recorded_step(v_task, p_seq, 'emit', '');
     end if;
     for v_topic, v_data in select key, value from jsonb_each(p_events) loop
         v_payload := 'e:' || jsonb_build_object('workflow_id', v_task.job_id, 'topic', v_topic,
