@@ -69,7 +69,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="hotmesh", description="Durable workflows with permanent memory, native to Postgres."
+        prog="hotmesh",
+        description="Durable workflows with permanent memory, native to Postgres.",
+        epilog="hotmesh db {up,down,restart,run,url,env,status}: a private throwaway Postgres "
+        "on a Unix socket, for development and tests (hotmesh db --help).",
     )
     parser.add_argument(
         "--log-level",
