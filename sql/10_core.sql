@@ -29,7 +29,6 @@ $$;
 -- the payload says what happened: 'q:<task queue>' (a task is ready) or 'd:<workflow id>'.
 create or replace function _notify(p_payload text) returns void
 language sql volatile
-set search_path from current
 as $$
     select pg_notify(current_schema(), p_payload)
 $$;
@@ -42,7 +41,6 @@ $$;
 -- them) that a worker must survive. Refused with 22023, before anything is written.
 create or replace function _check_value(p_what text, p_value jsonb) returns void
 language plpgsql immutable
-set search_path from current
 as $$
 begin
     if pg_column_size(p_value) > 1048576 then
@@ -70,7 +68,6 @@ $$;
 -- longer one would fail on an index's row size or a NOTIFY payload instead of saying why.
 create or replace function _check_name(p_what text, p_value text) returns void
 language plpgsql immutable
-set search_path from current
 as $$
 begin
     if length(p_value) > 255 then
@@ -84,7 +81,6 @@ $$;
 -- 1 s first delay, coefficient 10, 120 s cap). Durations are in seconds.
 create or replace function _retry_policy(p_policy jsonb) returns jsonb
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_in jsonb := coalesce(nullif(p_policy, 'null'), '{}'::jsonb);
@@ -180,7 +176,6 @@ $$;
 create or replace function _retry_at(p_policy jsonb, p_attempt integer, p_error jsonb)
 returns timestamptz
 language plpgsql stable
-set search_path from current
 as $$
 declare
     v_policy jsonb := _retry_policy(p_policy);
@@ -200,7 +195,6 @@ $$;
 create or replace function _final_error(p_policy jsonb, p_attempt integer, p_error jsonb)
 returns jsonb
 language sql stable
-set search_path from current
 as $$
     select p_error || jsonb_build_object(
         'code', case
@@ -219,7 +213,6 @@ create or replace function _transition(
     p_job_id text, p_to text, p_result jsonb default null, p_error jsonb default null
 ) returns jobs
 language plpgsql
-set search_path from current
 as $$
 declare
     v_now timestamptz := _now();
@@ -269,7 +262,6 @@ $$;
 -- over (a new claim issued a new token) can never write over the new owner's work.
 create or replace function _leased_task(p_task_id bigint, p_token uuid) returns tasks
 language plpgsql stable
-set search_path from current
 as $$
 declare
     v_task tasks;
@@ -299,7 +291,6 @@ $$;
 -- claims, suspends and cancel_workflow (tasks, then the job row).
 create or replace function _held_task(p_task_id bigint, p_token uuid) returns tasks
 language plpgsql
-set search_path from current
 as $$
 begin
     perform from tasks where id = p_task_id for update;
@@ -312,7 +303,6 @@ $$;
 -- recorded with it would belong to no running activation and never be acted on).
 create or replace function _activation_task(p_task_id bigint, p_token uuid) returns tasks
 language plpgsql stable
-set search_path from current
 as $$
 declare
     v_task tasks := _leased_task(p_task_id, p_token);
@@ -332,7 +322,6 @@ $$;
 -- to run again when the running activation suspends, so no wake-up is ever lost.
 create or replace function _wake(p_job_id text, p_thread text) returns void
 language plpgsql
-set search_path from current
 as $$
 declare
     v_state text;

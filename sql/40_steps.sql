@@ -6,7 +6,6 @@
 -- The part of a step a replaying worker needs.
 create or replace function _step_json(p_step steps) returns jsonb
 language sql stable
-set search_path from current
 as $$
     select jsonb_build_object('seq', p_step.seq, 'kind', p_step.kind, 'name', p_step.name,
                               'status', p_step.status, 'output', p_step.output,
@@ -17,7 +16,6 @@ $$;
 -- Refuses a recorded step that is not the call the code now makes at that position.
 create or replace function _check_step(p_step steps, p_kind text, p_name text) returns void
 language plpgsql immutable
-set search_path from current
 as $$
 begin
     if p_step.kind <> p_kind or p_step.name <> p_name then
@@ -36,7 +34,6 @@ create or replace function _recorded_step(
     p_task tasks, p_seq integer, p_kind text, p_name text
 ) returns jsonb
 language plpgsql stable
-set search_path from current
 as $$
 declare
     v_step steps;
@@ -54,7 +51,6 @@ create or replace function _settle_step(
     p_task tasks, p_seq integer, p_output jsonb, p_error jsonb
 ) returns jsonb
 language plpgsql
-set search_path from current
 as $$
 declare
     v_step steps;

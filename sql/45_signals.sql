@@ -5,7 +5,6 @@
 
 create or replace function _lock_signal(p_signal_id text) returns void
 language sql volatile
-set search_path from current
 as $$
     select pg_advisory_xact_lock(hashtextextended(current_schema() || ':signal:' || p_signal_id, 0))
 $$;
@@ -19,7 +18,6 @@ create or replace function _deliver(
     p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb default null
 ) returns jsonb
 language plpgsql
-set search_path from current
 as $$
 declare
     v_wait steps;

@@ -5,7 +5,6 @@
 create or replace function _error_json(p_sqlstate text, p_message text, p_type text)
 returns jsonb
 language sql immutable
-set search_path from current
 as $$
     select jsonb_build_object('message', p_message, 'type', p_type, 'code', 598,
                               'sqlstate', p_sqlstate)
@@ -74,7 +73,6 @@ $$;
 -- code) and wakes the parent thread, in the transaction that ends the child.
 create or replace function _settle_parent(p_child jobs) returns void
 language plpgsql
-set search_path from current
 as $$
 begin
     if p_child.parent_seq is null then
@@ -200,7 +198,6 @@ create or replace function _end_thread(
     p_job_id text, p_thread text, p_result jsonb, p_error jsonb
 ) returns void
 language plpgsql
-set search_path from current
 as $$
 declare
     v_thread threads;

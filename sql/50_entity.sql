@@ -16,7 +16,6 @@
 -- a path means the same thing everywhere. SQL null stays null: "no path", the whole entity.
 create or replace function _entity_path(p_path text) returns text[]
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_json jsonb;
@@ -94,7 +93,6 @@ $$;
 -- Immutable, so a query built on it is planned with the path as a constant (index matching).
 create or replace function _entity_segments(p_path jsonb) returns text[]
 language sql immutable
-set search_path from current
 as $$
     select case when jsonb_typeof(p_path) = 'array'
                 then array(select e.value from jsonb_array_elements_text(p_path) as e) end
@@ -103,7 +101,6 @@ $$;
 -- How a path reads in a message: dotted when that is unambiguous, else its JSON array form.
 create or replace function _entity_path_label(p_path text[]) returns text
 language sql immutable
-set search_path from current
 as $$
     select case
         when coalesce(cardinality(p_path), 0) = 0 then 'the entity'
@@ -117,7 +114,6 @@ $$;
 -- A JSON value's type as a message says it ("an object", "a number", "null").
 create or replace function _entity_type_name(p_value jsonb) returns text
 language sql immutable
-set search_path from current
 as $$
     select case jsonb_typeof(p_value)
         when 'object' then 'an object'
@@ -137,7 +133,6 @@ create or replace function _entity_walk(
     p_doc jsonb, p_path text[], out depth integer, out node jsonb, out blocker text
 )
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_segment text;
@@ -179,7 +174,6 @@ create or replace function _entity_unreachable(
     p_creating boolean
 ) returns void
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_at text := _entity_path_label(p_path[1:p_depth]);
@@ -216,7 +210,6 @@ $$;
 create or replace function _entity_put(p_doc jsonb, p_op text, p_path text[], p_value jsonb)
 returns jsonb
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_depth integer;
@@ -244,7 +237,6 @@ $$;
 -- (The seed merged two levels only and lost deeper keys.)
 create or replace function _entity_merge(p_target jsonb, p_patch jsonb) returns jsonb
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_merged jsonb;
@@ -271,7 +263,6 @@ create or replace function _entity_apply(
     p_doc jsonb, p_op text, p_path text[], p_value jsonb, out doc jsonb, out result jsonb
 )
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_depth integer;
@@ -434,7 +425,6 @@ $$;
 -- A finished workflow whose retention ran out no longer exists, for this as for find.
 create or replace function _entity_job(p_workflow_id text, p_lock boolean) returns jobs
 language plpgsql
-set search_path from current
 as $$
 declare
     v_job jobs;
@@ -458,7 +448,6 @@ $$;
 -- What a step records of an operation: its path (segments) and, when it has one, its operand.
 create or replace function _entity_input(p_path jsonb, p_value jsonb) returns jsonb
 language sql immutable
-set search_path from current
 as $$
     select jsonb_build_object('path', p_path)
            || case when p_value is null then '{}'::jsonb
@@ -472,7 +461,6 @@ create or replace function _entity_change(
     p_workflow_id text, p_op text, p_path text, p_value jsonb, p_idempotency_key text
 ) returns jsonb
 language plpgsql
-set search_path from current
 as $$
 declare
     v_path text[] := _entity_path(p_path);
@@ -777,7 +765,6 @@ $$;
 create or replace function _entity_condition(p_path text[], p_op text, p_value jsonb)
 returns jsonb
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_op text := lower(btrim(coalesce(p_op, '')));
@@ -821,7 +808,6 @@ $$;
 -- serve an equality condition.
 create or replace function _entity_nest(p_path jsonb, p_value jsonb) returns jsonb
 language plpgsql immutable
-set search_path from current
 as $$
 declare
     v_value jsonb := p_value;
@@ -837,7 +823,6 @@ $$;
 -- The elements of a JSON array as jsonb[] (for `= any(...)`).
 create or replace function _entity_elements(p_values jsonb) returns jsonb[]
 language sql immutable
-set search_path from current
 as $$
     select array(select e.value from jsonb_array_elements(p_values) as e)
 $$;
@@ -851,7 +836,6 @@ create or replace function _entity_query(
     p_entity text, p_conditions jsonb, p_limit integer, p_offset integer
 ) returns table (id text, context jsonb, status text)
 language plpgsql stable
-set search_path from current
 as $$
 declare
     v_sql text := 'select j.id, j.context, j.status from jobs as j where j.entity = $1 '

@@ -45,13 +45,25 @@ declare
     v_routine regprocedure;
     v_unpinned text;
 begin
-    -- Every routine but a procedure that commits (prune: it cannot have a SET clause, and its
-    -- body names the schema) must pin its search_path before it may run as the owner.
+    -- Every routine a role may call must pin its search_path before it may run as the owner.
+    -- Exceptions: a procedure that commits (prune: it cannot have a SET clause, its body names
+    -- the schema), and private helpers (`_name`) that only the engine's own functions call:
+    -- they inherit their caller's pinned path, run as their caller (the owner), are executable
+    -- by nobody else, and skip the cost of a SET clause on every call of the hot path. A
+    -- private helper a view uses must pin its path like any public function.
     select string_agg(p.oid::regprocedure::text, ', ') into v_unpinned
       from pg_proc as p
      where p.pronamespace = v_schema::regnamespace and p.prokind <> 'p'
        and not exists (select from unnest(p.proconfig) as c (setting)
-                        where c.setting like 'search_path=%');
+                        where c.setting like 'search_path=%')
+       and (p.proname !~ '^_'
+            or p.oid in (select d.refobjid
+                           from pg_depend as d
+                           join pg_rewrite as w on w.oid = d.objid
+                           join pg_class as c on c.oid = w.ev_class
+                          where d.classid = 'pg_rewrite'::regclass
+                            and d.refclassid = 'pg_proc'::regclass
+                            and c.relnamespace = v_schema::regnamespace));
     if v_unpinned is not null then
         raise exception using errcode = '42501',
             message = format('functions of schema %s without a pinned search_path cannot be '
@@ -62,6 +74,8 @@ begin
         select p.oid from pg_proc as p
          where p.pronamespace = v_schema::regnamespace and p.prokind <> 'p'
            and not p.prosecdef
+           and exists (select from unnest(p.proconfig) as c (setting)
+                        where c.setting like 'search_path=%')
     loop
         execute format('alter function %s security definer', v_routine);
     end loop;

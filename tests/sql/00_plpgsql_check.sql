@@ -17,6 +17,10 @@ set local client_min_messages = warning;
 create extension if not exists pgtap;
 create extension if not exists plpgsql_check;
 
+-- The path the functions run with: the public ones pin it, the private helpers inherit it
+-- from them (99_grants.sql), so that is the path to check them under.
+set local search_path = hm_test, public, pg_temp;
+
 select plan(4);
 
 select has_schema('hm_test', 'schema hm_test is installed (hotmesh migrate --app hm_test)');

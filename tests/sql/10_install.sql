@@ -93,9 +93,10 @@ select function_returns(
     'retry_delay returns an interval'
 );
 
--- Every function runs with the app schema as its search_path, whoever calls it. Procedures
--- that COMMIT cannot have a SET clause; their bodies name the schema instead (prune: see
--- 71_retention.sql).
+-- Every function a caller can reach runs with the app schema as its search_path, whoever
+-- calls it. Procedures that COMMIT cannot have a SET clause; their bodies name the schema
+-- instead (prune: see 71_retention.sql). Private helpers (`_name`) that no role may execute
+-- inherit the pinned path of the engine function that calls them (99_grants.sql).
 select is_empty(
     $$
     select p.oid::regprocedure::text
@@ -104,8 +105,15 @@ select is_empty(
         p.pronamespace = 'hm_test'::regnamespace
         and p.prokind <> 'p'
         and not coalesce('search_path=hm_test, pg_temp' = any(p.proconfig), false)
+        and (
+            p.proname !~ '^_'
+            or exists (
+                select from aclexplode(p.proacl) as a
+                where a.grantee <> p.proowner
+            )
+        )
     $$,
-    'every function of hm_test pins search_path to hm_test, pg_temp'
+    'every function a caller can reach pins search_path to hm_test, pg_temp'
 );
 
 -- Called by its qualified name from a session whose search_path does not include the schema.
