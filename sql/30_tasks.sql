@@ -404,6 +404,9 @@ $$;
 create or replace function complete_tasks(p_items jsonb) returns jsonb
 language plpgsql
 set search_path from current
+-- The items are looked up in tasks by key; with the queue's churn the planner's statistics
+-- lag and it would hash-join against a scan of the whole table instead.
+set enable_seqscan = off
 as $$
 declare
     v_item record;
