@@ -313,32 +313,30 @@ class Worker:
     async def _activate(self, task: Claimed) -> None:
         fn = self.registry.workflows.get(task.task_queue, {}).get(task.name)
         if fn is None:
-            known = ", ".join(sorted(self.registry.workflows.get(task.task_queue, {}))) or "none"
-            await self.db.fail_task(
-                task,
-                {
-                    "message": f'workflow "{task.name}" is not registered on task queue '
-                    f'"{task.task_queue}" by worker {self.worker_id} (it serves: {known})',
-                    "type": "UnknownWorkflow",
-                    "code": 599,
-                },
-            )
+            # Retryable (599): another worker on the queue may know it.
+            await self._unregistered(task, "workflow", self.registry.workflows, 599)
             return
         await Activation(self.db, task, fn, self.registry).run()
+
+    async def _unregistered(
+        self, task: Claimed, what: str, table: dict[str, dict[str, Callable[..., Any]]], code: int
+    ) -> None:
+        """Fail a task whose function this worker does not have, naming what it does serve."""
+        known = ", ".join(sorted(table.get(task.task_queue, {}))) or "none"
+        await self.db.fail_task(
+            task,
+            {
+                "message": f'{what} "{task.name}" is not registered on task queue '
+                f'"{task.task_queue}" by worker {self.worker_id} (it serves: {known})',
+                "type": f"Unknown{what.capitalize()}",
+                "code": code,
+            },
+        )
 
     async def _run_activity(self, task: Claimed) -> None:
         fn = self.registry.activities.get(task.task_queue, {}).get(task.name)
         if fn is None:
-            known = ", ".join(sorted(self.registry.activities.get(task.task_queue, {}))) or "none"
-            await self.db.fail_task(
-                task,
-                {
-                    "message": f'activity "{task.name}" is not registered on task queue '
-                    f'"{task.task_queue}" by worker {self.worker_id} (it serves: {known})',
-                    "type": "UnknownActivity",
-                    "code": 598,
-                },
-            )
+            await self._unregistered(task, "activity", self.registry.activities, 598)
             return
         maximum = int(task.payload.get("retry_policy", {}).get("maximum_attempts", 3))
         if task.attempt > maximum:
