@@ -53,6 +53,18 @@ def event(logger: logging.Logger, level: int, name: str, /, **values: object) ->
         logger.log(level, "%s", fields(name, **values), exc_info=exc_info)
 
 
+def task_fields(task: Claimed) -> dict[str, object]:
+    """The fields that name a task in every event about it."""
+    return {
+        "task": task.task_id,
+        "kind": task.kind,
+        "name": task.name,
+        "workflow": task.job_id,
+        "thread": task.thread,
+        "queue": task.task_queue,
+    }
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message (database errors add detail lines)."""
     text = str(error).strip()
@@ -74,12 +86,7 @@ def log_failure(
         logger,
         logging.INFO,
         "retry" if retrying else "fail",
-        task=task.task_id,
-        kind=task.kind,
-        name=task.name,
-        workflow=task.job_id,
-        thread=task.thread,
-        queue=task.task_queue,
+        **task_fields(task),
         attempt=task.attempt if task.kind == "activity" else task.job_attempt,
         delay=delay,
         run_at=run_at if retrying else None,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hotmesh import errors
-from hotmesh._log import event, log_failure
+from hotmesh._log import event, log_failure, task_fields
 
 if TYPE_CHECKING:
     from hotmesh._db import Claimed, Database
@@ -292,12 +292,7 @@ class Activation:
             log,
             level,
             name,
-            task=task.task_id,
-            kind=task.kind,
-            name=task.name,
-            workflow=task.job_id,
-            thread=task.thread,
-            queue=task.task_queue,
+            **task_fields(task),
             steps=self.seq,
             **values,
         )

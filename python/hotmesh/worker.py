@@ -22,7 +22,7 @@ import psycopg
 
 from hotmesh import errors
 from hotmesh._db import Claimed, Database
-from hotmesh._log import event, first_line, log_failure
+from hotmesh._log import event, first_line, log_failure, task_fields
 from hotmesh._runner import Activation, encode
 from hotmesh.activity import ActivityInfo, run_activity
 
@@ -192,12 +192,7 @@ class Worker:
                     log,
                     logging.INFO,
                     "claim",
-                    task=task.task_id,
-                    kind=task.kind,
-                    name=task.name,
-                    workflow=task.job_id,
-                    thread=task.thread,
-                    queue=task.task_queue,
+                    **task_fields(task),
                     attempt=task.attempt,
                 )
                 runner = asyncio.create_task(self._process(task))
@@ -269,11 +264,7 @@ class Worker:
                         log,
                         logging.WARNING,
                         "lease_lost",
-                        task=task.task_id,
-                        kind=task.kind,
-                        name=task.name,
-                        workflow=task.job_id,
-                        queue=task.task_queue,
+                        **task_fields(task),
                     )
                     runner.cancel()
 
@@ -301,11 +292,7 @@ class Worker:
                 logging.WARNING,
                 "db_error",
                 during="run",
-                task=task.task_id,
-                kind=task.kind,
-                name=task.name,
-                workflow=task.job_id,
-                queue=task.task_queue,
+                **task_fields(task),
                 error=first_line(error),
                 rerun_after=self.lease,
             )
@@ -376,11 +363,7 @@ class Worker:
             log,
             logging.INFO,
             "complete",
-            task=task.task_id,
-            kind=task.kind,
-            name=task.name,
-            workflow=task.job_id,
-            queue=task.task_queue,
+            **task_fields(task),
         )
 
 
