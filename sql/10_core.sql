@@ -26,11 +26,27 @@ end
 $$;
 
 -- Wakes idle workers and result waiters of this app. One channel per app (the schema name);
--- the payload says what happened: 'q:<task queue>' (a task is ready) or 'd:<workflow id>'.
+-- the payload says what happened: 'q:<task queue>' (a task is ready), 'd:' and a JSON array
+-- of workflow ids (they ended: _notify_done) or 'e:' and an event (emit).
 create or replace function _notify(p_payload text) returns void
 language sql volatile
 as $$
     select pg_notify(current_schema(), p_payload)
+$$;
+
+-- One 'd:' payload per ~7,000 bytes of ids (a payload must stay under 8,000), not one per
+-- workflow: every notification wakes and is read by every listener of the database, and a
+-- batch of completions ends dozens of workflows at once.
+create or replace function _notify_done(p_job_ids text[]) returns void
+language plpgsql volatile
+as $$
+begin
+    perform _notify('d:' || jsonb_agg(id order by ord)::text)
+       from (select id, ord,
+                    sum(octet_length(to_jsonb(id)::text) + 2) over (order by ord) / 7000 as chunk
+               from unnest(p_job_ids) with ordinality as e (id, ord)) as sized
+      group by chunk;
+end
 $$;
 
 -- The limits on what callers hand the engine (README: Limits). A JSON value that enters as
@@ -209,14 +225,19 @@ $$;
 -- The job state machine. Every status change goes through here, so an illegal one is refused
 -- the same way everywhere (HM003, naming the workflow and both states):
 --   pending -> running <-> waiting -> completed | failed | cancelled
-create or replace function _transition(
-    p_job_id text, p_to text, p_result jsonb default null, p_error jsonb default null
-) returns jobs
+-- _transitions moves every job of p_job_ids that may make the move (p_results[i] is the
+-- result of p_job_ids[i] when it completes) and returns the moved rows; _transition moves one
+-- job and refuses when it cannot.
+create or replace function _transitions(
+    p_job_ids text[], p_to text, p_results jsonb[] default null, p_error jsonb default null
+) returns setof jobs
 language plpgsql
 as $$
 declare
     v_now timestamptz := _now();
     v_job jobs;
+    v_moved text[] := array[]::text[];
+    v_ends boolean := p_to in ('completed', 'failed', 'cancelled');
     v_from text[] := case p_to
         -- Nothing goes back to pending: asking for it is an illegal transition, not a typo.
         when 'pending' then array[]::text[]
@@ -231,16 +252,36 @@ begin
         raise exception using errcode = '22023',
             message = format('unknown workflow status "%s"', p_to);
     end if;
-    update jobs
-       set status = p_to,
-           updated_at = v_now,
-           result = case when p_to = 'completed' then p_result else result end,
-           error = coalesce(p_error, error),
-           completed_at = case when p_to in ('completed', 'failed', 'cancelled') then v_now end,
-           expire_at = case when p_to in ('completed', 'failed', 'cancelled')
-                            then v_now + retention end
-     where id = p_job_id and status = any(v_from)
-    returning * into v_job;
+    for v_job in
+        update jobs as j
+           set status = p_to,
+               updated_at = v_now,
+               result = case when p_to = 'completed' then m.result else j.result end,
+               error = coalesce(p_error, j.error),
+               completed_at = case when v_ends then v_now end,
+               expire_at = case when v_ends then v_now + j.retention end
+          from unnest(p_job_ids, p_results) as m (id, result)
+         where j.id = m.id and j.status = any(v_from)
+        returning j.*
+    loop
+        v_moved := array_append(v_moved, v_job.id);
+        return next v_job;
+    end loop;
+    if v_ends and cardinality(v_moved) > 0 then
+        perform _notify_done(v_moved);
+    end if;
+end
+$$;
+
+create or replace function _transition(
+    p_job_id text, p_to text, p_result jsonb default null, p_error jsonb default null
+) returns jobs
+language plpgsql
+as $$
+declare
+    v_job jobs;
+begin
+    select * into v_job from _transitions(array[p_job_id], p_to, array[p_result], p_error);
     if not found then
         select * into v_job from jobs where id = p_job_id;
         if not found then
@@ -250,9 +291,6 @@ begin
         raise exception using errcode = 'HM003',
             message = format('workflow "%s" is %s; it cannot become %s',
                              p_job_id, v_job.status, p_to);
-    end if;
-    if p_to in ('completed', 'failed', 'cancelled') then
-        perform _notify('d:' || p_job_id);
     end if;
     return v_job;
 end
@@ -334,7 +372,7 @@ begin
       left join threads as th on th.job_id = j.id and th.thread = p_thread
      where j.id = p_job_id and j.status not in ('completed', 'failed', 'cancelled')
        and (p_thread = 'main' or th.status = 'running')
-    on conflict (job_id, thread) where kind = 'workflow' do update
+    on conflict (job_id, thread, seq) do update
        set rerun = tasks.rerun or tasks.state = 'leased',
            run_at = case when tasks.state = 'ready' then least(tasks.run_at, excluded.run_at)
                          else tasks.run_at end

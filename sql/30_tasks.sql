@@ -23,6 +23,11 @@ as $$
 declare
     v_now timestamptz := _now();
     v_ids bigint[];
+    v_jobs text[];
+    v_main_jobs text[];
+    v_run_jobs text[];
+    v_run_threads text[];
+    v_finished text[];
 begin
     if p_max_tasks is null or p_max_tasks < 1 then
         raise exception using errcode = '22023',
@@ -68,29 +73,40 @@ begin
                rerun = false
           from picked
          where t.id = picked.id
-        returning t.id
+        returning t.id, t.job_id, t.thread, t.kind
     )
-    select array_agg(id) into v_ids from leased;
+    select array_agg(id), array_agg(distinct job_id),
+           array_agg(job_id) filter (where kind = 'workflow' and thread = 'main'),
+           array_agg(job_id) filter (where kind = 'workflow'),
+           array_agg(thread) filter (where kind = 'workflow')
+      into v_ids, v_jobs, v_main_jobs, v_run_jobs, v_run_threads
+      from leased;
     if v_ids is null then
         return;
     end if;
 
+    -- Every statement below reads rows by the keys just collected, never through a join the
+    -- planner may turn around: with the statistics of tables refilled faster than they are
+    -- gathered, it once walked every job to find the claimed ones.
+
     -- Nothing of a finished workflow runs: a task it got while it was being cancelled or
     -- completed (a call recorded by an activation that was still running) is dropped here.
-    with stale as (
-        delete from tasks as t
-         using jobs as j
-         where t.id = any(v_ids) and j.id = t.job_id
-           and j.status in ('completed', 'failed', 'cancelled')
-        returning t.id
-    )
-    select array_agg(id) into v_ids from (
-        select unnest(v_ids) as id
-        except
-        select id from stale
-    ) as live;
-    if v_ids is null then
-        return;
+    select array_agg(id) into v_finished
+      from jobs
+     where id = any(v_jobs) and status in ('completed', 'failed', 'cancelled');
+    if v_finished is not null then
+        with stale as (
+            delete from tasks where id = any(v_ids) and job_id = any(v_finished)
+            returning id
+        )
+        select array_agg(id) into v_ids from (
+            select unnest(v_ids) as id
+            except
+            select id from stale
+        ) as live;
+        if v_ids is null then
+            return;
+        end if;
     end if;
 
     -- Due timers fire: a sleep completes, a signal wait whose timeout passed fails (596).
@@ -102,16 +118,14 @@ begin
                                  s.name, s.input ->> 'timeout'),
                'type', 'TimeoutFailure', 'code', 596) end,
            completed_at = v_now
-      from tasks as t
-     where t.id = any(v_ids) and t.kind = 'workflow'
-       and s.job_id = t.job_id and s.thread = t.thread
+      from unnest(v_run_jobs, v_run_threads) as r (job_id, thread)
+     where s.job_id = r.job_id and s.thread = r.thread
+       and r.job_id <> all(coalesce(v_finished, '{}'))
        and s.kind in ('sleep', 'signal') and s.status = 'scheduled' and s.wake_at <= v_now;
 
-    update jobs as j
+    update jobs
        set status = 'running', updated_at = v_now
-      from tasks as t
-     where t.id = any(v_ids) and t.kind = 'workflow' and t.thread = 'main'
-       and j.id = t.job_id and j.status in ('pending', 'waiting');
+     where id = any(v_main_jobs) and status in ('pending', 'waiting');
 
     return query
     select t.id, t.kind, t.job_id, t.thread, t.seq, t.name, t.task_queue, t.lease_token,
@@ -128,10 +142,14 @@ begin
                  from steps as s
                 where s.job_id = t.job_id and s.thread = t.thread), '[]'::jsonb)
            end
-      from tasks as t
-      join jobs as j on j.id = t.job_id
-      left join threads as th on th.job_id = t.job_id and th.thread = t.thread
-     where t.id = any(v_ids)
+      -- Each row is looked up by its key; `offset 0` keeps every lookup a keyed probe that
+      -- the planner cannot turn into a join that scans a whole table.
+      from unnest(v_ids) as c (id)
+     cross join lateral (select * from tasks as t where t.id = c.id offset 0) as t
+     cross join lateral (select * from jobs as j where j.id = t.job_id offset 0) as j
+      left join lateral (
+           select * from threads as th
+            where th.job_id = t.job_id and th.thread = t.thread offset 0) as th on true
      order by t.priority desc, t.id;
 end
 $$;
@@ -397,10 +415,10 @@ $$;
 
 -- Group commit of completions: complete_task for several tasks in one transaction. Items
 -- are {"task_id", "token", "result"}; returns, in order, null for each completed task or
--- {"error": {...}} for one whose lease was lost (the others still complete). The items are
--- applied in job order, not arrival order: a completion wakes its workflow thread (_wake locks
--- or inserts the activation's row), and two batches waking the same jobs in opposite orders
--- deadlocked (fan-out activities completed by several workers at once).
+-- {"error": {...}} for one whose lease was lost (the others still complete). The held tasks
+-- are locked in job order, not arrival order: a completion wakes its workflow thread (_wake
+-- locks or inserts the activation's row), and two batches waking the same jobs in opposite
+-- orders deadlocked (fan-out activities completed by several workers at once).
 create or replace function complete_tasks(p_items jsonb) returns jsonb
 language plpgsql
 set search_path from current
@@ -409,34 +427,73 @@ set search_path from current
 set enable_seqscan = off
 as $$
 declare
-    v_item record;
+    v_ids bigint[];
+    v_tokens uuid[];
+    v_values jsonb[];
     v_results jsonb[];
     v_held bigint[];
+    v_main bigint[];
+    v_main_jobs text[];
+    v_main_results jsonb[];
+    v_ended text[];
+    v_gone bigint[];
+    v_pos integer;
 begin
     if jsonb_typeof(p_items) is distinct from 'array' then
         raise exception using errcode = '22023',
             message = format('items must be a JSON array, not %s',
                              coalesce(jsonb_typeof(p_items), 'null'));
     end if;
-    v_results := array_fill(null::jsonb, array[jsonb_array_length(p_items)]);
-    select coalesce(array_agg(t.id), '{}') into v_held
-      from jsonb_array_elements(p_items) as i
-      join tasks as t
-        on t.id = (i ->> 'task_id')::bigint and t.lease_token = (i ->> 'token')::uuid;
-    for v_item in
-        select i.value, i.pos::integer as pos
-          from jsonb_array_elements(p_items) with ordinality as i (value, pos)
-          left join tasks as t on t.id = (i.value ->> 'task_id')::bigint
+    if jsonb_array_length(p_items) = 0 then
+        return '[]'::jsonb;
+    end if;
+    select array_agg((i.value ->> 'task_id')::bigint order by i.pos),
+           array_agg((i.value ->> 'token')::uuid order by i.pos),
+           array_agg(i.value -> 'result' order by i.pos)
+      into v_ids, v_tokens, v_values
+      from jsonb_array_elements(p_items) with ordinality as i (value, pos);
+    v_results := array_fill(null::jsonb, array[cardinality(v_ids)]);
+
+    -- The tasks still held with these tokens, locked in job order.
+    select coalesce(array_agg(held.id), '{}') into v_held
+      from (select t.id
+              from unnest(v_ids, v_tokens) as i (id, token)
+              join tasks as t on t.id = i.id and t.lease_token = i.token
+             order by t.job_id, t.thread
+               for update of t) as held;
+
+    -- Workflows whose main thread returned, the common case of a busy queue, end together:
+    -- one statement per table for the whole batch instead of one complete_task each.
+    select array_agg(t.id), array_agg(t.job_id), array_agg(i.result)
+      into v_main, v_main_jobs, v_main_results
+      from unnest(v_ids, v_values) as i (id, result)
+      join tasks as t on t.id = i.id
+     where t.id = any(v_held) and t.kind = 'workflow' and t.thread = 'main';
+    select coalesce(array_agg(j.id), '{}') into v_ended
+      from _transitions(v_main_jobs, 'completed', v_main_results) as j
+     cross join lateral _settle_parent(j) as settled;
+    -- Nothing of a finished workflow runs afterwards: no zombie activities or hooks.
+    with gone as (delete from tasks where job_id = any(v_ended) returning id)
+    select coalesce(array_agg(id), '{}') into v_gone from gone;
+
+    for v_pos in
+        select i.pos
+          from unnest(v_ids) with ordinality as i (id, pos)
+          left join tasks as t on t.id = i.id
          order by t.job_id, t.thread, i.pos
     loop
-        if (v_item.value ->> 'task_id')::bigint = any(v_held) then
-            perform complete_task((v_item.value ->> 'task_id')::bigint,
-                                  (v_item.value ->> 'token')::uuid, v_item.value -> 'result');
+        if v_ids[v_pos] = any(v_gone) then
+            if v_ids[v_pos] <> all(v_main) then
+                v_results[v_pos] := jsonb_build_object('error', jsonb_build_object(
+                    'sqlstate', 'HM005', 'message', format(
+                        'task %s not found: its workflow ended in this batch', v_ids[v_pos])));
+            end if;
+        elsif v_ids[v_pos] = any(v_held) then
+            perform complete_task(v_ids[v_pos], v_tokens[v_pos], v_values[v_pos]);
         else
-            v_results[v_item.pos] := jsonb_build_object('error',
-                jsonb_build_object('sqlstate', 'HM004', 'message', format(
-                    'lease lost: task %s is no longer held with this token',
-                    v_item.value ->> 'task_id')));
+            v_results[v_pos] := jsonb_build_object('error', jsonb_build_object(
+                'sqlstate', 'HM004', 'message', format(
+                    'lease lost: task %s is no longer held with this token', v_ids[v_pos])));
         end if;
     end loop;
     return to_jsonb(v_results);

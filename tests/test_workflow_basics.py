@@ -5,6 +5,7 @@ failed workflows, concurrent migrations, graceful shutdown and concurrent claims
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import uuid
@@ -449,3 +450,24 @@ async def test_dsn_defaults_to_database_url(app: str, db: Any) -> None:
     finally:
         await client.close(grace=1.0)
     assert db.one("select status from jobs where id = %s", handle.workflow_id) == "completed"
+
+
+async def test_a_batch_of_completions_sends_few_done_notifications(
+    dsn: str, app: str, db: Any
+) -> None:
+    """complete_tasks ends a batch of workflows with a handful of 'd:' payloads (JSON arrays
+    of ids, each under Postgres' 8,000-byte limit), not one notification per workflow."""
+    ids = [f"done-{i}-" + "x" * 200 for i in range(120)]  # long ids: several payloads
+    db.one("select count(start_workflow('w', '[]', 'q', id)) from unnest(%s::text[]) id", ids)
+    claimed = db.rows("select task_id, lease_token from claim_tasks(array['q'], 'w', 200)")
+    items = [{"task_id": t, "token": str(k), "result": i} for i, (t, k) in enumerate(claimed)]
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listener:
+        await listener.execute(sql.SQL("listen {}").format(sql.Identifier(app)))
+        assert db.one("select complete_tasks(%s)", Jsonb(items)) == [None] * len(items)
+        payloads = [n.payload async for n in listener.notifies(timeout=1.0)]
+    done = [p for p in payloads if p.startswith("d:")]
+    assert 2 <= len(done) <= 6
+    assert all(len(p.encode()) < 8000 for p in done)
+    assert sorted(i for p in done for i in json.loads(p[2:])) == sorted(ids)
+    assert db.one("select count(*) from jobs where status = 'completed'") == len(ids)
+    assert db.one("select count(*) from tasks") == 0

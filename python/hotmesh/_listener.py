@@ -72,15 +72,20 @@ class Listener:
                 event.set()
 
     def _dispatch(self, payload: str) -> None:
-        kind, _, name = payload.partition(":")
-        if kind == "e":
-            event = json.loads(name)
+        """'q:<queue>' (a task is ready), 'd:["<workflow id>", ...]' (they ended), 'e:<event>'."""
+        kind, _, body = payload.partition(":")
+        if kind == "q":
+            for event in self._queues.get(body, ()):
+                event.set()
+        elif kind == "d":
+            if self._done:  # a worker that awaits no result does not parse the ids
+                for workflow_id in json.loads(body):
+                    for event in self._done.get(workflow_id, ()):
+                        event.set()
+        elif kind == "e":
+            message = json.loads(body)
             for queue in self._events:
-                queue.put_nowait(event)
-            return
-        table = self._queues if kind == "q" else self._done if kind == "d" else {}
-        for event in table.get(name, ()):
-            event.set()
+                queue.put_nowait(message)
 
     async def _run(self) -> None:
         delay = 0.1

@@ -7,7 +7,7 @@ set local client_min_messages = warning;
 create extension if not exists pgtap;
 set local search_path = hm_test, public;
 
-select plan(43);
+select plan(45);
 
 select has_schema('hm_test', 'the app schema exists');
 select has_table('hm_test', 'schema_migrations', 'schema_migrations');
@@ -41,7 +41,17 @@ select ok(
     'the claim index is ordered as claims are (priority desc) and leaves dead tasks out'
 );
 select index_is_unique(
-    'hm_test', 'tasks', 'tasks_one_activation', 'at most one activation task per thread'
+    'hm_test', 'tasks', 'tasks_job', 'one task per (job, thread, step); one activation per thread'
+);
+select throws_ok(
+    $$insert into hm_test.tasks (job_id, thread, kind, name, task_queue)
+      values ('twice', 'main', 'workflow', 'w', 'q'), ('twice', 'main', 'workflow', 'w', 'q')$$,
+    '23505', null, 'a second activation task for the same thread is refused (nulls not distinct)'
+);
+select throws_ok(
+    $$insert into hm_test.tasks (job_id, thread, kind, name, task_queue)
+      values ('noseq', 'main', 'activity', 'a', 'q')$$,
+    '23514', null, 'an activity task names its step (seq); an activation has none'
 );
 select has_index('hm_test', 'jobs', 'jobs_expire_at', 'jobs_expire_at (retention)');
 
