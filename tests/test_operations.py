@@ -320,8 +320,10 @@ async def test_worker_survives_terminated_connections(
                 tag,
             ):
                 await asyncio.sleep(0.05)
+        # Each terminated backend is waited for (up to 5 s), so its connection has ended by the
+        # time the client calls again (pg_terminate_backend alone only sends the signal).
         killed = db.one(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+            "select count(pg_terminate_backend(pid, 5000)) from pg_stat_activity"
             " where application_name = %s",
             tag,
         )

@@ -61,6 +61,8 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 def encode(value: Any, what: str) -> Any:
     """The value as it will read back from Postgres (JSON round trip), so a first run and a
     replay see the same thing; FatalError when it cannot be stored."""
+    if value is None or isinstance(value, bool):
+        return value  # reads back as itself
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")  # a lone surrogate has no UTF-8 form (UnicodeEncodeError)
@@ -187,8 +189,10 @@ class Activation:
         task: Claimed,
         fn: Callable[..., Coroutine[Any, Any, Any]],
         runtime: Runtime,
+        settling: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
+        self.settling = settling  # called when only the activation's last call remains
         self.task = task
         self.fn = fn
         self.runtime = runtime
@@ -248,6 +252,7 @@ class Activation:
                     running[asyncio.create_task(command.perform(command.seq))] = command
                 self.pending.clear()
                 if not running:
+                    self.settling()
                     next_run = await self.db.suspend_task(self.task)
                     self._log("suspend", next_run=next_run)
                     return
@@ -273,6 +278,7 @@ class Activation:
         return await self.fn(*(self.task.args or []))
 
     async def _finish(self, main: asyncio.Task[Any]) -> None:
+        self.settling()
         error = main.exception()
         if error is None:
             try:

@@ -12,7 +12,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import _install, errors
-from hotmesh._db import Database
+from hotmesh._db import ADAPTERS, Database
 from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
 from hotmesh._runner import encode
@@ -225,7 +225,7 @@ class MemFlow:
             dsn,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "context": ADAPTERS},
             open=False,
         )
         await pool.open(wait=True)

@@ -84,6 +84,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._running: dict[asyncio.Task[None], Claimed] = {}
+        # Runners whose code is done and whose last call (complete, suspend, fail) is in
+        # flight, usually waiting for a group commit. Their slots are free for new claims;
+        # their tasks stay leased (and heartbeaten) until that call commits.
+        self._settling: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
 
@@ -147,7 +151,7 @@ class Worker:
         failures = 0
         down_since = 0.0
         while not self._stopping:
-            free = self.concurrency - len(self._running)
+            free = self.concurrency - len(self._running) + len(self._settling)
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -217,8 +221,17 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
+    def _settling_now(self) -> None:
+        """The calling runner's code is done: free its slot so the next claim need not wait
+        for the commit of its outcome (a worker holds at most 2 x concurrency leases)."""
+        runner = asyncio.current_task()
+        if runner in self._running:
+            self._settling.add(runner)
+            self._slot_freed.set()
+
     def _finished(self, runner: asyncio.Task[None]) -> None:
         task = self._running.pop(runner, None)
+        self._settling.discard(runner)
         self._slot_freed.set()
         # A finished activation may have left its task due later (a timer, a retry): the
         # claim loop looks again, so it sleeps until then and not until the fallback poll.
@@ -303,7 +316,7 @@ class Worker:
             # Retryable (599): another worker on the queue may know it.
             await self._unregistered(task, "workflow", self.registry.workflows, 599)
             return
-        await Activation(self.db, task, fn, self.registry).run()
+        await Activation(self.db, task, fn, self.registry, self._settling_now).run()
 
     async def _unregistered(
         self, task: Claimed, what: str, table: dict[str, dict[str, Callable[..., Any]]], code: int
@@ -355,9 +368,11 @@ class Worker:
                 f"the result of activity {task.name}",
             )
         except Exception as error:
+            self._settling_now()
             outcome = await self.db.fail_task(task, errors.to_payload(error))
             log_failure(log, task, outcome, error)
             return
+        self._settling_now()
         await self.db.complete_task(task, result)
         event(
             log,
