@@ -133,14 +133,16 @@ begin
            case when t.kind = 'activity' then t.payload -> 'args'
                 when t.thread = 'main' then j.args
                 else th.args end,
-           t.payload, j.workflow_name, j.attempt,
-           case when t.kind = 'workflow' then coalesce((
+           -- null, not '{}' or '[]', where there is nothing to read: a worker claiming
+           -- hundreds of tasks at once parses every JSON value it gets.
+           case when t.kind = 'activity' then t.payload end, j.workflow_name, j.attempt,
+           case when t.kind = 'workflow' then (
                select jsonb_agg(jsonb_build_object(
                           'seq', s.seq, 'kind', s.kind, 'name', s.name, 'status', s.status,
                           'output', s.output, 'error', s.error, 'attempt', s.attempt,
                           'due', s.wake_at <= v_now) order by s.seq)
                  from steps as s
-                where s.job_id = t.job_id and s.thread = t.thread), '[]'::jsonb)
+                where s.job_id = t.job_id and s.thread = t.thread)
            end
       -- Each row is looked up by its key; `offset 0` keeps every lookup a keyed probe that
       -- the planner cannot turn into a join that scans a whole table.
@@ -160,7 +162,27 @@ create or replace function next_due(p_task_queues text[]) returns timestamptz
 language sql stable
 set search_path from current
 as $$
-    select min(run_at) from tasks where task_queue = any(p_task_queues) and state <> 'dead'
+    -- The claim index orders a queue by priority first, so the soonest task of one priority
+    -- is a single probe; a recursive walk from each priority in use to the next lower one
+    -- finds them all without reading every task of a long queue.
+    with recursive levels (queue, priority) as (
+        select q.name, (select t.priority from tasks as t
+                         where t.task_queue = q.name and t.state <> 'dead'
+                         order by t.priority desc limit 1)
+          from unnest(p_task_queues) as q (name)
+        union all
+        select l.queue, (select t.priority from tasks as t
+                          where t.task_queue = l.queue and t.state <> 'dead'
+                            and t.priority < l.priority
+                          order by t.priority desc limit 1)
+          from levels as l
+         where l.priority is not null
+    )
+    select min((select t.run_at from tasks as t
+                 where t.task_queue = l.queue and t.state <> 'dead' and t.priority = l.priority
+                 order by t.priority desc, t.run_at limit 1))
+      from levels as l
+     where l.priority is not null
 $$;
 
 -- Finishes a task successfully. An activity: its step is recorded with the result and the
@@ -454,27 +476,26 @@ begin
       from jsonb_array_elements(p_items) with ordinality as i (value, pos);
     v_results := array_fill(null::jsonb, array[cardinality(v_ids)]);
 
-    -- The tasks still held with these tokens, locked in job order.
-    select coalesce(array_agg(held.id), '{}') into v_held
-      from (select t.id
-              from unnest(v_ids, v_tokens) as i (id, token)
+    -- The tasks still held with these tokens, locked in job order; those that end their
+    -- workflow (its main thread returned), the common case of a busy queue, end together:
+    -- one statement per table for the whole batch instead of one complete_task each.
+    select coalesce(array_agg(h.id), '{}'), array_agg(h.id) filter (where h.ends),
+           array_agg(h.job_id) filter (where h.ends), array_agg(h.result) filter (where h.ends)
+      into v_held, v_main, v_main_jobs, v_main_results
+      from (select t.id, t.job_id, t.kind = 'workflow' and t.thread = 'main' as ends, i.result
+              from unnest(v_ids, v_tokens, v_values) as i (id, token, result)
               join tasks as t on t.id = i.id and t.lease_token = i.token
              order by t.job_id, t.thread
-               for update of t) as held;
-
-    -- Workflows whose main thread returned, the common case of a busy queue, end together:
-    -- one statement per table for the whole batch instead of one complete_task each.
-    select array_agg(t.id), array_agg(t.job_id), array_agg(i.result)
-      into v_main, v_main_jobs, v_main_results
-      from unnest(v_ids, v_values) as i (id, result)
-      join tasks as t on t.id = i.id
-     where t.id = any(v_held) and t.kind = 'workflow' and t.thread = 'main';
+               for update of t) as h;
     select coalesce(array_agg(j.id), '{}') into v_ended
       from _transitions(v_main_jobs, 'completed', v_main_results) as j
      cross join lateral _settle_parent(j) as settled;
     -- Nothing of a finished workflow runs afterwards: no zombie activities or hooks.
     with gone as (delete from tasks where job_id = any(v_ended) returning id)
     select coalesce(array_agg(id), '{}') into v_gone from gone;
+    if cardinality(v_ended) = cardinality(v_ids) then
+        return to_jsonb(v_results);  -- every item ended its workflow: nothing else to do
+    end if;
 
     for v_pos in
         select i.pos

@@ -18,6 +18,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "hotmesh.cli", "bench", "--dsn", dsn, "--app", app]
     command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2", "--queue-concurrency", "4"]
+    command += ["--queue-tasks", "20"]
     command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
     command += ["--json", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
@@ -34,6 +35,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
                     "commits_per_step", "worker_cpu_ms_per_step", "steps_vs_ceiling"):  # fmt: skip
             assert key in figures, (name, key)
     assert scenarios["queue"]["not_completed"] == 0
+    assert scenarios["queue"]["worker_cpu_ms_per_task"] >= 0
     assert scenarios["signal"]["samples"] == 3
     assert scenarios["fanout"]["lost_updates"] == 0
     assert report["database"]["fsync"] in ("on", "off")

@@ -40,7 +40,7 @@ class Claimed:
     lease_token: uuid.UUID
     attempt: int
     args: Any
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None  # an activity's (its retry policy); None for activations
     workflow_name: str
     job_attempt: int
     steps: list[dict[str, Any]] | None

@@ -374,14 +374,17 @@ def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]
             (count,),
         )
         counters = Counters(conn)
-        with _worker(dsn, app, "bench", "hotmesh.bench:empty", concurrency=concurrency):
+        with _worker(dsn, app, "bench", "hotmesh.bench:empty", concurrency=concurrency) as pid:
+            cpu0 = _cpu_seconds(pid)
             polls = _wait_done(conn, app, count, timeout=60 + count / 20)
+            cpu = _cpu_seconds(pid) - cpu0
         commits, statements = counters.read(app, own_queries=polls + 3)
         timing = _timings(conn, app)
     return {
         "tasks_per_s": (count - 1) / timing["completion_span"] if count > 1 else float("nan"),
         "commits_per_task": commits / count,
         "statements_per_task": None if statements is None else statements / count,
+        "worker_cpu_ms_per_task": cpu * 1000 / count,
         "not_completed": timing["not_completed"],
     }
 
@@ -505,7 +508,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             remote=True,
         ),
         "queue": lambda: queue(
-            dsn, app, count=args.workflows * 4, concurrency=args.queue_concurrency
+            dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency
         ),
         "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
         "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
@@ -516,6 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "steps": args.steps,
             "long_steps": args.long_steps,
             "concurrency": args.concurrency,
+            "queue_tasks": args.queue_tasks,
             "queue_concurrency": args.queue_concurrency,
             "repeat": args.repeat,
         },
@@ -576,6 +580,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--steps", type=int, default=5, help="steps per workflow (5)")
     parser.add_argument("--long-steps", type=int, default=1000, help="steps for `long` (1000)")
     parser.add_argument("-c", "--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--queue-tasks",
+        type=int,
+        default=10000,
+        help="tasks `queue` enqueues, then drains (10000: long enough to measure the steady "
+        "rate, not the worker's first claims on cold connections)",
+    )
     parser.add_argument(
         "--queue-concurrency",
         type=int,

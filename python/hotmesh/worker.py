@@ -338,7 +338,7 @@ class Worker:
         if fn is None:
             await self._unregistered(task, "activity", self.registry.activities, 598)
             return
-        maximum = int(task.payload.get("retry_policy", {}).get("maximum_attempts", 3))
+        maximum = int((task.payload or {}).get("retry_policy", {}).get("maximum_attempts", 3))
         if task.attempt > maximum:
             await self.db.fail_task(
                 task,

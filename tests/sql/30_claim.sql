@@ -89,10 +89,10 @@ select results_eq(
     $$
     select
         t.id, 'workflow', 'c-high-a', 'main', null::integer, 'w', 't30-a', 1,
-        '["x", {"y": 1}]'::jsonb, '{}'::jsonb, 'w', 1, '[]'::jsonb
+        '["x", {"y": 1}]'::jsonb, null::jsonb, 'w', 1, null::jsonb
     from tasks as t where t.job_id = 'c-high-a'
     $$,
-    'a claimed activation: the task, attempt 1, the workflow''s args, no steps yet'
+    'a claimed activation: the task, attempt 1, the workflow''s args, no payload, no steps yet'
 );
 select results_eq(
     $$

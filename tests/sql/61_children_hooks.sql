@@ -483,7 +483,7 @@ select results_eq(
     select c.job_id, c.thread, c.name, c.args, c.steps
     from claim_tasks(array['q-hw'], 'tester', 1) as c
     $$,
-    $$values ('hw', 'h1', 'fc', '[3]'::jsonb, '[]'::jsonb)$$,
+    $$values ('hw', 'h1', 'fc', '[3]'::jsonb, null::jsonb)$$,
     'a hook''s activation: its thread, its function, its args, its own (empty) history'
 );
 select is((select status from jobs where id = 'hw'), 'waiting', '... the workflow stays waiting');
