@@ -41,6 +41,10 @@ create or replace function _notify_done(p_job_ids text[]) returns void
 language plpgsql volatile
 as $$
 begin
+    if cardinality(p_job_ids) = 1 then
+        perform _notify('d:' || jsonb_build_array(p_job_ids[1])::text);
+        return;
+    end if;
     perform _notify('d:' || jsonb_agg(id order by ord)::text)
        from (select id, ord,
                     sum(octet_length(to_jsonb(id)::text) + 2) over (order by ord) / 7000 as chunk

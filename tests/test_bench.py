@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hotmesh.bench import SCENARIOS
+
 
 @pytest.mark.timeout(300)
 def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
@@ -18,7 +20,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "hotmesh.cli", "bench", "--dsn", dsn, "--app", app]
     command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2", "--queue-concurrency", "4"]
-    command += ["--queue-tasks", "20"]
+    command += ["--queue-tasks", "20", "--history-jobs", "100"]
     command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
     command += ["--json", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
@@ -26,7 +28,8 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
 
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    assert set(scenarios) == {"ceiling", "steps", "long", "remote", "queue", "signal", "fanout"}
+    expected = "ceiling steps long remote queue signal fanout history".split()
+    assert set(scenarios) == set(expected) == set(SCENARIOS)
     assert scenarios["ceiling"]["steps_per_s"] > 0
     for name in ("steps", "long", "remote"):
         figures = scenarios[name]
@@ -38,6 +41,9 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     assert scenarios["queue"]["worker_cpu_ms_per_task"] >= 0
     assert scenarios["signal"]["samples"] == 3
     assert scenarios["fanout"]["lost_updates"] == 0
+    assert scenarios["history"]["finished_jobs"] == 100
+    history = scenarios["history"]
+    assert history["claim_ms"] > 0 and history["claim_ms_with_history"] > 0
     assert report["database"]["fsync"] in ("on", "off")
     # The printed table carries the same figures.
     assert "steps_per_s" in done.stdout and "lost_updates" in done.stdout

@@ -458,10 +458,57 @@ def fan_out(dsn: str, app: str, *, hooks: int, concurrency: int) -> dict[str, An
     return {"hooks": hooks, "seconds": float(seconds), "lost_updates": hooks - int(count)}
 
 
+def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str, Any]:
+    """claim_tasks of 128 tasks from a 10,000-task backlog, in an app with no finished
+    workflows and in one with `finished` of them (bulk-inserted, then vacuumed and analyzed as
+    autovacuum would): a claim must cost the same however much history the app keeps."""
+    batch = 128
+    medians = {}
+    for label, rows in (("empty", 0), ("history", finished)):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            _reset_app(conn, dsn, app)
+            schema = sql.Identifier(app)
+            conn.execute(
+                sql.SQL(
+                    "insert into {}.jobs (id, entity, workflow_name, task_queue, status, result,"
+                    " retry_policy, completed_at, expire_at)"
+                    " select 'done-' || i, 'empty', 'empty', 'bench', 'completed', 'null', '{{}}',"
+                    " now(), now() + interval '7 days' from generate_series(1, %s) as i"
+                ).format(schema),
+                (rows,),
+            )
+            conn.execute(
+                sql.SQL(
+                    "select count({}.start_workflow('empty', '[]', 'bench'))"
+                    " from generate_series(1, 10000)"
+                ).format(schema)
+            )
+            for table in ("jobs", "tasks"):
+                conn.execute(sql.SQL("vacuum analyze {}.{}").format(schema, sql.Identifier(table)))
+            claim = sql.SQL(
+                "select task_id, lease_token from {}.claim_tasks(array['bench'], 'bench', %s)"
+            ).format(schema)
+            complete = sql.SQL("select {}.complete_tasks(%s)").format(schema)
+            durations = []
+            for _ in range(claims):
+                started = time.perf_counter()
+                claimed = conn.execute(claim, (batch,)).fetchall()
+                durations.append(time.perf_counter() - started)
+                items = [{"task_id": t, "token": str(k), "result": None} for t, k in claimed]
+                conn.execute(complete, (json.dumps(items),))
+            medians[label] = statistics.median(durations) * 1000
+    return {
+        "finished_jobs": finished,
+        "claim_ms": medians["empty"],
+        "claim_ms_with_history": medians["history"],
+        "history_vs_empty": medians["history"] / medians["empty"],
+    }
+
+
 # -- the command ----------------------------------------------------------------------------
 
 
-SCENARIOS = ("ceiling", "steps", "long", "remote", "queue", "signal", "fanout")
+SCENARIOS = ("ceiling", "steps", "long", "remote", "queue", "signal", "fanout", "history")
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -512,6 +559,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
         "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
+        "history": lambda: history(dsn, app, finished=args.history_jobs),
     }
     report: dict[str, Any] = {
         "settings": {
@@ -594,6 +642,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker concurrency for `queue`: how many tasks one claim takes (128)",
     )
     parser.add_argument("--samples", type=int, default=60, help="signal samples (60)")
+    parser.add_argument(
+        "--history-jobs",
+        type=int,
+        default=1_000_000,
+        help="finished workflows `history` claims beside (1000000)",
+    )
     parser.add_argument("--hooks", type=int, default=100, help="hooks for `fanout` (100)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling duration (5)")
