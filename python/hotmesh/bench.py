@@ -638,8 +638,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-concurrency",
         type=int,
-        default=128,
-        help="worker concurrency for `queue`: how many tasks one claim takes (128)",
+        default=256,
+        help="worker concurrency for `queue`: how many tasks one claim takes (256)",
     )
     parser.add_argument("--samples", type=int, default=60, help="signal samples (60)")
     parser.add_argument(
