@@ -167,6 +167,57 @@ begin
 end
 $$;
 
+-- Forgets, in one batch, what signal() keeps outside any workflow once it is older than the
+-- app's default_retention (and p_older_than): idempotency keys (a send repeated later than
+-- that is delivered again) and kept signals sent to no workflow in particular that no wait
+-- has taken (targeted ones go with their workflow). Without this both tables only grow.
+-- Returns how many rows it deleted; with p_dry_run, how many a full prune would delete now.
+create or replace function prune_signals(
+    p_older_than interval default interval '0',
+    p_batch integer default 1000,
+    p_dry_run boolean default false
+) returns integer
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_before timestamptz;
+    v_keys integer;
+    v_signals integer;
+begin
+    -- prune_batch checks the arguments the same way; a 0-row call reuses its checks.
+    perform prune_batch(p_older_than, p_batch, true);
+    v_before := _now() - greatest(_default_retention(), p_older_than);
+    if coalesce(p_dry_run, false) then
+        return (select count(*) from signal_keys where used_at < v_before)
+             + (select count(*) from signals where job_id is null and created_at < v_before);
+    end if;
+    with old as (
+        select idempotency_key from signal_keys
+         where used_at < v_before
+         order by used_at
+         limit p_batch
+           for update skip locked
+    ), gone as (
+        delete from signal_keys as k using old
+         where k.idempotency_key = old.idempotency_key
+        returning 1
+    )
+    select count(*) into v_keys from gone;
+    with old as (
+        select id from signals
+         where job_id is null and created_at < v_before
+         order by created_at
+         limit p_batch
+           for update skip locked
+    ), gone as (
+        delete from signals as s using old where s.id = old.id returning 1
+    )
+    select count(*) into v_signals from gone;
+    return v_keys + v_signals;
+end
+$$;
+
 -- prune, the whole of it, as one command from psql or a scheduler: `call my_app.prune();`.
 -- It runs prune_batch until a batch comes back short, committing after each batch, so no
 -- transaction holds many rows or runs long. Two consequences of the COMMIT: it cannot run
@@ -197,6 +248,13 @@ begin
     loop
         v_count := %1$I.prune_batch(p_older_than, p_batch, false);
         p_pruned := p_pruned + v_count;
+        commit;
+        exit when v_count < p_batch;
+    end loop;
+    -- Then the old idempotency keys and untargeted kept signals (up to p_batch of each per
+    -- transaction).
+    loop
+        v_count := %1$I.prune_signals(p_older_than, p_batch, false);
         commit;
         exit when v_count < p_batch;
     end loop;

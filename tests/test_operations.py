@@ -276,6 +276,24 @@ async def test_prune_procedure_from_psql_style_call(dsn: str, app: str, db: Any)
     assert db.rows("select id from jobs order by id") == [("p-last",), ("p-live",)]
 
 
+async def test_prune_forgets_old_idempotency_keys_and_untargeted_signals(
+    dsn: str, app: str, db: Any
+) -> None:
+    db.one("select start_workflow('w', '[]', 'q', 'live')")
+    db.one("select signal('for-live', '1', 'live')")  # targeted: goes only with its workflow
+    db.one("select signal('nobody', '2')")  # untargeted, no wait: kept
+    db.one("select signal('once', '3', null, 'key-1')")
+    assert db.one("select signal('once', '3', null, 'key-1') ->> 'status'") == "duplicate"
+    db.one("select set_setting('default_retention', '0')")  # everything above is now "old"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        call = sql.SQL("call {}.prune(p_batch => 1)").format(sql.Identifier(app))
+        assert conn.execute(call).fetchone() == (0,)  # no finished workflow to prune
+    assert db.one("select count(*) from signal_keys") == 0
+    assert db.rows("select signal_id from signals order by id") == [("for-live",)]
+    # The forgotten key no longer turns the same send away.
+    assert db.one("select signal('once', '3', null, 'key-1') ->> 'status'") == "kept"
+
+
 STARTED = asyncio.Event()
 RUNS: list[int] = []
 

@@ -11,7 +11,7 @@ set local timezone = 'UTC';
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2040-01-01 00:00:00+00';
 
-select plan(56);
+select plan(67);
 
 create temp table held (
     key text primary key,
@@ -208,6 +208,66 @@ select ok(
         from pg_proc where oid = 'hm_test.prune(interval, integer, boolean, bigint)'::regprocedure
     ),
     'prune is a procedure whose body calls hm_test.prune_batch by its qualified name'
+);
+
+select ok(
+    (
+        select prosrc like '%hm_test.prune_signals(%'
+        from pg_proc where oid = 'hm_test.prune(interval, integer, boolean, bigint)'::regprocedure
+    ),
+    'prune then forgets old idempotency keys and untargeted kept signals (prune_signals)'
+);
+
+-- ------------------------------------------------------------------ prune_signals
+
+-- Kept signals and idempotency keys live outside any workflow: they are forgotten once older
+-- than the default retention (7 days here).
+set local "hotmesh.fake_now" = '2050-01-01 00:00:00+00';
+do $$
+begin
+    perform signal('s71-u', '1');
+    perform signal('s71-k', '2', null, 'key-old');
+end
+$$;
+set local "hotmesh.fake_now" = '2050-01-08 00:00:01+00';
+do $$
+begin
+    perform signal('s71-u', '3');
+    perform signal('s71-k', '4', null, 'key-new');
+end
+$$;
+select is(
+    prune_signals(p_dry_run => true), 3,
+    'dry run: one idempotency key and two untargeted kept signals are older than 7 days'
+);
+select is(
+    prune_signals(interval '30 days', p_dry_run => true), 0,
+    'older_than longer than the retention keeps them longer'
+);
+select is(prune_signals(p_batch => 1), 2, 'a batch deletes up to p_batch keys and p_batch signals');
+select is(prune_signals(p_batch => 1), 1, 'the next batch the rest');
+select is(prune_signals(), 0, 'then nothing is left');
+select results_eq(
+    $$select (select array_agg(idempotency_key) from signal_keys),
+             (select array_agg(payload order by id) from signals where job_id is null)$$,
+    $$values (array['key-new'], array['3'::jsonb, '4'::jsonb])$$,
+    'the recent key and the recent kept signals stay'
+);
+select is(
+    (select count(*)::integer from signals where job_id = 'p-waiting'), 1,
+    'a signal kept for a live workflow is never pruned by age'
+);
+select is(
+    signal('s71-k', '5', null, 'key-new') ->> 'status', 'duplicate',
+    'a recent key still turns a repeated send away'
+);
+select is(
+    signal('s71-k', '6', null, 'key-old') ->> 'status', 'kept',
+    'a forgotten key no longer does: the repeated send is taken as new'
+);
+select throws_ok(
+    $$select prune_signals(null)$$, '22023', 'prune: older_than must be an interval >= 0, not null',
+    'prune_signals checks its arguments like prune_batch'
 );
 
 -- ------------------------------------------------------------------ reusing an expired id
