@@ -256,33 +256,83 @@ set search_path from current
 set enable_seqscan = off
 as $$
 declare
-    v_item jsonb;
-    v_results jsonb := '[]'::jsonb;
-    v_held bigint[];
+    v_now timestamptz := _now();
+    v_results jsonb[];
+    v_held integer[];
+    v_fresh integer[];
+    v_fresh_steps jsonb[];
+    v_item record;
 begin
     if jsonb_typeof(p_items) is distinct from 'array' then
         raise exception using errcode = '22023',
             message = format('items must be a JSON array, not %s',
                              coalesce(jsonb_typeof(p_items), 'null'));
     end if;
-    select coalesce(array_agg(t.id), '{}') into v_held
-      from jsonb_array_elements(p_items) as i
-      join tasks as t
-        on t.id = (i ->> 'task_id')::bigint and t.lease_token = (i ->> 'token')::uuid;
-    for v_item in select value from jsonb_array_elements(p_items) loop
-        if not (v_item ->> 'task_id')::bigint = any(v_held) then
-            v_results := v_results || jsonb_build_array(jsonb_build_object('error',
+    if jsonb_array_length(p_items) = 0 then
+        return '[]'::jsonb;
+    end if;
+    v_results := array_fill(null::jsonb, array[jsonb_array_length(p_items)]);
+    -- The items whose lease is held: their positions (a stale token fails only its item,
+    -- even when another item of the batch holds the same task).
+    select coalesce(array_agg(i.pos::integer), '{}') into v_held
+      from jsonb_array_elements(p_items) with ordinality as i (value, pos)
+     cross join lateral (
+           select from tasks as t
+            where t.id = (i.value ->> 'task_id')::bigint
+              and t.lease_token = (i.value ->> 'token')::uuid
+           offset 0) as t;
+
+    -- The common case, a call that returned, recorded for the first time: one INSERT for
+    -- the whole batch. Whatever it does not settle (an error to record under the retry
+    -- policy, a position already recorded, a lease not held, an activity's task) goes through
+    -- record_step below, one by one, exactly as a single call would.
+    with items as (
+        select i.pos::integer as pos, t.job_id, t.thread, (i.value ->> 'seq')::integer as seq,
+               i.value ->> 'kind' as kind, i.value ->> 'name' as name,
+               i.value -> 'input' as input, i.value -> 'output' as output
+          from jsonb_array_elements(p_items) with ordinality as i (value, pos)
+         cross join lateral (
+               select t.job_id, t.thread from tasks as t
+                where t.id = (i.value ->> 'task_id')::bigint and t.kind = 'workflow'
+               offset 0) as t
+         where i.pos = any(v_held) and nullif(i.value -> 'error', 'null') is null
+    ), fresh as (
+        insert into steps as s (job_id, thread, seq, kind, name, status, input, output,
+                                created_at, completed_at)
+        select job_id, thread, seq, kind, name, 'completed', input, output, v_now, v_now
+          from items
+        on conflict do nothing
+        returning s
+    )
+    select coalesce(array_agg(items.pos), '{}'), array_agg(_step_json(fresh.s))
+      into v_fresh, v_fresh_steps
+      from fresh
+      join items
+        on (fresh.s).job_id = items.job_id and (fresh.s).thread = items.thread
+       and (fresh.s).seq = items.seq;
+    for i in 1 .. cardinality(v_fresh) loop
+        v_results[v_fresh[i]] := v_fresh_steps[i];
+    end loop;
+
+    for v_item in
+        select i.value, i.pos::integer as pos
+          from jsonb_array_elements(p_items) with ordinality as i (value, pos)
+         where i.pos <> all(v_fresh)
+    loop
+        if v_item.pos <> all(v_held) then
+            v_results[v_item.pos] := jsonb_build_object('error',
                 jsonb_build_object('sqlstate', 'HM004', 'message', format(
                     'lease lost: task %s is no longer held with this token',
-                    v_item ->> 'task_id'))));
+                    v_item.value ->> 'task_id')));
             continue;
         end if;
-        v_results := v_results || jsonb_build_array(record_step(
-            (v_item ->> 'task_id')::bigint, (v_item ->> 'token')::uuid,
-            (v_item ->> 'seq')::integer, v_item ->> 'kind', v_item ->> 'name',
-            v_item -> 'input', v_item -> 'output', nullif(v_item -> 'error', 'null'),
-            nullif(v_item -> 'retry_policy', 'null')));
+        v_results[v_item.pos] := record_step(
+            (v_item.value ->> 'task_id')::bigint, (v_item.value ->> 'token')::uuid,
+            (v_item.value ->> 'seq')::integer, v_item.value ->> 'kind', v_item.value ->> 'name',
+            v_item.value -> 'input', v_item.value -> 'output',
+            nullif(v_item.value -> 'error', 'null'),
+            nullif(v_item.value -> 'retry_policy', 'null'));
     end loop;
-    return v_results;
+    return to_jsonb(v_results);
 end
 $$;

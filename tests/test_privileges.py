@@ -23,7 +23,14 @@ from hotmesh._install import migrate
 pytestmark = pytest.mark.timeout(60)
 
 # Public functions that only the schema's owner may call: operations, and DDL.
-OWNER_ONLY = {"prune", "prune_batch", "set_setting", "retry_workflow", "entity_create_index"}
+OWNER_ONLY = {
+    "prune",
+    "prune_batch",
+    "prune_signals",
+    "set_setting",
+    "retry_workflow",
+    "entity_create_index",
+}
 
 
 def admin(dsn: str) -> psycopg.Connection[Any]:

@@ -9,7 +9,7 @@ set local search_path = hm_test, public;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(61);
+select plan(65);
 
 do $$
 begin
@@ -264,6 +264,79 @@ select
         'maximum_attempts 1: the first failure is final (597)'
     )
 from a1 as a;
+
+-- ------------------------------------------------------------------ record_steps (batch)
+
+-- One batch from two activations: fresh outcomes (inserted together), a position already
+-- recorded (its first outcome comes back), an error under the retry policy, a repeated
+-- position within the batch, and a stale lease (answered HM004 without failing the rest).
+do $$
+begin
+    perform start_workflow('w', '[]', 't41-b', 'rs-1');
+    perform start_workflow('w', '[]', 't41-b', 'rs-2');
+end
+$$;
+create temp table b1 on commit drop as
+select * from claim_tasks(array['t41-b'], 'worker-b', 2, interval '1 hour');
+select
+    ok(
+        (
+            record_step(b.task_id, b.lease_token, 1, 'activity', 'x', '[]', '"first"')
+            ->> 'status'
+        ) = 'completed',
+        'rs-1 step 1 recorded before the batch'
+    )
+from b1 as b where b.job_id = 'rs-1';
+create temp table batch1 on commit drop as
+select
+    record_steps(jsonb_build_array(
+        jsonb_build_object(
+            'task_id', one.task_id, 'token', one.lease_token, 'seq', 2,
+            'kind', 'activity', 'name', 'x', 'input', '[2]'::jsonb, 'output', '"two"'::jsonb
+        ),
+        jsonb_build_object(
+            'task_id', two.task_id, 'token', two.lease_token, 'seq', 1,
+            'kind', 'activity', 'name', 'y', 'input', '[]'::jsonb, 'output', '"y1"'::jsonb
+        ),
+        jsonb_build_object(
+            'task_id', one.task_id, 'token', one.lease_token, 'seq', 1,
+            'kind', 'activity', 'name', 'x', 'input', '[]'::jsonb, 'output', '"again"'::jsonb
+        ),
+        jsonb_build_object(
+            'task_id', two.task_id, 'token', gen_random_uuid(), 'seq', 2,
+            'kind', 'activity', 'name', 'y', 'input', '[]'::jsonb, 'output', '"stale"'::jsonb
+        ),
+        jsonb_build_object(
+            'task_id', two.task_id, 'token', two.lease_token, 'seq', 3,
+            'kind', 'activity', 'name', 'z', 'input', '[]'::jsonb,
+            'error', '{"message": "boom"}'::jsonb,
+            'retry_policy', '{"maximum_attempts": 1}'::jsonb
+        ),
+        jsonb_build_object(
+            'task_id', one.task_id, 'token', one.lease_token, 'seq', 2,
+            'kind', 'activity', 'name', 'x', 'input', '[2]'::jsonb, 'output', '"twice"'::jsonb
+        )
+    )) as r
+from b1 as one, b1 as two
+where one.job_id = 'rs-1' and two.job_id = 'rs-2';
+select results_eq(
+    $$select e ->> 'status', e -> 'output', e #>> '{error,sqlstate}'
+      from batch1, jsonb_array_elements(r) with ordinality as x (e, n) order by n$$,
+    $$values ('completed', '"two"'::jsonb, null::text), ('completed', '"y1"', null),
+             ('completed', '"first"', null), (null, null, 'HM004'),
+             ('failed', 'null', null), ('completed', '"two"', null)$$,
+    'results in item order: fresh, fresh, the first outcome, HM004, failed for good, and the '
+    || 'first of two records of one position'
+);
+select results_eq(
+    $$select job_id, seq, status, output from steps where job_id like 'rs-%' order by 1, 2$$,
+    $$values ('rs-1', 1, 'completed', '"first"'::jsonb), ('rs-1', 2, 'completed', '"two"'),
+             ('rs-2', 1, 'completed', '"y1"'), ('rs-2', 3, 'failed', null)$$,
+    'one row per position: nothing was recorded for the stale lease'
+);
+select is(
+    record_steps('[]'), '[]'::jsonb, 'an empty batch records nothing'
+);
 
 -- ------------------------------------------------------------------ schedule_activity
 
