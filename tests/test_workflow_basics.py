@@ -27,6 +27,7 @@ from hotmesh import (
     workflow,
 )
 from hotmesh._install import migrate, migrations
+from hotmesh._listener import _done_ids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -471,3 +472,11 @@ async def test_a_batch_of_completions_sends_few_done_notifications(
     assert sorted(i for p in done for i in json.loads(p[2:])) == sorted(ids)
     assert db.one("select count(*) from jobs where status = 'completed'") == len(ids)
     assert db.one("select count(*) from tasks") == 0
+
+
+def test_done_payloads_of_both_forms_are_read() -> None:
+    """The listener reads a batch ('d:' + JSON array) and a bare id (engines before batching),
+    so a client never waits for a notification it cannot read."""
+    assert _done_ids('["a", "b,c", "[x]"]') == ["a", "b,c", "[x]"]
+    assert _done_ids("plain-id") == ["plain-id"]
+    assert _done_ids("[not json") == ["[not json"]

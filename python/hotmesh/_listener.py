@@ -21,6 +21,17 @@ from hotmesh._log import first_line
 log = logging.getLogger("hotmesh.listener")
 
 
+def _done_ids(body: str) -> list[str]:
+    """The workflow ids of a 'd:' payload: a JSON array of them, or (as engines before the
+    batched form sent it) one bare id."""
+    if body.startswith("["):
+        with contextlib.suppress(ValueError):
+            ids = json.loads(body)
+            if isinstance(ids, list):
+                return [str(i) for i in ids]
+    return [body]
+
+
 class Listener:
     def __init__(self, dsn: str, channel: str) -> None:
         self._dsn = dsn
@@ -79,7 +90,7 @@ class Listener:
                 event.set()
         elif kind == "d":
             if self._done:  # a worker that awaits no result does not parse the ids
-                for workflow_id in json.loads(body):
+                for workflow_id in _done_ids(body):
                     for event in self._done.get(workflow_id, ()):
                         event.set()
         elif kind == "e":

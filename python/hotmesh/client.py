@@ -22,6 +22,7 @@ from hotmesh.worker import Registry, Worker
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
 _TERMINAL = ("completed", "failed", "cancelled")
+_RESULT_POLL = 30.0  # seconds between looks while waiting for a result, should a NOTIFY be missed
 
 
 class Handle:
@@ -57,7 +58,8 @@ class Handle:
         return await self._mf.db.get_workflow(self.workflow_id)
 
     async def result(self, timeout: Duration | None = None) -> Any:  # noqa: ASYNC109 (seed API)
-        """Wait for the workflow to finish (woken by NOTIFY, no polling) and return its result.
+        """Wait for the workflow to finish (woken by NOTIFY; a 30 s fallback look) and return
+        its result.
         A failed or cancelled workflow raises the WorkflowError its stored error describes
         (FatalError 598, MaxedError 597, CancelledFailure 410, ...); TimeoutError when
         `timeout` seconds pass first."""
@@ -74,7 +76,10 @@ class Handle:
                         return result
                     if status in _TERMINAL:
                         raise errors.from_payload(error or {"message": status})
-                    await event.wait()
+                    # Woken by its NOTIFY; the periodic look guards against one never seen
+                    # (sent by an engine version whose payloads this client does not read).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(event.wait(), _RESULT_POLL)
         finally:
             listener.unwatch_done(self.workflow_id, event)
 
