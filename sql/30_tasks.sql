@@ -1,6 +1,12 @@
 -- The task state machine: ready(run_at) -> leased(lease_expires_at) -> done (row deleted)
 --                                                      \-> ready(run_at = now + backoff) | dead
 -- A task is either a workflow activation (run or resume one thread of a job) or an activity.
+--
+-- The functions a worker calls for every task and step (here and in 40_steps.sql) run with
+-- `plan_cache_mode = force_generic_plan`: their statements read rows by key, so a generic
+-- plan is the plan, and with arrays of keys for parameters the planner otherwise re-planned
+-- every statement at every call (generic plans assume 10 keys, which looks dearer than the
+-- one a signal or a remote step claims): planning was half of a small claim's time.
 
 -- Claims up to p_max_tasks due tasks on the given queues, highest priority first, then oldest
 -- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other;
@@ -14,6 +20,7 @@ create or replace function claim_tasks(
 ) returns setof claimed_task
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 -- Every lookup here is by key or in claim order: an ordered index scan that stops after
 -- p_max_tasks rows. The tasks table churns faster than its statistics, and with stale ones
 -- the planner picks a bitmap scan that reads and sorts every due task instead.
@@ -161,6 +168,7 @@ $$;
 create or replace function next_due(p_task_queues text[]) returns timestamptz
 language sql stable
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
     -- The claim index orders a queue by priority first, so the soonest task of one priority
     -- is a single probe; a recursive walk from each priority in use to the next lower one
@@ -192,6 +200,7 @@ create or replace function complete_task(p_task_id bigint, p_token uuid, p_resul
 returns void
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_task tasks := _held_task(p_task_id, p_token);
@@ -223,6 +232,7 @@ create or replace function fail_task(p_task_id bigint, p_token uuid, p_error jso
 returns jsonb
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_task tasks := _held_task(p_task_id, p_token);
@@ -301,6 +311,7 @@ create or replace function suspend_task(p_task_id bigint, p_token uuid)
 returns timestamptz
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_task tasks;
@@ -348,6 +359,7 @@ create or replace function bury_task(p_task_id bigint, p_token uuid, p_error jso
 returns void
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_task tasks := _held_task(p_task_id, p_token);
@@ -369,6 +381,7 @@ create or replace function heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lea
 returns bigint[]
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_held bigint[];
@@ -413,6 +426,7 @@ create or replace function release_tasks(p_task_ids bigint[], p_tokens uuid[])
 returns integer
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_count integer;
@@ -444,6 +458,7 @@ $$;
 create or replace function complete_tasks(p_items jsonb) returns jsonb
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 -- The items are looked up in tasks by key; with the queue's churn the planner's statistics
 -- lag and it would hash-join against a scan of the whole table instead.
 set enable_seqscan = off

@@ -81,6 +81,7 @@ create or replace function record_step(
 ) returns jsonb
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
@@ -158,6 +159,7 @@ create or replace function schedule_activity(
 ) returns jsonb
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
@@ -211,6 +213,7 @@ create or replace function schedule_sleep(
 ) returns jsonb
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
@@ -251,6 +254,7 @@ $$;
 create or replace function record_steps(p_items jsonb) returns jsonb
 language plpgsql
 set search_path from current
+set plan_cache_mode = force_generic_plan
 -- The items are looked up in tasks by key; with the queue's churn the planner's statistics
 -- lag and it would hash-join against a scan of the whole table instead.
 set enable_seqscan = off
