@@ -80,6 +80,11 @@ def finish(obs: Observer, fleet: Fleet, total: int, limit: float, what: str) -> 
     assert fleet.alive(), fleet.log()[-3000:]
     figures = outcome(obs, total)
     figures["db_errors"] = fleet.count(r"event=db_error")
+    # Every workflow may be done before a listener's backoff (0.1 s doubling to 5 s) brings it
+    # back: give both processes' listeners that long to report their reconnect.
+    deadline = time.monotonic() + 12
+    while fleet.count(r"event=reconnect") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     figures["reconnects"] = fleet.count(r"event=reconnect")
     print(f"{what}: {figures}")
     expect_clean(figures)
