@@ -17,6 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from hotmesh import FatalError, MemFlow, RetryPolicy, workflow
+from hotmesh._db import _READS, _STATEMENTS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -367,3 +368,37 @@ async def test_worker_survives_terminated_connections(
         ("after", "completed", 4),
         ("before", "completed", 2),
     ]
+
+
+async def test_a_read_cut_off_mid_call_is_sent_again(dsn: str, app: str, db: Any) -> None:
+    """A read whose connection is terminated while it waits is sent again on a new one (a
+    client rides out a restart); a write is not retried (whether it committed is unknown)."""
+    assert _READS <= set(_STATEMENTS)
+    assert not {"start_workflow", "signal", "complete_task", "claim_tasks"} & _READS
+    tag = f"hm-read-{app}"
+    mf = await MemFlow.init(app_id=app, dsn=make_conninfo(dsn, application_name=tag), migrate=False)
+    holder = psycopg.connect(dsn)
+    try:
+        handle = await mf.workflow.start(workflow_name="w", task_queue="nobody", workflow_id="r1")
+        holder.execute(
+            sql.SQL("lock table {}.jobs in access exclusive mode").format(sql.Identifier(app))
+        )
+        reader = asyncio.create_task(handle.status())
+        async with asyncio.timeout(20):
+            while not db.one(  # noqa: ASYNC110 (polling the database: no event to wait on)
+                "select count(*) from pg_stat_activity"
+                " where application_name = %s and wait_event_type = 'Lock'",
+                tag,
+            ):
+                await asyncio.sleep(0.02)
+        killed = db.one(
+            "select count(pg_terminate_backend(pid, 5000)) from pg_stat_activity"
+            " where application_name = %s and wait_event_type = 'Lock'",
+            tag,
+        )
+        assert killed == 1
+        holder.rollback()  # the lock is gone: the read sent again finds the row
+        assert await asyncio.wait_for(reader, 10) == "pending"
+    finally:
+        holder.close()
+        await mf.close(grace=1.0)

@@ -271,6 +271,32 @@ def _ended_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
 
 
 _CONFLICT_RETRIES = 4
+# The calls that only read, and how long apart they are sent again after a lost connection.
+_READS = frozenset(
+    {
+        "workflow_status",
+        "workflow_outcome",
+        "get_workflow",
+        "next_due",
+        "entity_get",
+        "entity_history",
+        "entity_find",
+        "entity_find_by_condition",
+        "entity_find_by_id",
+        "list_workflows",
+        "workflow_waits",
+        "workflow_history",
+        "queue_backlog",
+    }
+)
+_RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
+
+
+def _connection_lost(error: psycopg.OperationalError) -> bool:
+    """The connection broke or the server is going down or starting up (no SQLSTATE, class
+    08, or 57P01-57P03), not a statement that failed (a timeout's 57014 is not retried)."""
+    state = error.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 class Database:
@@ -305,15 +331,25 @@ class Database:
 
     async def _fetch(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         # Each call is one autocommit statement, so one that lost a deadlock or a
-        # serialization conflict was rolled back whole and is safe to send again.
-        for attempt in range(_CONFLICT_RETRIES):
+        # serialization conflict was rolled back whole and is safe to send again. A read whose
+        # connection was lost (a server restart, a terminated backend) is sent again on a
+        # fresh one, for about 5 s: reading twice changes nothing. A write is not: whether it
+        # committed before the connection went is unknown, so its caller decides.
+        conflicts = 0
+        waits = iter(_RECONNECT_WAITS if name in _READS else ())
+        while True:
             try:
                 return await self._fetch_once(name, params)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                if attempt == _CONFLICT_RETRIES - 1:
+                conflicts += 1
+                if conflicts == _CONFLICT_RETRIES:
                     raise
-                await asyncio.sleep(0.01 * 2**attempt)
-        raise AssertionError("unreachable")
+                await asyncio.sleep(0.01 * 2 ** (conflicts - 1))
+            except psycopg.OperationalError as error:
+                wait = next(waits, None) if _connection_lost(error) else None
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
 
     async def _fetch_once(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:
