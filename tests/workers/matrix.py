@@ -117,7 +117,12 @@ async def matrix_main(tag: str, activity_queue: str) -> Any:
     await e.set({"tag": tag, "log": []})
     inline = workflow.proxy_activities(activities=[effect])
     await e.append("log", await inline.effect("inline"))
-    remote = workflow.proxy_activities(task_queue=activity_queue)
+    # Every claim of the remote call counts as an attempt, also one whose worker is killed
+    # before it runs it: the fuzz loop kills dozens of workers, and the default 3 attempts
+    # would (rightly) fail a call that three of them held. Durability is what is tested here.
+    remote = workflow.proxy_activities(
+        task_queue=activity_queue, retry_policy={"maximum_attempts": 20}
+    )
     await e.append("log", await remote.effect("remote"))
     await workflow.sleep_for(0.2)
     hooked = await workflow.exec_hook(workflow_name="matrix_hook", args=[tag])
