@@ -449,6 +449,28 @@ begin
 end
 $$;
 
+-- The batch functions (complete_tasks, record_steps) take a JSON array of items, one per call
+-- they stand for, and answer an item that cannot be done with {"error": {sqlstate, message}}
+-- (raised for its caller only by the worker) instead of failing the batch.
+create or replace function _check_items(p_items jsonb) returns void
+language plpgsql immutable
+as $$
+begin
+    if jsonb_typeof(p_items) is distinct from 'array' then
+        raise exception using errcode = '22023',
+            message = format('items must be a JSON array, not %s',
+                             coalesce(jsonb_typeof(p_items), 'null'));
+    end if;
+end
+$$;
+
+create or replace function _item_error(p_sqlstate text, p_message text) returns jsonb
+language sql immutable
+as $$
+    select jsonb_build_object('error',
+                              jsonb_build_object('sqlstate', p_sqlstate, 'message', p_message))
+$$;
+
 -- Group commit of completions: complete_task for several tasks in one transaction. Items
 -- are {"task_id", "token", "result"}; returns, in order, null for each completed task or
 -- {"error": {...}} for one whose lease was lost (the others still complete). The held tasks
@@ -468,7 +490,7 @@ declare
     v_tokens uuid[];
     v_values jsonb[];
     v_results jsonb[];
-    v_held bigint[];
+    v_held integer[];
     v_main bigint[];
     v_main_jobs text[];
     v_main_results jsonb[];
@@ -476,11 +498,7 @@ declare
     v_gone bigint[];
     v_pos integer;
 begin
-    if jsonb_typeof(p_items) is distinct from 'array' then
-        raise exception using errcode = '22023',
-            message = format('items must be a JSON array, not %s',
-                             coalesce(jsonb_typeof(p_items), 'null'));
-    end if;
+    perform _check_items(p_items);
     if jsonb_array_length(p_items) = 0 then
         return '[]'::jsonb;
     end if;
@@ -491,14 +509,16 @@ begin
       from jsonb_array_elements(p_items) with ordinality as i (value, pos);
     v_results := array_fill(null::jsonb, array[cardinality(v_ids)]);
 
-    -- The tasks still held with these tokens, locked in job order; those that end their
-    -- workflow (its main thread returned), the common case of a busy queue, end together:
-    -- one statement per table for the whole batch instead of one complete_task each.
-    select coalesce(array_agg(h.id), '{}'), array_agg(h.id) filter (where h.ends),
+    -- The items whose task is still held with their token (positions: a stale token fails
+    -- only its own item, even when another item holds the same task), their tasks locked in
+    -- job order. Those that end their workflow (its main thread returned), the common case of
+    -- a busy queue, end together: one statement per table instead of one complete_task each.
+    select coalesce(array_agg(h.pos), '{}'), array_agg(h.id) filter (where h.ends),
            array_agg(h.job_id) filter (where h.ends), array_agg(h.result) filter (where h.ends)
       into v_held, v_main, v_main_jobs, v_main_results
-      from (select t.id, t.job_id, t.kind = 'workflow' and t.thread = 'main' as ends, i.result
-              from unnest(v_ids, v_tokens, v_values) as i (id, token, result)
+      from (select i.pos::integer as pos, t.id, t.job_id,
+                   t.kind = 'workflow' and t.thread = 'main' as ends, i.result
+              from unnest(v_ids, v_tokens, v_values) with ordinality as i (id, token, result, pos)
               join tasks as t on t.id = i.id and t.lease_token = i.token
              order by t.job_id, t.thread
                for update of t) as h;
@@ -518,18 +538,16 @@ begin
           left join tasks as t on t.id = i.id
          order by t.job_id, t.thread, i.pos
     loop
-        if v_ids[v_pos] = any(v_gone) then
+        if v_pos <> all(v_held) then
+            v_results[v_pos] := _item_error('HM004', format(
+                'lease lost: task %s is no longer held with this token', v_ids[v_pos]));
+        elsif v_ids[v_pos] = any(v_gone) then
             if v_ids[v_pos] <> all(v_main) then
-                v_results[v_pos] := jsonb_build_object('error', jsonb_build_object(
-                    'sqlstate', 'HM005', 'message', format(
-                        'task %s not found: its workflow ended in this batch', v_ids[v_pos])));
+                v_results[v_pos] := _item_error('HM005', format(
+                    'task %s not found: its workflow ended in this batch', v_ids[v_pos]));
             end if;
-        elsif v_ids[v_pos] = any(v_held) then
-            perform complete_task(v_ids[v_pos], v_tokens[v_pos], v_values[v_pos]);
         else
-            v_results[v_pos] := jsonb_build_object('error', jsonb_build_object(
-                'sqlstate', 'HM004', 'message', format(
-                    'lease lost: task %s is no longer held with this token', v_ids[v_pos])));
+            perform complete_task(v_ids[v_pos], v_tokens[v_pos], v_values[v_pos]);
         end if;
     end loop;
     return to_jsonb(v_results);

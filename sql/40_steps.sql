@@ -45,6 +45,22 @@ begin
 end
 $$;
 
+-- Records the call at this position as `scheduled` before performing it, so that exactly one
+-- activation performs it; false when the position is already recorded (a replay, or a worker
+-- that lost its lease): the caller then answers _recorded_step instead.
+create or replace function _begin_step(
+    p_task tasks, p_seq integer, p_kind text, p_name text, p_input jsonb
+) returns boolean
+language plpgsql
+as $$
+begin
+    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
+    values (p_task.job_id, p_task.thread, p_seq, p_kind, p_name, 'scheduled', p_input, _now())
+    on conflict do nothing;
+    return found;
+end
+$$;
+
 -- Ends a step that was recorded `scheduled` in the same call: completed with p_output, or
 -- failed with p_error (a call that failed without aborting the activation).
 create or replace function _settle_step(
@@ -267,11 +283,7 @@ declare
     v_fresh_steps jsonb[];
     v_item record;
 begin
-    if jsonb_typeof(p_items) is distinct from 'array' then
-        raise exception using errcode = '22023',
-            message = format('items must be a JSON array, not %s',
-                             coalesce(jsonb_typeof(p_items), 'null'));
-    end if;
+    perform _check_items(p_items);
     if jsonb_array_length(p_items) = 0 then
         return '[]'::jsonb;
     end if;
@@ -324,10 +336,9 @@ begin
          where i.pos <> all(v_fresh)
     loop
         if v_item.pos <> all(v_held) then
-            v_results[v_item.pos] := jsonb_build_object('error',
-                jsonb_build_object('sqlstate', 'HM004', 'message', format(
-                    'lease lost: task %s is no longer held with this token',
-                    v_item.value ->> 'task_id')));
+            v_results[v_item.pos] := _item_error('HM004', format(
+                'lease lost: task %s is no longer held with this token',
+                v_item.value ->> 'task_id'));
             continue;
         end if;
         v_results[v_item.pos] := record_step(

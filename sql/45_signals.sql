@@ -192,7 +192,6 @@ set search_path from current
 as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
-    v_step steps;
     v_target text := case when p_workflow_id = '*' then null
                           else coalesce(p_workflow_id, v_task.job_id) end;
     v_outcome jsonb;
@@ -200,12 +199,8 @@ declare
 begin
     -- Checked before the step records the payload (a bad id fails the call, recorded, below).
     perform _check_value(format('the payload of signal "%s"', left(p_signal_id, 255)), p_payload);
-    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
-    values (v_task.job_id, v_task.thread, p_seq, 'send', p_signal_id, 'scheduled',
-            jsonb_build_object('payload', p_payload, 'workflow_id', v_target), _now())
-    on conflict do nothing
-    returning * into v_step;
-    if not found then
+    if not _begin_step(v_task, p_seq, 'send', p_signal_id,
+                       jsonb_build_object('payload', p_payload, 'workflow_id', v_target)) then
         return _recorded_step(v_task, p_seq, 'send', p_signal_id);
     end if;
     -- A send that cannot be delivered (unknown target) fails the call, not the activation.

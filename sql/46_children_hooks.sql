@@ -32,16 +32,11 @@ as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
     v_parent jobs;
-    v_step steps;
     v_child text := coalesce(p_workflow_id, v_task.job_id || '-' || v_task.thread || '-' || p_seq);
     v_error jsonb;
 begin
-    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
-    values (v_task.job_id, v_task.thread, p_seq, 'child', p_workflow_name, 'scheduled',
-            jsonb_build_object('workflow_id', v_child, 'await', p_await), _now())
-    on conflict do nothing
-    returning * into v_step;
-    if not found then
+    if not _begin_step(v_task, p_seq, 'child', p_workflow_name,
+                       jsonb_build_object('workflow_id', v_child, 'await', p_await)) then
         return _recorded_step(v_task, p_seq, 'child', p_workflow_name);
     end if;
     select * into v_parent from jobs where id = v_task.job_id;
@@ -58,14 +53,10 @@ begin
         v_error := _error_json(sqlstate, sqlerrm, 'ChildWorkflowError');
     end;
     if v_error is not null or not p_await then
-        update steps
-           set status = case when v_error is null then 'completed' else 'failed' end,
-               output = case when v_error is null then to_jsonb(v_child) end,
-               error = v_error, completed_at = _now()
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-        returning * into v_step;
+        return _settle_step(v_task, p_seq,
+                            case when v_error is null then to_jsonb(v_child) end, v_error);
     end if;
-    return _step_json(v_step);
+    return _recorded_step(v_task, p_seq, 'child', p_workflow_name);  -- scheduled: it waits
 end
 $$;
 
@@ -162,20 +153,15 @@ set search_path from current
 as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
-    v_step steps;
     v_target text := coalesce(p_workflow_id, v_task.job_id);
     v_thread text;
     v_error jsonb;
 begin
     -- Checked before the step records the args (other bad input fails the call, recorded).
     perform _check_value(format('the args of hook "%s"', left(p_workflow_name, 255)), p_args);
-    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
-    values (v_task.job_id, v_task.thread, p_seq, 'hook', p_workflow_name, 'scheduled',
-            jsonb_build_object('workflow_id', v_target, 'args', p_args,
-                               'signal_id', p_signal_id), _now())
-    on conflict do nothing
-    returning * into v_step;
-    if not found then
+    if not _begin_step(v_task, p_seq, 'hook', p_workflow_name,
+                       jsonb_build_object('workflow_id', v_target, 'args', p_args,
+                                          'signal_id', p_signal_id)) then
         return _recorded_step(v_task, p_seq, 'hook', p_workflow_name);
     end if;
     begin
@@ -286,16 +272,11 @@ set search_path from current
 as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
-    v_step steps;
     v_cancelled text[];
     v_error jsonb;
 begin
-    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
-    values (v_task.job_id, v_task.thread, p_seq, 'cancel', p_workflow_id, 'scheduled',
-            jsonb_build_object('reason', p_reason, 'descend', p_descend), _now())
-    on conflict do nothing
-    returning * into v_step;
-    if not found then
+    if not _begin_step(v_task, p_seq, 'cancel', p_workflow_id,
+                       jsonb_build_object('reason', p_reason, 'descend', p_descend)) then
         return _recorded_step(v_task, p_seq, 'cancel', p_workflow_id);
     end if;
     begin

@@ -15,7 +15,6 @@ set search_path from current
 as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
-    v_step steps;
     v_search jsonb;
     v_result jsonb;
     v_key text := p_args ->> 0;
@@ -28,11 +27,7 @@ begin
                              p_op);
     end if;
     perform _check_value(format('the arguments of search %s', p_op), p_args);
-    insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
-    values (v_task.job_id, v_task.thread, p_seq, 'search', p_op, 'scheduled', p_args, _now())
-    on conflict do nothing
-    returning * into v_step;
-    if not found then
+    if not _begin_step(v_task, p_seq, 'search', p_op, p_args) then
         return _recorded_step(v_task, p_seq, 'search', p_op);
     end if;
     -- A bad operation (wrong types, bad arguments, a number out of range) fails the call,

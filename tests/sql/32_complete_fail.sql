@@ -10,7 +10,7 @@ set local search_path = hm_test, public;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(45);
+select plan(50);
 
 -- Four workflows, each suspended on one remote activity (seq 1) with the same policy:
 -- 3 attempts, delays 2 s then 6 s.
@@ -455,6 +455,49 @@ select results_eq(
       where j.id = 'cf-thread'$$,
     $$values ('running', null::jsonb, 'main')$$,
     'ends that thread''s task only; the workflow goes on'
+);
+
+-- ------------------------------------------------------------------ complete_tasks (batch)
+
+-- A batch ends the workflows whose main thread returned together; an item with a stale token
+-- (even for a task another item holds) or an unknown task is answered HM004 on its own.
+do $$
+begin
+    perform start_workflow('w', '[]', 't32-batch', id) from unnest(array['cb-1', 'cb-2']) as id;
+end
+$$;
+create temp table cb on commit drop as
+select * from claim_tasks(array['t32-batch'], 'worker-b', 2);
+select is(
+    (
+        select
+            complete_tasks(jsonb_build_array(
+                jsonb_build_object('task_id', one.task_id, 'token', one.lease_token, 'result', 1),
+                jsonb_build_object('task_id', one.task_id, 'token', gen_random_uuid(), 'result', 9),
+                jsonb_build_object('task_id', two.task_id, 'token', two.lease_token, 'result', 2),
+                jsonb_build_object('task_id', -1, 'token', gen_random_uuid(), 'result', 9)
+            ))
+        from cb as one, cb as two
+        where one.job_id = 'cb-1' and two.job_id = 'cb-2'
+    ) #>> '{}',
+    format(
+        '[null, {"error": {"message": "lease lost: task %s is no longer held with this token", '
+        || '"sqlstate": "HM004"}}, null, {"error": {"message": "lease lost: task -1 is no '
+        || 'longer held with this token", "sqlstate": "HM004"}}]',
+        (select task_id from cb where job_id = 'cb-1')
+    ),
+    'results in item order: completed, HM004 for the stale token, completed, HM004'
+);
+select results_eq(
+    $$select id, status, result from jobs where id like 'cb-%' order by id$$,
+    $$values ('cb-1', 'completed', '1'::jsonb), ('cb-2', 'completed', '2'::jsonb)$$,
+    'both workflows completed with their own results'
+);
+select is_empty($$select from tasks where job_id like 'cb-%'$$, '... and their tasks are gone');
+select is(complete_tasks('[]'), '[]'::jsonb, 'an empty batch completes nothing');
+select throws_ok(
+    $$select complete_tasks('{}')$$, '22023', 'items must be a JSON array, not object',
+    'items that are not an array: 22023'
 );
 
 select * from finish();
