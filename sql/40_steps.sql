@@ -279,6 +279,9 @@ declare
     v_now timestamptz := _now();
     v_results jsonb[];
     v_held integer[];
+    v_runs integer[];
+    v_run_jobs text[];
+    v_run_threads text[];
     v_fresh integer[];
     v_fresh_steps jsonb[];
     v_item record;
@@ -289,11 +292,16 @@ begin
     end if;
     v_results := array_fill(null::jsonb, array[jsonb_array_length(p_items)]);
     -- The items whose lease is held: their positions (a stale token fails only its item,
-    -- even when another item of the batch holds the same task).
-    select coalesce(array_agg(i.pos::integer), '{}') into v_held
+    -- even when another item of the batch holds the same task), and for those held by an
+    -- activation, its job and thread.
+    select coalesce(array_agg(i.pos::integer), '{}'),
+           array_agg(i.pos::integer) filter (where t.kind = 'workflow'),
+           array_agg(t.job_id) filter (where t.kind = 'workflow'),
+           array_agg(t.thread) filter (where t.kind = 'workflow')
+      into v_held, v_runs, v_run_jobs, v_run_threads
       from jsonb_array_elements(p_items) with ordinality as i (value, pos)
      cross join lateral (
-           select from tasks as t
+           select t.kind, t.job_id, t.thread from tasks as t
             where t.id = (i.value ->> 'task_id')::bigint
               and t.lease_token = (i.value ->> 'token')::uuid
            offset 0) as t;
@@ -303,15 +311,11 @@ begin
     -- policy, a position already recorded, a lease not held, an activity's task) goes through
     -- record_step below, one by one, exactly as a single call would.
     with items as (
-        select i.pos::integer as pos, t.job_id, t.thread, (i.value ->> 'seq')::integer as seq,
-               i.value ->> 'kind' as kind, i.value ->> 'name' as name,
-               i.value -> 'input' as input, i.value -> 'output' as output
-          from jsonb_array_elements(p_items) with ordinality as i (value, pos)
-         cross join lateral (
-               select t.job_id, t.thread from tasks as t
-                where t.id = (i.value ->> 'task_id')::bigint and t.kind = 'workflow'
-               offset 0) as t
-         where i.pos = any(v_held) and nullif(i.value -> 'error', 'null') is null
+        select r.pos, r.job_id, r.thread, (i ->> 'seq')::integer as seq, i ->> 'kind' as kind,
+               i ->> 'name' as name, i -> 'input' as input, i -> 'output' as output
+          from unnest(v_runs, v_run_jobs, v_run_threads) as r (pos, job_id, thread)
+         cross join lateral (select p_items -> (r.pos - 1)) as e (i)
+         where nullif(i -> 'error', 'null') is null
     ), fresh as (
         insert into steps as s (job_id, thread, seq, kind, name, status, input, output,
                                 created_at, completed_at)
