@@ -226,9 +226,71 @@ as $$
         'attempts', p_attempt)
 $$;
 
--- The job state machine. Every status change goes through here, so an illegal one is refused
--- the same way everywhere (HM003, naming the workflow and both states):
---   pending -> running <-> waiting -> completed | failed | cancelled
+-- The legal moves of the three state machines (docs/state-machines.md), each with the one
+-- function that makes it. Every status change consults this list, in its WHERE clause (a set
+-- of rows moves together, the illegal ones stay) or through _check_transition (one row,
+-- refused with HM003):
+--   job:  pending -> running <-> waiting -> completed | failed | cancelled; failed -> pending
+--   task: ready -> leased -> ready (backoff) | dead -> ready; a finished task is deleted
+--   step: scheduled | retrying -> completed | failed; retrying <-> scheduled; failed -> scheduled
+create or replace function _legal_transitions()
+returns table (machine text, from_state text, to_state text, owner text)
+language sql immutable
+as $$
+    values
+        ('job', 'pending', 'running', '_transitions'),
+        ('job', 'waiting', 'running', '_transitions'),
+        ('job', 'running', 'waiting', '_transitions'),
+        ('job', 'running', 'completed', '_transitions'),
+        ('job', 'running', 'failed', '_transitions'),
+        ('job', 'waiting', 'failed', '_transitions'),
+        ('job', 'pending', 'cancelled', '_transitions'),
+        ('job', 'running', 'cancelled', '_transitions'),
+        ('job', 'waiting', 'cancelled', '_transitions'),
+        -- Only a retry goes back: it also resets the attempt count, result and error.
+        ('job', 'failed', 'pending', '_retry_job'),
+        ('task', 'ready', 'leased', 'claim_tasks'),
+        -- A lease that expired is taken over by the next claim (a new token).
+        ('task', 'leased', 'leased', 'claim_tasks'),
+        ('task', 'leased', 'ready', '_requeue_tasks'),
+        ('task', 'leased', 'dead', 'bury_task'),
+        ('task', 'dead', 'ready', 'retry_workflow'),
+        ('step', 'scheduled', 'completed', '_move_steps'),
+        ('step', 'scheduled', 'failed', '_move_steps'),
+        ('step', 'retrying', 'completed', '_move_steps'),
+        ('step', 'retrying', 'failed', '_move_steps'),
+        ('step', 'retrying', 'retrying', '_move_steps'),
+        -- An inline activity's next attempt sent through the queue.
+        ('step', 'retrying', 'scheduled', '_move_steps'),
+        -- A retried workflow awaits a failed child again.
+        ('step', 'failed', 'scheduled', '_move_steps')
+$$;
+
+-- Refuses a move the table does not list (for p_owner, when given: a move another function
+-- owns is refused too), the same way for every machine: HM003 naming the row (p_row, e.g.
+-- 'workflow "w1"') and both states; an unknown target state is 22023.
+create or replace function _check_transition(
+    p_machine text, p_row text, p_from text, p_to text, p_owner text default null
+) returns void
+language plpgsql stable
+as $$
+begin
+    if not exists (select from _legal_transitions() as l
+                    where l.machine = p_machine and p_to in (l.to_state, l.from_state)) then
+        raise exception using errcode = '22023',
+            message = format('unknown %s status "%s"',
+                             case p_machine when 'job' then 'workflow' else p_machine end, p_to);
+    end if;
+    if not exists (select from _legal_transitions() as l
+                    where l.machine = p_machine and l.from_state = p_from
+                      and l.to_state = p_to and l.owner = coalesce(p_owner, l.owner)) then
+        raise exception using errcode = 'HM003',
+            message = format('%s is %s; it cannot become %s', p_row, p_from, p_to);
+    end if;
+end
+$$;
+
+-- The job state machine: every status change but a retry goes through here.
 -- _transitions moves every job of p_job_ids that may make the move (p_results[i] is the
 -- result of p_job_ids[i] when it completes) and returns the moved rows; _transition moves one
 -- job and refuses when it cannot.
@@ -242,17 +304,8 @@ declare
     v_job jobs;
     v_moved text[] := array[]::text[];
     v_ends boolean := p_to in ('completed', 'failed', 'cancelled');
-    v_from text[] := case p_to
-        -- Nothing goes back to pending: asking for it is an illegal transition, not a typo.
-        when 'pending' then array[]::text[]
-        when 'running' then array['pending', 'waiting']
-        when 'waiting' then array['running']
-        when 'completed' then array['running']
-        when 'failed' then array['running', 'waiting']
-        when 'cancelled' then array['pending', 'running', 'waiting']
-    end;
 begin
-    if v_from is null then
+    if p_to not in ('pending', 'running', 'waiting', 'completed', 'failed', 'cancelled') then
         raise exception using errcode = '22023',
             message = format('unknown workflow status "%s"', p_to);
     end if;
@@ -265,7 +318,10 @@ begin
                completed_at = case when v_ends then v_now end,
                expire_at = case when v_ends then v_now + j.retention end
           from unnest(p_job_ids, p_results) as m (id, result)
-         where j.id = m.id and j.status = any(v_from)
+         where j.id = m.id
+           and j.status in (select l.from_state from _legal_transitions() as l
+                             where l.machine = 'job' and l.to_state = p_to
+                               and l.owner = '_transitions')
         returning j.*
     loop
         v_moved := array_append(v_moved, v_job.id);
@@ -292,11 +348,134 @@ begin
             raise exception using errcode = 'HM002',
                 message = format('workflow "%s" not found', p_job_id);
         end if;
-        raise exception using errcode = 'HM003',
-            message = format('workflow "%s" is %s; it cannot become %s',
-                             p_job_id, v_job.status, p_to);
+        -- The retry's move (failed -> pending) is _retry_job's: refused here like the rest.
+        perform _check_transition('job', format('workflow "%s"', p_job_id), v_job.status, p_to,
+                                  '_transitions');
     end if;
     return v_job;
+end
+$$;
+
+-- The task state machine's move back to ready: a failed run waits for its backoff, an
+-- activation that suspends runs again at p_run_at, a worker gives a task back (p_uncount: the
+-- interrupted run is not an attempt). Moves only the tasks still leased; returns them.
+create or replace function _requeue_tasks(
+    p_task_ids bigint[], p_run_at timestamptz, p_error jsonb default null,
+    p_uncount boolean default false
+) returns setof tasks
+language sql
+as $$
+    update tasks as t
+       set state = 'ready', run_at = p_run_at, error = coalesce(p_error, t.error),
+           attempt = case when p_uncount then greatest(t.attempt - 1, 0) else t.attempt end,
+           lease_owner = null, lease_token = null, lease_expires_at = null, rerun = false
+     where t.id = any(p_task_ids)
+       and t.state in (select l.from_state from _legal_transitions() as l
+                        where l.machine = 'task' and l.to_state = 'ready'
+                          and l.owner = '_requeue_tasks')
+    returning t.*
+$$;
+
+-- The step state machine: every change of a recorded step's status goes through here (the
+-- first record of a step is its INSERT). Moves the steps keyed (p_job_ids[i], p_threads[i],
+-- p_seqs[i]) to p_to[i] where the table allows it, with their outcome (output, error), attempt
+-- (null: unchanged) and wake_at as given; completed_at is set when the step settles. Returns
+-- the moved rows.
+create or replace function _move_steps(
+    p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[],
+    p_errors jsonb[], p_attempts integer[], p_wake_ats timestamptz[]
+) returns setof steps
+language sql
+as $$
+    update steps as s
+       set status = m.to_state, output = m.output, error = m.error,
+           attempt = coalesce(m.attempt, s.attempt), wake_at = m.wake_at,
+           completed_at = case when m.to_state in ('completed', 'failed') then _now() end
+      from unnest(p_job_ids, p_threads, p_seqs, p_to, p_outputs, p_errors, p_attempts,
+                  p_wake_ats) as m (job_id, thread, seq, to_state, output, error, attempt,
+                                    wake_at)
+     where s.job_id = m.job_id and s.thread = m.thread and s.seq = m.seq
+       and (s.status, m.to_state) in (select l.from_state, l.to_state
+                                        from _legal_transitions() as l
+                                       where l.machine = 'step')
+    returning s.*
+$$;
+
+-- _move_steps for one step. One that is not in a state it can leave for p_to is refused
+-- (HM003), or with p_refuse false left as it is (the result is then null): an outcome that
+-- arrives for a step another one already settled.
+create or replace function _move_step(
+    p_job_id text, p_thread text, p_seq integer, p_to text, p_output jsonb, p_error jsonb,
+    p_attempt integer default null, p_wake_at timestamptz default null,
+    p_refuse boolean default true
+) returns steps
+language plpgsql
+as $$
+declare
+    v_step steps;
+begin
+    select * into v_step
+      from _move_steps(array[p_job_id], array[p_thread], array[p_seq], array[p_to],
+                       array[p_output], array[p_error], array[p_attempt], array[p_wake_at]);
+    if not found and p_refuse then
+        select * into v_step from steps
+         where job_id = p_job_id and thread = p_thread and seq = p_seq;
+        if not found then
+            raise exception using errcode = 'HM005',
+                message = format('step %s of workflow "%s" thread %s not found', p_seq,
+                                 p_job_id, p_thread);
+        end if;
+        perform _check_transition('step', format('step %s of workflow "%s" thread %s', p_seq,
+                                                 p_job_id, p_thread), v_step.status, p_to);
+    end if;
+    return v_step;
+end
+$$;
+
+-- Due timers of the claimed activations fire: a sleep completes (its output is the seconds
+-- slept), a signal wait whose timeout passed fails (596). Called by claim_tasks only.
+create or replace function _fire_timers(
+    p_job_ids text[], p_threads text[], p_now timestamptz
+)
+returns void
+language sql
+as $$
+    select count(*)
+      from (select array_agg(s.job_id) as job_ids, array_agg(s.thread) as threads,
+                   array_agg(s.seq) as seqs,
+                   array_agg(case when s.kind = 'sleep' then 'completed' else 'failed' end)
+                       as to_states,
+                   array_agg(case when s.kind = 'sleep' then s.input -> 'seconds' end) as outputs,
+                   array_agg(case when s.kind = 'signal' then jsonb_build_object(
+                       'message', format('signal "%s" did not arrive within %s seconds',
+                                         s.name, s.input ->> 'timeout'),
+                       'type', 'TimeoutFailure', 'code', 596) end) as errors,
+                   array_agg(s.wake_at) as wake_ats
+              from unnest(p_job_ids, p_threads) as r (job_id, thread)
+              join steps as s on s.job_id = r.job_id and s.thread = r.thread
+             where s.kind in ('sleep', 'signal') and s.status = 'scheduled'
+               and s.wake_at <= p_now) as due
+     cross join lateral _move_steps(due.job_ids, due.threads, due.seqs, due.to_states,
+                                    due.outputs, due.errors, null, due.wake_ats) as moved
+    where due.job_ids is not null
+$$;
+
+-- The lease a worker asks for (claim_tasks, heartbeat): positive, at most a day. A worker
+-- heartbeats to keep a task; a longer lease only delays the takeover after a crash (and an
+-- absurd one overflows the timestamp it sets).
+create or replace function _check_lease(p_lease interval) returns void
+language plpgsql immutable
+as $$
+begin
+    if p_lease is null or p_lease <= interval '0' then
+        raise exception using errcode = '22023',
+            message = format('lease must be a positive interval, not %s',
+                             coalesce(p_lease::text, 'null'));
+    end if;
+    if p_lease > interval '1 day' then
+        raise exception using errcode = '22023',
+            message = format('lease must be at most 1 day, not %s', p_lease);
+    end if;
 end
 $$;
 

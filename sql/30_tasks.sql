@@ -35,6 +35,10 @@ declare
     v_run_jobs text[];
     v_run_threads text[];
     v_finished text[];
+    v_spent bigint[];
+    v_spent_jobs text[];
+    v_spent_tokens uuid[];
+    v_spent_messages text[];
 begin
     if p_max_tasks is null or p_max_tasks < 1 then
         raise exception using errcode = '22023',
@@ -42,17 +46,7 @@ begin
                              coalesce(p_max_tasks::text, 'null'));
     end if;
     perform _check_name('worker id', p_worker_id);
-    if p_lease is null or p_lease <= interval '0' then
-        raise exception using errcode = '22023',
-            message = format('lease must be a positive interval, not %s',
-                             coalesce(p_lease::text, 'null'));
-    end if;
-    -- A worker heartbeats to keep a task; a longer lease only delays the takeover after a
-    -- crash (and an absurd one overflows the timestamp it sets).
-    if p_lease > interval '1 day' then
-        raise exception using errcode = '22023',
-            message = format('lease must be at most 1 day, not %s', p_lease);
-    end if;
+    perform _check_lease(p_lease);
 
     -- One ordered index scan per queue (on PostgreSQL 15 `task_queue = any(...)` would read
     -- and sort every due task of the queues before the limit applies).
@@ -80,13 +74,23 @@ begin
                rerun = false
           from picked
          where t.id = picked.id
-        returning t.id, t.job_id, t.thread, t.kind
+           and t.state in (select l.from_state from _legal_transitions() as l
+                            where l.machine = 'task' and l.to_state = 'leased')
+        returning t.id, t.job_id, t.thread, t.kind, t.lease_token, t.attempt, t.name,
+                  (t.payload -> 'retry_policy' ->> 'maximum_attempts')::integer as maximum
     )
     select array_agg(id), array_agg(distinct job_id),
            array_agg(job_id) filter (where kind = 'workflow' and thread = 'main'),
            array_agg(job_id) filter (where kind = 'workflow'),
-           array_agg(thread) filter (where kind = 'workflow')
-      into v_ids, v_jobs, v_main_jobs, v_run_jobs, v_run_threads
+           array_agg(thread) filter (where kind = 'workflow'),
+           array_agg(id) filter (where kind = 'activity' and attempt > maximum),
+           array_agg(job_id) filter (where kind = 'activity' and attempt > maximum),
+           array_agg(lease_token) filter (where kind = 'activity' and attempt > maximum),
+           array_agg(format('activity "%s": its lease expired on every one of %s attempts '
+                            '(worker crashed or stalled)', name, maximum))
+               filter (where kind = 'activity' and attempt > maximum)
+      into v_ids, v_jobs, v_main_jobs, v_run_jobs, v_run_threads, v_spent, v_spent_jobs,
+           v_spent_tokens, v_spent_messages
       from leased;
     if v_ids is null then
         return;
@@ -114,25 +118,34 @@ begin
         if v_ids is null then
             return;
         end if;
+        select array_agg(r.job_id), array_agg(r.thread) into v_run_jobs, v_run_threads
+          from unnest(v_run_jobs, v_run_threads) as r (job_id, thread)
+         where r.job_id <> all(v_finished);
     end if;
 
-    -- Due timers fire: a sleep completes, a signal wait whose timeout passed fails (596).
-    update steps as s
-       set status = case when s.kind = 'sleep' then 'completed' else 'failed' end,
-           output = case when s.kind = 'sleep' then s.input -> 'seconds' end,
-           error = case when s.kind = 'signal' then jsonb_build_object(
-               'message', format('signal "%s" did not arrive within %s seconds',
-                                 s.name, s.input ->> 'timeout'),
-               'type', 'TimeoutFailure', 'code', 596) end,
-           completed_at = v_now
-      from unnest(v_run_jobs, v_run_threads) as r (job_id, thread)
-     where s.job_id = r.job_id and s.thread = r.thread
-       and r.job_id <> all(coalesce(v_finished, '{}'))
-       and s.kind in ('sleep', 'signal') and s.status = 'scheduled' and s.wake_at <= v_now;
+    -- An activity whose lease expired on its last attempt (its worker crashed or stalled each
+    -- time) fails like any run that used up its attempts; it is never handed out again.
+    if v_spent is not null then
+        for v_pos in 1 .. cardinality(v_spent) loop
+            continue when v_spent_jobs[v_pos] = any(coalesce(v_finished, '{}'));
+            perform fail_task(v_spent[v_pos], v_spent_tokens[v_pos],
+                              jsonb_build_object('message', v_spent_messages[v_pos],
+                                                 'type', 'LeaseExpired', 'code', 599));
+        end loop;
+        select array_agg(c.id) into v_ids
+          from unnest(v_ids) as c (id)
+         where c.id <> all(v_spent);
+        if v_ids is null then
+            return;
+        end if;
+    end if;
 
-    update jobs
-       set status = 'running', updated_at = v_now
-     where id = any(v_main_jobs) and status in ('pending', 'waiting');
+    if v_run_jobs is not null then
+        perform _fire_timers(v_run_jobs, v_run_threads, v_now);
+    end if;
+    if v_main_jobs is not null then
+        perform _transitions(v_main_jobs, 'running');
+    end if;
 
     return query
     select t.id, t.kind, t.job_id, t.thread, t.seq, t.name, t.task_queue, t.lease_token,
@@ -206,11 +219,8 @@ declare
     v_task tasks := _held_task(p_task_id, p_token);
 begin
     if v_task.kind = 'activity' then
-        update steps
-           set status = 'completed', output = p_result, error = null,
-               attempt = v_task.attempt, completed_at = _now()
-         where job_id = v_task.job_id and thread = v_task.thread and seq = v_task.seq
-           and status = 'scheduled';
+        perform _move_step(v_task.job_id, v_task.thread, v_task.seq, 'completed', p_result,
+                           null, v_task.attempt, null, false);
         delete from tasks where id = p_task_id;
         perform _wake(v_task.job_id, v_task.thread);
     elsif v_task.thread = 'main' then
@@ -268,15 +278,11 @@ begin
     v_retry_at := _retry_at(v_policy, v_attempt, v_error);
 
     if v_retry_at is not null then
-        update tasks
-           set state = 'ready', run_at = v_retry_at, error = v_error, lease_owner = null,
-               lease_token = null, lease_expires_at = null
-         where id = p_task_id;
+        perform _requeue_tasks(array[p_task_id], v_retry_at, v_error);
         if v_task.kind = 'workflow' and v_task.thread = 'main' then
-            update jobs
-               set attempt = attempt + 1, error = v_error, updated_at = _now(),
-                   status = case when status = 'running' then 'waiting' else status end
+            update jobs set attempt = attempt + 1, error = v_error, updated_at = _now()
              where id = v_task.job_id;
+            perform _transitions(array[v_task.job_id], 'waiting');
         elsif v_task.kind = 'workflow' then
             update threads set attempt = attempt + 1, error = v_error
              where job_id = v_task.job_id and thread = v_task.thread;
@@ -286,10 +292,8 @@ begin
 
     v_error := _final_error(v_policy, v_attempt, v_error);
     if v_task.kind = 'activity' then
-        update steps
-           set status = 'failed', error = v_error, attempt = v_attempt, completed_at = _now()
-         where job_id = v_task.job_id and thread = v_task.thread and seq = v_task.seq
-           and status = 'scheduled';
+        perform _move_step(v_task.job_id, v_task.thread, v_task.seq, 'failed', null, v_error,
+                           v_attempt, null, false);
         delete from tasks where id = p_task_id;
         perform _wake(v_task.job_id, v_task.thread);
     elsif v_task.thread = 'main' then
@@ -340,10 +344,7 @@ begin
     if v_next is null then
         delete from tasks where id = p_task_id;
     else
-        update tasks
-           set state = 'ready', run_at = v_next, lease_owner = null, lease_token = null,
-               lease_expires_at = null, rerun = false
-         where id = p_task_id;
+        perform _requeue_tasks(array[p_task_id], v_next);
         if v_next <= _now() then
             perform _notify('q:' || v_task.task_queue);
         end if;
@@ -367,7 +368,9 @@ begin
     update tasks
        set state = 'dead', error = p_error, lease_owner = null, lease_token = null,
            lease_expires_at = null
-     where id = p_task_id;
+     where id = p_task_id
+       and state in (select l.from_state from _legal_transitions() as l
+                      where l.machine = 'task' and l.to_state = 'dead');
     update jobs set error = p_error, updated_at = _now() where id = v_task.job_id;
 end
 $$;
@@ -386,17 +389,7 @@ as $$
 declare
     v_held bigint[];
 begin
-    if p_lease is null or p_lease <= interval '0' then
-        raise exception using errcode = '22023',
-            message = format('lease must be a positive interval, not %s',
-                             coalesce(p_lease::text, 'null'));
-    end if;
-    -- A worker heartbeats to keep a task; a longer lease only delays the takeover after a
-    -- crash (and an absurd one overflows the timestamp it sets).
-    if p_lease > interval '1 day' then
-        raise exception using errcode = '22023',
-            message = format('lease must be at most 1 day, not %s', p_lease);
-    end if;
+    perform _check_lease(p_lease);
     with mine as (
         select h.id, h.token from unnest(p_task_ids, p_tokens) as h (id, token)
     ), free as (
@@ -433,15 +426,12 @@ declare
     v_queues text[];
     v_queue text;
 begin
-    with released as (
-        update tasks as t
-           set state = 'ready', run_at = _now(), attempt = greatest(t.attempt - 1, 0),
-               lease_owner = null, lease_token = null, lease_expires_at = null, rerun = false
-          from unnest(p_task_ids, p_tokens) as h (id, token)
-         where t.id = h.id and t.lease_token = h.token
-        returning t.task_queue
-    )
-    select count(*), array_agg(distinct task_queue) into v_count, v_queues from released;
+    select count(*), array_agg(distinct r.task_queue) into v_count, v_queues
+      from _requeue_tasks(
+               (select array_agg(t.id)
+                  from unnest(p_task_ids, p_tokens) as h (id, token)
+                  join tasks as t on t.id = h.id and t.lease_token = h.token),
+               _now(), null, true) as r;
     foreach v_queue in array coalesce(v_queues, '{}') loop
         perform _notify('q:' || v_queue);
     end loop;
@@ -451,8 +441,9 @@ $$;
 
 -- The batch functions (complete_tasks, record_steps) take a JSON array of items, one per call
 -- they stand for, and answer an item that cannot be done with {"error": {sqlstate, message}}
--- (raised for its caller only by the worker) instead of failing the batch.
-create or replace function _check_items(p_items jsonb) returns void
+-- (raised for its caller only by the worker) instead of failing the batch. This checks the
+-- items and returns the answers to fill in, one null per item.
+create or replace function _batch_results(p_items jsonb) returns jsonb[]
 language plpgsql immutable
 as $$
 begin
@@ -461,6 +452,7 @@ begin
             message = format('items must be a JSON array, not %s',
                              coalesce(jsonb_typeof(p_items), 'null'));
     end if;
+    return array_fill(null::jsonb, array[jsonb_array_length(p_items)]);
 end
 $$;
 
@@ -470,6 +462,15 @@ as $$
     select jsonb_build_object('error',
                               jsonb_build_object('sqlstate', p_sqlstate, 'message', p_message))
 $$;
+
+-- The answer for an item whose task is no longer held with its token.
+create or replace function _lease_lost_item(p_task_id text) returns jsonb
+language sql immutable
+as $$
+    select _item_error('HM004',
+                       format('lease lost: task %s is no longer held with this token', p_task_id))
+$$;
+
 
 -- Group commit of completions: complete_task for several tasks in one transaction. Items
 -- are {"task_id", "token", "result"}; returns, in order, null for each completed task or
@@ -498,8 +499,8 @@ declare
     v_gone bigint[];
     v_pos integer;
 begin
-    perform _check_items(p_items);
-    if jsonb_array_length(p_items) = 0 then
+    v_results := _batch_results(p_items);
+    if cardinality(v_results) = 0 then
         return '[]'::jsonb;
     end if;
     select array_agg((i.value ->> 'task_id')::bigint order by i.pos),
@@ -507,7 +508,6 @@ begin
            array_agg(i.value -> 'result' order by i.pos)
       into v_ids, v_tokens, v_values
       from jsonb_array_elements(p_items) with ordinality as i (value, pos);
-    v_results := array_fill(null::jsonb, array[cardinality(v_ids)]);
 
     -- The items whose task is still held with their token (positions: a stale token fails
     -- only its own item, even when another item holds the same task), their tasks locked in
@@ -539,8 +539,7 @@ begin
          order by t.job_id, t.thread, i.pos
     loop
         if v_pos <> all(v_held) then
-            v_results[v_pos] := _item_error('HM004', format(
-                'lease lost: task %s is no longer held with this token', v_ids[v_pos]));
+            v_results[v_pos] := _lease_lost_item(v_ids[v_pos]::text);
         elsif v_ids[v_pos] = any(v_gone) then
             if v_ids[v_pos] <> all(v_main) then
                 v_results[v_pos] := _item_error('HM005', format(

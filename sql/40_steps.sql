@@ -68,15 +68,10 @@ create or replace function _settle_step(
 ) returns jsonb
 language plpgsql
 as $$
-declare
-    v_step steps;
 begin
-    update steps
-       set status = case when p_error is null then 'completed' else 'failed' end,
-           output = p_output, error = p_error, completed_at = _now()
-     where job_id = p_task.job_id and thread = p_task.thread and seq = p_seq
-    returning * into v_step;
-    return _step_json(v_step);
+    return _step_json(_move_step(p_task.job_id, p_task.thread, p_seq,
+                                 case when p_error is null then 'completed' else 'failed' end,
+                                 p_output, p_error));
 end
 $$;
 
@@ -140,22 +135,17 @@ begin
     -- The step was waiting for another attempt: this is its outcome.
     v_attempt := v_step.attempt + 1;
     if p_error is null then
-        update steps
-           set status = 'completed', output = p_output, error = null, attempt = v_attempt,
-               wake_at = null, completed_at = v_now
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-        returning * into v_step;
+        v_step := _move_step(v_task.job_id, v_task.thread, p_seq, 'completed', p_output, null,
+                             v_attempt);
     else
         v_retry_at := _retry_at(p_retry_policy, v_attempt, p_error);
-        update steps
-           set status = case when v_retry_at is null then 'failed' else 'retrying' end,
-               error = case when v_retry_at is null
-                            then _final_error(p_retry_policy, v_attempt, p_error)
-                            else p_error end,
-               attempt = v_attempt, wake_at = v_retry_at,
-               completed_at = case when v_retry_at is null then v_now end
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-        returning * into v_step;
+        v_step := _move_step(v_task.job_id, v_task.thread, p_seq,
+                             case when v_retry_at is null then 'failed' else 'retrying' end,
+                             v_step.output,
+                             case when v_retry_at is null
+                                  then _final_error(p_retry_policy, v_attempt, p_error)
+                                  else p_error end,
+                             v_attempt, v_retry_at);
     end if;
     return _step_json(v_step);
 end
@@ -206,9 +196,8 @@ begin
         -- inline: that attempt goes through the queue, at its backoff time, counting on.
         v_run_at := coalesce(v_step.wake_at, v_run_at);
         v_attempt := v_step.attempt;
-        update steps set status = 'scheduled', wake_at = null
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-        returning * into v_step;
+        v_step := _move_step(v_task.job_id, v_task.thread, p_seq, 'scheduled', v_step.output,
+                             v_step.error);
     end if;
     -- run_at from the engine's clock, not the column default (now()): due on the same clock
     -- that claim_tasks compares with.
@@ -286,11 +275,10 @@ declare
     v_fresh_steps jsonb[];
     v_item record;
 begin
-    perform _check_items(p_items);
-    if jsonb_array_length(p_items) = 0 then
+    v_results := _batch_results(p_items);
+    if cardinality(v_results) = 0 then
         return '[]'::jsonb;
     end if;
-    v_results := array_fill(null::jsonb, array[jsonb_array_length(p_items)]);
     -- The items whose lease is held: their positions (a stale token fails only its item,
     -- even when another item of the batch holds the same task), and for those held by an
     -- activation, its job and thread.
@@ -340,9 +328,7 @@ begin
          where i.pos <> all(v_fresh)
     loop
         if v_item.pos <> all(v_held) then
-            v_results[v_item.pos] := _item_error('HM004', format(
-                'lease lost: task %s is no longer held with this token',
-                v_item.value ->> 'task_id'));
+            v_results[v_item.pos] := _lease_lost_item(v_item.value ->> 'task_id');
             continue;
         end if;
         v_results[v_item.pos] := record_step(

@@ -51,12 +51,9 @@ begin
         continue when not found;
         -- The wait may be ending right now (its timeout fired in a claim): the update waits
         -- for that and then finds it no longer scheduled, and the next oldest wait is tried.
-        update steps
-           set status = case when p_error is null then 'completed' else 'failed' end,
-               output = p_payload, error = p_error, wake_at = null, completed_at = _now()
-         where job_id = v_wait.job_id and thread = v_wait.thread and seq = v_wait.seq
-           and status = 'scheduled';
-        if found then
+        if (_move_step(v_wait.job_id, v_wait.thread, v_wait.seq,
+                       case when p_error is null then 'completed' else 'failed' end,
+                       p_payload, p_error, null, null, false)).job_id is not null then
             perform _wake(v_wait.job_id, v_wait.thread);
             return jsonb_build_object('status', 'delivered', 'workflow_id', v_wait.job_id,
                                       'thread', v_wait.thread, 'seq', v_wait.seq);
@@ -168,12 +165,9 @@ begin
      limit 1;
     if found then
         delete from signals where id = v_kept.id;
-        update steps
-           set status = case when v_kept.error is null then 'completed' else 'failed' end,
-               output = v_kept.payload, error = v_kept.error, wake_at = null,
-               completed_at = v_now
-         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
-        returning * into v_step;
+        v_step := _move_step(v_task.job_id, v_task.thread, p_seq,
+                             case when v_kept.error is null then 'completed' else 'failed' end,
+                             v_kept.payload, v_kept.error);
     end if;
     return _step_json(v_step);
 end

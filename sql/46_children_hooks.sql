@@ -69,12 +69,9 @@ begin
     if p_child.parent_seq is null then
         return;
     end if;
-    update steps
-       set status = case when p_child.status = 'completed' then 'completed' else 'failed' end,
-           output = p_child.result, error = p_child.error, completed_at = _now()
-     where job_id = p_child.parent_id and thread = p_child.parent_thread
-       and seq = p_child.parent_seq and status = 'scheduled';
-    if found then
+    if (_move_step(p_child.parent_id, p_child.parent_thread, p_child.parent_seq,
+                   case when p_child.status = 'completed' then 'completed' else 'failed' end,
+                   p_child.result, p_child.error, null, null, false)).job_id is not null then
         perform _wake(p_child.parent_id, p_child.parent_thread);
     end if;
 end

@@ -305,9 +305,7 @@ begin
             v_reset := v_reset + (v_sub ->> 'reset_steps')::integer;
             v_retried := v_retried || to_jsonb(v_step.input ->> 'workflow_id') || (v_sub -> 'retried');
             -- The step awaits the child again: the child's end settles it (_settle_parent).
-            update steps
-               set status = 'scheduled', output = null, error = null, completed_at = null
-             where job_id = p_job_id and thread = p_thread and seq = v_step.seq;
+            perform _move_step(p_job_id, p_thread, v_step.seq, 'scheduled', null, null);
             continue;
         end if;
         if v_step.kind = 'signal' and v_step.status = 'failed' then
@@ -348,8 +346,11 @@ declare
     v_sub jsonb;
     v_reset integer;
     v_retried jsonb;
+    v_status text;
 begin
-    perform from jobs where id = p_job_id for no key update;
+    select status into v_status from jobs where id = p_job_id for no key update;
+    perform _check_transition('job', format('workflow "%s"', p_job_id), v_status, 'pending',
+                              '_retry_job');
     -- The hooks that were running when the workflow failed (their tasks were removed).
     select coalesce(array_agg(th.thread order by th.thread), '{}') into v_hooks
       from threads as th
@@ -365,7 +366,10 @@ begin
     update jobs
        set status = 'pending', attempt = 1, result = null, error = null, completed_at = null,
            expire_at = null, updated_at = _now()
-     where id = p_job_id;
+     where id = p_job_id
+       and status in (select l.from_state from _legal_transitions() as l
+                       where l.machine = 'job' and l.to_state = 'pending'
+                         and l.owner = '_retry_job');
     perform _wake(p_job_id, th.thread)
        from (select 'main' as thread
              union all
@@ -407,7 +411,10 @@ begin
         with revived as (
             update tasks
                set state = 'ready', run_at = _now(), attempt = 0, error = null
-             where job_id = p_workflow_id and state = 'dead'
+             where job_id = p_workflow_id
+               and state in (select l.from_state from _legal_transitions() as l
+                              where l.machine = 'task' and l.to_state = 'ready'
+                                and l.owner = 'retry_workflow')
             returning task_queue
         )
         select count(*) into v_revived from revived;

@@ -12,25 +12,30 @@ from hotmesh._durations import Duration, seconds
 class RetryPolicy:
     """`maximum_attempts` counts every run, the first included. The delay before run n+1 is
     min(initial_interval * backoff_coefficient ** (n - 1), maximum_interval), computed in SQL
-    (`retry_delay`). Defaults are the seed's effective ones: 3 runs, 1 s, x10, 120 s cap.
+    (`retry_delay`). A field left None takes the default, which SQL owns (`_retry_policy`:
+    the seed's effective ones, 3 runs, 1 s, x10, 120 s cap).
     Errors whose type name is in `non_retryable_errors` (and `FatalError`) are not retried.
     """
 
-    maximum_attempts: int = 3
-    initial_interval: Duration = 1.0
-    backoff_coefficient: float = 10.0
-    maximum_interval: Duration = 120.0
+    maximum_attempts: int | None = None
+    initial_interval: Duration | None = None
+    backoff_coefficient: float | None = None
+    maximum_interval: Duration | None = None
     non_retryable_errors: tuple[str, ...] | list[str] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form the SQL functions take; SQL checks the values."""
-        return {
-            "maximum_attempts": self.maximum_attempts,
-            "initial_interval": seconds(self.initial_interval, "initial_interval"),
-            "backoff_coefficient": self.backoff_coefficient,
-            "maximum_interval": seconds(self.maximum_interval, "maximum_interval"),
-            "non_retryable_errors": list(self.non_retryable_errors),
-        }
+        """The JSON form the SQL functions take (only the fields set); SQL checks the values
+        and fills in the rest."""
+        result: dict[str, Any] = {"non_retryable_errors": list(self.non_retryable_errors)}
+        if self.maximum_attempts is not None:
+            result["maximum_attempts"] = self.maximum_attempts
+        if self.initial_interval is not None:
+            result["initial_interval"] = seconds(self.initial_interval, "initial_interval")
+        if self.backoff_coefficient is not None:
+            result["backoff_coefficient"] = self.backoff_coefficient
+        if self.maximum_interval is not None:
+            result["maximum_interval"] = seconds(self.maximum_interval, "maximum_interval")
+        return result
 
 
 def policy_json(policy: RetryPolicy | dict[str, Any] | None) -> dict[str, Any] | None:

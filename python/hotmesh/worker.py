@@ -338,18 +338,8 @@ class Worker:
         if fn is None:
             await self._unregistered(task, "activity", self.registry.activities, 598)
             return
-        maximum = int((task.payload or {}).get("retry_policy", {}).get("maximum_attempts", 3))
-        if task.attempt > maximum:
-            await self.db.fail_task(
-                task,
-                {
-                    "message": f'activity "{task.name}": its lease expired on every one of '
-                    f"{maximum} attempts (worker crashed or stalled)",
-                    "type": "LeaseExpired",
-                    "code": 599,
-                },
-            )
-            return
+        # An activity whose lease expired on its last attempt is never claimed: claim_tasks
+        # fails it (LeaseExpired).
         loop = asyncio.get_running_loop()
         beats: set[asyncio.Future[Any]] = set()
 
