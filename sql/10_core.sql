@@ -359,12 +359,16 @@ $$;
 -- The task state machine's move back to ready: a failed run waits for its backoff, an
 -- activation that suspends runs again at p_run_at, a worker gives a task back (p_uncount: the
 -- interrupted run is not an attempt). Moves only the tasks still leased; returns them.
+-- PL/pgSQL, like every transition function the hot path calls: its plans are cached, where a
+-- SQL function's statements are planned again at every call.
 create or replace function _requeue_tasks(
     p_task_ids bigint[], p_run_at timestamptz, p_error jsonb default null,
     p_uncount boolean default false
 ) returns setof tasks
-language sql
+language plpgsql
 as $$
+begin
+    return query
     update tasks as t
        set state = 'ready', run_at = p_run_at, error = coalesce(p_error, t.error),
            attempt = case when p_uncount then greatest(t.attempt - 1, 0) else t.attempt end,
@@ -373,7 +377,8 @@ as $$
        and t.state in (select l.from_state from _legal_transitions() as l
                         where l.machine = 'task' and l.to_state = 'ready'
                           and l.owner = '_requeue_tasks')
-    returning t.*
+    returning t.*;
+end
 $$;
 
 -- The step state machine: every change of a recorded step's status goes through here (the
@@ -385,8 +390,10 @@ create or replace function _move_steps(
     p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[],
     p_errors jsonb[], p_attempts integer[], p_wake_ats timestamptz[]
 ) returns setof steps
-language sql
+language plpgsql
 as $$
+begin
+    return query
     update steps as s
        set status = m.to_state, output = m.output, error = m.error,
            attempt = coalesce(m.attempt, s.attempt), wake_at = m.wake_at,
@@ -398,7 +405,8 @@ as $$
        and (s.status, m.to_state) in (select l.from_state, l.to_state
                                         from _legal_transitions() as l
                                        where l.machine = 'step')
-    returning s.*
+    returning s.*;
+end
 $$;
 
 -- _move_steps for one step. One that is not in a state it can leave for p_to is refused
@@ -436,28 +444,30 @@ $$;
 -- slept), a signal wait whose timeout passed fails (596). Called by claim_tasks only.
 create or replace function _fire_timers(
     p_job_ids text[], p_threads text[], p_now timestamptz
-)
-returns void
-language sql
+) returns void
+language plpgsql
 as $$
-    select count(*)
-      from (select array_agg(s.job_id) as job_ids, array_agg(s.thread) as threads,
-                   array_agg(s.seq) as seqs,
-                   array_agg(case when s.kind = 'sleep' then 'completed' else 'failed' end)
-                       as to_states,
-                   array_agg(case when s.kind = 'sleep' then s.input -> 'seconds' end) as outputs,
-                   array_agg(case when s.kind = 'signal' then jsonb_build_object(
-                       'message', format('signal "%s" did not arrive within %s seconds',
-                                         s.name, s.input ->> 'timeout'),
-                       'type', 'TimeoutFailure', 'code', 596) end) as errors,
-                   array_agg(s.wake_at) as wake_ats
-              from unnest(p_job_ids, p_threads) as r (job_id, thread)
-              join steps as s on s.job_id = r.job_id and s.thread = r.thread
-             where s.kind in ('sleep', 'signal') and s.status = 'scheduled'
-               and s.wake_at <= p_now) as due
-     cross join lateral _move_steps(due.job_ids, due.threads, due.seqs, due.to_states,
-                                    due.outputs, due.errors, null, due.wake_ats) as moved
-    where due.job_ids is not null
+declare
+    v_due record;
+begin
+    select array_agg(s.job_id) as job_ids, array_agg(s.thread) as threads,
+           array_agg(s.seq) as seqs,
+           array_agg(case when s.kind = 'sleep' then 'completed' else 'failed' end) as to_states,
+           array_agg(case when s.kind = 'sleep' then s.input -> 'seconds' end) as outputs,
+           array_agg(case when s.kind = 'signal' then jsonb_build_object(
+               'message', format('signal "%s" did not arrive within %s seconds',
+                                 s.name, s.input ->> 'timeout'),
+               'type', 'TimeoutFailure', 'code', 596) end) as errors,
+           array_agg(s.wake_at) as wake_ats
+      into v_due
+      from unnest(p_job_ids, p_threads) as r (job_id, thread)
+      join steps as s on s.job_id = r.job_id and s.thread = r.thread
+     where s.kind in ('sleep', 'signal') and s.status = 'scheduled' and s.wake_at <= p_now;
+    if v_due.job_ids is not null then
+        perform _move_steps(v_due.job_ids, v_due.threads, v_due.seqs, v_due.to_states,
+                            v_due.outputs, v_due.errors, null, v_due.wake_ats);
+    end if;
+end
 $$;
 
 -- The lease a worker asks for (claim_tasks, heartbeat): positive, at most a day. A worker

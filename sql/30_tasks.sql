@@ -219,8 +219,9 @@ declare
     v_task tasks := _held_task(p_task_id, p_token);
 begin
     if v_task.kind = 'activity' then
-        perform _move_step(v_task.job_id, v_task.thread, v_task.seq, 'completed', p_result,
-                           null, v_task.attempt, null, false);
+        perform _move_steps(array[v_task.job_id], array[v_task.thread], array[v_task.seq],
+                            array['completed'], array[p_result], array[null::jsonb],
+                            array[v_task.attempt], array[null::timestamptz]);
         delete from tasks where id = p_task_id;
         perform _wake(v_task.job_id, v_task.thread);
     elsif v_task.thread = 'main' then
