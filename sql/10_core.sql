@@ -293,7 +293,9 @@ $$;
 -- The job state machine: every status change but a retry goes through here.
 -- _transitions moves every job of p_job_ids that may make the move (p_results[i] is the
 -- result of p_job_ids[i] when it completes) and returns the moved rows; _transition moves one
--- job and refuses when it cannot.
+-- job and refuses when it cannot. The move to running (a claim) never waits for a job row
+-- that another transaction holds (an application's open transaction that changed the entity):
+-- that job does not move, and the claim gives its task back for later.
 create or replace function _transitions(
     p_job_ids text[], p_to text, p_results jsonb[] default null, p_error jsonb default null
 ) returns setof jobs
@@ -322,6 +324,9 @@ begin
            and j.status in (select l.from_state from _legal_transitions() as l
                              where l.machine = 'job' and l.to_state = p_to
                                and l.owner = '_transitions')
+           and (p_to <> 'running'
+                or exists (select from jobs as f where f.id = j.id
+                              for no key update skip locked))
         returning j.*
     loop
         v_moved := array_append(v_moved, v_job.id);
@@ -351,6 +356,9 @@ begin
         -- The retry's move (failed -> pending) is _retry_job's: refused here like the rest.
         perform _check_transition('job', format('workflow "%s"', p_job_id), v_job.status, p_to,
                                   '_transitions');
+        raise exception using errcode = '55P03',
+            message = format('workflow "%s" is locked by another transaction; it cannot '
+                             'become %s now', p_job_id, p_to);
     end if;
     return v_job;
 end

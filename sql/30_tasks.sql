@@ -39,6 +39,9 @@ declare
     v_spent_jobs text[];
     v_spent_tokens uuid[];
     v_spent_messages text[];
+    v_started text[];
+    v_held bigint[];
+    v_held_jobs text[];
 begin
     if p_max_tasks is null or p_max_tasks < 1 then
         raise exception using errcode = '22023',
@@ -140,11 +143,38 @@ begin
         end if;
     end if;
 
+    if v_main_jobs is not null then
+        select array_agg(m.id) into v_started from _transitions(v_main_jobs, 'running') as m;
+        -- A workflow whose row another transaction holds (an application's open transaction
+        -- on its entity) did not start running: its activation is given back, due again in a
+        -- second (not at once: an idle worker would claim it again in a loop), so one held
+        -- workflow waits alone and the claim never waits for it.
+        if coalesce(cardinality(v_started), 0) < cardinality(v_main_jobs) then
+            select array_agg(r.id), array_agg(r.job_id) into v_held, v_held_jobs
+              from _requeue_tasks(
+                       (select array_agg(t.id)
+                          from tasks as t
+                          join jobs as j on j.id = t.job_id
+                         where t.id = any(v_ids) and t.kind = 'workflow' and t.thread = 'main'
+                           and j.id <> all(coalesce(v_started, '{}'))
+                           and j.status in (select l.from_state from _legal_transitions() as l
+                                             where l.machine = 'job' and l.to_state = 'running')),
+                       v_now + interval '1 second', null, true) as r;
+            if v_held is not null then
+                select array_agg(c.id) into v_ids
+                  from unnest(v_ids) as c (id)
+                 where c.id <> all(v_held);
+                if v_ids is null then
+                    return;
+                end if;
+                select array_agg(r.job_id), array_agg(r.thread) into v_run_jobs, v_run_threads
+                  from unnest(v_run_jobs, v_run_threads) as r (job_id, thread)
+                 where r.thread <> 'main' or r.job_id <> all(v_held_jobs);
+            end if;
+        end if;
+    end if;
     if v_run_jobs is not null then
         perform _fire_timers(v_run_jobs, v_run_threads, v_now);
-    end if;
-    if v_main_jobs is not null then
-        perform _transitions(v_main_jobs, 'running');
     end if;
 
     return query
