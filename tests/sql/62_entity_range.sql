@@ -23,7 +23,9 @@ language sql as $$ select count(*) from hm_test.steps where job_id = 'e1' $$;
 
 select is(entity_increment('e1', 'huge', 1e308), 1e308::numeric, 'the first 1e308 is stored');
 create temp table before_errors on commit drop as
-select pg_temp.doc() as doc, pg_temp.steps() as steps;
+select
+    pg_temp.doc() as doc,
+    pg_temp.steps() as steps;
 
 select throws_ok(
     $$select entity_increment('e1', 'huge', 1e308)$$, '22023',
@@ -66,9 +68,11 @@ select is(
 create temp table claimed on commit drop as
 select * from claim_tasks(array['t62-q'], 'worker-1', 1);
 select is(
-    (select s -> 'error' ->> 'sqlstate'
-       from claimed as c,
-            entity_step(c.task_id, c.lease_token, 1, 'increment', 'huge', '1e308') as s),
+    (
+        select s -> 'error' ->> 'sqlstate'
+        from claimed as c,
+            entity_step(c.task_id, c.lease_token, 1, 'increment', 'huge', '1e308') as s
+    ),
     '22023',
     'entity_step: the increment fails as a recorded step (22023)'
 );

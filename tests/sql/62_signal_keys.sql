@@ -45,7 +45,9 @@ select is(
     'the same send again (a retry): duplicate'
 );
 create temp table before_refusal on commit drop as
-select (select count(*) from signals) as signals, (select count(*) from signal_keys) as keys;
+select
+    (select count(*) from signals) as signals,
+    (select count(*) from signal_keys) as keys;
 select throws_ok(
     $$select signal('approve', '"yes"', 'k2', 'K')$$, '22023',
     'idempotency key "K" was already used for signal "approve" to workflow "k2" with another '
