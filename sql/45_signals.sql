@@ -1,29 +1,38 @@
 -- Signals: never lost, delivered once. A signal goes to the oldest wait for its id (only in
 -- its target workflow when it has one) or, when nobody waits, is kept for the first wait that
--- comes. An advisory lock per signal id serialises delivery with wait registration, so a
--- signal and a wait that cross each other always meet.
+-- comes. What each side locks (docs/signals.md), so that a caller holding a signal in an open
+-- transaction delays only the workflows that signal may go to and no worker ever waits for it:
+--   * a delivery locks the one wait it fills (its activation task, its step, its job row in
+--     key share mode);
+--   * keeping a signal takes an advisory lock on what it is kept for, to commit:
+--     (signal id, workflow) when targeted, (signal id, any workflow) when not;
+--   * registering a wait takes (signal id, its workflow) and, shared, (signal id, any workflow)
+--     without ever waiting: when either is held (a signal being kept by a transaction still
+--     open), the wait is deferred (its step `retrying`, due after a short backoff; the
+--     activation suspends) and registered when it runs again.
+-- A keep and a registration thus never overlap, so a signal and a wait that cross always meet.
 
-create or replace function _lock_signal(p_signal_id text) returns void
-language sql volatile
+-- The advisory lock key of signal p_signal_id kept for workflow p_workflow_id (null: for any
+-- workflow) in this app. A JSON array keeps ids containing separators apart.
+create or replace function _signal_key(p_signal_id text, p_workflow_id text) returns bigint
+language sql stable
 as $$
-    select pg_advisory_xact_lock(hashtextextended(current_schema() || ':signal:' || p_signal_id, 0))
+    select hashtextextended(
+        jsonb_build_array(current_schema(), 'signal', p_signal_id, p_workflow_id)::text, 0)
 $$;
 
--- Hands a payload (or, for a failed hook, an error) to the oldest wait for p_signal_id,
--- recording its step and waking its thread; keeps it when nobody waits. A wait left behind
--- by a workflow (or hook thread) that already ended takes nothing: a signal given to it would
--- be lost. Returns what happened: {"status": "delivered", "workflow_id", "thread", "seq"} or
--- {"status": "kept", "id"}.
-create or replace function _deliver(
-    p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb default null
+-- Hands a payload (or, for a failed hook, an error) to the oldest live wait for p_signal_id
+-- (in p_workflow_id only, when given), recording its step and waking its thread; null when no
+-- wait took it. A wait left behind by a workflow (or hook thread) that already ended takes
+-- nothing: a signal given to it would be lost.
+create or replace function _fill_wait(
+    p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb
 ) returns jsonb
 language plpgsql
 as $$
 declare
     v_wait steps;
-    v_kept bigint;
 begin
-    perform _lock_signal(p_signal_id);
     loop
         select s.* into v_wait
           from steps as s
@@ -49,8 +58,9 @@ begin
          where id = v_wait.job_id and status not in ('completed', 'failed', 'cancelled')
            for key share;
         continue when not found;
-        -- The wait may be ending right now (its timeout fired in a claim): the update waits
-        -- for that and then finds it no longer scheduled, and the next oldest wait is tried.
+        -- The wait may be ending right now (its timeout fired in a claim, another signal
+        -- filled it): the move waits for that and then finds it no longer scheduled, and the
+        -- next oldest wait is tried.
         if (_move_step(v_wait.job_id, v_wait.thread, v_wait.seq,
                        case when p_error is null then 'completed' else 'failed' end,
                        p_payload, p_error, null, null, false)).job_id is not null then
@@ -59,6 +69,32 @@ begin
                                       'thread', v_wait.thread, 'seq', v_wait.seq);
         end if;
     end loop;
+    return null;
+end
+$$;
+
+-- Delivers a signal to the oldest live wait for it, or keeps it when nobody waits. Returns
+-- {"status": "delivered", "workflow_id", "thread", "seq"} or {"status": "kept", "id"}.
+create or replace function _deliver(
+    p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb default null
+) returns jsonb
+language plpgsql
+as $$
+declare
+    v_outcome jsonb := _fill_wait(p_signal_id, p_workflow_id, p_payload, p_error);
+    v_kept bigint;
+begin
+    if v_outcome is not null then
+        return v_outcome;
+    end if;
+    -- Nobody waited: take the keep lock, then look again. A wait registering meanwhile either
+    -- committed before the lock was granted (and is found now: each statement reads what is
+    -- committed) or is deferred until this transaction ends (and then finds the signal kept).
+    perform pg_advisory_xact_lock(_signal_key(p_signal_id, p_workflow_id));
+    v_outcome := _fill_wait(p_signal_id, p_workflow_id, p_payload, p_error);
+    if v_outcome is not null then
+        return v_outcome;
+    end if;
     insert into signals (signal_id, job_id, payload, error, created_at)
     values (p_signal_id, p_workflow_id, p_payload, p_error, _now())
     returning id into v_kept;
@@ -68,9 +104,11 @@ $$;
 
 -- Sends a signal from any application: `select my_app.signal('human-approval', 'true')`.
 -- With p_workflow_id only that workflow receives it (HM002 when there is no such workflow,
--- HM003 when it has finished: it will never wait again, a kept signal would be lost); with
--- p_idempotency_key a repeated send is ignored ({"status": "duplicate"}), even after the
--- workflow finished. A payload must be JSON (a bad one fails the cast).
+-- HM003 when it has finished: it will never wait again, a kept signal would be lost). An
+-- idempotency key belongs to the signal it came with (signal id and target): a repeat of the
+-- same send is ignored ({"status": "duplicate"}), even after the workflow finished; the same
+-- key with another payload is refused (22023: a retry must repeat the same call); on another
+-- signal id or target it is another send. A payload must be JSON (a bad one fails the cast).
 create or replace function signal(
     p_signal_id text,
     p_payload jsonb default 'null',
@@ -83,6 +121,8 @@ as $$
 declare
     v_status text;
     v_outcome jsonb;
+    v_md5 text := md5(coalesce(p_payload, 'null'::jsonb)::text);
+    v_used_md5 text;
 begin
     if coalesce(p_signal_id, '') = '' then
         raise exception using errcode = '22023', message = 'signal id is required';
@@ -91,9 +131,28 @@ begin
     perform _check_name('idempotency key', p_idempotency_key);
     perform _check_value(format('the payload of signal "%s"', p_signal_id), p_payload);
     if p_idempotency_key is not null then
-        insert into signal_keys (idempotency_key, used_at) values (p_idempotency_key, _now())
-        on conflict do nothing;
+        -- A key recorded before keys had a scope (migration 0007) stops any send with it.
+        if exists (select from signal_keys
+                    where idempotency_key = p_idempotency_key and signal_id is null) then
+            return jsonb_build_object('status', 'duplicate');
+        end if;
+        insert into signal_keys (idempotency_key, signal_id, job_id, payload_md5, used_at)
+        values (p_idempotency_key, p_signal_id, p_workflow_id, v_md5, _now())
+        on conflict on constraint signal_keys_scope do nothing;
         if not found then
+            select k.payload_md5 into v_used_md5
+              from signal_keys as k
+             where k.idempotency_key = p_idempotency_key and k.signal_id = p_signal_id
+               and k.job_id is not distinct from p_workflow_id;
+            if v_used_md5 is distinct from v_md5 then
+                raise exception using errcode = '22023',
+                    message = format('idempotency key "%s" was already used for signal "%s"%s '
+                                     'with another payload; a retry must repeat the same call',
+                                     p_idempotency_key, p_signal_id,
+                                     case when p_workflow_id is not null
+                                          then format(' to workflow "%s"', p_workflow_id)
+                                          else '' end);
+            end if;
             return jsonb_build_object('status', 'duplicate');
         end if;
     end if;
@@ -127,7 +186,10 @@ $$;
 
 -- A workflow thread waits for a signal: the oldest kept signal for it (untargeted, or
 -- targeted at this workflow) is taken at once; otherwise the step waits, until p_timeout
--- seconds when given (then claim_tasks fails it with code 596). Returns the step.
+-- seconds after the first call when given (then claim_tasks fails it with code 596). It never
+-- waits for a lock: while a signal of this id that may go to this workflow is being kept by a
+-- transaction still open, the step is deferred (`retrying`, due after a backoff of 50 ms
+-- doubling to 1 s) and registered when the thread runs again. Returns the step.
 create or replace function wait_signal(
     p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_timeout numeric
 ) returns jsonb
@@ -148,22 +210,50 @@ begin
             message = format('wait_for timeout must be from 0 to 1e10 seconds, not %s', p_timeout);
     end if;
     perform _check_name('signal id', p_signal_id);
-    perform _lock_signal(p_signal_id);
-    insert into steps (job_id, thread, seq, kind, name, status, input, wake_at, created_at)
-    values (v_task.job_id, v_task.thread, p_seq, 'signal', p_signal_id, 'scheduled',
-            jsonb_build_object('timeout', p_timeout),
-            v_now + make_interval(secs => p_timeout::float8), v_now)
-    on conflict do nothing
-    returning * into v_step;
-    if not found then
-        return _recorded_step(v_task, p_seq, 'signal', p_signal_id);
-    end if;
-    select * into v_kept
-      from signals
-     where signal_id = p_signal_id and (job_id is null or job_id = v_task.job_id)
-     order by id
-     limit 1;
+    select * into v_step
+      from steps
+     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
     if found then
+        perform _check_step(v_step, 'signal', p_signal_id);
+        if v_step.status <> 'retrying' then
+            return _step_json(v_step);  -- registered before: a replay
+        end if;
+    end if;
+    if not (pg_try_advisory_xact_lock(_signal_key(p_signal_id, v_task.job_id))
+            and pg_try_advisory_xact_lock_shared(_signal_key(p_signal_id, null))) then
+        insert into steps (job_id, thread, seq, kind, name, status, input, wake_at, created_at)
+        values (v_task.job_id, v_task.thread, p_seq, 'signal', p_signal_id, 'retrying',
+                jsonb_build_object('timeout', p_timeout), v_now + interval '50 ms', v_now)
+        on conflict (job_id, thread, seq) do update
+           set attempt = steps.attempt + 1,
+               wake_at = v_now + least(interval '50 ms' * 2 ^ steps.attempt, interval '1 s')
+        returning * into v_step;
+        return _step_json(v_step);
+    end if;
+    if v_step.seq is null then
+        insert into steps (job_id, thread, seq, kind, name, status, input, wake_at, created_at)
+        values (v_task.job_id, v_task.thread, p_seq, 'signal', p_signal_id, 'scheduled',
+                jsonb_build_object('timeout', p_timeout),
+                v_now + make_interval(secs => p_timeout::float8), v_now)
+        returning * into v_step;
+    else
+        v_step := _move_step(v_task.job_id, v_task.thread, p_seq, 'scheduled', null, null,
+                             null, v_step.created_at + make_interval(secs => p_timeout::float8));
+    end if;
+    -- The oldest kept signal for this workflow. Another wait taking it right now holds its
+    -- row: that one is waited for (a worker's short transaction) and the next is tried.
+    loop
+        select * into v_kept
+          from signals
+         where signal_id = p_signal_id and (job_id is null or job_id = v_task.job_id)
+         order by id
+         limit 1
+           for update;
+        exit when found or not exists (
+            select from signals
+             where signal_id = p_signal_id and (job_id is null or job_id = v_task.job_id));
+    end loop;
+    if v_kept.id is not null then
         delete from signals where id = v_kept.id;
         v_step := _move_step(v_task.job_id, v_task.thread, p_seq,
                              case when v_kept.error is null then 'completed' else 'failed' end,

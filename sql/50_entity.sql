@@ -384,6 +384,14 @@ begin
                 result := p_value;
             elsif jsonb_typeof(v_node) = 'number' then
                 result := to_jsonb(v_node::numeric + p_value::numeric);
+                -- Each operand is within a double's range (checked on the way in), their sum
+                -- may not be: stored, it would break every JSON parser that reads it back.
+                if abs(result::numeric) > 1.7976931348623157e308 then
+                    raise exception using errcode = '22023',
+                        message = format('entity increment: %s (%s) + %s is beyond the range '
+                                         'of a double (1.8e308); nothing was changed', v_label,
+                                         v_node::numeric::float8, p_value::numeric::float8);
+                end if;
             else
                 raise exception using errcode = 'HM008',
                     message = format('entity increment: %s is %s, not a number', v_label,

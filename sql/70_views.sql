@@ -37,8 +37,10 @@ select _drop_view_unless('failed_workflows', array[
 -- What each unfinished thread of a workflow waits on, one JSON object per wait: a timer
 -- (sleep), a signal, an activity (running, queued or between attempts), a child workflow, a
 -- retry of the workflow body, or a task parked as dead (it needs a person: see retry_workflow).
--- Finished workflows wait on nothing.
-create or replace function _waits(p_job_id text) returns jsonb
+-- Finished workflows wait on nothing. Public (like the two below): a view's reader needs
+-- EXECUTE on every function the view calls, and no private helper (`_name`) is executable by
+-- anyone but the owner.
+create or replace function workflow_waits(p_job_id text) returns jsonb
 language sql stable
 set search_path from current
 as $$
@@ -91,7 +93,7 @@ $$;
 
 -- The waits as one line of text: "timer until ...", "signal approve", "activity charge
 -- (retry 2 at ...)", "child order-7", "dead: ..."; threads other than main are prefixed.
-create or replace function _waits_text(p_waits jsonb) returns text
+create or replace function waits_text(p_waits jsonb) returns text
 language sql immutable
 set search_path from current
 as $$
@@ -116,20 +118,29 @@ as $$
       from jsonb_array_elements(p_waits) with ordinality as e (w, n)
 $$;
 
+-- The engine's clock (_now: the time every lease, timer and retry is measured against), as
+-- the views read it.
+create or replace function engine_clock() returns timestamptz
+language sql stable
+set search_path from current
+as $$
+    select _now()
+$$;
+
 -- Every workflow with its status, age and, while it is unfinished, what it waits on
 -- (waiting_on: text; waits: the same as JSON). `error` is the message of the error the
 -- workflow failed with, or of its last failed attempt while it retries.
 --   select id, status, age, waiting_on from my_app.workflows where status = 'waiting';
 create or replace view workflows as
 with clock as (
-    select _now() as now
+    select engine_clock() as now
 ),
 
 job_waits as (
     select
         j.*,
         case
-            when j.status in ('pending', 'running', 'waiting') then _waits(j.id)
+            when j.status in ('pending', 'running', 'waiting') then workflow_waits(j.id)
             else '[]'::jsonb
         end as waits
     from jobs as j
@@ -149,7 +160,7 @@ select
     w.parent_id,
     w.expire_at,
     c.now - w.created_at as age,
-    _waits_text(w.waits) as waiting_on,
+    waits_text(w.waits) as waiting_on,
     w.error ->> 'message' as error
 from job_waits as w
 cross join clock as c;
@@ -161,7 +172,7 @@ cross join clock as c;
 --   select * from my_app.queue_backlog order by ready desc;
 create or replace view queue_backlog as
 with clock as (
-    select _now() as now
+    select engine_clock() as now
 )
 
 select
@@ -266,3 +277,8 @@ begin
      order by e.at, e.rank, e.thread, e.seq;
 end
 $$;
+
+-- The views' helpers were private until they had to be executable by the views' readers:
+-- replaced by workflow_waits and waits_text above.
+drop function if exists _waits(text);
+drop function if exists _waits_text(jsonb);

@@ -30,7 +30,8 @@ declare
         'entity_set', 'entity_merge', 'entity_get', 'entity_delete', 'entity_append',
         'entity_prepend', 'entity_remove', 'entity_increment', 'entity_toggle',
         'entity_set_if_not_exists', 'entity_history', 'entity_find',
-        'entity_find_by_condition', 'entity_find_by_id'
+        'entity_find_by_condition', 'entity_find_by_id', 'engine_clock', 'workflow_waits',
+        'waits_text'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
@@ -51,20 +52,29 @@ begin
     -- the schema), and private helpers (`_name`) that only the engine's own functions call:
     -- they inherit their caller's pinned path, run as their caller (the owner), are executable
     -- by nobody else, and skip the cost of a SET clause on every call of the hot path. A
-    -- private helper a view uses must pin its path like any public function.
+    -- view may call only public functions: its readers need EXECUTE on them.
+    select string_agg(p.oid::regprocedure::text, ', ') into v_unpinned
+      from pg_proc as p
+     where p.pronamespace = v_schema::regnamespace and p.prokind <> 'p' and p.proname ~ '^_'
+       and p.oid in (select d.refobjid
+                       from pg_depend as d
+                       join pg_rewrite as w on w.oid = d.objid
+                       join pg_class as c on c.oid = w.ev_class
+                      where d.classid = 'pg_rewrite'::regclass
+                        and d.refclassid = 'pg_proc'::regclass
+                        and c.relnamespace = v_schema::regnamespace);
+    if v_unpinned is not null then
+        raise exception using errcode = '42501',
+            message = format('views of schema %s call private helpers, which nobody but the '
+                             'owner may execute: %s', v_schema, v_unpinned),
+            hint = 'Give the helper a public name (and a pinned search_path).';
+    end if;
     select string_agg(p.oid::regprocedure::text, ', ') into v_unpinned
       from pg_proc as p
      where p.pronamespace = v_schema::regnamespace and p.prokind <> 'p'
        and not exists (select from unnest(p.proconfig) as c (setting)
                         where c.setting like 'search_path=%')
-       and (p.proname !~ '^_'
-            or p.oid in (select d.refobjid
-                           from pg_depend as d
-                           join pg_rewrite as w on w.oid = d.objid
-                           join pg_class as c on c.oid = w.ev_class
-                          where d.classid = 'pg_rewrite'::regclass
-                            and d.refclassid = 'pg_proc'::regclass
-                            and c.relnamespace = v_schema::regnamespace));
+       and p.proname !~ '^_';
     if v_unpinned is not null then
         raise exception using errcode = '42501',
             message = format('functions of schema %s without a pinned search_path cannot be '
@@ -135,6 +145,7 @@ begin
         select p.oid
           from pg_proc as p
          where p.pronamespace = v_schema::regnamespace
+           and p.proname !~ '^_'
            and (p.proname = any(v_app_functions)
                 or p.oid in (select d.refobjid
                                from pg_depend as d

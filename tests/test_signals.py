@@ -106,13 +106,16 @@ async def test_one_idempotency_key_twice(mf: MemFlow, db: Any, app: str, dsn: st
     )
     first = await handle.signal("go", "first", idempotency_key="k-1")
     assert first["status"] == "kept"  # nobody waits yet
-    assert await handle.signal("go", "again", idempotency_key="k-1") == {"status": "duplicate"}
+    assert await handle.signal("go", "first", idempotency_key="k-1") == {"status": "duplicate"}
     # the same key from SQL, as another application would retry it
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        query = sql.SQL("select {}.signal('go', '\"sql again\"', 'dup', 'k-1')").format(
+        query = sql.SQL("select {}.signal('go', '\"first\"', 'dup', 'k-1')").format(
             sql.Identifier(app)
         )
         assert (await (await conn.execute(query)).fetchone()) == ({"status": "duplicate"},)
+    # the same key with another payload is not a retry: refused, not dropped in silence
+    with pytest.raises(InvalidArgument, match='idempotency key "k-1" was already used'):
+        await handle.signal("go", "again", idempotency_key="k-1")
     assert db.rows("select payload from signals") == [("first",)]
 
     await mf.worker.create(task_queue="q", workflow=twice)
@@ -120,10 +123,29 @@ async def test_one_idempotency_key_twice(mf: MemFlow, db: Any, app: str, dsn: st
     assert (await handle.signal("go", "second", idempotency_key="k-2"))["status"] == "delivered"
     assert await handle.result(timeout=20) == ["first", "second"]
     # a retry after the workflow finished is still a duplicate, not an error
-    assert await handle.signal("go", "late", idempotency_key="k-2") == {"status": "duplicate"}
+    assert await handle.signal("go", "second", idempotency_key="k-2") == {"status": "duplicate"}
     assert [row[3] for row in signal_steps(db, "dup")] == ["first", "second"]
     assert db.one("select count(*) from signals") == 0
     assert db.rows("select idempotency_key from signal_keys order by 1") == [("k-1",), ("k-2",)]
+
+
+async def test_one_idempotency_key_for_two_workflows(mf: MemFlow, db: Any) -> None:
+    """Issue 13 (M2): a key belongs to the signal it came with, so one application's key
+    cannot silently drop another workflow's signal."""
+    yes = await mf.workflow.start(
+        workflow_name="twice", args=["approve"], task_queue="q", workflow_id="k1"
+    )
+    no = await mf.workflow.start(
+        workflow_name="twice", args=["approve"], task_queue="q", workflow_id="k2"
+    )
+    assert (await yes.signal("approve", "yes", idempotency_key="K"))["status"] == "kept"
+    assert (await no.signal("approve", "no", idempotency_key="K"))["status"] == "kept"
+    assert await no.signal("approve", "no", idempotency_key="K") == {"status": "duplicate"}
+    await yes.signal("approve", "yes 2")
+    await no.signal("approve", "no 2")
+    await mf.worker.create(task_queue="q", workflow=twice)
+    assert await yes.result(timeout=20) == ["yes", "yes 2"]
+    assert await no.result(timeout=20) == ["no", "no 2"]
 
 
 async def test_200_workflows_200_concurrent_signals(

@@ -11,7 +11,7 @@ set local search_path = hm_test, public;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(81);
+select plan(82);
 
 -- The activation each test workflow holds right now (one queue per workflow: 'q-<id>').
 create temp table held (
@@ -245,24 +245,31 @@ select is(
     'a signal with an idempotency key is delivered'
 );
 select is(
-    signal('approve', '"again"', 'sg-k', 'approval-1'), '{"status": "duplicate"}'::jsonb,
-    'the same key again: duplicate'
+    signal('approve', '"yes"', 'sg-k', 'approval-1'), '{"status": "duplicate"}'::jsonb,
+    'the same send again: duplicate'
+);
+select throws_ok(
+    $$select signal('approve', '"again"', 'sg-k', 'approval-1')$$, '22023',
+    'idempotency key "approval-1" was already used for signal "approve" to workflow "sg-k" '
+    || 'with another payload; a retry must repeat the same call',
+    'the same key with another payload: 22023 (a retry must repeat the same call)'
 );
 select is(
-    signal('other', '"x"', null, 'approval-1'), '{"status": "duplicate"}'::jsonb,
-    'the same key with another signal id: duplicate too (keys are per app)'
-);
-select is(
-    (select count(*)::integer from signals), 0, '... neither duplicate was kept'
+    (select count(*)::integer from signals), 0, '... neither was kept'
 );
 select is(pg_temp.wait_step('sg-k', 1) -> 'output', '"yes"'::jsonb, '... nor delivered');
+select is(
+    signal('other', '"x"', null, 'approval-1') ->> 'status', 'kept',
+    'the same key on another signal id is another send (keys belong to their signal)'
+);
+delete from signals where signal_id = 'other';
 select is(
     signal('later', '1', null, 'early-key') ->> 'status', 'kept',
     'a kept signal with a key'
 );
 select is(
-    signal('later', '2', null, 'early-key') ->> 'status', 'duplicate',
-    'its key again before anyone waits: duplicate'
+    signal('later', '1', null, 'early-key') ->> 'status', 'duplicate',
+    'its send again before anyone waits: duplicate'
 );
 select results_eq(
     $$select payload from signals where signal_id = 'later'$$, $$values ('1'::jsonb)$$,
@@ -276,7 +283,7 @@ begin
 end
 $$;
 select is(
-    signal('approve', '"retry"', 'sg-k', 'approval-1'), '{"status": "duplicate"}'::jsonb,
+    signal('approve', '"yes"', 'sg-k', 'approval-1'), '{"status": "duplicate"}'::jsonb,
     'a retried send after the workflow finished: duplicate'
 );
 select throws_ok(
