@@ -30,7 +30,7 @@ declare
         'entity_set', 'entity_merge', 'entity_get', 'entity_delete', 'entity_append',
         'entity_prepend', 'entity_remove', 'entity_increment', 'entity_toggle',
         'entity_set_if_not_exists', 'entity_history', 'entity_find',
-        'entity_find_by_condition', 'entity_find_by_id'
+        'entity_find_by_condition', 'entity_find_by_id', 'engine_version'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Durable workflows with permanent memory, native to Postgres.",
         epilog="hotmesh db {up,down,restart,run,url,env,status}: a private throwaway Postgres "
         "on a Unix socket, for development and tests (hotmesh db --help).",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"hotmesh {importlib.metadata.version('hotmesh')}"
     )
     parser.add_argument(
         "--log-level",
@@ -282,7 +286,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 async def _migrate(args: argparse.Namespace) -> int:
     applied = await _install.migrate(args.dsn, _app(args))
     done = ", ".join(f"{v:04d}" for v in applied) if applied else "none (up to date)"
-    print(f"app {args.app}: migrations applied: {done}; functions installed")
+    engine = await _install.engine_version(args.dsn, args.app)
+    print(
+        f"app {args.app}: migrations applied: {done}; functions installed "
+        f"(engine {engine.version}, migration {engine.migration:04d})"
+    )
     return 0
 
 
