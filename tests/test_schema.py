@@ -216,6 +216,7 @@ create function signal(p_signal_id text) returns jsonb language sql as 'select n
 create function _old_helper() returns integer language sql as 'select 1';
 create procedure old_job() language sql as 'select 1';
 create view old_view as select old_api(1) as x;
+create view old_view2 as select x from old_view;
 """
 
 
@@ -257,7 +258,8 @@ async def test_the_installer_drops_what_sql_no_longer_defines(
         assert routines(conn, app, "old_api", "signal", "_old_helper", "old_job") == [
             "signal(text,jsonb,text,text)"
         ]
-        assert conn.execute("select to_regclass(%s)", (f"{app}.old_view",)).fetchone() == (None,)
+        for view in ("old_view", "old_view2"):
+            assert conn.execute("select to_regclass(%s)", (f"{app}.{view}",)).fetchone() == (None,)
         can = conn.execute(
             "select has_function_privilege(%s, %s::regprocedure, 'execute')",
             (f"{app}_app", f"{app}.signal(text,jsonb,text,text)"),
@@ -286,7 +288,7 @@ async def test_an_object_of_the_user_on_a_stale_one_stops_the_migrate(
         with pytest.raises(HotMeshError) as caught:
             await migrate(dsn, app)
         message = str(caught.value)
-        assert "old_view, which sql/ no longer defines" in message
+        assert "cannot drop view old_view, old_view2, which sql/ no longer defines" in message
         assert f"{app}_mine.report depends on" in message
         assert "nothing was changed" in message
         assert schema_of(dsn, app) == before

@@ -85,27 +85,35 @@ union all
 select 'view', c.oid::regclass::text, r.ctid::text
   from pg_class as c
   join pg_rewrite as r on r.ev_class = c.oid and r.rulename = '_RETURN'
- where c.relnamespace = current_schema()::regnamespace and c.relkind in ('v', 'm')
+ where c.relnamespace = current_schema()::regnamespace and c.relkind = 'v'
 """
 
 
-async def _drop_stale(conn: psycopg.AsyncConnection[TupleRow], before: set[TupleRow]) -> None:
+async def _drop_stale(
+    conn: psycopg.AsyncConnection[TupleRow], app_id: str, before: set[TupleRow]
+) -> None:
     """Drop the routines and views found `before` sql/ ran whose catalog rows it left as they
-    were. Views first: they may use the stale routines."""
+    were. Views first, as they may use the routines; one DROP for each kind, so objects that
+    depend on each other go together."""
     cur = await conn.execute(_ENGINE_OBJECTS)
     stale = [row for row in await cur.fetchall() if row in before]
-    for kind, name, _ in sorted(stale, key=lambda row: (row[0] != "view", row[1])):
-        # `name` is regprocedure / regclass output: quoted and qualified already.
-        drop = sql.SQL("drop view {}" if kind == "view" else "drop routine {}")
+    for kind in ("view", "routine"):
+        # The names are regclass / regprocedure output: quoted (and qualified) already.
+        names = sorted(name for k, name, _ in stale if k == kind)
+        if not names:
+            continue
+        drop = sql.SQL("drop {} {}").format(
+            sql.SQL(kind), sql.SQL(", ").join(sql.SQL(name) for name in names)
+        )
         try:
-            await conn.execute(drop.format(sql.SQL(name)))
+            await conn.execute(drop)
         except pg_errors.DependentObjectsStillExist as exc:
             raise HotMeshError(
-                f"cannot drop {kind} {name}, which sql/ no longer defines: "
-                f"{exc.diag.message_detail or exc}. Drop or change what depends on it, then "
-                "migrate again (nothing was changed)"
+                f"app {app_id}: cannot drop {kind} {', '.join(names)}, which sql/ no longer "
+                f"defines: {exc.diag.message_detail or exc}. Drop or change what depends on "
+                "it, then migrate again (nothing was changed)"
             ) from exc
-        log.info("dropped %s %s: sql/ no longer defines it", kind, name)
+        log.info("app %s: dropped %s %s: sql/ no longer defines it", app_id, kind, ", ".join(names))
 
 
 async def migrate(dsn: str, app_id: str) -> list[int]:
@@ -143,7 +151,7 @@ async def migrate(dsn: str, app_id: str) -> list[int]:
             raise HotMeshError(f"{_paths.sql_dir() / PRIVILEGES_FILE} is missing")
         for path in engine:
             await conn.execute(path.read_bytes())
-        await _drop_stale(conn, before)
+        await _drop_stale(conn, app_id, before)
         await conn.execute(privileges.read_bytes())
     return applied
 
