@@ -45,7 +45,7 @@ _HEADER = """\
 -- `alter type` changes it in place, like a table); each one names the functions returning it.
 """
 
-# Each query yields (sort key, text) rows for one section; {schema} is the app schema.
+# Each query yields (sort key, text[, body]) rows for one section; {schema} is the app schema.
 _TABLES = """
 select c.relname::text,
        format(E'create %stable %I.%I (\n%s\n)%s;',

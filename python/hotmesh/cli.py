@@ -68,6 +68,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
+def _package_version() -> str:
+    """The installed package's version (run from a bare checkout, there is none)."""
+    try:
+        return importlib.metadata.version("hotmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hotmesh",
@@ -75,9 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="hotmesh db {up,down,restart,run,url,env,status}: a private throwaway Postgres "
         "on a Unix socket, for development and tests (hotmesh db --help).",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"hotmesh {importlib.metadata.version('hotmesh')}"
-    )
+    parser.add_argument("--version", action="version", version=f"hotmesh {_package_version()}")
     parser.add_argument(
         "--log-level",
         default="WARNING",
