@@ -27,7 +27,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup sysdeps db-up db-down db-url lint lint-static lint-sql lint-ruff \
 	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow demo bench clean _migrate \
-	_prove
+	_prove schema
 
 help:
 	@echo "make setup     system packages (PostgreSQL $(PG_MAJOR), pgTAP, pg_prove, plpgsql_check) + $(VENV)"
@@ -36,6 +36,7 @@ help:
 	@echo "make lint      sqlfluff, ruff check, ruff format --check, mypy, plpgsql_check"
 	@echo "make sqltest   hotmesh migrate --app $(APP), then pg_prove --ext .sql -r tests/sql"
 	@echo "make pytest    $(BIN)/pytest -q   (PYTEST_ARGS=... to add arguments)"
+	@echo "make schema    rewrite tests/schema.sql, the snapshot of a fresh app schema (docs/schema.md)"
 	@echo "make demo | bench"
 	@echo "make db-up     start the private cluster; eval \"\$$(make -s db-up)\" to use it"
 	@echo "make db-down | db-url | clean"
@@ -121,6 +122,11 @@ pytest: setup
 # -k: run every step, fail at the end if any failed.
 test: setup
 	$(DB_RUN) --fast -- $(SUBMAKE) -k lint-static sqltest pytest
+
+# The committed snapshot of a fresh app schema; tests/test_schema.py (in `make test`) fails
+# when it is out of date.
+schema: setup
+	$(DB_RUN) --fast -- $(BIN)/python tests/schema_snapshot.py
 
 # The tests marked `slow` (pyproject.toml deselects them by default): the 10,000-workflow load,
 # a database restart and a terminate storm under 1,000 workflows, ... Same throwaway cluster

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ async def test_migrate_worker_and_start(dsn: str, app: str, tmp_path: Path) -> N
         installed = await hotmesh(dsn, fresh, "migrate")
         versions = ", ".join(f"{v:04d}" for v, _ in migrations())
         assert installed.out.strip() == (
-            f"app {fresh}: migrations applied: {versions}; functions installed"
+            f"app {fresh}: migrations applied: {versions}; functions installed "
+            f"(engine {version('hotmesh')}, migration {migrations()[-1][0]:04d})"
         )
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -80,7 +82,8 @@ async def test_migrate_worker_and_start(dsn: str, app: str, tmp_path: Path) -> N
     migrated = await hotmesh(dsn, app, "migrate")
     assert migrated.code == 0
     assert migrated.out.strip() == (
-        f"app {app}: migrations applied: none (up to date); functions installed"
+        f"app {app}: migrations applied: none (up to date); functions installed "
+        f"(engine {version('hotmesh')}, migration {migrations()[-1][0]:04d})"
     )
     (tmp_path / "cli_flows.py").write_text(FLOWS)
     worker = await asyncio.create_subprocess_exec(

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -67,6 +68,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
+def _package_version() -> str:
+    """The installed package's version (run from a bare checkout, there is none)."""
+    try:
+        return importlib.metadata.version("hotmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hotmesh",
@@ -74,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="hotmesh db {up,down,restart,run,url,env,status}: a private throwaway Postgres "
         "on a Unix socket, for development and tests (hotmesh db --help).",
     )
+    parser.add_argument("--version", action="version", version=f"hotmesh {_package_version()}")
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -282,7 +292,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 async def _migrate(args: argparse.Namespace) -> int:
     applied = await _install.migrate(args.dsn, _app(args))
     done = ", ".join(f"{v:04d}" for v in applied) if applied else "none (up to date)"
-    print(f"app {args.app}: migrations applied: {done}; functions installed")
+    engine = await _install.engine_version(args.dsn, args.app)
+    print(
+        f"app {args.app}: migrations applied: {done}; functions installed "
+        f"(engine {engine.version}, migration {engine.migration:04d})"
+    )
     return 0
 
 

@@ -7,7 +7,7 @@ set local client_min_messages = warning;
 create extension if not exists pgtap;
 set local search_path = hm_test, public;
 
-select plan(45);
+select plan(48);
 
 select has_schema('hm_test', 'the app schema exists');
 select has_table('hm_test', 'schema_migrations', 'schema_migrations');
@@ -101,6 +101,23 @@ select function_returns(
 select function_returns(
     'hm_test', 'retry_delay', array['jsonb', 'integer'], 'interval',
     'retry_delay returns an interval'
+);
+
+-- ------------------------------------------------------------------ engine_version
+
+select results_eq(
+    $$select migration from engine_version()$$,
+    $$select max(version) from schema_migrations$$,
+    'engine_version() names the newest migration applied'
+);
+select matches(
+    (select version from engine_version()), '^[0-9]+\.[0-9]+\.[0-9]+',
+    'engine_version() names the hotmesh release'
+);
+select ok(
+    has_function_privilege('hm_test_app', 'hm_test.engine_version()', 'execute')
+    and has_function_privilege('hm_test_worker', 'hm_test.engine_version()', 'execute'),
+    'the application and worker roles may call engine_version()'
 );
 
 -- Every function a caller can reach runs with the app schema as its search_path, whoever
