@@ -159,6 +159,11 @@ async def test_views_show_each_state(mf: MemFlow, db: Any) -> None:
     assert [r.id for r in await mf.workflow.list(entity="fails", limit=10)] == ["ops-fails"]
     assert await mf.workflow.list(task_queue="no-such-queue", limit=10) == []
     assert len(await mf.workflow.list(limit=3)) == 3
+    entries = await mf.workflow.get_handle("ops-completes").history()
+    steps = [(e.thread, e.seq, e.kind, e.name, e.status, e.entity_version) for e in entries]
+    assert steps == history
+    backlog_rows = [r for r in await mf.queue_backlog() if r.task_queue == "nobody-serves-this"]
+    assert [(r.kind, r.ready, r.delayed) for r in backlog_rows] == backlog
     doc = await mf.workflow.get_handle("ops-waits_signal").describe()
     assert doc["waiting_on"] == "signal approve"
     assert doc["status"] == "waiting"

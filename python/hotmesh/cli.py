@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="hotmesh",
         description="Durable workflows with permanent memory, native to Postgres.",
         epilog="hotmesh db {up,down,restart,run,url,env,status}: a private throwaway Postgres "
-        "on a Unix socket, for development and tests (hotmesh db --help).",
+        "on a Unix socket, for development and tests, in a source checkout (hotmesh db --help).",
     )
     parser.add_argument(
         "--log-level",
