@@ -3,6 +3,11 @@
 Python never writes engine tables: each call here is one stored function of the app schema,
 sent on an autocommit connection, so it is one round trip and (at most) one commit. The app
 schema name is the only identifier, composed with `sql.Identifier`.
+
+Parameters are named (`%(workflow_id)s`). Rows become frozen dataclasses here, at the edge
+(those the client returns are in `hotmesh.rows`): no row travels as a dict or a tuple. A JSON
+document a function returns (get_workflow, a signal's or a durable call's outcome) stays the
+dict its SQL builds.
 """
 
 from __future__ import annotations
@@ -238,6 +243,25 @@ def _held(task: Claimed, seq: int) -> dict[str, Any]:
     return {"task_id": task.task_id, "token": task.lease_token, "seq": seq}
 
 
+def _start(
+    workflow_name: str,
+    args: list[Any],
+    task_queue: str | None,
+    workflow_id: str | None,
+    entity: str | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The parameters of a new workflow, as start_workflow and start_child take them."""
+    return {
+        "workflow_name": workflow_name,
+        "args": Jsonb(args),
+        "task_queue": task_queue,
+        "workflow_id": workflow_id,
+        "entity": entity,
+        "options": Jsonb(options),
+    }
+
+
 Params = Mapping[str, Any]
 R = TypeVar("R")
 
@@ -445,14 +469,7 @@ class Database:
         entity: str | None,
         options: dict[str, Any],
     ) -> str:
-        params = {
-            "workflow_name": workflow_name,
-            "args": Jsonb(args),
-            "task_queue": task_queue,
-            "workflow_id": workflow_id,
-            "entity": entity,
-            "options": Jsonb(options),
-        }
+        params = _start(workflow_name, args, task_queue, workflow_id, entity, options)
         return str(await self._value("start_workflow", params))
 
     async def workflow_status(self, workflow_id: str) -> str:
@@ -640,12 +657,7 @@ class Database:
     ) -> dict[str, Any]:
         params = {
             **_held(task, seq),
-            "workflow_name": workflow_name,
-            "args": Jsonb(args),
-            "task_queue": task_queue,
-            "workflow_id": workflow_id,
-            "entity": entity,
-            "options": Jsonb(options),
+            **_start(workflow_name, args, task_queue, workflow_id, entity, options),
             "wait": wait,
         }
         return dict(await self._value("start_child", params))
