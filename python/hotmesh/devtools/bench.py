@@ -522,7 +522,12 @@ def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str,
                     " from generate_series(1, 10000)"
                 ).format(schema)
             )
-            for table in ("jobs", "tasks"):
+            # Every table of the app, named by the catalog: the finished workflows left rows in
+            # more of them than jobs (their threads, ...), and a stale estimate would misplan.
+            tables = conn.execute(
+                "select tablename from pg_tables where schemaname = %s", (app,)
+            ).fetchall()
+            for (table,) in tables:
                 conn.execute(sql.SQL("vacuum analyze {}.{}").format(schema, sql.Identifier(table)))
             claim = sql.SQL(
                 "select task_id, lease_token from {}.claim_tasks(array['bench'], 'bench', %s)"
