@@ -18,7 +18,7 @@ import sys
 import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -229,6 +229,8 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[MemFlow]:
 
 
 def _default(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):  # a row of hotmesh.rows
+        return asdict(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, timedelta):
@@ -341,7 +343,7 @@ async def _list(args: argparse.Namespace) -> int:
             status=args.status, entity=args.entity, task_queue=args.queue, limit=args.limit
         )
     if args.json:
-        _print_json([asdict(r) for r in rows])
+        _print_json(rows)
         return 0
     if not rows:
         print("no workflows")
@@ -415,7 +417,7 @@ async def _history(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
         rows = await mf.workflow.get_handle(args.workflow_id).history()
     if args.json:
-        _print_json([asdict(r) for r in rows])
+        _print_json(rows)
         return 0
     table = [
         [
@@ -484,7 +486,7 @@ async def _queues(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
         rows = await mf.queue_backlog()
     if args.json:
-        _print_json([asdict(r) for r in rows])
+        _print_json(rows)
         return 0
     if not rows:
         print("no tasks queued")
