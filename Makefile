@@ -163,10 +163,10 @@ bench: setup
 
 # ------------------------------------------------------------------------------ clean
 
-# Works without the venv (_pgcluster.py run as a script needs only the standard library). If
-# the server cannot be stopped, nothing is removed.
+# Works without the venv (devtools/pgcluster.py run as a script needs only the standard
+# library). If the server cannot be stopped, nothing is removed.
 clean:
-	$(PYTHON) python/hotmesh/_pgcluster.py down --dir "$(PGDIR)"
+	$(PYTHON) python/hotmesh/devtools/pgcluster.py down --dir "$(PGDIR)"
 	@if [ -e "$(PGDIR)/.hotmesh-db.lock" ] || [ -f "$(PGDIR)/data/PG_VERSION" ]; then \
 		echo "rm -rf $(PGDIR)"; rm -rf "$(PGDIR)"; \
 	elif [ -e "$(PGDIR)" ]; then \

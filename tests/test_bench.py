@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hotmesh.bench import SCENARIOS
+from hotmesh.devtools.bench import SCENARIOS
 
 
 @pytest.mark.timeout(300)

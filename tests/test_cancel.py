@@ -132,7 +132,7 @@ async def test_cancelling_finished_or_unknown_workflows(mf: MemFlow, db: Any) ->
     with pytest.raises(IllegalTransition, match='workflow "qk" is completed; it cannot be'):
         await handle.interrupt("too late")
     assert db.rows("select status, result, error from jobs") == [("completed", "done", None)]
-    assert await mf.db.cancel_workflow("qk", None, True, True) == []  # ignore_finished
+    assert await mf._db.cancel_workflow("qk", None, True, True) == []  # ignore_finished
     with pytest.raises(WorkflowNotFound, match='workflow "ghost" not found'):
         await mf.workflow.get_handle("ghost").interrupt()
 

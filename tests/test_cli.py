@@ -165,7 +165,8 @@ async def dad(kid: str) -> Any:
 async def until_waiting(mf: MemFlow, *ids: str) -> None:
     async with asyncio.timeout(20):
         for workflow_id in ids:
-            while not (await mf.db.describe_workflow(workflow_id))["waits"]:  # noqa: ASYNC110
+            handle = mf.workflow.get_handle(workflow_id)
+            while not (await handle.describe())["waits"]:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
 
@@ -299,12 +300,12 @@ async def test_signal_cancel_retry(mf: MemFlow, dsn: str, app: str) -> None:
 
     alone = await hotmesh(dsn, app, "cancel", "d1", "--no-descend", "--reason", "stop", "--json")
     assert alone.json() == {"cancelled": ["d1"]}
-    assert await mf.db.workflow_status("kid1") == "waiting"
+    assert await mf.workflow.get_handle("kid1").status() == "waiting"
     both = await hotmesh(dsn, app, "cancel", "d2")
     assert both.code == 0 and both.out.strip() == "cancelled: d2, kid2"
-    assert await mf.db.workflow_status("kid2") == "cancelled"
-    outcome = await mf.db.workflow_outcome("d1")
-    assert outcome[0] == "cancelled" and outcome[2]["message"] == "stop"
+    assert await mf.workflow.get_handle("kid2").status() == "cancelled"
+    outcome = await mf.workflow.get_handle("d1").describe()
+    assert outcome["status"] == "cancelled" and outcome["error"]["message"] == "stop"
 
     broken["on"] = False
     retried = await hotmesh(dsn, app, "retry", "f1", "--json")

@@ -40,8 +40,9 @@ from fleet_harness import (
     wait_until,
     with_application_name,
 )
-from hotmesh import MemFlow, _pgcluster
+from hotmesh import MemFlow
 from hotmesh._db import Database
+from hotmesh.devtools import pgcluster
 
 LEASE = 2.0  # an activation cut off by a fault runs again once its lease expires
 COMPLETED = "select count(*) from jobs where status = 'completed'"
@@ -105,7 +106,7 @@ def restart_mid_load(obs: Observer, fleet: Fleet, total: int, limit: float) -> d
     # In the middle: a third of the hooks are done, most workflows are in flight.
     wait_until(obs, HOOKS_DONE, total // 3, limit)
     in_flight = total - int(obs.one(COMPLETED))
-    _pgcluster.restart(directory, "immediate")
+    pgcluster.restart(directory, "immediate")
     figures = finish(obs, fleet, total, limit, "restart")
     figures["unfinished_at_restart"] = in_flight
     print(f"restart: {in_flight} of {total} workflows unfinished when the server restarted")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -77,10 +76,10 @@ async def settled(mf: MemFlow, workflow_id: str) -> str:
     """Wait until a workflow stops moving (waiting with its waits recorded, or finished)."""
     async with asyncio.timeout(20):
         while True:
-            rows = await mf.db.list_workflows(None, None, None, 1000)
-            row = next((r for r in rows if r["id"] == workflow_id), None)
-            if row and (row["status"] in ("completed", "failed") or row["waits"]):
-                return str(row["status"])
+            rows = await mf.workflow.list(limit=1000)
+            row = next((r for r in rows if r.id == workflow_id), None)
+            if row and (row.status in ("completed", "failed") or row.waits):
+                return row.status
             await asyncio.sleep(0.05)
 
 
@@ -147,9 +146,9 @@ async def test_views_show_each_state(mf: MemFlow, db: Any) -> None:
         ("main", None, "workflow", "completes", "completed", None),
     ]
 
-    # The same through the Python calls the CLI uses.
-    listed = await mf.db.list_workflows("waiting", None, "ops", 100)
-    assert {r["id"] for r in listed} == {
+    # The same through the client calls the CLI uses.
+    listed = await mf.workflow.list(status="waiting", task_queue="ops", limit=100)
+    assert {r.id for r in listed} == {
         "ops-sleeps",
         "ops-waits_signal",
         "ops-calls_remote",
@@ -157,10 +156,15 @@ async def test_views_show_each_state(mf: MemFlow, db: Any) -> None:
         "ops-dad",
         "ops-kid",
     }
-    assert [r["id"] for r in await mf.db.list_workflows(None, "fails", None, 10)] == ["ops-fails"]
-    assert await mf.db.list_workflows(None, None, "no-such-queue", 10) == []
-    assert len(await mf.db.list_workflows(None, None, None, 3)) == 3
-    doc = await mf.db.describe_workflow("ops-waits_signal")
+    assert [r.id for r in await mf.workflow.list(entity="fails", limit=10)] == ["ops-fails"]
+    assert await mf.workflow.list(task_queue="no-such-queue", limit=10) == []
+    assert len(await mf.workflow.list(limit=3)) == 3
+    entries = await mf.workflow.get_handle("ops-completes").history()
+    steps = [(e.thread, e.seq, e.kind, e.name, e.status, e.entity_version) for e in entries]
+    assert steps == history
+    backlog_rows = [r for r in await mf.queue_backlog() if r.task_queue == "nobody-serves-this"]
+    assert [(r.kind, r.ready, r.delayed) for r in backlog_rows] == backlog
+    doc = await mf.workflow.get_handle("ops-waits_signal").describe()
     assert doc["waiting_on"] == "signal approve"
     assert doc["status"] == "waiting"
 
@@ -192,7 +196,7 @@ async def test_retry_reruns_failed_step_only(mf: MemFlow, db: Any) -> None:
     assert calls == ["first", "second"]
 
     broken["on"] = False
-    outcome = await mf.db.retry_workflow("ops-retry")
+    outcome = await handle.retry()
     assert outcome["reset_steps"] == 1 and outcome["status"] == "pending"
     assert await handle.result(timeout=20) == 20
     # the recorded first step replayed; only the failed one ran again
@@ -221,10 +225,10 @@ async def test_prune_while_a_worker_runs(mf: MemFlow, db: Any, dsn: str, app: st
             )
         )
         if i % 8 == 7:  # prune while workflows are being started and run
-            pruned += await mf.db.prune(timedelta(0), 3, False)
+            pruned += await mf.prune(batch=3)
     async with asyncio.timeout(30):
         while db.one("select count(*) from jobs where id like 'q-%%'"):
-            pruned += await mf.db.prune(timedelta(0), 3, False)
+            pruned += await mf.prune(batch=3)
             await asyncio.sleep(0.05)
 
     assert pruned == 40
@@ -244,9 +248,9 @@ async def test_prune_while_a_worker_runs(mf: MemFlow, db: Any, dsn: str, app: st
                 sql.Identifier(app)
             )
         )
-        assert await asyncio.wait_for(mf.db.prune(timedelta(0), 3, False), 10) == 2
+        assert await asyncio.wait_for(mf.prune(batch=3), 10) == 2
         assert db.rows("select id from jobs where id like 'z-%%'") == [("z-0",)]
-    assert await mf.db.prune(timedelta(0), 3, False) == 1  # released: now it goes too
+    assert await mf.prune(batch=3) == 1  # released: now it goes too
 
     assert db.one("select count(*) from jobs where id like 'q-%%' or id like 'z-%%'") == 0
     assert db.one("select count(*) from steps where job_id like 'q-%%'") == 0
@@ -255,7 +259,7 @@ async def test_prune_while_a_worker_runs(mf: MemFlow, db: Any, dsn: str, app: st
         (h.workflow_id, "waiting") for h in sleepers
     ]
     assert db.one("select count(*) from steps where job_id like 'live-%%'") == 3
-    assert await mf.db.prune(timedelta(0), 3, True) == 0
+    assert await mf.prune(batch=3, dry_run=True) == 0
 
 
 async def test_prune_procedure_from_psql_style_call(dsn: str, app: str, db: Any) -> None:

@@ -390,7 +390,7 @@ async def test_a_real_hook_waits_for_an_open_entity_write_and_then_applies(
         await conn.execute("commit")
     async with asyncio.timeout(20):
         while True:
-            row = await mf.db.get_workflow("wf")
+            row = await mf.workflow.get_handle("wf").describe()
             if row["context"] == {"n": 3}:
                 break
             await asyncio.sleep(0.01)

@@ -43,14 +43,14 @@ async def remote(app: str, dsn: str) -> AsyncIterator[MemFlow]:
 def count_claims(mf: MemFlow) -> list[Claimed]:
     """Record every task mf's workers claim (the real claim_tasks still runs)."""
     claimed: list[Claimed] = []
-    real = mf.db.claim_tasks
+    real = mf._db.claim_tasks
 
     async def claim_tasks(*args: Any) -> list[Claimed]:
         tasks = await real(*args)
         claimed.extend(tasks)
         return tasks
 
-    mf.db.claim_tasks = claim_tasks  # type: ignore[method-assign]
+    mf._db.claim_tasks = claim_tasks  # type: ignore[method-assign]
     return claimed
 
 

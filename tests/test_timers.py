@@ -62,14 +62,14 @@ async def test_sleep_for_forms_and_never_early(mf: MemFlow, db: Any) -> None:
 
 async def test_timer_not_due_when_woken_early(mf: MemFlow, remote: MemFlow, db: Any) -> None:
     claims: list[int] = []
-    claim_tasks = mf.db.claim_tasks
+    claim_tasks = mf._db.claim_tasks
 
     async def counting(*args: Any) -> Any:
         claimed = await claim_tasks(*args)
         claims.extend(1 for task in claimed if task.kind == "workflow")
         return claimed
 
-    mf.db.claim_tasks = counting  # type: ignore[method-assign]
+    mf._db.claim_tasks = counting  # type: ignore[method-assign]
 
     def quick() -> str:
         return "quick"

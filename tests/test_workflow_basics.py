@@ -367,7 +367,7 @@ async def test_stop_during_a_claim_leaves_nothing_leased(
     mf: MemFlow, app: str, dsn: str, db: Any
 ) -> None:
     claimed, gate = asyncio.Event(), asyncio.Event()
-    real = mf.db.claim_tasks
+    real = mf._db.claim_tasks
 
     async def slow_answer(*args: Any) -> Any:
         tasks = await real(*args)
@@ -376,7 +376,7 @@ async def test_stop_during_a_claim_leaves_nothing_leased(
             await gate.wait()  # committed in Postgres; the answer is still on its way
         return tasks
 
-    mf.db.claim_tasks = slow_answer  # type: ignore[method-assign]
+    mf._db.claim_tasks = slow_answer  # type: ignore[method-assign]
     worker = await mf.worker.create(task_queue="q", workflow=hello)
     handle = await mf.workflow.start(workflow_name="hello", args=["late"], task_queue="q")
     async with asyncio.timeout(20):

@@ -6,7 +6,8 @@
     print(await handle.result())
 
 Inside workflow functions use `hotmesh.workflow` (proxy_activities, sleep_for, ...);
-inside activities `hotmesh.activity` (info, heartbeat).
+inside activities `hotmesh.activity` (info, heartbeat). Inspection (`mf.workflow.list`,
+`handle.history`, `mf.queue_backlog`) returns the frozen dataclasses of `hotmesh.rows`.
 """
 
 from hotmesh import activity, workflow
@@ -30,6 +31,7 @@ from hotmesh.errors import (
     WorkflowNotFound,
 )
 from hotmesh.retry import RetryPolicy
+from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
 from hotmesh.worker import Worker
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "EntityTypeError",
     "FatalError",
     "Handle",
+    "HistoryEntry",
     "HotMeshError",
     "IllegalTransition",
     "InvalidArgument",
@@ -47,12 +50,14 @@ __all__ = [
     "MaxedError",
     "MemFlow",
     "NonDeterminismError",
+    "QueueBacklog",
     "RetryPolicy",
     "TaskNotFound",
     "TimeoutFailure",
     "Worker",
     "WorkflowError",
     "WorkflowNotFound",
+    "WorkflowSummary",
     "activity",
     "workflow",
 ]

@@ -3,6 +3,11 @@
 Python never writes engine tables: each call here is one stored function of the app schema,
 sent on an autocommit connection, so it is one round trip and (at most) one commit. The app
 schema name is the only identifier, composed with `sql.Identifier`.
+
+Parameters are named (`%(workflow_id)s`). Rows become frozen dataclasses here, at the edge
+(those the client returns are in `hotmesh.rows`): no row travels as a dict or a tuple. A JSON
+document a function returns (get_workflow, a signal's or a durable call's outcome) stays the
+dict its SQL builds.
 """
 
 from __future__ import annotations
@@ -12,18 +17,20 @@ import contextlib
 import json
 import select
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.adapt import AdaptersMap
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import errors
+from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,48 @@ class Claimed:
     steps: list[dict[str, Any]] | None
 
 
+@dataclass(frozen=True)
+class WorkflowOutcome:
+    """A row of `workflow_outcome`: where a workflow stands, and how it ended."""
+
+    status: str
+    result: Any
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class WorkflowWaits:
+    """What a workflow waits on (`workflows` view): as text, and one JSON object per wait."""
+
+    waiting_on: str | None
+    waits: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class EntityChange:
+    """A row of `entity_history` (fields in the order `mf.entity.history` documents)."""
+
+    version: int
+    thread: str
+    seq: int | None
+    op: str
+    path: list[str] | None
+    value: Any
+    result: Any
+    document: Any
+    caller: str | None
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class EntityMatch:
+    """A row of the entity_find functions."""
+
+    id: str
+    context: Any
+    status: str
+
+
 _decode = json.JSONDecoder().decode
 
 
@@ -61,135 +110,160 @@ ADAPTERS = AdaptersMap(psycopg.adapters)
 set_json_loads(_json_loads, ADAPTERS)
 
 
+# Each statement names its parameters (`%(task_id)s`); `{}` is the app schema and `{columns}`
+# the fields of the dataclass its rows become (_ROWS), so a column list is written only in the
+# SQL and in that dataclass.
 _STATEMENTS = {
-    "start_workflow": "select {}.start_workflow(%s::text, %s::jsonb, %s::text, %s::text,"
-    " %s::text, %s::jsonb)",
-    "workflow_status": "select {}.workflow_status(%s::text)",
-    "workflow_outcome": "select status, result, error from {}.workflow_outcome(%s::text)",
-    "get_workflow": "select {}.get_workflow(%s::text)",
-    "claim_tasks": "select * from {}.claim_tasks(%s::text[], %s::text, %s::integer, %s::interval)",
-    "next_due": "select {}.next_due(%s::text[])",
-    "complete_task": "select {}.complete_task(%s::bigint, %s::uuid, %s::jsonb)",
-    "fail_task": "select {}.fail_task(%s::bigint, %s::uuid, %s::jsonb)",
-    "suspend_task": "select {}.suspend_task(%s::bigint, %s::uuid)",
-    "bury_task": "select {}.bury_task(%s::bigint, %s::uuid, %s::jsonb)",
-    "heartbeat": "select {}.heartbeat(%s::bigint[], %s::uuid[], %s::interval)",
-    "release_tasks": "select {}.release_tasks(%s::bigint[], %s::uuid[])",
-    "record_step": "select {}.record_step(%s::bigint, %s::uuid, %s::integer, %s::text,"
-    " %s::text, %s::jsonb, %s::jsonb, %s::jsonb, %s::jsonb)",
-    "schedule_activity": "select {}.schedule_activity(%s::bigint, %s::uuid, %s::integer,"
-    " %s::text, %s::jsonb, %s::text, %s::jsonb)",
-    "schedule_sleep": "select {}.schedule_sleep(%s::bigint, %s::uuid, %s::integer, %s::numeric)",
+    "start_workflow": "select {}.start_workflow(%(workflow_name)s::text, %(args)s::jsonb,"
+    " %(task_queue)s::text, %(workflow_id)s::text, %(entity)s::text, %(options)s::jsonb)",
+    "workflow_status": "select {}.workflow_status(%(workflow_id)s::text)",
+    "workflow_outcome": "select {columns} from {}.workflow_outcome(%(workflow_id)s::text)",
+    "get_workflow": "select {}.get_workflow(%(workflow_id)s::text)",
+    "claim_tasks": "select {columns} from {}.claim_tasks(%(queues)s::text[], %(worker_id)s::text,"
+    " %(max_tasks)s::integer, %(lease)s::interval)",
+    "next_due": "select {}.next_due(%(queues)s::text[])",
+    "complete_task": "select {}.complete_task(%(task_id)s::bigint, %(token)s::uuid,"
+    " %(result)s::jsonb)",
+    "fail_task": "select {}.fail_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
+    "suspend_task": "select {}.suspend_task(%(task_id)s::bigint, %(token)s::uuid)",
+    "bury_task": "select {}.bury_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
+    "heartbeat": "select {}.heartbeat(%(task_ids)s::bigint[], %(tokens)s::uuid[],"
+    " %(lease)s::interval)",
+    "release_tasks": "select {}.release_tasks(%(task_ids)s::bigint[], %(tokens)s::uuid[])",
+    "record_step": "select {}.record_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(kind)s::text, %(name)s::text, %(input)s::jsonb, %(output)s::jsonb, %(error)s::jsonb,"
+    " %(retry_policy)s::jsonb)",
+    "schedule_activity": "select {}.schedule_activity(%(task_id)s::bigint, %(token)s::uuid,"
+    " %(seq)s::integer, %(name)s::text, %(args)s::jsonb, %(task_queue)s::text,"
+    " %(retry_policy)s::jsonb)",
+    "schedule_sleep": "select {}.schedule_sleep(%(task_id)s::bigint, %(token)s::uuid,"
+    " %(seq)s::integer, %(seconds)s::numeric)",
     # entity
-    "entity_step": "select {}.entity_step(%s::bigint, %s::uuid, %s::integer, %s::text, %s::text,"
-    " %s::jsonb)",
-    "entity_set": "select {}.entity_set(%s::text, %s::jsonb, %s::text, %s::text)",
-    "entity_merge": "select {}.entity_merge(%s::text, %s::jsonb, %s::text)",
-    "entity_get": "select {}.entity_get(%s::text, %s::text)",
-    "entity_delete": "select {}.entity_delete(%s::text, %s::text, %s::text)",
-    "entity_append": "select {}.entity_append(%s::text, %s::text, %s::jsonb, %s::text)",
-    "entity_prepend": "select {}.entity_prepend(%s::text, %s::text, %s::jsonb, %s::text)",
-    "entity_remove": "select {}.entity_remove(%s::text, %s::text, %s::integer, %s::text)",
-    "entity_increment": "select to_jsonb({}.entity_increment(%s::text, %s::text, %s::numeric,"
-    " %s::text))",
-    "entity_toggle": "select {}.entity_toggle(%s::text, %s::text, %s::text)",
-    "entity_set_if_not_exists": "select {}.entity_set_if_not_exists(%s::text, %s::text,"
-    " %s::jsonb, %s::text)",
-    "entity_history": "select version, thread, seq, op, path, value, result, document, caller,"
-    " recorded_at from {}.entity_history(%s::text)",
-    "entity_find": "select id, context, status from {}.entity_find(%s::text, %s::jsonb,"
-    " %s::integer, %s::integer)",
-    "entity_find_by_condition": "select id, context, status from"
-    " {}.entity_find_by_condition(%s::text, %s::text, %s::text, %s::jsonb, %s::integer,"
-    " %s::integer)",
-    "entity_find_by_id": "select id, context, status from {}.entity_find_by_id(%s::text, %s::text)",
-    "entity_create_index": "select {}.entity_create_index(%s::text, %s::text, %s::text)",
+    "entity_step": "select {}.entity_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(op)s::text, %(path)s::text, %(value)s::jsonb)",
+    "entity_set": "select {}.entity_set(%(workflow_id)s::text, %(value)s::jsonb, %(path)s::text,"
+    " %(key)s::text)",
+    "entity_merge": "select {}.entity_merge(%(workflow_id)s::text, %(value)s::jsonb,"
+    " %(key)s::text)",
+    "entity_get": "select {}.entity_get(%(workflow_id)s::text, %(path)s::text)",
+    "entity_delete": "select {}.entity_delete(%(workflow_id)s::text, %(path)s::text,"
+    " %(key)s::text)",
+    "entity_append": "select {}.entity_append(%(workflow_id)s::text, %(path)s::text,"
+    " %(value)s::jsonb, %(key)s::text)",
+    "entity_prepend": "select {}.entity_prepend(%(workflow_id)s::text, %(path)s::text,"
+    " %(value)s::jsonb, %(key)s::text)",
+    "entity_remove": "select {}.entity_remove(%(workflow_id)s::text, %(path)s::text,"
+    " %(value)s::integer, %(key)s::text)",
+    "entity_increment": "select to_jsonb({}.entity_increment(%(workflow_id)s::text,"
+    " %(path)s::text, %(value)s::numeric, %(key)s::text))",
+    "entity_toggle": "select {}.entity_toggle(%(workflow_id)s::text, %(path)s::text,"
+    " %(key)s::text)",
+    "entity_set_if_not_exists": "select {}.entity_set_if_not_exists(%(workflow_id)s::text,"
+    " %(path)s::text, %(value)s::jsonb, %(key)s::text)",
+    "entity_history": "select {columns} from {}.entity_history(%(workflow_id)s::text)",
+    "entity_find": "select {columns} from {}.entity_find(%(entity)s::text, %(where)s::jsonb,"
+    " %(limit)s::integer, %(offset)s::integer)",
+    "entity_find_by_condition": "select {columns} from {}.entity_find_by_condition("
+    "%(entity)s::text, %(path)s::text, %(op)s::text, %(value)s::jsonb, %(limit)s::integer,"
+    " %(offset)s::integer)",
+    "entity_find_by_id": "select {columns} from {}.entity_find_by_id(%(entity)s::text,"
+    " %(workflow_id)s::text)",
+    "entity_create_index": "select {}.entity_create_index(%(entity)s::text, %(path)s::text,"
+    " %(kind)s::text)",
     # signals, hooks, children, cancellation, search attributes, events
-    "search_step": "select {}.search_step(%s::bigint, %s::uuid, %s::integer, %s::text, %s::jsonb)",
-    "emit_step": "select {}.emit_step(%s::bigint, %s::uuid, %s::integer, %s::jsonb)",
-    "signal": "select {}.signal(%s::text, %s::jsonb, %s::text, %s::text)",
-    "hook": "select {}.hook(%s::text, %s::text, %s::jsonb, %s::text, %s::text)",
-    "cancel_workflow": "select {}.cancel_workflow(%s::text, %s::text, %s::boolean, %s::boolean)",
-    "wait_signal": "select {}.wait_signal(%s::bigint, %s::uuid, %s::integer, %s::text,"
-    " %s::numeric)",
-    "send_signal": "select {}.send_signal(%s::bigint, %s::uuid, %s::integer, %s::text,"
-    " %s::jsonb, %s::text)",
-    "start_child": "select {}.start_child(%s::bigint, %s::uuid, %s::integer, %s::text, %s::jsonb,"
-    " %s::text, %s::text, %s::text, %s::jsonb, %s::boolean)",
-    "start_hook": "select {}.start_hook(%s::bigint, %s::uuid, %s::integer, %s::text, %s::jsonb,"
-    " %s::text, %s::text, %s::text)",
-    "record_steps": "select {}.record_steps(%s::jsonb)",
-    "complete_tasks": "select {}.complete_tasks(%s::jsonb)",
-    "cancel_step": "select {}.cancel_step(%s::bigint, %s::uuid, %s::integer, %s::text, %s::text,"
-    " %s::boolean)",
+    "search_step": "select {}.search_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(op)s::text, %(args)s::jsonb)",
+    "emit_step": "select {}.emit_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(events)s::jsonb)",
+    "signal": "select {}.signal(%(signal_id)s::text, %(payload)s::jsonb, %(workflow_id)s::text,"
+    " %(idempotency_key)s::text)",
+    "hook": "select {}.hook(%(workflow_id)s::text, %(workflow_name)s::text, %(args)s::jsonb,"
+    " %(task_queue)s::text, %(signal_id)s::text)",
+    "cancel_workflow": "select {}.cancel_workflow(%(workflow_id)s::text, %(reason)s::text,"
+    " %(descend)s::boolean, %(ignore_finished)s::boolean)",
+    "wait_signal": "select {}.wait_signal(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(signal_id)s::text, %(limit)s::numeric)",
+    "send_signal": "select {}.send_signal(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(signal_id)s::text, %(payload)s::jsonb, %(workflow_id)s::text)",
+    "start_child": "select {}.start_child(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(workflow_id)s::text,"
+    " %(entity)s::text, %(options)s::jsonb, %(wait)s::boolean)",
+    "start_hook": "select {}.start_hook(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(workflow_id)s::text,"
+    " %(signal_id)s::text)",
+    "record_steps": "select {}.record_steps(%(items)s::jsonb)",
+    "complete_tasks": "select {}.complete_tasks(%(items)s::jsonb)",
+    "cancel_step": "select {}.cancel_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(workflow_id)s::text, %(reason)s::text, %(descend)s::boolean)",
     # -- operations: the views and functions of sql/70_views.sql and sql/71_retention.sql
-    "list_workflows": "select id, workflow_name, entity, status, task_queue, age, created_at,"
-    " updated_at, completed_at, attempt, waiting_on, waits, error, parent_id, expire_at"
-    " from {}.workflows"
-    " where (%s::text is null or status = %s::text) and (%s::text is null or entity = %s::text)"
-    " and (%s::text is null or task_queue = %s::text)"
-    " order by created_at desc, id limit %s::integer",
-    "workflow_waits": "select waiting_on, waits from {}.workflows where id = %s::text",
-    "workflow_history": "select at, thread, seq, kind, name, status, attempt, entity_version,"
-    " input, output, error, completed_at from {}.workflow_history(%s::text)",
-    "queue_backlog": "select task_queue, kind, ready, delayed, leased, lease_expired, dead,"
-    " oldest_ready_age, next_run_at from {}.queue_backlog order by task_queue, kind",
-    "retry_workflow": "select {}.retry_workflow(%s::text)",
-    "prune": "call {}.prune(%s::interval, %s::integer, %s::boolean, null)",
-    "set_setting": "select {}.set_setting(%s::text, %s::jsonb)",
-    "get_setting": "select {}.get_setting(%s::text)",
+    "list_workflows": "select {columns} from {}.workflows"
+    " where (%(status)s::text is null or status = %(status)s::text)"
+    " and (%(entity)s::text is null or entity = %(entity)s::text)"
+    " and (%(task_queue)s::text is null or task_queue = %(task_queue)s::text)"
+    " order by created_at desc, id limit %(limit)s::integer",
+    "workflow_waits": "select {columns} from {}.workflows where id = %(workflow_id)s::text",
+    "workflow_history": "select {columns} from {}.workflow_history(%(workflow_id)s::text)",
+    "queue_backlog": "select {columns} from {}.queue_backlog order by task_queue, kind",
+    "retry_workflow": "select {}.retry_workflow(%(workflow_id)s::text)",
+    "prune": "call {}.prune(%(older_than)s::interval, %(batch)s::integer, %(dry_run)s::boolean,"
+    " null)",
+    "set_setting": "select {}.set_setting(%(key)s::text, %(value)s::jsonb)",
+    "get_setting": "select {}.get_setting(%(key)s::text)",
 }
 
-# Column names of the operations' row-returning statements, in select order.
-_COLUMNS = {
-    "list_workflows": (
-        "id",
-        "workflow_name",
-        "entity",
-        "status",
-        "task_queue",
-        "age",
-        "created_at",
-        "updated_at",
-        "completed_at",
-        "attempt",
-        "waiting_on",
-        "waits",
-        "error",
-        "parent_id",
-        "expire_at",
-    ),
-    "workflow_waits": ("waiting_on", "waits"),
-    "workflow_history": (
-        "at",
-        "thread",
-        "seq",
-        "kind",
-        "name",
-        "status",
-        "attempt",
-        "entity_version",
-        "input",
-        "output",
-        "error",
-        "completed_at",
-    ),
-    "queue_backlog": (
-        "task_queue",
-        "kind",
-        "ready",
-        "delayed",
-        "leased",
-        "lease_expired",
-        "dead",
-        "oldest_ready_age",
-        "next_run_at",
-    ),
+# The statements whose rows become dataclasses, and which.
+_ROWS: dict[str, type[Any]] = {
+    "workflow_outcome": WorkflowOutcome,
+    "claim_tasks": Claimed,
+    "entity_history": EntityChange,
+    "entity_find": EntityMatch,
+    "entity_find_by_condition": EntityMatch,
+    "entity_find_by_id": EntityMatch,
+    "list_workflows": WorkflowSummary,
+    "workflow_waits": WorkflowWaits,
+    "workflow_history": HistoryEntry,
+    "queue_backlog": QueueBacklog,
 }
+
+
+def _statement(text: str, schema: sql.Identifier, row: type[Any] | None) -> sql.Composed:
+    if row is None:
+        return sql.SQL(text).format(schema)
+    columns = sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(row))
+    return sql.SQL(text).format(schema, columns=columns)
 
 
 def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
+
+
+def _held(task: Claimed, seq: int) -> dict[str, Any]:
+    """The parameters every durable call of an activation starts with: its task, the lease
+    token that proves the task is still held (fencing), and the call's step number."""
+    return {"task_id": task.task_id, "token": task.lease_token, "seq": seq}
+
+
+def _start(
+    workflow_name: str,
+    args: list[Any],
+    task_queue: str | None,
+    workflow_id: str | None,
+    entity: str | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The parameters of a new workflow, as start_workflow and start_child take them."""
+    return {
+        "workflow_name": workflow_name,
+        "args": Jsonb(args),
+        "task_queue": task_queue,
+        "workflow_id": workflow_id,
+        "entity": entity,
+        "options": Jsonb(options),
+    }
+
+
+Params = Mapping[str, Any]
+R = TypeVar("R")
 
 
 Single = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -306,7 +380,9 @@ class Database:
         self.pool = pool
         self.app_id = app_id
         schema = sql.Identifier(app_id)
-        self._sql = {name: sql.SQL(text).format(schema) for name, text in _STATEMENTS.items()}
+        self._sql = {
+            name: _statement(text, schema, _ROWS.get(name)) for name, text in _STATEMENTS.items()
+        }
         self._steps = _GroupCommit(self._record_one, self._record_many)
         self._completions = _GroupCommit(self._complete_one, self._complete_many)
 
@@ -329,7 +405,7 @@ class Database:
         finally:
             await self.pool.putconn(conn)
 
-    async def _fetch(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _fetch(self, name: str, params: Params) -> list[Any]:
         # Each call is one autocommit statement, so one that lost a deadlock or a
         # serialization conflict was rolled back whole and is safe to send again. A read whose
         # connection was lost (a server restart, a terminated backend) is sent again on a
@@ -351,11 +427,14 @@ class Database:
                     raise
                 await asyncio.sleep(wait)
 
-    async def _fetch_once(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _fetch_once(self, name: str, params: Params) -> list[Any]:
+        """The statement's rows: its dataclass (_ROWS) or tuples."""
+        row = _ROWS.get(name)
         try:
             async with self._connection() as conn:
+                cur = conn.cursor(row_factory=class_row(row)) if row else conn.cursor()
                 try:
-                    cur = await conn.execute(self._sql[name], params)
+                    await cur.execute(self._sql[name], params)
                 except (TypeError, ValueError, RecursionError) as error:
                     # An argument psycopg cannot send (a str with a lone surrogate, an int of
                     # thousands of digits, JSON nested too deeply or not JSON at all): nothing
@@ -371,7 +450,12 @@ class Database:
                 raise errors.InvalidArgument(f"{name}: {error}") from error
             raise
 
-    async def _value(self, name: str, params: Sequence[Any]) -> Any:
+    async def _rows(self, name: str, row: type[R], params: Params) -> list[R]:
+        """The rows of a statement of _ROWS, as `row` (the class _ROWS names for it)."""
+        assert _ROWS[name] is row  # noqa: S101 - a programming error, caught by every test
+        return await self._fetch(name, params)
+
+    async def _value(self, name: str, params: Params) -> Any:
         rows = await self._fetch(name, params)
         return rows[0][0] if rows else None
 
@@ -385,29 +469,28 @@ class Database:
         entity: str | None,
         options: dict[str, Any],
     ) -> str:
-        params = (workflow_name, Jsonb(args), task_queue, workflow_id, entity, Jsonb(options))
+        params = _start(workflow_name, args, task_queue, workflow_id, entity, options)
         return str(await self._value("start_workflow", params))
 
     async def workflow_status(self, workflow_id: str) -> str:
-        return str(await self._value("workflow_status", (workflow_id,)))
+        return str(await self._value("workflow_status", {"workflow_id": workflow_id}))
 
-    async def workflow_outcome(self, workflow_id: str) -> tuple[str, Any, Any]:
-        rows = await self._fetch("workflow_outcome", (workflow_id,))
-        status, result, error = rows[0]
-        return str(status), result, error
+    async def workflow_outcome(self, workflow_id: str) -> WorkflowOutcome:
+        params = {"workflow_id": workflow_id}
+        return (await self._rows("workflow_outcome", WorkflowOutcome, params))[0]
 
     async def get_workflow(self, workflow_id: str) -> dict[str, Any]:
-        return dict(await self._value("get_workflow", (workflow_id,)))
+        return dict(await self._value("get_workflow", {"workflow_id": workflow_id}))
 
     # -- tasks ---------------------------------------------------------------------------
     async def claim_tasks(
         self, queues: list[str], worker_id: str, max_tasks: int, lease: timedelta
     ) -> list[Claimed]:
-        rows = await self._fetch("claim_tasks", (queues, worker_id, max_tasks, lease))
-        return [Claimed(*row) for row in rows]
+        params = {"queues": queues, "worker_id": worker_id, "max_tasks": max_tasks, "lease": lease}
+        return await self._rows("claim_tasks", Claimed, params)
 
     async def next_due(self, queues: list[str]) -> datetime | None:
-        value = await self._value("next_due", (queues,))
+        value = await self._value("next_due", {"queues": queues})
         return value if isinstance(value, datetime) else None
 
     async def complete_task(self, task: Claimed, result: Any) -> None:
@@ -417,33 +500,35 @@ class Database:
         )
 
     async def _complete_one(self, item: dict[str, Any]) -> None:
-        params = (item["task_id"], item["token"], Jsonb(item["result"]))
-        await self._fetch("complete_task", params)
+        await self._fetch("complete_task", {**item, "result": Jsonb(item["result"])})
 
     async def _complete_many(self, items: list[dict[str, Any]]) -> list[Any]:
-        return list(await self._value("complete_tasks", (Jsonb(items),)))
+        return list(await self._value("complete_tasks", {"items": Jsonb(items)}))
 
     async def fail_task(self, task: Claimed, error: dict[str, Any]) -> dict[str, Any]:
-        value = await self._value("fail_task", (task.task_id, task.lease_token, Jsonb(error)))
-        return dict(value)
+        params = {"task_id": task.task_id, "token": task.lease_token, "error": Jsonb(error)}
+        return dict(await self._value("fail_task", params))
 
     async def suspend_task(self, task: Claimed) -> datetime | None:
-        value = await self._value("suspend_task", (task.task_id, task.lease_token))
+        params = {"task_id": task.task_id, "token": task.lease_token}
+        value = await self._value("suspend_task", params)
         return value if isinstance(value, datetime) else None
 
     async def bury_task(self, task: Claimed, error: dict[str, Any]) -> None:
-        await self._fetch("bury_task", (task.task_id, task.lease_token, Jsonb(error)))
+        params = {"task_id": task.task_id, "token": task.lease_token, "error": Jsonb(error)}
+        await self._fetch("bury_task", params)
 
     async def heartbeat(self, tasks: Sequence[Claimed], lease: timedelta) -> set[int]:
-        ids = [t.task_id for t in tasks]
-        tokens = [t.lease_token for t in tasks]
-        held = await self._value("heartbeat", (ids, tokens, lease))
-        return set(held or ())
+        params = {
+            "task_ids": [t.task_id for t in tasks],
+            "tokens": [t.lease_token for t in tasks],
+            "lease": lease,
+        }
+        return set(await self._value("heartbeat", params) or ())
 
     async def release_tasks(self, tasks: Sequence[Claimed]) -> int:
-        ids = [t.task_id for t in tasks]
-        tokens = [t.lease_token for t in tasks]
-        return int(await self._value("release_tasks", (ids, tokens)) or 0)
+        params = {"task_ids": [t.task_id for t in tasks], "tokens": [t.lease_token for t in tasks]}
+        return int(await self._value("release_tasks", params) or 0)
 
     # -- steps ---------------------------------------------------------------------------
     async def record_step(
@@ -472,21 +557,12 @@ class Database:
         return dict(await self._steps.submit(item))
 
     async def _record_one(self, item: dict[str, Any]) -> Any:
-        params = (
-            item["task_id"],
-            item["token"],
-            item["seq"],
-            item["kind"],
-            item["name"],
-            _json(item["input"]),
-            _json(item["output"]),
-            _json(item["error"]),
-            _json(item["retry_policy"]),
-        )
+        jsonb = ("input", "output", "error", "retry_policy")
+        params = {**item, **{key: _json(item[key]) for key in jsonb}}
         return await self._value("record_step", params)
 
     async def _record_many(self, items: list[dict[str, Any]]) -> list[Any]:
-        return list(await self._value("record_steps", (Jsonb(items),)))
+        return list(await self._value("record_steps", {"items": Jsonb(items)}))
 
     async def schedule_activity(
         self,
@@ -497,26 +573,29 @@ class Database:
         task_queue: str,
         retry_policy: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        params = (
-            task.task_id,
-            task.lease_token,
-            seq,
-            name,
-            Jsonb(args),
-            task_queue,
-            _json(retry_policy),
-        )
+        params = {
+            **_held(task, seq),
+            "name": name,
+            "args": Jsonb(args),
+            "task_queue": task_queue,
+            "retry_policy": _json(retry_policy),
+        }
         return dict(await self._value("schedule_activity", params))
 
     async def schedule_sleep(self, task: Claimed, seq: int, seconds: float) -> dict[str, Any]:
-        params = (task.task_id, task.lease_token, seq, seconds)
+        params = {**_held(task, seq), "seconds": seconds}
         return dict(await self._value("schedule_sleep", params))
 
     # -- signals, hooks, children, cancellation ------------------------------------------
     async def signal(
         self, signal_id: str, payload: Any, workflow_id: str | None, idempotency_key: str | None
     ) -> dict[str, Any]:
-        params = (signal_id, Jsonb(payload), workflow_id, idempotency_key)
+        params = {
+            "signal_id": signal_id,
+            "payload": Jsonb(payload),
+            "workflow_id": workflow_id,
+            "idempotency_key": idempotency_key,
+        }
         return dict(await self._value("signal", params))
 
     async def hook(
@@ -527,25 +606,41 @@ class Database:
         task_queue: str | None,
         signal_id: str | None,
     ) -> str:
-        params = (workflow_id, workflow_name, Jsonb(args), task_queue, signal_id)
+        params = {
+            "workflow_id": workflow_id,
+            "workflow_name": workflow_name,
+            "args": Jsonb(args),
+            "task_queue": task_queue,
+            "signal_id": signal_id,
+        }
         return str(await self._value("hook", params))
 
     async def cancel_workflow(
         self, workflow_id: str, reason: str | None, descend: bool, ignore_finished: bool
     ) -> list[str]:
-        params = (workflow_id, reason, descend, ignore_finished)
+        params = {
+            "workflow_id": workflow_id,
+            "reason": reason,
+            "descend": descend,
+            "ignore_finished": ignore_finished,
+        }
         return list(await self._value("cancel_workflow", params) or [])
 
     async def wait_signal(
         self, task: Claimed, seq: int, signal_id: str, limit: float | None
     ) -> dict[str, Any]:
-        params = (task.task_id, task.lease_token, seq, signal_id, limit)
+        params = {**_held(task, seq), "signal_id": signal_id, "limit": limit}
         return dict(await self._value("wait_signal", params))
 
     async def send_signal(
         self, task: Claimed, seq: int, signal_id: str, payload: Any, workflow_id: str | None
     ) -> dict[str, Any]:
-        params = (task.task_id, task.lease_token, seq, signal_id, Jsonb(payload), workflow_id)
+        params = {
+            **_held(task, seq),
+            "signal_id": signal_id,
+            "payload": Jsonb(payload),
+            "workflow_id": workflow_id,
+        }
         return dict(await self._value("send_signal", params))
 
     async def start_child(
@@ -560,18 +655,11 @@ class Database:
         options: dict[str, Any],
         wait: bool,
     ) -> dict[str, Any]:
-        params = (
-            task.task_id,
-            task.lease_token,
-            seq,
-            workflow_name,
-            Jsonb(args),
-            task_queue,
-            workflow_id,
-            entity,
-            Jsonb(options),
-            wait,
-        )
+        params = {
+            **_held(task, seq),
+            **_start(workflow_name, args, task_queue, workflow_id, entity, options),
+            "wait": wait,
+        }
         return dict(await self._value("start_child", params))
 
     async def start_hook(
@@ -584,30 +672,33 @@ class Database:
         workflow_id: str | None,
         signal_id: str | None,
     ) -> dict[str, Any]:
-        params = (
-            task.task_id,
-            task.lease_token,
-            seq,
-            workflow_name,
-            Jsonb(args),
-            task_queue,
-            workflow_id,
-            signal_id,
-        )
+        params = {
+            **_held(task, seq),
+            "workflow_name": workflow_name,
+            "args": Jsonb(args),
+            "task_queue": task_queue,
+            "workflow_id": workflow_id,
+            "signal_id": signal_id,
+        }
         return dict(await self._value("start_hook", params))
 
     async def search_step(self, task: Claimed, seq: int, op: str, args: Any) -> dict[str, Any]:
-        params = (task.task_id, task.lease_token, seq, op, Jsonb(args))
+        params = {**_held(task, seq), "op": op, "args": Jsonb(args)}
         return dict(await self._value("search_step", params))
 
     async def emit_step(self, task: Claimed, seq: int, events: dict[str, Any]) -> dict[str, Any]:
-        params = (task.task_id, task.lease_token, seq, Jsonb(events))
+        params = {**_held(task, seq), "events": Jsonb(events)}
         return dict(await self._value("emit_step", params))
 
     async def cancel_step(
         self, task: Claimed, seq: int, workflow_id: str, reason: str | None, descend: bool
     ) -> dict[str, Any]:
-        params = (task.task_id, task.lease_token, seq, workflow_id, reason, descend)
+        params = {
+            **_held(task, seq),
+            "workflow_id": workflow_id,
+            "reason": reason,
+            "descend": descend,
+        }
         return dict(await self._value("cancel_step", params))
 
     # -- entity --------------------------------------------------------------------------
@@ -621,39 +712,28 @@ class Database:
         has_value: bool = True,
     ) -> dict[str, Any]:
         operand = Jsonb(value) if has_value else None  # None: JSON null; no operand: SQL null
-        params = (task.task_id, task.lease_token, seq, op, path, operand)
+        params = {**_held(task, seq), "op": op, "path": path, "value": operand}
         return dict(await self._value("entity_step", params))
 
     async def entity_call(
         self, op: str, workflow_id: str, path: str | None, value: Any, key: str | None
     ) -> Any:
         """One entity_<op> function of the SQL API; `value` is the operand (JSON value, index
-        or amount)."""
-        params: tuple[Any, ...]
-        if op == "get":
-            params = (workflow_id, path)
-        elif op == "set":
-            params = (workflow_id, Jsonb(value), path, key)
-        elif op == "merge":
-            params = (workflow_id, Jsonb(value), key)
-        elif op in ("delete", "toggle"):
-            params = (workflow_id, path, key)
-        elif op in ("remove", "increment"):
-            params = (workflow_id, path, value, key)
-        else:
-            params = (workflow_id, path, Jsonb(value), key)
+        or amount: sent as is for remove and increment, as jsonb otherwise). Each statement
+        takes the parameters it names."""
+        operand = value if op in ("remove", "increment") else Jsonb(value)
+        params = {"workflow_id": workflow_id, "path": path, "value": operand, "key": key}
         return await self._value(f"entity_{op}", params)
 
-    async def entity_history(self, workflow_id: str) -> list[dict[str, Any]]:
-        rows = await self._fetch("entity_history", (workflow_id,))
-        names = ("version", "thread", "seq", "op", "path", "value", "result", "document")
-        return [dict(zip((*names, "caller", "recorded_at"), row, strict=True)) for row in rows]
+    async def entity_history(self, workflow_id: str) -> list[EntityChange]:
+        params = {"workflow_id": workflow_id}
+        return await self._rows("entity_history", EntityChange, params)
 
     async def entity_find(
         self, entity: str, where: dict[str, Any], limit: int | None, offset: int
-    ) -> list[dict[str, Any]]:
-        rows = await self._fetch("entity_find", (entity, Jsonb(where), limit, offset))
-        return [{"id": i, "context": c, "status": s} for i, c, s in rows]
+    ) -> list[EntityMatch]:
+        params = {"entity": entity, "where": Jsonb(where), "limit": limit, "offset": offset}
+        return await self._rows("entity_find", EntityMatch, params)
 
     async def entity_find_by_condition(
         self,
@@ -663,53 +743,58 @@ class Database:
         value: Any,
         limit: int | None,
         offset: int,
-    ) -> list[dict[str, Any]]:
-        params = (entity, path, op, Jsonb(value), limit, offset)
-        rows = await self._fetch("entity_find_by_condition", params)
-        return [{"id": i, "context": c, "status": s} for i, c, s in rows]
+    ) -> list[EntityMatch]:
+        params = {
+            "entity": entity,
+            "path": path,
+            "op": op,
+            "value": Jsonb(value),
+            "limit": limit,
+            "offset": offset,
+        }
+        return await self._rows("entity_find_by_condition", EntityMatch, params)
 
-    async def entity_find_by_id(self, entity: str, workflow_id: str) -> dict[str, Any] | None:
-        rows = await self._fetch("entity_find_by_id", (entity, workflow_id))
-        return {"id": rows[0][0], "context": rows[0][1], "status": rows[0][2]} if rows else None
+    async def entity_find_by_id(self, entity: str, workflow_id: str) -> EntityMatch | None:
+        params = {"entity": entity, "workflow_id": workflow_id}
+        rows = await self._rows("entity_find_by_id", EntityMatch, params)
+        return rows[0] if rows else None
 
     async def entity_create_index(self, entity: str, path: str | None, kind: str) -> str:
-        return str(await self._value("entity_create_index", (entity, path, kind)))
+        params = {"entity": entity, "path": path, "kind": kind}
+        return str(await self._value("entity_create_index", params))
 
     # -- operations ----------------------------------------------------------------------
-    async def _records(self, name: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        rows = await self._fetch(name, params)
-        return [dict(zip(_COLUMNS[name], row, strict=True)) for row in rows]
-
     async def list_workflows(
         self, status: str | None, entity: str | None, task_queue: str | None, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[WorkflowSummary]:
         """Rows of the `workflows` view, newest first."""
-        params = (status, status, entity, entity, task_queue, task_queue, limit)
-        return await self._records("list_workflows", params)
+        params = {"status": status, "entity": entity, "task_queue": task_queue, "limit": limit}
+        return await self._rows("list_workflows", WorkflowSummary, params)
 
-    async def describe_workflow(self, workflow_id: str) -> dict[str, Any]:
-        """get_workflow's document plus what the workflow waits on (`workflows` view)."""
-        doc = await self.get_workflow(workflow_id)
-        waits = await self._records("workflow_waits", (workflow_id,))
-        doc.update(waits[0] if waits else {"waiting_on": None, "waits": []})
-        return doc
+    async def workflow_waits(self, workflow_id: str) -> WorkflowWaits:
+        """What the workflow waits on (`workflows` view); nothing when it is not found."""
+        rows = await self._rows("workflow_waits", WorkflowWaits, {"workflow_id": workflow_id})
+        return rows[0] if rows else WorkflowWaits(waiting_on=None, waits=[])
 
-    async def workflow_history(self, workflow_id: str) -> list[dict[str, Any]]:
-        return await self._records("workflow_history", (workflow_id,))
+    async def workflow_history(self, workflow_id: str) -> list[HistoryEntry]:
+        params = {"workflow_id": workflow_id}
+        return await self._rows("workflow_history", HistoryEntry, params)
 
-    async def queue_backlog(self) -> list[dict[str, Any]]:
-        return await self._records("queue_backlog", ())
+    async def queue_backlog(self) -> list[QueueBacklog]:
+        return await self._rows("queue_backlog", QueueBacklog, {})
 
     async def retry_workflow(self, workflow_id: str) -> dict[str, Any]:
-        return dict(await self._value("retry_workflow", (workflow_id,)))
+        return dict(await self._value("retry_workflow", {"workflow_id": workflow_id}))
 
     async def prune(self, older_than: timedelta, batch: int, dry_run: bool) -> int:
         """`call prune(...)`: every batch commits on its own (the pool's connections are in
         autocommit mode, which a procedure that commits needs)."""
-        return int(await self._value("prune", (older_than, batch, dry_run)) or 0)
+        params = {"older_than": older_than, "batch": batch, "dry_run": dry_run}
+        return int(await self._value("prune", params) or 0)
 
     async def set_setting(self, key: str, value: Any) -> Any:
-        return await self._value("set_setting", (key, None if value is None else Jsonb(value)))
+        params = {"key": key, "value": None if value is None else Jsonb(value)}
+        return await self._value("set_setting", params)
 
     async def get_setting(self, key: str) -> Any:
-        return await self._value("get_setting", (key,))
+        return await self._value("get_setting", {"key": key})

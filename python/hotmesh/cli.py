@@ -19,6 +19,7 @@ import sys
 import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from hotmesh import _install
 from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
 from hotmesh.errors import HotMeshError
+from hotmesh.rows import HistoryEntry
 
 _STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -81,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="hotmesh",
         description="Durable workflows with permanent memory, native to Postgres.",
         epilog="hotmesh db {up,down,restart,run,url,env,status}: a private throwaway Postgres "
-        "on a Unix socket, for development and tests (hotmesh db --help).",
+        "on a Unix socket, for development and tests, in a source checkout (hotmesh db --help).",
     )
     parser.add_argument("--version", action="version", version=f"hotmesh {_package_version()}")
     parser.add_argument(
@@ -188,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     setting.add_argument("--unset", action="store_true", help="back to the built-in default")
 
     bench = commands.add_parser("bench", help="measure throughput and latency (see README)")
-    from hotmesh import bench as bench_module
+    from hotmesh.devtools import bench as bench_module
 
     bench_module.add_arguments(bench)
     return parser
@@ -237,6 +239,8 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[MemFlow]:
 
 
 def _default(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):  # a row of hotmesh.rows
+        return asdict(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, timedelta):
@@ -349,7 +353,9 @@ async def _start(args: argparse.Namespace) -> int:
 
 async def _list(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
-        rows = await mf.db.list_workflows(args.status, args.entity, args.queue, args.limit)
+        rows = await mf.workflow.list(
+            status=args.status, entity=args.entity, task_queue=args.queue, limit=args.limit
+        )
     if args.json:
         _print_json(rows)
         return 0
@@ -358,13 +364,13 @@ async def _list(args: argparse.Namespace) -> int:
         return 0
     table = [
         [
-            r["id"],
-            r["workflow_name"],
-            r["entity"],
-            r["status"],
-            r["task_queue"],
-            _age(r["age"]),
-            _short(r["waiting_on"] if r["status"] != "failed" else r["error"]),
+            r.id,
+            r.workflow_name,
+            r.entity,
+            r.status,
+            r.task_queue,
+            _age(r.age),
+            _short(r.waiting_on if r.status != "failed" else r.error),
         ]
         for r in rows
     ]
@@ -375,7 +381,7 @@ async def _list(args: argparse.Namespace) -> int:
 
 async def _show(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
-        doc = await mf.db.describe_workflow(args.workflow_id)
+        doc = await mf.workflow.get_handle(args.workflow_id).describe()
     if args.json:
         _print_json(doc)
         return 0
@@ -401,40 +407,40 @@ async def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _history_detail(row: dict[str, Any]) -> str:
-    if row["error"]:
-        error = row["error"]
+def _history_detail(row: HistoryEntry) -> str:
+    if row.error:
+        error = row.error
         return _short(f"error {error.get('code', '')}: {error.get('message', '')}")
     parts = []
-    if row["entity_version"] is not None:
-        parts.append(f"v{row['entity_version']}")
-    if (row["attempt"] or 1) > 1:
-        parts.append(f"attempt {row['attempt']}")
-    if row["kind"] == "entity" and isinstance(row["input"], dict):
-        path = row["input"].get("path")
+    if row.entity_version is not None:
+        parts.append(f"v{row.entity_version}")
+    if (row.attempt or 1) > 1:
+        parts.append(f"attempt {row.attempt}")
+    if row.kind == "entity" and isinstance(row.input, dict):
+        path = row.input.get("path")
         label = ".".join(str(p) for p in path) if isinstance(path, list) else ""
-        parts.append(f"{label} {_short(row['input'].get('value'), 30)}".strip())
-    elif row["output"] is not None:
-        parts.append("-> " + _short(row["output"], 40))
-    elif row["input"] is not None and row["status"] in ("started", "scheduled"):
-        parts.append(_short(row["input"], 40))
+        parts.append(f"{label} {_short(row.input.get('value'), 30)}".strip())
+    elif row.output is not None:
+        parts.append("-> " + _short(row.output, 40))
+    elif row.input is not None and row.status in ("started", "scheduled"):
+        parts.append(_short(row.input, 40))
     return _short(" ".join(parts))
 
 
 async def _history(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
-        rows = await mf.db.workflow_history(args.workflow_id)
+        rows = await mf.workflow.get_handle(args.workflow_id).history()
     if args.json:
         _print_json(rows)
         return 0
     table = [
         [
-            _when(r["at"]),
-            r["thread"],
-            "" if r["seq"] is None else str(r["seq"]),
-            r["kind"],
-            r["name"],
-            r["status"],
+            _when(r.at),
+            r.thread,
+            "" if r.seq is None else str(r.seq),
+            r.kind,
+            r.name,
+            r.status,
             _history_detail(r),
         ]
         for r in rows
@@ -465,7 +471,8 @@ async def _signal(args: argparse.Namespace) -> int:
 
 async def _cancel(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
-        cancelled = await mf.db.cancel_workflow(args.workflow_id, args.reason, args.descend, False)
+        handle = mf.workflow.get_handle(args.workflow_id)
+        cancelled = await handle.interrupt(args.reason, descend=args.descend)
     if args.json:
         _print_json({"cancelled": cancelled})
     else:
@@ -475,7 +482,7 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 async def _retry(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
-        outcome = await mf.db.retry_workflow(args.workflow_id)
+        outcome = await mf.workflow.get_handle(args.workflow_id).retry()
     if args.json:
         _print_json(outcome)
     elif outcome.get("revived_tasks"):
@@ -491,7 +498,7 @@ async def _retry(args: argparse.Namespace) -> int:
 
 async def _queues(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
-        rows = await mf.db.queue_backlog()
+        rows = await mf.queue_backlog()
     if args.json:
         _print_json(rows)
         return 0
@@ -501,15 +508,15 @@ async def _queues(args: argparse.Namespace) -> int:
     headers = ("QUEUE", "KIND", "READY", "DELAYED", "LEASED", "EXPIRED", "DEAD", "OLDEST", "NEXT")
     table = [
         [
-            r["task_queue"],
-            r["kind"],
-            str(r["ready"]),
-            str(r["delayed"]),
-            str(r["leased"]),
-            str(r["lease_expired"]),
-            str(r["dead"]),
-            _age(r["oldest_ready_age"]),
-            _when(r["next_run_at"]),
+            r.task_queue,
+            r.kind,
+            str(r.ready),
+            str(r.delayed),
+            str(r.leased),
+            str(r.lease_expired),
+            str(r.dead),
+            _age(r.oldest_ready_age),
+            _when(r.next_run_at),
         ]
         for r in rows
     ]
@@ -520,7 +527,7 @@ async def _queues(args: argparse.Namespace) -> int:
 async def _prune(args: argparse.Namespace) -> int:
     older_than = timedelta(seconds=seconds(args.older_than, "--older-than"))
     async with _client(args) as mf:
-        count = await mf.db.prune(older_than, args.batch, args.dry_run)
+        count = await mf.prune(older_than=older_than, batch=args.batch, dry_run=args.dry_run)
     if args.json:
         _print_json({"count": count, "dry_run": args.dry_run})
     elif args.dry_run:
@@ -533,13 +540,13 @@ async def _prune(args: argparse.Namespace) -> int:
 async def _setting(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
         if args.unset:
-            value = await mf.db.set_setting(args.key, None)
+            value = await mf.set_setting(args.key, None)
         elif args.value is not None:
             # Durations as the rest of the CLI takes them ("30d", "12h", seconds).
             new = seconds(args.value, args.key)
-            value = await mf.db.set_setting(args.key, int(new) if new.is_integer() else new)
+            value = await mf.set_setting(args.key, int(new) if new.is_integer() else new)
         else:
-            value = await mf.db.get_setting(args.key)
+            value = await mf.get_setting(args.key)
     if args.json:
         _print_json({"key": args.key, "value": value})
     else:
@@ -568,15 +575,31 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else repr(error)
 
 
+_NO_CLUSTER = """\
+hotmesh db: the private throwaway cluster is developer tooling of a source checkout; this
+installed package does not include it (an installed package creates no database clusters).
+Point hotmesh at your PostgreSQL instead: --dsn, DATABASE_URL or the libpq variables (PGHOST,
+PGPORT, PGUSER, PGDATABASE). To use `hotmesh db`, work in a clone of the repository:
+`make setup`, then `make db-up` (or .venv/bin/hotmesh db up).
+"""
+
+
+def _db_command(argv: list[str]) -> int:
+    try:
+        from hotmesh.devtools import pgcluster
+    except ImportError:
+        sys.stderr.write(_NO_CLUSTER)
+        return 1
+    return pgcluster.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["db"]:
-        from hotmesh import _pgcluster
-
-        return _pgcluster.main(argv[1:])
+        return _db_command(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "bench":
-        from hotmesh import bench
+        from hotmesh.devtools import bench
 
         return bench.main(args)
     logging.basicConfig(

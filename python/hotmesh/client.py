@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
 import signal
 from collections.abc import AsyncGenerator, Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -18,6 +20,7 @@ from hotmesh._listener import Listener
 from hotmesh._runner import encode
 from hotmesh.entity import EntityClient
 from hotmesh.retry import RetryPolicy
+from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
 from hotmesh.worker import Registry, Worker
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
@@ -37,7 +40,7 @@ class Handle:
 
     async def status(self) -> str:
         """pending, running, waiting, completed, failed or cancelled."""
-        return await self._mf.db.workflow_status(self.workflow_id)
+        return await self._mf._db.workflow_status(self.workflow_id)
 
     async def signal(
         self, signal_id: str, data: Any = None, *, idempotency_key: str | None = None
@@ -51,11 +54,25 @@ class Handle:
         """Cancel the workflow: it ends `cancelled` (code 410), its queued tasks are removed
         and, with `descend`, its children are cancelled too. Returns the ids cancelled;
         IllegalTransition if it already finished."""
-        return await self._mf.db.cancel_workflow(self.workflow_id, reason, descend, False)
+        return await self._mf._db.cancel_workflow(self.workflow_id, reason, descend, False)
 
     async def describe(self) -> dict[str, Any]:
-        """Everything about the workflow (`<app>.get_workflow`): status, entity, tasks, ..."""
-        return await self._mf.db.get_workflow(self.workflow_id)
+        """Everything about the workflow (`<app>.get_workflow`): status, entity, tasks, ...,
+        and what it waits on (`waiting_on` as text, `waits` one object per wait: the
+        `workflows` view's columns)."""
+        doc = await self._mf._db.get_workflow(self.workflow_id)
+        waits = await self._mf._db.workflow_waits(self.workflow_id)
+        return {**doc, "waiting_on": waits.waiting_on, "waits": waits.waits}
+
+    async def history(self) -> list[HistoryEntry]:
+        """The workflow's timeline, step by step (`<app>.workflow_history`)."""
+        return await self._mf._db.workflow_history(self.workflow_id)
+
+    async def retry(self) -> dict[str, Any]:
+        """Run a failed workflow again from its last recorded step, or make its dead tasks
+        ready again (`<app>.retry_workflow`; the app's owner only). Returns what it did:
+        {"workflow_id", "status", "reset_steps", "retried", "revived_tasks"}."""
+        return await self._mf._db.retry_workflow(self.workflow_id)
 
     async def result(self, timeout: Duration | None = None) -> Any:  # noqa: ASYNC109 (seed API)
         """Wait for the workflow to finish (woken by NOTIFY; a 30 s fallback look) and return
@@ -71,11 +88,11 @@ class Handle:
             async with asyncio.timeout(limit):
                 while True:
                     event.clear()
-                    status, result, error = await self._mf.db.workflow_outcome(self.workflow_id)
-                    if status == "completed":
-                        return result
-                    if status in _TERMINAL:
-                        raise errors.from_payload(error or {"message": status})
+                    outcome = await self._mf._db.workflow_outcome(self.workflow_id)
+                    if outcome.status == "completed":
+                        return outcome.result
+                    if outcome.status in _TERMINAL:
+                        raise errors.from_payload(outcome.error or {"message": outcome.status})
                     # Woken by its NOTIFY; the periodic look guards against one never seen
                     # (sent by an engine version whose payloads this client does not read).
                     with contextlib.suppress(TimeoutError):
@@ -111,7 +128,7 @@ class WorkflowClient:
         except errors.FatalError as error:
             # A caller's bad argument (22023), not a workflow-side failure (598).
             raise errors.InvalidArgument(error.message) from None
-        workflow_id = await self._mf.db.start_workflow(
+        workflow_id = await self._mf._db.start_workflow(
             workflow_name, arguments, task_queue, workflow_id, entity, options
         )
         return Handle(self._mf, workflow_id)
@@ -131,7 +148,7 @@ class WorkflowClient:
             payload = encode(data, f"the data of signal {signal_id}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
-        return await self._mf.db.signal(signal_id, payload, workflow_id, idempotency_key)
+        return await self._mf._db.signal(signal_id, payload, workflow_id, idempotency_key)
 
     async def hook(
         self,
@@ -147,11 +164,23 @@ class WorkflowClient:
             arguments = encode(list(args), f"the args of hook {workflow_name}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
-        return await self._mf.db.hook(workflow_id, workflow_name, arguments, task_queue, signal_id)
+        return await self._mf._db.hook(workflow_id, workflow_name, arguments, task_queue, signal_id)
 
     def get_handle(self, workflow_id: str) -> Handle:
         """The Handle of an existing workflow (no query: status() and result() check)."""
         return Handle(self._mf, workflow_id)
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        entity: str | None = None,
+        task_queue: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[WorkflowSummary]:
+        """Workflows, newest first (rows of the `<app>.workflows` view), optionally only
+        those in one status, of one entity type or started on one task queue."""
+        return await self._mf._db.list_workflows(status, entity, task_queue, limit)
 
 
 class WorkerFactory:
@@ -201,12 +230,12 @@ class MemFlow:
     def __init__(self, app_id: str, dsn: str, pool: AsyncConnectionPool) -> None:
         self.app_id = app_id
         self.dsn = dsn
-        self.db = Database(pool, app_id)
+        self._db = Database(pool, app_id)
         self.registry = Registry()
         self.workers: dict[str, Worker] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
-        self.entity = EntityClient(self.db)
+        self.entity = EntityClient(self._db)
         self._listener = Listener(dsn, app_id)
 
     @classmethod
@@ -259,7 +288,7 @@ class MemFlow:
         if worker is None or worker.stopping:
             listener = await self._listening()
             worker = Worker(
-                self.db, listener, self.registry, task_queue, concurrency=concurrency, lease=lease
+                self._db, listener, self.registry, task_queue, concurrency=concurrency, lease=lease
             )
             self.workers[task_queue] = worker
             await worker.start()
@@ -271,7 +300,29 @@ class MemFlow:
         await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
         self.workers.clear()
         await self._listener.stop()
-        await self.db.pool.close()
+        await self._db.pool.close()
+
+    # -- operations: the app as a whole ------------------------------------------------------
+    async def queue_backlog(self) -> list[QueueBacklog]:
+        """The task backlog per task queue and kind (the `<app>.queue_backlog` view)."""
+        return await self._db.queue_backlog()
+
+    async def prune(
+        self, *, older_than: timedelta = timedelta(0), batch: int = 1000, dry_run: bool = False
+    ) -> int:
+        """Delete finished workflows whose retention ran out (and finished at least
+        `older_than` ago), `batch` per transaction (`call <app>.prune(...)`; the app's owner
+        only). Returns how many went, or would go with `dry_run`."""
+        return await self._db.prune(older_than, batch, dry_run)
+
+    async def get_setting(self, key: str) -> Any:
+        """An app setting (`<app>.get_setting`): default_retention, in seconds."""
+        return await self._db.get_setting(key)
+
+    async def set_setting(self, key: str, value: Any) -> Any:
+        """Change an app setting, or with None go back to its built-in default
+        (`<app>.set_setting`; the app's owner only). Returns the value now in force."""
+        return await self._db.set_setting(key, value)
 
     async def run_until_signal(self, grace: float = 10.0) -> None:
         """Serve until SIGTERM or SIGINT, then close gracefully."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import asdict
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -312,7 +313,7 @@ class EntityClient:
         """Every change of the entity in the order applied: version, thread ('main', a hook
         thread, or 'sql' for SQL callers), seq, op, path, value, result, document (the entity
         after the change), caller (worker id or database user) and recorded_at."""
-        return await self._db.entity_history(workflow_id)
+        return [asdict(change) for change in await self._db.entity_history(workflow_id)]
 
     async def find(
         self,
@@ -332,7 +333,7 @@ class EntityClient:
             if text is None:
                 raise errors.EntityPathError("a condition needs a path", sqlstate="HM007")
             conditions[text] = _plain(condition, f"the condition on {text}")
-        return await self._db.entity_find(entity, conditions, limit, offset)
+        return [asdict(m) for m in await self._db.entity_find(entity, conditions, limit, offset)]
 
     async def find_by_condition(
         self,
@@ -347,13 +348,15 @@ class EntityClient:
         `op` (= != > >= < <= like in), newest first. Comparisons are typed: numbers with
         numbers, strings with strings; `in` takes a list."""
         value = _plain(value, f"the value compared with {op}")
-        return await self._db.entity_find_by_condition(
+        found = await self._db.entity_find_by_condition(
             entity, path_text(path), op, value, limit, offset
         )
+        return [asdict(m) for m in found]
 
     async def find_by_id(self, entity: str, workflow_id: str) -> dict[str, Any] | None:
         """`{"id", "context", "status"}` of that workflow if it is of entity type `entity`."""
-        return await self._db.entity_find_by_id(entity, workflow_id)
+        found = await self._db.entity_find_by_id(entity, workflow_id)
+        return None if found is None else asdict(found)
 
     async def create_index(self, entity: str, path: Path | None = None, kind: str = "btree") -> str:
         """Create (once) a partial index for entity type `entity`: 'btree' on the value at

@@ -1,6 +1,8 @@
 """A private, throwaway PostgreSQL cluster for development, tests and benchmarks.
 
-Used through ``hotmesh db {up,down,restart,run,url,env,status}`` and importable by tests::
+Developer tooling of a source checkout: the wheel leaves this module out (see
+``hotmesh.devtools``). Used through ``hotmesh db {up,down,restart,run,url,env,status}`` and
+importable by tests::
 
     env = up("/tmp/some-dir", fast=True)  # -> {"PGHOST": ..., "DATABASE_URL": ..., ...}
     restart("/tmp/some-dir", "immediate")  # crash + recovery
@@ -642,5 +644,5 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `python python/hotmesh/_pgcluster.py down`: no dependencies needed
+if __name__ == "__main__":  # `python python/hotmesh/devtools/pgcluster.py down`: stdlib only
     sys.exit(main(sys.argv[1:]))
