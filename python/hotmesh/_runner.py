@@ -1,14 +1,17 @@
 """The replay runner: one activation of one workflow thread.
 
 Workflow code runs on a private event loop (`WorkflowLoop`) that only runs ready callbacks.
-Workflow code does no I/O of its own: each durable call takes the thread's next step number,
-returns its recorded outcome when there is one, and otherwise becomes a command that the
-worker performs on its real event loop (run an inline activity and record it, schedule a
-remote activity, start a timer, ...). When the private loop has nothing left to run, every
+Workflow code does no I/O of its own: each durable call takes the thread's next step number
+and becomes a command (`_commands`): the recorded step at that number answers it (after the
+determinism check), or, when there is none, the activation's `perform` carries it out (the
+worker's maps it to a stored function). When the private loop has nothing left to run, every
 branch of the workflow waits on a durable call: the runner performs the new commands and
 feeds their outcomes back, or, when only outside events can help, suspends the activation.
 Suspension closes the workflow's coroutines; it never raises through user code, so a
 `try/except Exception` around a durable call cannot swallow it.
+
+The runner touches no database: it ends with an `Outcome` that its caller applies. Without a
+`perform` it replays a recorded history alone (`replay`) and reports the first divergence.
 """
 
 from __future__ import annotations
@@ -19,22 +22,40 @@ import contextvars
 import json
 import logging
 import re
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from hotmesh import errors
-from hotmesh._log import event, log_failure, task_fields
-
-if TYPE_CHECKING:
-    from hotmesh._db import Claimed, Database
+from hotmesh._commands import Command, RecordedStep, divergence
 
 log = logging.getLogger("hotmesh.worker")
 
-Step = dict[str, Any]
-Perform = Callable[[int], Coroutine[Any, Any, Step]]
+Perform = Callable[[int, Command, RecordedStep | None], Coroutine[Any, Any, RecordedStep]]
+"""Carries out a command at a step number (the recorded step when it is a retry)."""
 
 current: contextvars.ContextVar[Activation] = contextvars.ContextVar("hotmesh_activation")
+
+
+class Thread(Protocol):
+    """What the runner reads of the workflow thread it runs (a claimed activation)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def thread(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def workflow_name(self) -> str: ...
+    @property
+    def task_queue(self) -> str: ...
+    @property
+    def job_attempt(self) -> int: ...
+    @property
+    def args(self) -> Any: ...
+    @property
+    def steps(self) -> Sequence[Mapping[str, Any]] | None: ...
 
 
 class Runtime(Protocol):
@@ -43,10 +64,6 @@ class Runtime(Protocol):
     def register_activities(
         self, task_queue: str, activities: Mapping[str, Callable[..., Any]]
     ) -> None: ...
-
-    def inline_activity(self, task_queue: str, name: str) -> Callable[..., Any] | None:
-        """The activity's function when this process serves its queue, else None."""
-        ...
 
 
 class SandboxError(errors.HotMeshError, RuntimeError):
@@ -169,15 +186,36 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._tasks.clear()
 
 
-@dataclass
-class Command:
-    """A durable call with no recorded outcome yet: the worker performs it."""
-
+class _Call(NamedTuple):
     seq: int
-    kind: str
-    name: str
+    command: Command
     future: asyncio.Future[Any]
-    perform: Perform
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    result: Any  # as stored (encoded)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """Every branch waits. Without `perform`, `commands` are the calls the history does not
+    answer, as (step number, command): what the code would do next."""
+
+    commands: tuple[tuple[int, Command], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Diverged:
+    error: errors.NonDeterminismError
+
+
+Outcome = Completed | Failed | Suspended | Diverged
 
 
 class Activation:
@@ -185,43 +223,44 @@ class Activation:
 
     def __init__(
         self,
-        db: Database,
-        task: Claimed,
+        task: Thread,
         fn: Callable[..., Coroutine[Any, Any, Any]],
         runtime: Runtime,
-        settling: Callable[[], None] = lambda: None,
+        perform: Perform | None = None,
+        *,
+        check_input: bool = True,
     ) -> None:
-        self.db = db
-        self.settling = settling  # called when only the activation's last call remains
         self.task = task
         self.fn = fn
         self.runtime = runtime
+        self.perform = perform
+        self.check_input = check_input  # compare inputs where the history carries them
         self.loop = WorkflowLoop()  # type: ignore[abstract]  # the unused half of the ABC
-        self.history: dict[int, Step] = {step["seq"]: step for step in task.steps or []}
+        self.history = {s.seq: s for s in map(RecordedStep.from_json, task.steps or ())}
         self.last_recorded = max(self.history, default=0)
         self.seq = 0
-        self.pending: list[Command] = []
-        self.fault: errors.HotMeshError | None = None
+        self.pending: list[_Call] = []
+        self.fault: errors.NonDeterminismError | None = None
 
     @property
     def replaying(self) -> bool:
         return self.seq < self.last_recorded
 
-    def call(self, kind: str, name: str, perform: Perform) -> asyncio.Future[Any]:
+    def call(self, command: Command) -> asyncio.Future[Any]:
         """The future of the thread's next durable call: its recorded outcome, a parked wait,
         or a new command."""
         self.seq += 1
         future = self.loop.create_future()
         step = self.history.get(self.seq)
-        if step is not None and (step["kind"] != kind or step["name"] != name):
-            self.fault = errors.NonDeterminismError(
-                f'non-determinism in workflow "{self.task.job_id}" thread {self.task.thread}: '
-                f'step {self.seq} was recorded as {step["kind"]} "{step["name"]}" but the '
-                f'code now calls {kind} "{name}"'
-            )
-            return future
-        if step is None or _apply(future, step):
-            self.pending.append(Command(self.seq, kind, name, future, perform))
+        if step is not None:
+            task = self.task
+            fault = divergence(step, command, task.job_id, task.thread, self.check_input)
+            if fault is not None:
+                self.fault = errors.NonDeterminismError(fault)
+                return future
+            if not _apply(future, step):
+                return future
+        self.pending.append(_Call(self.seq, command, future))
         return future
 
     def fail_now(self, error: BaseException) -> asyncio.Future[Any]:
@@ -232,41 +271,39 @@ class Activation:
         future.set_exception(error)
         return future
 
-    async def run(self) -> None:
+    async def run(self) -> Outcome:
         """Run the thread until it returns, raises or waits on something outside."""
         token = current.set(self)
         try:
             main = self.loop.create_task(self._body())
         finally:
             current.reset(token)
-        running: dict[asyncio.Task[Step], Command] = {}
+        running: dict[asyncio.Task[RecordedStep], _Call] = {}
         try:
             while True:
                 self.loop.run_until_quiet()
                 if self.fault is not None:
-                    await self._bury(self.fault)
-                    return
+                    return Diverged(self.fault)
                 if main.done():
-                    break
-                for command in self.pending:
-                    running[asyncio.create_task(command.perform(command.seq))] = command
+                    return self._outcome(main)
+                if self.perform is None:
+                    return Suspended(tuple((call.seq, call.command) for call in self.pending))
+                for call in self.pending:
+                    step = self.history.get(call.seq)
+                    running[asyncio.create_task(self.perform(call.seq, call.command, step))] = call
                 self.pending.clear()
                 if not running:
-                    self.settling()
-                    next_run = await self.db.suspend_task(self.task)
-                    self._log("suspend", next_run=next_run)
-                    return
+                    return Suspended()
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for finished in sorted(done, key=lambda t: running[t].seq):
-                    command = running.pop(finished)
+                    call = running.pop(finished)
                     try:
                         step = finished.result()
                     except errors.InvalidArgument as error:
-                        command.future.set_exception(error)  # a bad call fails only itself
+                        call.future.set_exception(error)  # a bad call fails only itself
                         continue
-                    if _apply(command.future, step):
-                        self.pending.append(command)
-            await self._finish(main)
+                    if _apply(call.future, step):
+                        self.pending.append(call)
         finally:
             for leftover in running:
                 leftover.cancel()
@@ -277,49 +314,82 @@ class Activation:
         # fails the workflow like any error of its code, instead of crashing the runner.
         return await self.fn(*(self.task.args or []))
 
-    async def _finish(self, main: asyncio.Task[Any]) -> None:
-        self.settling()
+    def _outcome(self, main: asyncio.Task[Any]) -> Outcome:
         error = main.exception()
-        if error is None:
-            try:
-                result = encode(main.result(), f"the result of workflow {self.task.name}")
-            except errors.FatalError as fatal:
-                error = fatal
-            else:
-                await self.db.complete_task(self.task, result)
-                self._log("complete")
-                return
-        outcome = await self.db.fail_task(self.task, errors.to_payload(error))
-        log_failure(log, self.task, outcome, error)
-
-    def _log(self, name: str, level: int = logging.INFO, **values: object) -> None:
-        task = self.task
-        event(
-            log,
-            level,
-            name,
-            **task_fields(task),
-            steps=self.seq,
-            **values,
-        )
-
-    async def _bury(self, fault: errors.HotMeshError) -> None:
-        self._log("stuck", logging.ERROR, error=fault.message)
-        payload = {"message": fault.message, "type": type(fault).__name__, "code": 500}
-        payload["sqlstate"] = fault.sqlstate
-        await self.db.bury_task(self.task, payload)
+        if error is not None:
+            return Failed(error)
+        try:
+            return Completed(encode(main.result(), f"the result of workflow {self.task.name}"))
+        except errors.FatalError as fatal:
+            return Failed(fatal)
 
 
-def _apply(future: asyncio.Future[Any], step: Step) -> bool:
+@dataclass(frozen=True, slots=True)
+class RecordedThread:
+    """A workflow thread known only from its history: what `replay` runs."""
+
+    job_id: str
+    steps: Sequence[Mapping[str, Any]]
+    args: Any = ()
+    thread: str = "main"
+    name: str = ""
+    workflow_name: str = ""
+    task_queue: str = ""
+    job_attempt: int = 1
+
+
+class _NoRuntime:
+    def register_activities(
+        self, task_queue: str, activities: Mapping[str, Callable[..., Any]]
+    ) -> None:
+        pass  # a replay runs no activity
+
+
+async def replay(
+    fn: Callable[..., Coroutine[Any, Any, Any]],
+    history: Iterable[Mapping[str, Any]],
+    *,
+    args: Sequence[Any] = (),
+    workflow_id: str = "replay",
+    thread: str = "main",
+    workflow_name: str | None = None,
+    task_queue: str = "",
+    check_input: bool = True,
+) -> Outcome:
+    """Run workflow `fn` against a recorded history with no database: each call is answered
+    by its recorded step, nothing is performed. Diverged names the first step whose kind, name
+    or (where `history` carries `input`, e.g. `workflow_history` rows, and `check_input`
+    holds) input differs from what the code asks; Suspended lists what the code would do
+    beyond the history; Completed and Failed are the run's end."""
+    name = workflow_name or str(getattr(fn, "__name__", ""))
+    recorded = RecordedThread(
+        job_id=workflow_id,
+        # workflow_history rows also show the run and its threads starting and ending
+        # (no seq); the claim's history has no thread (it is the claimed one's).
+        steps=[
+            step
+            for step in history
+            if step.get("seq") is not None and step.get("thread", thread) == thread
+        ],
+        args=list(args),
+        thread=thread,
+        name=name,
+        workflow_name=name,
+        task_queue=task_queue,
+    )
+    return await Activation(recorded, fn, _NoRuntime(), check_input=check_input).run()
+
+
+def _apply(future: asyncio.Future[Any], step: RecordedStep) -> bool:
     """Settle a call's future from its recorded step; True when the call must be performed
     (again): an inline activity whose retry is due."""
-    status = step["status"]
+    status = step.status
     if status == "completed":
-        future.set_result(step["output"])
+        future.set_result(step.output)
     elif status == "failed":
-        future.set_exception(errors.from_payload(step["error"] or {}))
+        future.set_exception(errors.from_payload(step.error or {}))
     elif status == "retrying":
-        return bool(step.get("due"))
+        return bool(step.due)
     return False
 
 

@@ -19,7 +19,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hotmesh import errors
-from hotmesh._runner import Activation, SandboxError, Step, current, encode
+from hotmesh._commands import EntityOp
+from hotmesh._runner import Activation, SandboxError, current, encode
 
 if TYPE_CHECKING:
     from hotmesh._db import Database
@@ -228,13 +229,11 @@ class _Durable:
             )
         if isinstance(value, Decimal):  # JSON has no decimals: the nearest int or float
             value = int(value) if value == value.to_integral_value() else float(value)
-
-        async def perform(seq: int) -> Step:
-            if value is _NO_VALUE:
-                return await act.db.entity_step(act.task, seq, op, path, None, has_value=False)
-            return await act.db.entity_step(act.task, seq, op, path, value)
-
-        return _raise_as_entity_error(act.call("entity", op, perform))
+        if value is _NO_VALUE:
+            command = EntityOp(op, path, None, has_value=False)
+        else:
+            command = EntityOp(op, path, value)
+        return _raise_as_entity_error(act.call(command))
 
     def fail(self, error: errors.HotMeshError) -> Awaitable[Any]:
         failure = _FAILURES.get(error.sqlstate or "")

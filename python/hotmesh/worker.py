@@ -21,9 +21,23 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from hotmesh import errors
+from hotmesh._commands import (
+    CancelWorkflow,
+    Command,
+    Emit,
+    EntityOp,
+    RecordedStep,
+    ScheduleActivity,
+    SearchOp,
+    SendSignal,
+    StartChild,
+    StartHook,
+    StartTimer,
+    WaitSignal,
+)
 from hotmesh._db import Claimed, Database
 from hotmesh._log import event, first_line, log_failure, task_fields
-from hotmesh._runner import Activation, encode
+from hotmesh._runner import Activation, Completed, Failed, Suspended, encode
 from hotmesh.activity import ActivityInfo, run_activity
 
 if TYPE_CHECKING:
@@ -316,7 +330,31 @@ class Worker:
             # Retryable (599): another worker on the queue may know it.
             await self._unregistered(task, "workflow", self.registry.workflows, 599)
             return
-        await Activation(self.db, task, fn, self.registry, self._settling_now).run()
+        act = Activation(task, fn, self.registry, _Executor(self.db, task, self.registry))
+        outcome = await act.run()
+        self._settling_now()  # only the outcome's call remains
+        fields = {**task_fields(task), "steps": act.seq}
+        if isinstance(outcome, Suspended):
+            next_run = await self.db.suspend_task(task)
+            event(log, logging.INFO, "suspend", **fields, next_run=next_run)
+        elif isinstance(outcome, Completed):
+            await self.db.complete_task(task, outcome.result)
+            event(log, logging.INFO, "complete", **fields)
+        elif isinstance(outcome, Failed):
+            result = await self.db.fail_task(task, errors.to_payload(outcome.error))
+            log_failure(log, task, result, outcome.error)
+        else:  # Diverged: parked as dead, the history untouched, until new code or a retry
+            fault = outcome.error
+            event(log, logging.ERROR, "stuck", **fields, error=fault.message)
+            await self.db.bury_task(
+                task,
+                {
+                    "message": fault.message,
+                    "type": type(fault).__name__,
+                    "code": 500,
+                    "sqlstate": fault.sqlstate,
+                },
+            )
 
     async def _unregistered(
         self, task: Claimed, what: str, table: dict[str, dict[str, Callable[..., Any]]], code: int
@@ -370,6 +408,85 @@ class Worker:
             "complete",
             **task_fields(task),
         )
+
+
+class _Executor:
+    """Carries out an activation's commands: the one place that maps each command to the
+    stored function that records it (and performs it, or schedules it)."""
+
+    def __init__(self, db: Database, task: Claimed, registry: Registry) -> None:
+        self.db = db
+        self.task = task
+        self.registry = registry
+
+    async def __call__(
+        self, seq: int, command: Command, recorded: RecordedStep | None
+    ) -> RecordedStep:
+        return RecordedStep.from_json(await self._apply(seq, command, recorded))
+
+    async def _apply(
+        self, seq: int, command: Command, recorded: RecordedStep | None
+    ) -> dict[str, Any]:
+        db, task = self.db, self.task
+        match command:
+            case ScheduleActivity(activity=name, args=args, task_queue=queue):
+                fn = self.registry.inline_activity(queue, name)
+                if fn is not None:
+                    return await self._run_inline(fn, seq, command, recorded)
+                return await db.schedule_activity(
+                    task, seq, name, args, queue, command.retry_policy
+                )
+            case StartTimer():
+                return await db.schedule_sleep(task, seq, command.seconds)
+            case WaitSignal():
+                return await db.wait_signal(task, seq, command.signal_id, command.timeout)
+            case SendSignal():
+                return await db.send_signal(
+                    task, seq, command.signal_id, command.payload, command.workflow_id
+                )
+            case StartHook():
+                return await db.start_hook(
+                    task, seq, command.workflow_name, command.args, command.task_queue,
+                    command.workflow_id, command.signal_id,
+                )  # fmt: skip
+            case StartChild():
+                return await db.start_child(
+                    task, seq, command.workflow_name, command.args, command.task_queue,
+                    command.workflow_id, command.entity, command.options or {}, command.wait,
+                )  # fmt: skip
+            case CancelWorkflow():
+                return await db.cancel_step(
+                    task, seq, command.workflow_id, command.reason, command.descend
+                )
+            case EntityOp():
+                return await db.entity_step(
+                    task, seq, command.op, command.path, command.value, command.has_value
+                )
+            case SearchOp():
+                return await db.search_step(task, seq, command.op, command.args)
+            case Emit():
+                return await db.emit_step(task, seq, command.events)
+        raise TypeError(f"no stored function performs {command!r}")
+
+    async def _run_inline(
+        self,
+        fn: Activity,
+        seq: int,
+        command: ScheduleActivity,
+        recorded: RecordedStep | None,
+    ) -> dict[str, Any]:
+        """Run an activity this process serves and record its outcome with one call."""
+        name, args = command.activity, command.args
+        attempt = 1 if recorded is None else recorded.attempt + 1
+        info = ActivityInfo(self.task.job_id, name, command.task_queue, attempt, True)
+        try:
+            output = encode(await run_activity(fn, args, info), f"the result of {name}")
+        except Exception as error:
+            return await self.db.record_step(
+                self.task, seq, "activity", name, args, None,
+                errors.to_payload(error), command.retry_policy,
+            )  # fmt: skip
+        return await self.db.record_step(self.task, seq, "activity", name, args, output)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

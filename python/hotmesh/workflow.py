@@ -16,8 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotmesh import _durations, errors
-from hotmesh._runner import Activation, Step, activation, encode
-from hotmesh.activity import ActivityInfo, run_activity
+from hotmesh._commands import (
+    CancelWorkflow,
+    Emit,
+    ScheduleActivity,
+    SearchOp,
+    SendSignal,
+    StartChild,
+    StartHook,
+    StartTimer,
+    WaitSignal,
+)
+from hotmesh._runner import Activation, activation, encode
 from hotmesh.entity import Entity, workflow_entity
 from hotmesh.retry import RetryPolicy, policy_json
 
@@ -70,36 +80,7 @@ class ActivityProxy:
             arguments = encode(list(args), f"the arguments of activity {name}")
         except errors.FatalError as error:
             return act.fail_now(error)
-        fn = act.runtime.inline_activity(queue, name)
-        policy = self._retry_policy
-
-        async def schedule(seq: int) -> Step:
-            return await act.db.schedule_activity(act.task, seq, name, arguments, queue, policy)
-
-        if fn is None:
-            return act.call("activity", name, schedule)
-        inline = fn
-
-        async def run_inline(seq: int) -> Step:
-            info = ActivityInfo(
-                workflow_id=act.task.job_id,
-                activity_name=name,
-                task_queue=queue,
-                attempt=act.history.get(seq, {}).get("attempt", 0) + 1,
-                inline=True,
-            )
-            try:
-                output = encode(
-                    await run_activity(inline, arguments, info), f"the result of {name}"
-                )
-            except Exception as error:
-                return await act.db.record_step(
-                    act.task, seq, "activity", name, arguments, None,
-                    errors.to_payload(error), policy,
-                )  # fmt: skip
-            return await act.db.record_step(act.task, seq, "activity", name, arguments, output)
-
-        return act.call("activity", name, run_inline)
+        return act.call(ScheduleActivity(name, arguments, queue, self._retry_policy))
 
 
 def proxy_activities(
@@ -123,12 +104,7 @@ def sleep_for(duration: _durations.Duration) -> asyncio.Future[float]:
     """Sleep durably (it survives restarts and never wakes early); returns the seconds slept.
     `duration` is seconds, a timedelta or text such as "2 seconds", "5m", "1.5h"."""
     act = activation("sleep_for")
-    seconds = _durations.seconds(duration, "sleep_for duration")
-
-    async def schedule(seq: int) -> Step:
-        return await act.db.schedule_sleep(act.task, seq, seconds)
-
-    return act.call("sleep", "", schedule)
+    return act.call(StartTimer(_durations.seconds(duration, "sleep_for duration")))
 
 
 def random() -> float:
@@ -198,11 +174,7 @@ def wait_for(signal_id: str, timeout: _durations.Duration | None = None) -> asyn
     TimeoutFailure (code 596) when it passes first."""
     act = activation("wait_for")
     limit = None if timeout is None else _durations.seconds(timeout, "wait_for timeout")
-
-    async def wait(seq: int) -> Step:
-        return await act.db.wait_signal(act.task, seq, signal_id, limit)
-
-    return act.call("signal", signal_id, wait)
+    return act.call(WaitSignal(signal_id, limit))
 
 
 def signal(
@@ -216,11 +188,7 @@ def signal(
         payload = encode(data, f"the data of signal {signal_id}")
     except errors.FatalError as error:
         return act.fail_now(error)
-
-    async def send(seq: int) -> Step:
-        return await act.db.send_signal(act.task, seq, signal_id, payload, workflow_id)
-
-    return act.call("send", signal_id, send)
+    return act.call(SendSignal(signal_id, payload, workflow_id))
 
 
 def hook(
@@ -240,13 +208,7 @@ def hook(
         arguments = encode(list(args), f"the args of hook {workflow_name}")
     except errors.FatalError as error:
         return act.fail_now(error)
-
-    async def start(seq: int) -> Step:
-        return await act.db.start_hook(
-            act.task, seq, workflow_name, arguments, task_queue, workflow_id, signal_id
-        )
-
-    return act.call("hook", workflow_name, start)
+    return act.call(StartHook(workflow_name, arguments, task_queue, workflow_id, signal_id))
 
 
 async def exec_hook(
@@ -305,13 +267,9 @@ def _child(
         arguments = encode(list(args), f"the args of child workflow {workflow_name}")
     except errors.FatalError as error:
         return act.fail_now(error)
-
-    async def start(seq: int) -> Step:
-        return await act.db.start_child(
-            act.task, seq, workflow_name, arguments, task_queue, workflow_id, entity, options, wait
-        )
-
-    return act.call("child", workflow_name, start)
+    return act.call(
+        StartChild(workflow_name, arguments, task_queue, workflow_id, entity, options, wait)
+    )
 
 
 def exec_child(
@@ -353,12 +311,7 @@ def interrupt(
 ) -> asyncio.Future[Any]:
     """Cancel another workflow (and, with `descend`, its children), once; returns the ids
     cancelled. Cancelling a finished or unknown workflow raises here."""
-    act = activation("interrupt")
-
-    async def cancel(seq: int) -> Step:
-        return await act.db.cancel_step(act.task, seq, workflow_id, reason, descend)
-
-    return act.call("cancel", workflow_id, cancel)
+    return activation("interrupt").call(CancelWorkflow(workflow_id, reason, descend))
 
 
 async def entity() -> Entity:
@@ -386,11 +339,7 @@ class Search:
             arguments = encode(args, f"the arguments of search().{op}")
         except errors.FatalError as error:
             return act.fail_now(error)
-
-        async def apply(seq: int) -> Step:
-            return await act.db.search_step(act.task, seq, op, arguments)
-
-        return act.call("search", op, apply)
+        return act.call(SearchOp(op, arguments))
 
     def set(self, fields: Mapping[str, Any]) -> asyncio.Future[Any]:
         """Set (merge) fields; returns how many were given."""
@@ -444,7 +393,4 @@ def emit(events: Mapping[str, Any]) -> asyncio.Future[Any]:
                 errors.InvalidArgument(f'event "{topic}" is too large for NOTIFY (max ~7.8 kB)')
             )
 
-    async def publish(seq: int) -> Step:
-        return await act.db.emit_step(act.task, seq, payload)
-
-    return act.call("emit", "", publish)
+    return act.call(Emit(payload))
