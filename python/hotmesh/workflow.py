@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotmesh import _durations, errors
-from hotmesh._runner import Activation, Step, activation, encode
+from hotmesh._runner import Activation, Step, activation, encode, encode_args
 from hotmesh.activity import ActivityInfo, run_activity
 from hotmesh.entity import Entity, workflow_entity
 from hotmesh.retry import RetryPolicy, policy_json
@@ -67,7 +67,7 @@ class ActivityProxy:
         if self._activities is not None:
             act.runtime.register_activities(queue, self._activities)
         try:
-            arguments = encode(list(args), f"the arguments of activity {name}")
+            arguments = encode_args(args, f"the arguments of activity {name}")
         except errors.FatalError as error:
             return act.fail_now(error)
         fn = act.runtime.inline_activity(queue, name)
@@ -237,7 +237,7 @@ def hook(
     return value or its error) is delivered as that signal unless it signalled it itself."""
     act = activation("hook")
     try:
-        arguments = encode(list(args), f"the args of hook {workflow_name}")
+        arguments = encode_args(args, f"the args of hook {workflow_name}")
     except errors.FatalError as error:
         return act.fail_now(error)
 
@@ -302,7 +302,7 @@ def _child(
 ) -> asyncio.Future[Any]:
     act = activation("exec_child" if wait else "start_child")
     try:
-        arguments = encode(list(args), f"the args of child workflow {workflow_name}")
+        arguments = encode_args(args, f"the args of child workflow {workflow_name}")
     except errors.FatalError as error:
         return act.fail_now(error)
 
