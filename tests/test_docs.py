@@ -6,6 +6,7 @@ The convention (the fence's info string: a language, then a tag; renderers ignor
     ```sh run            run; ```sql run and ```python run likewise
     ```sh run background started and left running (a worker in its own terminal); stopped when
                          the file is done
+    ```sql run fails     run, and must fail with the message its `-- ERROR: ...` comment shows
     ```sql illustration  never run; its first line is a comment that says so and why
     ```text              output, diagrams, listings: never run
 
@@ -215,6 +216,13 @@ class Session:
             text=True,
             timeout=120,
         )
+        if "fails" in block.tags:
+            expected = re.findall(r"--\s*ERROR:\s*(.+)", block.body)
+            assert expected, f"{block}: a block that fails shows its error in an -- ERROR: line"
+            assert done.returncode != 0, f"{block} was meant to fail:\n{done.stdout}"
+            for message in expected:
+                assert message.strip() in done.stderr, f"{block}: {done.stderr}"
+            return
         assert done.returncode == 0 and "ERROR" not in done.stderr, (
             f"{block} failed:\n{done.stdout}\n{done.stderr}"
         )
