@@ -137,7 +137,7 @@ def _anchors(path: Path) -> set[str]:
 
 # -- running a file's blocks ---------------------------------------------------------------------
 
-_KERNEL = r'''
+_KERNEL = r"""
 import ast, asyncio, inspect, json, sys, threading, traceback
 loop = asyncio.new_event_loop()
 threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -155,7 +155,7 @@ for request in sys.stdin:
         error = traceback.format_exc()
     sys.stdout.flush()
     print("\x00DONE " + json.dumps(error), flush=True)
-'''
+"""
 
 
 class Session:
@@ -273,7 +273,7 @@ def _runnable(path: Path) -> bool:
 @pytest.fixture
 def work() -> Iterator[Path]:
     # Under /tmp and open to the postgres user: the README's private cluster lives here.
-    directory = Path(tempfile.mkdtemp(prefix="hotmesh-docs-", dir="/tmp"))  # noqa: S108
+    directory = Path(tempfile.mkdtemp(prefix="hotmesh-docs-", dir="/tmp"))
     directory.chmod(0o755)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
@@ -317,6 +317,4 @@ def test_doc_runs_top_to_bottom(path: Path, dsn: str, work: Path) -> None:
     finally:
         session.close()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("drop database {} with (force)").format(sql.Identifier(database))
-            )
+            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(database)))

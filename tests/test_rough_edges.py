@@ -27,7 +27,7 @@ async def parked() -> str:
 
 
 async def child_with_string_args() -> list[Any]:
-    return await workflow.exec_child(workflow_name="echo", args="A42")  # type: ignore[arg-type]
+    return await workflow.exec_child(workflow_name="echo", args="A42")
 
 
 async def until(check: Any) -> None:
