@@ -8,6 +8,9 @@ The convention (the fence's info string: a language, then a tag; renderers ignor
                          the file is done
     ```sql run fails     run, and must fail with the message its `-- ERROR: ...` comment shows
     ```sql illustration  never run; its first line is a comment that says so and why
+    ```text transcript   `$ command` lines run like `sh run`; each one's output must match the
+                         lines under it, once times and ages are masked and runs of spaces
+                         (column widths) count as one
     ```text              output, diagrams, listings: never run
 
 Every `python`, `sql` and `sh` block carries `run` or `illustration` (test_every_block_is_tagged),
@@ -41,6 +44,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -177,7 +181,32 @@ class Session:
         return self.cwd_file.read_text().strip()
 
     def run(self, block: Block) -> None:
+        if "transcript" in block.tags:
+            self.transcript(block)
+            return
         {"sh": self.sh, "sql": self.sql, "python": self.python}[block.lang](block)
+
+    def transcript(self, block: Block) -> None:
+        commands: list[tuple[str, list[str]]] = []
+        for line in block.body.splitlines():
+            if line.startswith("$ "):
+                commands.append((line[2:], []))
+            else:
+                assert commands, f"{block}: a transcript starts with a `$ ` line"
+                commands[-1][1].append(line)
+        for command, expected in commands:
+            prelude = f"source {self.state}\ncd {self.cwd()}\nset -euo pipefail\n"
+            done = subprocess.run(
+                ["bash", "-c", prelude + command],
+                env=self.base,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, f"{block}: $ {command}\n{done.stderr}"
+            assert _masked(done.stdout.splitlines()) == _masked(expected), (
+                f"{block}: $ {command} printed:\n{done.stdout}"
+            )
 
     def sh(self, block: Block) -> None:
         prelude = f"source {self.state}\ncd {self.cwd()}\nset -euo pipefail\n"
@@ -266,8 +295,24 @@ class Session:
                 raise AssertionError(f"a background block exited early:\n{log.read_text()}")
 
 
+_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:?\d\d)?)?")
+_AGE = re.compile(r"\b\d+(\.\d+)?[smhd]\b")
+
+
+def _masked(lines: list[str]) -> list[str]:
+    """Output lines with times and ages masked and column padding collapsed."""
+    masked = [" ".join(_AGE.sub("<age>", _TIME.sub("<time>", line)).split()) for line in lines]
+    while masked and not masked[-1]:
+        masked.pop()
+    return masked
+
+
+def _runs(block: Block) -> bool:
+    return "run" in block.tags or "transcript" in block.tags
+
+
 def _runnable(path: Path) -> bool:
-    return any("run" in block.tags for block in blocks(path))
+    return any(_runs(block) for block in blocks(path))
 
 
 @pytest.fixture
@@ -286,7 +331,7 @@ def test_readme_runs_top_to_bottom(work: Path) -> None:
     session = Session(env, work)
     try:
         for block in blocks(ROOT / "README.md"):
-            if "run" in block.tags:
+            if _runs(block):
                 session.run(block)
     finally:
         session.close()
@@ -312,9 +357,22 @@ def test_doc_runs_top_to_bottom(path: Path, dsn: str, work: Path) -> None:
     session = Session(env, work)
     try:
         for block in blocks(path):
-            if "run" in block.tags:
+            if _runs(block):
                 session.run(block)
     finally:
         session.close()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(database)))
+
+
+def test_sql_api_lists_every_public_function(db: Any) -> None:
+    """docs/sql-api.md names every function and procedure an app schema offers (the private
+    `_helpers` aside), so a new one cannot ship undocumented."""
+    text = (ROOT / "docs" / "sql-api.md").read_text()
+    names = db.rows(
+        "select distinct p.proname from pg_proc as p"
+        " where p.pronamespace = %s::regnamespace and p.proname !~ '^_' order by 1",
+        db.app,
+    )
+    missing = [name for (name,) in names if not re.search(rf"\b{name}\b", text)]
+    assert not missing, f"docs/sql-api.md does not mention: {', '.join(missing)}"
