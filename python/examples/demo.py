@@ -16,6 +16,7 @@ import os
 import uuid
 
 import psycopg
+from psycopg.types.string import TextLoader
 
 from hotmesh import MemFlow, RetryPolicy, workflow
 
@@ -87,17 +88,46 @@ async def claims_review(case_id: str) -> dict[str, object]:
 # -- the demo ---------------------------------------------------------------------------------
 
 
+# The seed's query over in-flight claims, narrowed to this run's ids, so a second `make demo`
+# does not list the first run's claims.
 SEED_QUERY = """SELECT id, context->>'stage', context->'aiSummary'->>'result'
 FROM my_app.jobs
 WHERE entity = 'claims-review'
-  AND context->>'stage' != 'complete'"""
+  AND context->>'stage' != 'complete'
+  AND id LIKE %s"""
+
+# Every column read as the text Postgres sends, so rows print as psql prints them
+# (t/f, JSON as stored, timestamps with their zone), not as Python reprs.
+_AS_TEXT = psycopg.adapt.AdaptersMap(psycopg.adapters)
+for _type in psycopg.postgres.types:
+    _AS_TEXT.register_loader(_type.oid, TextLoader)
+    if _type.array_oid:
+        _AS_TEXT.register_loader(_type.array_oid, TextLoader)
+_NUMBERS = {psycopg.postgres.types[name].oid for name in ("int2", "int4", "int8", "numeric")}
 
 
-def show(conn: psycopg.Connection[tuple[object, ...]], title: str, query: str) -> None:
-    print(f"\n-- {title}\npsql> {query.strip()};")
-    cur = conn.execute(query)  # type: ignore[call-overload]
-    for row in cur.fetchall():
-        print("   " + " | ".join(str(value) for value in row))
+def psql(
+    conn: psycopg.Connection[tuple[object, ...]], title: str, query: str, *params: str
+) -> None:
+    """Run `query` and print it, with its rows, as psql's default (aligned) output would."""
+    cur = psycopg.ClientCursor(conn)
+    text = cur.mogrify(query, params or None)  # the statement exactly as sent
+    print(f"\n-- {title}\npsql> {text.strip()};")
+    cur.execute(text)  # type: ignore[call-overload]
+    names = [column.name for column in cur.description or ()]
+    numeric = [column.type_code in _NUMBERS for column in cur.description or ()]
+    rows = [["" if value is None else str(value) for value in row] for row in cur.fetchall()]
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(names)]
+    header = " | ".join(name.center(width) for name, width in zip(names, widths, strict=True))
+    print((" " + header).rstrip())
+    print("-" + "-+-".join("-" * width for width in widths) + "-")
+    for row in rows:
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ]
+        print((" " + " | ".join(cells)).rstrip())
+    print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
 
 
 async def wait_until_waiting(mf: MemFlow, workflow_id: str) -> None:
@@ -113,7 +143,8 @@ async def wait_until_waiting(mf: MemFlow, workflow_id: str) -> None:
 
 async def main() -> None:
     dsn = os.environ.get("DATABASE_URL", "")
-    suffix = uuid.uuid4().hex[:6]
+    suffix = uuid.uuid4().hex[:6]  # this run's ids: claim-A42-<suffix>, claim-B17-<suffix>
+    this_run = f"claim-%-{suffix}"
     mf = await MemFlow.init(app_id=APP, dsn=dsn)
     try:
         await mf.worker.create(
@@ -133,29 +164,34 @@ async def main() -> None:
         for workflow_id in ids.values():
             await wait_until_waiting(mf, workflow_id)
 
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            show(conn, "claims in flight (the seed's query)", SEED_QUERY)
-            approve = f"select {APP}.signal('human-approval', 'true', '{ids['A42']}')"
-            show(conn, "a reviewer approves A42 from SQL", approve)
+        with psycopg.connect(dsn, autocommit=True, context=_AS_TEXT) as conn:
+            psql(conn, "claims in flight (the seed's query)", SEED_QUERY, this_run)
+            psql(
+                conn,
+                "a reviewer approves A42 from SQL",
+                "select my_app.signal('human-approval', 'true', %s)",
+                ids["A42"],
+            )
             final = await mf.workflow.get_handle(ids["A42"]).result(timeout=30)
             print(f"\nA42 finished; its entity:\n{json.dumps(final, indent=2)}")
-            show(
+            psql(
                 conn,
                 "A42's row in my_app.jobs",
-                f"select id, entity, status, completed_at from {APP}.jobs"  # noqa: S608
-                f" where id = '{ids['A42']}'",
+                "select id, entity, status, completed_at from my_app.jobs where id = %s",
+                ids["A42"],
             )
-            show(
+            psql(
                 conn,
                 "A42's entity history: every change, by thread (h1, h2: the hooks)",
-                f"select version, thread, seq, op, path, value"  # noqa: S608
-                f" from {APP}.entity_history('{ids['A42']}')",
+                "select version, thread, seq, op, path, value from my_app.entity_history(%s)",
+                ids["A42"],
             )
-            show(conn, "claims still in flight (the seed's query again)", SEED_QUERY)
-            show(
+            psql(conn, "claims still in flight (the seed's query again)", SEED_QUERY, this_run)
+            psql(
                 conn,
                 "B17 is withdrawn: cancelled from SQL (code 410, nothing of it runs again)",
-                f"select {APP}.cancel_workflow('{ids['B17']}', 'claim withdrawn')",
+                "select my_app.cancel_workflow(%s, 'claim withdrawn')",
+                ids["B17"],
             )
     finally:
         await mf.close()

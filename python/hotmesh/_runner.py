@@ -104,6 +104,19 @@ def encode(value: Any, what: str) -> Any:
         ) from None
 
 
+def encode_args(args: Any, what: str) -> list[Any]:
+    """Positional arguments as stored: a list or tuple only. FatalError for anything else,
+    because list("A42") would quietly store ['A', '4', '2']."""
+    if not isinstance(args, list | tuple):
+        raise errors.FatalError(
+            f"{what} must be a list of positional arguments, not {type(args).__name__}"
+            f" (wrap a single argument: args=[value])",
+            type="InvalidArgument",
+        )
+    encoded: list[Any] = encode(list(args), what)
+    return encoded
+
+
 class WorkflowLoop(asyncio.AbstractEventLoop):
     """A deterministic event loop for workflow code: ready callbacks only, no clock, no I/O."""
 

@@ -28,7 +28,7 @@ import psycopg
 from hotmesh import _install
 from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
-from hotmesh.errors import HotMeshError
+from hotmesh.errors import DatabaseUnreachable, HotMeshError
 from hotmesh.rows import HistoryEntry
 
 _STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
@@ -607,9 +607,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     try:
-        return asyncio.run(_COMMANDS[args.command](args))
+        code = asyncio.run(_COMMANDS[args.command](args))
+        sys.stdout.flush()  # a closed pipe must fail here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader (head, less) has all it wanted: exit quietly, as Unix tools do. Point
+        # stdout at /dev/null so Python's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
+    except DatabaseUnreachable as error:
+        print(f"hotmesh: database error: {_first_line(error)}", file=sys.stderr)
+        return 1
     except HotMeshError as error:
         print(f"hotmesh: {_first_line(error)}", file=sys.stderr)
         return 1

@@ -11,21 +11,45 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import _install, errors
 from hotmesh._db import ADAPTERS, Database
 from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
-from hotmesh._runner import encode
+from hotmesh._runner import encode, encode_args
 from hotmesh.entity import EntityClient
 from hotmesh.retry import RetryPolicy
 from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
 from hotmesh.worker import Registry, Worker
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
+# The libpq variables that choose a server, shown when no DSN was given.
+_LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 _TERMINAL = ("completed", "failed", "cancelled")
 _RESULT_POLL = 30.0  # seconds between looks while waiting for a result, should a NOTIFY be missed
+
+
+def _dsn_source(dsn: str | None) -> str:
+    """Where the connection string comes from, for an error message (no password shown)."""
+    if dsn is None:
+        dsn = os.environ.get("DATABASE_URL", "")
+        origin = "DATABASE_URL"
+    else:
+        origin = "DATABASE_URL" if dsn and dsn == os.environ.get("DATABASE_URL") else "dsn="
+    if dsn:
+        try:
+            parts = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            return f"{origin} (not a valid connection string)"
+        shown = " ".join(f"{k}={v}" for k, v in parts.items() if k != "password")
+        return f"{origin} ({shown})" if shown else origin
+    libpq = [f"{k}={os.environ[k]}" for k in _LIBPQ_VARS if os.environ.get(k)]
+    if libpq:
+        return "the libpq variables: " + " ".join(libpq)
+    return "libpq defaults: no dsn=, DATABASE_URL or PGHOST/PGPORT/... set"
 
 
 class Handle:
@@ -124,7 +148,7 @@ class WorkflowClient:
         the finished workflow is kept (default 7 days); `retry_policy` re-runs a failing body."""
         options = start_options(retry_policy, priority, expire)
         try:
-            arguments = encode(list(args), f"the args of workflow {workflow_name}")
+            arguments = encode_args(args, f"the args of workflow {workflow_name}")
         except errors.FatalError as error:
             # A caller's bad argument (22023), not a workflow-side failure (598).
             raise errors.InvalidArgument(error.message) from None
@@ -161,7 +185,7 @@ class WorkflowClient:
     ) -> str:
         """Start a hook in a running workflow from outside; returns the hook's thread."""
         try:
-            arguments = encode(list(args), f"the args of hook {workflow_name}")
+            arguments = encode_args(args, f"the args of hook {workflow_name}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
         return await self._mf._db.hook(workflow_id, workflow_name, arguments, task_queue, signal_id)
@@ -250,11 +274,18 @@ class MemFlow:
         """Connect to app `app_id` (a Postgres schema), installing or upgrading it first.
         `dsn` defaults to DATABASE_URL, else the libpq environment (PGHOST, ...)."""
         _install.check_app_id(app_id)
+        source = _dsn_source(dsn)
         dsn = os.environ.get("DATABASE_URL", "") if dsn is None else dsn
-        if migrate:
-            await _install.migrate(dsn, app_id)
-        else:
-            await _install.check_installed(dsn, app_id)
+        try:
+            if migrate:
+                await _install.migrate(dsn, app_id)
+            else:
+                await _install.check_installed(dsn, app_id)
+        except psycopg.OperationalError as error:
+            if error.sqlstate is not None:  # the server answered: not a connection failure
+                raise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else "failed"
+            raise errors.DatabaseUnreachable(f"{first} (connecting with {source})") from error
         pool = AsyncConnectionPool(
             dsn,
             min_size=1,

@@ -76,6 +76,11 @@ class EntityTypeError(HotMeshError, TypeError):
     sqlstate = "HM008"
 
 
+class DatabaseUnreachable(HotMeshError, ConnectionError):
+    """`MemFlow.init` could not connect; the message says where the DSN came from (`dsn=`,
+    DATABASE_URL or the libpq variables) and what libpq answered."""
+
+
 _BY_SQLSTATE: dict[str, type[HotMeshError]] = {
     cls.sqlstate: cls
     for cls in (

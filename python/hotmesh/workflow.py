@@ -27,7 +27,7 @@ from hotmesh._commands import (
     StartTimer,
     WaitSignal,
 )
-from hotmesh._runner import Activation, activation, encode
+from hotmesh._runner import Activation, activation, encode, encode_args
 from hotmesh.entity import Entity, workflow_entity
 from hotmesh.retry import RetryPolicy, policy_json
 
@@ -77,7 +77,7 @@ class ActivityProxy:
         if self._activities is not None:
             act.runtime.register_activities(queue, self._activities)
         try:
-            arguments = encode(list(args), f"the arguments of activity {name}")
+            arguments = encode_args(args, f"the arguments of activity {name}")
         except errors.FatalError as error:
             return act.fail_now(error)
         return act.call(ScheduleActivity(name, arguments, queue, self._retry_policy))
@@ -205,7 +205,7 @@ def hook(
     return value or its error) is delivered as that signal unless it signalled it itself."""
     act = activation("hook")
     try:
-        arguments = encode(list(args), f"the args of hook {workflow_name}")
+        arguments = encode_args(args, f"the args of hook {workflow_name}")
     except errors.FatalError as error:
         return act.fail_now(error)
     return act.call(StartHook(workflow_name, arguments, task_queue, workflow_id, signal_id))
@@ -264,7 +264,7 @@ def _child(
 ) -> asyncio.Future[Any]:
     act = activation("exec_child" if wait else "start_child")
     try:
-        arguments = encode(list(args), f"the args of child workflow {workflow_name}")
+        arguments = encode_args(args, f"the args of child workflow {workflow_name}")
     except errors.FatalError as error:
         return act.fail_now(error)
     return act.call(
