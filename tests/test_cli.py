@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from helpers import until
 from hotmesh import FatalError, MemFlow, workflow
 from hotmesh._install import migrations
 
@@ -160,10 +161,10 @@ async def dad(kid: str) -> Any:
 
 
 async def until_waiting(mf: MemFlow, *ids: str) -> None:
-    async with asyncio.timeout(20):
-        for workflow_id in ids:
-            while not (await mf.db.describe_workflow(workflow_id))["waits"]:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+    async def all_wait() -> bool:
+        return all([(await mf.db.describe_workflow(i))["waits"] for i in ids])
+
+    await until(all_wait, f"{ids} to wait", every=0.05)
 
 
 async def test_read_commands(mf: MemFlow, dsn: str, app: str) -> None:
