@@ -16,9 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from helpers import until
+from helpers import drop_app, until
 from hotmesh import FatalError, MemFlow, workflow
 from hotmesh._install import migrations
 
@@ -77,7 +76,7 @@ async def test_migrate_worker_and_start(dsn: str, app: str, tmp_path: Path) -> N
         )
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(fresh)))
+            drop_app(conn, fresh)
     migrated = await hotmesh(dsn, app, "migrate")
     assert migrated.code == 0
     assert migrated.out.strip() == (
