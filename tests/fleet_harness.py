@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
-FLEET = Path(__file__).parent / "workers" / "fleet.py"
+import helpers
+from helpers import Workers, sleep_until
+
 APPLICATION_NAME = "hm-fleet"  # the workers' connections, for pg_terminate_backend
 STEPS_PER_WORKFLOW = 9  # fleet_main: 7 steps; its hook thread: 2
 EFFECTS = ("a", "h")
@@ -80,9 +79,10 @@ class Fleet:
     """N worker processes serving `queue` of `app`; stopped (SIGTERM) at the end."""
 
     def __init__(self, dsn: str, app: str, logs: Path, queue: str = "lq") -> None:
-        self.dsn = with_application_name(dsn, APPLICATION_NAME)
-        self.app, self.logs, self.queue = app, logs, queue
-        self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes], Path]] = []
+        self.workers = Workers(
+            "fleet", with_application_name(dsn, APPLICATION_NAME), app, logs=logs, grace=15.0
+        )
+        self.queue = queue
 
     def start(
         self,
@@ -93,33 +93,16 @@ class Fleet:
         queue: str | None = None,
     ) -> None:
         for _ in range(processes):
-            path = self.logs / f"fleet-{len(self.procs)}.log"
-            log = path.open("wb")
-            proc = subprocess.Popen(
-                [sys.executable, str(FLEET), self.dsn, self.app, queue or self.queue,
-                 str(concurrency), str(lease), role],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            self.procs.append((proc, log, path))
+            self.workers.spawn(queue or self.queue, str(concurrency), str(lease), role)
 
     def alive(self) -> bool:
-        return all(proc.poll() is None for proc, _, _ in self.procs)
+        return self.workers.alive()
 
     def stop(self) -> None:
-        for proc, _, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, log, _ in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        self.workers.close()
 
     def log(self) -> str:
-        return "".join(path.read_text(errors="replace") for _, _, path in self.procs)
+        return self.workers.log()
 
     def count(self, pattern: str) -> int:
         return len(re.findall(pattern, self.log()))
@@ -146,14 +129,14 @@ def send_signals(obs: Observer, numbers: list[int]) -> None:
 
 def wait_until(obs: Observer, query: str, target: int, limit: float, *params: Any) -> int:
     """Poll `query` (one count) until it reaches target; returns the last value."""
-    deadline = time.monotonic() + limit
-    value = -1
-    while time.monotonic() < deadline:
-        value = int(obs.one(query, *params) or 0)
-        if value >= target:
-            return value
-        time.sleep(0.1)
-    return value
+    counts: list[int] = []
+
+    def reached() -> bool:
+        counts.append(int(obs.one(query, *params) or 0))
+        return counts[-1] >= target
+
+    sleep_until(reached, limit)
+    return counts[-1]
 
 
 def completed(obs: Observer) -> int:
@@ -227,10 +210,7 @@ def expect_clean(figures: dict[str, int]) -> None:
 
 
 def create_effects(obs: Observer) -> None:
-    obs.rows(
-        "create table effects (id bigint generated always as identity, job_id text, name text,"
-        " pid integer, at timestamptz not null default clock_timestamp())"
-    )
+    helpers.create_effects(obs.rows)
     obs.rows("create index effects_job on effects (job_id, name)")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -28,14 +27,6 @@ from hotmesh import (
 pytestmark = pytest.mark.timeout(60)
 
 FAST = RetryPolicy(maximum_attempts=3, initial_interval=0.05, backoff_coefficient=1.0)
-
-
-@pytest.fixture
-async def remote(app: str, dsn: str) -> AsyncIterator[MemFlow]:
-    """A second client on the same app: the "other worker" that serves remote activities."""
-    client = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
-    yield client
-    await client.close(grace=1.0)
 
 
 def steps_of(db: Any, job_id: str) -> list[tuple[Any, ...]]:

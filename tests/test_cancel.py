@@ -8,13 +8,13 @@ cancel racing a suspending activation does not deadlock."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from helpers import until_row
 from hotmesh import (
     CancelledFailure,
     FatalError,
@@ -26,21 +26,6 @@ from hotmesh import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def remote(app: str, dsn: str) -> AsyncIterator[MemFlow]:
-    """A second client on the same app: the other worker, serving the activities."""
-    client = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
-    yield client
-    await client.close(grace=1.0)
-
-
-async def until(db: Any, query: str, *params: Any, limit: float = 30.0) -> None:
-    """Until `query` returns something true (polling the database the workers write)."""
-    async with asyncio.timeout(limit):
-        while not db.one(query, *params):  # noqa: ASYNC110 (no event to wait on)
-            await asyncio.sleep(0.02)
 
 
 async def waits_forever() -> Any:
@@ -83,7 +68,7 @@ async def test_cancel_with_descend_mid_activity(
     await remote.worker.register_activities(task_queue="aq", activities=[work])
     await mf.worker.create(task_queue="wq", workflow=[boss, minion, waits_forever, sentinel])
     handle = await mf.workflow.start(workflow_name="boss", task_queue="wq", workflow_id="boss")
-    await until(db, "select count(*) from runs where tag = 'first' and phase = 'start'")
+    await until_row(db, "select count(*) from runs where tag = 'first' and phase = 'start'")
     assert db.rows("select job_id, kind, state from tasks where kind = 'activity'") == [
         ("minion", "activity", "leased")  # running on the other worker right now
     ]
@@ -105,7 +90,7 @@ async def test_cancel_with_descend_mid_activity(
     # the running activity finishes (or is stopped, if a heartbeat found its task gone
     # first), but its result is refused and wakes nobody
     release.set()
-    await until(db, "select count(*) from runs where tag = 'first' and phase <> 'start'")
+    await until_row(db, "select count(*) from runs where tag = 'first' and phase <> 'start'")
     done = await mf.workflow.start(workflow_name="sentinel", task_queue="wq")
     assert await done.result(timeout=20) == "sentinel worked"  # the queues were served since
     ended = db.one("select phase from runs where tag = 'first' and phase <> 'start'")
@@ -151,7 +136,7 @@ async def test_workflow_interrupt_cancels_another(mf: MemFlow, db: Any) -> None:
     victim = await mf.workflow.start(
         workflow_name="waits_forever", task_queue="q", workflow_id="victim"
     )
-    await until(db, "select count(*) from steps where job_id = 'victim'")
+    await until_row(db, "select count(*) from steps where job_id = 'victim'")
     handle = await mf.workflow.start(workflow_name="killer", args=["victim"], task_queue="q")
     assert await handle.result(timeout=20) == [
         ["victim"],
@@ -168,7 +153,7 @@ async def test_cancel_without_descend_leaves_children_running(mf: MemFlow, db: A
 
     await mf.worker.create(task_queue="q", workflow=[parent, waits_forever])
     handle = await mf.workflow.start(workflow_name="parent", task_queue="q", workflow_id="par")
-    await until(db, "select status = 'waiting' from jobs where id = 'kid'")
+    await until_row(db, "select status = 'waiting' from jobs where id = 'kid'")
     assert await handle.interrupt(descend=False) == ["par"]
     with pytest.raises(CancelledFailure, match='workflow "par" cancelled'):
         await handle.result(timeout=10)
@@ -193,7 +178,7 @@ async def test_a_cancelled_child_raises_in_its_parent(
 
     await mf.worker.create(task_queue="q", workflow=[guardian, waits_forever])
     handle = await mf.workflow.start(workflow_name="guardian", task_queue="q")
-    await until(db, "select count(*) from steps where job_id = 'ward'")
+    await until_row(db, "select count(*) from steps where job_id = 'ward'")
     # from SQL, as any application (or a person in psql) would
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         query = sql.SQL("select {}.cancel_workflow('ward', 'withdrawn')").format(

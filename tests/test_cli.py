@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
+from helpers import drop_app, until
 from hotmesh import FatalError, MemFlow, workflow
 from hotmesh._install import migrations
 
@@ -78,7 +78,7 @@ async def test_migrate_worker_and_start(dsn: str, app: str, tmp_path: Path) -> N
         )
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(fresh)))
+            drop_app(conn, fresh)
     migrated = await hotmesh(dsn, app, "migrate")
     assert migrated.code == 0
     assert migrated.out.strip() == (
@@ -163,11 +163,10 @@ async def dad(kid: str) -> Any:
 
 
 async def until_waiting(mf: MemFlow, *ids: str) -> None:
-    async with asyncio.timeout(20):
-        for workflow_id in ids:
-            handle = mf.workflow.get_handle(workflow_id)
-            while not (await handle.describe())["waits"]:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+    async def all_wait() -> bool:
+        return all([(await mf.workflow.get_handle(i).describe())["waits"] for i in ids])
+
+    await until(all_wait, f"{ids} to wait", every=0.05)
 
 
 async def test_read_commands(mf: MemFlow, dsn: str, app: str) -> None:

@@ -8,78 +8,27 @@ the database (it waits for the side effect of the call it wants to interrupt).""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
+from helpers import SQL, Workers, create_effects, kill9, until_row
 from hotmesh import MemFlow, workflow
 
 pytestmark = pytest.mark.timeout(90)
 
-CRASHY = Path(__file__).parent / "workers" / "crashy.py"
 EXPECTED = ["a done", "b done", "c done", "d done"]
 
 
-class Processes:
-    """The worker processes a test started; whatever is left is killed at the end."""
-
-    def __init__(self, dsn: str, app: str, logs: Path) -> None:
-        self.dsn, self.app, self.logs = dsn, app, logs
-        self.started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def spawn(self, mode: str, hang: str = "") -> subprocess.Popen[bytes]:
-        log = (self.logs / f"worker-{len(self.started)}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, str(CRASHY), self.dsn, self.app, mode, hang],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "CRASHY_LEASE": "1.0"},
-        )
-        self.started.append((proc, log))
-        return proc
-
-    def close(self) -> None:
-        for proc, log in self.started:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            log.close()
-
-
 @pytest.fixture
-def workers(dsn: str, app: str, db: Any, tmp_path: Path) -> Iterator[Processes]:
-    db.conn.execute(
-        "create table effects (id bigint generated always as identity, job_id text, name text,"
-        " attempt integer, pid integer, at timestamptz not null default clock_timestamp())"
-    )
-    procs = Processes(dsn, app, tmp_path)
+def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
+    """tests/workers/crashy.py processes (MODE [HANG]) on the test's app, lease 1 s."""
+    create_effects(db.conn.execute)
+    procs = Workers("crashy", dsn, app, logs=tmp_path, CRASHY_LEASE="1.0")
     yield procs
     procs.close()
-
-
-async def wait_for_row(db: Any, query: str, *params: Any, limit: float = 30.0) -> None:
-    try:
-        async with asyncio.timeout(limit):
-            while not db.one(query, *params):  # noqa: ASYNC110 (polling the database: no event to wait on)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for: {query} {params}")
-
-
-def kill9(proc: subprocess.Popen[bytes]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(10) == -signal.SIGKILL
 
 
 def effect_counts(db: Any, job_id: str) -> dict[str, int]:
@@ -100,12 +49,12 @@ def finished_history(job_id: str) -> list[tuple[Any, ...]]:
     ]
 
 
-async def test_kill9_during_inline_activity(mf: MemFlow, db: Any, workers: Processes) -> None:
+async def test_kill9_during_inline_activity(mf: MemFlow, db: Any, workers: Workers) -> None:
     handle = await mf.workflow.start(
         workflow_name="crashy_inline", task_queue="wq", workflow_id="crash-inline"
     )
-    first = workers.spawn("inline", hang="c")
-    await wait_for_row(db, "select count(*) from effects where name = 'c'")
+    first = workers.spawn("inline", "c")
+    await until_row(db, "select count(*) from effects where name = 'c'")
     # a and b are recorded; c ran its side effect but its outcome is not recorded
     assert history(db, "crash-inline") == finished_history("crash-inline")[:2]
     kill9(first)
@@ -131,7 +80,7 @@ async def test_kill9_during_inline_activity(mf: MemFlow, db: Any, workers: Proce
     assert db.one("select count(*) from tasks") == 0
 
 
-async def test_kill9_during_remote_activity(mf: MemFlow, db: Any, workers: Processes) -> None:
+async def test_kill9_during_remote_activity(mf: MemFlow, db: Any, workers: Workers) -> None:
     async def crashy_remote() -> list[str]:
         acts = workflow.proxy_activities(task_queue="aq")
         return [await acts.effect(name) for name in "abcd"]
@@ -140,8 +89,8 @@ async def test_kill9_during_remote_activity(mf: MemFlow, db: Any, workers: Proce
     handle = await mf.workflow.start(
         workflow_name="crashy_remote", task_queue="wq", workflow_id="crash-remote"
     )
-    first = workers.spawn("activities", hang="c")
-    await wait_for_row(db, "select count(*) from effects where name = 'c'")
+    first = workers.spawn("activities", "c")
+    await until_row(db, "select count(*) from effects where name = 'c'")
     # a and b are recorded; c is scheduled, its task leased by the worker about to die
     assert history(db, "crash-remote")[:2] == finished_history("crash-remote")[:2]
     assert history(db, "crash-remote")[2] == (3, "activity", "effect", "scheduled", ["c"], None)

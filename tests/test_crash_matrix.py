@@ -26,19 +26,18 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
+from helpers import SQL, Workers, create_effects
 from hotmesh import MemFlow
 
 pytestmark = pytest.mark.timeout(300)
 
-MATRIX = Path(__file__).parent / "workers" / "matrix.py"
 BATCH = 12  # kill points run at once (each a worker process with two small pools)
 TAG = "t"
 
@@ -61,46 +60,11 @@ class Point:
         return f"kill {self.when} {self.label}"
 
 
-class Workers:
-    """The worker processes a test started; whatever is left is killed at the end."""
-
-    def __init__(self, dsn: str, app: str, logs: Path) -> None:
-        self.dsn, self.app, self.logs = dsn, app, logs
-        self.started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def spawn(self, slots: list[str], **env: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"worker-{len(self.started)}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, str(MATRIX), self.dsn, self.app, *slots],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MATRIX_LEASE": "1.0", **env},
-        )
-        self.started.append((proc, log))
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def close(self) -> None:
-        for proc, log in self.started:
-            self.stop(proc)
-            log.close()
-
-
 @pytest.fixture
-def workers(dsn: str, app: str, db: Any, tmp_path: Path) -> Iterator[Workers]:
-    db.conn.execute(
-        "create table effects (id bigint generated always as identity, job_id text, name text,"
-        " attempt integer, pid integer, at timestamptz not null default clock_timestamp())"
-    )
-    procs = Workers(dsn, app, tmp_path)
+def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
+    """tests/workers/matrix.py processes (SLOT ...) on the test's app, lease 1 s."""
+    create_effects(db.conn.execute)
+    procs = Workers("matrix", dsn, app, logs=tmp_path, MATRIX_LEASE="1.0")
     yield procs
     procs.close()
 
@@ -211,7 +175,7 @@ async def baseline(
     """A run without kills: its result, its snapshot and the trace of its counted calls."""
     trace_file = tmp_path / "baseline.trace"
     handle = await start(mf, "base")
-    baseline_worker = workers.spawn(["base"], HOTMESH_TEST_TRACE=str(trace_file))
+    baseline_worker = workers.spawn("base", HOTMESH_TEST_TRACE=str(trace_file))
     expected_result = _normal(await handle.result(timeout=60), "cm-base")
     workers.stop(baseline_worker)
     expected = snapshot(db, "cm-base")
@@ -243,7 +207,7 @@ async def test_kill9_at_every_sql_boundary(
         handles = [await start(mf, p.slot) for p in batch]
         killers = [
             workers.spawn(
-                [p.slot],
+                p.slot,
                 HOTMESH_TEST_KILL_AT=p.label,
                 HOTMESH_TEST_KILL_WHEN=p.when,
                 HOTMESH_TEST_TRACE=str(tmp_path / f"{p.slot}.trace"),
@@ -258,7 +222,7 @@ async def test_kill9_at_every_sql_boundary(
             point.effects_at_kill = effect_counts(db, point.workflow_id)
             point.recorded_at_kill = recorded_effects(db, point.workflow_id)
 
-        fresh = workers.spawn([p.slot for p in batch])
+        fresh = workers.spawn(*(p.slot for p in batch))
         results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
         workers.stop(fresh)
 
@@ -312,14 +276,14 @@ async def test_kill9_fuzz_loop(mf: MemFlow, db: Any, workers: Workers, tmp_path:
                 break
             label = f"{rng.choice(names)}#{rng.randint(1, 2 * len(slots))}"
             when = rng.choice(["before", "after"])
-            proc = workers.spawn(slots, HOTMESH_TEST_KILL_AT=label, HOTMESH_TEST_KILL_WHEN=when)
+            proc = workers.spawn(*slots, HOTMESH_TEST_KILL_AT=label, HOTMESH_TEST_KILL_WHEN=when)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(proc.wait, rng.uniform(0.2, 2.0))
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
             assert await wait_dead(proc, f"kill {when} {label}") == -signal.SIGKILL
             kills += 1
-        fresh = workers.spawn(slots)
+        fresh = workers.spawn(*slots)
         results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
         workers.stop(fresh)
         for slot, result in zip(slots, results, strict=True):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,7 +29,6 @@ from fleet_harness import (
     FATAL,
     Fleet,
     Observer,
-    create_effects,
     expect_clean,
     outcome,
     pgdir,
@@ -40,6 +37,7 @@ from fleet_harness import (
     wait_until,
     with_application_name,
 )
+from helpers import sleep_until
 from hotmesh import MemFlow
 from hotmesh._db import Database
 from hotmesh.devtools import pgcluster
@@ -59,21 +57,6 @@ needs_cluster = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def obs(dsn: str, app: str) -> Iterator[Observer]:
-    observer = Observer(dsn, app)
-    create_effects(observer)
-    yield observer
-    observer.close()
-
-
-@pytest.fixture
-def fleet(dsn: str, app: str, tmp_path: Path) -> Iterator[Fleet]:
-    workers = Fleet(dsn, app, tmp_path)
-    yield workers
-    workers.stop()
-
-
 def finish(obs: Observer, fleet: Fleet, total: int, limit: float, what: str) -> dict[str, int]:
     """Send the second half of the signals, wait for every workflow, check and report."""
     send_signals(obs, list(range(1, total + 1, 2)))
@@ -83,9 +66,7 @@ def finish(obs: Observer, fleet: Fleet, total: int, limit: float, what: str) -> 
     figures["db_errors"] = fleet.count(r"event=db_error")
     # Every workflow may be done before a listener's backoff (0.1 s doubling to 5 s) brings it
     # back: give both processes' listeners that long to report their reconnect.
-    deadline = time.monotonic() + 12
-    while fleet.count(r"event=reconnect") < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    sleep_until(lambda: fleet.count(r"event=reconnect") >= 2, 12)
     figures["reconnects"] = fleet.count(r"event=reconnect")
     print(f"{what}: {figures}")
     expect_clean(figures)

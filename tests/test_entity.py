@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from helpers import until
 from hotmesh import (
     EntityPathError,
     EntityTypeError,
@@ -27,23 +28,6 @@ from hotmesh import (
 from hotmesh.entity import EntityPathFailure, EntityTypeFailure
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(check: Callable[[], Any], what: str, limit: float = 20.0) -> None:
-    """Poll `check` (sync or async) until it is truthy; fail naming `what` after `limit` s."""
-
-    async def holds() -> bool:
-        value = check()
-        if isinstance(value, Awaitable):
-            value = await value
-        return bool(value)
-
-    try:
-        async with asyncio.timeout(limit):
-            while not await holds():  # noqa: ASYNC110 (polling the database: no event to wait on)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 def q(app: str, text: str) -> sql.Composed:

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 import pytest
 
+from helpers import SQL, Workers, create_effects, kill9, until_row
 from hotmesh import (
     FatalError,
     IllegalTransition,
@@ -39,13 +36,6 @@ ONE_TRY = {"maximum_attempts": 1}
 
 def error_info(error: WorkflowError) -> list[Any]:
     return [type(error).__name__, error.code, error.type, error.message]
-
-
-async def until(db: Any, query: str, *params: Any, limit: float = 30.0) -> None:
-    """Until `query` returns something true (polling the database the workers write)."""
-    async with asyncio.timeout(limit):
-        while not db.one(query, *params):  # noqa: ASYNC110 (no event to wait on)
-            await asyncio.sleep(0.02)
 
 
 # -- hooks ------------------------------------------------------------------------------------
@@ -276,8 +266,8 @@ async def test_parent_holds_no_slot_while_its_child_runs(mf: MemFlow, db: Any) -
     # one slot: the parent must give it up for its child to run at all
     await mf.worker.create(task_queue="q", workflow=[patient, slow_kid], concurrency=1)
     handle = await mf.workflow.start(workflow_name="patient", task_queue="q", workflow_id="pat")
-    await until(db, "select count(*) from steps where job_id = 'slow' and kind = 'signal'")
-    await until(db, "select count(*) = 0 from tasks")
+    await until_row(db, "select count(*) from steps where job_id = 'slow' and kind = 'signal'")
+    await until_row(db, "select count(*) = 0 from tasks")
     assert await handle.status() == "waiting"
     assert db.one("select status from steps where job_id = 'pat'") == "scheduled"
     await mf.workflow.get_handle("slow").signal("kid-go", "finally")
@@ -394,62 +384,27 @@ async def test_emit_delivers_to_events_once(mf: MemFlow) -> None:
 
 # -- a worker killed while hooks run ----------------------------------------------------------
 
-HOOKY = Path(__file__).parent / "workers" / "hooky.py"
-
-
-class Processes:
-    """Worker processes a test started; whatever is left is stopped at the end."""
-
-    def __init__(self, dsn: str, app: str, logs: Path) -> None:
-        self.dsn, self.app, self.logs = dsn, app, logs
-        self.started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def spawn(self, hang: str = "") -> subprocess.Popen[bytes]:
-        log = (self.logs / f"hooky-{len(self.started)}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, str(HOOKY), self.dsn, self.app, hang],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HOOKY_LEASE": "1.0"},
-        )
-        self.started.append((proc, log))
-        return proc
-
-    def close(self) -> None:
-        for proc, log in self.started:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            log.close()
-
 
 @pytest.fixture
-def workers(dsn: str, app: str, db: Any, tmp_path: Path) -> Iterator[Processes]:
-    db.conn.execute(
-        "create table effects (id bigint generated always as identity, job_id text, name text,"
-        " attempt integer, pid integer)"
-    )
-    procs = Processes(dsn, app, tmp_path)
+def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
+    """tests/workers/hooky.py processes ([HANG]) on the test's app, lease 1 s."""
+    create_effects(db.conn.execute)
+    procs = Workers("hooky", dsn, app, logs=tmp_path, HOOKY_LEASE="1.0")
     yield procs
     procs.close()
 
 
 @pytest.mark.timeout(90)
-async def test_worker_killed_while_hooks_run(mf: MemFlow, db: Any, workers: Processes) -> None:
+async def test_worker_killed_while_hooks_run(mf: MemFlow, db: Any, workers: Workers) -> None:
     handle = await mf.workflow.start(
         workflow_name="hooky_main", task_queue="hq", workflow_id="hooky"
     )
-    first = workers.spawn(hang="b")
+    first = workers.spawn("b")
     # hooks a (h1) and c (h3) finished; b (h2) ran its side effect and hangs there
-    await until(db, "select count(*) from effects where name = 'b'")
-    await until(db, "select count(*) = 2 from threads where status = 'completed'")
-    await until(db, "select count(*) = 1 from tasks")  # the caller parked again: only b's
-    os.kill(first.pid, signal.SIGKILL)
-    assert first.wait(10) == -signal.SIGKILL
+    await until_row(db, "select count(*) from effects where name = 'b'")
+    await until_row(db, "select count(*) = 2 from threads where status = 'completed'")
+    await until_row(db, "select count(*) = 1 from tasks")  # the caller parked again: only b's
+    kill9(first)
     (thread, state, owner) = db.rows("select thread, state, lease_owner from tasks")[0]
     assert (thread, state, owner.split(":")[1]) == ("h2", "leased", str(first.pid))
 

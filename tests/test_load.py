@@ -15,8 +15,6 @@ workers) checks the same of group commits that wake the same workflows concurren
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from psycopg.types.json import Jsonb
@@ -26,7 +24,6 @@ from fleet_harness import (
     Fleet,
     Observer,
     completed,
-    create_effects,
     deadlocks,
     expect_clean,
     outcome,
@@ -34,21 +31,6 @@ from fleet_harness import (
     start_workflows,
     wait_until,
 )
-
-
-@pytest.fixture
-def obs(dsn: str, app: str) -> Iterator[Observer]:
-    observer = Observer(dsn, app)
-    create_effects(observer)
-    yield observer
-    observer.close()
-
-
-@pytest.fixture
-def fleet(dsn: str, app: str, tmp_path: Path) -> Iterator[Fleet]:
-    workers = Fleet(dsn, app, tmp_path)
-    yield workers
-    workers.stop()
 
 
 def run_load(obs: Observer, fleet: Fleet, total: int, limit: float) -> dict[str, int]:

@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from helpers import drop_roles, installed_app, new_app_id
 from hotmesh import MemFlow, workflow
 from hotmesh._install import migrate
 
@@ -43,13 +44,6 @@ def can_manage_roles(dsn: str) -> bool:
             "select rolsuper or rolcreaterole from pg_roles where rolname = current_user"
         ).fetchone()
     return bool(row and row[0])
-
-
-def drop_roles(conn: psycopg.Connection[Any], *roles: str) -> None:
-    for role in roles:
-        if conn.execute("select from pg_roles where rolname = %s", (role,)).fetchone():
-            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
 
 
 class As:
@@ -135,14 +129,18 @@ def logins(dsn: str) -> Iterator[Logins]:
 
 
 @pytest.fixture
+async def app(dsn: str) -> AsyncIterator[str]:
+    """These tests change and drop the app's roles: an app of their own, installed for real
+    (the session's app shares its roles with every test's database)."""
+    async with installed_app(dsn) as app_id:
+        yield app_id
+
+
+@pytest.fixture
 async def other_app(dsn: str) -> AsyncIterator[str]:
     """A second app in the same database, with its own roles."""
-    other = "t_" + uuid.uuid4().hex[:12]
-    await migrate(dsn, other)
-    yield other
-    with admin(dsn) as conn:
-        conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(other)))
-        drop_roles(conn, f"{other}_app", f"{other}_worker")
+    async with installed_app(dsn) as other:
+        yield other
 
 
 @pytest.fixture
@@ -425,7 +423,7 @@ def test_an_installer_without_createrole_installs_and_warns(
     if installer is None:
         pytest.skip("needs a real login; the server refused the test's password")
     installer.close()
-    app = "t_" + uuid.uuid4().hex[:12]
+    app = new_app_id()
     installer_dsn = make_conninfo(dsn, user=name, password=password)
     try:
         with caplog.at_level(logging.WARNING, logger="hotmesh.install"):
@@ -462,7 +460,7 @@ def test_an_installer_without_createrole_installs_and_warns(
 def test_a_login_role_with_the_apps_role_name_gets_nothing(
     dsn: str, logins: Logins, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = "t_" + uuid.uuid4().hex[:12]
+    app = new_app_id()
     with admin(dsn) as conn:
         conn.execute(sql.SQL("create role {} login").format(sql.Identifier(app + "_app")))
     try:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import psycopg
 import pytest
 
+from helpers import until
 from hotmesh import MemFlow, workflow
 
 pytestmark = pytest.mark.timeout(60)
@@ -63,15 +64,6 @@ async def blocked_by(observer: Session, waiter: int, holder: int) -> None:
                 waiter,
             )
             if row is not None and row[0] == "Lock" and row[1]:
-                return
-            await asyncio.sleep(0.005)
-
-
-async def until(check: Callable[[], Awaitable[Any]]) -> None:
-    """Return once `check()` is true (a bounded poll of the database's state)."""
-    async with asyncio.timeout(20):
-        while True:
-            if await check():
                 return
             await asyncio.sleep(0.005)
 
@@ -367,13 +359,15 @@ async def test_a_real_hook_waits_for_an_open_entity_write_and_then_applies(
         async def waiting() -> bool:
             return await obs.one("select status from jobs where id = 'wf'") == "waiting"
 
-        await until(waiting)  # the workflow waits for its signal
+        await until(waiting, "the workflow to wait", every=0.005)  # for its signal
         await mf.workflow.hook(workflow_id="wf", workflow_name="bump", task_queue="q")
         await until(  # the hook waits for its signal too
             lambda: obs.one(
                 "select exists (select from steps where job_id = 'wf' and thread = 'h1'"
                 " and kind = 'signal' and status = 'scheduled')"
-            )
+            ),
+            "the hook's wait",
+            every=0.005,
         )
         app_session = Session(conn)
         await conn.execute("begin")
@@ -385,7 +379,9 @@ async def test_a_real_hook_waits_for_an_open_entity_write_and_then_applies(
                 "select exists (select from pg_stat_activity"
                 " where wait_event_type = 'Lock' and %s = any(pg_blocking_pids(pid)))",
                 app_session.pid,
-            )
+            ),
+            "a worker backend blocked by us",
+            every=0.005,
         )
         await conn.execute("commit")
     async with asyncio.timeout(20):

@@ -4,40 +4,15 @@ a workflow whose activities all run inline completes in one activation."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from helpers import until
 from hotmesh import MemFlow, RetryPolicy, workflow
 from hotmesh._db import Claimed
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(check: Callable[[], Any], what: str, limit: float = 20.0) -> None:
-    """Poll `check` (sync or async) until it is truthy; fail naming `what` after `limit` s."""
-
-    async def holds() -> bool:
-        value = check()
-        if isinstance(value, Awaitable):
-            value = await value
-        return bool(value)
-
-    try:
-        async with asyncio.timeout(limit):
-            while not await holds():  # noqa: ASYNC110 (polling the database: no event to wait on)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-async def remote(app: str, dsn: str) -> AsyncIterator[MemFlow]:
-    client = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
-    yield client
-    await client.close(grace=1.0)
 
 
 def count_claims(mf: MemFlow) -> list[Claimed]:

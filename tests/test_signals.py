@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from helpers import until_row
 from hotmesh import (
     IllegalTransition,
     InvalidArgument,
@@ -40,12 +40,14 @@ async def twice(signal_id: str) -> list[Any]:
 async def until_waiting(db: Any, count: int, signal_id: str, limit: float = 30.0) -> None:
     """Until `count` waits for `signal_id` are scheduled (polling the database: the waits are
     what the test synchronises on)."""
-    query = (
-        "select count(*) from steps where kind = 'signal' and name = %s and status = 'scheduled'"
+    await until_row(
+        db,
+        "select count(*) >= %s from steps"
+        " where kind = 'signal' and name = %s and status = 'scheduled'",
+        count,
+        signal_id,
+        limit=limit,
     )
-    async with asyncio.timeout(limit):
-        while db.one(query, signal_id) < count:  # noqa: ASYNC110 (no event to wait on)
-            await asyncio.sleep(0.02)
 
 
 def signal_steps(db: Any, job_id: str) -> list[tuple[Any, ...]]:
@@ -331,22 +333,14 @@ async def test_bad_signals_are_refused(mf: MemFlow, db: Any, app: str, dsn: str)
     assert db.one("select count(*) from signal_keys") == 0
 
 
-@pytest.fixture
-async def other(app: str, dsn: str) -> AsyncIterator[MemFlow]:
-    client = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
-    yield client
-    await client.close(grace=1.0)
-
-
 async def test_signal_wakes_a_waiter_served_by_another_client(
-    mf: MemFlow, other: MemFlow, db: Any
+    mf: MemFlow, remote: MemFlow, db: Any
 ) -> None:
-    await other.worker.create(task_queue="q", workflow=waiter)
+    await remote.worker.create(task_queue="q", workflow=waiter)
     handle = await mf.workflow.start(workflow_name="waiter", args=["wake"], task_queue="q")
     await until_waiting(db, 1, "wake")
-    async with asyncio.timeout(20):  # the waiter suspends: it holds no task, no slot
-        while db.one("select count(*) from tasks"):  # noqa: ASYNC110 (polling the database)
-            await asyncio.sleep(0.02)
+    # the waiter suspends: it holds no task, no slot
+    await until_row(db, "select count(*) = 0 from tasks", limit=20)
     assert await handle.status() == "waiting"
     assert (await handle.signal("wake", "up"))["status"] == "delivered"
     assert await handle.result(timeout=20) == "up"

@@ -5,7 +5,6 @@ is recorded, and asyncio.gather over activities and timers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,14 +13,6 @@ import pytest
 from hotmesh import FatalError, InvalidArgument, MemFlow, RetryPolicy, WorkflowError, workflow
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def remote(app: str, dsn: str) -> AsyncIterator[MemFlow]:
-    """A second client on the same app, serving activities on another queue."""
-    client = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
-    yield client
-    await client.close(grace=1.0)
 
 
 def sleeps_of(db: Any, job_id: str) -> list[tuple[Any, ...]]:

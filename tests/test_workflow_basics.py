@@ -16,6 +16,7 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from helpers import drop_app
 from hotmesh import (
     DuplicateJobError,
     FatalError,
@@ -279,9 +280,7 @@ async def test_concurrent_migrations_all_succeed(dsn: str) -> None:
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             for schema in (app_id, other):
-                conn.execute(
-                    sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(schema))
-                )
+                drop_app(conn, schema)
 
 
 async def test_invalid_app_id_is_refused(dsn: str) -> None:

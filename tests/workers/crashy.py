@@ -16,30 +16,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 
-import psycopg
-from psycopg import sql
+from _effects import CONFIG, effect
 
-from hotmesh import MemFlow, activity, workflow
+from hotmesh import MemFlow, workflow
 
-CONFIG = {"dsn": "", "app": "", "hang": ""}
 NAMES = ("a", "b", "c", "d")
-
-
-def effect(name: str) -> str:
-    """The side effect: one row per run, then (when told to) hang until killed."""
-    info = activity.info()
-    with psycopg.connect(CONFIG["dsn"], autocommit=True) as conn:
-        conn.execute(
-            sql.SQL(
-                "insert into {}.effects (job_id, name, attempt, pid) values (%s, %s, %s, %s)"
-            ).format(sql.Identifier(CONFIG["app"])),
-            (info.workflow_id, name, info.attempt, os.getpid()),
-        )
-    if name == CONFIG["hang"]:
-        time.sleep(3600)
-    return f"{name} done"
 
 
 async def crashy_inline() -> list[str]:

@@ -36,12 +36,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from _effects import CONFIG, insert
 
-from hotmesh import MemFlow, activity, workflow
+from hotmesh import MemFlow, workflow
 from hotmesh._db import Database
 
-CONFIG = {"dsn": "", "app": ""}
 HOUSEKEEPING = frozenset({"next_due", "heartbeat", "release_tasks"})
 
 
@@ -101,14 +100,8 @@ def install_kill_switch() -> None:
 
 async def effect(name: str) -> str:
     """The side effect: one row per run."""
-    info = activity.info()
     async with await psycopg.AsyncConnection.connect(CONFIG["dsn"], autocommit=True) as conn:
-        await conn.execute(
-            sql.SQL(
-                "insert into {}.effects (job_id, name, attempt, pid) values (%s, %s, %s, %s)"
-            ).format(sql.Identifier(CONFIG["app"])),
-            (info.workflow_id, name, info.attempt, os.getpid()),
-        )
+        await conn.execute(*insert(name))
     return f"{name} done"
 
 

@@ -1,0 +1,260 @@
+"""What tests share (graphile-worker's `__tests__/helpers.ts`): polling until the database says
+so, a plain SQL handle on an app, the database a test runs in, apps installed for real, and
+worker processes started from tests/workers/.
+
+conftest.py turns these into the fixtures `dsn`, `app`, `db`, `mf` and `remote`."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from hotmesh._install import migrate
+
+WORKERS = Path(__file__).parent / "workers"
+
+# ------------------------------------------------------------------------------ polling
+
+
+async def until(
+    check: Callable[[], Any], what: str = "", limit: float = 20.0, every: float = 0.02
+) -> None:
+    """Poll `check` (sync or async) until it is truthy; fail naming `what` after `limit` s."""
+    try:
+        async with asyncio.timeout(limit):
+            while True:
+                value = check()
+                if isinstance(value, Awaitable):
+                    value = await value
+                if value:
+                    return
+                await asyncio.sleep(every)
+    except TimeoutError:
+        pytest.fail(f"timed out after {limit} s waiting for {what or check}")
+
+
+async def until_row(db: SQL, query: str, *params: Any, limit: float = 30.0) -> None:
+    """Until `query` returns something true (polling the database the workers write)."""
+    await until(lambda: db.one(query, *params), f"{query} {params}", limit)
+
+
+def sleep_until(check: Callable[[], Any], limit: float, every: float = 0.1) -> Any:
+    """Blocking poll for code outside an event loop: the last value of `check`, once it is
+    truthy or `limit` seconds have passed (the caller asserts on it)."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = check()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
+
+
+# ------------------------------------------------------------------------------ SQL
+
+
+class SQL:
+    """Run SQL against the test database as an outside application would (autocommit)."""
+
+    def __init__(self, dsn: str, app: str) -> None:
+        self.app = app
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute(sql.SQL("set search_path = {}, public").format(sql.Identifier(app)))
+
+    def one(self, query: str, *params: Any) -> Any:
+        row = self.conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        return None if row is None else row[0]
+
+    def rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        return self.conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def create_effects(execute: Callable[[str], object]) -> None:
+    """The side-effect counter the worker processes write (tests/workers/_effects.py); pass
+    the `execute` of a connection to the test's app."""
+    execute(
+        "create table effects (id bigint generated always as identity, job_id text, name text,"
+        " attempt integer, pid integer, at timestamptz not null default clock_timestamp())"
+    )
+
+
+# ------------------------------------------------------------------------------ databases
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    """The DSN with another database, in the form it came in (URL or key=value)."""
+    if "://" in dsn:
+        return urlunsplit(urlsplit(dsn)._replace(path="/" + quote(dbname)))
+    return make_conninfo(dsn, dbname=dbname)
+
+
+def new_app_id() -> str:
+    return "t_" + uuid.uuid4().hex[:12]
+
+
+def drop_app(conn: psycopg.Connection[Any], app: str) -> None:
+    """Drop schema `app` and the roles the installer made for it (sql/99_grants.sql)."""
+    conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app)))
+    drop_roles(conn, f"{app}_app", f"{app}_worker")
+
+
+def drop_roles(conn: psycopg.Connection[Any], *roles: str) -> None:
+    """Drop each role that exists, and first its privileges in this database. (`select true`:
+    the row of `select from` has no columns, and an empty tuple is false.)"""
+    for role in roles:
+        if conn.execute("select true from pg_roles where rolname = %s", (role,)).fetchone():
+            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+@contextlib.asynccontextmanager
+async def installed_app(dsn: str) -> AsyncIterator[str]:
+    """A new app, installed by the real installer (for tests of the installer and the roles
+    it makes); dropped afterwards with its roles."""
+    app = new_app_id()
+    try:
+        await migrate(dsn, app)
+        yield app
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            drop_app(conn, app)
+
+
+class Databases:
+    """One database per test, copied from a template in which the real installer installed
+    the session's app once (procrastinate's `CREATE DATABASE ... TEMPLATE`): every test starts
+    from a fresh, empty, fully installed app, with its roles, without running the installer.
+
+    The app's two roles are cluster-wide, so every copy shares them; a test that drops or
+    changes them uses an app of its own (`installed_app`)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.template = "hm_tpl_" + uuid.uuid4().hex[:8]
+        self.app = new_app_id()
+        self.made = 0
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def create_template(self) -> None:
+        with self.admin() as conn:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(self.template)))
+        # In a thread of its own: this runs inside the first test's setup, maybe in its loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            installing = migrate(with_dbname(self.dsn, self.template), self.app)
+            thread.submit(asyncio.run, installing).result()
+        with self.admin() as conn:  # a template must have no sessions when it is copied
+            conn.execute(
+                sql.SQL("alter database {} with allow_connections false").format(
+                    sql.Identifier(self.template)
+                )
+            )
+
+    def create(self) -> str:
+        """A new copy of the template; returns its name. wal_log (PG 15's default) copies
+        through the WAL; file_copy's two checkpoints take far longer on a busy disk."""
+        self.made += 1
+        name = f"{self.template}_{self.made}"
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("create database {} template {} strategy wal_log").format(
+                    sql.Identifier(name), sql.Identifier(self.template)
+                )
+            )
+        return name
+
+    def drop(self, name: str) -> None:
+        with self.admin() as conn:  # force: a worker process a test left behind is cut off
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+    def close(self) -> None:
+        self.drop(self.template)
+        with self.admin() as conn:
+            drop_roles(conn, f"{self.app}_app", f"{self.app}_worker")
+
+
+def may_create_databases(dsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select rolsuper or rolcreatedb from pg_roles where rolname = current_user"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+class Workers:
+    """Processes of one script of tests/workers/ that a test started, each logging to a file
+    of its own in `logs`; whatever is still running at the end is stopped (SIGTERM, then
+    SIGKILL after `grace` seconds)."""
+
+    def __init__(
+        self, script: str, *args: str, logs: Path, grace: float = 10.0, **env: str
+    ) -> None:
+        self.script, self.args, self.env = script, args, env
+        self.logs, self.grace = logs, grace
+        self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes], Path]] = []
+
+    def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        """tests/workers/<script>.py with the harness's arguments and then `args`; `env` is
+        added to the environment."""
+        path = self.logs / f"{self.script}-{len(self.procs)}.log"
+        log = path.open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKERS / f"{self.script}.py"), *self.args, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env, **env},
+        )
+        self.procs.append((proc, log, path))
+        return proc
+
+    def alive(self) -> bool:
+        return all(proc.poll() is None for proc, _, _ in self.procs)
+
+    def stop(self, *procs: subprocess.Popen[bytes]) -> None:
+        """SIGTERM to each at once, then wait for each (SIGKILL after the grace period)."""
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        self.stop(*(proc for proc, _, _ in self.procs))
+        for _, log, _ in self.procs:
+            log.close()
+
+    def log(self) -> str:
+        return "".join(path.read_text(errors="replace") for _, _, path in self.procs)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL

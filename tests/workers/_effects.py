@@ -1,0 +1,36 @@
+"""The side-effect counter of the crash tests' worker processes: every run of `effect` inserts
+one row into the app's `effects` table (tests/helpers.py, `create_effects`), so a test counts
+how often an activity really ran, by which process and in which attempt.
+
+A worker script sets CONFIG (dsn, app, and `hang`: the call that blocks after its row until the
+process is killed) before it starts."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+from psycopg import sql
+
+from hotmesh import activity
+
+CONFIG = {"dsn": "", "app": "", "hang": ""}
+
+
+def insert(name: str) -> tuple[sql.Composed, tuple[str, str, int, int]]:
+    """The statement and parameters that record one run of the current activity."""
+    info = activity.info()
+    statement = sql.SQL(
+        "insert into {}.effects (job_id, name, attempt, pid) values (%s, %s, %s, %s)"
+    ).format(sql.Identifier(CONFIG["app"]))
+    return statement, (info.workflow_id, name, info.attempt, os.getpid())
+
+
+def effect(name: str) -> str:
+    """The side effect: one row per run, then (when told to) hang until killed."""
+    with psycopg.connect(CONFIG["dsn"], autocommit=True) as conn:
+        conn.execute(*insert(name))
+    if name == CONFIG["hang"]:
+        time.sleep(3600)
+    return f"{name} done"
