@@ -1,5 +1,6 @@
 -- The task state machine: ready(run_at) -> leased(lease_expires_at) -> done (row deleted)
 --                                                      \-> ready(run_at = now + backoff) | dead
+-- (its legal moves and their owners: _legal_transitions in 10_core.sql).
 -- A task is either a workflow activation (run or resume one thread of a job) or an activity.
 --
 -- The functions a worker calls for every task and step (here and in 40_steps.sql) run with
@@ -9,9 +10,10 @@
 -- one a signal or a remote step claims): planning was half of a small claim's time.
 
 -- Claims up to p_max_tasks due tasks on the given queues, highest priority first, then oldest
--- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other;
--- each claim issues a fresh lease token. For an activation it also completes the thread's due
--- timers and returns its recorded steps, so the worker can replay without another query.
+-- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other (or
+-- on an application's open transaction: see _transitions); each claim issues a fresh lease
+-- token. For an activation it also fires the thread's due timers (_fire_timers) and returns
+-- its recorded steps, so the worker can replay without another query.
 create or replace function claim_tasks(
     p_task_queues text[],
     p_worker_id text,

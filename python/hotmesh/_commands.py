@@ -46,16 +46,17 @@ class RecordedStep(NamedTuple):
     def from_json(cls, step: Mapping[str, Any]) -> RecordedStep:
         """A step from its JSON: the claim's {seq, kind, name, status, output, error, attempt,
         due}, or a `workflow_history` row, which adds `input`."""
+        get = step.get
         return cls(
             step["seq"],
             step["kind"],
             step["name"],
             step["status"],
-            step.get("output"),
-            step.get("error"),
-            step.get("attempt") or 0,
-            step.get("due"),
-            step.get("input", NOT_RECORDED),
+            get("output"),
+            get("error"),
+            get("attempt") or 0,
+            get("due"),
+            get("input", NOT_RECORDED),
         )
 
 

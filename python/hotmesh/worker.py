@@ -422,71 +422,62 @@ class _Executor:
     async def __call__(
         self, seq: int, command: Command, recorded: RecordedStep | None
     ) -> RecordedStep:
-        return RecordedStep.from_json(await self._apply(seq, command, recorded))
-
-    async def _apply(
-        self, seq: int, command: Command, recorded: RecordedStep | None
-    ) -> dict[str, Any]:
         db, task = self.db, self.task
+        step: dict[str, Any]
+        # One coroutine per command, the hot path first: an inline activity is most steps.
         match command:
             case ScheduleActivity(activity=name, args=args, task_queue=queue):
                 fn = self.registry.inline_activity(queue, name)
-                if fn is not None:
-                    return await self._run_inline(fn, seq, command, recorded)
-                return await db.schedule_activity(
-                    task, seq, name, args, queue, command.retry_policy
-                )
+                if fn is None:
+                    step = await db.schedule_activity(
+                        task, seq, name, args, queue, command.retry_policy
+                    )
+                    return RecordedStep.from_json(step)
+                # Runs here, in this process, and is recorded with one call.
+                attempt = 1 if recorded is None else recorded.attempt + 1
+                info = ActivityInfo(task.job_id, name, queue, attempt, True)
+                try:
+                    output = encode(await run_activity(fn, args, info), f"the result of {name}")
+                except Exception as error:
+                    step = await db.record_step(
+                        task, seq, "activity", name, args, None,
+                        errors.to_payload(error), command.retry_policy,
+                    )  # fmt: skip
+                else:
+                    step = await db.record_step(task, seq, "activity", name, args, output)
             case StartTimer():
-                return await db.schedule_sleep(task, seq, command.seconds)
+                step = await db.schedule_sleep(task, seq, command.seconds)
             case WaitSignal():
-                return await db.wait_signal(task, seq, command.signal_id, command.timeout)
+                step = await db.wait_signal(task, seq, command.signal_id, command.timeout)
             case SendSignal():
-                return await db.send_signal(
+                step = await db.send_signal(
                     task, seq, command.signal_id, command.payload, command.workflow_id
                 )
             case StartHook():
-                return await db.start_hook(
+                step = await db.start_hook(
                     task, seq, command.workflow_name, command.args, command.task_queue,
                     command.workflow_id, command.signal_id,
                 )  # fmt: skip
             case StartChild():
-                return await db.start_child(
+                step = await db.start_child(
                     task, seq, command.workflow_name, command.args, command.task_queue,
                     command.workflow_id, command.entity, command.options or {}, command.wait,
                 )  # fmt: skip
             case CancelWorkflow():
-                return await db.cancel_step(
+                step = await db.cancel_step(
                     task, seq, command.workflow_id, command.reason, command.descend
                 )
             case EntityOp():
-                return await db.entity_step(
+                step = await db.entity_step(
                     task, seq, command.op, command.path, command.value, command.has_value
                 )
             case SearchOp():
-                return await db.search_step(task, seq, command.op, command.args)
+                step = await db.search_step(task, seq, command.op, command.args)
             case Emit():
-                return await db.emit_step(task, seq, command.events)
-        raise TypeError(f"no stored function performs {command!r}")
-
-    async def _run_inline(
-        self,
-        fn: Activity,
-        seq: int,
-        command: ScheduleActivity,
-        recorded: RecordedStep | None,
-    ) -> dict[str, Any]:
-        """Run an activity this process serves and record its outcome with one call."""
-        name, args = command.activity, command.args
-        attempt = 1 if recorded is None else recorded.attempt + 1
-        info = ActivityInfo(self.task.job_id, name, command.task_queue, attempt, True)
-        try:
-            output = encode(await run_activity(fn, args, info), f"the result of {name}")
-        except Exception as error:
-            return await self.db.record_step(
-                self.task, seq, "activity", name, args, None,
-                errors.to_payload(error), command.retry_policy,
-            )  # fmt: skip
-        return await self.db.record_step(self.task, seq, "activity", name, args, output)
+                step = await db.emit_step(task, seq, command.events)
+            case _:
+                raise TypeError(f"no stored function performs {command!r}")
+        return RecordedStep.from_json(step)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
