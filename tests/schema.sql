@@ -12,6 +12,7 @@
 -- migration 0004_operations.sql
 -- migration 0005_hot_paths.sql
 -- migration 0006_signal_retention.sql
+-- migration 0007_signal_key_scope.sql
 
 -- tables
 create table <app>.jobs (
@@ -50,7 +51,10 @@ create table <app>.settings (
 );
 create table <app>.signal_keys (
     idempotency_key text not null,
-    used_at timestamp with time zone not null default now()
+    used_at timestamp with time zone not null default now(),
+    signal_id text,
+    job_id text,
+    payload_md5 text
 );
 create table <app>.signals (
     id bigint not null generated always as identity,
@@ -117,7 +121,7 @@ alter table <app>.jobs add constraint jobs_pkey PRIMARY KEY (id);
 alter table <app>.jobs add constraint jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])));
 alter table <app>.schema_migrations add constraint schema_migrations_pkey PRIMARY KEY (version);
 alter table <app>.settings add constraint settings_pkey PRIMARY KEY (key);
-alter table <app>.signal_keys add constraint signal_keys_pkey PRIMARY KEY (idempotency_key);
+alter table <app>.signal_keys add constraint signal_keys_scope UNIQUE NULLS NOT DISTINCT (idempotency_key, signal_id, job_id);
 alter table <app>.signals add constraint signals_pkey PRIMARY KEY (id);
 alter table <app>.steps add constraint steps_pkey PRIMARY KEY (job_id, thread, seq);
 alter table <app>.steps add constraint steps_status_check CHECK ((status = ANY (ARRAY['scheduled'::text, 'retrying'::text, 'completed'::text, 'failed'::text])));
@@ -136,7 +140,7 @@ CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
 CREATE UNIQUE INDEX schema_migrations_pkey ON <app>.schema_migrations USING btree (version);
 CREATE UNIQUE INDEX settings_pkey ON <app>.settings USING btree (key);
-CREATE UNIQUE INDEX signal_keys_pkey ON <app>.signal_keys USING btree (idempotency_key);
+CREATE UNIQUE INDEX signal_keys_scope ON <app>.signal_keys USING btree (idempotency_key, signal_id, job_id) NULLS NOT DISTINCT;
 CREATE INDEX signal_keys_used_at ON <app>.signal_keys USING btree (used_at);
 CREATE INDEX signals_job ON <app>.signals USING btree (job_id) WHERE (job_id IS NOT NULL);
 CREATE INDEX signals_pending ON <app>.signals USING btree (signal_id, id);
@@ -225,14 +229,18 @@ create type <app>.claimed_task as (
 -- functions
 create function <app>._activation_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql stable;
+create function <app>._batch_results(p_items jsonb) returns jsonb[]
+    language plpgsql immutable;
 create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text, p_input jsonb) returns boolean
     language plpgsql volatile;
-create function <app>._check_items(p_items jsonb) returns void
+create function <app>._check_lease(p_lease interval) returns void
     language plpgsql immutable;
 create function <app>._check_name(p_what text, p_value text) returns void
     language plpgsql immutable;
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
+create function <app>._check_transition(p_machine text, p_row text, p_from text, p_to text, p_owner text DEFAULT NULL::text) returns void
+    language plpgsql stable;
 create function <app>._check_value(p_what text, p_value jsonb) returns void
     language plpgsql immutable;
 create function <app>._default_retention() returns interval
@@ -282,16 +290,26 @@ create function <app>._entity_walk(p_doc jsonb, p_path text[], OUT depth integer
     language plpgsql immutable;
 create function <app>._error_json(p_sqlstate text, p_message text, p_type text) returns jsonb
     language sql immutable;
+create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb) returns jsonb
+    language plpgsql volatile;
 create function <app>._final_error(p_policy jsonb, p_attempt integer, p_error jsonb) returns jsonb
     language sql stable;
+create function <app>._fire_timers(p_job_ids text[], p_threads text[], p_now timestamp with time zone) returns void
+    language plpgsql volatile;
 create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql volatile;
 create function <app>._item_error(p_sqlstate text, p_message text) returns jsonb
     language sql immutable;
+create function <app>._lease_lost_item(p_task_id text) returns jsonb
+    language sql immutable;
 create function <app>._leased_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql stable;
-create function <app>._lock_signal(p_signal_id text) returns void
-    language sql volatile;
+create function <app>._legal_transitions() returns TABLE(machine text, from_state text, to_state text, owner text)
+    language sql immutable;
+create function <app>._move_step(p_job_id text, p_thread text, p_seq integer, p_to text, p_output jsonb, p_error jsonb, p_attempt integer DEFAULT NULL::integer, p_wake_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_refuse boolean DEFAULT true) returns <app>.steps
+    language plpgsql volatile;
+create function <app>._move_steps(p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[], p_errors jsonb[], p_attempts integer[], p_wake_ats timestamp with time zone[]) returns SETOF <app>.steps
+    language plpgsql volatile;
 create function <app>._notify(p_payload text) returns void
     language sql volatile;
 create function <app>._notify_done(p_job_ids text[]) returns void
@@ -301,6 +319,8 @@ create function <app>._now() returns timestamp with time zone
     set search_path = <app>, pg_temp;
 create function <app>._recorded_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text) returns jsonb
     language plpgsql stable;
+create function <app>._requeue_tasks(p_task_ids bigint[], p_run_at timestamp with time zone, p_error jsonb DEFAULT NULL::jsonb, p_uncount boolean DEFAULT false) returns SETOF <app>.tasks
+    language plpgsql volatile;
 create function <app>._retry_at(p_policy jsonb, p_attempt integer, p_error jsonb) returns timestamp with time zone
     language plpgsql stable;
 create function <app>._retry_job(p_job_id text) returns jsonb
@@ -318,18 +338,14 @@ create function <app>._settle_parent(p_child <app>.jobs) returns void
     language plpgsql volatile;
 create function <app>._settle_step(p_task <app>.tasks, p_seq integer, p_output jsonb, p_error jsonb) returns jsonb
     language plpgsql volatile;
+create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns bigint
+    language sql stable;
 create function <app>._step_json(p_step <app>.steps) returns jsonb
     language sql stable;
 create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb) returns <app>.jobs
     language plpgsql volatile;
 create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[] DEFAULT NULL::jsonb[], p_error jsonb DEFAULT NULL::jsonb) returns SETOF <app>.jobs
     language plpgsql volatile;
-create function <app>._waits(p_job_id text) returns jsonb
-    language sql stable security definer
-    set search_path = <app>, pg_temp;
-create function <app>._waits_text(p_waits jsonb) returns text
-    language sql immutable security definer
-    set search_path = <app>, pg_temp;
 create function <app>._wake(p_job_id text, p_thread text) returns void
     language plpgsql volatile;
 create function <app>.bury_task(p_task_id bigint, p_token uuid, p_error jsonb) returns void
@@ -359,6 +375,9 @@ create function <app>.complete_tasks(p_items jsonb) returns jsonb
     set search_path = <app>, pg_temp;
 create function <app>.emit_step(p_task_id bigint, p_token uuid, p_seq integer, p_events jsonb) returns jsonb
     language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.engine_clock() returns timestamp with time zone
+    language sql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.engine_version(OUT version text, OUT migration integer) returns record
     language sql stable security definer
@@ -495,6 +514,9 @@ create function <app>.suspend_task(p_task_id bigint, p_token uuid) returns times
 create function <app>.wait_signal(p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_timeout numeric) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.waits_text(p_waits jsonb) returns text
+    language sql immutable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.workflow_history(p_workflow_id text) returns TABLE(at timestamp with time zone, thread text, seq integer, kind text, name text, status text, attempt integer, entity_version bigint, input jsonb, output jsonb, error jsonb, completed_at timestamp with time zone)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -503,6 +525,9 @@ create function <app>.workflow_outcome(p_workflow_id text) returns TABLE(status 
     set search_path = <app>, pg_temp;
 create function <app>.workflow_status(p_workflow_id text) returns text
     language plpgsql stable security definer
+    set search_path = <app>, pg_temp;
+create function <app>.workflow_waits(p_job_id text) returns jsonb
+    language sql stable security definer
     set search_path = <app>, pg_temp;
 
 -- privileges
@@ -520,12 +545,6 @@ grant select on table <app>.threads to <app>_app;
 grant select on table <app>.threads to <app>_worker;
 grant select on table <app>.workflows to <app>_app;
 grant select on table <app>.workflows to <app>_worker;
-grant execute on function <app>._now() to <app>_app;
-grant execute on function <app>._now() to <app>_worker;
-grant execute on function <app>._waits(text) to <app>_app;
-grant execute on function <app>._waits(text) to <app>_worker;
-grant execute on function <app>._waits_text(jsonb) to <app>_app;
-grant execute on function <app>._waits_text(jsonb) to <app>_worker;
 grant execute on function <app>.bury_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.cancel_step(bigint,uuid,integer,text,text,boolean) to <app>_worker;
 grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <app>_app;
@@ -534,6 +553,8 @@ grant execute on function <app>.claim_tasks(text[],text,integer,interval) to <ap
 grant execute on function <app>.complete_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.complete_tasks(jsonb) to <app>_worker;
 grant execute on function <app>.emit_step(bigint,uuid,integer,jsonb) to <app>_worker;
+grant execute on function <app>.engine_clock() to <app>_app;
+grant execute on function <app>.engine_clock() to <app>_worker;
 grant execute on function <app>.engine_version() to <app>_app;
 grant execute on function <app>.engine_version() to <app>_worker;
 grant execute on function <app>.entity_append(text,text,jsonb,text) to <app>_app;
@@ -591,10 +612,14 @@ grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) 
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
 grant execute on function <app>.wait_signal(bigint,uuid,integer,text,numeric) to <app>_worker;
+grant execute on function <app>.waits_text(jsonb) to <app>_app;
+grant execute on function <app>.waits_text(jsonb) to <app>_worker;
 grant execute on function <app>.workflow_history(text) to <app>_app;
 grant execute on function <app>.workflow_history(text) to <app>_worker;
 grant execute on function <app>.workflow_outcome(text) to <app>_app;
 grant execute on function <app>.workflow_outcome(text) to <app>_worker;
 grant execute on function <app>.workflow_status(text) to <app>_app;
 grant execute on function <app>.workflow_status(text) to <app>_worker;
+grant execute on function <app>.workflow_waits(text) to <app>_app;
+grant execute on function <app>.workflow_waits(text) to <app>_worker;
 grant usage on type <app>.claimed_task to public;
