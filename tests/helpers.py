@@ -55,6 +55,20 @@ async def until_row(db: SQL, query: str, *params: Any, limit: float = 30.0) -> N
     await until(lambda: db.one(query, *params), f"{query} {params}", limit)
 
 
+async def until_lock_wait(
+    conn: psycopg.AsyncConnection[Any], pid: int, limit: float = 10.0
+) -> None:
+    """Until backend `pid` waits for a lock: a real lock wait, not a sleep long enough."""
+
+    async def waits() -> bool:
+        cur = await conn.execute(
+            "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
+        )
+        return (await cur.fetchone() or [None])[0] == "Lock"
+
+    await until(waits, f"backend {pid} to wait for a lock", limit, every=0.01)
+
+
 def sleep_until(check: Callable[[], Any], limit: float, every: float = 0.1) -> Any:
     """Blocking poll for code outside an event loop: the last value of `check`, once it is
     truthy or `limit` seconds have passed (the caller asserts on it)."""
