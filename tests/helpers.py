@@ -132,12 +132,17 @@ def drop_app(conn: psycopg.Connection[Any], app: str) -> None:
 
 
 def drop_roles(conn: psycopg.Connection[Any], *roles: str) -> None:
-    """Drop each role that exists, and first its privileges in this database. (`select true`:
-    the row of `select from` has no columns, and an empty tuple is false.)"""
+    """Drop each role that exists, and first its privileges in this database when we may (a
+    member of it: a superuser; a CREATEROLE user drops the schema first)."""
     for role in roles:
-        if conn.execute("select true from pg_roles where rolname = %s", (role,)).fetchone():
+        row = conn.execute(
+            "select pg_has_role(oid, 'usage') from pg_roles where rolname = %s", (role,)
+        ).fetchone()
+        if row is None:
+            continue
+        if row[0]:
             conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
 
 
 @contextlib.asynccontextmanager
