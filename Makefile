@@ -150,7 +150,7 @@ _prove: _migrate
 	psql -X -q -v ON_ERROR_STOP=1 -c 'set client_min_messages = warning' \
 		-c 'create extension if not exists pgtap' \
 		-c 'create extension if not exists plpgsql_check'; \
-	pg_prove --ext .sql -r $(PROVE_FILES)
+	pg_prove --ext .sql -r --set app=$(APP) $(PROVE_FILES)
 
 # ------------------------------------------------------------------------------ demo, bench
 

@@ -90,6 +90,13 @@ begin
     -- Nobody waited: take the keep lock, then look again. A wait registering meanwhile either
     -- committed before the lock was granted (and is found now: each statement reads what is
     -- committed) or is deferred until this transaction ends (and then finds the signal kept).
+    -- A snapshot older than the lock would miss that wait, and both would wait forever.
+    if current_setting('transaction_isolation') <> 'read committed' then
+        raise exception using errcode = '25000',
+            message = format('signal "%s" would be kept, which needs read committed isolation, '
+                             'not %s: send it in a read committed transaction', p_signal_id,
+                             current_setting('transaction_isolation'));
+    end if;
     perform pg_advisory_xact_lock(_signal_key(p_signal_id, p_workflow_id));
     v_outcome := _fill_wait(p_signal_id, p_workflow_id, p_payload, p_error);
     if v_outcome is not null then

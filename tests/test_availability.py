@@ -170,3 +170,14 @@ async def test_held_untargeted_signal_kept_defers_waits_without_blocking(
     # delivered once: the untargeted one is gone, one targeted one is left for its finished
     # workflow (which waited only once)
     assert db.rows("select job_id from signals") in ([("g1",)], [("g2",)])
+
+
+async def test_a_signal_kept_under_repeatable_read_is_refused(db: Any, app: str, dsn: str) -> None:
+    """Keeping a signal relies on reading what committed after its lock; a repeatable read
+    snapshot would miss a wait that registered meanwhile, and both would wait forever."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        query = sql.SQL("select {}.signal('go', '1')").format(sql.Identifier(app))
+        with pytest.raises(psycopg.errors.InvalidTransactionState, match="read committed"):
+            await conn.execute(query)
+    assert db.one("select count(*) from signals") == 0

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import until_row
+from helpers import until_lock_wait, until_row
 from hotmesh import (
     CancelledFailure,
     FatalError,
@@ -208,14 +208,7 @@ async def test_cancel_while_the_activation_suspends(app: str, dsn: str) -> None:
         await activation.execute("begin")
         await activation.execute("select from tasks where id = %s for update", task[:1])
         cancel = asyncio.create_task(canceller.execute("select cancel_workflow('wf')"))
-        async with asyncio.timeout(10):  # until cancel_workflow waits for the task's lock
-            while True:
-                cur = await activation.execute(
-                    "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
-                )
-                if (await cur.fetchone() or [None])[0] == "Lock":
-                    break
-                await asyncio.sleep(0.01)
+        await until_lock_wait(activation, pid)  # cancel_workflow waits for the task's lock
         await activation.execute("select suspend_task(%s, %s)", task)
         await activation.execute("commit")
         assert await (await cancel).fetchone() == (["wf"],)

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import until
+from helpers import until_lock_wait
 from hotmesh import (
     EntityPathError,
     EntityTypeError,
@@ -432,15 +432,7 @@ async def test_a_second_writer_waits_on_the_row_lock(mf: MemFlow, dsn: str, app:
         blocked = asyncio.create_task(
             waiter.execute(q(app, "select {}.entity_increment('locked', 'n')"))
         )
-
-        async def waiting_on_lock() -> bool:
-            cur = await watcher.execute(
-                "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
-            )
-            row = await cur.fetchone()
-            return row is not None and row[0] == "Lock"
-
-        await until(waiting_on_lock, "the second writer to wait on the job's row lock")
+        await until_lock_wait(watcher, pid, limit=20)  # the second writer, on the job's row
         assert not blocked.done()
         await holder.commit()
         cur = await blocked

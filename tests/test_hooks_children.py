@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import SQL, Workers, create_effects, kill9, until_row
+from helpers import SQL, Workers, create_effects, kill9, until_lock_wait, until_row
 from hotmesh import (
     FatalError,
     IllegalTransition,
@@ -455,14 +455,7 @@ async def test_hook_failing_while_its_caller_suspends(app: str, dsn: str) -> Non
         failing = asyncio.create_task(
             hook.execute('select fail_task(%s, %s, \'{"message": "broken"}\')', task)
         )
-        async with asyncio.timeout(10):  # until the hook's fail_task waits for the task lock
-            while True:
-                cur = await caller.execute(
-                    "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
-                )
-                if (await cur.fetchone() or [None])[0] == "Lock":
-                    break
-                await asyncio.sleep(0.01)
+        await until_lock_wait(caller, pid)  # the hook's fail_task waits for the task lock
         await caller.execute("select suspend_task(%s, %s)", main)
         await caller.execute("commit")
         outcome = await (await failing).fetchone()

@@ -201,6 +201,10 @@ GOOD: dict[str, Any] = {
     "p_batch": 10,
     "p_dry_run": True,
     "p_items": None,  # set per function below
+    "p_group": "worker",
+    "p_role": "nobody",
+    "p_job_id": "wf",
+    "p_waits": '[{"kind": "signal", "name": "go"}]',
 }
 
 

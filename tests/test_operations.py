@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from helpers import until_row
 from hotmesh import FatalError, MemFlow, RetryPolicy, workflow
 from hotmesh._db import _READS, _STATEMENTS
 
@@ -315,6 +316,11 @@ async def survives(x: int) -> int:
     return int(await acts.slow_double(x))
 
 
+WAITS_ON_A_LOCK = (
+    "select count(*) from pg_stat_activity where application_name = %s and wait_event_type = 'Lock'"
+)
+
+
 async def test_worker_survives_terminated_connections(
     dsn: str, app: str, db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -336,13 +342,7 @@ async def test_worker_survives_terminated_connections(
                 sql.Identifier(app)
             )
         )
-        async with asyncio.timeout(20):
-            while not db.one(  # noqa: ASYNC110 (polling the database: no event to wait on)
-                "select count(*) from pg_stat_activity"
-                " where application_name = %s and wait_event_type = 'Lock'",
-                tag,
-            ):
-                await asyncio.sleep(0.05)
+        await until_row(db, WAITS_ON_A_LOCK, tag, limit=20)
         # Each terminated backend is waited for (up to 5 s), so its connection has ended by the
         # time the client calls again (pg_terminate_backend alone only sends the signal).
         killed = db.one(
@@ -388,13 +388,7 @@ async def test_a_read_cut_off_mid_call_is_sent_again(dsn: str, app: str, db: Any
             sql.SQL("lock table {}.jobs in access exclusive mode").format(sql.Identifier(app))
         )
         reader = asyncio.create_task(handle.status())
-        async with asyncio.timeout(20):
-            while not db.one(  # noqa: ASYNC110 (polling the database: no event to wait on)
-                "select count(*) from pg_stat_activity"
-                " where application_name = %s and wait_event_type = 'Lock'",
-                tag,
-            ):
-                await asyncio.sleep(0.02)
+        await until_row(db, WAITS_ON_A_LOCK, tag, limit=20)
         killed = db.one(
             "select count(pg_terminate_backend(pid, 5000)) from pg_stat_activity"
             " where application_name = %s and wait_event_type = 'Lock'",

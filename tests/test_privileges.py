@@ -31,6 +31,10 @@ OWNER_ONLY = {
     "set_setting",
     "retry_workflow",
     "entity_create_index",
+    "create_login",
+    "rotate_login",
+    "list_logins",
+    "revoke_login",
 }
 
 

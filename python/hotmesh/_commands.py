@@ -6,6 +6,12 @@ how it is carried out: the worker maps each command to its stored function
 instead. Each command also knows the input its stored function records in `steps.input`, so
 a history that carries inputs (the `workflow_history` view, an export) is checked argument by
 argument, not only by kind and name.
+
+A live activation compares kind and name only, as the database's `_check_step` does: the
+claim's history carries no inputs, because shipping them would make every activation fetch
+and decode every recorded argument, payload and entity value of its thread again. Changed
+arguments are what a replay of the recorded histories (`_runner.replay`) reports, before a
+deploy.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Workflow code runs on a private event loop (`WorkflowLoop`) that only runs ready
 Workflow code does no I/O of its own: each durable call takes the thread's next step number
 and becomes a command (`_commands`): the recorded step at that number answers it (after the
 determinism check), or, when there is none, the activation's `perform` carries it out (the
-worker's maps it to a stored function). When the private loop has nothing left to run, every
-branch of the workflow waits on a durable call: the runner performs the new commands and
-feeds their outcomes back, or, when only outside events can help, suspends the activation.
+worker's `_Executor` calls its stored function). When the private loop has nothing left to
+run, every branch of the workflow waits on a durable call: the runner performs the new
+commands and feeds their outcomes back, or, when only outside events can help, suspends.
 Suspension closes the workflow's coroutines; it never raises through user code, so a
 `try/except Exception` around a durable call cannot swallow it.
 

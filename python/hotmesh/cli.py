@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from hotmesh import _install
+from hotmesh import _roles as _roles_module
 from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
 from hotmesh.errors import DatabaseUnreachable, HotMeshError
@@ -188,6 +189,27 @@ def _parser() -> argparse.ArgumentParser:
     setting.add_argument("key", metavar="KEY")
     setting.add_argument("value", nargs="?", metavar="VALUE", help="new value (e.g. 30d)")
     setting.add_argument("--unset", action="store_true", help="back to the built-in default")
+
+    roles = commands.add_parser(
+        "roles", help="login roles for workers and applications (owner only; docs/credentials.md)"
+    )
+    role_commands = roles.add_subparsers(dest="roles_command", metavar="ACTION", required=True)
+    role_create = role_commands.add_parser(
+        "create", help="a login in the app's worker or app group, with a generated password"
+    )
+    _common(role_create, json_flag=True)
+    role_create.add_argument("group", choices=("worker", "app"))
+    role_create.add_argument("name", help="becomes <app>_<group>_<name>")
+    role_rotate = role_commands.add_parser("rotate", help="a new generated password")
+    _common(role_rotate, json_flag=True)
+    role_rotate.add_argument("role", metavar="ROLE")
+    role_revoke = role_commands.add_parser(
+        "revoke", help="drop the login and end its open sessions"
+    )
+    _common(role_revoke, json_flag=True)
+    role_revoke.add_argument("role", metavar="ROLE")
+    role_list = role_commands.add_parser("list", help="the logins in the app's groups")
+    _common(role_list, json_flag=True)
 
     bench = commands.add_parser("bench", help="measure throughput and latency (see README)")
     from hotmesh.devtools import bench as bench_module
@@ -554,6 +576,38 @@ async def _setting(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _roles(args: argparse.Namespace) -> int:
+    app = _app(args)
+    action = args.roles_command
+    if action == "list":
+        rows = await _roles_module.call(args.dsn, app, "list")
+        if args.json:
+            _print_json(rows)
+        else:
+            headers = ("ROLE", "GROUP", "MANAGED", "CONNECTIONS")
+            table = [
+                (
+                    r["role_name"],
+                    r["group_name"],
+                    "yes" if r["managed"] else "no",
+                    str(r["connections"]),
+                )
+                for r in rows
+            ]
+            print(_table(headers, table))
+        return 0
+    params = (args.group, args.name) if action == "create" else (args.role,)
+    (outcome,) = await _roles_module.call(args.dsn, app, action, *params)
+    if args.json:
+        _print_json(outcome)
+    elif action == "revoke":
+        print(f"revoked {outcome['role']}: {outcome['terminated']} session(s) ended")
+    else:
+        # The password is shown once; the server keeps only its hash.
+        print(f"role {outcome['role']}\npassword {outcome['password']}")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "migrate": _migrate,
     "worker": _worker,
@@ -567,6 +621,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "queues": _queues,
     "prune": _prune,
     "setting": _setting,
+    "roles": _roles,
 }
 
 

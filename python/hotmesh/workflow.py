@@ -77,7 +77,7 @@ class ActivityProxy:
         if self._activities is not None:
             act.runtime.register_activities(queue, self._activities)
         try:
-            arguments = encode_args(args, f"the arguments of activity {name}")
+            arguments = encode(list(args), f"the arguments of activity {name}")
         except errors.FatalError as error:
             return act.fail_now(error)
         return act.call(ScheduleActivity(name, arguments, queue, self._retry_policy))

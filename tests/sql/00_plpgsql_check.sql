@@ -1,5 +1,5 @@
--- plpgsql_check over every PL/pgSQL function of the application schema hm_test, which
--- `hotmesh migrate --app hm_test` installs before pg_prove runs (see the Makefile).
+-- plpgsql_check over every PL/pgSQL function of the app schema under test (psql variable `app`),
+-- which `hotmesh migrate --app $(APP)` installs before pg_prove runs (see the Makefile).
 --
 -- Policy: a finding of level 'error' (misspelt column, undeclared variable, missing record
 -- field, ...) OR plain 'warning' (e.g. unused variable) fails. With extra_warnings => false
@@ -12,18 +12,16 @@
 -- transition tables); one attached to no table cannot be checked and is only listed (diag).
 
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
+\ir _preamble.psql
 create extension if not exists plpgsql_check;
 
 -- The path the functions run with: the public ones pin it, the private helpers inherit it
 -- from them (99_grants.sql), so that is the path to check them under.
-set local search_path = hm_test, public, pg_temp;
+set local search_path = :"app", public, pg_temp;
 
 select plan(4);
 
-select has_schema('hm_test', 'schema hm_test is installed (hotmesh migrate --app hm_test)');
+select has_schema(:'app', 'the app schema is installed (hotmesh migrate --app $(APP))');
 
 select isnt_empty(
     $$
@@ -31,9 +29,9 @@ select isnt_empty(
     from pg_catalog.pg_proc as p
     inner join pg_catalog.pg_namespace as n on p.pronamespace = n.oid
     inner join pg_catalog.pg_language as l on p.prolang = l.oid
-    where n.nspname = 'hm_test' and l.lanname = 'plpgsql'
+    where n.nspname = current_schema() and l.lanname = 'plpgsql'
     $$,
-    'hm_test has PL/pgSQL functions to check'
+    'the app schema has PL/pgSQL functions to check'
 );
 
 select is_empty(
@@ -52,13 +50,13 @@ select is_empty(
         p.oid::regprocedure, fatal_errors => false, extra_warnings => false
     ) as c
     where
-        n.nspname = 'hm_test'
+        n.nspname = current_schema()
         and l.lanname = 'plpgsql'
         and p.prorettype <> 'trigger'::regtype
         and c.level in ('error', 'warning')
     order by 1
     $$,
-    'plpgsql_check: no errors or warnings in the functions of hm_test'
+    'plpgsql_check: no errors or warnings in the functions of the app schema'
 );
 
 select is_empty(
@@ -84,20 +82,20 @@ select is_empty(
         oldtable => t.tgoldtable, newtable => t.tgnewtable
     ) as c
     where
-        n.nspname = 'hm_test'
+        n.nspname = current_schema()
         and l.lanname = 'plpgsql'
         and p.prorettype = 'trigger'::regtype
         and c.level in ('error', 'warning')
     order by 1
     $$,
-    'plpgsql_check: no errors or warnings in the trigger functions of hm_test'
+    'plpgsql_check: no errors or warnings in the trigger functions of the app schema'
 );
 
 select diag('not checked, attached to no table: trigger function ' || p.oid::regprocedure)
 from pg_catalog.pg_proc as p
 inner join pg_catalog.pg_namespace as n on p.pronamespace = n.oid
 where
-    n.nspname = 'hm_test'
+    n.nspname = :'app'
     and p.prorettype = 'trigger'::regtype
     and not exists (select from pg_catalog.pg_trigger as tg where tg.tgfoid = p.oid)
 order by 1;

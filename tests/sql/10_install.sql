@@ -1,20 +1,17 @@
--- The installed app schema (hotmesh migrate --app hm_test): its tables, keys and indexes, the
+-- The installed app schema (hotmesh migrate --app $(APP)): its tables, keys and indexes, the
 -- engine's API with its exact signatures, every function pinned to the schema, the engine
 -- clock (_now) that tests move with hotmesh.fake_now.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(48);
 
-select has_schema('hm_test', 'the app schema exists');
-select has_table('hm_test', 'schema_migrations', 'schema_migrations');
-select has_table('hm_test', 'jobs', 'jobs');
-select has_table('hm_test', 'steps', 'steps');
-select has_table('hm_test', 'tasks', 'tasks');
-select has_type('hm_test', 'claimed_task', 'the claimed_task type');
+select has_schema(:'app', 'the app schema exists');
+select has_table(:'app', 'schema_migrations', 'schema_migrations');
+select has_table(:'app', 'jobs', 'jobs');
+select has_table(:'app', 'steps', 'steps');
+select has_table(:'app', 'tasks', 'tasks');
+select has_type(:'app', 'claimed_task', 'the claimed_task type');
 select results_eq(
     $$select version, name from schema_migrations where version = 1$$,
     $$values (1, '0001_init.sql')$$,
@@ -23,12 +20,12 @@ select results_eq(
 
 -- ------------------------------------------------------------------ keys and indexes
 
-select col_is_pk('hm_test', 'jobs', array['id'], 'jobs are keyed by the workflow id');
+select col_is_pk(:'app', 'jobs', array['id'], 'jobs are keyed by the workflow id');
 select col_is_pk(
-    'hm_test', 'steps', array['job_id', 'thread', 'seq'], 'steps are keyed (job_id, thread, seq)'
+    :'app', 'steps', array['job_id', 'thread', 'seq'], 'steps are keyed (job_id, thread, seq)'
 );
 select has_index(
-    'hm_test', 'tasks', 'tasks_claim', array['task_queue', 'priority', 'run_at', 'id'],
+    :'app', 'tasks', 'tasks_claim', array['task_queue', 'priority', 'run_at', 'id'],
     'the claim index: (task_queue, priority, run_at, id)'
 );
 select ok(
@@ -36,30 +33,30 @@ select ok(
         select
             pg_get_indexdef(indexrelid) like '%(task_queue, priority DESC, run_at, id)%'
             and pg_get_expr(indpred, indrelid) = '(state <> ''dead''::text)'
-        from pg_index where indexrelid = 'hm_test.tasks_claim'::regclass
+        from pg_index where indexrelid = 'tasks_claim'::regclass
     ),
     'the claim index is ordered as claims are (priority desc) and leaves dead tasks out'
 );
 select index_is_unique(
-    'hm_test', 'tasks', 'tasks_job', 'one task per (job, thread, step); one activation per thread'
+    :'app', 'tasks', 'tasks_job', 'one task per (job, thread, step); one activation per thread'
 );
 select throws_ok(
-    $$insert into hm_test.tasks (job_id, thread, kind, name, task_queue)
+    $$insert into tasks (job_id, thread, kind, name, task_queue)
       values ('twice', 'main', 'workflow', 'w', 'q'), ('twice', 'main', 'workflow', 'w', 'q')$$,
     '23505', null, 'a second activation task for the same thread is refused (nulls not distinct)'
 );
 select throws_ok(
-    $$insert into hm_test.tasks (job_id, thread, kind, name, task_queue)
+    $$insert into tasks (job_id, thread, kind, name, task_queue)
       values ('noseq', 'main', 'activity', 'a', 'q')$$,
     '23514', null, 'an activity task names its step (seq); an activation has none'
 );
-select has_index('hm_test', 'jobs', 'jobs_expire_at', 'jobs_expire_at (retention)');
+select has_index(:'app', 'jobs', 'jobs_expire_at', 'jobs_expire_at (retention)');
 
 -- ------------------------------------------------------------------ the API
 
 select
     has_function(
-        'hm_test', f.name, f.args, format('%s(%s)', f.name, array_to_string(f.args, ', '))
+        :'app', f.name, f.args, format('%s(%s)', f.name, array_to_string(f.args, ', '))
     )
 from (
     values
@@ -87,19 +84,19 @@ from (
 ) as f (name, args);
 
 select function_returns(
-    'hm_test', 'start_workflow', array['text', 'jsonb', 'text', 'text', 'text', 'jsonb'], 'text',
+    :'app', 'start_workflow', array['text', 'jsonb', 'text', 'text', 'text', 'jsonb'], 'text',
     'start_workflow returns the workflow id'
 );
 select function_returns(
-    'hm_test', 'claim_tasks', array['text[]', 'text', 'integer', 'interval'],
+    :'app', 'claim_tasks', array['text[]', 'text', 'integer', 'interval'],
     'setof claimed_task', 'claim_tasks returns claimed_task rows'
 );
 select function_returns(
-    'hm_test', 'heartbeat', array['bigint[]', 'uuid[]', 'interval'], 'bigint[]',
+    :'app', 'heartbeat', array['bigint[]', 'uuid[]', 'interval'], 'bigint[]',
     'heartbeat returns the ids still held'
 );
 select function_returns(
-    'hm_test', 'retry_delay', array['jsonb', 'integer'], 'interval',
+    :'app', 'retry_delay', array['jsonb', 'integer'], 'interval',
     'retry_delay returns an interval'
 );
 
@@ -129,9 +126,9 @@ select is_empty(
     select p.oid::regprocedure::text
     from pg_proc as p
     where
-        p.pronamespace = 'hm_test'::regnamespace
+        p.pronamespace = current_schema()::regnamespace
         and p.prokind <> 'p'
-        and not coalesce('search_path=hm_test, pg_temp' = any(p.proconfig), false)
+        and not coalesce(format('search_path=%s, pg_temp', current_schema()) = any(p.proconfig), false)
         and (
             p.proname !~ '^_'
             or exists (
@@ -140,21 +137,21 @@ select is_empty(
             )
         )
     $$,
-    'every function a caller can reach pins search_path to hm_test, pg_temp'
+    'every function a caller can reach pins search_path to the app schema, pg_temp'
 );
 
 -- Called by its qualified name from a session whose search_path does not include the schema.
 set local search_path = public;
 select lives_ok(
-    $$select hm_test.start_workflow('w', '[]', 't10-q', 't10-elsewhere')$$,
+    format($$select %I.start_workflow('w', '[]', 't10-q', 't10-elsewhere')$$, :'app'),
     'start_workflow works from any search_path'
 );
 select results_eq(
-    $$select job_id, thread from hm_test.claim_tasks(array['t10-q'], 'worker-1', 1)$$,
+    format($$select job_id, thread from %I.claim_tasks(array['t10-q'], 'worker-1', 1)$$, :'app'),
     $$values ('t10-elsewhere', 'main')$$,
     'so does claim_tasks'
 );
-set local search_path = hm_test, public;
+set local search_path = :"app", public;
 
 -- ------------------------------------------------------------------ constraints
 

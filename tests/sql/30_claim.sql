@@ -2,10 +2,7 @@
 -- only on the given queues, never dead ones; what a claim returns and what it changes;
 -- next_due.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(32);
 

@@ -2,10 +2,7 @@
 -- the old token is refused everywhere (HM004) and changes nothing; heartbeats extend only the
 -- leases still held; a finished task is gone (HM005); release_tasks gives tasks back.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 

@@ -3,10 +3,7 @@
 -- non-retryable failures; a workflow body retried by the workflow's policy, then failed (597);
 -- a completed activation completes its workflow and removes every task of it.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 

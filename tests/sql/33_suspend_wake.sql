@@ -3,10 +3,7 @@
 -- _wake: creates the activation, flags a leased one to run again, pulls a ready one forward;
 -- a wake-up that arrives during an activation is never lost.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 

@@ -1,10 +1,7 @@
 -- Retry policy (DESIGN section 9): defaults, validation of every field, the backoff table
 -- (retry_delay), when a failure is retried (_retry_at) and the error finally seen (_final_error).
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 

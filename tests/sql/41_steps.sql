@@ -2,10 +2,7 @@
 -- completed | failed), non-determinism (HM006), schedule_activity, schedule_sleep, and timers
 -- completed by a claim of their thread only once due.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 

@@ -3,10 +3,7 @@
 -- silently did nothing when a parent was missing and turned an object or scalar into
 -- [old, value]; here both are asserted correct (created / HM008).
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(18);
 
@@ -17,7 +14,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_append('e1', 'a.b', '1'), '[1]'::jsonb, 'seed defect 4.3: append(a.b) on {}');
 select is(pg_temp.doc(), '{"a": {"b": [1]}}'::jsonb, 'creates the array and its parents');

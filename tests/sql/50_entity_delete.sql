@@ -1,10 +1,7 @@
 -- entity_delete: removes the key or array element at a path and returns the new entity. A path
 -- that does not exist is HM007 (not a silent no-op); nothing is ever nulled.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(14);
 
@@ -16,7 +13,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(
     entity_delete('e1', 'a.b'), '{"a": {"c": [1, 2, 3]}, "k": null, "x.y": 1, "s": "t"}'::jsonb,

@@ -4,10 +4,7 @@
 -- (no SQL text of the caller's is ever run). The seed matched nothing for a dotted key and
 -- produced invalid SQL for $in: both are asserted correct here.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(42);
 
@@ -199,11 +196,11 @@ select is(
 select is(
     (
         select indexdef from pg_indexes
-        where schemaname = 'hm_test' and indexname = entity_create_index('user', 'age')
+        where schemaname = :'app' and indexname = entity_create_index('user', 'age')
     ),
     format(
-        'CREATE INDEX %s ON hm_test.jobs USING btree (((context #> ''{age}''::text[]))) WHERE (entity = ''user''::text)',
-        entity_create_index('user', 'age')
+        'CREATE INDEX %s ON %s.jobs USING btree (((context #> ''{age}''::text[]))) WHERE (entity = ''user''::text)',
+        entity_create_index('user', 'age'), :'app'
     ),
     'a partial btree index on the value at the path, for that entity type'
 );
@@ -215,7 +212,7 @@ $$;
 select matches(
     (
         select indexdef from pg_indexes
-        where schemaname = 'hm_test' and indexname = entity_create_index('user', null, 'gin')
+        where schemaname = :'app' and indexname = entity_create_index('user', null, 'gin')
     ),
     'USING gin \(context jsonb_path_ops\) WHERE \(entity = ''user''::text\)$',
     'a gin index on the whole entity (it serves equality conditions through @>)'

@@ -1,10 +1,7 @@
 -- entity_get: the whole entity, or the value at a path: SQL null when the path does not exist
 -- (whatever stops it), JSON null when it holds null. A read takes no lock and records nothing.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(17);
 

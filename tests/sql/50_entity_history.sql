@@ -3,10 +3,7 @@
 -- operand and result, who made it, when, and the document after it. Reads and failed
 -- operations are not changes.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(10);
@@ -22,7 +19,7 @@ select * from claim_tasks(array['t50-hist'], 'worker-7', 1);
 create function pg_temp.step(p_seq integer, p_op text, p_path text, p_value jsonb)
 returns jsonb
 language sql as $$
-    select hm_test.entity_step(c.task_id, c.lease_token, p_seq, p_op, p_path, p_value)
+    select entity_step(c.task_id, c.lease_token, p_seq, p_op, p_path, p_value)
       from claimed as c
 $$;
 

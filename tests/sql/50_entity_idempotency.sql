@@ -3,10 +3,7 @@
 -- key with another operation or operand is refused; keys are per workflow; a failed call
 -- records nothing, so its key stays free.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(17);
 
@@ -18,7 +15,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_increment('e1', 'n', 5, 'pay-1'), 5::numeric, 'the first call applies');
 select is(entity_increment('e1', 'n', 5, 'pay-1'), 5::numeric, 'a retry returns the same result');

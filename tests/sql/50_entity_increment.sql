@@ -3,10 +3,7 @@
 -- The seed did nothing when a parent was missing and swallowed errors (returned 0); here a
 -- non-number is HM008 naming the path and the type found, nothing changed.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(19);
 
@@ -17,7 +14,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_increment('e1', 'm.c', 5), 5::numeric, 'seed defect 4.3: increment(m.c) on {}');
 select is(pg_temp.doc(), '{"m": {"c": 5}}'::jsonb, 'creates the number and its parents');

@@ -2,10 +2,7 @@
 -- returning the new entity. The seed merged two levels only (deeper keys were lost) and
 -- merge({}) into {} set the whole context to NULL: both are asserted correct here.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(16);
 
@@ -16,7 +13,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_merge('e1', '{}'), '{}'::jsonb, 'merge({}) into {} leaves {} (the seed: NULL)');
 select is(pg_temp.doc(), '{}'::jsonb, 'the stored entity is {} too, never NULL');

@@ -2,10 +2,7 @@
 -- segments (strings, whole numbers >= 0) for keys that contain dots. Anything else is HM007
 -- with a message naming the path. A path is data: SQL-looking text is a key like any other.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(30);
 
@@ -77,7 +74,7 @@ select is(
     '{"x''); drop table jobs; --": 1, "a.b": {"it''s": 2}}'::jsonb,
     'SQL-looking and quoted keys are stored as keys'
 );
-select has_table('hm_test', 'jobs', 'and the jobs table is still there');
+select has_table(:'app', 'jobs', 'and the jobs table is still there');
 select is(entity_get('e1', '["a.b", "it''s"]'), '2'::jsonb, 'read back with the same path');
 select throws_ok(
     $$select entity_set('e1', '1', '[oops')$$, 'HM007', null, 'a malformed path through the API'

@@ -1,10 +1,7 @@
 -- entity_prepend: the mirror of append: adds a value as the first element of the array at a
 -- path (created when missing); returns the new array. Same errors: HM008 onto a non-array.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(12);
 
@@ -15,7 +12,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_prepend('e1', 'a.b', '1'), '[1]'::jsonb, 'prepend(a.b) on {} creates it');
 select is(pg_temp.doc(), '{"a": {"b": [1]}}'::jsonb, 'with its parents');

@@ -3,10 +3,7 @@
 -- element or removing at a missing path; here removing the last element leaves [] and a
 -- missing path or index is HM007, the entity unchanged.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(17);
 
@@ -18,7 +15,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_remove('e1', 'o', 0), '[]'::jsonb, 'seed defect 4.3: removing the only element');
 select is(pg_temp.doc(), '{"o": [], "z": 1}'::jsonb, 'leaves [] and the rest of the entity');

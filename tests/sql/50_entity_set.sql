@@ -3,10 +3,7 @@
 -- scalar in the way is HM008, the entity itself must stay an object; every error changes
 -- nothing and records nothing.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(31);
 
@@ -17,7 +14,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(pg_temp.doc(), '{}'::jsonb, 'a new workflow has the empty entity {}');
 select is(

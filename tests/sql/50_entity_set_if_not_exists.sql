@@ -1,10 +1,7 @@
 -- entity_set_if_not_exists: sets the value only when the path does not exist and returns the
 -- value at the path afterwards. An existing JSON null counts as existing (as in the seed).
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(12);
 
@@ -15,7 +12,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_set_if_not_exists('e1', 'k', '1'), '1'::jsonb, 'sets a missing key');
 select is(entity_set_if_not_exists('e1', 'k', '2'), '1'::jsonb, 'keeps an existing one');

@@ -3,10 +3,7 @@
 -- nothing. The change and its step commit together; a failing operation is recorded as a
 -- failed step (so a replay raises the same error) and changes nothing; get is recorded too.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(30);
@@ -22,13 +19,13 @@ select * from claim_tasks(array['t50-step'], 'worker-1', 1);
 create function pg_temp.step(p_seq integer, p_op text, p_path text, p_value jsonb)
 returns jsonb
 language sql as $$
-    select hm_test.entity_step(c.task_id, c.lease_token, p_seq, p_op, p_path, p_value)
+    select entity_step(c.task_id, c.lease_token, p_seq, p_op, p_path, p_value)
       from claimed as c
 $$;
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 create function pg_temp.version() returns bigint
-language sql as $$ select entity_version from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select entity_version from jobs where id = 'e1' $$;
 
 -- a first run: applied and recorded
 select is(

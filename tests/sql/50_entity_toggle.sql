@@ -2,10 +2,7 @@
 -- objects created) and returns the new value. A non-boolean is HM008 (the seed swallowed the
 -- error); nothing changes.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(12);
 
@@ -16,7 +13,7 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_toggle('e1', 'f'), true, 'seed 4.3: toggle(f) on {} gives true');
 select is(pg_temp.doc(), '{"f": true}'::jsonb, 'stored as a JSON boolean');

@@ -4,10 +4,7 @@
 -- and unknown or finished targets are refused with nothing changed; a wait's timeout fails it
 -- (596) in a claim of its thread once due, never before; send_signal sends once per position.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 

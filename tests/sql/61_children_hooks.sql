@@ -5,10 +5,7 @@
 -- removed, descend, finished workflows) and cancel_step; a claim drops tasks of finished
 -- workflows; search_step operations and their failures; emit_step.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -726,8 +723,8 @@ select is(
     '{sa}', 'SQL filters on search attributes with @>'
 );
 select is(
-    (select indexdef from pg_indexes where schemaname = 'hm_test' and indexname = 'jobs_search'),
-    'CREATE INDEX jobs_search ON hm_test.jobs USING gin (search jsonb_path_ops)',
+    (select indexdef from pg_indexes where schemaname = :'app' and indexname = 'jobs_search'),
+    format('CREATE INDEX jobs_search ON %s.jobs USING gin (search jsonb_path_ops)', :'app'),
     '... served by a GIN index'
 );
 

@@ -4,10 +4,7 @@
 -- leased, lease expired, dead, oldest age), `failed_workflows`, and workflow_history (every
 -- thread, entity changes with their version, a stable order; HM002 for an unknown id).
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 set local timezone = 'UTC';
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2030-01-01 00:00:00+00';

@@ -3,10 +3,7 @@
 -- the prune procedure's shape, start_workflow reusing an expired id, and retry_workflow
 -- (failed -> pending from the last recorded step, children and hooks, dead tasks, refusals).
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 set local timezone = 'UTC';
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2040-01-01 00:00:00+00';
@@ -204,16 +201,16 @@ select throws_ok(
 -- the schema instead.
 select ok(
     (
-        select prosrc like '%hm_test.prune_batch(%' and prokind = 'p'
-        from pg_proc where oid = 'hm_test.prune(interval, integer, boolean, bigint)'::regprocedure
+        select prosrc like format('%%%s.prune_batch(%%', :'app') and prokind = 'p'
+        from pg_proc where oid = 'prune(interval, integer, boolean, bigint)'::regprocedure
     ),
-    'prune is a procedure whose body calls hm_test.prune_batch by its qualified name'
+    'prune is a procedure whose body calls prune_batch by its qualified name'
 );
 
 select ok(
     (
-        select prosrc like '%hm_test.prune_signals(%'
-        from pg_proc where oid = 'hm_test.prune(interval, integer, boolean, bigint)'::regprocedure
+        select prosrc like format('%%%s.prune_signals(%%', :'app')
+        from pg_proc where oid = 'prune(interval, integer, boolean, bigint)'::regprocedure
     ),
     'prune then forgets old idempotency keys and untargeted kept signals (prune_signals)'
 );

@@ -4,10 +4,7 @@
 -- 22023 (HM007 for paths) that names the problem and changes nothing. Injection strings are
 -- data: stored and found verbatim.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(28);
 
@@ -172,7 +169,7 @@ select is(
     6::bigint,
     'entity_create_index names its indexes from [a-z0-9_] and a hash only'
 );
-select has_table('hm_test', 'jobs', 'and jobs is still there');
+select has_table(:'app', 'jobs', 'and jobs is still there');
 
 select * from finish();
 rollback;

@@ -1,0 +1,158 @@
+-- Login roles (sql/80_roles.sql): create_login makes <app>_<group>_<name> in the app's worker
+-- or app group with a generated password (stored as a SCRAM hash), list_logins shows every
+-- login of the groups, rotate_login changes the password, revoke_login drops the role; a
+-- login made by hand is listed but never changed; bad input changes nothing; none of these
+-- is executable by the app's roles.
+begin;
+
+set local client_min_messages = warning;
+create extension if not exists pgtap;
+set local search_path = hm_test, public;
+
+select plan(24);
+
+create temp table made on commit drop as
+select
+    create_login('worker', 'w1') as w,
+    create_login('app', 'web') as a;
+
+select is(
+    (select w - 'password' from made),
+    '{"role": "hm_test_worker_w1", "group": "hm_test_worker"}'::jsonb,
+    'create_login(worker, w1) makes hm_test_worker_w1 in group hm_test_worker'
+);
+select matches(
+    (select w ->> 'password' from made), '^[0-9a-f]{64}$', '... with a generated password'
+);
+select isnt(
+    (select w ->> 'password' from made), (select a ->> 'password' from made),
+    '... a new one for every login'
+);
+select results_eq(
+    $$select rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolinherit
+        from pg_roles where rolname = 'hm_test_worker_w1'$$,
+    $$values (true, false, false, false, true)$$,
+    'the login can log in and holds no attribute'
+);
+select is(
+    (select left(rolpassword, 14) from pg_authid where rolname = 'hm_test_worker_w1'),
+    'SCRAM-SHA-256$', 'only a SCRAM hash of the password is stored'
+);
+select ok(
+    pg_has_role('hm_test_worker_w1', 'hm_test_worker', 'member')
+    and not pg_has_role('hm_test_worker_w1', 'hm_test_app', 'member'),
+    'the worker login is a member of hm_test_worker only'
+);
+select ok(
+    has_function_privilege(
+        'hm_test_worker_w1', 'hm_test.claim_tasks(text[], text, integer, '
+        || 'interval)', 'execute'
+    )
+    and not has_function_privilege(
+        'hm_test_app_web', 'hm_test.claim_tasks(text[], text, '
+        || 'integer, interval)', 'execute'
+    )
+    and has_function_privilege(
+        'hm_test_app_web', 'hm_test.signal(text, jsonb, text, text)',
+        'execute'
+    ),
+    'the worker login may claim; the app login may signal but not claim'
+);
+
+-- A login granted the group by hand: listed, not managed here.
+create role hm_test_by_hand login in role hm_test_app;
+select results_eq(
+    $$select role_name, group_name, managed, connections from list_logins()$$,
+    $$values ('hm_test_app_web'::text, 'hm_test_app'::text, true, 0),
+             ('hm_test_by_hand', 'hm_test_app', false, 0),
+             ('hm_test_worker_w1', 'hm_test_worker', true, 0)$$,
+    'list_logins: every login of both groups, which ones create_login made, their sessions'
+);
+select throws_ok(
+    $$select rotate_login('hm_test_by_hand')$$, '42501',
+    'role "hm_test_by_hand" was not made by hm_test.create_login; change it yourself',
+    'a login made by hand is not rotated'
+);
+select throws_ok(
+    $$select revoke_login('hm_test_by_hand')$$, '42501', null, '... nor revoked'
+);
+select throws_ok(
+    $$select revoke_login('postgres')$$, '42501', null, '... nor any other role'
+);
+
+-- Rotation.
+create temp table hash_before on commit drop as
+select rolpassword from pg_authid where rolname = 'hm_test_worker_w1';
+create temp table rotated on commit drop as
+select rotate_login('hm_test_worker_w1') as r;
+select is(
+    (select r ->> 'role' from rotated), 'hm_test_worker_w1', 'rotate_login names the role'
+);
+select isnt(
+    (select r ->> 'password' from rotated), (select w ->> 'password' from made),
+    '... and returns a new password'
+);
+select isnt(
+    (select rolpassword from pg_authid where rolname = 'hm_test_worker_w1'),
+    (select rolpassword from hash_before), '... whose hash replaced the old one'
+);
+
+-- Revocation.
+select is(
+    revoke_login('hm_test_worker_w1'), '{"role": "hm_test_worker_w1", "terminated": 0}'::jsonb,
+    'revoke_login drops the login (it had no session to end)'
+);
+select hasnt_role('hm_test_worker_w1', '... the role is gone');
+select throws_ok(
+    $$select revoke_login('hm_test_worker_w1')$$, 'HM002',
+    'login role "hm_test_worker_w1" not found', 'revoking it again: HM002'
+);
+
+-- Bad input changes nothing.
+create temp table roles_before on commit drop as select count(*) as n from pg_roles;
+select throws_ok(
+    $$select create_login('admin', 'x')$$, '22023', 'login group must be app or worker, not admin',
+    'an unknown group: 22023'
+);
+select throws_ok(
+    $$select create_login('worker', 'Bad-Name')$$, '22023',
+    'login name must be lowercase letters, digits and _, not ''Bad-Name''', 'a bad name: 22023'
+);
+select throws_ok(
+    $$select create_login('worker', repeat('x', 60))$$, '22023', null,
+    'a role name over 63 characters: 22023'
+);
+select throws_ok(
+    $$select create_login('app', 'web')$$, '42710', null, 'an existing login: 42710'
+);
+select is(
+    (select count(*) from pg_roles), (select n from roles_before), '... none made a role'
+);
+
+-- Owner only.
+select is(
+    (
+        select array_agg(p.proname::text order by p.proname)
+        from pg_proc as p
+        where
+            p.pronamespace = 'hm_test'::regnamespace
+            and p.proname in ('create_login', 'rotate_login', 'list_logins', 'revoke_login')
+            and (
+                has_function_privilege('hm_test_app', p.oid, 'execute')
+                or has_function_privilege('hm_test_worker', p.oid, 'execute')
+            )
+    ),
+    null, 'no role but the owner may execute the login functions'
+);
+select is(
+    (
+        select count(*)::integer from pg_proc as p
+        where
+            p.pronamespace = 'hm_test'::regnamespace
+            and p.proname in ('create_login', 'rotate_login', 'list_logins', 'revoke_login')
+    ),
+    4, '... all four of them'
+);
+
+select * from finish();
+rollback;
