@@ -116,6 +116,12 @@ def install_release(dsn: str, app: str, rev: str, into: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+def dsn(cluster_dsn: str) -> str:
+    """These tests install their own apps, in the cluster's database (not a template copy)."""
+    return cluster_dsn
+
+
+@pytest.fixture(scope="module")
 def releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("releases")
 
