@@ -59,7 +59,8 @@ class Thread(Protocol):
 
 
 class Runtime(Protocol):
-    """What the worker process offers an activation: its activity registry."""
+    """Where `proxy_activities(activities=...)` registers what it is given (the worker's
+    registry; the executor later runs them inline when this process serves their queue)."""
 
     def register_activities(
         self, task_queue: str, activities: Mapping[str, Callable[..., Any]]
