@@ -9,6 +9,20 @@
 -- every statement at every call (generic plans assume 10 keys, which looks dearer than the
 -- one a signal or a remote step claims): planning was half of a small claim's time.
 
+-- p_ids without p_drop (null when nothing is left): the tasks a claim does not hand out.
+create or replace function _without(p_ids bigint[], p_drop bigint[]) returns bigint[]
+language plpgsql immutable
+as $$
+declare
+    v_left bigint[];
+begin
+    select array_agg(i.id) into v_left
+      from unnest(p_ids) as i (id)
+     where i.id <> all(coalesce(p_drop, '{}'));
+    return v_left;
+end
+$$;
+
 -- Claims up to p_max_tasks due tasks on the given queues, highest priority first, then oldest
 -- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other (or
 -- on an application's open transaction: see _transitions); each claim issues a fresh lease
@@ -115,11 +129,7 @@ begin
             delete from tasks where id = any(v_ids) and job_id = any(v_finished)
             returning id
         )
-        select array_agg(id) into v_ids from (
-            select unnest(v_ids) as id
-            except
-            select id from stale
-        ) as live;
+        select _without(v_ids, array_agg(id)) into v_ids from stale;
         if v_ids is null then
             return;
         end if;
@@ -137,9 +147,7 @@ begin
                               jsonb_build_object('message', v_spent_messages[v_pos],
                                                  'type', 'LeaseExpired', 'code', 599));
         end loop;
-        select array_agg(c.id) into v_ids
-          from unnest(v_ids) as c (id)
-         where c.id <> all(v_spent);
+        v_ids := _without(v_ids, v_spent);
         if v_ids is null then
             return;
         end if;
@@ -163,9 +171,7 @@ begin
                                              where l.machine = 'job' and l.to_state = 'running')),
                        v_now + interval '1 second', null, true) as r;
             if v_held is not null then
-                select array_agg(c.id) into v_ids
-                  from unnest(v_ids) as c (id)
-                 where c.id <> all(v_held);
+                v_ids := _without(v_ids, v_held);
                 if v_ids is null then
                     return;
                 end if;
