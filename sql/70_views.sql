@@ -52,7 +52,9 @@ as $$
                    'thread', s.thread, 'seq', s.seq,
                    'kind', case s.kind when 'sleep' then 'timer' else s.kind end,
                    'name', nullif(s.name, ''),
-                   'until', case when s.kind in ('sleep', 'signal') then s.wake_at end,
+                   -- A deferred signal wait (retrying) has a re-check time, not a timeout.
+                   'until', case when s.kind in ('sleep', 'signal') and s.status = 'scheduled'
+                                 then s.wake_at end,
                    'workflow_id', case when s.kind = 'child' then s.input ->> 'workflow_id' end,
                    'state', case
                        when s.kind <> 'activity' then null

@@ -46,6 +46,15 @@ declare
     v_roles text[] := array[]::text[];
     v_routine regprocedure;
     v_unpinned text;
+    -- The functions the views call: their readers need EXECUTE on them.
+    v_view_functions oid[] := array(
+        select d.refobjid
+          from pg_depend as d
+          join pg_rewrite as w on w.oid = d.objid
+          join pg_class as c on c.oid = w.ev_class
+         where d.classid = 'pg_rewrite'::regclass and d.refclassid = 'pg_proc'::regclass
+           and c.relnamespace = current_schema()::regnamespace and c.relkind = 'v'
+    );
 begin
     -- Every routine a role may call must pin its search_path before it may run as the owner.
     -- Exceptions: a procedure that commits (prune: it cannot have a SET clause, its body names
@@ -55,14 +64,8 @@ begin
     -- view may call only public functions: its readers need EXECUTE on them.
     select string_agg(p.oid::regprocedure::text, ', ') into v_unpinned
       from pg_proc as p
-     where p.pronamespace = v_schema::regnamespace and p.prokind <> 'p' and p.proname ~ '^_'
-       and p.oid in (select d.refobjid
-                       from pg_depend as d
-                       join pg_rewrite as w on w.oid = d.objid
-                       join pg_class as c on c.oid = w.ev_class
-                      where d.classid = 'pg_rewrite'::regclass
-                        and d.refclassid = 'pg_proc'::regclass
-                        and c.relnamespace = v_schema::regnamespace);
+     where p.pronamespace = v_schema::regnamespace and p.proname ~ '^_'
+       and p.oid = any(v_view_functions);
     if v_unpinned is not null then
         raise exception using errcode = '42501',
             message = format('views of schema %s call private helpers, which nobody but the '
@@ -146,15 +149,7 @@ begin
           from pg_proc as p
          where p.pronamespace = v_schema::regnamespace
            and p.proname !~ '^_'
-           and (p.proname = any(v_app_functions)
-                or p.oid in (select d.refobjid
-                               from pg_depend as d
-                               join pg_rewrite as w on w.oid = d.objid
-                               join pg_class as c on c.oid = w.ev_class
-                              where d.classid = 'pg_rewrite'::regclass
-                                and d.refclassid = 'pg_proc'::regclass
-                                and c.relnamespace = v_schema::regnamespace
-                                and c.relkind = 'v'))
+           and (p.proname = any(v_app_functions) or p.oid = any(v_view_functions))
     loop
         foreach v_role in array v_roles loop
             execute format('grant execute on function %s to %I', v_routine, v_role);

@@ -128,6 +128,7 @@ async def test_held_signal_kept_for_one_workflow_delays_only_that_one(
             assert result == workflow_id
         await until(lambda: waits(db, "go", "retrying") == 1)
         assert db.one("select job_id from steps where status = 'retrying'") == "target"
+        assert db.one("select waiting_on from workflows where id = 'target'") == "signal go"
         assert blocked == []
         assert await target.status() == "waiting"
         await holder.commit()

@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,23 +20,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from hotmesh import MemFlow, workflow
+from test_cli import hotmesh
 
 pytestmark = pytest.mark.timeout(90)
 
 
-async def hotmesh(dsn: str, app: str, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "DATABASE_URL": dsn, "HOTMESH_APP": app}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hotmesh.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return int(proc.returncode or 0), out.decode(), err.decode()
+def unpack(result: Any) -> tuple[int, str, str]:
+    return result.code, result.out, result.err
 
 
 def scram_matches(verifier: str, password: str) -> bool:
@@ -76,32 +64,32 @@ def verifier(conn: psycopg.Connection[Any], role: str) -> str:
 async def test_roles_create_rotate_list_revoke(
     dsn: str, app: str, owner: psycopg.Connection[Any]
 ) -> None:
-    code, out, err = await hotmesh(dsn, app, "roles", "create", "worker", "w1", "--json")
+    code, out, err = unpack(await hotmesh(dsn, app, "roles", "create", "worker", "w1", "--json"))
     assert code == 0, err
     made = json.loads(out)
     role = f"{app}_worker_w1"
     assert made["role"] == role and made["group"] == f"{app}_worker"
     assert scram_matches(verifier(owner, role), made["password"])
 
-    code, out, err = await hotmesh(dsn, app, "roles", "list")
+    code, out, err = unpack(await hotmesh(dsn, app, "roles", "list"))
     assert code == 0, err
     assert out.split("\n")[1].split() == [role, f"{app}_worker", "yes", "0"]
 
-    code, out, err = await hotmesh(dsn, app, "roles", "rotate", role)
+    code, out, err = unpack(await hotmesh(dsn, app, "roles", "rotate", role))
     assert code == 0, err
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
     assert lines["role"] == role and lines["password"] != made["password"]
     assert scram_matches(verifier(owner, role), lines["password"])
     assert not scram_matches(verifier(owner, role), made["password"])
 
-    code, out, err = await hotmesh(dsn, app, "roles", "revoke", role)
+    code, out, err = unpack(await hotmesh(dsn, app, "roles", "revoke", role))
     assert (code, out) == (0, f"revoked {role}: 0 session(s) ended\n"), err
     assert owner.execute(
         "select count(*) from pg_roles where rolname = %s", (role,)
     ).fetchone() == (0,)
-    code, out, err = await hotmesh(dsn, app, "roles", "revoke", role)
+    code, out, err = unpack(await hotmesh(dsn, app, "roles", "revoke", role))
     assert (code, err) == (1, f'hotmesh: login role "{role}" not found\n')
-    code, out, err = await hotmesh(dsn, app, "roles", "create", "worker", "No-Good")
+    code, out, err = unpack(await hotmesh(dsn, app, "roles", "create", "worker", "No-Good"))
     assert code == 1 and "login name must be lowercase letters" in err
 
 
