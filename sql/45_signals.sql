@@ -191,6 +191,27 @@ begin
 end
 $$;
 
+-- Defers a step whose call met a lock that a caller's open transaction holds: the step is
+-- `retrying`, due after 50 ms doubling to 1 s; the activation suspends (its slot is free) and
+-- makes the call again when the step is due.
+create or replace function _defer_step(p_task tasks, p_seq integer) returns jsonb
+language plpgsql
+as $$
+declare
+    v_step steps;
+begin
+    update steps
+       set attempt = case when status = 'retrying' then attempt + 1 else attempt end,
+           wake_at = _now() + least(
+               interval '50 ms' * 2 ^ (case when status = 'retrying' then attempt else 0 end),
+               interval '1 s'),
+           status = 'retrying'
+     where job_id = p_task.job_id and thread = p_task.thread and seq = p_seq
+    returning * into v_step;
+    return _step_json(v_step);
+end
+$$;
+
 -- A workflow thread waits for a signal: the oldest kept signal for it (untargeted, or
 -- targeted at this workflow) is taken at once; otherwise the step waits, until p_timeout
 -- seconds after the first call when given (then claim_tasks fails it with code 596). It never
@@ -228,14 +249,12 @@ begin
     end if;
     if not (pg_try_advisory_xact_lock(_signal_key(p_signal_id, v_task.job_id))
             and pg_try_advisory_xact_lock_shared(_signal_key(p_signal_id, null))) then
-        insert into steps (job_id, thread, seq, kind, name, status, input, wake_at, created_at)
-        values (v_task.job_id, v_task.thread, p_seq, 'signal', p_signal_id, 'retrying',
-                jsonb_build_object('timeout', p_timeout), v_now + interval '50 ms', v_now)
-        on conflict (job_id, thread, seq) do update
-           set attempt = steps.attempt + 1,
-               wake_at = v_now + least(interval '50 ms' * 2 ^ steps.attempt, interval '1 s')
-        returning * into v_step;
-        return _step_json(v_step);
+        if v_step.seq is null then
+            insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
+            values (v_task.job_id, v_task.thread, p_seq, 'signal', p_signal_id, 'scheduled',
+                    jsonb_build_object('timeout', p_timeout), v_now);
+        end if;
+        return _defer_step(v_task, p_seq);
     end if;
     if v_step.seq is null then
         insert into steps (job_id, thread, seq, kind, name, status, input, wake_at, created_at)
@@ -273,7 +292,9 @@ $$;
 -- A workflow thread sends a signal, exactly once per code position: the step is recorded
 -- first, so a replay returns the recorded delivery instead of sending again. By default it
 -- targets the sender's own workflow (a hook signalling its caller); p_workflow_id = '*'
--- sends it to whoever waits anywhere.
+-- sends it to whoever waits anywhere. A caller's open transaction may hold what the send
+-- needs (a keep of the same signal, a delivery to the same wait): it is waited for at most
+-- 50 ms, then the step is deferred (_defer_step) and sent again when due.
 create or replace function send_signal(
     p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_payload jsonb,
     p_workflow_id text default null
@@ -287,18 +308,31 @@ declare
                           else coalesce(p_workflow_id, v_task.job_id) end;
     v_outcome jsonb;
     v_error jsonb;
+    v_lock_timeout text := current_setting('lock_timeout');
+    v_step steps;
 begin
     -- Checked before the step records the payload (a bad id fails the call, recorded, below).
     perform _check_value(format('the payload of signal "%s"', left(p_signal_id, 255)), p_payload);
     if not _begin_step(v_task, p_seq, 'send', p_signal_id,
                        jsonb_build_object('payload', p_payload, 'workflow_id', v_target)) then
-        return _recorded_step(v_task, p_seq, 'send', p_signal_id);
+        select * into v_step
+          from steps
+         where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq;
+        perform _check_step(v_step, 'send', p_signal_id);
+        if v_step.status <> 'retrying' then
+            return _step_json(v_step);
+        end if;
     end if;
     -- A send that cannot be delivered (unknown target) fails the call, not the activation.
     begin
+        perform set_config('lock_timeout', '50ms', true);
         v_outcome := signal(p_signal_id, p_payload, v_target);
-    exception when sqlstate 'HM002' or sqlstate 'HM003' or sqlstate '22023' then
-        v_error := _error_json(sqlstate, sqlerrm, 'SignalError');
+        perform set_config('lock_timeout', v_lock_timeout, true);
+    exception
+        when lock_not_available then
+            return _defer_step(v_task, p_seq);
+        when sqlstate 'HM002' or sqlstate 'HM003' or sqlstate '22023' then
+            v_error := _error_json(sqlstate, sqlerrm, 'SignalError');
     end;
     return _settle_step(v_task, p_seq, v_outcome, v_error);
 end

@@ -45,10 +45,10 @@ def waits(db: Any, signal_id: str, status: str) -> int:
 @contextlib.asynccontextmanager
 async def held_signal(
     dsn: str, db: Any, app: str, payload: Any, workflow_id: str | None
-) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], dict[str, Any], list[int]]]:
+) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], dict[str, Any], list[str]]]:
     """signal('go', payload, workflow_id, 'k') in a transaction left open; yields the
-    connection, the signal's outcome and the list of pids the sampler saw waiting for it."""
-    blocked: list[int] = []
+    connection, the signal's outcome and the statements the sampler saw waiting for it."""
+    blocked: list[str] = []
     async with await psycopg.AsyncConnection.connect(dsn) as holder:
         query = sql.SQL("select {}.signal('go', %s, %s, 'k')").format(sql.Identifier(app))
         row = await (await holder.execute(query, (Jsonb(payload), workflow_id))).fetchone()
@@ -60,7 +60,7 @@ async def held_signal(
                 blocked.extend(
                     r[0]
                     for r in db.rows(
-                        "select pid from pg_stat_activity"
+                        "select query from pg_stat_activity"
                         " where wait_event_type = 'Lock' and %s = any(pg_blocking_pids(pid))",
                         pid,
                     )
@@ -181,4 +181,49 @@ async def test_a_signal_kept_under_repeatable_read_is_refused(db: Any, app: str,
         query = sql.SQL("select {}.signal('go', '1')").format(sql.Identifier(app))
         with pytest.raises(psycopg.errors.InvalidTransactionState, match="read committed"):
             await conn.execute(query)
+    assert db.one("select count(*) from signals") == 0
+
+
+async def twice(signal_id: str) -> list[Any]:
+    return [await workflow.wait_for(signal_id), await workflow.wait_for(signal_id)]
+
+
+async def sender(target: str) -> Any:
+    return await workflow.signal("go", "from sender", workflow_id=target)
+
+
+async def test_a_workflow_sending_a_held_signal_is_deferred_not_blocked(
+    mf: MemFlow, db: Any, app: str, dsn: str
+) -> None:
+    """workflow.signal to a workflow for which a caller holds a keep of the same signal: the
+    send waits at most 50 ms, then its step is deferred (the worker slot is free); after the
+    COMMIT it is sent, once, and the target gets both signals in order."""
+    target = await mf.workflow.start(
+        workflow_name="twice", args=["go"], task_queue="q", workflow_id="target"
+    )
+    async with held_signal(dsn, db, app, "held", "target") as (holder, outcome, blocked):
+        assert outcome["status"] == "kept"
+        await mf.worker.create(task_queue="q", workflow=[twice, sender, waiter], concurrency=2)
+        send = await mf.workflow.start(
+            workflow_name="sender", args=["target"], task_queue="q", workflow_id="sender"
+        )
+        await until(
+            lambda: (
+                db.one("select status from steps where job_id = 'sender' and seq = 1") == "retrying"
+            )
+        )
+        others = [f"other-{i}" for i in range(4)]
+        await start_and_signal(mf, others)
+        for workflow_id in others:
+            result = await mf.workflow.get_handle(workflow_id).result(timeout=30)
+            assert result == workflow_id
+        # only the sends themselves waited, each for at most its 50 ms lock_timeout
+        assert all("send_signal" in query for query in blocked)
+        assert db.one("select status from steps where job_id = 'sender' and seq = 1") == (
+            "retrying"
+        )
+        await holder.commit()
+    assert (await send.result(timeout=30))["status"] in ("delivered", "kept")
+    assert await target.result(timeout=30) == ["held", "from sender"]
+    assert db.one("select count(*) from steps where job_id = 'sender' and kind = 'send'") == 1
     assert db.one("select count(*) from signals") == 0

@@ -137,7 +137,8 @@ async def test_a_revoked_worker_stops_and_its_task_is_taken_over(
 
         revoke = sql.SQL("select {}.revoke_login(%s)").format(schema)
         outcome = owner.execute(revoke, (role,)).fetchone()
-        assert outcome is not None and outcome[0]["terminated"] == sessions[0]
+        # the pool may have opened another session meanwhile: at least those seen were ended
+        assert outcome is not None and outcome[0]["terminated"] >= sessions[0]
         assert owner.execute(
             "select count(*) from pg_stat_activity where usename = %s", (role,)
         ).fetchone() == (0,)
