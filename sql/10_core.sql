@@ -257,6 +257,8 @@ as $$
         ('task', 'dead', 'ready', 'retry_workflow'),
         ('step', 'scheduled', 'completed', '_move_steps'),
         ('step', 'scheduled', 'failed', '_move_steps'),
+        -- A signal wait or send deferred by a lock a caller's open transaction holds.
+        ('step', 'scheduled', 'retrying', '_move_steps'),
         ('step', 'retrying', 'completed', '_move_steps'),
         ('step', 'retrying', 'failed', '_move_steps'),
         ('step', 'retrying', 'retrying', '_move_steps'),

@@ -199,15 +199,18 @@ language plpgsql
 as $$
 declare
     v_step steps;
+    v_again boolean;
 begin
-    update steps
-       set attempt = case when status = 'retrying' then attempt + 1 else attempt end,
-           wake_at = _now() + least(
-               interval '50 ms' * 2 ^ (case when status = 'retrying' then attempt else 0 end),
-               interval '1 s'),
-           status = 'retrying'
-     where job_id = p_task.job_id and thread = p_task.thread and seq = p_seq
-    returning * into v_step;
+    select * into v_step
+      from steps
+     where job_id = p_task.job_id and thread = p_task.thread and seq = p_seq;
+    v_again := v_step.status = 'retrying';
+    v_step := _move_step(p_task.job_id, p_task.thread, p_seq, 'retrying', null, null,
+                         v_step.attempt + v_again::integer,
+                         _now() + least(interval '50 ms' * 2 ^ (case when v_again
+                                                                    then v_step.attempt
+                                                                    else 0 end),
+                                        interval '1 s'));
     return _step_json(v_step);
 end
 $$;
