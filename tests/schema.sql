@@ -246,6 +246,8 @@ create function <app>._check_value(p_what text, p_value jsonb) returns void
 create function <app>._default_retention() returns interval
     language sql stable security definer
     set search_path = <app>, pg_temp;
+create function <app>._defer_step(p_task <app>.tasks, p_seq integer) returns jsonb
+    language plpgsql volatile;
 create function <app>._delete_jobs(p_ids text[]) returns void
     language sql volatile security definer
     set search_path = <app>, pg_temp;
