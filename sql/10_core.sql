@@ -53,7 +53,7 @@ begin
 end
 $$;
 
--- The limits on what callers hand the engine (README: Limits). A JSON value that enters as
+-- The limits on what callers hand the engine (docs/errors.md: Limits). A JSON value that enters as
 -- workflow or hook args, a signal payload, an entity or search value, or a cancel reason is
 -- at most 1 MiB (as stored: jsonb), at most 100 arrays or objects deep, its numbers within
 -- the range of a double: every value is kept in the history and read back on every replay,

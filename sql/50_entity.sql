@@ -26,7 +26,7 @@ begin
     if p_path is null then
         return null;
     end if;
-    -- Bounded (README: Limits): every operation walks and rebuilds the path segment by
+    -- Bounded (docs/errors.md: Limits): every operation walks and rebuilds the path segment by
     -- segment, and a deeper path would nest the entity past what JSON parsers take.
     if length(p_path) > 10000 then
         raise exception using errcode = 'HM007',

@@ -102,8 +102,8 @@ begin
     if length(v_worker) > 63 then
         raise warning using
             message = format('app id %s is too long for role names (at most 56 characters): '
-                             'no %s / %s roles; grant the privileges yourself (see the README, '
-                             'section Least privilege)', v_schema, v_app, v_worker);
+                             'no %s / %s roles; grant the privileges yourself (docs/security.md, '
+                             'Least privilege)', v_schema, v_app, v_worker);
         return;
     end if;
     select r.rolsuper or r.rolcreaterole into v_can_create

@@ -89,7 +89,7 @@ def merge(target: Any, patch: Any) -> Any:
 
 
 def model(doc: dict[str, Any], op: str, path: list[str] | None, value: Any) -> tuple[Any, Any]:
-    """(new document, result) as the README documents them, or ModelError."""
+    """(new document, result) as docs/entity.md documents them, or ModelError."""
     if path is None and op not in ("set", "merge", "get"):
         raise ModelError("HM007")
     depth, node, _ = walk(doc, path or [])

@@ -3,7 +3,7 @@ strings, NUL bytes, oversized and deeply nested values, odd unicode, negative an
 Every call either succeeds (storing exactly what it was given) or fails with a clear SQLSTATE /
 hotmesh exception, changes nothing when it fails, and a running worker keeps serving.
 
-The limits these inputs run into are documented in the README (Limits) and pinned by
+The limits these inputs run into are documented in docs/errors.md (Limits) and pinned by
 tests/sql/80_hostile.sql: JSON values 1 MiB, 100 levels, numbers within a double's range;
 names 255 characters; entity paths 100 segments / 10000 characters; leases at most 1 day."""
 
