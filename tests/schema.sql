@@ -306,6 +306,12 @@ create function <app>._leased_task(p_task_id bigint, p_token uuid) returns <app>
     language plpgsql stable;
 create function <app>._legal_transitions() returns TABLE(machine text, from_state text, to_state text, owner text)
     language sql immutable;
+create function <app>._login_group(p_role text) returns text
+    language plpgsql stable;
+create function <app>._login_mark(p_group text) returns text
+    language sql stable;
+create function <app>._login_password() returns text
+    language sql volatile;
 create function <app>._move_step(p_job_id text, p_thread text, p_seq integer, p_to text, p_output jsonb, p_error jsonb, p_attempt integer DEFAULT NULL::integer, p_wake_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_refuse boolean DEFAULT true) returns <app>.steps
     language plpgsql volatile;
 create function <app>._move_steps(p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[], p_errors jsonb[], p_attempts integer[], p_wake_ats timestamp with time zone[]) returns SETOF <app>.steps
@@ -373,13 +379,16 @@ create function <app>.complete_tasks(p_items jsonb) returns jsonb
     set enable_seqscan = off
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.create_login(p_group text, p_name text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.emit_step(p_task_id bigint, p_token uuid, p_seq integer, p_events jsonb) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.engine_clock() returns timestamp with time zone
     language sql stable security definer
     set search_path = <app>, pg_temp;
-create function <app>.engine_version(OUT version text, OUT migration integer) returns record
+create function <app>.engine_version(OUT version text, OUT migration integer, OUT protocol integer, OUT oldest_worker integer) returns record
     language sql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.entity_append(p_workflow_id text, p_path text, p_value jsonb, p_idempotency_key text DEFAULT NULL::text) returns jsonb
@@ -447,6 +456,9 @@ create function <app>.heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lease in
 create function <app>.hook(p_workflow_id text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_signal_id text DEFAULT NULL::text) returns text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.list_logins() returns TABLE(role_name text, group_name text, managed boolean, connections integer)
+    language sql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.next_due(p_task_queues text[]) returns timestamp with time zone
     language sql stable security definer
     set plan_cache_mode = force_generic_plan
@@ -476,6 +488,12 @@ create function <app>.retry_delay(p_policy jsonb, p_attempt integer) returns int
     language plpgsql immutable security definer
     set search_path = <app>, pg_temp;
 create function <app>.retry_workflow(p_workflow_id text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.revoke_login(p_role text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.rotate_login(p_role text) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb) returns jsonb

@@ -12,6 +12,10 @@ ROLE "workflows" serves queue "uq" with three kinds of workflow and the activity
 `effects` table (tests/helpers.py, create_effects) with this process's pid, so the test can
 tell which release ran it. Prints "ready <path of the hotmesh package>" once serving; logs
 warnings and errors of the engine to stderr.
+
+`up_slow` (an activity, `pause`, between two effects) is served by `hotmesh worker
+upgrade:up_slow` too (PYTHONPATH=tests/workers; DATABASE_URL and HOTMESH_APP name the app):
+`pause` sleeps UPGRADE_PAUSE seconds (0 when unset), so a test chooses which process holds it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ from psycopg_pool import AsyncConnectionPool
 import hotmesh
 from hotmesh import MemFlow, activity, workflow
 
-CONFIG: dict[str, Any] = {"dsn": "", "app": "", "pool": None}
+CONFIG: dict[str, Any] = {
+    "dsn": os.environ.get("DATABASE_URL", ""),
+    "app": os.environ.get("HOTMESH_APP", ""),
+    "pool": None,
+}
 
 
 async def effect(name: str) -> str:
@@ -80,6 +88,20 @@ async def up_parent(i: int) -> Any:
     return {"i": i, **child}
 
 
+async def pause() -> float:
+    seconds = float(os.environ.get("UPGRADE_PAUSE", "0"))
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+async def up_slow(i: int) -> Any:
+    acts = workflow.proxy_activities(activities=[effect, pause])
+    await acts.effect("s1")
+    await acts.pause()
+    await acts.effect("s2")
+    return {"i": i}
+
+
 async def main(dsn: str, app: str, role: str) -> None:
     mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
     if role == "activities":
@@ -88,7 +110,7 @@ async def main(dsn: str, app: str, role: str) -> None:
         await mf.worker.register_activities(task_queue="uq", activities=[effect], lease=10)
         await mf.worker.create(
             task_queue="uq",
-            workflow=[up_steps, up_remote, up_child, up_parent],
+            workflow=[up_steps, up_remote, up_child, up_parent, up_slow],
             concurrency=8,
             lease=10,
         )
