@@ -249,7 +249,7 @@ async def _refuse_downgrade(
         engine is not None
         and (
             engine.protocol > WORKER_PROTOCOL
-            or _release(engine.version) > _release(package_version())
+            or _release(engine.version) > (_release(package_version()) or (2**31,))
         )
     )
     if newer:
@@ -263,7 +263,8 @@ async def _refuse_downgrade(
 
 
 def _release(version: str) -> tuple[int, ...]:
-    """A release's numbers (0.1.0 -> (0, 1, 0)), to compare them."""
+    """A release's numbers (0.1.0 -> (0, 1, 0)), to compare them; () when unknown (a package
+    run from a checkout that is not installed: then only migrations and protocols count)."""
     return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
 
 
