@@ -392,7 +392,7 @@ create function <app>.emit_step(p_task_id bigint, p_token uuid, p_seq integer, p
 create function <app>.engine_clock() returns timestamp with time zone
     language sql stable security definer
     set search_path = <app>, pg_temp;
-create function <app>.engine_version(OUT version text, OUT migration integer) returns record
+create function <app>.engine_version(OUT version text, OUT migration integer, OUT protocol integer, OUT oldest_worker integer) returns record
     language sql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.entity_append(p_workflow_id text, p_path text, p_value jsonb, p_idempotency_key text DEFAULT NULL::text) returns jsonb

@@ -318,7 +318,9 @@ async def test_engine_version_names_the_release_and_the_newest_migration(
             with conn.transaction():
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
                 row = conn.execute(
-                    sql.SQL("select * from {}.engine_version()").format(sql.Identifier(fresh))
+                    sql.SQL("select version, migration from {}.engine_version()").format(
+                        sql.Identifier(fresh)
+                    )
                 ).fetchone()
                 assert row == (version("hotmesh"), newest)
 

@@ -13,19 +13,31 @@ fail, naming it, and change nothing. The app schema belongs to hotmesh: a functi
 in it is dropped too.
 
 Workers of the previous version keep running through a migrate (the new functions take effect
-at its commit), but a call of theirs to a routine that is gone fails (42883): when an upgrade
-drops or re-signatures what workers call, stop the old workers first (docs/schema.md).
+at its commit) as long as the engine serves their worker protocol (`engine_version()`:
+`oldest_worker`); a worker checks that at start and after a failed call, and stops with
+SchemaMismatch when the schema is newer than it can serve (docs/upgrading.md). The installer
+never installs an older engine over a newer one (an old worker restarted with
+`MemFlow.init(migrate=True)` would otherwise undo an upgrade).
 
 Everything happens in one transaction under an advisory lock per app, so two processes
 migrating the same app at once both succeed: the second waits, then finds nothing to apply.
+Workers keep calling functions meanwhile (`create or replace` takes no lock they wait for), but
+a migration's ALTER TABLE and a view's replacement need exclusive locks: waiting in line for one
+behind an application's open transaction would hold up every worker queued behind it. So every
+lock wait of the migrate is bounded by `lock_timeout`; when one runs out the whole migrate rolls
+back, logs a warning and tries again after a pause, for up to `patience` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -33,13 +45,26 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from hotmesh import _paths
-from hotmesh.errors import HotMeshError, InvalidArgument, shown
+from hotmesh.errors import HotMeshError, InvalidArgument, SchemaMismatch, shown
 
 APP_ID = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Sets every privilege of the schema from scratch: it runs after stale objects are dropped.
 PRIVILEGES_FILE = "99_grants.sql"
+# The worker protocol of this package: the functions its worker calls, with their arguments,
+# results and meaning (sql/05_version.sql says which protocols an engine serves). 0 is the
+# release before engine_version() existed.
+WORKER_PROTOCOL = 1
+# The migrate's connection, as pg_stat_activity shows it.
+APPLICATION_NAME = "hotmesh migrate"
 log = logging.getLogger("hotmesh.install")
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("hotmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _warn(diagnostic: pg_errors.Diagnostic) -> None:
@@ -116,62 +141,210 @@ async def _drop_stale(
         log.info("app %s: dropped %s %s: sql/ no longer defines it", app_id, kind, ", ".join(names))
 
 
-async def migrate(dsn: str, app_id: str) -> list[int]:
-    """Install or upgrade schema `app_id`; returns the migration versions it applied."""
+class _LockWait(Exception):
+    """A lock wait of the migrate ran out of lock_timeout (55P03), in `step`."""
+
+    def __init__(self, step: str, error: pg_errors.LockNotAvailable) -> None:
+        super().__init__(f"{step}: {error.diag.message_primary or error}")
+
+
+async def migrate(
+    dsn: str, app_id: str, *, lock_timeout: float = 2.0, patience: float = 600.0
+) -> list[int]:
+    """Install or upgrade schema `app_id`; returns the migration versions it applied.
+
+    No lock wait of the migrate lasts longer than `lock_timeout` seconds, so it never holds up
+    workers queued behind it for longer; after one the migrate rolls back and tries again (a
+    pause of 0.5 s, doubling up to 10 s), for up to `patience` seconds in all."""
     check_app_id(app_id)
-    schema = sql.Identifier(app_id)
-    async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
-        conn.add_notice_handler(_warn)
-        await conn.execute(
-            "select pg_advisory_xact_lock(hashtextextended(%s, 0))", ("hotmesh:" + app_id,)
-        )
-        await conn.execute(sql.SQL("create schema if not exists {}").format(schema))
-        await conn.execute(sql.SQL("set local search_path = {}, pg_temp").format(schema))
-        await conn.execute(
-            "create table if not exists schema_migrations ("
-            " version integer primary key, name text not null,"
-            " applied_at timestamptz not null default now())"
-        )
-        cur = await conn.execute("select version from schema_migrations")
-        done = {row[0] for row in await cur.fetchall()}
-        applied = []
-        for version, path in migrations():
-            if version in done:
-                continue
-            await conn.execute(
-                "insert into schema_migrations (version, name) values (%s, %s)",
-                (version, path.name),
+    if not lock_timeout > 0:
+        raise InvalidArgument(f"lock_timeout must be > 0 seconds, not {lock_timeout}")
+    deadline = time.monotonic() + patience
+    pause = 0.5
+    while True:
+        try:
+            return await _migrate_once(dsn, app_id, lock_timeout)
+        except _LockWait as busy:
+            if time.monotonic() + pause > deadline:
+                raise HotMeshError(
+                    f"app {app_id}: gave up migrating after {patience:g} s: a lock it needs "
+                    f"stays taken ({busy}); look for long transactions in pg_stat_activity "
+                    "and migrate again (nothing was changed)"
+                ) from busy
+            log.warning(
+                "app %s: migrate waited %g s for a lock (%s); rolled back so as not to hold up "
+                "the workers, trying again in %g s",
+                app_id,
+                lock_timeout,
+                busy,
+                pause,
             )
-            await conn.execute(path.read_bytes())
-            applied.append(version)
-        cur = await conn.execute(_ENGINE_OBJECTS)
-        before = set(await cur.fetchall())
-        *engine, privileges = sql_files()
-        if privileges.name != PRIVILEGES_FILE:
-            raise HotMeshError(f"{_paths.sql_dir() / PRIVILEGES_FILE} is missing")
-        for path in engine:
-            await conn.execute(path.read_bytes())
-        await _drop_stale(conn, app_id, before)
-        await conn.execute(privileges.read_bytes())
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+
+async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> list[int]:
+    schema = sql.Identifier(app_id)
+    step = "the advisory lock"
+    conn = await psycopg.AsyncConnection.connect(dsn, application_name=APPLICATION_NAME)
+    try:
+        async with conn, conn.transaction():
+            conn.add_notice_handler(_warn)
+            # Only other migrates wait for this one, so no timeout yet.
+            await conn.execute(
+                "select pg_advisory_xact_lock(hashtextextended(%s, 0))", ("hotmesh:" + app_id,)
+            )
+            await conn.execute(
+                "select set_config('lock_timeout', %s, true)", (f"{lock_timeout * 1000:.0f}ms",)
+            )
+            step = "the schema"
+            await conn.execute(sql.SQL("create schema if not exists {}").format(schema))
+            await conn.execute(sql.SQL("set local search_path = {}, pg_temp").format(schema))
+            await conn.execute(
+                "create table if not exists schema_migrations ("
+                " version integer primary key, name text not null,"
+                " applied_at timestamptz not null default now())"
+            )
+            cur = await conn.execute("select version from schema_migrations")
+            done = {row[0] for row in await cur.fetchall()}
+            await _refuse_downgrade(conn, app_id, done)
+            applied = []
+            for version, path in migrations():
+                if version in done:
+                    continue
+                step = path.name
+                await conn.execute(
+                    "insert into schema_migrations (version, name) values (%s, %s)",
+                    (version, path.name),
+                )
+                await conn.execute(path.read_bytes())
+                applied.append(version)
+            cur = await conn.execute(_ENGINE_OBJECTS)
+            before = set(await cur.fetchall())
+            *engine, privileges = sql_files()
+            if privileges.name != PRIVILEGES_FILE:
+                raise HotMeshError(f"{_paths.sql_dir() / PRIVILEGES_FILE} is missing")
+            for path in engine:
+                step = f"sql/{path.name}"
+                await conn.execute(path.read_bytes())
+            step = "dropping what sql/ no longer defines"
+            await _drop_stale(conn, app_id, before)
+            step = f"sql/{privileges.name}"
+            await conn.execute(privileges.read_bytes())
+    except pg_errors.LockNotAvailable as error:
+        raise _LockWait(step, error) from error
     return applied
+
+
+async def _refuse_downgrade(
+    conn: psycopg.AsyncConnection[TupleRow], app_id: str, done: set[int]
+) -> None:
+    """SchemaMismatch when the schema is newer than this package: a migration it does not
+    know, a newer worker protocol or a newer release. Installing this sql/ over it would undo
+    the upgrade (and drop what only the newer sql/ defines)."""
+    known = {version for version, _ in migrations()}
+    engine = await installed_engine(conn, app_id)
+    unknown = sorted(done - known)
+    newer = bool(unknown) or (
+        engine is not None
+        and (
+            engine.protocol > WORKER_PROTOCOL
+            or _release(engine.version) > (_release(package_version()) or (2**31,))
+        )
+    )
+    if newer:
+        at = f"migration {max(done):04d}" if engine is None else _engine_text(engine)
+        raise SchemaMismatch(
+            f"schema {app_id} is newer than this hotmesh: it is at {at}; this is hotmesh "
+            f"{package_version()} (worker protocol {WORKER_PROTOCOL}), which will not install "
+            "its older engine over it: upgrade this process to the new release (nothing was "
+            "changed)"
+        )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """A release's numbers (0.1.0 -> (0, 1, 0)), to compare them; () when unknown (a package
+    run from a checkout that is not installed: then only migrations and protocols count)."""
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
 
 
 @dataclass(frozen=True)
 class EngineVersion:
-    """What `<app>.engine_version()` returns: the hotmesh release whose sql/ is installed, and
-    the newest migration applied."""
+    """What `<app>.engine_version()` returns: the hotmesh release whose sql/ is installed, the
+    newest migration applied, the worker protocol the engine speaks and the oldest one it
+    still serves (sql/05_version.sql)."""
 
     version: str
     migration: int
+    protocol: int
+    oldest_worker: int
+
+
+def _engine_text(engine: EngineVersion) -> str:
+    return (
+        f"engine {engine.version} (migration {engine.migration:04d}, worker protocol "
+        f"{engine.protocol}, serving workers of protocol {engine.oldest_worker} and newer)"
+    )
+
+
+async def installed_engine(conn: psycopg.AsyncConnection[Any], app_id: str) -> EngineVersion | None:
+    """The engine of schema `app_id`, read on `conn`; None when it has no engine_version()
+    (an engine of worker protocol 0, or no app at all). Columns are read by name, so an
+    engine_version() of another shape is read too (absent columns: protocol 0)."""
+    cur = await conn.execute(
+        "select to_regprocedure(format('%%I.engine_version()', %s::text)) is not null",
+        (check_app_id(app_id),),
+        prepare=False,
+    )
+    if not (await cur.fetchone() or (False,))[0]:
+        return None
+    cur = await conn.execute(
+        sql.SQL("select * from {}.engine_version()").format(sql.Identifier(app_id)),
+        prepare=False,
+    )
+    row = await cur.fetchone()
+    got = dict(zip([c.name for c in cur.description or ()], row or (), strict=False))
+    return EngineVersion(
+        str(got.get("version")),
+        int(got.get("migration") or 0),
+        int(got.get("protocol") or 0),
+        int(got.get("oldest_worker") or 0),
+    )
 
 
 async def engine_version(dsn: str, app_id: str) -> EngineVersion:
     """The engine installed in schema `app_id` (sql/05_version.sql)."""
-    query = sql.SQL("select version, migration from {}.engine_version()")
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute(query.format(sql.Identifier(check_app_id(app_id))))
-        [(version, migration)] = await cur.fetchall()
-    return EngineVersion(version, migration)
+        engine = await installed_engine(conn, app_id)
+    if engine is None:
+        raise HotMeshError(f"app {app_id} has no engine_version(): run `hotmesh migrate`")
+    return engine
+
+
+def worker_mismatch(app_id: str, engine: EngineVersion | None) -> SchemaMismatch | None:
+    """Why a worker of this package cannot serve an app whose engine is `engine`; None when
+    it can."""
+    mine = f"hotmesh {package_version()} (worker protocol {WORKER_PROTOCOL})"
+    if engine is not None and engine.oldest_worker > WORKER_PROTOCOL:
+        return SchemaMismatch(
+            f"schema {app_id} is newer than this worker: it is at {_engine_text(engine)}; "
+            f"this worker is {mine}: restart it with the new release"
+        )
+    if engine is None or engine.protocol < WORKER_PROTOCOL:
+        at = "an engine of worker protocol 0" if engine is None else _engine_text(engine)
+        return SchemaMismatch(
+            f"schema {app_id} is older than this worker: it is at {at}; this worker is "
+            f"{mine}: run `hotmesh migrate --app {app_id}` with this release, then restart it"
+        )
+    return None
+
+
+async def check_worker(conn: psycopg.AsyncConnection[Any], app_id: str) -> None:
+    """SchemaMismatch unless a worker of this package can serve app `app_id` (read on
+    `conn`)."""
+    mismatch = worker_mismatch(app_id, await installed_engine(conn, app_id))
+    if mismatch is not None:
+        raise mismatch
 
 
 async def check_installed(dsn: str, app_id: str) -> None:

@@ -29,7 +29,7 @@ from hotmesh import _install
 from hotmesh import _roles as _roles_module
 from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
-from hotmesh.errors import DatabaseUnreachable, HotMeshError
+from hotmesh.errors import DatabaseUnreachable, HotMeshError, SchemaMismatch
 from hotmesh.rows import HistoryEntry
 
 _STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
@@ -675,6 +675,10 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnreachable as error:
         print(f"hotmesh: database error: {_first_line(error)}", file=sys.stderr)
         return 1
+    except SchemaMismatch as error:
+        # Its own status, for a supervisor: restart with the new release (or after migrate).
+        print(f"hotmesh: {_first_line(error)}", file=sys.stderr)
+        return error.exit_code
     except HotMeshError as error:
         print(f"hotmesh: {_first_line(error)}", file=sys.stderr)
         return 1

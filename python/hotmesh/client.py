@@ -356,18 +356,24 @@ class MemFlow:
         return await self._db.set_setting(key, value)
 
     async def run_until_signal(self, grace: float = 10.0) -> None:
-        """Serve until SIGTERM or SIGINT, then close gracefully."""
+        """Serve until SIGTERM or SIGINT, then close gracefully. Raises SchemaMismatch, after
+        the close, when a worker found that it cannot serve the app's engine (an upgrade)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        waits = [asyncio.ensure_future(e.wait()) for e in (stop, self.registry.halted)]
         try:
-            await stop.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for wait in waits:
+                wait.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await self.close(grace)
+        if self.registry.mismatch is not None:
+            raise self.registry.mismatch
 
     async def __aenter__(self) -> MemFlow:
         return self

@@ -81,6 +81,16 @@ class DatabaseUnreachable(HotMeshError, ConnectionError):
     DATABASE_URL or the libpq variables) and what libpq answered."""
 
 
+class SchemaMismatch(HotMeshError):
+    """The app's schema and this package do not match (docs/upgrading.md): the schema is newer
+    than this worker can serve (restart it with the new release), or older than it needs (run
+    `hotmesh migrate` with this release first). A worker that finds it logs it and stops
+    claiming; `MemFlow.run_until_signal` raises it and `hotmesh worker` exits with
+    `exit_code`, for the process's supervisor to restart it."""
+
+    exit_code = 75  # EX_TEMPFAIL (sysexits.h): restart me later, with the right release
+
+
 _BY_SQLSTATE: dict[str, type[HotMeshError]] = {
     cls.sqlstate: cls
     for cls in (

@@ -4,6 +4,14 @@ One claim loop per task queue per process. It claims as many tasks as it has fre
 sleeps until a NOTIFY for its queue or the next due task, and keeps the leases of everything
 it runs alive with one heartbeat call. A stop finishes in-flight work within a grace period
 and gives back (releases) the leases of whatever is still running.
+
+A worker serves only an engine that serves its worker protocol (`<app>.engine_version()`,
+docs/upgrading.md). It checks at start, before its first claim after a failed one (a
+reconnect, or a call the engine refused) and after a run's call failed with a class-42 error
+(42883 undefined_function: a function a newer release renamed or re-signatured; 42501: a
+revoked grant). When the schema does not match, it logs one `schema_mismatch` error and stops
+claiming: `MemFlow.run_until_signal` raises SchemaMismatch and `hotmesh worker` exits with
+status 75. What it held is released at the stop or taken over when its lease expires.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from hotmesh import errors
+from hotmesh import _install, errors
 from hotmesh._commands import (
     CancelWorkflow,
     Command,
@@ -57,6 +65,10 @@ class Registry:
         self.workflows: dict[str, dict[str, Workflow]] = {}
         self.activities: dict[str, dict[str, Activity]] = {}
         self.served: set[str] = set()
+        # Set when the app's schema turns out not to match this package: every worker of the
+        # process stops claiming, and MemFlow.run_until_signal raises it.
+        self.mismatch: errors.SchemaMismatch | None = None
+        self.halted = asyncio.Event()
 
     def register_activities(self, task_queue: str, activities: Mapping[str, Activity]) -> None:
         self.activities.setdefault(task_queue, {}).update(activities)
@@ -104,6 +116,7 @@ class Worker:
         self._settling: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
+        self._checking = asyncio.Lock()
 
     @property
     def stopping(self) -> bool:
@@ -114,6 +127,10 @@ class Worker:
         return len(self._running)
 
     async def start(self) -> None:
+        """Serve the queue; SchemaMismatch (and nothing served) when this worker cannot serve
+        the app's engine."""
+        async with self.db._connection() as conn:
+            await _install.check_worker(conn, self.db.app_id)
         self.registry.served.add(self.task_queue)
         self.listener.watch_queue(self.task_queue, self._wake)
         event(
@@ -172,6 +189,10 @@ class Worker:
                 continue
             self._wake.clear()
             try:
+                # After a failure (the server restarted, maybe upgraded, or refused the call),
+                # claim only from an engine that still serves this worker.
+                if failures and not await self._engine_serves_us():
+                    return
                 claimed = await self.db.claim_tasks(
                     [self.task_queue], self.worker_id, free, self.lease
                 )
@@ -278,6 +299,8 @@ class Worker:
                     queue=self.task_queue,
                     error=first_line(error),
                 )
+                if _refused(error):
+                    await self._recheck()
                 continue
             # A runner whose last call (complete, suspend, fail) committed while the heartbeat
             # ran is not held any more but is not lost either: it ends in a moment. Only one
@@ -323,6 +346,48 @@ class Worker:
                 error=first_line(error),
                 rerun_after=self.lease,
             )
+            if _refused(error):
+                await self._recheck()
+
+    # -- the engine's version --------------------------------------------------------------
+    async def _engine_serves_us(self) -> bool:
+        """Whether the app's engine still serves this worker: False (and the worker halted)
+        when it does not; a database error when the database cannot say."""
+        async with self._checking, self.db._connection() as conn:
+            mismatch = _install.worker_mismatch(
+                self.db.app_id, await _install.installed_engine(conn, self.db.app_id)
+            )
+        if mismatch is None:
+            return True
+        self._halt(mismatch)
+        return False
+
+    async def _recheck(self) -> None:
+        """After the engine refused a call: halt if it no longer serves this worker. One
+        check at a time; a failing check is left to the claim loop's."""
+        if self._checking.locked():
+            return
+        with contextlib.suppress(psycopg.Error, OSError):
+            await self._engine_serves_us()
+
+    def _halt(self, mismatch: errors.SchemaMismatch) -> None:
+        """Stop claiming, for good: this worker cannot serve the app's engine. Logged once per
+        process; run_until_signal then stops the workers and raises it."""
+        if self.registry.mismatch is None:
+            self.registry.mismatch = mismatch
+            event(
+                log,
+                logging.ERROR,
+                "schema_mismatch",
+                worker=self.worker_id,
+                queue=self.task_queue,
+                error=mismatch.message,
+                exit_code=mismatch.exit_code,
+            )
+        self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+        self.registry.halted.set()
 
     async def _activate(self, task: Claimed) -> None:
         fn = self.registry.workflows.get(task.task_queue, {}).get(task.name)
@@ -478,6 +543,12 @@ class _Executor:
             case _:
                 raise TypeError(f"no stored function performs {command!r}")
         return RecordedStep.from_json(step)
+
+
+def _refused(error: BaseException) -> bool:
+    """A call the engine refused as written (SQLSTATE class 42: an undefined function or
+    column, a changed signature, a revoked privilege): maybe an upgrade changed it."""
+    return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("42")
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
