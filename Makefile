@@ -93,7 +93,13 @@ lint: lint-static lint-plpgsql
 
 lint-static: lint-sql lint-ruff lint-format lint-mypy
 
+# The pgTAP files name the schema under test through the psql variable `app` (_preamble.psql),
+# never as hm_test: `make sqltest APP=other` must test schema other.
 lint-sql: setup
+	@if grep -n hm_test tests/sql/*.sql; then \
+		echo 'tests/sql: name the app schema through the psql variable app, not hm_test' >&2; \
+		exit 1; \
+	fi
 	$(BIN)/sqlfluff lint --disable-progress-bar sql migrations tests/sql
 
 lint-ruff: setup

@@ -112,8 +112,8 @@ select matches(
     'engine_version() names the hotmesh release'
 );
 select ok(
-    has_function_privilege('hm_test_app', 'hm_test.engine_version()', 'execute')
-    and has_function_privilege('hm_test_worker', 'hm_test.engine_version()', 'execute'),
+    has_function_privilege(:'app' || '_app', 'engine_version()', 'execute')
+    and has_function_privilege(:'app' || '_worker', 'engine_version()', 'execute'),
     'the application and worker roles may call engine_version()'
 );
 

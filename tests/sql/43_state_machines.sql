@@ -4,10 +4,7 @@
 -- Also: an activity whose lease expired on its last attempt is failed by the claim, never
 -- handed out again.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -35,7 +32,7 @@ select is_empty(
 select is_empty(
     $$
     select distinct owner from _legal_transitions()
-    where to_regproc('hm_test.' || owner) is null
+    where to_regproc(format('%I.%s', current_schema(), owner)) is null
     $$,
     'every owner is a function of the schema'
 );

@@ -2,10 +2,7 @@
 -- computes them: an increment whose sum passes ±1.8e308 is refused with 22023 and changes
 -- nothing (no document change, no step, no version), from SQL and from workflow code.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(10);
@@ -17,9 +14,9 @@ end
 $$;
 
 create function pg_temp.doc() returns jsonb
-language sql as $$ select context from hm_test.jobs where id = 'e1' $$;
+language sql as $$ select context from jobs where id = 'e1' $$;
 create function pg_temp.steps() returns bigint
-language sql as $$ select count(*) from hm_test.steps where job_id = 'e1' $$;
+language sql as $$ select count(*) from steps where job_id = 'e1' $$;
 
 select is(entity_increment('e1', 'huge', 1e308), 1e308::numeric, 'the first 1e308 is stored');
 create temp table before_errors on commit drop as

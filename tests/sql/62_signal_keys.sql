@@ -4,10 +4,7 @@
 -- another payload is refused (22023) and changes nothing; a key recorded before keys had a
 -- scope (migration 0007, signal_id null) still turns any send with it away.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(11);

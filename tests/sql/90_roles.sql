@@ -4,10 +4,7 @@
 -- login made by hand is listed but never changed; bad input changes nothing; none of these
 -- is executable by the app's roles.
 begin;
-
-set local client_min_messages = warning;
-create extension if not exists pgtap;
-set local search_path = hm_test, public;
+\ir _preamble.psql
 
 select plan(24);
 
@@ -18,8 +15,8 @@ select
 
 select is(
     (select w - 'password' from made),
-    '{"role": "hm_test_worker_w1", "group": "hm_test_worker"}'::jsonb,
-    'create_login(worker, w1) makes hm_test_worker_w1 in group hm_test_worker'
+    jsonb_build_object('role', :'app' || '_worker_w1', 'group', :'app' || '_worker'),
+    format('create_login(worker, w1) makes %s_worker_w1 in group %s_worker', :'app', :'app')
 );
 select matches(
     (select w ->> 'password' from made), '^[0-9a-f]{64}$', '... with a generated password'
@@ -30,51 +27,51 @@ select isnt(
 );
 select results_eq(
     $$select rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolinherit
-        from pg_roles where rolname = 'hm_test_worker_w1'$$,
+        from pg_roles where rolname = current_schema() || '_worker_w1'$$,
     $$values (true, false, false, false, true)$$,
     'the login can log in and holds no attribute'
 );
 select is(
-    (select left(rolpassword, 14) from pg_authid where rolname = 'hm_test_worker_w1'),
+    (select left(rolpassword, 14) from pg_authid where rolname = :'app' || '_worker_w1'),
     'SCRAM-SHA-256$', 'only a SCRAM hash of the password is stored'
 );
 select ok(
-    pg_has_role('hm_test_worker_w1', 'hm_test_worker', 'member')
-    and not pg_has_role('hm_test_worker_w1', 'hm_test_app', 'member'),
-    'the worker login is a member of hm_test_worker only'
+    pg_has_role(:'app' || '_worker_w1', :'app' || '_worker', 'member')
+    and not pg_has_role(:'app' || '_worker_w1', :'app' || '_app', 'member'),
+    'the worker login is a member of ' || :'app' || '_worker only'
 );
 select ok(
     has_function_privilege(
-        'hm_test_worker_w1', 'hm_test.claim_tasks(text[], text, integer, '
-        || 'interval)', 'execute'
+        :'app' || '_worker_w1', 'claim_tasks(text[], text, integer, interval)', 'execute'
     )
     and not has_function_privilege(
-        'hm_test_app_web', 'hm_test.claim_tasks(text[], text, '
-        || 'integer, interval)', 'execute'
+        :'app' || '_app_web', 'claim_tasks(text[], text, integer, interval)', 'execute'
     )
     and has_function_privilege(
-        'hm_test_app_web', 'hm_test.signal(text, jsonb, text, text)',
-        'execute'
+        :'app' || '_app_web', 'signal(text, jsonb, text, text)', 'execute'
     ),
     'the worker login may claim; the app login may signal but not claim'
 );
 
 -- A login granted the group by hand: listed, not managed here.
-create role hm_test_by_hand login in role hm_test_app;
+select format('create role %I login in role %I', :'app' || '_by_hand', :'app' || '_app') \gexec
 select results_eq(
     $$select role_name, group_name, managed, connections from list_logins()$$,
-    $$values ('hm_test_app_web'::text, 'hm_test_app'::text, true, 0),
-             ('hm_test_by_hand', 'hm_test_app', false, 0),
-             ('hm_test_worker_w1', 'hm_test_worker', true, 0)$$,
+    format(
+        $$values (%1$L || '_app_web', %1$L || '_app', true, 0),
+                 (%1$L || '_by_hand', %1$L || '_app', false, 0),
+                 (%1$L || '_worker_w1', %1$L || '_worker', true, 0)$$,
+        :'app'
+    ),
     'list_logins: every login of both groups, which ones create_login made, their sessions'
 );
 select throws_ok(
-    $$select rotate_login('hm_test_by_hand')$$, '42501',
-    'role "hm_test_by_hand" was not made by hm_test.create_login; change it yourself',
+    $$select rotate_login(current_schema() || '_by_hand')$$, '42501',
+    format('role "%s_by_hand" was not made by %s.create_login; change it yourself', :'app', :'app'),
     'a login made by hand is not rotated'
 );
 select throws_ok(
-    $$select revoke_login('hm_test_by_hand')$$, '42501', null, '... nor revoked'
+    $$select revoke_login(current_schema() || '_by_hand')$$, '42501', null, '... nor revoked'
 );
 select throws_ok(
     $$select revoke_login('postgres')$$, '42501', null, '... nor any other role'
@@ -82,30 +79,31 @@ select throws_ok(
 
 -- Rotation.
 create temp table hash_before on commit drop as
-select rolpassword from pg_authid where rolname = 'hm_test_worker_w1';
+select rolpassword from pg_authid where rolname = :'app' || '_worker_w1';
 create temp table rotated on commit drop as
-select rotate_login('hm_test_worker_w1') as r;
+select rotate_login(:'app' || '_worker_w1') as r;
 select is(
-    (select r ->> 'role' from rotated), 'hm_test_worker_w1', 'rotate_login names the role'
+    (select r ->> 'role' from rotated), :'app' || '_worker_w1', 'rotate_login names the role'
 );
 select isnt(
     (select r ->> 'password' from rotated), (select w ->> 'password' from made),
     '... and returns a new password'
 );
 select isnt(
-    (select rolpassword from pg_authid where rolname = 'hm_test_worker_w1'),
+    (select rolpassword from pg_authid where rolname = :'app' || '_worker_w1'),
     (select rolpassword from hash_before), '... whose hash replaced the old one'
 );
 
 -- Revocation.
 select is(
-    revoke_login('hm_test_worker_w1'), '{"role": "hm_test_worker_w1", "terminated": 0}'::jsonb,
+    revoke_login(:'app' || '_worker_w1'),
+    jsonb_build_object('role', :'app' || '_worker_w1', 'terminated', 0),
     'revoke_login drops the login (it had no session to end)'
 );
-select hasnt_role('hm_test_worker_w1', '... the role is gone');
+select hasnt_role(:'app' || '_worker_w1', '... the role is gone');
 select throws_ok(
-    $$select revoke_login('hm_test_worker_w1')$$, 'HM002',
-    'login role "hm_test_worker_w1" not found', 'revoking it again: HM002'
+    $$select revoke_login(current_schema() || '_worker_w1')$$, 'HM002',
+    format('login role "%s_worker_w1" not found', :'app'), 'revoking it again: HM002'
 );
 
 -- Bad input changes nothing.
@@ -135,11 +133,11 @@ select is(
         select array_agg(p.proname::text order by p.proname)
         from pg_proc as p
         where
-            p.pronamespace = 'hm_test'::regnamespace
+            p.pronamespace = :'app'::regnamespace
             and p.proname in ('create_login', 'rotate_login', 'list_logins', 'revoke_login')
             and (
-                has_function_privilege('hm_test_app', p.oid, 'execute')
-                or has_function_privilege('hm_test_worker', p.oid, 'execute')
+                has_function_privilege(:'app' || '_app', p.oid, 'execute')
+                or has_function_privilege(:'app' || '_worker', p.oid, 'execute')
             )
     ),
     null, 'no role but the owner may execute the login functions'
@@ -148,7 +146,7 @@ select is(
     (
         select count(*)::integer from pg_proc as p
         where
-            p.pronamespace = 'hm_test'::regnamespace
+            p.pronamespace = :'app'::regnamespace
             and p.proname in ('create_login', 'rotate_login', 'list_logins', 'revoke_login')
     ),
     4, '... all four of them'
