@@ -204,7 +204,8 @@ create view <app>.workflows (
     expire_at timestamp with time zone,
     age interval,
     waiting_on text,
-    error text
+    error text,
+    blocked_by text
 );
 
 -- types
@@ -306,6 +307,12 @@ create function <app>._leased_task(p_task_id bigint, p_token uuid) returns <app>
     language plpgsql stable;
 create function <app>._legal_transitions() returns TABLE(machine text, from_state text, to_state text, owner text)
     language sql immutable;
+create function <app>._login_group(p_role text) returns text
+    language plpgsql stable;
+create function <app>._login_mark(p_group text) returns text
+    language sql stable;
+create function <app>._login_password() returns text
+    language sql volatile;
 create function <app>._move_step(p_job_id text, p_thread text, p_seq integer, p_to text, p_output jsonb, p_error jsonb, p_attempt integer DEFAULT NULL::integer, p_wake_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_refuse boolean DEFAULT true) returns <app>.steps
     language plpgsql volatile;
 create function <app>._move_steps(p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[], p_errors jsonb[], p_attempts integer[], p_wake_ats timestamp with time zone[]) returns SETOF <app>.steps
@@ -348,6 +355,8 @@ create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[
     language plpgsql volatile;
 create function <app>._wake(p_job_id text, p_thread text) returns void
     language plpgsql volatile;
+create function <app>._without(p_ids bigint[], p_drop bigint[]) returns bigint[]
+    language plpgsql immutable;
 create function <app>.bury_task(p_task_id bigint, p_token uuid, p_error jsonb) returns void
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
@@ -372,6 +381,9 @@ create function <app>.complete_tasks(p_items jsonb) returns jsonb
     language plpgsql volatile security definer
     set enable_seqscan = off
     set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
+create function <app>.create_login(p_group text, p_name text) returns jsonb
+    language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.emit_step(p_task_id bigint, p_token uuid, p_seq integer, p_events jsonb) returns jsonb
     language plpgsql volatile security definer
@@ -447,6 +459,9 @@ create function <app>.heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lease in
 create function <app>.hook(p_workflow_id text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_signal_id text DEFAULT NULL::text) returns text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.list_logins() returns TABLE(role_name text, group_name text, managed boolean, connections integer)
+    language sql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.next_due(p_task_queues text[]) returns timestamp with time zone
     language sql stable security definer
     set plan_cache_mode = force_generic_plan
@@ -476,6 +491,12 @@ create function <app>.retry_delay(p_policy jsonb, p_attempt integer) returns int
     language plpgsql immutable security definer
     set search_path = <app>, pg_temp;
 create function <app>.retry_workflow(p_workflow_id text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.revoke_login(p_role text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.rotate_login(p_role text) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb) returns jsonb
@@ -516,6 +537,9 @@ create function <app>.wait_signal(p_task_id bigint, p_token uuid, p_seq integer,
     set search_path = <app>, pg_temp;
 create function <app>.waits_text(p_waits jsonb) returns text
     language sql immutable security definer
+    set search_path = <app>, pg_temp;
+create function <app>.workflow_blocker(p_xmax xid) returns text
+    language sql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.workflow_history(p_workflow_id text) returns TABLE(at timestamp with time zone, thread text, seq integer, kind text, name text, status text, attempt integer, entity_version bigint, input jsonb, output jsonb, error jsonb, completed_at timestamp with time zone)
     language plpgsql stable security definer
@@ -614,6 +638,8 @@ grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
 grant execute on function <app>.wait_signal(bigint,uuid,integer,text,numeric) to <app>_worker;
 grant execute on function <app>.waits_text(jsonb) to <app>_app;
 grant execute on function <app>.waits_text(jsonb) to <app>_worker;
+grant execute on function <app>.workflow_blocker(xid) to <app>_app;
+grant execute on function <app>.workflow_blocker(xid) to <app>_worker;
 grant execute on function <app>.workflow_history(text) to <app>_app;
 grant execute on function <app>.workflow_history(text) to <app>_worker;
 grant execute on function <app>.workflow_outcome(text) to <app>_app;

@@ -65,10 +65,12 @@ class WorkflowOutcome:
 
 @dataclass(frozen=True)
 class WorkflowWaits:
-    """What a workflow waits on (`workflows` view): as text, and one JSON object per wait."""
+    """What a workflow waits on (`workflows` view): as text, one JSON object per wait, and
+    the open transaction that holds its row, if any."""
 
     waiting_on: str | None
     waits: list[dict[str, Any]]
+    blocked_by: str | None  # "pid N since T": an open transaction holds the workflow's row
 
 
 @dataclass(frozen=True)
@@ -831,7 +833,7 @@ class Database:
     async def workflow_waits(self, workflow_id: str) -> WorkflowWaits:
         """What the workflow waits on (`workflows` view); nothing when it is not found."""
         rows = await self._rows("workflow_waits", WorkflowWaits, {"workflow_id": workflow_id})
-        return rows[0] if rows else WorkflowWaits(waiting_on=None, waits=[])
+        return rows[0] if rows else WorkflowWaits(waiting_on=None, waits=[], blocked_by=None)
 
     async def workflow_history(self, workflow_id: str) -> list[HistoryEntry]:
         params = {"workflow_id": workflow_id}
