@@ -143,6 +143,14 @@ begin
     if v_spent is not null then
         for v_pos in 1 .. cardinality(v_spent) loop
             continue when v_spent_jobs[v_pos] = any(coalesce(v_finished, '{}'));
+            -- fail_task takes the job row: one that an open transaction holds is not waited
+            -- for; the task is given back, due in a second, and fails at a later claim.
+            if not exists (select from jobs where id = v_spent_jobs[v_pos]
+                              for no key update skip locked) then
+                perform _requeue_tasks(array[v_spent[v_pos]], v_now + interval '1 second',
+                                       null, true);
+                continue;
+            end if;
             perform fail_task(v_spent[v_pos], v_spent_tokens[v_pos],
                               jsonb_build_object('message', v_spent_messages[v_pos],
                                                  'type', 'LeaseExpired', 'code', 599));

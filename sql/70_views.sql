@@ -132,9 +132,10 @@ $$;
 -- <start of its transaction>" (null when nobody does). Every transaction holds a lock on its
 -- own xid, so pg_locks maps a live xmax to its backend; a committed or rolled-back one is not
 -- there. Claims skip such a row and the worker's other calls wait for it at most lock_timeout
--- (docs/reliability.md), so this is why that one workflow is delayed. Called by the view only
--- for rows with an xmax, so reading many rows costs nothing more. (A row that several
--- transactions share-lock at once has a multixact id in xmax; it is not resolved here.)
+-- (docs/reliability.md), so this is why that one workflow is delayed. Security definer (like
+-- every public function): it reads pg_stat_activity's xact_start of other roles' sessions.
+-- (A row that several transactions share-lock at once has a multixact id in xmax; it is not
+-- resolved here.)
 create or replace function workflow_blocker(p_xmax xid) returns text
 language sql stable
 set search_path from current
@@ -156,6 +157,18 @@ $$;
 create or replace view workflows as
 with clock as (
     select engine_clock() as now
+),
+
+-- The transactions running now (each holds a lock on its own xid): read once per query, so
+-- only a row whose xmax is one of them calls workflow_blocker. An xmax left by a transaction
+-- that ended (a committed share lock stays in the row) costs nothing more.
+live_xids as (
+    select l.transactionid as xid
+    from pg_locks as l
+    where
+        l.locktype = 'transactionid'
+        and l.mode = 'ExclusiveLock'
+        and l.granted
 ),
 
 job_waits as (
@@ -188,7 +201,9 @@ select
     -- "pid N since T": an open transaction holds this workflow's row (an application's
     -- entity_merge, a psql session); the workflow is delayed until it ends.
     case
-        when w.status in ('pending', 'running', 'waiting') and w.xmax::text <> '0'
+        when
+            w.status in ('pending', 'running', 'waiting')
+            and w.xmax in (select x.xid from live_xids as x)
             then workflow_blocker(w.xmax)
     end as blocked_by
 from job_waits as w

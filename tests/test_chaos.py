@@ -17,6 +17,7 @@ lock_timeout (`lock_busy`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -29,7 +30,9 @@ import pytest
 from psycopg import sql
 
 from fleet_harness import Observer, with_application_name
-from helpers import Workers, sleep_until
+from helpers import Workers, sleep_until, until
+from hotmesh import MemFlow
+from hotmesh._db import LOCK_TIMEOUT_MS
 
 WORKER_APP_NAME = "hm-chaos"
 # One call per function the app role may execute; %(id)s is the held workflow. A function that
@@ -306,3 +309,78 @@ def test_a_worker_waits_for_a_held_row_at_most_lock_timeout(
     assert obs.one("select context -> 'held' from jobs where id = 'held'") is True
     assert obs.one("select blocked_by from workflows where id = 'held'") is None
     assert not FATAL.findall(chaos_workers.log())
+
+
+async def test_an_application_call_outlasts_lock_timeout(mf: MemFlow, dsn: str, app: str) -> None:
+    """The pool's lock_timeout bounds the worker's waits, not an application's: its call that
+    meets another caller's transaction (55P03 after LOCK_TIMEOUT_MS) is sent again until that
+    transaction ends, and then succeeds."""
+    await mf.workflow.start(
+        workflow_name="chaos_held", args=[1, 0], task_queue="cq", workflow_id="app-held"
+    )
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        await holder.execute(
+            sql.SQL("select {}.entity_merge('app-held', '{{\"a\": 1}}')").format(
+                sql.Identifier(app)
+            )
+        )
+        call = asyncio.ensure_future(mf.entity("app-held").merge({"b": 2}))
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as watcher:
+
+            async def blocked() -> bool:
+                cur = await watcher.execute(
+                    "select count(*) from pg_stat_activity"
+                    " where wait_event_type = 'Lock' and %s = any(pg_blocking_pids(pid))",
+                    (holder.info.backend_pid,),
+                )
+                return bool((await cur.fetchone() or [0])[0])
+
+            await until(blocked, "the application's call to wait for the holder")
+            # Held past two lock timeouts: the first try has surely timed out and been resent.
+            await asyncio.sleep(2 * LOCK_TIMEOUT_MS / 1000)
+            assert not call.done()
+            await holder.commit()
+        await call
+    doc = await mf.workflow.get_handle("app-held").describe()
+    assert {"a": 1, "b": 2}.items() <= doc["context"].items()
+
+
+def test_a_spent_activity_of_a_held_workflow_is_given_back(dsn: str, app: str) -> None:
+    """An activity whose lease expired on its last attempt is failed by the claim, which
+    takes its workflow's row: while an application holds that row the claim does not wait,
+    it gives the task back (due a second later) and fails it at a claim after the COMMIT."""
+    options = f"-c search_path={app}"
+    with (
+        psycopg.connect(dsn, autocommit=True, options=options) as conn,
+        psycopg.connect(dsn, options=options) as holder,
+    ):
+        conn.execute("select start_workflow('w', '[]', 'q', 'wf')")
+        main = conn.execute(
+            "select task_id, lease_token from claim_tasks(array['q'], 'test', 1)"
+        ).fetchone()
+        assert main is not None
+        conn.execute(
+            "select schedule_activity(%s, %s, 1, 'act', '[]', 'aq', '{\"maximum_attempts\": 1}')",
+            main,
+        )
+        conn.execute("select suspend_task(%s, %s)", main)
+        claimed = conn.execute("select count(*) from claim_tasks(array['aq'], 'w1', 1, '1 second')")
+        assert claimed.fetchone() == (1,)
+        holder.execute("select entity_merge('wf', '{\"held\": true}')")
+        conn.execute("set lock_timeout = '5s'")  # a claim that waited would fail with 55P03
+        conn.execute(
+            "select set_config('hotmesh.fake_now', (now() + interval '1 minute')::text, false)"
+        )
+        assert conn.execute("select * from claim_tasks(array['aq'], 'w2', 1)").fetchall() == []
+        assert conn.execute(
+            "select state, attempt, run_at = _now() + interval '1 second' from tasks"
+            " where kind = 'activity'"
+        ).fetchall() == [("ready", 1, True)]
+        assert conn.execute("select status from steps where seq = 1").fetchone() == ("scheduled",)
+        holder.commit()
+        conn.execute(
+            "select set_config('hotmesh.fake_now', (now() + interval '2 minutes')::text, false)"
+        )
+        assert conn.execute("select * from claim_tasks(array['aq'], 'w2', 1)").fetchall() == []
+        step = conn.execute("select status, error ->> 'code' from steps where seq = 1").fetchone()
+        assert step == ("failed", "597")

@@ -349,7 +349,13 @@ class Worker:
             error=first_line(error),
         )
         await asyncio.sleep(_GIVE_BACK_AFTER)
-        await self.db.release_tasks([task])
+        try:
+            await self.db.release_tasks([task])
+        except (psycopg.Error, errors.HotMeshError) as again:
+            if not lock_busy(again):
+                raise
+            # Its task row is held too (a caller's cancel_workflow): the lease runs out.
+            event(log, logging.WARNING, "lock_busy", **task_fields(task), rerun_after=self.lease)
 
     async def _outcome_call(self, task: Claimed, call: Callable[[], Awaitable[R]]) -> R:
         """An outcome's call (complete, suspend, fail): one that meets a held lock is sent
