@@ -376,11 +376,15 @@ def test_a_spent_activity_of_a_held_workflow_is_given_back(dsn: str, app: str) -
             "select state, attempt, run_at = _now() + interval '1 second' from tasks"
             " where kind = 'activity'"
         ).fetchall() == [("ready", 1, True)]
-        assert conn.execute("select status from steps where seq = 1").fetchone() == ("scheduled",)
+        assert conn.execute("select status from steps where kind = 'activity'").fetchone() == (
+            "scheduled",
+        )
         holder.commit()
         conn.execute(
             "select set_config('hotmesh.fake_now', (now() + interval '2 minutes')::text, false)"
         )
         assert conn.execute("select * from claim_tasks(array['aq'], 'w2', 1)").fetchall() == []
-        step = conn.execute("select status, error ->> 'code' from steps where seq = 1").fetchone()
+        step = conn.execute(
+            "select status, error ->> 'code' from steps where kind = 'activity'"
+        ).fetchone()
         assert step == ("failed", "597")

@@ -372,21 +372,25 @@ select throws_ok(
     'workflow_history of an unknown id: HM002'
 );
 
--- blocked_by: the transaction that holds a workflow's row (here this one, with its own pid).
+-- blocked_by: the transaction that holds a workflow's row (here this one, with its own pid;
+-- every row here was written by this transaction, so none is free of it).
 select is(
-    (select blocked_by from workflows where id = 'v-pending'),
-    null,
-    'blocked_by: nobody holds the row'
-);
-select is(
-    (select id from jobs where id = 'v-pending' for no key update),
-    'v-pending',
+    (
+        select array_agg(l.id order by l.id)
+        from (select id from jobs where id in ('v-pending', 'v-failed') for no key update) as l
+    ),
+    array['v-failed', 'v-pending'],
     'this transaction takes the row lock an entity_merge takes'
 );
 select matches(
     (select blocked_by from workflows where id = 'v-pending'),
     format('^pid %s since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$', pg_backend_pid()),
     'blocked_by names the pid holding the row and when its transaction began'
+);
+select is(
+    (select blocked_by from workflows where id = 'v-failed'),
+    null,
+    'blocked_by: a finished workflow is blocked by nobody, even when its row is held'
 );
 
 select * from finish();
