@@ -8,7 +8,7 @@ The rates are measured here and printed as a table (`pytest -s`, or the report o
 they are compared with each other, never with a wall-clock bound. Lock waits are observed in
 pg_stat_activity / pg_blocking_pids: how many worker backends waited on the holder at once.
 
-`make test` runs a short version (holds of 0.3 s, batches of 10); `make test-slow` holds each
+`make test` runs a short version (holds of 0.5 s, batches of 10); `make test-slow` holds each
 call 10 s while batches of 30 workflows run back to back (about 1,000 workflows and more).
 The held workflow writes its entity and sleeps in rounds during the hold, so its worker meets
 the held row: the table counts those lock waits (`waiters`) and the calls that gave up after
@@ -258,7 +258,7 @@ def report(phases: list[Phase]) -> None:
 def test_held_calls_do_not_stall_the_workers_short(
     obs: Observer, app: str, dsn: str, chaos_workers: Workers
 ) -> None:
-    run_chaos(obs, app, dsn, chaos_workers, batch=10, hold=0.3, rounds=4, pause=0.1)
+    run_chaos(obs, app, dsn, chaos_workers, batch=10, hold=0.5, rounds=4, pause=0.1)
 
 
 @pytest.mark.slow
