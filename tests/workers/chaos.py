@@ -3,7 +3,7 @@ while the test holds open transactions on every function an application may call
 
     python tests/workers/chaos.py DSN APP CONCURRENCY LEASE
 
-`chaos_main` is an unrelated workflow: an inline activity and an entity increment.
+`chaos_main` is an unrelated workflow: an entity increment and an inline activity of 0.1 s.
 `chaos_held` is the workflow the held calls address: for `rounds` rounds it writes its entity
 and runs an inline activity of `seconds`, so it is running (not waiting: the claim would skip
 its held row) when the call is held and its next entity write meets the held row; then it
@@ -24,6 +24,7 @@ from hotmesh import MemFlow, workflow
 
 
 async def bump(n: int) -> int:
+    await asyncio.sleep(0.1)  # holds the worker slot: the rate the test measures is slots
     return n + 1
 
 
