@@ -143,6 +143,14 @@ begin
     if v_spent is not null then
         for v_pos in 1 .. cardinality(v_spent) loop
             continue when v_spent_jobs[v_pos] = any(coalesce(v_finished, '{}'));
+            -- fail_task takes the job row: one that an open transaction holds is not waited
+            -- for; the task is given back, due in a second, and fails at a later claim.
+            if not exists (select from jobs where id = v_spent_jobs[v_pos]
+                              for no key update skip locked) then
+                perform _requeue_tasks(array[v_spent[v_pos]], v_now + interval '1 second',
+                                       null, true);
+                continue;
+            end if;
             perform fail_task(v_spent[v_pos], v_spent_tokens[v_pos],
                               jsonb_build_object('message', v_spent_messages[v_pos],
                                                  'type', 'LeaseExpired', 'code', 599));
@@ -536,6 +544,7 @@ declare
     v_main_results jsonb[];
     v_ended text[];
     v_gone bigint[];
+    v_busy integer[];
     v_pos integer;
 begin
     v_results := _batch_results(p_items);
@@ -552,15 +561,22 @@ begin
     -- only its own item, even when another item holds the same task), their tasks locked in
     -- job order. Those that end their workflow (its main thread returned), the common case of
     -- a busy queue, end together: one statement per table instead of one complete_task each.
-    select coalesce(array_agg(h.pos), '{}'), array_agg(h.id) filter (where h.ends),
-           array_agg(h.job_id) filter (where h.ends), array_agg(h.result) filter (where h.ends)
-      into v_held, v_main, v_main_jobs, v_main_results
+    -- A workflow whose row an application's open transaction holds (entity_merge) does not
+    -- end in this batch, which would wait for it: its item answers 55P03 and its worker sends
+    -- it again later (the job row is taken with SKIP LOCKED in the same statement).
+    select coalesce(array_agg(h.pos), '{}'), array_agg(h.id) filter (where f.id is not null),
+           array_agg(h.job_id) filter (where f.id is not null),
+           array_agg(h.result) filter (where f.id is not null),
+           coalesce(array_agg(h.pos) filter (where h.ends and f.id is null), '{}')
+      into v_held, v_main, v_main_jobs, v_main_results, v_busy
       from (select i.pos::integer as pos, t.id, t.job_id,
                    t.kind = 'workflow' and t.thread = 'main' as ends, i.result
               from unnest(v_ids, v_tokens, v_values) with ordinality as i (id, token, result, pos)
               join tasks as t on t.id = i.id and t.lease_token = i.token
              order by t.job_id, t.thread
-               for update of t) as h;
+               for update of t) as h
+      left join lateral (select j.id from jobs as j where h.ends and j.id = h.job_id
+                            for no key update skip locked) as f on true;
     select coalesce(array_agg(j.id), '{}') into v_ended
       from _transitions(v_main_jobs, 'completed', v_main_results) as j
      cross join lateral _settle_parent(j) as settled;
@@ -579,6 +595,10 @@ begin
     loop
         if v_pos <> all(v_held) then
             v_results[v_pos] := _lease_lost_item(v_ids[v_pos]::text);
+        elsif v_pos = any(v_busy) then
+            v_results[v_pos] := _item_error('55P03', format(
+                'task %s: its workflow is locked by another transaction; it cannot complete '
+                'now', v_ids[v_pos]));
         elsif v_ids[v_pos] = any(v_gone) then
             if v_ids[v_pos] <> all(v_main) then
                 v_results[v_pos] := _item_error('HM005', format(

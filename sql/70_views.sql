@@ -23,7 +23,8 @@ $$;
 
 select _drop_view_unless('workflows', array[
     'id', 'workflow_name', 'entity', 'status', 'task_queue', 'created_at', 'updated_at',
-    'completed_at', 'attempt', 'waits', 'parent_id', 'expire_at', 'age', 'waiting_on', 'error'
+    'completed_at', 'attempt', 'waits', 'parent_id', 'expire_at', 'age', 'waiting_on', 'error',
+    'blocked_by'
 ]);
 select _drop_view_unless('queue_backlog', array[
     'task_queue', 'kind', 'ready', 'delayed', 'leased', 'lease_expired', 'dead',
@@ -129,6 +130,28 @@ as $$
     select _now()
 $$;
 
+-- Who holds a workflow's row in a transaction still open, given the row's xmax: "pid N since
+-- <start of its transaction>" (null when nobody does). Every transaction holds a lock on its
+-- own xid, so pg_locks maps a live xmax to its backend; a committed or rolled-back one is not
+-- there. Claims skip such a row and the worker's other calls wait for it at most lock_timeout
+-- (docs/reliability.md), so this is why that one workflow is delayed. Security definer (like
+-- every public function): it reads pg_stat_activity's xact_start of other roles' sessions.
+-- (A row that several transactions share-lock at once has a multixact id in xmax; it is not
+-- resolved here.)
+create or replace function workflow_blocker(p_xmax xid) returns text
+language sql stable
+set search_path from current
+as $$
+    select format('pid %s since %s', l.pid,
+                  coalesce(to_char(a.xact_start at time zone 'UTC',
+                                   'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '?'))
+      from pg_locks as l
+      left join pg_stat_activity as a on a.pid = l.pid
+     where l.locktype = 'transactionid' and l.mode = 'ExclusiveLock' and l.granted
+       and l.transactionid = p_xmax
+     limit 1
+$$;
+
 -- Every workflow with its status, age and, while it is unfinished, what it waits on
 -- (waiting_on: text; waits: the same as JSON). `error` is the message of the error the
 -- workflow failed with, or of its last failed attempt while it retries.
@@ -138,9 +161,22 @@ with clock as (
     select engine_clock() as now
 ),
 
+-- The transactions running now (each holds a lock on its own xid): read once per query, so
+-- only a row whose xmax is one of them calls workflow_blocker. An xmax left by a transaction
+-- that ended (a committed share lock stays in the row) costs nothing more.
+live_xids as (
+    select l.transactionid as xid
+    from pg_locks as l
+    where
+        l.locktype = 'transactionid'
+        and l.mode = 'ExclusiveLock'
+        and l.granted
+),
+
 job_waits as (
     select
         j.*,
+        j.xmax,
         case
             when j.status in ('pending', 'running', 'waiting') then workflow_waits(j.id)
             else '[]'::jsonb
@@ -163,7 +199,15 @@ select
     w.expire_at,
     c.now - w.created_at as age,
     waits_text(w.waits) as waiting_on,
-    w.error ->> 'message' as error
+    w.error ->> 'message' as error,
+    -- "pid N since T": an open transaction holds this workflow's row (an application's
+    -- entity_merge, a psql session); the workflow is delayed until it ends.
+    case
+        when
+            w.status in ('pending', 'running', 'waiting')
+            and w.xmax in (select x.xid from live_xids as x)
+            then workflow_blocker(w.xmax)
+    end as blocked_by
 from job_waits as w
 cross join clock as c;
 

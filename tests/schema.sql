@@ -204,7 +204,8 @@ create view <app>.workflows (
     expire_at timestamp with time zone,
     age interval,
     waiting_on text,
-    error text
+    error text,
+    blocked_by text
 );
 
 -- types
@@ -539,6 +540,9 @@ create function <app>.wait_signal(p_task_id bigint, p_token uuid, p_seq integer,
 create function <app>.waits_text(p_waits jsonb) returns text
     language sql immutable security definer
     set search_path = <app>, pg_temp;
+create function <app>.workflow_blocker(p_xmax xid) returns text
+    language sql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.workflow_history(p_workflow_id text) returns TABLE(at timestamp with time zone, thread text, seq integer, kind text, name text, status text, attempt integer, entity_version bigint, input jsonb, output jsonb, error jsonb, completed_at timestamp with time zone)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -636,6 +640,8 @@ grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
 grant execute on function <app>.wait_signal(bigint,uuid,integer,text,numeric) to <app>_worker;
 grant execute on function <app>.waits_text(jsonb) to <app>_app;
 grant execute on function <app>.waits_text(jsonb) to <app>_worker;
+grant execute on function <app>.workflow_blocker(xid) to <app>_app;
+grant execute on function <app>.workflow_blocker(xid) to <app>_worker;
 grant execute on function <app>.workflow_history(text) to <app>_app;
 grant execute on function <app>.workflow_history(text) to <app>_worker;
 grant execute on function <app>.workflow_outcome(text) to <app>_app;

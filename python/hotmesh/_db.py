@@ -17,6 +17,7 @@ import contextlib
 import json
 import select
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -64,10 +65,12 @@ class WorkflowOutcome:
 
 @dataclass(frozen=True)
 class WorkflowWaits:
-    """What a workflow waits on (`workflows` view): as text, and one JSON object per wait."""
+    """What a workflow waits on (`workflows` view): as text, one JSON object per wait, and
+    the open transaction that holds its row, if any."""
 
     waiting_on: str | None
     waits: list[dict[str, Any]]
+    blocked_by: str | None  # "pid N since T": an open transaction holds the workflow's row
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,49 @@ _READS = frozenset(
 )
 _RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
 
+# The calls a worker makes while it runs tasks. None of them may wait longer than
+# LOCK_TIMEOUT for a lock an application's open transaction holds: each connection of the pool
+# runs with that lock_timeout, and a worker call that meets it (55P03) raises, so the worker
+# gives its task back or retries the call later instead of filling a slot (docs/reliability.md).
+WORKER_CALLS = frozenset(
+    {
+        "claim_tasks",
+        "next_due",
+        "complete_task",
+        "complete_tasks",
+        "fail_task",
+        "suspend_task",
+        "bury_task",
+        "heartbeat",
+        "release_tasks",
+        "record_step",
+        "record_steps",
+        "schedule_activity",
+        "schedule_sleep",
+        "entity_step",
+        "search_step",
+        "emit_step",
+        "wait_signal",
+        "send_signal",
+        "start_child",
+        "start_hook",
+        "cancel_step",
+    }
+)
+LOCK_TIMEOUT_MS = 1000
+# An application's call (signal, entity_merge, ...) that meets the lock_timeout was rolled
+# back whole (one autocommit statement) and is sent again: a caller still waits for a caller,
+# as it would without the timeout, but in rounds of at most this long apart.
+_LOCK_RETRY_MAX = 1.0
+
+
+def lock_busy(error: BaseException) -> bool:
+    """Whether a call failed because a lock stayed held past lock_timeout (55P03), raised by
+    Postgres or answered for one item of a batch."""
+    return isinstance(error, (psycopg.Error, errors.HotMeshError)) and (
+        getattr(error, "sqlstate", None) == "55P03"
+    )
+
 
 def _connection_lost(error: psycopg.OperationalError) -> bool:
     """The connection broke or the server is going down or starting up (no SQLSTATE, class
@@ -385,6 +431,8 @@ class Database:
         }
         self._steps = _GroupCommit(self._record_one, self._record_many)
         self._completions = _GroupCommit(self._complete_one, self._complete_many)
+        # The pool's connections that already run with the lock_timeout (set once each).
+        self._bounded: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -401,6 +449,11 @@ class Database:
             await self.pool.putconn(conn)
             conn = await self.pool.getconn()
         try:
+            if conn not in self._bounded:
+                await conn.execute(
+                    sql.SQL("set lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS))
+                )
+                self._bounded.add(conn)
             yield conn
         finally:
             await self.pool.putconn(conn)
@@ -412,10 +465,16 @@ class Database:
         # fresh one, for about 5 s: reading twice changes nothing. A write is not: whether it
         # committed before the connection went is unknown, so its caller decides.
         conflicts = 0
+        busy = 0.0
         waits = iter(_RECONNECT_WAITS if name in _READS else ())
         while True:
             try:
                 return await self._fetch_once(name, params)
+            except psycopg.errors.LockNotAvailable:
+                if name in WORKER_CALLS:
+                    raise
+                busy = min(max(busy * 2, 0.05), _LOCK_RETRY_MAX)
+                await asyncio.sleep(busy)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 conflicts += 1
                 if conflicts == _CONFLICT_RETRIES:
@@ -774,7 +833,7 @@ class Database:
     async def workflow_waits(self, workflow_id: str) -> WorkflowWaits:
         """What the workflow waits on (`workflows` view); nothing when it is not found."""
         rows = await self._rows("workflow_waits", WorkflowWaits, {"workflow_id": workflow_id})
-        return rows[0] if rows else WorkflowWaits(waiting_on=None, waits=[])
+        return rows[0] if rows else WorkflowWaits(waiting_on=None, waits=[], blocked_by=None)
 
     async def workflow_history(self, workflow_id: str) -> list[HistoryEntry]:
         params = {"workflow_id": workflow_id}

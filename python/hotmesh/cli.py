@@ -417,6 +417,9 @@ async def _show(args: argparse.Namespace) -> int:
     print(f"{'steps':14} {doc['steps']}")
     for wait in doc.get("waits") or []:
         print(f"{'waiting on':14} {json.dumps(wait)}")
+    if doc.get("blocked_by"):
+        # Its row is held by an open transaction: the workflow is delayed until it ends.
+        print(f"{'blocked by':14} {doc['blocked_by']} (an open transaction holds its row)")
     print(f"{'context':14} {json.dumps(doc['context'])}")
     if doc.get("result") is not None:
         print(f"{'result':14} {json.dumps(doc['result'])}")

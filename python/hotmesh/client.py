@@ -82,11 +82,16 @@ class Handle:
 
     async def describe(self) -> dict[str, Any]:
         """Everything about the workflow (`<app>.get_workflow`): status, entity, tasks, ...,
-        and what it waits on (`waiting_on` as text, `waits` one object per wait: the
-        `workflows` view's columns)."""
+        and what it waits on (`waiting_on` as text, `waits` one object per wait, `blocked_by`
+        the open transaction holding its row: the `workflows` view's columns)."""
         doc = await self._mf._db.get_workflow(self.workflow_id)
         waits = await self._mf._db.workflow_waits(self.workflow_id)
-        return {**doc, "waiting_on": waits.waiting_on, "waits": waits.waits}
+        return {
+            **doc,
+            "waiting_on": waits.waiting_on,
+            "waits": waits.waits,
+            "blocked_by": waits.blocked_by,
+        }
 
     async def history(self) -> list[HistoryEntry]:
         """The workflow's timeline, step by step (`<app>.workflow_history`)."""

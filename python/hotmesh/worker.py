@@ -22,9 +22,9 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
@@ -43,7 +43,7 @@ from hotmesh._commands import (
     StartTimer,
     WaitSignal,
 )
-from hotmesh._db import Claimed, Database
+from hotmesh._db import LOCK_TIMEOUT_MS, Claimed, Database, lock_busy
 from hotmesh._log import event, first_line, log_failure, task_fields
 from hotmesh._runner import Activation, Completed, Failed, Suspended, encode
 from hotmesh.activity import ActivityInfo, run_activity
@@ -54,8 +54,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("hotmesh.worker")
 
 Workflow = Callable[..., Any]
+R = TypeVar("R")
 Activity = Callable[..., Any]
 _IDLE_POLL = 30.0  # seconds between claims when no notification and no due task arrives
+# An activation that met a lock held past lock_timeout gives its task back this long later
+# (not at once: it would meet the same open transaction again in a loop).
+_GIVE_BACK_AFTER = 1.0
+_BUSY_RETRY_MAX = 5.0  # seconds between tries of an outcome's call that met a held lock
 
 
 class Registry:
@@ -321,10 +326,15 @@ class Worker:
     # -- running -------------------------------------------------------------------------
     async def _process(self, task: Claimed) -> None:
         try:
-            if task.kind == "workflow":
-                await self._activate(task)
-            else:
-                await self._run_activity(task)
+            try:
+                if task.kind == "workflow":
+                    await self._activate(task)
+                else:
+                    await self._run_activity(task)
+            except (psycopg.Error, errors.HotMeshError) as error:
+                if not lock_busy(error):
+                    raise
+                await self._give_back(task, error)
         except (errors.LeaseLost, errors.TaskNotFound) as error:
             event(
                 log,
@@ -389,6 +399,52 @@ class Worker:
         self._slot_freed.set()
         self.registry.halted.set()
 
+    async def _give_back(self, task: Claimed, error: BaseException) -> None:
+        """A durable call of this activation met a lock that an open transaction held past
+        lock_timeout: free the slot, keep the lease a second, then give the task back (not
+        counted as an attempt). Nothing it recorded is lost; the next run replays it."""
+        self._settling_now()
+        event(
+            log,
+            logging.WARNING,
+            "lock_busy",
+            **task_fields(task),
+            lock_timeout_ms=LOCK_TIMEOUT_MS,
+            retry_in=_GIVE_BACK_AFTER,
+            error=first_line(error),
+        )
+        await asyncio.sleep(_GIVE_BACK_AFTER)
+        try:
+            await self.db.release_tasks([task])
+        except (psycopg.Error, errors.HotMeshError) as again:
+            if not lock_busy(again):
+                raise
+            # Its task row is held too (a caller's cancel_workflow): the lease runs out.
+            event(log, logging.WARNING, "lock_busy", **task_fields(task), rerun_after=self.lease)
+
+    async def _outcome_call(self, task: Claimed, call: Callable[[], Awaitable[R]]) -> R:
+        """An outcome's call (complete, suspend, fail): one that meets a held lock is sent
+        again, 0.1 s doubling to 5 s, with the slot free and the lease kept by heartbeats, so
+        a run that is done is never run again because of somebody's open transaction."""
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except (psycopg.Error, errors.HotMeshError) as error:
+                if not lock_busy(error):
+                    raise
+                event(
+                    log,
+                    logging.WARNING,
+                    "lock_busy",
+                    **task_fields(task),
+                    lock_timeout_ms=LOCK_TIMEOUT_MS,
+                    retry_in=delay,
+                    error=first_line(error),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BUSY_RETRY_MAX)
+
     async def _activate(self, task: Claimed) -> None:
         fn = self.registry.workflows.get(task.task_queue, {}).get(task.name)
         if fn is None:
@@ -400,13 +456,15 @@ class Worker:
         self._settling_now()  # only the outcome's call remains
         fields = {**task_fields(task), "steps": act.seq}
         if isinstance(outcome, Suspended):
-            next_run = await self.db.suspend_task(task)
+            next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task))
             event(log, logging.INFO, "suspend", **fields, next_run=next_run)
         elif isinstance(outcome, Completed):
-            await self.db.complete_task(task, outcome.result)
+            value = outcome.result
+            await self._outcome_call(task, lambda: self.db.complete_task(task, value))
             event(log, logging.INFO, "complete", **fields)
         elif isinstance(outcome, Failed):
-            result = await self.db.fail_task(task, errors.to_payload(outcome.error))
+            payload = errors.to_payload(outcome.error)
+            result = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
             log_failure(log, task, result, outcome.error)
         else:  # Diverged: parked as dead, the history untouched, until new code or a retry
             fault = outcome.error
@@ -462,11 +520,12 @@ class Worker:
             )
         except Exception as error:
             self._settling_now()
-            outcome = await self.db.fail_task(task, errors.to_payload(error))
+            payload = errors.to_payload(error)
+            outcome = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
             log_failure(log, task, outcome, error)
             return
         self._settling_now()
-        await self.db.complete_task(task, result)
+        await self._outcome_call(task, lambda: self.db.complete_task(task, result))
         event(
             log,
             logging.INFO,

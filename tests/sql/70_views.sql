@@ -9,7 +9,7 @@ set local timezone = 'UTC';
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2030-01-01 00:00:00+00';
 
-select plan(36);
+select plan(39);
 
 -- The tasks the test holds, by a name of its choosing.
 create temp table held (
@@ -370,6 +370,27 @@ select throws_ok(
     $$select * from workflow_history('no-such-workflow')$$,
     'HM002', 'workflow "no-such-workflow" not found',
     'workflow_history of an unknown id: HM002'
+);
+
+-- blocked_by: the transaction that holds a workflow's row (here this one, with its own pid;
+-- every row here was written by this transaction, so none is free of it).
+select is(
+    (
+        select array_agg(l.id order by l.id)
+        from (select id from jobs where id in ('v-pending', 'v-failed') for no key update) as l
+    ),
+    array['v-failed', 'v-pending'],
+    'this transaction takes the row lock an entity_merge takes'
+);
+select matches(
+    (select blocked_by from workflows where id = 'v-pending'),
+    format('^pid %s since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$', pg_backend_pid()),
+    'blocked_by names the pid holding the row and when its transaction began'
+);
+select is(
+    (select blocked_by from workflows where id = 'v-failed'),
+    null,
+    'blocked_by: a finished workflow is blocked by nobody, even when its row is held'
 );
 
 select * from finish();
