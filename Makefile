@@ -24,9 +24,11 @@ DB_RUN = $(HM) db run --dir "$(PGDIR)"
 SUBMAKE = $(MAKE) --no-print-directory
 PROVE_FILES ?= tests/sql
 PYTEST_ARGS ?=
-# pytest-xdist workers for the first phase of `make pytest`. The tests mostly wait (for worker
-# processes, polls, NOTIFY), so even 2 cores keep more than 2 busy.
-PYTEST_N ?= 3
+# pytest-xdist workers for the first phase of `make pytest`. The tests mostly wait (worker
+# processes, polls, NOTIFY). On a shared 2-core machine (load 4-8) pytest took 429 s serially,
+# 164 s with -n 2, 218-228 s with -n 3, 181 s with -n 4: the noise is larger than the
+# difference, and 2 leaves timing-sensitive tests the most CPU.
+PYTEST_N ?= 2
 
 .PHONY: help setup sysdeps db-up db-down db-url lint lint-static lint-sql lint-ruff \
 	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow demo bench clean _migrate \
