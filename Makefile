@@ -24,10 +24,15 @@ DB_RUN = $(HM) db run --dir "$(PGDIR)"
 SUBMAKE = $(MAKE) --no-print-directory
 PROVE_FILES ?= tests/sql
 PYTEST_ARGS ?=
+# pytest-xdist workers for the first phase of `make pytest`. The tests mostly wait (worker
+# processes, polls, NOTIFY). On a shared 2-core machine (load 4-8) pytest took 429 s serially,
+# 164 s with -n 2, 218-228 s with -n 3, 181 s with -n 4: the noise is larger than the
+# difference, and 2 leaves timing-sensitive tests the most CPU.
+PYTEST_N ?= 2
 
 .PHONY: help setup sysdeps db-up db-down db-url lint lint-static lint-sql lint-ruff \
 	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow demo bench clean _migrate \
-	_prove schema
+	_prove _pytest _dbtest schema
 
 help:
 	@echo "make setup     system packages (PostgreSQL $(PG_MAJOR), pgTAP, pg_prove, plpgsql_check) + $(VENV)"
@@ -35,7 +40,7 @@ help:
 	@echo "make test-slow the slow reliability tests (pytest -m slow: 10,000-workflow load, ...)"
 	@echo "make lint      sqlfluff, ruff check, ruff format --check, mypy, plpgsql_check"
 	@echo "make sqltest   hotmesh migrate --app $(APP), then pg_prove --ext .sql -r tests/sql"
-	@echo "make pytest    $(BIN)/pytest -q   (PYTEST_ARGS=... to add arguments)"
+	@echo "make pytest    $(BIN)/pytest -q: -n $(PYTEST_N), then the serial tests alone (PYTEST_ARGS=...)"
 	@echo "make schema    rewrite tests/schema.sql, the snapshot of a fresh app schema (docs/schema.md)"
 	@echo "make demo | bench"
 	@echo "make db-up     start the private cluster; eval \"\$$(make -s db-up)\" to use it"
@@ -121,13 +126,14 @@ sqltest: setup
 	$(DB_RUN) --fast -- $(SUBMAKE) _prove
 
 pytest: setup
-	$(DB_RUN) --fast -- $(BIN)/pytest -q $(PYTEST_ARGS)
+	$(DB_RUN) --fast -- $(SUBMAKE) _pytest
 
 # One cluster for everything. sqltest runs all of tests/sql, 00_plpgsql_check.sql included, so
 # lint-static + sqltest + pytest covers `make lint` without checking the functions twice.
-# -k: run every step, fail at the end if any failed.
+# -k: run every step, fail at the end if any failed. -j 2: the static lint (CPU: sqlfluff,
+# mypy) runs while the database tests mostly wait; -O keeps each step's output together.
 test: setup
-	$(DB_RUN) --fast -- $(SUBMAKE) -k lint-static sqltest pytest
+	$(DB_RUN) --fast -- $(SUBMAKE) -k -j 2 --output-sync=target lint-static _dbtest
 
 # The committed snapshot of a fresh app schema; tests/test_schema.py (in `make test`) fails
 # when it is out of date.
@@ -157,6 +163,22 @@ _prove: _migrate
 		-c 'create extension if not exists pgtap' \
 		-c 'create extension if not exists plpgsql_check'; \
 	pg_prove --ext .sql -r --set app=$(APP) $(PROVE_FILES)
+
+# sqltest, then pytest; both run, and it fails if either failed. Not side by side: pytest's
+# serial phase restarts the cluster.
+_dbtest:
+	rc=0; $(SUBMAKE) _prove || rc=$$?; $(SUBMAKE) _pytest || rc=$$?; exit $$rc
+
+# Two phases, both run; fails if either failed. 1: every test not marked `serial`, side by side
+# on $(PYTEST_N) pytest-xdist workers (each with its own template database; loadgroup keeps an
+# xdist_group on one worker). 2: the `serial` ones (a cluster restart, ...), with nothing
+# beside them. pytest exits 5 when a phase selects no test (PYTEST_ARGS=-k ...): not a failure.
+_pytest:
+	rc=0; \
+	$(BIN)/pytest -q -n $(PYTEST_N) --dist loadgroup -m 'not slow and not serial' $(PYTEST_ARGS) \
+		|| { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
+	$(BIN)/pytest -q -m 'not slow and serial' $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
+	exit $$rc
 
 # ------------------------------------------------------------------------------ demo, bench
 

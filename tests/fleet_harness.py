@@ -21,7 +21,9 @@ from psycopg import sql
 import helpers
 from helpers import Workers, sleep_until
 
-APPLICATION_NAME = "hm-fleet"  # the workers' connections, for pg_terminate_backend
+# The workers' connections, for pg_terminate_backend: "hm-fleet-<app>", so that a test cuts off
+# its own fleet only, not that of a test running beside it (`pytest -n`).
+APPLICATION_NAME = "hm-fleet"
 STEPS_PER_WORKFLOW = 9  # fleet_main: 7 steps; its hook thread: 2
 EFFECTS = ("a", "h")
 # Log lines that must never appear: a crashed runner, a parked workflow, a lock error.
@@ -79,8 +81,9 @@ class Fleet:
     """N worker processes serving `queue` of `app`; stopped (SIGTERM) at the end."""
 
     def __init__(self, dsn: str, app: str, logs: Path, queue: str = "lq") -> None:
+        self.application_name = f"{APPLICATION_NAME}-{app}"
         self.workers = Workers(
-            "fleet", with_application_name(dsn, APPLICATION_NAME), app, logs=logs, grace=15.0
+            "fleet", with_application_name(dsn, self.application_name), app, logs=logs, grace=15.0
         )
         self.queue = queue
 

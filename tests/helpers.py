@@ -30,6 +30,11 @@ from hotmesh._install import migrate
 
 WORKERS = Path(__file__).parent / "workers"
 
+# For the tests that install the app the docs and the demo name, `my_app`: its two roles are
+# cluster-wide, so `make pytest` (pytest -n, --dist loadgroup) runs them on one worker, one
+# after another, never side by side.
+uses_my_app = pytest.mark.xdist_group("my_app")
+
 # ------------------------------------------------------------------------------ polling
 
 
@@ -172,7 +177,9 @@ class Databases:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        suffix = uuid.uuid4().hex[:8]
+        # One template per pytest-xdist worker ("gw0", ...): the name says whose it is.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        suffix = f"{worker}_{uuid.uuid4().hex[:8]}"
         self.template = "hm_tpl_" + suffix
         self.tablespace = "hm_ts_" + suffix
         self.tablespace_dir: Path | None = None

@@ -127,6 +127,9 @@ async def test_held_signal_kept_for_one_workflow_delays_only_that_one(
             result = await mf.workflow.get_handle(workflow_id).result(timeout=30)
             assert result == workflow_id
         await until(lambda: waits(db, "go", "retrying") == 1)
+        # The step is `retrying` before the activation that deferred it has ended (and moved
+        # the workflow from `running`): wait for that too, a blocked one would never end.
+        await until(lambda: db.one("select status from workflows where id = 'target'") != "running")
         assert db.one("select job_id from steps where status = 'retrying'") == "target"
         assert db.one("select waiting_on from workflows where id = 'target'") == "signal go"
         assert blocked == []

@@ -25,7 +25,6 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from fleet_harness import (
-    APPLICATION_NAME,
     FATAL,
     Fleet,
     Observer,
@@ -97,6 +96,7 @@ def restart_mid_load(obs: Observer, fleet: Fleet, total: int, limit: float) -> d
 
 
 @needs_cluster
+@pytest.mark.serial  # the restart cuts off every connection of the cluster
 @pytest.mark.timeout(300)
 async def test_immediate_restart_mid_load_200(obs: Observer, fleet: Fleet) -> None:
     await asyncio.to_thread(restart_mid_load, obs, fleet, 200, 120.0)
@@ -104,6 +104,7 @@ async def test_immediate_restart_mid_load_200(obs: Observer, fleet: Fleet) -> No
 
 @needs_cluster
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.timeout(900)
 async def test_immediate_restart_mid_load_1000(obs: Observer, fleet: Fleet) -> None:
     await asyncio.to_thread(restart_mid_load, obs, fleet, 1000, 600.0)
@@ -118,7 +119,7 @@ def terminate_storm(
     wait_until(obs, HOOKS_DONE, 1, limit)  # the workers are connected and busy
     terminated = 0
     for _ in range(rounds):
-        terminated += int(obs.one(query, APPLICATION_NAME))
+        terminated += int(obs.one(query, fleet.application_name))
         # Once the workers have reconnected, terminate the new connections.
         time.sleep(0.5)
     return finish(obs, fleet, total, limit, "terminate"), terminated
@@ -156,8 +157,9 @@ async def test_calls_after_terminated_connections_get_live_ones(dsn: str, app: s
     """Every idle connection of a pool is terminated; the next calls get live ones at once:
     the dead ones are discarded and replaced without the pool's per-connection backoff (1, 2,
     4, ... s), which with six dead connections would outlast this pool's 3 s timeout."""
+    tag = f"hm-dead-pool-{app}"  # this test's connections only (`pytest -n` runs others beside)
     pool = AsyncConnectionPool(
-        with_application_name(dsn, "hm-dead-pool"),
+        with_application_name(dsn, tag),
         min_size=6,
         max_size=6,
         timeout=3.0,
@@ -172,7 +174,7 @@ async def test_calls_after_terminated_connections_get_live_ones(dsn: str, app: s
                 row[0]
                 for row in await (
                     await admin.execute(
-                        "select pid from pg_stat_activity where application_name = 'hm-dead-pool'"
+                        "select pid from pg_stat_activity where application_name = %s", [tag]
                     )
                 ).fetchall()
             ]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import uses_my_app
+
 DEMO = Path(__file__).resolve().parent.parent / "python" / "examples" / "demo.py"
 
 
@@ -27,6 +29,7 @@ def run_demo(dsn: str) -> tuple[str, str]:
     return done.stdout, found.group(1)
 
 
+@uses_my_app
 @pytest.mark.timeout(240)
 def test_claims_review_demo(dsn: str) -> None:
     _, first_run = run_demo(dsn)

@@ -50,6 +50,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from helpers import uses_my_app
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CODE = {"python", "sql", "sh"}
@@ -339,6 +341,7 @@ def test_readme_runs_top_to_bottom(work: Path) -> None:
         subprocess.run([str(hotmesh), "db", "down", "--dir", str(work / "pg")], check=False)
 
 
+@uses_my_app
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "path",
