@@ -266,6 +266,8 @@ def report(phases: list[Phase]) -> None:
     print("\n" + "\n".join(lines))
 
 
+# Serial: it compares completion rates, which tests running beside it would disturb.
+@pytest.mark.serial
 @pytest.mark.timeout(300)
 def test_held_calls_do_not_stall_the_workers_short(
     obs: Observer, app: str, dsn: str, chaos_workers: Workers
