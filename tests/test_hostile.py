@@ -205,6 +205,7 @@ GOOD: dict[str, Any] = {
     "p_role": "nobody",
     "p_job_id": "wf",
     "p_waits": '[{"kind": "signal", "name": "go"}]',
+    "p_xmax": "1",
 }
 
 

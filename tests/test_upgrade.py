@@ -410,7 +410,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
         async def migrate_waits() -> bool:
             cur = await watch.execute(
                 "select count(*) from pg_stat_activity where application_name = %s"
-                " and wait_event_type = 'Lock'",
+                " and wait_event_type = 'Lock' and datname = current_database()",
                 (_install.APPLICATION_NAME,),
             )
             return (await cur.fetchone() or [0])[0] == 1
