@@ -140,6 +140,7 @@ TEXT_ARRAYS = [None, [], [None], ["x" * 10_000], INJECTIONS[:3], ["q"] * 1000, [
 BIGINT_ARRAYS = [None, [], [None], [-1], [2**63 - 1], [1, 2, 3]]
 UUID_ARRAYS = [None, [], [None], [str(uuid.uuid4())] * 5]
 BOOLEANS = [None, True, False]
+XIDS = [None, "0", "1", "4294967295"]  # any transaction id, current or not
 
 HOSTILE = {
     "text": TEXTS,
@@ -153,6 +154,7 @@ HOSTILE = {
     "bigint[]": BIGINT_ARRAYS,
     "uuid[]": UUID_ARRAYS,
     "boolean": BOOLEANS,
+    "xid": XIDS,
 }
 
 # A sensible value per parameter (the fuzz varies one at a time); {task}/{token} are the held
