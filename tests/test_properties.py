@@ -54,7 +54,7 @@ def is_number(value: Any) -> bool:
 
 
 def model_policy(policy: Any) -> dict[str, Any] | None:
-    """The policy with defaults filled in, or None when it is invalid (the rules of docs/python-api.md)."""
+    """The policy with defaults filled in, or None when it is invalid (docs/python-api.md)."""
     if policy is None:
         policy = {}
     if not isinstance(policy, dict) or set(policy) - set(POLICY_FIELDS):

@@ -211,7 +211,9 @@ def _parser() -> argparse.ArgumentParser:
     role_list = role_commands.add_parser("list", help="the logins in the app's groups")
     _common(role_list, json_flag=True)
 
-    bench = commands.add_parser("bench", help="measure throughput and latency (docs/performance.md)")
+    bench = commands.add_parser(
+        "bench", help="measure throughput and latency (docs/performance.md)"
+    )
     from hotmesh.devtools import bench as bench_module
 
     bench_module.add_arguments(bench)
