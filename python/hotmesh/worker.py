@@ -404,15 +404,7 @@ class Worker:
         lock_timeout: free the slot, keep the lease a second, then give the task back (not
         counted as an attempt). Nothing it recorded is lost; the next run replays it."""
         self._settling_now()
-        event(
-            log,
-            logging.WARNING,
-            "lock_busy",
-            **task_fields(task),
-            lock_timeout_ms=LOCK_TIMEOUT_MS,
-            retry_in=_GIVE_BACK_AFTER,
-            error=first_line(error),
-        )
+        _log_busy(task, error, _GIVE_BACK_AFTER)
         await asyncio.sleep(_GIVE_BACK_AFTER)
         try:
             await self.db.release_tasks([task])
@@ -433,15 +425,7 @@ class Worker:
             except (psycopg.Error, errors.HotMeshError) as error:
                 if not lock_busy(error):
                     raise
-                event(
-                    log,
-                    logging.WARNING,
-                    "lock_busy",
-                    **task_fields(task),
-                    lock_timeout_ms=LOCK_TIMEOUT_MS,
-                    retry_in=delay,
-                    error=first_line(error),
-                )
+                _log_busy(task, error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BUSY_RETRY_MAX)
 
@@ -608,6 +592,19 @@ def _refused(error: BaseException) -> bool:
     """A call the engine refused as written (SQLSTATE class 42: an undefined function or
     column, a changed signature, a revoked privilege): maybe an upgrade changed it."""
     return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("42")
+
+
+def _log_busy(task: Claimed, error: BaseException, retry_in: float) -> None:
+    """A call of this task met a lock held past lock_timeout; it is tried again later."""
+    event(
+        log,
+        logging.WARNING,
+        "lock_busy",
+        **task_fields(task),
+        lock_timeout_ms=LOCK_TIMEOUT_MS,
+        retry_in=retry_in,
+        error=first_line(error),
+    )
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
