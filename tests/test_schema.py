@@ -144,17 +144,24 @@ def apps(dsn: str) -> Iterator[list[str]]:
         drop_app(dsn, app)
 
 
-def assert_same_schema(upgraded: str, fresh: str) -> None:
+def fail_on_diff(expected: str, actual: str, names: tuple[str, str], problem: str) -> None:
+    """Fails with `problem` and a unified diff when the two texts differ."""
     diff = "".join(
         difflib.unified_diff(
-            fresh.splitlines(keepends=True),
-            upgraded.splitlines(keepends=True),
-            "fresh install",
-            "upgraded",
+            expected.splitlines(keepends=True), actual.splitlines(keepends=True), *names
         )
     )
     if diff:
-        pytest.fail(f"the upgraded schema differs from a fresh install:\n{diff}", pytrace=False)
+        pytest.fail(f"{problem}\n{diff}", pytrace=False)
+
+
+def assert_same_schema(upgraded: str, fresh: str) -> None:
+    fail_on_diff(
+        fresh,
+        upgraded,
+        ("fresh install", "upgraded"),
+        "the upgraded schema differs from a fresh install:",
+    )
 
 
 # ------------------------------------------------------------------------ upgrade == fresh
@@ -201,16 +208,12 @@ def test_the_snapshot_is_up_to_date(dsn: str, fresh: str) -> None:
     with admin(dsn) as conn:
         now = describe(conn, fresh)
     committed = SNAPSHOT.read_text() if SNAPSHOT.exists() else ""
-    diff = "".join(
-        difflib.unified_diff(
-            committed.splitlines(keepends=True),
-            now.splitlines(keepends=True),
-            "tests/schema.sql (committed)",
-            "a fresh install",
-        )
+    fail_on_diff(
+        committed,
+        now,
+        ("tests/schema.sql (committed)", "a fresh install"),
+        f"tests/schema.sql is out of date: {REGENERATE}.",
     )
-    if diff:
-        pytest.fail(f"tests/schema.sql is out of date: {REGENERATE}.\n{diff}", pytrace=False)
 
 
 # ------------------------------------------------------------------------ what the installer drops
