@@ -12,10 +12,12 @@ import time
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import activity
 
 CONFIG = {"dsn": "", "app": "", "hang": ""}
+_POOL: list[AsyncConnectionPool] = []  # the asyncio workers' one pool, made on first use
 
 
 def insert(name: str) -> tuple[sql.Composed, tuple[str, str, int, int]]:
@@ -34,3 +36,29 @@ def effect(name: str) -> str:
     if name == CONFIG["hang"]:
         time.sleep(3600)
     return f"{name} done"
+
+
+async def pooled_effect(name: str) -> str:
+    """`effect` for the asyncio workers (fleet, upgrade): one row per run through a pool the
+    process's activities share. A failed insert drops the connections a database restart
+    broke before it raises, so the activity's next attempt finds a fresh one."""
+    if not _POOL:
+        pool = AsyncConnectionPool(
+            CONFIG["dsn"], min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+        )
+        _POOL.append(pool)
+        await pool.open()
+    pool = _POOL[0]
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(*insert(name))
+    except Exception:
+        await pool.check()
+        raise
+    return f"{name} done"
+
+
+async def close_pool() -> None:
+    """Closes the pool pooled_effect made, if it made one (at a worker's exit)."""
+    while _POOL:
+        await _POOL.pop().close()

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from typing import Any
 
-from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
+from _effects import CONFIG, close_pool, pooled_effect
 
-from hotmesh import MemFlow, RetryPolicy, activity, workflow
+from hotmesh import MemFlow, RetryPolicy, workflow
 
-CONFIG: dict[str, Any] = {"dsn": "", "app": "", "pool": None}
 # The effect writes to the database the test restarts: a failed write is retried like any
 # failing activity, often enough to outlast a restart.
 RETRY = RetryPolicy(maximum_attempts=30, initial_interval=0.2, backoff_coefficient=2,
@@ -37,27 +34,8 @@ RETRY = RetryPolicy(maximum_attempts=30, initial_interval=0.2, backoff_coefficie
 
 
 async def effect(name: str) -> str:
-    """The side effect: one row per run."""
-    pool: AsyncConnectionPool | None = CONFIG["pool"]
-    if pool is None:
-        pool = AsyncConnectionPool(
-            CONFIG["dsn"], min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
-        )
-        CONFIG["pool"] = pool
-        await pool.open()
-    info = activity.info()
-    try:
-        async with pool.connection() as conn:
-            await conn.execute(
-                sql.SQL("insert into {}.effects (job_id, name, pid) values (%s, %s, %s)").format(
-                    sql.Identifier(CONFIG["app"])
-                ),
-                (info.workflow_id, name, os.getpid()),
-            )
-    except Exception:
-        await pool.check()  # drop connections the restart broke before the next attempt
-        raise
-    return f"{name} done"
+    """The side effect: one row per run (tests/workers/_effects.py)."""
+    return await pooled_effect(name)
 
 
 async def fleet_main(i: int) -> Any:
@@ -103,8 +81,7 @@ async def main(dsn: str, app: str, queue: str, concurrency: int, lease: float, r
     try:
         await mf.run_until_signal(grace=2.0)
     finally:
-        if CONFIG["pool"] is not None:
-            await CONFIG["pool"].close()
+        await close_pool()
 
 
 if __name__ == "__main__":

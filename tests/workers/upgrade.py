@@ -26,37 +26,18 @@ import os
 import sys
 from typing import Any
 
-from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
+from _effects import CONFIG, close_pool, pooled_effect
 
 import hotmesh
-from hotmesh import MemFlow, activity, workflow
+from hotmesh import MemFlow, workflow
 
-CONFIG: dict[str, Any] = {
-    "dsn": os.environ.get("DATABASE_URL", ""),
-    "app": os.environ.get("HOTMESH_APP", ""),
-    "pool": None,
-}
+# Served by `hotmesh worker upgrade:up_slow` too, with no __main__: the environment names the app.
+CONFIG.update(dsn=os.environ.get("DATABASE_URL", ""), app=os.environ.get("HOTMESH_APP", ""))
 
 
 async def effect(name: str) -> str:
-    """The side effect: one row per run."""
-    pool: AsyncConnectionPool | None = CONFIG["pool"]
-    if pool is None:
-        pool = AsyncConnectionPool(
-            CONFIG["dsn"], min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
-        )
-        CONFIG["pool"] = pool
-        await pool.open()
-    info = activity.info()
-    async with pool.connection() as conn:
-        await conn.execute(
-            sql.SQL("insert into {}.effects (job_id, name, pid) values (%s, %s, %s)").format(
-                sql.Identifier(CONFIG["app"])
-            ),
-            (info.workflow_id, name, os.getpid()),
-        )
-    return f"{name} done"
+    """The side effect: one row per run (tests/workers/_effects.py)."""
+    return await pooled_effect(name)
 
 
 async def up_steps(i: int) -> Any:
@@ -118,8 +99,7 @@ async def main(dsn: str, app: str, role: str) -> None:
     try:
         await mf.run_until_signal(grace=5.0)
     finally:
-        if CONFIG["pool"] is not None:
-            await CONFIG["pool"].close()
+        await close_pool()
 
 
 if __name__ == "__main__":
