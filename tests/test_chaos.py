@@ -11,11 +11,14 @@ The rates are measured here and printed as a table (`pytest -s`, or the report o
 they are compared with each other, never with a wall-clock bound. Lock waits are observed in
 pg_stat_activity / pg_blocking_pids: how many worker backends waited on the holder at once.
 
-`make test` runs a short version (holds of 0.5 s, batches of 10); `make test-slow` holds each
-call 10 s while batches of 30 workflows run back to back (about 1,000 workflows and more).
-The held workflow writes its entity and sleeps in rounds during the hold, so its worker meets
-the held row: the table counts those lock waits (`waiters`) and the calls that gave up after
-lock_timeout (`lock_busy`).
+`make test` runs a short version: every call held at once, each on its own parked workflow, for
+2 s, against the rate of the 2 s before (about 6 s in all); it shows that no held call takes a
+worker slot from unrelated workflows. `make test-slow` holds each call alone for 10 s while
+batches of 30 workflows run back to back (about 1,000 workflows and more), on a workflow that
+is running: it writes its entity and sleeps in rounds during the hold, so its worker meets the
+held row; the table counts those lock waits (`waiters`) and the calls that gave up after
+lock_timeout (`lock_busy`). test_a_worker_waits_for_a_held_row_at_most_lock_timeout shows
+that meeting in `make test`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import LiteralString
@@ -105,7 +109,7 @@ class Chaos:
         self.next = 1
 
     def run_batches(
-        self, phase: Phase, holder_pid: int | None, seconds: float | None = None
+        self, phase: Phase, holders: Sequence[int] = (), seconds: float | None = None
     ) -> None:
         """Batches of unrelated workflows, back to back, until `seconds` (default: `hold`)
         have passed: each batch starts in one statement and is counted once all of it
@@ -124,8 +128,8 @@ class Chaos:
             ids = [f"c-{i}" for i in range(first, last + 1)]
 
             def done(ids: list[str] = ids) -> bool:
-                if holder_pid is not None:
-                    phase.waiters = max(phase.waiters, self.waiters(holder_pid))
+                if holders:
+                    phase.waiters = max(phase.waiters, self.waiters(*holders))
                 left = self.obs.one(
                     "select count(*) from jobs where id = any(%s) and status <> 'completed'", ids
                 )
@@ -137,21 +141,22 @@ class Chaos:
             if phase.seconds >= seconds:
                 return
 
-    def waiters(self, holder_pid: int) -> int:
+    def waiters(self, *holders: int) -> int:
+        """Worker backends waiting for a lock that one of `holders` holds."""
         return int(
             self.obs.one(
                 "select count(*) from pg_stat_activity where application_name = %s"
-                " and wait_event_type = 'Lock' and %s = any(pg_blocking_pids(pid))",
+                " and wait_event_type = 'Lock' and pg_blocking_pids(pid) && %s::integer[]",
                 WORKER_APP_NAME,
-                holder_pid,
+                list(holders),
             )
         )
 
-    def start_held(self, workflow_id: str) -> None:
+    def start_held(self, workflow_id: str, rounds: int | None = None) -> None:
         self.obs.rows(
             "select start_workflow('chaos_held', jsonb_build_array(%s::integer, %s::float),"
             " 'cq', %s, 'chaos', '{}')",
-            self.rounds,
+            self.rounds if rounds is None else rounds,
             self.pause,
             workflow_id,
         )
@@ -181,68 +186,52 @@ def chaos_workers(dsn: str, app: str, tmp_path: Path) -> Iterator[Workers]:
     workers.close()
 
 
-def run_chaos(
-    obs: Observer,
-    app: str,
-    dsn: str,
-    workers: Workers,
-    batch: int,
-    hold: float,
-    rounds: int,
-    pause: float,
-) -> list[Phase]:
+def covered_calls(obs: Observer, app: str) -> list[str]:
     names = app_functions(obs, app)
     assert names, "the app role may execute no function"
     uncovered = sorted(set(names) - set(CALLS))
     assert not uncovered, f"functions of the app role with no held call in CALLS: {uncovered}"
-    chaos = Chaos(obs, batch, hold, rounds, pause)
-    chaos.run_batches(Phase("warm-up"), None)  # the workers' pools connect, plans are cached
-    phases: list[Phase] = []
-    for n, name in enumerate(names):
-        held = f"held-{n}"
-        # The unheld rate right before each hold: the machine is shared and the tables grow
-        # over the run, so the rate a held call is compared with is its neighbour's.
-        unheld = Phase("(nothing held)")
-        chaos.run_batches(unheld, None, max(hold / 2, 0.5))
-        chaos.start_held(held)
-        # Held while the workflow runs its rounds (running, not yet waiting for "done"): its
-        # next entity write meets the held row.
+    return names
+
+
+@contextmanager
+def held(dsn: str, app: str, name: str, workflow_id: str) -> Iterator[int]:
+    """`name`'s call on `workflow_id` as the app role, its transaction open until the block
+    ends (then committed); yields the holder's backend pid."""
+    with psycopg.connect(dsn) as holder:  # not autocommit: the transaction stays open
+        holder.execute(sql.SQL("set role {}").format(sql.Identifier(f"{app}_app")))
+        holder.execute(sql.SQL("set search_path = {}").format(sql.Identifier(app)))
+        holder.execute(CALLS[name], {"id": workflow_id})
+        yield holder.info.backend_pid
+        holder.commit()
+
+
+def settle(obs: Observer, name: str, workflow_id: str) -> str:
+    """After the COMMIT of `name`'s call: the held workflow is signalled and finishes (or was
+    cancelled by it); returns its status."""
+    if name != "cancel_workflow":
+        obs.rows("select signal('done', '\"held\"', %s, %s)", workflow_id, f"{workflow_id}-done")
+    assert sleep_until(
+        lambda: obs.one(
+            "select status in ('completed', 'cancelled') from jobs where id = %s", workflow_id
+        ),
+        60,
+        every=0.02,
+    ), f"{workflow_id} did not finish after the COMMIT of {name}"
+    status = str(obs.one("select status from jobs where id = %s", workflow_id))
+    expected = "cancelled" if name == "cancel_workflow" else "completed"
+    assert status == expected, f"{workflow_id} ({name}) is {status}"
+    if name == "start_workflow":
         assert sleep_until(
-            lambda held=held: obs.one(
-                "select count(*) from steps where job_id = %s and kind = 'activity'", held
-            ),
-            30,
-            every=0.01,
-        ), f"{held} did not start"
-        phase = Phase(name, unheld=unheld.rate)
-        busy_before = workers.log().count("event=lock_busy")
-        with psycopg.connect(dsn) as holder:  # not autocommit: the transaction stays open
-            holder.execute(sql.SQL("set role {}").format(sql.Identifier(f"{app}_app")))
-            holder.execute(sql.SQL("set search_path = {}").format(sql.Identifier(app)))
-            holder.execute(CALLS[name], {"id": held})
-            chaos.run_batches(phase, holder.info.backend_pid)
-            holder.commit()
-        phase.busy = workers.log().count("event=lock_busy") - busy_before
-        if name != "cancel_workflow":
-            obs.rows("select signal('done', '\"held\"', %s, %s)", held, f"{held}-done")
-        assert sleep_until(
-            lambda held=held: obs.one(
-                "select status in ('completed', 'cancelled') from jobs where id = %s", held
+            lambda: obs.one(
+                "select status = 'completed' from jobs where id = %s", f"{workflow_id}-started"
             ),
             60,
-            every=0.02,
-        ), f"{held} did not finish after the COMMIT of {name}"
-        phase.held_status = str(obs.one("select status from jobs where id = %s", held))
-        expected = "cancelled" if name == "cancel_workflow" else "completed"
-        assert phase.held_status == expected, f"{held} ({name}) is {phase.held_status}"
-        if name == "start_workflow":
-            assert sleep_until(
-                lambda held=held: obs.one(
-                    "select status = 'completed' from jobs where id = %s", f"{held}-started"
-                ),
-                60,
-            ), "the workflow started in the held transaction did not run after the COMMIT"
-        phases.append(phase)
+        ), "the workflow started in the held transaction did not run after the COMMIT"
+    return status
+
+
+def check_served(obs: Observer, workers: Workers, phases: list[Phase]) -> None:
     report(phases)
     assert workers.alive()
     assert not FATAL.findall(workers.log())
@@ -250,7 +239,75 @@ def run_chaos(
     assert not slow, f"unrelated workflows completed at < 50 % of the unheld rate under {slow}"
     left = obs.one("select count(*) from jobs where status not in ('completed', 'cancelled')")
     assert left == 0
+
+
+def hold_each_call(
+    obs: Observer, app: str, dsn: str, workers: Workers, chaos: Chaos
+) -> list[Phase]:
+    """Each call alone on a running workflow, the rate under it against the rate just before."""
+    names = covered_calls(obs, app)
+    chaos.run_batches(Phase("warm-up"))  # the workers' pools connect, plans are cached
+    phases: list[Phase] = []
+    for n, name in enumerate(names):
+        workflow_id = f"held-{n}"
+        # The unheld rate right before each hold: the machine is shared and the tables grow
+        # over the run, so the rate a held call is compared with is its neighbour's.
+        unheld = Phase("(nothing held)")
+        chaos.run_batches(unheld, seconds=max(chaos.hold / 2, 0.5))
+        chaos.start_held(workflow_id)
+        # Held while the workflow runs its rounds (running, not yet waiting for "done"): its
+        # next entity write meets the held row.
+        assert sleep_until(
+            lambda workflow_id=workflow_id: obs.one(
+                "select count(*) from steps where job_id = %s and kind = 'activity'", workflow_id
+            ),
+            30,
+            every=0.01,
+        ), f"{workflow_id} did not start"
+        phase = Phase(name, unheld=unheld.rate)
+        busy_before = workers.log().count("event=lock_busy")
+        with held(dsn, app, name, workflow_id) as pid:
+            chaos.run_batches(phase, [pid])
+        phase.busy = workers.log().count("event=lock_busy") - busy_before
+        phase.held_status = settle(obs, name, workflow_id)
+        phases.append(phase)
+    check_served(obs, workers, phases)
     return phases
+
+
+def hold_every_call_at_once(
+    obs: Observer, app: str, dsn: str, workers: Workers, chaos: Chaos
+) -> Phase:
+    """Every call at once, each on its own running workflow, the rate under them all against
+    the rate just before."""
+    names = covered_calls(obs, app)
+    ids = {name: f"held-{n}" for n, name in enumerate(names)}
+    for workflow_id in ids.values():
+        chaos.start_held(workflow_id)
+    # Held while the workflows run their rounds: their activations meet the held rows. They
+    # run through the unheld phase as well, so both phases carry their load.
+    assert sleep_until(
+        lambda: obs.one(
+            "select count(distinct job_id) = %s from steps where job_id = any(%s)"
+            " and kind = 'activity'",
+            len(ids),
+            list(ids.values()),
+        ),
+        60,
+        every=0.01,
+    ), "the held workflows did not start"
+    chaos.run_batches(Phase("warm-up"))
+    unheld = Phase("(nothing held)")
+    chaos.run_batches(unheld)
+    phase = Phase(f"all {len(names)} calls", unheld=unheld.rate)
+    busy_before = workers.log().count("event=lock_busy")
+    with ExitStack() as stack:
+        pids = [stack.enter_context(held(dsn, app, name, ids[name])) for name in names]
+        chaos.run_batches(phase, pids)
+    phase.busy = workers.log().count("event=lock_busy") - busy_before
+    phase.held_status = "/".join(sorted({settle(obs, name, ids[name]) for name in names}))
+    check_served(obs, workers, [phase])
+    return phase
 
 
 def report(phases: list[Phase]) -> None:
@@ -272,7 +329,8 @@ def report(phases: list[Phase]) -> None:
 def test_held_calls_do_not_stall_the_workers_short(
     obs: Observer, app: str, dsn: str, chaos_workers: Workers
 ) -> None:
-    run_chaos(obs, app, dsn, chaos_workers, batch=10, hold=0.5, rounds=4, pause=0.1)
+    chaos = Chaos(obs, batch=10, hold=2.0, rounds=60)
+    hold_every_call_at_once(obs, app, dsn, chaos_workers, chaos)
 
 
 @pytest.mark.slow
@@ -280,7 +338,8 @@ def test_held_calls_do_not_stall_the_workers_short(
 def test_held_calls_do_not_stall_the_workers(
     obs: Observer, app: str, dsn: str, chaos_workers: Workers
 ) -> None:
-    phases = run_chaos(obs, app, dsn, chaos_workers, batch=30, hold=10.0, rounds=50, pause=0.2)
+    chaos = Chaos(obs, batch=30, hold=10.0, rounds=50, pause=0.2)
+    phases = hold_each_call(obs, app, dsn, chaos_workers, chaos)
     assert sum(p.started for p in phases) >= 1000
 
 
@@ -322,7 +381,7 @@ def test_a_worker_waits_for_a_held_row_at_most_lock_timeout(
             lambda: chaos.waiters(pid) == 0 and "event=lock_busy" in chaos_workers.log(), 30
         )
         assert holder.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-        chaos.run_batches(Phase("meanwhile"), pid)  # other workflows complete
+        chaos.run_batches(Phase("meanwhile"), [pid])  # other workflows complete
         assert obs.one("select status from jobs where id = 'held'") in ("running", "waiting")
         holder.commit()
     obs.rows("select signal('done', '\"ok\"', 'held')")
