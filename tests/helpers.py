@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
@@ -27,6 +28,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from hotmesh._install import migrate
+from workers import _spawn
 
 WORKERS = Path(__file__).parent / "workers"
 
@@ -273,36 +275,97 @@ def may_create_databases(dsn: str) -> bool:
 # ------------------------------------------------------------------------------ processes
 
 
+class Process(Protocol):
+    """A worker process: what the tests use of subprocess.Popen (Forked has the same)."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
+# Worker processes are forked by multiprocessing's forkserver, which has imported these once
+# (workers/_spawn.py says why). tests/ is on sys.path, so tests/workers is the namespace
+# package `workers`.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["hotmesh", "hotmesh.worker", "psycopg_pool", "workers._spawn"])
+
+
+class Forked:
+    """A worker process forked by the forkserver, with Popen's interface (Process)."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self.process = process
+        self.pid = process.pid or 0
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(str(self.process.name), timeout or 0.0)
+        return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self.process.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class Workers:
     """Processes of one script of tests/workers/ that a test started, each logging to a file
     of its own in `logs`; whatever is still running at the end is stopped (SIGTERM, then
-    SIGKILL after `grace` seconds)."""
+    SIGKILL after `grace` seconds). They are forked by the forkserver, unless the environment
+    sets PYTHONPATH (another release's code): then each is a new interpreter."""
 
     def __init__(
         self, script: str, *args: str, logs: Path, grace: float = 10.0, **env: str
     ) -> None:
         self.script, self.args, self.env = script, args, env
         self.logs, self.grace = logs, grace
-        self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes], Path]] = []
+        self.procs: list[tuple[Process, IO[bytes], Path]] = []
 
-    def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    def spawn(self, *args: str, **env: str) -> Process:
         """tests/workers/<script>.py with the harness's arguments and then `args`; `env` is
         added to the environment."""
         path = self.logs / f"{self.script}-{len(self.procs)}.log"
         log = path.open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKERS / f"{self.script}.py"), *self.args, *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env, **env},
-        )
+        script = str(WORKERS / f"{self.script}.py")
+        environment = {**os.environ, **self.env, **env}
+        proc: Process
+        if "PYTHONPATH" in {**self.env, **env}:
+            proc = subprocess.Popen(
+                [sys.executable, script, *self.args, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+        else:
+            forked = _FORKS.Process(
+                target=_spawn.run,
+                args=(script, [*self.args, *args], environment, str(path)),
+                name=f"{self.script}-{len(self.procs)}",
+            )
+            forked.start()
+            proc = Forked(forked)
         self.procs.append((proc, log, path))
         return proc
 
     def alive(self) -> bool:
         return all(proc.poll() is None for proc, _, _ in self.procs)
 
-    def stop(self, *procs: subprocess.Popen[bytes]) -> None:
+    def stop(self, *procs: Process) -> None:
         """SIGTERM to each at once, then wait for each (SIGKILL after the grace period)."""
         for proc in procs:
             if proc.poll() is None:
@@ -323,6 +386,6 @@ class Workers:
         return "".join(path.read_text(errors="replace") for _, _, path in self.procs)
 
 
-def kill9(proc: subprocess.Popen[bytes]) -> None:
+def kill9(proc: Process) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(10) == -signal.SIGKILL

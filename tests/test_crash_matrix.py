@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from helpers import SQL, Workers, create_effects
+from helpers import SQL, Process, Workers, create_effects
 from hotmesh import MemFlow
 
 pytestmark = pytest.mark.timeout(300)
@@ -150,7 +150,7 @@ async def start(mf: MemFlow, slot: str) -> Any:
     )
 
 
-async def wait_dead(proc: subprocess.Popen[bytes], what: str, limit: float = 60.0) -> int:
+async def wait_dead(proc: Process, what: str, limit: float = 60.0) -> int:
     try:
         async with asyncio.timeout(limit):
             while proc.poll() is None:  # noqa: ASYNC110 (a child process: no event to wait on)
