@@ -295,8 +295,25 @@ _FORKS = multiprocessing.get_context("forkserver")
 _FORKS.set_forkserver_preload(["hotmesh", "hotmesh.worker", "psycopg_pool", "workers._spawn"])
 
 
+def python(
+    *argv: str,
+    env: dict[str, str],
+    stdout: Path,
+    stderr: Path | None = None,
+    cwd: Path | None = None,
+) -> Forked:
+    """`python *argv` forked by the forkserver (workers/_spawn.py), output appended to files."""
+    process = _FORKS.Process(
+        target=_spawn.run,
+        args=(list(argv), env, str(stdout), str(stderr or stdout), cwd and str(cwd)),
+        name=" ".join(argv),
+    )
+    process.start()
+    return Forked(process)
+
+
 class Forked:
-    """A worker process forked by the forkserver, with Popen's interface (Process)."""
+    """A process forked by the forkserver, with Popen's interface (Process)."""
 
     def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
         self.process = process
@@ -352,13 +369,7 @@ class Workers:
                 env=environment,
             )
         else:
-            forked = _FORKS.Process(
-                target=_spawn.run,
-                args=(script, [*self.args, *args], environment, str(path)),
-                name=f"{self.script}-{len(self.procs)}",
-            )
-            forked.start()
-            proc = Forked(forked)
+            proc = python(script, *self.args, *args, env=environment, stdout=path)
         self.procs.append((proc, log, path))
         return proc
 

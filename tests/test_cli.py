@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import drop_app, until
+from helpers import drop_app, python, until
 from hotmesh import FatalError, MemFlow, workflow
 from hotmesh._install import migrations
 
@@ -35,22 +36,18 @@ class Result:
 
 
 async def hotmesh(dsn: str, app: str, *args: str, cwd: Path | None = None) -> Result:
-    """Run `hotmesh ARGS` (the installed entry point's module) with DATABASE_URL and
-    HOTMESH_APP set; the event loop keeps running meanwhile, so in-process workers work."""
+    """Run `hotmesh ARGS` (`python -m hotmesh.cli`, forked by the tests' forkserver) with
+    DATABASE_URL and HOTMESH_APP set; the event loop keeps running meanwhile, so in-process
+    workers work."""
     env = {**os.environ, "DATABASE_URL": dsn, "HOTMESH_APP": app}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hotmesh.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=cwd,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+    return await asyncio.to_thread(_hotmesh, env, args, cwd)
+
+
+def _hotmesh(env: dict[str, str], args: tuple[str, ...], cwd: Path | None) -> Result:
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp, "out"), Path(tmp, "err")
+        code = python("-m", "hotmesh.cli", *args, env=env, stdout=out, stderr=err, cwd=cwd).wait(60)
+        return Result(code, out.read_text(), err.read_text())
 
 
 # -- a real worker process --------------------------------------------------------------------
