@@ -4,17 +4,11 @@
 -- [old, value]; here both are asserted correct (created / HM008).
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(18);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_append('e1', 'a.b', '1'), '[1]'::jsonb, 'seed defect 4.3: append(a.b) on {}');
 select is(pg_temp.doc(), '{"a": {"b": [1]}}'::jsonb, 'creates the array and its parents');

@@ -2,18 +2,16 @@
 -- that does not exist is HM007 (not a silent no-op); nothing is ever nulled.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(14);
 
+select pg_temp.start('t50-q', 'e1');
 do $$
 begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
     perform entity_set('e1', '{"a": {"b": 1, "c": [1, 2, 3]}, "k": null, "x.y": 1, "s": "t"}');
 end
 $$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(
     entity_delete('e1', 'a.b'), '{"a": {"c": [1, 2, 3]}, "k": null, "x.y": 1, "s": "t"}'::jsonb,

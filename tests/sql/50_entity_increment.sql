@@ -4,17 +4,11 @@
 -- non-number is HM008 naming the path and the type found, nothing changed.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(19);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_increment('e1', 'm.c', 5), 5::numeric, 'seed defect 4.3: increment(m.c) on {}');
 select is(pg_temp.doc(), '{"m": {"c": 5}}'::jsonb, 'creates the number and its parents');

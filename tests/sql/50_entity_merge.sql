@@ -3,17 +3,11 @@
 -- merge({}) into {} set the whole context to NULL: both are asserted correct here.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(16);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_merge('e1', '{}'), '{}'::jsonb, 'merge({}) into {} leaves {} (the seed: NULL)');
 select is(pg_temp.doc(), '{}'::jsonb, 'the stored entity is {} too, never NULL');

@@ -3,6 +3,7 @@
 -- with a message naming the path. A path is data: SQL-looking text is a key like any other.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(30);
 
@@ -62,9 +63,9 @@ select is(_entity_path_label(array['a.b', 'c']), '["a.b", "c"]', 'JSON when a ke
 select is(_entity_path_label('{}'::text[]), 'the entity', 'the root');
 
 -- through the API: paths are data
+select pg_temp.start('t50-q', 'e1');
 do $$
 begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
     perform entity_set('e1', '1', 'x''); drop table jobs; --');
     perform entity_set('e1', '2', '["a.b", "it''s"]');
 end

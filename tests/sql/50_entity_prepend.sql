@@ -2,17 +2,11 @@
 -- path (created when missing); returns the new array. Same errors: HM008 onto a non-array.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(12);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_prepend('e1', 'a.b', '1'), '[1]'::jsonb, 'prepend(a.b) on {} creates it');
 select is(pg_temp.doc(), '{"a": {"b": [1]}}'::jsonb, 'with its parents');

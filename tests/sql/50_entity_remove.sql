@@ -4,18 +4,16 @@
 -- missing path or index is HM007, the entity unchanged.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(17);
 
+select pg_temp.start('t50-q', 'e1');
 do $$
 begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
     perform entity_set('e1', '{"o": [1], "z": 1}');
 end
 $$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(entity_remove('e1', 'o', 0), '[]'::jsonb, 'seed defect 4.3: removing the only element');
 select is(pg_temp.doc(), '{"o": [], "z": 1}'::jsonb, 'leaves [] and the rest of the entity');

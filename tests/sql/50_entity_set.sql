@@ -4,17 +4,11 @@
 -- nothing and records nothing.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(31);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(pg_temp.doc(), '{}'::jsonb, 'a new workflow has the empty entity {}');
 select is(

@@ -2,17 +2,11 @@
 -- value at the path afterwards. An existing JSON null counts as existing (as in the seed).
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(12);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_set_if_not_exists('e1', 'k', '1'), '1'::jsonb, 'sets a missing key');
 select is(entity_set_if_not_exists('e1', 'k', '2'), '1'::jsonb, 'keeps an existing one');

@@ -3,17 +3,11 @@
 -- error); nothing changes.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(12);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_toggle('e1', 'f'), true, 'seed 4.3: toggle(f) on {} gives true');
 select is(pg_temp.doc(), '{"f": true}'::jsonb, 'stored as a JSON boolean');
