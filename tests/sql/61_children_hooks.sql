@@ -6,36 +6,11 @@
 -- workflows; search_step operations and their failures; emit_step.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(141);
-
--- The tasks the test holds, by a name of its choosing.
-create temp table held (
-    key text primary key,
-    job_id text not null,
-    thread text not null,
-    task_id bigint not null,
-    token uuid not null
-) on commit drop;
-
--- Claims the next task of p_queue and holds it as p_key.
-create function pg_temp.claim(p_key text, p_queue text) returns text
-language plpgsql as $$
-declare
-    v_claim claimed_task;
-begin
-    select * into v_claim from claim_tasks(array[p_queue], 'tester', 1);
-    if v_claim.task_id is null then
-        raise exception 'nothing to claim on %', p_queue;
-    end if;
-    delete from held where key = p_key;
-    insert into held values (p_key, v_claim.job_id, v_claim.thread, v_claim.task_id,
-                             v_claim.lease_token);
-    return v_claim.job_id || '/' || v_claim.thread;
-end
-$$;
 
 create function pg_temp.child(
     p_key text, p_seq integer, p_name text, p_id text default null, p_await boolean default true,

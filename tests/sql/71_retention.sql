@@ -4,39 +4,12 @@
 -- (failed -> pending from the last recorded step, children and hooks, dead tasks, refusals).
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 set local timezone = 'UTC';
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2040-01-01 00:00:00+00';
 
 select plan(67);
-
-create temp table held (
-    key text primary key,
-    task_id bigint not null,
-    token uuid not null
-) on commit drop;
-
--- Claims the next task of p_queue and holds it as p_key.
-create function pg_temp.claim(p_key text, p_queue text) returns bigint
-language plpgsql as $$
-declare
-    v_claim claimed_task;
-begin
-    select * into v_claim from claim_tasks(array[p_queue], 'tester', 1);
-    if v_claim.task_id is null then
-        raise exception 'nothing to claim on %', p_queue;
-    end if;
-    insert into held values (p_key, v_claim.task_id, v_claim.lease_token)
-    on conflict (key) do update set task_id = excluded.task_id, token = excluded.token;
-    return v_claim.task_id;
-end
-$$;
-
-create function pg_temp.tid(p_key text) returns bigint
-language sql as $$ select task_id from held where key = p_key $$;
-
-create function pg_temp.tok(p_key text) returns uuid
-language sql as $$ select token from held where key = p_key $$;
 
 -- Rows left anywhere for a workflow id.
 create function pg_temp.rows_of(p_id text) returns bigint
