@@ -3,6 +3,7 @@
 -- next_due.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(32);
 
@@ -211,10 +212,7 @@ begin
     perform start_workflow('w', '[]', 't30-d', 'c-threads');
     update jobs set status = 'waiting' where id = 'c-threads';
     delete from tasks where job_id = 'c-threads';
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('c-threads', 'h1', 'hook', 't30-d');
-    perform _wake('c-threads', 'h1');
+    perform pg_temp.wake_hook('c-threads', 't30-d');
 end
 $$;
 select results_eq(
@@ -226,11 +224,7 @@ select is(
     (select status from jobs where id = 'c-threads'), 'waiting',
     '... and leaves the workflow waiting'
 );
-do $$
-begin
-    perform _wake('c-threads', 'main');
-end
-$$;
+select _wake('c-threads', 'main');
 select results_eq(
     $$select job_id, thread from claim_tasks(array['t30-d'], 'worker-1', 10)$$,
     $$values ('c-threads', 'main')$$,

@@ -3,18 +3,14 @@
 -- completed by a claim of their thread only once due.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(65);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't41-q', 'st-1', null, '{"priority": 3}');
-end
-$$;
 create temp table a1 on commit drop as
-select * from claim_tasks(array['t41-q'], 'worker-1', 1, interval '1 hour');
+select * from pg_temp.start_claimed('t41-q', 'st-1', p_lease => interval '1 hour', p_options => '{"priority": 3}');
 
 -- ------------------------------------------------------------------ record_step: success
 
@@ -549,13 +545,8 @@ select results_eq(
 -- ------------------------------------------------------------------ timers fire only when due
 
 set local "hotmesh.fake_now" = '2020-01-01 01:00:00+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't41-timer', 'st-timer');
-end
-$$;
 create temp table t1 on commit drop as
-select * from claim_tasks(array['t41-timer'], 'worker-1', 1);
+select * from pg_temp.start_claimed('t41-timer', 'st-timer');
 do $$
 begin
     perform schedule_sleep(t.task_id, t.lease_token, 1, 10) from t1 as t;
@@ -568,10 +559,7 @@ begin
     from t1 as t;
     perform suspend_task(t.task_id, t.lease_token) from t1 as t;
     -- A timer of another thread of the same workflow.
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('st-timer', 'h1', 'hook', 't41-timer');
-    perform _wake('st-timer', 'h1');
+    perform pg_temp.wake_hook('st-timer', 't41-timer');
     perform schedule_sleep(c.task_id, c.lease_token, 1, 10)
     from claim_tasks(array['t41-timer'], 'worker-1', 1) as c;
 end
@@ -585,11 +573,7 @@ select is_empty(
 
 -- Something else wakes the thread early: the claim does not complete the timers.
 set local "hotmesh.fake_now" = '2020-01-01 01:00:05+00';
-do $$
-begin
-    perform _wake('st-timer', 'main');
-end
-$$;
+select _wake('st-timer', 'main');
 create temp table early on commit drop as
 select * from claim_tasks(array['t41-timer'], 'worker-1', 1);
 select results_eq(
