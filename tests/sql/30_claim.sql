@@ -18,44 +18,31 @@ begin
 end
 $$;
 
--- Ready tasks, started at different times (the engine clock moves back and forth).
-set local "hotmesh.fake_now" = '2020-01-01 00:00:03+00';
+-- Ready tasks, started in this order at these times (the engine clock moves back and forth).
 do $$
+declare
+    v record;
 begin
-    perform start_workflow('w', '[1]', 't30-a', 'c-low-late');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
-do $$
-begin
-    perform start_workflow('w', '[2]', 't30-a', 'c-low-early');
-    perform start_workflow('w', '[]', 't30-b', 'c-other-queue', null, '{"priority": 99}');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:01+00';
-do $$
-begin
-    perform start_workflow('w', '["x", {"y": 1}]', 't30-a', 'c-high-a', null, '{"priority": 5}');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:02+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't30-a', 'c-high-b', null, '{"priority": 5}');
-    perform start_workflow('w', '[]', 't30-a', 'c-tie-1', null, '{"priority": -5}');
-    perform start_workflow('w', '[]', 't30-a', 'c-tie-2', null, '{"priority": -5}');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:04+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't30-a', 'c-negative', null, '{"priority": -1}');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:10+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't30-a', 'c-future', null, '{"priority": 50}');
+    for v in
+        select * from (
+            values
+            ('00:00:03', '[1]', 't30-a', 'c-low-late', null),
+            ('00:00:00', '[2]', 't30-a', 'c-low-early', null),
+            ('00:00:00', '[]', 't30-b', 'c-other-queue', 99),
+            ('00:00:01', '["x", {"y": 1}]', 't30-a', 'c-high-a', 5),
+            ('00:00:02', '[]', 't30-a', 'c-high-b', 5),
+            ('00:00:02', '[]', 't30-a', 'c-tie-1', -5),
+            ('00:00:02', '[]', 't30-a', 'c-tie-2', -5),
+            ('00:00:04', '[]', 't30-a', 'c-negative', -1),
+            ('00:00:10', '[]', 't30-a', 'c-future', 50)
+        ) as t (at, args, queue, id, priority)
+    loop
+        perform set_config('hotmesh.fake_now', '2020-01-01 ' || v.at || '+00', true);
+        perform start_workflow(
+            'w', v.args::jsonb, v.queue, v.id, null,
+            jsonb_strip_nulls(jsonb_build_object('priority', v.priority))
+        );
+    end loop;
 end
 $$;
 
@@ -124,21 +111,19 @@ select is(
     'an unclaimed workflow stays pending'
 );
 
-select results_eq(
-    $$select job_id from claim_tasks(array['t30-a'], 'worker-1', 1)$$,
-    $$values ('c-low-early')$$,
-    'same priority: the earlier due task first, although it was created later'
-);
-select results_eq(
-    $$select job_id from claim_tasks(array['t30-a'], 'worker-1', 1)$$,
-    $$values ('c-low-late')$$,
-    'then the later one'
-);
-select results_eq(
-    $$select job_id from claim_tasks(array['t30-a'], 'worker-1', 1)$$,
-    $$values ('c-negative')$$,
-    'a negative priority comes after priority 0'
-);
+-- One claim a row, in this order.
+select
+    results_eq(
+        $$select job_id from claim_tasks(array['t30-a'], 'worker-1', 1)$$,
+        format('values (%L)', t.job_id),
+        t.description
+    )
+from (
+    values
+    ('c-low-early', 'same priority: the earlier due task first, although it was created later'),
+    ('c-low-late', 'then the later one'),
+    ('c-negative', 'a negative priority comes after priority 0')
+) as t (job_id, description);
 
 -- Ties (same priority, same run_at): each is claimed once, by one claim or the other.
 create temp table tie1 on commit drop as
