@@ -75,62 +75,22 @@ select is(
 -- errors: nothing changes, nothing is recorded
 create temp table before_errors on commit drop as select pg_temp.doc() as doc;
 
-select throws_ok(
-    $$select entity_set('e1', '1', 'list.7')$$, 'HM007',
-    'entity set: path "list.7" does not exist: index 7 is out of range for "list" (length 3)',
-    'an index past the end of an array is HM007: arrays are never padded with nulls'
-);
-select throws_ok(
-    $$select entity_set('e1', '1', 'list.x')$$, 'HM007',
-    'entity set: path "list.x" does not exist: "list" is an array and "x" is not an index',
-    'a non-index segment on an array is HM007'
-);
-select throws_ok(
-    $$select entity_set('e1', '1', 'stage.x')$$, 'HM008',
-    'entity set: cannot create path "stage.x": "stage" is a string, not an object',
-    'a scalar in the way is HM008 naming the path and the type found'
-);
-select throws_ok(
-    $$select entity_set('e1', '1', 'a.b.c')$$, 'HM008',
-    'entity set: cannot create path "a.b.c": "a.b" is null, not an object',
-    'JSON null in the way is a value, not a missing key: HM008'
-);
-select throws_ok(
-    $$select entity_set('e1', '[1, 2]')$$, 'HM008',
-    'entity set: the entity must be a JSON object, not an array',
-    'the entity itself must be an object: an array is refused'
-);
-select throws_ok(
-    $$select entity_set('e1', 'null')$$, 'HM008',
-    'entity set: the entity must be a JSON object, not null',
-    'JSON null cannot replace the entity'
-);
-select throws_ok(
-    $$select entity_set('e1', '"text"')$$, 'HM008',
-    'entity set: the entity must be a JSON object, not a string',
-    'a string cannot replace the entity'
-);
-select throws_ok(
-    $$select entity_set('e1', null)$$, '22023',
-    'entity set: a value is required (SQL null; JSON null is ''null''::jsonb)',
-    'SQL null is not a value'
-);
-select throws_ok(
-    $$select entity_set('e1', '{bad json')$$, '22P02', null,
-    'invalid JSON is refused before anything runs'
-);
-select throws_ok(
-    $$select entity_set('nope', '{}')$$, 'HM002', 'workflow "nope" not found',
-    'an unknown workflow id is HM002'
-);
-select throws_ok(
-    $$select entity_set(null, '{}')$$, '22023', 'workflow id is required',
-    'a null workflow id is refused'
-);
-select throws_ok(
-    $$select entity_set('e1', '1', '')$$, 'HM007', 'entity path is empty',
-    'an empty path is HM007'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select entity_set('e1', '1', 'list.7')$$, 'HM007', 'entity set: path "list.7" does not exist: index 7 is out of range for "list" (length 3)', 'an index past the end of an array is HM007: arrays are never padded with nulls'),
+    ($$select entity_set('e1', '1', 'list.x')$$, 'HM007', 'entity set: path "list.x" does not exist: "list" is an array and "x" is not an index', 'a non-index segment on an array is HM007'),
+    ($$select entity_set('e1', '1', 'stage.x')$$, 'HM008', 'entity set: cannot create path "stage.x": "stage" is a string, not an object', 'a scalar in the way is HM008 naming the path and the type found'),
+    ($$select entity_set('e1', '1', 'a.b.c')$$, 'HM008', 'entity set: cannot create path "a.b.c": "a.b" is null, not an object', 'JSON null in the way is a value, not a missing key: HM008'),
+    ($$select entity_set('e1', '[1, 2]')$$, 'HM008', 'entity set: the entity must be a JSON object, not an array', 'the entity itself must be an object: an array is refused'),
+    ($$select entity_set('e1', 'null')$$, 'HM008', 'entity set: the entity must be a JSON object, not null', 'JSON null cannot replace the entity'),
+    ($$select entity_set('e1', '"text"')$$, 'HM008', 'entity set: the entity must be a JSON object, not a string', 'a string cannot replace the entity'),
+    ($$select entity_set('e1', null)$$, '22023', 'entity set: a value is required (SQL null; JSON null is ''null''::jsonb)', 'SQL null is not a value'),
+    ($$select entity_set('e1', '{bad json')$$, '22P02', null, 'invalid JSON is refused before anything runs'),
+    ($$select entity_set('nope', '{}')$$, 'HM002', 'workflow "nope" not found', 'an unknown workflow id is HM002'),
+    ($$select entity_set(null, '{}')$$, '22023', 'workflow id is required', 'a null workflow id is refused'),
+    ($$select entity_set('e1', '1', '')$$, 'HM007', 'entity path is empty', 'an empty path is HM007')
+) as t (call, sqlstate, message, description);
 select is(pg_temp.doc(), (select doc from before_errors), 'no error changed the entity');
 select is(
     (select count(*)::integer from steps where job_id = 'e1'), 12,
