@@ -222,26 +222,15 @@ select is(
 
 -- ------------------------------------------------------------------ bad arguments
 
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', 0)$$,
-    '22023', 'max_tasks must be >= 1, not 0', 'max_tasks 0'
-);
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', null)$$,
-    '22023', 'max_tasks must be >= 1, not null', 'max_tasks null'
-);
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', 1, interval '0')$$,
-    '22023', 'lease must be a positive interval, not 00:00:00', 'a zero lease'
-);
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', 1, interval '-5 seconds')$$,
-    '22023', 'lease must be a positive interval, not -00:00:05', 'a negative lease'
-);
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', 1, null)$$,
-    '22023', 'lease must be a positive interval, not null', 'a null lease'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', 0)$$, '22023', 'max_tasks must be >= 1, not 0', 'max_tasks 0'),
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', null)$$, '22023', 'max_tasks must be >= 1, not null', 'max_tasks null'),
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', 1, interval '0')$$, '22023', 'lease must be a positive interval, not 00:00:00', 'a zero lease'),
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', 1, interval '-5 seconds')$$, '22023', 'lease must be a positive interval, not -00:00:05', 'a negative lease'),
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', 1, null)$$, '22023', 'lease must be a positive interval, not null', 'a null lease')
+) as t (call, sqlstate, message, description);
 
 select * from finish();
 

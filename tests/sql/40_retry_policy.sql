@@ -163,19 +163,13 @@ select is(
     make_interval(secs => 1e10),
     'the largest allowed cap is a valid interval'
 );
-select throws_ok(
-    $$select retry_delay(null, 0)$$, '22023', 'retry_delay: attempt must be >= 1, not 0',
-    'attempt 0 is refused'
-);
-select throws_ok(
-    $$select retry_delay(null, -3)$$, '22023', 'retry_delay: attempt must be >= 1, not -3',
-    'a negative attempt is refused'
-);
-select throws_ok(
-    $$select retry_delay('{"backoff_coefficient": 0}', 1)$$, '22023',
-    'retry policy backoff_coefficient must be a number >= 1, not 0',
-    'retry_delay validates the policy'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select retry_delay(null, 0)$$, '22023', 'retry_delay: attempt must be >= 1, not 0', 'attempt 0 is refused'),
+    ($$select retry_delay(null, -3)$$, '22023', 'retry_delay: attempt must be >= 1, not -3', 'a negative attempt is refused'),
+    ($$select retry_delay('{"backoff_coefficient": 0}', 1)$$, '22023', 'retry policy backoff_coefficient must be a number >= 1, not 0', 'retry_delay validates the policy')
+) as t (call, sqlstate, message, description);
 
 -- _retry_at: when to run again, or null when the failure is final.
 select is(_retry_at(t.policy::jsonb, t.attempt, t.error::jsonb), t.retry_at, t.description)

@@ -361,23 +361,14 @@ select is(
 
 -- ================================================================== hooks
 
-select throws_ok(
-    $$select hook('cs', '')$$, '22023', 'hook workflow_name is required',
-    'a hook without a function: 22023'
-);
-select throws_ok(
-    $$select hook('cs', 'fa', '{"a": 1}')$$, '22023',
-    'args of hook "fa" must be a JSON array, not object', 'hook args that are not an array: 22023'
-);
-select throws_ok(
-    $$select hook('nobody', 'fa')$$, 'HM002', 'hook "fa": workflow "nobody" not found',
-    'a hook into an unknown workflow: HM002'
-);
-select throws_ok(
-    $$select hook('cx', 'fa')$$, 'HM003',
-    'hook "fa": workflow "cx" is cancelled and takes no more hooks',
-    'a hook into a finished workflow: HM003'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select hook('cs', '')$$, '22023', 'hook workflow_name is required', 'a hook without a function: 22023'),
+    ($$select hook('cs', 'fa', '{"a": 1}')$$, '22023', 'args of hook "fa" must be a JSON array, not object', 'hook args that are not an array: 22023'),
+    ($$select hook('nobody', 'fa')$$, 'HM002', 'hook "fa": workflow "nobody" not found', 'a hook into an unknown workflow: HM002'),
+    ($$select hook('cx', 'fa')$$, 'HM003', 'hook "fa": workflow "cx" is cancelled and takes no more hooks', 'a hook into a finished workflow: HM003')
+) as t (call, sqlstate, message, description);
 select is(
     (select count(*)::integer from threads where job_id in ('cs', 'nobody', 'cx')), 1,
     '... none of them started a thread (cx has its one hook from before)'
