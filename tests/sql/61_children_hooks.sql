@@ -597,77 +597,51 @@ select is(
     '{"region": "eu", "score": 1, "tier": "gold"}'::jsonb,
     '... stored in jobs.search'
 );
-select is(pg_temp.search('sa', 2, 'get', '["region"]') -> 'output', '"eu"'::jsonb, 'get');
-select is(
-    pg_temp.search('sa', 3, 'get', '["missing"]') -> 'output', 'null'::jsonb,
-    'get of a missing field: null'
-);
-select is(
-    pg_temp.search('sa', 4, 'mget', '["region", "missing", "score"]') -> 'output',
-    '["eu", null, 1]'::jsonb, 'mget: values in order'
-);
-select is(
-    pg_temp.search('sa', 5, 'incr', '["score", 2.5]') -> 'output', '3.5'::jsonb,
-    'incr: the new value'
-);
-select is(
-    pg_temp.search('sa', 5, 'incr', '["score", 2.5]') -> 'output', '3.5'::jsonb,
-    'the same incr again (a replay) returns the recorded value ...'
-);
+-- One search operation a row, in this order: the part of its step that says what it did.
+select
+    is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+from (
+    values
+    (2, 'get', '["region"]', '{output}'::text[], '"eu"', 'get'),
+    (3, 'get', '["missing"]', '{output}', 'null', 'get of a missing field: null'),
+    (4, 'mget', '["region", "missing", "score"]', '{output}', '["eu", null, 1]', 'mget: values in order'),
+    (5, 'incr', '["score", 2.5]', '{output}', '3.5', 'incr: the new value'),
+    (5, 'incr', '["score", 2.5]', '{output}', '3.5', 'the same incr again (a replay) returns the recorded value ...')
+) as t (seq, op, args, path, expected, description);
 select is(
     (select search -> 'score' from jobs where id = 'sa'), '3.5'::jsonb, '... and adds nothing'
 );
-select is(
-    pg_temp.search('sa', 6, 'incr', '["n", 1]') -> 'output', '1'::jsonb,
-    'incr of a missing field starts from 0'
-);
-select is(
-    pg_temp.search('sa', 7, 'mult', '["score", 2]') -> 'output', '7.0'::jsonb,
-    'mult: the new value (stored as is, not as a logarithm)'
-);
-select is(
-    pg_temp.search('sa', 8, 'mult', '["m", 3]') -> 'output', '3'::jsonb,
-    'mult of a missing field starts from 1'
-);
-select is(
-    pg_temp.search('sa', 9, 'del', '["m", "nope"]') -> 'output', '1'::jsonb,
-    'del: the number of fields that existed'
-);
+select
+    is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+from (
+    values
+    (6, 'incr', '["n", 1]', '{output}'::text[], '1', 'incr of a missing field starts from 0'),
+    (7, 'mult', '["score", 2]', '{output}', '7.0', 'mult: the new value (stored as is, not as a logarithm)'),
+    (8, 'mult', '["m", 3]', '{output}', '3', 'mult of a missing field starts from 1'),
+    (9, 'del', '["m", "nope"]', '{output}', '1', 'del: the number of fields that existed')
+) as t (seq, op, args, path, expected, description);
 select is(
     (select search from jobs where id = 'sa'),
     '{"region": "eu", "score": 7.0, "tier": "gold", "n": 1}'::jsonb,
     'the attributes after these operations'
 );
-select is(
-    pg_temp.search('sa', 10, 'incr', '["region", 1]') -> 'error',
-    '{"message": "search incr \"region\": needs numbers, found string and number",
-      "type": "SearchError", "code": 598, "sqlstate": "HM008"}'::jsonb,
-    'incr of a string: a failed step (HM008)'
-);
-select is(
-    pg_temp.search('sa', 11, 'incr', '["score"]') #>> '{error, sqlstate}', 'HM008',
-    'incr without an amount: a failed step (HM008)'
-);
-select is(
-    pg_temp.search('sa', 12, 'set', '["region", "us"]') #>> '{error, sqlstate}', '22023',
-    'set of an array: a failed step (22023)'
-);
-select is(
-    pg_temp.search('sa', 13, 'get', '[]') #>> '{error, sqlstate}', '22023',
-    'get without a key: a failed step (22023)'
-);
-select is(
-    pg_temp.search('sa', 14, 'mget', '{"a": 1}') #>> '{error, sqlstate}', '22023',
-    'mget of an object: a failed step (22023)'
-);
-select is(
-    pg_temp.search('sa', 15, 'set', '{"big": 1e300}') ->> 'status', 'completed',
-    'setup: a large number'
-);
-select is(
-    pg_temp.search('sa', 16, 'mult', '["big", 1e300]') #>> '{error, sqlstate}', '22023',
-    'a product beyond the range of a double (README: Limits): a failed step (22023)'
-);
+select
+    is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+from (
+    values
+    (
+        10, 'incr', '["region", 1]', '{error}'::text[],
+        '{"message": "search incr \"region\": needs numbers, found string and number",
+          "type": "SearchError", "code": 598, "sqlstate": "HM008"}',
+        'incr of a string: a failed step (HM008)'
+    ),
+    (11, 'incr', '["score"]', '{error, sqlstate}', '"HM008"', 'incr without an amount: a failed step (HM008)'),
+    (12, 'set', '["region", "us"]', '{error, sqlstate}', '"22023"', 'set of an array: a failed step (22023)'),
+    (13, 'get', '[]', '{error, sqlstate}', '"22023"', 'get without a key: a failed step (22023)'),
+    (14, 'mget', '{"a": 1}', '{error, sqlstate}', '"22023"', 'mget of an object: a failed step (22023)'),
+    (15, 'set', '{"big": 1e300}', '{status}', '"completed"', 'setup: a large number'),
+    (16, 'mult', '["big", 1e300]', '{error, sqlstate}', '"22023"', 'a product beyond the range of a double (README: Limits): a failed step (22023)')
+) as t (seq, op, args, path, expected, description);
 select is(
     (select search - 'big' from jobs where id = 'sa'),
     '{"region": "eu", "score": 7.0, "tier": "gold", "n": 1}'::jsonb,
