@@ -194,9 +194,7 @@ select results_eq(
 -- another thread's activation leaves the workflow's status alone.
 do $$
 begin
-    perform start_workflow('w', '[]', 't30-d', 'c-threads');
-    update jobs set status = 'waiting' where id = 'c-threads';
-    delete from tasks where job_id = 'c-threads';
+    perform pg_temp.start_waiting('t30-d', 'c-threads');
     perform pg_temp.wake_hook('c-threads', 't30-d');
 end
 $$;
