@@ -29,43 +29,27 @@ select is(
     'set without a path replaces the whole entity (no merge)'
 );
 
--- with a path
-select is(
-    entity_set('e1', '5', 'a.b.c'), '{"stage": "approval", "a": {"b": {"c": 5}}}'::jsonb,
-    'set with a path creates the missing intermediate objects'
-);
-select is(
-    entity_set('e1', '"x"', 'a.b'), '{"stage": "approval", "a": {"b": "x"}}'::jsonb,
-    'set with a path replaces an existing value (an object with it)'
-);
-select is(
-    entity_set('e1', 'null', 'a.b'), '{"stage": "approval", "a": {"b": null}}'::jsonb,
-    'set to JSON null stores null (it does not delete the key)'
-);
-select is(
-    entity_set('e1', '[1, 2, 3]', 'list') -> 'list', '[1, 2, 3]'::jsonb,
-    'set can store an array under a key'
-);
-select is(
-    entity_set('e1', '9', 'list.1') -> 'list', '[1, 9, 3]'::jsonb,
-    'an integer segment indexes an array: list.1 replaces the second element'
-);
+-- with a path: one set a row, in this order; part is what of the new entity is compared
+select is(entity_set('e1', t.value::jsonb, t.path) #> t.part, t.expected::jsonb, t.description)
+from (
+    values
+    ('5', 'a.b.c', '{}'::text[], '{"stage": "approval", "a": {"b": {"c": 5}}}', 'set with a path creates the missing intermediate objects'),
+    ('"x"', 'a.b', '{}', '{"stage": "approval", "a": {"b": "x"}}', 'set with a path replaces an existing value (an object with it)'),
+    ('null', 'a.b', '{}', '{"stage": "approval", "a": {"b": null}}', 'set to JSON null stores null (it does not delete the key)'),
+    ('[1, 2, 3]', 'list', '{list}', '[1, 2, 3]', 'set can store an array under a key'),
+    ('9', 'list.1', '{list}', '[1, 9, 3]', 'an integer segment indexes an array: list.1 replaces the second element')
+) as t (value, path, part, expected, description);
 select is(
     entity_set('e1', '{"k": 1}', 'list.2.deep') -> 'list', '[1, 9, {"deep": {"k": 1}}]'::jsonb,
     'a path goes through an array element (list.2, made an object first) and creates below it'
 ) from (select entity_set('e1', '{}', 'list.2')) as prepare;
-select is(
-    entity_set('e1', 'true', '["a.b", "c"]') -> 'a.b', '{"c": true}'::jsonb,
-    'a JSON array of segments addresses a key that contains a dot'
-);
-select is(
-    entity_set('e1', '1', 'obj.0') -> 'obj', '{"0": 1}'::jsonb,
-    'on an object a numeric segment is a key'
-);
-select is(
-    entity_set('e1', '2', '["obj", 0]') -> 'obj', '{"0": 2}'::jsonb,
-    'a whole number in a segment array is the same key'
-);
+select is(entity_set('e1', t.value::jsonb, t.path) #> t.part, t.expected::jsonb, t.description)
+from (
+    values
+    ('true', '["a.b", "c"]', '{a.b}'::text[], '{"c": true}', 'a JSON array of segments addresses a key that contains a dot'),
+    ('1', 'obj.0', '{obj}', '{"0": 1}', 'on an object a numeric segment is a key'),
+    ('2', '["obj", 0]', '{obj}', '{"0": 2}', 'a whole number in a segment array is the same key')
+) as t (value, path, part, expected, description);
 
 select is(
     (select count(*)::integer from steps where job_id = 'e1' and thread = 'sql'), 12,
