@@ -598,8 +598,7 @@ select is(
     '... stored in jobs.search'
 );
 -- One search operation a row, in this order: the part of its step that says what it did.
-select
-    is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+select is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
 from (
     values
     (2, 'get', '["region"]', '{output}'::text[], '"eu"', 'get'),
@@ -611,8 +610,7 @@ from (
 select is(
     (select search -> 'score' from jobs where id = 'sa'), '3.5'::jsonb, '... and adds nothing'
 );
-select
-    is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+select is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
 from (
     values
     (6, 'incr', '["n", 1]', '{output}'::text[], '1', 'incr of a missing field starts from 0'),
@@ -625,8 +623,7 @@ select is(
     '{"region": "eu", "score": 7.0, "tier": "gold", "n": 1}'::jsonb,
     'the attributes after these operations'
 );
-select
-    is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+select is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
 from (
     values
     (
