@@ -105,30 +105,14 @@ select is(
     'a sleeping workflow waits on its timer, and its hook thread on its signal'
 );
 select is(
-    pg_temp.waiting_on('v-timer'), 'timer until 2030-01-01T00:01:00+00:00, h1: signal go',
-    '... as text: the timer, then the hook''s wait prefixed with its thread'
-);
-select is(
     (select waits from workflows where id = 'v-signal'),
     '[{"thread": "main", "seq": 1, "kind": "signal", "name": "approve",
        "until": "2030-01-01T00:05:00+00:00"}]'::jsonb,
     'a workflow waiting for a signal: its id and the timeout'
 );
 select is(
-    pg_temp.waiting_on('v-signal'), 'signal approve (timeout 2030-01-01T00:05:00+00:00)',
-    '... as text'
-);
-select is(
-    pg_temp.waiting_on('v-activity'), 'activity charge (queued)',
-    'a remote activity not claimed yet: queued'
-);
-select is(
-    pg_temp.waiting_on('v-inline'), 'activity pay (retry 2 at 2030-01-01T00:00:01+00:00)',
-    'an inline activity between attempts: the next attempt and when'
-);
-select is(
     (select waits -> 0 ->> 'error' from workflows where id = 'v-inline'), 'down',
-    '... with its last error'
+    'an inline activity between attempts waits with its last error'
 );
 select is(
     (select waits from workflows where id = 'v-child'),
@@ -136,24 +120,27 @@ select is(
        "workflow_id": "v-kid"}]'::jsonb,
     'a workflow awaiting a child: the child''s id'
 );
-select is(pg_temp.waiting_on('v-child'), 'child v-kid', '... as text');
 select is(
     (select parent_id from workflows where id = 'v-kid'), 'v-child',
     'the child row names its parent'
 );
 select is(
-    pg_temp.waiting_on('v-dead'),
-    format('dead task %s (wf): non-determinism at step 1', pg_temp.tid('dead')),
-    'a workflow whose activation was parked: the dead task and why'
-);
-select is(
-    pg_temp.waiting_on('v-wfretry'), 'retry of wf at 2030-01-01T00:00:01+00:00',
-    'a workflow body between attempts: when it runs again'
-);
-select is(
     (select error from workflows where id = 'v-wfretry'), 'flaky',
-    '... and the error of its last attempt'
+    'a workflow body between attempts shows the error of its last attempt'
 );
+
+-- waiting_on: what waits says, as text.
+select is(pg_temp.waiting_on(t.id), t.waiting_on, t.description)
+from (
+    values
+    ('v-timer', 'timer until 2030-01-01T00:01:00+00:00, h1: signal go', 'a timer and a hook''s signal as text: the timer, then the hook''s wait prefixed with its thread'),
+    ('v-signal', 'signal approve (timeout 2030-01-01T00:05:00+00:00)', 'a signal wait as text'),
+    ('v-activity', 'activity charge (queued)', 'a remote activity not claimed yet: queued'),
+    ('v-inline', 'activity pay (retry 2 at 2030-01-01T00:00:01+00:00)', 'an inline activity between attempts: the next attempt and when'),
+    ('v-child', 'child v-kid', 'a child wait as text'),
+    ('v-dead', format('dead task %s (wf): non-determinism at step 1', pg_temp.tid('dead')), 'a workflow whose activation was parked: the dead task and why'),
+    ('v-wfretry', 'retry of wf at 2030-01-01T00:00:01+00:00', 'a workflow body between attempts: when it runs again')
+) as t (id, waiting_on, description);
 select results_eq(
     $$select waiting_on, waits, error from workflows where id = 'v-failed'$$,
     $$values (null::text, '[]'::jsonb, 'nope')$$,
