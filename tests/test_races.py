@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 import psycopg
@@ -76,10 +76,35 @@ async def outcome(call: Awaitable[Any]) -> Any:
         return error.sqlstate
 
 
+async def open_race(
+    obs: Session,
+    holder: Session,
+    hold: str,
+    waiter: Session,
+    call: str,
+    *,
+    hold_params: Sequence[Any] = (),
+    call_params: Sequence[Any] = (),
+) -> tuple[Any, Any]:
+    """`holder` runs `hold` in an open transaction; `waiter`'s `call` is proved to wait on it;
+    then `holder` commits. What `hold` returned, and the call's outcome (result or SQLSTATE)."""
+    await holder.conn.execute("begin")
+    held = await holder.one(hold, *hold_params)
+    waiting = asyncio.create_task(outcome(waiter.one(call, *call_params)))
+    await blocked_by(obs, waiter.pid, holder.pid)
+    await holder.conn.execute("commit")
+    return held, await waiting
+
+
+async def started_claim(s: Session, wid: str, worker: str) -> Any:
+    """Workflow `wid` started on queue q, its activation claimed by `worker`: (task_id, token)."""
+    await s.one("select start_workflow('w', '[]', 'q', %s)", wid)
+    return await s.one("select task_id, lease_token from claim_tasks(array['q'], %s, 1)", worker)
+
+
 async def waiting_workflow(s: Session, wid: str, signal_id: str) -> None:
     """A workflow whose main thread waits for `signal_id`: no task left, status waiting."""
-    await s.one("select start_workflow('w', '[]', 'q', %s)", wid)
-    task = await s.one("select task_id, lease_token from claim_tasks(array['q'], 'w1', 1)")
+    task = await started_claim(s, wid, "w1")
     await s.one("select wait_signal(%s, %s, 1, %s, null)", *task, signal_id)
     await s.one("select suspend_task(%s, %s)", *task)
     assert await s.one("select status from jobs where id = %s", wid) == "waiting"
@@ -139,13 +164,12 @@ async def test_a_cancel_in_progress_makes_a_targeted_signal_wait_then_refuse(
 ) -> None:
     canceller, sender, obs = sessions
     await waiting_workflow(obs, "wf", "go")
-    await canceller.conn.execute("begin")
-    assert await canceller.one("select cancel_workflow('wf')") == ["wf"]
-    signal = asyncio.create_task(outcome(sender.one("select signal('go', '1', 'wf')")))
-    await blocked_by(obs, sender.pid, canceller.pid)
-    await canceller.conn.execute("commit")
+    cancelled, signal = await open_race(
+        obs, canceller, "select cancel_workflow('wf')", sender, "select signal('go', '1', 'wf')"
+    )
+    assert cancelled == ["wf"]
     # After the cancel: the workflow waits for nothing, a kept signal would be lost.
-    assert await signal == "HM003"
+    assert signal == "HM003"
     assert await obs.one("select status from jobs where id = 'wf'") == "cancelled"
     assert await obs.one("select status from steps where job_id = 'wf'") == "scheduled"
     assert await obs.one("select count(*) from signals") == 0
@@ -157,12 +181,9 @@ async def test_a_cancel_in_progress_makes_an_untargeted_signal_wait_then_keep_it
 ) -> None:
     canceller, sender, obs = sessions
     await waiting_workflow(obs, "wf", "go")
-    await canceller.conn.execute("begin")
-    await canceller.one("select cancel_workflow('wf')")
-    signal = asyncio.create_task(outcome(sender.one("select signal('go', '1')")))
-    await blocked_by(obs, sender.pid, canceller.pid)
-    await canceller.conn.execute("commit")
-    kept = await signal
+    _, kept = await open_race(
+        obs, canceller, "select cancel_workflow('wf')", sender, "select signal('go', '1')"
+    )
     assert kept["status"] == "kept"  # for the next workflow that waits for "go"
     assert await obs.one("select count(*) from signals where signal_id = 'go'") == 1
     assert await obs.one("select status from steps where job_id = 'wf'") == "scheduled"
@@ -174,13 +195,11 @@ async def test_a_signal_in_progress_makes_a_cancel_wait_then_remove_what_it_woke
 ) -> None:
     sender, canceller, obs = sessions
     await waiting_workflow(obs, "wf", "go")
-    await sender.conn.execute("begin")
-    delivered = await sender.one("select signal('go', '1', 'wf')")
+    delivered, cancel = await open_race(
+        obs, sender, "select signal('go', '1', 'wf')", canceller, "select cancel_workflow('wf')"
+    )
     assert delivered["status"] == "delivered"
-    cancel = asyncio.create_task(outcome(canceller.one("select cancel_workflow('wf')")))
-    await blocked_by(obs, canceller.pid, sender.pid)
-    await sender.conn.execute("commit")
-    assert await cancel == ["wf"]
+    assert cancel == ["wf"]
     # The signal was delivered first (its step stays recorded); the cancel then removed the
     # activation the signal had queued, so nothing of the cancelled workflow runs.
     assert await obs.one("select status, output from steps where job_id = 'wf'") == (
@@ -201,17 +220,19 @@ async def test_a_stale_completion_waits_for_the_takeover_and_is_refused(
     A's complete_task with the old token waits for B's claim and then gets HM004; the
     workflow's outcome is B's, recorded once."""
     old, new, obs = sessions
-    await obs.one("select start_workflow('w', '[]', 'q', 'wf')")
-    task_a = await old.one("select task_id, lease_token from claim_tasks(array['q'], 'A', 1)")
+    task_a = await started_claim(old, "wf", "A")
     # A's lease (30 s) has expired on B's clock
     await new.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:31+00")
-    await new.conn.execute("begin")
-    task_b = await new.one("select task_id, lease_token from claim_tasks(array['q'], 'B', 1)")
+    task_b, stale = await open_race(
+        obs,
+        new,
+        "select task_id, lease_token from claim_tasks(array['q'], 'B', 1)",
+        old,
+        "select complete_task(%s, %s, '\"A\"')",
+        call_params=task_a,
+    )
     assert task_b[0] == task_a[0] and task_b[1] != task_a[1]
-    stale = asyncio.create_task(outcome(old.one("select complete_task(%s, %s, '\"A\"')", *task_a)))
-    await blocked_by(obs, old.pid, new.pid)
-    await new.conn.execute("commit")
-    assert await stale == "HM004"
+    assert stale == "HM004"
     assert await obs.one("select status, result from jobs where id = 'wf'") == ("running", None)
     await new.one("select complete_task(%s, %s, '\"B\"')", *task_b)
     assert await obs.one("select status, result from jobs where id = 'wf'") == ("completed", "B")
@@ -225,8 +246,7 @@ async def test_a_completion_in_progress_is_skipped_by_the_takeover_claim(
     """The other order: A completes (open transaction) just as its lease expires. B's claim
     does not wait and does not take the task; A's outcome is the one recorded."""
     old, new, obs = sessions
-    await obs.one("select start_workflow('w', '[]', 'q', 'wf')")
-    task_a = await old.one("select task_id, lease_token from claim_tasks(array['q'], 'A', 1)")
+    task_a = await started_claim(old, "wf", "A")
     await old.conn.execute("begin")
     await old.one("select complete_task(%s, %s, '\"A\"')", *task_a)
     await new.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:31+00")
@@ -244,24 +264,26 @@ async def test_a_stale_activity_worker_cannot_finish_the_retaken_activity(
     bury waits for the takeover, then is refused (HM004); the step's outcome is the new
     worker's, recorded once."""
     old, new, obs = sessions
-    await obs.one("select start_workflow('w', '[]', 'q', 'wf')")
-    act = await obs.one("select task_id, lease_token from claim_tasks(array['q'], 'W', 1)")
+    act = await started_claim(obs, "wf", "W")
     await obs.one("select schedule_activity(%s, %s, 1, 'charge', '[]', 'acts')", *act)
     await obs.one("select suspend_task(%s, %s)", *act)
     task_a = await old.one("select task_id, lease_token from claim_tasks(array['acts'], 'A', 1)")
     await new.one("select set_config('hotmesh.fake_now', %s, false)", "2031-01-01 00:00:31+00")
-    await new.conn.execute("begin")
-    task_b = await new.one("select task_id, lease_token from claim_tasks(array['acts'], 'B', 1)")
-    assert task_b[0] == task_a[0]
     statement = {
         "complete": "select complete_task(%s, %s, '\"A\"')",
         "fail": 'select fail_task(%s, %s, \'{"message": "A failed"}\')',
         "bury": 'select bury_task(%s, %s, \'{"message": "A buried"}\')',
     }[call]
-    stale = asyncio.create_task(outcome(old.one(statement, *task_a)))
-    await blocked_by(obs, old.pid, new.pid)
-    await new.conn.execute("commit")
-    assert await stale == "HM004"
+    task_b, stale = await open_race(
+        obs,
+        new,
+        "select task_id, lease_token from claim_tasks(array['acts'], 'B', 1)",
+        old,
+        statement,
+        call_params=task_a,
+    )
+    assert task_b[0] == task_a[0]
+    assert stale == "HM004"
     task_row = await obs.one(
         "select state, lease_owner, lease_token, error from tasks where id = %s", task_a[0]
     )
@@ -276,8 +298,7 @@ async def test_a_stale_activity_worker_cannot_finish_the_retaken_activity(
 
 async def hook_task(s: Session, wid: str) -> tuple[int, str]:
     """A running workflow with a hook thread h1 whose activation is claimed."""
-    await s.one("select start_workflow('w', '[]', 'q', %s)", wid)
-    main = await s.one("select task_id, lease_token from claim_tasks(array['q'], 'W', 1)")
+    main = await started_claim(s, wid, "W")
     await s.one("select wait_signal(%s, %s, 1, 'done', null)", *main)
     await s.one("select suspend_task(%s, %s)", *main)
     assert await s.one("select hook(%s, 'bump', '[]', 'hooks')", wid) == "h1"
@@ -290,14 +311,15 @@ async def test_an_entity_write_from_sql_holds_off_a_hook_writing_it(
 ) -> None:
     app_session, hook_worker, obs = sessions
     task = await hook_task(obs, "wf")
-    await app_session.conn.execute("begin")
-    assert await app_session.one("select entity_increment('wf', 'n', 1)") == 1
-    step = asyncio.create_task(
-        hook_worker.one("select entity_step(%s, %s, 1, 'increment', 'n', '2')", *task)
+    incremented, recorded = await open_race(
+        obs,
+        app_session,
+        "select entity_increment('wf', 'n', 1)",
+        hook_worker,
+        "select entity_step(%s, %s, 1, 'increment', 'n', '2')",
+        call_params=task,
     )
-    await blocked_by(obs, hook_worker.pid, app_session.pid)
-    await app_session.conn.execute("commit")
-    recorded = await step
+    assert incremented == 1
     # The hook applied its change to the document the SQL caller committed: no lost update.
     assert (recorded["status"], recorded["output"]) == ("completed", 3)
     assert await obs.one("select context, entity_version from jobs where id = 'wf'") == (
@@ -313,14 +335,15 @@ async def test_a_hook_writing_the_entity_holds_off_a_write_from_sql(
 ) -> None:
     hook_worker, app_session, obs = sessions
     task = await hook_task(obs, "wf")
-    await hook_worker.conn.execute("begin")
-    await hook_worker.one("select entity_step(%s, %s, 1, 'append', 'log', '\"hook\"')", *task)
-    write = asyncio.create_task(
-        app_session.one("select entity_append('wf', 'log', '\"sql\"', 'k1')")
+    _, write = await open_race(
+        obs,
+        hook_worker,
+        "select entity_step(%s, %s, 1, 'append', 'log', '\"hook\"')",
+        app_session,
+        "select entity_append('wf', 'log', '\"sql\"', 'k1')",
+        hold_params=task,
     )
-    await blocked_by(obs, app_session.pid, hook_worker.pid)
-    await hook_worker.conn.execute("commit")
-    assert await write == ["hook", "sql"]
+    assert write == ["hook", "sql"]
     assert await obs.one("select context from jobs where id = 'wf'") == {"log": ["hook", "sql"]}
     # A retry of the SQL call (same idempotency key) returns its first result, changes nothing.
     assert await app_session.one("select entity_append('wf', 'log', '\"sql\"', 'k1')") == [

@@ -155,19 +155,13 @@ set local search_path = :"app", public;
 
 -- ------------------------------------------------------------------ constraints
 
-select throws_ok(
-    $$update jobs set status = 'done' where id = 't10-elsewhere'$$,
-    '23514', null, 'a job status outside the state machine is refused by the table'
-);
-select throws_ok(
-    $$update tasks set state = 'done' where job_id = 't10-elsewhere'$$,
-    '23514', null, 'a task state outside the state machine is refused by the table'
-);
-select throws_ok(
-    $$insert into tasks (job_id, thread, kind, name, task_queue)
-      values ('t10-elsewhere', 'main', 'workflow', 'w', 't10-q')$$,
-    '23505', null, 'a second activation task for a thread is refused by the table'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$update jobs set status = 'done' where id = 't10-elsewhere'$$, '23514', null, 'a job status outside the state machine is refused by the table'),
+    ($$update tasks set state = 'done' where job_id = 't10-elsewhere'$$, '23514', null, 'a task state outside the state machine is refused by the table'),
+    ($$insert into tasks (job_id, thread, kind, name, task_queue) values ('t10-elsewhere', 'main', 'workflow', 'w', 't10-q')$$, '23505', null, 'a second activation task for a thread is refused by the table')
+) as t (call, sqlstate, message, description);
 select lives_ok(
     $$insert into tasks (job_id, thread, kind, name, task_queue, seq)
       values ('t10-elsewhere', 'main', 'activity', 'a', 't10-q', 1),

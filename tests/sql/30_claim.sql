@@ -3,6 +3,7 @@
 -- next_due.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(32);
 
@@ -17,44 +18,31 @@ begin
 end
 $$;
 
--- Ready tasks, started at different times (the engine clock moves back and forth).
-set local "hotmesh.fake_now" = '2020-01-01 00:00:03+00';
+-- Ready tasks, started in this order at these times (the engine clock moves back and forth).
 do $$
+declare
+    v record;
 begin
-    perform start_workflow('w', '[1]', 't30-a', 'c-low-late');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
-do $$
-begin
-    perform start_workflow('w', '[2]', 't30-a', 'c-low-early');
-    perform start_workflow('w', '[]', 't30-b', 'c-other-queue', null, '{"priority": 99}');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:01+00';
-do $$
-begin
-    perform start_workflow('w', '["x", {"y": 1}]', 't30-a', 'c-high-a', null, '{"priority": 5}');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:02+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't30-a', 'c-high-b', null, '{"priority": 5}');
-    perform start_workflow('w', '[]', 't30-a', 'c-tie-1', null, '{"priority": -5}');
-    perform start_workflow('w', '[]', 't30-a', 'c-tie-2', null, '{"priority": -5}');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:04+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't30-a', 'c-negative', null, '{"priority": -1}');
-end
-$$;
-set local "hotmesh.fake_now" = '2020-01-01 00:00:10+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't30-a', 'c-future', null, '{"priority": 50}');
+    for v in
+        select * from (
+            values
+            ('00:00:03', '[1]', 't30-a', 'c-low-late', null),
+            ('00:00:00', '[2]', 't30-a', 'c-low-early', null),
+            ('00:00:00', '[]', 't30-b', 'c-other-queue', 99),
+            ('00:00:01', '["x", {"y": 1}]', 't30-a', 'c-high-a', 5),
+            ('00:00:02', '[]', 't30-a', 'c-high-b', 5),
+            ('00:00:02', '[]', 't30-a', 'c-tie-1', -5),
+            ('00:00:02', '[]', 't30-a', 'c-tie-2', -5),
+            ('00:00:04', '[]', 't30-a', 'c-negative', -1),
+            ('00:00:10', '[]', 't30-a', 'c-future', 50)
+        ) as t (at, args, queue, id, priority)
+    loop
+        perform set_config('hotmesh.fake_now', '2020-01-01 ' || v.at || '+00', true);
+        perform start_workflow(
+            'w', v.args::jsonb, v.queue, v.id, null,
+            jsonb_strip_nulls(jsonb_build_object('priority', v.priority))
+        );
+    end loop;
 end
 $$;
 
@@ -123,21 +111,19 @@ select is(
     'an unclaimed workflow stays pending'
 );
 
-select results_eq(
-    $$select job_id from claim_tasks(array['t30-a'], 'worker-1', 1)$$,
-    $$values ('c-low-early')$$,
-    'same priority: the earlier due task first, although it was created later'
-);
-select results_eq(
-    $$select job_id from claim_tasks(array['t30-a'], 'worker-1', 1)$$,
-    $$values ('c-low-late')$$,
-    'then the later one'
-);
-select results_eq(
-    $$select job_id from claim_tasks(array['t30-a'], 'worker-1', 1)$$,
-    $$values ('c-negative')$$,
-    'a negative priority comes after priority 0'
-);
+-- One claim a row, in this order.
+select
+    results_eq(
+        $$select job_id from claim_tasks(array['t30-a'], 'worker-1', 1)$$,
+        format('values (%L)', t.job_id),
+        t.description
+    )
+from (
+    values
+    ('c-low-early', 'same priority: the earlier due task first, although it was created later'),
+    ('c-low-late', 'then the later one'),
+    ('c-negative', 'a negative priority comes after priority 0')
+) as t (job_id, description);
 
 -- Ties (same priority, same run_at): each is claimed once, by one claim or the other.
 create temp table tie1 on commit drop as
@@ -208,13 +194,8 @@ select results_eq(
 -- another thread's activation leaves the workflow's status alone.
 do $$
 begin
-    perform start_workflow('w', '[]', 't30-d', 'c-threads');
-    update jobs set status = 'waiting' where id = 'c-threads';
-    delete from tasks where job_id = 'c-threads';
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('c-threads', 'h1', 'hook', 't30-d');
-    perform _wake('c-threads', 'h1');
+    perform pg_temp.start_waiting('t30-d', 'c-threads');
+    perform pg_temp.wake_hook('c-threads', 't30-d');
 end
 $$;
 select results_eq(
@@ -226,11 +207,7 @@ select is(
     (select status from jobs where id = 'c-threads'), 'waiting',
     '... and leaves the workflow waiting'
 );
-do $$
-begin
-    perform _wake('c-threads', 'main');
-end
-$$;
+select _wake('c-threads', 'main');
 select results_eq(
     $$select job_id, thread from claim_tasks(array['t30-d'], 'worker-1', 10)$$,
     $$values ('c-threads', 'main')$$,
@@ -243,26 +220,15 @@ select is(
 
 -- ------------------------------------------------------------------ bad arguments
 
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', 0)$$,
-    '22023', 'max_tasks must be >= 1, not 0', 'max_tasks 0'
-);
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', null)$$,
-    '22023', 'max_tasks must be >= 1, not null', 'max_tasks null'
-);
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', 1, interval '0')$$,
-    '22023', 'lease must be a positive interval, not 00:00:00', 'a zero lease'
-);
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', 1, interval '-5 seconds')$$,
-    '22023', 'lease must be a positive interval, not -00:00:05', 'a negative lease'
-);
-select throws_ok(
-    $$select * from claim_tasks(array['t30-a'], 'worker-1', 1, null)$$,
-    '22023', 'lease must be a positive interval, not null', 'a null lease'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', 0)$$, '22023', 'max_tasks must be >= 1, not 0', 'max_tasks 0'),
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', null)$$, '22023', 'max_tasks must be >= 1, not null', 'max_tasks null'),
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', 1, interval '0')$$, '22023', 'lease must be a positive interval, not 00:00:00', 'a zero lease'),
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', 1, interval '-5 seconds')$$, '22023', 'lease must be a positive interval, not -00:00:05', 'a negative lease'),
+    ($$select * from claim_tasks(array['t30-a'], 'worker-1', 1, null)$$, '22023', 'lease must be a positive interval, not null', 'a null lease')
+) as t (call, sqlstate, message, description);
 
 select * from finish();
 

@@ -4,6 +4,7 @@
 -- a completed activation completes its workflow and removes every task of it.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -308,10 +309,7 @@ do $$
 begin
     perform schedule_activity(b.task_id, b.lease_token, 1, 'a', '[]', 't32-body-acts')
     from body2 as b;
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('cf-body', 'h1', 'hook', 't32-body');
-    perform _wake('cf-body', 'h1');
+    perform pg_temp.wake_hook('cf-body', 't32-body');
 end
 $$;
 insert into outcome
@@ -376,10 +374,7 @@ do $$
 begin
     perform schedule_activity(d.task_id, d.lease_token, 1, 'a', '[]', 't32-done-acts')
     from done1 as d where d.job_id = 'cf-done';
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('cf-done', 'h1', 'hook', 't32-done');
-    perform _wake('cf-done', 'h1');
+    perform pg_temp.wake_hook('cf-done', 't32-done');
 end
 $$;
 select is(
@@ -431,13 +426,8 @@ from late as l;
 -- The activation of a thread other than main: only its task ends.
 do $$
 begin
-    perform start_workflow('w', '[]', 't32-thread', 'cf-thread');
-    update jobs set status = 'waiting' where id = 'cf-thread';
-    delete from tasks where job_id = 'cf-thread';
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('cf-thread', 'h1', 'hook', 't32-thread');
-    perform _wake('cf-thread', 'h1');
+    perform pg_temp.start_waiting('t32-thread', 'cf-thread');
+    perform pg_temp.wake_hook('cf-thread', 't32-thread');
     perform _wake('cf-thread', 'main');
 end
 $$;

@@ -4,6 +4,7 @@
 -- a wake-up that arrives during an activation is never lost.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -11,13 +12,8 @@ select plan(31);
 
 -- ------------------------------------------------------------------ suspend: nothing timed
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't33-q', 'sw-remote');
-end
-$$;
 create temp table remote on commit drop as
-select * from claim_tasks(array['t33-q'], 'worker-1', 1);
+select * from pg_temp.start_claimed('t33-q', 'sw-remote');
 do $$
 begin
     perform schedule_activity(r.task_id, r.lease_token, 1, 'a', '[]', 't33-acts') from remote as r;
@@ -70,13 +66,8 @@ select is(
 -- ------------------------------------------------------------------ suspend: timers, retries
 
 set local "hotmesh.fake_now" = '2020-01-01 00:01:00+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't33-timers', 'sw-timers');
-end
-$$;
 create temp table timers on commit drop as
-select * from claim_tasks(array['t33-timers'], 'worker-1', 1);
+select * from pg_temp.start_claimed('t33-timers', 'sw-timers');
 do $$
 begin
     perform schedule_sleep(t.task_id, t.lease_token, 1, 60) from timers as t;
@@ -106,13 +97,8 @@ select results_eq(
 select is((select status from jobs where id = 'sw-timers'), 'waiting', 'the workflow is waiting');
 
 set local "hotmesh.fake_now" = '2020-01-01 00:02:00+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't33-retry', 'sw-retry');
-end
-$$;
 create temp table retrying on commit drop as
-select * from claim_tasks(array['t33-retry'], 'worker-1', 1);
+select * from pg_temp.start_claimed('t33-retry', 'sw-retry');
 do $$
 begin
     perform schedule_sleep(r.task_id, r.lease_token, 1, 60) from retrying as r;
@@ -137,13 +123,8 @@ select results_eq(
 
 -- A due timer that was scheduled during the activation: run again at once (its time passed).
 set local "hotmesh.fake_now" = '2020-01-01 00:03:00+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't33-past', 'sw-past');
-end
-$$;
 create temp table past on commit drop as
-select * from claim_tasks(array['t33-past'], 'worker-1', 1);
+select * from pg_temp.start_claimed('t33-past', 'sw-past');
 do $$
 begin
     perform schedule_sleep(p.task_id, p.lease_token, 1, 2) from past as p;
@@ -173,11 +154,7 @@ begin
 end
 $$;
 set local "hotmesh.fake_now" = '2020-01-01 00:10:01+00';
-do $$
-begin
-    perform _wake('sw-wake', 'main');
-end
-$$;
+select _wake('sw-wake', 'main');
 select results_eq(
     $$
     select thread, kind, seq, name, task_queue, state, priority, run_at, attempt, rerun
@@ -191,33 +168,18 @@ select results_eq(
     $$,
     '_wake creates the activation: ready now, on the workflow''s queue, with its priority'
 );
-do $$
-begin
-    perform _wake('sw-wake', 'main');
-end
-$$;
+select _wake('sw-wake', 'main');
 select is(
     (select count(*)::integer from tasks where job_id = 'sw-wake'), 1,
     'a second _wake does not create a second activation'
 );
 set local "hotmesh.fake_now" = '2020-01-01 00:10:05+00';
-do $$
-begin
-    perform _wake('sw-wake', 'main');
-end
-$$;
+select _wake('sw-wake', 'main');
 select is(
     (select run_at from tasks where job_id = 'sw-wake'), '2020-01-01 00:10:01+00'::timestamptz,
     '_wake keeps an already due run_at (it does not push the task back)'
 );
-do $$
-begin
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('sw-wake', 'h1', 'hook', 't33-wake');
-    perform _wake('sw-wake', 'h1');
-end
-$$;
+select pg_temp.wake_hook('sw-wake', 't33-wake');
 select results_eq(
     $$select thread, state from tasks where job_id = 'sw-wake' order by thread$$,
     $$values ('h1', 'ready'), ('main', 'ready')$$,
@@ -246,11 +208,7 @@ select results_eq(
     $$values ('sw-wake', 'main')$$,
     'the activation is claimed'
 );
-do $$
-begin
-    perform _wake('sw-wake', 'main');
-end
-$$;
+select _wake('sw-wake', 'main');
 select results_eq(
     $$
     select t.state, t.rerun, t.lease_token, t.run_at
@@ -310,13 +268,8 @@ select results_eq(
 -- An activity completes while the activation that awaits it is still running: the activation
 -- is not deleted on suspend but runs again, and sees the outcome.
 set local "hotmesh.fake_now" = '2020-01-01 00:20:00+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't33-race', 'sw-race');
-end
-$$;
 create temp table race on commit drop as
-select * from claim_tasks(array['t33-race'], 'worker-1', 1);
+select * from pg_temp.start_claimed('t33-race', 'sw-race');
 do $$
 begin
     perform schedule_activity(r.task_id, r.lease_token, 1, 'a', '[5]', 't33-race-acts')
@@ -349,14 +302,7 @@ select is(
 );
 
 -- A thread other than main suspends without moving the workflow.
-do $$
-begin
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('sw-race', 'h1', 'hook', 't33-race');
-    perform _wake('sw-race', 'h1');
-end
-$$;
+select pg_temp.wake_hook('sw-race', 't33-race');
 select
     is(
         suspend_task(c.task_id, c.lease_token), null,

@@ -163,40 +163,39 @@ select is(
     make_interval(secs => 1e10),
     'the largest allowed cap is a valid interval'
 );
-select throws_ok(
-    $$select retry_delay(null, 0)$$, '22023', 'retry_delay: attempt must be >= 1, not 0',
-    'attempt 0 is refused'
-);
-select throws_ok(
-    $$select retry_delay(null, -3)$$, '22023', 'retry_delay: attempt must be >= 1, not -3',
-    'a negative attempt is refused'
-);
-select throws_ok(
-    $$select retry_delay('{"backoff_coefficient": 0}', 1)$$, '22023',
-    'retry policy backoff_coefficient must be a number >= 1, not 0',
-    'retry_delay validates the policy'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select retry_delay(null, 0)$$, '22023', 'retry_delay: attempt must be >= 1, not 0', 'attempt 0 is refused'),
+    ($$select retry_delay(null, -3)$$, '22023', 'retry_delay: attempt must be >= 1, not -3', 'a negative attempt is refused'),
+    ($$select retry_delay('{"backoff_coefficient": 0}', 1)$$, '22023', 'retry policy backoff_coefficient must be a number >= 1, not 0', 'retry_delay validates the policy')
+) as t (call, sqlstate, message, description);
 
 -- _retry_at: when to run again, or null when the failure is final.
-select is(
-    _retry_at(null, 1, '{"message": "boom"}'),
-    '2020-01-01 00:00:01+00'::timestamptz,
-    'default policy, 1 failed run: again after 1 s (on the engine clock)'
-);
-select is(
-    _retry_at(null, 2, '{}'),
-    '2020-01-01 00:00:10+00'::timestamptz,
-    'default policy, 2 failed runs: again after 10 s'
-);
-select is(_retry_at(null, 3, '{}'), null, 'default policy, 3 failed runs: final');
-select is(
-    _retry_at('{"maximum_attempts": 1}', 1, '{}'), null, 'maximum_attempts 1: never retried'
-);
-select is(
-    _retry_at(null, 1, '{"code": 500}'),
-    '2020-01-01 00:00:01+00'::timestamptz,
-    'an ordinary error code is retried'
-);
+select is(_retry_at(t.policy::jsonb, t.attempt, t.error::jsonb), t.retry_at, t.description)
+from (
+    values
+    (
+        null, 1, '{"message": "boom"}', '2020-01-01 00:00:01+00'::timestamptz,
+        'default policy, 1 failed run: again after 1 s (on the engine clock)'
+    ),
+    (null, 2, '{}', '2020-01-01 00:00:10+00', 'default policy, 2 failed runs: again after 10 s'),
+    (null, 3, '{}', null, 'default policy, 3 failed runs: final'),
+    ('{"maximum_attempts": 1}', 1, '{}', null, 'maximum_attempts 1: never retried'),
+    (null, 1, '{"code": 500}', '2020-01-01 00:00:01+00', 'an ordinary error code is retried'),
+    (
+        '{"non_retryable_errors": ["ValueError", "KeyError"]}', 1, '{"type": "KeyError"}', null,
+        'an error type listed as non-retryable is final at once'
+    ),
+    (
+        '{"non_retryable_errors": ["ValueError"]}', 1, '{"type": "TypeError"}',
+        '2020-01-01 00:00:01+00', 'an error type not listed is retried'
+    ),
+    (
+        null, 1, '{"message": "no type"}', '2020-01-01 00:00:01+00',
+        'an error without a type is retried by default'
+    )
+) as t (policy, attempt, error, retry_at, description);
 select results_eq(
     $$select c, _retry_at(null, 1, jsonb_build_object('code', c))
       from unnest(array['410'::jsonb, '596', '597', '598', '"598"']) as c$$,
@@ -204,53 +203,38 @@ select results_eq(
              ('"598"', null)$$,
     'codes 410, 596, 597, 598 (number or string) are final at once'
 );
-select is(
-    _retry_at('{"non_retryable_errors": ["ValueError", "KeyError"]}', 1, '{"type": "KeyError"}'),
-    null,
-    'an error type listed as non-retryable is final at once'
-);
-select is(
-    _retry_at('{"non_retryable_errors": ["ValueError"]}', 1, '{"type": "TypeError"}'),
-    '2020-01-01 00:00:01+00'::timestamptz,
-    'an error type not listed is retried'
-);
-select is(
-    _retry_at(null, 1, '{"message": "no type"}'),
-    '2020-01-01 00:00:01+00'::timestamptz,
-    'an error without a type is retried by default'
-);
 
 -- _final_error: the error a caller finally sees.
-select is(
-    _final_error(null, 3, '{"message": "boom", "type": "ValueError"}'),
-    '{"message": "boom", "type": "ValueError", "code": 597, "attempts": 3}'::jsonb,
-    'attempts used up: 597 with the attempt count, message and type kept'
-);
-select is(
-    _final_error('{"non_retryable_errors": ["ValueError"]}', 1, '{"type": "ValueError"}'),
-    '{"type": "ValueError", "code": 598, "attempts": 1}'::jsonb,
-    'non-retryable before the attempts ran out: 598 (fatal)'
-);
-select is(
-    _final_error(null, 1, '{"code": 598, "message": "fatal"}'),
-    '{"code": 598, "message": "fatal", "attempts": 1}'::jsonb,
-    'a fatal error keeps 598'
-);
-select is(
-    _final_error(null, 3, '{"code": "596"}'),
-    '{"code": 596, "attempts": 3}'::jsonb,
-    'a final code is kept (as a number) even when the attempts ran out'
-);
-select is(
-    _final_error('{"maximum_attempts": 5}', 2, '{"code": 410}'),
-    '{"code": 410, "attempts": 2}'::jsonb,
-    'an interruption keeps 410'
-);
-select is(
-    _final_error('{"maximum_attempts": 5}', 5, '{"code": 500}'),
-    '{"code": 597, "attempts": 5}'::jsonb,
-    'an ordinary code becomes 597 when the attempts ran out'
-);
+select is(_final_error(t.policy::jsonb, t.attempt, t.error::jsonb), t.final::jsonb, t.description)
+from (
+    values
+    (
+        null, 3, '{"message": "boom", "type": "ValueError"}',
+        '{"message": "boom", "type": "ValueError", "code": 597, "attempts": 3}',
+        'attempts used up: 597 with the attempt count, message and type kept'
+    ),
+    (
+        '{"non_retryable_errors": ["ValueError"]}', 1, '{"type": "ValueError"}',
+        '{"type": "ValueError", "code": 598, "attempts": 1}',
+        'non-retryable before the attempts ran out: 598 (fatal)'
+    ),
+    (
+        null, 1, '{"code": 598, "message": "fatal"}',
+        '{"code": 598, "message": "fatal", "attempts": 1}', 'a fatal error keeps 598'
+    ),
+    (
+        null, 3, '{"code": "596"}', '{"code": 596, "attempts": 3}',
+        'a final code is kept (as a number) even when the attempts ran out'
+    ),
+    (
+        '{"maximum_attempts": 5}', 2, '{"code": 410}', '{"code": 410, "attempts": 2}',
+        'an interruption keeps 410'
+    ),
+    (
+        '{"maximum_attempts": 5}', 5, '{"code": 500}', '{"code": 597, "attempts": 5}',
+        'an ordinary code becomes 597 when the attempts ran out'
+    )
+) as t (policy, attempt, error, final, description);
 
 select * from finish();
 

@@ -3,29 +3,39 @@
 -- completed by a claim of their thread only once due.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(65);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't41-q', 'st-1', null, '{"priority": 3}');
-end
-$$;
 create temp table a1 on commit drop as
-select * from claim_tasks(array['t41-q'], 'worker-1', 1, interval '1 hour');
+select *
+from pg_temp.start_claimed(
+    't41-q', 'st-1', p_lease => interval '1 hour', p_options => '{"priority": 3}'
+);
+
+-- record_step as the activation a1.
+create function pg_temp.record(
+    p_seq integer, p_kind text, p_name text, p_input jsonb, p_output jsonb,
+    p_error jsonb default null, p_retry_policy jsonb default null
+) returns jsonb
+language sql as $$
+    select record_step(
+        a.task_id, a.lease_token, p_seq, p_kind, p_name, p_input, p_output, p_error,
+        p_retry_policy
+    )
+    from a1 as a
+$$;
 
 -- ------------------------------------------------------------------ record_step: success
 
-select
-    is(
-        record_step(a.task_id, a.lease_token, 1, 'activity', 'add', '[1, 2]', '3'),
-        '{"seq": 1, "kind": "activity", "name": "add", "status": "completed", "output": 3,
-         "error": null, "attempt": 1, "due": null}'::jsonb,
-        'record_step returns the step as recorded'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(1, 'activity', 'add', '[1, 2]', '3'),
+    '{"seq": 1, "kind": "activity", "name": "add", "status": "completed", "output": 3,
+     "error": null, "attempt": 1, "due": null}'::jsonb,
+    'record_step returns the step as recorded'
+);
 select results_eq(
     $$
     select thread, kind, name, status, input, output, error, attempt, wake_at, created_at,
@@ -43,22 +53,16 @@ select results_eq(
 );
 
 set local "hotmesh.fake_now" = '2020-01-01 00:00:01+00';
-select
-    is(
-        record_step(a.task_id, a.lease_token, 1, 'activity', 'add', '[1, 2]', '4') -> 'output',
-        '3'::jsonb,
-        'a second record of the same call returns the first outcome'
-    )
-from a1 as a;
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 1, 'activity', 'add', '[1, 2]', null, '{"message": "late"}'
-        ) ->> 'status',
-        'completed',
-        'a later failure of a completed call returns the completion'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(1, 'activity', 'add', '[1, 2]', '4') -> 'output',
+    '3'::jsonb,
+    'a second record of the same call returns the first outcome'
+);
+select is(
+    pg_temp.record(1, 'activity', 'add', '[1, 2]', null, '{"message": "late"}') ->> 'status',
+    'completed',
+    'a later failure of a completed call returns the completion'
+);
 select results_eq(
     $$select output, error, completed_at from steps where job_id = 'st-1' and seq = 1$$,
     $$values ('3'::jsonb, null::jsonb, '2020-01-01 00:00:00+00'::timestamptz)$$,
@@ -67,30 +71,20 @@ select results_eq(
 
 -- ------------------------------------------------------------------ non-determinism: HM006
 
-select
-    throws_ok(
-        format(
-            $$select record_step(%s, %L, 1, 'activity', 'sub', '[1, 2]', '3')$$,
-            a.task_id, a.lease_token
-        ),
-        'HM006',
-        'non-determinism in workflow "st-1" thread main: step 1 was recorded as activity "add" '
-        || 'but the code now calls activity "sub"',
-        'record_step of another name at a recorded position: HM006'
-    )
-from a1 as a;
-select
-    throws_ok(
-        format(
-            $$select record_step(%s, %L, 1, 'random', 'add', null, '0.5')$$,
-            a.task_id, a.lease_token
-        ),
-        'HM006',
-        'non-determinism in workflow "st-1" thread main: step 1 was recorded as activity "add" '
-        || 'but the code now calls random "add"',
-        'record_step of another kind at a recorded position: HM006'
-    )
-from a1 as a;
+select throws_ok(
+    $$select pg_temp.record(1, 'activity', 'sub', '[1, 2]', '3')$$,
+    'HM006',
+    'non-determinism in workflow "st-1" thread main: step 1 was recorded as activity "add" '
+    || 'but the code now calls activity "sub"',
+    'record_step of another name at a recorded position: HM006'
+);
+select throws_ok(
+    $$select pg_temp.record(1, 'random', 'add', null, '0.5')$$,
+    'HM006',
+    'non-determinism in workflow "st-1" thread main: step 1 was recorded as activity "add" '
+    || 'but the code now calls random "add"',
+    'record_step of another kind at a recorded position: HM006'
+);
 select
     throws_ok(
         format(
@@ -126,47 +120,38 @@ select is(
 
 -- Policy for seq 2: delays 2 s, 4 s; 3 attempts.
 set local "hotmesh.fake_now" = '2020-01-01 00:01:00+00';
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 2, 'activity', 'flaky', '["x"]', null, '{"message": "e1"}',
-            '{"initial_interval": 2, "backoff_coefficient": 2}'
-        ),
-        '{"seq": 2, "kind": "activity", "name": "flaky", "status": "retrying", "output": null,
-         "error": {"message": "e1"}, "attempt": 1, "due": false}'::jsonb,
-        'a failed inline call with attempts left: retrying, not yet due'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(
+        2, 'activity', 'flaky', '["x"]', null, '{"message": "e1"}',
+        '{"initial_interval": 2, "backoff_coefficient": 2}'
+    ),
+    '{"seq": 2, "kind": "activity", "name": "flaky", "status": "retrying", "output": null,
+     "error": {"message": "e1"}, "attempt": 1, "due": false}'::jsonb,
+    'a failed inline call with attempts left: retrying, not yet due'
+);
 select results_eq(
     $$select input, wake_at, completed_at from steps where job_id = 'st-1' and seq = 2$$,
     $$values ('["x"]'::jsonb, '2020-01-01 00:01:02+00'::timestamptz, null::timestamptz)$$,
     'it waits until now + retry_delay(policy, 1) = now + 2 s'
 );
-select
-    throws_ok(
-        format(
-            $$select record_step(%s, %L, 2, 'activity', 'other', '["x"]', '1')$$,
-            a.task_id, a.lease_token
-        ),
-        'HM006',
-        'non-determinism in workflow "st-1" thread main: step 2 was recorded as activity "flaky" '
-        || 'but the code now calls activity "other"',
-        'a retrying step is still checked for non-determinism'
-    )
-from a1 as a;
+select throws_ok(
+    $$select pg_temp.record(2, 'activity', 'other', '["x"]', '1')$$,
+    'HM006',
+    'non-determinism in workflow "st-1" thread main: step 2 was recorded as activity "flaky" '
+    || 'but the code now calls activity "other"',
+    'a retrying step is still checked for non-determinism'
+);
 
 set local "hotmesh.fake_now" = '2020-01-01 00:01:02+00';
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 2, 'activity', 'flaky', '["x"]', null, '{"message": "e2"}',
-            '{"initial_interval": 2, "backoff_coefficient": 2}'
-        ),
-        '{"seq": 2, "kind": "activity", "name": "flaky", "status": "retrying", "output": null,
-         "error": {"message": "e2"}, "attempt": 2, "due": false}'::jsonb,
-        'the second attempt fails too: retrying, attempt 2, with its error'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(
+        2, 'activity', 'flaky', '["x"]', null, '{"message": "e2"}',
+        '{"initial_interval": 2, "backoff_coefficient": 2}'
+    ),
+    '{"seq": 2, "kind": "activity", "name": "flaky", "status": "retrying", "output": null,
+     "error": {"message": "e2"}, "attempt": 2, "due": false}'::jsonb,
+    'the second attempt fails too: retrying, attempt 2, with its error'
+);
 select is(
     (select wake_at from steps where job_id = 'st-1' and seq = 2),
     '2020-01-01 00:01:06+00'::timestamptz,
@@ -174,17 +159,15 @@ select is(
 );
 
 set local "hotmesh.fake_now" = '2020-01-01 00:01:06+00';
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 2, 'activity', 'flaky', '["x"]', '"ok"', null,
-            '{"initial_interval": 2, "backoff_coefficient": 2}'
-        ),
-        '{"seq": 2, "kind": "activity", "name": "flaky", "status": "completed", "output": "ok",
-         "error": null, "attempt": 3, "due": null}'::jsonb,
-        'the third attempt succeeds: retrying -> completed, attempt 3, the error cleared'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(
+        2, 'activity', 'flaky', '["x"]', '"ok"', null,
+        '{"initial_interval": 2, "backoff_coefficient": 2}'
+    ),
+    '{"seq": 2, "kind": "activity", "name": "flaky", "status": "completed", "output": "ok",
+     "error": null, "attempt": 3, "due": null}'::jsonb,
+    'the third attempt succeeds: retrying -> completed, attempt 3, the error cleared'
+);
 select results_eq(
     $$select wake_at, completed_at from steps where job_id = 'st-1' and seq = 2$$,
     $$values (null::timestamptz, '2020-01-01 00:01:06+00'::timestamptz)$$,
@@ -192,75 +175,63 @@ select results_eq(
 );
 
 -- seq 3: 2 attempts, both fail -> failed with 597.
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 3, 'activity', 'doomed', '[]', null, '{"message": "no"}',
-            '{"maximum_attempts": 2}'
-        ) ->> 'status',
-        'retrying',
-        'maximum_attempts 2, first failure: retrying'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(
+        3, 'activity', 'doomed', '[]', null, '{"message": "no"}',
+        '{"maximum_attempts": 2}'
+    ) ->> 'status',
+    'retrying',
+    'maximum_attempts 2, first failure: retrying'
+);
 set local "hotmesh.fake_now" = '2020-01-01 00:01:07+00';
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 3, 'activity', 'doomed', '[]', null, '{"message": "no!"}',
-            '{"maximum_attempts": 2}'
-        ),
-        '{"seq": 3, "kind": "activity", "name": "doomed", "status": "failed", "output": null,
-         "error": {"message": "no!", "code": 597, "attempts": 2}, "attempt": 2,
-         "due": null}'::jsonb,
-        'second failure: retrying -> failed with 597 and the attempt count'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(
+        3, 'activity', 'doomed', '[]', null, '{"message": "no!"}',
+        '{"maximum_attempts": 2}'
+    ),
+    '{"seq": 3, "kind": "activity", "name": "doomed", "status": "failed", "output": null,
+     "error": {"message": "no!", "code": 597, "attempts": 2}, "attempt": 2,
+     "due": null}'::jsonb,
+    'second failure: retrying -> failed with 597 and the attempt count'
+);
 select results_eq(
     $$select wake_at, completed_at from steps where job_id = 'st-1' and seq = 3$$,
     $$values (null::timestamptz, '2020-01-01 00:01:07+00'::timestamptz)$$,
     'the failed step is final: no wake time, completed now'
 );
-select
-    is(
-        record_step(a.task_id, a.lease_token, 3, 'activity', 'doomed', '[]', '"late"') ->> 'status',
-        'failed',
-        'a later success of a failed call returns the failure (first final record wins)'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(3, 'activity', 'doomed', '[]', '"late"') ->> 'status',
+    'failed',
+    'a later success of a failed call returns the failure (first final record wins)'
+);
 
 -- seq 4: fatal at once; seq 5: non-retryable type at once.
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 4, 'activity', 'fatal', '[]', null,
-            '{"code": 598, "message": "bad card"}'
-        ),
-        '{"seq": 4, "kind": "activity", "name": "fatal", "status": "failed", "output": null,
-         "error": {"code": 598, "message": "bad card", "attempts": 1}, "attempt": 1,
-         "due": null}'::jsonb,
-        'a fatal error (598) fails the call at once'
-    )
-from a1 as a;
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 5, 'activity', 'typed', '[]', null, '{"type": "KeyError"}',
-            '{"non_retryable_errors": ["KeyError"]}'
-        ) -> 'error',
-        '{"type": "KeyError", "code": 598, "attempts": 1}'::jsonb,
-        'a non-retryable error type fails the call at once with 598'
-    )
-from a1 as a;
-select
-    is(
-        record_step(
-            a.task_id, a.lease_token, 6, 'activity', 'once', '[]', null, '{"message": "x"}',
-            '{"maximum_attempts": 1}'
-        ) -> 'error',
-        '{"message": "x", "code": 597, "attempts": 1}'::jsonb,
-        'maximum_attempts 1: the first failure is final (597)'
-    )
-from a1 as a;
+select is(
+    pg_temp.record(
+        4, 'activity', 'fatal', '[]', null,
+        '{"code": 598, "message": "bad card"}'
+    ),
+    '{"seq": 4, "kind": "activity", "name": "fatal", "status": "failed", "output": null,
+     "error": {"code": 598, "message": "bad card", "attempts": 1}, "attempt": 1,
+     "due": null}'::jsonb,
+    'a fatal error (598) fails the call at once'
+);
+select is(
+    pg_temp.record(
+        5, 'activity', 'typed', '[]', null, '{"type": "KeyError"}',
+        '{"non_retryable_errors": ["KeyError"]}'
+    ) -> 'error',
+    '{"type": "KeyError", "code": 598, "attempts": 1}'::jsonb,
+    'a non-retryable error type fails the call at once with 598'
+);
+select is(
+    pg_temp.record(
+        6, 'activity', 'once', '[]', null, '{"message": "x"}',
+        '{"maximum_attempts": 1}'
+    ) -> 'error',
+    '{"message": "x", "code": 597, "attempts": 1}'::jsonb,
+    'maximum_attempts 1: the first failure is final (597)'
+);
 
 -- ------------------------------------------------------------------ record_steps (batch)
 
@@ -477,18 +448,13 @@ select
         'a sleep where an activity was recorded: HM006'
     )
 from a1 as a;
-select
-    throws_ok(
-        format(
-            $$select record_step(%s, %L, 9, 'activity', 'a', '[]', '1')$$,
-            a.task_id, a.lease_token
-        ),
-        'HM006',
-        'non-determinism in workflow "st-1" thread main: step 9 was recorded as sleep "" '
-        || 'but the code now calls activity "a"',
-        'an activity where a sleep was recorded: HM006'
-    )
-from a1 as a;
+select throws_ok(
+    $$select pg_temp.record(9, 'activity', 'a', '[]', '1')$$,
+    'HM006',
+    'non-determinism in workflow "st-1" thread main: step 9 was recorded as sleep "" '
+    || 'but the code now calls activity "a"',
+    'an activity where a sleep was recorded: HM006'
+);
 select
     throws_ok(
         format($$select schedule_sleep(%s, %L, 10, %s)$$, a.task_id, a.lease_token, d.seconds),
@@ -549,13 +515,8 @@ select results_eq(
 -- ------------------------------------------------------------------ timers fire only when due
 
 set local "hotmesh.fake_now" = '2020-01-01 01:00:00+00';
-do $$
-begin
-    perform start_workflow('w', '[]', 't41-timer', 'st-timer');
-end
-$$;
 create temp table t1 on commit drop as
-select * from claim_tasks(array['t41-timer'], 'worker-1', 1);
+select * from pg_temp.start_claimed('t41-timer', 'st-timer');
 do $$
 begin
     perform schedule_sleep(t.task_id, t.lease_token, 1, 10) from t1 as t;
@@ -568,10 +529,7 @@ begin
     from t1 as t;
     perform suspend_task(t.task_id, t.lease_token) from t1 as t;
     -- A timer of another thread of the same workflow.
-    -- A hook thread (its row in threads lets _wake create its activation).
-    insert into threads (job_id, thread, name, task_queue)
-    values ('st-timer', 'h1', 'hook', 't41-timer');
-    perform _wake('st-timer', 'h1');
+    perform pg_temp.wake_hook('st-timer', 't41-timer');
     perform schedule_sleep(c.task_id, c.lease_token, 1, 10)
     from claim_tasks(array['t41-timer'], 'worker-1', 1) as c;
 end
@@ -585,11 +543,7 @@ select is_empty(
 
 -- Something else wakes the thread early: the claim does not complete the timers.
 set local "hotmesh.fake_now" = '2020-01-01 01:00:05+00';
-do $$
-begin
-    perform _wake('st-timer', 'main');
-end
-$$;
+select _wake('st-timer', 'main');
 create temp table early on commit drop as
 select * from claim_tasks(array['t41-timer'], 'worker-1', 1);
 select results_eq(

@@ -2,18 +2,16 @@
 -- that does not exist is HM007 (not a silent no-op); nothing is ever nulled.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(14);
 
+select pg_temp.start('t50-q', 'e1');
 do $$
 begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
     perform entity_set('e1', '{"a": {"b": 1, "c": [1, 2, 3]}, "k": null, "x.y": 1, "s": "t"}');
 end
 $$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
 
 select is(
     entity_delete('e1', 'a.b'), '{"a": {"c": [1, 2, 3]}, "k": null, "x.y": 1, "s": "t"}'::jsonb,
@@ -29,32 +27,16 @@ select is(
     entity_delete('e1', 'a'), '{"s": "t"}'::jsonb, 'deleting a whole subtree'
 );
 
-select throws_ok(
-    $$select entity_delete('e1', 'gone')$$, 'HM007',
-    'entity delete: path "gone" does not exist: the entity has no key "gone"',
-    'a missing key is HM007'
-);
-select throws_ok(
-    $$select entity_delete('e1', 'a.b.c')$$, 'HM007',
-    'entity delete: path "a.b.c" does not exist: the entity has no key "a"',
-    'a missing intermediate is HM007 naming the first missing key'
-);
-select throws_ok(
-    $$select entity_delete('e1', 's.x')$$, 'HM007',
-    'entity delete: path "s.x" does not exist: "s" is a string',
-    'a path through a scalar does not exist'
-);
-select throws_ok(
-    $$select entity_delete('e1', null)$$, 'HM007', 'entity delete: a path is required',
-    'delete needs a path (the entity itself cannot be deleted)'
-);
-select throws_ok(
-    $$select entity_delete('e1', '[]')$$, 'HM007', 'entity path is empty', 'an empty path'
-);
-select throws_ok(
-    $$select entity_delete('nope', 'a')$$, 'HM002', 'workflow "nope" not found',
-    'unknown workflow'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select entity_delete('e1', 'gone')$$, 'HM007', 'entity delete: path "gone" does not exist: the entity has no key "gone"', 'a missing key is HM007'),
+    ($$select entity_delete('e1', 'a.b.c')$$, 'HM007', 'entity delete: path "a.b.c" does not exist: the entity has no key "a"', 'a missing intermediate is HM007 naming the first missing key'),
+    ($$select entity_delete('e1', 's.x')$$, 'HM007', 'entity delete: path "s.x" does not exist: "s" is a string', 'a path through a scalar does not exist'),
+    ($$select entity_delete('e1', null)$$, 'HM007', 'entity delete: a path is required', 'delete needs a path (the entity itself cannot be deleted)'),
+    ($$select entity_delete('e1', '[]')$$, 'HM007', 'entity path is empty', 'an empty path'),
+    ($$select entity_delete('nope', 'a')$$, 'HM002', 'workflow "nope" not found', 'unknown workflow')
+) as t (call, sqlstate, message, description);
 select is(pg_temp.doc(), '{"s": "t"}'::jsonb, 'the errors changed nothing');
 select is(entity_delete('e1', 's'), '{}'::jsonb, 'deleting the last key leaves {} (never null)');
 select is(

@@ -2,14 +2,11 @@
 -- (whatever stops it), JSON null when it holds null. A read takes no lock and records nothing.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(17);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_get('e1'), '{}'::jsonb, 'a new entity is {}');
 do $$

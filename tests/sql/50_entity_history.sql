@@ -4,24 +4,13 @@
 -- operations are not changes.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(10);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-hist', 'e1');
-end
-$$;
 create temp table claimed on commit drop as
-select * from claim_tasks(array['t50-hist'], 'worker-7', 1);
-
-create function pg_temp.step(p_seq integer, p_op text, p_path text, p_value jsonb)
-returns jsonb
-language sql as $$
-    select entity_step(c.task_id, c.lease_token, p_seq, p_op, p_path, p_value)
-      from claimed as c
-$$;
+select * from pg_temp.start_claimed('t50-hist', 'e1', 'worker-7');
 
 do $$
 begin

@@ -4,18 +4,11 @@
 -- records nothing, so its key stays free.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(17);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-    perform start_workflow('w', '[]', 't50-q', 'e2');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1', 'e2');
 
 select is(entity_increment('e1', 'n', 5, 'pay-1'), 5::numeric, 'the first call applies');
 select is(entity_increment('e1', 'n', 5, 'pay-1'), 5::numeric, 'a retry returns the same result');

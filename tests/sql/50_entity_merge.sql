@@ -3,17 +3,11 @@
 -- merge({}) into {} set the whole context to NULL: both are asserted correct here.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(16);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_merge('e1', '{}'), '{}'::jsonb, 'merge({}) into {} leaves {} (the seed: NULL)');
 select is(pg_temp.doc(), '{}'::jsonb, 'the stored entity is {} too, never NULL');
@@ -57,26 +51,15 @@ select is(
 );
 
 create temp table before_errors on commit drop as select pg_temp.doc() as doc;
-select throws_ok(
-    $$select entity_merge('e1', '[1]')$$, 'HM008',
-    'entity merge: the value must be a JSON object, not an array',
-    'merging an array is HM008'
-);
-select throws_ok(
-    $$select entity_merge('e1', '3')$$, 'HM008',
-    'entity merge: the value must be a JSON object, not a number',
-    'merging a number is HM008'
-);
-select throws_ok(
-    $$select entity_merge('e1', null)$$, '22023', null, 'SQL null is refused'
-);
-select throws_ok(
-    $$select entity_merge('e1', '{"a": ')$$, '22P02', null, 'invalid JSON is refused'
-);
-select throws_ok(
-    $$select entity_merge('ghost', '{}')$$, 'HM002', 'workflow "ghost" not found',
-    'unknown workflow: HM002'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select entity_merge('e1', '[1]')$$, 'HM008', 'entity merge: the value must be a JSON object, not an array', 'merging an array is HM008'),
+    ($$select entity_merge('e1', '3')$$, 'HM008', 'entity merge: the value must be a JSON object, not a number', 'merging a number is HM008'),
+    ($$select entity_merge('e1', null)$$, '22023', null, 'SQL null is refused'),
+    ($$select entity_merge('e1', '{"a": ')$$, '22P02', null, 'invalid JSON is refused'),
+    ($$select entity_merge('ghost', '{}')$$, 'HM002', 'workflow "ghost" not found', 'unknown workflow: HM002')
+) as t (call, sqlstate, message, description);
 select is(pg_temp.doc(), (select doc from before_errors), 'errors changed nothing');
 select is(
     (select count(*)::integer from steps where job_id = 'e1' and name = 'merge'), 8,

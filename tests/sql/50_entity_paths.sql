@@ -3,6 +3,7 @@
 -- with a message naming the path. A path is data: SQL-looking text is a key like any other.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(30);
 
@@ -20,41 +21,23 @@ select is(
     'SQL-looking text is one key'
 );
 
-select throws_ok($$select _entity_path('')$$, 'HM007', 'entity path is empty', 'empty text');
-select throws_ok($$select _entity_path('[]')$$, 'HM007', 'entity path is empty', 'an empty array');
-select throws_ok(
-    $$select _entity_path('a..b')$$, 'HM007', 'entity path "a..b" has an empty segment',
-    'an empty segment'
-);
-select throws_ok(
-    $$select _entity_path('.a')$$, 'HM007', 'entity path ".a" has an empty segment',
-    'a leading dot'
-);
-select throws_ok(
-    $$select _entity_path('a.')$$, 'HM007', 'entity path "a." has an empty segment',
-    'a trailing dot'
-);
-select throws_ok(
-    $$select _entity_path('[a')$$, 'HM007', 'entity path [a starts with "[" but is not a JSON array',
-    'invalid JSON after ['
-);
-select throws_ok(
-    $$select _entity_path('["a", true]')$$, 'HM007',
-    'segment 2 of entity path ["a", true] is true; segments are strings (keys) or whole numbers >= 0 (array indexes)',
-    'a boolean segment'
-);
-select throws_ok(
-    $$select _entity_path('[-1]')$$, 'HM007', null, 'a negative index'
-);
-select throws_ok(
-    $$select _entity_path('[1.5]')$$, 'HM007', null, 'a fractional index'
-);
-select throws_ok(
-    $$select _entity_path('[2147483648]')$$, 'HM007', null, 'an index beyond integer range'
-);
-select throws_ok($$select _entity_path('[null]')$$, 'HM007', null, 'a null segment');
-select throws_ok($$select _entity_path('[["a"]]')$$, 'HM007', null, 'a nested array segment');
-select throws_ok($$select _entity_path('[{"a": 1}]')$$, 'HM007', null, 'an object segment');
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select _entity_path('')$$, 'HM007', 'entity path is empty', 'empty text'),
+    ($$select _entity_path('[]')$$, 'HM007', 'entity path is empty', 'an empty array'),
+    ($$select _entity_path('a..b')$$, 'HM007', 'entity path "a..b" has an empty segment', 'an empty segment'),
+    ($$select _entity_path('.a')$$, 'HM007', 'entity path ".a" has an empty segment', 'a leading dot'),
+    ($$select _entity_path('a.')$$, 'HM007', 'entity path "a." has an empty segment', 'a trailing dot'),
+    ($$select _entity_path('[a')$$, 'HM007', 'entity path [a starts with "[" but is not a JSON array', 'invalid JSON after ['),
+    ($$select _entity_path('["a", true]')$$, 'HM007', 'segment 2 of entity path ["a", true] is true; segments are strings (keys) or whole numbers >= 0 (array indexes)', 'a boolean segment'),
+    ($$select _entity_path('[-1]')$$, 'HM007', null, 'a negative index'),
+    ($$select _entity_path('[1.5]')$$, 'HM007', null, 'a fractional index'),
+    ($$select _entity_path('[2147483648]')$$, 'HM007', null, 'an index beyond integer range'),
+    ($$select _entity_path('[null]')$$, 'HM007', null, 'a null segment'),
+    ($$select _entity_path('[["a"]]')$$, 'HM007', null, 'a nested array segment'),
+    ($$select _entity_path('[{"a": 1}]')$$, 'HM007', null, 'an object segment')
+) as t (call, sqlstate, message, description);
 
 -- how messages name paths
 select is(_entity_path_label(array['a', 'b']), '"a.b"', 'dotted when unambiguous');
@@ -62,9 +45,9 @@ select is(_entity_path_label(array['a.b', 'c']), '["a.b", "c"]', 'JSON when a ke
 select is(_entity_path_label('{}'::text[]), 'the entity', 'the root');
 
 -- through the API: paths are data
+select pg_temp.start('t50-q', 'e1');
 do $$
 begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
     perform entity_set('e1', '1', 'x''); drop table jobs; --');
     perform entity_set('e1', '2', '["a.b", "it''s"]');
 end

@@ -2,17 +2,11 @@
 -- value at the path afterwards. An existing JSON null counts as existing (as in the seed).
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(12);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_set_if_not_exists('e1', 'k', '1'), '1'::jsonb, 'sets a missing key');
 select is(entity_set_if_not_exists('e1', 'k', '2'), '1'::jsonb, 'keeps an existing one');
@@ -37,23 +31,14 @@ select is(
 );
 
 create temp table before_errors on commit drop as select pg_temp.doc() as doc;
-select throws_ok(
-    $$select entity_set_if_not_exists('e1', 'arr.3', '5')$$, 'HM007',
-    'entity set_if_not_exists: path "arr.3" does not exist: index 3 is out of range for "arr" (length 1)',
-    'array elements are never created'
-);
-select throws_ok(
-    $$select entity_set_if_not_exists('e1', 'k.x', '5')$$, 'HM008',
-    'entity set_if_not_exists: cannot create path "k.x": "k" is a number, not an object',
-    'a scalar parent'
-);
-select throws_ok(
-    $$select entity_set_if_not_exists('e1', 'new', null)$$, '22023', null, 'SQL null is not a value'
-);
-select throws_ok(
-    $$select entity_set_if_not_exists('nope', 'k', '1')$$, 'HM002', 'workflow "nope" not found',
-    'unknown workflow'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select entity_set_if_not_exists('e1', 'arr.3', '5')$$, 'HM007', 'entity set_if_not_exists: path "arr.3" does not exist: index 3 is out of range for "arr" (length 1)', 'array elements are never created'),
+    ($$select entity_set_if_not_exists('e1', 'k.x', '5')$$, 'HM008', 'entity set_if_not_exists: cannot create path "k.x": "k" is a number, not an object', 'a scalar parent'),
+    ($$select entity_set_if_not_exists('e1', 'new', null)$$, '22023', null, 'SQL null is not a value'),
+    ($$select entity_set_if_not_exists('nope', 'k', '1')$$, 'HM002', 'workflow "nope" not found', 'unknown workflow')
+) as t (call, sqlstate, message, description);
 select is(pg_temp.doc(), (select doc from before_errors), 'the errors changed nothing');
 
 select * from finish();

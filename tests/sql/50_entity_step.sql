@@ -4,26 +4,13 @@
 -- failed step (so a replay raises the same error) and changes nothing; get is recorded too.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(30);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-step', 'e1');
-end
-$$;
 create temp table claimed on commit drop as
-select * from claim_tasks(array['t50-step'], 'worker-1', 1);
-
-create function pg_temp.step(p_seq integer, p_op text, p_path text, p_value jsonb)
-returns jsonb
-language sql as $$
-    select entity_step(c.task_id, c.lease_token, p_seq, p_op, p_path, p_value)
-      from claimed as c
-$$;
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select * from pg_temp.start_claimed('t50-step', 'e1');
 create function pg_temp.version() returns bigint
 language sql as $$ select entity_version from jobs where id = 'e1' $$;
 

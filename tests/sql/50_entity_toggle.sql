@@ -3,17 +3,11 @@
 -- error); nothing changes.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 
 select plan(12);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't50-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t50-q', 'e1');
 
 select is(entity_toggle('e1', 'f'), true, 'seed 4.3: toggle(f) on {} gives true');
 select is(pg_temp.doc(), '{"f": true}'::jsonb, 'stored as a JSON boolean');
@@ -28,26 +22,15 @@ begin
 end
 $$;
 create temp table before_errors on commit drop as select pg_temp.doc() as doc;
-select throws_ok(
-    $$select entity_toggle('e1', 'bad.n')$$, 'HM008',
-    'entity toggle: "bad.n" is a number, not a boolean', '0 is not false'
-);
-select throws_ok(
-    $$select entity_toggle('e1', 'bad.s')$$, 'HM008',
-    'entity toggle: "bad.s" is a string, not a boolean', '"true" is not true'
-);
-select throws_ok(
-    $$select entity_toggle('e1', 'bad.z')$$, 'HM008',
-    'entity toggle: "bad.z" is null, not a boolean', 'null is not false'
-);
-select throws_ok(
-    $$select entity_toggle('e1', 'f.x')$$, 'HM008',
-    'entity toggle: cannot create path "f.x": "f" is a boolean, not an object', 'a boolean parent'
-);
-select throws_ok(
-    $$select entity_toggle('nope', 'f')$$, 'HM002', 'workflow "nope" not found',
-    'unknown workflow'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select entity_toggle('e1', 'bad.n')$$, 'HM008', 'entity toggle: "bad.n" is a number, not a boolean', '0 is not false'),
+    ($$select entity_toggle('e1', 'bad.s')$$, 'HM008', 'entity toggle: "bad.s" is a string, not a boolean', '"true" is not true'),
+    ($$select entity_toggle('e1', 'bad.z')$$, 'HM008', 'entity toggle: "bad.z" is null, not a boolean', 'null is not false'),
+    ($$select entity_toggle('e1', 'f.x')$$, 'HM008', 'entity toggle: cannot create path "f.x": "f" is a boolean, not an object', 'a boolean parent'),
+    ($$select entity_toggle('nope', 'f')$$, 'HM002', 'workflow "nope" not found', 'unknown workflow')
+) as t (call, sqlstate, message, description);
 select is(pg_temp.doc(), (select doc from before_errors), 'the errors changed nothing');
 
 select * from finish();

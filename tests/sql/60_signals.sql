@@ -69,20 +69,14 @@ $$;
 
 -- ------------------------------------------------------------------ bad input
 
-select throws_ok(
-    $$select signal('', '1')$$, '22023', 'signal id is required', 'an empty signal id: 22023'
-);
-select throws_ok(
-    $$select signal(null, '1')$$, '22023', 'signal id is required', 'a null signal id: 22023'
-);
-select throws_ok(
-    $$select signal('go', 'not json')$$, '22P02', null, 'a payload that is not JSON: 22P02'
-);
-select throws_ok(
-    $$select signal('go', '1', 'nobody', 'key-unknown')$$,
-    'HM002', 'signal "go": workflow "nobody" not found',
-    'a signal to an unknown workflow: HM002 naming it'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select signal('', '1')$$, '22023', 'signal id is required', 'an empty signal id: 22023'),
+    ($$select signal(null, '1')$$, '22023', 'signal id is required', 'a null signal id: 22023'),
+    ($$select signal('go', 'not json')$$, '22P02', null, 'a payload that is not JSON: 22P02'),
+    ($$select signal('go', '1', 'nobody', 'key-unknown')$$, 'HM002', 'signal "go": workflow "nobody" not found', 'a signal to an unknown workflow: HM002 naming it')
+) as t (call, sqlstate, message, description);
 select is(
     (select count(*)::integer from signals) + (select count(*)::integer from signal_keys), 0,
     '... nothing kept, the idempotency key not used'
@@ -296,17 +290,13 @@ select is(
 
 set local "hotmesh.fake_now" = '2020-01-01 00:01:00+00';
 select lives_ok($$select pg_temp.start('sg-t')$$, 'setup: sg-t claimed');
-select throws_ok(
-    $$select pg_temp.wait('sg-t', 1, 'slow', -1)$$, '22023',
-    'wait_for timeout must be from 0 to 1e10 seconds, not -1', 'a negative timeout: 22023'
-);
-select throws_ok(
-    $$select pg_temp.wait('sg-t', 1, 'slow', 'NaN')$$, '22023', null, 'a NaN timeout: 22023'
-);
-select throws_ok(
-    $$select pg_temp.wait('sg-t', 1, '', 1)$$, '22023', 'signal id is required',
-    'a wait without a signal id: 22023'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select pg_temp.wait('sg-t', 1, 'slow', -1)$$, '22023', 'wait_for timeout must be from 0 to 1e10 seconds, not -1', 'a negative timeout: 22023'),
+    ($$select pg_temp.wait('sg-t', 1, 'slow', 'NaN')$$, '22023', null, 'a NaN timeout: 22023'),
+    ($$select pg_temp.wait('sg-t', 1, '', 1)$$, '22023', 'signal id is required', 'a wait without a signal id: 22023')
+) as t (call, sqlstate, message, description);
 select is(
     (select count(*)::integer from steps where job_id = 'sg-t'), 0,
     '... none of them recorded anything'

@@ -6,36 +6,11 @@
 -- workflows; search_step operations and their failures; emit_step.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(141);
-
--- The tasks the test holds, by a name of its choosing.
-create temp table held (
-    key text primary key,
-    job_id text not null,
-    thread text not null,
-    task_id bigint not null,
-    token uuid not null
-) on commit drop;
-
--- Claims the next task of p_queue and holds it as p_key.
-create function pg_temp.claim(p_key text, p_queue text) returns text
-language plpgsql as $$
-declare
-    v_claim claimed_task;
-begin
-    select * into v_claim from claim_tasks(array[p_queue], 'tester', 1);
-    if v_claim.task_id is null then
-        raise exception 'nothing to claim on %', p_queue;
-    end if;
-    delete from held where key = p_key;
-    insert into held values (p_key, v_claim.job_id, v_claim.thread, v_claim.task_id,
-                             v_claim.lease_token);
-    return v_claim.job_id || '/' || v_claim.thread;
-end
-$$;
 
 create function pg_temp.child(
     p_key text, p_seq integer, p_name text, p_id text default null, p_await boolean default true,
@@ -386,23 +361,14 @@ select is(
 
 -- ================================================================== hooks
 
-select throws_ok(
-    $$select hook('cs', '')$$, '22023', 'hook workflow_name is required',
-    'a hook without a function: 22023'
-);
-select throws_ok(
-    $$select hook('cs', 'fa', '{"a": 1}')$$, '22023',
-    'args of hook "fa" must be a JSON array, not object', 'hook args that are not an array: 22023'
-);
-select throws_ok(
-    $$select hook('nobody', 'fa')$$, 'HM002', 'hook "fa": workflow "nobody" not found',
-    'a hook into an unknown workflow: HM002'
-);
-select throws_ok(
-    $$select hook('cx', 'fa')$$, 'HM003',
-    'hook "fa": workflow "cx" is cancelled and takes no more hooks',
-    'a hook into a finished workflow: HM003'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select hook('cs', '')$$, '22023', 'hook workflow_name is required', 'a hook without a function: 22023'),
+    ($$select hook('cs', 'fa', '{"a": 1}')$$, '22023', 'args of hook "fa" must be a JSON array, not object', 'hook args that are not an array: 22023'),
+    ($$select hook('nobody', 'fa')$$, 'HM002', 'hook "fa": workflow "nobody" not found', 'a hook into an unknown workflow: HM002'),
+    ($$select hook('cx', 'fa')$$, 'HM003', 'hook "fa": workflow "cx" is cancelled and takes no more hooks', 'a hook into a finished workflow: HM003')
+) as t (call, sqlstate, message, description);
 select is(
     (select count(*)::integer from threads where job_id in ('cs', 'nobody', 'cx')), 1,
     '... none of them started a thread (cx has its one hook from before)'
@@ -631,77 +597,48 @@ select is(
     '{"region": "eu", "score": 1, "tier": "gold"}'::jsonb,
     '... stored in jobs.search'
 );
-select is(pg_temp.search('sa', 2, 'get', '["region"]') -> 'output', '"eu"'::jsonb, 'get');
-select is(
-    pg_temp.search('sa', 3, 'get', '["missing"]') -> 'output', 'null'::jsonb,
-    'get of a missing field: null'
-);
-select is(
-    pg_temp.search('sa', 4, 'mget', '["region", "missing", "score"]') -> 'output',
-    '["eu", null, 1]'::jsonb, 'mget: values in order'
-);
-select is(
-    pg_temp.search('sa', 5, 'incr', '["score", 2.5]') -> 'output', '3.5'::jsonb,
-    'incr: the new value'
-);
-select is(
-    pg_temp.search('sa', 5, 'incr', '["score", 2.5]') -> 'output', '3.5'::jsonb,
-    'the same incr again (a replay) returns the recorded value ...'
-);
+-- One search operation a row, in this order: the part of its step that says what it did.
+select is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+from (
+    values
+    (2, 'get', '["region"]', '{output}'::text[], '"eu"', 'get'),
+    (3, 'get', '["missing"]', '{output}', 'null', 'get of a missing field: null'),
+    (4, 'mget', '["region", "missing", "score"]', '{output}', '["eu", null, 1]', 'mget: values in order'),
+    (5, 'incr', '["score", 2.5]', '{output}', '3.5', 'incr: the new value'),
+    (5, 'incr', '["score", 2.5]', '{output}', '3.5', 'the same incr again (a replay) returns the recorded value ...')
+) as t (seq, op, args, path, expected, description);
 select is(
     (select search -> 'score' from jobs where id = 'sa'), '3.5'::jsonb, '... and adds nothing'
 );
-select is(
-    pg_temp.search('sa', 6, 'incr', '["n", 1]') -> 'output', '1'::jsonb,
-    'incr of a missing field starts from 0'
-);
-select is(
-    pg_temp.search('sa', 7, 'mult', '["score", 2]') -> 'output', '7.0'::jsonb,
-    'mult: the new value (stored as is, not as a logarithm)'
-);
-select is(
-    pg_temp.search('sa', 8, 'mult', '["m", 3]') -> 'output', '3'::jsonb,
-    'mult of a missing field starts from 1'
-);
-select is(
-    pg_temp.search('sa', 9, 'del', '["m", "nope"]') -> 'output', '1'::jsonb,
-    'del: the number of fields that existed'
-);
+select is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+from (
+    values
+    (6, 'incr', '["n", 1]', '{output}'::text[], '1', 'incr of a missing field starts from 0'),
+    (7, 'mult', '["score", 2]', '{output}', '7.0', 'mult: the new value (stored as is, not as a logarithm)'),
+    (8, 'mult', '["m", 3]', '{output}', '3', 'mult of a missing field starts from 1'),
+    (9, 'del', '["m", "nope"]', '{output}', '1', 'del: the number of fields that existed')
+) as t (seq, op, args, path, expected, description);
 select is(
     (select search from jobs where id = 'sa'),
     '{"region": "eu", "score": 7.0, "tier": "gold", "n": 1}'::jsonb,
     'the attributes after these operations'
 );
-select is(
-    pg_temp.search('sa', 10, 'incr', '["region", 1]') -> 'error',
-    '{"message": "search incr \"region\": needs numbers, found string and number",
-      "type": "SearchError", "code": 598, "sqlstate": "HM008"}'::jsonb,
-    'incr of a string: a failed step (HM008)'
-);
-select is(
-    pg_temp.search('sa', 11, 'incr', '["score"]') #>> '{error, sqlstate}', 'HM008',
-    'incr without an amount: a failed step (HM008)'
-);
-select is(
-    pg_temp.search('sa', 12, 'set', '["region", "us"]') #>> '{error, sqlstate}', '22023',
-    'set of an array: a failed step (22023)'
-);
-select is(
-    pg_temp.search('sa', 13, 'get', '[]') #>> '{error, sqlstate}', '22023',
-    'get without a key: a failed step (22023)'
-);
-select is(
-    pg_temp.search('sa', 14, 'mget', '{"a": 1}') #>> '{error, sqlstate}', '22023',
-    'mget of an object: a failed step (22023)'
-);
-select is(
-    pg_temp.search('sa', 15, 'set', '{"big": 1e300}') ->> 'status', 'completed',
-    'setup: a large number'
-);
-select is(
-    pg_temp.search('sa', 16, 'mult', '["big", 1e300]') #>> '{error, sqlstate}', '22023',
-    'a product beyond the range of a double (README: Limits): a failed step (22023)'
-);
+select is(pg_temp.search('sa', t.seq, t.op, t.args::jsonb) #> t.path, t.expected::jsonb, t.description)
+from (
+    values
+    (
+        10, 'incr', '["region", 1]', '{error}'::text[],
+        '{"message": "search incr \"region\": needs numbers, found string and number",
+          "type": "SearchError", "code": 598, "sqlstate": "HM008"}',
+        'incr of a string: a failed step (HM008)'
+    ),
+    (11, 'incr', '["score"]', '{error, sqlstate}', '"HM008"', 'incr without an amount: a failed step (HM008)'),
+    (12, 'set', '["region", "us"]', '{error, sqlstate}', '"22023"', 'set of an array: a failed step (22023)'),
+    (13, 'get', '[]', '{error, sqlstate}', '"22023"', 'get without a key: a failed step (22023)'),
+    (14, 'mget', '{"a": 1}', '{error, sqlstate}', '"22023"', 'mget of an object: a failed step (22023)'),
+    (15, 'set', '{"big": 1e300}', '{status}', '"completed"', 'setup: a large number'),
+    (16, 'mult', '["big", 1e300]', '{error, sqlstate}', '"22023"', 'a product beyond the range of a double (README: Limits): a failed step (22023)')
+) as t (seq, op, args, path, expected, description);
 select is(
     (select search - 'big' from jobs where id = 'sa'),
     '{"region": "eu", "score": 7.0, "tier": "gold", "n": 1}'::jsonb,

@@ -3,18 +3,12 @@
 -- nothing (no document change, no step, no version), from SQL and from workflow code.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(10);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 't62-q', 'e1');
-end
-$$;
-
-create function pg_temp.doc() returns jsonb
-language sql as $$ select context from jobs where id = 'e1' $$;
+select pg_temp.start('t62-q', 'e1');
 create function pg_temp.steps() returns bigint
 language sql as $$ select count(*) from steps where job_id = 'e1' $$;
 

@@ -5,16 +5,12 @@
 -- scope (migration 0007, signal_id null) still turns any send with it away.
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
 select plan(11);
 
-do $$
-begin
-    perform start_workflow('w', '[]', 'q62', 'k1');
-    perform start_workflow('w', '[]', 'q62', 'k2');
-end
-$$;
+select pg_temp.start('q62', 'k1', 'k2');
 
 select is(
     signal('approve', '"yes"', 'k1', 'K') ->> 'status', 'kept',

@@ -5,40 +5,12 @@
 -- thread, entity changes with their version, a stable order; HM002 for an unknown id).
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 set local timezone = 'UTC';
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2030-01-01 00:00:00+00';
 
 select plan(39);
-
--- The tasks the test holds, by a name of its choosing.
-create temp table held (
-    key text primary key,
-    task_id bigint not null,
-    token uuid not null
-) on commit drop;
-
--- Claims the next task of p_queue and holds it as p_key.
-create function pg_temp.claim(p_key text, p_queue text) returns bigint
-language plpgsql as $$
-declare
-    v_claim claimed_task;
-begin
-    select * into v_claim from claim_tasks(array[p_queue], 'tester', 1);
-    if v_claim.task_id is null then
-        raise exception 'nothing to claim on %', p_queue;
-    end if;
-    insert into held values (p_key, v_claim.task_id, v_claim.lease_token)
-    on conflict (key) do update set task_id = excluded.task_id, token = excluded.token;
-    return v_claim.task_id;
-end
-$$;
-
-create function pg_temp.tid(p_key text) returns bigint
-language sql as $$ select task_id from held where key = p_key $$;
-
-create function pg_temp.tok(p_key text) returns uuid
-language sql as $$ select token from held where key = p_key $$;
 
 create function pg_temp.waiting_on(p_id text) returns text
 language sql as $$ select waiting_on from workflows where id = p_id $$;
@@ -133,30 +105,14 @@ select is(
     'a sleeping workflow waits on its timer, and its hook thread on its signal'
 );
 select is(
-    pg_temp.waiting_on('v-timer'), 'timer until 2030-01-01T00:01:00+00:00, h1: signal go',
-    '... as text: the timer, then the hook''s wait prefixed with its thread'
-);
-select is(
     (select waits from workflows where id = 'v-signal'),
     '[{"thread": "main", "seq": 1, "kind": "signal", "name": "approve",
        "until": "2030-01-01T00:05:00+00:00"}]'::jsonb,
     'a workflow waiting for a signal: its id and the timeout'
 );
 select is(
-    pg_temp.waiting_on('v-signal'), 'signal approve (timeout 2030-01-01T00:05:00+00:00)',
-    '... as text'
-);
-select is(
-    pg_temp.waiting_on('v-activity'), 'activity charge (queued)',
-    'a remote activity not claimed yet: queued'
-);
-select is(
-    pg_temp.waiting_on('v-inline'), 'activity pay (retry 2 at 2030-01-01T00:00:01+00:00)',
-    'an inline activity between attempts: the next attempt and when'
-);
-select is(
     (select waits -> 0 ->> 'error' from workflows where id = 'v-inline'), 'down',
-    '... with its last error'
+    'an inline activity between attempts waits with its last error'
 );
 select is(
     (select waits from workflows where id = 'v-child'),
@@ -164,24 +120,27 @@ select is(
        "workflow_id": "v-kid"}]'::jsonb,
     'a workflow awaiting a child: the child''s id'
 );
-select is(pg_temp.waiting_on('v-child'), 'child v-kid', '... as text');
 select is(
     (select parent_id from workflows where id = 'v-kid'), 'v-child',
     'the child row names its parent'
 );
 select is(
-    pg_temp.waiting_on('v-dead'),
-    format('dead task %s (wf): non-determinism at step 1', pg_temp.tid('dead')),
-    'a workflow whose activation was parked: the dead task and why'
-);
-select is(
-    pg_temp.waiting_on('v-wfretry'), 'retry of wf at 2030-01-01T00:00:01+00:00',
-    'a workflow body between attempts: when it runs again'
-);
-select is(
     (select error from workflows where id = 'v-wfretry'), 'flaky',
-    '... and the error of its last attempt'
+    'a workflow body between attempts shows the error of its last attempt'
 );
+
+-- waiting_on: what waits says, as text.
+select is(pg_temp.waiting_on(t.id), t.waiting_on, t.description)
+from (
+    values
+    ('v-timer', 'timer until 2030-01-01T00:01:00+00:00, h1: signal go', 'a timer and a hook''s signal as text: the timer, then the hook''s wait prefixed with its thread'),
+    ('v-signal', 'signal approve (timeout 2030-01-01T00:05:00+00:00)', 'a signal wait as text'),
+    ('v-activity', 'activity charge (queued)', 'a remote activity not claimed yet: queued'),
+    ('v-inline', 'activity pay (retry 2 at 2030-01-01T00:00:01+00:00)', 'an inline activity between attempts: the next attempt and when'),
+    ('v-child', 'child v-kid', 'a child wait as text'),
+    ('v-dead', format('dead task %s (wf): non-determinism at step 1', pg_temp.tid('dead')), 'a workflow whose activation was parked: the dead task and why'),
+    ('v-wfretry', 'retry of wf at 2030-01-01T00:00:01+00:00', 'a workflow body between attempts: when it runs again')
+) as t (id, waiting_on, description);
 select results_eq(
     $$select waiting_on, waits, error from workflows where id = 'v-failed'$$,
     $$values (null::text, '[]'::jsonb, 'nope')$$,

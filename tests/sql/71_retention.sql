@@ -4,39 +4,12 @@
 -- (failed -> pending from the last recorded step, children and hooks, dead tasks, refusals).
 begin;
 \ir _preamble.psql
+\ir _fixtures.psql
 set local timezone = 'UTC';
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2040-01-01 00:00:00+00';
 
 select plan(67);
-
-create temp table held (
-    key text primary key,
-    task_id bigint not null,
-    token uuid not null
-) on commit drop;
-
--- Claims the next task of p_queue and holds it as p_key.
-create function pg_temp.claim(p_key text, p_queue text) returns bigint
-language plpgsql as $$
-declare
-    v_claim claimed_task;
-begin
-    select * into v_claim from claim_tasks(array[p_queue], 'tester', 1);
-    if v_claim.task_id is null then
-        raise exception 'nothing to claim on %', p_queue;
-    end if;
-    insert into held values (p_key, v_claim.task_id, v_claim.lease_token)
-    on conflict (key) do update set task_id = excluded.task_id, token = excluded.token;
-    return v_claim.task_id;
-end
-$$;
-
-create function pg_temp.tid(p_key text) returns bigint
-language sql as $$ select task_id from held where key = p_key $$;
-
-create function pg_temp.tok(p_key text) returns uuid
-language sql as $$ select token from held where key = p_key $$;
 
 -- Rows left anywhere for a workflow id.
 create function pg_temp.rows_of(p_id text) returns bigint
@@ -71,26 +44,15 @@ select results_eq(
     'a start without expire takes the app''s default_retention; expire wins'
 );
 select is(set_setting('default_retention', '3600'), '3600'::jsonb, 'seconds as a number');
-select throws_ok(
-    $$select set_setting('default_retention', '"soon"')$$, '22023', null,
-    'a value that is no duration: 22023'
-);
-select throws_ok(
-    $$select set_setting('default_retention', '-1')$$, '22023', null,
-    'a negative duration: 22023'
-);
-select throws_ok(
-    $$select set_setting('default_retention', '{"days": 1}')$$, '22023', null,
-    'an object: 22023'
-);
-select throws_ok(
-    $$select set_setting('retention', '1')$$, '22023',
-    'unknown setting "retention" (known: default_retention)',
-    'an unknown key: 22023 naming the known ones'
-);
-select throws_ok(
-    $$select get_setting('nope')$$, '22023', null, 'get_setting of an unknown key: 22023'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select set_setting('default_retention', '"soon"')$$, '22023', null, 'a value that is no duration: 22023'),
+    ($$select set_setting('default_retention', '-1')$$, '22023', null, 'a negative duration: 22023'),
+    ($$select set_setting('default_retention', '{"days": 1}')$$, '22023', null, 'an object: 22023'),
+    ($$select set_setting('retention', '1')$$, '22023', 'unknown setting "retention" (known: default_retention)', 'an unknown key: 22023 naming the known ones'),
+    ($$select get_setting('nope')$$, '22023', null, 'get_setting of an unknown key: 22023')
+) as t (call, sqlstate, message, description);
 select is(get_setting('default_retention'), '3600'::jsonb, 'a refused change changed nothing');
 select is(
     set_setting('default_retention', null), '604800'::jsonb,
@@ -185,17 +147,13 @@ select is(
     (select count(*)::integer from jobs where id like 'p-%'), 3, '... all three are there'
 );
 
-select throws_ok(
-    $$select prune_batch(null)$$, '22023', 'prune: older_than must be an interval >= 0, not null',
-    'older_than null: 22023'
-);
-select throws_ok(
-    $$select prune_batch(interval '-1 day')$$, '22023', null, 'a negative older_than: 22023'
-);
-select throws_ok(
-    $$select prune_batch(p_batch => 0)$$, '22023', 'prune: batch must be from 1 to 100000, not 0',
-    'a batch of 0: 22023'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select prune_batch(null)$$, '22023', 'prune: older_than must be an interval >= 0, not null', 'older_than null: 22023'),
+    ($$select prune_batch(interval '-1 day')$$, '22023', null, 'a negative older_than: 22023'),
+    ($$select prune_batch(p_batch => 0)$$, '22023', 'prune: batch must be from 1 to 100000, not 0', 'a batch of 0: 22023')
+) as t (call, sqlstate, message, description);
 
 -- The procedure commits between batches, so it cannot pin its search_path: its body names
 -- the schema instead.
@@ -383,19 +341,13 @@ select results_eq(
     $$values ('ready', 0, null::jsonb, '2042-01-01 00:00:05+00'::timestamptz, null::jsonb)$$,
     '... ready at once, with a fresh attempt count and the error cleared'
 );
-select throws_ok(
-    $$select retry_workflow('r-done')$$, 'HM003',
-    'workflow "r-done" is completed; only a failed workflow, or one with a dead task, can be retried',
-    'retry_workflow of a completed workflow: HM003'
-);
-select throws_ok(
-    $$select retry_workflow('r-fail')$$, 'HM003', null,
-    'a retried workflow (pending, nothing dead) cannot be retried again: HM003'
-);
-select throws_ok(
-    $$select retry_workflow('no-such-workflow')$$, 'HM002',
-    'workflow "no-such-workflow" not found', 'retry_workflow of an unknown id: HM002'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select retry_workflow('r-done')$$, 'HM003', 'workflow "r-done" is completed; only a failed workflow, or one with a dead task, can be retried', 'retry_workflow of a completed workflow: HM003'),
+    ($$select retry_workflow('r-fail')$$, 'HM003', null, 'a retried workflow (pending, nothing dead) cannot be retried again: HM003'),
+    ($$select retry_workflow('no-such-workflow')$$, 'HM002', 'workflow "no-such-workflow" not found', 'retry_workflow of an unknown id: HM002')
+) as t (call, sqlstate, message, description);
 
 -- A failed child behind the parent's failed step is retried with it.
 set local "hotmesh.fake_now" = '2042-01-02 00:00:00+00';

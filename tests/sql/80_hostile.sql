@@ -26,21 +26,13 @@ select lives_ok(
     $$select start_workflow('w', jsonb_build_array(repeat('x', 1048000)), 'h80-q')$$,
     'workflow args just under 1 MiB'
 );
-select throws_ok(
-    $$select signal('s', to_jsonb(repeat('x', 1048576)))$$,
-    '22023', null,
-    'a signal payload over 1 MiB'
-);
-select throws_ok(
-    $$select entity_set('h80', to_jsonb(repeat('x', 1048576)), 'big')$$,
-    '22023', null,
-    'an entity value over 1 MiB'
-);
-select throws_ok(
-    $$select hook('h80', 'h', jsonb_build_array(repeat('x', 1048576)))$$,
-    '22023', null,
-    'hook args over 1 MiB'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select signal('s', to_jsonb(repeat('x', 1048576)))$$, '22023', null, 'a signal payload over 1 MiB'),
+    ($$select entity_set('h80', to_jsonb(repeat('x', 1048576)), 'big')$$, '22023', null, 'an entity value over 1 MiB'),
+    ($$select hook('h80', 'h', jsonb_build_array(repeat('x', 1048576)))$$, '22023', null, 'hook args over 1 MiB')
+) as t (call, sqlstate, message, description);
 select throws_ok(
     format('select signal(%L, %L::jsonb)', 's', repeat('[', 101) || repeat(']', 101)),
     '22023', 'the payload of signal "s" is nested more than 100 levels deep',
@@ -50,26 +42,14 @@ select lives_ok(
     format('select signal(%L, %L::jsonb)', 's', repeat('[', 100) || repeat(']', 100)),
     '100 levels of nesting'
 );
-select throws_ok(
-    $$select entity_merge('h80', '{"a": 1e309}')$$,
-    '22023', 'the value of entity merge holds a number beyond the range of a double (1.8e308)',
-    'a number beyond a double'
-);
-select throws_ok(
-    $$select entity_increment('h80', 'n', 1e400)$$,
-    '22023',
-    'the value of entity increment holds a number beyond the range of a double (1.8e308)',
-    'an increment beyond a double'
-);
-select throws_ok(
-    $$select signal('s', '"a\u0000b"')$$, '22P05', null,
-    'NUL in JSON: Postgres refuses it before any function runs'
-);
-select throws_ok(
-    $$select cancel_workflow('h80', repeat('r', 1048576))$$,
-    '22023', null,
-    'a cancel reason over 1 MiB'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select entity_merge('h80', '{"a": 1e309}')$$, '22023', 'the value of entity merge holds a number beyond the range of a double (1.8e308)', 'a number beyond a double'),
+    ($$select entity_increment('h80', 'n', 1e400)$$, '22023', 'the value of entity increment holds a number beyond the range of a double (1.8e308)', 'an increment beyond a double'),
+    ($$select signal('s', '"a\u0000b"')$$, '22P05', null, 'NUL in JSON: Postgres refuses it before any function runs'),
+    ($$select cancel_workflow('h80', repeat('r', 1048576))$$, '22023', null, 'a cancel reason over 1 MiB')
+) as t (call, sqlstate, message, description);
 
 -- ------------------------------------------------------------------ names
 

@@ -65,17 +65,13 @@ select results_eq(
     ),
     'list_logins: every login of both groups, which ones create_login made, their sessions'
 );
-select throws_ok(
-    $$select rotate_login(current_schema() || '_by_hand')$$, '42501',
-    format('role "%s_by_hand" was not made by %s.create_login; change it yourself', :'app', :'app'),
-    'a login made by hand is not rotated'
-);
-select throws_ok(
-    $$select revoke_login(current_schema() || '_by_hand')$$, '42501', null, '... nor revoked'
-);
-select throws_ok(
-    $$select revoke_login('postgres')$$, '42501', null, '... nor any other role'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select rotate_login(current_schema() || '_by_hand')$$, '42501', format('role "%s_by_hand" was not made by %s.create_login; change it yourself', :'app', :'app'), 'a login made by hand is not rotated'),
+    ($$select revoke_login(current_schema() || '_by_hand')$$, '42501', null, '... nor revoked'),
+    ($$select revoke_login('postgres')$$, '42501', null, '... nor any other role')
+) as t (call, sqlstate, message, description);
 
 -- Rotation.
 create temp table hash_before on commit drop as
@@ -108,21 +104,14 @@ select throws_ok(
 
 -- Bad input changes nothing.
 create temp table roles_before on commit drop as select count(*) as n from pg_roles;
-select throws_ok(
-    $$select create_login('admin', 'x')$$, '22023', 'login group must be app or worker, not admin',
-    'an unknown group: 22023'
-);
-select throws_ok(
-    $$select create_login('worker', 'Bad-Name')$$, '22023',
-    'login name must be lowercase letters, digits and _, not ''Bad-Name''', 'a bad name: 22023'
-);
-select throws_ok(
-    $$select create_login('worker', repeat('x', 60))$$, '22023', null,
-    'a role name over 63 characters: 22023'
-);
-select throws_ok(
-    $$select create_login('app', 'web')$$, '42710', null, 'an existing login: 42710'
-);
+select throws_ok(t.call, t.sqlstate, t.message, t.description)
+from (
+    values
+    ($$select create_login('admin', 'x')$$, '22023', 'login group must be app or worker, not admin', 'an unknown group: 22023'),
+    ($$select create_login('worker', 'Bad-Name')$$, '22023', 'login name must be lowercase letters, digits and _, not ''Bad-Name''', 'a bad name: 22023'),
+    ($$select create_login('worker', repeat('x', 60))$$, '22023', null, 'a role name over 63 characters: 22023'),
+    ($$select create_login('app', 'web')$$, '42710', null, 'an existing login: 42710')
+) as t (call, sqlstate, message, description);
 select is(
     (select count(*) from pg_roles), (select n from roles_before), '... none made a role'
 );
