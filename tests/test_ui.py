@@ -47,6 +47,7 @@ class Site:
     url: str  # actions allowed
     read_only: str
     with_token: str
+    mounted: str  # the dashboard mounted at /hm in another Starlette application
 
 
 def _free_port() -> int:
@@ -56,26 +57,14 @@ def _free_port() -> int:
 
 
 def _serve(dsn: str, app: str, *flags: str, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`hotmesh ui` with `flags`; with the flag "mounted", tests/workers/ui_mounted.py."""
     port = _free_port()
     log = (logs / f"ui-{port}.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hotmesh.cli",
-            "ui",
-            "--app",
-            app,
-            "--dsn",
-            dsn,
-            "--port",
-            str(port),
-            *flags,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    command = ["-m", "hotmesh.cli", "ui", "--app", app, "--dsn", dsn, "--port", str(port), *flags]
+    if flags == ("mounted",):
+        command = [str(ROOT / "tests" / "workers" / "ui_mounted.py"), dsn, app, str(port)]
+    proc = subprocess.Popen([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}" + ("/hm" if flags == ("mounted",) else "")
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
     def up() -> bool:
@@ -108,7 +97,12 @@ def site(
         workers.spawn()
         assert sleep_until(lambda: "ready" in workers.log(), 30), workers.log()
         urls = []
-        for flags in [("--allow-actions",), (), ("--allow-actions", "--token", TOKEN)]:
+        for flags in [
+            ("--allow-actions",),
+            (),
+            ("--allow-actions", "--token", TOKEN),
+            ("mounted",),
+        ]:
             proc, url = _serve(dsn, databases.app, *flags, logs=logs)
             servers.append(proc)
             urls.append(url)
@@ -289,6 +283,19 @@ def test_detail_timeline_entity_diff_and_links(site: Site, db: SQL, page: Page) 
     expect(page.locator("h1 .id")).to_have_text(child)
     page.click("#parent")
     expect(page.locator("h1 .id")).to_have_text("A42")
+
+
+def test_mounted_in_another_application(site: Site, db: SQL, page: Page) -> None:
+    start(db, "nobody_serves_this", [], "M1", queue="idle", entity="mounted")
+    page.goto(site.mounted + "/workflows?entity=mounted")
+    expect(page.locator("#live")).to_have_text("live")
+    page.click("text=M1")
+    expect(page).to_have_url(site.mounted + "/workflows/M1")
+    page.click("form[action$='/cancel'] button")
+    page.click("#confirm button")
+    expect(page.locator("#done")).to_have_text("Cancelled.")
+    expect(page).to_have_url(site.mounted + "/workflows/M1?done=cancel")
+    assert status(db, "M1") == "cancelled"
 
 
 def test_unknown_workflow_is_a_404_page(site: Site, page: Page) -> None:

@@ -18,7 +18,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -95,6 +95,8 @@ class _Ui:
         self.actor = Database(self.pools[1], app_id)
         self.owner = Database(self.pools[2], app_id)
         self.live = Live(dsn, app_id)
+        self.started = False
+        self._starting = asyncio.Lock()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("hotmesh.ui", "templates"),
             autoescape=True,
@@ -102,6 +104,25 @@ class _Ui:
         )
         self.templates.filters["json"] = _pretty
         self.templates.filters["when"] = _when
+        self.templates.filters["age"] = _age
+
+    async def start(self) -> None:
+        """Open the pools and start listening, once: at startup when the ASGI server runs this
+        app's lifespan, else (mounted in another application, whose lifespan does not run a
+        mounted app's) at the first request."""
+        async with self._starting:
+            if not self.started:
+                for pool in self.pools:
+                    await pool.open()
+                await self.live.start()
+                self.started = True
+
+    async def stop(self) -> None:
+        if self.started:
+            await self.live.stop()
+            for pool in self.pools:
+                await pool.close()
+            self.started = False
 
     async def read(self, query: str, **params: Any) -> list[dict[str, Any]]:
         statement = sql.SQL(query).format(app=self.schema)
@@ -117,6 +138,17 @@ def _pretty(value: Any) -> str:
 
 def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _age(value: timedelta | None) -> str:
+    if value is None:
+        return ""
+    seconds = value.total_seconds()
+    return (
+        f"{seconds:.1f} s"
+        if seconds < 120
+        else str(value - timedelta(microseconds=value.microseconds))
+    )
 
 
 def _ui(request: Request) -> _Ui:
@@ -137,6 +169,7 @@ def _render(request: Request, template: str, status: int = 200, **context: Any) 
         app=ui.app_id,
         actions=ui.allow_actions,
         csrf=_csrf(request),
+        root=request.scope.get("root_path", ""),  # where it is mounted: "" at the root
         live=request.method == "GET",  # a page that a GET shows again (not a POST's answer)
         **context,
     )
@@ -190,7 +223,7 @@ async def workflows(request: Request) -> Response:
         last = rows[-1]
         query = {k: v for k, v in request.query_params.items() if v and k != "after"}
         query["after"] = f"{last['created_at'].isoformat()}|{last['id']}"
-        next_url = f"{request.url.path}?{urlencode(query)}"
+        next_url = f"{request.scope.get('root_path', '')}/workflows?{urlencode(query)}"
     return _render(
         request,
         "workflows.html",
@@ -393,7 +426,8 @@ async def action(request: Request) -> Response:
             statement=statement,
             problem=problem,
         )
-    return RedirectResponse(f"/workflows/{_quote(shown)}?done={name}", status_code=303)
+    root = request.scope.get("root_path", "")
+    return RedirectResponse(f"{root}/workflows/{_quote(shown)}?done={name}", status_code=303)
 
 
 def _quote(workflow_id: str) -> str:
@@ -467,12 +501,17 @@ class _Access:
     the password of HTTP basic auth (any user name). Without a token only loopback clients
     are served."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, ui: _Ui) -> None:
         self.app = app
-        self.token = token
+        self.ui = ui
+        self.token = ui.token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._allowed(Request(scope)):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._allowed(Request(scope)):
+            await self.ui.start()
             await self.app(scope, receive, send)
             return
         if self.token is None:
@@ -514,15 +553,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        for pool in ui.pools:
-            await pool.open()
-        await ui.live.start()
+        await ui.start()
         try:
             yield
         finally:
-            await ui.live.stop()
-            for pool in ui.pools:
-                await pool.close()
+            await ui.stop()
 
     static = resources.files("hotmesh.ui") / "static"
     routes = [
@@ -543,4 +578,4 @@ def create_app(
     }
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.ui = ui
-    return _Access(app, token)
+    return _Access(app, ui)

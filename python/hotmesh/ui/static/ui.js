@@ -36,8 +36,10 @@ function drawChart() {
   });
   svg("text", { x: 0, y: h + 15, class: "axis" }, chart).textContent = "60 min ago";
   svg("text", { x: w, y: h + 15, class: "axis", "text-anchor": "end" }, chart).textContent = "now";
-  svg("text", { x: w / 2, y: h + 15, class: "axis", "text-anchor": "middle" }, chart).textContent =
-    `started ■ / finished ■ per minute (max ${top})`;
+  const legend = svg("text", { x: w / 2, y: h + 15, class: "axis", "text-anchor": "middle" }, chart);
+  svg("tspan", { class: "starts" }, legend).textContent = "■ started ";
+  svg("tspan", { class: "done" }, legend).textContent = "■ finished";
+  svg("tspan", {}, legend).textContent = ` per minute (max ${top})`;
 }
 
 let refreshing = false, again = false;
@@ -71,7 +73,7 @@ async function refresh() {
 function live() {
   const badge = document.getElementById("live");
   const banner = document.getElementById("db-down");
-  const source = new EventSource("/events");
+  const source = new EventSource(document.body.dataset.root + "/events");
   source.addEventListener("change", refresh);
   source.addEventListener("db", (e) => {
     const up = e.data === "up";
