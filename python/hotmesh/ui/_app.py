@@ -70,10 +70,13 @@ class _Action:
 class _Ui:
     """What every request shares: the settings, the connections' pools, the live stream."""
 
-    def __init__(self, app_id: str, dsn: str, allow_actions: bool, token: str | None) -> None:
+    def __init__(
+        self, app_id: str, dsn: str, allow_actions: bool, token: str | None, list_window: int
+    ) -> None:
         self.app_id = check_app_id(app_id)
         self.allow_actions = allow_actions
         self.token = token
+        self.list_window = list_window
         self.schema = sql.Identifier(app_id)
         role = sql.Identifier(f"{app_id}_app")
         kwargs = {"autocommit": True, "context": ADAPTERS, "connect_timeout": 5}
@@ -190,13 +193,21 @@ def _error(request: Request, status: int, title: str, message: str) -> Response:
 
 async def overview(request: Request) -> Response:
     ui = _ui(request)
-    (row,) = await ui.read(_queries.OVERVIEW)
-    chart = {"starts": row["starts"], "completions": row["completions"]}
+    counts: dict[str, int] = {}
+    completions: dict[int, int] = {}
+    failed_day = 0
+    for row in await ui.read(_queries.OVERVIEW):
+        counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
+        if row["minute"] is not None:
+            completions[row["minute"]] = completions.get(row["minute"], 0) + row["n"]
+        failed_day += row["n"] if row["failed_day"] else 0
+    starts = [[row["minute"], row["n"]] for row in await ui.read(_queries.STARTS)]
+    chart = {"starts": starts, "completions": sorted(completions.items())}
     return _render(
         request,
         "overview.html",
-        counts=row["counts"],
-        failed_day=row["failed_day"],
+        counts=counts,
+        failed_day=failed_day,
         chart=json.dumps(chart),
         queues=await ui.reader.queue_backlog(),
     )
@@ -213,22 +224,29 @@ async def workflows(request: Request) -> Response:
             400,
             rows=[],
             next_url=None,
+            searched_to=None,
             problem=problem,
             form=request.query_params,
         )
-    rows = await ui.read(_queries.WORKFLOWS, **filters, limit=_PAGE + 1)
+    # Only the filters no index serves need a window larger than the page itself.
+    unindexed = any(filters[f] is not None for f in ("status", "name", "waits"))
+    scan = ui.list_window if unindexed else _PAGE + 1
+    found = await ui.read(_queries.WORKFLOWS, **filters, limit=_PAGE + 1, scan=scan)
+    rows = [row for row in found if not row["edge"]]
+    # The next page starts after the last row shown or, when the window ran out first,
+    # after the last row searched.
+    last = rows[_PAGE - 1] if len(rows) > _PAGE else next((r for r in found if r["edge"]), None)
     next_url = None
-    if len(rows) > _PAGE:
-        rows = rows[:_PAGE]
-        last = rows[-1]
+    if last is not None:
         query = {k: v for k, v in request.query_params.items() if v and k != "after"}
         query["after"] = f"{last['created_at'].isoformat()}|{last['id']}"
         next_url = f"{request.scope.get('root_path', '')}/workflows?{urlencode(query)}"
     return _render(
         request,
         "workflows.html",
-        rows=rows,
+        rows=rows[:_PAGE],
         next_url=next_url,
+        searched_to=None if last is None or len(rows) > _PAGE else last["created_at"],
         problem=None,
         form=request.query_params,
     )
@@ -541,15 +559,21 @@ class _Access:
 
 
 def create_app(
-    app_id: str, dsn: str = "", *, allow_actions: bool = False, token: str | None = None
+    app_id: str,
+    dsn: str = "",
+    *,
+    allow_actions: bool = False,
+    token: str | None = None,
+    list_window: int = 10_000,
 ) -> ASGIApp:
     """The dashboard of app `app_id` as an ASGI application: mount it in your own Starlette or
     FastAPI application, or serve it with any ASGI server (`hotmesh ui` uses uvicorn).
 
     `dsn` is the connection string (default: DATABASE_URL, else the libpq variables); its login
     must be a member of `<app>_app`. Read-only unless `allow_actions`. Without a `token` only
-    clients on this machine are served; with one, every request must carry it."""
-    ui = _Ui(app_id, dsn, allow_actions, token)
+    clients on this machine are served; with one, every request must carry it. A page of the
+    workflow list searches at most `list_window` workflows (docs/ui.md)."""
+    ui = _Ui(app_id, dsn, allow_actions, token, list_window)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
