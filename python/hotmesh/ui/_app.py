@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 import psycopg
@@ -449,8 +449,6 @@ async def action(request: Request) -> Response:
 
 
 def _quote(workflow_id: str) -> str:
-    from urllib.parse import quote
-
     return quote(workflow_id, safe="")
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from hotmesh.rows import HistoryEntry
 
 STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
@@ -51,19 +53,13 @@ def list_filters(query: Mapping[str, str]) -> dict[str, Any]:
         "status": status,
         "name": get.get("name"),
         "entity": get.get("entity"),
-        "search": None if search is None else _jsonb(search),
+        "search": None if search is None else Jsonb(search),
         "since": _when("from", get["from"]) if "from" in get else None,
         "until": _when("to", get["to"]) if "to" in get else None,
         "waits": None if waits is None else WAITS[waits],
         "after_at": after_at,
         "after_id": after_id,
     }
-
-
-def _jsonb(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,11 @@ function drawChart() {
 }
 
 let refreshing = false, again = false;
+// Set once the user changes a field of this page: its forms then stay as they are.
+let edited = false;
+for (const kind of ["input", "change"]) {
+  document.addEventListener(kind, (e) => { if (e.target.closest && e.target.closest("#main form")) edited = true; });
+}
 
 // Fetch this page and swap its <main>: what the server renders is the only truth.
 async function refresh() {
@@ -50,13 +55,13 @@ async function refresh() {
   if (refreshing) { again = true; return; }
   refreshing = true;
   try {
-    const response = await fetch(location.href, { headers: { "X-Live": "1" } });
+    const response = await fetch(location.href);
     const page = new DOMParser().parseFromString(await response.text(), "text/html");
     const fresh = page.getElementById("main");
     const main = document.getElementById("main");
     // A form being filled in is not replaced under the user's fingers.
     const active = document.activeElement;
-    const typing = active && main && main.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName);
+    const typing = edited || (active && main && main.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName));
     if (fresh && main && !typing) {
       main.replaceWith(fresh);
       drawChart();
