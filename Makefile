@@ -49,6 +49,8 @@ help:
 
 # ------------------------------------------------------------------------------ setup
 
+# chromium (and a font for it): the browser tests of `hotmesh ui` (tests/test_ui.py) drive it
+# with Playwright, which cannot download its own browser here.
 setup: sysdeps $(STAMP)
 
 # Installs only what is missing; needs root for that (otherwise prints the command and fails).
@@ -61,6 +63,8 @@ sysdeps:
 	command -v pg_prove >/dev/null || missing="$$missing libtap-parser-sourcehandler-pgtap-perl"; \
 	[ -f $$ext/plpgsql_check.control ] || missing="$$missing postgresql-$(PG_MAJOR)-plpgsql-check"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -d /usr/share/fonts/truetype/dejavu ] || missing="$$missing fonts-dejavu-core"; \
 	[ -z "$$missing" ] && exit 0; \
 	install="DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends$$missing"; \
 	if [ "$$(id -u)" -ne 0 ]; then \
@@ -182,8 +186,10 @@ _pytest:
 
 # ------------------------------------------------------------------------------ demo, bench
 
+# The demo's data stays in the private cluster: the last line says how to look at it.
 demo: setup
 	$(DB_RUN) -- $(BIN)/python python/examples/demo.py
+	@echo 'the dashboard on this data:  eval "$$(make -s db-up)" && $(HM) ui --app my_app --allow-actions   (then open http://127.0.0.1:8700/)'
 
 # The private cluster preloads pg_stat_statements; the extension makes bench count statements.
 bench: setup

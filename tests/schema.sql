@@ -13,6 +13,7 @@
 -- migration 0005_hot_paths.sql
 -- migration 0006_signal_retention.sql
 -- migration 0007_signal_key_scope.sql
+-- migration 0014_workflow_list.sql
 
 -- tables
 create table <app>.jobs (
@@ -133,6 +134,7 @@ alter table <app>.threads add constraint threads_pkey PRIMARY KEY (job_id, threa
 alter table <app>.threads add constraint threads_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text])));
 
 -- indexes
+CREATE INDEX jobs_created ON <app>.jobs USING btree (created_at, id);
 CREATE INDEX jobs_entity ON <app>.jobs USING btree (entity, created_at);
 CREATE INDEX jobs_expire_at ON <app>.jobs USING btree (expire_at) WHERE (expire_at IS NOT NULL);
 CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_id IS NOT NULL);

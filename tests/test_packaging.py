@@ -41,6 +41,21 @@ def test_wheel_holds_the_product_and_no_cluster_manager(wheel: Path) -> None:
     assert (ROOT / "python/hotmesh/devtools/pgcluster.py").is_file()
     assert not [f for f in modules if "initdb" in (wheel / f).read_text()]
     assert "hotmesh/devtools/bench.py" in modules
+    # The dashboard (`hotmesh ui`) ships its templates and assets: no CDN, no build step.
+    for asset in ("ui/templates/workflow.html", "ui/static/ui.js", "ui/static/ui.css"):
+        assert f"hotmesh/{asset}" in files
+
+
+def test_the_engine_imports_nothing_of_the_dashboard() -> None:
+    program = (
+        "import sys, hotmesh, hotmesh.cli, hotmesh.worker, hotmesh.client;"
+        " extra = ('hotmesh.ui', 'starlette', 'uvicorn', 'jinja2', 'multipart');"
+        " loaded = sorted(m for m in sys.modules if m.startswith(extra)); assert not loaded, loaded"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.timeout(120)

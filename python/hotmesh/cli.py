@@ -211,6 +211,24 @@ def _parser() -> argparse.ArgumentParser:
     role_list = role_commands.add_parser("list", help="the logins in the app's groups")
     _common(role_list, json_flag=True)
 
+    ui = commands.add_parser(
+        "ui", help="a web dashboard of the app (docs/ui.md; needs `pip install hotmesh[ui]`)"
+    )
+    _common(ui)
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    ui.add_argument("--port", type=_positive, default=8700, help="port (8700)")
+    ui.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="allow signal, cancel, retry, hook and start (default: read-only)",
+    )
+    ui.add_argument(
+        "--token",
+        default=os.environ.get("HOTMESH_UI_TOKEN"),
+        help="required from every client (bearer token, or basic auth password); needed to "
+        "listen on anything but loopback (default $HOTMESH_UI_TOKEN)",
+    )
+
     bench = commands.add_parser(
         "bench", help="measure throughput and latency (docs/performance.md)"
     )
@@ -653,6 +671,37 @@ def _db_command(argv: list[str]) -> int:
     return pgcluster.main(argv)
 
 
+def _ui_command(args: argparse.Namespace) -> int:
+    """Serve the dashboard until Ctrl-C (uvicorn; the `ui` extra)."""
+    try:
+        import uvicorn
+
+        from hotmesh.ui import create_app
+        from hotmesh.ui._app import loopback
+    except ImportError as error:
+        print(
+            f"hotmesh ui needs the ui extra: pip install 'hotmesh[ui]' ({error})", file=sys.stderr
+        )
+        return 1
+    try:
+        app_id = _app(args)
+    except HotMeshError as error:
+        print(f"hotmesh: {error}", file=sys.stderr)
+        return 1
+    if not args.token and not loopback(args.host):
+        print(
+            f"hotmesh ui: refusing to listen on {args.host} without a token: pass --token "
+            "(or set HOTMESH_UI_TOKEN), or listen on 127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
+    mode = "actions allowed" if args.allow_actions else "read-only"
+    print(f"hotmesh ui: http://{args.host}:{args.port}/ (app {app_id}, {mode})", flush=True)
+    app = create_app(app_id, args.dsn, allow_actions=args.allow_actions, token=args.token)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["db"]:
@@ -662,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         from hotmesh.devtools import bench
 
         return bench.main(args)
+    if args.command == "ui":
+        return _ui_command(args)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
