@@ -184,7 +184,8 @@ job_waits as (
     from jobs as j
 )
 
-select
+-- A view's new columns go at its end (create or replace view), computed or not.
+select  -- noqa: ST06
     w.id,
     w.workflow_name,
     w.entity,
@@ -214,7 +215,7 @@ from job_waits as w
 cross join clock as c;
 
 -- Each schedule with its next and last fires: when it fires next (next_fire_at, and due_at
--- with its jitter; null while paused), its last fire and how that run stands, a fire that
+-- with its jitter, null while paused), its last fire and how that run stands, a fire that
 -- waits for the previous run (buffer_one), how many runs it started and how many fires it
 -- skipped, and the error of a run that could not start.
 --   select id, spec, next_fire_at, last_fire_at, last_run_status from my_app.schedule_fires;
@@ -229,7 +230,7 @@ select
     s.overlap,
     s.catchup_window,
     s.jitter,
-    case when s.status = 'active' then s.next_fire_at end as next_fire_at,
+    s.next_fire_at,
     s.due_at,
     s.last_fire_at,
     s.last_run_id,
@@ -242,7 +243,7 @@ select
     s.created_at,
     s.updated_at
 from schedules as s
-left join jobs as j on j.id = s.last_run_id;
+left join jobs as j on s.last_run_id = j.id;
 
 -- The task backlog per task queue and kind (workflow activations, activities): ready (due
 -- now), delayed (due later: timers, retries), leased (running; lease_expired of them have

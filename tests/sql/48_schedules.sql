@@ -147,8 +147,10 @@ select is(
 -- ------------------------------------------------------------------ firing from the claim
 
 select is(
-    create_schedule('tick', '@every 10s', 'w', '[1]', 't48-q',
-                    '{"overlap": "allow", "catchup_window": 30}'),
+    create_schedule(
+        'tick', '@every 10s', 'w', '[1]', 't48-q',
+        '{"overlap": "allow", "catchup_window": 30}'
+    ),
     '2030-01-01 00:00:10+00', '@every 10s fires on multiples of 10 s'
 );
 select throws_ok(
@@ -158,8 +160,10 @@ select throws_ok(
 
 -- No worker ran for 65 s: the fires inside the 30 s catch-up window start, older ones not.
 set local "hotmesh.fake_now" = '2030-01-01 00:01:05+00';
-select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$,
-                'a claim on any queue fires the due schedules');
+select is_empty(
+    $$select * from claim_tasks(array['t48-other'], 'w1', 1)$$,
+    'a claim on any queue fires the due schedules'
+);
 select results_eq(
     $$select id, schedule_id from jobs order by id$$,
     $$values ('tick@2030-01-01T00:00:40Z', 'tick'), ('tick@2030-01-01T00:00:50Z', 'tick'),
@@ -172,8 +176,10 @@ select results_eq(
               3::bigint)$$,
     'schedule_fires: the next and the last fire'
 );
-select is(next_due(array['t48-other']), '2030-01-01 00:01:10+00',
-          'next_due wakes an idle worker for the next fire');
+select is(
+    next_due(array['t48-other']), '2030-01-01 00:01:10+00',
+    'next_due wakes an idle worker for the next fire'
+);
 select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'claimed again');
 select is((select count(*)::integer from jobs), 3, 'a second claim at the same time fires nothing');
 
@@ -191,24 +197,34 @@ select results_eq(
     'skip: the 00:03 fire is skipped; buffer_one keeps it'
 );
 -- The runs of 00:02 end; within a second the buffered one starts.
-update jobs set status = 'completed' where id in ('sk@2030-01-01T00:02:00Z',
-                                                  'buf@2030-01-01T00:02:00Z');
+update jobs set status = 'completed' where id in (
+    'sk@2030-01-01T00:02:00Z',
+    'buf@2030-01-01T00:02:00Z'
+);
 set local "hotmesh.fake_now" = '2030-01-01 00:03:31+00';
 select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'claimed');
 select ok(
-    exists(select from jobs where id = 'buf@2030-01-01T00:03:00Z'),
+    exists (select from jobs where id = 'buf@2030-01-01T00:03:00Z'),
     'buffer_one: the kept fire started once the previous run ended'
 );
 
 -- pause / resume: the schedule state machine.
-select throws_ok($$select pause_schedule('tick')$$, 'HM003',
-                 'schedule "tick" is paused; it cannot become paused', 'paused twice: HM003');
-select is(resume_schedule('tick'), '2030-01-01 00:03:40+00',
-          'resumed: the next fire after now, the paused ones not caught up');
-select is(trigger_schedule('sk'), 'sk@2030-01-01T00:03:31Z',
-          'trigger: a run now, whatever the overlap policy');
-select throws_ok($$select delete_schedule('nope')$$, 'HM002', 'schedule "nope" not found',
-                 'an unknown schedule: HM002');
+select throws_ok(
+    $$select pause_schedule('tick')$$, 'HM003',
+    'schedule "tick" is paused; it cannot become paused', 'paused twice: HM003'
+);
+select is(
+    resume_schedule('tick'), '2030-01-01 00:03:40+00',
+    'resumed: the next fire after now, the paused ones not caught up'
+);
+select is(
+    trigger_schedule('sk'), 'sk@2030-01-01T00:03:31Z',
+    'trigger: a run now, whatever the overlap policy'
+);
+select throws_ok(
+    $$select delete_schedule('nope')$$, 'HM002', 'schedule "nope" not found',
+    'an unknown schedule: HM002'
+);
 
 select * from finish();
 rollback;
