@@ -20,10 +20,10 @@ declare
     v_step integer := 1;
     v_from integer;
     v_to integer;
-    v_values integer[] := '{}';
+    v_values integer[] := '{}'::integer[];
 begin
     foreach v_item in array string_to_array(p_text, ',') loop
-        v_parts := regexp_match(lower(v_item), '^([^/]+)(?:/([0-9]+))?$');
+        v_parts := regexp_match(lower(v_item), '^([^/]+)(?:/([0-9]{1,4}))?$');
         if v_parts is null then
             raise exception using errcode = '22023',
                 message = format('cron "%s": %s field "%s" is not a value, range or step',
@@ -146,13 +146,26 @@ language plpgsql stable
 set search_path from current
 as $$
 declare
-    v_cron record := _cron_parse(p_expr);
-    v_start timestamp := date_trunc('minute', p_after at time zone p_tz) + interval '1 minute';
-    v_day date := v_start::date;
+    v_cron record;
+    v_start timestamp;
+    v_day date;
     v_from integer;
     v_at timestamptz;
     v_minute integer;
 begin
+    if p_expr is null or p_tz is null or p_after is null then
+        raise exception using errcode = '22023',
+            message = 'cron_next: the cron expression, the time zone and the moment are required';
+    end if;
+    -- Years 1900 to 9999: the 8-year search below stays inside the timestamp range.
+    if not isfinite(p_after) or p_after not between '1900-01-01 00:00+00' and '9999-01-01 00:00+00'
+    then
+        raise exception using errcode = '22023',
+            message = format('cron_next: %s is not a moment from 1900 to 9999', p_after);
+    end if;
+    v_cron := _cron_parse(p_expr);
+    v_start := date_trunc('minute', p_after at time zone p_tz) + interval '1 minute';
+    v_day := v_start::date;
     while v_day < v_start::date + interval '8 years' loop
         if extract(month from v_day)::integer <> all(v_cron.months) then
             v_day := date_trunc('month', v_day) + interval '1 month';
@@ -193,7 +206,7 @@ as $$
 declare
     v_text text := lower(btrim(p_spec));
     v_body text;
-    v_interval interval := '0';
+    v_interval interval := interval '0';
     v_part text[];
 begin
     if v_text !~ '^@every\s' then
@@ -566,7 +579,10 @@ begin
     while v_budget > 0 and _schedule_due(v_s, v_s.next_fire_at) <= p_now loop
         v_budget := v_budget - 1;
         if _schedule_due(v_s, v_s.next_fire_at) < p_now - v_s.catchup_window then
-            v_next := _schedule_next(v_s, p_now - v_s.catchup_window - v_s.jitter);
+            -- Straight to the first fire that may be inside the window (an every-second
+            -- schedule that missed a week is not walked fire by fire).
+            v_next := _schedule_next(v_s, greatest(v_s.next_fire_at, p_now - v_s.catchup_window
+                                                   - v_s.jitter - interval '1 microsecond'));
         else
             if v_s.overlap = 'allow' or not _schedule_busy(v_s) then
                 perform _start_fire(v_s, v_s.next_fire_at);

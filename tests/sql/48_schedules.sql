@@ -7,7 +7,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2030-01-01 00:00:00+00';
 
-select plan(47);
+select plan(54);
 
 -- ------------------------------------------------------------------ cron_next
 
@@ -224,6 +224,67 @@ select is(
 select throws_ok(
     $$select delete_schedule('nope')$$, 'HM002', 'schedule "nope" not found',
     'an unknown schedule: HM002'
+);
+
+-- ------------------------------------------------------------------ edges of a fire
+
+-- The window's edge: a fire exactly catchup_window old still starts.
+select pause_schedule(id) from schedules where status = 'active';
+set local "hotmesh.fake_now" = '2030-01-02 00:00:00+00';
+select create_schedule(
+    'edge', '@every 1s', 'w', '[]', 't48-q',
+    '{"overlap": "allow", "catchup_window": 5}'
+);
+set local "hotmesh.fake_now" = '2030-01-02 00:00:20+00';
+select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'claimed');
+select results_eq(
+    $$select min(id), max(id), count(*)::integer from jobs where schedule_id = 'edge'$$,
+    $$values ('edge@2030-01-02T00:00:15Z', 'edge@2030-01-02T00:00:20Z', 6)$$,
+    'window 5 s at 00:00:20: the fires of 00:00:15 to 00:00:20'
+);
+
+-- Jitter: each fire is due up to the jitter later, the same for every worker; a schedule that
+-- missed many fires still moves on.
+select pause_schedule('edge');
+select create_schedule(
+    'jit', '@every 1m', 'w', '[]', 't48-q',
+    '{"jitter": 30, "catchup_window": 60}'
+);
+select ok(
+    (select
+        due_at - next_fire_at between interval '0' and interval '30 seconds'
+        and due_at = _schedule_due(s, next_fire_at)
+    from schedules as s where id = 'jit'),
+    'due_at is the next fire plus a fixed share of the jitter'
+);
+set local "hotmesh.fake_now" = '2030-01-03 00:00:00+00';
+select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'claimed');
+select ok(
+    (
+        select due_at > '2030-01-03 00:00:00+00' and fires between 1 and 2
+        from schedules where id = 'jit'
+    ),
+    'a day of missed fires: caught up inside the window only, and the schedule moved on'
+);
+
+-- A run that cannot start leaves its error and does not stop the claim; a fire whose run
+-- id is taken already counts as skipped.
+select pause_schedule('jit');
+select create_schedule('broken', '@every 1m', 'w', '[]', 't48-q');
+update schedules set start_options = '{"priority": "high"}' where id = 'broken';
+select create_schedule('taken', '@every 1m', 'w', '[]', 't48-q');
+select start_workflow('w', '[]', 't48-q', 'taken@2030-01-03T00:01:00Z');
+set local "hotmesh.fake_now" = '2030-01-03 00:01:00+00';
+select is_empty(
+    $$select * from claim_tasks(array['t48-other'], 'w1', 1)$$,
+    'the claim goes on past a schedule whose run cannot start'
+);
+select results_eq(
+    $$select id, last_error ->> 'sqlstate', fires, skipped, next_fire_at from schedules
+      where id in ('broken', 'taken') order by id$$,
+    $$values ('broken', '22023', 0::bigint, 0::bigint, '2030-01-03 00:02:00+00'::timestamptz),
+             ('taken', null, 0::bigint, 1::bigint, '2030-01-03 00:02:00+00'::timestamptz)$$,
+    'its error is kept and it moved on; the taken run id counts as skipped'
 );
 
 select * from finish();
