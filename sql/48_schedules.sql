@@ -616,6 +616,10 @@ declare
     v_id text;
     v_budget integer := 100;
 begin
+    -- The common case, nothing due: a plain probe, half the cost of opening the locking loop.
+    if not exists (select from schedules where due_at <= p_now) then
+        return;
+    end if;
     for v_id in
         select id from schedules where due_at <= p_now order by due_at limit 10
            for update skip locked
