@@ -136,6 +136,8 @@ async def test_python_api(mf: MemFlow, db: SQL) -> None:
     assert [(r.id, r.schedule_id) for r in runs] == [(handle.workflow_id, "digest")]
     await mf.schedule.update("digest", "@every 1h", workflow_name="scheduled_run", task_queue="sq")
     assert (await mf.schedule.get("digest")).spec == "@every 1h"  # type: ignore[union-attr]
+    with pytest.raises(errors.InvalidArgument, match=r"unknown option\(s\) \['overlaps'\]"):
+        await mf.schedule.update("digest", "@daily", workflow_name="w", overlaps="skip")
     await mf.schedule.delete("digest")
     assert await mf.schedule.list() == []
     with pytest.raises(errors.WorkflowNotFound):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import inspect
 import os
 import signal
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -243,49 +244,33 @@ class ScheduleClient:
         `overlap` (skip, buffer_one, allow) decides about a fire whose previous run has not
         ended; fires missed while no worker ran are caught up within `catchup_window`
         (default 1 hour). Returns the next fire. DuplicateJobError (HM001) when the id is taken."""
-        return await self._save(True, **locals_of(locals()))
+        fields = {k: v for k, v in locals().items() if k not in ("self", "schedule_id", "spec")}
+        return await self._save(True, schedule_id, spec, fields)
 
-    async def update(
-        self,
-        schedule_id: str,
-        spec: str,
-        *,
-        workflow_name: str,
-        args: Iterable[Any] = (),
-        task_queue: str | None = None,
-        timezone: str | None = None,
-        overlap: str | None = None,
-        catchup_window: Duration | None = None,
-        jitter: Duration | None = None,
-        paused: bool = False,
-        entity: str | None = None,
-        note: str | None = None,
-        retry_policy: RetryPolicy | dict[str, Any] | None = None,
-        priority: int | None = None,
-        expire: Duration | None = None,
-    ) -> datetime:
-        """Replace everything `create` set (counters and the last fire are kept); the next
-        fire is computed from now. Returns it."""
-        return await self._save(False, **locals_of(locals()))
+    async def update(self, schedule_id: str, spec: str, **fields: Any) -> datetime:
+        """Replace everything `create` set, with the same arguments (counters and the last
+        fire are kept); the next fire is computed from now. Returns it."""
+        return await self._save(False, schedule_id, spec, fields)
 
     async def _save(
-        self,
-        create: bool,
-        schedule_id: str,
-        spec: str,
-        workflow_name: str,
-        args: Iterable[Any],
-        task_queue: str | None,
-        retry_policy: RetryPolicy | dict[str, Any] | None,
-        priority: int | None,
-        expire: Duration | None,
-        **schedule: Any,
+        self, create: bool, schedule_id: str, spec: str, fields: dict[str, Any]
     ) -> datetime:
-        options = start_options(retry_policy, priority, expire)
+        unknown = sorted(set(fields) - set(inspect.signature(self.create).parameters))
+        if unknown:
+            raise errors.InvalidArgument(f"schedule {schedule_id}: unknown option(s) {unknown}")
+        if "workflow_name" not in fields:
+            raise errors.InvalidArgument(f"schedule {schedule_id}: workflow_name is required")
+        workflow_name = fields.pop("workflow_name")
+        args, task_queue = fields.pop("args", ()), fields.pop("task_queue", None)
+        options = start_options(
+            fields.pop("retry_policy", None),
+            fields.pop("priority", None),
+            fields.pop("expire", None),
+        )
         for key in ("catchup_window", "jitter"):
-            if schedule[key] is not None:
-                schedule[key] = seconds(schedule[key], key)
-        options.update({k: v for k, v in schedule.items() if v is not None and v is not False})
+            if fields.get(key) is not None:
+                fields[key] = seconds(fields[key], key)
+        options.update({k: v for k, v in fields.items() if v is not None and v is not False})
         try:
             arguments = encode_args(args, f"the args of schedule {schedule_id}")
         except errors.FatalError as error:
@@ -320,11 +305,6 @@ class ScheduleClient:
         """One schedule, or None."""
         rows = await self._mf._db.list_schedules(schedule_id)
         return rows[0] if rows else None
-
-
-def locals_of(values: dict[str, Any]) -> dict[str, Any]:
-    """A method's arguments without `self`."""
-    return {k: v for k, v in values.items() if k != "self"}
 
 
 class WorkerFactory:
