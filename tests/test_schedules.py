@@ -18,7 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from helpers import SQL, Workers, kill9, until
 from hotmesh import MemFlow, errors
@@ -83,6 +85,45 @@ async def test_every_second_for_a_minute_across_killed_workers(db: SQL, workers:
     assert [r[0] for r in results] == [f"t {i}" for i in expected]
     for proc in pair:
         kill9(proc)
+
+
+def test_concurrent_claims_fire_each_fire_once(dsn: str, app: str, db: SQL) -> None:
+    """Five claims at the same moment: the first holds the schedule, the others pass it by
+    (SKIP LOCKED, no wait); once it commits nothing is due any more. A claim that fired and
+    then rolled back (a worker killed mid-claim) leaves the fires to the next one."""
+    db.one("select set_config('hotmesh.fake_now', %s, false)", T0.isoformat())
+    db.one(
+        "select create_schedule('five', '@every 1s', 'scheduled_run', '[\"f\"]', 'sq',"
+        ' \'{"overlap": "allow"}\')'
+    )
+    conns = [psycopg.connect(dsn) for _ in range(5)]
+    try:
+        for conn in conns:
+            conn.execute(sql.SQL("set search_path = {}").format(sql.Identifier(app)))
+            conn.execute(
+                "select set_config('hotmesh.fake_now', %s, false)",
+                ((T0 + timedelta(seconds=5)).isoformat(),),
+            )
+            conn.commit()
+        claim = "select count(*) from claim_tasks(array['other'], 'w', 1)"
+        conns[0].execute(claim)  # fires 5 runs, holds the schedule row
+        for conn in conns[1:]:
+            conn.execute(claim)  # passes it by, does not wait
+            assert conn.execute("select count(*) from jobs").fetchone() == (0,)
+        conns[0].rollback()  # killed mid-claim: nothing of it stays
+        for conn in conns[1:]:
+            conn.rollback()
+        conns[1].execute(claim)
+        conns[1].commit()
+        for conn in conns:
+            conn.execute(claim)
+            conn.commit()
+    finally:
+        for conn in conns:
+            conn.close()
+    ids = [r[0] for r in db.rows("select id from jobs where schedule_id = 'five' order by id")]
+    assert ids == run_ids("five", [T0 + timedelta(seconds=s) for s in range(1, 6)])
+    assert db.rows("select fires, skipped from schedules where id = 'five'") == [(5, 0)]
 
 
 async def test_fires_older_than_the_catchup_window_are_dropped(db: SQL, workers: Workers) -> None:
