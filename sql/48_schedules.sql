@@ -420,8 +420,9 @@ end
 $$;
 
 -- Replaces a schedule's spec, workflow, args, queue and options (as create_schedule takes
--- them). Its counters, last fire and last run are kept; the next fire is computed anew from
--- now, so fires missed before the update are not caught up. Returns the next fire.
+-- them). Its status (pause_schedule and resume_schedule move it), counters, last fire and
+-- last run are kept; the next fire is computed anew from now, so fires missed before the
+-- update are not caught up. Returns the next fire.
 create or replace function update_schedule(
     p_schedule_id text,
     p_spec text,
@@ -438,13 +439,18 @@ declare
     v_row schedules := _schedule_row(p_schedule_id, p_spec, p_workflow_name, p_args,
                                      p_task_queue, p_options, _now());
 begin
+    if p_options ? 'paused' then
+        raise exception using errcode = '22023',
+            message = format('schedule "%s": update_schedule keeps the status; '
+                             'pause_schedule and resume_schedule change it', p_schedule_id);
+    end if;
     update schedules as s
        set spec = v_row.spec, timezone = v_row.timezone, workflow_name = v_row.workflow_name,
            args = v_row.args, task_queue = v_row.task_queue, entity = v_row.entity,
            start_options = v_row.start_options, overlap = v_row.overlap,
            catchup_window = v_row.catchup_window, jitter = v_row.jitter,
-           status = v_row.status, next_fire_at = v_row.next_fire_at,
-           due_at = v_row.due_at,
+           next_fire_at = v_row.next_fire_at,
+           due_at = case when s.status = 'active' then v_row.due_at end,
            note = v_row.note, updated_at = v_row.updated_at
      where s.id = v_old.id;
     return v_row.next_fire_at;

@@ -7,7 +7,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2030-01-01 00:00:00+00';
 
-select plan(54);
+select plan(56);
 
 -- ------------------------------------------------------------------ cron_next
 
@@ -221,6 +221,21 @@ select is(
     trigger_schedule('sk'), 'sk@2030-01-01T00:03:31Z',
     'trigger: a run now, whatever the overlap policy'
 );
+select throws_ok(
+    $$select update_schedule('tick', '@every 5s', 'w', '[]', 't48-q', '{"paused": false}')$$,
+    '22023',
+    'schedule "tick": update_schedule keeps the status; pause_schedule and resume_schedule '
+    'change it',
+    'update does not move the status'
+);
+select pause_schedule('tick');
+select results_eq(
+    $$select update_schedule('tick', '@every 5s', 'w', '[]', 't48-q'),
+             (select row(status, due_at) from schedules where id = 'tick')::text$$,
+    $$values ('2030-01-01 00:03:35+00'::timestamptz, '(paused,)')$$,
+    'a paused schedule stays paused across an update; its next fire follows the new spec'
+);
+select resume_schedule('tick');
 select throws_ok(
     $$select delete_schedule('nope')$$, 'HM002', 'schedule "nope" not found',
     'an unknown schedule: HM002'
