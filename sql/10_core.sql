@@ -233,6 +233,7 @@ $$;
 --   job:  pending -> running <-> waiting -> completed | failed | cancelled; failed -> pending
 --   task: ready -> leased -> ready (backoff) | dead -> ready; a finished task is deleted
 --   step: scheduled | retrying -> completed | failed; retrying <-> scheduled; failed -> scheduled
+--   schedule: active <-> paused
 create or replace function _legal_transitions()
 returns table (machine text, from_state text, to_state text, owner text)
 language sql immutable
@@ -265,7 +266,9 @@ as $$
         -- An inline activity's next attempt sent through the queue.
         ('step', 'retrying', 'scheduled', '_move_steps'),
         -- A retried workflow awaits a failed child again.
-        ('step', 'failed', 'scheduled', '_move_steps')
+        ('step', 'failed', 'scheduled', '_move_steps'),
+        ('schedule', 'active', 'paused', 'pause_schedule'),
+        ('schedule', 'paused', 'active', 'resume_schedule')
 $$;
 
 -- Refuses a move the table does not list (for p_owner, when given: a move another function

@@ -27,7 +27,8 @@ $$;
 -- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other (or
 -- on an application's open transaction: see _transitions); each claim issues a fresh lease
 -- token. For an activation it also fires the thread's due timers (_fire_timers) and returns
--- its recorded steps, so the worker can replay without another query.
+-- its recorded steps, so the worker can replay without another query. Due schedules fire
+-- first (_fire_schedules), so their runs may be claimed at once.
 create or replace function claim_tasks(
     p_task_queues text[],
     p_worker_id text,
@@ -66,6 +67,7 @@ begin
     end if;
     perform _check_name('worker id', p_worker_id);
     perform _check_lease(p_lease);
+    perform _fire_schedules(v_now);
 
     -- One ordered index scan per queue (on PostgreSQL 15 `task_queue = any(...)` would read
     -- and sort every due task of the queues before the limit applies).
@@ -222,8 +224,8 @@ begin
 end
 $$;
 
--- The soonest moment a task on these queues becomes due (null when none is waiting), so an
--- idle worker sleeps exactly until then instead of polling.
+-- The soonest moment a task on these queues or a schedule becomes due (null when none is
+-- waiting), so an idle worker sleeps exactly until then instead of polling.
 create or replace function next_due(p_task_queues text[]) returns timestamptz
 language sql stable
 set search_path from current
@@ -245,9 +247,13 @@ as $$
           from levels as l
          where l.priority is not null
     )
-    select min((select t.run_at from tasks as t
-                 where t.task_queue = l.queue and t.state <> 'dead' and t.priority = l.priority
-                 order by t.priority desc, t.run_at limit 1))
+    -- A schedule that comes due wakes the worker too: its claim fires it (_fire_schedules).
+    select least(min((select t.run_at from tasks as t
+                       where t.task_queue = l.queue and t.state <> 'dead'
+                         and t.priority = l.priority
+                       order by t.priority desc, t.run_at limit 1)),
+                 (select s.due_at from schedules as s
+                   where s.due_at is not null order by s.due_at limit 1))
       from levels as l
      where l.priority is not null
 $$;

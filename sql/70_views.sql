@@ -24,7 +24,7 @@ $$;
 select _drop_view_unless('workflows', array[
     'id', 'workflow_name', 'entity', 'status', 'task_queue', 'created_at', 'updated_at',
     'completed_at', 'attempt', 'waits', 'parent_id', 'expire_at', 'age', 'waiting_on', 'error',
-    'blocked_by'
+    'blocked_by', 'schedule_id'
 ]);
 select _drop_view_unless('queue_backlog', array[
     'task_queue', 'kind', 'ready', 'delayed', 'leased', 'lease_expired', 'dead',
@@ -184,7 +184,8 @@ job_waits as (
     from jobs as j
 )
 
-select
+-- A view's new columns go at its end (create or replace view), computed or not.
+select  -- noqa: ST06
     w.id,
     w.workflow_name,
     w.entity,
@@ -207,9 +208,42 @@ select
             w.status in ('pending', 'running', 'waiting')
             and w.xmax in (select x.xid from live_xids as x)
             then workflow_blocker(w.xmax)
-    end as blocked_by
+    end as blocked_by,
+    -- The schedule that started this run (sql/48_schedules.sql), if one did.
+    w.schedule_id
 from job_waits as w
 cross join clock as c;
+
+-- Each schedule with its next and last fires: when it fires next (next_fire_at, and due_at
+-- with its jitter, null while paused), its last fire and how that run stands, a fire that
+-- waits for the previous run (buffer_one), how many runs it started and how many fires it
+-- skipped, and the error of a run that could not start.
+--   select id, spec, next_fire_at, last_fire_at, last_run_status from my_app.schedule_fires;
+create or replace view schedule_fires as
+select
+    s.id,
+    s.spec,
+    s.timezone,
+    s.status,
+    s.workflow_name,
+    s.task_queue,
+    s.overlap,
+    s.catchup_window,
+    s.jitter,
+    s.next_fire_at,
+    s.due_at,
+    s.last_fire_at,
+    s.last_run_id,
+    j.status as last_run_status,
+    s.buffered_at,
+    s.fires,
+    s.skipped,
+    s.last_error,
+    s.note,
+    s.created_at,
+    s.updated_at
+from schedules as s
+left join jobs as j on s.last_run_id = j.id;
 
 -- The task backlog per task queue and kind (workflow activations, activities): ready (due
 -- now), delayed (due later: timers, retries), leased (running; lease_expired of them have

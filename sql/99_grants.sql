@@ -31,7 +31,9 @@ declare
         'entity_prepend', 'entity_remove', 'entity_increment', 'entity_toggle',
         'entity_set_if_not_exists', 'entity_history', 'entity_find',
         'entity_find_by_condition', 'entity_find_by_id', 'engine_clock', 'workflow_waits',
-        'waits_text', 'workflow_blocker', 'engine_version'
+        'waits_text', 'workflow_blocker', 'engine_version', 'create_schedule',
+        'update_schedule', 'pause_schedule', 'resume_schedule', 'trigger_schedule',
+        'delete_schedule', 'cron_next'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
@@ -40,7 +42,7 @@ declare
         'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
         'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step'
     ];
-    v_tables text[] := array['jobs', 'steps', 'threads'];
+    v_tables text[] := array['jobs', 'steps', 'threads', 'schedules'];
     v_can_create boolean;
     v_role text;
     v_roles text[] := array[]::text[];

@@ -13,6 +13,7 @@
 -- migration 0005_hot_paths.sql
 -- migration 0006_signal_retention.sql
 -- migration 0007_signal_key_scope.sql
+-- migration 0012_schedules.sql
 -- migration 0014_workflow_list.sql
 
 -- tables
@@ -38,8 +39,34 @@ create table <app>.jobs (
     entity_version bigint not null default 0,
     parent_thread text,
     parent_seq integer,
-    search jsonb not null default '{}'::jsonb
+    search jsonb not null default '{}'::jsonb,
+    schedule_id text
 ) with (fillfactor=80);
+create table <app>.schedules (
+    id text not null,
+    spec text not null,
+    timezone text not null default 'UTC'::text,
+    workflow_name text not null,
+    args jsonb not null default '[]'::jsonb,
+    task_queue text not null,
+    entity text,
+    start_options jsonb not null default '{}'::jsonb,
+    overlap text not null default 'skip'::text,
+    catchup_window interval not null default '01:00:00'::interval,
+    jitter interval not null default '00:00:00'::interval,
+    status text not null default 'active'::text,
+    next_fire_at timestamp with time zone,
+    due_at timestamp with time zone,
+    buffered_at timestamp with time zone,
+    last_fire_at timestamp with time zone,
+    last_run_id text,
+    fires bigint not null default 0,
+    skipped bigint not null default 0,
+    last_error jsonb,
+    note text,
+    created_at timestamp with time zone not null,
+    updated_at timestamp with time zone not null
+);
 create table <app>.schema_migrations (
     version integer not null,
     name text not null,
@@ -120,6 +147,9 @@ create table <app>.threads (
 -- constraints
 alter table <app>.jobs add constraint jobs_pkey PRIMARY KEY (id);
 alter table <app>.jobs add constraint jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])));
+alter table <app>.schedules add constraint schedules_overlap CHECK ((overlap = ANY (ARRAY['skip'::text, 'buffer_one'::text, 'allow'::text])));
+alter table <app>.schedules add constraint schedules_pkey PRIMARY KEY (id);
+alter table <app>.schedules add constraint schedules_status CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text])));
 alter table <app>.schema_migrations add constraint schema_migrations_pkey PRIMARY KEY (version);
 alter table <app>.settings add constraint settings_pkey PRIMARY KEY (key);
 alter table <app>.signal_keys add constraint signal_keys_scope UNIQUE NULLS NOT DISTINCT (idempotency_key, signal_id, job_id);
@@ -140,6 +170,8 @@ CREATE INDEX jobs_expire_at ON <app>.jobs USING btree (expire_at) WHERE (expire_
 CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
+CREATE INDEX schedules_due ON <app>.schedules USING btree (due_at) WHERE (due_at IS NOT NULL);
+CREATE UNIQUE INDEX schedules_pkey ON <app>.schedules USING btree (id);
 CREATE UNIQUE INDEX schema_migrations_pkey ON <app>.schema_migrations USING btree (version);
 CREATE UNIQUE INDEX settings_pkey ON <app>.settings USING btree (key);
 CREATE UNIQUE INDEX signal_keys_scope ON <app>.signal_keys USING btree (idempotency_key, signal_id, job_id) NULLS NOT DISTINCT;
@@ -191,6 +223,29 @@ create view <app>.queue_backlog (
     oldest_ready_age interval,
     next_run_at timestamp with time zone
 );
+create view <app>.schedule_fires (
+    id text,
+    spec text,
+    timezone text,
+    status text,
+    workflow_name text,
+    task_queue text,
+    overlap text,
+    catchup_window interval,
+    jitter interval,
+    next_fire_at timestamp with time zone,
+    due_at timestamp with time zone,
+    last_fire_at timestamp with time zone,
+    last_run_id text,
+    last_run_status text,
+    buffered_at timestamp with time zone,
+    fires bigint,
+    skipped bigint,
+    last_error jsonb,
+    note text,
+    created_at timestamp with time zone,
+    updated_at timestamp with time zone
+);
 create view <app>.workflows (
     id text,
     workflow_name text,
@@ -207,7 +262,8 @@ create view <app>.workflows (
     age interval,
     waiting_on text,
     error text,
-    blocked_by text
+    blocked_by text,
+    schedule_id text
 );
 
 -- types
@@ -245,6 +301,12 @@ create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) 
 create function <app>._check_transition(p_machine text, p_row text, p_from text, p_to text, p_owner text DEFAULT NULL::text) returns void
     language plpgsql stable;
 create function <app>._check_value(p_what text, p_value jsonb) returns void
+    language plpgsql immutable;
+create function <app>._cron_field(p_expr text, p_field text, p_text text, p_min integer, p_max integer, p_names text[] DEFAULT NULL::text[]) returns integer[]
+    language plpgsql immutable;
+create function <app>._cron_parse(p_expr text, OUT minutes integer[], OUT hours integer[], OUT days integer[], OUT months integer[], OUT weekdays integer[], OUT either_day boolean) returns record
+    language plpgsql immutable;
+create function <app>._cron_value(p_expr text, p_field text, p_text text, p_min integer, p_max integer, p_names text[]) returns integer
     language plpgsql immutable;
 create function <app>._default_retention() returns interval
     language sql stable security definer
@@ -295,10 +357,16 @@ create function <app>._entity_walk(p_doc jsonb, p_path text[], OUT depth integer
     language plpgsql immutable;
 create function <app>._error_json(p_sqlstate text, p_message text, p_type text) returns jsonb
     language sql immutable;
+create function <app>._every(p_spec text) returns interval
+    language plpgsql immutable;
 create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb) returns jsonb
     language plpgsql volatile;
 create function <app>._final_error(p_policy jsonb, p_attempt integer, p_error jsonb) returns jsonb
     language sql stable;
+create function <app>._fire_schedule(p_id text, p_now timestamp with time zone, p_budget integer) returns integer
+    language plpgsql volatile;
+create function <app>._fire_schedules(p_now timestamp with time zone) returns void
+    language plpgsql volatile;
 create function <app>._fire_timers(p_job_ids text[], p_threads text[], p_now timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.tasks
@@ -311,12 +379,16 @@ create function <app>._leased_task(p_task_id bigint, p_token uuid) returns <app>
     language plpgsql stable;
 create function <app>._legal_transitions() returns TABLE(machine text, from_state text, to_state text, owner text)
     language sql immutable;
+create function <app>._locked_schedule(p_schedule_id text) returns <app>.schedules
+    language plpgsql volatile;
 create function <app>._login_group(p_role text) returns text
     language plpgsql stable;
 create function <app>._login_mark(p_group text) returns text
     language sql stable;
 create function <app>._login_password() returns text
     language sql volatile;
+create function <app>._move_schedule(p_schedule_id text, p_to text, p_owner text) returns <app>.schedules
+    language plpgsql volatile;
 create function <app>._move_step(p_job_id text, p_thread text, p_seq integer, p_to text, p_output jsonb, p_error jsonb, p_attempt integer DEFAULT NULL::integer, p_wake_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_refuse boolean DEFAULT true) returns <app>.steps
     language plpgsql volatile;
 create function <app>._move_steps(p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[], p_errors jsonb[], p_attempts integer[], p_wake_ats timestamp with time zone[]) returns SETOF <app>.steps
@@ -342,6 +414,16 @@ create function <app>._retry_policy(p_policy jsonb) returns jsonb
 create function <app>._retry_thread(p_job_id text, p_thread text) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>._schedule_busy(p_schedule <app>.schedules) returns boolean
+    language sql stable;
+create function <app>._schedule_due(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns timestamp with time zone
+    language sql immutable;
+create function <app>._schedule_next(p_schedule <app>.schedules, p_after timestamp with time zone) returns timestamp with time zone
+    language plpgsql stable;
+create function <app>._schedule_row(p_schedule_id text, p_spec text, p_workflow_name text, p_args jsonb, p_task_queue text, p_options jsonb, p_now timestamp with time zone) returns <app>.schedules
+    language plpgsql stable;
+create function <app>._schedule_run_id(p_schedule_id text, p_fire_at timestamp with time zone) returns text
+    language sql immutable;
 create function <app>._setting_value(p_key text, p_value jsonb) returns jsonb
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -351,6 +433,10 @@ create function <app>._settle_step(p_task <app>.tasks, p_seq integer, p_output j
     language plpgsql volatile;
 create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns bigint
     language sql stable;
+create function <app>._start_fire(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns void
+    language plpgsql volatile;
+create function <app>._start_run(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns text
+    language plpgsql volatile;
 create function <app>._step_json(p_step <app>.steps) returns jsonb
     language sql stable;
 create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb) returns <app>.jobs
@@ -387,6 +473,15 @@ create function <app>.complete_tasks(p_items jsonb) returns jsonb
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.create_login(p_group text, p_name text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.create_schedule(p_schedule_id text, p_spec text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_options jsonb DEFAULT '{}'::jsonb) returns timestamp with time zone
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.cron_next(p_expr text, p_tz text, p_after timestamp with time zone) returns timestamp with time zone
+    language plpgsql stable security definer
+    set search_path = <app>, pg_temp;
+create function <app>.delete_schedule(p_schedule_id text) returns void
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.emit_step(p_task_id bigint, p_token uuid, p_seq integer, p_events jsonb) returns jsonb
@@ -470,6 +565,9 @@ create function <app>.next_due(p_task_queues text[]) returns timestamp with time
     language sql stable security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.pause_schedule(p_schedule_id text) returns void
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create procedure <app>.prune(IN p_older_than interval DEFAULT '00:00:00'::interval, IN p_batch integer DEFAULT 1000, IN p_dry_run boolean DEFAULT false, INOUT p_pruned bigint DEFAULT NULL::bigint)
     language plpgsql;
 create function <app>.prune_batch(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
@@ -490,6 +588,9 @@ create function <app>.record_steps(p_items jsonb) returns jsonb
 create function <app>.release_tasks(p_task_ids bigint[], p_tokens uuid[]) returns integer
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
+create function <app>.resume_schedule(p_schedule_id text) returns timestamp with time zone
+    language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.retry_delay(p_policy jsonb, p_attempt integer) returns interval
     language plpgsql immutable security definer
@@ -536,6 +637,12 @@ create function <app>.suspend_task(p_task_id bigint, p_token uuid) returns times
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.trigger_schedule(p_schedule_id text) returns text
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.update_schedule(p_schedule_id text, p_spec text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_options jsonb DEFAULT '{}'::jsonb) returns timestamp with time zone
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.wait_signal(p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_timeout numeric) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
@@ -567,6 +674,10 @@ grant select on table <app>.jobs to <app>_app;
 grant select on table <app>.jobs to <app>_worker;
 grant select on table <app>.queue_backlog to <app>_app;
 grant select on table <app>.queue_backlog to <app>_worker;
+grant select on table <app>.schedule_fires to <app>_app;
+grant select on table <app>.schedule_fires to <app>_worker;
+grant select on table <app>.schedules to <app>_app;
+grant select on table <app>.schedules to <app>_worker;
 grant select on table <app>.steps to <app>_app;
 grant select on table <app>.steps to <app>_worker;
 grant select on table <app>.threads to <app>_app;
@@ -580,6 +691,12 @@ grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <a
 grant execute on function <app>.claim_tasks(text[],text,integer,interval) to <app>_worker;
 grant execute on function <app>.complete_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.complete_tasks(jsonb) to <app>_worker;
+grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;
+grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_worker;
+grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_app;
+grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_worker;
+grant execute on function <app>.delete_schedule(text) to <app>_app;
+grant execute on function <app>.delete_schedule(text) to <app>_worker;
 grant execute on function <app>.emit_step(bigint,uuid,integer,jsonb) to <app>_worker;
 grant execute on function <app>.engine_clock() to <app>_app;
 grant execute on function <app>.engine_clock() to <app>_worker;
@@ -623,9 +740,13 @@ grant execute on function <app>.heartbeat(bigint[],uuid[],interval) to <app>_wor
 grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_app;
 grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_worker;
 grant execute on function <app>.next_due(text[]) to <app>_worker;
+grant execute on function <app>.pause_schedule(text) to <app>_app;
+grant execute on function <app>.pause_schedule(text) to <app>_worker;
 grant execute on function <app>.record_step(bigint,uuid,integer,text,text,jsonb,jsonb,jsonb,jsonb) to <app>_worker;
 grant execute on function <app>.record_steps(jsonb) to <app>_worker;
 grant execute on function <app>.release_tasks(bigint[],uuid[]) to <app>_worker;
+grant execute on function <app>.resume_schedule(text) to <app>_app;
+grant execute on function <app>.resume_schedule(text) to <app>_worker;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_app;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_worker;
 grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb) to <app>_worker;
@@ -639,6 +760,10 @@ grant execute on function <app>.start_hook(bigint,uuid,integer,text,jsonb,text,t
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_app;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
+grant execute on function <app>.trigger_schedule(text) to <app>_app;
+grant execute on function <app>.trigger_schedule(text) to <app>_worker;
+grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;
+grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb) to <app>_worker;
 grant execute on function <app>.wait_signal(bigint,uuid,integer,text,numeric) to <app>_worker;
 grant execute on function <app>.waits_text(jsonb) to <app>_app;
 grant execute on function <app>.waits_text(jsonb) to <app>_worker;

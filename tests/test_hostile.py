@@ -141,6 +141,7 @@ BIGINT_ARRAYS = [None, [], [None], [-1], [2**63 - 1], [1, 2, 3]]
 UUID_ARRAYS = [None, [], [None], [str(uuid.uuid4())] * 5]
 BOOLEANS = [None, True, False]
 XIDS = [None, "0", "1", "4294967295"]  # any transaction id, current or not
+TIMESTAMPS = [None, "infinity", "-infinity", "4713-01-01 00:00+00 BC", "294276-12-31 00:00+00"]
 
 HOSTILE = {
     "text": TEXTS,
@@ -155,6 +156,7 @@ HOSTILE = {
     "uuid[]": UUID_ARRAYS,
     "boolean": BOOLEANS,
     "xid": XIDS,
+    "timestamp with time zone": TIMESTAMPS,
 }
 
 # A sensible value per parameter (the fuzz varies one at a time); {task}/{token} are the held
@@ -208,13 +210,18 @@ GOOD: dict[str, Any] = {
     "p_job_id": "wf",
     "p_waits": '[{"kind": "signal", "name": "go"}]',
     "p_xmax": "1",
+    "p_schedule_id": "sch",
+    "p_spec": "@every 1m",
+    "p_expr": "*/5 1-3 * * mon,fri",
+    "p_tz": "Europe/Paris",
+    "p_after": "2030-01-01 00:00+00",
 }
 
 
 @pytest.fixture
 def state(db: Any) -> dict[str, Any]:
     """A running workflow `wf` (entity, a wait for 'go', a hook) whose activation is held, an
-    activity task held on `acts`, a finished workflow and a kept signal."""
+    activity task held on `acts`, a finished workflow, a kept signal and a schedule `sch`."""
     db.one("select start_workflow('w', '[1]', 'q', 'wf')")
     task, token = db.one("select row(task_id, lease_token) from claim_tasks(array['q'], 'W', 1)")
     db.one("select entity_step(%s, %s, 1, 'set', null, %s)", task, token, '{"a": {"b": [1, 2]}}')
@@ -226,6 +233,7 @@ def state(db: Any) -> dict[str, Any]:
     done = db.one("select row(task_id, lease_token) from claim_tasks(array['q2'], 'W', 1)")
     db.one("select complete_task(%s, %s, '1')", *done)
     db.one("select signal('kept', '1')")
+    db.one("select create_schedule('sch', '@every 1m', 'w', '[]', 'q')")
     return {"task": int(task), "token": str(token), "activity": int(act[0]), "act": str(act[1])}
 
 

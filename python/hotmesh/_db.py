@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import errors
-from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
+from hotmesh.rows import HistoryEntry, QueueBacklog, Schedule, WorkflowSummary
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,17 @@ _STATEMENTS = {
     "prune": "call {}.prune(%(older_than)s::interval, %(batch)s::integer, %(dry_run)s::boolean,"
     " null)",
     "set_setting": "select {}.set_setting(%(key)s::text, %(value)s::jsonb)",
+    # schedules (sql/48_schedules.sql)
+    "create_schedule": "select {}.create_schedule(%(schedule_id)s::text, %(spec)s::text,"
+    " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(options)s::jsonb)",
+    "update_schedule": "select {}.update_schedule(%(schedule_id)s::text, %(spec)s::text,"
+    " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(options)s::jsonb)",
+    "pause_schedule": "select {}.pause_schedule(%(schedule_id)s::text)",
+    "resume_schedule": "select {}.resume_schedule(%(schedule_id)s::text)",
+    "trigger_schedule": "select {}.trigger_schedule(%(schedule_id)s::text)",
+    "delete_schedule": "select {}.delete_schedule(%(schedule_id)s::text)",
+    "list_schedules": "select {columns} from {}.schedule_fires"
+    " where %(schedule_id)s::text is null or id = %(schedule_id)s::text order by id",
     "get_setting": "select {}.get_setting(%(key)s::text)",
 }
 
@@ -226,6 +237,7 @@ _ROWS: dict[str, type[Any]] = {
     "workflow_waits": WorkflowWaits,
     "workflow_history": HistoryEntry,
     "queue_backlog": QueueBacklog,
+    "list_schedules": Schedule,
 }
 
 
@@ -857,3 +869,35 @@ class Database:
 
     async def get_setting(self, key: str) -> Any:
         return await self._value("get_setting", {"key": key})
+
+    # -- schedules -----------------------------------------------------------------------
+    async def save_schedule(
+        self,
+        create: bool,
+        schedule_id: str,
+        spec: str,
+        workflow_name: str,
+        args: Any,
+        task_queue: str | None,
+        options: dict[str, Any],
+    ) -> datetime:
+        """create_schedule (or update_schedule): returns the next fire."""
+        params = {
+            "schedule_id": schedule_id,
+            "spec": spec,
+            "workflow_name": workflow_name,
+            "args": Jsonb(args),
+            "task_queue": task_queue,
+            "options": Jsonb(options),
+        }
+        value: datetime = await self._value(
+            "create_schedule" if create else "update_schedule", params
+        )
+        return value
+
+    async def schedule_call(self, name: str, schedule_id: str) -> Any:
+        """pause / resume / trigger / delete_schedule: what the function returns."""
+        return await self._value(f"{name}_schedule", {"schedule_id": schedule_id})
+
+    async def list_schedules(self, schedule_id: str | None) -> list[Schedule]:
+        return await self._rows("list_schedules", Schedule, {"schedule_id": schedule_id})

@@ -190,6 +190,34 @@ def _parser() -> argparse.ArgumentParser:
     setting.add_argument("value", nargs="?", metavar="VALUE", help="new value (e.g. 30d)")
     setting.add_argument("--unset", action="store_true", help="back to the built-in default")
 
+    schedule = commands.add_parser(
+        "schedule", help="workflows started on a cron or an interval (docs/schedules.md)"
+    )
+    schedule_commands = schedule.add_subparsers(
+        dest="schedule_command", metavar="ACTION", required=True
+    )
+    for action in ("create", "update"):
+        saving = schedule_commands.add_parser(action, help=f"{action} a schedule")
+        _common(saving, json_flag=True)
+        saving.add_argument("schedule_id", metavar="ID")
+        saving.add_argument("spec", metavar="SPEC", help='cron ("0 9 * * mon-fri"), "@every 10m"')
+        saving.add_argument("workflow_name", metavar="WORKFLOW")
+        saving.add_argument("--args", default="[]", help="JSON array of arguments (default [])")
+        saving.add_argument("--queue", help="task queue (default: the entity)")
+        saving.add_argument("--entity", help="entity type of the runs")
+        saving.add_argument("--timezone", help="time zone of the cron (default UTC)")
+        saving.add_argument("--overlap", choices=("skip", "buffer_one", "allow"))
+        saving.add_argument("--catchup-window", help="catch up missed fires this old (1h)")
+        saving.add_argument("--jitter", help="delay each fire by up to this much")
+        saving.add_argument("--paused", action="store_true", help="created paused")
+        saving.add_argument("--note", help="a note shown by list")
+    for action in ("pause", "resume", "trigger", "delete"):
+        acting = schedule_commands.add_parser(action, help=f"{action} a schedule")
+        _common(acting, json_flag=True)
+        acting.add_argument("schedule_id", metavar="ID")
+    schedule_list = schedule_commands.add_parser("list", help="schedules, next and last fires")
+    _common(schedule_list, json_flag=True)
+
     roles = commands.add_parser(
         "roles", help="login roles for workers and applications (owner only; docs/credentials.md)"
     )
@@ -631,6 +659,60 @@ async def _roles(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _schedule(args: argparse.Namespace) -> int:
+    action = args.schedule_command
+    async with _client(args) as mf:
+        if action == "list":
+            rows = await mf.schedule.list()
+            if args.json:
+                _print_json(rows)
+                return 0
+            headers = ("ID", "SPEC", "STATUS", "WORKFLOW", "NEXT", "LAST", "LAST RUN", "FIRES")
+            table = [
+                [
+                    r.id,
+                    r.spec,
+                    r.status,
+                    r.workflow_name,
+                    _when(r.next_fire_at),
+                    _when(r.last_fire_at),
+                    r.last_run_status or "",
+                    str(r.fires),
+                ]
+                for r in rows
+            ]
+            print(_table(headers, table))
+            return 0
+        outcome: dict[str, Any] = {"schedule_id": args.schedule_id, "action": action}
+        if action in ("create", "update"):
+            save = mf.schedule.create if action == "create" else mf.schedule.update
+            outcome["next_fire_at"] = await save(
+                args.schedule_id,
+                args.spec,
+                workflow_name=args.workflow_name,
+                args=_json_arg(args.args, "--args"),
+                task_queue=args.queue,
+                entity=args.entity,
+                timezone=args.timezone,
+                overlap=args.overlap,
+                catchup_window=args.catchup_window,
+                jitter=args.jitter,
+                paused=args.paused,
+                note=args.note,
+            )
+        elif action == "resume":
+            outcome["next_fire_at"] = await mf.schedule.resume(args.schedule_id)
+        elif action == "trigger":
+            outcome["workflow_id"] = (await mf.schedule.trigger(args.schedule_id)).workflow_id
+        else:
+            await getattr(mf.schedule, action)(args.schedule_id)
+    if args.json:
+        _print_json(outcome)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in outcome.items()))
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "migrate": _migrate,
     "worker": _worker,
@@ -645,6 +727,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "prune": _prune,
     "setting": _setting,
     "roles": _roles,
+    "schedule": _schedule,
 }
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import inspect
 import os
 import signal
 from collections.abc import AsyncGenerator, Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -22,7 +23,7 @@ from hotmesh._listener import Listener
 from hotmesh._runner import encode, encode_args
 from hotmesh.entity import EntityClient
 from hotmesh.retry import RetryPolicy
-from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
+from hotmesh.rows import HistoryEntry, QueueBacklog, Schedule, WorkflowSummary
 from hotmesh.worker import Registry, Worker
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
@@ -212,6 +213,100 @@ class WorkflowClient:
         return await self._mf._db.list_workflows(status, entity, task_queue, limit)
 
 
+class ScheduleClient:
+    """`mf.schedule`: workflows the engine starts by itself, on a cron expression or an
+    interval (docs/schedules.md). Every call is one function of sql/48_schedules.sql."""
+
+    def __init__(self, mf: MemFlow) -> None:
+        self._mf = mf
+
+    async def create(
+        self,
+        schedule_id: str,
+        spec: str,
+        *,
+        workflow_name: str,
+        args: Iterable[Any] = (),
+        task_queue: str | None = None,
+        timezone: str | None = None,
+        overlap: str | None = None,
+        catchup_window: Duration | None = None,
+        jitter: Duration | None = None,
+        paused: bool = False,
+        entity: str | None = None,
+        note: str | None = None,
+        retry_policy: RetryPolicy | dict[str, Any] | None = None,
+        priority: int | None = None,
+        expire: Duration | None = None,
+    ) -> datetime:
+        """Create schedule `schedule_id`: a run of `workflow_name(*args)` at every fire of
+        `spec` ("0 9 * * mon-fri", "@daily", "@every 10m") in `timezone` (default UTC).
+        `overlap` (skip, buffer_one, allow) decides about a fire whose previous run has not
+        ended; fires missed while no worker ran are caught up within `catchup_window`
+        (default 1 hour). Returns the next fire. DuplicateJobError (HM001) when the id is taken."""
+        fields = {k: v for k, v in locals().items() if k not in ("self", "schedule_id", "spec")}
+        return await self._save(True, schedule_id, spec, fields)
+
+    async def update(self, schedule_id: str, spec: str, **fields: Any) -> datetime:
+        """Replace everything `create` set, with the same arguments (counters and the last
+        fire are kept); the next fire is computed from now. Returns it."""
+        return await self._save(False, schedule_id, spec, fields)
+
+    async def _save(
+        self, create: bool, schedule_id: str, spec: str, fields: dict[str, Any]
+    ) -> datetime:
+        unknown = sorted(set(fields) - set(inspect.signature(self.create).parameters))
+        if unknown:
+            raise errors.InvalidArgument(f"schedule {schedule_id}: unknown option(s) {unknown}")
+        if "workflow_name" not in fields:
+            raise errors.InvalidArgument(f"schedule {schedule_id}: workflow_name is required")
+        workflow_name = fields.pop("workflow_name")
+        args, task_queue = fields.pop("args", ()), fields.pop("task_queue", None)
+        options = start_options(
+            fields.pop("retry_policy", None),
+            fields.pop("priority", None),
+            fields.pop("expire", None),
+        )
+        for key in ("catchup_window", "jitter"):
+            if fields.get(key) is not None:
+                fields[key] = seconds(fields[key], key)
+        options.update({k: v for k, v in fields.items() if v is not None and v is not False})
+        try:
+            arguments = encode_args(args, f"the args of schedule {schedule_id}")
+        except errors.FatalError as error:
+            raise errors.InvalidArgument(error.message) from None
+        return await self._mf._db.save_schedule(
+            create, schedule_id, spec, workflow_name, arguments, task_queue, options
+        )
+
+    async def pause(self, schedule_id: str) -> None:
+        """Stop firing until `resume`. IllegalTransition when it is paused already."""
+        await self._mf._db.schedule_call("pause", schedule_id)
+
+    async def resume(self, schedule_id: str) -> datetime:
+        """Fire again from now on (what was missed while paused is not caught up); returns
+        the next fire."""
+        value: datetime = await self._mf._db.schedule_call("resume", schedule_id)
+        return value
+
+    async def trigger(self, schedule_id: str) -> Handle:
+        """Start a run now, whatever the overlap policy; returns its Handle."""
+        return Handle(self._mf, str(await self._mf._db.schedule_call("trigger", schedule_id)))
+
+    async def delete(self, schedule_id: str) -> None:
+        """Delete the schedule (its runs stay). WorkflowNotFound (HM002) when there is none."""
+        await self._mf._db.schedule_call("delete", schedule_id)
+
+    async def list(self) -> builtins.list[Schedule]:
+        """Every schedule with its next and last fires (the `<app>.schedule_fires` view)."""
+        return await self._mf._db.list_schedules(None)
+
+    async def get(self, schedule_id: str) -> Schedule | None:
+        """One schedule, or None."""
+        rows = await self._mf._db.list_schedules(schedule_id)
+        return rows[0] if rows else None
+
+
 class WorkerFactory:
     """`mf.worker`: serve task queues from this process."""
 
@@ -264,6 +359,7 @@ class MemFlow:
         self.workers: dict[str, Worker] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
+        self.schedule = ScheduleClient(self)
         self.entity = EntityClient(self._db)
         self._listener = Listener(dsn, app_id)
 

@@ -32,6 +32,7 @@ class WorkflowSummary:
     error: str | None  # the message of a failed workflow's error
     parent_id: str | None
     expire_at: datetime | None
+    schedule_id: str | None  # the schedule that started this run
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,30 @@ class QueueBacklog:
     dead: int
     oldest_ready_age: timedelta | None
     next_run_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A row of the `<app>.schedule_fires` view: `mf.schedule.list()`, `hotmesh schedule list`."""
+
+    id: str
+    spec: str  # cron expression, macro (@daily) or "@every 10m"
+    timezone: str
+    status: str  # active | paused
+    workflow_name: str
+    task_queue: str
+    overlap: str  # skip | buffer_one | allow
+    catchup_window: timedelta
+    jitter: timedelta
+    next_fire_at: datetime | None
+    due_at: datetime | None  # the next fire with its jitter; None while paused
+    last_fire_at: datetime | None
+    last_run_id: str | None
+    last_run_status: str | None
+    buffered_at: datetime | None  # buffer_one: a fire waiting for the last run to end
+    fires: int
+    skipped: int
+    last_error: dict[str, Any] | None  # why the last fire's run could not start
+    note: str | None
+    created_at: datetime
+    updated_at: datetime

@@ -1,4 +1,4 @@
--- The three state machines (job, task, step) walked from their one table of legal moves
+-- The four state machines (job, task, step, schedule) walked from their one table of legal moves
 -- (_legal_transitions): every legal move is made by the function the table names as its owner,
 -- every illegal one is refused with HM003 naming the row and both states and changes nothing.
 -- Also: an activity whose lease expired on its last attempt is failed by the claim, never
@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(102);
+select plan(106);
 
 -- ------------------------------------------------------------------ the table
 
@@ -17,8 +17,8 @@ select results_eq(
     select machine, count(*)::integer from _legal_transitions()
     group by machine order by machine
     $$,
-    $$values ('job', 10), ('step', 8), ('task', 5)$$,
-    'the table lists 10 job, 8 step and 5 task moves'
+    $$values ('job', 10), ('schedule', 2), ('step', 8), ('task', 5)$$,
+    'the table lists 10 job, 2 schedule, 8 step and 5 task moves'
 );
 
 select is_empty(
@@ -51,12 +51,15 @@ from (
     values
     ('job', array['pending', 'running', 'waiting', 'completed', 'failed', 'cancelled']),
     ('task', array['ready', 'leased', 'dead']),
-    ('step', array['scheduled', 'retrying', 'completed', 'failed'])
+    ('step', array['scheduled', 'retrying', 'completed', 'failed']),
+    ('schedule', array['active', 'paused'])
 ) as m (machine, states)
 cross join lateral unnest(m.states) as f (state)
 cross join lateral unnest(m.states) as t (state);
 
-select is((select count(*)::integer from pairs), 61, '36 job, 9 task and 16 step pairs');
+select is(
+    (select count(*)::integer from pairs), 65, '36 job, 9 task, 16 step and 4 schedule pairs'
+);
 
 select
     lives_ok(
