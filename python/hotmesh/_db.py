@@ -194,6 +194,8 @@ _STATEMENTS = {
     "start_hook": "select {}.start_hook(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(workflow_id)s::text,"
     " %(signal_id)s::text)",
+    "record_patch": "select {}.record_patch(%(task_id)s::bigint, %(token)s::uuid,"
+    " %(seq)s::integer, %(patch_id)s::text, %(deprecated)s::boolean)",
     "record_steps": "select {}.record_steps(%(items)s::jsonb)",
     "complete_tasks": "select {}.complete_tasks(%(items)s::jsonb)",
     "cancel_step": "select {}.cancel_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
@@ -207,6 +209,9 @@ _STATEMENTS = {
     "workflow_waits": "select {columns} from {}.workflows where id = %(workflow_id)s::text",
     "workflow_history": "select {columns} from {}.workflow_history(%(workflow_id)s::text)",
     "queue_backlog": "select {columns} from {}.queue_backlog order by task_queue, kind",
+    "export_workflow": "select {}.export_workflow(%(workflow_id)s::text)",
+    "export_workflows": "select {}.export_workflows(%(workflow_names)s::text[],"
+    " %(statuses)s::text[], %(since)s::timestamptz, %(limit)s::integer)",
     "retry_workflow": "select {}.retry_workflow(%(workflow_id)s::text)",
     "prune": "call {}.prune(%(older_than)s::interval, %(batch)s::integer, %(dry_run)s::boolean,"
     " null)",
@@ -364,6 +369,8 @@ _READS = frozenset(
         "workflow_waits",
         "workflow_history",
         "queue_backlog",
+        "export_workflow",
+        "export_workflows",
     }
 )
 _RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
@@ -395,6 +402,7 @@ WORKER_CALLS = frozenset(
         "start_child",
         "start_hook",
         "cancel_step",
+        "record_patch",
     }
 )
 LOCK_TIMEOUT_MS = 1000
@@ -749,6 +757,12 @@ class Database:
         params = {**_held(task, seq), "events": Jsonb(events)}
         return dict(await self._value("emit_step", params))
 
+    async def record_patch(
+        self, task: Claimed, seq: int, patch_id: str, deprecated: bool
+    ) -> dict[str, Any]:
+        params = {**_held(task, seq), "patch_id": patch_id, "deprecated": deprecated}
+        return dict(await self._value("record_patch", params))
+
     async def cancel_step(
         self, task: Claimed, seq: int, workflow_id: str, reason: str | None, descend: bool
     ) -> dict[str, Any]:
@@ -838,6 +852,24 @@ class Database:
     async def workflow_history(self, workflow_id: str) -> list[HistoryEntry]:
         params = {"workflow_id": workflow_id}
         return await self._rows("workflow_history", HistoryEntry, params)
+
+    async def export_workflow(self, workflow_id: str) -> dict[str, Any]:
+        return dict(await self._value("export_workflow", {"workflow_id": workflow_id}))
+
+    async def export_workflows(
+        self,
+        workflow_names: Sequence[str] | None,
+        statuses: Sequence[str] | None,
+        since: datetime | None,
+        limit: int | None,
+    ) -> list[dict[str, Any]]:
+        params = {
+            "workflow_names": None if workflow_names is None else list(workflow_names),
+            "statuses": None if statuses is None else list(statuses),
+            "since": since,
+            "limit": limit,
+        }
+        return [row[0] for row in await self._fetch("export_workflows", params)]
 
     async def queue_backlog(self) -> list[QueueBacklog]:
         return await self._rows("queue_backlog", QueueBacklog, {})

@@ -97,6 +97,12 @@ class Handle:
         """The workflow's timeline, step by step (`<app>.workflow_history`)."""
         return await self._mf._db.workflow_history(self.workflow_id)
 
+    async def export(self) -> dict[str, Any]:
+        """The workflow as one JSON document (`<app>.export_workflow`): its row, threads,
+        every step with inputs and outcomes, its entity's versions and its children; what
+        hotmesh.testing.Replayer and `hotmesh replay --from-file` check code against."""
+        return await self._mf._db.export_workflow(self.workflow_id)
+
     async def retry(self) -> dict[str, Any]:
         """Run a failed workflow again from its last recorded step, or make its dead tasks
         ready again (`<app>.retry_workflow`; the app's owner only). Returns what it did:

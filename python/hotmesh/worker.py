@@ -34,6 +34,7 @@ from hotmesh._commands import (
     Command,
     Emit,
     EntityOp,
+    PatchMarker,
     RecordedStep,
     ScheduleActivity,
     SearchOp,
@@ -583,6 +584,8 @@ class _Executor:
                 step = await db.search_step(task, seq, command.op, command.args)
             case Emit():
                 step = await db.emit_step(task, seq, command.events)
+            case PatchMarker():
+                step = await db.record_patch(task, seq, command.patch_id, command.deprecated)
             case _:
                 raise TypeError(f"no stored function performs {command!r}")
         return RecordedStep.from_json(step)
