@@ -65,6 +65,9 @@ select
     m.workflow_name,
     m.patch_id,
     m.with_marker,
+    m.finished_with_marker,
+    m.deprecated,
+    m.last_marked_at,
     (
         select count(*)
         from jobs as j
@@ -75,10 +78,7 @@ select
                 select from steps as s
                 where s.job_id = j.id and s.kind = 'patch' and s.name = m.patch_id
             )
-    ) as without_marker,
-    m.finished_with_marker,
-    m.deprecated,
-    m.last_marked_at
+    ) as without_marker
 from marked as m;
 
 -- One workflow as a single JSON document: its row, every thread (hooks) and every step of

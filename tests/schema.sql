@@ -195,10 +195,10 @@ create view <app>.workflow_patches (
     workflow_name text,
     patch_id text,
     with_marker bigint,
-    without_marker bigint,
     finished_with_marker bigint,
     deprecated boolean,
-    last_marked_at timestamp with time zone
+    last_marked_at timestamp with time zone,
+    without_marker bigint
 );
 create view <app>.workflows (
     id text,

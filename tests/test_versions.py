@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 import order_versions as versions
 from helpers import until
-from test_cli import hotmesh
-
 from hotmesh import MemFlow, errors, workflow
 from hotmesh.testing import Replayer, load_export
+from test_cli import hotmesh
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,8 +75,8 @@ async def test_patched_runs_finish_on_their_branch_and_the_replayer_guards_remov
     assert cli.out.strip().endswith("55 replayed, 50 diverged")
     assert (await Replayer([versions.v2]).replay_app(mf)).ok
 
-    for i, wid in enumerate(OLD + new):
-        await mf.workflow.signal(f"approve-{(list(range(50)) + list(range(100, 105)))[i]}", "ok")
+    for n in [*range(50), *range(100, 105)]:
+        await mf.workflow.signal(f"approve-{n}", "ok")
     results = {wid: await mf.workflow.get_handle(wid).result(timeout=60) for wid in OLD + new}
     assert {results[w]["branch"] for w in OLD} == {"old"}
     assert {results[w]["branch"] for w in new} == {"new"}
