@@ -141,6 +141,7 @@ BIGINT_ARRAYS = [None, [], [None], [-1], [2**63 - 1], [1, 2, 3]]
 UUID_ARRAYS = [None, [], [None], [str(uuid.uuid4())] * 5]
 BOOLEANS = [None, True, False]
 XIDS = [None, "0", "1", "4294967295"]  # any transaction id, current or not
+TIMESTAMPS = [None, "-infinity", "infinity", "4713-01-01 BC", "294276-12-31", "2020-01-01"]
 
 HOSTILE = {
     "text": TEXTS,
@@ -155,6 +156,7 @@ HOSTILE = {
     "uuid[]": UUID_ARRAYS,
     "boolean": BOOLEANS,
     "xid": XIDS,
+    "timestamp with time zone": TIMESTAMPS,
 }
 
 # A sensible value per parameter (the fuzz varies one at a time); {task}/{token} are the held
@@ -208,6 +210,11 @@ GOOD: dict[str, Any] = {
     "p_job_id": "wf",
     "p_waits": '[{"kind": "signal", "name": "go"}]',
     "p_xmax": "1",
+    "p_patch_id": "fraud-check",
+    "p_deprecated": False,
+    "p_workflow_names": ["w"],
+    "p_statuses": ["running", "waiting"],
+    "p_since": "2020-01-01",
 }
 
 
