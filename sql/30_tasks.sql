@@ -27,12 +27,14 @@ $$;
 -- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other (or
 -- on an application's open transaction: see _transitions); each claim issues a fresh lease
 -- token. For an activation it also fires the thread's due timers (_fire_timers) and returns
--- its recorded steps, so the worker can replay without another query.
+-- its recorded steps, so the worker can replay without another query. p_build_id names the
+-- worker's code: recorded in jobs.build_id by each main activation it starts.
 create or replace function claim_tasks(
     p_task_queues text[],
     p_worker_id text,
     p_max_tasks integer default 1,
-    p_lease interval default interval '30 seconds'
+    p_lease interval default interval '30 seconds',
+    p_build_id text default null
 ) returns setof claimed_task
 language plpgsql
 set search_path from current
@@ -65,6 +67,7 @@ begin
                              coalesce(p_max_tasks::text, 'null'));
     end if;
     perform _check_name('worker id', p_worker_id);
+    perform _check_name('build id', p_build_id);
     perform _check_lease(p_lease);
 
     -- One ordered index scan per queue (on PostgreSQL 15 `task_queue = any(...)` would read
@@ -209,7 +212,9 @@ begin
                           'due', s.wake_at <= v_now) order by s.seq)
                  from steps as s
                 where s.job_id = t.job_id and s.thread = t.thread)
-           end
+           end,
+           -- The build of the previous activation, replaced below by this worker's.
+           j.build_id
       -- Each row is looked up by its key; `offset 0` keeps every lookup a keyed probe that
       -- the planner cannot turn into a join that scans a whole table.
       from unnest(v_ids) as c (id)
@@ -219,6 +224,12 @@ begin
            select * from threads as th
             where th.job_id = t.job_id and th.thread = t.thread offset 0) as th on true
      order by t.priority desc, t.id;
+    -- The main activations this claim started run the claiming worker's code (build). Only
+    -- their job rows are held (by _transitions): nobody else's row is waited for.
+    if p_build_id is not null and v_started is not null then
+        update jobs set build_id = p_build_id
+         where id = any(v_started) and build_id is distinct from p_build_id;
+    end if;
 end
 $$;
 

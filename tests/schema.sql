@@ -13,7 +13,7 @@
 -- migration 0005_hot_paths.sql
 -- migration 0006_signal_retention.sql
 -- migration 0007_signal_key_scope.sql
--- migration 0008_patch_markers.sql
+-- migration 0008_versions.sql
 
 -- tables
 create table <app>.jobs (
@@ -38,7 +38,8 @@ create table <app>.jobs (
     entity_version bigint not null default 0,
     parent_thread text,
     parent_seq integer,
-    search jsonb not null default '{}'::jsonb
+    search jsonb not null default '{}'::jsonb,
+    build_id text
 ) with (fillfactor=80);
 create table <app>.schema_migrations (
     version integer not null,
@@ -216,7 +217,8 @@ create view <app>.workflows (
     age interval,
     waiting_on text,
     error text,
-    blocked_by text
+    blocked_by text,
+    build_id text
 );
 
 -- types
@@ -234,7 +236,8 @@ create type <app>.claimed_task as (
     payload jsonb,
     workflow_name text,
     job_attempt integer,
-    steps jsonb
+    steps jsonb,
+    build_id text
 );
 -- returned by: claim_tasks
 
@@ -380,7 +383,7 @@ create function <app>.cancel_step(p_task_id bigint, p_token uuid, p_seq integer,
 create function <app>.cancel_workflow(p_workflow_id text, p_reason text DEFAULT NULL::text, p_descend boolean DEFAULT true, p_ignore_finished boolean DEFAULT false) returns text[]
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.claim_tasks(p_task_queues text[], p_worker_id text, p_max_tasks integer DEFAULT 1, p_lease interval DEFAULT '00:00:30'::interval) returns SETOF <app>.claimed_task
+create function <app>.claim_tasks(p_task_queues text[], p_worker_id text, p_max_tasks integer DEFAULT 1, p_lease interval DEFAULT '00:00:30'::interval, p_build_id text DEFAULT NULL::text) returns SETOF <app>.claimed_task
     language plpgsql volatile security definer
     set enable_bitmapscan = off
     set enable_seqscan = off
@@ -597,7 +600,7 @@ grant execute on function <app>.bury_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.cancel_step(bigint,uuid,integer,text,text,boolean) to <app>_worker;
 grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <app>_app;
 grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <app>_worker;
-grant execute on function <app>.claim_tasks(text[],text,integer,interval) to <app>_worker;
+grant execute on function <app>.claim_tasks(text[],text,integer,interval,text) to <app>_worker;
 grant execute on function <app>.complete_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.complete_tasks(jsonb) to <app>_worker;
 grant execute on function <app>.emit_step(bigint,uuid,integer,jsonb) to <app>_worker;

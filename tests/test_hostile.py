@@ -211,6 +211,7 @@ GOOD: dict[str, Any] = {
     "p_waits": '[{"kind": "signal", "name": "go"}]',
     "p_xmax": "1",
     "p_patch_id": "fraud-check",
+    "p_build_id": "b1",
     "p_deprecated": False,
     "p_workflow_names": ["w"],
     "p_statuses": ["running", "waiting"],

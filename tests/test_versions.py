@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 import order_versions as versions
-from helpers import until
+from helpers import until, until_row
 from hotmesh import MemFlow, errors, workflow
 from hotmesh.testing import Replayer, load_export
+from hotmesh.worker import default_build_id
 from test_cli import hotmesh
 
 pytestmark = pytest.mark.timeout(120)
@@ -175,3 +176,29 @@ async def test_bad_input_is_refused_clearly(
     assert "must be declared `async def`" in not_a_workflow.err
     with pytest.raises(errors.InvalidArgument, match="unknown workflow status"):
         await Replayer([versions.v2]).replay_app(mf, statuses=["parked"])
+
+
+async def test_each_activation_records_its_build_and_hm006_names_both(
+    app: str, dsn: str, db: Any, mf: MemFlow
+) -> None:
+    v1 = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    await v1.worker.create(task_queue="orders", workflow=versions.v1, build_id="orders-v1")
+    await v1.workflow.start(workflow_name="order", args=[1], task_queue="orders", workflow_id="b1")
+    await until(lambda: parked(db, ["b1"]), "a parked v1 run")
+    assert db.one("select build_id from workflows where id = 'b1'") == "orders-v1"
+    await v1.close()
+
+    # v3 without a build id: a digest of its source. It cannot replay the v1 run.
+    await mf.worker.create(task_queue="orders", workflow=versions.v3)
+    build = default_build_id([versions.v3])
+    assert len(build) == 12 and build != default_build_id([versions.v2])
+    await mf.workflow.signal("approve-1", "ok")
+    await until_row(db, "select true from tasks where job_id = 'b1' and state = 'dead'")
+    assert db.one("select build_id from workflows where id = 'b1'") == build
+    assert db.one("select error from workflows where id = 'b1'") == (
+        'non-determinism in workflow "b1" thread main: step 2 was recorded as signal '
+        '"approve-1" but the code now calls activity "fraud_check" (history recorded by build '
+        f"orders-v1, replayed by build {build})"
+    )
+    with pytest.raises(errors.InvalidArgument, match="build_id must be 1 to 255 characters"):
+        await mf.worker.create(task_queue="other", workflow=versions.v2, build_id="")

@@ -52,6 +52,7 @@ class Claimed:
     workflow_name: str
     job_attempt: int
     steps: list[dict[str, Any]] | None
+    build_id: str | None = None  # the build of the workflow's previous activation
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ _STATEMENTS = {
     "workflow_outcome": "select {columns} from {}.workflow_outcome(%(workflow_id)s::text)",
     "get_workflow": "select {}.get_workflow(%(workflow_id)s::text)",
     "claim_tasks": "select {columns} from {}.claim_tasks(%(queues)s::text[], %(worker_id)s::text,"
-    " %(max_tasks)s::integer, %(lease)s::interval)",
+    " %(max_tasks)s::integer, %(lease)s::interval, %(build_id)s::text)",
     "next_due": "select {}.next_due(%(queues)s::text[])",
     "complete_task": "select {}.complete_task(%(task_id)s::bigint, %(token)s::uuid,"
     " %(result)s::jsonb)",
@@ -551,9 +552,20 @@ class Database:
 
     # -- tasks ---------------------------------------------------------------------------
     async def claim_tasks(
-        self, queues: list[str], worker_id: str, max_tasks: int, lease: timedelta
+        self,
+        queues: list[str],
+        worker_id: str,
+        max_tasks: int,
+        lease: timedelta,
+        build_id: str | None = None,
     ) -> list[Claimed]:
-        params = {"queues": queues, "worker_id": worker_id, "max_tasks": max_tasks, "lease": lease}
+        params = {
+            "queues": queues,
+            "worker_id": worker_id,
+            "max_tasks": max_tasks,
+            "lease": lease,
+            "build_id": build_id,
+        }
         return await self._rows("claim_tasks", Claimed, params)
 
     async def next_due(self, queues: list[str]) -> datetime | None:

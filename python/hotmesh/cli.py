@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--concurrency", type=_positive, default=8, help="tasks run at once (8)")
     worker.add_argument("--lease", type=float, default=30.0, help="lease seconds (30)")
+    worker.add_argument(
+        "--build-id",
+        help="this code's version, recorded by each activation (default: a digest of the "
+        "workflow functions' source)",
+    )
 
     start = commands.add_parser("start", help="start a workflow")
     _common(start)
@@ -392,7 +397,11 @@ async def _worker(args: argparse.Namespace) -> int:
             task_queue=args.queue, activities=activities, concurrency=args.concurrency
         )
     await mf.worker.create(
-        task_queue=args.queue, workflow=workflows, concurrency=args.concurrency, lease=args.lease
+        task_queue=args.queue,
+        workflow=workflows,
+        concurrency=args.concurrency,
+        lease=args.lease,
+        build_id=args.build_id,
     )
     names = ", ".join([fn.__name__ for fn in workflows] + sorted(activities))
     print(f"worker serving {args.app}/{args.queue}: {names} (Ctrl-C to stop)", flush=True)

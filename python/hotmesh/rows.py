@@ -32,6 +32,7 @@ class WorkflowSummary:
     error: str | None  # the message of a failed workflow's error
     parent_id: str | None
     expire_at: datetime | None
+    build_id: str | None  # the code version of its last activation
 
 
 @dataclass(frozen=True)

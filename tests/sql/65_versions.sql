@@ -6,7 +6,7 @@ begin;
 \ir _preamble.psql
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(25);
+select plan(29);
 
 select start_workflow('order', '[1]', 'q', 'new');
 select start_workflow('order', '[2]', 'q', 'old');
@@ -189,6 +189,36 @@ select throws_ok(
 select throws_ok(
     'select export_workflows(null, null, null, 0)', '22023', 'limit must be >= 1, not 0',
     'a limit below 1 is refused'
+);
+
+-- Build ids: the claim that starts a main activation records the worker's build and hands
+-- the worker the one it replaces.
+select start_workflow('order', '[4]', 'bq', 'built');
+select is(
+    (select build_id from claim_tasks(array['bq'], 'tester', 1, '30 seconds', 'build-1')),
+    null,
+    'a first activation replaces no build'
+);
+select is(
+    (select build_id from workflows where id = 'built'), 'build-1',
+    'the workflows view shows the build of the last activation'
+);
+select wait_signal(t.id, t.lease_token, 1, 'go', null)
+from tasks as t where t.job_id = 'built';
+select suspend_task(t.id, t.lease_token)
+from tasks as t where t.job_id = 'built';
+select signal('go', '1', 'built');
+select is(
+    (select build_id from claim_tasks(array['bq'], 'tester', 1, '30 seconds', 'build-2')),
+    'build-1',
+    'the next activation is handed the build that recorded the history so far'
+);
+select throws_ok(
+    format(
+        'select claim_tasks(array[%L], %L, 1, %L, %L)', 'bq', 'tester', '30 seconds',
+        repeat('b', 256)
+    ),
+    '22023', 'build id is 256 characters long; at most 255', 'a build id over 255 characters'
 );
 
 select * from finish();
