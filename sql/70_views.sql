@@ -23,8 +23,8 @@ $$;
 
 select _drop_view_unless('workflows', array[
     'id', 'workflow_name', 'entity', 'status', 'task_queue', 'created_at', 'updated_at',
-    'completed_at', 'attempt', 'waits', 'parent_id', 'expire_at', 'age', 'waiting_on', 'error',
-    'blocked_by', 'build_id'
+    'completed_at', 'attempt', 'waits', 'parent_id', 'expire_at', 'build_id', 'age',
+    'waiting_on', 'error', 'blocked_by'
 ]);
 select _drop_view_unless('queue_backlog', array[
     'task_queue', 'kind', 'ready', 'delayed', 'leased', 'lease_expired', 'dead',
@@ -153,8 +153,9 @@ as $$
 $$;
 
 -- Every workflow with its status, age and, while it is unfinished, what it waits on
--- (waiting_on: text; waits: the same as JSON), and the build id of its last activation. `error` is the message of the error the
--- workflow failed with, or of its last failed attempt while it retries.
+-- (waiting_on: text; waits: the same as JSON), and the build id of its last activation.
+-- `error` is the message of the error the workflow failed with, or of its last failed attempt
+-- while it retries.
 --   select id, status, age, waiting_on from my_app.workflows where status = 'waiting';
 create or replace view workflows as
 with clock as (
@@ -197,6 +198,8 @@ select
     w.waits,
     w.parent_id,
     w.expire_at,
+    -- The code (build id) of its last activation (sql/30_tasks.sql: claim_tasks).
+    w.build_id,
     c.now - w.created_at as age,
     waits_text(w.waits) as waiting_on,
     w.error ->> 'message' as error,
@@ -207,9 +210,7 @@ select
             w.status in ('pending', 'running', 'waiting')
             and w.xmax in (select x.xid from live_xids as x)
             then workflow_blocker(w.xmax)
-    end as blocked_by,
-    -- The code (build id) of its last activation (sql/30_tasks.sql: claim_tasks).
-    w.build_id
+    end as blocked_by
 from job_waits as w
 cross join clock as c;
 

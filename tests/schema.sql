@@ -214,11 +214,11 @@ create view <app>.workflows (
     waits jsonb,
     parent_id text,
     expire_at timestamp with time zone,
+    build_id text,
     age interval,
     waiting_on text,
     error text,
-    blocked_by text,
-    build_id text
+    blocked_by text
 );
 
 -- types
