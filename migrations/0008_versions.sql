@@ -7,4 +7,3 @@ create index steps_patches on steps (name, job_id) where kind = 'patch';
 -- thread's activation records the claiming worker's (sql/30_tasks.sql: claim_tasks), and hands
 -- the worker the one it replaces, so a non-determinism failure names both builds.
 alter table jobs add column build_id text;
-alter type claimed_task add attribute build_id text;

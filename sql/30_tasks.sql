@@ -204,7 +204,12 @@ begin
                 else th.args end,
            -- null, not '{}' or '[]', where there is nothing to read: a worker claiming
            -- hundreds of tasks at once parses every JSON value it gets.
-           case when t.kind = 'activity' then t.payload end, j.workflow_name, j.attempt,
+           -- An activation's payload: the build of the previous activation (replaced below
+           -- by this worker's), so a non-determinism failure can name both.
+           case when t.kind = 'activity' then t.payload
+                when j.build_id is not null then jsonb_build_object('build_id', j.build_id)
+           end,
+           j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then (
                select jsonb_agg(jsonb_build_object(
                           'seq', s.seq, 'kind', s.kind, 'name', s.name, 'status', s.status,
@@ -212,9 +217,7 @@ begin
                           'due', s.wake_at <= v_now) order by s.seq)
                  from steps as s
                 where s.job_id = t.job_id and s.thread = t.thread)
-           end,
-           -- The build of the previous activation, replaced below by this worker's.
-           j.build_id
+           end
       -- Each row is looked up by its key; `offset 0` keeps every lookup a keyed probe that
       -- the planner cannot turn into a join that scans a whole table.
       from unnest(v_ids) as c (id)

@@ -236,8 +236,7 @@ create type <app>.claimed_task as (
     payload jsonb,
     workflow_name text,
     job_attempt integer,
-    steps jsonb,
-    build_id text
+    steps jsonb
 );
 -- returned by: claim_tasks
 

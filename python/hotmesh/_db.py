@@ -48,11 +48,20 @@ class Claimed:
     lease_token: uuid.UUID
     attempt: int
     args: Any
-    payload: dict[str, Any] | None  # an activity's (its retry policy); None for activations
+    # An activity's: its retry policy. An activation's: {"build_id"} of the workflow's previous
+    # activation (None when no build recorded one).
+    payload: dict[str, Any] | None
     workflow_name: str
     job_attempt: int
     steps: list[dict[str, Any]] | None
-    build_id: str | None = None  # the build of the workflow's previous activation
+
+    @property
+    def recorded_build_id(self) -> str | None:
+        """An activation's: the build (worker code version) of the previous activation."""
+        if self.kind != "workflow" or not self.payload:
+            return None
+        build = self.payload.get("build_id")
+        return build if isinstance(build, str) else None
 
 
 @dataclass(frozen=True)

@@ -457,8 +457,9 @@ class Worker:
             log_failure(log, task, result, outcome.error)
         else:  # Diverged: parked as dead, the history untouched, until new code or a retry
             fault = outcome.error
+            recorded = task.recorded_build_id or "unknown"
             message = (
-                f"{fault.message} (history recorded by build {task.build_id or 'unknown'}, "
+                f"{fault.message} (history recorded by build {recorded}, "
                 f"replayed by build {self.build_id or 'unknown'})"
             )
             event(log, logging.ERROR, "stuck", **fields, error=message)
@@ -469,7 +470,7 @@ class Worker:
                     "type": type(fault).__name__,
                     "code": 500,
                     "sqlstate": fault.sqlstate,
-                    "recorded_build_id": task.build_id,
+                    "recorded_build_id": task.recorded_build_id,
                     "build_id": self.build_id,
                 },
             )

@@ -195,7 +195,7 @@ select throws_ok(
 -- the worker the one it replaces.
 select start_workflow('order', '[4]', 'bq', 'built');
 select is(
-    (select build_id from claim_tasks(array['bq'], 'tester', 1, '30 seconds', 'build-1')),
+    (select payload ->> 'build_id' from claim_tasks(array['bq'], 'tester', 1, '30 seconds', 'build-1')),
     null,
     'a first activation replaces no build'
 );
@@ -209,7 +209,7 @@ select suspend_task(t.id, t.lease_token)
 from tasks as t where t.job_id = 'built';
 select signal('go', '1', 'built');
 select is(
-    (select build_id from claim_tasks(array['bq'], 'tester', 1, '30 seconds', 'build-2')),
+    (select payload ->> 'build_id' from claim_tasks(array['bq'], 'tester', 1, '30 seconds', 'build-2')),
     'build-1',
     'the next activation is handed the build that recorded the history so far'
 );
