@@ -174,6 +174,17 @@ async def test_bad_input_is_refused_clearly(
     not_a_workflow = await hotmesh(dsn, app, "replay", "order_versions:prepare", cwd=TESTS)
     assert not_a_workflow.code == 1
     assert "must be declared `async def`" in not_a_workflow.err
+    bad_threads = {
+        "format": "hotmesh-export",
+        "version": 1,
+        "workflow": {"id": "x", "workflow_name": "order", "status": "completed"},
+        "steps": [],
+        "threads": [{"thread": 1}],
+    }
+    with pytest.raises(errors.InvalidArgument, match="not a list of threads with thread and"):
+        await Replayer([versions.v2]).replay_exports([bad_threads])
+    with pytest.raises(errors.InvalidArgument, match="no function of that name was given"):
+        await Replayer({"other": versions.v2}).replay_exports([{**bad_threads, "threads": []}])
     with pytest.raises(errors.InvalidArgument, match="unknown workflow status"):
         await Replayer([versions.v2]).replay_app(mf, statuses=["parked"])
 

@@ -99,8 +99,11 @@ def check_export(doc: Any, source: str = "history") -> None:
         for s in doc["steps"]
     ):
         problem = "no list of steps with seq and kind"
-    elif not isinstance(doc.get("threads", []), list):
-        problem = "threads is not a list"
+    elif not isinstance(doc.get("threads", []), list) or not all(
+        isinstance(t, dict) and isinstance(t.get("thread"), str) and isinstance(t.get("name"), str)
+        for t in doc.get("threads", [])
+    ):
+        problem = "threads is not a list of threads with thread and name"
     if problem is not None:
         raise errors.InvalidArgument(f"{source} is not a hotmesh export: {problem}")
 
