@@ -27,13 +27,15 @@ $$;
 -- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other (or
 -- on an application's open transaction: see _transitions); each claim issues a fresh lease
 -- token. For an activation it also fires the thread's due timers (_fire_timers) and returns
--- its recorded steps, so the worker can replay without another query. Due schedules fire
--- first (_fire_schedules), so their runs may be claimed at once.
+-- its recorded steps, so the worker can replay without another query. p_build_id names the
+-- worker's code: recorded in jobs.build_id by each main activation it starts. Due schedules
+-- fire first (_fire_schedules), so their runs may be claimed at once.
 create or replace function claim_tasks(
     p_task_queues text[],
     p_worker_id text,
     p_max_tasks integer default 1,
-    p_lease interval default interval '30 seconds'
+    p_lease interval default interval '30 seconds',
+    p_build_id text default null
 ) returns setof claimed_task
 language plpgsql
 set search_path from current
@@ -66,6 +68,7 @@ begin
                              coalesce(p_max_tasks::text, 'null'));
     end if;
     perform _check_name('worker id', p_worker_id);
+    perform _check_name('build id', p_build_id);
     perform _check_lease(p_lease);
     perform _fire_schedules(v_now);
 
@@ -203,7 +206,12 @@ begin
                 else th.args end,
            -- null, not '{}' or '[]', where there is nothing to read: a worker claiming
            -- hundreds of tasks at once parses every JSON value it gets.
-           case when t.kind = 'activity' then t.payload end, j.workflow_name, j.attempt,
+           -- An activation's payload: the build of the previous activation (replaced below
+           -- by this worker's), so a non-determinism failure can name both.
+           case when t.kind = 'activity' then t.payload
+                when j.build_id is not null then jsonb_build_object('build_id', j.build_id)
+           end,
+           j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then (
                select jsonb_agg(jsonb_build_object(
                           'seq', s.seq, 'kind', s.kind, 'name', s.name, 'status', s.status,
@@ -221,6 +229,12 @@ begin
            select * from threads as th
             where th.job_id = t.job_id and th.thread = t.thread offset 0) as th on true
      order by t.priority desc, t.id;
+    -- The main activations this claim started run the claiming worker's code (build). Only
+    -- their job rows are held (by _transitions): nobody else's row is waited for.
+    if p_build_id is not null and v_started is not null then
+        update jobs set build_id = p_build_id
+         where id = any(v_started) and build_id is distinct from p_build_id;
+    end if;
 end
 $$;
 

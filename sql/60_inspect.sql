@@ -16,6 +16,7 @@ begin
                'parent_id', j.parent_id, 'attempt', j.attempt, 'priority', j.priority,
                'created_at', j.created_at, 'updated_at', j.updated_at,
                'completed_at', j.completed_at, 'expire_at', j.expire_at,
+               'build_id', j.build_id,
                'steps', (select count(*) from steps as s where s.job_id = j.id),
                'tasks', coalesce((
                    select jsonb_agg(jsonb_build_object(

@@ -24,7 +24,7 @@ $$;
 select _drop_view_unless('workflows', array[
     'id', 'workflow_name', 'entity', 'status', 'task_queue', 'created_at', 'updated_at',
     'completed_at', 'attempt', 'waits', 'parent_id', 'expire_at', 'age', 'waiting_on', 'error',
-    'blocked_by', 'schedule_id'
+    'blocked_by', 'schedule_id', 'build_id'
 ]);
 select _drop_view_unless('queue_backlog', array[
     'task_queue', 'kind', 'ready', 'delayed', 'leased', 'lease_expired', 'dead',
@@ -153,8 +153,9 @@ as $$
 $$;
 
 -- Every workflow with its status, age and, while it is unfinished, what it waits on
--- (waiting_on: text; waits: the same as JSON). `error` is the message of the error the
--- workflow failed with, or of its last failed attempt while it retries.
+-- (waiting_on: text; waits: the same as JSON), and the build id of its last activation.
+-- `error` is the message of the error the workflow failed with, or of its last failed attempt
+-- while it retries.
 --   select id, status, age, waiting_on from my_app.workflows where status = 'waiting';
 create or replace view workflows as
 with clock as (
@@ -210,7 +211,9 @@ select  -- noqa: ST06
             then workflow_blocker(w.xmax)
     end as blocked_by,
     -- The schedule that started this run (sql/48_schedules.sql), if one did.
-    w.schedule_id
+    w.schedule_id,
+    -- The code (build id) of its last activation (sql/30_tasks.sql: claim_tasks).
+    w.build_id
 from job_waits as w
 cross join clock as c;
 

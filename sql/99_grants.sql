@@ -33,14 +33,15 @@ declare
         'entity_find_by_condition', 'entity_find_by_id', 'engine_clock', 'workflow_waits',
         'waits_text', 'workflow_blocker', 'engine_version', 'create_schedule',
         'update_schedule', 'pause_schedule', 'resume_schedule', 'trigger_schedule',
-        'delete_schedule', 'cron_next'
+        'delete_schedule', 'cron_next', 'export_workflow', 'export_workflows'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
         'claim_tasks', 'next_due', 'complete_task', 'complete_tasks', 'fail_task',
         'suspend_task', 'bury_task', 'heartbeat', 'release_tasks', 'record_step',
         'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
-        'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step'
+        'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step',
+        'record_patch'
     ];
     v_tables text[] := array['jobs', 'steps', 'threads', 'schedules'];
     v_can_create boolean;

@@ -13,6 +13,7 @@
 -- migration 0005_hot_paths.sql
 -- migration 0006_signal_retention.sql
 -- migration 0007_signal_key_scope.sql
+-- migration 0008_versions.sql
 -- migration 0012_schedules.sql
 -- migration 0014_workflow_list.sql
 
@@ -40,6 +41,7 @@ create table <app>.jobs (
     parent_thread text,
     parent_seq integer,
     search jsonb not null default '{}'::jsonb,
+    build_id text,
     schedule_id text
 ) with (fillfactor=80);
 create table <app>.schedules (
@@ -182,6 +184,7 @@ CREATE UNIQUE INDEX signals_pkey ON <app>.signals USING btree (id);
 CREATE INDEX signals_untargeted ON <app>.signals USING btree (created_at) WHERE (job_id IS NULL);
 CREATE UNIQUE INDEX steps_entity_idempotency ON <app>.steps USING btree (job_id, idempotency_key) WHERE ((kind = 'entity'::text) AND (idempotency_key IS NOT NULL));
 CREATE UNIQUE INDEX steps_entity_version ON <app>.steps USING btree (job_id, entity_version) WHERE (entity_version IS NOT NULL);
+CREATE INDEX steps_patches ON <app>.steps USING btree (name, job_id) WHERE (kind = 'patch'::text);
 CREATE UNIQUE INDEX steps_pkey ON <app>.steps USING btree (job_id, thread, seq);
 CREATE INDEX steps_signal_waits ON <app>.steps USING btree (name, created_at) WHERE ((kind = 'signal'::text) AND (status = 'scheduled'::text));
 CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, run_at, id) WHERE (state <> 'dead'::text);
@@ -246,6 +249,15 @@ create view <app>.schedule_fires (
     created_at timestamp with time zone,
     updated_at timestamp with time zone
 );
+create view <app>.workflow_patches (
+    workflow_name text,
+    patch_id text,
+    with_marker bigint,
+    finished_with_marker bigint,
+    deprecated boolean,
+    last_marked_at timestamp with time zone,
+    without_marker bigint
+);
 create view <app>.workflows (
     id text,
     workflow_name text,
@@ -263,7 +275,8 @@ create view <app>.workflows (
     waiting_on text,
     error text,
     blocked_by text,
-    schedule_id text
+    schedule_id text,
+    build_id text
 );
 
 -- types
@@ -457,7 +470,7 @@ create function <app>.cancel_step(p_task_id bigint, p_token uuid, p_seq integer,
 create function <app>.cancel_workflow(p_workflow_id text, p_reason text DEFAULT NULL::text, p_descend boolean DEFAULT true, p_ignore_finished boolean DEFAULT false) returns text[]
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.claim_tasks(p_task_queues text[], p_worker_id text, p_max_tasks integer DEFAULT 1, p_lease interval DEFAULT '00:00:30'::interval) returns SETOF <app>.claimed_task
+create function <app>.claim_tasks(p_task_queues text[], p_worker_id text, p_max_tasks integer DEFAULT 1, p_lease interval DEFAULT '00:00:30'::interval, p_build_id text DEFAULT NULL::text) returns SETOF <app>.claimed_task
     language plpgsql volatile security definer
     set enable_bitmapscan = off
     set enable_seqscan = off
@@ -541,6 +554,12 @@ create function <app>.entity_step(p_task_id bigint, p_token uuid, p_seq integer,
 create function <app>.entity_toggle(p_workflow_id text, p_path text, p_idempotency_key text DEFAULT NULL::text) returns boolean
     language sql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.export_workflow(p_workflow_id text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.export_workflows(p_workflow_names text[], p_statuses text[] DEFAULT NULL::text[], p_since timestamp with time zone DEFAULT NULL::timestamp with time zone, p_limit integer DEFAULT NULL::integer) returns SETOF jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.fail_task(p_task_id bigint, p_token uuid, p_error jsonb) returns jsonb
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
@@ -574,6 +593,9 @@ create function <app>.prune_batch(p_older_than interval DEFAULT '00:00:00'::inte
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.prune_signals(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.record_patch(p_task_id bigint, p_token uuid, p_seq integer, p_patch_id text, p_deprecated boolean) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.record_step(p_task_id bigint, p_token uuid, p_seq integer, p_kind text, p_name text, p_input jsonb, p_output jsonb, p_error jsonb DEFAULT NULL::jsonb, p_retry_policy jsonb DEFAULT NULL::jsonb) returns jsonb
@@ -682,13 +704,15 @@ grant select on table <app>.steps to <app>_app;
 grant select on table <app>.steps to <app>_worker;
 grant select on table <app>.threads to <app>_app;
 grant select on table <app>.threads to <app>_worker;
+grant select on table <app>.workflow_patches to <app>_app;
+grant select on table <app>.workflow_patches to <app>_worker;
 grant select on table <app>.workflows to <app>_app;
 grant select on table <app>.workflows to <app>_worker;
 grant execute on function <app>.bury_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.cancel_step(bigint,uuid,integer,text,text,boolean) to <app>_worker;
 grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <app>_app;
 grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <app>_worker;
-grant execute on function <app>.claim_tasks(text[],text,integer,interval) to <app>_worker;
+grant execute on function <app>.claim_tasks(text[],text,integer,interval,text) to <app>_worker;
 grant execute on function <app>.complete_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.complete_tasks(jsonb) to <app>_worker;
 grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;
@@ -731,6 +755,10 @@ grant execute on function <app>.entity_set_if_not_exists(text,text,jsonb,text) t
 grant execute on function <app>.entity_step(bigint,uuid,integer,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.entity_toggle(text,text,text) to <app>_app;
 grant execute on function <app>.entity_toggle(text,text,text) to <app>_worker;
+grant execute on function <app>.export_workflow(text) to <app>_app;
+grant execute on function <app>.export_workflow(text) to <app>_worker;
+grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_app;
+grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_worker;
 grant execute on function <app>.fail_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.get_setting(text) to <app>_app;
 grant execute on function <app>.get_setting(text) to <app>_worker;
@@ -742,6 +770,7 @@ grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_worker;
 grant execute on function <app>.next_due(text[]) to <app>_worker;
 grant execute on function <app>.pause_schedule(text) to <app>_app;
 grant execute on function <app>.pause_schedule(text) to <app>_worker;
+grant execute on function <app>.record_patch(bigint,uuid,integer,text,boolean) to <app>_worker;
 grant execute on function <app>.record_step(bigint,uuid,integer,text,text,jsonb,jsonb,jsonb,jsonb) to <app>_worker;
 grant execute on function <app>.record_steps(jsonb) to <app>_worker;
 grant execute on function <app>.release_tasks(bigint[],uuid[]) to <app>_worker;

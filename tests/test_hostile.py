@@ -141,7 +141,7 @@ BIGINT_ARRAYS = [None, [], [None], [-1], [2**63 - 1], [1, 2, 3]]
 UUID_ARRAYS = [None, [], [None], [str(uuid.uuid4())] * 5]
 BOOLEANS = [None, True, False]
 XIDS = [None, "0", "1", "4294967295"]  # any transaction id, current or not
-TIMESTAMPS = [None, "infinity", "-infinity", "4713-01-01 00:00+00 BC", "294276-12-31 00:00+00"]
+TIMESTAMPS = [None, "-infinity", "infinity", "4713-01-01 BC", "294276-12-31", "2020-01-01"]
 
 HOSTILE = {
     "text": TEXTS,
@@ -215,6 +215,12 @@ GOOD: dict[str, Any] = {
     "p_expr": "*/5 1-3 * * mon,fri",
     "p_tz": "Europe/Paris",
     "p_after": "2030-01-01 00:00+00",
+    "p_patch_id": "fraud-check",
+    "p_build_id": "b1",
+    "p_deprecated": False,
+    "p_workflow_names": ["w"],
+    "p_statuses": ["running", "waiting"],
+    "p_since": "2020-01-01",
 }
 
 

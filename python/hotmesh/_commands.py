@@ -263,6 +263,28 @@ class Emit(Command):
         return self.events
 
 
+@dataclass(frozen=True, slots=True)
+class PatchMarker(Command):
+    """The marker of `workflow.patched(patch_id)` (or `deprecate_patch`): this run took the
+    new branch of that patch."""
+
+    kind: ClassVar[str] = "patch"
+    patch_id: str
+    deprecated: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.patch_id
+
+    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+        return {"deprecated": self.deprecated}
+
+    def matches_input(self, recorded: Any, job_id: str, thread: str, seq: int) -> bool:
+        # patched() and deprecate_patch() of one patch are the same marker: code that
+        # deprecated it replays histories that patched() recorded, and back.
+        return True
+
+
 def _segments(path: str | None) -> Any:
     """A path as `_entity_path` records it: its segments as text (None without a path)."""
     if path is None:

@@ -48,10 +48,20 @@ class Claimed:
     lease_token: uuid.UUID
     attempt: int
     args: Any
-    payload: dict[str, Any] | None  # an activity's (its retry policy); None for activations
+    # An activity's: its retry policy. An activation's: {"build_id"} of the workflow's previous
+    # activation (None when no build recorded one).
+    payload: dict[str, Any] | None
     workflow_name: str
     job_attempt: int
     steps: list[dict[str, Any]] | None
+
+    @property
+    def recorded_build_id(self) -> str | None:
+        """An activation's: the build (worker code version) of the previous activation."""
+        if self.kind != "workflow" or not self.payload:
+            return None
+        build = self.payload.get("build_id")
+        return build if isinstance(build, str) else None
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ _STATEMENTS = {
     "workflow_outcome": "select {columns} from {}.workflow_outcome(%(workflow_id)s::text)",
     "get_workflow": "select {}.get_workflow(%(workflow_id)s::text)",
     "claim_tasks": "select {columns} from {}.claim_tasks(%(queues)s::text[], %(worker_id)s::text,"
-    " %(max_tasks)s::integer, %(lease)s::interval)",
+    " %(max_tasks)s::integer, %(lease)s::interval, %(build_id)s::text)",
     "next_due": "select {}.next_due(%(queues)s::text[])",
     "complete_task": "select {}.complete_task(%(task_id)s::bigint, %(token)s::uuid,"
     " %(result)s::jsonb)",
@@ -194,6 +204,8 @@ _STATEMENTS = {
     "start_hook": "select {}.start_hook(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(workflow_id)s::text,"
     " %(signal_id)s::text)",
+    "record_patch": "select {}.record_patch(%(task_id)s::bigint, %(token)s::uuid,"
+    " %(seq)s::integer, %(patch_id)s::text, %(deprecated)s::boolean)",
     "record_steps": "select {}.record_steps(%(items)s::jsonb)",
     "complete_tasks": "select {}.complete_tasks(%(items)s::jsonb)",
     "cancel_step": "select {}.cancel_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
@@ -207,6 +219,9 @@ _STATEMENTS = {
     "workflow_waits": "select {columns} from {}.workflows where id = %(workflow_id)s::text",
     "workflow_history": "select {columns} from {}.workflow_history(%(workflow_id)s::text)",
     "queue_backlog": "select {columns} from {}.queue_backlog order by task_queue, kind",
+    "export_workflow": "select {}.export_workflow(%(workflow_id)s::text)",
+    "export_workflows": "select {}.export_workflows(%(workflow_names)s::text[],"
+    " %(statuses)s::text[], %(since)s::timestamptz, %(limit)s::integer)",
     "retry_workflow": "select {}.retry_workflow(%(workflow_id)s::text)",
     "prune": "call {}.prune(%(older_than)s::interval, %(batch)s::integer, %(dry_run)s::boolean,"
     " null)",
@@ -376,6 +391,8 @@ _READS = frozenset(
         "workflow_waits",
         "workflow_history",
         "queue_backlog",
+        "export_workflow",
+        "export_workflows",
     }
 )
 _RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
@@ -407,6 +424,7 @@ WORKER_CALLS = frozenset(
         "start_child",
         "start_hook",
         "cancel_step",
+        "record_patch",
     }
 )
 LOCK_TIMEOUT_MS = 1000
@@ -555,9 +573,20 @@ class Database:
 
     # -- tasks ---------------------------------------------------------------------------
     async def claim_tasks(
-        self, queues: list[str], worker_id: str, max_tasks: int, lease: timedelta
+        self,
+        queues: list[str],
+        worker_id: str,
+        max_tasks: int,
+        lease: timedelta,
+        build_id: str | None = None,
     ) -> list[Claimed]:
-        params = {"queues": queues, "worker_id": worker_id, "max_tasks": max_tasks, "lease": lease}
+        params = {
+            "queues": queues,
+            "worker_id": worker_id,
+            "max_tasks": max_tasks,
+            "lease": lease,
+            "build_id": build_id,
+        }
         return await self._rows("claim_tasks", Claimed, params)
 
     async def next_due(self, queues: list[str]) -> datetime | None:
@@ -761,6 +790,12 @@ class Database:
         params = {**_held(task, seq), "events": Jsonb(events)}
         return dict(await self._value("emit_step", params))
 
+    async def record_patch(
+        self, task: Claimed, seq: int, patch_id: str, deprecated: bool
+    ) -> dict[str, Any]:
+        params = {**_held(task, seq), "patch_id": patch_id, "deprecated": deprecated}
+        return dict(await self._value("record_patch", params))
+
     async def cancel_step(
         self, task: Claimed, seq: int, workflow_id: str, reason: str | None, descend: bool
     ) -> dict[str, Any]:
@@ -850,6 +885,24 @@ class Database:
     async def workflow_history(self, workflow_id: str) -> list[HistoryEntry]:
         params = {"workflow_id": workflow_id}
         return await self._rows("workflow_history", HistoryEntry, params)
+
+    async def export_workflow(self, workflow_id: str) -> dict[str, Any]:
+        return dict(await self._value("export_workflow", {"workflow_id": workflow_id}))
+
+    async def export_workflows(
+        self,
+        workflow_names: Sequence[str] | None,
+        statuses: Sequence[str] | None,
+        since: datetime | None,
+        limit: int | None,
+    ) -> list[dict[str, Any]]:
+        params = {
+            "workflow_names": None if workflow_names is None else list(workflow_names),
+            "statuses": None if statuses is None else list(statuses),
+            "since": since,
+            "limit": limit,
+        }
+        return [row[0] for row in await self._fetch("export_workflows", params)]
 
     async def queue_backlog(self) -> list[QueueBacklog]:
         return await self._rows("queue_backlog", QueueBacklog, {})

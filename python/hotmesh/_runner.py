@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from hotmesh import errors
-from hotmesh._commands import Command, RecordedStep, divergence
+from hotmesh._commands import Command, PatchMarker, RecordedStep, divergence
 
 log = logging.getLogger("hotmesh.worker")
 
@@ -255,15 +255,46 @@ class Activation:
         self.seq = 0
         self.pending: list[_Call] = []
         self.fault: errors.NonDeterminismError | None = None
+        self.patches: dict[str, bool] = {}  # patched()'s answers: the same all run long
 
     @property
     def replaying(self) -> bool:
         return self.seq < self.last_recorded
 
+    def next_seq(self, kind: str = "") -> int:
+        """The step number of the thread's next call. A patch marker that the code does not
+        ask about (its patched() call was removed once every live run had taken the new
+        branch) is passed over, as Temporal does, so the calls after it keep their steps."""
+        self.seq = self.seq + 1 if kind == PatchMarker.kind else self.upcoming_seq()
+        return self.seq
+
+    def upcoming_seq(self) -> int:
+        """The step number the next call other than a patch marker takes."""
+        seq = self.seq + 1
+        while (step := self.history.get(seq)) is not None and step.kind == PatchMarker.kind:
+            seq += 1
+        return seq
+
+    def patched(self, patch_id: str, deprecated: bool) -> bool:
+        """Whether this run takes the new branch of patch `patch_id`: yes when its history
+        has the marker here, or when the history ends before here (a new run, or one that
+        reaches the patch now: the marker is recorded); no when the run went past this
+        point on the old code."""
+        answer = self.patches.get(patch_id)
+        if answer is None:
+            step = self.history.get(self.seq + 1)
+            answer = not self.replaying or (
+                step is not None and step.kind == PatchMarker.kind and step.name == patch_id
+            )
+            if answer:
+                self.call(PatchMarker(patch_id, deprecated))
+            self.patches[patch_id] = answer
+        return answer
+
     def call(self, command: Command) -> asyncio.Future[Any]:
         """The future of the thread's next durable call: its recorded outcome, a parked wait,
         or a new command."""
-        self.seq += 1
+        self.next_seq(command.kind)
         future = self.loop.create_future()
         step = self.history.get(self.seq)
         if step is not None:
@@ -280,7 +311,7 @@ class Activation:
     def fail_now(self, error: BaseException) -> asyncio.Future[Any]:
         """A call that fails before anything is recorded (bad arguments); it still takes its
         step number, so numbering does not depend on the arguments' validity."""
-        self.seq += 1
+        self.next_seq()
         future = self.loop.create_future()
         future.set_exception(error)
         return future

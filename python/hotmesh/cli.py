@@ -20,7 +20,8 @@ import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import asdict, is_dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -114,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--concurrency", type=_positive, default=8, help="tasks run at once (8)")
     worker.add_argument("--lease", type=float, default=30.0, help="lease seconds (30)")
+    worker.add_argument(
+        "--build-id",
+        help="this code's version, recorded by each activation (default: a digest of the "
+        "workflow functions' source)",
+    )
 
     start = commands.add_parser("start", help="start a workflow")
     _common(start)
@@ -139,6 +145,50 @@ def _parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="the timeline of a workflow, step by step")
     _common(history, json_flag=True)
     history.add_argument("workflow_id", metavar="ID")
+
+    export = commands.add_parser(
+        "export", help="a workflow's whole history as one JSON document (hotmesh replay reads it)"
+    )
+    _common(export)
+    export.add_argument("workflow_id", metavar="ID")
+    export.add_argument("--output", "-o", metavar="FILE", help="write it here (default stdout)")
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay recorded histories against workflow code, with no write: exit 1 on any "
+        "divergence (docs/deploying.md)",
+    )
+    _common(replay)
+    replay.add_argument(
+        "workflows", nargs="+", metavar="MODULE:FUNCTION", help="the workflow code to check"
+    )
+    replay.add_argument(
+        "--workflow-name",
+        metavar="NAME",
+        help="replay the histories of workflow NAME with the one FUNCTION given (default: "
+        "each function's histories, by its name)",
+    )
+    replay.add_argument(
+        "--status",
+        default="running,waiting",
+        help="comma-separated statuses of the workflows to replay (default running,waiting)",
+    )
+    replay.add_argument(
+        "--since", help="only workflows started since: an ISO time, or a duration ago (7d)"
+    )
+    replay.add_argument("--limit", type=_positive, help="at most N workflows, oldest first")
+    replay.add_argument(
+        "--from-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="replay this export (hotmesh export) instead of reading the app; no database",
+    )
+    replay.add_argument(
+        "--ignore-arguments",
+        action="store_true",
+        help="changed arguments of a call are not a divergence (kind and name still are)",
+    )
 
     signal = commands.add_parser(
         "signal", help="send a signal (to the oldest wait for it, or kept until one waits)"
@@ -393,7 +443,11 @@ async def _worker(args: argparse.Namespace) -> int:
             task_queue=args.queue, activities=activities, concurrency=args.concurrency
         )
     await mf.worker.create(
-        task_queue=args.queue, workflow=workflows, concurrency=args.concurrency, lease=args.lease
+        task_queue=args.queue,
+        workflow=workflows,
+        concurrency=args.concurrency,
+        lease=args.lease,
+        build_id=args.build_id,
     )
     names = ", ".join([fn.__name__ for fn in workflows] + sorted(activities))
     print(f"worker serving {args.app}/{args.queue}: {names} (Ctrl-C to stop)", flush=True)
@@ -520,6 +574,51 @@ async def _history(args: argparse.Namespace) -> int:
     ]
     print(_table(("AT", "THREAD", "SEQ", "KIND", "NAME", "STATUS", "DETAIL"), table))
     return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    async with _client(args) as mf:
+        doc = await mf.workflow.get_handle(args.workflow_id).export()
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")  # noqa: ASYNC240 - one small file
+    return 0
+
+
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.now(UTC) - timedelta(seconds=seconds(text, "--since"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    from hotmesh.testing import Replayer  # only this command needs it
+
+    functions = [_load(spec) for spec in args.workflows]
+    if args.workflow_name is not None:
+        if len(functions) != 1:
+            raise HotMeshError("--workflow-name takes exactly one MODULE:FUNCTION")
+        replayer = Replayer(
+            {args.workflow_name: functions[0]}, ignore_arguments=args.ignore_arguments
+        )
+    else:
+        replayer = Replayer(functions, ignore_arguments=args.ignore_arguments)
+    if args.from_file:
+        report = await replayer.replay_files(args.from_file)
+    else:
+        statuses = [s.strip() for s in args.status.split(",") if s.strip()]
+        async with _client(args) as mf:
+            report = await replayer.replay_app(
+                mf, statuses=statuses, since=_since(args.since), limit=args.limit
+            )
+    print(report.text())
+    return 0 if report.ok else 1
 
 
 async def _signal(args: argparse.Namespace) -> int:
@@ -720,6 +819,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "list": _list,
     "show": _show,
     "history": _history,
+    "export": _export,
+    "replay": _replay,
     "signal": _signal,
     "cancel": _cancel,
     "retry": _retry,

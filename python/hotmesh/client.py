@@ -24,7 +24,7 @@ from hotmesh._runner import encode, encode_args
 from hotmesh.entity import EntityClient
 from hotmesh.retry import RetryPolicy
 from hotmesh.rows import HistoryEntry, QueueBacklog, Schedule, WorkflowSummary
-from hotmesh.worker import Registry, Worker
+from hotmesh.worker import Registry, Worker, check_build_id, default_build_id
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
 # The libpq variables that choose a server, shown when no DSN was given.
@@ -97,6 +97,12 @@ class Handle:
     async def history(self) -> list[HistoryEntry]:
         """The workflow's timeline, step by step (`<app>.workflow_history`)."""
         return await self._mf._db.workflow_history(self.workflow_id)
+
+    async def export(self) -> dict[str, Any]:
+        """The workflow as one JSON document (`<app>.export_workflow`): its row, threads,
+        every step with inputs and outcomes, its entity's versions and its children; what
+        hotmesh.testing.Replayer and `hotmesh replay --from-file` check code against."""
+        return await self._mf._db.export_workflow(self.workflow_id)
 
     async def retry(self) -> dict[str, Any]:
         """Run a failed workflow again from its last recorded step, or make its dead tasks
@@ -320,9 +326,12 @@ class WorkerFactory:
         workflow: Callable[..., Any] | Iterable[Callable[..., Any]] | None = None,
         concurrency: int = 8,
         lease: float = 30.0,
+        build_id: str | None = None,
     ) -> Worker:
         """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
-        queue. A second create for the same queue adds to the worker that already serves it."""
+        queue. A second create for the same queue adds to the worker that already serves it.
+        `build_id` names this code version: each activation records it (`workflows.build_id`);
+        by default a digest of the source of the queue's workflow functions."""
         functions: list[Callable[..., Any]] = []
         if callable(workflow):
             functions = [workflow]
@@ -332,7 +341,8 @@ class WorkerFactory:
             check_workflow_function(fn)
         table = self._mf.registry.workflows.setdefault(task_queue, {})
         table.update({fn.__name__: fn for fn in functions})
-        return await self._mf._serve(task_queue, concurrency, lease)
+        build = check_build_id(build_id) or default_build_id(table.values())
+        return await self._mf._serve(task_queue, concurrency, lease, build)
 
     async def register_activities(
         self,
@@ -415,15 +425,25 @@ class MemFlow:
         await self._listener.start()
         return self._listener
 
-    async def _serve(self, task_queue: str, concurrency: int, lease: float) -> Worker:
+    async def _serve(
+        self, task_queue: str, concurrency: int, lease: float, build_id: str | None = None
+    ) -> Worker:
         worker = self.workers.get(task_queue)
         if worker is None or worker.stopping:
             listener = await self._listening()
             worker = Worker(
-                self._db, listener, self.registry, task_queue, concurrency=concurrency, lease=lease
+                self._db,
+                listener,
+                self.registry,
+                task_queue,
+                concurrency=concurrency,
+                lease=lease,
+                build_id=build_id,
             )
             self.workers[task_queue] = worker
             await worker.start()
+        elif build_id is not None:
+            worker.build_id = build_id  # more workflows registered on the queue
         return worker
 
     async def close(self, grace: float = 10.0) -> None:

@@ -33,6 +33,7 @@ class WorkflowSummary:
     parent_id: str | None
     expire_at: datetime | None
     schedule_id: str | None  # the schedule that started this run
+    build_id: str | None  # the code version of its last activation
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import inspect
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +36,7 @@ from hotmesh._commands import (
     Command,
     Emit,
     EntityOp,
+    PatchMarker,
     RecordedStep,
     ScheduleActivity,
     SearchOp,
@@ -96,6 +99,7 @@ class Worker:
         *,
         concurrency: int = 8,
         lease: float = 30.0,
+        build_id: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise errors.InvalidArgument(f"concurrency must be >= 1, not {concurrency}")
@@ -105,6 +109,7 @@ class Worker:
             raise errors.InvalidArgument(
                 f"task_queue must be 1 to 255 characters without NUL, not {task_queue!r:.80}"
             )
+        self.build_id = check_build_id(build_id)
         self.db = db
         self.listener = listener
         self.registry = registry
@@ -199,7 +204,7 @@ class Worker:
                 if failures and not await self._engine_serves_us():
                     return
                 claimed = await self.db.claim_tasks(
-                    [self.task_queue], self.worker_id, free, self.lease
+                    [self.task_queue], self.worker_id, free, self.lease, self.build_id
                 )
             except Exception as error:  # the loop must outlive any failure, it only backs off
                 # The database is unreachable or restarting: back off, 0.1 s doubling to 5 s.
@@ -452,14 +457,21 @@ class Worker:
             log_failure(log, task, result, outcome.error)
         else:  # Diverged: parked as dead, the history untouched, until new code or a retry
             fault = outcome.error
-            event(log, logging.ERROR, "stuck", **fields, error=fault.message)
+            recorded = task.recorded_build_id or "unknown"
+            message = (
+                f"{fault.message} (history recorded by build {recorded}, "
+                f"replayed by build {self.build_id or 'unknown'})"
+            )
+            event(log, logging.ERROR, "stuck", **fields, error=message)
             await self.db.bury_task(
                 task,
                 {
-                    "message": fault.message,
+                    "message": message,
                     "type": type(fault).__name__,
                     "code": 500,
                     "sqlstate": fault.sqlstate,
+                    "recorded_build_id": task.recorded_build_id,
+                    "build_id": self.build_id,
                 },
             )
 
@@ -583,9 +595,34 @@ class _Executor:
                 step = await db.search_step(task, seq, command.op, command.args)
             case Emit():
                 step = await db.emit_step(task, seq, command.events)
+            case PatchMarker():
+                step = await db.record_patch(task, seq, command.patch_id, command.deprecated)
             case _:
                 raise TypeError(f"no stored function performs {command!r}")
         return RecordedStep.from_json(step)
+
+
+def check_build_id(build_id: str | None) -> str | None:
+    if build_id is not None and not (
+        isinstance(build_id, str) and 0 < len(build_id) <= 255 and "\0" not in build_id
+    ):
+        raise errors.InvalidArgument(
+            f"build_id must be 1 to 255 characters without NUL, not {build_id!r:.80}"
+        )
+    return build_id
+
+
+def default_build_id(workflows: Iterable[Workflow]) -> str:
+    """The build id of a worker that names none: a digest of its workflow functions' source
+    (their bytecode when the source is not at hand), so changed code gets another id."""
+    digest = hashlib.sha256()
+    for fn in sorted(workflows, key=lambda f: str(getattr(f, "__name__", ""))):
+        try:
+            code = inspect.getsource(fn).encode()
+        except (OSError, TypeError):
+            code = getattr(getattr(fn, "__code__", None), "co_code", repr(fn).encode())
+        digest.update(str(getattr(fn, "__name__", "")).encode() + b"\0" + code + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def _refused(error: BaseException) -> bool:

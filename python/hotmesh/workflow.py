@@ -111,9 +111,39 @@ def random() -> float:
     """A random number in [0, 1) that is the same on every replay: it is derived from the
     workflow id and the call's step number."""
     act = activation("random")
-    act.seq += 1
-    digest = hashlib.sha256(f"{act.task.job_id}/{act.task.thread}/{act.seq}".encode()).digest()
+    seq = act.next_seq()
+    digest = hashlib.sha256(f"{act.task.job_id}/{act.task.thread}/{seq}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _patch_id(patch_id: Any, what: str) -> str:
+    if not isinstance(patch_id, str) or not patch_id:
+        raise errors.InvalidArgument(
+            f"{what} takes a non-empty patch id (text), not {patch_id!r:.80}"
+        )
+    if len(patch_id) > 255:
+        raise errors.InvalidArgument(f"{what}: patch id is {len(patch_id)} characters; at most 255")
+    return patch_id
+
+
+def patched(patch_id: str) -> bool:
+    """Whether this run takes the new branch of a code change (Temporal's `patched`):
+    `if workflow.patched("fraud-check"): <new code> else: <old code>`. True for a run that
+    reaches this point on code that has the patch (a marker step records it); False for a run
+    whose history went past this point on the old code, so it replays the old branch. Asked
+    again in the same run, it gives the same answer. docs/deploying.md walks through it."""
+    act = activation("patched")
+    return act.patched(_patch_id(patch_id, "patched"), deprecated=False)
+
+
+def deprecate_patch(patch_id: str) -> None:
+    """The old branch of patch `patch_id` is gone (no live run without its marker is left):
+    keep only the new code, and call this where `patched` was. Runs that recorded the marker
+    replay; new runs still record it (marked deprecated), so workers that still run the code
+    with `patched` take the new branch for them. Remove the call once no run that recorded
+    the marker is left."""
+    act = activation("deprecate_patch")
+    act.patched(_patch_id(patch_id, "deprecate_patch"), deprecated=True)
 
 
 @dataclass(frozen=True)
@@ -223,7 +253,7 @@ async def exec_hook(
     hook sends it, else the hook's return value; raises the hook's error if it fails (errors
     are never swallowed). The default signal id is unique to this call."""
     act = activation("exec_hook")
-    sid = signal_id or f"{act.task.job_id}/{act.task.thread}/hook-{act.seq + 1}"
+    sid = signal_id or f"{act.task.job_id}/{act.task.thread}/hook-{act.upcoming_seq()}"
     await hook(workflow_name=workflow_name, args=args, task_queue=task_queue, signal_id=sid)
     return await wait_for(sid, timeout)
 
@@ -238,7 +268,7 @@ async def exec_hook_batch(hooks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     limits = [options.get("timeout") for _key, options in items]
     for _key, options in items:
         sid = options.pop("signal_id", None) or options.pop("signalId", None)
-        sids.append(sid or f"{act.task.job_id}/{act.task.thread}/hook-{act.seq + 1}")
+        sids.append(sid or f"{act.task.job_id}/{act.task.thread}/hook-{act.upcoming_seq()}")
         options.setdefault("workflow_name", options.pop("workflowName", None))
         options.setdefault("task_queue", options.pop("taskQueue", None))
         await hook(

@@ -42,10 +42,10 @@ select ok(
 );
 select ok(
     has_function_privilege(
-        :'app' || '_worker_w1', 'claim_tasks(text[], text, integer, interval)', 'execute'
+        :'app' || '_worker_w1', 'claim_tasks(text[], text, integer, interval, text)', 'execute'
     )
     and not has_function_privilege(
-        :'app' || '_app_web', 'claim_tasks(text[], text, integer, interval)', 'execute'
+        :'app' || '_app_web', 'claim_tasks(text[], text, integer, interval, text)', 'execute'
     )
     and has_function_privilege(
         :'app' || '_app_web', 'signal(text, jsonb, text, text)', 'execute'
