@@ -79,6 +79,24 @@ CALLS: dict[str, LiteralString] = {
     "entity_find_by_condition": "select * from entity_find_by_condition('chaos', 'k', '>=',"
     " '0', 10, 0)",
     "entity_find_by_id": "select * from entity_find_by_id('chaos', %(id)s)",
+    "export_workflow": "select * from export_workflow(%(id)s)",
+    "export_workflows": "select * from export_workflows(array['chaos_held'], null, null, 5)",
+    "cron_next": "select * from cron_next('*/5 * * * *', 'UTC', now())",
+    "create_schedule": "select * from create_schedule(%(id)s || '-c', '@every 1h', 'chaos_main',"
+    " '[0]', 'cq')",
+    # The others on a schedule of their own, created first (a materialized CTE runs first).
+    "update_schedule": "with s as materialized (select create_schedule(%(id)s || '-u',"
+    " '@every 1h', 'chaos_main', '[0]', 'cq')) select update_schedule(%(id)s || '-u',"
+    " '@every 2h', 'chaos_main', '[1]', 'cq') from s",
+    "pause_schedule": "with s as materialized (select create_schedule(%(id)s || '-p',"
+    " '@every 1h', 'chaos_main', '[0]', 'cq')) select pause_schedule(%(id)s || '-p') from s",
+    "resume_schedule": "with s as materialized (select create_schedule(%(id)s || '-r',"
+    " '@every 1h', 'chaos_main', '[0]', 'cq', '{\"paused\": true}'))"
+    " select resume_schedule(%(id)s || '-r') from s",
+    "trigger_schedule": "with s as materialized (select create_schedule(%(id)s || '-t',"
+    " '@every 1h', 'chaos_main', '[0]', 'cq')) select trigger_schedule(%(id)s || '-t') from s",
+    "delete_schedule": "with s as materialized (select create_schedule(%(id)s || '-d',"
+    " '@every 1h', 'chaos_main', '[0]', 'cq')) select delete_schedule(%(id)s || '-d') from s",
 }
 FATAL = re.compile(r"event=(crash|stuck)|deadlock", re.IGNORECASE)
 
