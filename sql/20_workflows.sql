@@ -249,7 +249,8 @@ begin
         perform cancel_workflow(p_job.id, format('workflow "%s" terminated: a new run took its '
                                                  'id (id_reuse terminate)', p_job.id), true);
         v_finished := true;
-    elsif not (v_finished and (p_policy <> 'reject' or p_job.expire_at <= p_now)) then
+    elsif not (v_finished and (p_policy <> 'reject' or coalesce(p_job.expire_at <= p_now, false)))
+    then
         raise exception using errcode = 'HM001',
             message = format('Duplicate job: workflow id "%s" is already taken (status %s)',
                              p_job.id, p_job.status);
