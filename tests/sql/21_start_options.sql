@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(28);
+select plan(29);
 
 -- ------------------------------------------------------------------ id_reuse
 
@@ -180,8 +180,16 @@ from (
         'start_at with start_in'
     ),
     (
-        '{"start_at": "soon"}', 'start_at must be a timestamp with a time zone, not "soon"',
+        '{"start_at": "soon"}',
+        'start_at must be a timestamp with a time zone, at most 1e10 seconds ahead, '
+        || 'not "soon"',
         'a start_at that is no time'
+    ),
+    (
+        '{"start_at": "200000-01-01 00:00:00+00"}',
+        'start_at must be a timestamp with a time zone, at most 1e10 seconds ahead, '
+        || 'not "200000-01-01 00:00:00+00"',
+        'a start_at too far ahead'
     ),
     (
         '{"start_in": -1}', 'start_in must be a number of seconds from 0 to 1e10, not -1',
