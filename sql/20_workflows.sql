@@ -174,7 +174,7 @@ begin
         end;
         -- Bounded like start_in: a deadline counted from it must not overflow.
         if jsonb_typeof(p_options -> 'start_at') <> 'string' or v_run_at is null
-           or not isfinite(v_run_at) or v_run_at > _now() + interval '1e10 seconds' then
+           or not isfinite(v_run_at) or v_run_at > _now() + make_interval(secs => 1e10) then
             raise exception using errcode = '22023',
                 message = format('start_at must be a timestamp with a time zone, at most 1e10 '
                                  'seconds ahead, not %s', p_options -> 'start_at');
