@@ -21,6 +21,7 @@ from hotmesh import (
     activity,
     workflow,
 )
+from hotmesh.retry import policy_json
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,3 +207,26 @@ async def test_search_attributes_seeded_at_start(mf: MemFlow) -> None:
     assert [w.id for w in found] == [eu.workflow_id]
     with pytest.raises(InvalidArgument, match="search must be an object"):
         await mf.workflow.start(workflow_name="echo", task_queue="n", search=["x"])  # type: ignore[arg-type]
+
+
+async def test_an_activity_with_a_timeout_never_runs_inline(mf: MemFlow) -> None:
+    async def where() -> bool:
+        return activity.info().inline
+
+    async def both() -> list[bool]:
+        plain = workflow.proxy_activities(activities=[where])
+        bounded = workflow.proxy_activities(activities=[where], start_to_close="1m")
+        return [await plain.where(), await bounded.where()]
+
+    await mf.worker.create(task_queue="q", workflow=both)
+    handle = await mf.workflow.start(workflow_name="both", task_queue="q")
+    assert await handle.result(timeout=20) == [True, False]
+
+
+def test_seed_style_policy_carries_the_timeouts() -> None:
+    policy = {"maximumAttempts": 4, "startToCloseTimeout": "30s", "heartbeatTimeout": 10}
+    assert policy_json(policy) == {
+        "maximum_attempts": 4,
+        "start_to_close": 30.0,
+        "heartbeat_timeout": 10.0,
+    }
