@@ -114,7 +114,8 @@ begin
     select string_agg(k, ', ') into v_unknown
       from jsonb_object_keys(v_in) as k
      where k not in ('maximum_attempts', 'initial_interval', 'backoff_coefficient',
-                     'maximum_interval', 'non_retryable_errors');
+                     'maximum_interval', 'non_retryable_errors', 'start_to_close',
+                     'schedule_to_close', 'heartbeat_timeout');
     if v_unknown is not null then
         raise exception using errcode = '22023',
             message = format('retry policy has unknown field(s): %s', v_unknown);
@@ -161,7 +162,8 @@ begin
         raise exception using errcode = '22023',
             message = 'retry policy non_retryable_errors must be an array of error type names';
     end if;
-    return v_out;
+    -- An activity's timeouts (sql/25_timeouts.sql) ride with its policy, only when given.
+    return v_out || _activity_timeouts(v_in);
 end
 $$;
 
@@ -210,8 +212,8 @@ end
 $$;
 
 -- The error a caller finally sees. An error that is final by its code keeps it; any other
--- error becomes 597 (the seed's "maxed") when the attempts ran out, else 598 (fatal: its type
--- is non-retryable).
+-- error becomes 597 (the seed's "maxed"; 596 for a timeout) when the attempts ran out, else
+-- 598 (fatal: its type is non-retryable).
 create or replace function _final_error(p_policy jsonb, p_attempt integer, p_error jsonb)
 returns jsonb
 language sql stable
@@ -220,6 +222,8 @@ as $$
         'code', case
             when (p_error ->> 'code') in ('410', '596', '597', '598')
                 then (p_error ->> 'code')::integer
+            -- A run that timed out on its last attempt ends a timeout, not "retries exhausted".
+            when p_error ->> 'type' = 'TimeoutFailure' then 596
             when p_attempt >= (_retry_policy(p_policy) ->> 'maximum_attempts')::integer then 597
             else 598
         end,
@@ -230,7 +234,8 @@ $$;
 -- function that makes it. Every status change consults this list, in its WHERE clause (a set
 -- of rows moves together, the illegal ones stay) or through _check_transition (one row,
 -- refused with HM003):
---   job:  pending -> running <-> waiting -> completed | failed | cancelled; failed -> pending
+--   job:  pending -> running <-> waiting -> completed | failed | cancelled; pending -> failed
+--         (execution_timeout); failed -> pending
 --   task: ready -> leased -> ready (backoff) | dead -> ready; a finished task is deleted
 --   step: scheduled | retrying -> completed | failed; retrying <-> scheduled; failed -> scheduled
 --   schedule: active <-> paused
@@ -245,6 +250,8 @@ as $$
         ('job', 'running', 'completed', '_transitions'),
         ('job', 'running', 'failed', '_transitions'),
         ('job', 'waiting', 'failed', '_transitions'),
+        -- A workflow whose execution_timeout passed before it ever ran (_time_out_jobs).
+        ('job', 'pending', 'failed', '_transitions'),
         ('job', 'pending', 'cancelled', '_transitions'),
         ('job', 'running', 'cancelled', '_transitions'),
         ('job', 'waiting', 'cancelled', '_transitions'),
@@ -385,7 +392,9 @@ begin
     update tasks as t
        set state = 'ready', run_at = p_run_at, error = coalesce(p_error, t.error),
            attempt = case when p_uncount then greatest(t.attempt - 1, 0) else t.attempt end,
-           lease_owner = null, lease_token = null, lease_expires_at = null, rerun = false
+           lease_owner = null, lease_token = null, lease_expires_at = null, rerun = false,
+           -- The run's deadlines end with it; all runs together still end at close_at.
+           started_at = null, timeout_at = t.close_at
      where t.id = any(p_task_ids)
        and t.state in (select l.from_state from _legal_transitions() as l
                         where l.machine = 'task' and l.to_state = 'ready'

@@ -1,8 +1,12 @@
 -- Starting workflows and reading their outcome: what any application calls from SQL.
 
 -- Starts a workflow: a `jobs` row and its first activation task, committed together, and a
--- notification so an idle worker on the queue picks it up at once. Returns the workflow id.
--- p_options: {"retry_policy": {...}, "priority": int, "expire": seconds kept after finishing}.
+-- notification so an idle worker on the queue picks it up at once. Returns the workflow id
+-- (with an idempotency key or a debounce, maybe that of a run started before).
+-- p_options: {"retry_policy": {...}, "priority": int, "expire": seconds kept after finishing}
+-- and the start options (docs/sql-api.md): "execution_timeout" (seconds), "id_reuse"
+-- (reject | allow_finished | terminate), "idempotency_key", "debounce" (seconds), "start_at"
+-- (a timestamp) or "start_in" (seconds), "search" ({attribute: value}).
 create or replace function start_workflow(
     p_workflow_name text,
     p_args jsonb default '[]',
@@ -22,6 +26,10 @@ declare
     v_existing jobs;
     v_priority smallint;
     v_retention interval;
+    v_policy jsonb;
+    v_start jsonb;
+    v_run_at timestamptz;
+    v_held_by text;
 begin
     if coalesce(p_workflow_name, '') = '' then
         raise exception using errcode = '22023', message = 'workflow_name is required';
@@ -66,34 +74,189 @@ begin
     -- No `expire`: the app's default_retention (sql/71_retention.sql; 7 days unless set).
     v_retention := coalesce(make_interval(secs => (v_options ->> 'expire')::float8),
                             _default_retention());
+    v_policy := _retry_policy(v_options -> 'retry_policy');
+    if v_policy ?| array['start_to_close', 'schedule_to_close', 'heartbeat_timeout'] then
+        raise exception using errcode = '22023',
+            message = 'a workflow''s retry policy takes no activity timeouts (start_to_close, '
+                      'schedule_to_close, heartbeat_timeout): use execution_timeout';
+    end if;
+    v_start := _start_options(v_options, v_retention, v_id, p_workflow_id is not null);
+    v_run_at := greatest(v_now, (v_start ->> 'run_at')::timestamptz);
 
-    -- A finished workflow whose retention ran out no longer holds its id.
+    -- A start that carries a key another run holds returns that run: nothing changes.
+    if v_start ? 'idempotency_key' then
+        select id into v_held_by from jobs
+         where idempotency_key = v_start ->> 'idempotency_key';
+        if found then
+            return v_held_by;
+        end if;
+    end if;
     select * into v_existing from jobs where id = v_id for update;
     if found then
-        if v_existing.status in ('completed', 'failed', 'cancelled')
-           and v_existing.expire_at <= v_now then
-            perform _delete_jobs(array[v_id]);
-        else
-            raise exception using errcode = 'HM001',
-                message = format('Duplicate job: workflow id "%s" is already taken (status %s)',
-                                 v_id, v_existing.status);
+        if v_start ? 'debounce' and _debounce_start(v_existing, p_args, v_run_at) then
+            return v_id;
         end if;
+        perform _reuse_id(v_existing, v_start ->> 'id_reuse', v_now);
     end if;
 
     insert into jobs (id, entity, workflow_name, task_queue, args, retry_policy, priority,
-                      retention, created_at, updated_at)
+                      retention, created_at, updated_at, execution_timeout, timeout_at,
+                      idempotency_key, search)
     values (v_id, coalesce(p_entity, p_workflow_name), p_workflow_name, v_queue,
-            coalesce(p_args, '[]'::jsonb), _retry_policy(v_options -> 'retry_policy'),
-            v_priority, v_retention, v_now, v_now)
-    on conflict (id) do nothing;
+            coalesce(p_args, '[]'::jsonb), v_policy, v_priority, v_retention, v_now, v_now,
+            (v_start ->> 'execution_timeout')::interval,
+            v_run_at + (v_start ->> 'execution_timeout')::interval,
+            v_start ->> 'idempotency_key', coalesce(v_start -> 'search', '{}'::jsonb))
+    on conflict do nothing;
     if not found then
+        -- A start racing this one took the key first: its run is the answer.
+        select id into v_held_by from jobs
+         where idempotency_key = v_start ->> 'idempotency_key';
+        if found then
+            return v_held_by;
+        end if;
         raise exception using errcode = 'HM001',
             message = format('Duplicate job: workflow id "%s" is already taken', v_id);
     end if;
     insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
-    values (v_id, 'main', 'workflow', p_workflow_name, v_queue, v_priority, v_now);
-    perform _notify('q:' || v_queue);
+    values (v_id, 'main', 'workflow', p_workflow_name, v_queue, v_priority, v_run_at);
+    if v_run_at <= v_now then
+        perform _notify('q:' || v_queue);
+    end if;
     return v_id;
+end
+$$;
+
+-- The start options of start_workflow's p_options, checked (22023 naming the option, before
+-- anything changes) and normalised: {"execution_timeout": interval text, "id_reuse",
+-- "idempotency_key", "debounce": interval text, "run_at": when the first activation is due,
+-- "search"}. p_retention bounds the timeout; a debounce needs a chosen workflow id (its key).
+create or replace function _start_options(
+    p_options jsonb, p_retention interval, p_workflow_id text, p_id_given boolean
+) returns jsonb
+language plpgsql stable
+as $$
+declare
+    v_out jsonb := jsonb_build_object('id_reuse', coalesce(p_options ->> 'id_reuse', 'reject'));
+    v_debounce interval;
+    v_run_at timestamptz := _now();
+begin
+    if jsonb_typeof(p_options -> 'id_reuse') not in ('string', 'null')
+       or (v_out ->> 'id_reuse') not in ('reject', 'allow_finished', 'terminate') then
+        raise exception using errcode = '22023',
+            message = format('id_reuse must be reject, allow_finished or terminate, not %s',
+                             p_options -> 'id_reuse');
+    end if;
+    v_out := v_out || jsonb_strip_nulls(jsonb_build_object(
+        'execution_timeout', _check_timeout('execution_timeout',
+                                            p_options -> 'execution_timeout', p_retention)));
+    if nullif(p_options -> 'idempotency_key', 'null') is not null then
+        if jsonb_typeof(p_options -> 'idempotency_key') <> 'string'
+           or p_options ->> 'idempotency_key' = '' then
+            raise exception using errcode = '22023',
+                message = format('idempotency_key must be a non-empty string, not %s',
+                                 p_options -> 'idempotency_key');
+        end if;
+        perform _check_name('idempotency_key', p_options ->> 'idempotency_key');
+        v_out := v_out || jsonb_build_object('idempotency_key',
+                                             p_options ->> 'idempotency_key');
+    end if;
+    if nullif(p_options -> 'start_at', 'null') is not null
+       and nullif(p_options -> 'start_in', 'null') is not null then
+        raise exception using errcode = '22023',
+            message = 'give start_at or start_in, not both';
+    end if;
+    if nullif(p_options -> 'start_at', 'null') is not null then
+        begin
+            v_run_at := (p_options ->> 'start_at')::timestamptz;
+        exception when others then
+            v_run_at := null;
+        end;
+        -- Bounded like start_in: a deadline counted from it must not overflow.
+        if jsonb_typeof(p_options -> 'start_at') <> 'string' or v_run_at is null
+           or not isfinite(v_run_at) or v_run_at > _now() + make_interval(secs => 1e10) then
+            raise exception using errcode = '22023',
+                message = format('start_at must be a timestamp with a time zone, at most 1e10 '
+                                 'seconds ahead, not %s', p_options -> 'start_at');
+        end if;
+    end if;
+    if nullif(p_options -> 'start_in', 'null') is not null then
+        if jsonb_typeof(p_options -> 'start_in') <> 'number'
+           or (p_options ->> 'start_in')::numeric not between 0 and 1e10 then
+            raise exception using errcode = '22023',
+                message = format('start_in must be a number of seconds from 0 to 1e10, not %s',
+                                 p_options -> 'start_in');
+        end if;
+        v_run_at := v_run_at + make_interval(secs => (p_options ->> 'start_in')::float8);
+    end if;
+    if nullif(p_options -> 'debounce', 'null') is not null then
+        v_debounce := _check_timeout('debounce', p_options -> 'debounce', p_retention);
+        if not p_id_given then
+            raise exception using errcode = '22023',
+                message = 'debounce needs a workflow id: starts with the same id collapse';
+        end if;
+        v_run_at := v_run_at + v_debounce;
+        v_out := v_out || jsonb_build_object('debounce', v_debounce);
+    end if;
+    if nullif(p_options -> 'search', 'null') is not null then
+        if jsonb_typeof(p_options -> 'search') <> 'object' then
+            raise exception using errcode = '22023',
+                message = format('search must be an object of {attribute: value}, not %s',
+                                 jsonb_typeof(p_options -> 'search'));
+        end if;
+        v_out := v_out || jsonb_build_object('search', p_options -> 'search');
+    end if;
+    return v_out || jsonb_build_object('run_at', v_run_at);
+end
+$$;
+
+-- A debounced start of a workflow that has not started yet (pending, its first activation
+-- not claimed): the run takes the latest arguments and starts p_run_at instead. True when it
+-- did; false when the run already started (the id is then reused, or not, per id_reuse).
+create or replace function _debounce_start(p_job jobs, p_args jsonb, p_run_at timestamptz)
+returns boolean
+language plpgsql
+as $$
+begin
+    if p_job.status <> 'pending' then
+        return false;
+    end if;
+    update tasks
+       set run_at = p_run_at
+     where job_id = p_job.id and thread = 'main' and kind = 'workflow' and state = 'ready';
+    if not found then
+        return false;
+    end if;
+    update jobs
+       set args = coalesce(p_args, '[]'::jsonb), updated_at = _now(),
+           timeout_at = p_run_at + execution_timeout
+     where id = p_job.id;
+    return true;
+end
+$$;
+
+-- Frees the id of p_job (its row locked) for a new run, as p_policy allows: reject (the
+-- default) refuses with HM001; allow_finished deletes a finished run; terminate also cancels
+-- a running one (and its children) first. A finished run whose retention ran out never holds
+-- its id.
+create or replace function _reuse_id(p_job jobs, p_policy text, p_now timestamptz)
+returns void
+language plpgsql
+as $$
+declare
+    v_finished boolean := p_job.status in ('completed', 'failed', 'cancelled');
+begin
+    if not v_finished and p_policy = 'terminate' then
+        perform cancel_workflow(p_job.id, format('workflow "%s" terminated: a new run took its '
+                                                 'id (id_reuse terminate)', p_job.id), true);
+        v_finished := true;
+    elsif not (v_finished and (p_policy <> 'reject' or coalesce(p_job.expire_at <= p_now, false)))
+    then
+        raise exception using errcode = 'HM001',
+            message = format('Duplicate job: workflow id "%s" is already taken (status %s)',
+                             p_job.id, p_job.status);
+    end if;
+    perform _delete_jobs(array[p_job.id]);
 end
 $$;
 

@@ -70,17 +70,24 @@ begin
     perform _check_name('worker id', p_worker_id);
     perform _check_name('build id', p_build_id);
     perform _check_lease(p_lease);
+    -- Due timeouts first (sql/25_timeouts.sql), so a timed-out run is failed, never handed
+    -- out again as an expired lease.
+    perform _fire_timeouts(v_now);
     perform _fire_schedules(v_now);
 
     -- One ordered index scan per queue (on PostgreSQL 15 `task_queue = any(...)` would read
     -- and sort every due task of the queues before the limit applies).
     with picked as (
-        select c.id
+        select c.id, c.deadline
           from unnest(p_task_queues) as q (name)
          cross join lateral (
-               select t.id, t.priority, t.run_at
+               select t.id, t.priority, t.run_at,
+                      _run_deadline(t.close_at, t.start_to_close, t.heartbeat_timeout, v_now,
+                                    v_now) as deadline
                  from tasks as t
                 where t.task_queue = q.name and t.state <> 'dead' and t.run_at <= v_now
+                  -- one that timed out but was held while the timeouts fired: not now
+                  and (t.timeout_at is null or t.timeout_at > v_now)
                 order by t.priority desc, t.run_at, t.id
                 limit p_max_tasks
                   for update skip locked
@@ -92,10 +99,13 @@ begin
            set state = 'leased',
                lease_owner = p_worker_id,
                lease_token = gen_random_uuid(),
-               lease_expires_at = v_now + p_lease,
-               run_at = v_now + p_lease,
+               -- A lease never outlasts the run's timeout: the task is due again then.
+               lease_expires_at = least(v_now + p_lease, picked.deadline),
+               run_at = least(v_now + p_lease, picked.deadline),
                attempt = t.attempt + 1,
-               rerun = false
+               rerun = false,
+               started_at = v_now,
+               timeout_at = picked.deadline
           from picked
          where t.id = picked.id
            and t.state in (select l.from_state from _legal_transitions() as l
@@ -238,8 +248,9 @@ begin
 end
 $$;
 
--- The soonest moment a task on these queues or a schedule becomes due (null when none is
--- waiting), so an idle worker sleeps exactly until then instead of polling.
+-- The soonest moment a task on these queues, a schedule or any timeout becomes due (null
+-- when none is waiting; a claim fires each: _fire_schedules, _next_timeout), so an idle
+-- worker sleeps exactly until then instead of polling.
 create or replace function next_due(p_task_queues text[]) returns timestamptz
 language sql stable
 set search_path from current
@@ -261,15 +272,16 @@ as $$
           from levels as l
          where l.priority is not null
     )
-    -- A schedule that comes due wakes the worker too: its claim fires it (_fire_schedules).
-    select least(min((select t.run_at from tasks as t
-                       where t.task_queue = l.queue and t.state <> 'dead'
-                         and t.priority = l.priority
-                       order by t.priority desc, t.run_at limit 1)),
-                 (select s.due_at from schedules as s
-                   where s.due_at is not null order by s.due_at limit 1))
-      from levels as l
-     where l.priority is not null
+    select least(
+               (select min((select t.run_at from tasks as t
+                             where t.task_queue = l.queue and t.state <> 'dead'
+                               and t.priority = l.priority
+                             order by t.priority desc, t.run_at limit 1))
+                  from levels as l
+                 where l.priority is not null),
+               (select s.due_at from schedules as s
+                 where s.due_at is not null order by s.due_at limit 1),
+               _next_timeout())
 $$;
 
 -- Finishes a task successfully. An activity: its step is recorded with the result and the
@@ -343,6 +355,11 @@ begin
                                  where job_id = v_task.job_id and thread = v_task.thread) end;
     end if;
     v_retry_at := _retry_at(v_policy, v_attempt, v_error);
+    -- No run starts after an activity's schedule_to_close: that ends it now, a timeout.
+    if v_retry_at >= v_task.close_at then
+        v_error := _timeout_error(v_task, v_retry_at) || jsonb_build_object('cause', v_error);
+        v_retry_at := null;
+    end if;
 
     if v_retry_at is not null then
         perform _requeue_tasks(array[p_task_id], v_retry_at, v_error);
@@ -464,7 +481,8 @@ begin
            for update skip locked
     ), extended as (
         update tasks as t
-           set lease_expires_at = _now() + p_lease, run_at = _now() + p_lease
+           set lease_expires_at = least(_now() + p_lease, t.timeout_at),
+               run_at = least(_now() + p_lease, t.timeout_at)
           from mine
          where t.id = mine.id and t.lease_token = mine.token and t.id in (select id from free)
         returning t.id

@@ -173,6 +173,10 @@ declare
     v_step steps;
     v_run_at timestamptz := _now();
     v_attempt integer := 0;
+    v_retention interval;
+    v_start_to_close interval;
+    v_schedule_to_close interval;
+    v_heartbeat_timeout interval;
 begin
     if coalesce(p_task_queue, '') = '' then
         raise exception using errcode = '22023',
@@ -180,6 +184,16 @@ begin
     end if;
     perform _check_name('activity name', p_name);
     perform _check_name('task_queue', p_task_queue);
+    -- Its timeouts (sql/25_timeouts.sql): none may outlast the workflow's retention.
+    if v_policy ?| array['start_to_close', 'schedule_to_close', 'heartbeat_timeout'] then
+        select retention into v_retention from jobs where id = v_task.job_id;
+        v_start_to_close := _check_timeout('start_to_close', v_policy -> 'start_to_close',
+                                           v_retention);
+        v_schedule_to_close := _check_timeout('schedule_to_close',
+                                              v_policy -> 'schedule_to_close', v_retention);
+        v_heartbeat_timeout := _check_timeout('heartbeat_timeout',
+                                              v_policy -> 'heartbeat_timeout', v_retention);
+    end if;
     insert into steps (job_id, thread, seq, kind, name, status, input, created_at)
     values (v_task.job_id, v_task.thread, p_seq, 'activity', p_name, 'scheduled', p_args, _now())
     on conflict do nothing
@@ -201,11 +215,14 @@ begin
     end if;
     -- run_at from the engine's clock, not the column default (now()): due on the same clock
     -- that claim_tasks compares with.
+    -- schedule_to_close counts from the step's record: every attempt together.
     insert into tasks (job_id, thread, kind, seq, name, task_queue, priority, run_at, attempt,
-                       payload)
+                       payload, start_to_close, heartbeat_timeout, close_at, timeout_at)
     values (v_task.job_id, v_task.thread, 'activity', p_seq, p_name, p_task_queue,
             v_task.priority, v_run_at, v_attempt,
-            jsonb_build_object('args', p_args, 'retry_policy', v_policy));
+            jsonb_build_object('args', p_args, 'retry_policy', v_policy), v_start_to_close,
+            v_heartbeat_timeout, v_step.created_at + v_schedule_to_close,
+            v_step.created_at + v_schedule_to_close);
     perform _notify('q:' || p_task_queue);
     return _step_json(v_step);
 end

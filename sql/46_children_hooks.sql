@@ -212,12 +212,33 @@ create or replace function cancel_workflow(
 language plpgsql
 set search_path from current
 as $$
+begin
+    perform _check_value('the cancel reason', to_jsonb(p_reason));
+    return _stop_workflow(
+        p_workflow_id, 'cancelled',
+        jsonb_build_object(
+            'message', coalesce(p_reason, format('workflow "%s" cancelled', p_workflow_id)),
+            'type', 'CancelledFailure', 'code', 410, 'workflow_id', p_workflow_id),
+        p_reason, p_descend, p_ignore_finished);
+end
+$$;
+
+-- Ends an unfinished workflow from outside its code: cancelled (cancel_workflow) or failed
+-- (its execution_timeout passed: _time_out_jobs) with p_error. Every task it has queued is
+-- removed so nothing of it runs afterwards, and with p_descend its running children are
+-- cancelled (with p_reason). A finished workflow raises HM003 unless p_ignore_finished.
+-- Returns the ids of every workflow it ended.
+create or replace function _stop_workflow(
+    p_workflow_id text, p_to text, p_error jsonb, p_reason text, p_descend boolean,
+    p_ignore_finished boolean
+) returns text[]
+language plpgsql
+as $$
 declare
     v_job jobs;
     v_child text;
-    v_cancelled text[];
+    v_ended text[];
 begin
-    perform _check_value('the cancel reason', to_jsonb(p_reason));
     -- Its tasks first, then its row: the order in which claims and suspending activations
     -- lock them (the other order deadlocks with an activation that is suspending).
     perform from tasks where job_id = p_workflow_id order by id for update;
@@ -233,18 +254,13 @@ begin
             return array[]::text[];
         end if;
         raise exception using errcode = 'HM003',
-            message = format('workflow "%s" is %s; it cannot be cancelled',
-                             p_workflow_id, v_job.status);
+            message = format('workflow "%s" is %s; it cannot be %s', p_workflow_id,
+                             v_job.status, p_to);
     end if;
     delete from tasks where job_id = p_workflow_id;
-    v_job := _transition(p_workflow_id, 'cancelled', null,
-                         jsonb_build_object(
-                             'message', coalesce(p_reason,
-                                                 format('workflow "%s" cancelled', p_workflow_id)),
-                             'type', 'CancelledFailure', 'code', 410,
-                             'workflow_id', p_workflow_id));
+    v_job := _transition(p_workflow_id, p_to, null, p_error);
     perform _settle_parent(v_job);
-    v_cancelled := array[p_workflow_id];
+    v_ended := array[p_workflow_id];
     if p_descend then
         for v_child in
             select id from jobs
@@ -252,10 +268,10 @@ begin
                and status not in ('completed', 'failed', 'cancelled')
              order by created_at
         loop
-            v_cancelled := v_cancelled || cancel_workflow(v_child, p_reason, true, true);
+            v_ended := v_ended || cancel_workflow(v_child, p_reason, true, true);
         end loop;
     end if;
-    return v_cancelled;
+    return v_ended;
 end
 $$;
 

@@ -12,7 +12,7 @@ begin
     select jsonb_build_object(
                'id', j.id, 'entity', j.entity, 'workflow_name', j.workflow_name,
                'task_queue', j.task_queue, 'status', j.status, 'args', j.args,
-               'context', j.context, 'result', j.result, 'error', j.error,
+               'context', j.context, 'search', j.search, 'result', j.result, 'error', j.error,
                'parent_id', j.parent_id, 'attempt', j.attempt, 'priority', j.priority,
                'created_at', j.created_at, 'updated_at', j.updated_at,
                'completed_at', j.completed_at, 'expire_at', j.expire_at,

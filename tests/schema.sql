@@ -14,6 +14,7 @@
 -- migration 0006_signal_retention.sql
 -- migration 0007_signal_key_scope.sql
 -- migration 0008_versions.sql
+-- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0014_workflow_list.sql
 
@@ -42,6 +43,9 @@ create table <app>.jobs (
     parent_seq integer,
     search jsonb not null default '{}'::jsonb,
     build_id text,
+    execution_timeout interval,
+    timeout_at timestamp with time zone,
+    idempotency_key text,
     schedule_id text
 ) with (fillfactor=80);
 create table <app>.schedules (
@@ -129,7 +133,12 @@ create table <app>.tasks (
     lease_expires_at timestamp with time zone,
     rerun boolean not null default false,
     error jsonb,
-    created_at timestamp with time zone not null default now()
+    created_at timestamp with time zone not null default now(),
+    start_to_close interval,
+    heartbeat_timeout interval,
+    started_at timestamp with time zone,
+    close_at timestamp with time zone,
+    timeout_at timestamp with time zone
 ) with (autovacuum_vacuum_scale_factor=0.0, autovacuum_vacuum_threshold=1000, autovacuum_analyze_scale_factor=0.0, autovacuum_analyze_threshold=1000);
 create table <app>.threads (
     job_id text not null,
@@ -169,9 +178,11 @@ alter table <app>.threads add constraint threads_status_check CHECK ((status = A
 CREATE INDEX jobs_created ON <app>.jobs USING btree (created_at, id);
 CREATE INDEX jobs_entity ON <app>.jobs USING btree (entity, created_at);
 CREATE INDEX jobs_expire_at ON <app>.jobs USING btree (expire_at) WHERE (expire_at IS NOT NULL);
+CREATE UNIQUE INDEX jobs_idempotency_key ON <app>.jobs USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
+CREATE INDEX jobs_timeout_at ON <app>.jobs USING btree (timeout_at) WHERE ((timeout_at IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text])));
 CREATE INDEX schedules_due ON <app>.schedules USING btree (due_at) WHERE (due_at IS NOT NULL);
 CREATE UNIQUE INDEX schedules_pkey ON <app>.schedules USING btree (id);
 CREATE UNIQUE INDEX schema_migrations_pkey ON <app>.schema_migrations USING btree (version);
@@ -190,6 +201,7 @@ CREATE INDEX steps_signal_waits ON <app>.steps USING btree (name, created_at) WH
 CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, run_at, id) WHERE (state <> 'dead'::text);
 CREATE UNIQUE INDEX tasks_job ON <app>.tasks USING btree (job_id, thread, seq) NULLS NOT DISTINCT;
 CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id);
+CREATE INDEX tasks_timeout_at ON <app>.tasks USING btree (timeout_at) WHERE (timeout_at IS NOT NULL);
 CREATE UNIQUE INDEX threads_pkey ON <app>.threads USING btree (job_id, thread);
 
 -- sequences
@@ -301,6 +313,8 @@ create type <app>.claimed_task as (
 -- functions
 create function <app>._activation_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql stable;
+create function <app>._activity_timeouts(p_policy jsonb) returns jsonb
+    language plpgsql immutable;
 create function <app>._batch_results(p_items jsonb) returns jsonb[]
     language plpgsql immutable;
 create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text, p_input jsonb) returns boolean
@@ -310,6 +324,8 @@ create function <app>._check_lease(p_lease interval) returns void
 create function <app>._check_name(p_what text, p_value text) returns void
     language plpgsql immutable;
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
+    language plpgsql immutable;
+create function <app>._check_timeout(p_what text, p_seconds jsonb, p_retention interval) returns interval
     language plpgsql immutable;
 create function <app>._check_transition(p_machine text, p_row text, p_from text, p_to text, p_owner text DEFAULT NULL::text) returns void
     language plpgsql stable;
@@ -321,6 +337,8 @@ create function <app>._cron_parse(p_expr text, OUT minutes integer[], OUT hours 
     language plpgsql immutable;
 create function <app>._cron_value(p_expr text, p_field text, p_text text, p_min integer, p_max integer, p_names text[]) returns integer
     language plpgsql immutable;
+create function <app>._debounce_start(p_job <app>.jobs, p_args jsonb, p_run_at timestamp with time zone) returns boolean
+    language plpgsql volatile;
 create function <app>._default_retention() returns interval
     language sql stable security definer
     set search_path = <app>, pg_temp;
@@ -380,6 +398,8 @@ create function <app>._fire_schedule(p_id text, p_now timestamp with time zone, 
     language plpgsql volatile;
 create function <app>._fire_schedules(p_now timestamp with time zone) returns void
     language plpgsql volatile;
+create function <app>._fire_timeouts(p_now timestamp with time zone) returns void
+    language plpgsql volatile;
 create function <app>._fire_timers(p_job_ids text[], p_threads text[], p_now timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.tasks
@@ -406,6 +426,8 @@ create function <app>._move_step(p_job_id text, p_thread text, p_seq integer, p_
     language plpgsql volatile;
 create function <app>._move_steps(p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[], p_errors jsonb[], p_attempts integer[], p_wake_ats timestamp with time zone[]) returns SETOF <app>.steps
     language plpgsql volatile;
+create function <app>._next_timeout() returns timestamp with time zone
+    language sql stable;
 create function <app>._notify(p_payload text) returns void
     language sql volatile;
 create function <app>._notify_done(p_job_ids text[]) returns void
@@ -427,6 +449,10 @@ create function <app>._retry_policy(p_policy jsonb) returns jsonb
 create function <app>._retry_thread(p_job_id text, p_thread text) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>._reuse_id(p_job <app>.jobs, p_policy text, p_now timestamp with time zone) returns void
+    language plpgsql volatile;
+create function <app>._run_deadline(p_close_at timestamp with time zone, p_start_to_close interval, p_heartbeat_timeout interval, p_started timestamp with time zone, p_beat timestamp with time zone) returns timestamp with time zone
+    language sql immutable;
 create function <app>._schedule_busy(p_schedule <app>.schedules) returns boolean
     language sql stable;
 create function <app>._schedule_due(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns timestamp with time zone
@@ -448,9 +474,19 @@ create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns 
     language sql stable;
 create function <app>._start_fire(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns void
     language plpgsql volatile;
+create function <app>._start_options(p_options jsonb, p_retention interval, p_workflow_id text, p_id_given boolean) returns jsonb
+    language plpgsql stable;
 create function <app>._start_run(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns text
     language plpgsql volatile;
 create function <app>._step_json(p_step <app>.steps) returns jsonb
+    language sql stable;
+create function <app>._stop_workflow(p_workflow_id text, p_to text, p_error jsonb, p_reason text, p_descend boolean, p_ignore_finished boolean) returns text[]
+    language plpgsql volatile;
+create function <app>._time_out_jobs(p_now timestamp with time zone) returns void
+    language plpgsql volatile;
+create function <app>._time_out_tasks(p_now timestamp with time zone) returns void
+    language plpgsql volatile;
+create function <app>._timeout_error(p_task <app>.tasks, p_now timestamp with time zone) returns jsonb
     language sql stable;
 create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb) returns <app>.jobs
     language plpgsql volatile;
@@ -460,6 +496,10 @@ create function <app>._wake(p_job_id text, p_thread text) returns void
     language plpgsql volatile;
 create function <app>._without(p_ids bigint[], p_drop bigint[]) returns bigint[]
     language plpgsql immutable;
+create function <app>.activity_heartbeat(p_task_id bigint, p_token uuid, p_lease interval) returns boolean
+    language plpgsql volatile security definer
+    set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
 create function <app>.bury_task(p_task_id bigint, p_token uuid, p_error jsonb) returns void
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
@@ -708,6 +748,7 @@ grant select on table <app>.workflow_patches to <app>_app;
 grant select on table <app>.workflow_patches to <app>_worker;
 grant select on table <app>.workflows to <app>_app;
 grant select on table <app>.workflows to <app>_worker;
+grant execute on function <app>.activity_heartbeat(bigint,uuid,interval) to <app>_worker;
 grant execute on function <app>.bury_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.cancel_step(bigint,uuid,integer,text,text,boolean) to <app>_worker;
 grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <app>_app;

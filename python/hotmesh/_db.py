@@ -142,6 +142,8 @@ _STATEMENTS = {
     "bury_task": "select {}.bury_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
     "heartbeat": "select {}.heartbeat(%(task_ids)s::bigint[], %(tokens)s::uuid[],"
     " %(lease)s::interval)",
+    "activity_heartbeat": "select {}.activity_heartbeat(%(task_id)s::bigint, %(token)s::uuid,"
+    " %(lease)s::interval)",
     "release_tasks": "select {}.release_tasks(%(task_ids)s::bigint[], %(tokens)s::uuid[])",
     "record_step": "select {}.record_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(kind)s::text, %(name)s::text, %(input)s::jsonb, %(output)s::jsonb, %(error)s::jsonb,"
@@ -211,10 +213,12 @@ _STATEMENTS = {
     "cancel_step": "select {}.cancel_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(workflow_id)s::text, %(reason)s::text, %(descend)s::boolean)",
     # -- operations: the views and functions of sql/70_views.sql and sql/71_retention.sql
-    "list_workflows": "select {columns} from {}.workflows"
+    "list_workflows": "select {columns} from {0}.workflows"
     " where (%(status)s::text is null or status = %(status)s::text)"
     " and (%(entity)s::text is null or entity = %(entity)s::text)"
     " and (%(task_queue)s::text is null or task_queue = %(task_queue)s::text)"
+    " and (%(search)s::jsonb is null"
+    " or id in (select j.id from {0}.jobs as j where j.search @> %(search)s::jsonb))"
     " order by created_at desc, id limit %(limit)s::integer",
     "workflow_waits": "select {columns} from {}.workflows where id = %(workflow_id)s::text",
     "workflow_history": "select {columns} from {}.workflow_history(%(workflow_id)s::text)",
@@ -411,6 +415,7 @@ WORKER_CALLS = frozenset(
         "suspend_task",
         "bury_task",
         "heartbeat",
+        "activity_heartbeat",
         "release_tasks",
         "record_step",
         "record_steps",
@@ -625,6 +630,12 @@ class Database:
             "lease": lease,
         }
         return set(await self._value("heartbeat", params) or ())
+
+    async def activity_heartbeat(self, task: Claimed, lease: timedelta) -> bool:
+        """An activity's own heartbeat: extends its lease and restarts its heartbeat_timeout;
+        False when the task is no longer held (it timed out, or another worker took it)."""
+        params = {"task_id": task.task_id, "token": task.lease_token, "lease": lease}
+        return bool(await self._value("activity_heartbeat", params))
 
     async def release_tasks(self, tasks: Sequence[Claimed]) -> int:
         params = {"task_ids": [t.task_id for t in tasks], "tokens": [t.lease_token for t in tasks]}
@@ -871,10 +882,22 @@ class Database:
 
     # -- operations ----------------------------------------------------------------------
     async def list_workflows(
-        self, status: str | None, entity: str | None, task_queue: str | None, limit: int
+        self,
+        status: str | None,
+        entity: str | None,
+        task_queue: str | None,
+        limit: int,
+        search: dict[str, Any] | None = None,
     ) -> list[WorkflowSummary]:
-        """Rows of the `workflows` view, newest first."""
-        params = {"status": status, "entity": entity, "task_queue": task_queue, "limit": limit}
+        """Rows of the `workflows` view, newest first; with `search`, only the workflows
+        whose search attributes contain it (`jobs.search @> search`)."""
+        params = {
+            "status": status,
+            "entity": entity,
+            "task_queue": task_queue,
+            "limit": limit,
+            "search": _json(search),
+        }
         return await self._rows("list_workflows", WorkflowSummary, params)
 
     async def workflow_waits(self, workflow_id: str) -> WorkflowWaits:

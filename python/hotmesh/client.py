@@ -8,9 +8,9 @@ import contextlib
 import inspect
 import os
 import signal
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -94,6 +94,11 @@ class Handle:
             "blocked_by": waits.blocked_by,
         }
 
+    async def search_attributes(self) -> dict[str, Any]:
+        """The workflow's search attributes: those seeded at start (`search=`) and those its
+        code set (`workflow.search()`, `enrich`)."""
+        return dict((await self._mf._db.get_workflow(self.workflow_id))["search"])
+
     async def history(self) -> list[HistoryEntry]:
         """The workflow's timeline, step by step (`<app>.workflow_history`)."""
         return await self._mf._db.workflow_history(self.workflow_id)
@@ -154,11 +159,36 @@ class WorkflowClient:
         retry_policy: RetryPolicy | dict[str, Any] | None = None,
         priority: int | None = None,
         expire: Duration | None = None,
+        execution_timeout: Duration | None = None,
+        id_reuse: Literal["reject", "allow_finished", "terminate"] | None = None,
+        idempotency_key: str | None = None,
+        debounce: Duration | None = None,
+        start_at: datetime | str | None = None,
+        start_in: Duration | None = None,
+        search: Mapping[str, Any] | None = None,
     ) -> Handle:
         """Start a workflow; returns its Handle at once. `task_queue` defaults to `entity`;
         `entity` (the jobs.entity column) defaults to the workflow name. `expire` is how long
-        the finished workflow is kept (default 7 days); `retry_policy` re-runs a failing body."""
-        options = start_options(retry_policy, priority, expire)
+        the finished workflow is kept (default 7 days); `retry_policy` re-runs a failing body.
+
+        Start options (docs/python-api.md): `execution_timeout` fails the run (596) when it
+        has not finished in time; `id_reuse` says what a taken `workflow_id` does (reject,
+        allow_finished, terminate); a start with an `idempotency_key` a run already holds
+        returns that run; `debounce` (needs `workflow_id`) waits that long for more starts of
+        the id, which take the run's place with their arguments; `start_at` / `start_in` delay
+        the start; `search` seeds its search attributes."""
+        options = start_options(
+            retry_policy,
+            priority,
+            expire,
+            execution_timeout,
+            id_reuse=id_reuse,
+            idempotency_key=idempotency_key,
+            debounce=None if debounce is None else seconds(debounce, "debounce"),
+            start_at=start_at.isoformat() if isinstance(start_at, datetime) else start_at,
+            start_in=None if start_in is None else seconds(start_in, "start_in"),
+            search=dict(search) if isinstance(search, Mapping) else search,
+        )
         try:
             arguments = encode_args(args, f"the args of workflow {workflow_name}")
         except errors.FatalError as error:
@@ -213,10 +243,13 @@ class WorkflowClient:
         entity: str | None = None,
         task_queue: str | None = None,
         limit: int = 50,
+        search: Mapping[str, Any] | None = None,
     ) -> builtins.list[WorkflowSummary]:
         """Workflows, newest first (rows of the `<app>.workflows` view), optionally only
-        those in one status, of one entity type or started on one task queue."""
-        return await self._mf._db.list_workflows(status, entity, task_queue, limit)
+        those in one status, of one entity type, started on one task queue or whose search
+        attributes contain `search` (e.g. {"region": "eu"})."""
+        wanted = dict(search) if isinstance(search, Mapping) else search
+        return await self._mf._db.list_workflows(status, entity, task_queue, limit, wanted)
 
 
 class ScheduleClient:

@@ -38,6 +38,17 @@ class RetryPolicy:
         return result
 
 
+# An activity's timeouts (docs/timeouts.md): they ride with its retry policy to the database,
+# which enforces them.
+TIMEOUTS = ("start_to_close", "schedule_to_close", "heartbeat_timeout")
+
+
+def has_timeouts(policy: dict[str, Any] | None) -> bool:
+    """Whether an activity call's policy carries a timeout (then it never runs inline: the
+    database enforces timeouts on queued tasks)."""
+    return policy is not None and any(policy.get(k) is not None for k in TIMEOUTS)
+
+
 def policy_json(policy: RetryPolicy | dict[str, Any] | None) -> dict[str, Any] | None:
     """Accept a RetryPolicy or the seed-style dict (camelCase keys welcome)."""
     if policy is None or isinstance(policy, RetryPolicy):
@@ -48,11 +59,14 @@ def policy_json(policy: RetryPolicy | dict[str, Any] | None) -> dict[str, Any] |
         "backoffCoefficient": "backoff_coefficient",
         "maximumInterval": "maximum_interval",
         "nonRetryableErrors": "non_retryable_errors",
+        "startToCloseTimeout": "start_to_close",
+        "scheduleToCloseTimeout": "schedule_to_close",
+        "heartbeatTimeout": "heartbeat_timeout",
     }
     result: dict[str, Any] = {}
     for key, value in policy.items():
         name = aliases.get(key, key)
-        if name in ("initial_interval", "maximum_interval"):
+        if name in ("initial_interval", "maximum_interval", *TIMEOUTS):
             value = seconds(value, name)
         result[name] = value
     return result

@@ -50,6 +50,7 @@ from hotmesh._db import LOCK_TIMEOUT_MS, Claimed, Database, lock_busy
 from hotmesh._log import event, first_line, log_failure, task_fields
 from hotmesh._runner import Activation, Completed, Failed, Suspended, encode
 from hotmesh.activity import ActivityInfo, run_activity
+from hotmesh.retry import has_timeouts
 
 if TYPE_CHECKING:
     from hotmesh._listener import Listener
@@ -501,7 +502,7 @@ class Worker:
         beats: set[asyncio.Future[Any]] = set()
 
         def beat() -> None:
-            coro = self.db.heartbeat([task], self.lease)
+            coro = self.db.activity_heartbeat(task, self.lease)
             if _on_loop(loop):
                 beats.add(loop.create_task(coro))
                 beats.difference_update({b for b in beats if b.done()})
@@ -548,7 +549,7 @@ class _Executor:
         match command:
             case ScheduleActivity(activity=name, args=args, task_queue=queue):
                 fn = self.registry.inline_activity(queue, name)
-                if fn is None:
+                if fn is None or has_timeouts(command.retry_policy):
                     step = await db.schedule_activity(
                         task, seq, name, args, queue, command.retry_policy
                     )

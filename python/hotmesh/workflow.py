@@ -88,6 +88,9 @@ def proxy_activities(
     *,
     task_queue: str | None = None,
     retry_policy: RetryPolicy | dict[str, Any] | None = None,
+    start_to_close: _durations.Duration | None = None,
+    schedule_to_close: _durations.Duration | None = None,
+    heartbeat_timeout: _durations.Duration | None = None,
 ) -> Any:
     """Durable handles to activities.
 
@@ -95,9 +98,20 @@ def proxy_activities(
     worker, recorded with one call) when this process serves the activity's queue, and goes
     through the queue to another worker otherwise. `task_queue` defaults to the workflow's own
     queue. `retry_policy` applies to every call made through the proxy.
+
+    The timeouts (docs/timeouts.md) are enforced by the database: `start_to_close` bounds each
+    run (it fails as a timeout and is retried per policy, however alive its worker),
+    `schedule_to_close` all runs together, `heartbeat_timeout` the time between two
+    `activity.heartbeat()` calls. A call with a timeout always goes through the queue.
     """
     named = _named(activities) if activities is not None else None
-    return ActivityProxy(named, task_queue, policy_json(retry_policy))
+    policy = policy_json(retry_policy)
+    given = {"start_to_close": start_to_close, "schedule_to_close": schedule_to_close,
+             "heartbeat_timeout": heartbeat_timeout}  # fmt: skip
+    timeouts = {k: _durations.seconds(v, k) for k, v in given.items() if v is not None}
+    if timeouts:
+        policy = {**(policy or {}), **timeouts}
+    return ActivityProxy(named, task_queue, policy)
 
 
 def sleep_for(duration: _durations.Duration) -> asyncio.Future[float]:
@@ -186,15 +200,19 @@ def start_options(
     retry_policy: RetryPolicy | dict[str, Any] | None = None,
     priority: int | None = None,
     expire: _durations.Duration | None = None,
+    execution_timeout: _durations.Duration | None = None,
+    **more: Any,
 ) -> dict[str, Any]:
-    """The `options` JSON of start_workflow / start_child."""
-    options: dict[str, Any] = {}
+    """The `options` JSON of start_workflow / start_child: durations in seconds, the rest
+    (`more`: the start options of docs/sql-api.md) as given, None left out."""
+    options: dict[str, Any] = {k: v for k, v in more.items() if v is not None}
     if retry_policy is not None:
         options["retry_policy"] = policy_json(retry_policy)
     if priority is not None:
         options["priority"] = priority
-    if expire is not None:
-        options["expire"] = _durations.seconds(expire, "expire")
+    for name, value in (("expire", expire), ("execution_timeout", execution_timeout)):
+        if value is not None:
+            options[name] = _durations.seconds(value, name)
     return options
 
 
@@ -312,11 +330,13 @@ def exec_child(
     retry_policy: RetryPolicy | dict[str, Any] | None = None,
     priority: int | None = None,
     expire: _durations.Duration | None = None,
+    execution_timeout: _durations.Duration | None = None,
 ) -> asyncio.Future[Any]:
     """Start a child workflow and wait for its result (this workflow suspends meanwhile; it
-    holds no worker slot). A failed child raises its error, with its code, here. The child id
-    defaults to "<this id>-<thread>-<step>", the same on every replay."""
-    options = start_options(retry_policy, priority, expire)
+    holds no worker slot). A failed child raises its error, with its code, here (596 when its
+    `execution_timeout` passed). The child id defaults to "<this id>-<thread>-<step>", the same
+    on every replay."""
+    options = start_options(retry_policy, priority, expire, execution_timeout)
     return _child(True, workflow_name, args, task_queue, workflow_id, entity, options)
 
 
@@ -330,9 +350,10 @@ def start_child(
     retry_policy: RetryPolicy | dict[str, Any] | None = None,
     priority: int | None = None,
     expire: _durations.Duration | None = None,
+    execution_timeout: _durations.Duration | None = None,
 ) -> asyncio.Future[Any]:
     """Start a child workflow and return its id at once."""
-    options = start_options(retry_policy, priority, expire)
+    options = start_options(retry_policy, priority, expire, execution_timeout)
     return _child(False, workflow_name, args, task_queue, workflow_id, entity, options)
 
 

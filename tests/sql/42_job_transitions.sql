@@ -1,14 +1,14 @@
 -- The job state machine (_transition): every legal transition and what it sets, every illegal
 -- one refused with HM003 naming the workflow and both states, HM002 for an unknown workflow.
---   pending -> running <-> waiting -> completed | failed | cancelled
+--   pending -> running <-> waiting -> completed | failed | cancelled; pending -> failed
 begin;
 \ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(51);
+select plan(52);
 
--- The specification, written out: 6 states x 6 targets, 9 of them legal.
+-- The specification, written out: 6 states x 6 targets, 10 of them legal.
 create temp table spec on commit drop as
 select
     f.status as from_status,
@@ -21,6 +21,8 @@ select
         ('running', 'completed'),
         ('running', 'failed'),
         ('waiting', 'failed'),
+        -- execution_timeout passed before it ran (_time_out_jobs)
+        ('pending', 'failed'),
         ('pending', 'cancelled'),
         ('running', 'cancelled'),
         ('waiting', 'cancelled')
@@ -34,7 +36,7 @@ cross join
         as t (status);
 
 select is(
-    (select count(*)::integer from spec where legal), 9, 'the spec lists 9 legal transitions'
+    (select count(*)::integer from spec where legal), 10, 'the spec lists 10 legal transitions'
 );
 
 -- One job per (from, to), put in its from-state directly.

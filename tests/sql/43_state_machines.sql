@@ -17,8 +17,8 @@ select results_eq(
     select machine, count(*)::integer from _legal_transitions()
     group by machine order by machine
     $$,
-    $$values ('job', 10), ('schedule', 2), ('step', 8), ('task', 5)$$,
-    'the table lists 10 job, 2 schedule, 8 step and 5 task moves'
+    $$values ('job', 11), ('schedule', 2), ('step', 8), ('task', 5)$$,
+    'the table lists 11 job, 2 schedule, 8 step and 5 task moves'
 );
 
 select is_empty(
