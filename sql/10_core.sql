@@ -230,7 +230,8 @@ $$;
 -- function that makes it. Every status change consults this list, in its WHERE clause (a set
 -- of rows moves together, the illegal ones stay) or through _check_transition (one row,
 -- refused with HM003):
---   job:  pending -> running <-> waiting -> completed | failed | cancelled; failed -> pending
+--   job:  pending -> running <-> waiting -> completed | failed | cancelled; failed -> pending;
+--         running -> pending (continue_as_new: the next run)
 --   task: ready -> leased -> ready (backoff) | dead -> ready; a finished task is deleted
 --   step: scheduled | retrying -> completed | failed; retrying <-> scheduled; failed -> scheduled
 create or replace function _legal_transitions()
@@ -249,6 +250,8 @@ as $$
         ('job', 'waiting', 'cancelled', '_transitions'),
         -- Only a retry goes back: it also resets the attempt count, result and error.
         ('job', 'failed', 'pending', '_retry_job'),
+        -- continue_as_new: the run ends and the next one starts on the same row.
+        ('job', 'running', 'pending', '_continue_run'),
         ('task', 'ready', 'leased', 'claim_tasks'),
         -- A lease that expired is taken over by the next claim (a new token).
         ('task', 'leased', 'leased', 'claim_tasks'),

@@ -209,7 +209,8 @@ begin
                           'due', s.wake_at <= v_now) order by s.seq)
                  from steps as s
                 where s.job_id = t.job_id and s.thread = t.thread)
-           end
+           end,
+           j.run
       -- Each row is looked up by its key; `offset 0` keeps every lookup a keyed probe that
       -- the planner cannot turn into a join that scans a whole table.
       from unnest(v_ids) as c (id)

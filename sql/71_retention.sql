@@ -103,6 +103,8 @@ as $$
     delete from tasks where job_id = any(p_ids);
     delete from threads where job_id = any(p_ids);
     delete from signals where job_id = any(p_ids);
+    delete from run_steps where job_id = any(p_ids);
+    delete from runs where job_id = any(p_ids);
     delete from jobs where id = any(p_ids);
 $$;
 

@@ -6,7 +6,8 @@
 --   So nobody but the owner needs, or gets, any right to write the engine's tables.
 -- * EXECUTE is revoked from PUBLIC on every routine and granted explicitly, per role:
 --     <app>_app     the application: start, signal, hook, cancel and read workflows, use the
---                   entity functions; SELECT on jobs, steps, threads and the views.
+--                   entity functions; SELECT on jobs, steps, threads, runs, run_steps and the
+--                   views.
 --     <app>_worker  a worker process: everything <app>_app may do, plus the calls a worker
 --                   makes while it runs tasks (claim, complete, record steps, ...).
 --   Operations (prune, prune_signals, set_setting, retry_workflow, entity_create_index) stay
@@ -31,16 +32,17 @@ declare
         'entity_prepend', 'entity_remove', 'entity_increment', 'entity_toggle',
         'entity_set_if_not_exists', 'entity_history', 'entity_find',
         'entity_find_by_condition', 'entity_find_by_id', 'engine_clock', 'workflow_waits',
-        'waits_text', 'workflow_blocker', 'engine_version'
+        'waits_text', 'workflow_blocker', 'engine_version', 'workflow_runs', 'run_history'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
         'claim_tasks', 'next_due', 'complete_task', 'complete_tasks', 'fail_task',
         'suspend_task', 'bury_task', 'heartbeat', 'release_tasks', 'record_step',
         'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
-        'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step'
+        'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step',
+        'continue_task'
     ];
-    v_tables text[] := array['jobs', 'steps', 'threads'];
+    v_tables text[] := array['jobs', 'steps', 'threads', 'runs', 'run_steps'];
     v_can_create boolean;
     v_role text;
     v_roles text[] := array[]::text[];

@@ -52,6 +52,7 @@ class Claimed:
     workflow_name: str
     job_attempt: int
     steps: list[dict[str, Any]] | None
+    run: int  # the workflow's run (continue_as_new starts the next one)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ _STATEMENTS = {
     " %(result)s::jsonb)",
     "fail_task": "select {}.fail_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
     "suspend_task": "select {}.suspend_task(%(task_id)s::bigint, %(token)s::uuid)",
+    "continue_task": "select {}.continue_task(%(task_id)s::bigint, %(token)s::uuid,"
+    " %(args)s::jsonb)",
     "bury_task": "select {}.bury_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
     "heartbeat": "select {}.heartbeat(%(task_ids)s::bigint[], %(tokens)s::uuid[],"
     " %(lease)s::interval)",
@@ -380,6 +383,7 @@ WORKER_CALLS = frozenset(
         "complete_tasks",
         "fail_task",
         "suspend_task",
+        "continue_task",
         "bury_task",
         "heartbeat",
         "release_tasks",
@@ -572,6 +576,13 @@ class Database:
         params = {"task_id": task.task_id, "token": task.lease_token}
         value = await self._value("suspend_task", params)
         return value if isinstance(value, datetime) else None
+
+    async def continue_task(self, task: Claimed, args: list[Any]) -> int | None:
+        """End the run and start the next one with `args`: the new run's number, or None
+        when something arrived that the activation has not seen (it must replay first)."""
+        params = {"task_id": task.task_id, "token": task.lease_token, "args": Jsonb(args)}
+        value = await self._value("continue_task", params)
+        return value if isinstance(value, int) else None
 
     async def bury_task(self, task: Claimed, error: dict[str, Any]) -> None:
         params = {"task_id": task.task_id, "token": task.lease_token, "error": Jsonb(error)}
