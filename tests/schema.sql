@@ -13,6 +13,7 @@
 -- migration 0005_hot_paths.sql
 -- migration 0006_signal_retention.sql
 -- migration 0007_signal_key_scope.sql
+-- migration 0009_runs.sql
 
 -- tables
 create table <app>.jobs (
@@ -37,8 +38,39 @@ create table <app>.jobs (
     entity_version bigint not null default 0,
     parent_thread text,
     parent_seq integer,
-    search jsonb not null default '{}'::jsonb
+    search jsonb not null default '{}'::jsonb,
+    run integer not null default 1
 ) with (fillfactor=80);
+create table <app>.run_steps (
+    job_id text not null,
+    run integer not null,
+    thread text not null,
+    seq integer not null,
+    kind text not null,
+    name text not null,
+    status text not null,
+    input jsonb,
+    output jsonb,
+    error jsonb,
+    attempt integer not null,
+    wake_at timestamp with time zone,
+    idempotency_key text,
+    entity_version bigint,
+    created_at timestamp with time zone not null,
+    completed_at timestamp with time zone
+);
+create table <app>.runs (
+    job_id text not null,
+    run integer not null,
+    workflow_name text not null,
+    task_queue text not null,
+    args jsonb not null,
+    next_args jsonb not null,
+    attempt integer not null,
+    threads jsonb not null default '[]'::jsonb,
+    started_at timestamp with time zone not null,
+    completed_at timestamp with time zone not null
+);
 create table <app>.schema_migrations (
     version integer not null,
     name text not null,
@@ -119,6 +151,8 @@ create table <app>.threads (
 -- constraints
 alter table <app>.jobs add constraint jobs_pkey PRIMARY KEY (id);
 alter table <app>.jobs add constraint jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])));
+alter table <app>.run_steps add constraint run_steps_pkey PRIMARY KEY (job_id, run, thread, seq);
+alter table <app>.runs add constraint runs_pkey PRIMARY KEY (job_id, run);
 alter table <app>.schema_migrations add constraint schema_migrations_pkey PRIMARY KEY (version);
 alter table <app>.settings add constraint settings_pkey PRIMARY KEY (key);
 alter table <app>.signal_keys add constraint signal_keys_scope UNIQUE NULLS NOT DISTINCT (idempotency_key, signal_id, job_id);
@@ -138,6 +172,9 @@ CREATE INDEX jobs_expire_at ON <app>.jobs USING btree (expire_at) WHERE (expire_
 CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
+CREATE INDEX run_steps_entity_version ON <app>.run_steps USING btree (job_id, entity_version) WHERE (entity_version IS NOT NULL);
+CREATE UNIQUE INDEX run_steps_pkey ON <app>.run_steps USING btree (job_id, run, thread, seq);
+CREATE UNIQUE INDEX runs_pkey ON <app>.runs USING btree (job_id, run);
 CREATE UNIQUE INDEX schema_migrations_pkey ON <app>.schema_migrations USING btree (version);
 CREATE UNIQUE INDEX settings_pkey ON <app>.settings USING btree (key);
 CREATE UNIQUE INDEX signal_keys_scope ON <app>.signal_keys USING btree (idempotency_key, signal_id, job_id) NULLS NOT DISTINCT;
@@ -223,7 +260,8 @@ create type <app>.claimed_task as (
     payload jsonb,
     workflow_name text,
     job_attempt integer,
-    steps jsonb
+    steps jsonb,
+    run integer
 );
 -- returned by: claim_tasks
 
@@ -244,6 +282,8 @@ create function <app>._check_transition(p_machine text, p_row text, p_from text,
     language plpgsql stable;
 create function <app>._check_value(p_what text, p_value jsonb) returns void
     language plpgsql immutable;
+create function <app>._continue_run(p_job_id text, p_args jsonb) returns integer
+    language plpgsql volatile;
 create function <app>._default_retention() returns interval
     language sql stable security definer
     set search_path = <app>, pg_temp;
@@ -340,6 +380,8 @@ create function <app>._retry_policy(p_policy jsonb) returns jsonb
 create function <app>._retry_thread(p_job_id text, p_thread text) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>._run_started_at(p_job <app>.jobs) returns timestamp with time zone
+    language sql stable;
 create function <app>._setting_value(p_key text, p_value jsonb) returns jsonb
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -382,6 +424,10 @@ create function <app>.complete_task(p_task_id bigint, p_token uuid, p_result jso
 create function <app>.complete_tasks(p_items jsonb) returns jsonb
     language plpgsql volatile security definer
     set enable_seqscan = off
+    set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
+create function <app>.continue_task(p_task_id bigint, p_token uuid, p_args jsonb) returns integer
+    language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.create_login(p_group text, p_name text) returns jsonb
@@ -501,6 +547,9 @@ create function <app>.revoke_login(p_role text) returns jsonb
 create function <app>.rotate_login(p_role text) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.run_history(p_workflow_id text, p_run integer) returns TABLE(at timestamp with time zone, thread text, seq integer, kind text, name text, status text, attempt integer, entity_version bigint, input jsonb, output jsonb, error jsonb, completed_at timestamp with time zone)
+    language plpgsql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb) returns jsonb
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
@@ -549,6 +598,9 @@ create function <app>.workflow_history(p_workflow_id text) returns TABLE(at time
 create function <app>.workflow_outcome(p_workflow_id text) returns TABLE(status text, result jsonb, error jsonb)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
+create function <app>.workflow_runs(p_workflow_id text) returns TABLE(run integer, status text, workflow_name text, args jsonb, next_args jsonb, steps bigint, started_at timestamp with time zone, completed_at timestamp with time zone)
+    language plpgsql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.workflow_status(p_workflow_id text) returns text
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -565,6 +617,10 @@ grant select on table <app>.jobs to <app>_app;
 grant select on table <app>.jobs to <app>_worker;
 grant select on table <app>.queue_backlog to <app>_app;
 grant select on table <app>.queue_backlog to <app>_worker;
+grant select on table <app>.run_steps to <app>_app;
+grant select on table <app>.run_steps to <app>_worker;
+grant select on table <app>.runs to <app>_app;
+grant select on table <app>.runs to <app>_worker;
 grant select on table <app>.steps to <app>_app;
 grant select on table <app>.steps to <app>_worker;
 grant select on table <app>.threads to <app>_app;
@@ -578,6 +634,7 @@ grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <a
 grant execute on function <app>.claim_tasks(text[],text,integer,interval) to <app>_worker;
 grant execute on function <app>.complete_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.complete_tasks(jsonb) to <app>_worker;
+grant execute on function <app>.continue_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.emit_step(bigint,uuid,integer,jsonb) to <app>_worker;
 grant execute on function <app>.engine_clock() to <app>_app;
 grant execute on function <app>.engine_clock() to <app>_worker;
@@ -626,6 +683,8 @@ grant execute on function <app>.record_steps(jsonb) to <app>_worker;
 grant execute on function <app>.release_tasks(bigint[],uuid[]) to <app>_worker;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_app;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_worker;
+grant execute on function <app>.run_history(text,integer) to <app>_app;
+grant execute on function <app>.run_history(text,integer) to <app>_worker;
 grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb) to <app>_worker;
 grant execute on function <app>.schedule_sleep(bigint,uuid,integer,numeric) to <app>_worker;
 grant execute on function <app>.search_step(bigint,uuid,integer,text,jsonb) to <app>_worker;
@@ -646,6 +705,8 @@ grant execute on function <app>.workflow_history(text) to <app>_app;
 grant execute on function <app>.workflow_history(text) to <app>_worker;
 grant execute on function <app>.workflow_outcome(text) to <app>_app;
 grant execute on function <app>.workflow_outcome(text) to <app>_worker;
+grant execute on function <app>.workflow_runs(text) to <app>_app;
+grant execute on function <app>.workflow_runs(text) to <app>_worker;
 grant execute on function <app>.workflow_status(text) to <app>_app;
 grant execute on function <app>.workflow_status(text) to <app>_worker;
 grant execute on function <app>.workflow_waits(text) to <app>_app;

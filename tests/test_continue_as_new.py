@@ -25,9 +25,7 @@ async def counter(n: int, last: int) -> dict[str, int]:
     return {"n": n, "run": workflow.get_context().run}
 
 
-async def test_a_thousand_runs_keep_the_id_and_every_entity_change(
-    mf: MemFlow, db: Any
-) -> None:
+async def test_a_thousand_runs_keep_the_id_and_every_entity_change(mf: MemFlow, db: Any) -> None:
     await mf.worker.create(task_queue="q", workflow=counter)
     handle = await mf.workflow.start(
         workflow_name="counter", args=[1, 1000], task_queue="q", workflow_id="agent"
@@ -75,9 +73,7 @@ async def racer(total: int) -> list[int]:
     workflow.continue_as_new(total)
 
 
-async def test_signals_sent_while_runs_turn_over_all_arrive_once(
-    mf: MemFlow, db: Any
-) -> None:
+async def test_signals_sent_while_runs_turn_over_all_arrive_once(mf: MemFlow, db: Any) -> None:
     await mf.worker.create(task_queue="q", workflow=racer)
     handle = await mf.workflow.start(
         workflow_name="racer", args=[40], task_queue="q", workflow_id="inbox"
@@ -163,4 +159,3 @@ async def test_cancel_ends_the_chain_and_prune_removes_its_runs(mf: MemFlow, db:
     ]
     assert await mf.prune() == 1
     assert db.one("select (select count(*) from runs) + (select count(*) from run_steps)") == 0
-

@@ -208,6 +208,7 @@ GOOD: dict[str, Any] = {
     "p_job_id": "wf",
     "p_waits": '[{"kind": "signal", "name": "go"}]',
     "p_xmax": "1",
+    "p_run": 1,
 }
 
 

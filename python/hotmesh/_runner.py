@@ -73,7 +73,7 @@ class SandboxError(errors.HotMeshError, RuntimeError):
     """Workflow code used something that is not durable (asyncio.sleep, real I/O, ...)."""
 
 
-class ContinueAsNew(BaseException):  # noqa: N818 - a control-flow signal, like StopIteration
+class ContinueAsNew(BaseException):
     """Raised by `workflow.continue_as_new`: the run ends and the next one starts with `args`.
     A BaseException, so a `try/except Exception` in workflow code cannot swallow it."""
 

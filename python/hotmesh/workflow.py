@@ -131,7 +131,7 @@ def continue_as_new(*args: Any) -> NoReturn:
     act = activation("continue_as_new")
     if act.task.thread != "main":
         raise errors.FatalError(
-            f'continue_as_new ends a workflow\'s run: only its main thread can call it, not hook '
+            f"continue_as_new ends a workflow's run: only its main thread can call it, not hook "
             f'thread {act.task.thread} ({act.task.name}) of workflow "{act.task.job_id}"',
             type="InvalidArgument",
         )

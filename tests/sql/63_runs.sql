@@ -271,8 +271,9 @@ select is(
 );
 select is(
     (
-        select start_child(task_id, token, 5, 'kid', '[]', 'kq63', null, null, '{}', false)
-        ->> 'output'
+        select
+            start_child(task_id, token, 5, 'kid', '[]', 'kq63', null, null, '{}', false)
+            ->> 'output'
         from held where key = 'main'
     ),
     'a1-main-5-run2',
