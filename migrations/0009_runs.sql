@@ -46,7 +46,3 @@ create table run_steps (
 
 create index run_steps_entity_version on run_steps (job_id, entity_version)
 where entity_version is not null;
-
--- A claimed activation knows its run: ids derived from a step's position (a child's default
--- id, exec_hook's signal id, workflow.random) differ from one run to the next.
-alter type claimed_task add attribute run integer;

@@ -200,8 +200,12 @@ begin
                 when t.thread = 'main' then j.args
                 else th.args end,
            -- null, not '{}' or '[]', where there is nothing to read: a worker claiming
-           -- hundreds of tasks at once parses every JSON value it gets.
-           case when t.kind = 'activity' then t.payload end, j.workflow_name, j.attempt,
+           -- hundreds of tasks at once parses every JSON value it gets. An activation of a
+           -- later run (continue_as_new) carries its run here: claimed_task keeps its shape,
+           -- which older workers read by position.
+           case when t.kind = 'activity' then t.payload
+                when j.run > 1 then jsonb_build_object('run', j.run) end,
+           j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then (
                select jsonb_agg(jsonb_build_object(
                           'seq', s.seq, 'kind', s.kind, 'name', s.name, 'status', s.status,
@@ -209,8 +213,7 @@ begin
                           'due', s.wake_at <= v_now) order by s.seq)
                  from steps as s
                 where s.job_id = t.job_id and s.thread = t.thread)
-           end,
-           j.run
+           end
       -- Each row is looked up by its key; `offset 0` keeps every lookup a keyed probe that
       -- the planner cannot turn into a join that scans a whole table.
       from unnest(v_ids) as c (id)

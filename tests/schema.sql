@@ -260,8 +260,7 @@ create type <app>.claimed_task as (
     payload jsonb,
     workflow_name text,
     job_attempt integer,
-    steps jsonb,
-    run integer
+    steps jsonb
 );
 -- returned by: claim_tasks
 

@@ -48,11 +48,16 @@ class Claimed:
     lease_token: uuid.UUID
     attempt: int
     args: Any
-    payload: dict[str, Any] | None  # an activity's (its retry policy); None for activations
+    payload: dict[str, Any] | None  # an activity's (its retry policy); an activation's run
     workflow_name: str
     job_attempt: int
     steps: list[dict[str, Any]] | None
-    run: int  # the workflow's run (continue_as_new starts the next one)
+
+    @property
+    def run(self) -> int:
+        """The workflow's run (continue_as_new starts the next one): 1 unless an activation's
+        payload says otherwise."""
+        return int((self.payload or {}).get("run", 1)) if self.kind == "workflow" else 1
 
 
 @dataclass(frozen=True)

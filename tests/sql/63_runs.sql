@@ -286,9 +286,9 @@ select is(
     'run 2 takes the signal kept for the workflow'
 );
 select is(
-    (select run from claim_tasks(array['hq63'], 'tester', 1)),
-    2,
-    'a claimed activation knows its run'
+    (select payload from claim_tasks(array['hq63'], 'tester', 1)),
+    '{"run": 2}',
+    'a claimed activation of a later run carries its run in its payload'
 );
 
 -- ------------------------------------------------------------------ the end of the chain
