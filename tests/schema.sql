@@ -518,6 +518,9 @@ create procedure <app>.prune(IN p_older_than interval DEFAULT '00:00:00'::interv
 create function <app>.prune_batch(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.prune_runs(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.prune_signals(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;

@@ -10,7 +10,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(34);
+select plan(39);
 
 -- The tasks the test holds, by a name of its choosing.
 create temp table held (
@@ -291,6 +291,28 @@ select is(
     'a claimed activation of a later run carries its run in its payload'
 );
 
+-- ------------------------------------------------------------------ retention of the archive
+
+set local "hotmesh.fake_now" = '2020-01-07 23:59:59+00';
+select is(prune_runs(interval '0', 10, true), 0, 'a run is kept for its workflow''s retention');
+set local "hotmesh.fake_now" = '2020-01-08 00:00:00+00';
+select is(prune_runs(interval '0', 10, true), 1, 'then prune_runs would forget it');
+select is(prune_runs(), 1, 'prune_runs forgets it');
+select results_eq(
+    $$select run, kind, entity_version from run_steps where job_id = 'a1'$$,
+    $$values (1, 'entity', 1::bigint)$$,
+    'its steps are gone but its entity change'
+);
+select results_eq(
+    $$
+    select
+        (select array_agg(run) from workflow_runs('a1')),
+        (select array_agg(version order by version) from entity_history('a1'))
+    $$,
+    $$values (array[2], array[1, 2]::bigint [])$$,
+    'workflow_runs no longer lists it; entity_history still has every change'
+);
+
 -- ------------------------------------------------------------------ the end of the chain
 
 select is(
@@ -300,7 +322,7 @@ select is(
 );
 select results_eq(
     $$select run, status from workflow_runs('a1')$$,
-    $$values (1, 'continued'), (2, 'cancelled')$$,
+    $$values (2, 'cancelled')$$,
     'the cancelled run is the last'
 );
 set local "hotmesh.fake_now" = '2020-02-01 00:00:00+00';
