@@ -10,8 +10,8 @@
 --                   views.
 --     <app>_worker  a worker process: everything <app>_app may do, plus the calls a worker
 --                   makes while it runs tasks (claim, complete, record steps, ...).
---   Operations (prune, prune_signals, set_setting, retry_workflow, entity_create_index) stay
---   with the owner.
+--   Operations (prune, prune_signals, prune_runs, set_setting, retry_workflow,
+--   entity_create_index) stay with the owner.
 -- * Both roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
 --   They are created here when the installer may create roles (CREATEROLE or superuser);
 --   otherwise a WARNING says so and the grants wait until the roles exist (create them as
