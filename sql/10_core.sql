@@ -235,7 +235,8 @@ $$;
 -- of rows moves together, the illegal ones stay) or through _check_transition (one row,
 -- refused with HM003):
 --   job:  pending -> running <-> waiting -> completed | failed | cancelled; pending -> failed
---         (execution_timeout); failed -> pending
+--         (execution_timeout); failed -> pending; running -> pending (continue_as_new: the
+--         next run)
 --   task: ready -> leased -> ready (backoff) | dead -> ready; a finished task is deleted
 --   step: scheduled | retrying -> completed | failed; retrying <-> scheduled; failed -> scheduled
 --   schedule: active <-> paused
@@ -257,6 +258,8 @@ as $$
         ('job', 'waiting', 'cancelled', '_transitions'),
         -- Only a retry goes back: it also resets the attempt count, result and error.
         ('job', 'failed', 'pending', '_retry_job'),
+        -- continue_as_new: the run ends and the next one starts on the same row.
+        ('job', 'running', 'pending', '_continue_run'),
         ('task', 'ready', 'leased', 'claim_tasks'),
         -- A lease that expired is taken over by the next claim (a new token).
         ('task', 'leased', 'leased', 'claim_tasks'),

@@ -217,9 +217,13 @@ begin
            -- null, not '{}' or '[]', where there is nothing to read: a worker claiming
            -- hundreds of tasks at once parses every JSON value it gets.
            -- An activation's payload: the build of the previous activation (replaced below
-           -- by this worker's), so a non-determinism failure can name both.
+           -- by this worker's), so a non-determinism failure can name both; and from the
+           -- second run on (continue_as_new) the run. claimed_task keeps its shape, which
+           -- older workers read by position.
            case when t.kind = 'activity' then t.payload
-                when j.build_id is not null then jsonb_build_object('build_id', j.build_id)
+                when j.build_id is not null or j.run > 1
+                    then jsonb_strip_nulls(jsonb_build_object(
+                        'build_id', j.build_id, 'run', nullif(j.run, 1)))
            end,
            j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then (

@@ -32,7 +32,11 @@ as $$
 declare
     v_task tasks := _activation_task(p_task_id, p_token);
     v_parent jobs;
-    v_child text := coalesce(p_workflow_id, v_task.job_id || '-' || v_task.thread || '-' || p_seq);
+    -- A later run (continue_as_new) names its children apart from the earlier runs' ones.
+    v_child text := coalesce(p_workflow_id,
+                             v_task.job_id || '-' || v_task.thread || '-' || p_seq
+                             || (select case when j.run > 1 then '-run' || j.run else '' end
+                                   from jobs as j where j.id = v_task.job_id));
     v_error jsonb;
 begin
     if not _begin_step(v_task, p_seq, 'child', p_workflow_name,
@@ -66,7 +70,13 @@ create or replace function _settle_parent(p_child jobs) returns void
 language plpgsql
 as $$
 begin
-    if p_child.parent_seq is null then
+    -- A step of a run that continued as new is archived: a later run's step at that position
+    -- is not the child's to settle.
+    if p_child.parent_seq is null
+       or not exists (select from steps as s
+                       where s.job_id = p_child.parent_id and s.thread = p_child.parent_thread
+                         and s.seq = p_child.parent_seq and s.kind = 'child'
+                         and s.input ->> 'workflow_id' = p_child.id) then
         return;
     end if;
     if (_move_step(p_child.parent_id, p_child.parent_thread, p_child.parent_seq,
@@ -120,7 +130,10 @@ begin
             message = format('hook "%s": workflow "%s" is %s and takes no more hooks',
                              p_workflow_name, p_workflow_id, v_job.status);
     end if;
-    select 'h' || (count(*) + 1) into v_thread from threads where job_id = p_workflow_id;
+    -- Numbered after the highest one left: a run that continued as new archived its finished
+    -- hook threads, and one still running keeps its name.
+    select 'h' || (coalesce(max(substr(thread, 2)::integer), 0) + 1) into v_thread
+      from threads where job_id = p_workflow_id;
     v_queue := coalesce(p_task_queue, v_job.task_queue);
     insert into threads (job_id, thread, name, task_queue, args, signal_id, created_at)
     values (p_workflow_id, v_thread, p_workflow_name, v_queue, coalesce(p_args, '[]'::jsonb),

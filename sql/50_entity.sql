@@ -736,13 +736,18 @@ as $$
 declare
     v_job jobs := _entity_job(p_workflow_id, false);
     v_doc jsonb := '{}'::jsonb;
-    v_step steps;
+    v_step record;
 begin
+    -- The changes made in earlier runs (continue_as_new) are archived in run_steps.
     for v_step in
-        select *
+        select s.entity_version, s.thread, s.seq, s.name, s.input, s.output, s.created_at
           from steps as s
          where s.job_id = p_workflow_id and s.entity_version is not null
-         order by s.entity_version
+        union all
+        select s.entity_version, s.thread, s.seq, s.name, s.input, s.output, s.created_at
+          from run_steps as s
+         where s.job_id = p_workflow_id and s.entity_version is not null
+         order by 1
     loop
         v_doc := (_entity_apply(v_doc, v_step.name, _entity_segments(v_step.input -> 'path'),
                                 v_step.input -> 'value')).doc;

@@ -14,6 +14,7 @@ begin
                'task_queue', j.task_queue, 'status', j.status, 'args', j.args,
                'context', j.context, 'search', j.search, 'result', j.result, 'error', j.error,
                'parent_id', j.parent_id, 'attempt', j.attempt, 'priority', j.priority,
+               'run', j.run,
                'created_at', j.created_at, 'updated_at', j.updated_at,
                'completed_at', j.completed_at, 'expire_at', j.expire_at,
                'build_id', j.build_id,

@@ -330,7 +330,7 @@ begin
     select e.at, e.thread, e.seq, e.kind, e.name, e.status, e.attempt, e.entity_version,
            e.input, e.output, e.error, e.completed_at
       from (
-        select j.created_at as at, 0 as rank, 'main'::text as thread, null::integer as seq,
+        select _run_started_at(j) as at, 0 as rank, 'main'::text as thread, null::integer as seq,
                'workflow'::text as kind, j.workflow_name as name, 'started'::text as status,
                null::integer as attempt, null::bigint as entity_version, j.args as input,
                null::jsonb as output, null::jsonb as error, null::timestamptz as completed_at

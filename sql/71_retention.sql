@@ -103,6 +103,8 @@ as $$
     delete from tasks where job_id = any(p_ids);
     delete from threads where job_id = any(p_ids);
     delete from signals where job_id = any(p_ids);
+    delete from run_steps where job_id = any(p_ids);
+    delete from runs where job_id = any(p_ids);
     delete from jobs where id = any(p_ids);
 $$;
 
@@ -218,6 +220,54 @@ begin
 end
 $$;
 
+-- Forgets, in one batch, the archived runs of workflows that continued as new (continue_task)
+-- once they ended longer ago than their workflow's retention (and p_older_than): the runs row
+-- and its steps, but not its entity changes, which stay in the entity's history. So a workflow
+-- that continues for months keeps a bounded archive, however long it lives. Returns how many
+-- runs it forgot; with p_dry_run, how many a full prune would forget now.
+create or replace function prune_runs(
+    p_older_than interval default interval '0',
+    p_batch integer default 1000,
+    p_dry_run boolean default false
+) returns integer
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_now timestamptz := _now();
+    v_count integer;
+begin
+    -- prune_batch checks the arguments the same way; a 0-row call reuses its checks.
+    perform prune_batch(p_older_than, p_batch, true);
+    if coalesce(p_dry_run, false) then
+        return (select count(*)
+                  from runs as r
+                  join jobs as j on j.id = r.job_id
+                 where r.completed_at + j.retention <= v_now
+                   and r.completed_at <= v_now - p_older_than);
+    end if;
+    with old as (
+        select r.job_id, r.run
+          from runs as r
+          join jobs as j on j.id = r.job_id
+         where r.completed_at + j.retention <= v_now
+           and r.completed_at <= v_now - p_older_than
+         order by r.completed_at
+         limit p_batch
+           for update of r skip locked
+    ), steps_gone as (
+        delete from run_steps as s using old
+         where s.job_id = old.job_id and s.run = old.run and s.entity_version is null
+    ), gone as (
+        delete from runs as r using old
+         where r.job_id = old.job_id and r.run = old.run
+        returning 1
+    )
+    select count(*) into v_count from gone;
+    return v_count;
+end
+$$;
+
 -- prune, the whole of it, as one command from psql or a scheduler: `call my_app.prune();`.
 -- It runs prune_batch until a batch comes back short, committing after each batch, so no
 -- transaction holds many rows or runs long. Two consequences of the COMMIT: it cannot run
@@ -255,6 +305,12 @@ begin
     -- transaction).
     loop
         v_count := %1$I.prune_signals(p_older_than, p_batch, false);
+        commit;
+        exit when v_count < p_batch;
+    end loop;
+    -- And the archived runs of workflows that continued as new (prune_runs).
+    loop
+        v_count := %1$I.prune_runs(p_older_than, p_batch, false);
         commit;
         exit when v_count < p_batch;
     end loop;

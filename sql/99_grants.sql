@@ -6,11 +6,12 @@
 --   So nobody but the owner needs, or gets, any right to write the engine's tables.
 -- * EXECUTE is revoked from PUBLIC on every routine and granted explicitly, per role:
 --     <app>_app     the application: start, signal, hook, cancel and read workflows, use the
---                   entity functions; SELECT on jobs, steps, threads and the views.
+--                   entity functions; SELECT on jobs, steps, threads, runs, run_steps and the
+--                   views.
 --     <app>_worker  a worker process: everything <app>_app may do, plus the calls a worker
 --                   makes while it runs tasks (claim, complete, record steps, ...).
---   Operations (prune, prune_signals, set_setting, retry_workflow, entity_create_index) stay
---   with the owner.
+--   Operations (prune, prune_signals, prune_runs, set_setting, retry_workflow,
+--   entity_create_index) stay with the owner.
 -- * Both roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
 --   They are created here when the installer may create roles (CREATEROLE or superuser);
 --   otherwise a WARNING says so and the grants wait until the roles exist (create them as
@@ -33,7 +34,8 @@ declare
         'entity_find_by_condition', 'entity_find_by_id', 'engine_clock', 'workflow_waits',
         'waits_text', 'workflow_blocker', 'engine_version', 'create_schedule',
         'update_schedule', 'pause_schedule', 'resume_schedule', 'trigger_schedule',
-        'delete_schedule', 'cron_next', 'export_workflow', 'export_workflows'
+        'delete_schedule', 'cron_next', 'export_workflow', 'export_workflows',
+        'workflow_runs', 'run_history'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
@@ -42,9 +44,9 @@ declare
         'record_step',
         'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
         'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step',
-        'record_patch'
+        'record_patch', 'continue_task'
     ];
-    v_tables text[] := array['jobs', 'steps', 'threads', 'schedules'];
+    v_tables text[] := array['jobs', 'steps', 'threads', 'schedules', 'runs', 'run_steps'];
     v_can_create boolean;
     v_role text;
     v_roles text[] := array[]::text[];

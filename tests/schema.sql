@@ -14,6 +14,7 @@
 -- migration 0006_signal_retention.sql
 -- migration 0007_signal_key_scope.sql
 -- migration 0008_versions.sql
+-- migration 0009_runs.sql
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0014_workflow_list.sql
@@ -43,11 +44,42 @@ create table <app>.jobs (
     parent_seq integer,
     search jsonb not null default '{}'::jsonb,
     build_id text,
+    run integer not null default 1,
     execution_timeout interval,
     timeout_at timestamp with time zone,
     idempotency_key text,
     schedule_id text
 ) with (fillfactor=80);
+create table <app>.run_steps (
+    job_id text not null,
+    run integer not null,
+    thread text not null,
+    seq integer not null,
+    kind text not null,
+    name text not null,
+    status text not null,
+    input jsonb,
+    output jsonb,
+    error jsonb,
+    attempt integer not null,
+    wake_at timestamp with time zone,
+    idempotency_key text,
+    entity_version bigint,
+    created_at timestamp with time zone not null,
+    completed_at timestamp with time zone
+);
+create table <app>.runs (
+    job_id text not null,
+    run integer not null,
+    workflow_name text not null,
+    task_queue text not null,
+    args jsonb not null,
+    next_args jsonb not null,
+    attempt integer not null,
+    threads jsonb not null default '[]'::jsonb,
+    started_at timestamp with time zone not null,
+    completed_at timestamp with time zone not null
+);
 create table <app>.schedules (
     id text not null,
     spec text not null,
@@ -158,6 +190,8 @@ create table <app>.threads (
 -- constraints
 alter table <app>.jobs add constraint jobs_pkey PRIMARY KEY (id);
 alter table <app>.jobs add constraint jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])));
+alter table <app>.run_steps add constraint run_steps_pkey PRIMARY KEY (job_id, run, thread, seq);
+alter table <app>.runs add constraint runs_pkey PRIMARY KEY (job_id, run);
 alter table <app>.schedules add constraint schedules_overlap CHECK ((overlap = ANY (ARRAY['skip'::text, 'buffer_one'::text, 'allow'::text])));
 alter table <app>.schedules add constraint schedules_pkey PRIMARY KEY (id);
 alter table <app>.schedules add constraint schedules_status CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text])));
@@ -183,6 +217,9 @@ CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
 CREATE INDEX jobs_timeout_at ON <app>.jobs USING btree (timeout_at) WHERE ((timeout_at IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text])));
+CREATE INDEX run_steps_entity_version ON <app>.run_steps USING btree (job_id, entity_version) WHERE (entity_version IS NOT NULL);
+CREATE UNIQUE INDEX run_steps_pkey ON <app>.run_steps USING btree (job_id, run, thread, seq);
+CREATE UNIQUE INDEX runs_pkey ON <app>.runs USING btree (job_id, run);
 CREATE INDEX schedules_due ON <app>.schedules USING btree (due_at) WHERE (due_at IS NOT NULL);
 CREATE UNIQUE INDEX schedules_pkey ON <app>.schedules USING btree (id);
 CREATE UNIQUE INDEX schema_migrations_pkey ON <app>.schema_migrations USING btree (version);
@@ -331,6 +368,8 @@ create function <app>._check_transition(p_machine text, p_row text, p_from text,
     language plpgsql stable;
 create function <app>._check_value(p_what text, p_value jsonb) returns void
     language plpgsql immutable;
+create function <app>._continue_run(p_job_id text, p_args jsonb) returns integer
+    language plpgsql volatile;
 create function <app>._cron_field(p_expr text, p_field text, p_text text, p_min integer, p_max integer, p_names text[] DEFAULT NULL::text[]) returns integer[]
     language plpgsql immutable;
 create function <app>._cron_parse(p_expr text, OUT minutes integer[], OUT hours integer[], OUT days integer[], OUT months integer[], OUT weekdays integer[], OUT either_day boolean) returns record
@@ -453,6 +492,8 @@ create function <app>._reuse_id(p_job <app>.jobs, p_policy text, p_now timestamp
     language plpgsql volatile;
 create function <app>._run_deadline(p_close_at timestamp with time zone, p_start_to_close interval, p_heartbeat_timeout interval, p_started timestamp with time zone, p_beat timestamp with time zone) returns timestamp with time zone
     language sql immutable;
+create function <app>._run_started_at(p_job <app>.jobs) returns timestamp with time zone
+    language sql stable;
 create function <app>._schedule_busy(p_schedule <app>.schedules) returns boolean
     language sql stable;
 create function <app>._schedule_due(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns timestamp with time zone
@@ -523,6 +564,10 @@ create function <app>.complete_task(p_task_id bigint, p_token uuid, p_result jso
 create function <app>.complete_tasks(p_items jsonb) returns jsonb
     language plpgsql volatile security definer
     set enable_seqscan = off
+    set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
+create function <app>.continue_task(p_task_id bigint, p_token uuid, p_args jsonb) returns integer
+    language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.create_login(p_group text, p_name text) returns jsonb
@@ -632,6 +677,9 @@ create procedure <app>.prune(IN p_older_than interval DEFAULT '00:00:00'::interv
 create function <app>.prune_batch(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.prune_runs(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.prune_signals(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
@@ -665,6 +713,9 @@ create function <app>.revoke_login(p_role text) returns jsonb
     set search_path = <app>, pg_temp;
 create function <app>.rotate_login(p_role text) returns jsonb
     language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.run_history(p_workflow_id text, p_run integer) returns TABLE(at timestamp with time zone, thread text, seq integer, kind text, name text, status text, attempt integer, entity_version bigint, input jsonb, output jsonb, error jsonb, completed_at timestamp with time zone)
+    language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb) returns jsonb
     language plpgsql volatile security definer
@@ -720,6 +771,9 @@ create function <app>.workflow_history(p_workflow_id text) returns TABLE(at time
 create function <app>.workflow_outcome(p_workflow_id text) returns TABLE(status text, result jsonb, error jsonb)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
+create function <app>.workflow_runs(p_workflow_id text) returns TABLE(run integer, status text, workflow_name text, args jsonb, next_args jsonb, steps bigint, started_at timestamp with time zone, completed_at timestamp with time zone)
+    language plpgsql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.workflow_status(p_workflow_id text) returns text
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -736,6 +790,10 @@ grant select on table <app>.jobs to <app>_app;
 grant select on table <app>.jobs to <app>_worker;
 grant select on table <app>.queue_backlog to <app>_app;
 grant select on table <app>.queue_backlog to <app>_worker;
+grant select on table <app>.run_steps to <app>_app;
+grant select on table <app>.run_steps to <app>_worker;
+grant select on table <app>.runs to <app>_app;
+grant select on table <app>.runs to <app>_worker;
 grant select on table <app>.schedule_fires to <app>_app;
 grant select on table <app>.schedule_fires to <app>_worker;
 grant select on table <app>.schedules to <app>_app;
@@ -756,6 +814,7 @@ grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <a
 grant execute on function <app>.claim_tasks(text[],text,integer,interval,text) to <app>_worker;
 grant execute on function <app>.complete_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.complete_tasks(jsonb) to <app>_worker;
+grant execute on function <app>.continue_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;
 grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_worker;
 grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_app;
@@ -819,6 +878,8 @@ grant execute on function <app>.resume_schedule(text) to <app>_app;
 grant execute on function <app>.resume_schedule(text) to <app>_worker;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_app;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_worker;
+grant execute on function <app>.run_history(text,integer) to <app>_app;
+grant execute on function <app>.run_history(text,integer) to <app>_worker;
 grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb) to <app>_worker;
 grant execute on function <app>.schedule_sleep(bigint,uuid,integer,numeric) to <app>_worker;
 grant execute on function <app>.search_step(bigint,uuid,integer,text,jsonb) to <app>_worker;
@@ -843,6 +904,8 @@ grant execute on function <app>.workflow_history(text) to <app>_app;
 grant execute on function <app>.workflow_history(text) to <app>_worker;
 grant execute on function <app>.workflow_outcome(text) to <app>_app;
 grant execute on function <app>.workflow_outcome(text) to <app>_worker;
+grant execute on function <app>.workflow_runs(text) to <app>_app;
+grant execute on function <app>.workflow_runs(text) to <app>_worker;
 grant execute on function <app>.workflow_status(text) to <app>_app;
 grant execute on function <app>.workflow_status(text) to <app>_worker;
 grant execute on function <app>.workflow_waits(text) to <app>_app;

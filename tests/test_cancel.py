@@ -35,9 +35,9 @@ async def waits_forever() -> Any:
 async def test_cancel_with_descend_mid_activity(
     mf: MemFlow, remote: MemFlow, db: Any, app: str
 ) -> None:
-    db.conn.execute("create table runs (id serial, tag text, job_id text, phase text)")
+    db.conn.execute("create table trace (id serial, tag text, job_id text, phase text)")
     release = asyncio.Event()
-    record = sql.SQL("insert into {}.runs (tag, job_id, phase) values (%s, %s, %s)").format(
+    record = sql.SQL("insert into {}.trace (tag, job_id, phase) values (%s, %s, %s)").format(
         sql.Identifier(app)
     )
 
@@ -68,7 +68,7 @@ async def test_cancel_with_descend_mid_activity(
     await remote.worker.register_activities(task_queue="aq", activities=[work])
     await mf.worker.create(task_queue="wq", workflow=[boss, minion, waits_forever, sentinel])
     handle = await mf.workflow.start(workflow_name="boss", task_queue="wq", workflow_id="boss")
-    await until_row(db, "select count(*) from runs where tag = 'first' and phase = 'start'")
+    await until_row(db, "select count(*) from trace where tag = 'first' and phase = 'start'")
     assert db.rows("select job_id, kind, state from tasks where kind = 'activity'") == [
         ("minion", "activity", "leased")  # running on the other worker right now
     ]
@@ -90,12 +90,12 @@ async def test_cancel_with_descend_mid_activity(
     # the running activity finishes (or is stopped, if a heartbeat found its task gone
     # first), but its result is refused and wakes nobody
     release.set()
-    await until_row(db, "select count(*) from runs where tag = 'first' and phase <> 'start'")
+    await until_row(db, "select count(*) from trace where tag = 'first' and phase <> 'start'")
     done = await mf.workflow.start(workflow_name="sentinel", task_queue="wq")
     assert await done.result(timeout=20) == "sentinel worked"  # the queues were served since
-    ended = db.one("select phase from runs where tag = 'first' and phase <> 'start'")
+    ended = db.one("select phase from trace where tag = 'first' and phase <> 'start'")
     assert ended in ("end", "stopped")
-    assert db.rows("select tag, job_id, phase from runs order by id") == [
+    assert db.rows("select tag, job_id, phase from trace order by id") == [
         ("first", "minion", "start"),
         ("first", "minion", ended),
         ("sentinel", done.workflow_id, "start"),

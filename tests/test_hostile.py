@@ -221,6 +221,7 @@ GOOD: dict[str, Any] = {
     "p_workflow_names": ["w"],
     "p_statuses": ["running", "waiting"],
     "p_since": "2020-01-01",
+    "p_run": 1,
 }
 
 

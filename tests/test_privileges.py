@@ -28,6 +28,7 @@ OWNER_ONLY = {
     "prune",
     "prune_batch",
     "prune_signals",
+    "prune_runs",
     "set_setting",
     "retry_workflow",
     "entity_create_index",

@@ -49,7 +49,7 @@ class Claimed:
     attempt: int
     args: Any
     # An activity's: its retry policy. An activation's: {"build_id"} of the workflow's previous
-    # activation (None when no build recorded one).
+    # activation (absent when no build recorded one) and {"run"} from the second run on.
     payload: dict[str, Any] | None
     workflow_name: str
     job_attempt: int
@@ -62,6 +62,12 @@ class Claimed:
             return None
         build = self.payload.get("build_id")
         return build if isinstance(build, str) else None
+
+    @property
+    def run(self) -> int:
+        """The workflow's run (continue_as_new starts the next one): 1 unless an activation's
+        payload says otherwise."""
+        return int((self.payload or {}).get("run", 1)) if self.kind == "workflow" else 1
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,8 @@ _STATEMENTS = {
     " %(result)s::jsonb)",
     "fail_task": "select {}.fail_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
     "suspend_task": "select {}.suspend_task(%(task_id)s::bigint, %(token)s::uuid)",
+    "continue_task": "select {}.continue_task(%(task_id)s::bigint, %(token)s::uuid,"
+    " %(args)s::jsonb)",
     "bury_task": "select {}.bury_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
     "heartbeat": "select {}.heartbeat(%(task_ids)s::bigint[], %(tokens)s::uuid[],"
     " %(lease)s::interval)",
@@ -413,6 +421,7 @@ WORKER_CALLS = frozenset(
         "complete_tasks",
         "fail_task",
         "suspend_task",
+        "continue_task",
         "bury_task",
         "heartbeat",
         "activity_heartbeat",
@@ -618,6 +627,13 @@ class Database:
         params = {"task_id": task.task_id, "token": task.lease_token}
         value = await self._value("suspend_task", params)
         return value if isinstance(value, datetime) else None
+
+    async def continue_task(self, task: Claimed, args: list[Any]) -> int | None:
+        """End the run and start the next one with `args`: the new run's number, or None
+        when something arrived that the activation has not seen (it must replay first)."""
+        params = {"task_id": task.task_id, "token": task.lease_token, "args": Jsonb(args)}
+        value = await self._value("continue_task", params)
+        return value if isinstance(value, int) else None
 
     async def bury_task(self, task: Claimed, error: dict[str, Any]) -> None:
         params = {"task_id": task.task_id, "token": task.lease_token, "error": Jsonb(error)}

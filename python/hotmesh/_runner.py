@@ -56,6 +56,8 @@ class Thread(Protocol):
     def args(self) -> Any: ...
     @property
     def steps(self) -> Sequence[Mapping[str, Any]] | None: ...
+    @property
+    def run(self) -> int: ...
 
 
 class Runtime(Protocol):
@@ -69,6 +71,15 @@ class Runtime(Protocol):
 
 class SandboxError(errors.HotMeshError, RuntimeError):
     """Workflow code used something that is not durable (asyncio.sleep, real I/O, ...)."""
+
+
+class ContinueAsNew(BaseException):
+    """Raised by `workflow.continue_as_new`: the run ends and the next one starts with `args`.
+    A BaseException, so a `try/except Exception` in workflow code cannot swallow it."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__()
+        self.next_args = args
 
 
 # \u0000 as JSON writes it (an escape not itself escaped: a string holding the six characters
@@ -217,6 +228,16 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Continued:
+    """The main thread continued as new: the next run starts with `args` (as stored), unless
+    `unseen`: a call still in flight when the code decided settled (it took a signal, say), so
+    the run must replay with that outcome and decide again."""
+
+    args: list[Any]
+    unseen: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Suspended:
     """Every branch waits. Without `perform`, `commands` are the calls the history does not
     answer, as (step number, command): what the code would do next."""
@@ -229,7 +250,7 @@ class Diverged:
     error: errors.NonDeterminismError
 
 
-Outcome = Completed | Failed | Suspended | Diverged
+Outcome = Completed | Failed | Continued | Suspended | Diverged
 
 
 class Activation:
@@ -330,7 +351,10 @@ class Activation:
                 if self.fault is not None:
                     return Diverged(self.fault)
                 if main.done():
-                    return self._outcome(main)
+                    outcome = self._outcome(main)
+                    if isinstance(outcome, Continued) and running:
+                        return await _after_in_flight(outcome, running)
+                    return outcome
                 if self.perform is None:
                     return Suspended(tuple((call.seq, call.command) for call in self.pending))
                 for call in self.pending:
@@ -361,6 +385,8 @@ class Activation:
 
     def _outcome(self, main: asyncio.Task[Any]) -> Outcome:
         error = main.exception()
+        if isinstance(error, ContinueAsNew):
+            return Continued(error.next_args)
         if error is not None:
             return Failed(error)
         try:
@@ -381,6 +407,7 @@ class RecordedThread:
     workflow_name: str = ""
     task_queue: str = ""
     job_attempt: int = 1
+    run: int = 1
 
 
 class _NoRuntime:
@@ -423,6 +450,22 @@ async def replay(
         task_queue=task_queue,
     )
     return await Activation(recorded, fn, _NoRuntime(), check_input=check_input).run()
+
+
+async def _after_in_flight(
+    outcome: Continued, running: Mapping[asyncio.Task[RecordedStep], _Call]
+) -> Continued:
+    """The calls still in flight when the code continued as new finish first: an outcome they
+    settled (a kept signal its wait took, an activity's result) is one the code never saw."""
+    await asyncio.wait(running)
+    for finished in running:
+        try:
+            settled = finished.result().status in ("completed", "failed")
+        except errors.InvalidArgument:
+            settled = True
+        if settled:
+            return Continued(outcome.args, unseen=True)
+    return outcome
 
 
 def _apply(future: asyncio.Future[Any], step: RecordedStep) -> bool:

@@ -48,7 +48,7 @@ from hotmesh._commands import (
 )
 from hotmesh._db import LOCK_TIMEOUT_MS, Claimed, Database, lock_busy
 from hotmesh._log import event, first_line, log_failure, task_fields
-from hotmesh._runner import Activation, Completed, Failed, Suspended, encode
+from hotmesh._runner import Activation, Completed, Continued, Failed, Suspended, encode
 from hotmesh.activity import ActivityInfo, run_activity
 from hotmesh.retry import has_timeouts
 
@@ -452,6 +452,8 @@ class Worker:
             value = outcome.result
             await self._outcome_call(task, lambda: self.db.complete_task(task, value))
             event(log, logging.INFO, "complete", **fields)
+        elif isinstance(outcome, Continued):
+            await self._continue(task, outcome, fields)
         elif isinstance(outcome, Failed):
             payload = errors.to_payload(outcome.error)
             result = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
@@ -475,6 +477,20 @@ class Worker:
                     "build_id": self.build_id,
                 },
             )
+
+    async def _continue(self, task: Claimed, outcome: Continued, fields: dict[str, Any]) -> None:
+        """The main thread continued as new: the next run starts, unless the code decided
+        without an outcome that arrived meanwhile; then the run replays first (at once)."""
+        if outcome.unseen:
+            await self._outcome_call(task, lambda: self.db.release_tasks([task]))
+            event(log, logging.INFO, "replay", **fields, reason="an outcome arrived")
+            return
+        run = await self._outcome_call(task, lambda: self.db.continue_task(task, outcome.args))
+        if run is None:
+            next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task))
+            event(log, logging.INFO, "suspend", **fields, next_run=next_run)
+        else:
+            event(log, logging.INFO, "continue", **fields, run=run)
 
     async def _unregistered(
         self, task: Claimed, what: str, table: dict[str, dict[str, Callable[..., Any]]], code: int

@@ -13,7 +13,7 @@ import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from hotmesh import _durations, errors
 from hotmesh._commands import (
@@ -27,7 +27,7 @@ from hotmesh._commands import (
     StartTimer,
     WaitSignal,
 )
-from hotmesh._runner import Activation, activation, encode, encode_args
+from hotmesh._runner import Activation, ContinueAsNew, activation, encode, encode_args
 from hotmesh.entity import Entity, workflow_entity
 from hotmesh.retry import RetryPolicy, policy_json
 
@@ -126,7 +126,7 @@ def random() -> float:
     workflow id and the call's step number."""
     act = activation("random")
     seq = act.next_seq()
-    digest = hashlib.sha256(f"{act.task.job_id}/{act.task.thread}/{seq}".encode()).digest()
+    digest = hashlib.sha256(f"{_position(act)}/{seq}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -160,6 +160,28 @@ def deprecate_patch(patch_id: str) -> None:
     act.patched(_patch_id(patch_id, "deprecate_patch"), deprecated=True)
 
 
+def _position(act: Activation) -> str:
+    """What ids derived from a step's position start with: the workflow and thread, and the
+    run from the second on (continue_as_new), so a later run's ids differ from earlier ones."""
+    run = "" if act.task.run == 1 else f"/run{act.task.run}"
+    return f"{act.task.job_id}{run}/{act.task.thread}"
+
+
+def continue_as_new(*args: Any) -> NoReturn:
+    """End this run and start the next run of this workflow with `args`: the same workflow
+    id, entity and kept signals, a fresh attempt count and an empty step history (the finished
+    run is archived: `<app>.workflow_runs`). It never returns. Only the main thread can
+    continue as new; in a hook it raises FatalError."""
+    act = activation("continue_as_new")
+    if act.task.thread != "main":
+        raise errors.FatalError(
+            f"continue_as_new ends a workflow's run: only its main thread can call it, not hook "
+            f'thread {act.task.thread} ({act.task.name}) of workflow "{act.task.job_id}"',
+            type="InvalidArgument",
+        )
+    raise ContinueAsNew(encode_args(args, f"the args of the next run of {act.task.workflow_name}"))
+
+
 @dataclass(frozen=True)
 class WorkflowContext:
     """What a workflow knows about its own run."""
@@ -170,11 +192,12 @@ class WorkflowContext:
     thread: str
     attempt: int
     replaying: bool
+    run: int = 1
 
 
 def get_context() -> WorkflowContext:
-    """The running workflow's id, name, task queue, thread, attempt and whether the next
-    durable call is replayed from history."""
+    """The running workflow's id, name, task queue, thread, attempt, whether the next
+    durable call is replayed from history, and its run (1, then 2, ... after continue_as_new)."""
     act: Activation = activation("get_context")
     return WorkflowContext(
         workflow_id=act.task.job_id,
@@ -183,6 +206,7 @@ def get_context() -> WorkflowContext:
         thread=act.task.thread,
         attempt=act.task.job_attempt,
         replaying=act.replaying,
+        run=act.task.run,
     )
 
 
@@ -271,7 +295,7 @@ async def exec_hook(
     hook sends it, else the hook's return value; raises the hook's error if it fails (errors
     are never swallowed). The default signal id is unique to this call."""
     act = activation("exec_hook")
-    sid = signal_id or f"{act.task.job_id}/{act.task.thread}/hook-{act.upcoming_seq()}"
+    sid = signal_id or f"{_position(act)}/hook-{act.upcoming_seq()}"
     await hook(workflow_name=workflow_name, args=args, task_queue=task_queue, signal_id=sid)
     return await wait_for(sid, timeout)
 
@@ -286,7 +310,7 @@ async def exec_hook_batch(hooks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     limits = [options.get("timeout") for _key, options in items]
     for _key, options in items:
         sid = options.pop("signal_id", None) or options.pop("signalId", None)
-        sids.append(sid or f"{act.task.job_id}/{act.task.thread}/hook-{act.upcoming_seq()}")
+        sids.append(sid or f"{_position(act)}/hook-{act.upcoming_seq()}")
         options.setdefault("workflow_name", options.pop("workflowName", None))
         options.setdefault("task_queue", options.pop("taskQueue", None))
         await hook(

@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(106);
+select plan(109);
 
 -- ------------------------------------------------------------------ the table
 
@@ -17,8 +17,8 @@ select results_eq(
     select machine, count(*)::integer from _legal_transitions()
     group by machine order by machine
     $$,
-    $$values ('job', 11), ('schedule', 2), ('step', 8), ('task', 5)$$,
-    'the table lists 11 job, 2 schedule, 8 step and 5 task moves'
+    $$values ('job', 12), ('schedule', 2), ('step', 8), ('task', 5)$$,
+    'the table lists 12 job, 2 schedule, 8 step and 5 task moves'
 );
 
 select is_empty(
@@ -244,6 +244,36 @@ select throws_ok(
     'HM003',
     'workflow "t43-retry" is pending; it cannot become pending',
     'job: _retry_job refuses a job that is not failed'
+);
+
+-- running -> pending belongs to continue_as_new, which also archives the run (walked in
+-- 63_runs); _transition refuses it.
+do $$
+begin
+    perform start_workflow('t43', '[]', 't43-cq', 't43-continue');
+end
+$$;
+create temp table continued on commit drop as
+select
+    task_id,
+    lease_token
+from claim_tasks(array['t43-cq'], 'w1', 1);
+select throws_ok(
+    $$select _transition('t43-continue', 'pending')$$,
+    'HM003',
+    'workflow "t43-continue" is running; it cannot become pending',
+    'job: _transition refuses running -> pending (continue_as_new owns it)'
+);
+select is(
+    (select continue_task(task_id, lease_token, '[2]') from continued),
+    2,
+    'job: running -> pending through continue_task (_continue_run)'
+);
+select throws_ok(
+    $$select _continue_run('t43-continue', '[]')$$,
+    'HM003',
+    'workflow "t43-continue" is pending; it cannot become pending',
+    'job: _continue_run refuses a job that is not running'
 );
 
 -- ------------------------------------------------------------------ tasks
