@@ -326,6 +326,12 @@ create function <app>._notify_done(p_job_ids text[]) returns void
 create function <app>._now() returns timestamp with time zone
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
+create function <app>._one_item(p_keys text[], p_values jsonb[]) returns jsonb
+    language sql immutable;
+create function <app>._raise_item(p_result jsonb) returns jsonb
+    language plpgsql immutable;
+create function <app>._record_item(p_task <app>.tasks, p_item jsonb) returns jsonb
+    language plpgsql volatile;
 create function <app>._recorded_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text) returns jsonb
     language plpgsql stable;
 create function <app>._requeue_tasks(p_task_ids bigint[], p_run_at timestamp with time zone, p_error jsonb DEFAULT NULL::jsonb, p_uncount boolean DEFAULT false) returns SETOF <app>.tasks

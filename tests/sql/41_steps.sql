@@ -6,7 +6,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(65);
+select plan(67);
 
 do $$
 begin
@@ -333,6 +333,21 @@ select results_eq(
 );
 select is(
     record_steps('[]'), '[]'::jsonb, 'an empty batch records nothing'
+);
+
+-- record_step is a batch of one: what it leaves SQL null (the input of a call that has none)
+-- stays SQL null, not JSON null, and the batch's answer for the item is its own.
+select
+    is(
+        record_step(b.task_id, b.lease_token, 4, 'random', 'r', null, '0.5') -> 'output',
+        '0.5'::jsonb,
+        'record_step returns its item''s answer'
+    )
+from b1 as b where b.job_id = 'rs-1';
+select results_eq(
+    $$select input is null, output from steps where job_id = 'rs-1' and seq = 4$$,
+    $$values (true, '0.5'::jsonb)$$,
+    'an input given as SQL null is recorded SQL null'
 );
 
 -- ------------------------------------------------------------------ schedule_activity
