@@ -255,16 +255,21 @@ $$;
 -- Finishes a task successfully. An activity: its step is recorded with the result and the
 -- workflow thread that awaits it is woken, in one transaction. An activation: the thread's
 -- function returned; for the main thread the workflow is completed with p_result.
--- A batch of one (complete_tasks) after its own lease check, which names the task's holder;
--- a workflow whose row an open transaction holds is not waited for (55P03, as in a batch).
+-- A batch of one (complete_tasks) after its own lease check, which names the task's holder.
+-- Unlike a batch, it waits for the row of the workflow it ends (bounded by the caller's
+-- lock_timeout), locked here in the order every completion takes: the task, then the job.
 create or replace function complete_task(p_task_id bigint, p_token uuid, p_result jsonb)
 returns void
 language plpgsql
 set search_path from current
 set plan_cache_mode = force_generic_plan
 as $$
+declare
+    v_task tasks := _held_task(p_task_id, p_token);
 begin
-    perform _held_task(p_task_id, p_token);
+    if v_task.kind = 'workflow' and v_task.thread = 'main' then
+        perform from jobs where id = v_task.job_id for no key update;
+    end if;
     perform _raise_item(complete_tasks(_one_item(array['task_id', 'token', 'result'],
                                                  array[to_jsonb(p_task_id), to_jsonb(p_token),
                                                        p_result])) -> 0);
