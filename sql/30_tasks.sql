@@ -276,6 +276,32 @@ begin
 end
 $$;
 
+-- Ends a held task's run for good, completed with p_result or failed with p_error: an
+-- activity records its step and wakes the thread that awaits it; a main activation ends its
+-- workflow and every task of it (no zombie activities or hooks); another thread's activation
+-- ends that thread. What complete_tasks and fail_task do once the outcome is final.
+create or replace function _finish_task(p_task tasks, p_result jsonb, p_error jsonb)
+returns void
+language plpgsql
+as $$
+declare
+    v_to text := case when p_error is null then 'completed' else 'failed' end;
+begin
+    if p_task.kind = 'activity' then
+        perform _move_step(p_task.job_id, p_task.thread, p_task.seq, v_to, p_result, p_error,
+                           p_task.attempt, null, false);
+        delete from tasks where id = p_task.id;
+        perform _wake(p_task.job_id, p_task.thread);
+    elsif p_task.thread = 'main' then
+        perform _settle_parent(_transition(p_task.job_id, v_to, p_result, p_error));
+        delete from tasks where job_id = p_task.job_id;
+    else
+        delete from tasks where id = p_task.id;
+        perform _end_thread(p_task.job_id, p_task.thread, p_result, p_error);
+    end if;
+end
+$$;
+
 -- Finishes a run that failed. The task's retry policy decides: run again after the backoff
 -- (the task becomes ready at now + retry_delay), or fail for good. A failed activity records
 -- its failed step and wakes its workflow, where the call raises; a main thread that fails for
@@ -333,18 +359,7 @@ begin
     end if;
 
     v_error := _final_error(v_policy, v_attempt, v_error);
-    if v_task.kind = 'activity' then
-        perform _move_step(v_task.job_id, v_task.thread, v_task.seq, 'failed', null, v_error,
-                           v_attempt, null, false);
-        delete from tasks where id = p_task_id;
-        perform _wake(v_task.job_id, v_task.thread);
-    elsif v_task.thread = 'main' then
-        perform _settle_parent(_transition(v_task.job_id, 'failed', null, v_error));
-        delete from tasks where job_id = v_task.job_id;
-    else
-        delete from tasks where id = p_task_id;
-        perform _end_thread(v_task.job_id, v_task.thread, null, v_error);
-    end if;
+    perform _finish_task(v_task, null, v_error);
     return jsonb_build_object('status', 'failed', 'error', v_error);
 end
 $$;
@@ -634,20 +649,8 @@ begin
                 v_results[v_pos] := _item_error('HM005', format(
                     'task %s not found: an earlier item of this batch finished it',
                     v_ids[v_pos]));
-            elsif v_task.kind = 'activity' then
-                perform _move_steps(array[v_task.job_id], array[v_task.thread],
-                                    array[v_task.seq], array['completed'],
-                                    array[v_values[v_pos]], array[null::jsonb],
-                                    array[v_task.attempt], array[null::timestamptz]);
-                delete from tasks where id = v_task.id;
-                perform _wake(v_task.job_id, v_task.thread);
-            elsif v_task.thread = 'main' then
-                perform _settle_parent(_transition(v_task.job_id, 'completed', v_values[v_pos]));
-                -- Nothing of a finished workflow runs afterwards: no zombie activities or hooks.
-                delete from tasks where job_id = v_task.job_id;
             else
-                delete from tasks where id = v_task.id;
-                perform _end_thread(v_task.job_id, v_task.thread, v_values[v_pos], null);
+                perform _finish_task(v_task, v_values[v_pos], null);
             end if;
         end if;
     end loop;

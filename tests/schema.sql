@@ -297,6 +297,8 @@ create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload
     language plpgsql volatile;
 create function <app>._final_error(p_policy jsonb, p_attempt integer, p_error jsonb) returns jsonb
     language sql stable;
+create function <app>._finish_task(p_task <app>.tasks, p_result jsonb, p_error jsonb) returns void
+    language plpgsql volatile;
 create function <app>._fire_timers(p_job_ids text[], p_threads text[], p_now timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.tasks
