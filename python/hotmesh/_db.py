@@ -711,8 +711,13 @@ class Database:
         return await self._steps.submit(item)
 
     async def _record_one(self, item: _StepOutcome) -> RecordedStep:
-        jsonb = ("input", "output", "error", "retry_policy")
-        params = {**item, **{key: _json(item[key]) for key in jsonb}}  # type: ignore[literal-required]
+        params = {
+            **item,
+            "input": _json(item["input"]),
+            "output": _json(item["output"]),
+            "error": _json(item["error"]),
+            "retry_policy": _json(item["retry_policy"]),
+        }
         return await self._step("record_step", params)
 
     async def _record_many(self, items: list[_StepOutcome]) -> list[RecordedStep | ItemError]:
