@@ -6,7 +6,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(67);
+select plan(70);
 
 do $$
 begin
@@ -348,6 +348,20 @@ select results_eq(
     $$select input is null, output from steps where job_id = 'rs-1' and seq = 4$$,
     $$values (true, '0.5'::jsonb)$$,
     'an input given as SQL null is recorded SQL null'
+);
+select is(
+    _one_item(array['task_id', 'input', 'output'], array['1'::jsonb, null, 'null'::jsonb]),
+    '[{"task_id": 1, "output": null}]'::jsonb,
+    'the batch of one leaves out the SQL-null fields and keeps a JSON null'
+);
+select throws_ok(
+    $$select _raise_item('{"error": {"sqlstate": "HM004", "message": "lease lost: task 1"}}')$$,
+    'HM004', 'lease lost: task 1',
+    'an item''s error is raised as the single call''s own'
+);
+select is(
+    _raise_item('{"seq": 1, "error": null}'), '{"seq": 1, "error": null}'::jsonb,
+    'any other answer (a step, whose error is one of its fields) is returned'
 );
 
 -- ------------------------------------------------------------------ schedule_activity
