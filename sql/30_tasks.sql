@@ -291,6 +291,9 @@ $$;
 -- Finishes a task successfully. An activity: its step is recorded with the result and the
 -- workflow thread that awaits it is woken, in one transaction. An activation: the thread's
 -- function returned; for the main thread the workflow is completed with p_result.
+-- A batch of one (complete_tasks) after its own lease check, which names the task's holder.
+-- Unlike a batch, it waits for the row of the workflow it ends (bounded by the caller's
+-- lock_timeout), locked here in the order every completion takes: the task, then the job.
 create or replace function complete_task(p_task_id bigint, p_token uuid, p_result jsonb)
 returns void
 language plpgsql
@@ -300,19 +303,37 @@ as $$
 declare
     v_task tasks := _held_task(p_task_id, p_token);
 begin
-    if v_task.kind = 'activity' then
-        perform _move_steps(array[v_task.job_id], array[v_task.thread], array[v_task.seq],
-                            array['completed'], array[p_result], array[null::jsonb],
-                            array[v_task.attempt], array[null::timestamptz]);
-        delete from tasks where id = p_task_id;
-        perform _wake(v_task.job_id, v_task.thread);
-    elsif v_task.thread = 'main' then
-        perform _settle_parent(_transition(v_task.job_id, 'completed', p_result));
-        -- Nothing of a finished workflow runs afterwards: no zombie activities or hooks.
-        delete from tasks where job_id = v_task.job_id;
+    if v_task.kind = 'workflow' and v_task.thread = 'main' then
+        perform from jobs where id = v_task.job_id for no key update;
+    end if;
+    perform _raise_item(complete_tasks(_one_item(array['task_id', 'token', 'result'],
+                                                 array[to_jsonb(p_task_id), to_jsonb(p_token),
+                                                       p_result])) -> 0);
+end
+$$;
+
+-- Ends a held task's run for good, completed with p_result or failed with p_error: an
+-- activity records its step and wakes the thread that awaits it; a main activation ends its
+-- workflow and every task of it (no zombie activities or hooks); another thread's activation
+-- ends that thread. What complete_tasks and fail_task do once the outcome is final.
+create or replace function _finish_task(p_task tasks, p_result jsonb, p_error jsonb)
+returns void
+language plpgsql
+as $$
+declare
+    v_to text := case when p_error is null then 'completed' else 'failed' end;
+begin
+    if p_task.kind = 'activity' then
+        perform _move_step(p_task.job_id, p_task.thread, p_task.seq, v_to, p_result, p_error,
+                           p_task.attempt, null, false);
+        delete from tasks where id = p_task.id;
+        perform _wake(p_task.job_id, p_task.thread);
+    elsif p_task.thread = 'main' then
+        perform _settle_parent(_transition(p_task.job_id, v_to, p_result, p_error));
+        delete from tasks where job_id = p_task.job_id;
     else
-        delete from tasks where id = p_task_id;
-        perform _end_thread(v_task.job_id, v_task.thread, p_result, null);
+        delete from tasks where id = p_task.id;
+        perform _end_thread(p_task.job_id, p_task.thread, p_result, p_error);
     end if;
 end
 $$;
@@ -379,18 +400,7 @@ begin
     end if;
 
     v_error := _final_error(v_policy, v_attempt, v_error);
-    if v_task.kind = 'activity' then
-        perform _move_step(v_task.job_id, v_task.thread, v_task.seq, 'failed', null, v_error,
-                           v_attempt, null, false);
-        delete from tasks where id = p_task_id;
-        perform _wake(v_task.job_id, v_task.thread);
-    elsif v_task.thread = 'main' then
-        perform _settle_parent(_transition(v_task.job_id, 'failed', null, v_error));
-        delete from tasks where job_id = v_task.job_id;
-    else
-        delete from tasks where id = p_task_id;
-        perform _end_thread(v_task.job_id, v_task.thread, null, v_error);
-    end if;
+    perform _finish_task(v_task, null, v_error);
     return jsonb_build_object('status', 'failed', 'error', v_error);
 end
 $$;
@@ -552,6 +562,31 @@ as $$
                               jsonb_build_object('sqlstate', p_sqlstate, 'message', p_message))
 $$;
 
+-- The items of a batch of one, for the single calls (complete_task, record_step): the named
+-- fields, without those that are SQL null (a batch reads a missing field as SQL null, and a
+-- JSON null as JSON null).
+create or replace function _one_item(p_keys text[], p_values jsonb[]) returns jsonb
+language sql immutable
+as $$
+    select jsonb_build_array(coalesce(jsonb_object_agg(f.key, f.value), '{}'))
+      from unnest(p_keys, p_values) as f (key, value)
+     where f.value is not null
+$$;
+
+-- What a single call returns of its batch of one: the item's answer, or the item's
+-- {"error": {sqlstate, message}} raised as the call's own error.
+create or replace function _raise_item(p_result jsonb) returns jsonb
+language plpgsql immutable
+as $$
+begin
+    if p_result ? 'error' and p_result - 'error' = '{}'::jsonb then
+        raise exception using errcode = p_result #>> '{error,sqlstate}',
+            message = p_result #>> '{error,message}';
+    end if;
+    return p_result;
+end
+$$;
+
 -- The answer for an item whose task is no longer held with its token.
 create or replace function _lease_lost_item(p_task_id text) returns jsonb
 language sql immutable
@@ -561,12 +596,13 @@ as $$
 $$;
 
 
--- Group commit of completions: complete_task for several tasks in one transaction. Items
--- are {"task_id", "token", "result"}; returns, in order, null for each completed task or
--- {"error": {...}} for one whose lease was lost (the others still complete). The held tasks
--- are locked in job order, not arrival order: a completion wakes its workflow thread (_wake
--- locks or inserts the activation's row), and two batches waking the same jobs in opposite
--- orders deadlocked (fan-out activities completed by several workers at once).
+-- Group commit of completions: several tasks finished in one transaction (complete_task is a
+-- batch of one). Items are {"task_id", "token", "result"}; returns, in order, null for each
+-- completed task or {"error": {...}} for one whose lease was lost (the others still
+-- complete). The held tasks are locked in job order, not arrival order: a completion wakes
+-- its workflow thread (_wake locks or inserts the activation's row), and two batches waking
+-- the same jobs in opposite orders deadlocked (fan-out activities completed by several
+-- workers at once).
 create or replace function complete_tasks(p_items jsonb) returns jsonb
 language plpgsql
 set search_path from current
@@ -588,6 +624,7 @@ declare
     v_gone bigint[];
     v_busy integer[];
     v_pos integer;
+    v_task tasks;
 begin
     v_results := _batch_results(p_items);
     if cardinality(v_results) = 0 then
@@ -647,7 +684,16 @@ begin
                     'task %s not found: its workflow ended in this batch', v_ids[v_pos]));
             end if;
         else
-            perform complete_task(v_ids[v_pos], v_tokens[v_pos], v_values[v_pos]);
+            -- Held and locked above: an activity, another thread's activation, or a main
+            -- thread that _transitions did not move (its _transition names why).
+            select * into v_task from tasks where id = v_ids[v_pos];
+            if not found then
+                v_results[v_pos] := _item_error('HM005', format(
+                    'task %s not found: an earlier item of this batch finished it',
+                    v_ids[v_pos]));
+            else
+                perform _finish_task(v_task, v_values[v_pos], null);
+            end if;
         end if;
     end loop;
     return to_jsonb(v_results);

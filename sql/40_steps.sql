@@ -78,7 +78,8 @@ $$;
 -- Records the outcome of a call run inside the activation (an inline activity): one call,
 -- one commit. With p_error, the retry policy decides: the step waits as `retrying` until
 -- wake_at (the activation's task is rescheduled for then when it suspends), or it fails for
--- good with the final error. Returns the step as recorded.
+-- good with the final error. Returns the step as recorded. A batch of one (record_steps)
+-- after its own lease check, which names the task's holder.
 create or replace function record_step(
     p_task_id bigint,
     p_token uuid,
@@ -94,57 +95,72 @@ language plpgsql
 set search_path from current
 set plan_cache_mode = force_generic_plan
 as $$
+begin
+    perform _activation_task(p_task_id, p_token);
+    return _raise_item(record_steps(_one_item(
+        array['task_id', 'token', 'seq', 'kind', 'name', 'input', 'output', 'error',
+              'retry_policy'],
+        array[to_jsonb(p_task_id), to_jsonb(p_token), to_jsonb(p_seq), to_jsonb(p_kind),
+              to_jsonb(p_name), p_input, p_output, p_error, p_retry_policy])) -> 0);
+end
+$$;
+
+-- An item of record_steps that its one INSERT of fresh outcomes did not settle: an error to
+-- record under the retry policy, or a position already recorded (a replay, a worker that
+-- lost its lease, the next attempt of a `retrying` step).
+create or replace function _record_item(p_task tasks, p_item jsonb) returns jsonb
+language plpgsql
+as $$
 declare
-    v_task tasks := _activation_task(p_task_id, p_token);
     v_now timestamptz := _now();
+    v_seq integer := (p_item ->> 'seq')::integer;
+    v_kind text := p_item ->> 'kind';
+    v_name text := p_item ->> 'name';
+    v_output jsonb := p_item -> 'output';
+    v_error jsonb := nullif(p_item -> 'error', 'null');
+    v_policy jsonb := nullif(p_item -> 'retry_policy', 'null');
     v_step steps;
-    v_attempt integer := 1;
+    v_attempt integer;
     v_retry_at timestamptz;
 begin
-    if p_error is null then
-        insert into steps (job_id, thread, seq, kind, name, status, input, output, created_at,
-                           completed_at)
-        values (v_task.job_id, v_task.thread, p_seq, p_kind, p_name, 'completed', p_input,
-                p_output, v_now, v_now)
-        on conflict do nothing
-        returning * into v_step;
-    else
-        v_retry_at := _retry_at(p_retry_policy, 1, p_error);
+    if v_error is not null then
+        v_retry_at := _retry_at(v_policy, 1, v_error);
         insert into steps (job_id, thread, seq, kind, name, status, input, error, wake_at,
                            created_at, completed_at)
-        values (v_task.job_id, v_task.thread, p_seq, p_kind, p_name,
-                case when v_retry_at is null then 'failed' else 'retrying' end, p_input,
-                case when v_retry_at is null then _final_error(p_retry_policy, 1, p_error)
-                     else p_error end,
+        values (p_task.job_id, p_task.thread, v_seq, v_kind, v_name,
+                case when v_retry_at is null then 'failed' else 'retrying' end,
+                p_item -> 'input',
+                case when v_retry_at is null then _final_error(v_policy, 1, v_error)
+                     else v_error end,
                 v_retry_at, v_now, case when v_retry_at is null then v_now end)
         on conflict do nothing
         returning * into v_step;
-    end if;
-    if found then
-        return _step_json(v_step);
+        if found then
+            return _step_json(v_step);
+        end if;
     end if;
 
     select * into v_step from steps
-     where job_id = v_task.job_id and thread = v_task.thread and seq = p_seq
+     where job_id = p_task.job_id and thread = p_task.thread and seq = v_seq
        for update;
-    perform _check_step(v_step, p_kind, p_name);
+    perform _check_step(v_step, v_kind, v_name);
     if v_step.status <> 'retrying' then
         return _step_json(v_step);
     end if;
 
     -- The step was waiting for another attempt: this is its outcome.
     v_attempt := v_step.attempt + 1;
-    if p_error is null then
-        v_step := _move_step(v_task.job_id, v_task.thread, p_seq, 'completed', p_output, null,
+    if v_error is null then
+        v_step := _move_step(p_task.job_id, p_task.thread, v_seq, 'completed', v_output, null,
                              v_attempt);
     else
-        v_retry_at := _retry_at(p_retry_policy, v_attempt, p_error);
-        v_step := _move_step(v_task.job_id, v_task.thread, p_seq,
+        v_retry_at := _retry_at(v_policy, v_attempt, v_error);
+        v_step := _move_step(p_task.job_id, p_task.thread, v_seq,
                              case when v_retry_at is null then 'failed' else 'retrying' end,
                              v_step.output,
                              case when v_retry_at is null
-                                  then _final_error(p_retry_policy, v_attempt, p_error)
-                                  else p_error end,
+                                  then _final_error(v_policy, v_attempt, v_error)
+                                  else v_error end,
                              v_attempt, v_retry_at);
     end if;
     return _step_json(v_step);
@@ -269,10 +285,10 @@ end
 $$;
 
 -- Group commit: records the outcomes of several inline calls, from any number of
--- activations, in one transaction (one commit, one round trip). Each item is a record_step
--- call as JSON; the result is the array of their results, in order. Stale leases are found
--- up front and answered {"error": {...}} without aborting the batch; any other error fails
--- the whole batch and the caller retries its items one by one.
+-- activations, in one transaction (one commit, one round trip); record_step is a batch of
+-- one. Each item is a record_step call as JSON; the result is the array of their results, in
+-- order. Stale leases are found up front and answered {"error": {...}} without aborting the
+-- batch; any other error fails the whole batch and the caller retries its items one by one.
 create or replace function record_steps(p_items jsonb) returns jsonb
 language plpgsql
 set search_path from current
@@ -313,8 +329,8 @@ begin
 
     -- The common case, a call that returned, recorded for the first time: one INSERT for
     -- the whole batch. Whatever it does not settle (an error to record under the retry
-    -- policy, a position already recorded, a lease not held, an activity's task) goes through
-    -- record_step below, one by one, exactly as a single call would.
+    -- policy, a position already recorded, a lease not held, an activity's task) is answered
+    -- below, one by one (_record_item).
     with items as (
         select r.pos, r.job_id, r.thread, (i ->> 'seq')::integer as seq, i ->> 'kind' as kind,
                i ->> 'name' as name, i -> 'input' as input, i -> 'output' as output
@@ -348,12 +364,11 @@ begin
             v_results[v_item.pos] := _lease_lost_item(v_item.value ->> 'task_id');
             continue;
         end if;
-        v_results[v_item.pos] := record_step(
-            (v_item.value ->> 'task_id')::bigint, (v_item.value ->> 'token')::uuid,
-            (v_item.value ->> 'seq')::integer, v_item.value ->> 'kind', v_item.value ->> 'name',
-            v_item.value -> 'input', v_item.value -> 'output',
-            nullif(v_item.value -> 'error', 'null'),
-            nullif(v_item.value -> 'retry_policy', 'null'));
+        -- Held, but maybe by an activity, which records nothing in its workflow (HM003).
+        v_results[v_item.pos] := _record_item(
+            _activation_task((v_item.value ->> 'task_id')::bigint,
+                             (v_item.value ->> 'token')::uuid),
+            v_item.value);
     end loop;
     return to_jsonb(v_results);
 end

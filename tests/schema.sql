@@ -433,6 +433,8 @@ create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload
     language plpgsql volatile;
 create function <app>._final_error(p_policy jsonb, p_attempt integer, p_error jsonb) returns jsonb
     language sql stable;
+create function <app>._finish_task(p_task <app>.tasks, p_result jsonb, p_error jsonb) returns void
+    language plpgsql volatile;
 create function <app>._fire_schedule(p_id text, p_now timestamp with time zone, p_budget integer) returns integer
     language plpgsql volatile;
 create function <app>._fire_schedules(p_now timestamp with time zone) returns void
@@ -474,6 +476,12 @@ create function <app>._notify_done(p_job_ids text[]) returns void
 create function <app>._now() returns timestamp with time zone
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
+create function <app>._one_item(p_keys text[], p_values jsonb[]) returns jsonb
+    language sql immutable;
+create function <app>._raise_item(p_result jsonb) returns jsonb
+    language plpgsql immutable;
+create function <app>._record_item(p_task <app>.tasks, p_item jsonb) returns jsonb
+    language plpgsql volatile;
 create function <app>._recorded_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text) returns jsonb
     language plpgsql stable;
 create function <app>._requeue_tasks(p_task_ids bigint[], p_run_at timestamp with time zone, p_error jsonb DEFAULT NULL::jsonb, p_uncount boolean DEFAULT false) returns SETOF <app>.tasks

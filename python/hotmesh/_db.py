@@ -5,9 +5,10 @@ sent on an autocommit connection, so it is one round trip and (at most) one comm
 schema name is the only identifier, composed with `sql.Identifier`.
 
 Parameters are named (`%(workflow_id)s`). Rows become frozen dataclasses here, at the edge
-(those the client returns are in `hotmesh.rows`): no row travels as a dict or a tuple. A JSON
-document a function returns (get_workflow, a signal's or a durable call's outcome) stays the
-dict its SQL builds.
+(those the client returns are in `hotmesh.rows`): no row travels as a dict or a tuple. So do
+the JSON documents Python reads: a durable call's step (`RecordedStep`), a failed run's
+outcome (`FailOutcome`), a batch item's error (`ItemError`). The documents the client hands
+back as documented dicts (describe, signal, retry) are the `TypedDict`s of `hotmesh.rows`.
 """
 
 from __future__ import annotations
@@ -21,22 +22,48 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.adapt import AdaptersMap
-from psycopg.rows import class_row
+from psycopg.rows import kwargs_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import errors
-from hotmesh.rows import HistoryEntry, QueueBacklog, Schedule, WorkflowSummary
+from hotmesh._commands import RecordedStep
+from hotmesh.rows import (
+    HistoryEntry,
+    QueueBacklog,
+    RetryOutcome,
+    Schedule,
+    SignalOutcome,
+    Wait,
+    WorkflowDocument,
+    WorkflowSummary,
+)
+
+
+class ActivityPayload(TypedDict):
+    """What an activity task carries (`tasks.payload`)."""
+
+    args: list[Any]
+    retry_policy: dict[str, Any]
+
+
+class ActivationPayload(TypedDict, total=False):
+    """What an activation carries: the build (worker code version) of the workflow's
+    previous activation, when one recorded it, and its run from the second on."""
+
+    build_id: str
+    run: int
 
 
 @dataclass(frozen=True)
 class Claimed:
-    """A task a worker now holds (the `claimed_task` composite of claim_tasks)."""
+    """A task a worker now holds (the `claimed_task` composite of claim_tasks); an
+    activation's recorded steps arrive as `RecordedStep`s (from_row)."""
 
     task_id: int
     kind: str
@@ -48,12 +75,18 @@ class Claimed:
     lease_token: uuid.UUID
     attempt: int
     args: Any
-    # An activity's: its retry policy. An activation's: {"build_id"} of the workflow's previous
-    # activation (absent when no build recorded one) and {"run"} from the second run on.
-    payload: dict[str, Any] | None
+    # An activity's: its args and retry policy. An activation's: see ActivationPayload.
+    payload: ActivityPayload | ActivationPayload | None
     workflow_name: str
     job_attempt: int
-    steps: list[dict[str, Any]] | None
+    steps: list[RecordedStep] | None
+
+    @classmethod
+    def from_row(cls, **row: Any) -> Claimed:
+        steps = row["steps"]
+        if steps is not None:
+            row["steps"] = [RecordedStep.from_json(step) for step in steps]
+        return cls(**row)
 
     @property
     def recorded_build_id(self) -> str | None:
@@ -67,7 +100,46 @@ class Claimed:
     def run(self) -> int:
         """The workflow's run (continue_as_new starts the next one): 1 unless an activation's
         payload says otherwise."""
-        return int((self.payload or {}).get("run", 1)) if self.kind == "workflow" else 1
+        run = self.payload.get("run") if self.kind == "workflow" and self.payload else None
+        return run if isinstance(run, int) else 1
+
+
+@dataclass(frozen=True)
+class FailOutcome:
+    """What fail_task decided: run again at `run_at`, or failed for good with `error`."""
+
+    status: Literal["retrying", "failed"]
+    run_at: datetime | None = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> FailOutcome:
+        run_at = doc.get("run_at")
+        return cls(
+            doc["status"],
+            None if run_at is None else datetime.fromisoformat(run_at),
+            doc.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """A batch's answer for an item it could not do ({"error": {sqlstate, message}}): raised
+    for that item's caller only."""
+
+    sqlstate: str | None
+    message: str
+
+    @classmethod
+    def from_json(cls, answer: Any) -> ItemError | None:
+        """The error a batch answered, or None for any other answer."""
+        if isinstance(answer, dict) and set(answer) == {"error"}:
+            error = answer["error"]
+            return cls(error.get("sqlstate"), str(error.get("message")))
+        return None
+
+    def exception(self) -> errors.HotMeshError:
+        return errors.from_sqlstate(self.sqlstate)(self.message, sqlstate=self.sqlstate)
 
 
 @dataclass(frozen=True)
@@ -85,7 +157,7 @@ class WorkflowWaits:
     the open transaction that holds its row, if any."""
 
     waiting_on: str | None
-    waits: list[dict[str, Any]]
+    waits: list[Wait]
     blocked_by: str | None  # "pid N since T": an open transaction holds the workflow's row
 
 
@@ -279,7 +351,7 @@ def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
-def _held(task: Claimed, seq: int) -> dict[str, Any]:
+def _held(task: Claimed, seq: int) -> dict[str, object]:
     """The parameters every durable call of an activation starts with: its task, the lease
     token that proves the task is still held (fencing), and the call's step number."""
     return {"task_id": task.task_id, "token": task.lease_token, "seq": seq}
@@ -292,7 +364,7 @@ def _start(
     workflow_id: str | None,
     entity: str | None,
     options: dict[str, Any],
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The parameters of a new workflow, as start_workflow and start_child take them."""
     return {
         "workflow_name": workflow_name,
@@ -304,15 +376,34 @@ def _start(
     }
 
 
-Params = Mapping[str, Any]
+Params = Mapping[str, object]
 R = TypeVar("R")
+Item = TypeVar("Item")
 
 
-Single = Callable[[dict[str, Any]], Awaitable[Any]]
-Many = Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]
+class _Completion(TypedDict):
+    """An item of complete_tasks (the arguments of complete_task)."""
+
+    task_id: int
+    token: str
+    result: Any
 
 
-class _GroupCommit:
+class _StepOutcome(TypedDict):
+    """An item of record_steps (the arguments of record_step)."""
+
+    task_id: int
+    token: str
+    seq: int
+    kind: str
+    name: str
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    retry_policy: dict[str, Any] | None
+
+
+class _GroupCommit(Generic[Item, R]):
     """Coalesces concurrent calls of one kind into one transaction.
 
     The first call is sent at once; calls that arrive while a batch is in flight wait for it
@@ -324,15 +415,20 @@ class _GroupCommit:
     draining queue measured faster up to there, `hotmesh bench` queue).
     """
 
-    def __init__(self, single: Single, many: Many, limit: int = 256) -> None:
+    def __init__(
+        self,
+        single: Callable[[Item], Awaitable[R]],
+        many: Callable[[list[Item]], Awaitable[list[R | ItemError]]],
+        limit: int = 256,
+    ) -> None:
         self._single = single
         self._many = many
         self._limit = limit
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
+        self._waiting: list[tuple[Item, asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, item: dict[str, Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    async def submit(self, item: Item) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -353,16 +449,12 @@ class _GroupCommit:
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
-                if isinstance(result, dict) and set(result) == {"error"}:
-                    error = result["error"]
-                    cls = errors.from_sqlstate(error.get("sqlstate"))
-                    future.set_exception(
-                        cls(str(error.get("message")), sqlstate=error.get("sqlstate"))
-                    )
+                if isinstance(result, ItemError):
+                    future.set_exception(result.exception())
                 else:
                     future.set_result(result)
 
-    async def _one(self, item: dict[str, Any], future: asyncio.Future[Any]) -> None:
+    async def _one(self, item: Item, future: asyncio.Future[R]) -> None:
         try:
             result = await self._single(item)
         except BaseException as error:  # handed to the waiting caller, then re-raised if fatal
@@ -473,8 +565,12 @@ class Database:
         self._sql = {
             name: _statement(text, schema, _ROWS.get(name)) for name, text in _STATEMENTS.items()
         }
-        self._steps = _GroupCommit(self._record_one, self._record_many)
-        self._completions = _GroupCommit(self._complete_one, self._complete_many)
+        self._steps: _GroupCommit[_StepOutcome, RecordedStep] = _GroupCommit(
+            self._record_one, self._record_many
+        )
+        self._completions: _GroupCommit[_Completion, None] = _GroupCommit(
+            self._complete_one, self._complete_many
+        )
         # The pool's connections that already run with the lock_timeout (set once each).
         self._bounded: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
 
@@ -535,7 +631,9 @@ class Database:
         row = _ROWS.get(name)
         try:
             async with self._connection() as conn:
-                cur = conn.cursor(row_factory=class_row(row)) if row else conn.cursor()
+                # A row class builds itself from the columns: from_row where it converts some.
+                factory = kwargs_row(getattr(row, "from_row", row)) if row else None
+                cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
                 try:
                     await cur.execute(self._sql[name], params)
                 except (TypeError, ValueError, RecursionError) as error:
@@ -562,6 +660,10 @@ class Database:
         rows = await self._fetch(name, params)
         return rows[0][0] if rows else None
 
+    async def _step(self, name: str, params: Params) -> RecordedStep:
+        """A durable call of an activation: the step it recorded (or found recorded)."""
+        return RecordedStep.from_json(await self._value(name, params))
+
     # -- workflows -----------------------------------------------------------------------
     async def start_workflow(
         self,
@@ -582,8 +684,9 @@ class Database:
         params = {"workflow_id": workflow_id}
         return (await self._rows("workflow_outcome", WorkflowOutcome, params))[0]
 
-    async def get_workflow(self, workflow_id: str) -> dict[str, Any]:
-        return dict(await self._value("get_workflow", {"workflow_id": workflow_id}))
+    async def get_workflow(self, workflow_id: str) -> WorkflowDocument:
+        doc: WorkflowDocument = await self._value("get_workflow", {"workflow_id": workflow_id})
+        return doc
 
     # -- tasks ---------------------------------------------------------------------------
     async def claim_tasks(
@@ -613,15 +716,16 @@ class Database:
             {"task_id": task.task_id, "token": str(task.lease_token), "result": result}
         )
 
-    async def _complete_one(self, item: dict[str, Any]) -> None:
+    async def _complete_one(self, item: _Completion) -> None:
         await self._fetch("complete_task", {**item, "result": Jsonb(item["result"])})
 
-    async def _complete_many(self, items: list[dict[str, Any]]) -> list[Any]:
-        return list(await self._value("complete_tasks", {"items": Jsonb(items)}))
+    async def _complete_many(self, items: list[_Completion]) -> list[ItemError | None]:
+        answers = await self._value("complete_tasks", {"items": Jsonb(items)})
+        return [ItemError.from_json(answer) for answer in answers]
 
-    async def fail_task(self, task: Claimed, error: dict[str, Any]) -> dict[str, Any]:
+    async def fail_task(self, task: Claimed, error: dict[str, Any]) -> FailOutcome:
         params = {"task_id": task.task_id, "token": task.lease_token, "error": Jsonb(error)}
-        return dict(await self._value("fail_task", params))
+        return FailOutcome.from_json(await self._value("fail_task", params))
 
     async def suspend_task(self, task: Claimed) -> datetime | None:
         params = {"task_id": task.task_id, "token": task.lease_token}
@@ -668,9 +772,9 @@ class Database:
         output: Any,
         error: dict[str, Any] | None = None,
         retry_policy: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         """Record an inline call's outcome; concurrent records share one transaction."""
-        item = {
+        item: _StepOutcome = {
             "task_id": task.task_id,
             "token": str(task.lease_token),
             "seq": seq,
@@ -681,15 +785,21 @@ class Database:
             "error": error,
             "retry_policy": retry_policy,
         }
-        return dict(await self._steps.submit(item))
+        return await self._steps.submit(item)
 
-    async def _record_one(self, item: dict[str, Any]) -> Any:
-        jsonb = ("input", "output", "error", "retry_policy")
-        params = {**item, **{key: _json(item[key]) for key in jsonb}}
-        return await self._value("record_step", params)
+    async def _record_one(self, item: _StepOutcome) -> RecordedStep:
+        params = {
+            **item,
+            "input": _json(item["input"]),
+            "output": _json(item["output"]),
+            "error": _json(item["error"]),
+            "retry_policy": _json(item["retry_policy"]),
+        }
+        return await self._step("record_step", params)
 
-    async def _record_many(self, items: list[dict[str, Any]]) -> list[Any]:
-        return list(await self._value("record_steps", {"items": Jsonb(items)}))
+    async def _record_many(self, items: list[_StepOutcome]) -> list[RecordedStep | ItemError]:
+        answers = await self._value("record_steps", {"items": Jsonb(items)})
+        return [ItemError.from_json(a) or RecordedStep.from_json(a) for a in answers]
 
     async def schedule_activity(
         self,
@@ -699,7 +809,7 @@ class Database:
         args: list[Any],
         task_queue: str,
         retry_policy: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         params = {
             **_held(task, seq),
             "name": name,
@@ -707,23 +817,24 @@ class Database:
             "task_queue": task_queue,
             "retry_policy": _json(retry_policy),
         }
-        return dict(await self._value("schedule_activity", params))
+        return await self._step("schedule_activity", params)
 
-    async def schedule_sleep(self, task: Claimed, seq: int, seconds: float) -> dict[str, Any]:
+    async def schedule_sleep(self, task: Claimed, seq: int, seconds: float) -> RecordedStep:
         params = {**_held(task, seq), "seconds": seconds}
-        return dict(await self._value("schedule_sleep", params))
+        return await self._step("schedule_sleep", params)
 
     # -- signals, hooks, children, cancellation ------------------------------------------
     async def signal(
         self, signal_id: str, payload: Any, workflow_id: str | None, idempotency_key: str | None
-    ) -> dict[str, Any]:
+    ) -> SignalOutcome:
         params = {
             "signal_id": signal_id,
             "payload": Jsonb(payload),
             "workflow_id": workflow_id,
             "idempotency_key": idempotency_key,
         }
-        return dict(await self._value("signal", params))
+        outcome: SignalOutcome = await self._value("signal", params)
+        return outcome
 
     async def hook(
         self,
@@ -755,20 +866,20 @@ class Database:
 
     async def wait_signal(
         self, task: Claimed, seq: int, signal_id: str, limit: float | None
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         params = {**_held(task, seq), "signal_id": signal_id, "limit": limit}
-        return dict(await self._value("wait_signal", params))
+        return await self._step("wait_signal", params)
 
     async def send_signal(
         self, task: Claimed, seq: int, signal_id: str, payload: Any, workflow_id: str | None
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         params = {
             **_held(task, seq),
             "signal_id": signal_id,
             "payload": Jsonb(payload),
             "workflow_id": workflow_id,
         }
-        return dict(await self._value("send_signal", params))
+        return await self._step("send_signal", params)
 
     async def start_child(
         self,
@@ -781,13 +892,13 @@ class Database:
         entity: str | None,
         options: dict[str, Any],
         wait: bool,
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         params = {
             **_held(task, seq),
             **_start(workflow_name, args, task_queue, workflow_id, entity, options),
             "wait": wait,
         }
-        return dict(await self._value("start_child", params))
+        return await self._step("start_child", params)
 
     async def start_hook(
         self,
@@ -798,7 +909,7 @@ class Database:
         task_queue: str | None,
         workflow_id: str | None,
         signal_id: str | None,
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         params = {
             **_held(task, seq),
             "workflow_name": workflow_name,
@@ -807,32 +918,32 @@ class Database:
             "workflow_id": workflow_id,
             "signal_id": signal_id,
         }
-        return dict(await self._value("start_hook", params))
+        return await self._step("start_hook", params)
 
-    async def search_step(self, task: Claimed, seq: int, op: str, args: Any) -> dict[str, Any]:
+    async def search_step(self, task: Claimed, seq: int, op: str, args: Any) -> RecordedStep:
         params = {**_held(task, seq), "op": op, "args": Jsonb(args)}
-        return dict(await self._value("search_step", params))
+        return await self._step("search_step", params)
 
-    async def emit_step(self, task: Claimed, seq: int, events: dict[str, Any]) -> dict[str, Any]:
+    async def emit_step(self, task: Claimed, seq: int, events: dict[str, Any]) -> RecordedStep:
         params = {**_held(task, seq), "events": Jsonb(events)}
-        return dict(await self._value("emit_step", params))
+        return await self._step("emit_step", params)
 
     async def record_patch(
         self, task: Claimed, seq: int, patch_id: str, deprecated: bool
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         params = {**_held(task, seq), "patch_id": patch_id, "deprecated": deprecated}
-        return dict(await self._value("record_patch", params))
+        return await self._step("record_patch", params)
 
     async def cancel_step(
         self, task: Claimed, seq: int, workflow_id: str, reason: str | None, descend: bool
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         params = {
             **_held(task, seq),
             "workflow_id": workflow_id,
             "reason": reason,
             "descend": descend,
         }
-        return dict(await self._value("cancel_step", params))
+        return await self._step("cancel_step", params)
 
     # -- entity --------------------------------------------------------------------------
     async def entity_step(
@@ -843,10 +954,10 @@ class Database:
         path: str | None,
         value: Any,
         has_value: bool = True,
-    ) -> dict[str, Any]:
+    ) -> RecordedStep:
         operand = Jsonb(value) if has_value else None  # None: JSON null; no operand: SQL null
         params = {**_held(task, seq), "op": op, "path": path, "value": operand}
-        return dict(await self._value("entity_step", params))
+        return await self._step("entity_step", params)
 
     async def entity_call(
         self, op: str, workflow_id: str, path: str | None, value: Any, key: str | None
@@ -946,8 +1057,9 @@ class Database:
     async def queue_backlog(self) -> list[QueueBacklog]:
         return await self._rows("queue_backlog", QueueBacklog, {})
 
-    async def retry_workflow(self, workflow_id: str) -> dict[str, Any]:
-        return dict(await self._value("retry_workflow", {"workflow_id": workflow_id}))
+    async def retry_workflow(self, workflow_id: str) -> RetryOutcome:
+        outcome: RetryOutcome = await self._value("retry_workflow", {"workflow_id": workflow_id})
+        return outcome
 
     async def prune(self, older_than: timedelta, batch: int, dry_run: bool) -> int:
         """`call prune(...)`: every batch commits on its own (the pool's connections are in

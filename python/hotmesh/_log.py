@@ -11,15 +11,14 @@ runner. DEBUG adds the internals. Nothing is printed below WARNING unless asked 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hotmesh._db import Claimed
+    from hotmesh._db import Claimed, FailOutcome
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_.:/@+-]+$")
 
@@ -72,16 +71,15 @@ def first_line(error: BaseException) -> str:
 
 
 def log_failure(
-    logger: logging.Logger, task: Claimed, outcome: dict[str, Any], error: BaseException
+    logger: logging.Logger, task: Claimed, outcome: FailOutcome, error: BaseException
 ) -> None:
     """Log what fail_task decided for a failed run: `retry` (with the delay until the next
     attempt) or `fail` (for good)."""
-    retrying = outcome.get("status") == "retrying"
-    run_at = outcome.get("run_at")
+    retrying = outcome.status == "retrying"
+    run_at = outcome.run_at
     delay = None
-    if retrying and isinstance(run_at, str):
-        with contextlib.suppress(ValueError):
-            delay = max((datetime.fromisoformat(run_at) - datetime.now(UTC)).total_seconds(), 0.0)
+    if retrying and run_at is not None:
+        delay = max((run_at - datetime.now(UTC)).total_seconds(), 0.0)
     event(
         logger,
         logging.INFO,

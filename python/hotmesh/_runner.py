@@ -55,7 +55,7 @@ class Thread(Protocol):
     @property
     def args(self) -> Any: ...
     @property
-    def steps(self) -> Sequence[Mapping[str, Any]] | None: ...
+    def steps(self) -> Sequence[RecordedStep] | None: ...
     @property
     def run(self) -> int: ...
 
@@ -271,7 +271,7 @@ class Activation:
         self.perform = perform
         self.check_input = check_input  # compare inputs where the history carries them
         self.loop = WorkflowLoop()  # type: ignore[abstract]  # the unused half of the ABC
-        self.history = {s.seq: s for s in map(RecordedStep.from_json, task.steps or ())}
+        self.history = {s.seq: s for s in task.steps or ()}
         self.last_recorded = max(self.history, default=0)
         self.seq = 0
         self.pending: list[_Call] = []
@@ -400,7 +400,7 @@ class RecordedThread:
     """A workflow thread known only from its history: what `replay` runs."""
 
     job_id: str
-    steps: Sequence[Mapping[str, Any]]
+    steps: Sequence[RecordedStep]
     args: Any = ()
     thread: str = "main"
     name: str = ""
@@ -439,7 +439,7 @@ async def replay(
         # workflow_history rows also show the run and its threads starting and ending
         # (no seq); the claim's history has no thread (it is the claimed one's).
         steps=[
-            step
+            RecordedStep.from_json(step)
             for step in history
             if step.get("seq") is not None and step.get("thread", thread) == thread
         ],

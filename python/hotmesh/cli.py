@@ -18,7 +18,7 @@ import os
 import sys
 import typing
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -509,13 +509,14 @@ async def _show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(doc)
         return 0
+    fields: Mapping[str, object] = doc  # read by key name
     for key in ("id", "workflow_name", "entity", "task_queue", "status", "attempt"):
-        print(f"{key:14} {doc[key]}")
-    if doc.get("parent_id"):
+        print(f"{key:14} {fields[key]}")
+    if doc["parent_id"]:
         print(f"{'parent_id':14} {doc['parent_id']}")
     for key in ("created_at", "updated_at", "completed_at", "expire_at"):
-        if doc.get(key):
-            print(f"{key:14} {doc[key]}")
+        if fields[key]:
+            print(f"{key:14} {fields[key]}")
     print(f"{'steps':14} {doc['steps']}")
     for wait in doc.get("waits") or []:
         print(f"{'waiting on':14} {json.dumps(wait)}")
@@ -525,7 +526,7 @@ async def _show(args: argparse.Namespace) -> int:
     print(f"{'context':14} {json.dumps(doc['context'])}")
     if doc.get("result") is not None:
         print(f"{'result':14} {json.dumps(doc['result'])}")
-    if doc.get("error"):
+    if doc["error"]:
         error = dict(doc["error"])
         error.pop("stack", None)
         print(f"{'error':14} {json.dumps(error)}")

@@ -23,7 +23,15 @@ from hotmesh._listener import Listener
 from hotmesh._runner import encode, encode_args
 from hotmesh.entity import EntityClient
 from hotmesh.retry import RetryPolicy
-from hotmesh.rows import HistoryEntry, QueueBacklog, Schedule, WorkflowSummary
+from hotmesh.rows import (
+    HistoryEntry,
+    QueueBacklog,
+    RetryOutcome,
+    Schedule,
+    SignalOutcome,
+    WorkflowDescription,
+    WorkflowSummary,
+)
 from hotmesh.worker import Registry, Worker, check_build_id, default_build_id
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
@@ -69,7 +77,7 @@ class Handle:
 
     async def signal(
         self, signal_id: str, data: Any = None, *, idempotency_key: str | None = None
-    ) -> dict[str, Any]:
+    ) -> SignalOutcome:
         """Send signal `signal_id` to this workflow only (kept until it waits for it)."""
         return await self._mf.workflow.signal(
             signal_id, data, workflow_id=self.workflow_id, idempotency_key=idempotency_key
@@ -81,18 +89,15 @@ class Handle:
         IllegalTransition if it already finished."""
         return await self._mf._db.cancel_workflow(self.workflow_id, reason, descend, False)
 
-    async def describe(self) -> dict[str, Any]:
+    async def describe(self) -> WorkflowDescription:
         """Everything about the workflow (`<app>.get_workflow`): status, entity, tasks, ...,
         and what it waits on (`waiting_on` as text, `waits` one object per wait, `blocked_by`
         the open transaction holding its row: the `workflows` view's columns)."""
         doc = await self._mf._db.get_workflow(self.workflow_id)
         waits = await self._mf._db.workflow_waits(self.workflow_id)
-        return {
-            **doc,
-            "waiting_on": waits.waiting_on,
-            "waits": waits.waits,
-            "blocked_by": waits.blocked_by,
-        }
+        return WorkflowDescription(
+            **doc, waiting_on=waits.waiting_on, waits=waits.waits, blocked_by=waits.blocked_by
+        )
 
     async def search_attributes(self) -> dict[str, Any]:
         """The workflow's search attributes: those seeded at start (`search=`) and those its
@@ -109,7 +114,7 @@ class Handle:
         hotmesh.testing.Replayer and `hotmesh replay --from-file` check code against."""
         return await self._mf._db.export_workflow(self.workflow_id)
 
-    async def retry(self) -> dict[str, Any]:
+    async def retry(self) -> RetryOutcome:
         """Run a failed workflow again from its last recorded step, or make its dead tasks
         ready again (`<app>.retry_workflow`; the app's owner only). Returns what it did:
         {"workflow_id", "status", "reset_steps", "retried", "revived_tasks"}."""
@@ -206,7 +211,7 @@ class WorkflowClient:
         *,
         workflow_id: str | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> SignalOutcome:
         """Send a signal: to the oldest wait for `signal_id` (in `workflow_id` only, when
         given), or kept until one waits. A repeated `idempotency_key` is ignored. Returns
         {"status": "delivered" | "kept" | "duplicate", ...}."""

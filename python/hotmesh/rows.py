@@ -1,16 +1,43 @@
-"""What the client's inspection calls return: one frozen dataclass per row shape.
+"""What the client's inspection calls return: one frozen dataclass per row shape, and one
+`TypedDict` per JSON document that the client hands back as a dict.
 
-Each field is a column of the SQL view or function the row comes from, in its order, under
-its name: `_db` selects exactly these fields, so the column list is written once, here (and
-in the SQL). `dataclasses.asdict(row)` gives the row as a dict (`hotmesh list --json` prints
-that). JSON columns arrive as Python values (dict, list, str, ...), as psycopg reads jsonb.
+Each field of a dataclass is a column of the SQL view or function the row comes from, in its
+order, under its name: `_db` selects exactly these fields, so the column list is written once,
+here (and in the SQL). `dataclasses.asdict(row)` gives the row as a dict (`hotmesh list
+--json` prints that). JSON columns arrive as Python values (dict, list, str, ...), as psycopg
+reads jsonb; `Any` is left only where the value is the user's own JSON (args, results, the
+entity) or an open error payload.
+
+`handle.describe()`, `handle.signal()` / `mf.workflow.signal()` and `handle.retry()` return
+the JSON document their SQL function builds, as a plain dict that is typed by a `TypedDict`
+here (docs/python-api.md): `describe()["waits"]` and `== {"status": "duplicate"}` work as
+documented, and mypy knows the keys. Timestamps in these documents are ISO 8601 text, as
+`jsonb` writes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
+
+
+class Wait(TypedDict):
+    """One thing a workflow waits on (`<app>.workflow_waits`): a `timer` (`until`), a
+    `signal`, an `activity` (its `state`: running, queued, retrying), a `child`
+    (`workflow_id`), a `workflow_retry` or a `dead` task (`task_id`)."""
+
+    thread: str
+    kind: str
+    seq: NotRequired[int]
+    name: NotRequired[str]
+    until: NotRequired[str]
+    workflow_id: NotRequired[str]
+    state: NotRequired[str]
+    retry_at: NotRequired[str]
+    attempt: NotRequired[int]
+    error: NotRequired[str]
+    task_id: NotRequired[int]
 
 
 @dataclass(frozen=True)
@@ -28,7 +55,7 @@ class WorkflowSummary:
     completed_at: datetime | None
     attempt: int
     waiting_on: str | None  # what it waits on, as text ("signal approve")
-    waits: list[dict[str, Any]]  # the same, one JSON object per wait
+    waits: list[Wait]  # the same, one JSON object per wait
     error: str | None  # the message of a failed workflow's error
     parent_id: str | None
     expire_at: datetime | None
@@ -94,3 +121,74 @@ class Schedule:
     note: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class TaskSummary(TypedDict):
+    """A queued task of a workflow, in `describe()["tasks"]`."""
+
+    id: int
+    kind: str
+    thread: str
+    name: str
+    task_queue: str
+    state: str
+    run_at: str
+    attempt: int
+    lease_owner: str | None
+
+
+class WorkflowDocument(TypedDict):
+    """What `<app>.get_workflow(id)` returns: the workflow's row, its step count and tasks."""
+
+    id: str
+    entity: str
+    workflow_name: str
+    task_queue: str
+    status: str
+    args: Any
+    context: Any
+    result: Any
+    error: dict[str, Any] | None
+    parent_id: str | None
+    attempt: int
+    priority: int
+    created_at: str
+    updated_at: str
+    completed_at: str | None
+    expire_at: str | None
+    steps: int
+    tasks: list[TaskSummary]
+    build_id: str | None  # the code version of its last activation
+    search: dict[str, Any]  # its search attributes
+    run: int  # 1, or the run continue_as_new started
+
+
+class WorkflowDescription(WorkflowDocument):
+    """`handle.describe()`: get_workflow's document and what the workflow waits on (the
+    `workflows` view's columns of the same names)."""
+
+    waiting_on: str | None
+    waits: list[Wait]
+    blocked_by: str | None
+
+
+class SignalOutcome(TypedDict):
+    """What `signal` did: `delivered` (to `workflow_id`'s wait at `thread`/`seq`), `kept`
+    (as signal `id`, until one waits) or `duplicate` (its idempotency key was used)."""
+
+    status: Literal["delivered", "kept", "duplicate"]
+    workflow_id: NotRequired[str]
+    thread: NotRequired[str]
+    seq: NotRequired[int]
+    id: NotRequired[int]
+
+
+class RetryOutcome(TypedDict):
+    """What `retry_workflow` did: the workflow runs again (`pending`) with `reset_steps` of its
+    steps to run again and the children `retried`, or `revived_tasks` dead tasks are ready."""
+
+    workflow_id: str
+    status: str
+    reset_steps: int
+    retried: list[str]
+    revived_tasks: int

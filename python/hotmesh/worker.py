@@ -560,63 +560,59 @@ class _Executor:
         self, seq: int, command: Command, recorded: RecordedStep | None
     ) -> RecordedStep:
         db, task = self.db, self.task
-        step: dict[str, Any]
         # One coroutine per command, the hot path first: an inline activity is most steps.
         match command:
             case ScheduleActivity(activity=name, args=args, task_queue=queue):
                 fn = self.registry.inline_activity(queue, name)
                 if fn is None or has_timeouts(command.retry_policy):
-                    step = await db.schedule_activity(
+                    return await db.schedule_activity(
                         task, seq, name, args, queue, command.retry_policy
                     )
-                    return RecordedStep.from_json(step)
                 # Runs here, in this process, and is recorded with one call.
                 attempt = 1 if recorded is None else recorded.attempt + 1
                 info = ActivityInfo(task.job_id, name, queue, attempt, True)
                 try:
                     output = encode(await run_activity(fn, args, info), f"the result of {name}")
                 except Exception as error:
-                    step = await db.record_step(
+                    return await db.record_step(
                         task, seq, "activity", name, args, None,
                         errors.to_payload(error), command.retry_policy,
                     )  # fmt: skip
-                else:
-                    step = await db.record_step(task, seq, "activity", name, args, output)
+                return await db.record_step(task, seq, "activity", name, args, output)
             case StartTimer():
-                step = await db.schedule_sleep(task, seq, command.seconds)
+                return await db.schedule_sleep(task, seq, command.seconds)
             case WaitSignal():
-                step = await db.wait_signal(task, seq, command.signal_id, command.timeout)
+                return await db.wait_signal(task, seq, command.signal_id, command.timeout)
             case SendSignal():
-                step = await db.send_signal(
+                return await db.send_signal(
                     task, seq, command.signal_id, command.payload, command.workflow_id
                 )
             case StartHook():
-                step = await db.start_hook(
+                return await db.start_hook(
                     task, seq, command.workflow_name, command.args, command.task_queue,
                     command.workflow_id, command.signal_id,
                 )  # fmt: skip
             case StartChild():
-                step = await db.start_child(
+                return await db.start_child(
                     task, seq, command.workflow_name, command.args, command.task_queue,
                     command.workflow_id, command.entity, command.options or {}, command.wait,
                 )  # fmt: skip
             case CancelWorkflow():
-                step = await db.cancel_step(
+                return await db.cancel_step(
                     task, seq, command.workflow_id, command.reason, command.descend
                 )
             case EntityOp():
-                step = await db.entity_step(
+                return await db.entity_step(
                     task, seq, command.op, command.path, command.value, command.has_value
                 )
             case SearchOp():
-                step = await db.search_step(task, seq, command.op, command.args)
+                return await db.search_step(task, seq, command.op, command.args)
             case Emit():
-                step = await db.emit_step(task, seq, command.events)
+                return await db.emit_step(task, seq, command.events)
             case PatchMarker():
-                step = await db.record_patch(task, seq, command.patch_id, command.deprecated)
+                return await db.record_patch(task, seq, command.patch_id, command.deprecated)
             case _:
                 raise TypeError(f"no stored function performs {command!r}")
-        return RecordedStep.from_json(step)
 
 
 def check_build_id(build_id: str | None) -> str | None:

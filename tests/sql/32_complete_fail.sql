@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(50);
+select plan(52);
 
 -- Four workflows, each suspended on one remote activity (seq 1) with the same policy:
 -- 3 attempts, delays 2 s then 6 s.
@@ -481,6 +481,38 @@ select results_eq(
     'both workflows completed with their own results'
 );
 select is_empty($$select from tasks where job_id like 'cb-%'$$, '... and their tasks are gone');
+
+-- The same activity completed twice in one batch: the first item records its outcome, the
+-- second finds the task gone (HM005 for that item only).
+do $$
+begin
+    perform start_workflow('w', '[]', 't32-dup', 'cb-dup');
+end
+$$;
+select schedule_activity(c.task_id, c.lease_token, 1, 'charge', '[]', 't32-dup-acts')
+from claim_tasks(array['t32-dup'], 'worker-b', 1) as c;
+create temp table dup on commit drop as
+select
+    jsonb_build_object('task_id', c.task_id, 'token', c.lease_token, 'result', 7) as item,
+    c.task_id
+from claim_tasks(array['t32-dup-acts'], 'worker-b', 1) as c;
+select is(
+    (select complete_tasks(jsonb_build_array(d.item, d.item)) -> 1 from dup as d),
+    (
+        select
+            _item_error(
+                'HM005',
+                format('task %s not found: an earlier item of this batch finished it', d.task_id)
+            )
+        from dup as d
+    ),
+    'a task completed twice in one batch: the second item answers HM005'
+);
+select results_eq(
+    $$select status, output from steps where job_id = 'cb-dup'$$,
+    $$values ('completed', '7'::jsonb)$$,
+    '... and the outcome is the first item''s, recorded once'
+);
 select is(complete_tasks('[]'), '[]'::jsonb, 'an empty batch completes nothing');
 select throws_ok(
     $$select complete_tasks('{}')$$, '22023', 'items must be a JSON array, not object',

@@ -7,7 +7,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(65);
+select plan(70);
 
 create temp table a1 on commit drop as
 select *
@@ -304,6 +304,35 @@ select results_eq(
 );
 select is(
     record_steps('[]'), '[]'::jsonb, 'an empty batch records nothing'
+);
+
+-- record_step is a batch of one: what it leaves SQL null (the input of a call that has none)
+-- stays SQL null, not JSON null, and the batch's answer for the item is its own.
+select
+    is(
+        record_step(b.task_id, b.lease_token, 4, 'random', 'r', null, '0.5') -> 'output',
+        '0.5'::jsonb,
+        'record_step returns its item''s answer'
+    )
+from b1 as b where b.job_id = 'rs-1';
+select results_eq(
+    $$select input is null, output from steps where job_id = 'rs-1' and seq = 4$$,
+    $$values (true, '0.5'::jsonb)$$,
+    'an input given as SQL null is recorded SQL null'
+);
+select is(
+    _one_item(array['task_id', 'input', 'output'], array['1'::jsonb, null, 'null'::jsonb]),
+    '[{"task_id": 1, "output": null}]'::jsonb,
+    'the batch of one leaves out the SQL-null fields and keeps a JSON null'
+);
+select throws_ok(
+    $$select _raise_item('{"error": {"sqlstate": "HM004", "message": "lease lost: task 1"}}')$$,
+    'HM004', 'lease lost: task 1',
+    'an item''s error is raised as the single call''s own'
+);
+select is(
+    _raise_item('{"seq": 1, "error": null}'), '{"seq": 1, "error": null}'::jsonb,
+    'any other answer (a step, whose error is one of its fields) is returned'
 );
 
 -- ------------------------------------------------------------------ schedule_activity
