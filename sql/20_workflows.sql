@@ -2,7 +2,8 @@
 
 -- Starts a workflow: a `jobs` row and its first activation task, committed together, and a
 -- notification so an idle worker on the queue picks it up at once. Returns the workflow id.
--- p_options: {"retry_policy": {...}, "priority": int, "expire": seconds kept after finishing}.
+-- p_options: {"retry_policy": {...}, "priority": int, "expire": seconds kept after finishing,
+-- "concurrency_key": text (its activations share the per-key limit of their queue: sql/25_limits.sql)}.
 create or replace function start_workflow(
     p_workflow_name text,
     p_args jsonb default '[]',
@@ -22,6 +23,7 @@ declare
     v_existing jobs;
     v_priority smallint;
     v_retention interval;
+    v_key text;
 begin
     if coalesce(p_workflow_name, '') = '' then
         raise exception using errcode = '22023', message = 'workflow_name is required';
@@ -63,6 +65,13 @@ begin
             message = format('expire must be a number of seconds from 0 to 1e10, not %s',
                              v_options -> 'expire');
     end if;
+    if jsonb_typeof(v_options -> 'concurrency_key') not in ('string', 'null') then
+        raise exception using errcode = '22023',
+            message = format('concurrency_key must be a string, not %s',
+                             v_options -> 'concurrency_key');
+    end if;
+    v_key := v_options ->> 'concurrency_key';
+    perform _check_concurrency_key(v_key);
     -- No `expire`: the app's default_retention (sql/71_retention.sql; 7 days unless set).
     v_retention := coalesce(make_interval(secs => (v_options ->> 'expire')::float8),
                             _default_retention());
@@ -81,17 +90,19 @@ begin
     end if;
 
     insert into jobs (id, entity, workflow_name, task_queue, args, retry_policy, priority,
-                      retention, created_at, updated_at)
+                      retention, created_at, updated_at, concurrency_key)
     values (v_id, coalesce(p_entity, p_workflow_name), p_workflow_name, v_queue,
             coalesce(p_args, '[]'::jsonb), _retry_policy(v_options -> 'retry_policy'),
-            v_priority, v_retention, v_now, v_now)
+            v_priority, v_retention, v_now, v_now, v_key)
     on conflict (id) do nothing;
     if not found then
         raise exception using errcode = 'HM001',
             message = format('Duplicate job: workflow id "%s" is already taken', v_id);
     end if;
-    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
-    values (v_id, 'main', 'workflow', p_workflow_name, v_queue, v_priority, v_now);
+    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
+                       concurrency_key, key_rank)
+    values (v_id, 'main', 'workflow', p_workflow_name, v_queue, v_priority, v_now, v_key,
+            _key_rank(v_queue, v_key));
     perform _notify('q:' || v_queue);
     return v_id;
 end

@@ -31,7 +31,7 @@ declare
         'entity_prepend', 'entity_remove', 'entity_increment', 'entity_toggle',
         'entity_set_if_not_exists', 'entity_history', 'entity_find',
         'entity_find_by_condition', 'entity_find_by_id', 'engine_clock', 'workflow_waits',
-        'waits_text', 'workflow_blocker', 'engine_version'
+        'waits_text', 'workflow_blocker', 'engine_version', 'get_queue_limits'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
