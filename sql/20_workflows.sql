@@ -3,7 +3,7 @@
 -- Starts a workflow: a `jobs` row and its first activation task, committed together, and a
 -- notification so an idle worker on the queue picks it up at once. Returns the workflow id.
 -- p_options: {"retry_policy": {...}, "priority": int, "expire": seconds kept after finishing,
--- "concurrency_key": text (its activations share the per-key limit of their queue: sql/25_limits.sql)}.
+-- "concurrency_key": text} (its activations share their queue's per-key limit: 25_limits.sql).
 create or replace function start_workflow(
     p_workflow_name text,
     p_args jsonb default '[]',

@@ -99,9 +99,9 @@ $$;
 
 -- The tokens in a queue's bucket at p_now: full (rate) before its first claim, refilled at
 -- rate per `per` since, never above rate (the burst a quiet queue saves up).
-create or replace function _tokens(p_limits queue_limits, p_bucket queue_buckets,
-                                   p_now timestamptz)
-returns double precision
+create or replace function _tokens(
+    p_limits queue_limits, p_bucket queue_buckets, p_now timestamptz
+) returns double precision
 language sql immutable
 as $$
     select case when p_limits.rate is not null then least(

@@ -226,7 +226,16 @@ with clock as (
 ),
 
 limits as (
-    select * from get_queue_limits()
+    select
+        l.task_queue,
+        l.max_running,
+        l.running,
+        l.rate,
+        l.per,
+        l.tokens,
+        l.next_token_at,
+        l.key_max_running
+    from get_queue_limits() as l
 )
 
 select
@@ -241,19 +250,18 @@ select
         where t.state = 'ready' and t.run_at <= c.now
     ) as oldest_ready_age,
     min(t.run_at) filter (where t.state = 'ready' and t.run_at > c.now) as next_run_at,
-    l.max_running,
-    l.running,
-    l.rate,
-    l.per,
-    l.tokens,
-    l.next_token_at,
-    l.key_max_running
+    -- One row of limits per queue: min() only carries it through the grouping.
+    min(l.max_running) as max_running,
+    min(l.running) as running,
+    min(l.rate) as rate,
+    min(l.per) as per,
+    min(l.tokens) as tokens,
+    min(l.next_token_at) as next_token_at,
+    min(l.key_max_running) as key_max_running
 from tasks as t
 cross join clock as c
 left join limits as l on t.task_queue = l.task_queue
-group by
-    t.task_queue, t.kind, c.now, l.max_running, l.running, l.rate, l.per, l.tokens,
-    l.next_token_at, l.key_max_running;
+group by t.task_queue, t.kind, c.now;
 
 -- Failed workflows with their error: message, code (598 fatal, 597 retries exhausted, 596
 -- timeout, ...), the original exception type, and when they failed.

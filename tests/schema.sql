@@ -13,6 +13,7 @@
 -- migration 0005_hot_paths.sql
 -- migration 0006_signal_retention.sql
 -- migration 0007_signal_key_scope.sql
+-- migration 0010_queue_limits.sql
 
 -- tables
 create table <app>.jobs (
@@ -37,8 +38,22 @@ create table <app>.jobs (
     entity_version bigint not null default 0,
     parent_thread text,
     parent_seq integer,
-    search jsonb not null default '{}'::jsonb
+    search jsonb not null default '{}'::jsonb,
+    concurrency_key text
 ) with (fillfactor=80);
+create table <app>.queue_buckets (
+    task_queue text not null,
+    tokens double precision not null,
+    refilled_at timestamp with time zone not null
+);
+create table <app>.queue_limits (
+    task_queue text not null,
+    max_running integer,
+    rate integer,
+    per interval,
+    key_max_running integer,
+    updated_at timestamp with time zone not null
+);
 create table <app>.schema_migrations (
     version integer not null,
     name text not null,
@@ -99,7 +114,9 @@ create table <app>.tasks (
     lease_expires_at timestamp with time zone,
     rerun boolean not null default false,
     error jsonb,
-    created_at timestamp with time zone not null default now()
+    created_at timestamp with time zone not null default now(),
+    concurrency_key text,
+    key_rank bigint
 ) with (autovacuum_vacuum_scale_factor=0.0, autovacuum_vacuum_threshold=1000, autovacuum_analyze_scale_factor=0.0, autovacuum_analyze_threshold=1000);
 create table <app>.threads (
     job_id text not null,
@@ -119,6 +136,12 @@ create table <app>.threads (
 -- constraints
 alter table <app>.jobs add constraint jobs_pkey PRIMARY KEY (id);
 alter table <app>.jobs add constraint jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])));
+alter table <app>.queue_buckets add constraint queue_buckets_pkey PRIMARY KEY (task_queue);
+alter table <app>.queue_limits add constraint queue_limits_key_max_running CHECK ((key_max_running >= 1));
+alter table <app>.queue_limits add constraint queue_limits_max_running CHECK ((max_running >= 1));
+alter table <app>.queue_limits add constraint queue_limits_per CHECK ((per > '00:00:00'::interval));
+alter table <app>.queue_limits add constraint queue_limits_pkey PRIMARY KEY (task_queue);
+alter table <app>.queue_limits add constraint queue_limits_rate CHECK ((((rate IS NULL) = (per IS NULL)) AND (rate >= 1)));
 alter table <app>.schema_migrations add constraint schema_migrations_pkey PRIMARY KEY (version);
 alter table <app>.settings add constraint settings_pkey PRIMARY KEY (key);
 alter table <app>.signal_keys add constraint signal_keys_scope UNIQUE NULLS NOT DISTINCT (idempotency_key, signal_id, job_id);
@@ -138,6 +161,8 @@ CREATE INDEX jobs_expire_at ON <app>.jobs USING btree (expire_at) WHERE (expire_
 CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
+CREATE UNIQUE INDEX queue_buckets_pkey ON <app>.queue_buckets USING btree (task_queue);
+CREATE UNIQUE INDEX queue_limits_pkey ON <app>.queue_limits USING btree (task_queue);
 CREATE UNIQUE INDEX schema_migrations_pkey ON <app>.schema_migrations USING btree (version);
 CREATE UNIQUE INDEX settings_pkey ON <app>.settings USING btree (key);
 CREATE UNIQUE INDEX signal_keys_scope ON <app>.signal_keys USING btree (idempotency_key, signal_id, job_id) NULLS NOT DISTINCT;
@@ -150,9 +175,12 @@ CREATE UNIQUE INDEX steps_entity_idempotency ON <app>.steps USING btree (job_id,
 CREATE UNIQUE INDEX steps_entity_version ON <app>.steps USING btree (job_id, entity_version) WHERE (entity_version IS NOT NULL);
 CREATE UNIQUE INDEX steps_pkey ON <app>.steps USING btree (job_id, thread, seq);
 CREATE INDEX steps_signal_waits ON <app>.steps USING btree (name, created_at) WHERE ((kind = 'signal'::text) AND (status = 'scheduled'::text));
-CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, run_at, id) WHERE (state <> 'dead'::text);
+CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, key_rank NULLS FIRST, run_at, id) WHERE (state <> 'dead'::text);
 CREATE UNIQUE INDEX tasks_job ON <app>.tasks USING btree (job_id, thread, seq) NULLS NOT DISTINCT;
+CREATE INDEX tasks_key ON <app>.tasks USING btree (task_queue, concurrency_key, key_rank) WHERE (concurrency_key IS NOT NULL);
 CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id);
+CREATE INDEX tasks_rank ON <app>.tasks USING btree (task_queue, key_rank) WHERE ((key_rank IS NOT NULL) AND (state = 'ready'::text));
+CREATE INDEX tasks_running ON <app>.tasks USING btree (task_queue, concurrency_key) WHERE (state = 'leased'::text);
 CREATE UNIQUE INDEX threads_pkey ON <app>.threads USING btree (job_id, thread);
 
 -- sequences
@@ -187,7 +215,14 @@ create view <app>.queue_backlog (
     lease_expired bigint,
     dead bigint,
     oldest_ready_age interval,
-    next_run_at timestamp with time zone
+    next_run_at timestamp with time zone,
+    max_running integer,
+    running bigint,
+    rate integer,
+    per interval,
+    tokens double precision,
+    next_token_at timestamp with time zone,
+    key_max_running integer
 );
 create view <app>.workflows (
     id text,
@@ -230,11 +265,19 @@ create type <app>.claimed_task as (
 -- functions
 create function <app>._activation_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql stable;
+create function <app>._admit(p_task_queues text[], p_max_tasks integer, p_now timestamp with time zone) returns bigint[]
+    language plpgsql volatile;
+create function <app>._admit_from(p_task_queue text, p_slots integer, p_key_max integer, p_now timestamp with time zone) returns bigint[]
+    language plpgsql volatile;
 create function <app>._batch_results(p_items jsonb) returns jsonb[]
     language plpgsql immutable;
 create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text, p_input jsonb) returns boolean
     language plpgsql volatile;
+create function <app>._check_concurrency_key(p_key text) returns void
+    language plpgsql immutable;
 create function <app>._check_lease(p_lease interval) returns void
+    language plpgsql immutable;
+create function <app>._check_limit(p_what text, p_value integer) returns void
     language plpgsql immutable;
 create function <app>._check_name(p_what text, p_value text) returns void
     language plpgsql immutable;
@@ -303,12 +346,16 @@ create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.t
     language plpgsql volatile;
 create function <app>._item_error(p_sqlstate text, p_message text) returns jsonb
     language sql immutable;
+create function <app>._key_rank(p_task_queue text, p_key text) returns bigint
+    language sql stable;
 create function <app>._lease_lost_item(p_task_id text) returns jsonb
     language sql immutable;
 create function <app>._leased_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql stable;
 create function <app>._legal_transitions() returns TABLE(machine text, from_state text, to_state text, owner text)
     language sql immutable;
+create function <app>._limited_due(p_task_queue text, p_due timestamp with time zone) returns timestamp with time zone
+    language plpgsql stable;
 create function <app>._login_group(p_role text) returns text
     language plpgsql stable;
 create function <app>._login_mark(p_group text) returns text
@@ -351,6 +398,8 @@ create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns 
     language sql stable;
 create function <app>._step_json(p_step <app>.steps) returns jsonb
     language sql stable;
+create function <app>._tokens(p_limits <app>.queue_limits, p_bucket <app>.queue_buckets, p_now timestamp with time zone) returns double precision
+    language sql immutable;
 create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb) returns <app>.jobs
     language plpgsql volatile;
 create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[] DEFAULT NULL::jsonb[], p_error jsonb DEFAULT NULL::jsonb) returns SETOF <app>.jobs
@@ -448,6 +497,9 @@ create function <app>.fail_task(p_task_id bigint, p_token uuid, p_error jsonb) r
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.get_queue_limits() returns TABLE(task_queue text, max_running integer, running bigint, rate integer, per interval, tokens double precision, next_token_at timestamp with time zone, key_max_running integer, updated_at timestamp with time zone)
+    language sql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.get_setting(p_key text) returns jsonb
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -501,7 +553,7 @@ create function <app>.revoke_login(p_role text) returns jsonb
 create function <app>.rotate_login(p_role text) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb) returns jsonb
+create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb, p_concurrency_key text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
@@ -513,6 +565,9 @@ create function <app>.search_step(p_task_id bigint, p_token uuid, p_seq integer,
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.send_signal(p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_payload jsonb, p_workflow_id text DEFAULT NULL::text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.set_queue_limits(p_task_queue text, max_running integer DEFAULT NULL::integer, rate integer DEFAULT NULL::integer, per interval DEFAULT NULL::interval, key_max_running integer DEFAULT NULL::integer) returns void
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.set_setting(p_key text, p_value jsonb) returns jsonb
@@ -613,6 +668,8 @@ grant execute on function <app>.entity_step(bigint,uuid,integer,text,text,jsonb)
 grant execute on function <app>.entity_toggle(text,text,text) to <app>_app;
 grant execute on function <app>.entity_toggle(text,text,text) to <app>_worker;
 grant execute on function <app>.fail_task(bigint,uuid,jsonb) to <app>_worker;
+grant execute on function <app>.get_queue_limits() to <app>_app;
+grant execute on function <app>.get_queue_limits() to <app>_worker;
 grant execute on function <app>.get_setting(text) to <app>_app;
 grant execute on function <app>.get_setting(text) to <app>_worker;
 grant execute on function <app>.get_workflow(text) to <app>_app;
@@ -626,7 +683,7 @@ grant execute on function <app>.record_steps(jsonb) to <app>_worker;
 grant execute on function <app>.release_tasks(bigint[],uuid[]) to <app>_worker;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_app;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_worker;
-grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb) to <app>_worker;
+grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb,text) to <app>_worker;
 grant execute on function <app>.schedule_sleep(bigint,uuid,integer,numeric) to <app>_worker;
 grant execute on function <app>.search_step(bigint,uuid,integer,text,jsonb) to <app>_worker;
 grant execute on function <app>.send_signal(bigint,uuid,integer,text,jsonb,text) to <app>_worker;

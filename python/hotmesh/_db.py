@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import errors
-from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
+from hotmesh.rows import HistoryEntry, QueueBacklog, QueueLimits, WorkflowSummary
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ _STATEMENTS = {
     " %(retry_policy)s::jsonb)",
     "schedule_activity": "select {}.schedule_activity(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(name)s::text, %(args)s::jsonb, %(task_queue)s::text,"
-    " %(retry_policy)s::jsonb)",
+    " %(retry_policy)s::jsonb, %(concurrency_key)s::text)",
     "schedule_sleep": "select {}.schedule_sleep(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(seconds)s::numeric)",
     # entity
@@ -211,6 +211,11 @@ _STATEMENTS = {
     "prune": "call {}.prune(%(older_than)s::interval, %(batch)s::integer, %(dry_run)s::boolean,"
     " null)",
     "set_setting": "select {}.set_setting(%(key)s::text, %(value)s::jsonb)",
+    # flow control: sql/25_limits.sql
+    "set_queue_limits": "select {}.set_queue_limits(%(task_queue)s::text,"
+    " max_running => %(max_running)s::integer, rate => %(rate)s::integer,"
+    " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer)",
+    "get_queue_limits": "select {columns} from {}.get_queue_limits()",
     "get_setting": "select {}.get_setting(%(key)s::text)",
 }
 
@@ -226,6 +231,7 @@ _ROWS: dict[str, type[Any]] = {
     "workflow_waits": WorkflowWaits,
     "workflow_history": HistoryEntry,
     "queue_backlog": QueueBacklog,
+    "get_queue_limits": QueueLimits,
 }
 
 
@@ -364,6 +370,7 @@ _READS = frozenset(
         "workflow_waits",
         "workflow_history",
         "queue_backlog",
+        "get_queue_limits",
     }
 )
 _RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
@@ -631,6 +638,7 @@ class Database:
         args: list[Any],
         task_queue: str,
         retry_policy: dict[str, Any] | None,
+        concurrency_key: str | None = None,
     ) -> dict[str, Any]:
         params = {
             **_held(task, seq),
@@ -638,6 +646,7 @@ class Database:
             "args": Jsonb(args),
             "task_queue": task_queue,
             "retry_policy": _json(retry_policy),
+            "concurrency_key": concurrency_key,
         }
         return dict(await self._value("schedule_activity", params))
 
@@ -857,3 +866,23 @@ class Database:
 
     async def get_setting(self, key: str) -> Any:
         return await self._value("get_setting", {"key": key})
+
+    async def set_queue_limits(
+        self,
+        task_queue: str,
+        max_running: int | None,
+        rate: int | None,
+        per: timedelta | None,
+        key_max_running: int | None,
+    ) -> None:
+        params = {
+            "task_queue": task_queue,
+            "max_running": max_running,
+            "rate": rate,
+            "per": per,
+            "key_max_running": key_max_running,
+        }
+        await self._value("set_queue_limits", params)
+
+    async def get_queue_limits(self) -> list[QueueLimits]:
+        return await self._rows("get_queue_limits", QueueLimits, {})

@@ -22,7 +22,7 @@ from hotmesh._listener import Listener
 from hotmesh._runner import encode, encode_args
 from hotmesh.entity import EntityClient
 from hotmesh.retry import RetryPolicy
-from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
+from hotmesh.rows import HistoryEntry, QueueBacklog, QueueLimits, WorkflowSummary
 from hotmesh.worker import Registry, Worker
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
@@ -130,6 +130,34 @@ class Handle:
             listener.unwatch_done(self.workflow_id, event)
 
 
+class QueueClient:
+    """`mf.queue`: flow control per task queue, enforced by the claim (docs/flow-control.md)."""
+
+    def __init__(self, mf: MemFlow) -> None:
+        self._mf = mf
+
+    async def set_limits(
+        self,
+        task_queue: str,
+        *,
+        max_running: int | None = None,
+        rate: int | None = None,
+        per: Duration | None = None,
+        key_max_running: int | None = None,
+    ) -> None:
+        """Limit `task_queue` (`<app>.set_queue_limits`): at most `max_running` tasks running
+        at once across every worker, at most `rate` starts `per` interval (a token bucket),
+        at most `key_max_running` running per concurrency key. None lifts that limit; the
+        call sets all of them, so `set_limits(q)` lifts every limit. Applies at once."""
+        interval = None if per is None else timedelta(seconds=seconds(per, "per"))
+        await self._mf._db.set_queue_limits(task_queue, max_running, rate, interval,
+                                            key_max_running)  # fmt: skip
+
+    async def limits(self) -> list[QueueLimits]:
+        """Every limited queue, its limits and where it stands (`<app>.get_queue_limits`)."""
+        return await self._mf._db.get_queue_limits()
+
+
 class WorkflowClient:
     """`mf.workflow`: start workflows and find them again."""
 
@@ -147,11 +175,14 @@ class WorkflowClient:
         retry_policy: RetryPolicy | dict[str, Any] | None = None,
         priority: int | None = None,
         expire: Duration | None = None,
+        concurrency_key: str | None = None,
     ) -> Handle:
         """Start a workflow; returns its Handle at once. `task_queue` defaults to `entity`;
         `entity` (the jobs.entity column) defaults to the workflow name. `expire` is how long
-        the finished workflow is kept (default 7 days); `retry_policy` re-runs a failing body."""
-        options = start_options(retry_policy, priority, expire)
+        the finished workflow is kept (default 7 days); `retry_policy` re-runs a failing body.
+        Its activations share the per-key limit of their queue with the other workflows of
+        `concurrency_key` (a customer, a tenant: docs/flow-control.md)."""
+        options = start_options(retry_policy, priority, expire, concurrency_key)
         try:
             arguments = encode_args(args, f"the args of workflow {workflow_name}")
         except errors.FatalError as error:
@@ -264,6 +295,7 @@ class MemFlow:
         self.workers: dict[str, Worker] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
+        self.queue = QueueClient(self)
         self.entity = EntityClient(self._db)
         self._listener = Listener(dsn, app_id)
 

@@ -53,10 +53,12 @@ class ActivityProxy:
         activities: dict[str, Callable[..., Any]] | None,
         task_queue: str | None,
         retry_policy: dict[str, Any] | None,
+        concurrency_key: str | None = None,
     ) -> None:
         self._activities = activities
         self._task_queue = task_queue
         self._retry_policy = retry_policy
+        self._concurrency_key = concurrency_key
 
     def __getattr__(self, name: str) -> Callable[..., asyncio.Future[Any]]:
         if name.startswith("_"):
@@ -80,7 +82,9 @@ class ActivityProxy:
             arguments = encode(list(args), f"the arguments of activity {name}")
         except errors.FatalError as error:
             return act.fail_now(error)
-        return act.call(ScheduleActivity(name, arguments, queue, self._retry_policy))
+        return act.call(
+            ScheduleActivity(name, arguments, queue, self._retry_policy, self._concurrency_key)
+        )
 
 
 def proxy_activities(
@@ -88,16 +92,20 @@ def proxy_activities(
     *,
     task_queue: str | None = None,
     retry_policy: RetryPolicy | dict[str, Any] | None = None,
+    concurrency_key: str | None = None,
 ) -> Any:
     """Durable handles to activities.
 
     With `activities`, they are registered in this process; a call runs inline (in this
     worker, recorded with one call) when this process serves the activity's queue, and goes
     through the queue to another worker otherwise. `task_queue` defaults to the workflow's own
-    queue. `retry_policy` applies to every call made through the proxy.
+    queue. `retry_policy` applies to every call made through the proxy. With
+    `concurrency_key` (a customer, a tenant), every call goes through the queue and shares its
+    per-key limit with the key's other tasks; so does every call to a queue with limits
+    (docs/flow-control.md).
     """
     named = _named(activities) if activities is not None else None
-    return ActivityProxy(named, task_queue, policy_json(retry_policy))
+    return ActivityProxy(named, task_queue, policy_json(retry_policy), concurrency_key)
 
 
 def sleep_for(duration: _durations.Duration) -> asyncio.Future[float]:
@@ -156,9 +164,12 @@ def start_options(
     retry_policy: RetryPolicy | dict[str, Any] | None = None,
     priority: int | None = None,
     expire: _durations.Duration | None = None,
+    concurrency_key: str | None = None,
 ) -> dict[str, Any]:
     """The `options` JSON of start_workflow / start_child."""
     options: dict[str, Any] = {}
+    if concurrency_key is not None:
+        options["concurrency_key"] = concurrency_key
     if retry_policy is not None:
         options["retry_policy"] = policy_json(retry_policy)
     if priority is not None:
@@ -282,11 +293,12 @@ def exec_child(
     retry_policy: RetryPolicy | dict[str, Any] | None = None,
     priority: int | None = None,
     expire: _durations.Duration | None = None,
+    concurrency_key: str | None = None,
 ) -> asyncio.Future[Any]:
     """Start a child workflow and wait for its result (this workflow suspends meanwhile; it
     holds no worker slot). A failed child raises its error, with its code, here. The child id
     defaults to "<this id>-<thread>-<step>", the same on every replay."""
-    options = start_options(retry_policy, priority, expire)
+    options = start_options(retry_policy, priority, expire, concurrency_key)
     return _child(True, workflow_name, args, task_queue, workflow_id, entity, options)
 
 
@@ -300,9 +312,10 @@ def start_child(
     retry_policy: RetryPolicy | dict[str, Any] | None = None,
     priority: int | None = None,
     expire: _durations.Duration | None = None,
+    concurrency_key: str | None = None,
 ) -> asyncio.Future[Any]:
     """Start a child workflow and return its id at once."""
-    options = start_options(retry_policy, priority, expire)
+    options = start_options(retry_policy, priority, expire, concurrency_key)
     return _child(False, workflow_name, args, task_queue, workflow_id, entity, options)
 
 
