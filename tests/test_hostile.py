@@ -208,6 +208,12 @@ GOOD: dict[str, Any] = {
     "p_job_id": "wf",
     "p_waits": '[{"kind": "signal", "name": "go"}]',
     "p_xmax": "1",
+    "p_concurrency_key": None,
+    # set_queue_limits: plain names, so that a call reads `max_running => 4`
+    "max_running": 4,
+    "rate": 60,
+    "per": "1 minute",
+    "key_max_running": None,
 }
 
 

@@ -29,6 +29,7 @@ OWNER_ONLY = {
     "prune_batch",
     "prune_signals",
     "set_setting",
+    "set_queue_limits",
     "retry_workflow",
     "entity_create_index",
     "create_login",

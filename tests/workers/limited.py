@@ -32,7 +32,7 @@ async def tracked(key: str) -> int:
             sql.SQL("insert into {}.inside (key) values (%s) returning id").format(app), (key,)
         )
         row = await cur.fetchone()
-        assert row is not None  # noqa: S101 - insert ... returning returns its row
+        assert row is not None
         await conn.execute(
             sql.SQL(
                 "insert into {0}.observed (key, on_queue, on_key)"
