@@ -76,7 +76,7 @@ async def test_busy_key_does_not_starve_others(
     await mf.queue.set_limits("fair", max_running=8)
     db.conn.execute(
         "select start_workflow('note', jsonb_build_array('big'), 'fair', null, null,"
-        " '{\"concurrency_key\": \"big\"}') from generate_series(1, %s)",
+        ' \'{"concurrency_key": "big"}\') from generate_series(1, %s)',
         (big,),
     )
     db.conn.execute(
