@@ -165,39 +165,54 @@ $$;
 
 -- Up to p_slots due tasks of one queue, in claim order (priority, then rotation rank, then
 -- due time), skipping the tasks of a key that already runs p_key_max of them: a key at its
--- limit waits without holding back the keys behind it. Only the first 8 x p_slots + 64
--- waiting tasks are looked at, so the claim's cost does not grow with the backlog; the rank
--- order puts at most one task per key at each rank, so skipped keys use little of that.
+-- limit waits without holding back the keys behind it. It reads the waiting tasks in claim
+-- order a window at a time, a larger one only while keys at their limit leave slots unfilled,
+-- and at most 16 x p_slots + 256 of them, so its cost does not grow with the backlog; the
+-- rank order puts at most one task per key at each rank, so skipped keys use little of it.
 create or replace function _admit_from(
     p_task_queue text, p_slots integer, p_key_max integer, p_now timestamptz
 ) returns bigint[]
 language plpgsql
 as $$
 declare
+    v_window integer := case when p_key_max is null then p_slots else p_slots * 2 + 16 end;
+    v_seen integer;
     v_chosen bigint[];
     v_taken bigint[];
 begin
-    with candidate as (
-        select t.id, t.concurrency_key,
-               row_number() over () as ord
-          from (select t.id, t.concurrency_key
-                  from tasks as t
-                 where t.task_queue = p_task_queue and t.state <> 'dead' and t.run_at <= p_now
-                 order by t.priority desc, t.key_rank nulls first, t.run_at, t.id
-                 limit p_slots * 8 + 64) as t
-    ), numbered as (
-        select c.id, c.ord,
-               row_number() over (partition by c.concurrency_key order by c.ord) as nth,
-               (select count(*) from tasks as r
-                 where p_key_max is not null and c.concurrency_key is not null
-                   and r.task_queue = p_task_queue and r.concurrency_key = c.concurrency_key
-                   and r.state = 'leased' and r.lease_expires_at > p_now) as running
-          from candidate as c
-    )
-    select array_agg(n.id order by n.ord) into v_chosen
-      from (select n.id, n.ord from numbered as n
-             where p_key_max is null or n.running + n.nth <= p_key_max
-             order by n.ord limit p_slots) as n;
+    loop
+        with candidate as (
+            select t.id, t.concurrency_key, row_number() over () as ord
+              from (select t.id, t.concurrency_key
+                      from tasks as t
+                     where t.task_queue = p_task_queue and t.state <> 'dead'
+                       and t.run_at <= p_now
+                     order by t.priority desc, t.key_rank nulls first, t.run_at, t.id
+                     limit v_window) as t
+        ), busy as (
+            select r.concurrency_key, count(*) as running
+              from tasks as r
+             where p_key_max is not null and r.task_queue = p_task_queue
+               and r.state = 'leased' and r.lease_expires_at > p_now
+               and r.concurrency_key is not null
+             group by r.concurrency_key
+        ), numbered as (
+            select c.id, c.ord, coalesce(b.running, 0) as running, c.concurrency_key,
+                   row_number() over (partition by c.concurrency_key order by c.ord) as nth
+              from candidate as c
+              left join busy as b on b.concurrency_key = c.concurrency_key
+        )
+        select (select count(*) from candidate),
+               (select array_agg(n.id order by n.ord)
+                  from (select n.id, n.ord from numbered as n
+                         where p_key_max is null or n.concurrency_key is null
+                            or n.running + n.nth <= p_key_max
+                         order by n.ord limit p_slots) as n)
+          into v_seen, v_chosen;
+        exit when coalesce(cardinality(v_chosen), 0) >= p_slots or v_seen < v_window
+                  or v_window >= p_slots * 16 + 256;
+        v_window := least(v_window * 4, p_slots * 16 + 256);
+    end loop;
     -- Taken now; a task changed meanwhile is judged again by its committed row.
     select array_agg(t.id) into v_taken
       from (select t.id from tasks as t

@@ -5,7 +5,7 @@
 begin;
 \ir _preamble.psql
 
-select plan(40);
+select plan(42);
 
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -194,6 +194,16 @@ select is((
     where task_queue = 'plain-fair' and concurrency_key = 'late'
 ),
 array[2, 3, 4]::bigint[], 'a late key is ranked from where the rotation stands');
+
+-- Keys at their limit ahead of a free one: the claim reads further than its first window.
+select set_queue_limits('l-win', key_max_running => 1);
+select pg_temp.start_many('l-win', 2, 'k' || i) from generate_series(1, 40) as i;
+select is(cardinality(pg_temp.claim_keys('l-win', 100)), 40, 'one task of each of 40 keys');
+select pg_temp.start_many('l-win', 1, 'z');
+select is(
+    pg_temp.claim_keys('l-win', 1), array['z'],
+    'a free key behind 40 keys at their limit still gets its turn'
+);
 
 -- Priorities compose: a key at its limit holds back its urgent task, not the other keys.
 select set_queue_limits('l-prio', key_max_running => 1);
