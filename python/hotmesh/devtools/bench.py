@@ -529,6 +529,29 @@ def _finished_workflows(conn: psycopg.Connection[Any], app: str, count: int) -> 
             size -= finished
 
 
+def _claim_ms(conn: psycopg.Connection[Any], app: str, batch: int, claims: int) -> float:
+    """The median time of `claims` claims of `batch` tasks from queue `bench` (each batch
+    completed before the next claim), once the app's tables are vacuumed and analyzed."""
+    schema = sql.Identifier(app)
+    # Every table of the app, named by the catalog: finished workflows leave rows in more of
+    # them than jobs (their threads, ...), and a stale estimate would misplan.
+    tables = conn.execute("select tablename from pg_tables where schemaname = %s", (app,))
+    for (table,) in tables.fetchall():
+        conn.execute(sql.SQL("vacuum analyze {}.{}").format(schema, sql.Identifier(table)))
+    claim = sql.SQL(
+        "select task_id, lease_token from {}.claim_tasks(array['bench'], 'bench', %s)"
+    ).format(schema)
+    complete = sql.SQL("select {}.complete_tasks(%s)").format(schema)
+    durations = []
+    for _ in range(claims):
+        started = time.perf_counter()
+        claimed = conn.execute(claim, (batch,)).fetchall()
+        durations.append(time.perf_counter() - started)
+        items = [{"task_id": t, "token": str(k), "result": None} for t, k in claimed]
+        conn.execute(complete, (json.dumps(items),))
+    return statistics.median(durations) * 1000
+
+
 def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str, Any]:
     """claim_tasks of 128 tasks from a 10,000-task backlog, in an app with no finished
     workflows and in one with `finished` of them (started and completed through the public
@@ -549,25 +572,7 @@ def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str,
                     " from generate_series(1, 10000)"
                 ).format(schema)
             )
-            # Every table of the app, named by the catalog: the finished workflows left rows in
-            # more of them than jobs (their threads, ...), and a stale estimate would misplan.
-            tables = conn.execute(
-                "select tablename from pg_tables where schemaname = %s", (app,)
-            ).fetchall()
-            for (table,) in tables:
-                conn.execute(sql.SQL("vacuum analyze {}.{}").format(schema, sql.Identifier(table)))
-            claim = sql.SQL(
-                "select task_id, lease_token from {}.claim_tasks(array['bench'], 'bench', %s)"
-            ).format(schema)
-            complete = sql.SQL("select {}.complete_tasks(%s)").format(schema)
-            durations = []
-            for _ in range(claims):
-                started = time.perf_counter()
-                claimed = conn.execute(claim, (batch,)).fetchall()
-                durations.append(time.perf_counter() - started)
-                items = [{"task_id": t, "token": str(k), "result": None} for t, k in claimed]
-                conn.execute(complete, (json.dumps(items),))
-            medians[label] = statistics.median(durations) * 1000
+            medians[label] = _claim_ms(conn, app, batch, claims)
     return {
         "finished_jobs": finished,
         "claim_ms": medians["empty"],
@@ -596,23 +601,7 @@ def keys(dsn: str, app: str, *, tasks: int, claims: int = 20) -> dict[str, Any]:
                 ).format(schema),
                 (key_count, max(key_count, 1), tasks),
             )
-            tables = conn.execute(
-                "select tablename from pg_tables where schemaname = %s", (app,)
-            ).fetchall()
-            for (table,) in tables:
-                conn.execute(sql.SQL("vacuum analyze {}.{}").format(schema, sql.Identifier(table)))
-            claim = sql.SQL(
-                "select task_id, lease_token from {}.claim_tasks(array['bench'], 'bench', %s)"
-            ).format(schema)
-            complete = sql.SQL("select {}.complete_tasks(%s)").format(schema)
-            durations = []
-            for _ in range(claims):
-                started = time.perf_counter()
-                claimed = conn.execute(claim, (batch,)).fetchall()
-                durations.append(time.perf_counter() - started)
-                items = [{"task_id": t, "token": str(k), "result": None} for t, k in claimed]
-                conn.execute(complete, (json.dumps(items),))
-            medians[label] = statistics.median(durations) * 1000
+            medians[label] = _claim_ms(conn, app, batch, claims)
     return {
         "claim_ms_plain": medians["plain"],
         "claim_ms_1000_keys": medians["keys_1000"],
