@@ -102,7 +102,7 @@ begin
     insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
                        concurrency_key, key_rank)
     values (v_id, 'main', 'workflow', p_workflow_name, v_queue, v_priority, v_now, v_key,
-            _key_rank(v_queue, v_key));
+            case when v_key is not null then _key_rank(v_queue, v_key) end);
     perform _notify('q:' || v_queue);
     return v_id;
 end

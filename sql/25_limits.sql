@@ -80,9 +80,10 @@ begin
 end
 $$;
 
--- The rank of a new task of key p_key on a queue (null without a key): after the key's
--- last one, and never before where the rotation stands (the lowest rank still waiting), so
--- a key that arrives late takes its turn instead of overtaking every key that waits.
+-- The rank of a new task of key p_key on a queue: after the key's last one, and never before
+-- where the rotation stands (the lowest rank still waiting), so a key that arrives late takes
+-- its turn instead of overtaking every key that waits. Null without a key (callers on the hot
+-- path skip the call then).
 create or replace function _key_rank(p_task_queue text, p_key text) returns bigint
 language sql stable
 as $$

@@ -128,7 +128,9 @@ begin
     insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
                        concurrency_key, key_rank)
     values (p_workflow_id, v_thread, 'workflow', p_workflow_name, v_queue, v_job.priority,
-            _now(), v_job.concurrency_key, _key_rank(v_queue, v_job.concurrency_key));
+            _now(), v_job.concurrency_key,
+            case when v_job.concurrency_key is not null
+                 then _key_rank(v_queue, v_job.concurrency_key) end);
     perform _notify('q:' || v_queue);
     return v_thread;
 end

@@ -5,7 +5,7 @@
 begin;
 \ir _preamble.psql
 
-select plan(42);
+select plan(44);
 
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -203,6 +203,21 @@ select pg_temp.start_many('l-win', 1, 'z');
 select is(
     pg_temp.claim_keys('l-win', 1), array['z'],
     'a free key behind 40 keys at their limit still gets its turn'
+);
+
+-- A keyed workflow's hooks carry its key; an activity call carries its own.
+select start_workflow('w', '[]', 'l-carry', 'keyed-wf', null, '{"concurrency_key": "acme"}');
+select hook('keyed-wf', 'h', '[]', 'l-carry');
+select is((
+    select array_agg(concurrency_key order by thread) from tasks
+    where job_id = 'keyed-wf'
+),
+array['acme', 'acme'], 'a keyed workflow''s activations (main, hook) carry its key');
+select schedule_activity(c.task_id, c.lease_token, 1, 'act', '[]', 'l-acts', null, 'globex')
+from claim_tasks(array['l-carry'], 'tester', 1) as c where c.thread = 'main';
+select is(
+    (select concurrency_key from tasks where job_id = 'keyed-wf' and kind = 'activity'),
+    'globex', 'an activity call carries the key it was given'
 );
 
 -- Priorities compose: a key at its limit holds back its urgent task, not the other keys.
