@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -644,25 +645,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
         raise ValueError(f"unknown scenario(s): {', '.join(sorted(unknown))}; use {SCENARIOS}")
+    # `steps`, `limited` and `remote`: the same workflows, run three ways.
+    chains = functools.partial(
+        workflows, dsn, app, count=args.workflows, steps=args.steps, concurrency=args.concurrency
+    )
     plans: dict[str, Callable[[], dict[str, Any]]] = {
         "ceiling": lambda: ceiling(dsn, args.concurrency, args.seconds),
-        "steps": lambda: workflows(
-            dsn,
-            app,
-            count=args.workflows,
-            steps=args.steps,
-            concurrency=args.concurrency,
-            remote=False,
-        ),
-        "limited": lambda: workflows(
-            dsn,
-            app,
-            count=args.workflows,
-            steps=args.steps,
-            concurrency=args.concurrency,
-            remote=False,
-            limited=True,
-        ),
+        "steps": lambda: chains(remote=False),
+        "limited": lambda: chains(remote=False, limited=True),
         "long": lambda: workflows(
             dsn,
             app,
@@ -671,14 +661,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             concurrency=args.concurrency,
             remote=False,
         ),
-        "remote": lambda: workflows(
-            dsn,
-            app,
-            count=args.workflows,
-            steps=args.steps,
-            concurrency=args.concurrency,
-            remote=True,
-        ),
+        "remote": lambda: chains(remote=True),
         "queue": lambda: queue(
             dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency
         ),
