@@ -583,11 +583,14 @@ declare
     v_state text;
     v_queue text;
 begin
-    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
-    select j.id, p_thread, 'workflow', coalesce(th.name, j.workflow_name),
-           coalesce(th.task_queue, j.task_queue), j.priority, _now()
+    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
+                       concurrency_key, key_rank)
+    select j.id, p_thread, 'workflow', coalesce(th.name, j.workflow_name), q.name, j.priority,
+           _now(), j.concurrency_key,
+           case when j.concurrency_key is not null then _key_rank(q.name, j.concurrency_key) end
       from jobs as j
       left join threads as th on th.job_id = j.id and th.thread = p_thread
+     cross join lateral (select coalesce(th.task_queue, j.task_queue) as name) as q
      where j.id = p_job_id and j.status not in ('completed', 'failed', 'cancelled')
        and (p_thread = 'main' or th.status = 'running')
     on conflict (job_id, thread, seq) do update

@@ -6,7 +6,8 @@
 -- p_options: {"retry_policy": {...}, "priority": int, "expire": seconds kept after finishing}
 -- and the start options (docs/sql-api.md): "execution_timeout" (seconds), "id_reuse"
 -- (reject | allow_finished | terminate), "idempotency_key", "debounce" (seconds), "start_at"
--- (a timestamp) or "start_in" (seconds), "search" ({attribute: value}).
+-- (a timestamp) or "start_in" (seconds), "search" ({attribute: value}); "concurrency_key"
+-- (its activations share their queue's per-key limit: 25_limits.sql).
 create or replace function start_workflow(
     p_workflow_name text,
     p_args jsonb default '[]',
@@ -30,6 +31,7 @@ declare
     v_start jsonb;
     v_run_at timestamptz;
     v_held_by text;
+    v_key text;
 begin
     if coalesce(p_workflow_name, '') = '' then
         raise exception using errcode = '22023', message = 'workflow_name is required';
@@ -71,6 +73,13 @@ begin
             message = format('expire must be a number of seconds from 0 to 1e10, not %s',
                              v_options -> 'expire');
     end if;
+    if jsonb_typeof(v_options -> 'concurrency_key') not in ('string', 'null') then
+        raise exception using errcode = '22023',
+            message = format('concurrency_key must be a string, not %s',
+                             v_options -> 'concurrency_key');
+    end if;
+    v_key := v_options ->> 'concurrency_key';
+    perform _check_concurrency_key(v_key);
     -- No `expire`: the app's default_retention (sql/71_retention.sql; 7 days unless set).
     v_retention := coalesce(make_interval(secs => (v_options ->> 'expire')::float8),
                             _default_retention());
@@ -101,12 +110,12 @@ begin
 
     insert into jobs (id, entity, workflow_name, task_queue, args, retry_policy, priority,
                       retention, created_at, updated_at, execution_timeout, timeout_at,
-                      idempotency_key, search)
+                      idempotency_key, search, concurrency_key)
     values (v_id, coalesce(p_entity, p_workflow_name), p_workflow_name, v_queue,
             coalesce(p_args, '[]'::jsonb), v_policy, v_priority, v_retention, v_now, v_now,
             (v_start ->> 'execution_timeout')::interval,
             v_run_at + (v_start ->> 'execution_timeout')::interval,
-            v_start ->> 'idempotency_key', coalesce(v_start -> 'search', '{}'::jsonb))
+            v_start ->> 'idempotency_key', coalesce(v_start -> 'search', '{}'::jsonb), v_key)
     on conflict do nothing;
     if not found then
         -- A start racing this one took the key first: its run is the answer.
@@ -118,8 +127,10 @@ begin
         raise exception using errcode = 'HM001',
             message = format('Duplicate job: workflow id "%s" is already taken', v_id);
     end if;
-    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
-    values (v_id, 'main', 'workflow', p_workflow_name, v_queue, v_priority, v_run_at);
+    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
+                       concurrency_key, key_rank)
+    values (v_id, 'main', 'workflow', p_workflow_name, v_queue, v_priority, v_run_at, v_key,
+            case when v_key is not null then _key_rank(v_queue, v_key) end);
     if v_run_at <= v_now then
         perform _notify('q:' || v_queue);
     end if;

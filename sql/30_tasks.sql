@@ -61,6 +61,8 @@ declare
     v_started text[];
     v_held bigint[];
     v_held_jobs text[];
+    v_plain text[] := p_task_queues;
+    v_admitted bigint[];
 begin
     if p_max_tasks is null or p_max_tasks < 1 then
         raise exception using errcode = '22023',
@@ -75,37 +77,49 @@ begin
     perform _fire_timeouts(v_now);
     perform _fire_schedules(v_now);
 
+    -- Queues with limits (flow control, sql/25_limits.sql) are claimed by _admit, which
+    -- enforces them; without any, the claim takes the plain path alone, as cheap as before.
+    if exists (select from queue_limits where task_queue = any(p_task_queues)) then
+        v_admitted := _admit(p_task_queues, p_max_tasks, v_now);
+        v_plain := null;
+    end if;
+
     -- One ordered index scan per queue (on PostgreSQL 15 `task_queue = any(...)` would read
-    -- and sort every due task of the queues before the limit applies).
+    -- and sort every due task of the queues before the limit applies). Within a priority,
+    -- tasks with a concurrency key go in rotation (key_rank: every key's next task before any
+    -- key's one after it), after those without one.
     with picked as (
-        select c.id, c.deadline
-          from unnest(p_task_queues) as q (name)
-         cross join lateral (
-               select t.id, t.priority, t.run_at,
-                      _run_deadline(t.close_at, t.start_to_close, t.heartbeat_timeout, v_now,
-                                    v_now) as deadline
-                 from tasks as t
-                where t.task_queue = q.name and t.state <> 'dead' and t.run_at <= v_now
-                  -- one that timed out but was held while the timeouts fired: not now
-                  and (t.timeout_at is null or t.timeout_at > v_now)
-                order by t.priority desc, t.run_at, t.id
-                limit p_max_tasks
-                  for update skip locked
-               ) as c
-         order by c.priority desc, c.run_at, c.id
-         limit p_max_tasks
+        (select c.id
+           from unnest(v_plain) as q (name)
+          cross join lateral (
+                select t.id, t.priority, t.key_rank, t.run_at
+                  from tasks as t
+                 where t.task_queue = q.name and t.state <> 'dead' and t.run_at <= v_now
+                   -- one that timed out but was held while the timeouts fired: not now
+                   and (t.timeout_at is null or t.timeout_at > v_now)
+                 order by t.priority desc, t.key_rank nulls first, t.run_at, t.id
+                 limit p_max_tasks
+                   for update skip locked
+                ) as c
+          order by c.priority desc, c.key_rank nulls first, c.run_at, c.id
+          limit p_max_tasks)
+        union all
+        select a.id from unnest(v_admitted) as a (id)
     ), leased as (
         update tasks as t
            set state = 'leased',
                lease_owner = p_worker_id,
                lease_token = gen_random_uuid(),
                -- A lease never outlasts the run's timeout: the task is due again then.
-               lease_expires_at = least(v_now + p_lease, picked.deadline),
-               run_at = least(v_now + p_lease, picked.deadline),
+               lease_expires_at = least(v_now + p_lease, _run_deadline(
+                   t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)),
+               run_at = least(v_now + p_lease, _run_deadline(
+                   t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)),
                attempt = t.attempt + 1,
                rerun = false,
                started_at = v_now,
-               timeout_at = picked.deadline
+               timeout_at = _run_deadline(
+                   t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)
           from picked
          where t.id = picked.id
            and t.state in (select l.from_state from _legal_transitions() as l
@@ -276,13 +290,27 @@ as $$
           from levels as l
          where l.priority is not null
     )
+    -- Per level the soonest task without a key (one probe: they sort first), and the
+    -- soonest with one (they sort by rank first: a range of the index). A limited queue's
+    -- tasks may be held back further (_limited_due). A schedule or a timeout that comes due
+    -- wakes the worker too: its claim fires it.
     select least(
-               (select min((select t.run_at from tasks as t
-                             where t.task_queue = l.queue and t.state <> 'dead'
-                               and t.priority = l.priority
-                             order by t.priority desc, t.run_at limit 1))
-                  from levels as l
-                 where l.priority is not null),
+               (select min(_limited_due(d.queue, d.due))
+                  from (select l.queue,
+                               min(least((select t.run_at from tasks as t
+                                           where t.task_queue = l.queue and t.state <> 'dead'
+                                             and t.priority = l.priority and t.key_rank is null
+                                           order by t.priority desc, t.key_rank nulls first,
+                                                    t.run_at
+                                           limit 1),
+                                         (select min(t.run_at) from tasks as t
+                                           where t.task_queue = l.queue and t.state <> 'dead'
+                                             and t.priority = l.priority
+                                             and t.key_rank is not null)))
+                                   as due
+                          from levels as l
+                         where l.priority is not null
+                         group by l.queue) as d),
                (select s.due_at from schedules as s
                  where s.due_at is not null order by s.due_at limit 1),
                _next_timeout())

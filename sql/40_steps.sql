@@ -170,6 +170,9 @@ $$;
 -- Records a call to an activity that runs elsewhere: a `scheduled` step and an activity task
 -- on the activity's queue, in one transaction. The activity's completion (complete_task /
 -- fail_task) records its outcome and wakes this thread. Returns the step as recorded.
+-- p_concurrency_key: the activity shares its queue's per-key limit with the key's other
+-- tasks (sql/25_limits.sql). Workers that predate it call the 7-argument form, which is this.
+drop function if exists schedule_activity(bigint, uuid, integer, text, jsonb, text, jsonb);
 create or replace function schedule_activity(
     p_task_id bigint,
     p_token uuid,
@@ -177,7 +180,8 @@ create or replace function schedule_activity(
     p_name text,
     p_args jsonb,
     p_task_queue text,
-    p_retry_policy jsonb default null
+    p_retry_policy jsonb default null,
+    p_concurrency_key text default null
 ) returns jsonb
 language plpgsql
 set search_path from current
@@ -200,6 +204,7 @@ begin
     end if;
     perform _check_name('activity name', p_name);
     perform _check_name('task_queue', p_task_queue);
+    perform _check_concurrency_key(p_concurrency_key);
     -- Its timeouts (sql/25_timeouts.sql): none may outlast the workflow's retention.
     if v_policy ?| array['start_to_close', 'schedule_to_close', 'heartbeat_timeout'] then
         select retention into v_retention from jobs where id = v_task.job_id;
@@ -233,12 +238,15 @@ begin
     -- that claim_tasks compares with.
     -- schedule_to_close counts from the step's record: every attempt together.
     insert into tasks (job_id, thread, kind, seq, name, task_queue, priority, run_at, attempt,
-                       payload, start_to_close, heartbeat_timeout, close_at, timeout_at)
+                       payload, start_to_close, heartbeat_timeout, close_at, timeout_at,
+                       concurrency_key, key_rank)
     values (v_task.job_id, v_task.thread, 'activity', p_seq, p_name, p_task_queue,
             v_task.priority, v_run_at, v_attempt,
             jsonb_build_object('args', p_args, 'retry_policy', v_policy), v_start_to_close,
             v_heartbeat_timeout, v_step.created_at + v_schedule_to_close,
-            v_step.created_at + v_schedule_to_close);
+            v_step.created_at + v_schedule_to_close, p_concurrency_key,
+            case when p_concurrency_key is not null
+                 then _key_rank(p_task_queue, p_concurrency_key) end);
     perform _notify('q:' || p_task_queue);
     return _step_json(v_step);
 end

@@ -138,9 +138,12 @@ begin
     insert into threads (job_id, thread, name, task_queue, args, signal_id, created_at)
     values (p_workflow_id, v_thread, p_workflow_name, v_queue, coalesce(p_args, '[]'::jsonb),
             p_signal_id, _now());
-    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
+    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
+                       concurrency_key, key_rank)
     values (p_workflow_id, v_thread, 'workflow', p_workflow_name, v_queue, v_job.priority,
-            _now());
+            _now(), v_job.concurrency_key,
+            case when v_job.concurrency_key is not null
+                 then _key_rank(v_queue, v_job.concurrency_key) end);
     perform _notify('q:' || v_queue);
     return v_thread;
 end

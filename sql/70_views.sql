@@ -28,7 +28,8 @@ select _drop_view_unless('workflows', array[
 ]);
 select _drop_view_unless('queue_backlog', array[
     'task_queue', 'kind', 'ready', 'delayed', 'leased', 'lease_expired', 'dead',
-    'oldest_ready_age', 'next_run_at'
+    'oldest_ready_age', 'next_run_at', 'max_running', 'running', 'rate', 'per', 'tokens',
+    'next_token_at', 'key_max_running'
 ]);
 select _drop_view_unless('failed_workflows', array[
     'id', 'workflow_name', 'entity', 'task_queue', 'attempt', 'created_at', 'completed_at',
@@ -252,10 +253,26 @@ left join jobs as j on s.last_run_id = j.id;
 -- now), delayed (due later: timers, retries), leased (running; lease_expired of them have
 -- outlived their lease, their worker is probably gone, and any worker may take them over),
 -- dead (parked until a person retries them), and how long the oldest ready task has waited.
+-- A limited queue (set_queue_limits) shows its limits and where it stands, on each of its
+-- rows: running (of every kind) against max_running, the tokens left and the next one's time
+-- (get_queue_limits lists limited queues that have no task too).
 --   select * from my_app.queue_backlog order by ready desc;
 create or replace view queue_backlog as
 with clock as (
     select engine_clock() as now
+),
+
+limits as (
+    select
+        l.task_queue,
+        l.max_running,
+        l.running,
+        l.rate,
+        l.per,
+        l.tokens,
+        l.next_token_at,
+        l.key_max_running
+    from get_queue_limits() as l
 )
 
 select
@@ -269,9 +286,18 @@ select
     c.now - min(t.run_at) filter (
         where t.state = 'ready' and t.run_at <= c.now
     ) as oldest_ready_age,
-    min(t.run_at) filter (where t.state = 'ready' and t.run_at > c.now) as next_run_at
+    min(t.run_at) filter (where t.state = 'ready' and t.run_at > c.now) as next_run_at,
+    -- One row of limits per queue: min() only carries it through the grouping.
+    min(l.max_running) as max_running,
+    min(l.running) as running,
+    min(l.rate) as rate,
+    min(l.per) as per,
+    min(l.tokens) as tokens,
+    min(l.next_token_at) as next_token_at,
+    min(l.key_max_running) as key_max_running
 from tasks as t
 cross join clock as c
+left join limits as l on t.task_queue = l.task_queue
 group by t.task_queue, t.kind, c.now;
 
 -- Failed workflows with their error: message, code (598 fatal, 597 retries exhausted, 596

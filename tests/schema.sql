@@ -15,6 +15,7 @@
 -- migration 0007_signal_key_scope.sql
 -- migration 0008_versions.sql
 -- migration 0009_runs.sql
+-- migration 0010_queue_limits.sql
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0014_workflow_list.sql
@@ -45,11 +46,25 @@ create table <app>.jobs (
     search jsonb not null default '{}'::jsonb,
     build_id text,
     run integer not null default 1,
+    concurrency_key text,
     execution_timeout interval,
     timeout_at timestamp with time zone,
     idempotency_key text,
     schedule_id text
 ) with (fillfactor=80);
+create table <app>.queue_buckets (
+    task_queue text not null,
+    tokens double precision not null,
+    refilled_at timestamp with time zone not null
+);
+create table <app>.queue_limits (
+    task_queue text not null,
+    max_running integer,
+    rate integer,
+    per interval,
+    key_max_running integer,
+    updated_at timestamp with time zone not null
+);
 create table <app>.run_steps (
     job_id text not null,
     run integer not null,
@@ -166,6 +181,8 @@ create table <app>.tasks (
     rerun boolean not null default false,
     error jsonb,
     created_at timestamp with time zone not null default now(),
+    concurrency_key text,
+    key_rank bigint,
     start_to_close interval,
     heartbeat_timeout interval,
     started_at timestamp with time zone,
@@ -190,6 +207,12 @@ create table <app>.threads (
 -- constraints
 alter table <app>.jobs add constraint jobs_pkey PRIMARY KEY (id);
 alter table <app>.jobs add constraint jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])));
+alter table <app>.queue_buckets add constraint queue_buckets_pkey PRIMARY KEY (task_queue);
+alter table <app>.queue_limits add constraint queue_limits_key_max_running CHECK ((key_max_running >= 1));
+alter table <app>.queue_limits add constraint queue_limits_max_running CHECK ((max_running >= 1));
+alter table <app>.queue_limits add constraint queue_limits_per CHECK ((per > '00:00:00'::interval));
+alter table <app>.queue_limits add constraint queue_limits_pkey PRIMARY KEY (task_queue);
+alter table <app>.queue_limits add constraint queue_limits_rate CHECK ((((rate IS NULL) = (per IS NULL)) AND (rate >= 1)));
 alter table <app>.run_steps add constraint run_steps_pkey PRIMARY KEY (job_id, run, thread, seq);
 alter table <app>.runs add constraint runs_pkey PRIMARY KEY (job_id, run);
 alter table <app>.schedules add constraint schedules_overlap CHECK ((overlap = ANY (ARRAY['skip'::text, 'buffer_one'::text, 'allow'::text])));
@@ -217,6 +240,8 @@ CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
 CREATE INDEX jobs_timeout_at ON <app>.jobs USING btree (timeout_at) WHERE ((timeout_at IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text])));
+CREATE UNIQUE INDEX queue_buckets_pkey ON <app>.queue_buckets USING btree (task_queue);
+CREATE UNIQUE INDEX queue_limits_pkey ON <app>.queue_limits USING btree (task_queue);
 CREATE INDEX run_steps_entity_version ON <app>.run_steps USING btree (job_id, entity_version) WHERE (entity_version IS NOT NULL);
 CREATE UNIQUE INDEX run_steps_pkey ON <app>.run_steps USING btree (job_id, run, thread, seq);
 CREATE UNIQUE INDEX runs_pkey ON <app>.runs USING btree (job_id, run);
@@ -235,9 +260,12 @@ CREATE UNIQUE INDEX steps_entity_version ON <app>.steps USING btree (job_id, ent
 CREATE INDEX steps_patches ON <app>.steps USING btree (name, job_id) WHERE (kind = 'patch'::text);
 CREATE UNIQUE INDEX steps_pkey ON <app>.steps USING btree (job_id, thread, seq);
 CREATE INDEX steps_signal_waits ON <app>.steps USING btree (name, created_at) WHERE ((kind = 'signal'::text) AND (status = 'scheduled'::text));
-CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, run_at, id) WHERE (state <> 'dead'::text);
+CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, key_rank NULLS FIRST, run_at, id) WHERE (state <> 'dead'::text);
 CREATE UNIQUE INDEX tasks_job ON <app>.tasks USING btree (job_id, thread, seq) NULLS NOT DISTINCT;
+CREATE INDEX tasks_key ON <app>.tasks USING btree (task_queue, concurrency_key, key_rank) WHERE (concurrency_key IS NOT NULL);
 CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id);
+CREATE INDEX tasks_rank ON <app>.tasks USING btree (task_queue, key_rank) WHERE ((key_rank IS NOT NULL) AND (state = 'ready'::text));
+CREATE INDEX tasks_running ON <app>.tasks USING btree (task_queue, concurrency_key) WHERE (state = 'leased'::text);
 CREATE INDEX tasks_timeout_at ON <app>.tasks USING btree (timeout_at) WHERE (timeout_at IS NOT NULL);
 CREATE UNIQUE INDEX threads_pkey ON <app>.threads USING btree (job_id, thread);
 
@@ -273,7 +301,14 @@ create view <app>.queue_backlog (
     lease_expired bigint,
     dead bigint,
     oldest_ready_age interval,
-    next_run_at timestamp with time zone
+    next_run_at timestamp with time zone,
+    max_running integer,
+    running bigint,
+    rate integer,
+    per interval,
+    tokens double precision,
+    next_token_at timestamp with time zone,
+    key_max_running integer
 );
 create view <app>.schedule_fires (
     id text,
@@ -352,11 +387,19 @@ create function <app>._activation_task(p_task_id bigint, p_token uuid) returns <
     language plpgsql stable;
 create function <app>._activity_timeouts(p_policy jsonb) returns jsonb
     language plpgsql immutable;
+create function <app>._admit(p_task_queues text[], p_max_tasks integer, p_now timestamp with time zone) returns bigint[]
+    language plpgsql volatile;
+create function <app>._admit_from(p_task_queue text, p_slots integer, p_key_max integer, p_now timestamp with time zone) returns bigint[]
+    language plpgsql volatile;
 create function <app>._batch_results(p_items jsonb) returns jsonb[]
     language plpgsql immutable;
 create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text, p_input jsonb) returns boolean
     language plpgsql volatile;
+create function <app>._check_concurrency_key(p_key text) returns void
+    language plpgsql immutable;
 create function <app>._check_lease(p_lease interval) returns void
+    language plpgsql immutable;
+create function <app>._check_limit(p_what text, p_value integer) returns void
     language plpgsql immutable;
 create function <app>._check_name(p_what text, p_value text) returns void
     language plpgsql immutable;
@@ -447,12 +490,16 @@ create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.t
     language plpgsql volatile;
 create function <app>._item_error(p_sqlstate text, p_message text) returns jsonb
     language sql immutable;
+create function <app>._key_rank(p_task_queue text, p_key text) returns bigint
+    language sql stable;
 create function <app>._lease_lost_item(p_task_id text) returns jsonb
     language sql immutable;
 create function <app>._leased_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql stable;
 create function <app>._legal_transitions() returns TABLE(machine text, from_state text, to_state text, owner text)
     language sql immutable;
+create function <app>._limited_due(p_task_queue text, p_due timestamp with time zone) returns timestamp with time zone
+    language plpgsql stable;
 create function <app>._locked_schedule(p_schedule_id text) returns <app>.schedules
     language plpgsql volatile;
 create function <app>._login_group(p_role text) returns text
@@ -537,6 +584,8 @@ create function <app>._time_out_tasks(p_now timestamp with time zone) returns vo
     language plpgsql volatile;
 create function <app>._timeout_error(p_task <app>.tasks, p_now timestamp with time zone) returns jsonb
     language sql stable;
+create function <app>._tokens(p_limits <app>.queue_limits, p_bucket <app>.queue_buckets, p_now timestamp with time zone) returns double precision
+    language sql immutable;
 create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb) returns <app>.jobs
     language plpgsql volatile;
 create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[] DEFAULT NULL::jsonb[], p_error jsonb DEFAULT NULL::jsonb) returns SETOF <app>.jobs
@@ -657,6 +706,9 @@ create function <app>.fail_task(p_task_id bigint, p_token uuid, p_error jsonb) r
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.get_queue_limits() returns TABLE(task_queue text, max_running integer, running bigint, rate integer, per interval, tokens double precision, next_token_at timestamp with time zone, key_max_running integer, updated_at timestamp with time zone)
+    language sql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.get_setting(p_key text) returns jsonb
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -725,7 +777,7 @@ create function <app>.rotate_login(p_role text) returns jsonb
 create function <app>.run_history(p_workflow_id text, p_run integer) returns TABLE(at timestamp with time zone, thread text, seq integer, kind text, name text, status text, attempt integer, entity_version bigint, input jsonb, output jsonb, error jsonb, completed_at timestamp with time zone)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
-create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb) returns jsonb
+create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb, p_concurrency_key text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
@@ -737,6 +789,9 @@ create function <app>.search_step(p_task_id bigint, p_token uuid, p_seq integer,
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.send_signal(p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_payload jsonb, p_workflow_id text DEFAULT NULL::text) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.set_queue_limits(p_task_queue text, max_running integer DEFAULT NULL::integer, rate integer DEFAULT NULL::integer, per interval DEFAULT NULL::interval, key_max_running integer DEFAULT NULL::integer) returns void
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.set_setting(p_key text, p_value jsonb) returns jsonb
@@ -868,6 +923,8 @@ grant execute on function <app>.export_workflow(text) to <app>_worker;
 grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_app;
 grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_worker;
 grant execute on function <app>.fail_task(bigint,uuid,jsonb) to <app>_worker;
+grant execute on function <app>.get_queue_limits() to <app>_app;
+grant execute on function <app>.get_queue_limits() to <app>_worker;
 grant execute on function <app>.get_setting(text) to <app>_app;
 grant execute on function <app>.get_setting(text) to <app>_worker;
 grant execute on function <app>.get_workflow(text) to <app>_app;
@@ -888,7 +945,7 @@ grant execute on function <app>.retry_delay(jsonb,integer) to <app>_app;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_worker;
 grant execute on function <app>.run_history(text,integer) to <app>_app;
 grant execute on function <app>.run_history(text,integer) to <app>_worker;
-grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb) to <app>_worker;
+grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb,text) to <app>_worker;
 grant execute on function <app>.schedule_sleep(bigint,uuid,integer,numeric) to <app>_worker;
 grant execute on function <app>.search_step(bigint,uuid,integer,text,jsonb) to <app>_worker;
 grant execute on function <app>.send_signal(bigint,uuid,integer,text,jsonb,text) to <app>_worker;

@@ -20,7 +20,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "hotmesh.cli", "bench", "--dsn", dsn, "--app", app]
     command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2", "--queue-concurrency", "4"]
-    command += ["--queue-tasks", "20", "--history-jobs", "100"]
+    command += ["--queue-tasks", "20", "--history-jobs", "100", "--key-tasks", "300"]
     command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
     command += ["--json", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
@@ -28,10 +28,10 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
 
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    expected = "ceiling steps long remote queue signal fanout history".split()
+    expected = "ceiling steps limited long remote queue keys signal fanout history".split()
     assert set(scenarios) == set(expected) == set(SCENARIOS)
     assert scenarios["ceiling"]["steps_per_s"] > 0
-    for name in ("steps", "long", "remote"):
+    for name in ("steps", "limited", "long", "remote"):
         figures = scenarios[name]
         assert figures["not_completed"] == 0
         for key in ("workflows_per_s", "steps_per_s", "p50_s", "p95_s", "p99_s",
@@ -44,6 +44,8 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     assert scenarios["history"]["finished_jobs"] == 100
     history = scenarios["history"]
     assert history["claim_ms"] > 0 and history["claim_ms_with_history"] > 0
+    assert scenarios["limited"]["vs_unlimited"] > 0
+    assert all(scenarios["keys"][k] > 0 for k in ("claim_ms_plain", "claim_ms_10000_keys"))
     assert report["database"]["fsync"] in ("on", "off")
     # The printed table carries the same figures.
     assert "steps_per_s" in done.stdout and "lost_updates" in done.stdout

@@ -80,6 +80,9 @@ CALLS: dict[str, LiteralString] = {
     " '0', 10, 0)",
     "entity_find_by_id": "select * from entity_find_by_id('chaos', %(id)s)",
     "export_workflow": "select * from export_workflow(%(id)s)",
+    "workflow_runs": "select * from workflow_runs(%(id)s)",
+    "run_history": "select * from run_history(%(id)s, 1)",
+    "get_queue_limits": "select * from get_queue_limits()",
     "export_workflows": "select * from export_workflows(array['chaos_held'], null, null, 5)",
     "cron_next": "select * from cron_next('*/5 * * * *', 'UTC', now())",
     "create_schedule": "select * from create_schedule(%(id)s || '-c', '@every 1h', 'chaos_main',"

@@ -222,6 +222,12 @@ GOOD: dict[str, Any] = {
     "p_statuses": ["running", "waiting"],
     "p_since": "2020-01-01",
     "p_run": 1,
+    "p_concurrency_key": None,
+    # set_queue_limits: plain names, so that a call reads `max_running => 4`
+    "max_running": 4,
+    "rate": 60,
+    "per": "1 minute",
+    "key_max_running": None,
 }
 
 

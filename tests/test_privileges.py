@@ -30,6 +30,7 @@ OWNER_ONLY = {
     "prune_signals",
     "prune_runs",
     "set_setting",
+    "set_queue_limits",
     "retry_workflow",
     "entity_create_index",
     "create_login",

@@ -31,7 +31,7 @@ from hotmesh.errors import (
     WorkflowNotFound,
 )
 from hotmesh.retry import RetryPolicy
-from hotmesh.rows import HistoryEntry, QueueBacklog, WorkflowSummary
+from hotmesh.rows import HistoryEntry, QueueBacklog, QueueLimits, WorkflowSummary
 from hotmesh.worker import Worker
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "MemFlow",
     "NonDeterminismError",
     "QueueBacklog",
+    "QueueLimits",
     "RetryPolicy",
     "TaskNotFound",
     "TimeoutFailure",

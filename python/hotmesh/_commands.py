@@ -98,6 +98,7 @@ class ScheduleActivity(Command):
     args: list[Any]
     task_queue: str
     retry_policy: dict[str, Any] | None = None
+    concurrency_key: str | None = None
 
     @property
     def name(self) -> str:

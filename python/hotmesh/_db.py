@@ -36,6 +36,7 @@ from hotmesh._commands import RecordedStep
 from hotmesh.rows import (
     HistoryEntry,
     QueueBacklog,
+    QueueLimits,
     RetryOutcome,
     Schedule,
     SignalOutcome,
@@ -230,7 +231,7 @@ _STATEMENTS = {
     " %(retry_policy)s::jsonb)",
     "schedule_activity": "select {}.schedule_activity(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(name)s::text, %(args)s::jsonb, %(task_queue)s::text,"
-    " %(retry_policy)s::jsonb)",
+    " %(retry_policy)s::jsonb, %(concurrency_key)s::text)",
     "schedule_sleep": "select {}.schedule_sleep(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(seconds)s::numeric)",
     # entity
@@ -321,6 +322,11 @@ _STATEMENTS = {
     "delete_schedule": "select {}.delete_schedule(%(schedule_id)s::text)",
     "list_schedules": "select {columns} from {}.schedule_fires"
     " where %(schedule_id)s::text is null or id = %(schedule_id)s::text order by id",
+    # flow control: sql/25_limits.sql
+    "set_queue_limits": "select {}.set_queue_limits(%(task_queue)s::text,"
+    " max_running => %(max_running)s::integer, rate => %(rate)s::integer,"
+    " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer)",
+    "get_queue_limits": "select {columns} from {}.get_queue_limits()",
     "get_setting": "select {}.get_setting(%(key)s::text)",
 }
 
@@ -337,6 +343,7 @@ _ROWS: dict[str, type[Any]] = {
     "workflow_history": HistoryEntry,
     "queue_backlog": QueueBacklog,
     "list_schedules": Schedule,
+    "get_queue_limits": QueueLimits,
 }
 
 
@@ -497,6 +504,7 @@ _READS = frozenset(
         "queue_backlog",
         "export_workflow",
         "export_workflows",
+        "get_queue_limits",
     }
 )
 _RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
@@ -809,6 +817,7 @@ class Database:
         args: list[Any],
         task_queue: str,
         retry_policy: dict[str, Any] | None,
+        concurrency_key: str | None = None,
     ) -> RecordedStep:
         params = {
             **_held(task, seq),
@@ -816,6 +825,7 @@ class Database:
             "args": Jsonb(args),
             "task_queue": task_queue,
             "retry_policy": _json(retry_policy),
+            "concurrency_key": concurrency_key,
         }
         return await self._step("schedule_activity", params)
 
@@ -1105,3 +1115,23 @@ class Database:
 
     async def list_schedules(self, schedule_id: str | None) -> list[Schedule]:
         return await self._rows("list_schedules", Schedule, {"schedule_id": schedule_id})
+
+    async def set_queue_limits(
+        self,
+        task_queue: str,
+        max_running: int | None,
+        rate: int | None,
+        per: timedelta | None,
+        key_max_running: int | None,
+    ) -> None:
+        params = {
+            "task_queue": task_queue,
+            "max_running": max_running,
+            "rate": rate,
+            "per": per,
+            "key_max_running": key_max_running,
+        }
+        await self._value("set_queue_limits", params)
+
+    async def get_queue_limits(self) -> list[QueueLimits]:
+        return await self._rows("get_queue_limits", QueueLimits, {})

@@ -219,6 +219,24 @@ def _parser() -> argparse.ArgumentParser:
     queues = commands.add_parser("queues", help="the task backlog per queue")
     _common(queues, json_flag=True)
 
+    queue = commands.add_parser("queue", help="flow control of a task queue")
+    queue_commands = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    limits = queue_commands.add_parser(
+        "limits",
+        help="show the limited queues, or set a queue's limits (docs/flow-control.md)",
+        description="With QUEUE and options: set its limits; a limit not given is lifted, "
+        "--clear lifts them all. Without options: show them.",
+    )
+    _common(limits, json_flag=True)
+    limits.add_argument("task_queue", nargs="?", metavar="QUEUE")
+    limits.add_argument("--max-running", type=int, metavar="N", help="tasks running at once")
+    limits.add_argument("--rate", type=int, metavar="N", help="starts per --per interval")
+    limits.add_argument("--per", metavar="DURATION", help="the rate's interval (e.g. 1m)")
+    limits.add_argument(
+        "--key-max-running", type=int, metavar="N", help="tasks running at once per key"
+    )
+    limits.add_argument("--clear", action="store_true", help="lift every limit of QUEUE")
+
     prune = commands.add_parser(
         "prune", help="delete finished workflows whose retention ran out, in batches"
     )
@@ -697,6 +715,50 @@ async def _queues(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _queue(args: argparse.Namespace) -> int:
+    limits = (args.max_running, args.rate, args.per, args.key_max_running)
+    changing = args.clear or any(value is not None for value in limits)
+    if changing and args.task_queue is None:
+        raise HotMeshError("queue limits: name the QUEUE whose limits to set")
+    if changing and args.clear and any(value is not None for value in limits):
+        raise HotMeshError("queue limits: --clear lifts every limit; give it no limit options")
+    async with _client(args) as mf:
+        if changing:
+            await mf.queue.set_limits(
+                args.task_queue,
+                max_running=args.max_running,
+                rate=args.rate,
+                per=args.per,
+                key_max_running=args.key_max_running,
+            )
+        rows = [r for r in await mf.queue.limits() if args.task_queue in (None, r.task_queue)]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no limits" + (f" on queue {args.task_queue}" if args.task_queue else ""))
+        return 0
+    headers = ("QUEUE", "RUNNING", "MAX", "RATE", "TOKENS", "NEXT TOKEN", "PER KEY")
+    table = [
+        [
+            r.task_queue,
+            str(r.running),
+            _or_blank(r.max_running),
+            "" if r.rate is None else f"{r.rate}/{_age(r.per)}",
+            "" if r.tokens is None else f"{r.tokens:.2f}",
+            _when(r.next_token_at),
+            _or_blank(r.key_max_running),
+        ]
+        for r in rows
+    ]
+    print(_table(headers, table))
+    return 0
+
+
+def _or_blank(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
 async def _prune(args: argparse.Namespace) -> int:
     older_than = timedelta(seconds=seconds(args.older_than, "--older-than"))
     async with _client(args) as mf:
@@ -826,6 +888,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "cancel": _cancel,
     "retry": _retry,
     "queues": _queues,
+    "queue": _queue,
     "prune": _prune,
     "setting": _setting,
     "roles": _roles,

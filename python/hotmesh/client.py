@@ -26,6 +26,7 @@ from hotmesh.retry import RetryPolicy
 from hotmesh.rows import (
     HistoryEntry,
     QueueBacklog,
+    QueueLimits,
     RetryOutcome,
     Schedule,
     SignalOutcome,
@@ -147,6 +148,34 @@ class Handle:
             listener.unwatch_done(self.workflow_id, event)
 
 
+class QueueClient:
+    """`mf.queue`: flow control per task queue, enforced by the claim (docs/flow-control.md)."""
+
+    def __init__(self, mf: MemFlow) -> None:
+        self._mf = mf
+
+    async def set_limits(
+        self,
+        task_queue: str,
+        *,
+        max_running: int | None = None,
+        rate: int | None = None,
+        per: Duration | None = None,
+        key_max_running: int | None = None,
+    ) -> None:
+        """Limit `task_queue` (`<app>.set_queue_limits`): at most `max_running` tasks running
+        at once across every worker, at most `rate` starts `per` interval (a token bucket),
+        at most `key_max_running` running per concurrency key. None lifts that limit; the
+        call sets all of them, so `set_limits(q)` lifts every limit. Applies at once."""
+        interval = None if per is None else timedelta(seconds=seconds(per, "per"))
+        await self._mf._db.set_queue_limits(task_queue, max_running, rate, interval,
+                                            key_max_running)  # fmt: skip
+
+    async def limits(self) -> list[QueueLimits]:
+        """Every limited queue, its limits and where it stands (`<app>.get_queue_limits`)."""
+        return await self._mf._db.get_queue_limits()
+
+
 class WorkflowClient:
     """`mf.workflow`: start workflows and find them again."""
 
@@ -171,6 +200,7 @@ class WorkflowClient:
         start_at: datetime | str | None = None,
         start_in: Duration | None = None,
         search: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> Handle:
         """Start a workflow; returns its Handle at once. `task_queue` defaults to `entity`;
         `entity` (the jobs.entity column) defaults to the workflow name. `expire` is how long
@@ -181,7 +211,9 @@ class WorkflowClient:
         allow_finished, terminate); a start with an `idempotency_key` a run already holds
         returns that run; `debounce` (needs `workflow_id`) waits that long for more starts of
         the id, which take the run's place with their arguments; `start_at` / `start_in` delay
-        the start; `search` seeds its search attributes."""
+        the start; `search` seeds its search attributes. Its activations share the per-key
+        limit of their queue with the other workflows of `concurrency_key` (a customer, a
+        tenant: docs/flow-control.md)."""
         options = start_options(
             retry_policy,
             priority,
@@ -193,6 +225,7 @@ class WorkflowClient:
             start_at=start_at.isoformat() if isinstance(start_at, datetime) else start_at,
             start_in=None if start_in is None else seconds(start_in, "start_in"),
             search=dict(search) if isinstance(search, Mapping) else search,
+            concurrency_key=concurrency_key,
         )
         try:
             arguments = encode_args(args, f"the args of workflow {workflow_name}")
@@ -408,6 +441,7 @@ class MemFlow:
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
         self.schedule = ScheduleClient(self)
+        self.queue = QueueClient(self)
         self.entity = EntityClient(self._db)
         self._listener = Listener(dsn, app_id)
 

@@ -94,6 +94,29 @@ class QueueBacklog:
     dead: int
     oldest_ready_age: timedelta | None
     next_run_at: datetime | None
+    # The queue's limits (None: no limit of that kind; docs/flow-control.md) and where it stands.
+    max_running: int | None
+    running: int | None
+    rate: int | None
+    per: timedelta | None
+    tokens: float | None
+    next_token_at: datetime | None
+    key_max_running: int | None
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """A row of `<app>.get_queue_limits()`: `mf.queue.limits()`, `hotmesh queue limits`."""
+
+    task_queue: str
+    max_running: int | None
+    running: int
+    rate: int | None
+    per: timedelta | None
+    tokens: float | None
+    next_token_at: datetime | None
+    key_max_running: int | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import math
 import os
 import socket
 import uuid
@@ -65,6 +66,8 @@ _IDLE_POLL = 30.0  # seconds between claims when no notification and no due task
 # (not at once: it would meet the same open transaction again in a loop).
 _GIVE_BACK_AFTER = 1.0
 _BUSY_RETRY_MAX = 5.0  # seconds between tries of an outcome's call that met a held lock
+# How long a process trusts what it read of the queues' limits (Registry.limited).
+_LIMITS_FRESH = 1.0
 
 
 class Registry:
@@ -78,6 +81,8 @@ class Registry:
         # process stops claiming, and MemFlow.run_until_signal raises it.
         self.mismatch: errors.SchemaMismatch | None = None
         self.halted = asyncio.Event()
+        self._limited: frozenset[str] = frozenset()
+        self._limits_read_at = -math.inf
 
     def register_activities(self, task_queue: str, activities: Mapping[str, Activity]) -> None:
         self.activities.setdefault(task_queue, {}).update(activities)
@@ -86,6 +91,15 @@ class Registry:
         if task_queue not in self.served:
             return None
         return self.activities.get(task_queue, {}).get(name)
+
+    async def limited(self, db: Database, task_queue: str) -> bool:
+        """Whether `task_queue` has limits (set_queue_limits), as known within the last
+        second: an inline call would bypass them, so a call to such a queue goes through it."""
+        now = asyncio.get_running_loop().time()
+        if now - self._limits_read_at > _LIMITS_FRESH:
+            self._limited = frozenset(row.task_queue for row in await db.get_queue_limits())
+            self._limits_read_at = now
+        return task_queue in self._limited
 
 
 class Worker:
@@ -564,10 +578,21 @@ class _Executor:
         match command:
             case ScheduleActivity(activity=name, args=args, task_queue=queue):
                 fn = self.registry.inline_activity(queue, name)
-                if fn is None or has_timeouts(command.retry_policy):
+                # A keyed call, one with timeouts (only a queued task has a deadline the claim
+                # enforces), or one to another queue with limits, is sent through its
+                # queue, whose claim enforces them (one on this activation's own queue runs
+                # inside the activation, which counted against that queue's limits).
+                if fn is not None and (
+                    command.concurrency_key is not None
+                    or has_timeouts(command.retry_policy)
+                    or (queue != task.task_queue and await self.registry.limited(db, queue))
+                ):
+                    fn = None
+                if fn is None:
                     return await db.schedule_activity(
-                        task, seq, name, args, queue, command.retry_policy
-                    )
+                        task, seq, name, args, queue, command.retry_policy,
+                        command.concurrency_key,
+                    )  # fmt: skip
                 # Runs here, in this process, and is recorded with one call.
                 attempt = 1 if recorded is None else recorded.attempt + 1
                 info = ActivityInfo(task.job_id, name, queue, attempt, True)

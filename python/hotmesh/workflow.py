@@ -53,10 +53,12 @@ class ActivityProxy:
         activities: dict[str, Callable[..., Any]] | None,
         task_queue: str | None,
         retry_policy: dict[str, Any] | None,
+        concurrency_key: str | None = None,
     ) -> None:
         self._activities = activities
         self._task_queue = task_queue
         self._retry_policy = retry_policy
+        self._concurrency_key = concurrency_key
 
     def __getattr__(self, name: str) -> Callable[..., asyncio.Future[Any]]:
         if name.startswith("_"):
@@ -80,7 +82,9 @@ class ActivityProxy:
             arguments = encode(list(args), f"the arguments of activity {name}")
         except errors.FatalError as error:
             return act.fail_now(error)
-        return act.call(ScheduleActivity(name, arguments, queue, self._retry_policy))
+        return act.call(
+            ScheduleActivity(name, arguments, queue, self._retry_policy, self._concurrency_key)
+        )
 
 
 def proxy_activities(
@@ -91,6 +95,7 @@ def proxy_activities(
     start_to_close: _durations.Duration | None = None,
     schedule_to_close: _durations.Duration | None = None,
     heartbeat_timeout: _durations.Duration | None = None,
+    concurrency_key: str | None = None,
 ) -> Any:
     """Durable handles to activities.
 
@@ -102,7 +107,10 @@ def proxy_activities(
     The timeouts (docs/timeouts.md) are enforced by the database: `start_to_close` bounds each
     run (it fails as a timeout and is retried per policy, however alive its worker),
     `schedule_to_close` all runs together, `heartbeat_timeout` the time between two
-    `activity.heartbeat()` calls. A call with a timeout always goes through the queue.
+    `activity.heartbeat()` calls. A call with a timeout always goes through the queue. With
+    `concurrency_key` (a customer, a tenant), every call goes through the queue and shares its
+    per-key limit with the key's other tasks; so does every call to a queue with limits
+    (docs/flow-control.md).
     """
     named = _named(activities) if activities is not None else None
     policy = policy_json(retry_policy)
@@ -111,7 +119,7 @@ def proxy_activities(
     timeouts = {k: _durations.seconds(v, k) for k, v in given.items() if v is not None}
     if timeouts:
         policy = {**(policy or {}), **timeouts}
-    return ActivityProxy(named, task_queue, policy)
+    return ActivityProxy(named, task_queue, policy, concurrency_key)
 
 
 def sleep_for(duration: _durations.Duration) -> asyncio.Future[float]:
@@ -355,12 +363,15 @@ def exec_child(
     priority: int | None = None,
     expire: _durations.Duration | None = None,
     execution_timeout: _durations.Duration | None = None,
+    concurrency_key: str | None = None,
 ) -> asyncio.Future[Any]:
     """Start a child workflow and wait for its result (this workflow suspends meanwhile; it
     holds no worker slot). A failed child raises its error, with its code, here (596 when its
     `execution_timeout` passed). The child id defaults to "<this id>-<thread>-<step>", the same
     on every replay."""
-    options = start_options(retry_policy, priority, expire, execution_timeout)
+    options = start_options(
+        retry_policy, priority, expire, execution_timeout, concurrency_key=concurrency_key
+    )
     return _child(True, workflow_name, args, task_queue, workflow_id, entity, options)
 
 
@@ -375,9 +386,12 @@ def start_child(
     priority: int | None = None,
     expire: _durations.Duration | None = None,
     execution_timeout: _durations.Duration | None = None,
+    concurrency_key: str | None = None,
 ) -> asyncio.Future[Any]:
     """Start a child workflow and return its id at once."""
-    options = start_options(retry_policy, priority, expire, execution_timeout)
+    options = start_options(
+        retry_policy, priority, expire, execution_timeout, concurrency_key=concurrency_key
+    )
     return _child(False, workflow_name, args, task_queue, workflow_id, entity, options)
 
 

@@ -25,13 +25,13 @@ select col_is_pk(
     :'app', 'steps', array['job_id', 'thread', 'seq'], 'steps are keyed (job_id, thread, seq)'
 );
 select has_index(
-    :'app', 'tasks', 'tasks_claim', array['task_queue', 'priority', 'run_at', 'id'],
-    'the claim index: (task_queue, priority, run_at, id)'
+    :'app', 'tasks', 'tasks_claim', array['task_queue', 'priority', 'key_rank', 'run_at', 'id'],
+    'the claim index: (task_queue, priority, key_rank, run_at, id)'
 );
 select ok(
     (
         select
-            pg_get_indexdef(indexrelid) like '%(task_queue, priority DESC, run_at, id)%'
+            pg_get_indexdef(indexrelid) like '%(task_queue, priority DESC, key_rank NULLS FIRST, run_at, id)%'
             and pg_get_expr(indpred, indrelid) = '(state <> ''dead''::text)'
         from pg_index where indexrelid = 'tasks_claim'::regclass
     ),
@@ -77,7 +77,7 @@ from (
     ),
     (
         'schedule_activity',
-        array['bigint', 'uuid', 'integer', 'text', 'jsonb', 'text', 'jsonb']
+        array['bigint', 'uuid', 'integer', 'text', 'jsonb', 'text', 'jsonb', 'text']
     ),
     ('schedule_sleep', array['bigint', 'uuid', 'integer', 'numeric']),
     ('retry_delay', array['jsonb', 'integer'])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -322,13 +324,39 @@ async def _ceiling_python(dsn: str, connections: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
+# Limits on queue `bench` that never bind (flow control: docs/flow-control.md): what the
+# limited claim costs by itself.
+_LOOSE_LIMITS = {"max_running": 1_000_000, "rate": 1_000_000_000, "per": timedelta(seconds=1)}
+
+
+def _set_limits(conn: psycopg.Connection[Any], app: str, **limits: Any) -> None:
+    conn.execute(
+        sql.SQL(
+            "select {}.set_queue_limits('bench', max_running => %(max_running)s::integer,"
+            " rate => %(rate)s::integer, per => %(per)s::interval,"
+            " key_max_running => %(key_max_running)s::integer)"
+        ).format(sql.Identifier(app)),
+        {"max_running": None, "rate": None, "per": None, "key_max_running": None, **limits},
+    )
+
+
 def workflows(
-    dsn: str, app: str, *, count: int, steps: int, concurrency: int, remote: bool
+    dsn: str,
+    app: str,
+    *,
+    count: int,
+    steps: int,
+    concurrency: int,
+    remote: bool,
+    limited: bool = False,
 ) -> dict[str, Any]:
     """`count` workflows of `steps` sequential activities, started at once, run by one worker
-    process with `concurrency` (plus, when `remote`, an activity worker process)."""
+    process with `concurrency` (plus, when `remote`, an activity worker process); `limited`:
+    on a queue with limits that never bind."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         _reset_app(conn, dsn, app)
+        if limited:
+            _set_limits(conn, app, **_LOOSE_LIMITS)
         name = "chain_remote" if remote else "chain"
         with contextlib.ExitStack() as stack:
             if remote:
@@ -502,6 +530,29 @@ def _finished_workflows(conn: psycopg.Connection[Any], app: str, count: int) -> 
             size -= finished
 
 
+def _claim_ms(conn: psycopg.Connection[Any], app: str, batch: int, claims: int) -> float:
+    """The median time of `claims` claims of `batch` tasks from queue `bench` (each batch
+    completed before the next claim), once the app's tables are vacuumed and analyzed."""
+    schema = sql.Identifier(app)
+    # Every table of the app, named by the catalog: finished workflows leave rows in more of
+    # them than jobs (their threads, ...), and a stale estimate would misplan.
+    tables = conn.execute("select tablename from pg_tables where schemaname = %s", (app,))
+    for (table,) in tables.fetchall():
+        conn.execute(sql.SQL("vacuum analyze {}.{}").format(schema, sql.Identifier(table)))
+    claim = sql.SQL(
+        "select task_id, lease_token from {}.claim_tasks(array['bench'], 'bench', %s)"
+    ).format(schema)
+    complete = sql.SQL("select {}.complete_tasks(%s)").format(schema)
+    durations = []
+    for _ in range(claims):
+        started = time.perf_counter()
+        claimed = conn.execute(claim, (batch,)).fetchall()
+        durations.append(time.perf_counter() - started)
+        items = [{"task_id": t, "token": str(k), "result": None} for t, k in claimed]
+        conn.execute(complete, (json.dumps(items),))
+    return statistics.median(durations) * 1000
+
+
 def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str, Any]:
     """claim_tasks of 128 tasks from a 10,000-task backlog, in an app with no finished
     workflows and in one with `finished` of them (started and completed through the public
@@ -522,25 +573,7 @@ def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str,
                     " from generate_series(1, 10000)"
                 ).format(schema)
             )
-            # Every table of the app, named by the catalog: the finished workflows left rows in
-            # more of them than jobs (their threads, ...), and a stale estimate would misplan.
-            tables = conn.execute(
-                "select tablename from pg_tables where schemaname = %s", (app,)
-            ).fetchall()
-            for (table,) in tables:
-                conn.execute(sql.SQL("vacuum analyze {}.{}").format(schema, sql.Identifier(table)))
-            claim = sql.SQL(
-                "select task_id, lease_token from {}.claim_tasks(array['bench'], 'bench', %s)"
-            ).format(schema)
-            complete = sql.SQL("select {}.complete_tasks(%s)").format(schema)
-            durations = []
-            for _ in range(claims):
-                started = time.perf_counter()
-                claimed = conn.execute(claim, (batch,)).fetchall()
-                durations.append(time.perf_counter() - started)
-                items = [{"task_id": t, "token": str(k), "result": None} for t, k in claimed]
-                conn.execute(complete, (json.dumps(items),))
-            medians[label] = statistics.median(durations) * 1000
+            medians[label] = _claim_ms(conn, app, batch, claims)
     return {
         "finished_jobs": finished,
         "claim_ms": medians["empty"],
@@ -549,10 +582,50 @@ def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str,
     }
 
 
+def keys(dsn: str, app: str, *, tasks: int, claims: int = 20) -> dict[str, Any]:
+    """claim_tasks of 128 tasks from a backlog of `tasks`: on a queue without limits or keys
+    (the plain claim), and on one limited to 2 running per key with 1,000 and with 10,000
+    concurrency keys (the limited claim, in key rotation): its cost must not grow with keys."""
+    batch = 128
+    medians = {}
+    for label, key_count in (("plain", 0), ("keys_1000", 1000), ("keys_10000", 10_000)):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            _reset_app(conn, dsn, app)
+            schema = sql.Identifier(app)
+            if key_count:
+                _set_limits(conn, app, max_running=1_000_000, key_max_running=2)
+            conn.execute(
+                sql.SQL(
+                    "select count({}.start_workflow('empty', '[]', 'bench', null, null,"
+                    " case when %s > 0 then jsonb_build_object('concurrency_key', 'k' || i %% %s)"
+                    " else '{{}}' end)) from generate_series(1, %s) as i"
+                ).format(schema),
+                (key_count, max(key_count, 1), tasks),
+            )
+            medians[label] = _claim_ms(conn, app, batch, claims)
+    return {
+        "claim_ms_plain": medians["plain"],
+        "claim_ms_1000_keys": medians["keys_1000"],
+        "claim_ms_10000_keys": medians["keys_10000"],
+        "keys_10000_vs_1000": medians["keys_10000"] / medians["keys_1000"],
+    }
+
+
 # -- the command ----------------------------------------------------------------------------
 
 
-SCENARIOS = ("ceiling", "steps", "long", "remote", "queue", "signal", "fanout", "history")
+SCENARIOS = (
+    "ceiling",
+    "steps",
+    "limited",
+    "long",
+    "remote",
+    "queue",
+    "keys",
+    "signal",
+    "fanout",
+    "history",
+)
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -572,16 +645,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
         raise ValueError(f"unknown scenario(s): {', '.join(sorted(unknown))}; use {SCENARIOS}")
+    # `steps`, `limited` and `remote`: the same workflows, run three ways.
+    chains = functools.partial(
+        workflows, dsn, app, count=args.workflows, steps=args.steps, concurrency=args.concurrency
+    )
     plans: dict[str, Callable[[], dict[str, Any]]] = {
         "ceiling": lambda: ceiling(dsn, args.concurrency, args.seconds),
-        "steps": lambda: workflows(
-            dsn,
-            app,
-            count=args.workflows,
-            steps=args.steps,
-            concurrency=args.concurrency,
-            remote=False,
-        ),
+        "steps": lambda: chains(remote=False),
+        "limited": lambda: chains(remote=False, limited=True),
         "long": lambda: workflows(
             dsn,
             app,
@@ -590,20 +661,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             concurrency=args.concurrency,
             remote=False,
         ),
-        "remote": lambda: workflows(
-            dsn,
-            app,
-            count=args.workflows,
-            steps=args.steps,
-            concurrency=args.concurrency,
-            remote=True,
-        ),
+        "remote": lambda: chains(remote=True),
         "queue": lambda: queue(
             dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency
         ),
         "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
         "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
         "history": lambda: history(dsn, app, finished=args.history_jobs),
+        "keys": lambda: keys(dsn, app, tasks=args.key_tasks),
     }
     report: dict[str, Any] = {
         "settings": {
@@ -628,6 +693,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app)))
+    scenarios = report["scenarios"]
+    if "steps" in scenarios and "limited" in scenarios:  # the limited claim's cost, same run
+        scenarios["limited"]["vs_unlimited"] = (
+            scenarios["limited"]["steps_per_s"] / scenarios["steps"]["steps_per_s"]
+        )
     ceiling_rate = report["scenarios"].get("ceiling", {}).get("steps_per_s")
     if ceiling_rate:
         for result in report["scenarios"].values():
@@ -697,6 +767,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "functions, about a minute per run)",
     )
     parser.add_argument("--hooks", type=int, default=100, help="hooks for `fanout` (100)")
+    parser.add_argument(
+        "--key-tasks", type=int, default=20_000, help="the backlog `keys` claims from (20000)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling duration (5)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")

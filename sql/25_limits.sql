@@ -1,0 +1,289 @@
+-- Flow control (docs/flow-control.md): per task queue a limit on running tasks, a token
+-- bucket of starts per interval and a limit per concurrency key, all enforced by the claim
+-- (claim_tasks hands a limited queue to _admit), so they hold however many workers claim.
+-- A task counts as running from its claim until it is finished, given back or its lease
+-- expires; every task on the queue counts, workflow activations included.
+
+-- Sets the limits of a task queue (null: no limit of that kind); all null removes them.
+-- Changes apply to the next claim, and the queue's workers are woken: a raised or removed
+-- limit releases waiting tasks at once. A queue needs no task yet to be limited (a limit
+-- set before the first start holds from that start). The parameters have plain names so
+-- that a call reads `set_queue_limits('llm', max_running => 4, rate => 60, per => '1 minute')`.
+create or replace function set_queue_limits(
+    p_task_queue text,
+    max_running integer default null,
+    rate integer default null,
+    per interval default null,
+    key_max_running integer default null
+) returns void
+language plpgsql
+set search_path from current
+as $$
+begin
+    if coalesce(p_task_queue, '') = '' then
+        raise exception using errcode = '22023', message = 'task_queue is required';
+    end if;
+    perform _check_name('task_queue', p_task_queue);
+    perform _check_limit('max_running', set_queue_limits.max_running);
+    perform _check_limit('rate', set_queue_limits.rate);
+    perform _check_limit('key_max_running', set_queue_limits.key_max_running);
+    if (set_queue_limits.rate is null) <> (set_queue_limits.per is null) then
+        raise exception using errcode = '22023',
+            message = format('queue "%s": rate and per go together (rate => 60, per => '
+                             '''1 minute''), not rate %s per %s', p_task_queue,
+                             coalesce(set_queue_limits.rate::text, 'null'),
+                             coalesce(set_queue_limits.per::text, 'null'));
+    end if;
+    if not set_queue_limits.per between interval '1 millisecond' and interval '366 days' then
+        raise exception using errcode = '22023',
+            message = format('per must be from 1 millisecond to 366 days, not %s',
+                             set_queue_limits.per);
+    end if;
+    if num_nonnulls(set_queue_limits.max_running, set_queue_limits.rate,
+                    set_queue_limits.key_max_running) = 0 then
+        delete from queue_limits as l where l.task_queue = p_task_queue;
+    else
+        insert into queue_limits as l (task_queue, max_running, rate, per, key_max_running,
+                                       updated_at)
+        values (p_task_queue, set_queue_limits.max_running, set_queue_limits.rate,
+                set_queue_limits.per, set_queue_limits.key_max_running, _now())
+        on conflict (task_queue) do update
+           set max_running = excluded.max_running, rate = excluded.rate, per = excluded.per,
+               key_max_running = excluded.key_max_running, updated_at = excluded.updated_at;
+    end if;
+    perform _notify('q:' || p_task_queue);
+end
+$$;
+
+create or replace function _check_limit(p_what text, p_value integer) returns void
+language plpgsql immutable
+as $$
+begin
+    if p_value < 1 then
+        raise exception using errcode = '22023',
+            message = format('%s must be >= 1 (null: no limit), not %s', p_what, p_value);
+    end if;
+end
+$$;
+
+-- A concurrency key names what shares a per-key limit (a customer, a tenant): 1 to 255
+-- characters, or null for none.
+create or replace function _check_concurrency_key(p_key text) returns void
+language plpgsql immutable
+as $$
+begin
+    if p_key = '' or length(p_key) > 255 then
+        raise exception using errcode = '22023',
+            message = format('concurrency_key must be 1 to 255 characters, not %s long',
+                             length(p_key));
+    end if;
+end
+$$;
+
+-- The rank of a new task of key p_key on a queue: after the key's last one, and never before
+-- where the rotation stands (the lowest rank still waiting), so a key that arrives late takes
+-- its turn instead of overtaking every key that waits. Null without a key (callers on the hot
+-- path skip the call then).
+create or replace function _key_rank(p_task_queue text, p_key text) returns bigint
+language sql stable
+as $$
+    select case when p_key is not null then greatest(
+        (select t.key_rank + 1 from tasks as t
+          where t.task_queue = p_task_queue and t.concurrency_key = p_key
+            and t.key_rank is not null
+          order by t.key_rank desc limit 1),
+        (select t.key_rank from tasks as t
+          where t.task_queue = p_task_queue and t.key_rank is not null and t.state = 'ready'
+          order by t.key_rank limit 1),
+        0) end
+$$;
+
+-- The tokens in a queue's bucket at p_now: full (rate) before its first claim, refilled at
+-- rate per `per` since, never above rate (the burst a quiet queue saves up).
+create or replace function _tokens(
+    p_limits queue_limits, p_bucket queue_buckets, p_now timestamptz
+) returns double precision
+language sql immutable
+as $$
+    select case when p_limits.rate is not null then least(
+        p_limits.rate::double precision,
+        coalesce(p_bucket.tokens + greatest(extract(epoch from p_now - p_bucket.refilled_at), 0)
+                 / extract(epoch from p_limits.per) * p_limits.rate,
+                 p_limits.rate)) end
+$$;
+
+-- Claims for queues of which some have limits (claim_tasks' plain path serves the others):
+-- returns the ids of up to p_max_tasks due tasks it admitted, locked for the claim. Claims of
+-- one limited queue take turns (a transaction-level advisory lock, which no application
+-- takes), so the running tasks they count are those committed before; a claim never waits on
+-- a task row (SKIP LOCKED) nor on queue_limits (read, not locked).
+create or replace function _admit(p_task_queues text[], p_max_tasks integer, p_now timestamptz)
+returns bigint[]
+language plpgsql
+as $$
+declare
+    v_queue text;
+    v_limits queue_limits;
+    v_tokens double precision;
+    v_slots integer;
+    v_taken bigint[];
+    v_ids bigint[] := '{}'::bigint[];
+begin
+    for v_queue in select distinct q.name from unnest(p_task_queues) as q (name) order by 1 loop
+        v_slots := p_max_tasks - cardinality(v_ids);
+        exit when v_slots < 1;
+        v_limits := null;
+        v_tokens := null;
+        if exists (select from queue_limits as l where l.task_queue = v_queue) then
+            perform pg_advisory_xact_lock(
+                hashtextextended('hotmesh.limits:' || current_schema() || '.' || v_queue, 0));
+            select * into v_limits from queue_limits as l where l.task_queue = v_queue;
+        end if;
+        if v_limits.max_running is not null then
+            v_slots := least(v_slots, v_limits.max_running - (
+                select count(*) from tasks as t
+                 where t.task_queue = v_queue and t.state = 'leased'
+                   and t.lease_expires_at > p_now));
+        end if;
+        if v_limits.rate is not null then
+            v_tokens := _tokens(v_limits, (select b from queue_buckets as b
+                                            where b.task_queue = v_queue), p_now);
+            v_slots := least(v_slots, floor(v_tokens)::integer);
+        end if;
+        continue when v_slots < 1;
+        v_taken := _admit_from(v_queue, v_slots, v_limits.key_max_running, p_now);
+        if v_tokens is not null and cardinality(v_taken) > 0 then
+            insert into queue_buckets as b (task_queue, tokens, refilled_at)
+            values (v_queue, v_tokens - cardinality(v_taken), p_now)
+            on conflict (task_queue) do update
+               set tokens = excluded.tokens, refilled_at = excluded.refilled_at;
+        end if;
+        v_ids := v_ids || v_taken;
+    end loop;
+    return v_ids;
+end
+$$;
+
+-- Up to p_slots due tasks of one queue, in claim order (priority, then rotation rank, then
+-- due time), skipping the tasks of a key that already runs p_key_max of them: a key at its
+-- limit waits without holding back the keys behind it. It reads the waiting tasks in claim
+-- order a window at a time, a larger one only while keys at their limit leave slots unfilled,
+-- and at most 16 x p_slots + 256 of them, so its cost does not grow with the backlog; the
+-- rank order puts at most one task per key at each rank, so skipped keys use little of it.
+create or replace function _admit_from(
+    p_task_queue text, p_slots integer, p_key_max integer, p_now timestamptz
+) returns bigint[]
+language plpgsql
+as $$
+declare
+    v_window integer := case when p_key_max is null then p_slots else p_slots * 2 + 16 end;
+    v_seen integer;
+    v_chosen bigint[];
+    v_taken bigint[];
+begin
+    loop
+        with candidate as (
+            select t.id, t.concurrency_key, row_number() over () as ord
+              from (select t.id, t.concurrency_key
+                      from tasks as t
+                     where t.task_queue = p_task_queue and t.state <> 'dead'
+                       and t.run_at <= p_now
+                       -- timed out but held while the timeouts fired (25_timeouts.sql)
+                       and (t.timeout_at is null or t.timeout_at > p_now)
+                     order by t.priority desc, t.key_rank nulls first, t.run_at, t.id
+                     limit v_window) as t
+        ), busy as (
+            select r.concurrency_key, count(*) as running
+              from tasks as r
+             where p_key_max is not null and r.task_queue = p_task_queue
+               and r.state = 'leased' and r.lease_expires_at > p_now
+               and r.concurrency_key is not null
+             group by r.concurrency_key
+        ), numbered as (
+            select c.id, c.ord, coalesce(b.running, 0) as running, c.concurrency_key,
+                   row_number() over (partition by c.concurrency_key order by c.ord) as nth
+              from candidate as c
+              left join busy as b on b.concurrency_key = c.concurrency_key
+        )
+        select (select count(*) from candidate),
+               (select array_agg(n.id order by n.ord)
+                  from (select n.id, n.ord from numbered as n
+                         where p_key_max is null or n.concurrency_key is null
+                            or n.running + n.nth <= p_key_max
+                         order by n.ord limit p_slots) as n)
+          into v_seen, v_chosen;
+        exit when coalesce(cardinality(v_chosen), 0) >= p_slots or v_seen < v_window
+                  or v_window >= p_slots * 16 + 256;
+        v_window := least(v_window * 4, p_slots * 16 + 256);
+    end loop;
+    -- Taken now; a task changed meanwhile is judged again by its committed row.
+    select array_agg(t.id) into v_taken
+      from (select t.id from tasks as t
+             where t.id = any(v_chosen) and t.state <> 'dead' and t.run_at <= p_now
+               and (t.timeout_at is null or t.timeout_at > p_now)
+             order by t.id
+               for update skip locked) as t;
+    return coalesce(v_taken, '{}');
+end
+$$;
+
+-- When a limited queue's due tasks may next be admitted: at p_due, or at its next token when
+-- the bucket is empty. Due tasks held back by a running limit have no such moment (a finishing
+-- task frees the slot, and its worker claims again at once): other workers look again within
+-- a second rather than at once, which would loop.
+create or replace function _limited_due(p_task_queue text, p_due timestamptz)
+returns timestamptz
+language plpgsql stable
+as $$
+declare
+    v_now timestamptz := _now();
+    v_limits queue_limits;
+    v_tokens double precision;
+    v_due timestamptz := p_due;
+begin
+    select * into v_limits from queue_limits as l where l.task_queue = p_task_queue;
+    if p_due is null or not found then
+        return p_due;
+    end if;
+    v_tokens := _tokens(v_limits, (select b from queue_buckets as b
+                                    where b.task_queue = p_task_queue), v_now);
+    if v_tokens < 1 then
+        v_due := greatest(v_due, v_now + (1 - v_tokens) * v_limits.per / v_limits.rate);
+    end if;
+    return case when v_due <= v_now then v_now + interval '1 second' else v_due end;
+end
+$$;
+
+-- Every limited queue with its limits and where it stands: running (tasks leased and not
+-- expired) against max_running, the tokens in its bucket and when the next one comes.
+--   select * from my_app.get_queue_limits();
+create or replace function get_queue_limits()
+returns table (
+    task_queue text,
+    max_running integer,
+    running bigint,
+    rate integer,
+    per interval,
+    tokens double precision,
+    next_token_at timestamptz,
+    key_max_running integer,
+    updated_at timestamptz
+)
+language sql stable
+set search_path from current
+as $$
+    select l.task_queue, l.max_running,
+           (select count(*) from tasks as t
+             where t.task_queue = l.task_queue and t.state = 'leased'
+               and t.lease_expires_at > c.now),
+           l.rate, l.per, k.tokens,
+           case when k.tokens < l.rate then c.now + (1 - k.tokens + floor(k.tokens)) * l.per
+                                                    / l.rate end,
+           l.key_max_running, l.updated_at
+      from queue_limits as l
+     cross join (select _now() as now) as c
+     cross join lateral (select _tokens(l, b, c.now) as tokens
+                           from (select) as one
+                           left join queue_buckets as b on b.task_queue = l.task_queue) as k
+     order by l.task_queue
+$$;
