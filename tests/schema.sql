@@ -18,7 +18,7 @@
 -- migration 0010_queue_limits.sql
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
--- migration 0014_workflow_list.sql
+-- migration 0013_workflow_list.sql
 
 -- tables
 create table <app>.jobs (

@@ -235,7 +235,7 @@ def test_old_workers_serve_through_an_upgrade_at_scale(
 
 def test_the_package_speaks_the_engines_protocol(db: SQL) -> None:
     """WORKER_PROTOCOL and sql/05_version.sql change together; this engine still serves the
-    previous release's workers (protocol 0: the test above runs them)."""
+    previous release's workers (protocol 1, 0.1.0: the test above runs them) and protocol 0."""
     assert db.rows("select protocol, oldest_worker from engine_version()") == [(WORKER_PROTOCOL, 0)]
 
 
@@ -245,19 +245,25 @@ def _edit(path: Path, pattern: str, new: str, count: int = 1) -> None:
     path.write_text(text)
 
 
+FUTURE_PROTOCOL = WORKER_PROTOCOL + 1
+
+
 def future_release(into: Path) -> Path:
-    """This checkout as a next release that drops protocol 1: `claim_tasks` renamed (its
-    workers call the new name), protocol and oldest_worker 2, version 9.0.0."""
+    """This checkout as a next release that drops this one's protocol: `claim_tasks` renamed
+    (its workers call the new name), protocol and oldest_worker WORKER_PROTOCOL + 1, version
+    9.0.0."""
     root = into / "future"
     for part in ("python/hotmesh", "sql", "migrations"):
         shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
     _edit(
         root / "sql/05_version.sql",
-        r"select '[0-9.]+', (\(select max\(m\.version\) from schema_migrations as m\)), 1, 0",
-        r"select '9.0.0', \1, 2, 2",
+        r"select '[0-9.]+', (\(select max\(m\.version\) from schema_migrations as m\)), \d+, \d+",
+        rf"select '9.0.0', \1, {FUTURE_PROTOCOL}, {FUTURE_PROTOCOL}",
     )
     _edit(
-        root / "python/hotmesh/_install.py", r"\nWORKER_PROTOCOL = 1\n", "\nWORKER_PROTOCOL = 2\n"
+        root / "python/hotmesh/_install.py",
+        rf"\nWORKER_PROTOCOL = {WORKER_PROTOCOL}\n",
+        f"\nWORKER_PROTOCOL = {FUTURE_PROTOCOL}\n",
     )
     _edit(root / "python/hotmesh/_db.py", r"\{\}\.claim_tasks\(", "{}.claim_tasks_v2(")
     for path in (root / "sql").glob("*.sql"):
@@ -322,7 +328,7 @@ def test_a_worker_exits_when_the_schema_is_newer_than_it(
         root = future_release(tmp_path)
         install(root, dsn, app)
         assert db.rows("select version, protocol, oldest_worker from engine_version()") == [
-            ("9.0.0", 2, 2)
+            ("9.0.0", FUTURE_PROTOCOL, FUTURE_PROTOCOL)
         ]
         # This checkout's installer will not put its older engine back.
         back = subprocess.run(
@@ -390,11 +396,11 @@ def test_a_worker_refuses_a_schema_older_than_it(dsn: str, old_app: tuple[str, P
 async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     dsn: str, old_app: tuple[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Upgrading the previous release alters signal_keys (migration 0007). An application
-    holds a signal() open (a row lock and RowExclusive on signal_keys): the migrate's ALTER
-    waits for it, and a signal() sent meanwhile waits behind the migrate, but only until the
-    migrate's lock_timeout: it returns while the application's transaction is still open.
-    The migrate tries again and succeeds after the COMMIT."""
+    """Upgrading the previous release alters jobs (migration 0008). An application holds a
+    start_workflow() open (RowExclusive on jobs): the migrate's ALTER waits for it, and a
+    start sent meanwhile waits behind the migrate, but only until the migrate's lock_timeout:
+    it returns while the application's transaction is still open. The migrate tries again
+    and succeeds after the COMMIT."""
     app, _ = old_app
     caplog.set_level(logging.WARNING, "hotmesh.install")
     schema = sql.Identifier(app)
@@ -403,7 +409,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     try:
         await holder.execute(
-            sql.SQL("select {}.signal('held', '1', null, 'k-held')").format(schema)
+            sql.SQL("select {}.start_workflow('w', '[]', 'q', 'held')").format(schema)
         )
         upgrading = asyncio.create_task(migrate(dsn, app, lock_timeout=3.0, patience=120))
 
@@ -417,7 +423,9 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
 
         await until(migrate_waits, "the migrate to wait for a lock")
         sending = asyncio.create_task(
-            other.execute(sql.SQL("select {}.signal('other', '2', null, 'k-other')").format(schema))
+            other.execute(
+                sql.SQL("select {}.start_workflow('w', '[]', 'q', 'other')").format(schema)
+            )
         )
         await until_lock_wait(watch, other.info.backend_pid)
         await asyncio.wait_for(sending, 30)  # the migrate gave way: the call went on
@@ -425,7 +433,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
         assert not upgrading.done()
         await holder.commit()
         applied = await asyncio.wait_for(upgrading, 60)
-        assert 7 in applied
+        assert 8 in applied
         assert "rolled back so as not to hold up the workers" in caplog.text
     finally:
         for conn in (holder, other, watch):

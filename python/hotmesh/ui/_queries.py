@@ -3,7 +3,7 @@ hotmesh._db). Reads of the app's tables and views only, on a `<app>_app` connect
 read-only transactions; `{app}` is the app schema, composed with `sql.Identifier`.
 
 The workflow list is keyset-paginated on (created_at, id), served by the index
-jobs_created (migrations/0014_workflow_list.sql): a page reads a bounded number of rows,
+jobs_created (migrations/0013_workflow_list.sql): a page reads a bounded number of rows,
 however many workflows there are. Every filter is optional (a null parameter matches
 everything).
 """
