@@ -70,6 +70,10 @@ EFFECTS = {"up_steps": ["a", "b"], "up_remote": ["r"], "up_child": ["c"]}
 # A worker's log must not show any of these: a failed call, a crash, a parked workflow, a
 # lost lease, a traceback.
 TROUBLE = re.compile(r"event=(db_error|crash|stuck|lease_lost)|Traceback", re.IGNORECASE)
+# Not trouble: 0.1.0's workers claim with lock_timeout 1 s and log a claim the timeout cut off
+# as a db_error (this release logs lock_busy); the migrate holds `tasks` longer than that. The
+# claim took no task and is sent again 0.1 s later.
+OLD_CLAIM_CUT_OFF = re.compile(r"^.*event=db_error during=claim .*lock timeout.*$", re.M)
 
 
 @pytest.fixture
@@ -210,7 +214,8 @@ def run_upgrade(dsn: str, app: str, old_tree: Path, logs: Path, total: int) -> N
         new_workers.close()
         old_workers.close()
         db.close()
-    trouble = TROUBLE.findall(old_workers.log() + new_workers.log())
+    old_log = OLD_CLAIM_CUT_OFF.sub("", old_workers.log())
+    trouble = TROUBLE.findall(old_log + new_workers.log())
     assert trouble == [], old_workers.log() + new_workers.log()
 
 

@@ -222,6 +222,20 @@ class Worker:
                     [self.task_queue], self.worker_id, free, self.lease, self.build_id
                 )
             except Exception as error:  # the loop must outlive any failure, it only backs off
+                if lock_busy(error):
+                    # Cut off by lock_timeout (a migrate holds `tasks`): nothing was claimed;
+                    # the database is fine, so no failure is counted.
+                    event(
+                        log,
+                        logging.WARNING,
+                        "lock_busy",
+                        during="claim",
+                        queue=self.task_queue,
+                        lock_timeout_ms=LOCK_TIMEOUT_MS,
+                        retry_in=0.1,
+                    )
+                    await asyncio.sleep(0.1)
+                    continue
                 # The database is unreachable or restarting: back off, 0.1 s doubling to 5 s.
                 # (Connections the server ended are replaced: see Database._connection.)
                 if failures == 0:
