@@ -105,3 +105,23 @@ async def test_a_recorded_history_replays_with_no_database(mf: MemFlow, db: Any)
     # Without the inputs (the claim's history), only kind and name are compared.
     claimed = [{k: v for k, v in s.items() if k != "input"} for s in main]
     assert await replay(audited, claimed, args=["A1", 250], workflow_id="A1") == Completed(result)
+
+
+async def parent_of_one() -> Any:
+    return await workflow.exec_child(workflow_name="ship", args=["o-1"])
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+async def test_a_later_runs_default_child_id_replays(run: int) -> None:
+    """From the second run on (continue_as_new), a default child id names the run
+    (`<id>-main-1-run<n>`): the replay of that run's history expects the same id, and the
+    history of another run diverges."""
+    suffix = f"-run{run}" if run > 1 else ""
+    history = [
+        {"thread": "main", "seq": 1, "kind": "child", "name": "ship", "status": "completed",
+         "input": {"workflow_id": f"wf-main-1{suffix}", "await": True}, "output": "shipped"},
+    ]  # fmt: skip
+    outcome = await replay(parent_of_one, history, workflow_id="wf", run=run)
+    assert isinstance(outcome, Completed), outcome
+    other = await replay(parent_of_one, history, workflow_id="wf", run=run + 1)
+    assert isinstance(other, Diverged) and f"wf-main-1-run{run + 1}" in str(other.error), other

@@ -76,7 +76,7 @@ class Command:
     def name(self) -> str:
         return ""
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         """What the call's stored function records as `steps.input` at position `seq`."""
         raise NotImplementedError
 
@@ -84,9 +84,11 @@ class Command:
         """The part of a recorded input that the call determines."""
         return recorded
 
-    def matches_input(self, recorded: Any, job_id: str, thread: str, seq: int) -> bool:
-        """Whether a recorded input is the one this call would record."""
-        return bool(recorded == self.recorded_input(job_id, thread, seq))
+    def matches_input(
+        self, recorded: Any, job_id: str, thread: str, seq: int, run: int = 1
+    ) -> bool:
+        """Whether a recorded input is the one this call would record (in run `run`)."""
+        return bool(recorded == self.recorded_input(job_id, thread, seq, run))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,7 @@ class ScheduleActivity(Command):
     def name(self) -> str:
         return self.activity
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         return self.args
 
 
@@ -113,7 +115,7 @@ class StartTimer(Command):
     kind: ClassVar[str] = "sleep"
     seconds: float
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         return {"seconds": self.seconds}
 
 
@@ -127,7 +129,7 @@ class WaitSignal(Command):
     def name(self) -> str:
         return self.signal_id
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         return {"timeout": self.timeout}
 
 
@@ -144,7 +146,7 @@ class SendSignal(Command):
     def name(self) -> str:
         return self.signal_id
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         target = job_id if self.workflow_id is None else self.workflow_id
         return {"payload": self.payload, "workflow_id": None if target == "*" else target}
 
@@ -162,7 +164,7 @@ class StartHook(Command):
     def name(self) -> str:
         return self.workflow_name
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         target = job_id if self.workflow_id is None else self.workflow_id
         return {"workflow_id": target, "args": self.args, "signal_id": self.signal_id}
 
@@ -184,9 +186,11 @@ class StartChild(Command):
     def name(self) -> str:
         return self.workflow_name
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
-        # The child's args are the child's own (jobs.args), not this step's input.
-        child = f"{job_id}-{thread}-{seq}" if self.workflow_id is None else self.workflow_id
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
+        # The child's args are the child's own (jobs.args), not this step's input. A default
+        # id names the run from the second on (continue_as_new: sql/46_children_hooks.sql).
+        suffix = f"-run{run}" if run > 1 else ""
+        child = f"{job_id}-{thread}-{seq}{suffix}" if self.workflow_id is None else self.workflow_id
         return {"workflow_id": child, "await": self.wait}
 
 
@@ -201,7 +205,7 @@ class CancelWorkflow(Command):
     def name(self) -> str:
         return self.workflow_id
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         return {"reason": self.reason, "descend": self.descend}
 
 
@@ -220,7 +224,7 @@ class EntityOp(Command):
     def name(self) -> str:
         return self.op
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         recorded: dict[str, Any] = {"path": _segments(self.path)}
         if self.has_value:
             recorded["value"] = self.value
@@ -232,9 +236,11 @@ class EntityOp(Command):
             return {key: value for key, value in recorded.items() if key != "by"}
         return recorded
 
-    def matches_input(self, recorded: Any, job_id: str, thread: str, seq: int) -> bool:
+    def matches_input(
+        self, recorded: Any, job_id: str, thread: str, seq: int, run: int = 1
+    ) -> bool:
         recorded = self.comparable(recorded)
-        expected = self.recorded_input(job_id, thread, seq)
+        expected = self.recorded_input(job_id, thread, seq, run)
         if recorded == expected:
             return True
         # A path the database refused is recorded as given, not as segments.
@@ -251,7 +257,7 @@ class SearchOp(Command):
     def name(self) -> str:
         return self.op
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         return self.args
 
 
@@ -260,7 +266,7 @@ class Emit(Command):
     kind: ClassVar[str] = "emit"
     events: dict[str, Any]
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         return self.events
 
 
@@ -277,10 +283,12 @@ class PatchMarker(Command):
     def name(self) -> str:
         return self.patch_id
 
-    def recorded_input(self, job_id: str, thread: str, seq: int) -> Any:
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
         return {"deprecated": self.deprecated}
 
-    def matches_input(self, recorded: Any, job_id: str, thread: str, seq: int) -> bool:
+    def matches_input(
+        self, recorded: Any, job_id: str, thread: str, seq: int, run: int = 1
+    ) -> bool:
         # patched() and deprecate_patch() of one patch are the same marker: code that
         # deprecated it replays histories that patched() recorded, and back.
         return True
@@ -304,7 +312,12 @@ def _segments(path: str | None) -> Any:
 
 
 def divergence(
-    step: RecordedStep, command: Command, job_id: str, thread: str, check_input: bool = True
+    step: RecordedStep,
+    command: Command,
+    job_id: str,
+    thread: str,
+    check_input: bool = True,
+    run: int = 1,
 ) -> str | None:
     """How the call the code makes differs from the step recorded at its position (the
     non-determinism message, HM006), or None when it is the same call. Inputs are compared
@@ -318,11 +331,11 @@ def divergence(
     if (
         not check_input
         or step.input is NOT_RECORDED
-        or command.matches_input(step.input, job_id, thread, step.seq)
+        or command.matches_input(step.input, job_id, thread, step.seq, run)
     ):
         return None
     was = _shown(command.comparable(step.input))
-    now = _shown(command.recorded_input(job_id, thread, step.seq))
+    now = _shown(command.recorded_input(job_id, thread, step.seq, run))
     return (
         f'non-determinism in workflow "{job_id}" thread {thread}: step {step.seq} was '
         f'recorded as {kind} "{name}" with input {was} but the code now calls {kind} "{name}" '

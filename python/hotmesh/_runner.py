@@ -320,7 +320,7 @@ class Activation:
         step = self.history.get(self.seq)
         if step is not None:
             task = self.task
-            fault = divergence(step, command, task.job_id, task.thread, self.check_input)
+            fault = divergence(step, command, task.job_id, task.thread, self.check_input, task.run)
             if fault is not None:
                 self.fault = errors.NonDeterminismError(fault)
                 return future
@@ -427,6 +427,7 @@ async def replay(
     workflow_name: str | None = None,
     task_queue: str = "",
     check_input: bool = True,
+    run: int = 1,
 ) -> Outcome:
     """Run workflow `fn` against a recorded history with no database: each call is answered
     by its recorded step, nothing is performed. Diverged names the first step whose kind, name
@@ -448,6 +449,7 @@ async def replay(
         name=name,
         workflow_name=name,
         task_queue=task_queue,
+        run=run,
     )
     return await Activation(recorded, fn, _NoRuntime(), check_input=check_input).run()
 

@@ -159,6 +159,7 @@ class Replayer:
                 workflow_name=fn_name,
                 task_queue=job.get("task_queue", ""),
                 check_input=not self.ignore_arguments,
+                run=int(job.get("run") or 1),
             )
             divergence = _divergence(outcome, status, export["steps"], thread)
             results.append(ReplayResult(job["id"], fn_name, thread, status, divergence))
