@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import tempfile
+from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -374,6 +375,12 @@ BAD = [
     (("signal", "s", "--data", "{not json"), "--data is not valid JSON"),
     (("start", "quick", "--args", "[1", "--queue", "cli"), "--args is not valid JSON"),
     (("start", "quick", "--args", '{"a": 1}', "--queue", "cli"), "--args must be a JSON array"),
+    (("start", "quick", "--queue", "cli", "--search", "[1]"), "--search must be a JSON object"),
+    (("start", "quick", "--queue", "cli", "--start-in", "soon"), "is not a duration"),
+    (
+        ("start", "quick", "--queue", "cli", "--start-in", "1m", "--start-at", "2030-01-01"),
+        "give start_at or start_in, not both",
+    ),
     (("prune", "--older-than", "soon"), "is not a duration"),
     (("setting", "nope"), 'unknown setting "nope"'),
     (("list", "--limit", "0"), "--limit: must be >= 1"),
@@ -404,3 +411,29 @@ async def test_bad_input_one_line_no_traceback(finished: None, dsn: str, app: st
         assert expected in lines[0], (args, lines)
         assert result.out == "", args
     assert db.rows("select id, status from jobs order by id") == before  # nothing changed
+
+
+async def test_start_options(dsn: str, app: str, db: Any) -> None:
+    """`hotmesh start` takes the start options of mf.workflow.start: they reach the row."""
+    flags = (
+        "--queue", "cli", "--id", "opt-1", "--priority", "3", "--execution-timeout", "2h",
+        "--idempotency-key", "k-1", "--start-in", "1h", "--search", '{"region": "eu"}',
+        "--concurrency-key", "tenant-7",
+    )  # fmt: skip
+    started = await hotmesh(dsn, app, "start", "quick", *flags)
+    assert (started.code, started.out, started.err) == (0, "opt-1\n", "")
+    assert db.rows(
+        "select j.priority, j.execution_timeout, j.idempotency_key, j.search,"
+        " j.concurrency_key, t.run_at > now() + interval '59 minutes'"
+        " from jobs as j join tasks as t on t.job_id = j.id where j.id = 'opt-1'"
+    ) == [(3, timedelta(hours=2), "k-1", {"region": "eu"}, "tenant-7", True)]
+    # The same idempotency key under another id: the run that holds it, nothing new.
+    again = await hotmesh(dsn, app, "start", "quick", "--queue", "cli", "--id", "opt-2",
+                          "--idempotency-key", "k-1")  # fmt: skip
+    assert (again.code, again.out) == (0, "opt-1\n")
+    assert db.one("select count(*) from jobs") == 1
+    # A taken id, with --id-reuse terminate: the running one is cancelled and replaced.
+    reused = await hotmesh(dsn, app, "start", "quick", "--queue", "cli", "--id", "opt-1",
+                           "--id-reuse", "terminate")  # fmt: skip
+    assert (reused.code, reused.out) == (0, "opt-1\n"), reused.err
+    assert db.one("select idempotency_key from jobs where id = 'opt-1'") is None

@@ -129,6 +129,20 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--id", dest="workflow_id", help="workflow id (default: generated)")
     start.add_argument("--entity", help="entity type (default: the workflow name)")
     start.add_argument("--expire", help="keep it this long after it ends (e.g. 30d)")
+    start.add_argument("--priority", type=int, help="claimed before lower priorities (default 0)")
+    # The start options (docs/python-api.md, docs/timeouts.md, docs/flow-control.md).
+    start.add_argument("--execution-timeout", help="fail it (596) unless it ends within (e.g. 1h)")
+    start.add_argument(
+        "--id-reuse",
+        choices=["reject", "allow_finished", "terminate"],
+        help="when --id is taken (default reject)",
+    )
+    start.add_argument("--idempotency-key", help="a start with a key a run holds returns that run")
+    start.add_argument("--debounce", help="starts of --id within this window make one run (5s)")
+    start.add_argument("--start-in", help="its first activation after this long (e.g. 10m)")
+    start.add_argument("--start-at", help="its first activation at this time (ISO 8601)")
+    start.add_argument("--search", help="JSON object: its search attributes")
+    start.add_argument("--concurrency-key", help="share the queue's per-key limit with this key")
     start.add_argument("--wait", action="store_true", help="wait for the result and print it")
 
     listing = commands.add_parser("list", help="list workflows, newest first")
@@ -477,7 +491,13 @@ async def _start(args: argparse.Namespace) -> int:
     arguments = _json_arg(args.args, "--args")
     if not isinstance(arguments, list):
         raise HotMeshError("--args must be a JSON array, e.g. '[\"Jane\"]'")
-    expire = None if args.expire is None else seconds(args.expire, "--expire")
+    search = None if args.search is None else _json_arg(args.search, "--search")
+    if search is not None and not isinstance(search, dict):
+        raise HotMeshError('--search must be a JSON object, e.g. \'{"region": "eu"}\'')
+
+    def duration(value: str | None, flag: str) -> float | None:
+        return None if value is None else seconds(value, flag)
+
     async with _client(args) as mf:
         handle = await mf.workflow.start(
             workflow_name=args.workflow_name,
@@ -485,7 +505,16 @@ async def _start(args: argparse.Namespace) -> int:
             task_queue=args.queue,
             workflow_id=args.workflow_id,
             entity=args.entity,
-            expire=expire,
+            priority=args.priority,
+            expire=duration(args.expire, "--expire"),
+            execution_timeout=duration(args.execution_timeout, "--execution-timeout"),
+            id_reuse=args.id_reuse,
+            idempotency_key=args.idempotency_key,
+            debounce=duration(args.debounce, "--debounce"),
+            start_in=duration(args.start_in, "--start-in"),
+            start_at=args.start_at,
+            search=search,
+            concurrency_key=args.concurrency_key,
         )
         print(handle.workflow_id, flush=True)
         if args.wait:
