@@ -74,10 +74,8 @@ begin
        and status in (select l.from_state from _legal_transitions() as l
                        where l.machine = 'job' and l.to_state = 'pending'
                          and l.owner = '_continue_run');
-    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
-    values (p_job_id, 'main', 'workflow', v_job.workflow_name, v_job.task_queue, v_job.priority,
-            v_now);
-    perform _notify('q:' || v_job.task_queue);
+    -- The next run's first activation, as any wake-up makes it (its concurrency key too).
+    perform _wake(p_job_id, 'main');
     return v_job.run + 1;
 end
 $$;

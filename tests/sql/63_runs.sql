@@ -10,7 +10,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(39);
+select plan(40);
 
 -- The tasks the test holds, by a name of its choosing.
 create temp table held (
@@ -332,6 +332,17 @@ select is(
     + (select count(*)::integer from run_steps where job_id = 'a1'),
     0,
     'and its archived runs'
+);
+
+-- A keyed workflow's next run keeps its concurrency key (its activations share the key's
+-- limit: 25_limits.sql).
+select start_workflow('agent', '[]', 'k63', 'keyed', null, '{"concurrency_key": "tenant-1"}');
+select pg_temp.claim('keyed', 'k63');
+select pg_temp.continue_as('keyed', '["again"]');
+select results_eq(
+    $$select thread, concurrency_key, key_rank is not null from tasks where job_id = 'keyed'$$,
+    $$values ('main', 'tenant-1', true)$$,
+    'the next run''s first activation carries the workflow''s concurrency key'
 );
 
 select * from finish();
