@@ -82,6 +82,10 @@ class WorkflowContext:
     attempt: int
     replaying: bool
     run: int = 1
+    # The W3C trace context the workflow continues (docs/tracing.md), when it has one.
+    traceparent: str | None = None
+    # The function the thread runs: the workflow's, or a hook's own.
+    function: str = ""
 
 
 class SandboxError(errors.HotMeshError, RuntimeError):
@@ -344,6 +348,8 @@ class Activation:
             attempt=task.job_attempt,
             replaying=self.replaying if replaying is None else replaying,
             run=task.run,
+            traceparent=getattr(task, "traceparent", None),
+            function=task.name,
         )
 
     def call(self, command: Command) -> asyncio.Future[Any]:
@@ -375,8 +381,11 @@ class Activation:
 
         outcome = await compose(self.interceptors, "durable_call", (ctx, seq), last)(command)
         if isinstance(command, WaitSignal):
+            # A delivery this activation is the first to see: no step after the wait was
+            # recorded (an earlier activation went on past a delivery it saw).
+            seen = self.context(replaying=seq < self.last_recorded)
             delivered = compose(
-                self.interceptors, "handle_signal", (ctx, command.signal_id), _delivered
+                self.interceptors, "handle_signal", (seen, command.signal_id), _delivered
             )
             outcome = await delivered(outcome)
         return outcome
