@@ -69,6 +69,9 @@ def _failed(span: Span, error: BaseException) -> None:
 class TracingInterceptor(Interceptor):
     """Spans for starts, activations, activity attempts, signals, children and hooks."""
 
+    # Only these steps make spans: an activity's span is its run's (execute_activity).
+    durable_kinds = frozenset({"child", "hook", "send", "signal"})
+
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         from hotmesh import _install
 
