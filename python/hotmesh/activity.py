@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hotmesh import _convert
 from hotmesh.errors import HotMeshError
 
 _current: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar("hotmesh_activity")
@@ -45,6 +46,8 @@ def heartbeat() -> None:
 
 async def run_activity(fn: Callable[..., Any], args: list[Any], info: ActivityInfo) -> Any:
     """Run an activity with its info set: `async def` on this loop, `def` in a thread."""
+    if _convert.arg_plan(fn) is not None:  # typed parameters get their type back
+        args = _convert.convert_args(fn, args, f"activity {info.activity_name}")
     token = _current.set(info)
     try:
         if inspect.iscoroutinefunction(fn):
