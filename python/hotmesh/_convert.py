@@ -2,8 +2,8 @@
 
 `default` is what `json.dumps` calls for a value it cannot write itself: a dataclass or a
 pydantic model becomes a JSON object, a datetime, date, time, UUID or Decimal text (a Decimal
-keeps every digit), an enum its value, a set or frozenset a list. `from_json` goes back: a JSON
-value into the type a function's parameter or return annotation names, checking as it goes and
+keeps every digit), an enum its value (a set stays refused: its order is not stable).
+`from_json` goes back: a JSON value into the type a function's parameter or return annotation names, checking as it goes and
 naming the field that does not fit (`PayloadTypeError`, a FatalError: retrying cannot help).
 
 A function whose annotations are all plain JSON types (or none) has no plan (`None`): its
@@ -58,8 +58,6 @@ def default(value: Any) -> Any:
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, set | frozenset):
-        return list(value)
     pydantic = _pydantic()
     if pydantic is not None and isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
