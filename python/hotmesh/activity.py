@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hotmesh import _convert
 from hotmesh.errors import HotMeshError
+from hotmesh.interceptors import Interceptor, compose
 
 _current: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar("hotmesh_activity")
 
@@ -44,17 +45,34 @@ def heartbeat() -> None:
         beat()
 
 
-async def run_activity(fn: Callable[..., Any], args: list[Any], info: ActivityInfo) -> Any:
-    """Run an activity with its info set: `async def` on this loop, `def` in a thread."""
-    if _convert.arg_plan(fn) is not None:  # typed parameters get their type back
+async def run_activity(
+    fn: Callable[..., Any],
+    args: list[Any],
+    info: ActivityInfo,
+    interceptors: Sequence[Interceptor] = (),
+) -> Any:
+    """Run an activity with its info set: `async def` on this loop, `def` in a thread;
+    inside the interceptors' `execute_activity`, when there are any. Typed parameters get
+    their type back first (docs/typed-payloads.md)."""
+    if _convert.arg_plan(fn) is not None:
         args = _convert.convert_args(fn, args, f"activity {info.activity_name}")
     token = _current.set(info)
     try:
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*args)
-        result = await asyncio.to_thread(fn, *args)
-        if inspect.isawaitable(result):
-            return await result
-        return result
+        if interceptors:
+
+            async def last(given: list[Any]) -> Any:
+                return await _invoke(fn, given)
+
+            return await compose(interceptors, "execute_activity", (info,), last)(args)
+        return await _invoke(fn, args)
     finally:
         _current.reset(token)
+
+
+async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    result = await asyncio.to_thread(fn, *args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
