@@ -4,7 +4,8 @@
 pydantic model becomes a JSON object, a datetime, date, time, UUID or Decimal text (a Decimal
 keeps every digit), an enum its value (a set stays refused: its order is not stable).
 `from_json` goes back: a JSON value into the type a function's parameter or return
-annotation names, checking as it goes and naming the field that does not fit (`PayloadTypeError`, a FatalError: retrying cannot help).
+annotation names, checking as it goes and naming the field that does not fit
+(`PayloadTypeError`, a FatalError: retrying cannot help).
 
 A function whose annotations are all plain JSON types (or none) has no plan (`None`): its
 arguments and results are passed as they are, with no cost on the hot path.
