@@ -41,7 +41,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
-from hotmesh.devtools import pgcluster  # noqa: E402
+from hotmesh.devtools import pgcluster
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SRC = ROOT.parent / "shared" / "vendor" / "citus-13.2.2.tar.gz"

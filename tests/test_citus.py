@@ -35,9 +35,7 @@ def query(sql: str, *params: Any, url: str = CITUS_URL) -> list[tuple[Any, ...]]
 
 def node_of(app: str) -> int:
     """The port of the node that holds app `app`'s tables."""
-    rows = query(
-        "select nodeport from citus_shards where table_name = %s::regclass", f"{app}.jobs"
-    )
+    rows = query("select nodeport from citus_shards where table_name = %s::regclass", f"{app}.jobs")
     assert len(rows) == 1, rows
     return int(rows[0][0])
 
@@ -48,7 +46,7 @@ def apps() -> Iterator[list[str]]:
     made: list[str] = []
     yield made
     for app in made:
-        query(f"drop schema if exists {app} cascade")  # noqa: S608 - our own app ids
+        query(f"drop schema if exists {app} cascade")
 
 
 @pytest.fixture

@@ -293,9 +293,7 @@ async def _check_citus(conn: psycopg.AsyncConnection[TupleRow], app_id: str) -> 
     if not (await cur.fetchone() or (False,))[0]:
         return
     cur = await conn.execute(_CITUS, {"app": app_id})
-    row = await cur.fetchone()
-    assert row is not None
-    coordinator, workers, sharding, exists, distributed = row
+    coordinator, workers, sharding, exists, distributed = await cur.fetchone() or (True, 0, 1, 1, 1)
     if not coordinator:
         raise HotMeshError(
             f"app {app_id}: this database is a Citus worker node; migrate (and connect "
