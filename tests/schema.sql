@@ -342,6 +342,13 @@ create view <app>.workflow_patches (
     last_marked_at timestamp with time zone,
     without_marker bigint
 );
+create view <app>.workflow_wait_list (
+    job_id text,
+    rank integer,
+    thread text,
+    seq integer,
+    wait jsonb
+);
 create view <app>.workflows (
     id text,
     workflow_name text,
@@ -391,6 +398,8 @@ create function <app>._admit(p_task_queues text[], p_max_tasks integer, p_now ti
     language plpgsql volatile;
 create function <app>._admit_from(p_task_queue text, p_slots integer, p_key_max integer, p_now timestamp with time zone) returns bigint[]
     language plpgsql volatile;
+create function <app>._after(p_at timestamp with time zone, p_interval interval) returns timestamp with time zone
+    language sql immutable;
 create function <app>._batch_results(p_items jsonb) returns jsonb[]
     language plpgsql immutable;
 create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text, p_input jsonb) returns boolean
@@ -881,6 +890,8 @@ grant select on table <app>.threads to <app>_worker;
 grant select on table <app>.workflow_patches to <app>_app;
 grant select on table <app>.workflow_patches to <app>_reader;
 grant select on table <app>.workflow_patches to <app>_worker;
+grant select on table <app>.workflow_wait_list to <app>_app;
+grant select on table <app>.workflow_wait_list to <app>_worker;
 grant select on table <app>.workflows to <app>_app;
 grant select on table <app>.workflows to <app>_reader;
 grant select on table <app>.workflows to <app>_worker;
