@@ -399,6 +399,7 @@ begin
         raise exception using errcode = 'HM001',
             message = format('schedule "%s" already exists', p_schedule_id);
     end if;
+    perform _notify('s:' || p_schedule_id);
     return v_row.next_fire_at;
 end
 $$;
@@ -457,6 +458,7 @@ begin
                     end,
            note = v_row.note, updated_at = v_row.updated_at
      where s.id = v_old.id;
+    perform _notify('s:' || p_schedule_id);
     return v_row.next_fire_at;
 end
 $$;
@@ -487,6 +489,7 @@ begin
            updated_at = v_now
      where id = p_schedule_id
     returning * into v_row;
+    perform _notify('s:' || p_schedule_id);
     return v_row;
 end
 $$;
@@ -519,6 +522,7 @@ as $$
 begin
     perform _locked_schedule(p_schedule_id);
     delete from schedules where id = p_schedule_id;
+    perform _notify('s:' || p_schedule_id);
 end
 $$;
 
