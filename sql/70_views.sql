@@ -437,16 +437,19 @@ select
     jsonb_build_object('queue', b.task_queue, 'kind', b.kind) as labels,
     m.value
 from queue_backlog as b
-cross join lateral (
-    values
-    ('hotmesh_tasks_ready', b.ready::float8),
-    ('hotmesh_tasks_delayed', b.delayed::float8),
-    ('hotmesh_tasks_running', b.leased::float8),
-    ('hotmesh_tasks_lease_expired', b.lease_expired::float8),
-    ('hotmesh_tasks_dead', b.dead::float8),
-    ('hotmesh_oldest_ready_task_seconds',
-     coalesce(extract(epoch from b.oldest_ready_age)::float8, 0))
-) as m (metric, value)
+cross join
+    lateral (
+        values
+        ('hotmesh_tasks_ready', b.ready::float8),
+        ('hotmesh_tasks_delayed', b.delayed::float8),
+        ('hotmesh_tasks_running', b.leased::float8),
+        ('hotmesh_tasks_lease_expired', b.lease_expired::float8),
+        ('hotmesh_tasks_dead', b.dead::float8),
+        (
+            'hotmesh_oldest_ready_task_seconds',
+            coalesce(extract(epoch from b.oldest_ready_age)::float8, 0)
+        )
+    ) as m (metric, value)
 union all
 select
     'hotmesh_workflows' as metric,
