@@ -32,7 +32,7 @@ PYTEST_N ?= 2
 
 .PHONY: help setup sysdeps db-up db-down db-url lint lint-static lint-sql lint-ruff \
 	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow demo bench clean _migrate \
-	_prove _pytest _dbtest schema
+	_prove _pytest _dbtest schema demo-agent
 
 help:
 	@echo "make setup     system packages (PostgreSQL $(PG_MAJOR), pgTAP, pg_prove, plpgsql_check) + $(VENV)"
@@ -42,7 +42,7 @@ help:
 	@echo "make sqltest   hotmesh migrate --app $(APP), then pg_prove --ext .sql -r tests/sql"
 	@echo "make pytest    $(BIN)/pytest -q: -n $(PYTEST_N), then the serial tests alone (PYTEST_ARGS=...)"
 	@echo "make schema    rewrite tests/schema.sql, the snapshot of a fresh app schema (docs/schema.md)"
-	@echo "make demo | bench"
+	@echo "make demo | demo-agent | bench"
 	@echo "make db-up     start the private cluster; eval \"\$$(make -s db-up)\" to use it"
 	@echo "make db-down | db-url | clean"
 	@echo "private cluster: $(PGDIR)   (DATABASE_URL in the environment overrides it)"
@@ -190,6 +190,10 @@ _pytest:
 demo: setup
 	$(DB_RUN) -- $(BIN)/python python/examples/demo.py
 	@echo 'the dashboard on this data:  eval "$$(make -s db-up)" && $(HM) ui --app my_app --allow-actions   (then open http://127.0.0.1:8700/)'
+
+# The durable AI agent (docs/agents.md): the offline model unless HOTMESH_AGENT_BASE_URL is set.
+demo-agent: setup
+	$(DB_RUN) -- $(BIN)/python python/examples/research_agent.py
 
 # The private cluster preloads pg_stat_statements; the extension makes bench count statements.
 bench: setup

@@ -27,7 +27,8 @@ $$;
 
 -- Wakes idle workers and result waiters of this app. One channel per app (the schema name);
 -- the payload says what happened: 'q:<task queue>' (a task is ready), 'd:' and a JSON array
--- of workflow ids (they ended: _notify_done) or 'e:' and an event (emit).
+-- of workflow ids (they ended: _notify_done), 'e:' and an event (emit), or 's:<schedule id>'
+-- (a schedule was created, changed, paused, resumed or deleted: for the dashboard).
 create or replace function _notify(p_payload text) returns void
 language sql volatile
 as $$

@@ -36,7 +36,7 @@ declare
         'waits_text', 'workflow_blocker', 'engine_version', 'create_schedule',
         'update_schedule', 'pause_schedule', 'resume_schedule', 'trigger_schedule',
         'delete_schedule', 'cron_next', 'export_workflow', 'export_workflows',
-        'workflow_runs', 'run_history', 'get_queue_limits'
+        'workflow_runs', 'run_history', 'get_queue_limits', 'queue_keys'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[

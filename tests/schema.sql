@@ -749,6 +749,9 @@ create function <app>.prune_runs(p_older_than interval DEFAULT '00:00:00'::inter
 create function <app>.prune_signals(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.queue_keys(p_task_queue text, p_limit integer DEFAULT 100) returns TABLE(concurrency_key text, running bigint, ready bigint, delayed bigint, oldest_ready_age interval)
+    language plpgsql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.record_patch(p_task_id bigint, p_token uuid, p_seq integer, p_patch_id text, p_deprecated boolean) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
@@ -944,6 +947,8 @@ grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_worker;
 grant execute on function <app>.next_due(text[]) to <app>_worker;
 grant execute on function <app>.pause_schedule(text) to <app>_app;
 grant execute on function <app>.pause_schedule(text) to <app>_worker;
+grant execute on function <app>.queue_keys(text,integer) to <app>_app;
+grant execute on function <app>.queue_keys(text,integer) to <app>_worker;
 grant execute on function <app>.record_patch(bigint,uuid,integer,text,boolean) to <app>_worker;
 grant execute on function <app>.record_step(bigint,uuid,integer,text,text,jsonb,jsonb,jsonb,jsonb) to <app>_worker;
 grant execute on function <app>.record_steps(jsonb) to <app>_worker;

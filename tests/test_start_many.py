@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hotmesh import DuplicateJobError, InvalidArgument, MemFlow, workflow
+from hotmesh.interceptors import Interceptor, StartInput
 from test_cli import hotmesh
 
 pytestmark = pytest.mark.timeout(60)
@@ -98,3 +101,46 @@ async def test_hotmesh_start_from_file(dsn: str, app: str, db: Any, tmp_path: Pa
     refused = await hotmesh(dsn, app, "start", "--from-file", str(lines))
     assert refused.code != 0 and "line 1 is not valid JSON" in refused.err
     assert db.one("select count(*) from jobs") == 3
+
+
+class Tagging(Interceptor):
+    """Tags every start, refuses workflow "forbidden", answers "cached" itself."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    async def start_workflow(
+        self, input: StartInput, next: Callable[[StartInput], Awaitable[str]]
+    ) -> str:
+        if input.workflow_name == "forbidden":
+            raise InvalidArgument("forbidden by the interceptor")
+        if input.workflow_name == "cached":
+            return "from-cache"
+        tagged = {**input.options, "search": {"via": "interceptor"}}
+        workflow_id = await next(dataclasses.replace(input, options=tagged))
+        self.ids.append(workflow_id)
+        return workflow_id
+
+
+async def test_start_many_goes_through_the_start_interceptors(app: str, dsn: str, db: Any) -> None:
+    tagging = Tagging()
+    mf = await MemFlow.init(app_id=app, dsn=dsn, interceptors=[tagging])
+    try:
+        handles = await mf.workflow.start_many(
+            [{"workflow_name": "w", "task_queue": "q", "workflow_id": f"i{n}"} for n in range(3)]
+            + [{"workflow_name": "cached", "task_queue": "q"}]
+        )
+        assert [h.workflow_id for h in handles] == ["i0", "i1", "i2", "from-cache"]
+        assert sorted(tagging.ids) == ["i0", "i1", "i2"]
+        assert db.rows("select id, search from jobs order by id") == [
+            (f"i{n}", {"via": "interceptor"}) for n in range(3)
+        ]
+        # One start refused by an interceptor: none of the batch is started.
+        with pytest.raises(InvalidArgument, match="forbidden by the interceptor"):
+            await mf.workflow.start_many(
+                [{"workflow_name": "w", "task_queue": "q", "workflow_id": "i9"},
+                 {"workflow_name": "forbidden", "task_queue": "q"}]
+            )  # fmt: skip
+        assert db.one("select count(*) from jobs") == 3
+    finally:
+        await mf.close()

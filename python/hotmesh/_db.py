@@ -36,6 +36,7 @@ from hotmesh._commands import RecordedStep
 from hotmesh.rows import (
     HistoryEntry,
     QueueBacklog,
+    QueueKey,
     QueueLimits,
     RetryOutcome,
     Schedule,
@@ -328,6 +329,7 @@ _STATEMENTS = {
     " max_running => %(max_running)s::integer, rate => %(rate)s::integer,"
     " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer)",
     "get_queue_limits": "select {columns} from {}.get_queue_limits()",
+    "queue_keys": "select {columns} from {}.queue_keys(%(task_queue)s::text, %(limit)s::integer)",
     "get_setting": "select {}.get_setting(%(key)s::text)",
 }
 
@@ -345,6 +347,7 @@ _ROWS: dict[str, type[Any]] = {
     "queue_backlog": QueueBacklog,
     "list_schedules": Schedule,
     "get_queue_limits": QueueLimits,
+    "queue_keys": QueueKey,
 }
 
 
@@ -517,6 +520,7 @@ _READS = frozenset(
         "export_workflow",
         "export_workflows",
         "get_queue_limits",
+        "queue_keys",
     }
 )
 _RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
@@ -1152,3 +1156,6 @@ class Database:
 
     async def get_queue_limits(self) -> list[QueueLimits]:
         return await self._rows("get_queue_limits", QueueLimits, {})
+
+    async def queue_keys(self, task_queue: str, limit: int) -> list[QueueKey]:
+        return await self._rows("queue_keys", QueueKey, {"task_queue": task_queue, "limit": limit})

@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import os
 import signal
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -22,6 +22,15 @@ from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
 from hotmesh._runner import encode, encode_args
 from hotmesh.entity import EntityClient
+from hotmesh.interceptors import (
+    CancelInput,
+    Interceptor,
+    SignalInput,
+    StartInput,
+    check,
+    compose,
+    overrides,
+)
 from hotmesh.retry import RetryPolicy
 from hotmesh.rows import (
     HistoryEntry,
@@ -88,7 +97,14 @@ class Handle:
         """Cancel the workflow: it ends `cancelled` (code 410), its queued tasks are removed
         and, with `descend`, its children are cancelled too. Returns the ids cancelled;
         IllegalTransition if it already finished."""
-        return await self._mf._db.cancel_workflow(self.workflow_id, reason, descend, False)
+        db = self._mf._db
+
+        async def cancel(given: CancelInput) -> list[str]:
+            return await db.cancel_workflow(given.workflow_id, given.reason, given.descend, False)
+
+        outbound = compose(self._mf.interceptors, "cancel_workflow", (), cancel)
+        cancelled: list[str] = await outbound(CancelInput(self.workflow_id, reason, descend))
+        return cancelled
 
     async def describe(self) -> WorkflowDescription:
         """Everything about the workflow (`<app>.get_workflow`): status, entity, tasks, ...,
@@ -285,15 +301,16 @@ class WorkflowClient:
             search=search,
             concurrency_key=concurrency_key,
         )
-        workflow_id = await self._mf._db.start_workflow(
-            item["workflow_name"],
-            item["args"],
-            item["task_queue"],
-            item["workflow_id"],
-            item["entity"],
-            item["options"],
-        )
-        return Handle(self._mf, workflow_id)
+        db = self._mf._db
+
+        async def start(given: StartInput) -> str:
+            return await db.start_workflow(
+                given.workflow_name, given.args, given.task_queue, given.workflow_id,
+                given.entity, dict(given.options),
+            )  # fmt: skip
+
+        outbound = compose(self._mf.interceptors, "start_workflow", (), start)
+        return Handle(self._mf, await outbound(StartInput(**item)))
 
     async def start_many(self, starts: Iterable[Mapping[str, Any]]) -> builtins.list[Handle]:
         """Start many workflows in one call (one transaction, one round trip); returns their
@@ -320,8 +337,67 @@ class WorkflowClient:
                 items.append(_start_item(**start))
             except errors.InvalidArgument as error:
                 raise errors.InvalidArgument(f"start {number}: {error.message}") from None
-        ids = await self._mf._db.start_workflows(items)
+        ids = await self._start_batch([StartInput(**item) for item in items])
         return [Handle(self._mf, workflow_id) for workflow_id in ids]
+
+    async def _start_batch(self, inputs: builtins.list[StartInput]) -> builtins.list[str]:
+        """The starts as one start_workflows call. With start_workflow interceptors, each
+        start goes through them as one of `start()` does: the call is made once every start
+        has reached the end of its chain (or an interceptor answered or refused it itself),
+        and each chain gets its own start's workflow id back."""
+        db = self._mf._db
+
+        async def send(batch: builtins.list[StartInput]) -> builtins.list[str]:
+            items: builtins.list[StartItem] = [
+                {"workflow_name": given.workflow_name, "args": given.args,
+                 "task_queue": given.task_queue, "workflow_id": given.workflow_id,
+                 "entity": given.entity, "options": dict(given.options)}
+                for given in batch
+            ]  # fmt: skip
+            return await db.start_workflows(items)
+
+        layers = self._mf.interceptors
+        if not overrides(layers, "start_workflow"):
+            return await send(inputs)
+        loop = asyncio.get_running_loop()
+        arrived: dict[int, tuple[StartInput, asyncio.Future[str]]] = {}
+        wake = asyncio.Event()
+
+        def chain(index: int) -> Callable[[StartInput], Awaitable[str]]:
+            async def last(given: StartInput) -> str:
+                if index in arrived:
+                    raise errors.HotMeshError("start_many: an interceptor called next twice")
+                future: asyncio.Future[str] = loop.create_future()
+                arrived[index] = (given, future)
+                wake.set()
+                return await future
+
+            return compose(layers, "start_workflow", (), last)
+
+        runs = [asyncio.ensure_future(chain(i)(given)) for i, given in enumerate(inputs)]
+        try:
+            while waiting := [r for i, r in enumerate(runs) if i not in arrived and not r.done()]:
+                wake.clear()
+                woken = asyncio.ensure_future(wake.wait())
+                await asyncio.wait([*waiting, woken], return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+            for run in runs:
+                if run.done() and run.exception() is not None:
+                    await run  # an interceptor refused a start: none is started
+            order = sorted(arrived)
+            try:
+                ids = await send([arrived[i][0] for i in order])
+            except Exception as error:
+                for i in order:
+                    arrived[i][1].set_exception(error)
+                await asyncio.gather(*runs, return_exceptions=True)
+                raise
+            for i, workflow_id in zip(order, ids, strict=True):
+                arrived[i][1].set_result(workflow_id)
+            return list(await asyncio.gather(*runs))
+        finally:
+            for run in runs:
+                run.cancel()
 
     async def signal(
         self,
@@ -338,7 +414,18 @@ class WorkflowClient:
             payload = encode(data, f"the data of signal {signal_id}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
-        return await self._mf._db.signal(signal_id, payload, workflow_id, idempotency_key)
+        db = self._mf._db
+
+        async def send(given: SignalInput) -> SignalOutcome:
+            return await db.signal(
+                given.signal_id, given.data, given.workflow_id, given.idempotency_key
+            )
+
+        outbound = compose(self._mf.interceptors, "signal_workflow", (), send)
+        outcome: SignalOutcome = await outbound(
+            SignalInput(signal_id, payload, workflow_id, idempotency_key)
+        )
+        return outcome
 
     async def hook(
         self,
@@ -484,11 +571,17 @@ class WorkerFactory:
         concurrency: int = 8,
         lease: float = 30.0,
         build_id: str | None = None,
+        interceptors: Iterable[Interceptor] | None = None,
     ) -> Worker:
         """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
         queue. A second create for the same queue adds to the worker that already serves it.
         `build_id` names this code version: each activation records it (`workflows.build_id`);
-        by default a digest of the source of the queue's workflow functions."""
+        by default a digest of the source of the queue's workflow functions. `interceptors`
+        wrap the queue's workflows and activities, inside the client's (docs/interceptors.md)."""
+        if interceptors is not None:
+            given = check(interceptors)
+            registry = self._mf.registry
+            registry.queue_interceptors[task_queue] = registry.interceptors + given
         functions: list[Callable[..., Any]] = []
         if callable(workflow):
             functions = [workflow]
@@ -518,11 +611,19 @@ class WorkerFactory:
 class MemFlow:
     """One app: its schema, a connection pool, a listener and the workers of this process."""
 
-    def __init__(self, app_id: str, dsn: str, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        dsn: str,
+        pool: AsyncConnectionPool,
+        interceptors: tuple[Interceptor, ...] = (),
+    ) -> None:
         self.app_id = app_id
         self.dsn = dsn
         self._db = Database(pool, app_id)
+        self.interceptors = interceptors
         self.registry = Registry()
+        self.registry.interceptors = interceptors
         self.workers: dict[str, Worker] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
@@ -539,10 +640,14 @@ class MemFlow:
         *,
         migrate: bool = True,
         pool_size: int = 10,
+        interceptors: Iterable[Interceptor] | None = None,
     ) -> MemFlow:
         """Connect to app `app_id` (a Postgres schema), installing or upgrading it first.
-        `dsn` defaults to DATABASE_URL, else the libpq environment (PGHOST, ...)."""
+        `dsn` defaults to DATABASE_URL, else the libpq environment (PGHOST, ...).
+        `interceptors` wrap this client's starts, signals and cancels and the workflows and
+        activities its workers run, the first outermost (docs/interceptors.md)."""
         _install.check_app_id(app_id)
+        layers = check(interceptors)
         source = _dsn_source(dsn)
         dsn = os.environ.get("DATABASE_URL", "") if dsn is None else dsn
         try:
@@ -563,7 +668,7 @@ class MemFlow:
             open=False,
         )
         await pool.open(wait=True)
-        return cls(app_id, dsn, pool)
+        return cls(app_id, dsn, pool, layers)
 
     async def events(self, topic: str | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Events workflows publish with `workflow.emit` from now on (all topics, or one):
