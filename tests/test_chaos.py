@@ -55,7 +55,7 @@ CALLS: dict[str, LiteralString] = {
     "start_workflow": "select * from start_workflow('chaos_main', '[0]', 'cq',"
     " %(id)s || '-started', null, '{}')",
     "start_workflows": "select * from start_workflows(jsonb_build_array(jsonb_build_object("
-    "'workflow_name', 'chaos_main', 'args', '[0]', 'task_queue', 'cq',"
+    "'workflow_name', 'chaos_main', 'args', '[0]'::jsonb, 'task_queue', 'cq',"
     " 'workflow_id', %(id)s || '-batch')))",
     "workflow_status": "select * from workflow_status(%(id)s)",
     "workflow_outcome": "select * from workflow_outcome(%(id)s)",
