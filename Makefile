@@ -31,13 +31,14 @@ PYTEST_ARGS ?=
 PYTEST_N ?= 2
 
 .PHONY: help setup sysdeps db-up db-down db-url lint lint-static lint-sql lint-ruff \
-	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow demo bench clean _migrate \
-	_prove _pytest _dbtest schema demo-agent
+	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow test-citus demo bench clean \
+	_migrate _prove _pytest _dbtest schema demo-agent
 
 help:
 	@echo "make setup     system packages (PostgreSQL $(PG_MAJOR), pgTAP, pg_prove, plpgsql_check) + $(VENV)"
 	@echo "make test      lint + sqltest + pytest against one throwaway cluster (--fast)"
 	@echo "make test-slow the slow reliability tests (pytest -m slow: 10,000-workflow load, ...)"
+	@echo "make test-citus the Citus tests on a coordinator + 2 workers (docs/citus.md)"
 	@echo "make lint      sqlfluff, ruff check, ruff format --check, mypy, plpgsql_check"
 	@echo "make sqltest   hotmesh migrate --app $(APP), then pg_prove --ext .sql -r tests/sql"
 	@echo "make pytest    $(BIN)/pytest -q: -n $(PYTEST_N), then the serial tests alone (PYTEST_ARGS=...)"
@@ -183,6 +184,14 @@ _pytest:
 		|| { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
 	$(BIN)/pytest -q -m 'not slow and serial' $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
 	exit $$rc
+
+# hotmesh on Citus (docs/citus.md): a coordinator and two workers on loopback (tests/citus_cluster.py:
+# Citus as installed, else built from $(CITUS_SRC) with headers pinned to the server's version),
+# the tests marked `citus`, then the nodes stop. Not part of `make test`.
+CITUS_SRC ?= $(abspath $(CURDIR)/../shared/vendor/citus-13.2.2.tar.gz)
+test-citus: setup
+	CITUS_SRC="$(CITUS_SRC)" $(BIN)/python tests/citus_cluster.py run -- \
+		$(BIN)/pytest -q -p no:randomly -m citus tests/test_citus.py $(PYTEST_ARGS)
 
 # ------------------------------------------------------------------------------ demo, bench
 

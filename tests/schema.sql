@@ -342,6 +342,13 @@ create view <app>.workflow_patches (
     last_marked_at timestamp with time zone,
     without_marker bigint
 );
+create view <app>.workflow_wait_list (
+    job_id text,
+    rank integer,
+    thread text,
+    seq integer,
+    wait jsonb
+);
 create view <app>.workflows (
     id text,
     workflow_name text,
@@ -391,6 +398,8 @@ create function <app>._admit(p_task_queues text[], p_max_tasks integer, p_now ti
     language plpgsql volatile;
 create function <app>._admit_from(p_task_queue text, p_slots integer, p_key_max integer, p_now timestamp with time zone) returns bigint[]
     language plpgsql volatile;
+create function <app>._after(p_at timestamp with time zone, p_interval interval) returns timestamp with time zone
+    language sql immutable;
 create function <app>._batch_results(p_items jsonb) returns jsonb[]
     language plpgsql immutable;
 create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text, p_input jsonb) returns boolean
@@ -858,28 +867,42 @@ create function <app>.workflow_waits(p_job_id text) returns jsonb
 
 -- privileges
 grant usage on schema <app> to <app>_app;
+grant usage on schema <app> to <app>_reader;
 grant usage on schema <app> to <app>_worker;
 grant select on table <app>.failed_workflows to <app>_app;
+grant select on table <app>.failed_workflows to <app>_reader;
 grant select on table <app>.failed_workflows to <app>_worker;
 grant select on table <app>.jobs to <app>_app;
+grant select on table <app>.jobs to <app>_reader;
 grant select on table <app>.jobs to <app>_worker;
 grant select on table <app>.queue_backlog to <app>_app;
+grant select on table <app>.queue_backlog to <app>_reader;
 grant select on table <app>.queue_backlog to <app>_worker;
 grant select on table <app>.run_steps to <app>_app;
+grant select on table <app>.run_steps to <app>_reader;
 grant select on table <app>.run_steps to <app>_worker;
 grant select on table <app>.runs to <app>_app;
+grant select on table <app>.runs to <app>_reader;
 grant select on table <app>.runs to <app>_worker;
 grant select on table <app>.schedule_fires to <app>_app;
+grant select on table <app>.schedule_fires to <app>_reader;
 grant select on table <app>.schedule_fires to <app>_worker;
 grant select on table <app>.schedules to <app>_app;
+grant select on table <app>.schedules to <app>_reader;
 grant select on table <app>.schedules to <app>_worker;
 grant select on table <app>.steps to <app>_app;
+grant select on table <app>.steps to <app>_reader;
 grant select on table <app>.steps to <app>_worker;
 grant select on table <app>.threads to <app>_app;
+grant select on table <app>.threads to <app>_reader;
 grant select on table <app>.threads to <app>_worker;
 grant select on table <app>.workflow_patches to <app>_app;
+grant select on table <app>.workflow_patches to <app>_reader;
 grant select on table <app>.workflow_patches to <app>_worker;
+grant select on table <app>.workflow_wait_list to <app>_app;
+grant select on table <app>.workflow_wait_list to <app>_worker;
 grant select on table <app>.workflows to <app>_app;
+grant select on table <app>.workflows to <app>_reader;
 grant select on table <app>.workflows to <app>_worker;
 grant execute on function <app>.activity_heartbeat(bigint,uuid,interval) to <app>_worker;
 grant execute on function <app>.bury_task(bigint,uuid,jsonb) to <app>_worker;
@@ -893,27 +916,35 @@ grant execute on function <app>.continue_task(bigint,uuid,jsonb) to <app>_worker
 grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;
 grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_worker;
 grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_app;
+grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_reader;
 grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_worker;
 grant execute on function <app>.delete_schedule(text) to <app>_app;
 grant execute on function <app>.delete_schedule(text) to <app>_worker;
 grant execute on function <app>.emit_step(bigint,uuid,integer,jsonb) to <app>_worker;
 grant execute on function <app>.engine_clock() to <app>_app;
+grant execute on function <app>.engine_clock() to <app>_reader;
 grant execute on function <app>.engine_clock() to <app>_worker;
 grant execute on function <app>.engine_version() to <app>_app;
+grant execute on function <app>.engine_version() to <app>_reader;
 grant execute on function <app>.engine_version() to <app>_worker;
 grant execute on function <app>.entity_append(text,text,jsonb,text) to <app>_app;
 grant execute on function <app>.entity_append(text,text,jsonb,text) to <app>_worker;
 grant execute on function <app>.entity_delete(text,text,text) to <app>_app;
 grant execute on function <app>.entity_delete(text,text,text) to <app>_worker;
 grant execute on function <app>.entity_find(text,jsonb,integer,integer) to <app>_app;
+grant execute on function <app>.entity_find(text,jsonb,integer,integer) to <app>_reader;
 grant execute on function <app>.entity_find(text,jsonb,integer,integer) to <app>_worker;
 grant execute on function <app>.entity_find_by_condition(text,text,text,jsonb,integer,integer) to <app>_app;
+grant execute on function <app>.entity_find_by_condition(text,text,text,jsonb,integer,integer) to <app>_reader;
 grant execute on function <app>.entity_find_by_condition(text,text,text,jsonb,integer,integer) to <app>_worker;
 grant execute on function <app>.entity_find_by_id(text,text) to <app>_app;
+grant execute on function <app>.entity_find_by_id(text,text) to <app>_reader;
 grant execute on function <app>.entity_find_by_id(text,text) to <app>_worker;
 grant execute on function <app>.entity_get(text,text) to <app>_app;
+grant execute on function <app>.entity_get(text,text) to <app>_reader;
 grant execute on function <app>.entity_get(text,text) to <app>_worker;
 grant execute on function <app>.entity_history(text) to <app>_app;
+grant execute on function <app>.entity_history(text) to <app>_reader;
 grant execute on function <app>.entity_history(text) to <app>_worker;
 grant execute on function <app>.entity_increment(text,text,numeric,text) to <app>_app;
 grant execute on function <app>.entity_increment(text,text,numeric,text) to <app>_worker;
@@ -931,15 +962,20 @@ grant execute on function <app>.entity_step(bigint,uuid,integer,text,text,jsonb)
 grant execute on function <app>.entity_toggle(text,text,text) to <app>_app;
 grant execute on function <app>.entity_toggle(text,text,text) to <app>_worker;
 grant execute on function <app>.export_workflow(text) to <app>_app;
+grant execute on function <app>.export_workflow(text) to <app>_reader;
 grant execute on function <app>.export_workflow(text) to <app>_worker;
 grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_app;
+grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_reader;
 grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_worker;
 grant execute on function <app>.fail_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.get_queue_limits() to <app>_app;
+grant execute on function <app>.get_queue_limits() to <app>_reader;
 grant execute on function <app>.get_queue_limits() to <app>_worker;
 grant execute on function <app>.get_setting(text) to <app>_app;
+grant execute on function <app>.get_setting(text) to <app>_reader;
 grant execute on function <app>.get_setting(text) to <app>_worker;
 grant execute on function <app>.get_workflow(text) to <app>_app;
+grant execute on function <app>.get_workflow(text) to <app>_reader;
 grant execute on function <app>.get_workflow(text) to <app>_worker;
 grant execute on function <app>.heartbeat(bigint[],uuid[],interval) to <app>_worker;
 grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_app;
@@ -948,6 +984,7 @@ grant execute on function <app>.next_due(text[]) to <app>_worker;
 grant execute on function <app>.pause_schedule(text) to <app>_app;
 grant execute on function <app>.pause_schedule(text) to <app>_worker;
 grant execute on function <app>.queue_keys(text,integer) to <app>_app;
+grant execute on function <app>.queue_keys(text,integer) to <app>_reader;
 grant execute on function <app>.queue_keys(text,integer) to <app>_worker;
 grant execute on function <app>.record_patch(bigint,uuid,integer,text,boolean) to <app>_worker;
 grant execute on function <app>.record_step(bigint,uuid,integer,text,text,jsonb,jsonb,jsonb,jsonb) to <app>_worker;
@@ -956,8 +993,10 @@ grant execute on function <app>.release_tasks(bigint[],uuid[]) to <app>_worker;
 grant execute on function <app>.resume_schedule(text) to <app>_app;
 grant execute on function <app>.resume_schedule(text) to <app>_worker;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_app;
+grant execute on function <app>.retry_delay(jsonb,integer) to <app>_reader;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_worker;
 grant execute on function <app>.run_history(text,integer) to <app>_app;
+grant execute on function <app>.run_history(text,integer) to <app>_reader;
 grant execute on function <app>.run_history(text,integer) to <app>_worker;
 grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb,text) to <app>_worker;
 grant execute on function <app>.schedule_sleep(bigint,uuid,integer,numeric) to <app>_worker;
@@ -978,17 +1017,24 @@ grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb)
 grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb) to <app>_worker;
 grant execute on function <app>.wait_signal(bigint,uuid,integer,text,numeric) to <app>_worker;
 grant execute on function <app>.waits_text(jsonb) to <app>_app;
+grant execute on function <app>.waits_text(jsonb) to <app>_reader;
 grant execute on function <app>.waits_text(jsonb) to <app>_worker;
 grant execute on function <app>.workflow_blocker(xid) to <app>_app;
+grant execute on function <app>.workflow_blocker(xid) to <app>_reader;
 grant execute on function <app>.workflow_blocker(xid) to <app>_worker;
 grant execute on function <app>.workflow_history(text) to <app>_app;
+grant execute on function <app>.workflow_history(text) to <app>_reader;
 grant execute on function <app>.workflow_history(text) to <app>_worker;
 grant execute on function <app>.workflow_outcome(text) to <app>_app;
+grant execute on function <app>.workflow_outcome(text) to <app>_reader;
 grant execute on function <app>.workflow_outcome(text) to <app>_worker;
 grant execute on function <app>.workflow_runs(text) to <app>_app;
+grant execute on function <app>.workflow_runs(text) to <app>_reader;
 grant execute on function <app>.workflow_runs(text) to <app>_worker;
 grant execute on function <app>.workflow_status(text) to <app>_app;
+grant execute on function <app>.workflow_status(text) to <app>_reader;
 grant execute on function <app>.workflow_status(text) to <app>_worker;
 grant execute on function <app>.workflow_waits(text) to <app>_app;
+grant execute on function <app>.workflow_waits(text) to <app>_reader;
 grant execute on function <app>.workflow_waits(text) to <app>_worker;
 grant usage on type <app>.claimed_task to public;

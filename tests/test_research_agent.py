@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,15 @@ async def test_worker_killed_while_tools_run(
     )
     assert db.one(calls, "killed") == db.one(calls, "uninterrupted") == 16
     sleep_until(lambda: db.one("select count(*) from tasks") == 0, 10)
+
+
+def test_docs_excerpts_are_the_example() -> None:
+    """docs/agents.md quotes the example in illustration blocks: each is verbatim in it."""
+    docs = (EXAMPLES.parent.parent / "docs" / "agents.md").read_text()
+    source = (EXAMPLES / "research_agent.py").read_text()
+    excerpts = re.findall(
+        r"```python illustration\n# illustration: an excerpt[^\n]*\n(.*?)```", docs, flags=re.DOTALL
+    )
+    assert len(excerpts) == 2
+    for excerpt in excerpts:
+        assert excerpt in source, excerpt

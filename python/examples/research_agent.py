@@ -304,15 +304,15 @@ async def research_agent(question: str, round_: int = 1) -> dict[str, Any]:
         await workflow.exec_hook_batch(
             [{"key": role, "options": {"workflow_name": role, "args": [round_]}} for role in ROLES]
         )
-        summary = await workflow.exec_hook(workflow_name="reflector", args=[round_])
+        await workflow.exec_hook(workflow_name="reflector", args=[round_])
 
-        # The supervisor: is the research done?
-        answer = await model().ask_model(
-            "supervisor",
-            prompt(question=question, round=round_, summary=summary),
+        # The supervisor reads the condensed memory and decides: done, or another round?
+        summary = await entity.get("summary")
+        reply = await model().ask_model(
+            "supervisor", prompt(question=question, round=round_, summary=summary)
         )
-        done = not answer.upper().startswith("CONTINUE") or round_ >= MAX_ROUNDS
-        reason = answer.split(":", 1)[-1].strip()
+        done = not reply.upper().startswith("CONTINUE") or round_ >= MAX_ROUNDS
+        answer = reply.split(":", 1)[-1].strip()
         await entity.append(
             "decisions", {"round": round_, "decision": "done" if done else "continue"}
         )
@@ -323,11 +323,11 @@ async def research_agent(question: str, round_: int = 1) -> dict[str, Any]:
             workflow.continue_as_new(question, round_)
 
     # A person accepts (or rejects) the answer; the workflow holds no worker meanwhile.
-    await entity.merge({"answer": reason, "stage": "awaiting acceptance"})
+    await entity.merge({"answer": answer, "stage": "awaiting acceptance"})
     review = await workflow.wait_for(ACCEPT_SIGNAL)
     accepted = bool(review.get("accepted")) if isinstance(review, dict) else review is True
     await entity.merge({"review": review, "stage": "accepted" if accepted else "rejected"})
-    return {"answer": reason, "accepted": accepted, "rounds": round_}
+    return {"answer": answer, "accepted": accepted, "rounds": round_}
 
 
 WORKFLOWS: list[Callable[..., Any]] = [research_agent, optimist, skeptic, verifier, reflector]
