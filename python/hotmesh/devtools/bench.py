@@ -377,8 +377,9 @@ def workflows(
             cpu0 = _cpu_seconds(pid)
             conn.execute(
                 sql.SQL(
-                    "select {}.start_workflows(jsonb_agg(jsonb_build_object('workflow_name', %s::text,"
-                    " 'args', jsonb_build_array(%s::integer), 'task_queue', 'bench')))"
+                    "select {}.start_workflows(jsonb_agg(jsonb_build_object("
+                    "'workflow_name', %s::text, 'args', jsonb_build_array(%s::integer),"
+                    " 'task_queue', 'bench')))"
                     " from generate_series(1, %s)"
                 ).format(sql.Identifier(app)),
                 (name, steps, count),
