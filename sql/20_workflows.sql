@@ -7,7 +7,8 @@
 -- and the start options (docs/sql-api.md): "execution_timeout" (seconds), "id_reuse"
 -- (reject | allow_finished | terminate), "idempotency_key", "debounce" (seconds), "start_at"
 -- (a timestamp) or "start_in" (seconds), "search" ({attribute: value}); "concurrency_key"
--- (its activations share their queue's per-key limit: 25_limits.sql).
+-- (its activations share their queue's per-key limit: 25_limits.sql); "traceparent" (the W3C
+-- trace context its tasks continue: docs/tracing.md).
 -- A batch of one of start_workflows' _start_batch.
 create or replace function start_workflow(
     p_workflow_name text,
@@ -162,6 +163,7 @@ begin
     end if;
     v_key := v_options ->> 'concurrency_key';
     perform _check_concurrency_key(v_key);
+    perform _check_traceparent(v_options -> 'traceparent');
     -- No `expire`: the app's default_retention (sql/71_retention.sql; 7 days unless set).
     v_retention := coalesce(make_interval(secs => (v_options ->> 'expire')::float8),
                             p_default_retention, _default_retention());
@@ -185,7 +187,8 @@ begin
         'timeout_at', v_run_at + (v_start ->> 'execution_timeout')::interval,
         'idempotency_key', v_start -> 'idempotency_key',
         'search', coalesce(v_start -> 'search', '{}'::jsonb), 'concurrency_key', v_key,
-        'run_at', v_run_at, 'debounce', v_start -> 'debounce', 'id_reuse', v_start -> 'id_reuse'
+        'run_at', v_run_at, 'debounce', v_start -> 'debounce', 'id_reuse', v_start -> 'id_reuse',
+        'traceparent', v_options -> 'traceparent'
     );
 end
 $$;
@@ -235,12 +238,13 @@ begin
     with inserted as (
         insert into jobs (id, entity, workflow_name, task_queue, args, retry_policy, priority,
                           retention, created_at, updated_at, execution_timeout, timeout_at,
-                          idempotency_key, search, concurrency_key)
+                          idempotency_key, search, concurrency_key, traceparent)
         select plan ->> 'id', plan ->> 'entity', plan ->> 'workflow_name', plan ->> 'task_queue',
                plan -> 'args', plan -> 'retry_policy', (plan ->> 'priority')::smallint,
                (plan ->> 'retention')::interval, v_now, v_now,
                (plan ->> 'execution_timeout')::interval, (plan ->> 'timeout_at')::timestamptz,
-               plan ->> 'idempotency_key', plan -> 'search', plan ->> 'concurrency_key'
+               plan ->> 'idempotency_key', plan -> 'search', plan ->> 'concurrency_key',
+               plan ->> 'traceparent'
           from unnest(p_plans) with ordinality as p (plan, ord)
          where p.ord <> all(v_answered)
         on conflict do nothing
@@ -323,6 +327,26 @@ $$;
 -- anything changes) and normalised: {"execution_timeout": interval text, "id_reuse",
 -- "idempotency_key", "debounce": interval text, "run_at": when the first activation is due,
 -- "search"}. p_retention bounds the timeout; a debounce needs a chosen workflow id (its key).
+-- A W3C traceparent (version 00: https://www.w3.org/TR/trace-context/#traceparent-header),
+-- or null. Anything else is refused, so a trace id read back is always one a tracer accepts.
+create or replace function _check_traceparent(p_value jsonb) returns void
+language plpgsql immutable
+as $$
+begin
+    if p_value is null or jsonb_typeof(p_value) = 'null' then
+        return;
+    end if;
+    if jsonb_typeof(p_value) <> 'string'
+       or p_value #>> '{}' !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+       or p_value #>> '{}' ~ '^00-0{32}-' or p_value #>> '{}' ~ '-0{16}-[0-9a-f]{2}$' then
+        raise exception using errcode = '22023',
+            message = format('traceparent must be a W3C trace context such as '
+                             '"00-<32 hex trace id>-<16 hex span id>-<2 hex flags>", not %s',
+                             left(p_value::text, 100));
+    end if;
+end
+$$;
+
 create or replace function _start_options(
     p_options jsonb, p_retention interval, p_workflow_id text, p_id_given boolean
 ) returns jsonb
