@@ -10,9 +10,13 @@
 --                   views.
 --     <app>_worker  a worker process: everything <app>_app may do, plus the calls a worker
 --                   makes while it runs tasks (claim, complete, record steps, ...).
+--     <app>_reader  reading only (the dashboard's pages, a report): the read functions
+--                   (v_reader_functions) and SELECT on what <app>_app may select; none of
+--                   the functions that change anything. <app>_app is a member of it, so a
+--                   login of <app>_app may `set role <app>_reader` to read with no more.
 --   Operations (prune, prune_signals, prune_runs, set_setting, retry_workflow,
 --   entity_create_index) stay with the owner.
--- * Both roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
+-- * The roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
 --   They are created here when the installer may create roles (CREATEROLE or superuser);
 --   otherwise a WARNING says so and the grants wait until the roles exist (create them as
 --   shown in the warning, then migrate again). A role of that name that can log in, or is a
@@ -24,6 +28,7 @@ declare
     v_schema text := current_schema();
     v_app text := current_schema() || '_app';
     v_worker text := current_schema() || '_worker';
+    v_reader text := current_schema() || '_reader';
     -- What an application may call. The views' own helper functions are added below.
     v_app_functions text[] := array[
         'start_workflow', 'workflow_status', 'workflow_outcome', 'get_workflow',
@@ -36,6 +41,14 @@ declare
         'update_schedule', 'pause_schedule', 'resume_schedule', 'trigger_schedule',
         'delete_schedule', 'cron_next', 'export_workflow', 'export_workflows',
         'workflow_runs', 'run_history', 'get_queue_limits', 'queue_keys'
+    ];
+    -- What a reader may call: the application's functions that change nothing.
+    v_reader_functions text[] := array[
+        'workflow_status', 'workflow_outcome', 'get_workflow', 'workflow_history', 'retry_delay',
+        'get_setting', 'entity_get', 'entity_history', 'entity_find', 'entity_find_by_condition',
+        'entity_find_by_id', 'engine_clock', 'workflow_waits', 'waits_text', 'workflow_blocker',
+        'engine_version', 'cron_next', 'export_workflow', 'export_workflows', 'workflow_runs',
+        'run_history', 'get_queue_limits', 'queue_keys'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
@@ -114,7 +127,7 @@ begin
     end if;
     select r.rolsuper or r.rolcreaterole into v_can_create
       from pg_roles as r where r.rolname = current_user;
-    foreach v_role in array array[v_app, v_worker] loop
+    foreach v_role in array array[v_app, v_worker, v_reader] loop
         if not exists (select from pg_roles as r where r.rolname = v_role) then
             if not v_can_create then
                 raise warning using
@@ -158,7 +171,11 @@ begin
            and (p.proname = any(v_app_functions) or p.oid = any(v_view_functions))
     loop
         foreach v_role in array v_roles loop
-            execute format('grant execute on function %s to %I', v_routine, v_role);
+            if v_role <> v_reader
+               or (select p.proname = any(v_reader_functions) or p.oid = any(v_view_functions)
+                     from pg_proc as p where p.oid = v_routine) then
+                execute format('grant execute on function %s to %I', v_routine, v_role);
+            end if;
         end loop;
     end loop;
     for v_routine in
@@ -177,5 +194,18 @@ begin
                            and (c.relkind = 'v' or c.relname = any(v_tables))),
                        v_role);
     end loop;
+    -- A login of <app>_app may read as <app>_reader (the dashboard does: sql it cannot write
+    -- with). Granted once; a membership is not one of the privileges revoked above.
+    if v_app = any(v_roles) and v_reader = any(v_roles)
+       and not pg_has_role(v_app, v_reader, 'member') then
+        begin
+            execute format('grant %I to %I', v_reader, v_app);
+        exception when insufficient_privilege then
+            raise warning using
+                message = format('%s may not grant role %s to %s: its logins cannot read as %s',
+                                 current_user, v_reader, v_app, v_reader),
+                hint = format('As a role with CREATEROLE: grant %I to %I;', v_reader, v_app);
+        end;
+    end if;
 end
 $grants$;

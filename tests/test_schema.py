@@ -318,7 +318,7 @@ async def test_engine_version_names_the_release_and_the_newest_migration(
     assert (installed.version, installed.migration) == (version("hotmesh"), newest)
     # The application's role may ask (it is public API), like the worker's.
     with admin(dsn) as conn:
-        for role in (f"{fresh}_app", f"{fresh}_worker"):
+        for role in (f"{fresh}_app", f"{fresh}_worker", f"{fresh}_reader"):
             with conn.transaction():
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
                 row = conn.execute(
@@ -346,23 +346,25 @@ def granted_names() -> dict[str, list[str]]:
         m.group(1): re.findall(r"'([a-z_0-9]+)'", m.group(2))
         for m in re.finditer(r"(v_\w+_functions) text\[\] := array\[(.*?)\];", text, re.S)
     }
-    assert set(lists) == {"v_app_functions", "v_worker_functions"}, (
+    assert set(lists) == {"v_app_functions", "v_worker_functions", "v_reader_functions"}, (
         f"sql/{PRIVILEGES_FILE} no longer lists functions as this test reads them: update it"
     )
     return lists
 
 
-def public_functions(dsn: str, app: str) -> dict[str, tuple[bool, bool]]:
-    """Each public (not `_`-prefixed) routine: may <app>_app, may <app>_worker execute it."""
+def public_functions(dsn: str, app: str) -> dict[str, tuple[bool, bool, bool]]:
+    """Each public (not `_`-prefixed) routine: may <app>_app, <app>_worker, <app>_reader
+    execute it."""
     with admin(dsn) as conn:
         rows = conn.execute(
             "select p.proname::text, bool_or(has_function_privilege(%s, p.oid, 'execute')),"
+            " bool_or(has_function_privilege(%s, p.oid, 'execute')),"
             " bool_or(has_function_privilege(%s, p.oid, 'execute'))"
             " from pg_proc as p where p.pronamespace = %s::regnamespace"
             " and p.proname !~ '^_' group by p.proname",
-            (f"{app}_app", f"{app}_worker", app),
+            (f"{app}_app", f"{app}_worker", f"{app}_reader", app),
         ).fetchall()
-    return {name: (a, w) for name, a, w in rows}
+    return {name: (a, w, r) for name, a, w, r in rows}
 
 
 def test_every_granted_name_is_a_function_of_the_schema(dsn: str, fresh: str) -> None:
@@ -370,10 +372,13 @@ def test_every_granted_name_is_a_function_of_the_schema(dsn: str, fresh: str) ->
     lists = granted_names()
     missing = sorted(set(lists["v_app_functions"] + lists["v_worker_functions"]) - set(public))
     assert missing == [], f"sql/{PRIVILEGES_FILE} grants functions that do not exist"
-    assert sorted(n for n, (a, _) in public.items() if a) == sorted(lists["v_app_functions"])
-    assert sorted(n for n, (_, w) in public.items() if w) == sorted(
+    assert sorted(n for n, (a, _, _) in public.items() if a) == sorted(lists["v_app_functions"])
+    assert sorted(n for n, (_, w, _) in public.items() if w) == sorted(
         lists["v_app_functions"] + lists["v_worker_functions"]
     )
+    # The reader's functions are some of the application's: those that change nothing.
+    assert sorted(n for n, (_, _, r) in public.items() if r) == sorted(lists["v_reader_functions"])
+    assert set(lists["v_reader_functions"]) <= set(lists["v_app_functions"])
 
 
 def documented_names() -> set[str]:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from helpers import SQL, Databases, Workers, sleep_until, with_dbname
@@ -93,6 +95,14 @@ def site(
     logs = tmp_path_factory.mktemp("ui")
     workers = Workers("ui_flows", dsn, databases.app, logs=logs, grace=3)
     servers: list[subprocess.Popen[bytes]] = []
+    # The read-only dashboard logs in as a member of <app>_reader and nothing else.
+    reader = "ui_ro_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("create role {} login in role {}").format(
+                sql.Identifier(reader), sql.Identifier(databases.app + "_reader")
+            )
+        )
     try:
         workers.spawn()
         assert sleep_until(lambda: "ready" in workers.log(), 30), workers.log()
@@ -103,7 +113,8 @@ def site(
             ("--allow-actions", "--token", TOKEN),
             ("mounted",),
         ]:
-            proc, url = _serve(dsn, databases.app, *flags, logs=logs)
+            login = make_conninfo(dsn, user=reader) if flags == () else dsn
+            proc, url = _serve(login, databases.app, *flags, logs=logs)
             servers.append(proc)
             urls.append(url)
         yield Site(dsn, databases.app, *urls)
@@ -113,6 +124,8 @@ def site(
             proc.wait(10)
         workers.close()
         databases.drop(name)
+        with psycopg.connect(cluster_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(reader)))
 
 
 # Module-scoped: Playwright's sync API keeps an event loop running in this thread while it is
@@ -599,6 +612,10 @@ def test_read_only_hides_and_refuses_actions(site: Site, db: SQL, page: Page) ->
     )
     assert response.status == 403 and "read-only" in response.text()
     assert status(db, "RO1") == "pending"
+    # Every page reads as <app>_reader (this dashboard's login is a member of nothing else).
+    for path in ["/", "/workflows?waits=signal&search=region%3Deu&status=waiting"]:
+        response = page.goto(site.read_only + path)
+        assert response is not None and response.status == 200, path
     db.one("select create_schedule('ro-sched', '@daily', 'nobody_serves_this', '[]', 'idle')")
     page.goto(site.read_only + "/queues")
     expect(page.locator("tr.schedule[data-schedule=ro-sched]")).to_contain_text("active")

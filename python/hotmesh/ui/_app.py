@@ -1,8 +1,9 @@
 """The dashboard's ASGI application: pages, actions, and the live stream.
 
-Reads run as `<app>_app` in read-only transactions; actions call the same stored functions a
-psql user would (through hotmesh._db), as `<app>_app`, except retry_workflow, which the
-database keeps for the schema's owner: it runs with the dashboard's own login. Every
+Reads run as `<app>_reader` (no function that changes anything) in read-only transactions;
+actions call the same stored functions a psql user would (through hotmesh._db), as
+`<app>_app`, except retry_workflow and set_queue_limits, which the database keeps for the
+schema's owner: they run with the dashboard's own login. Every
 connection is opened for the request and closed after it (a null pool), so a database that
 went away and came back needs nothing reset.
 """
@@ -93,10 +94,11 @@ class _Ui:
         self.list_window = list_window
         self.schema = sql.Identifier(app_id)
         role = sql.Identifier(f"{app_id}_app")
+        reader = sql.Identifier(f"{app_id}_reader")
         kwargs = {"autocommit": True, "context": ADAPTERS, "connect_timeout": 5}
 
         async def as_reader(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute(sql.SQL("set role {}").format(role))
+            await conn.execute(sql.SQL("set role {}").format(reader))
             await conn.execute("set default_transaction_read_only = on")
 
         async def as_app(conn: psycopg.AsyncConnection[Any]) -> None:
