@@ -716,7 +716,7 @@ create function <app>.fail_task(p_task_id bigint, p_token uuid, p_error jsonb) r
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.get_queue_limits() returns TABLE(task_queue text, max_running integer, running bigint, rate integer, per interval, tokens double precision, next_token_at timestamp with time zone, key_max_running integer, updated_at timestamp with time zone)
-    language sql stable security definer
+    language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.get_setting(p_key text) returns jsonb
     language plpgsql stable security definer
@@ -735,7 +735,7 @@ create function <app>.list_logins() returns TABLE(role_name text, group_name tex
     language sql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.next_due(p_task_queues text[]) returns timestamp with time zone
-    language sql stable security definer
+    language plpgsql stable security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.pause_schedule(p_schedule_id text) returns void
@@ -891,6 +891,7 @@ grant select on table <app>.workflow_patches to <app>_app;
 grant select on table <app>.workflow_patches to <app>_reader;
 grant select on table <app>.workflow_patches to <app>_worker;
 grant select on table <app>.workflow_wait_list to <app>_app;
+grant select on table <app>.workflow_wait_list to <app>_reader;
 grant select on table <app>.workflow_wait_list to <app>_worker;
 grant select on table <app>.workflows to <app>_app;
 grant select on table <app>.workflows to <app>_reader;
