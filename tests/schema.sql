@@ -19,6 +19,7 @@
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0013_workflow_list.sql
+-- migration 0014_task_key.sql
 
 -- tables
 create table <app>.jobs (
@@ -225,7 +226,7 @@ alter table <app>.signals add constraint signals_pkey PRIMARY KEY (id);
 alter table <app>.steps add constraint steps_pkey PRIMARY KEY (job_id, thread, seq);
 alter table <app>.steps add constraint steps_status_check CHECK ((status = ANY (ARRAY['scheduled'::text, 'retrying'::text, 'completed'::text, 'failed'::text])));
 alter table <app>.tasks add constraint tasks_kind_check CHECK ((kind = ANY (ARRAY['workflow'::text, 'activity'::text])));
-alter table <app>.tasks add constraint tasks_pkey PRIMARY KEY (id);
+alter table <app>.tasks add constraint tasks_pkey PRIMARY KEY (id, job_id);
 alter table <app>.tasks add constraint tasks_seq_check CHECK (((kind = 'workflow'::text) = (seq IS NULL)));
 alter table <app>.tasks add constraint tasks_state_check CHECK ((state = ANY (ARRAY['ready'::text, 'leased'::text, 'dead'::text])));
 alter table <app>.threads add constraint threads_pkey PRIMARY KEY (job_id, thread);
@@ -263,7 +264,7 @@ CREATE INDEX steps_signal_waits ON <app>.steps USING btree (name, created_at) WH
 CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, key_rank NULLS FIRST, run_at, id) WHERE (state <> 'dead'::text);
 CREATE UNIQUE INDEX tasks_job ON <app>.tasks USING btree (job_id, thread, seq) NULLS NOT DISTINCT;
 CREATE INDEX tasks_key ON <app>.tasks USING btree (task_queue, concurrency_key, key_rank) WHERE (concurrency_key IS NOT NULL);
-CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id);
+CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id, job_id);
 CREATE INDEX tasks_rank ON <app>.tasks USING btree (task_queue, key_rank) WHERE ((key_rank IS NOT NULL) AND (state = 'ready'::text));
 CREATE INDEX tasks_running ON <app>.tasks USING btree (task_queue, concurrency_key) WHERE (state = 'leased'::text);
 CREATE INDEX tasks_timeout_at ON <app>.tasks USING btree (timeout_at) WHERE (timeout_at IS NOT NULL);
