@@ -234,6 +234,7 @@ def spread(apps: list[str]) -> dict[str, int]:
     return {app: node_of(app) for app in apps}
 
 
+@pytest.mark.timeout(1800)
 async def test_three_apps_on_different_nodes(apps: list[str], tmp_path: Path) -> None:
     """Three apps, their schemas on different nodes: each runs a load of LOAD workflows
     while one worker process of each app is killed (SIGKILL) and replaced, and the first
@@ -305,3 +306,16 @@ async def test_three_apps_on_different_nodes(apps: list[str], tmp_path: Path) ->
     for app_id in ids:
         await test_quick_start_on_a_distributed_app(app_id)
         await demo_flow(app_id)
+
+
+async def test_a_client_on_a_worker_node_is_refused(app: str) -> None:
+    """Connected to the node that holds the app instead of the coordinator, a client (and a
+    worker) would miss the wake-ups: a clear error instead of a silent 30 s delay."""
+    port = node_of(app)
+    url = CITUS_URL.replace(
+        f"port={psycopg.conninfo.conninfo_to_dict(CITUS_URL)['port']}", f"port={port}"
+    )
+    with pytest.raises(HotMeshError, match="Citus worker node, not the coordinator"):
+        await MemFlow.init(app_id=app, dsn=url, migrate=False)
+    with pytest.raises(HotMeshError, match="Citus worker node"):
+        await migrate(url, app)
