@@ -569,6 +569,9 @@ create function <app>._schedule_row(p_schedule_id text, p_spec text, p_workflow_
     language plpgsql stable;
 create function <app>._schedule_run_id(p_schedule_id text, p_fire_at timestamp with time zone) returns text
     language sql immutable;
+create function <app>._schedule_runs_ended(p_schedule_ids text[], p_job_ids text[]) returns void
+    language plpgsql volatile
+    set lock_timeout = 100ms;
 create function <app>._setting_value(p_key text, p_value jsonb) returns jsonb
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
