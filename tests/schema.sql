@@ -19,7 +19,11 @@
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0013_workflow_list.sql
+<<<<<<< HEAD
 -- migration 0014_task_key.sql
+=======
+-- migration 0014_traceparent.sql
+>>>>>>> main
 
 -- tables
 create table <app>.jobs (
@@ -51,7 +55,8 @@ create table <app>.jobs (
     execution_timeout interval,
     timeout_at timestamp with time zone,
     idempotency_key text,
-    schedule_id text
+    schedule_id text,
+    traceparent text
 ) with (fillfactor=80);
 create table <app>.queue_buckets (
     task_queue text not null,
@@ -416,6 +421,8 @@ create function <app>._check_name(p_what text, p_value text) returns void
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
 create function <app>._check_timeout(p_what text, p_seconds jsonb, p_retention interval) returns interval
+    language plpgsql immutable;
+create function <app>._check_traceparent(p_value jsonb) returns void
     language plpgsql immutable;
 create function <app>._check_transition(p_machine text, p_row text, p_from text, p_to text, p_owner text DEFAULT NULL::text) returns void
     language plpgsql stable;
