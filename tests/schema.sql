@@ -19,11 +19,8 @@
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0013_workflow_list.sql
-<<<<<<< HEAD
--- migration 0014_task_key.sql
-=======
 -- migration 0014_traceparent.sql
->>>>>>> main
+-- migration 0015_task_key.sql
 
 -- tables
 create table <app>.jobs (
