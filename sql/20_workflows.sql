@@ -445,7 +445,7 @@ begin
     end if;
     update jobs
        set args = coalesce(p_args, '[]'::jsonb), updated_at = _now(),
-           timeout_at = p_run_at + execution_timeout
+           timeout_at = _after(p_run_at, execution_timeout)
      where id = p_job.id;
     return true;
 end
