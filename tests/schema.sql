@@ -19,7 +19,9 @@
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0013_workflow_list.sql
--- migration 0014_key_rate.sql
+-- migration 0014_traceparent.sql
+-- migration 0015_task_key.sql
+-- migration 0016_key_rate.sql
 
 -- tables
 create table <app>.jobs (
@@ -51,7 +53,8 @@ create table <app>.jobs (
     execution_timeout interval,
     timeout_at timestamp with time zone,
     idempotency_key text,
-    schedule_id text
+    schedule_id text,
+    traceparent text
 ) with (fillfactor=80);
 create table <app>.key_buckets (
     task_queue text not null,
@@ -237,7 +240,7 @@ alter table <app>.signals add constraint signals_pkey PRIMARY KEY (id);
 alter table <app>.steps add constraint steps_pkey PRIMARY KEY (job_id, thread, seq);
 alter table <app>.steps add constraint steps_status_check CHECK ((status = ANY (ARRAY['scheduled'::text, 'retrying'::text, 'completed'::text, 'failed'::text])));
 alter table <app>.tasks add constraint tasks_kind_check CHECK ((kind = ANY (ARRAY['workflow'::text, 'activity'::text])));
-alter table <app>.tasks add constraint tasks_pkey PRIMARY KEY (id);
+alter table <app>.tasks add constraint tasks_pkey PRIMARY KEY (id, job_id);
 alter table <app>.tasks add constraint tasks_seq_check CHECK (((kind = 'workflow'::text) = (seq IS NULL)));
 alter table <app>.tasks add constraint tasks_state_check CHECK ((state = ANY (ARRAY['ready'::text, 'leased'::text, 'dead'::text])));
 alter table <app>.threads add constraint threads_pkey PRIMARY KEY (job_id, thread);
@@ -277,7 +280,7 @@ CREATE INDEX steps_signal_waits ON <app>.steps USING btree (name, created_at) WH
 CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, key_rank NULLS FIRST, run_at, id) WHERE (state <> 'dead'::text);
 CREATE UNIQUE INDEX tasks_job ON <app>.tasks USING btree (job_id, thread, seq) NULLS NOT DISTINCT;
 CREATE INDEX tasks_key ON <app>.tasks USING btree (task_queue, concurrency_key, key_rank) WHERE (concurrency_key IS NOT NULL);
-CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id);
+CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id, job_id);
 CREATE INDEX tasks_rank ON <app>.tasks USING btree (task_queue, key_rank) WHERE ((key_rank IS NOT NULL) AND (state = 'ready'::text));
 CREATE INDEX tasks_running ON <app>.tasks USING btree (task_queue, concurrency_key) WHERE (state = 'leased'::text);
 CREATE INDEX tasks_timeout_at ON <app>.tasks USING btree (timeout_at) WHERE (timeout_at IS NOT NULL);
@@ -435,6 +438,8 @@ create function <app>._check_rate(p_task_queue text, p_prefix text, p_rate integ
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
 create function <app>._check_timeout(p_what text, p_seconds jsonb, p_retention interval) returns interval
+    language plpgsql immutable;
+create function <app>._check_traceparent(p_value jsonb) returns void
     language plpgsql immutable;
 create function <app>._check_transition(p_machine text, p_row text, p_from text, p_to text, p_owner text DEFAULT NULL::text) returns void
     language plpgsql stable;
@@ -739,7 +744,7 @@ create function <app>.fail_task(p_task_id bigint, p_token uuid, p_error jsonb) r
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.get_queue_limits() returns TABLE(task_queue text, max_running integer, running bigint, rate integer, per interval, tokens double precision, next_token_at timestamp with time zone, key_max_running integer, key_rate integer, key_per interval, updated_at timestamp with time zone)
-    language sql stable security definer
+    language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.get_setting(p_key text) returns jsonb
     language plpgsql stable security definer
@@ -758,7 +763,7 @@ create function <app>.list_logins() returns TABLE(role_name text, group_name tex
     language sql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.next_due(p_task_queues text[]) returns timestamp with time zone
-    language sql stable security definer
+    language plpgsql stable security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.pause_schedule(p_schedule_id text) returns void
