@@ -605,10 +605,16 @@ create function <app>._settle_step(p_task <app>.tasks, p_seq integer, p_output j
     language plpgsql volatile;
 create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns bigint
     language sql stable;
+create function <app>._start_batch(p_plans jsonb[]) returns text[]
+    language plpgsql volatile;
+create function <app>._start_check(p_plan jsonb) returns text
+    language plpgsql volatile;
 create function <app>._start_fire(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._start_options(p_options jsonb, p_retention interval, p_workflow_id text, p_id_given boolean) returns jsonb
     language plpgsql stable;
+create function <app>._start_plan(p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_entity text, p_options jsonb, p_default_retention interval DEFAULT NULL::interval, p_default_policy jsonb DEFAULT NULL::jsonb) returns jsonb
+    language plpgsql volatile;
 create function <app>._start_run(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns text
     language plpgsql volatile;
 create function <app>._step_json(p_step <app>.steps) returns jsonb
@@ -849,6 +855,9 @@ create function <app>.start_hook(p_task_id bigint, p_token uuid, p_seq integer, 
 create function <app>.start_workflow(p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_workflow_id text DEFAULT NULL::text, p_entity text DEFAULT NULL::text, p_options jsonb DEFAULT '{}'::jsonb) returns text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.start_workflows(p_items jsonb) returns text[]
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.suspend_task(p_task_id bigint, p_token uuid) returns timestamp with time zone
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
@@ -1028,6 +1037,8 @@ grant execute on function <app>.start_child(bigint,uuid,integer,text,jsonb,text,
 grant execute on function <app>.start_hook(bigint,uuid,integer,text,jsonb,text,text,text) to <app>_worker;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_app;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_worker;
+grant execute on function <app>.start_workflows(jsonb) to <app>_app;
+grant execute on function <app>.start_workflows(jsonb) to <app>_worker;
 grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
 grant execute on function <app>.trigger_schedule(text) to <app>_app;
 grant execute on function <app>.trigger_schedule(text) to <app>_worker;
