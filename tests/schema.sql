@@ -891,6 +891,7 @@ grant select on table <app>.workflow_patches to <app>_app;
 grant select on table <app>.workflow_patches to <app>_reader;
 grant select on table <app>.workflow_patches to <app>_worker;
 grant select on table <app>.workflow_wait_list to <app>_app;
+grant select on table <app>.workflow_wait_list to <app>_reader;
 grant select on table <app>.workflow_wait_list to <app>_worker;
 grant select on table <app>.workflows to <app>_app;
 grant select on table <app>.workflows to <app>_reader;
