@@ -285,8 +285,8 @@ left join jobs as j on s.last_run_id = j.id;
 -- outlived their lease, their worker is probably gone, and any worker may take them over),
 -- dead (parked until a person retries them), and how long the oldest ready task has waited.
 -- A limited queue (set_queue_limits) shows its limits and where it stands, on each of its
--- rows: running (of every kind) against max_running, the tokens left and the next one's time
--- (get_queue_limits lists limited queues that have no task too).
+-- rows: running (of every kind) against max_running, the tokens left and the next one's time,
+-- the limits per key (get_queue_limits lists limited queues that have no task too).
 --   select * from my_app.queue_backlog order by ready desc;
 create or replace view queue_backlog as
 with clock as (
@@ -302,7 +302,9 @@ limits as (
         l.per,
         l.tokens,
         l.next_token_at,
-        l.key_max_running
+        l.key_max_running,
+        l.key_rate,
+        l.key_per
     from get_queue_limits() as l
 )
 
@@ -325,7 +327,9 @@ select
     min(l.per) as per,
     min(l.tokens) as tokens,
     min(l.next_token_at) as next_token_at,
-    min(l.key_max_running) as key_max_running
+    min(l.key_max_running) as key_max_running,
+    min(l.key_rate) as key_rate,
+    min(l.key_per) as key_per
 from tasks as t
 cross join clock as c
 left join limits as l on t.task_queue = l.task_queue
@@ -378,16 +382,22 @@ returns table (
 language plpgsql stable
 set search_path from current
 as $$
+declare
+    v_job jobs;
+    v_started timestamptz;
 begin
-    if not exists (select from jobs as j where j.id = p_workflow_id) then
+    select * into v_job from jobs as j where j.id = p_workflow_id;
+    if not found then
         raise exception using errcode = 'HM002',
             message = format('workflow "%s" not found', p_workflow_id);
     end if;
+    -- Its own statement, for Citus (docs/citus.md).
+    v_started := _run_started_at(v_job);
     return query
     select e.at, e.thread, e.seq, e.kind, e.name, e.status, e.attempt, e.entity_version,
            e.input, e.output, e.error, e.completed_at
       from (
-        select _run_started_at(j) as at, 0 as rank, 'main'::text as thread, null::integer as seq,
+        select v_started as at, 0 as rank, 'main'::text as thread, null::integer as seq,
                'workflow'::text as kind, j.workflow_name as name, 'started'::text as status,
                null::integer as attempt, null::bigint as entity_version, j.args as input,
                null::jsonb as output, null::jsonb as error, null::timestamptz as completed_at

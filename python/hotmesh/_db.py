@@ -217,6 +217,7 @@ set_json_loads(_json_loads, ADAPTERS)
 _STATEMENTS = {
     "start_workflow": "select {}.start_workflow(%(workflow_name)s::text, %(args)s::jsonb,"
     " %(task_queue)s::text, %(workflow_id)s::text, %(entity)s::text, %(options)s::jsonb)",
+    "start_workflows": "select {}.start_workflows(%(items)s::jsonb)",
     "workflow_status": "select {}.workflow_status(%(workflow_id)s::text)",
     "workflow_outcome": "select {columns} from {}.workflow_outcome(%(workflow_id)s::text)",
     "get_workflow": "select {}.get_workflow(%(workflow_id)s::text)",
@@ -334,7 +335,8 @@ _STATEMENTS = {
     # flow control: sql/25_limits.sql
     "set_queue_limits": "select {}.set_queue_limits(%(task_queue)s::text,"
     " max_running => %(max_running)s::integer, rate => %(rate)s::integer,"
-    " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer)",
+    " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer,"
+    " key_rate => %(key_rate)s::integer, key_per => %(key_per)s::interval)",
     "get_queue_limits": "select {columns} from {}.get_queue_limits()",
     "queue_keys": "select {columns} from {}.queue_keys(%(task_queue)s::text, %(limit)s::integer)",
     "get_setting": "select {}.get_setting(%(key)s::text)",
@@ -397,6 +399,17 @@ def _start(
 Params = Mapping[str, object]
 R = TypeVar("R")
 Item = TypeVar("Item")
+
+
+class StartItem(TypedDict):
+    """An item of start_workflows (the parameters of start_workflow)."""
+
+    workflow_name: str
+    args: list[Any]
+    task_queue: str | None
+    workflow_id: str | None
+    entity: str | None
+    options: dict[str, Any]
 
 
 class _Completion(TypedDict):
@@ -696,6 +709,11 @@ class Database:
     ) -> str:
         params = _start(workflow_name, args, task_queue, workflow_id, entity, options)
         return str(await self._value("start_workflow", params))
+
+    async def start_workflows(self, items: list[StartItem]) -> list[str]:
+        """Many starts in one call, all or nothing; their workflow ids in order."""
+        ids: list[str] = await self._value("start_workflows", {"items": Jsonb(items)})
+        return ids
 
     async def workflow_status(self, workflow_id: str) -> str:
         return str(await self._value("workflow_status", {"workflow_id": workflow_id}))
@@ -1135,6 +1153,8 @@ class Database:
         rate: int | None,
         per: timedelta | None,
         key_max_running: int | None,
+        key_rate: int | None = None,
+        key_per: timedelta | None = None,
     ) -> None:
         params = {
             "task_queue": task_queue,
@@ -1142,6 +1162,8 @@ class Database:
             "rate": rate,
             "per": per,
             "key_max_running": key_max_running,
+            "key_rate": key_rate,
+            "key_per": key_per,
         }
         await self._value("set_queue_limits", params)
 

@@ -130,9 +130,16 @@ def _parser() -> argparse.ArgumentParser:
         "activities (repeatable, the first outermost; docs/interceptors.md)",
     )
 
-    start = commands.add_parser("start", help="start a workflow")
+    start = commands.add_parser("start", help="start a workflow (or many: --from-file)")
     _common(start)
-    start.add_argument("workflow_name", metavar="NAME")
+    start.add_argument("workflow_name", metavar="NAME", nargs="?")
+    start.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="start every workflow of FILE (- for stdin) in one call, all or none: JSON lines "
+        "or a JSON array of objects with start_many's fields (workflow_name, args, task_queue, "
+        "workflow_id, priority, start_in, ...); prints their ids",
+    )
     start.add_argument("--args", default="[]", help="JSON array of arguments (default [])")
     start.add_argument("--queue", help="task queue (default: the entity)")
     start.add_argument("--id", dest="workflow_id", help="workflow id (default: generated)")
@@ -258,6 +265,8 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--key-max-running", type=int, metavar="N", help="tasks running at once per key"
     )
+    limits.add_argument("--key-rate", type=int, metavar="N", help="starts per key per --key-per")
+    limits.add_argument("--key-per", metavar="DURATION", help="the key rate's interval (e.g. 1s)")
     limits.add_argument("--clear", action="store_true", help="lift every limit of QUEUE")
 
     prune = commands.add_parser(
@@ -511,7 +520,60 @@ async def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _starts_file(path: str) -> list[Any]:
+    """The starts of `hotmesh start --from-file`: a JSON array, or one JSON object a line."""
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+    except OSError as error:
+        raise HotMeshError(f"--from-file: cannot read {path}: {error.strerror}") from None
+    if text.lstrip().startswith("["):
+        starts = _json_arg(text, f"--from-file {path}")
+        if not isinstance(starts, list):  # pragma: no cover - "[" starts an array
+            raise HotMeshError(f"--from-file {path}: not a JSON array")
+        return starts
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [_json_arg(line, f"--from-file {path} line {n}") for n, line in lines]
+
+
+async def _start_many(args: argparse.Namespace) -> int:
+    flags = {"NAME": args.workflow_name, "--wait": args.wait, "--args": args.args != "[]"}
+    flags.update(
+        (f"--{name.replace('_', '-')}", getattr(args, name))
+        for name in (
+            "queue",
+            "entity",
+            "expire",
+            "priority",
+            "execution_timeout",
+            "id_reuse",
+            "idempotency_key",
+            "debounce",
+            "start_in",
+            "start_at",
+            "search",
+            "concurrency_key",
+        )
+    )
+    flags["--id"] = args.workflow_id
+    given = [flag for flag, value in flags.items() if value not in (None, False)]
+    if given:
+        raise HotMeshError(f"--from-file takes the starts from the file, not {given[0]}")
+    starts = _starts_file(args.from_file)
+    async with _client(args) as mf:
+        handles = await mf.workflow.start_many(starts)
+    print("\n".join(handle.workflow_id for handle in handles), flush=True)
+    return 0
+
+
 async def _start(args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        return await _start_many(args)
+    if args.workflow_name is None:
+        raise HotMeshError("start: give a workflow NAME, or --from-file FILE")
     arguments = _json_arg(args.args, "--args")
     if not isinstance(arguments, list):
         raise HotMeshError("--args must be a JSON array, e.g. '[\"Jane\"]'")
@@ -769,7 +831,8 @@ async def _queues(args: argparse.Namespace) -> int:
 
 
 async def _queue(args: argparse.Namespace) -> int:
-    limits = (args.max_running, args.rate, args.per, args.key_max_running)
+    limits = (args.max_running, args.rate, args.per, args.key_max_running, args.key_rate,
+              args.key_per)  # fmt: skip
     changing = args.clear or any(value is not None for value in limits)
     if changing and args.task_queue is None:
         raise HotMeshError("queue limits: name the QUEUE whose limits to set")
@@ -783,6 +846,8 @@ async def _queue(args: argparse.Namespace) -> int:
                 rate=args.rate,
                 per=args.per,
                 key_max_running=args.key_max_running,
+                key_rate=args.key_rate,
+                key_per=args.key_per,
             )
         rows = [r for r in await mf.queue.limits() if args.task_queue in (None, r.task_queue)]
     if args.json:
@@ -791,7 +856,7 @@ async def _queue(args: argparse.Namespace) -> int:
     if not rows:
         print("no limits" + (f" on queue {args.task_queue}" if args.task_queue else ""))
         return 0
-    headers = ("QUEUE", "RUNNING", "MAX", "RATE", "TOKENS", "NEXT TOKEN", "PER KEY")
+    headers = ("QUEUE", "RUNNING", "MAX", "RATE", "TOKENS", "NEXT TOKEN", "PER KEY", "KEY RATE")
     table = [
         [
             r.task_queue,
@@ -801,6 +866,7 @@ async def _queue(args: argparse.Namespace) -> int:
             "" if r.tokens is None else f"{r.tokens:.2f}",
             _when(r.next_token_at),
             _or_blank(r.key_max_running),
+            "" if r.key_rate is None else f"{r.key_rate}/{_age(r.key_per)}",
         ]
         for r in rows
     ]
