@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import os
 import signal
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from hotmesh._db import ADAPTERS, Database, StartItem
 from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
 from hotmesh._runner import encode, encode_args
+from hotmesh.codecs import Codec, Payloads
 from hotmesh.entity import EntityClient
 from hotmesh.interceptors import (
     CancelInput,
@@ -159,10 +160,11 @@ class Handle:
                     event.clear()
                     outcome = await self._mf._db.workflow_outcome(self.workflow_id)
                     if outcome.status == "completed":
+                        value = self._mf.payloads.decode(outcome.result)
                         if result_type is None:
-                            return outcome.result
+                            return value
                         what = f"the result of workflow {self.workflow_id}"
-                        return _convert.from_json(outcome.result, result_type, what)
+                        return _convert.from_json(value, result_type, what)
                     if outcome.status in _TERMINAL:
                         raise errors.from_payload(outcome.error or {"message": outcome.status})
                     # Woken by its NOTIFY; the periodic look guards against one never seen
@@ -314,12 +316,12 @@ class WorkflowClient:
             search=search,
             concurrency_key=concurrency_key,
         )
-        db = self._mf._db
+        db, payloads = self._mf._db, self._mf.payloads
 
         async def start(given: StartInput) -> str:
             return await db.start_workflow(
-                given.workflow_name, given.args, given.task_queue, given.workflow_id,
-                given.entity, dict(given.options),
+                given.workflow_name, payloads.encode_args(list(given.args)), given.task_queue,
+                given.workflow_id, given.entity, dict(given.options),
             )  # fmt: skip
 
         outbound = compose(self._mf.interceptors, "start_workflow", (), start)
@@ -358,11 +360,12 @@ class WorkflowClient:
         start goes through them as one of `start()` does: the call is made once every start
         has reached the end of its chain (or an interceptor answered or refused it itself),
         and each chain gets its own start's workflow id back."""
-        db = self._mf._db
+        db, payloads = self._mf._db, self._mf.payloads
 
         async def send(batch: builtins.list[StartInput]) -> builtins.list[str]:
             items: builtins.list[StartItem] = [
-                {"workflow_name": given.workflow_name, "args": given.args,
+                {"workflow_name": given.workflow_name,
+                 "args": payloads.encode_args(list(given.args)),
                  "task_queue": given.task_queue, "workflow_id": given.workflow_id,
                  "entity": given.entity, "options": dict(given.options)}
                 for given in batch
@@ -427,12 +430,13 @@ class WorkflowClient:
             payload = encode(data, f"the data of signal {signal_id}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
-        db = self._mf._db
+        db, payloads = self._mf._db, self._mf.payloads
 
         async def send(given: SignalInput) -> SignalOutcome:
             return await db.signal(
-                given.signal_id, given.data, given.workflow_id, given.idempotency_key
-            )
+                given.signal_id, payloads.encode(given.data), given.workflow_id,
+                given.idempotency_key,
+            )  # fmt: skip
 
         outbound = compose(self._mf.interceptors, "signal_workflow", (), send)
         outcome: SignalOutcome = await outbound(
@@ -454,6 +458,7 @@ class WorkflowClient:
             arguments = encode_args(args, f"the args of hook {workflow_name}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
+        arguments = self._mf.payloads.encode_args(arguments)
         return await self._mf._db.hook(workflow_id, workflow_name, arguments, task_queue, signal_id)
 
     def get_handle(self, workflow_id: str) -> Handle:
@@ -538,6 +543,7 @@ class ScheduleClient:
             arguments = encode_args(args, f"the args of schedule {schedule_id}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
+        arguments = self._mf.payloads.encode_args(arguments)
         return await self._mf._db.save_schedule(
             create, schedule_id, spec, workflow_name, arguments, task_queue, options
         )
@@ -630,6 +636,7 @@ class MemFlow:
         dsn: str,
         pool: AsyncConnectionPool,
         interceptors: tuple[Interceptor, ...] = (),
+        payloads: Payloads | None = None,
     ) -> None:
         self.app_id = app_id
         self.dsn = dsn
@@ -637,12 +644,14 @@ class MemFlow:
         self.interceptors = interceptors
         self.registry = Registry()
         self.registry.interceptors = interceptors
+        self.payloads = payloads or Payloads(None)
+        self.registry.payloads = self.payloads
         self.workers: dict[str, Worker] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
         self.schedule = ScheduleClient(self)
         self.queue = QueueClient(self)
-        self.entity = EntityClient(self._db)
+        self.entity = EntityClient(self._db, self.payloads)
         self._listener = Listener(dsn, app_id)
 
     @classmethod
@@ -654,13 +663,20 @@ class MemFlow:
         migrate: bool = True,
         pool_size: int = 10,
         interceptors: Iterable[Interceptor] | None = None,
+        codec: Codec | Sequence[Codec] | None = None,
+        encode_entity_fields: Sequence[str] = (),
     ) -> MemFlow:
         """Connect to app `app_id` (a Postgres schema), installing or upgrading it first.
         `dsn` defaults to DATABASE_URL, else the libpq environment (PGHOST, ...).
         `interceptors` wrap this client's starts, signals and cancels and the workflows and
-        activities its workers run, the first outermost (docs/interceptors.md)."""
+        activities its workers run, the first outermost (docs/interceptors.md).
+        `codec` (hotmesh.codecs: AesGcm, Compression, or a list applied in order) encodes
+        every workflow and activity argument and result and every signal payload before it
+        reaches the database, and the top-level entity fields in `encode_entity_fields`
+        (docs/codecs.md)."""
         _install.check_app_id(app_id)
         layers = check(interceptors)
+        payloads = Payloads(codec, encode_entity_fields)
         source = _dsn_source(dsn)
         dsn = os.environ.get("DATABASE_URL", "") if dsn is None else dsn
         try:
@@ -681,7 +697,7 @@ class MemFlow:
             open=False,
         )
         await pool.open(wait=True)
-        return cls(app_id, dsn, pool, layers)
+        return cls(app_id, dsn, pool, layers, payloads)
 
     async def events(self, topic: str | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Events workflows publish with `workflow.emit` from now on (all topics, or one):

@@ -51,6 +51,7 @@ from hotmesh._db import LOCK_TIMEOUT_MS, Claimed, Database, lock_busy
 from hotmesh._log import event, first_line, log_failure, task_fields
 from hotmesh._runner import Activation, Completed, Continued, Failed, Suspended, encode
 from hotmesh.activity import ActivityInfo, run_activity
+from hotmesh.codecs import CodecError, Payloads
 from hotmesh.interceptors import Interceptor
 from hotmesh.retry import has_timeouts
 
@@ -87,6 +88,8 @@ class Registry:
         # What wraps the workflows and activities of each queue (docs/interceptors.md): the
         # client's interceptors, then those given to mf.worker.create for the queue.
         self.interceptors: tuple[Interceptor, ...] = ()
+        # The payload codecs of MemFlow.init(codec=...): the identity when there are none.
+        self.payloads = Payloads(None)
         self.queue_interceptors: dict[str, tuple[Interceptor, ...]] = {}
 
     def interceptors_for(self, task_queue: str) -> tuple[Interceptor, ...]:
@@ -369,10 +372,14 @@ class Worker:
     async def _process(self, task: Claimed) -> None:
         try:
             try:
+                if self.registry.payloads.enabled:  # a codec (docs/codecs.md)
+                    task = self.registry.payloads.task(task)
                 if task.kind == "workflow":
                     await self._activate(task)
                 else:
                     await self._run_activity(task)
+            except CodecError as error:
+                await self._undecodable(task, error)
             except (psycopg.Error, errors.HotMeshError) as error:
                 if not lock_busy(error):
                     raise
@@ -491,7 +498,7 @@ class Worker:
             next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task))
             event(log, logging.INFO, "suspend", **fields, next_run=next_run)
         elif isinstance(outcome, Completed):
-            value = outcome.result
+            value = self.registry.payloads.encode(outcome.result)
             await self._outcome_call(task, lambda: self.db.complete_task(task, value))
             event(log, logging.INFO, "complete", **fields)
         elif isinstance(outcome, Continued):
@@ -527,12 +534,20 @@ class Worker:
             await self._outcome_call(task, lambda: self.db.release_tasks([task]))
             event(log, logging.INFO, "replay", **fields, reason="an outcome arrived")
             return
-        run = await self._outcome_call(task, lambda: self.db.continue_task(task, outcome.args))
+        following = self.registry.payloads.encode_args(outcome.args)
+        run = await self._outcome_call(task, lambda: self.db.continue_task(task, following))
         if run is None:
             next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task))
             event(log, logging.INFO, "suspend", **fields, next_run=next_run)
         else:
             event(log, logging.INFO, "continue", **fields, run=run)
+
+    async def _undecodable(self, task: Claimed, error: CodecError) -> None:
+        """Fail a task whose payloads this process cannot decode: at once, not retried (a
+        retry here would fail the same way), naming the codec and key id."""
+        payload = errors.to_payload(error)
+        outcome = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
+        log_failure(log, task, outcome, error)
 
     async def _unregistered(
         self, task: Claimed, what: str, table: dict[str, dict[str, Callable[..., Any]]], code: int
@@ -577,6 +592,7 @@ class Worker:
                 ),
                 f"the result of activity {task.name}",
             )
+            result = self.registry.payloads.encode(result)
         except Exception as error:
             self._settling_now()
             payload = errors.to_payload(error)
@@ -603,6 +619,15 @@ class _Executor:
         self.registry = registry
 
     async def __call__(
+        self, seq: int, command: Command, recorded: RecordedStep | None
+    ) -> RecordedStep:
+        payloads = self.registry.payloads
+        if not payloads.enabled:
+            return await self._perform(seq, command, recorded)
+        # A codec: payloads go out encoded, and what comes back is decoded (docs/codecs.md).
+        return payloads.step(await self._perform(seq, payloads.command(command), recorded))
+
+    async def _perform(
         self, seq: int, command: Command, recorded: RecordedStep | None
     ) -> RecordedStep:
         db, task = self.db, self.task
@@ -632,9 +657,11 @@ class _Executor:
                 )
                 try:
                     layers = self.registry.interceptors_for(queue)
+                    plain = self.registry.payloads.decode(args)  # as the activity takes them
                     output = encode(
-                        await run_activity(fn, args, info, layers), f"the result of {name}"
+                        await run_activity(fn, plain, info, layers), f"the result of {name}"
                     )
+                    output = self.registry.payloads.encode(output)
                 except Exception as error:
                     return await db.record_step(
                         task, seq, "activity", name, args, None,
