@@ -10,9 +10,12 @@
 --                   views.
 --     <app>_worker  a worker process: everything <app>_app may do, plus the calls a worker
 --                   makes while it runs tasks (claim, complete, record steps, ...).
+--     <app>_reviewer a person's review screen: list, claim, comment and resolve human tasks
+--                   (docs/people.md), and nothing else: no table, no view, no workflow.
+--                   (Not made for app ids over 54 characters: the name would not fit.)
 --   Operations (prune, prune_signals, prune_runs, set_setting, retry_workflow,
 --   entity_create_index) stay with the owner.
--- * Both roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
+-- * The roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
 --   They are created here when the installer may create roles (CREATEROLE or superuser);
 --   otherwise a WARNING says so and the grants wait until the roles exist (create them as
 --   shown in the warning, then migrate again). A role of that name that can log in, or is a
@@ -24,6 +27,12 @@ declare
     v_schema text := current_schema();
     v_app text := current_schema() || '_app';
     v_worker text := current_schema() || '_worker';
+    v_reviewer text := current_schema() || '_reviewer';
+    -- What a person's review screen calls (docs/people.md); the application may call them too.
+    v_reviewer_functions text[] := array[
+        'list_human_tasks', 'get_human_task', 'claim_human_task', 'claim_next_human_task',
+        'release_human_task', 'reassign_human_task', 'comment_human_task', 'resolve_human_task'
+    ];
     -- What an application may call. The views' own helper functions are added below.
     v_app_functions text[] := array[
         'start_workflow', 'workflow_status', 'workflow_outcome', 'get_workflow',
@@ -44,7 +53,7 @@ declare
         'record_step',
         'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
         'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step',
-        'record_patch', 'continue_task'
+        'record_patch', 'continue_task', 'ask_human'
     ];
     v_tables text[] := array['jobs', 'steps', 'threads', 'schedules', 'runs', 'run_steps'];
     v_can_create boolean;
@@ -114,7 +123,8 @@ begin
     end if;
     select r.rolsuper or r.rolcreaterole into v_can_create
       from pg_roles as r where r.rolname = current_user;
-    foreach v_role in array array[v_app, v_worker] loop
+    foreach v_role in array array[v_app, v_worker, v_reviewer] loop
+        continue when length(v_role) > 63;
         if not exists (select from pg_roles as r where r.rolname = v_role) then
             if not v_can_create then
                 raise warning using
@@ -155,11 +165,21 @@ begin
           from pg_proc as p
          where p.pronamespace = v_schema::regnamespace
            and p.proname !~ '^_'
-           and (p.proname = any(v_app_functions) or p.oid = any(v_view_functions))
+           and (p.proname = any(v_app_functions) or p.oid = any(v_view_functions)
+                or p.proname = any(v_reviewer_functions))
     loop
         foreach v_role in array v_roles loop
+            continue when v_role = v_reviewer;
             execute format('grant execute on function %s to %I', v_routine, v_role);
         end loop;
+    end loop;
+    for v_routine in
+        select p.oid from pg_proc as p
+         where p.pronamespace = v_schema::regnamespace and p.proname = any(v_reviewer_functions)
+    loop
+        if v_reviewer = any(v_roles) then
+            execute format('grant execute on function %s to %I', v_routine, v_reviewer);
+        end if;
     end loop;
     for v_routine in
         select p.oid from pg_proc as p
@@ -170,6 +190,7 @@ begin
         end if;
     end loop;
     foreach v_role in array v_roles loop
+        continue when v_role = v_reviewer;
         execute format('grant select on %s to %I',
                        (select string_agg(format('%I.%I', v_schema, c.relname), ', ')
                           from pg_class as c
