@@ -31,18 +31,19 @@ PYTEST_ARGS ?=
 PYTEST_N ?= 2
 
 .PHONY: help setup sysdeps db-up db-down db-url lint lint-static lint-sql lint-ruff \
-	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow demo bench clean _migrate \
-	_prove _pytest _dbtest schema
+	lint-format lint-mypy lint-plpgsql sqltest pytest test test-slow test-citus demo bench clean \
+	_migrate _prove _pytest _dbtest schema demo-agent
 
 help:
 	@echo "make setup     system packages (PostgreSQL $(PG_MAJOR), pgTAP, pg_prove, plpgsql_check) + $(VENV)"
 	@echo "make test      lint + sqltest + pytest against one throwaway cluster (--fast)"
 	@echo "make test-slow the slow reliability tests (pytest -m slow: 10,000-workflow load, ...)"
+	@echo "make test-citus the Citus tests on a coordinator + 2 workers (docs/citus.md)"
 	@echo "make lint      sqlfluff, ruff check, ruff format --check, mypy, plpgsql_check"
 	@echo "make sqltest   hotmesh migrate --app $(APP), then pg_prove --ext .sql -r tests/sql"
 	@echo "make pytest    $(BIN)/pytest -q: -n $(PYTEST_N), then the serial tests alone (PYTEST_ARGS=...)"
 	@echo "make schema    rewrite tests/schema.sql, the snapshot of a fresh app schema (docs/schema.md)"
-	@echo "make demo | bench"
+	@echo "make demo | demo-agent | bench"
 	@echo "make db-up     start the private cluster; eval \"\$$(make -s db-up)\" to use it"
 	@echo "make db-down | db-url | clean"
 	@echo "private cluster: $(PGDIR)   (DATABASE_URL in the environment overrides it)"
@@ -184,12 +185,24 @@ _pytest:
 	$(BIN)/pytest -q -m 'not slow and serial' $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
 	exit $$rc
 
+# hotmesh on Citus (docs/citus.md): a coordinator and two workers on loopback (tests/citus_cluster.py:
+# Citus as installed, else built from $(CITUS_SRC) with headers pinned to the server's version),
+# the tests marked `citus`, then the nodes stop. Not part of `make test`.
+CITUS_SRC ?= $(abspath $(CURDIR)/../shared/vendor/citus-13.2.2.tar.gz)
+test-citus: setup
+	CITUS_SRC="$(CITUS_SRC)" $(BIN)/python tests/citus_cluster.py run -- \
+		$(BIN)/pytest -q -p no:randomly -m citus tests/test_citus.py $(PYTEST_ARGS)
+
 # ------------------------------------------------------------------------------ demo, bench
 
 # The demo's data stays in the private cluster: the last line says how to look at it.
 demo: setup
 	$(DB_RUN) -- $(BIN)/python python/examples/demo.py
 	@echo 'the dashboard on this data:  eval "$$(make -s db-up)" && $(HM) ui --app my_app --allow-actions   (then open http://127.0.0.1:8700/)'
+
+# The durable AI agent (docs/agents.md): the offline model unless HOTMESH_AGENT_BASE_URL is set.
+demo-agent: setup
+	$(DB_RUN) -- $(BIN)/python python/examples/research_agent.py
 
 # The private cluster preloads pg_stat_statements; the extension makes bench count statements.
 bench: setup

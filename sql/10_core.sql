@@ -25,9 +25,19 @@ begin
 end
 $$;
 
+-- p_at + p_interval, with days and months counted in UTC: immutable, so an UPDATE may compute
+-- it from a column (`expire_at = _after(v_now, j.retention)`), which Citus refuses for the
+-- stable `timestamptz + interval` (that counts days in the session's time zone).
+create or replace function _after(p_at timestamptz, p_interval interval) returns timestamptz
+language sql immutable
+as $$
+    select (p_at at time zone 'UTC' + p_interval) at time zone 'UTC'
+$$;
+
 -- Wakes idle workers and result waiters of this app. One channel per app (the schema name);
 -- the payload says what happened: 'q:<task queue>' (a task is ready), 'd:' and a JSON array
--- of workflow ids (they ended: _notify_done) or 'e:' and an event (emit).
+-- of workflow ids (they ended: _notify_done), 'e:' and an event (emit), or 's:<schedule id>'
+-- (a schedule was created, changed, paused, resumed or deleted: for the dashboard).
 create or replace function _notify(p_payload text) returns void
 language sql volatile
 as $$
@@ -345,7 +355,7 @@ begin
                result = case when p_to = 'completed' then m.result else j.result end,
                error = coalesce(p_error, j.error),
                completed_at = case when v_ends then v_now end,
-               expire_at = case when v_ends then v_now + j.retention end
+               expire_at = case when v_ends then _after(v_now, j.retention) end
           from unnest(p_job_ids, p_results) as m (id, result)
          where j.id = m.id
            and j.status in (select l.from_state from _legal_transitions() as l
@@ -434,12 +444,14 @@ create or replace function _move_steps(
 ) returns setof steps
 language plpgsql
 as $$
+declare
+    v_now timestamptz := _now();
 begin
     return query
     update steps as s
        set status = m.to_state, output = m.output, error = m.error,
            attempt = coalesce(m.attempt, s.attempt), wake_at = m.wake_at,
-           completed_at = case when m.to_state in ('completed', 'failed') then _now() end
+           completed_at = case when m.to_state in ('completed', 'failed') then v_now end
       from unnest(p_job_ids, p_threads, p_seqs, p_to, p_outputs, p_errors, p_attempts,
                   p_wake_ats) as m (job_id, thread, seq, to_state, output, error, attempt,
                                     wake_at)

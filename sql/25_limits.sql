@@ -287,3 +287,44 @@ as $$
                            left join queue_buckets as b on b.task_queue = l.task_queue) as k
      order by l.task_queue
 $$;
+
+-- The concurrency keys of a task queue that have tasks, busiest first: how many of each run
+-- now (leased, within their lease), are ready, wait for a later time (timers, retries), and
+-- how long the oldest ready one has waited. At most p_limit keys (1 to 10,000); the tasks_key
+-- index serves it. The per-key view of flow control (the dashboard's queue page).
+--   select * from my_app.queue_keys('ledger');
+create or replace function queue_keys(p_task_queue text, p_limit integer default 100)
+returns table (
+    concurrency_key text,
+    running bigint,
+    ready bigint,
+    delayed bigint,
+    oldest_ready_age interval
+)
+language plpgsql stable
+set search_path from current
+as $$
+begin
+    if coalesce(p_task_queue, '') = '' then
+        raise exception using errcode = '22023', message = 'task_queue is required';
+    end if;
+    if p_limit is null or p_limit not between 1 and 10000 then
+        raise exception using errcode = '22023',
+            message = format('limit must be from 1 to 10000, not %s',
+                             coalesce(p_limit::text, 'null'));
+    end if;
+    return query
+    select t.concurrency_key,
+           count(*) filter (where t.state = 'leased' and t.lease_expires_at > c.now),
+           count(*) filter (where t.state = 'ready' and t.run_at <= c.now),
+           count(*) filter (where t.state = 'ready' and t.run_at > c.now),
+           c.now - min(t.run_at) filter (where t.state = 'ready' and t.run_at <= c.now)
+      from tasks as t
+     cross join (select _now() as now) as c
+     where t.task_queue = p_task_queue and t.concurrency_key is not null
+       and t.state <> 'dead'
+     group by t.concurrency_key, c.now
+     order by 2 desc, 3 desc, 1
+     limit p_limit;
+end
+$$;

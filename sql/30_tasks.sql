@@ -94,8 +94,10 @@ begin
     -- and sort every due task of the queues before the limit applies). Within a priority,
     -- tasks with a concurrency key go in rotation (key_rank: every key's next task before any
     -- key's one after it), after those without one.
+    -- The lease token is drawn here, not in the UPDATE's SET list: Citus refuses a volatile
+    -- function there (docs/citus.md).
     with picked as (
-        (select c.id
+        (select c.id, gen_random_uuid() as token
            from unnest(v_plain) as q (name)
           cross join lateral (
                 select t.id, t.priority, t.key_rank, t.run_at
@@ -110,12 +112,12 @@ begin
           order by c.priority desc, c.key_rank nulls first, c.run_at, c.id
           limit p_max_tasks)
         union all
-        select a.id from unnest(v_admitted) as a (id)
+        select a.id, gen_random_uuid() from unnest(v_admitted) as a (id)
     ), leased as (
         update tasks as t
            set state = 'leased',
                lease_owner = p_worker_id,
-               lease_token = gen_random_uuid(),
+               lease_token = picked.token,
                -- A lease never outlasts the run's timeout: the task is due again then.
                lease_expires_at = least(v_now + p_lease, _run_deadline(
                    t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)),
@@ -203,16 +205,17 @@ begin
         -- second (not at once: an idle worker would claim it again in a loop), so one held
         -- workflow waits alone and the claim never waits for it.
         if coalesce(cardinality(v_started), 0) < cardinality(v_main_jobs) then
+            -- Two statements: Citus cannot run a query over the tables that calls a
+            -- function that queries them again (docs/citus.md).
+            select array_agg(t.id) into v_held
+              from tasks as t
+              join jobs as j on j.id = t.job_id
+             where t.id = any(v_ids) and t.kind = 'workflow' and t.thread = 'main'
+               and j.id <> all(coalesce(v_started, '{}'))
+               and j.status in (select l.from_state from _legal_transitions() as l
+                                 where l.machine = 'job' and l.to_state = 'running');
             select array_agg(r.id), array_agg(r.job_id) into v_held, v_held_jobs
-              from _requeue_tasks(
-                       (select array_agg(t.id)
-                          from tasks as t
-                          join jobs as j on j.id = t.job_id
-                         where t.id = any(v_ids) and t.kind = 'workflow' and t.thread = 'main'
-                           and j.id <> all(coalesce(v_started, '{}'))
-                           and j.status in (select l.from_state from _legal_transitions() as l
-                                             where l.machine = 'job' and l.to_state = 'running')),
-                       v_now + interval '1 second', null, true) as r;
+              from _requeue_tasks(v_held, v_now + interval '1 second', null, true) as r;
             if v_held is not null then
                 v_ids := _without(v_ids, v_held);
                 if v_ids is null then

@@ -351,14 +351,22 @@ begin
         select job_id, thread, seq, kind, name, 'completed', input, output, v_now, v_now
           from items
         on conflict do nothing
-        returning s
+        -- Columns, not the row `s`: on Citus the row would be of the shard's row type.
+        returning s.job_id, s.thread, s.seq, s.kind, s.name, s.status, s.output, s.error,
+                  s.attempt, s.wake_at
     )
-    select coalesce(array_agg(items.pos), '{}'), array_agg(_step_json(fresh.s))
+    -- _step_json's object, built from those columns.
+    select coalesce(array_agg(items.pos), '{}'),
+           array_agg(jsonb_build_object('seq', fresh.seq, 'kind', fresh.kind,
+                                        'name', fresh.name, 'status', fresh.status,
+                                        'output', fresh.output, 'error', fresh.error,
+                                        'attempt', fresh.attempt,
+                                        'due', fresh.wake_at <= v_now))
       into v_fresh, v_fresh_steps
       from fresh
       join items
-        on (fresh.s).job_id = items.job_id and (fresh.s).thread = items.thread
-       and (fresh.s).seq = items.seq;
+        on fresh.job_id = items.job_id and fresh.thread = items.thread
+       and fresh.seq = items.seq;
     for i in 1 .. cardinality(v_fresh) loop
         v_results[v_fresh[i]] := v_fresh_steps[i];
     end loop;

@@ -399,6 +399,7 @@ begin
         raise exception using errcode = 'HM001',
             message = format('schedule "%s" already exists', p_schedule_id);
     end if;
+    perform _notify('s:' || p_schedule_id);
     return v_row.next_fire_at;
 end
 $$;
@@ -453,6 +454,7 @@ begin
            due_at = case when s.status = 'active' then v_row.due_at end,
            note = v_row.note, updated_at = v_row.updated_at
      where s.id = v_old.id;
+    perform _notify('s:' || p_schedule_id);
     return v_row.next_fire_at;
 end
 $$;
@@ -480,6 +482,7 @@ begin
            updated_at = v_now
      where id = p_schedule_id
     returning * into v_row;
+    perform _notify('s:' || p_schedule_id);
     return v_row;
 end
 $$;
@@ -512,6 +515,7 @@ as $$
 begin
     perform _locked_schedule(p_schedule_id);
     delete from schedules where id = p_schedule_id;
+    perform _notify('s:' || p_schedule_id);
 end
 $$;
 

@@ -36,63 +36,99 @@ select _drop_view_unless('failed_workflows', array[
     'expire_at', 'error', 'error_message', 'error_code', 'error_type'
 ]);
 
--- What each unfinished thread of a workflow waits on, one JSON object per wait: a timer
--- (sleep), a signal, an activity (running, queued or between attempts), a child workflow, a
--- retry of the workflow body, or a task parked as dead (it needs a person: see retry_workflow).
--- Finished workflows wait on nothing. Public (like the two below): a view's reader needs
--- EXECUTE on every function the view calls, and no private helper (`_name`) is executable by
--- anyone but the owner.
+-- The engine's clock (_now: the time every lease, timer and retry is measured against), as
+-- the views read it.
+create or replace function engine_clock() returns timestamptz
+language sql stable
+set search_path from current
+as $$
+    select _now()
+$$;
+
+-- What each unfinished thread of a workflow waits on, one row per wait with its JSON object:
+-- a timer (sleep), a signal, an activity (running, queued or between attempts), a child
+-- workflow, a retry of the workflow body, or a task parked as dead (it needs a person: see
+-- retry_workflow). Rows of finished workflows are left to their readers to ignore (workflows
+-- and workflow_waits do). A view, not a function the workflows view calls per row: Citus
+-- cannot run a query over the tables that calls a function that queries them again
+-- (docs/citus.md), and a view is planned with its reader's query.
+--   select job_id, wait from my_app.workflow_wait_list where job_id = 'Q1';
+create or replace view workflow_wait_list as
+select
+    s.job_id,
+    1 as rank,
+    s.thread,
+    s.seq,
+    jsonb_strip_nulls(jsonb_build_object(
+        'thread', s.thread, 'seq', s.seq,
+        'kind', case s.kind when 'sleep' then 'timer' else s.kind end,
+        'name', nullif(s.name, ''),
+        -- A deferred signal wait (retrying) has a re-check time, not a timeout.
+        'until', case
+            when s.kind in ('sleep', 'signal') and s.status = 'scheduled'
+                then s.wake_at
+        end,
+        'workflow_id', case when s.kind = 'child' then s.input ->> 'workflow_id' end,
+        'state', case
+            when s.kind <> 'activity' then null
+            when s.status = 'retrying' or t.error is not null then 'retrying'
+            when t.state = 'leased' then 'running'
+            when t.state = 'ready' then 'queued'
+            else coalesce(t.state, 'no task')
+        end,
+        'retry_at', case
+            when s.status = 'retrying' then s.wake_at
+            when t.error is not null and t.state = 'ready' then t.run_at
+        end,
+        'attempt', case when s.kind = 'activity' then coalesce(t.attempt, s.attempt) end,
+        'error', case
+            when s.status = 'retrying' then s.error ->> 'message'
+            else t.error ->> 'message'
+        end
+    )) as wait
+from steps as s
+left join tasks as t
+    on
+        s.job_id = t.job_id and s.thread = t.thread and s.seq = t.seq
+        and t.kind = 'activity'
+where
+    s.status in ('scheduled', 'retrying')
+    and s.kind in ('sleep', 'signal', 'activity', 'child')
+union all
+select
+    t.job_id,
+    case when t.state = 'dead' then 0 else 2 end as rank,
+    t.thread,
+    coalesce(t.seq, 0) as seq,
+    jsonb_strip_nulls(jsonb_build_object(
+        'thread', t.thread, 'seq', t.seq,
+        'kind', case when t.state = 'dead' then 'dead' else 'workflow_retry' end,
+        'name', t.name, 'task_id', t.id,
+        'retry_at', case when t.state <> 'dead' then t.run_at end,
+        'error', t.error ->> 'message'
+    )) as wait
+from tasks as t
+where
+    t.state = 'dead'
+    or (
+        t.kind = 'workflow' and t.state = 'ready' and t.error is not null
+        and t.run_at > engine_clock()
+    );
+
+-- The waits of one workflow as a JSON array (workflow_wait_list, in order: main thread
+-- first, then by thread, kind and position); finished workflows wait on nothing. Public
+-- (like the two below): a view's reader needs EXECUTE on every function the view calls, and
+-- no private helper (`_name`) is executable by anyone but the owner.
 create or replace function workflow_waits(p_job_id text) returns jsonb
 language sql stable
 set search_path from current
 as $$
     select coalesce(jsonb_agg(w.wait order by w.thread <> 'main', w.thread, w.rank, w.seq),
                     '[]'::jsonb)
-      from (
-        select 1 as rank, s.thread, s.seq,
-               jsonb_strip_nulls(jsonb_build_object(
-                   'thread', s.thread, 'seq', s.seq,
-                   'kind', case s.kind when 'sleep' then 'timer' else s.kind end,
-                   'name', nullif(s.name, ''),
-                   -- A deferred signal wait (retrying) has a re-check time, not a timeout.
-                   'until', case when s.kind in ('sleep', 'signal') and s.status = 'scheduled'
-                                 then s.wake_at end,
-                   'workflow_id', case when s.kind = 'child' then s.input ->> 'workflow_id' end,
-                   'state', case
-                       when s.kind <> 'activity' then null
-                       when s.status = 'retrying' or t.error is not null then 'retrying'
-                       when t.state = 'leased' then 'running'
-                       when t.state = 'ready' then 'queued'
-                       else coalesce(t.state, 'no task') end,
-                   'retry_at', case when s.status = 'retrying' then s.wake_at
-                                    when t.error is not null and t.state = 'ready' then t.run_at
-                               end,
-                   'attempt', case when s.kind = 'activity'
-                                   then coalesce(t.attempt, s.attempt) end,
-                   'error', case when s.status = 'retrying' then s.error ->> 'message'
-                                 else t.error ->> 'message' end
-               )) as wait
-          from steps as s
-          left join tasks as t
-            on t.job_id = s.job_id and t.thread = s.thread and t.seq = s.seq
-           and t.kind = 'activity'
-         where s.job_id = p_job_id
-           and s.status in ('scheduled', 'retrying')
-           and s.kind in ('sleep', 'signal', 'activity', 'child')
-        union all
-        select case when t.state = 'dead' then 0 else 2 end, t.thread, coalesce(t.seq, 0),
-               jsonb_strip_nulls(jsonb_build_object(
-                   'thread', t.thread, 'seq', t.seq,
-                   'kind', case when t.state = 'dead' then 'dead' else 'workflow_retry' end,
-                   'name', t.name, 'task_id', t.id,
-                   'retry_at', case when t.state <> 'dead' then t.run_at end,
-                   'error', t.error ->> 'message'))
-          from tasks as t
-         where t.job_id = p_job_id
-           and (t.state = 'dead'
-                or (t.kind = 'workflow' and t.state = 'ready' and t.error is not null
-                    and t.run_at > _now()))
-      ) as w
+      from workflow_wait_list as w
+     where w.job_id = p_job_id
+       and exists (select from jobs as j
+                    where j.id = p_job_id and j.status in ('pending', 'running', 'waiting'))
 $$;
 
 -- The waits as one line of text: "timer until ...", "signal approve", "activity charge
@@ -120,15 +156,6 @@ as $$
             else w ->> 'kind'
         end, ', ' order by n), '')
       from jsonb_array_elements(p_waits) with ordinality as e (w, n)
-$$;
-
--- The engine's clock (_now: the time every lease, timer and retry is measured against), as
--- the views read it.
-create or replace function engine_clock() returns timestamptz
-language sql stable
-set search_path from current
-as $$
-    select _now()
 $$;
 
 -- Who holds a workflow's row in a transaction still open, given the row's xmax: "pid N since
@@ -179,11 +206,15 @@ job_waits as (
     select
         j.*,
         j.xmax,
-        case
-            when j.status in ('pending', 'running', 'waiting') then workflow_waits(j.id)
-            else '[]'::jsonb
-        end as waits
+        coalesce(jw.waits, '[]'::jsonb) as waits
     from jobs as j
+    left join lateral (
+        select jsonb_agg(w.wait order by w.thread <> 'main', w.thread, w.rank, w.seq) as waits
+        from workflow_wait_list as w
+        where
+            w.job_id = j.id
+            and j.status in ('pending', 'running', 'waiting')
+    ) as jw on true
 )
 
 -- A view's new columns go at its end (create or replace view), computed or not.

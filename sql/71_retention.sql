@@ -423,7 +423,7 @@ begin
        set status = 'pending', attempt = 1, result = null, error = null, completed_at = null,
            expire_at = null, updated_at = _now(),
            -- the retried run gets its whole execution_timeout again
-           timeout_at = _now() + execution_timeout
+           timeout_at = _after(_now(), execution_timeout)
      where id = p_job_id
        and status in (select l.from_state from _legal_transitions() as l
                        where l.machine = 'job' and l.to_state = 'pending'

@@ -10,9 +10,13 @@
 --                   views.
 --     <app>_worker  a worker process: everything <app>_app may do, plus the calls a worker
 --                   makes while it runs tasks (claim, complete, record steps, ...).
+--     <app>_reader  reading only (the dashboard's pages, a report): the read functions
+--                   (v_reader_functions) and SELECT on what <app>_app may select; none of
+--                   the functions that change anything. <app>_app is a member of it, so a
+--                   login of <app>_app may `set role <app>_reader` to read with no more.
 --     <app>_reviewer a person's review screen: list, claim, comment and resolve human tasks
---                   (docs/people.md), and nothing else: no table, no view, no workflow.
---                   (Not made for app ids over 54 characters: the name would not fit.)
+--                   (v_reviewer_functions, docs/people.md), and nothing else: no table, no
+--                   view, no workflow. (Not made for app ids over 54 characters.)
 --   Operations (prune, prune_signals, prune_runs, set_setting, retry_workflow,
 --   entity_create_index) stay with the owner.
 -- * The roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
@@ -27,12 +31,8 @@ declare
     v_schema text := current_schema();
     v_app text := current_schema() || '_app';
     v_worker text := current_schema() || '_worker';
+    v_reader text := current_schema() || '_reader';
     v_reviewer text := current_schema() || '_reviewer';
-    -- What a person's review screen calls (docs/people.md); the application may call them too.
-    v_reviewer_functions text[] := array[
-        'list_human_tasks', 'get_human_task', 'claim_human_task', 'claim_next_human_task',
-        'release_human_task', 'reassign_human_task', 'comment_human_task', 'resolve_human_task'
-    ];
     -- What an application may call. The views' own helper functions are added below.
     v_app_functions text[] := array[
         'start_workflow', 'workflow_status', 'workflow_outcome', 'get_workflow',
@@ -44,7 +44,23 @@ declare
         'waits_text', 'workflow_blocker', 'engine_version', 'create_schedule',
         'update_schedule', 'pause_schedule', 'resume_schedule', 'trigger_schedule',
         'delete_schedule', 'cron_next', 'export_workflow', 'export_workflows',
-        'workflow_runs', 'run_history', 'get_queue_limits'
+        'workflow_runs', 'run_history', 'get_queue_limits', 'queue_keys', 'list_human_tasks',
+        'get_human_task', 'claim_human_task', 'claim_next_human_task', 'release_human_task',
+        'reassign_human_task', 'comment_human_task', 'resolve_human_task'
+    ];
+    -- What a person's review screen calls (docs/people.md): the human task functions, which
+    -- the application may call too.
+    v_reviewer_functions text[] := array[
+        'list_human_tasks', 'get_human_task', 'claim_human_task', 'claim_next_human_task',
+        'release_human_task', 'reassign_human_task', 'comment_human_task', 'resolve_human_task'
+    ];
+    -- What a reader may call: the application's functions that change nothing.
+    v_reader_functions text[] := array[
+        'workflow_status', 'workflow_outcome', 'get_workflow', 'workflow_history', 'retry_delay',
+        'get_setting', 'entity_get', 'entity_history', 'entity_find', 'entity_find_by_condition',
+        'entity_find_by_id', 'engine_clock', 'workflow_waits', 'waits_text', 'workflow_blocker',
+        'engine_version', 'cron_next', 'export_workflow', 'export_workflows', 'workflow_runs',
+        'run_history', 'get_queue_limits', 'queue_keys', 'list_human_tasks', 'get_human_task'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
@@ -123,7 +139,7 @@ begin
     end if;
     select r.rolsuper or r.rolcreaterole into v_can_create
       from pg_roles as r where r.rolname = current_user;
-    foreach v_role in array array[v_app, v_worker, v_reviewer] loop
+    foreach v_role in array array[v_app, v_worker, v_reader, v_reviewer] loop
         continue when length(v_role) > 63;
         if not exists (select from pg_roles as r where r.rolname = v_role) then
             if not v_can_create then
@@ -165,12 +181,15 @@ begin
           from pg_proc as p
          where p.pronamespace = v_schema::regnamespace
            and p.proname !~ '^_'
-           and (p.proname = any(v_app_functions) or p.oid = any(v_view_functions)
-                or p.proname = any(v_reviewer_functions))
+           and (p.proname = any(v_app_functions) or p.oid = any(v_view_functions))
     loop
         foreach v_role in array v_roles loop
             continue when v_role = v_reviewer;
-            execute format('grant execute on function %s to %I', v_routine, v_role);
+            if v_role <> v_reader
+               or (select p.proname = any(v_reader_functions) or p.oid = any(v_view_functions)
+                     from pg_proc as p where p.oid = v_routine) then
+                execute format('grant execute on function %s to %I', v_routine, v_role);
+            end if;
         end loop;
     end loop;
     for v_routine in
@@ -198,5 +217,18 @@ begin
                            and (c.relkind = 'v' or c.relname = any(v_tables))),
                        v_role);
     end loop;
+    -- A login of <app>_app may read as <app>_reader (the dashboard does: sql it cannot write
+    -- with). Granted once; a membership is not one of the privileges revoked above.
+    if v_app = any(v_roles) and v_reader = any(v_roles)
+       and not pg_has_role(v_app, v_reader, 'member') then
+        begin
+            execute format('grant %I to %I', v_reader, v_app);
+        exception when insufficient_privilege then
+            raise warning using
+                message = format('%s may not grant role %s to %s: its logins cannot read as %s',
+                                 current_user, v_reader, v_app, v_reader),
+                hint = format('As a role with CREATEROLE: grant %I to %I;', v_reader, v_app);
+        end;
+    end if;
 end
 $grants$;

@@ -380,6 +380,13 @@ create view <app>.workflow_patches (
     last_marked_at timestamp with time zone,
     without_marker bigint
 );
+create view <app>.workflow_wait_list (
+    job_id text,
+    rank integer,
+    thread text,
+    seq integer,
+    wait jsonb
+);
 create view <app>.workflows (
     id text,
     workflow_name text,
@@ -429,6 +436,8 @@ create function <app>._admit(p_task_queues text[], p_max_tasks integer, p_now ti
     language plpgsql volatile;
 create function <app>._admit_from(p_task_queue text, p_slots integer, p_key_max integer, p_now timestamp with time zone) returns bigint[]
     language plpgsql volatile;
+create function <app>._after(p_at timestamp with time zone, p_interval interval) returns timestamp with time zone
+    language sql immutable;
 create function <app>._batch_results(p_items jsonb) returns jsonb[]
     language plpgsql immutable;
 create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text, p_input jsonb) returns boolean
@@ -801,7 +810,7 @@ create function <app>.heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lease in
 create function <app>.hook(p_workflow_id text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_signal_id text DEFAULT NULL::text) returns text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.list_human_tasks(p_role text DEFAULT NULL::text, p_assignee text DEFAULT NULL::text, p_status text DEFAULT NULL::text, p_type text DEFAULT NULL::text, p_metadata jsonb DEFAULT NULL::jsonb, p_limit integer DEFAULT 50, p_after bigint DEFAULT NULL::bigint) returns SETOF <app>.human_tasks
+create function <app>.list_human_tasks(role text DEFAULT NULL::text, assignee text DEFAULT NULL::text, status text DEFAULT NULL::text, type text DEFAULT NULL::text, metadata jsonb DEFAULT NULL::jsonb, max_rows integer DEFAULT 50, after bigint DEFAULT NULL::bigint) returns SETOF <app>.human_tasks
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.list_logins() returns TABLE(role_name text, group_name text, managed boolean, connections integer)
@@ -824,6 +833,9 @@ create function <app>.prune_runs(p_older_than interval DEFAULT '00:00:00'::inter
     set search_path = <app>, pg_temp;
 create function <app>.prune_signals(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
     language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.queue_keys(p_task_queue text, p_limit integer DEFAULT 100) returns TABLE(concurrency_key text, running bigint, ready bigint, delayed bigint, oldest_ready_age interval)
+    language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.reassign_human_task(p_id bigint, p_who text, p_assignee text, p_role text DEFAULT NULL::text) returns <app>.human_tasks
     language plpgsql volatile security definer
@@ -937,29 +949,44 @@ create function <app>.workflow_waits(p_job_id text) returns jsonb
 
 -- privileges
 grant usage on schema <app> to <app>_app;
+grant usage on schema <app> to <app>_reader;
 grant usage on schema <app> to <app>_reviewer;
 grant usage on schema <app> to <app>_worker;
 grant select on table <app>.failed_workflows to <app>_app;
+grant select on table <app>.failed_workflows to <app>_reader;
 grant select on table <app>.failed_workflows to <app>_worker;
 grant select on table <app>.jobs to <app>_app;
+grant select on table <app>.jobs to <app>_reader;
 grant select on table <app>.jobs to <app>_worker;
 grant select on table <app>.queue_backlog to <app>_app;
+grant select on table <app>.queue_backlog to <app>_reader;
 grant select on table <app>.queue_backlog to <app>_worker;
 grant select on table <app>.run_steps to <app>_app;
+grant select on table <app>.run_steps to <app>_reader;
 grant select on table <app>.run_steps to <app>_worker;
 grant select on table <app>.runs to <app>_app;
+grant select on table <app>.runs to <app>_reader;
 grant select on table <app>.runs to <app>_worker;
 grant select on table <app>.schedule_fires to <app>_app;
+grant select on table <app>.schedule_fires to <app>_reader;
 grant select on table <app>.schedule_fires to <app>_worker;
 grant select on table <app>.schedules to <app>_app;
+grant select on table <app>.schedules to <app>_reader;
 grant select on table <app>.schedules to <app>_worker;
 grant select on table <app>.steps to <app>_app;
+grant select on table <app>.steps to <app>_reader;
 grant select on table <app>.steps to <app>_worker;
 grant select on table <app>.threads to <app>_app;
+grant select on table <app>.threads to <app>_reader;
 grant select on table <app>.threads to <app>_worker;
 grant select on table <app>.workflow_patches to <app>_app;
+grant select on table <app>.workflow_patches to <app>_reader;
 grant select on table <app>.workflow_patches to <app>_worker;
+grant select on table <app>.workflow_wait_list to <app>_app;
+grant select on table <app>.workflow_wait_list to <app>_reader;
+grant select on table <app>.workflow_wait_list to <app>_worker;
 grant select on table <app>.workflows to <app>_app;
+grant select on table <app>.workflows to <app>_reader;
 grant select on table <app>.workflows to <app>_worker;
 grant execute on function <app>.activity_heartbeat(bigint,uuid,interval) to <app>_worker;
 grant execute on function <app>.ask_human(bigint,uuid,integer,text,jsonb) to <app>_worker;
@@ -983,27 +1010,35 @@ grant execute on function <app>.continue_task(bigint,uuid,jsonb) to <app>_worker
 grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;
 grant execute on function <app>.create_schedule(text,text,text,jsonb,text,jsonb) to <app>_worker;
 grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_app;
+grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_reader;
 grant execute on function <app>.cron_next(text,text,timestamp with time zone) to <app>_worker;
 grant execute on function <app>.delete_schedule(text) to <app>_app;
 grant execute on function <app>.delete_schedule(text) to <app>_worker;
 grant execute on function <app>.emit_step(bigint,uuid,integer,jsonb) to <app>_worker;
 grant execute on function <app>.engine_clock() to <app>_app;
+grant execute on function <app>.engine_clock() to <app>_reader;
 grant execute on function <app>.engine_clock() to <app>_worker;
 grant execute on function <app>.engine_version() to <app>_app;
+grant execute on function <app>.engine_version() to <app>_reader;
 grant execute on function <app>.engine_version() to <app>_worker;
 grant execute on function <app>.entity_append(text,text,jsonb,text) to <app>_app;
 grant execute on function <app>.entity_append(text,text,jsonb,text) to <app>_worker;
 grant execute on function <app>.entity_delete(text,text,text) to <app>_app;
 grant execute on function <app>.entity_delete(text,text,text) to <app>_worker;
 grant execute on function <app>.entity_find(text,jsonb,integer,integer) to <app>_app;
+grant execute on function <app>.entity_find(text,jsonb,integer,integer) to <app>_reader;
 grant execute on function <app>.entity_find(text,jsonb,integer,integer) to <app>_worker;
 grant execute on function <app>.entity_find_by_condition(text,text,text,jsonb,integer,integer) to <app>_app;
+grant execute on function <app>.entity_find_by_condition(text,text,text,jsonb,integer,integer) to <app>_reader;
 grant execute on function <app>.entity_find_by_condition(text,text,text,jsonb,integer,integer) to <app>_worker;
 grant execute on function <app>.entity_find_by_id(text,text) to <app>_app;
+grant execute on function <app>.entity_find_by_id(text,text) to <app>_reader;
 grant execute on function <app>.entity_find_by_id(text,text) to <app>_worker;
 grant execute on function <app>.entity_get(text,text) to <app>_app;
+grant execute on function <app>.entity_get(text,text) to <app>_reader;
 grant execute on function <app>.entity_get(text,text) to <app>_worker;
 grant execute on function <app>.entity_history(text) to <app>_app;
+grant execute on function <app>.entity_history(text) to <app>_reader;
 grant execute on function <app>.entity_history(text) to <app>_worker;
 grant execute on function <app>.entity_increment(text,text,numeric,text) to <app>_app;
 grant execute on function <app>.entity_increment(text,text,numeric,text) to <app>_worker;
@@ -1021,28 +1056,38 @@ grant execute on function <app>.entity_step(bigint,uuid,integer,text,text,jsonb)
 grant execute on function <app>.entity_toggle(text,text,text) to <app>_app;
 grant execute on function <app>.entity_toggle(text,text,text) to <app>_worker;
 grant execute on function <app>.export_workflow(text) to <app>_app;
+grant execute on function <app>.export_workflow(text) to <app>_reader;
 grant execute on function <app>.export_workflow(text) to <app>_worker;
 grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_app;
+grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_reader;
 grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_worker;
 grant execute on function <app>.fail_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.get_human_task(bigint) to <app>_app;
+grant execute on function <app>.get_human_task(bigint) to <app>_reader;
 grant execute on function <app>.get_human_task(bigint) to <app>_reviewer;
 grant execute on function <app>.get_human_task(bigint) to <app>_worker;
 grant execute on function <app>.get_queue_limits() to <app>_app;
+grant execute on function <app>.get_queue_limits() to <app>_reader;
 grant execute on function <app>.get_queue_limits() to <app>_worker;
 grant execute on function <app>.get_setting(text) to <app>_app;
+grant execute on function <app>.get_setting(text) to <app>_reader;
 grant execute on function <app>.get_setting(text) to <app>_worker;
 grant execute on function <app>.get_workflow(text) to <app>_app;
+grant execute on function <app>.get_workflow(text) to <app>_reader;
 grant execute on function <app>.get_workflow(text) to <app>_worker;
 grant execute on function <app>.heartbeat(bigint[],uuid[],interval) to <app>_worker;
 grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_app;
 grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_worker;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_app;
+grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_reader;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_reviewer;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_worker;
 grant execute on function <app>.next_due(text[]) to <app>_worker;
 grant execute on function <app>.pause_schedule(text) to <app>_app;
 grant execute on function <app>.pause_schedule(text) to <app>_worker;
+grant execute on function <app>.queue_keys(text,integer) to <app>_app;
+grant execute on function <app>.queue_keys(text,integer) to <app>_reader;
+grant execute on function <app>.queue_keys(text,integer) to <app>_worker;
 grant execute on function <app>.reassign_human_task(bigint,text,text,text) to <app>_app;
 grant execute on function <app>.reassign_human_task(bigint,text,text,text) to <app>_reviewer;
 grant execute on function <app>.reassign_human_task(bigint,text,text,text) to <app>_worker;
@@ -1059,8 +1104,10 @@ grant execute on function <app>.resolve_human_task(bigint,text,jsonb) to <app>_w
 grant execute on function <app>.resume_schedule(text) to <app>_app;
 grant execute on function <app>.resume_schedule(text) to <app>_worker;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_app;
+grant execute on function <app>.retry_delay(jsonb,integer) to <app>_reader;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_worker;
 grant execute on function <app>.run_history(text,integer) to <app>_app;
+grant execute on function <app>.run_history(text,integer) to <app>_reader;
 grant execute on function <app>.run_history(text,integer) to <app>_worker;
 grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb,text) to <app>_worker;
 grant execute on function <app>.schedule_sleep(bigint,uuid,integer,numeric) to <app>_worker;
@@ -1079,17 +1126,24 @@ grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb)
 grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb) to <app>_worker;
 grant execute on function <app>.wait_signal(bigint,uuid,integer,text,numeric) to <app>_worker;
 grant execute on function <app>.waits_text(jsonb) to <app>_app;
+grant execute on function <app>.waits_text(jsonb) to <app>_reader;
 grant execute on function <app>.waits_text(jsonb) to <app>_worker;
 grant execute on function <app>.workflow_blocker(xid) to <app>_app;
+grant execute on function <app>.workflow_blocker(xid) to <app>_reader;
 grant execute on function <app>.workflow_blocker(xid) to <app>_worker;
 grant execute on function <app>.workflow_history(text) to <app>_app;
+grant execute on function <app>.workflow_history(text) to <app>_reader;
 grant execute on function <app>.workflow_history(text) to <app>_worker;
 grant execute on function <app>.workflow_outcome(text) to <app>_app;
+grant execute on function <app>.workflow_outcome(text) to <app>_reader;
 grant execute on function <app>.workflow_outcome(text) to <app>_worker;
 grant execute on function <app>.workflow_runs(text) to <app>_app;
+grant execute on function <app>.workflow_runs(text) to <app>_reader;
 grant execute on function <app>.workflow_runs(text) to <app>_worker;
 grant execute on function <app>.workflow_status(text) to <app>_app;
+grant execute on function <app>.workflow_status(text) to <app>_reader;
 grant execute on function <app>.workflow_status(text) to <app>_worker;
 grant execute on function <app>.workflow_waits(text) to <app>_app;
+grant execute on function <app>.workflow_waits(text) to <app>_reader;
 grant execute on function <app>.workflow_waits(text) to <app>_worker;
 grant usage on type <app>.claimed_task to public;

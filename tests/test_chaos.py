@@ -83,6 +83,7 @@ CALLS: dict[str, LiteralString] = {
     "workflow_runs": "select * from workflow_runs(%(id)s)",
     "run_history": "select * from run_history(%(id)s, 1)",
     "get_queue_limits": "select * from get_queue_limits()",
+    "queue_keys": "select * from queue_keys('cq')",
     "export_workflows": "select * from export_workflows(array['chaos_held'], null, null, 5)",
     "cron_next": "select * from cron_next('*/5 * * * *', 'UTC', now())",
     "create_schedule": "select * from create_schedule(%(id)s || '-c', '@every 1h', 'chaos_main',"

@@ -156,7 +156,7 @@ def app_roles(app: str, dsn: str) -> Iterator[tuple[str, str]]:
         pytest.skip("the test database user may not create roles")
     yield f"{app}_app", f"{app}_worker"
     with admin(dsn) as conn:
-        drop_roles(conn, f"{app}_app", f"{app}_worker")
+        drop_roles(conn, f"{app}_app", f"{app}_worker", f"{app}_reader")
 
 
 # ------------------------------------------------------------------------ the install
@@ -223,6 +223,64 @@ def test_every_public_function_has_an_owner_on_purpose(
     assert granted_owner_only == []
     # The worker may do everything the application may.
     assert [n for n, a, w in rows if a and not w] == []
+
+
+# ------------------------------------------------------------------------ the reader role
+
+
+def test_the_reader_role_reads_and_changes_nothing(
+    app: str, app_roles: tuple[str, str], logins: Logins, dsn: str
+) -> None:
+    """`<app>_reader` (the dashboard's reads): the views, the tables <app>_app reads and the
+    functions that change nothing; every function it may call the application may call too,
+    and a login of <app>_app may `set role` to it."""
+    reader = f"{app}_reader"
+    with admin(dsn) as conn:
+        rows = conn.execute(
+            "select p.proname::text, has_function_privilege(%s, p.oid, 'execute'),"
+            " has_function_privilege(%s, p.oid, 'execute')"
+            " from pg_proc as p where p.pronamespace = %s::regnamespace"
+            " and p.proname !~ '^_'",
+            (reader, app_roles[0], app),
+        ).fetchall()
+        attributes = conn.execute(
+            "select rolcanlogin, rolsuper from pg_roles where rolname = %s", (reader,)
+        ).fetchone()
+    assert attributes == (False, False)
+    readable = {name for name, r, _ in rows if r}
+    assert {name for name, r, a in rows if r and not a} == set()
+    writers = {
+        "start_workflow", "signal", "hook", "cancel_workflow", "entity_set", "entity_merge",
+        "entity_delete", "entity_append", "create_schedule", "update_schedule",
+        "pause_schedule", "resume_schedule", "trigger_schedule", "delete_schedule",
+        "set_queue_limits", "claim_tasks", "retry_workflow", "prune_runs",
+    }  # fmt: skip
+    assert readable & writers == set()
+    assert {"workflow_history", "entity_history", "get_queue_limits", "queue_keys"} <= readable
+
+    owner = admin(dsn)
+    owner.execute(sql.SQL("set search_path = {}").format(sql.Identifier(app)))
+    owner.execute("select start_workflow('w', '[]', 'q', 'r1')")
+    owner.execute("select create_schedule('r-s', '@daily', 'w', '[]', 'q')")
+    owner.close()
+    s = logins.session(app, reader)
+    assert s.one("select status from workflows where id = 'r1'") == "pending"
+    assert s.one("select workflow_status('r1')") == "pending"
+    assert s.one("select status from schedule_fires where id = 'r-s'") == "active"
+    assert s.one("select count(*) from queue_backlog") == 1
+    assert s.one("select count(*) from jobs") == 1
+    s.refused("select start_workflow('w', '[]', 'q', 'r2')")
+    s.refused("select signal('go', '1', 'r1')")
+    s.refused("select cancel_workflow('r1', 'no')")
+    s.refused("select entity_set('r1', '{}')")
+    s.refused("select pause_schedule('r-s')")
+    s.refused("update jobs set status = 'failed'")
+    s.refused("select * from tasks")
+    # A login of <app>_app reads as <app>_reader, as the dashboard does.
+    a = logins.session(app, app_roles[0])
+    a.conn.execute(sql.SQL("set role {}").format(sql.Identifier(reader)))
+    assert a.one("select workflow_status('r1')") == "pending"
+    a.refused("select start_workflow('w', '[]', 'q', 'r3')")
 
 
 # ------------------------------------------------------------------------ the application role
@@ -455,7 +513,7 @@ def test_an_installer_without_createrole_installs_and_warns(
     finally:
         with admin(dsn) as conn:
             conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app)))
-            drop_roles(conn, app + "_app", app + "_worker")
+            drop_roles(conn, app + "_app", app + "_worker", app + "_reader")
             conn.execute(
                 sql.SQL("revoke create on database {} from {}").format(
                     sql.Identifier(database), sql.Identifier(name)
@@ -483,7 +541,7 @@ def test_a_login_role_with_the_apps_role_name_gets_nothing(
     finally:
         with admin(dsn) as conn:
             conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app)))
-            drop_roles(conn, app + "_app", app + "_worker")
+            drop_roles(conn, app + "_app", app + "_worker", app + "_reader")
 
 
 # ------------------------------------------------------------------------ from Python

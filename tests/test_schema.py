@@ -318,7 +318,7 @@ async def test_engine_version_names_the_release_and_the_newest_migration(
     assert (installed.version, installed.migration) == (version("hotmesh"), newest)
     # The application's role may ask (it is public API), like the worker's.
     with admin(dsn) as conn:
-        for role in (f"{fresh}_app", f"{fresh}_worker"):
+        for role in (f"{fresh}_app", f"{fresh}_worker", f"{fresh}_reader"):
             with conn.transaction():
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
                 row = conn.execute(
@@ -346,41 +346,48 @@ def granted_names() -> dict[str, list[str]]:
         m.group(1): re.findall(r"'([a-z_0-9]+)'", m.group(2))
         for m in re.finditer(r"(v_\w+_functions) text\[\] := array\[(.*?)\];", text, re.S)
     }
-    assert set(lists) == {"v_app_functions", "v_worker_functions", "v_reviewer_functions"}, (
+    assert set(lists) == {
+        "v_app_functions",
+        "v_worker_functions",
+        "v_reader_functions",
+        "v_reviewer_functions",
+    }, (
         f"sql/{PRIVILEGES_FILE} no longer lists functions as this test reads them: update it"
     )
     return lists
 
 
-def public_functions(dsn: str, app: str) -> dict[str, tuple[bool, bool, bool]]:
-    """Each public (not `_`-prefixed) routine: may <app>_app, <app>_worker, <app>_reviewer
-    execute it."""
+def public_functions(dsn: str, app: str) -> dict[str, tuple[bool, bool, bool, bool]]:
+    """Each public (not `_`-prefixed) routine: may <app>_app, <app>_worker, <app>_reader,
+    <app>_reviewer execute it."""
     with admin(dsn) as conn:
         rows = conn.execute(
             "select p.proname::text, bool_or(has_function_privilege(%s, p.oid, 'execute')),"
             " bool_or(has_function_privilege(%s, p.oid, 'execute')),"
+            " bool_or(has_function_privilege(%s, p.oid, 'execute')),"
             " bool_or(has_function_privilege(%s, p.oid, 'execute'))"
             " from pg_proc as p where p.pronamespace = %s::regnamespace"
             " and p.proname !~ '^_' group by p.proname",
-            (f"{app}_app", f"{app}_worker", f"{app}_reviewer", app),
+            (f"{app}_app", f"{app}_worker", f"{app}_reader", f"{app}_reviewer", app),
         ).fetchall()
-    return {name: (a, w, r) for name, a, w, r in rows}
+    return {name: (a, w, r, v) for name, a, w, r, v in rows}
 
 
 def test_every_granted_name_is_a_function_of_the_schema(dsn: str, fresh: str) -> None:
     public = public_functions(dsn, fresh)
     lists = granted_names()
-    app, worker, reviewer = (
-        lists["v_app_functions"],
-        lists["v_worker_functions"],
-        lists["v_reviewer_functions"],
-    )
-    missing = sorted(set(app + worker + reviewer) - set(public))
+    app, worker = lists["v_app_functions"], lists["v_worker_functions"]
+    reader, reviewer = lists["v_reader_functions"], lists["v_reviewer_functions"]
+    missing = sorted(set(app + worker) - set(public))
     assert missing == [], f"sql/{PRIVILEGES_FILE} grants functions that do not exist"
-    # The application may call the reviewer's functions too; the reviewer nothing else.
-    assert sorted(n for n, (a, _, _) in public.items() if a) == sorted(app + reviewer)
-    assert sorted(n for n, (_, w, _) in public.items() if w) == sorted(app + reviewer + worker)
-    assert sorted(n for n, (_, _, r) in public.items() if r) == sorted(reviewer)
+    assert sorted(n for n, (a, _, _, _) in public.items() if a) == sorted(app)
+    assert sorted(n for n, (_, w, _, _) in public.items() if w) == sorted(app + worker)
+    # The reader's functions are some of the application's: those that change nothing; the
+    # reviewer's are the human task functions, which the application may call too.
+    assert sorted(n for n, (_, _, r, _) in public.items() if r) == sorted(reader)
+    assert set(reader) <= set(app)
+    assert sorted(n for n, (_, _, _, v) in public.items() if v) == sorted(reviewer)
+    assert set(reviewer) <= set(app)
 
 
 def documented_names() -> set[str]:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from helpers import SQL, Databases, Workers, sleep_until, with_dbname
@@ -93,6 +95,14 @@ def site(
     logs = tmp_path_factory.mktemp("ui")
     workers = Workers("ui_flows", dsn, databases.app, logs=logs, grace=3)
     servers: list[subprocess.Popen[bytes]] = []
+    # The read-only dashboard logs in as a member of <app>_reader and nothing else.
+    reader = "ui_ro_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("create role {} login in role {}").format(
+                sql.Identifier(reader), sql.Identifier(databases.app + "_reader")
+            )
+        )
     try:
         workers.spawn()
         assert sleep_until(lambda: "ready" in workers.log(), 30), workers.log()
@@ -103,7 +113,8 @@ def site(
             ("--allow-actions", "--token", TOKEN),
             ("mounted",),
         ]:
-            proc, url = _serve(dsn, databases.app, *flags, logs=logs)
+            login = make_conninfo(dsn, user=reader) if flags == () else dsn
+            proc, url = _serve(login, databases.app, *flags, logs=logs)
             servers.append(proc)
             urls.append(url)
         yield Site(dsn, databases.app, *urls)
@@ -113,6 +124,8 @@ def site(
             proc.wait(10)
         workers.close()
         databases.drop(name)
+        with psycopg.connect(cluster_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(reader)))
 
 
 # Module-scoped: Playwright's sync API keeps an event loop running in this thread while it is
@@ -431,6 +444,88 @@ def test_start_a_workflow_and_a_hook_and_retry(site: Site, db: SQL, page: Page) 
     )
 
 
+def test_schedules_and_queue_limits(site: Site, db: SQL, page: Page) -> None:
+    """The schedules and queues page: next and last fires, pause from the browser, a resume
+    from psql that the page follows without reload, trigger now; a queue's limits and its
+    concurrency keys, set and cleared from the browser (as the SQL caller would)."""
+    db.one("select create_schedule('nightly', '@every 1h', 'nobody_serves_this', '[]', 'idle')")
+    for n, key in enumerate(["acme", "acme", "globex"]):
+        db.one(
+            "select start_workflow('nobody_serves_this', '[]', 'keyed', %s, null, %s)",
+            f"key-{n}",
+            Jsonb({"concurrency_key": key}),
+        )
+    db.one("select set_queue_limits('keyed', max_running => 2, key_max_running => 1)")
+    page.goto(site.url + "/queues")
+    expect(page.locator("#live")).to_have_text("live")
+    nightly = page.locator("tr.schedule[data-schedule=nightly]")
+    expect(nightly.locator(".status")).to_have_text("active")
+    next_fire = db.one("select to_char(next_fire_at, 'YYYY-MM-DD HH24:MI:SS') from schedule_fires")
+    expect(nightly.locator(".next")).to_have_text(next_fire)
+    expect(page.locator("table.limits tr[data-queue=keyed]")).to_contain_text("0")
+    shot(page, "schedules-queues")
+
+    nightly.locator("form.pause button").click()
+    expect(page.locator("#statement")).to_have_text(f"select {site.app}.pause_schedule('nightly');")
+    page.click("#confirm button")
+    expect(page.locator("#done")).to_have_text("Schedule paused.")
+    assert db.one("select status from schedule_fires where id = 'nightly'") == "paused"
+    expect(nightly.locator(".next")).to_have_text("(paused)")
+    # A change from psql shows without reload (the schedule functions notify the app's channel).
+    page.evaluate("window.notReloaded = true")
+    db.one("select resume_schedule('nightly')")
+    expect(nightly.locator(".status")).to_have_text("active")
+    assert page.evaluate("window.notReloaded") is True
+    nightly.locator("form.trigger button").click()
+    page.click("#confirm button")
+    expect(page.locator("#done")).to_have_text("Schedule triggered: its run started.")
+    run = db.one("select last_run_id from schedule_fires where id = 'nightly'")
+    expect(page.locator("h1 .id")).to_have_text(run)
+
+    # The queue's page: where it stands against its limits, per key, busiest first.
+    page.goto(site.url + "/queues")
+    page.click("table.limits a.queue:text-is('keyed')")
+    expect(page.locator("table.keys tbody tr")).to_have_count(2)
+    expect(page.locator("table.keys tr[data-key=acme]")).to_contain_text("2")
+    expect(page.locator("table.keys tbody tr").first).to_have_attribute("data-key", "acme")
+    page.fill("form.limits input[name=max_running]", "3")
+    page.fill("form.limits input[name=rate]", "10")
+    page.fill("form.limits input[name=per]", "1m")
+    page.fill("form.limits input[name=key_max_running]", "2")
+    shot(page, "queue-keys")
+    page.click("form.limits button")
+    expect(page.locator("#statement")).to_have_text(
+        f"select {site.app}.set_queue_limits('keyed', max_running => 3, rate => 10,"
+        " per => '60 seconds', key_max_running => 2);"
+    )
+    page.click("#confirm button")
+    expect(page.locator("#done")).to_have_text("Limits set.")
+    assert db.rows(
+        "select max_running, rate, extract(epoch from per)::int, key_max_running"
+        " from get_queue_limits() where task_queue = 'keyed'"
+    ) == [(3, 10, 60, 2)]
+    # The database refuses a limit of 0: its message, and nothing changed.
+    page.fill("form.limits input[name=max_running]", "0")
+    page.click("form.limits button")
+    page.click("#confirm button")
+    expect(page.locator("#problem")).to_contain_text("(22023): max_running must be >= 1")
+    assert db.one("select max_running from get_queue_limits() where task_queue = 'keyed'") == 3
+    page.goto(site.url + "/queues/keyed")
+    page.click("form.clear button")
+    expect(page.locator("#statement")).to_have_text(f"select {site.app}.set_queue_limits('keyed');")
+    page.click("#confirm button")
+    expect(page.locator("#done")).to_have_text("Limits cleared.")
+    assert db.one("select count(*) from get_queue_limits()") == 0
+    # Not a number: a message, and nothing runs.
+    token = page.locator("form.limits input[name=csrf]").input_value()
+    response = page.request.post(
+        site.url + "/queues/keyed/limits",
+        form={"csrf": token, "max_running": "many", "confirm": "yes"},
+    )
+    assert response.status == 400 and "is not a whole number" in response.text()
+    assert db.one("select count(*) from get_queue_limits()") == 0
+
+
 # -- safety ----------------------------------------------------------------------------------------
 
 
@@ -442,11 +537,26 @@ def test_hostile_names_and_values_are_rendered_as_text(site: Site, db: SQL, page
     db.one(
         "select entity_set(%s, jsonb_build_object(%s::text, %s::text))", HOSTILE, HOSTILE, HOSTILE
     )
+    # A schedule, a limited queue and a concurrency key with hostile names.
+    db.one(
+        "select create_schedule(%s, '@daily', 'nobody_serves_this', '[]', %s, %s)",
+        HOSTILE,
+        HOSTILE,
+        Jsonb({"note": HOSTILE}),
+    )
+    db.one("select set_queue_limits(%s, max_running => 1)", HOSTILE)
+    db.one(
+        "select start_workflow('nobody_serves_this', '[]', %s, 'hostile-key', null, %s)",
+        HOSTILE,
+        Jsonb({"concurrency_key": HOSTILE}),
+    )
     for url in [
         site.url + "/workflows",
         detail(site, HOSTILE),
         site.url + "/",
         f"{site.url}/workflows?status={quote(HOSTILE)}",
+        site.url + "/queues",
+        f"{site.url}/queues/{quote(HOSTILE, safe='')}",
     ]:
         page.goto(url)
         assert page.evaluate("window.pwned") is None, url
@@ -455,6 +565,12 @@ def test_hostile_names_and_values_are_rendered_as_text(site: Site, db: SQL, page
     expect(page.locator("h1 .id")).to_have_text(HOSTILE)
     expect(page.locator("#entity")).to_contain_text(HOSTILE.replace('"', '\\"'))
     shot(page, "hostile")
+    page.goto(f"{site.url}/queues/{quote(HOSTILE, safe='')}")
+    expect(page.locator("h1 .id")).to_have_text(HOSTILE)
+    expect(page.locator("table.keys td.id")).to_have_text(HOSTILE)
+    page.goto(site.url + "/queues")
+    expect(page.locator("tr.schedule td.id").filter(has_text="onerror")).to_contain_text(HOSTILE)
+    shot(page, "hostile-queues")
 
 
 def test_csrf(site: Site, db: SQL, page: Page) -> None:
@@ -476,6 +592,13 @@ def test_csrf(site: Site, db: SQL, page: Page) -> None:
     assert status(db, "X1") == "pending"
     response = page.request.post(detail(site, "X1") + "/cancel", form={**form, "csrf": token})
     assert response.ok and status(db, "X1") == "cancelled"
+    # The schedule and queue actions check it too.
+    db.one("select create_schedule('x-sched', '@daily', 'nobody_serves_this', '[]', 'idle')")
+    for url in [site.url + "/schedules/x-sched/pause", site.url + "/queues/idle/limits"]:
+        response = page.request.post(url, form={"confirm": "yes", "max_running": "1"})
+        assert response.status == 403 and "CSRF" in response.text()
+    assert db.one("select status from schedule_fires where id = 'x-sched'") == "active"
+    assert db.one("select count(*) from get_queue_limits() where task_queue = 'idle'") == 0
 
 
 def test_read_only_hides_and_refuses_actions(site: Site, db: SQL, page: Page) -> None:
@@ -489,6 +612,20 @@ def test_read_only_hides_and_refuses_actions(site: Site, db: SQL, page: Page) ->
     )
     assert response.status == 403 and "read-only" in response.text()
     assert status(db, "RO1") == "pending"
+    # Every page reads as <app>_reader (this dashboard's login is a member of nothing else).
+    for path in ["/", "/workflows?waits=signal&search=region%3Deu&status=waiting"]:
+        response = page.goto(site.read_only + path)
+        assert response is not None and response.status == 200, path
+    db.one("select create_schedule('ro-sched', '@daily', 'nobody_serves_this', '[]', 'idle')")
+    page.goto(site.read_only + "/queues")
+    expect(page.locator("tr.schedule[data-schedule=ro-sched]")).to_contain_text("active")
+    page.goto(site.read_only + "/queues/idle")
+    expect(page.locator("table.queues")).to_contain_text("idle")
+    expect(page.locator("form.action")).to_have_count(0)
+    for url in ["/schedules/ro-sched/pause", "/queues/idle/limits"]:
+        response = page.request.post(site.read_only + url, form={"confirm": "yes"})
+        assert response.status == 403 and "read-only" in response.text()
+    assert db.one("select status from schedule_fires where id = 'ro-sched'") == "active"
 
 
 def test_token_or_basic_auth(site: Site, browser: Browser) -> None:

@@ -37,6 +37,7 @@ from hotmesh.rows import (
     HistoryEntry,
     HumanTask,
     QueueBacklog,
+    QueueKey,
     QueueLimits,
     RetryOutcome,
     Schedule,
@@ -346,6 +347,7 @@ _STATEMENTS = {
     " max_running => %(max_running)s::integer, rate => %(rate)s::integer,"
     " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer)",
     "get_queue_limits": "select {columns} from {}.get_queue_limits()",
+    "queue_keys": "select {columns} from {}.queue_keys(%(task_queue)s::text, %(limit)s::integer)",
     "get_setting": "select {}.get_setting(%(key)s::text)",
 }
 
@@ -371,6 +373,7 @@ _ROWS: dict[str, type[Any]] = {
     "comment_human_task": HumanTask,
     "resolve_human_task": HumanTask,
     "get_queue_limits": QueueLimits,
+    "queue_keys": QueueKey,
 }
 
 
@@ -534,6 +537,7 @@ _READS = frozenset(
         "export_workflow",
         "export_workflows",
         "get_queue_limits",
+        "queue_keys",
     }
 )
 _RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
@@ -1175,3 +1179,6 @@ class Database:
 
     async def get_queue_limits(self) -> list[QueueLimits]:
         return await self._rows("get_queue_limits", QueueLimits, {})
+
+    async def queue_keys(self, task_queue: str, limit: int) -> list[QueueKey]:
+        return await self._rows("queue_keys", QueueKey, {"task_queue": task_queue, "limit": limit})

@@ -100,6 +100,29 @@ def sql_files() -> list[Path]:
     return sorted(_paths.sql_dir().glob("*.sql"), key=lambda p: (p.name == PRIVILEGES_FILE, p))
 
 
+# A token of SQL text that may hold a ';' that does not end a statement.
+_SQL_TOKEN = re.compile(
+    r"--[^\n]*"  # line comment
+    r"|/\*(?:[^*]|\*(?!/))*\*/"  # block comment (the engine's files do not nest them)
+    r"|[eE]'(?:[^'\\]|\\.|'')*'"  # E'...' with backslash escapes
+    r"|'(?:[^']|'')*'"  # '...'
+    r'|"(?:[^"]|"")*"'  # "identifier"
+    r"|(\$[A-Za-z_]*\$)[\s\S]*?\1"  # $tag$ ... $tag$
+    r"|;"
+)
+
+
+def split_statements(text: str) -> list[str]:
+    """The statements of an SQL file, each without its ';', comment-only pieces left out."""
+    statements, start = [], 0
+    for match in _SQL_TOKEN.finditer(text):
+        if match.group() == ";":
+            statements.append(text[start : match.start()])
+            start = match.end()
+    statements.append(text[start:])
+    return [s.strip() for s in statements if _SQL_TOKEN.sub("", s).strip()]
+
+
 # The engine's routines and views, each with the place of its catalog row (a view's is its
 # rewrite rule's: `create or replace view` rewrites that, not pg_class).
 _ENGINE_OBJECTS = """
@@ -198,6 +221,7 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> list[int]
                 "select set_config('lock_timeout', %s, true)", (f"{lock_timeout * 1000:.0f}ms",)
             )
             step = "the schema"
+            await _check_citus(conn, app_id)
             await conn.execute(sql.SQL("create schema if not exists {}").format(schema))
             await conn.execute(sql.SQL("set local search_path = {}, pg_temp").format(schema))
             await conn.execute(
@@ -217,7 +241,11 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> list[int]
                     "insert into schema_migrations (version, name) values (%s, %s)",
                     (version, path.name),
                 )
-                await conn.execute(path.read_bytes())
+                # One statement at a time: on a Citus coordinator, DDL on a distributed table
+                # (create index, alter table ... set) is forwarded to the workers as the raw
+                # query string, and a multi-statement string fails there.
+                for statement in split_statements(path.read_text()):
+                    await conn.execute(statement.encode())
                 applied.append(version)
             cur = await conn.execute(_ENGINE_OBJECTS)
             before = set(await cur.fetchall())
@@ -233,7 +261,54 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> list[int]
             await conn.execute(privileges.read_bytes())
     except pg_errors.LockNotAvailable as error:
         raise _LockWait(step, error) from error
+    except psycopg.OperationalError as error:
+        # On Citus: a node that does not answer (its connection fails, SQLSTATE class 08).
+        if not (error.sqlstate or "").startswith("08") or conn.closed:
+            raise
+        raise HotMeshError(
+            f"app {app_id}: a Citus node does not answer ({error.diag.message_primary or error}"
+            f", at {step}): start it again, or take it out of the cluster "
+            "(citus_disable_node), then migrate again (nothing was changed)"
+        ) from error
     return applied
+
+
+# The Citus cluster this database belongs to, if any: whether this node is its coordinator,
+# its worker nodes, whether new schemas are distributed, and whether schema `app` exists
+# already and is distributed. Read only when the citus extension is installed.
+_CITUS = """
+select citus_is_coordinator(),
+       (select count(*) from pg_dist_node where groupid <> 0 and noderole = 'primary'),
+       current_setting('citus.enable_schema_based_sharding')::boolean,
+       to_regnamespace(%(app)s) is not null,
+       exists (select from pg_dist_schema where schemaid::text = quote_ident(%(app)s))
+"""
+
+
+async def _check_citus(conn: psycopg.AsyncConnection[TupleRow], app_id: str) -> None:
+    """On a Citus cluster, refuse what would install an app that its workers cannot use
+    (docs/citus.md): an install on a worker node, or a new app whose tables would stay on the
+    coordinator because schema-based sharding is off."""
+    cur = await conn.execute("select exists (select from pg_extension where extname = 'citus')")
+    if not (await cur.fetchone() or (False,))[0]:
+        return
+    cur = await conn.execute(_CITUS, {"app": app_id})
+    coordinator, workers, sharding, exists, distributed = await cur.fetchone() or (True, 0, 1, 1, 1)
+    if not coordinator:
+        raise HotMeshError(
+            f"app {app_id}: this database is a Citus worker node; migrate (and connect "
+            "workers and clients) through the coordinator (nothing was changed)"
+        )
+    if workers and not exists and not sharding:
+        raise HotMeshError(
+            f"app {app_id}: this database is a Citus coordinator with {workers} worker "
+            "node(s), but citus.enable_schema_based_sharding is off, so the app's tables would "
+            "stay on the coordinator: turn it on (alter database ... set "
+            "citus.enable_schema_based_sharding = on, or PGOPTIONS='-c "
+            "citus.enable_schema_based_sharding=on') and migrate again (nothing was changed)"
+        )
+    if exists and distributed:
+        log.info("app %s: a distributed schema (Citus schema-based sharding)", app_id)
 
 
 async def _refuse_downgrade(

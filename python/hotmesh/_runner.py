@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from hotmesh import errors
-from hotmesh._commands import Command, PatchMarker, RecordedStep, divergence
+from hotmesh._commands import Command, PatchMarker, RecordedStep, WaitSignal, divergence
+from hotmesh.interceptors import Interceptor, compose, overrides
 
 log = logging.getLogger("hotmesh.worker")
 
@@ -67,6 +68,20 @@ class Runtime(Protocol):
     def register_activities(
         self, task_queue: str, activities: Mapping[str, Callable[..., Any]]
     ) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkflowContext:
+    """What a workflow knows about its own run (`workflow.get_context()`; what workflow
+    interceptors are given: `replaying` says there whether the call is answered by history)."""
+
+    workflow_id: str
+    workflow_name: str
+    task_queue: str
+    thread: str
+    attempt: int
+    replaying: bool
+    run: int = 1
 
 
 class SandboxError(errors.HotMeshError, RuntimeError):
@@ -264,6 +279,7 @@ class Activation:
         perform: Perform | None = None,
         *,
         check_input: bool = True,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.task = task
         self.fn = fn
@@ -277,6 +293,12 @@ class Activation:
         self.pending: list[_Call] = []
         self.fault: errors.NonDeterminismError | None = None
         self.patches: dict[str, bool] = {}  # patched()'s answers: the same all run long
+        self.interceptors = tuple(interceptors)
+        # Without an interceptor that wraps durable calls (or signal deliveries), a call is
+        # the plain future: nothing of this costs the hot path.
+        self.outbound = overrides(self.interceptors, "durable_call") or overrides(
+            self.interceptors, "handle_signal"
+        )
 
     @property
     def replaying(self) -> bool:
@@ -312,12 +334,56 @@ class Activation:
             self.patches[patch_id] = answer
         return answer
 
+    def context(self, replaying: bool | None = None) -> WorkflowContext:
+        task = self.task
+        return WorkflowContext(
+            workflow_id=task.job_id,
+            workflow_name=task.workflow_name,
+            task_queue=task.task_queue,
+            thread=task.thread,
+            attempt=task.job_attempt,
+            replaying=self.replaying if replaying is None else replaying,
+            run=task.run,
+        )
+
     def call(self, command: Command) -> asyncio.Future[Any]:
         """The future of the thread's next durable call: its recorded outcome, a parked wait,
-        or a new command."""
-        self.next_seq(command.kind)
+        or a new command. The step number is taken now, also when interceptors wrap the
+        call, so they do not change the numbering."""
+        seq = self.next_seq(command.kind)
+        if not self.outbound or command.kind == PatchMarker.kind:
+            return self._call_at(seq, command)
+        return self.loop.create_task(self._intercepted(seq, command))
+
+    async def _intercepted(self, seq: int, command: Command) -> Any:
+        """A durable call through the interceptors' `durable_call` (and, for a signal wait,
+        `handle_signal` around its delivery)."""
+        ctx = self.context(replaying=seq in self.history)
+        made = False
+
+        def last(given: Command) -> asyncio.Future[Any]:
+            nonlocal made
+            if made:
+                raise SandboxError(f"an interceptor made durable call {seq} twice")
+            if given.kind != command.kind:
+                raise SandboxError(
+                    f"an interceptor turned durable call {seq} ({command.kind}) into a "
+                    f"{given.kind}: it may change a call's arguments, not its kind"
+                )
+            made = True
+            return self._call_at(seq, given)
+
+        outcome = await compose(self.interceptors, "durable_call", (ctx, seq), last)(command)
+        if isinstance(command, WaitSignal):
+            delivered = compose(
+                self.interceptors, "handle_signal", (ctx, command.signal_id), _delivered
+            )
+            outcome = await delivered(outcome)
+        return outcome
+
+    def _call_at(self, seq: int, command: Command) -> asyncio.Future[Any]:
         future = self.loop.create_future()
-        step = self.history.get(self.seq)
+        step = self.history.get(seq)
         if step is not None:
             task = self.task
             fault = divergence(step, command, task.job_id, task.thread, self.check_input, task.run)
@@ -326,7 +392,7 @@ class Activation:
                 return future
             if not _apply(future, step):
                 return future
-        self.pending.append(_Call(self.seq, command, future))
+        self.pending.append(_Call(seq, command, future))
         return future
 
     def fail_now(self, error: BaseException) -> asyncio.Future[Any]:
@@ -381,7 +447,15 @@ class Activation:
     async def _body(self) -> Any:
         # Called inside the task, so a call that fails at once (wrong number of arguments)
         # fails the workflow like any error of its code, instead of crashing the runner.
-        return await self.fn(*(self.task.args or []))
+        args = list(self.task.args or [])
+        if not self.interceptors:
+            return await self.fn(*args)
+        return await compose(self.interceptors, "execute_workflow", (self.context(),), self._fn)(
+            args
+        )
+
+    async def _fn(self, args: list[Any]) -> Any:
+        return await self.fn(*args)
 
     def _outcome(self, main: asyncio.Task[Any]) -> Outcome:
         error = main.exception()
@@ -468,6 +542,10 @@ async def _after_in_flight(
         if settled:
             return Continued(outcome.args, unseen=True)
     return outcome
+
+
+async def _delivered(payload: Any) -> Any:
+    return payload
 
 
 def _apply(future: asyncio.Future[Any], step: RecordedStep) -> bool:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hotmesh.errors import HotMeshError
+from hotmesh.interceptors import Interceptor, compose
 
 _current: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar("hotmesh_activity")
 
@@ -43,15 +44,31 @@ def heartbeat() -> None:
         beat()
 
 
-async def run_activity(fn: Callable[..., Any], args: list[Any], info: ActivityInfo) -> Any:
-    """Run an activity with its info set: `async def` on this loop, `def` in a thread."""
+async def run_activity(
+    fn: Callable[..., Any],
+    args: list[Any],
+    info: ActivityInfo,
+    interceptors: Sequence[Interceptor] = (),
+) -> Any:
+    """Run an activity with its info set: `async def` on this loop, `def` in a thread;
+    inside the interceptors' `execute_activity`, when there are any."""
     token = _current.set(info)
     try:
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*args)
-        result = await asyncio.to_thread(fn, *args)
-        if inspect.isawaitable(result):
-            return await result
-        return result
+        if interceptors:
+
+            async def last(given: list[Any]) -> Any:
+                return await _invoke(fn, given)
+
+            return await compose(interceptors, "execute_activity", (info,), last)(args)
+        return await _invoke(fn, args)
     finally:
         _current.reset(token)
+
+
+async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    result = await asyncio.to_thread(fn, *args)
+    if inspect.isawaitable(result):
+        return await result
+    return result

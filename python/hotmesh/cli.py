@@ -31,6 +31,7 @@ from hotmesh import _roles as _roles_module
 from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
 from hotmesh.errors import DatabaseUnreachable, HotMeshError, SchemaMismatch
+from hotmesh.interceptors import Interceptor
 from hotmesh.rows import HistoryEntry
 
 _STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
@@ -119,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
         "--build-id",
         help="this code's version, recorded by each activation (default: a digest of the "
         "workflow functions' source)",
+    )
+    worker.add_argument(
+        "--interceptor",
+        action="append",
+        default=[],
+        metavar="MODULE:FACTORY",
+        help="an Interceptor, or a callable that returns one, around the queue's workflows and "
+        "activities (repeatable, the first outermost; docs/interceptors.md)",
     )
 
     start = commands.add_parser("start", help="start a workflow")
@@ -367,6 +376,18 @@ def _load(spec: str) -> Any:
         raise HotMeshError(f"module {module_name!r} has no {attribute!r}") from None
 
 
+def _interceptor(spec: str) -> Interceptor:
+    """`--interceptor MODULE:FACTORY`: an Interceptor, or what calling FACTORY() returns."""
+    found = _load(spec)
+    made = found if isinstance(found, Interceptor) else found() if callable(found) else found
+    if not isinstance(made, Interceptor):
+        raise HotMeshError(
+            f"--interceptor {spec}: expected an Interceptor or a factory returning one, "
+            f"got {type(made).__name__}"
+        )
+    return made
+
+
 def _app(args: argparse.Namespace) -> str:
     if not args.app:
         raise HotMeshError("no app id: pass --app NAME or set HOTMESH_APP")
@@ -469,7 +490,10 @@ async def _worker(args: argparse.Namespace) -> int:
             activities.update({fn.__name__: fn for fn in found})
     if not workflows and not activities:
         raise HotMeshError("nothing to serve: name workflow functions and/or --activities")
-    mf = await MemFlow.init(app_id=_app(args), dsn=args.dsn, migrate=False)
+    interceptors = [_interceptor(spec) for spec in args.interceptor]
+    mf = await MemFlow.init(
+        app_id=_app(args), dsn=args.dsn, migrate=False, interceptors=interceptors
+    )
     if activities:
         await mf.worker.register_activities(
             task_queue=args.queue, activities=activities, concurrency=args.concurrency

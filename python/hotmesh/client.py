@@ -23,6 +23,14 @@ from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
 from hotmesh._runner import encode, encode_args
 from hotmesh.entity import EntityClient
+from hotmesh.interceptors import (
+    CancelInput,
+    Interceptor,
+    SignalInput,
+    StartInput,
+    check,
+    compose,
+)
 from hotmesh.retry import RetryPolicy
 from hotmesh.rows import (
     HistoryEntry,
@@ -90,7 +98,14 @@ class Handle:
         """Cancel the workflow: it ends `cancelled` (code 410), its queued tasks are removed
         and, with `descend`, its children are cancelled too. Returns the ids cancelled;
         IllegalTransition if it already finished."""
-        return await self._mf._db.cancel_workflow(self.workflow_id, reason, descend, False)
+        db = self._mf._db
+
+        async def cancel(given: CancelInput) -> list[str]:
+            return await db.cancel_workflow(given.workflow_id, given.reason, given.descend, False)
+
+        outbound = compose(self._mf.interceptors, "cancel_workflow", (), cancel)
+        cancelled: list[str] = await outbound(CancelInput(self.workflow_id, reason, descend))
+        return cancelled
 
     async def describe(self) -> WorkflowDescription:
         """Everything about the workflow (`<app>.get_workflow`): status, entity, tasks, ...,
@@ -311,10 +326,17 @@ class WorkflowClient:
         except errors.FatalError as error:
             # A caller's bad argument (22023), not a workflow-side failure (598).
             raise errors.InvalidArgument(error.message) from None
-        workflow_id = await self._mf._db.start_workflow(
-            workflow_name, arguments, task_queue, workflow_id, entity, options
-        )
-        return Handle(self._mf, workflow_id)
+        db = self._mf._db
+
+        async def start(given: StartInput) -> str:
+            return await db.start_workflow(
+                given.workflow_name, given.args, given.task_queue, given.workflow_id,
+                given.entity, dict(given.options),
+            )  # fmt: skip
+
+        outbound = compose(self._mf.interceptors, "start_workflow", (), start)
+        started = StartInput(workflow_name, arguments, task_queue, workflow_id, entity, options)
+        return Handle(self._mf, await outbound(started))
 
     async def signal(
         self,
@@ -331,7 +353,18 @@ class WorkflowClient:
             payload = encode(data, f"the data of signal {signal_id}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
-        return await self._mf._db.signal(signal_id, payload, workflow_id, idempotency_key)
+        db = self._mf._db
+
+        async def send(given: SignalInput) -> SignalOutcome:
+            return await db.signal(
+                given.signal_id, given.data, given.workflow_id, given.idempotency_key
+            )
+
+        outbound = compose(self._mf.interceptors, "signal_workflow", (), send)
+        outcome: SignalOutcome = await outbound(
+            SignalInput(signal_id, payload, workflow_id, idempotency_key)
+        )
+        return outcome
 
     async def hook(
         self,
@@ -477,11 +510,17 @@ class WorkerFactory:
         concurrency: int = 8,
         lease: float = 30.0,
         build_id: str | None = None,
+        interceptors: Iterable[Interceptor] | None = None,
     ) -> Worker:
         """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
         queue. A second create for the same queue adds to the worker that already serves it.
         `build_id` names this code version: each activation records it (`workflows.build_id`);
-        by default a digest of the source of the queue's workflow functions."""
+        by default a digest of the source of the queue's workflow functions. `interceptors`
+        wrap the queue's workflows and activities, inside the client's (docs/interceptors.md)."""
+        if interceptors is not None:
+            given = check(interceptors)
+            registry = self._mf.registry
+            registry.queue_interceptors[task_queue] = registry.interceptors + given
         functions: list[Callable[..., Any]] = []
         if callable(workflow):
             functions = [workflow]
@@ -511,11 +550,19 @@ class WorkerFactory:
 class MemFlow:
     """One app: its schema, a connection pool, a listener and the workers of this process."""
 
-    def __init__(self, app_id: str, dsn: str, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        dsn: str,
+        pool: AsyncConnectionPool,
+        interceptors: tuple[Interceptor, ...] = (),
+    ) -> None:
         self.app_id = app_id
         self.dsn = dsn
         self._db = Database(pool, app_id)
+        self.interceptors = interceptors
         self.registry = Registry()
+        self.registry.interceptors = interceptors
         self.workers: dict[str, Worker] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
@@ -533,10 +580,14 @@ class MemFlow:
         *,
         migrate: bool = True,
         pool_size: int = 10,
+        interceptors: Iterable[Interceptor] | None = None,
     ) -> MemFlow:
         """Connect to app `app_id` (a Postgres schema), installing or upgrading it first.
-        `dsn` defaults to DATABASE_URL, else the libpq environment (PGHOST, ...)."""
+        `dsn` defaults to DATABASE_URL, else the libpq environment (PGHOST, ...).
+        `interceptors` wrap this client's starts, signals and cancels and the workflows and
+        activities its workers run, the first outermost (docs/interceptors.md)."""
         _install.check_app_id(app_id)
+        layers = check(interceptors)
         source = _dsn_source(dsn)
         dsn = os.environ.get("DATABASE_URL", "") if dsn is None else dsn
         try:
@@ -557,7 +608,7 @@ class MemFlow:
             open=False,
         )
         await pool.open(wait=True)
-        return cls(app_id, dsn, pool)
+        return cls(app_id, dsn, pool, layers)
 
     async def events(self, topic: str | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Events workflows publish with `workflow.emit` from now on (all topics, or one):

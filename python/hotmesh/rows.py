@@ -120,6 +120,17 @@ class QueueLimits:
 
 
 @dataclass(frozen=True)
+class QueueKey:
+    """A row of `<app>.queue_keys(task_queue)`: one concurrency key of a queue and its tasks."""
+
+    concurrency_key: str
+    running: int
+    ready: int
+    delayed: int
+    oldest_ready_age: timedelta | None
+
+
+@dataclass(frozen=True)
 class Schedule:
     """A row of the `<app>.schedule_fires` view: `mf.schedule.list()`, `hotmesh schedule list`."""
 

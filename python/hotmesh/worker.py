@@ -52,6 +52,7 @@ from hotmesh._db import LOCK_TIMEOUT_MS, Claimed, Database, lock_busy
 from hotmesh._log import event, first_line, log_failure, task_fields
 from hotmesh._runner import Activation, Completed, Continued, Failed, Suspended, encode
 from hotmesh.activity import ActivityInfo, run_activity
+from hotmesh.interceptors import Interceptor
 from hotmesh.retry import has_timeouts
 
 if TYPE_CHECKING:
@@ -84,6 +85,13 @@ class Registry:
         self.halted = asyncio.Event()
         self._limited: frozenset[str] = frozenset()
         self._limits_read_at = -math.inf
+        # What wraps the workflows and activities of each queue (docs/interceptors.md): the
+        # client's interceptors, then those given to mf.worker.create for the queue.
+        self.interceptors: tuple[Interceptor, ...] = ()
+        self.queue_interceptors: dict[str, tuple[Interceptor, ...]] = {}
+
+    def interceptors_for(self, task_queue: str) -> tuple[Interceptor, ...]:
+        return self.queue_interceptors.get(task_queue, self.interceptors)
 
     def register_activities(self, task_queue: str, activities: Mapping[str, Activity]) -> None:
         self.activities.setdefault(task_queue, {}).update(activities)
@@ -470,7 +478,13 @@ class Worker:
             # Retryable (599): another worker on the queue may know it.
             await self._unregistered(task, "workflow", self.registry.workflows, 599)
             return
-        act = Activation(task, fn, self.registry, _Executor(self.db, task, self.registry))
+        act = Activation(
+            task,
+            fn,
+            self.registry,
+            _Executor(self.db, task, self.registry),
+            interceptors=self.registry.interceptors_for(task.task_queue),
+        )
         outcome = await act.run()
         self._settling_now()  # only the outcome's call remains
         fields = {**task_fields(task), "steps": act.seq}
@@ -557,7 +571,9 @@ class Worker:
         info = ActivityInfo(task.job_id, task.name, task.task_queue, task.attempt, False, beat)
         try:
             result = encode(
-                await run_activity(fn, list(task.args or []), info),
+                await run_activity(
+                    fn, list(task.args or []), info, self.registry.interceptors_for(task.task_queue)
+                ),
                 f"the result of activity {task.name}",
             )
         except Exception as error:
@@ -612,7 +628,10 @@ class _Executor:
                 attempt = 1 if recorded is None else recorded.attempt + 1
                 info = ActivityInfo(task.job_id, name, queue, attempt, True)
                 try:
-                    output = encode(await run_activity(fn, args, info), f"the result of {name}")
+                    layers = self.registry.interceptors_for(queue)
+                    output = encode(
+                        await run_activity(fn, args, info, layers), f"the result of {name}"
+                    )
                 except Exception as error:
                     return await db.record_step(
                         task, seq, "activity", name, args, None,

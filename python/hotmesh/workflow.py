@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from hotmesh import _durations, errors
@@ -28,7 +27,14 @@ from hotmesh._commands import (
     StartTimer,
     WaitSignal,
 )
-from hotmesh._runner import Activation, ContinueAsNew, activation, encode, encode_args
+from hotmesh._runner import (
+    Activation,
+    ContinueAsNew,
+    WorkflowContext,
+    activation,
+    encode,
+    encode_args,
+)
 from hotmesh.entity import Entity, workflow_entity
 from hotmesh.retry import RetryPolicy, policy_json
 
@@ -191,32 +197,10 @@ def continue_as_new(*args: Any) -> NoReturn:
     raise ContinueAsNew(encode_args(args, f"the args of the next run of {act.task.workflow_name}"))
 
 
-@dataclass(frozen=True)
-class WorkflowContext:
-    """What a workflow knows about its own run."""
-
-    workflow_id: str
-    workflow_name: str
-    task_queue: str
-    thread: str
-    attempt: int
-    replaying: bool
-    run: int = 1
-
-
 def get_context() -> WorkflowContext:
     """The running workflow's id, name, task queue, thread, attempt, whether the next
     durable call is replayed from history, and its run (1, then 2, ... after continue_as_new)."""
-    act: Activation = activation("get_context")
-    return WorkflowContext(
-        workflow_id=act.task.job_id,
-        workflow_name=act.task.workflow_name,
-        task_queue=act.task.task_queue,
-        thread=act.task.thread,
-        attempt=act.task.job_attempt,
-        replaying=act.replaying,
-        run=act.task.run,
-    )
+    return activation("get_context").context()
 
 
 def check_workflow_function(fn: Callable[..., Any]) -> None:

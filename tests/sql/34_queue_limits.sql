@@ -5,7 +5,7 @@
 begin;
 \ir _preamble.psql
 
-select plan(44);
+select plan(48);
 
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -229,6 +229,26 @@ select pg_temp.start_many('l-prio', 1, 'b', 0);
 select is(
     pg_temp.claim_keys('l-prio', 1), array['b'],
     'a higher-priority task of a key at its limit waits; another key''s goes'
+);
+
+-- queue_keys: the per-key view, busiest first; an unkeyed task is not a key; bad input 22023.
+select pg_temp.start_many('l-keys', 3, 'acme');
+select pg_temp.start_many('l-keys', 1, 'globex');
+select pg_temp.start_many('l-keys', 1);
+select set_queue_limits('l-keys', key_max_running => 1);
+select is(pg_temp.claim_keys('l-keys', 3), array['acme', 'globex', '-'], 'one task of each key');
+select results_eq(
+    $$select concurrency_key, running, ready, delayed from queue_keys('l-keys')$$,
+    $$values ('acme', 1::bigint, 2::bigint, 0::bigint), ('globex', 1, 0, 0)$$,
+    'queue_keys: running and ready per key, busiest first'
+);
+select is(
+    (select array_agg(concurrency_key) from queue_keys('l-keys', 1)), array['acme'],
+    'queue_keys: at most p_limit keys'
+);
+select throws_ok(
+    $$select * from queue_keys('l-keys', 0)$$, '22023',
+    'limit must be from 1 to 10000, not 0', 'queue_keys: a limit out of range is 22023'
 );
 
 select * from finish(true);

@@ -1,8 +1,9 @@
 """The dashboard's ASGI application: pages, actions, and the live stream.
 
-Reads run as `<app>_app` in read-only transactions; actions call the same stored functions a
-psql user would (through hotmesh._db), as `<app>_app`, except retry_workflow, which the
-database keeps for the schema's owner: it runs with the dashboard's own login. Every
+Reads run as `<app>_reader` (no function that changes anything) in read-only transactions;
+actions call the same stored functions a psql user would (through hotmesh._db), as
+`<app>_app`, except retry_workflow and set_queue_limits, which the database keeps for the
+schema's owner: they run with the dashboard's own login. Every
 connection is opened for the request and closed after it (a null pool), so a database that
 went away and came back needs nothing reset.
 """
@@ -16,7 +17,7 @@ import hmac
 import ipaddress
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
@@ -29,7 +30,6 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncNullConnectionPool, PoolTimeout
 from starlette.applications import Starlette
-from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -37,6 +37,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hotmesh import _durations as durations
 from hotmesh import errors
 from hotmesh._db import ADAPTERS, Database
 from hotmesh._install import check_app_id
@@ -54,7 +55,17 @@ _DONE = {
     "retry": "Retry requested.",
     "hook": "Hook started.",
     "start": "Workflow started.",
+    "pause": "Schedule paused.",
+    "resume": "Schedule resumed.",
+    "trigger": "Schedule triggered: its run started.",
+    "limits": "Limits set.",
+    "clear": "Limits cleared.",
 }
+_KEYS = 200  # concurrency keys shown on a queue's page
+_NUMBERS = ("max_running", "rate", "key_max_running")  # integer fields: SQL numbers
+
+
+Values = dict[str, str | None]  # an action's form fields: text, or None when left empty
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,11 @@ class _Action:
     title: str
     fields: tuple[str, ...]
     sql: str  # shown on the confirmation page, with the form's values as literals
-    run: Callable[[_Ui, str, FormData], Awaitable[str]]  # returns the workflow id to show
+    run: Callable[[_Ui, str, Values], Awaitable[str]]  # returns what `page` shows
+    page: str = "/workflows/{}"  # where it goes when done, with what `run` returned
+    as_owner: str = ""  # the owner-only function it calls: it runs with the dashboard's login
+    # Checks and normalises the fields before the confirmation (InvalidArgument: a message).
+    prepare: Callable[[Values], Values] | None = None
 
 
 class _Ui:
@@ -79,10 +94,11 @@ class _Ui:
         self.list_window = list_window
         self.schema = sql.Identifier(app_id)
         role = sql.Identifier(f"{app_id}_app")
+        reader = sql.Identifier(f"{app_id}_reader")
         kwargs = {"autocommit": True, "context": ADAPTERS, "connect_timeout": 5}
 
         async def as_reader(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute(sql.SQL("set role {}").format(role))
+            await conn.execute(sql.SQL("set role {}").format(reader))
             await conn.execute("set default_transaction_read_only = on")
 
         async def as_app(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -278,7 +294,34 @@ async def workflow(request: Request) -> Response:
 
 
 async def queues(request: Request) -> Response:
-    return _render(request, "queues.html", queues=await _ui(request).reader.queue_backlog())
+    ui = _ui(request)
+    return _render(
+        request,
+        "queues.html",
+        schedules=await ui.reader.list_schedules(None),
+        limits=await ui.reader.get_queue_limits(),
+        queues=await ui.reader.queue_backlog(),
+        done=_DONE.get(request.query_params.get("done", "")),
+    )
+
+
+async def queue(request: Request) -> Response:
+    """One task queue: its limits (and a form to change them), its concurrency keys, its
+    backlog. Any name has a page: a queue may be limited before its first task."""
+    ui = _ui(request)
+    name = request.path_params["queue"]
+    limits = [row for row in await ui.reader.get_queue_limits() if row.task_queue == name]
+    return _render(
+        request,
+        "queue.html",
+        queue=name,
+        limits=limits,
+        current=limits[0] if limits else None,
+        keys=await ui.reader.queue_keys(name, _KEYS),
+        key_limit=_KEYS,
+        queues=[row for row in await ui.reader.queue_backlog() if row.task_queue == name],
+        done=_DONE.get(request.query_params.get("done", "")),
+    )
 
 
 async def start_form(request: Request) -> Response:
@@ -288,8 +331,8 @@ async def start_form(request: Request) -> Response:
 # -- actions -------------------------------------------------------------------------------------
 
 
-def _json_field(form: FormData, name: str, default: Any) -> Any:
-    text = str(form.get(name) or "").strip()
+def _json_field(values: Values, name: str, default: Any) -> Any:
+    text = values.get(name)
     if not text:
         return default
     try:
@@ -298,51 +341,94 @@ def _json_field(form: FormData, name: str, default: Any) -> Any:
         raise errors.InvalidArgument(f"{name} is not valid JSON: {error}") from None
 
 
-def _text(form: FormData, name: str) -> str | None:
-    return str(form.get(name) or "").strip() or None
+def _text(values: Mapping[str, Any], name: str) -> str | None:
+    return str(values.get(name) or "").strip() or None
 
 
-async def _signal(ui: _Ui, workflow_id: str, form: FormData) -> str:
+async def _signal(ui: _Ui, workflow_id: str, values: Values) -> str:
     await ui.actor.signal(
-        str(_text(form, "signal_id")), _json_field(form, "payload", None), workflow_id, None
+        str(values.get("signal_id")), _json_field(values, "payload", None), workflow_id, None
     )
     return workflow_id
 
 
-async def _cancel(ui: _Ui, workflow_id: str, form: FormData) -> str:
-    descend = form.get("descend") == "true"
-    await ui.actor.cancel_workflow(workflow_id, _text(form, "reason"), descend, False)
+async def _cancel(ui: _Ui, workflow_id: str, values: Values) -> str:
+    descend = values.get("descend") == "true"
+    await ui.actor.cancel_workflow(workflow_id, values.get("reason"), descend, False)
     return workflow_id
 
 
-async def _retry(ui: _Ui, workflow_id: str, form: FormData) -> str:
+async def _retry(ui: _Ui, workflow_id: str, values: Values) -> str:
     await ui.owner.retry_workflow(workflow_id)
     return workflow_id
 
 
-async def _hook(ui: _Ui, workflow_id: str, form: FormData) -> str:
+async def _hook(ui: _Ui, workflow_id: str, values: Values) -> str:
     await ui.actor.hook(
         workflow_id,
-        str(_text(form, "workflow_name")),
-        _json_field(form, "args", []),
-        _text(form, "task_queue"),
-        _text(form, "signal_id"),
+        str(values.get("workflow_name")),
+        _json_field(values, "args", []),
+        values.get("task_queue"),
+        values.get("signal_id"),
     )
     return workflow_id
 
 
-async def _start(ui: _Ui, workflow_id: str, form: FormData) -> str:
+async def _start(ui: _Ui, workflow_id: str, values: Values) -> str:
     return await ui.actor.start_workflow(
-        str(_text(form, "workflow_name")),
-        _json_field(form, "args", []),
-        _text(form, "task_queue"),
-        _text(form, "workflow_id"),
-        _text(form, "entity"),
+        str(values.get("workflow_name")),
+        _json_field(values, "args", []),
+        values.get("task_queue"),
+        values.get("workflow_id"),
+        values.get("entity"),
         {},
     )
 
 
-_ACTIONS = {
+def _schedule_call(name: str) -> Callable[[_Ui, str, Values], Awaitable[str]]:
+    async def call(ui: _Ui, schedule_id: str, values: Values) -> str:
+        shown = await ui.actor.schedule_call(name, schedule_id)
+        return str(shown) if name == "trigger" else schedule_id  # trigger: the run's id
+
+    return call
+
+
+def _limit_values(values: Values) -> Values:
+    """The limits as the SQL takes them: whole numbers, and `per` as an interval's text."""
+    checked: Values = {}
+    for name, value in values.items():
+        if value is not None and name in _NUMBERS:
+            if not value.isdigit():
+                raise errors.InvalidArgument(f"{name}: {value!r} is not a whole number")
+            value = str(int(value))
+        elif value is not None and name == "per":
+            value = f"{durations.seconds(value, 'per'):g} seconds"
+        checked[name] = value
+    return checked
+
+
+async def _limits(ui: _Ui, task_queue: str, values: Values) -> str:
+    def number(name: str) -> int | None:
+        value = values.get(name)
+        return None if value is None else int(value)
+
+    per = values.get("per")
+    await ui.owner.set_queue_limits(
+        task_queue,
+        number("max_running"),
+        number("rate"),
+        None if per is None else timedelta(seconds=durations.seconds(per, "per")),
+        number("key_max_running"),
+    )
+    return task_queue
+
+
+async def _clear(ui: _Ui, task_queue: str, values: Values) -> str:
+    await ui.owner.set_queue_limits(task_queue, None, None, None, None)
+    return task_queue
+
+
+_WORKFLOW_ACTIONS = {
     "signal": _Action(
         "Send a signal",
         ("signal_id", "payload"),
@@ -356,7 +442,11 @@ _ACTIONS = {
         _cancel,
     ),
     "retry": _Action(
-        "Retry from the last recorded step", (), "select {app}.retry_workflow({id})", _retry
+        "Retry from the last recorded step",
+        (),
+        "select {app}.retry_workflow({id})",
+        _retry,
+        as_owner="retry_workflow",
     ),
     "hook": _Action(
         "Start a hook",
@@ -364,25 +454,90 @@ _ACTIONS = {
         "select {app}.hook({id}, {workflow_name}, {args}, {task_queue}, {signal_id})",
         _hook,
     ),
-    "start": _Action(
-        "Start a workflow",
-        ("workflow_name", "args", "task_queue", "workflow_id", "entity"),
-        "select {app}.start_workflow({workflow_name}, {args}, {task_queue}, "
-        "{workflow_id}, {entity})",
-        _start,
+}
+_START = _Action(
+    "Start a workflow",
+    ("workflow_name", "args", "task_queue", "workflow_id", "entity"),
+    "select {app}.start_workflow({workflow_name}, {args}, {task_queue}, {workflow_id}, {entity})",
+    _start,
+)
+_SCHEDULE_ACTIONS = {
+    "pause": _Action(
+        "Pause the schedule",
+        (),
+        "select {app}.pause_schedule({id})",
+        _schedule_call("pause"),
+        "/queues",
+    ),
+    "resume": _Action(
+        "Resume the schedule",
+        (),
+        "select {app}.resume_schedule({id})",
+        _schedule_call("resume"),
+        "/queues",
+    ),
+    "trigger": _Action(
+        "Start a run of the schedule now",
+        (),
+        "select {app}.trigger_schedule({id})",
+        _schedule_call("trigger"),
+    ),
+}
+_QUEUE_ACTIONS = {
+    "limits": _Action(
+        "Set the queue's limits",
+        ("max_running", "rate", "per", "key_max_running"),
+        "select {app}.set_queue_limits({id}, max_running => {max_running}, rate => {rate},"
+        " per => {per}, key_max_running => {key_max_running})",
+        _limits,
+        "/queues/{}",
+        "set_queue_limits",
+        _limit_values,
+    ),
+    "clear": _Action(
+        "Clear the queue's limits",
+        (),
+        "select {app}.set_queue_limits({id})",
+        _clear,
+        "/queues/{}",
+        "set_queue_limits",
     ),
 }
 
 
-def _literal(value: str | None) -> str:
+def _literal(name: str, value: str | None) -> str:
+    if name == "descend":
+        return "true" if value == "true" else "false"
     if value is None or value == "":
         return "null"
+    if name in _NUMBERS:
+        return value  # checked by _limit_values: digits only
     return "'" + value.replace("'", "''") + "'"
 
 
-async def action(request: Request) -> Response:
-    """POST /workflows/{id}/{action} and /start: refused when read-only or without the CSRF
-    token; without `confirm` it shows what will run; with it, it runs and redirects."""
+async def workflow_action(request: Request) -> Response:
+    name = request.path_params["action"]
+    return await _act(request, _WORKFLOW_ACTIONS.get(name), name, request.path_params["id"])
+
+
+async def start_action(request: Request) -> Response:
+    return await _act(request, _START, "start", "")
+
+
+async def schedule_action(request: Request) -> Response:
+    name = request.path_params["action"]
+    return await _act(request, _SCHEDULE_ACTIONS.get(name), name, request.path_params["id"])
+
+
+async def queue_action(request: Request) -> Response:
+    name = request.path_params["action"]
+    return await _act(request, _QUEUE_ACTIONS.get(name), name, request.path_params["queue"])
+
+
+async def _act(request: Request, act: _Action | None, name: str, target: str) -> Response:
+    """POST an action on `target` (a workflow, a schedule, a queue; "" for a start): refused
+    when read-only or without the CSRF token; without `confirm` it shows what will run; with
+    it, it runs and redirects."""
     ui = _ui(request)
     if not ui.allow_actions:
         return _error(
@@ -401,51 +556,38 @@ async def action(request: Request) -> Response:
             "Refused",
             "The form's CSRF token is missing or wrong: reload the page and try again.",
         )
-    name = request.path_params.get("action", "start")
-    act = _ACTIONS.get(name)
     if act is None:
         raise HTTPException(404, f"No action {name!r}.")
-    workflow_id = request.path_params.get("id", "")
     values = {f: _text(form, f) for f in act.fields}
+    if act.prepare is not None:
+        try:
+            values = act.prepare(values)
+        except errors.InvalidArgument as invalid:
+            return _error(request, 400, act.title, str(invalid))
     statement = act.sql.format(
         app=ui.app_id,
-        id=_literal(workflow_id),
-        **{
-            f: ("true" if v == "true" else "false") if f == "descend" else _literal(v)
-            for f, v in values.items()
-        },
+        id=_literal("id", target),
+        **{f: _literal(f, v) for f, v in values.items()},
     )
+    root = request.scope.get("root_path", "")
+    context: dict[str, Any] = {
+        "act": act,
+        "target": target,
+        "values": values,
+        "statement": statement,
+        "back": act.page.format(_quote(target)) if target else "/workflows",
+    }
     if form.get("confirm") != "yes":
-        return _render(
-            request,
-            "confirm.html",
-            act=act,
-            name=name,
-            workflow_id=workflow_id,
-            values=values,
-            statement=statement,
-            problem=None,
-        )
+        return _render(request, "confirm.html", problem=None, **context)
     try:
-        shown = await act.run(ui, workflow_id, form)
+        shown = await act.run(ui, target, values)
     except (errors.HotMeshError, psycopg.Error) as error:
         if isinstance(error, _DB_DOWN):
             raise
         sqlstate = getattr(error, "sqlstate", None) or ""
         problem = f"The database refused it ({sqlstate}): {str(error).splitlines()[0]}"
-        return _render(
-            request,
-            "confirm.html",
-            409,
-            act=act,
-            name=name,
-            workflow_id=workflow_id,
-            values=values,
-            statement=statement,
-            problem=problem,
-        )
-    root = request.scope.get("root_path", "")
-    return RedirectResponse(f"{root}/workflows/{_quote(shown)}?done={name}", status_code=303)
+        return _render(request, "confirm.html", 409, problem=problem, **context)
+    return RedirectResponse(f"{root}{act.page.format(_quote(shown))}?done={name}", status_code=303)
 
 
 def _quote(workflow_id: str) -> str:
@@ -585,11 +727,14 @@ def create_app(
     routes = [
         Route("/", overview),
         Route("/workflows", workflows),
-        Route("/workflows/{id:path}/{action:str}", action, methods=["POST"]),
+        Route("/workflows/{id:path}/{action:str}", workflow_action, methods=["POST"]),
         Route("/workflows/{id:path}", workflow),
         Route("/queues", queues),
+        Route("/queues/{queue:path}/{action:str}", queue_action, methods=["POST"]),
+        Route("/queues/{queue:path}", queue),
+        Route("/schedules/{id:path}/{action:str}", schedule_action, methods=["POST"]),
         Route("/start", start_form),
-        Route("/start", action, methods=["POST"]),
+        Route("/start", start_action, methods=["POST"]),
         Route("/events", events),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]

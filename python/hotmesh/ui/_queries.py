@@ -1,5 +1,5 @@
 """The SQL the dashboard reads with (the actions call the stored functions through
-hotmesh._db). Reads of the app's tables and views only, on a `<app>_app` connection in
+hotmesh._db). Reads of the app's tables and views only, on a `<app>_reader` connection in
 read-only transactions; `{app}` is the app schema, composed with `sql.Identifier`.
 
 The workflow list is keyset-paginated on (created_at, id), served by the index

@@ -1,0 +1,194 @@
+"""The durable AI agent example (python/examples/research_agent.py, docs/agents.md) with its
+offline model: end to end, and with its worker killed (SIGKILL) while the tool hooks run,
+after which another worker finishes it with the same entity as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import SQL, Process, kill9, python, sleep_until, until, until_row
+from hotmesh import MemFlow
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "python" / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import research_agent as agent  # noqa: E402
+
+QUESTION = "Is PostgreSQL a good fit for durable workflows?"
+REVIEW = {"accepted": True, "by": "lead@example.com", "comment": "well sourced"}
+
+
+async def awaiting_acceptance(mf: MemFlow, workflow_id: str) -> None:
+    """Until the supervisor's answer waits for a person."""
+
+    async def reached() -> bool:
+        doc = await mf.workflow.get_handle(workflow_id).describe()
+        assert doc["status"] not in ("failed", "cancelled"), doc
+        return doc["context"].get("stage") == "awaiting acceptance" and bool(doc["waiting_on"])
+
+    await until(reached, f"{workflow_id} to reach its answer", limit=60, every=0.1)
+
+
+async def accepted_run(mf: MemFlow, workflow_id: str) -> tuple[Any, dict[str, Any]]:
+    """Wait for the answer, accept it; the result and the final entity."""
+    await awaiting_acceptance(mf, workflow_id)
+    await mf.workflow.signal(agent.ACCEPT_SIGNAL, REVIEW, workflow_id=workflow_id)
+    result = await mf.workflow.get_handle(workflow_id).result(timeout=60)
+    return result, await mf.entity(workflow_id).get()
+
+
+@pytest.mark.timeout(120)
+async def test_research_agent_end_to_end(app: str, dsn: str, db: SQL) -> None:
+    assert isinstance(agent.MODEL, agent.OfflineModel)
+    mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    try:
+        await agent.serve(mf)
+        workflow_id = await agent.start(mf, QUESTION, "research-1")
+        await awaiting_acceptance(mf, workflow_id)
+        # the supervisor's answer waits for a person; nothing else is queued
+        doc = await mf.workflow.get_handle(workflow_id).describe()
+        assert doc["waiting_on"] == "signal accept-answer", doc["waiting_on"]
+        assert db.one("select count(*) from tasks") == 0
+        result, entity = await accepted_run(mf, workflow_id)
+    finally:
+        await mf.close(grace=2.0)
+
+    answer = "Is PostgreSQL a good fit for durable workflows: yes, on balance. After round 3: "
+    answer += "3 findings for, 3 doubts, 3 checked sources."
+    assert result == {"answer": answer, "accepted": True, "rounds": 3}
+    assert entity == {
+        "question": QUESTION,
+        "tasks": ["Find background", "Find evidence for", "Find evidence against"],
+        "round": 3,
+        "stage": "accepted",
+        "summary": "After round 3: 3 findings for, 3 doubts, 3 checked sources.",
+        "memory": [
+            {
+                "round": n,
+                "summary": f"After round {n}: 3 findings for, 3 doubts, 3 checked sources.",
+            }
+            for n in (1, 2, 3)
+        ],
+        "decisions": [
+            {"round": 1, "decision": "continue"},
+            {"round": 2, "decision": "continue"},
+            {"round": 3, "decision": "done"},
+        ],
+        "answer": answer,
+        "review": REVIEW,
+    }
+    # rounds 1-2 in run 1, round 3 in run 2 (continue_as_new)
+    assert db.rows("select run, status, args from workflow_runs('research-1') order by run") == [
+        (1, "continued", [QUESTION]),
+        (2, "completed", [QUESTION, 3]),
+    ]
+    # each round's three tools wrote their own findings from their own hook thread, then the
+    # reflector condensed and removed them
+    changes = db.rows("select thread, op, path from entity_history('research-1') order by version")
+    tools = [(t, p) for t, op, p in changes if op == "set" and p and p[0] == "findings"]
+    assert sorted(p[1] for _, p in tools) == sorted(list(agent.ROLES) * 3)
+    assert len({t for t, _ in tools}) >= 3 and all(t.startswith("h") for t, _ in tools)
+    assert [p for _, op, p in changes if op == "delete"] == [["findings"]] * 3
+    # every model call went through the limited queue, with its timeout, and ran once:
+    # 1 plan + 3 rounds x (3 tools + reflector + supervisor)
+    calls = db.rows(
+        "select input ->> 0 from steps where kind = 'activity' and name = 'ask_model'"
+        " union all select input ->> 0 from run_steps"
+        " where kind = 'activity' and name = 'ask_model'"
+    )
+    assert sorted(role for (role,) in calls) == sorted(
+        ["planner"] + ["optimist", "skeptic", "verifier", "reflector", "supervisor"] * 3
+    )
+    limits = db.rows(
+        "select max_running, rate, per from get_queue_limits() where task_queue = 'llm'"
+    )
+    assert [(m, r, p.total_seconds()) for m, r, p in limits] == [(2, 10, 1.0)]
+
+
+def spawn_worker(dsn: str, app: str, log: Path, **env: str) -> Process:
+    """python/examples/research_agent.py worker, as its own process (lease 1 s)."""
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HOTMESH_AGENT")},
+        "DATABASE_URL": dsn,
+        "HOTMESH_APP": app,
+        "HOTMESH_AGENT_LEASE": "1",
+        **env,
+    }
+    return python(str(EXAMPLES / "research_agent.py"), "worker", env=environment, stdout=log)
+
+
+@pytest.mark.timeout(180)
+async def test_worker_killed_while_tools_run(
+    app: str, dsn: str, db: SQL, mf: MemFlow, tmp_path: Path
+) -> None:
+    """The worker dies (SIGKILL) while round 1's tool hooks run: some have written their
+    findings, the others are in the middle of their model call. Another worker finishes the
+    workflow, and its entity is the one an uninterrupted run ends with."""
+    first = spawn_worker(dsn, app, tmp_path / "first.log", HOTMESH_AGENT_OFFLINE_DELAY="0.4")
+    try:
+        await agent.start(mf, QUESTION, "killed")
+        # two of the three tools have written (the queue runs two model calls at once), the
+        # third's call runs
+        await until_row(
+            db,
+            "select count(*) between 1 and 2 from jobs, jsonb_object_keys(context -> 'findings')"
+            " where id = 'killed' and jsonb_typeof(context -> 'findings') = 'object'"
+            " group by id",
+            limit=60,
+        )
+        leased = db.rows(
+            "select kind, thread from tasks where state = 'leased' and lease_owner like %s",
+            f"%:{first.pid}:%",
+        )
+        running = db.rows(
+            "select thread from threads where job_id = 'killed' and status <> 'completed'"
+        )
+        kill9(first)
+    finally:
+        if first.poll() is None:
+            kill9(first)
+    assert leased, "the first worker held no lease when it was killed"
+    assert any(thread.startswith("h") for (thread,) in running), running
+    assert "findings" in db.one("select context from jobs where id = 'killed'")
+
+    second = spawn_worker(dsn, app, tmp_path / "second.log")
+    try:
+        killed_result, killed_entity = await accepted_run(mf, "killed")
+        # the uninterrupted run, on the same worker
+        await agent.start(mf, QUESTION, "uninterrupted")
+        result, entity = await accepted_run(mf, "uninterrupted")
+    finally:
+        kill9(second)
+    assert killed_result == result
+    assert killed_entity == entity, json.dumps([killed_entity, entity], indent=1)
+    assert db.rows("select id, status from jobs order by id") == [
+        ("killed", "completed"),
+        ("uninterrupted", "completed"),
+    ]
+    # nothing recorded ran twice: the same model calls in both
+    calls = (
+        "select count(*) from (select job_id from steps where name = 'ask_model'"
+        " union all select job_id from run_steps where name = 'ask_model') as s"
+        " where job_id = %s"
+    )
+    assert db.one(calls, "killed") == db.one(calls, "uninterrupted") == 16
+    sleep_until(lambda: db.one("select count(*) from tasks") == 0, 10)
+
+
+def test_docs_excerpts_are_the_example() -> None:
+    """docs/agents.md quotes the example in illustration blocks: each is verbatim in it."""
+    docs = (EXAMPLES.parent.parent / "docs" / "agents.md").read_text()
+    source = (EXAMPLES / "research_agent.py").read_text()
+    excerpts = re.findall(
+        r"```python illustration\n# illustration: an excerpt[^\n]*\n(.*?)```", docs, flags=re.DOTALL
+    )
+    assert len(excerpts) == 2
+    for excerpt in excerpts:
+        assert excerpt in source, excerpt
