@@ -351,9 +351,7 @@ def granted_names() -> dict[str, list[str]]:
         "v_worker_functions",
         "v_reader_functions",
         "v_reviewer_functions",
-    }, (
-        f"sql/{PRIVILEGES_FILE} no longer lists functions as this test reads them: update it"
-    )
+    }, f"sql/{PRIVILEGES_FILE} no longer lists functions as this test reads them: update it"
     return lists
 
 

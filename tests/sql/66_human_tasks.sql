@@ -200,8 +200,10 @@ select throws_ok(
     'an open task cannot be released'
 );
 select results_eq(
-    format('select role, assignee, status from reassign_human_task(%s, %L, %L, %L)',
-           pg_temp.task_id('a4'), 'carol', 'dave', 'approver-lead'),
+    format(
+        'select role, assignee, status from reassign_human_task(%s, %L, %L, %L)',
+        pg_temp.task_id('a4'), 'carol', 'dave', 'approver-lead'
+    ),
     $$values ('approver-lead', 'dave', 'open')$$,
     'reassign: another person and role, the claim ended'
 );
@@ -214,8 +216,10 @@ select throws_ok(
     'who is required', 'who is required'
 );
 select is(
-    (select jsonb_path_query_array(events, '$[*].event')
-       from comment_human_task(pg_temp.task_id('a1'), 'ann', 'checking the invoice')),
+    (
+        select jsonb_path_query_array(events, '$[*].event')
+        from comment_human_task(pg_temp.task_id('a1'), 'ann', 'checking the invoice')
+    ),
     '["created", "comment"]', 'a comment is appended to the events'
 );
 select is(
@@ -227,26 +231,36 @@ select is(
 
 select claim_human_task(pg_temp.task_id('a1'), 'ann');
 select throws_ok(
-    format('select resolve_human_task(%s, %L, %L)', pg_temp.task_id('a1'), 'bob',
-           '{"approved": true}'),
+    format(
+        'select resolve_human_task(%s, %L, %L)', pg_temp.task_id('a1'), 'bob',
+        '{"approved": true}'
+    ),
     'HM003',
     format('human task %s is claimed by ann; bob cannot resolve it', pg_temp.task_id('a1')),
     'a task claimed by someone else cannot be resolved'
 );
 select throws_ok(
-    format('select resolve_human_task(%s, %L, %L)', pg_temp.task_id('a1'), 'ann',
-           '{"approved": "yes"}'),
+    format(
+        'select resolve_human_task(%s, %L, %L)', pg_temp.task_id('a1'), 'ann',
+        '{"approved": "yes"}'
+    ),
     '22023',
-    format('the answer to human task %s does not match its form: $.approved must be boolean, '
-           || 'not string', pg_temp.task_id('a1')),
+    format(
+        'the answer to human task %s does not match its form: $.approved must be boolean, '
+        || 'not string', pg_temp.task_id('a1')
+    ),
     'an answer that does not match the form'
 );
 select throws_ok(
-    format('select resolve_human_task(%s, %L, %L)', pg_temp.task_id('a1'), 'ann',
-           '{"reason": "ok"}'),
+    format(
+        'select resolve_human_task(%s, %L, %L)', pg_temp.task_id('a1'), 'ann',
+        '{"reason": "ok"}'
+    ),
     '22023',
-    format('the answer to human task %s does not match its form: $ is missing the required '
-           || 'field "approved"', pg_temp.task_id('a1')),
+    format(
+        'the answer to human task %s does not match its form: $ is missing the required '
+        || 'field "approved"', pg_temp.task_id('a1')
+    ),
     'a required field missing'
 );
 select results_eq(
@@ -256,8 +270,10 @@ select results_eq(
     'refused answers changed nothing: the workflow still waits'
 );
 select results_eq(
-    format('select status, resolved_by, answer from resolve_human_task(%s, %L, %L)',
-           pg_temp.task_id('a1'), 'ann', '{"approved": true}'),
+    format(
+        'select status, resolved_by, answer from resolve_human_task(%s, %L, %L)',
+        pg_temp.task_id('a1'), 'ann', '{"approved": true}'
+    ),
     $$values ('resolved', 'ann', '{"approved": true}'::jsonb)$$,
     'the claimer resolves it'
 );
@@ -271,8 +287,10 @@ select is(
     'and the thread is woken'
 );
 select throws_ok(
-    format('select resolve_human_task(%s, %L, %L)', pg_temp.task_id('a1'), 'ann',
-           '{"approved": false}'),
+    format(
+        'select resolve_human_task(%s, %L, %L)', pg_temp.task_id('a1'), 'ann',
+        '{"approved": false}'
+    ),
     'HM003', format('human task %s is resolved; it cannot become resolved', pg_temp.task_id('a1')),
     'a second resolve is refused'
 );
@@ -358,8 +376,10 @@ select is(
 );
 select throws_ok(
     format('select resolve_human_task(%s, %L, %L)', pg_temp.task_id('c1'), 'ann', 'true'),
-    'HM003', format('human task %s is cancelled; it cannot become resolved',
-                    pg_temp.task_id('c1')),
+    'HM003', format(
+        'human task %s is cancelled; it cannot become resolved',
+        pg_temp.task_id('c1')
+    ),
     'a cancelled task cannot be resolved'
 );
 
