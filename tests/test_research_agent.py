@@ -8,13 +8,16 @@ import json
 import os
 import re
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from helpers import SQL, Process, kill9, python, sleep_until, until, until_row
-from hotmesh import MemFlow
+from hotmesh import FatalError, MemFlow
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "python" / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -192,3 +195,88 @@ def test_docs_excerpts_are_the_example() -> None:
     assert len(excerpts) == 2
     for excerpt in excerpts:
         assert excerpt in source, excerpt
+
+
+class ModelEndpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat completions endpoint on 127.0.0.1 that answers as the offline
+    model would; `fail` holds the statuses to answer first (a 503, a 401)."""
+
+    requests: ClassVar[list[dict[str, Any]]] = []
+    fail: ClassVar[list[int]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+        )
+        if type(self).fail:
+            self.send_error(type(self).fail.pop(0))
+            return
+        system, user = (m["content"] for m in body["messages"])
+        content = agent.OfflineModel().complete(system, user)
+        answer = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(answer.encode())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    ModelEndpoint.requests, ModelEndpoint.fail = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ModelEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.timeout(120)
+async def test_openai_compatible_model(
+    app: str, dsn: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment selects the HTTP model; a 503 is retried by the activity's policy, a
+    401 fails at once; the agent ends as it does with the offline model."""
+    monkeypatch.setenv("HOTMESH_AGENT_BASE_URL", endpoint)
+    monkeypatch.setenv("HOTMESH_AGENT_API_KEY", "sk-test")
+    monkeypatch.setenv("HOTMESH_AGENT_MODEL", "tiny")
+    model = agent.configured_model()
+    assert model == agent.OpenAICompatible(base_url=endpoint, model="tiny", api_key="sk-test")
+    monkeypatch.setattr(agent, "MODEL", model)
+
+    ModelEndpoint.fail = [401]
+    with pytest.raises(FatalError, match="refused the request"):
+        model.complete(agent.INSTRUCTIONS["planner"], "Question: q")
+    with pytest.raises(FatalError, match="http"):
+        agent.OpenAICompatible(base_url="file:///etc", model="m").complete("a", "b")
+
+    ModelEndpoint.fail = [503]  # the planner's first attempt
+    mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    try:
+        await agent.serve(mf)
+        await agent.start(mf, QUESTION, "over-http")
+        result, entity = await accepted_run(mf, "over-http")
+    finally:
+        await mf.close(grace=2.0)
+    assert result["rounds"] == 3 and entity["stage"] == "accepted"
+    assert entity["tasks"] == ["Find background", "Find evidence for", "Find evidence against"]
+    calls = ModelEndpoint.requests[1:]  # after the 401
+    assert len(calls) == 1 + 1 + 15  # the planner twice (503, then 200), then 3 x 5 calls
+    assert {c["path"] for c in calls} == {"/v1/chat/completions"}
+    assert {c["auth"] for c in calls} == {"Bearer sk-test"}
+    assert (
+        calls[0]["body"]
+        == calls[1]["body"]
+        == {
+            "model": "tiny",
+            "temperature": 0,
+            "messages": [
+                {"role": "system", "content": agent.INSTRUCTIONS["planner"]},
+                {"role": "user", "content": f"Question: {QUESTION}"},
+            ],
+        }
+    )

@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from hotmesh import errors
+from hotmesh import _convert, errors
 from hotmesh._commands import Command, PatchMarker, RecordedStep, WaitSignal, divergence
 from hotmesh.interceptors import Interceptor, compose, overrides
 
@@ -108,7 +108,7 @@ def encode(value: Any, what: str) -> Any:
     if value is None or isinstance(value, bool):
         return value  # reads back as itself
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, default=_convert.default)
         text.encode("utf-8")  # a lone surrogate has no UTF-8 form (UnicodeEncodeError)
     except RecursionError:
         raise errors.FatalError(
@@ -447,7 +447,10 @@ class Activation:
     async def _body(self) -> Any:
         # Called inside the task, so a call that fails at once (wrong number of arguments)
         # fails the workflow like any error of its code, instead of crashing the runner.
+        # Typed parameters (dataclasses, pydantic models, datetimes, ...) get their type back.
         args = list(self.task.args or [])
+        if _convert.arg_plan(self.fn) is not None:
+            args = _convert.convert_args(self.fn, args, f"workflow {self.task.name}")
         if not self.interceptors:
             return await self.fn(*args)
         return await compose(self.interceptors, "execute_workflow", (self.context(),), self._fn)(
@@ -456,6 +459,27 @@ class Activation:
 
     async def _fn(self, args: list[Any]) -> Any:
         return await self.fn(*args)
+
+    def typed(self, future: asyncio.Future[Any], tp: Any, what: str) -> asyncio.Future[Any]:
+        """A future settled with `future`'s result as type `tp` (`_convert.from_json`): on
+        the first run and in every replay alike, since both read the value as stored."""
+        out = self.loop.create_future()
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            if out.done():
+                return
+            if done.cancelled():
+                out.cancel()
+            elif (error := done.exception()) is not None:
+                out.set_exception(error)
+            else:
+                try:
+                    out.set_result(_convert.from_json(done.result(), tp, what))
+                except _convert.PayloadTypeError as problem:
+                    out.set_exception(problem)
+
+        future.add_done_callback(settle)
+        return out
 
     def _outcome(self, main: asyncio.Task[Any]) -> Outcome:
         error = main.exception()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hotmesh import _convert
 from hotmesh.errors import HotMeshError
 from hotmesh.interceptors import Interceptor, compose
 
@@ -51,7 +52,10 @@ async def run_activity(
     interceptors: Sequence[Interceptor] = (),
 ) -> Any:
     """Run an activity with its info set: `async def` on this loop, `def` in a thread;
-    inside the interceptors' `execute_activity`, when there are any."""
+    inside the interceptors' `execute_activity`, when there are any. Typed parameters get
+    their type back first (docs/typed-payloads.md)."""
+    if _convert.arg_plan(fn) is not None:
+        args = _convert.convert_args(fn, args, f"activity {info.activity_name}")
     token = _current.set(info)
     try:
         if interceptors:

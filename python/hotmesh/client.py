@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from hotmesh import _install, errors
+from hotmesh import _convert, _install, errors
 from hotmesh._db import ADAPTERS, Database
 from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
@@ -138,9 +138,15 @@ class Handle:
         {"workflow_id", "status", "reset_steps", "retried", "revived_tasks"}."""
         return await self._mf._db.retry_workflow(self.workflow_id)
 
-    async def result(self, timeout: Duration | None = None) -> Any:  # noqa: ASYNC109 (seed API)
+    async def result(
+        self,
+        timeout: Duration | None = None,  # noqa: ASYNC109 (seed API)
+        *,
+        result_type: Any = None,
+    ) -> Any:
         """Wait for the workflow to finish (woken by NOTIFY; a 30 s fallback look) and return
-        its result.
+        its result, as `result_type` when given (a dataclass, a pydantic model, `list[X]`,
+        ...: docs/typed-payloads.md; PayloadTypeError naming the field when it does not fit).
         A failed or cancelled workflow raises the WorkflowError its stored error describes
         (FatalError 598, MaxedError 597, CancelledFailure 410, ...); TimeoutError when
         `timeout` seconds pass first."""
@@ -154,7 +160,10 @@ class Handle:
                     event.clear()
                     outcome = await self._mf._db.workflow_outcome(self.workflow_id)
                     if outcome.status == "completed":
-                        return outcome.result
+                        if result_type is None:
+                            return outcome.result
+                        what = f"the result of workflow {self.workflow_id}"
+                        return _convert.from_json(outcome.result, result_type, what)
                     if outcome.status in _TERMINAL:
                         raise errors.from_payload(outcome.error or {"message": outcome.status})
                     # Woken by its NOTIFY; the periodic look guards against one never seen

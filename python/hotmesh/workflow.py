@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
-from hotmesh import _durations, errors
+from hotmesh import _convert, _durations, errors
 from hotmesh._commands import (
     AskHuman,
     CancelWorkflow,
@@ -89,9 +89,12 @@ class ActivityProxy:
             arguments = encode(list(args), f"the arguments of activity {name}")
         except errors.FatalError as error:
             return act.fail_now(error)
-        return act.call(
+        future = act.call(
             ScheduleActivity(name, arguments, queue, self._retry_policy, self._concurrency_key)
         )
+        fn = None if self._activities is None else self._activities.get(name)
+        tp = None if fn is None else _convert.return_type(fn)
+        return future if tp is None else act.typed(future, tp, f"the result of activity {name}")
 
 
 def proxy_activities(
