@@ -342,6 +342,8 @@ declare
     v_now timestamptz := _now();
     v_job jobs;
     v_moved text[] := array[]::text[];
+    v_runs text[] := array[]::text[];
+    v_schedules text[] := array[]::text[];
     v_ends boolean := p_to in ('completed', 'failed', 'cancelled');
 begin
     if p_to not in ('pending', 'running', 'waiting', 'completed', 'failed', 'cancelled') then
@@ -367,6 +369,10 @@ begin
         returning j.*
     loop
         v_moved := array_append(v_moved, v_job.id);
+        if v_job.schedule_id is not null then
+            v_runs := array_append(v_runs, v_job.id);
+            v_schedules := array_append(v_schedules, v_job.schedule_id);
+        end if;
         return next v_job;
     end loop;
     if v_ends and cardinality(v_moved) > 0 then
@@ -375,6 +381,10 @@ begin
         if exists (select from human_tasks
                     where job_id = any(v_moved) and status in ('open', 'claimed')) then
             perform _cancel_human_tasks(v_moved, true);
+        end if;
+        if cardinality(v_runs) > 0 then
+            -- A schedule that kept a fire behind one of these runs starts it now (buffer_one).
+            perform _schedule_runs_ended(v_schedules, v_runs);
         end if;
     end if;
 end

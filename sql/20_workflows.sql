@@ -7,7 +7,8 @@
 -- and the start options (docs/sql-api.md): "execution_timeout" (seconds), "id_reuse"
 -- (reject | allow_finished | terminate), "idempotency_key", "debounce" (seconds), "start_at"
 -- (a timestamp) or "start_in" (seconds), "search" ({attribute: value}); "concurrency_key"
--- (its activations share their queue's per-key limit: 25_limits.sql).
+-- (its activations share their queue's per-key limit: 25_limits.sql); "traceparent" (the W3C
+-- trace context its tasks continue: docs/tracing.md).
 create or replace function start_workflow(
     p_workflow_name text,
     p_args jsonb default '[]',
@@ -80,6 +81,7 @@ begin
     end if;
     v_key := v_options ->> 'concurrency_key';
     perform _check_concurrency_key(v_key);
+    perform _check_traceparent(v_options -> 'traceparent');
     -- No `expire`: the app's default_retention (sql/71_retention.sql; 7 days unless set).
     v_retention := coalesce(make_interval(secs => (v_options ->> 'expire')::float8),
                             _default_retention());
@@ -110,12 +112,13 @@ begin
 
     insert into jobs (id, entity, workflow_name, task_queue, args, retry_policy, priority,
                       retention, created_at, updated_at, execution_timeout, timeout_at,
-                      idempotency_key, search, concurrency_key)
+                      idempotency_key, search, concurrency_key, traceparent)
     values (v_id, coalesce(p_entity, p_workflow_name), p_workflow_name, v_queue,
             coalesce(p_args, '[]'::jsonb), v_policy, v_priority, v_retention, v_now, v_now,
             (v_start ->> 'execution_timeout')::interval,
             v_run_at + (v_start ->> 'execution_timeout')::interval,
-            v_start ->> 'idempotency_key', coalesce(v_start -> 'search', '{}'::jsonb), v_key)
+            v_start ->> 'idempotency_key', coalesce(v_start -> 'search', '{}'::jsonb), v_key,
+            v_options ->> 'traceparent')
     on conflict do nothing;
     if not found then
         -- A start racing this one took the key first: its run is the answer.
@@ -142,6 +145,26 @@ $$;
 -- anything changes) and normalised: {"execution_timeout": interval text, "id_reuse",
 -- "idempotency_key", "debounce": interval text, "run_at": when the first activation is due,
 -- "search"}. p_retention bounds the timeout; a debounce needs a chosen workflow id (its key).
+-- A W3C traceparent (version 00: https://www.w3.org/TR/trace-context/#traceparent-header),
+-- or null. Anything else is refused, so a trace id read back is always one a tracer accepts.
+create or replace function _check_traceparent(p_value jsonb) returns void
+language plpgsql immutable
+as $$
+begin
+    if p_value is null or jsonb_typeof(p_value) = 'null' then
+        return;
+    end if;
+    if jsonb_typeof(p_value) <> 'string'
+       or p_value #>> '{}' !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+       or p_value #>> '{}' ~ '^00-0{32}-' or p_value #>> '{}' ~ '-0{16}-[0-9a-f]{2}$' then
+        raise exception using errcode = '22023',
+            message = format('traceparent must be a W3C trace context such as '
+                             '"00-<32 hex trace id>-<16 hex span id>-<2 hex flags>", not %s',
+                             left(p_value::text, 100));
+    end if;
+end
+$$;
+
 create or replace function _start_options(
     p_options jsonb, p_retention interval, p_workflow_id text, p_id_given boolean
 ) returns jsonb

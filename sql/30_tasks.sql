@@ -243,10 +243,14 @@ begin
            -- by this worker's), so a non-determinism failure can name both; and from the
            -- second run on (continue_as_new) the run. claimed_task keeps its shape, which
            -- older workers read by position.
-           case when t.kind = 'activity' then t.payload
-                when j.build_id is not null or j.run > 1
+           -- Both carry the workflow's trace context (docs/tracing.md) when it has one.
+           case when t.kind = 'activity' and j.traceparent is not null
+                    then t.payload || jsonb_build_object('traceparent', j.traceparent)
+                when t.kind = 'activity' then t.payload
+                when j.build_id is not null or j.run > 1 or j.traceparent is not null
                     then jsonb_strip_nulls(jsonb_build_object(
-                        'build_id', j.build_id, 'run', nullif(j.run, 1)))
+                        'build_id', j.build_id, 'run', nullif(j.run, 1),
+                        'traceparent', j.traceparent))
            end,
            j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then (

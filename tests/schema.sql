@@ -19,7 +19,8 @@
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0013_workflow_list.sql
--- migration 0014_human_tasks.sql
+-- migration 0014_traceparent.sql
+-- migration 0015_human_tasks.sql
 
 -- tables
 create table <app>.human_tasks (
@@ -77,7 +78,8 @@ create table <app>.jobs (
     execution_timeout interval,
     timeout_at timestamp with time zone,
     idempotency_key text,
-    schedule_id text
+    schedule_id text,
+    traceparent text
 ) with (fillfactor=80);
 create table <app>.queue_buckets (
     task_queue text not null,
@@ -460,6 +462,8 @@ create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) 
     language plpgsql immutable;
 create function <app>._check_timeout(p_what text, p_seconds jsonb, p_retention interval) returns interval
     language plpgsql immutable;
+create function <app>._check_traceparent(p_value jsonb) returns void
+    language plpgsql immutable;
 create function <app>._check_transition(p_machine text, p_row text, p_from text, p_to text, p_owner text DEFAULT NULL::text) returns void
     language plpgsql stable;
 create function <app>._check_value(p_what text, p_value jsonb) returns void
@@ -632,6 +636,9 @@ create function <app>._schedule_row(p_schedule_id text, p_spec text, p_workflow_
     language plpgsql stable;
 create function <app>._schedule_run_id(p_schedule_id text, p_fire_at timestamp with time zone) returns text
     language sql immutable;
+create function <app>._schedule_runs_ended(p_schedule_ids text[], p_job_ids text[]) returns void
+    language plpgsql volatile
+    set lock_timeout = 100ms;
 create function <app>._setting_value(p_key text, p_value jsonb) returns jsonb
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;

@@ -48,11 +48,12 @@ from hotmesh.rows import (
 )
 
 
-class ActivityPayload(TypedDict):
-    """What an activity task carries (`tasks.payload`)."""
+class ActivityPayload(TypedDict, total=False):
+    """What an activity task carries (`tasks.payload`), and its workflow's trace context."""
 
     args: list[Any]
     retry_policy: dict[str, Any]
+    traceparent: str
 
 
 class ActivationPayload(TypedDict, total=False):
@@ -61,6 +62,7 @@ class ActivationPayload(TypedDict, total=False):
 
     build_id: str
     run: int
+    traceparent: str  # the workflow's trace context (docs/tracing.md)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ class Claimed:
             return None
         build = self.payload.get("build_id")
         return build if isinstance(build, str) else None
+
+    @property
+    def traceparent(self) -> str | None:
+        """The W3C trace context of the workflow (`jobs.traceparent`), when it has one."""
+        found = self.payload.get("traceparent") if self.payload else None
+        return found if isinstance(found, str) else None
 
     @property
     def run(self) -> int:

@@ -111,6 +111,7 @@ def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> It
     env = {**os.environ, "DATABASE_URL": dsn}
     command = [sys.executable, "-m", "hotmesh.cli", "worker", *specs, "--queue", queue]
     command += ["--app", app, "--concurrency", str(concurrency)]
+    command += [arg for spec in _INTERCEPTORS for arg in ("--interceptor", spec)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     try:
         line = (
@@ -126,6 +127,27 @@ def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> It
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# `hotmesh bench --interceptor MODULE:FACTORY`: what every worker process runs with.
+_INTERCEPTORS: list[str] = []
+
+
+def traced_noop() -> Any:
+    """`--interceptor hotmesh.devtools.bench:traced_noop`: tracing on (docs/tracing.md), every
+    span made, ended and handed to an exporter that drops it (the OpenTelemetry SDK)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from hotmesh.otel import TracingInterceptor
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Drop()))
+    return TracingInterceptor(provider)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -641,6 +663,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dsn, app = args.dsn, args.app
+    _INTERCEPTORS[:] = args.interceptor
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
@@ -771,6 +794,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--key-tasks", type=int, default=20_000, help="the backlog `keys` claims from (20000)"
     )
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--interceptor",
+        action="append",
+        default=[],
+        metavar="MODULE:FACTORY",
+        help="run the worker processes with this interceptor (hotmesh.devtools.bench:traced_noop:"
+        " OpenTelemetry with an exporter that drops the spans)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling duration (5)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
