@@ -621,17 +621,30 @@ as $$
 declare
     v_state text;
     v_queue text;
+    v_name text;
+    v_priority integer;
+    v_key text;
+    v_rank bigint;
 begin
-    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
-                       concurrency_key, key_rank)
-    select j.id, p_thread, 'workflow', coalesce(th.name, j.workflow_name), q.name, j.priority,
-           _now(), j.concurrency_key,
-           case when j.concurrency_key is not null then _key_rank(q.name, j.concurrency_key) end
+    -- Three statements, not one INSERT ... SELECT that calls _key_rank per row: Citus cannot
+    -- run a query over the tables that calls a function that queries them again
+    -- (docs/citus.md).
+    select coalesce(th.name, j.workflow_name), coalesce(th.task_queue, j.task_queue),
+           j.priority, j.concurrency_key
+      into v_name, v_queue, v_priority, v_key
       from jobs as j
       left join threads as th on th.job_id = j.id and th.thread = p_thread
-     cross join lateral (select coalesce(th.task_queue, j.task_queue) as name) as q
      where j.id = p_job_id and j.status not in ('completed', 'failed', 'cancelled')
-       and (p_thread = 'main' or th.status = 'running')
+       and (p_thread = 'main' or th.status = 'running');
+    if not found then
+        return;
+    end if;
+    if v_key is not null then
+        v_rank := _key_rank(v_queue, v_key);
+    end if;
+    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
+                       concurrency_key, key_rank)
+    values (p_job_id, p_thread, 'workflow', v_name, v_queue, v_priority, _now(), v_key, v_rank)
     on conflict (job_id, thread, seq) do update
        set rerun = tasks.rerun or tasks.state = 'leased',
            run_at = case when tasks.state = 'ready' then least(tasks.run_at, excluded.run_at)

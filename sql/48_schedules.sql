@@ -472,6 +472,7 @@ language plpgsql
 as $$
 declare
     v_row schedules := _locked_schedule(p_schedule_id);
+    v_due timestamptz;
     v_now timestamptz := _now();
 begin
     perform _check_transition('schedule', format('schedule "%s"', p_schedule_id), v_row.status,
@@ -480,12 +481,15 @@ begin
     if p_to = 'active' then
         v_row.next_fire_at := _schedule_next(v_row, v_now);
     end if;
+    -- Computed apart from the UPDATE, which Citus sends to the node of the table with the row
+    -- typed as its shard (docs/citus.md).
+    v_due := case when p_to = 'active'
+                  then least(_schedule_due(v_row, v_row.next_fire_at),
+                             case when v_row.buffered_at is not null then v_now end)
+             end;
     update schedules
        set status = p_to, next_fire_at = v_row.next_fire_at,
-           due_at = case when p_to = 'active'
-                         then least(_schedule_due(v_row, v_row.next_fire_at),
-                                    case when v_row.buffered_at is not null then v_now end)
-                    end,
+           due_at = v_due,
            updated_at = v_now
      where id = p_schedule_id
     returning * into v_row;
@@ -620,6 +624,7 @@ language plpgsql
 as $$
 declare
     v_s schedules;
+    v_due timestamptz;
     v_budget integer := p_budget;
     v_next timestamptz;
 begin
@@ -648,7 +653,9 @@ begin
         end if;
         update schedules set next_fire_at = v_next where id = p_id returning * into v_s;
     end loop;
-    update schedules set due_at = _schedule_due(v_s, v_s.next_fire_at), updated_at = p_now
+    -- Computed apart from the UPDATE (Citus: docs/citus.md).
+    v_due := _schedule_due(v_s, v_s.next_fire_at);
+    update schedules set due_at = v_due, updated_at = p_now
      where id = p_id;
     return v_budget;
 end

@@ -218,6 +218,7 @@ set_json_loads(_json_loads, ADAPTERS)
 _STATEMENTS = {
     "start_workflow": "select {}.start_workflow(%(workflow_name)s::text, %(args)s::jsonb,"
     " %(task_queue)s::text, %(workflow_id)s::text, %(entity)s::text, %(options)s::jsonb)",
+    "start_workflows": "select {}.start_workflows(%(items)s::jsonb)",
     "workflow_status": "select {}.workflow_status(%(workflow_id)s::text)",
     "workflow_outcome": "select {columns} from {}.workflow_outcome(%(workflow_id)s::text)",
     "get_workflow": "select {}.get_workflow(%(workflow_id)s::text)",
@@ -424,6 +425,17 @@ def _start(
 Params = Mapping[str, object]
 R = TypeVar("R")
 Item = TypeVar("Item")
+
+
+class StartItem(TypedDict):
+    """An item of start_workflows (the parameters of start_workflow)."""
+
+    workflow_name: str
+    args: list[Any]
+    task_queue: str | None
+    workflow_id: str | None
+    entity: str | None
+    options: dict[str, Any]
 
 
 class _Completion(TypedDict):
@@ -726,6 +738,11 @@ class Database:
     ) -> str:
         params = _start(workflow_name, args, task_queue, workflow_id, entity, options)
         return str(await self._value("start_workflow", params))
+
+    async def start_workflows(self, items: list[StartItem]) -> list[str]:
+        """Many starts in one call, all or nothing; their workflow ids in order."""
+        ids: list[str] = await self._value("start_workflows", {"items": Jsonb(items)})
+        return ids
 
     async def workflow_status(self, workflow_id: str) -> str:
         return str(await self._value("workflow_status", {"workflow_id": workflow_id}))

@@ -130,9 +130,16 @@ def _parser() -> argparse.ArgumentParser:
         "activities (repeatable, the first outermost; docs/interceptors.md)",
     )
 
-    start = commands.add_parser("start", help="start a workflow")
+    start = commands.add_parser("start", help="start a workflow (or many: --from-file)")
     _common(start)
-    start.add_argument("workflow_name", metavar="NAME")
+    start.add_argument("workflow_name", metavar="NAME", nargs="?")
+    start.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="start every workflow of FILE (- for stdin) in one call, all or none: JSON lines "
+        "or a JSON array of objects with start_many's fields (workflow_name, args, task_queue, "
+        "workflow_id, priority, start_in, ...); prints their ids",
+    )
     start.add_argument("--args", default="[]", help="JSON array of arguments (default [])")
     start.add_argument("--queue", help="task queue (default: the entity)")
     start.add_argument("--id", dest="workflow_id", help="workflow id (default: generated)")
@@ -552,7 +559,60 @@ async def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _starts_file(path: str) -> list[Any]:
+    """The starts of `hotmesh start --from-file`: a JSON array, or one JSON object a line."""
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+    except OSError as error:
+        raise HotMeshError(f"--from-file: cannot read {path}: {error.strerror}") from None
+    if text.lstrip().startswith("["):
+        starts = _json_arg(text, f"--from-file {path}")
+        if not isinstance(starts, list):  # pragma: no cover - "[" starts an array
+            raise HotMeshError(f"--from-file {path}: not a JSON array")
+        return starts
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [_json_arg(line, f"--from-file {path} line {n}") for n, line in lines]
+
+
+async def _start_many(args: argparse.Namespace) -> int:
+    flags = {"NAME": args.workflow_name, "--wait": args.wait, "--args": args.args != "[]"}
+    flags.update(
+        (f"--{name.replace('_', '-')}", getattr(args, name))
+        for name in (
+            "queue",
+            "entity",
+            "expire",
+            "priority",
+            "execution_timeout",
+            "id_reuse",
+            "idempotency_key",
+            "debounce",
+            "start_in",
+            "start_at",
+            "search",
+            "concurrency_key",
+        )
+    )
+    flags["--id"] = args.workflow_id
+    given = [flag for flag, value in flags.items() if value not in (None, False)]
+    if given:
+        raise HotMeshError(f"--from-file takes the starts from the file, not {given[0]}")
+    starts = _starts_file(args.from_file)
+    async with _client(args) as mf:
+        handles = await mf.workflow.start_many(starts)
+    print("\n".join(handle.workflow_id for handle in handles), flush=True)
+    return 0
+
+
 async def _start(args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        return await _start_many(args)
+    if args.workflow_name is None:
+        raise HotMeshError("start: give a workflow NAME, or --from-file FILE")
     arguments = _json_arg(args.args, "--args")
     if not isinstance(arguments, list):
         raise HotMeshError("--args must be a JSON array, e.g. '[\"Jane\"]'")
