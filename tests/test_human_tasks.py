@@ -390,6 +390,7 @@ HELD: dict[str, str] = {
 }
 
 
+@pytest.mark.timeout(240)  # 8 held sessions and 11 workflows on a shared machine
 async def test_reviewers_open_transactions_never_stall_the_workers(
     mf: MemFlow, dsn: str, app: str, db: Any
 ) -> None:
