@@ -285,8 +285,8 @@ left join jobs as j on s.last_run_id = j.id;
 -- outlived their lease, their worker is probably gone, and any worker may take them over),
 -- dead (parked until a person retries them), and how long the oldest ready task has waited.
 -- A limited queue (set_queue_limits) shows its limits and where it stands, on each of its
--- rows: running (of every kind) against max_running, the tokens left and the next one's time
--- (get_queue_limits lists limited queues that have no task too).
+-- rows: running (of every kind) against max_running, the tokens left and the next one's time,
+-- the limits per key (get_queue_limits lists limited queues that have no task too).
 --   select * from my_app.queue_backlog order by ready desc;
 create or replace view queue_backlog as
 with clock as (
@@ -302,7 +302,9 @@ limits as (
         l.per,
         l.tokens,
         l.next_token_at,
-        l.key_max_running
+        l.key_max_running,
+        l.key_rate,
+        l.key_per
     from get_queue_limits() as l
 )
 
@@ -325,7 +327,9 @@ select
     min(l.per) as per,
     min(l.tokens) as tokens,
     min(l.next_token_at) as next_token_at,
-    min(l.key_max_running) as key_max_running
+    min(l.key_max_running) as key_max_running,
+    min(l.key_rate) as key_rate,
+    min(l.key_per) as key_per
 from tasks as t
 cross join clock as c
 left join limits as l on t.task_queue = l.task_queue

@@ -354,7 +354,8 @@ _STATEMENTS = {
     # flow control: sql/25_limits.sql
     "set_queue_limits": "select {}.set_queue_limits(%(task_queue)s::text,"
     " max_running => %(max_running)s::integer, rate => %(rate)s::integer,"
-    " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer)",
+    " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer,"
+    " key_rate => %(key_rate)s::integer, key_per => %(key_per)s::interval)",
     "get_queue_limits": "select {columns} from {}.get_queue_limits()",
     "queue_keys": "select {columns} from {}.queue_keys(%(task_queue)s::text, %(limit)s::integer)",
     "get_setting": "select {}.get_setting(%(key)s::text)",
@@ -1192,6 +1193,8 @@ class Database:
         rate: int | None,
         per: timedelta | None,
         key_max_running: int | None,
+        key_rate: int | None = None,
+        key_per: timedelta | None = None,
     ) -> None:
         params = {
             "task_queue": task_queue,
@@ -1199,6 +1202,8 @@ class Database:
             "rate": rate,
             "per": per,
             "key_max_running": key_max_running,
+            "key_rate": key_rate,
+            "key_per": key_per,
         }
         await self._value("set_queue_limits", params)
 

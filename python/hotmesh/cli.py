@@ -265,6 +265,8 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--key-max-running", type=int, metavar="N", help="tasks running at once per key"
     )
+    limits.add_argument("--key-rate", type=int, metavar="N", help="starts per key per --key-per")
+    limits.add_argument("--key-per", metavar="DURATION", help="the key rate's interval (e.g. 1s)")
     limits.add_argument("--clear", action="store_true", help="lift every limit of QUEUE")
 
     prune = commands.add_parser(
@@ -870,7 +872,8 @@ async def _queues(args: argparse.Namespace) -> int:
 
 
 async def _queue(args: argparse.Namespace) -> int:
-    limits = (args.max_running, args.rate, args.per, args.key_max_running)
+    limits = (args.max_running, args.rate, args.per, args.key_max_running, args.key_rate,
+              args.key_per)  # fmt: skip
     changing = args.clear or any(value is not None for value in limits)
     if changing and args.task_queue is None:
         raise HotMeshError("queue limits: name the QUEUE whose limits to set")
@@ -884,6 +887,8 @@ async def _queue(args: argparse.Namespace) -> int:
                 rate=args.rate,
                 per=args.per,
                 key_max_running=args.key_max_running,
+                key_rate=args.key_rate,
+                key_per=args.key_per,
             )
         rows = [r for r in await mf.queue.limits() if args.task_queue in (None, r.task_queue)]
     if args.json:
@@ -892,7 +897,7 @@ async def _queue(args: argparse.Namespace) -> int:
     if not rows:
         print("no limits" + (f" on queue {args.task_queue}" if args.task_queue else ""))
         return 0
-    headers = ("QUEUE", "RUNNING", "MAX", "RATE", "TOKENS", "NEXT TOKEN", "PER KEY")
+    headers = ("QUEUE", "RUNNING", "MAX", "RATE", "TOKENS", "NEXT TOKEN", "PER KEY", "KEY RATE")
     table = [
         [
             r.task_queue,
@@ -902,6 +907,7 @@ async def _queue(args: argparse.Namespace) -> int:
             "" if r.tokens is None else f"{r.tokens:.2f}",
             _when(r.next_token_at),
             _or_blank(r.key_max_running),
+            "" if r.key_rate is None else f"{r.key_rate}/{_age(r.key_per)}",
         ]
         for r in rows
     ]

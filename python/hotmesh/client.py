@@ -189,14 +189,18 @@ class QueueClient:
         rate: int | None = None,
         per: Duration | None = None,
         key_max_running: int | None = None,
+        key_rate: int | None = None,
+        key_per: Duration | None = None,
     ) -> None:
         """Limit `task_queue` (`<app>.set_queue_limits`): at most `max_running` tasks running
         at once across every worker, at most `rate` starts `per` interval (a token bucket),
-        at most `key_max_running` running per concurrency key. None lifts that limit; the
-        call sets all of them, so `set_limits(q)` lifts every limit. Applies at once."""
+        at most `key_max_running` running and `key_rate` starts `key_per` interval per
+        concurrency key. None lifts that limit; the call sets all of them, so
+        `set_limits(q)` lifts every limit. Applies at once."""
         interval = None if per is None else timedelta(seconds=seconds(per, "per"))
+        key_interval = None if key_per is None else timedelta(seconds=seconds(key_per, "key_per"))
         await self._mf._db.set_queue_limits(task_queue, max_running, rate, interval,
-                                            key_max_running)  # fmt: skip
+                                            key_max_running, key_rate, key_interval)  # fmt: skip
 
     async def limits(self) -> list[QueueLimits]:
         """Every limited queue, its limits and where it stands (`<app>.get_queue_limits`)."""

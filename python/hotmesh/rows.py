@@ -102,6 +102,8 @@ class QueueBacklog:
     tokens: float | None
     next_token_at: datetime | None
     key_max_running: int | None
+    key_rate: int | None
+    key_per: timedelta | None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class QueueLimits:
     tokens: float | None
     next_token_at: datetime | None
     key_max_running: int | None
+    key_rate: int | None
+    key_per: timedelta | None
     updated_at: datetime
 
 
@@ -128,6 +132,8 @@ class QueueKey:
     ready: int
     delayed: int
     oldest_ready_age: timedelta | None
+    tokens: float | None  # left in the key's bucket, with a key rate
+    next_token_at: datetime | None
 
 
 @dataclass(frozen=True)
