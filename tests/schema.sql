@@ -309,6 +309,11 @@ create view <app>.failed_workflows (
     error_code integer,
     error_type text
 );
+create view <app>.metrics (
+    metric text,
+    labels jsonb,
+    value double precision
+);
 create view <app>.queue_backlog (
     task_queue text,
     kind text,
@@ -903,6 +908,9 @@ grant select on table <app>.failed_workflows to <app>_worker;
 grant select on table <app>.jobs to <app>_app;
 grant select on table <app>.jobs to <app>_reader;
 grant select on table <app>.jobs to <app>_worker;
+grant select on table <app>.metrics to <app>_app;
+grant select on table <app>.metrics to <app>_reader;
+grant select on table <app>.metrics to <app>_worker;
 grant select on table <app>.queue_backlog to <app>_app;
 grant select on table <app>.queue_backlog to <app>_reader;
 grant select on table <app>.queue_backlog to <app>_worker;

@@ -35,6 +35,7 @@ from hotmesh import errors
 from hotmesh._commands import RecordedStep
 from hotmesh.rows import (
     HistoryEntry,
+    MetricSample,
     QueueBacklog,
     QueueKey,
     QueueLimits,
@@ -314,6 +315,7 @@ _STATEMENTS = {
     "workflow_waits": "select {columns} from {}.workflows where id = %(workflow_id)s::text",
     "workflow_history": "select {columns} from {}.workflow_history(%(workflow_id)s::text)",
     "queue_backlog": "select {columns} from {}.queue_backlog order by task_queue, kind",
+    "metrics": "select {columns} from {}.metrics order by metric, labels::text",
     "export_workflow": "select {}.export_workflow(%(workflow_id)s::text)",
     "export_workflows": "select {}.export_workflows(%(workflow_names)s::text[],"
     " %(statuses)s::text[], %(since)s::timestamptz, %(limit)s::integer)",
@@ -354,6 +356,7 @@ _ROWS: dict[str, type[Any]] = {
     "workflow_waits": WorkflowWaits,
     "workflow_history": HistoryEntry,
     "queue_backlog": QueueBacklog,
+    "metrics": MetricSample,
     "list_schedules": Schedule,
     "get_queue_limits": QueueLimits,
     "queue_keys": QueueKey,
@@ -526,6 +529,7 @@ _READS = frozenset(
         "workflow_waits",
         "workflow_history",
         "queue_backlog",
+        "metrics",
         "export_workflow",
         "export_workflows",
         "get_queue_limits",
@@ -1096,6 +1100,9 @@ class Database:
 
     async def queue_backlog(self) -> list[QueueBacklog]:
         return await self._rows("queue_backlog", QueueBacklog, {})
+
+    async def metrics(self) -> list[MetricSample]:
+        return await self._rows("metrics", MetricSample, {})
 
     async def retry_workflow(self, workflow_id: str) -> RetryOutcome:
         outcome: RetryOutcome = await self._value("retry_workflow", {"workflow_id": workflow_id})

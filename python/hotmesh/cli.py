@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
         help="an Interceptor, or a callable that returns one, around the queue's workflows and "
         "activities (repeatable, the first outermost; docs/interceptors.md)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=_positive,
+        metavar="PORT",
+        help="serve this process's Prometheus metrics on http://0.0.0.0:PORT/metrics "
+        "(needs hotmesh[metrics]; docs/metrics.md)",
+    )
 
     start = commands.add_parser("start", help="start a workflow (or many: --from-file)")
     _common(start)
@@ -248,6 +255,15 @@ def _parser() -> argparse.ArgumentParser:
 
     queues = commands.add_parser("queues", help="the task backlog per queue")
     _common(queues, json_flag=True)
+
+    metrics = commands.add_parser(
+        "metrics", help="the database's metrics as Prometheus text (docs/metrics.md)"
+    )
+    _common(metrics)
+    metrics.add_argument(
+        "--port", type=_positive, help="serve them on http://HOST:PORT/metrics instead of printing"
+    )
+    metrics.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
 
     queue = commands.add_parser("queue", help="flow control of a task queue")
     queue_commands = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
@@ -503,6 +519,12 @@ async def _worker(args: argparse.Namespace) -> int:
     mf = await MemFlow.init(
         app_id=_app(args), dsn=args.dsn, migrate=False, interceptors=interceptors
     )
+    if args.metrics_port is not None:
+        try:
+            mf.serve_metrics(args.metrics_port)
+        except HotMeshError:
+            await mf.close()
+            raise
     if activities:
         await mf.worker.register_activities(
             task_queue=args.queue, activities=activities, concurrency=args.concurrency
@@ -802,6 +824,46 @@ async def _retry(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _metrics(args: argparse.Namespace) -> int:
+    from hotmesh.metrics import render
+
+    async with _client(args) as mf:
+        if args.port is None:
+            print(render(await mf.metrics()), end="")
+            return 0
+
+        async def scrape(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                request = (await reader.readline()).split()
+                while (await reader.readline()).strip():
+                    pass  # the headers
+                path = request[1].split(b"?")[0] if len(request) > 1 else b""
+                if path != b"/metrics":
+                    status, body = b"404 Not Found", b"see /metrics\n"
+                else:
+                    status, body = b"200 OK", render(await mf.metrics()).encode()
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; "
+                    b"charset=utf-8\r\nContent-Length: " + str(len(body)).encode()
+                    + b"\r\nConnection: close\r\n\r\n" + body
+                )  # fmt: skip
+                await writer.drain()
+            finally:
+                writer.close()
+
+        try:
+            server = await asyncio.start_server(scrape, args.host, args.port)
+        except OSError as error:
+            raise HotMeshError(
+                f"cannot serve metrics on {args.host}:{args.port}: {error.strerror or error} "
+                f"(is another process using the port? choose another with --port)"
+            ) from None
+        print(f"metrics of {args.app} on http://{args.host}:{args.port}/metrics", flush=True)
+        async with server:
+            await server.serve_forever()
+    return 0
+
+
 async def _queues(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
         rows = await mf.queue_backlog()
@@ -1007,6 +1069,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "cancel": _cancel,
     "retry": _retry,
     "queues": _queues,
+    "metrics": _metrics,
     "queue": _queue,
     "prune": _prune,
     "setting": _setting,

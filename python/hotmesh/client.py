@@ -10,7 +10,7 @@ import os
 import signal
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -35,6 +35,7 @@ from hotmesh.interceptors import (
 from hotmesh.retry import RetryPolicy
 from hotmesh.rows import (
     HistoryEntry,
+    MetricSample,
     QueueBacklog,
     QueueLimits,
     RetryOutcome,
@@ -45,6 +46,9 @@ from hotmesh.rows import (
 )
 from hotmesh.worker import Registry, Worker, check_build_id, default_build_id
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
+
+if TYPE_CHECKING:
+    from hotmesh.metrics import WorkerMetrics
 
 # The libpq variables that choose a server, shown when no DSN was given.
 _LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
@@ -747,6 +751,23 @@ class MemFlow:
         await self._db.pool.close()
 
     # -- operations: the app as a whole ------------------------------------------------------
+    def serve_metrics(self, port: int, host: str = "0.0.0.0") -> WorkerMetrics:  # noqa: S104
+        """Count what this process's workers do and serve it as Prometheus metrics on
+        http://host:port/metrics (needs hotmesh[metrics]; docs/metrics.md). Call it before
+        creating workers. HotMeshError when the port is taken."""
+        from hotmesh.metrics import WorkerMetrics, serve
+
+        metrics = self.registry.metrics or WorkerMetrics.default()
+        serve(metrics, port, host)
+        self.registry.metrics = metrics
+        return metrics
+
+    async def metrics(self) -> list[MetricSample]:
+        """The database's own metrics (the `<app>.metrics` view: backlog, oldest ready task,
+        running tasks, unfinished workflows); `hotmesh.metrics.render` makes them Prometheus
+        text."""
+        return await self._db.metrics()
+
     async def queue_backlog(self) -> list[QueueBacklog]:
         """The task backlog per task queue and kind (the `<app>.queue_backlog` view)."""
         return await self._db.queue_backlog()

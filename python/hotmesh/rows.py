@@ -107,6 +107,15 @@ class QueueBacklog:
 
 
 @dataclass(frozen=True)
+class MetricSample:
+    """A row of the `<app>.metrics` view (docs/metrics.md): a series, its labels, its value."""
+
+    metric: str
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
 class QueueLimits:
     """A row of `<app>.get_queue_limits()`: `mf.queue.limits()`, `hotmesh queue limits`."""
 

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,7 @@ from hotmesh.retry import has_timeouts
 
 if TYPE_CHECKING:
     from hotmesh._listener import Listener
+    from hotmesh.metrics import WorkerMetrics
 
 log = logging.getLogger("hotmesh.worker")
 
@@ -91,6 +93,8 @@ class Registry:
         # The payload codecs of MemFlow.init(codec=...): the identity when there are none.
         self.payloads = Payloads(None)
         self.queue_interceptors: dict[str, tuple[Interceptor, ...]] = {}
+        # What the workers of this process count, when metrics are on (docs/metrics.md).
+        self.metrics: WorkerMetrics | None = None
 
     def interceptors_for(self, task_queue: str) -> tuple[Interceptor, ...]:
         return self.queue_interceptors.get(task_queue, self.interceptors)
@@ -169,6 +173,8 @@ class Worker:
             await _install.check_worker(conn, self.db.app_id)
         self.registry.served.add(self.task_queue)
         self.listener.watch_queue(self.task_queue, self._wake)
+        if self.registry.metrics is not None:
+            self.registry.metrics.watch_in_flight(self.task_queue, lambda: len(self._running))
         event(
             log,
             logging.INFO,
@@ -274,8 +280,13 @@ class Worker:
                     failures=failures,
                     down_for=asyncio.get_running_loop().time() - down_since,
                 )
+                if self.registry.metrics is not None:
+                    self.registry.metrics.reconnects.labels(self.task_queue).inc()
                 failures = 0
                 delay = 0.1
+            if self.registry.metrics is not None:
+                for task in claimed:
+                    self.registry.metrics.claimed.labels(task.task_queue, task.kind).inc()
             for task in claimed:
                 event(
                     log,
@@ -366,6 +377,8 @@ class Worker:
                         "lease_lost",
                         **task_fields(task),
                     )
+                    if self.registry.metrics is not None:
+                        self.registry.metrics.lease_losses.labels(self.task_queue).inc()
                     runner.cancel()
 
     # -- running -------------------------------------------------------------------------
@@ -491,8 +504,16 @@ class Worker:
             _Executor(self.db, task, self.registry),
             interceptors=self.registry.interceptors_for(task.task_queue),
         )
+        began = time.perf_counter()
         outcome = await act.run()
         self._settling_now()  # only the outcome's call remains
+        metrics = self.registry.metrics
+        if metrics is not None:
+            metrics.activation_seconds.labels(task.task_queue, task.name).observe(
+                time.perf_counter() - began
+            )
+            if not isinstance(outcome, Failed):
+                metrics.completed.labels(task.task_queue, task.kind).inc()
         fields = {**task_fields(task), "steps": act.seq}
         if isinstance(outcome, Suspended):
             next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task))
@@ -507,6 +528,8 @@ class Worker:
             payload = errors.to_payload(outcome.error)
             result = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
             log_failure(log, task, result, outcome.error)
+            if metrics is not None:
+                metrics.failure(task.task_queue, task.kind, result.status == "retrying")
         else:  # Diverged: parked as dead, the history untouched, until new code or a retry
             fault = outcome.error
             recorded = task.recorded_build_id or "unknown"
@@ -585,21 +608,36 @@ class Worker:
         info = ActivityInfo(
             task.job_id, task.name, task.task_queue, task.attempt, False, beat, task.traceparent
         )
+        metrics = self.registry.metrics
+        began = time.perf_counter()
         try:
-            result = encode(
-                await run_activity(
-                    fn, list(task.args or []), info, self.registry.interceptors_for(task.task_queue)
-                ),
-                f"the result of activity {task.name}",
-            )
+            try:
+                result = encode(
+                    await run_activity(
+                        fn,
+                        list(task.args or []),
+                        info,
+                        self.registry.interceptors_for(task.task_queue),
+                    ),
+                    f"the result of activity {task.name}",
+                )
+            finally:
+                if metrics is not None:
+                    metrics.activity_seconds.labels(task.task_queue, task.name).observe(
+                        time.perf_counter() - began
+                    )
             result = self.registry.payloads.encode(result)
         except Exception as error:
             self._settling_now()
             payload = errors.to_payload(error)
             outcome = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
             log_failure(log, task, outcome, error)
+            if metrics is not None:
+                metrics.failure(task.task_queue, task.kind, outcome.status == "retrying")
             return
         self._settling_now()
+        if metrics is not None:
+            metrics.completed.labels(task.task_queue, task.kind).inc()
         await self._outcome_call(task, lambda: self.db.complete_task(task, result))
         event(
             log,
@@ -655,12 +693,19 @@ class _Executor:
                 info = ActivityInfo(
                     task.job_id, name, queue, attempt, True, traceparent=task.traceparent
                 )
+                layers = self.registry.interceptors_for(queue)
+                began = time.perf_counter()
                 try:
-                    layers = self.registry.interceptors_for(queue)
                     plain = self.registry.payloads.decode(args)  # as the activity takes them
-                    output = encode(
-                        await run_activity(fn, plain, info, layers), f"the result of {name}"
-                    )
+                    try:
+                        output = encode(
+                            await run_activity(fn, plain, info, layers), f"the result of {name}"
+                        )
+                    finally:
+                        if self.registry.metrics is not None:
+                            self.registry.metrics.activity_seconds.labels(queue, name).observe(
+                                time.perf_counter() - began
+                            )
                     output = self.registry.payloads.encode(output)
                 except Exception as error:
                     return await db.record_step(
