@@ -526,6 +526,93 @@ def test_schedules_and_queue_limits(site: Site, db: SQL, page: Page) -> None:
     assert db.one("select count(*) from get_queue_limits()") == 0
 
 
+def human_task(db: SQL, workflow_id: str) -> int | None:
+    found = db.one("select id from human_tasks where job_id = %s", workflow_id)
+    return None if found is None else int(found)
+
+
+def test_inbox_claim_comment_resolve(site: Site, db: SQL, page: Page) -> None:
+    """The inbox by role and assignee, the overview's open tasks by role; a task claimed,
+    commented on and resolved from the browser with the form its answer schema builds, which
+    completes the waiting workflow; a task that appears without reload."""
+    start(db, "ui_review", ["H1"], "H1")
+    start(db, "ui_review", ["H2", "auditor"], "H2")
+    assert sleep_until(lambda: human_task(db, "H1") and human_task(db, "H2"), 30)
+    h1 = human_task(db, "H1")
+    page.goto(site.url + "/")
+    expect(page.locator("table.roles tr[data-role=approver] .open")).not_to_have_text("0")
+    page.goto(site.url + "/inbox?role=auditor")
+    expect(page.locator("#live")).to_have_text("live")
+    expect(page.locator("table.inbox tbody tr.task")).to_have_count(1)
+    expect(page.locator("table.inbox tbody")).to_contain_text("Approve H2")
+    # A new task for the role shows without reload.
+    page.evaluate("window.notReloaded = true")
+    start(db, "ui_review", ["H3", "auditor"], "H3")
+    expect(page.locator("table.inbox tbody tr.task")).to_have_count(2)
+    assert page.evaluate("window.notReloaded") is True
+    response = page.goto(site.url + "/inbox?status=done")
+    assert response is not None and response.status == 400
+    expect(page.locator("#problem")).to_contain_text("status: 'done' is not one of")
+
+    page.goto(site.url + "/inbox?role=approver")
+    page.click(f"tr[data-task='{h1}'] a")
+    expect(page.locator("#title")).to_have_text("Approve H1")
+    page.fill("form.claim input[name=who]", "dana")
+    page.click("form.claim button")
+    expect(page.locator("#statement")).to_have_text(
+        f"select {site.app}.claim_human_task('{h1}', 'dana');"
+    )
+    page.click("#confirm button")
+    expect(page.locator("#done")).to_have_text("Claimed.")
+    expect(page.locator("#status")).to_have_text("claimed")
+    page.goto(site.url + "/inbox?assignee=dana")
+    expect(page.locator("table.inbox tbody tr.task")).to_have_count(1)
+    page.goto(f"{site.url}/inbox/{h1}")
+    page.fill("form.comment input[name=who]", "dana")
+    page.fill("form.comment input[name=text]", "amount checked")
+    page.click("form.comment button")
+    page.click("#confirm button")
+    expect(page.locator("li.event.comment")).to_contain_text("amount checked")
+    # The answer form: built from the task's JSON schema.
+    page.select_option("form.resolve select[name='a.approved']", "true")
+    page.fill("form.resolve input[name='a.amount']", "1200")
+    page.fill("form.resolve input[name='a.note']", "fine")
+    shot(page, "task")
+    page.click("form.resolve button")
+    expect(page.locator("#statement")).to_have_text(
+        f"select {site.app}.resolve_human_task('{h1}', 'dana',"
+        """ '{"amount": 1200, "approved": true, "note": "fine"}');"""
+    )
+    page.click("#confirm button")
+    expect(page.locator("#done")).to_contain_text("Resolved")
+    assert sleep_until(lambda: status(db, "H1") == "completed", 30)
+    assert db.one("select result from jobs where id = 'H1'") == {
+        "amount": 1200,
+        "approved": True,
+        "note": "fine",
+    }
+    # Resolving again: the database refuses (HM003), and says why.
+    page.goto(site.url + "/inbox?role=auditor")
+    shot(page, "inbox")
+    h2 = human_task(db, "H2")
+    page.goto(f"{site.url}/inbox/{h1}")
+    expect(page.locator("form.resolve")).to_have_count(0)  # resolved: nothing to do
+    page.goto(f"{site.url}/inbox/{h2}")
+    token = page.locator("form.resolve input[name=csrf]").input_value()
+    response = page.request.post(
+        f"{site.url}/inbox/{h1}/resolve",
+        form={"csrf": token, "who": "dana", "answer": '{"approved": false}', "confirm": "yes"},
+    )
+    assert response.status == 409 and "HM003" in response.text()
+    # The form's own check: an answer the schema refuses (approved is required).
+    response = page.request.post(
+        f"{site.url}/inbox/{h2}/resolve",
+        form={"csrf": token, "who": "eve", "answer": '{"note": "?"}', "confirm": "yes"},
+    )
+    assert response.status == 409 and "22023" in response.text()
+    assert db.one("select status from human_tasks where id = %s", h2) == "open"
+
+
 # -- safety ----------------------------------------------------------------------------------------
 
 
@@ -545,6 +632,11 @@ def test_hostile_names_and_values_are_rendered_as_text(site: Site, db: SQL, page
         Jsonb({"note": HOSTILE}),
     )
     db.one("select set_queue_limits(%s, max_running => 1)", HOSTILE)
+    # A human task whose title, role, metadata and comment are hostile.
+    start(db, "ui_review", [HOSTILE, HOSTILE], "hostile-task")
+    assert sleep_until(lambda: human_task(db, "hostile-task"), 30)
+    task = human_task(db, "hostile-task")
+    db.one("select comment_human_task(%s, %s, %s)", task, HOSTILE, HOSTILE)
     db.one(
         "select start_workflow('nobody_serves_this', '[]', %s, 'hostile-key', null, %s)",
         HOSTILE,
@@ -557,6 +649,8 @@ def test_hostile_names_and_values_are_rendered_as_text(site: Site, db: SQL, page
         f"{site.url}/workflows?status={quote(HOSTILE)}",
         site.url + "/queues",
         f"{site.url}/queues/{quote(HOSTILE, safe='')}",
+        site.url + "/inbox",
+        f"{site.url}/inbox/{task}",
     ]:
         page.goto(url)
         assert page.evaluate("window.pwned") is None, url
@@ -571,6 +665,10 @@ def test_hostile_names_and_values_are_rendered_as_text(site: Site, db: SQL, page
     page.goto(site.url + "/queues")
     expect(page.locator("tr.schedule td.id").filter(has_text="onerror")).to_contain_text(HOSTILE)
     shot(page, "hostile-queues")
+    page.goto(f"{site.url}/inbox/{task}")
+    expect(page.locator("#title")).to_have_text("Approve " + HOSTILE)
+    expect(page.locator("li.event.comment .text")).to_have_text(HOSTILE)
+    shot(page, "hostile-task")
 
 
 def test_csrf(site: Site, db: SQL, page: Page) -> None:
@@ -594,7 +692,11 @@ def test_csrf(site: Site, db: SQL, page: Page) -> None:
     assert response.ok and status(db, "X1") == "cancelled"
     # The schedule and queue actions check it too.
     db.one("select create_schedule('x-sched', '@daily', 'nobody_serves_this', '[]', 'idle')")
-    for url in [site.url + "/schedules/x-sched/pause", site.url + "/queues/idle/limits"]:
+    for url in [
+        site.url + "/schedules/x-sched/pause",
+        site.url + "/queues/idle/limits",
+        site.url + "/inbox/1/claim",
+    ]:
         response = page.request.post(url, form={"confirm": "yes", "max_running": "1"})
         assert response.status == 403 and "CSRF" in response.text()
     assert db.one("select status from schedule_fires where id = 'x-sched'") == "active"
@@ -622,10 +724,19 @@ def test_read_only_hides_and_refuses_actions(site: Site, db: SQL, page: Page) ->
     page.goto(site.read_only + "/queues/idle")
     expect(page.locator("table.queues")).to_contain_text("idle")
     expect(page.locator("form.action")).to_have_count(0)
-    for url in ["/schedules/ro-sched/pause", "/queues/idle/limits"]:
+    start(db, "ui_review", ["RO2"], "RO2")
+    assert sleep_until(lambda: human_task(db, "RO2"), 30)
+    task = human_task(db, "RO2")
+    page.goto(f"{site.read_only}/inbox/{task}")
+    expect(page.locator("#title")).to_have_text("Approve RO2")
+    expect(page.locator("form.action")).to_have_count(0)
+    page.goto(site.read_only + "/inbox")
+    expect(page.locator("table.inbox")).to_contain_text("Approve RO2")
+    for url in ["/schedules/ro-sched/pause", "/queues/idle/limits", f"/inbox/{task}/resolve"]:
         response = page.request.post(site.read_only + url, form={"confirm": "yes"})
         assert response.status == 403 and "read-only" in response.text()
     assert db.one("select status from schedule_fires where id = 'ro-sched'") == "active"
+    assert db.one("select status from human_tasks where id = %s", task) == "open"
 
 
 def test_token_or_basic_auth(site: Site, browser: Browser) -> None:

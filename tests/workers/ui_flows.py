@@ -4,7 +4,8 @@
 
 Serves queue "ui" with `ui_parent` (sets its entity and a search attribute, runs the hook
 `ui_note`, then the child `ui_child`, then waits for the signal `go`), `ui_child` (waits for
-`go-child` when its argument says so) and `ui_broken` (fails at once: FatalError).
+`go-child` when its argument says so), `ui_broken` (fails at once: FatalError) and `ui_review`
+(asks a person: a human task with an answer form, and returns the answer).
 """
 
 from __future__ import annotations
@@ -41,13 +42,34 @@ async def ui_parent(case: str, wait_child: bool = False) -> dict[str, Any]:
     return {"approved": approval}
 
 
+async def ui_review(case: str, role: str = "approver") -> Any:
+    """Asks a person (a human task for `role`) and returns the answer."""
+    return await workflow.ask_human(
+        f"Approve {case}",
+        role=role,
+        description=f"Claim {case} needs a decision.",
+        metadata={"case": case},
+        form={
+            "type": "object",
+            "required": ["approved"],
+            "properties": {
+                "approved": {"type": "boolean"},
+                "note": {"type": "string"},
+                "amount": {"type": "integer"},
+            },
+        },
+    )
+
+
 async def ui_broken() -> None:
     raise FatalError("the form was empty")
 
 
 async def main(dsn: str, app: str) -> None:
     mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
-    await mf.worker.create(task_queue="ui", workflow=[ui_parent, ui_note, ui_child, ui_broken])
+    await mf.worker.create(
+        task_queue="ui", workflow=[ui_parent, ui_note, ui_child, ui_broken, ui_review]
+    )
     print("ready", flush=True)
     await mf.run_until_signal(grace=1.0)
 

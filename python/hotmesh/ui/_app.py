@@ -28,6 +28,7 @@ import jinja2
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncNullConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -60,7 +61,12 @@ _DONE = {
     "trigger": "Schedule triggered: its run started.",
     "limits": "Limits set.",
     "clear": "Limits cleared.",
+    "claim": "Claimed.",
+    "comment": "Comment added.",
+    "resolve": "Resolved: the workflow has its answer.",
 }
+_INBOX = 100  # human tasks a page of the inbox shows
+TASK_STATUSES = ("open", "claimed", "resolved", "expired", "cancelled")
 _KEYS = 200  # concurrency keys shown on a queue's page
 _NUMBERS = ("max_running", "rate", "key_max_running")  # integer fields: SQL numbers
 
@@ -78,8 +84,9 @@ class _Action:
     run: Callable[[_Ui, str, Values], Awaitable[str]]  # returns what `page` shows
     page: str = "/workflows/{}"  # where it goes when done, with what `run` returned
     as_owner: str = ""  # the owner-only function it calls: it runs with the dashboard's login
-    # Checks and normalises the fields before the confirmation (InvalidArgument: a message).
-    prepare: Callable[[Values], Values] | None = None
+    # Checks and normalises the fields before the confirmation (InvalidArgument: a message);
+    # gets the whole form too (the answer form's fields).
+    prepare: Callable[[Values, Mapping[str, Any]], Values] | None = None
 
 
 class _Ui:
@@ -218,6 +225,11 @@ async def overview(request: Request) -> Response:
             completions[row["minute"]] = completions.get(row["minute"], 0) + row["n"]
         failed_day += row["n"] if row["failed_day"] else 0
     starts = [[row["minute"], row["n"]] for row in await ui.read(_queries.STARTS)]
+    roles: dict[str, dict[str, int]] = {}
+    open_tasks = {**_task_filters({}), "limit": 1000}
+    for item in await ui.reader.human_tasks("list_human_tasks", open_tasks):
+        counts_of = roles.setdefault(item.role, {"open": 0, "claimed": 0})
+        counts_of[item.status] = counts_of.get(item.status, 0) + 1
     chart = {"starts": starts, "completions": sorted(completions.items())}
     return _render(
         request,
@@ -225,6 +237,7 @@ async def overview(request: Request) -> Response:
         counts=counts,
         failed_day=failed_day,
         chart=json.dumps(chart),
+        roles=sorted(roles.items()),
         queues=await ui.reader.queue_backlog(),
     )
 
@@ -301,6 +314,70 @@ async def queues(request: Request) -> Response:
         schedules=await ui.reader.list_schedules(None),
         limits=await ui.reader.get_queue_limits(),
         queues=await ui.reader.queue_backlog(),
+        done=_DONE.get(request.query_params.get("done", "")),
+    )
+
+
+def _task_filters(query: Mapping[str, str]) -> dict[str, Any]:
+    get = {k: v.strip() for k, v in query.items() if v.strip()}
+    status = get.get("status")
+    if status is not None and status not in TASK_STATUSES:
+        raise ValueError(f"status: {status!r} is not one of {', '.join(TASK_STATUSES)}")
+    return {
+        "role": get.get("role"),
+        "assignee": get.get("assignee"),
+        "status": status,
+        "type": get.get("type"),
+        "metadata": None,
+        "limit": _INBOX,
+        "after": None,
+    }
+
+
+async def inbox(request: Request) -> Response:
+    """People's tasks (docs/people.md) by role, assignee, status and type, most urgent first."""
+    ui = _ui(request)
+    try:
+        filters = _task_filters(request.query_params)
+    except ValueError as problem:
+        return _render(
+            request, "inbox.html", 400, tasks=[], problem=problem, form=request.query_params
+        )
+    tasks = await ui.reader.human_tasks("list_human_tasks", filters)
+    return _render(
+        request, "inbox.html", tasks=tasks, problem=None, form=request.query_params, limit=_INBOX
+    )
+
+
+async def task(request: Request) -> Response:
+    ui = _ui(request)
+    text = request.path_params["id"]
+    found = (
+        await ui.reader.human_tasks("get_human_task", {"id": int(text)}) if text.isdigit() else []
+    )
+    if not found:
+        raise HTTPException(404, f"No human task has the id {text!r}.")
+    item = found[0]
+    fields = []
+    properties = (item.form or {}).get("properties")
+    if isinstance(properties, dict):
+        required = set((item.form or {}).get("required") or [])
+        for name, spec in properties.items():
+            spec = spec if isinstance(spec, dict) else {}
+            fields.append(
+                {
+                    "name": name,
+                    "type": spec.get("type") if isinstance(spec.get("type"), str) else "json",
+                    "enum": spec.get("enum") if isinstance(spec.get("enum"), list) else None,
+                    "required": name in required,
+                    "title": spec.get("title") or spec.get("description") or "",
+                }
+            )
+    return _render(
+        request,
+        "task.html",
+        task=item,
+        fields=fields,
         done=_DONE.get(request.query_params.get("done", "")),
     )
 
@@ -393,7 +470,7 @@ def _schedule_call(name: str) -> Callable[[_Ui, str, Values], Awaitable[str]]:
     return call
 
 
-def _limit_values(values: Values) -> Values:
+def _limit_values(values: Values, form: Mapping[str, Any]) -> Values:
     """The limits as the SQL takes them: whole numbers, and `per` as an interval's text."""
     checked: Values = {}
     for name, value in values.items():
@@ -428,6 +505,92 @@ async def _clear(ui: _Ui, task_queue: str, values: Values) -> str:
     return task_queue
 
 
+def _task_id(text: str) -> int:
+    if not text.isdigit():
+        raise errors.InvalidArgument(f"a human task id is a number, not {text!r}")
+    return int(text)
+
+
+async def _claim(ui: _Ui, task_id: str, values: Values) -> str:
+    await ui.actor.human_tasks(
+        "claim_human_task", {"id": _task_id(task_id), "who": values.get("who")}
+    )
+    return task_id
+
+
+async def _comment(ui: _Ui, task_id: str, values: Values) -> str:
+    params = {"id": _task_id(task_id), "who": values.get("who"), "text": values.get("text")}
+    await ui.actor.human_tasks("comment_human_task", params)
+    return task_id
+
+
+async def _resolve(ui: _Ui, task_id: str, values: Values) -> str:
+    answer = _json_field(values, "answer", None)
+    params = {"id": _task_id(task_id), "who": values.get("who"), "answer": Jsonb(answer)}
+    await ui.actor.human_tasks("resolve_human_task", params)
+    return task_id
+
+
+def _answer_value(kind: str, name: str, text: str) -> Any:
+    """One field of the answer form, as its JSON schema type says."""
+    if kind == "boolean":
+        return text == "true"
+    if kind in ("number", "integer"):
+        try:
+            return int(text) if kind == "integer" else float(text)
+        except ValueError:
+            raise errors.InvalidArgument(f"{name}: {text!r} is not a {kind}") from None
+    if kind == "string":
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise errors.InvalidArgument(f"{name} is not valid JSON: {error}") from None
+
+
+def _answer(values: Values, form: Mapping[str, Any]) -> Values:
+    """The answer as JSON text: from the fields the task's form built (`a.<name>`, typed by
+    `t.<name>`; an empty one is left out), else the `answer` field as it came."""
+    answer: dict[str, Any] = {}
+    built = False
+    for key in form:
+        if key.startswith("t."):
+            built = True
+            name = key[2:]
+            text = str(form.get("a." + name) or "")
+            if text != "":
+                answer[name] = _answer_value(str(form[key]), name, text)
+    if built:
+        values = {**values, "answer": json.dumps(answer, sort_keys=True)}
+    elif values.get("answer") is not None:
+        values = {**values, "answer": json.dumps(_json_field(values, "answer", None))}
+    return values
+
+
+_TASK_ACTIONS = {
+    "claim": _Action(
+        "Claim the task",
+        ("who",),
+        "select {app}.claim_human_task({id}, {who})",
+        _claim,
+        "/inbox/{}",
+    ),
+    "comment": _Action(
+        "Comment on the task",
+        ("who", "text"),
+        "select {app}.comment_human_task({id}, {who}, {text})",
+        _comment,
+        "/inbox/{}",
+    ),
+    "resolve": _Action(
+        "Resolve the task",
+        ("who", "answer"),
+        "select {app}.resolve_human_task({id}, {who}, {answer})",
+        _resolve,
+        "/inbox/{}",
+        prepare=_answer,
+    ),
+}
 _WORKFLOW_ACTIONS = {
     "signal": _Action(
         "Send a signal",
@@ -529,6 +692,11 @@ async def schedule_action(request: Request) -> Response:
     return await _act(request, _SCHEDULE_ACTIONS.get(name), name, request.path_params["id"])
 
 
+async def task_action(request: Request) -> Response:
+    name = request.path_params["action"]
+    return await _act(request, _TASK_ACTIONS.get(name), name, request.path_params["id"])
+
+
 async def queue_action(request: Request) -> Response:
     name = request.path_params["action"]
     return await _act(request, _QUEUE_ACTIONS.get(name), name, request.path_params["queue"])
@@ -561,7 +729,7 @@ async def _act(request: Request, act: _Action | None, name: str, target: str) ->
     values = {f: _text(form, f) for f in act.fields}
     if act.prepare is not None:
         try:
-            values = act.prepare(values)
+            values = act.prepare(values, form)
         except errors.InvalidArgument as invalid:
             return _error(request, 400, act.title, str(invalid))
     statement = act.sql.format(
@@ -733,6 +901,9 @@ def create_app(
         Route("/queues/{queue:path}/{action:str}", queue_action, methods=["POST"]),
         Route("/queues/{queue:path}", queue),
         Route("/schedules/{id:path}/{action:str}", schedule_action, methods=["POST"]),
+        Route("/inbox", inbox),
+        Route("/inbox/{id:str}", task),
+        Route("/inbox/{id:str}/{action:str}", task_action, methods=["POST"]),
         Route("/start", start_form),
         Route("/start", start_action, methods=["POST"]),
         Route("/events", events),
