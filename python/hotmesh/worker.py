@@ -33,6 +33,7 @@ import psycopg
 
 from hotmesh import _install, errors
 from hotmesh._commands import (
+    AskHuman,
     CancelWorkflow,
     Command,
     Emit,
@@ -641,6 +642,8 @@ class _Executor:
                 return await db.schedule_sleep(task, seq, command.seconds)
             case WaitSignal():
                 return await db.wait_signal(task, seq, command.signal_id, command.timeout)
+            case AskHuman():
+                return await db.ask_human(task, seq, command.signal_id, command.request)
             case SendSignal():
                 return await db.send_signal(
                     task, seq, command.signal_id, command.payload, command.workflow_id
