@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from helpers import SQL, Process, kill9, python, sleep_until, until, until_row
 from hotmesh import FatalError, MemFlow
@@ -304,3 +305,42 @@ async def test_openai_compatible_model(
             ],
         }
     )
+
+
+@pytest.mark.timeout(120)
+async def test_nobody_accepts(app: str, dsn: str, db: SQL) -> None:
+    """Nobody answers in 2 days: the task goes to the director's inbox (escalation); nobody
+    there in 2 more days, and the agent ends `unreviewed`. The engine's clock is moved by
+    the workers that come later (hotmesh.fake_now), as a worker on a later day would be."""
+    mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    try:
+        await agent.serve(mf)
+        await agent.start(mf, QUESTION, "unanswered")
+        await awaiting_acceptance(mf, "unanswered")
+    finally:
+        await mf.close(grace=2.0)
+    (created,) = db.rows("select created_at from human_tasks")[0]
+
+    async def worker_on(day: float, until_sql: str) -> None:
+        at = created + timedelta(days=day)
+        clocked = make_conninfo(dsn, options=f"-c hotmesh.fake_now={at.isoformat()}")
+        later = await MemFlow.init(app_id=app, dsn=clocked, migrate=False)
+        try:
+            await agent.serve(later)
+            await until_row(db, until_sql)
+        finally:
+            await later.close(grace=2.0)
+
+    await worker_on(2.01, "select role = 'research-director' from human_tasks")
+    assert db.rows("select status, role from list_human_tasks(role => 'research-lead')") == []
+    assert db.rows("select status from list_human_tasks(role => 'research-director')") == [
+        ("open",)
+    ]
+    await worker_on(4.02, "select status = 'completed' from jobs where id = 'unanswered'")
+    assert db.one("select status from human_tasks") == "expired"
+    assert db.one("select result from jobs") == {
+        "answer": db.one("select context ->> 'answer' from jobs"),
+        "accepted": False,
+        "rounds": 3,
+    }
+    assert db.one("select context ->> 'stage' from jobs") == "unreviewed"
