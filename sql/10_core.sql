@@ -342,6 +342,8 @@ declare
     v_now timestamptz := _now();
     v_job jobs;
     v_moved text[] := array[]::text[];
+    v_runs text[] := array[]::text[];
+    v_schedules text[] := array[]::text[];
     v_ends boolean := p_to in ('completed', 'failed', 'cancelled');
 begin
     if p_to not in ('pending', 'running', 'waiting', 'completed', 'failed', 'cancelled') then
@@ -367,6 +369,10 @@ begin
         returning j.*
     loop
         v_moved := array_append(v_moved, v_job.id);
+        if v_job.schedule_id is not null then
+            v_runs := array_append(v_runs, v_job.id);
+            v_schedules := array_append(v_schedules, v_job.schedule_id);
+        end if;
         return next v_job;
     end loop;
     if v_ends and cardinality(v_moved) > 0 then
@@ -375,6 +381,10 @@ begin
         if exists (select from human_tasks
                     where job_id = any(v_moved) and status in ('open', 'claimed')) then
             perform _cancel_human_tasks(v_moved, true);
+        end if;
+        if cardinality(v_runs) > 0 then
+            -- A schedule that kept a fire behind one of these runs starts it now (buffer_one).
+            perform _schedule_runs_ended(v_schedules, v_runs);
         end if;
     end if;
 end
@@ -611,17 +621,30 @@ as $$
 declare
     v_state text;
     v_queue text;
+    v_name text;
+    v_priority integer;
+    v_key text;
+    v_rank bigint;
 begin
-    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
-                       concurrency_key, key_rank)
-    select j.id, p_thread, 'workflow', coalesce(th.name, j.workflow_name), q.name, j.priority,
-           _now(), j.concurrency_key,
-           case when j.concurrency_key is not null then _key_rank(q.name, j.concurrency_key) end
+    -- Three statements, not one INSERT ... SELECT that calls _key_rank per row: Citus cannot
+    -- run a query over the tables that calls a function that queries them again
+    -- (docs/citus.md).
+    select coalesce(th.name, j.workflow_name), coalesce(th.task_queue, j.task_queue),
+           j.priority, j.concurrency_key
+      into v_name, v_queue, v_priority, v_key
       from jobs as j
       left join threads as th on th.job_id = j.id and th.thread = p_thread
-     cross join lateral (select coalesce(th.task_queue, j.task_queue) as name) as q
      where j.id = p_job_id and j.status not in ('completed', 'failed', 'cancelled')
-       and (p_thread = 'main' or th.status = 'running')
+       and (p_thread = 'main' or th.status = 'running');
+    if not found then
+        return;
+    end if;
+    if v_key is not null then
+        v_rank := _key_rank(v_queue, v_key);
+    end if;
+    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
+                       concurrency_key, key_rank)
+    values (p_job_id, p_thread, 'workflow', v_name, v_queue, v_priority, _now(), v_key, v_rank)
     on conflict (job_id, thread, seq) do update
        set rerun = tasks.rerun or tasks.state = 'leased',
            run_at = case when tasks.state = 'ready' then least(tasks.run_at, excluded.run_at)

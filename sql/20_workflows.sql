@@ -7,7 +7,9 @@
 -- and the start options (docs/sql-api.md): "execution_timeout" (seconds), "id_reuse"
 -- (reject | allow_finished | terminate), "idempotency_key", "debounce" (seconds), "start_at"
 -- (a timestamp) or "start_in" (seconds), "search" ({attribute: value}); "concurrency_key"
--- (its activations share their queue's per-key limit: 25_limits.sql).
+-- (its activations share their queue's per-key limit: 25_limits.sql); "traceparent" (the W3C
+-- trace context its tasks continue: docs/tracing.md).
+-- A batch of one of start_workflows' _start_batch.
 create or replace function start_workflow(
     p_workflow_name text,
     p_args jsonb default '[]',
@@ -19,18 +21,99 @@ create or replace function start_workflow(
 language plpgsql
 set search_path from current
 as $$
+begin
+    return (_start_batch(array[
+        _start_plan(p_workflow_name, p_args, p_task_queue, p_workflow_id, p_entity, p_options)
+    ]))[1];
+end
+$$;
+
+-- Starts many workflows in one call, all or none: p_items is a JSON array of objects with
+-- start_workflow's parameters as keys ({"workflow_name", "args", "task_queue", "workflow_id",
+-- "entity", "options"}). Returns their workflow ids in item order. A bad item, a taken id or
+-- an id given twice in the batch refuses the whole batch (the message names the item or the
+-- id) and starts nothing. New ids are inserted with one statement per table, and one
+-- notification goes to each queue.
+create or replace function start_workflows(p_items jsonb) returns text[]
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_plans jsonb[] := '{}'::jsonb[];
+    v_item jsonb;
+    v_ord integer := 0;
+    v_unknown text;
+    v_retention interval := _default_retention();
+    v_policy jsonb := _retry_policy(null);
+begin
+    if jsonb_typeof(p_items) is distinct from 'array' then
+        raise exception using errcode = '22023',
+            message = format('items must be a JSON array of starts, not %s',
+                             coalesce(jsonb_typeof(p_items), 'null'));
+    end if;
+    begin
+        for v_item in select value from jsonb_array_elements(p_items) loop
+            v_ord := v_ord + 1;
+            if jsonb_typeof(v_item) <> 'object' then
+                raise exception using errcode = '22023',
+                    message = format('a start must be a JSON object, not %s',
+                                     jsonb_typeof(v_item));
+            end if;
+            select string_agg(k, ', ') into v_unknown
+              from jsonb_object_keys(v_item) as k
+             where k not in ('workflow_name', 'args', 'task_queue', 'workflow_id', 'entity',
+                             'options');
+            if v_unknown is not null then
+                raise exception using errcode = '22023',
+                    message = format('unknown field(s): %s (a start has workflow_name, args, '
+                                     'task_queue, workflow_id, entity, options)', v_unknown);
+            end if;
+            if jsonb_typeof(v_item -> 'args') not in ('array', 'null') then
+                raise exception using errcode = '22023',
+                    message = format('args of workflow "%s" must be a JSON array (positional '
+                                     'arguments), not %s', v_item ->> 'workflow_name',
+                                     jsonb_typeof(v_item -> 'args'));
+            end if;
+            v_plans := v_plans || _start_plan(
+                v_item ->> 'workflow_name', nullif(v_item -> 'args', 'null'),
+                v_item ->> 'task_queue', v_item ->> 'workflow_id', v_item ->> 'entity',
+                coalesce(nullif(v_item -> 'options', 'null'), '{}'), v_retention, v_policy);
+        end loop;
+    exception when others then
+        -- Which item: the batch is refused as a whole, so the caller must find the bad one.
+        raise exception using errcode = sqlstate,
+            message = format('start %s of %s: %s', v_ord, jsonb_array_length(p_items), sqlerrm);
+    end;
+    return _start_batch(v_plans);
+end
+$$;
+
+-- The checked, normalised start of one workflow (start_workflow's parameters): its jobs row's
+-- values, its first activation's due time (run_at), and what only the one-by-one path of
+-- _start_batch handles (idempotency_key, debounce, id_reuse). Bad input: 22023 naming it.
+-- A batch passes the app's default retention and retry policy, read once for all its starts.
+create or replace function _start_plan(
+    p_workflow_name text,
+    p_args jsonb,
+    p_task_queue text,
+    p_workflow_id text,
+    p_entity text,
+    p_options jsonb,
+    p_default_retention interval default null,
+    p_default_policy jsonb default null
+) returns jsonb
+language plpgsql
+as $$
 declare
     v_now timestamptz := _now();
     v_options jsonb := coalesce(p_options, '{}'::jsonb);
     v_queue text := coalesce(p_task_queue, p_entity);
     v_id text := coalesce(p_workflow_id, 'H' || replace(gen_random_uuid()::text, '-', ''));
-    v_existing jobs;
     v_priority smallint;
     v_retention interval;
     v_policy jsonb;
     v_start jsonb;
     v_run_at timestamptz;
-    v_held_by text;
     v_key text;
 begin
     if coalesce(p_workflow_name, '') = '' then
@@ -80,10 +163,15 @@ begin
     end if;
     v_key := v_options ->> 'concurrency_key';
     perform _check_concurrency_key(v_key);
+    perform _check_traceparent(v_options -> 'traceparent');
     -- No `expire`: the app's default_retention (sql/71_retention.sql; 7 days unless set).
     v_retention := coalesce(make_interval(secs => (v_options ->> 'expire')::float8),
-                            _default_retention());
-    v_policy := _retry_policy(v_options -> 'retry_policy');
+                            p_default_retention, _default_retention());
+    if nullif(v_options -> 'retry_policy', 'null') is null and p_default_policy is not null then
+        v_policy := p_default_policy;
+    else
+        v_policy := _retry_policy(v_options -> 'retry_policy');
+    end if;
     if v_policy ?| array['start_to_close', 'schedule_to_close', 'heartbeat_timeout'] then
         raise exception using errcode = '22023',
             message = 'a workflow''s retry policy takes no activity timeouts (start_to_close, '
@@ -91,50 +179,147 @@ begin
     end if;
     v_start := _start_options(v_options, v_retention, v_id, p_workflow_id is not null);
     v_run_at := greatest(v_now, (v_start ->> 'run_at')::timestamptz);
+    return jsonb_build_object(
+        'id', v_id, 'entity', coalesce(p_entity, p_workflow_name),
+        'workflow_name', p_workflow_name, 'task_queue', v_queue,
+        'args', coalesce(p_args, '[]'::jsonb), 'retry_policy', v_policy, 'priority', v_priority,
+        'retention', v_retention, 'execution_timeout', v_start -> 'execution_timeout',
+        'timeout_at', v_run_at + (v_start ->> 'execution_timeout')::interval,
+        'idempotency_key', v_start -> 'idempotency_key',
+        'search', coalesce(v_start -> 'search', '{}'::jsonb), 'concurrency_key', v_key,
+        'run_at', v_run_at, 'debounce', v_start -> 'debounce', 'id_reuse', v_start -> 'id_reuse',
+        'traceparent', v_options -> 'traceparent'
+    );
+end
+$$;
 
-    -- A start that carries a key another run holds returns that run: nothing changes.
-    if v_start ? 'idempotency_key' then
-        select id into v_held_by from jobs
-         where idempotency_key = v_start ->> 'idempotency_key';
+-- Starts the workflows of p_plans (_start_plan's, in order) and returns their ids in that
+-- order. An id given twice is refused (22023 naming it) before anything changes. A start with
+-- an idempotency key, a debounce or an id a row holds goes first through _start_check, in
+-- order; every new run is then one INSERT per table for the whole batch, and each queue gets
+-- one notification.
+create or replace function _start_batch(p_plans jsonb[]) returns text[]
+language plpgsql
+as $$
+declare
+    v_now timestamptz := _now();
+    v_dup text;
+    v_ids text[] := array(select p ->> 'id' from unnest(p_plans) as p);
+    v_answered integer[] := '{}'::integer[];
+    v_answer text;
+    v_inserted text[];
+    v_queues text[];
+    v_queue text;
+    v_special record;
+begin
+    if cardinality(p_plans) > 1 then
+        select p ->> 'id' into v_dup
+          from unnest(p_plans) as p
+         group by p ->> 'id' having count(*) > 1 limit 1;
         if found then
-            return v_held_by;
+            raise exception using errcode = '22023',
+                message = format('workflow id "%s" is given more than once in the batch; nothing '
+                                 'was started', v_dup);
         end if;
     end if;
-    select * into v_existing from jobs where id = v_id for update;
-    if found then
-        if v_start ? 'debounce' and _debounce_start(v_existing, p_args, v_run_at) then
-            return v_id;
+    for v_special in
+        select p.plan, p.ord
+          from unnest(p_plans) with ordinality as p (plan, ord)
+         where p.plan ->> 'idempotency_key' is not null or p.plan ->> 'debounce' is not null
+            or exists (select from jobs as j where j.id = p.plan ->> 'id')
+         order by p.ord
+    loop
+        v_answer := _start_check(v_special.plan);
+        if v_answer is not null then
+            v_ids[v_special.ord] := v_answer;
+            v_answered := v_answered || v_special.ord::integer;
         end if;
-        perform _reuse_id(v_existing, v_start ->> 'id_reuse', v_now);
+    end loop;
+    with inserted as (
+        insert into jobs (id, entity, workflow_name, task_queue, args, retry_policy, priority,
+                          retention, created_at, updated_at, execution_timeout, timeout_at,
+                          idempotency_key, search, concurrency_key, traceparent)
+        select plan ->> 'id', plan ->> 'entity', plan ->> 'workflow_name', plan ->> 'task_queue',
+               plan -> 'args', plan -> 'retry_policy', (plan ->> 'priority')::smallint,
+               (plan ->> 'retention')::interval, v_now, v_now,
+               (plan ->> 'execution_timeout')::interval, (plan ->> 'timeout_at')::timestamptz,
+               plan ->> 'idempotency_key', plan -> 'search', plan ->> 'concurrency_key',
+               plan ->> 'traceparent'
+          from unnest(p_plans) with ordinality as p (plan, ord)
+         where p.ord <> all(v_answered)
+        on conflict do nothing
+        returning id
+    )
+    select array_agg(id) into v_inserted from inserted;
+    if coalesce(cardinality(v_inserted), 0) < cardinality(p_plans) - cardinality(v_answered) then
+        -- A start racing this one took an id or a key first (rare: read by array lookups).
+        for v_special in
+            select p.plan, p.ord
+              from unnest(p_plans) with ordinality as p (plan, ord)
+             where p.ord <> all(v_answered) and (p.plan ->> 'id') <> all(coalesce(v_inserted, '{}'))
+        loop
+            select id into v_answer from jobs
+             where idempotency_key = v_special.plan ->> 'idempotency_key';
+            if not found then
+                raise exception using errcode = 'HM001',
+                    message = format('Duplicate job: workflow id "%s" is already taken',
+                                     v_special.plan ->> 'id');
+            end if;
+            v_ids[v_special.ord] := v_answer;
+            v_answered := v_answered || v_special.ord::integer;
+        end loop;
     end if;
-
-    insert into jobs (id, entity, workflow_name, task_queue, args, retry_policy, priority,
-                      retention, created_at, updated_at, execution_timeout, timeout_at,
-                      idempotency_key, search, concurrency_key)
-    values (v_id, coalesce(p_entity, p_workflow_name), p_workflow_name, v_queue,
-            coalesce(p_args, '[]'::jsonb), v_policy, v_priority, v_retention, v_now, v_now,
-            (v_start ->> 'execution_timeout')::interval,
-            v_run_at + (v_start ->> 'execution_timeout')::interval,
-            v_start ->> 'idempotency_key', coalesce(v_start -> 'search', '{}'::jsonb), v_key)
-    on conflict do nothing;
-    if not found then
-        -- A start racing this one took the key first: its run is the answer.
-        select id into v_held_by from jobs
-         where idempotency_key = v_start ->> 'idempotency_key';
-        if found then
-            return v_held_by;
-        end if;
-        raise exception using errcode = 'HM001',
-            message = format('Duplicate job: workflow id "%s" is already taken', v_id);
-    end if;
+    -- A key's starts in one batch rank one after another, as one by one they would.
     insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
                        concurrency_key, key_rank)
-    values (v_id, 'main', 'workflow', p_workflow_name, v_queue, v_priority, v_run_at, v_key,
-            case when v_key is not null then _key_rank(v_queue, v_key) end);
-    if v_run_at <= v_now then
+    select plan ->> 'id', 'main', 'workflow', plan ->> 'workflow_name', plan ->> 'task_queue',
+           (plan ->> 'priority')::smallint, (plan ->> 'run_at')::timestamptz,
+           plan ->> 'concurrency_key',
+           case when plan ->> 'concurrency_key' is not null then
+               _key_rank(plan ->> 'task_queue', plan ->> 'concurrency_key')
+               + row_number() over (partition by plan ->> 'task_queue', plan ->> 'concurrency_key'
+                                    order by ord) - 1
+           end
+      from unnest(p_plans) with ordinality as p (plan, ord)
+     where p.ord <> all(v_answered);
+    select array_agg(distinct p ->> 'task_queue') into v_queues
+      from unnest(p_plans) with ordinality as e (p, ord)
+     where e.ord <> all(v_answered) and (p ->> 'run_at')::timestamptz <= v_now;
+    foreach v_queue in array coalesce(v_queues, '{}') loop
         perform _notify('q:' || v_queue);
+    end loop;
+    return v_ids;
+end
+$$;
+
+-- A start of _start_batch that may need no new run: the run that holds its idempotency key,
+-- or a pending run of its id that a debounce gives the new arguments and due time (the
+-- answer: that run's id); otherwise null, its id free for the new run (an old run that held
+-- it deleted per id_reuse: _reuse_id, which refuses with HM001).
+create or replace function _start_check(p_plan jsonb) returns text
+language plpgsql
+as $$
+declare
+    v_existing jobs;
+    v_held_by text;
+begin
+    -- A start that carries a key another run holds returns that run: nothing changes.
+    if p_plan ->> 'idempotency_key' is not null then
+        select id into v_held_by from jobs where idempotency_key = p_plan ->> 'idempotency_key';
+        if found then
+            return v_held_by;
+        end if;
     end if;
-    return v_id;
+    select * into v_existing from jobs where id = p_plan ->> 'id' for update;
+    if found then
+        if p_plan ->> 'debounce' is not null
+           and _debounce_start(v_existing, p_plan -> 'args', (p_plan ->> 'run_at')::timestamptz)
+        then
+            return v_existing.id;
+        end if;
+        perform _reuse_id(v_existing, p_plan ->> 'id_reuse', _now());
+    end if;
+    return null;
 end
 $$;
 
@@ -142,6 +327,26 @@ $$;
 -- anything changes) and normalised: {"execution_timeout": interval text, "id_reuse",
 -- "idempotency_key", "debounce": interval text, "run_at": when the first activation is due,
 -- "search"}. p_retention bounds the timeout; a debounce needs a chosen workflow id (its key).
+-- A W3C traceparent (version 00: https://www.w3.org/TR/trace-context/#traceparent-header),
+-- or null. Anything else is refused, so a trace id read back is always one a tracer accepts.
+create or replace function _check_traceparent(p_value jsonb) returns void
+language plpgsql immutable
+as $$
+begin
+    if p_value is null or jsonb_typeof(p_value) = 'null' then
+        return;
+    end if;
+    if jsonb_typeof(p_value) <> 'string'
+       or p_value #>> '{}' !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+       or p_value #>> '{}' ~ '^00-0{32}-' or p_value #>> '{}' ~ '-0{16}-[0-9a-f]{2}$' then
+        raise exception using errcode = '22023',
+            message = format('traceparent must be a W3C trace context such as '
+                             '"00-<32 hex trace id>-<16 hex span id>-<2 hex flags>", not %s',
+                             left(p_value::text, 100));
+    end if;
+end
+$$;
+
 create or replace function _start_options(
     p_options jsonb, p_retention interval, p_workflow_id text, p_id_given boolean
 ) returns jsonb
@@ -240,7 +445,7 @@ begin
     end if;
     update jobs
        set args = coalesce(p_args, '[]'::jsonb), updated_at = _now(),
-           timeout_at = p_run_at + execution_timeout
+           timeout_at = _after(p_run_at, execution_timeout)
      where id = p_job.id;
     return true;
 end

@@ -124,6 +124,7 @@ as $$
 declare
     v_queue text;
     v_limits queue_limits;
+    v_bucket queue_buckets;
     v_tokens double precision;
     v_slots integer;
     v_taken bigint[];
@@ -146,8 +147,9 @@ begin
                    and t.lease_expires_at > p_now));
         end if;
         if v_limits.rate is not null then
-            v_tokens := _tokens(v_limits, (select b from queue_buckets as b
-                                            where b.task_queue = v_queue), p_now);
+            -- The bucket apart (Citus: docs/citus.md).
+            select * into v_bucket from queue_buckets as b where b.task_queue = v_queue;
+            v_tokens := _tokens(v_limits, v_bucket, p_now);
             v_slots := least(v_slots, floor(v_tokens)::integer);
         end if;
         continue when v_slots < 1;
@@ -238,6 +240,7 @@ as $$
 declare
     v_now timestamptz := _now();
     v_limits queue_limits;
+    v_bucket queue_buckets;
     v_tokens double precision;
     v_due timestamptz := p_due;
 begin
@@ -245,8 +248,9 @@ begin
     if p_due is null or not found then
         return p_due;
     end if;
-    v_tokens := _tokens(v_limits, (select b from queue_buckets as b
-                                    where b.task_queue = p_task_queue), v_now);
+    -- The bucket apart (Citus: docs/citus.md).
+    select * into v_bucket from queue_buckets as b where b.task_queue = p_task_queue;
+    v_tokens := _tokens(v_limits, v_bucket, v_now);
     if v_tokens < 1 then
         v_due := greatest(v_due, v_now + (1 - v_tokens) * v_limits.per / v_limits.rate);
     end if;
@@ -269,23 +273,34 @@ returns table (
     key_max_running integer,
     updated_at timestamptz
 )
-language sql stable
+language plpgsql stable
 set search_path from current
 as $$
-    select l.task_queue, l.max_running,
-           (select count(*) from tasks as t
-             where t.task_queue = l.task_queue and t.state = 'leased'
-               and t.lease_expires_at > c.now),
-           l.rate, l.per, k.tokens,
-           case when k.tokens < l.rate then c.now + (1 - k.tokens + floor(k.tokens)) * l.per
-                                                    / l.rate end,
-           l.key_max_running, l.updated_at
-      from queue_limits as l
-     cross join (select _now() as now) as c
-     cross join lateral (select _tokens(l, b, c.now) as tokens
-                           from (select) as one
-                           left join queue_buckets as b on b.task_queue = l.task_queue) as k
-     order by l.task_queue
+declare
+    v_now timestamptz := _now();
+    v_limits queue_limits;
+    v_bucket queue_buckets;
+begin
+    -- One queue at a time (there are few): _tokens takes the rows, which Citus cannot pass
+    -- in the query it sends to the node of the tables (docs/citus.md).
+    for v_limits in select * from queue_limits as l order by l.task_queue loop
+        select * into v_bucket from queue_buckets as b where b.task_queue = v_limits.task_queue;
+        task_queue := v_limits.task_queue;
+        max_running := v_limits.max_running;
+        running := (select count(*) from tasks as t
+                     where t.task_queue = v_limits.task_queue and t.state = 'leased'
+                       and t.lease_expires_at > v_now);
+        rate := v_limits.rate;
+        per := v_limits.per;
+        tokens := _tokens(v_limits, v_bucket, v_now);
+        next_token_at := case when tokens < v_limits.rate
+                              then v_now + (1 - tokens + floor(tokens)) * v_limits.per
+                                   / v_limits.rate end;
+        key_max_running := v_limits.key_max_running;
+        updated_at := v_limits.updated_at;
+        return next;
+    end loop;
+end
 $$;
 
 -- The concurrency keys of a task queue that have tasks, busiest first: how many of each run

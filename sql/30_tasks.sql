@@ -243,10 +243,14 @@ begin
            -- by this worker's), so a non-determinism failure can name both; and from the
            -- second run on (continue_as_new) the run. claimed_task keeps its shape, which
            -- older workers read by position.
-           case when t.kind = 'activity' then t.payload
-                when j.build_id is not null or j.run > 1
+           -- Both carry the workflow's trace context (docs/tracing.md) when it has one.
+           case when t.kind = 'activity' and j.traceparent is not null
+                    then t.payload || jsonb_build_object('traceparent', j.traceparent)
+                when t.kind = 'activity' then t.payload
+                when j.build_id is not null or j.run > 1 or j.traceparent is not null
                     then jsonb_strip_nulls(jsonb_build_object(
-                        'build_id', j.build_id, 'run', nullif(j.run, 1)))
+                        'build_id', j.build_id, 'run', nullif(j.run, 1),
+                        'traceparent', j.traceparent))
            end,
            j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then (
@@ -289,10 +293,15 @@ $$;
 -- when none is waiting; a claim fires each: _fire_schedules, _next_timeout), so an idle
 -- worker sleeps exactly until then instead of polling.
 create or replace function next_due(p_task_queues text[]) returns timestamptz
-language sql stable
+language plpgsql stable
 set search_path from current
 set plan_cache_mode = force_generic_plan
 as $$
+declare
+    v_queues text[];
+    v_dues timestamptz[];
+    v_due timestamptz;
+begin
     -- The claim index orders a queue by priority first, so the soonest task of one priority
     -- is a single probe; a recursive walk from each priority in use to the next lower one
     -- finds them all without reading every task of a long queue.
@@ -310,30 +319,34 @@ as $$
          where l.priority is not null
     )
     -- Per level the soonest task without a key (one probe: they sort first), and the
-    -- soonest with one (they sort by rank first: a range of the index). A limited queue's
-    -- tasks may be held back further (_limited_due). A schedule or a timeout that comes due
-    -- wakes the worker too: its claim fires it.
-    select least(
-               (select min(_limited_due(d.queue, d.due))
-                  from (select l.queue,
-                               min(least((select t.run_at from tasks as t
-                                           where t.task_queue = l.queue and t.state <> 'dead'
-                                             and t.priority = l.priority and t.key_rank is null
-                                           order by t.priority desc, t.key_rank nulls first,
-                                                    t.run_at
-                                           limit 1),
-                                         (select min(t.run_at) from tasks as t
-                                           where t.task_queue = l.queue and t.state <> 'dead'
-                                             and t.priority = l.priority
-                                             and t.key_rank is not null)))
-                                   as due
-                          from levels as l
-                         where l.priority is not null
-                         group by l.queue) as d),
-               (select s.due_at from schedules as s
-                 where s.due_at is not null order by s.due_at limit 1),
-               _next_timeout(),
-               _next_human_due())
+    -- soonest with one (they sort by rank first: a range of the index).
+    select array_agg(d.queue), array_agg(d.due) into v_queues, v_dues
+      from (select l.queue,
+                   min(least((select t.run_at from tasks as t
+                               where t.task_queue = l.queue and t.state <> 'dead'
+                                 and t.priority = l.priority and t.key_rank is null
+                               order by t.priority desc, t.key_rank nulls first, t.run_at
+                               limit 1),
+                             (select min(t.run_at) from tasks as t
+                               where t.task_queue = l.queue and t.state <> 'dead'
+                                 and t.priority = l.priority
+                                 and t.key_rank is not null)))
+                       as due
+              from levels as l
+             where l.priority is not null
+             group by l.queue) as d;
+    -- A limited queue's tasks may be held back further (_limited_due). One statement each,
+    -- apart from the query above: Citus cannot run a query over the tables that calls a
+    -- function that queries them again (docs/citus.md).
+    for v_pos in 1 .. coalesce(cardinality(v_queues), 0) loop
+        v_due := least(v_due, _limited_due(v_queues[v_pos], v_dues[v_pos]));
+    end loop;
+    -- A schedule, a timeout or a human task's due time wakes the worker too: its claim
+    -- fires it.
+    v_due := least(v_due, (select s.due_at from schedules as s
+                            where s.due_at is not null order by s.due_at limit 1));
+    return least(v_due, _next_timeout(), _next_human_due());
+end
 $$;
 
 -- Finishes a task successfully. An activity: its step is recorded with the result and the

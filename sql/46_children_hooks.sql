@@ -45,9 +45,17 @@ begin
     end if;
     select * into v_parent from jobs where id = v_task.job_id;
     begin
+        -- A child continues its parent's trace unless the caller names a span of it.
         perform start_workflow(p_workflow_name, p_args,
                                coalesce(p_task_queue, p_entity, v_parent.task_queue), v_child,
-                               p_entity, p_options);
+                               p_entity,
+                               case when v_parent.traceparent is null
+                                         or coalesce(p_options, '{}') ? 'traceparent'
+                                    then p_options
+                                    else coalesce(p_options, '{}')
+                                         || jsonb_build_object('traceparent',
+                                                               v_parent.traceparent)
+                               end);
         update jobs
            set parent_id = v_task.job_id,
                parent_thread = case when p_await then v_task.thread end,

@@ -136,11 +136,18 @@ returns table (
 language plpgsql stable
 set search_path from current
 as $$
+declare
+    v_job jobs;
+    v_started timestamptz;
 begin
-    if not exists (select from jobs as j where j.id = p_workflow_id) then
+    select * into v_job from jobs as j where j.id = p_workflow_id;
+    if not found then
         raise exception using errcode = 'HM002',
             message = format('workflow "%s" not found', p_workflow_id);
     end if;
+    -- Its own statement: Citus cannot run a query over the tables that calls a function that
+    -- queries them again (docs/citus.md).
+    v_started := _run_started_at(v_job);
     return query
     select r.run, 'continued'::text, r.workflow_name, r.args, r.next_args,
            (select count(*) from run_steps as s where s.job_id = r.job_id and s.run = r.run),
@@ -150,7 +157,7 @@ begin
     union all
     select j.run, j.status, j.workflow_name, j.args, null::jsonb,
            (select count(*) from steps as s where s.job_id = j.id and s.thread <> 'sql'),
-           _run_started_at(j), j.completed_at
+           v_started, j.completed_at
       from jobs as j
      where j.id = p_workflow_id
      order by 1;

@@ -451,7 +451,11 @@ begin
            start_options = v_row.start_options, overlap = v_row.overlap,
            catchup_window = v_row.catchup_window, jitter = v_row.jitter,
            next_fire_at = v_row.next_fire_at,
-           due_at = case when s.status = 'active' then v_row.due_at end,
+           -- A kept fire is looked at again by the next claim (_schedule_runs_ended).
+           due_at = case when s.status = 'active'
+                         then least(v_row.due_at,
+                                    case when s.buffered_at is not null then v_row.updated_at end)
+                    end,
            note = v_row.note, updated_at = v_row.updated_at
      where s.id = v_old.id;
     perform _notify('s:' || p_schedule_id);
@@ -468,6 +472,7 @@ language plpgsql
 as $$
 declare
     v_row schedules := _locked_schedule(p_schedule_id);
+    v_due timestamptz;
     v_now timestamptz := _now();
 begin
     perform _check_transition('schedule', format('schedule "%s"', p_schedule_id), v_row.status,
@@ -476,9 +481,15 @@ begin
     if p_to = 'active' then
         v_row.next_fire_at := _schedule_next(v_row, v_now);
     end if;
+    -- Computed apart from the UPDATE, which Citus sends to the node of the table with the row
+    -- typed as its shard (docs/citus.md).
+    v_due := case when p_to = 'active'
+                  then least(_schedule_due(v_row, v_row.next_fire_at),
+                             case when v_row.buffered_at is not null then v_now end)
+             end;
     update schedules
        set status = p_to, next_fire_at = v_row.next_fire_at,
-           due_at = case when p_to = 'active' then _schedule_due(v_row, v_row.next_fire_at) end,
+           due_at = v_due,
            updated_at = v_now
      where id = p_schedule_id
     returning * into v_row;
@@ -566,17 +577,54 @@ as $$
                                    and status not in ('completed', 'failed', 'cancelled'))
 $$;
 
+-- The runs p_job_ids ended, started by the schedules p_schedule_ids (_transitions calls this
+-- in the transaction that ends them): a schedule that kept a fire behind one of them
+-- (buffer_one) is due at once, and its queue's workers are woken, so the next claim starts the
+-- kept fire. The schedule row is locked before its kept fire is read: a claim that holds it
+-- may be keeping a fire right now because this run looked alive to it, and once that claim
+-- commits the fire is seen here. Claims hold it for milliseconds; a longer holder (an
+-- application's open transaction around update_schedule) is not waited for beyond 100 ms, and
+-- the owner functions that change a schedule make it due when it keeps a fire, so the next
+-- claim looks again after them.
+create or replace function _schedule_runs_ended(p_schedule_ids text[], p_job_ids text[])
+returns void
+language plpgsql
+set lock_timeout = '100ms'
+as $$
+declare
+    v_queue text;
+begin
+    perform from schedules as s
+      join unnest(p_schedule_ids, p_job_ids) as e (schedule_id, job_id)
+        on s.id = e.schedule_id and s.last_run_id = e.job_id
+       for no key update of s;
+    for v_queue in
+        update schedules as s
+           set due_at = least(s.due_at, _now())
+          from unnest(p_schedule_ids, p_job_ids) as e (schedule_id, job_id)
+         where s.id = e.schedule_id and s.last_run_id = e.job_id
+           and s.buffered_at is not null and s.status = 'active'
+        returning s.task_queue
+    loop
+        perform _notify('q:' || v_queue);
+    end loop;
+exception when lock_not_available then
+    null;  -- held by a transaction of its own: that owner function made it due (see above)
+end
+$$;
+
 -- Handles the due fires of one locked schedule, at most p_budget of them; returns what is
 -- left of the budget. A fire older than the catch-up window is missed (the schedule jumps
 -- to its first fire inside the window). The overlap policy decides about a fire whose
 -- previous run has not ended: skip it, keep one (buffer_one: it starts once that run has
--- ended; the schedule is looked at every second meanwhile) or start it anyway (allow).
+-- ended, which makes the schedule due: _schedule_runs_ended) or start it anyway (allow).
 create or replace function _fire_schedule(p_id text, p_now timestamptz, p_budget integer)
 returns integer
 language plpgsql
 as $$
 declare
     v_s schedules;
+    v_due timestamptz;
     v_budget integer := p_budget;
     v_next timestamptz;
 begin
@@ -605,11 +653,9 @@ begin
         end if;
         update schedules set next_fire_at = v_next where id = p_id returning * into v_s;
     end loop;
-    update schedules
-       set due_at = least(_schedule_due(v_s, v_s.next_fire_at),
-                          case when v_s.buffered_at is not null
-                               then p_now + interval '1 second' end),
-           updated_at = p_now
+    -- Computed apart from the UPDATE (Citus: docs/citus.md).
+    v_due := _schedule_due(v_s, v_s.next_fire_at);
+    update schedules set due_at = v_due, updated_at = p_now
      where id = p_id;
     return v_budget;
 end

@@ -91,17 +91,25 @@ set search_path from current
 as $$
 declare
     v_job jobs;
+    v_engine text;
+    v_history jsonb;
 begin
     select * into v_job from jobs where id = p_workflow_id;
     if not found then
         raise exception using errcode = 'HM002',
             message = format('workflow "%s" not found', p_workflow_id);
     end if;
+    -- The parts that call functions which query the tables are read on their own, before
+    -- the one query below: Citus cannot run a query over the tables that calls such a
+    -- function (docs/citus.md).
+    v_engine := (select e.version from engine_version() as e);
+    v_history := coalesce((select jsonb_agg(to_jsonb(h) order by h.version)
+                             from entity_history(p_workflow_id) as h), '[]');
     return jsonb_build_object(
         'format', 'hotmesh-export',
         'version', 1,
         'app', current_schema(),
-        'engine', (select e.version from engine_version() as e),
+        'engine', v_engine,
         'exported_at', _now(),
         'workflow', to_jsonb(v_job),
         'threads', coalesce((
@@ -110,9 +118,7 @@ begin
         'steps', coalesce((
             select jsonb_agg(to_jsonb(s) - 'job_id' order by s.thread, s.seq)
               from steps as s where s.job_id = p_workflow_id), '[]'),
-        'entity_history', coalesce((
-            select jsonb_agg(to_jsonb(h) order by h.version)
-              from entity_history(p_workflow_id) as h), '[]'),
+        'entity_history', v_history,
         'children', coalesce((
             select jsonb_agg(jsonb_build_object(
                        'id', c.id, 'workflow_name', c.workflow_name, 'status', c.status,
@@ -136,6 +142,7 @@ set search_path from current
 as $$
 declare
     v_unknown text;
+    v_id text;
 begin
     select s into v_unknown
       from unnest(p_statuses) as s
@@ -154,13 +161,17 @@ begin
         raise exception using errcode = '22023',
             message = format('limit must be >= 1, not %s', p_limit);
     end if;
-    return query
-    select export_workflow(j.id)
-      from jobs as j
-     where (p_workflow_names is null or j.workflow_name = any(p_workflow_names))
-       and (p_statuses is null or j.status = any(p_statuses))
-       and (p_since is null or j.created_at >= p_since)
-     order by j.created_at, j.id
-     limit p_limit;
+    -- The ids first, then one export each: Citus cannot run a query over the tables that
+    -- calls a function that queries them again (docs/citus.md).
+    foreach v_id in array coalesce(array(
+        select j.id
+          from jobs as j
+         where (p_workflow_names is null or j.workflow_name = any(p_workflow_names))
+           and (p_statuses is null or j.status = any(p_statuses))
+           and (p_since is null or j.created_at >= p_since)
+         order by j.created_at, j.id
+         limit p_limit), '{}') loop
+        return next export_workflow(v_id);
+    end loop;
 end
 $$;

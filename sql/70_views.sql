@@ -378,16 +378,22 @@ returns table (
 language plpgsql stable
 set search_path from current
 as $$
+declare
+    v_job jobs;
+    v_started timestamptz;
 begin
-    if not exists (select from jobs as j where j.id = p_workflow_id) then
+    select * into v_job from jobs as j where j.id = p_workflow_id;
+    if not found then
         raise exception using errcode = 'HM002',
             message = format('workflow "%s" not found', p_workflow_id);
     end if;
+    -- Its own statement, for Citus (docs/citus.md).
+    v_started := _run_started_at(v_job);
     return query
     select e.at, e.thread, e.seq, e.kind, e.name, e.status, e.attempt, e.entity_version,
            e.input, e.output, e.error, e.completed_at
       from (
-        select _run_started_at(j) as at, 0 as rank, 'main'::text as thread, null::integer as seq,
+        select v_started as at, 0 as rank, 'main'::text as thread, null::integer as seq,
                'workflow'::text as kind, j.workflow_name as name, 'started'::text as status,
                null::integer as attempt, null::bigint as entity_version, j.args as input,
                null::jsonb as output, null::jsonb as error, null::timestamptz as completed_at

@@ -428,11 +428,12 @@ begin
        and status in (select l.from_state from _legal_transitions() as l
                        where l.machine = 'job' and l.to_state = 'pending'
                          and l.owner = '_retry_job');
-    perform _wake(p_job_id, th.thread)
-       from (select 'main' as thread
-             union all
-             select t.thread from threads as t
-              where t.job_id = p_job_id and t.status = 'running') as th;
+    -- One statement per thread (Citus: docs/citus.md).
+    perform _wake(p_job_id, 'main');
+    for v_thread in select t.thread from threads as t
+                     where t.job_id = p_job_id and t.status = 'running' loop
+        perform _wake(p_job_id, v_thread);
+    end loop;
     return jsonb_build_object('reset_steps', v_reset, 'retried', v_retried);
 end
 $$;
@@ -453,6 +454,7 @@ declare
     v_job jobs;
     v_out jsonb;
     v_revived integer;
+    v_queue text;
 begin
     select * into v_job from jobs where id = p_workflow_id for no key update;
     if not found then
@@ -478,9 +480,13 @@ begin
         select count(*) into v_revived from revived;
         if v_revived > 0 then
             update jobs set error = null, updated_at = _now() where id = p_workflow_id;
-            perform _notify('q:' || q.task_queue)
-               from (select distinct t.task_queue from tasks as t
-                      where t.job_id = p_workflow_id and t.state = 'ready') as q;
+            -- Notified here, not in a query over tasks, which Citus would run, NOTIFY and
+            -- all, on the node of the tables (docs/citus.md).
+            foreach v_queue in array array(
+                select distinct t.task_queue from tasks as t
+                 where t.job_id = p_workflow_id and t.state = 'ready') loop
+                perform _notify('q:' || v_queue);
+            end loop;
             return jsonb_build_object('workflow_id', p_workflow_id, 'status', v_job.status,
                                       'reset_steps', 0, 'retried', '[]'::jsonb,
                                       'revived_tasks', v_revived);

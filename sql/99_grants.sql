@@ -35,8 +35,9 @@ declare
     v_reviewer text := current_schema() || '_reviewer';
     -- What an application may call. The views' own helper functions are added below.
     v_app_functions text[] := array[
-        'start_workflow', 'workflow_status', 'workflow_outcome', 'get_workflow',
-        'workflow_history', 'signal', 'hook', 'cancel_workflow', 'retry_delay', 'get_setting',
+        'start_workflow', 'start_workflows', 'workflow_status', 'workflow_outcome',
+        'get_workflow', 'workflow_history', 'signal', 'hook', 'cancel_workflow', 'retry_delay',
+        'get_setting',
         'entity_set', 'entity_merge', 'entity_get', 'entity_delete', 'entity_append',
         'entity_prepend', 'entity_remove', 'entity_increment', 'entity_toggle',
         'entity_set_if_not_exists', 'entity_history', 'entity_find',

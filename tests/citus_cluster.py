@@ -57,6 +57,7 @@ SETTINGS = (
     "fsync=off",
     "full_page_writes=off",
     "citus.log_remote_commands=off",
+    "wal_level=logical",  # citus_schema_move moves a schema online by logical replication
 )
 
 

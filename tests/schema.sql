@@ -19,7 +19,9 @@
 -- migration 0011_timeouts_start_options.sql
 -- migration 0012_schedules.sql
 -- migration 0013_workflow_list.sql
--- migration 0014_human_tasks.sql
+-- migration 0014_traceparent.sql
+-- migration 0015_task_key.sql
+-- migration 0016_human_tasks.sql
 
 -- tables
 create table <app>.human_tasks (
@@ -77,7 +79,8 @@ create table <app>.jobs (
     execution_timeout interval,
     timeout_at timestamp with time zone,
     idempotency_key text,
-    schedule_id text
+    schedule_id text,
+    traceparent text
 ) with (fillfactor=80);
 create table <app>.queue_buckets (
     task_queue text not null,
@@ -256,7 +259,7 @@ alter table <app>.signals add constraint signals_pkey PRIMARY KEY (id);
 alter table <app>.steps add constraint steps_pkey PRIMARY KEY (job_id, thread, seq);
 alter table <app>.steps add constraint steps_status_check CHECK ((status = ANY (ARRAY['scheduled'::text, 'retrying'::text, 'completed'::text, 'failed'::text])));
 alter table <app>.tasks add constraint tasks_kind_check CHECK ((kind = ANY (ARRAY['workflow'::text, 'activity'::text])));
-alter table <app>.tasks add constraint tasks_pkey PRIMARY KEY (id);
+alter table <app>.tasks add constraint tasks_pkey PRIMARY KEY (id, job_id);
 alter table <app>.tasks add constraint tasks_seq_check CHECK (((kind = 'workflow'::text) = (seq IS NULL)));
 alter table <app>.tasks add constraint tasks_state_check CHECK ((state = ANY (ARRAY['ready'::text, 'leased'::text, 'dead'::text])));
 alter table <app>.threads add constraint threads_pkey PRIMARY KEY (job_id, thread);
@@ -300,7 +303,7 @@ CREATE INDEX steps_signal_waits ON <app>.steps USING btree (name, created_at) WH
 CREATE INDEX tasks_claim ON <app>.tasks USING btree (task_queue, priority DESC, key_rank NULLS FIRST, run_at, id) WHERE (state <> 'dead'::text);
 CREATE UNIQUE INDEX tasks_job ON <app>.tasks USING btree (job_id, thread, seq) NULLS NOT DISTINCT;
 CREATE INDEX tasks_key ON <app>.tasks USING btree (task_queue, concurrency_key, key_rank) WHERE (concurrency_key IS NOT NULL);
-CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id);
+CREATE UNIQUE INDEX tasks_pkey ON <app>.tasks USING btree (id, job_id);
 CREATE INDEX tasks_rank ON <app>.tasks USING btree (task_queue, key_rank) WHERE ((key_rank IS NOT NULL) AND (state = 'ready'::text));
 CREATE INDEX tasks_running ON <app>.tasks USING btree (task_queue, concurrency_key) WHERE (state = 'leased'::text);
 CREATE INDEX tasks_timeout_at ON <app>.tasks USING btree (timeout_at) WHERE (timeout_at IS NOT NULL);
@@ -459,6 +462,8 @@ create function <app>._check_name(p_what text, p_value text) returns void
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
 create function <app>._check_timeout(p_what text, p_seconds jsonb, p_retention interval) returns interval
+    language plpgsql immutable;
+create function <app>._check_traceparent(p_value jsonb) returns void
     language plpgsql immutable;
 create function <app>._check_transition(p_machine text, p_row text, p_from text, p_to text, p_owner text DEFAULT NULL::text) returns void
     language plpgsql stable;
@@ -632,6 +637,9 @@ create function <app>._schedule_row(p_schedule_id text, p_spec text, p_workflow_
     language plpgsql stable;
 create function <app>._schedule_run_id(p_schedule_id text, p_fire_at timestamp with time zone) returns text
     language sql immutable;
+create function <app>._schedule_runs_ended(p_schedule_ids text[], p_job_ids text[]) returns void
+    language plpgsql volatile
+    set lock_timeout = 100ms;
 create function <app>._setting_value(p_key text, p_value jsonb) returns jsonb
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -641,10 +649,16 @@ create function <app>._settle_step(p_task <app>.tasks, p_seq integer, p_output j
     language plpgsql volatile;
 create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns bigint
     language sql stable;
+create function <app>._start_batch(p_plans jsonb[]) returns text[]
+    language plpgsql volatile;
+create function <app>._start_check(p_plan jsonb) returns text
+    language plpgsql volatile;
 create function <app>._start_fire(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._start_options(p_options jsonb, p_retention interval, p_workflow_id text, p_id_given boolean) returns jsonb
     language plpgsql stable;
+create function <app>._start_plan(p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_entity text, p_options jsonb, p_default_retention interval DEFAULT NULL::interval, p_default_policy jsonb DEFAULT NULL::jsonb) returns jsonb
+    language plpgsql volatile;
 create function <app>._start_run(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns text
     language plpgsql volatile;
 create function <app>._step_json(p_step <app>.steps) returns jsonb
@@ -795,7 +809,7 @@ create function <app>.get_human_task(p_id bigint) returns <app>.human_tasks
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.get_queue_limits() returns TABLE(task_queue text, max_running integer, running bigint, rate integer, per interval, tokens double precision, next_token_at timestamp with time zone, key_max_running integer, updated_at timestamp with time zone)
-    language sql stable security definer
+    language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.get_setting(p_key text) returns jsonb
     language plpgsql stable security definer
@@ -817,7 +831,7 @@ create function <app>.list_logins() returns TABLE(role_name text, group_name tex
     language sql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.next_due(p_task_queues text[]) returns timestamp with time zone
-    language sql stable security definer
+    language plpgsql stable security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.pause_schedule(p_schedule_id text) returns void
@@ -910,6 +924,9 @@ create function <app>.start_hook(p_task_id bigint, p_token uuid, p_seq integer, 
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.start_workflow(p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_workflow_id text DEFAULT NULL::text, p_entity text DEFAULT NULL::text, p_options jsonb DEFAULT '{}'::jsonb) returns text
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.start_workflows(p_items jsonb) returns text[]
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.suspend_task(p_task_id bigint, p_token uuid) returns timestamp with time zone
@@ -1119,6 +1136,8 @@ grant execute on function <app>.start_child(bigint,uuid,integer,text,jsonb,text,
 grant execute on function <app>.start_hook(bigint,uuid,integer,text,jsonb,text,text,text) to <app>_worker;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_app;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_worker;
+grant execute on function <app>.start_workflows(jsonb) to <app>_app;
+grant execute on function <app>.start_workflows(jsonb) to <app>_worker;
 grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
 grant execute on function <app>.trigger_schedule(text) to <app>_app;
 grant execute on function <app>.trigger_schedule(text) to <app>_worker;

@@ -22,13 +22,14 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2", "--queue-concurrency", "4"]
     command += ["--queue-tasks", "20", "--history-jobs", "100", "--key-tasks", "300"]
     command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
+    command += ["--start-count", "30", "--start-batch", "10"]
     command += ["--json", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
 
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    expected = "ceiling steps limited long remote queue keys signal fanout history".split()
+    expected = "ceiling steps starts limited long remote queue keys signal fanout history".split()
     assert set(scenarios) == set(expected) == set(SCENARIOS)
     assert scenarios["ceiling"]["steps_per_s"] > 0
     for name in ("steps", "limited", "long", "remote"):
@@ -37,6 +38,10 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
         for key in ("workflows_per_s", "steps_per_s", "p50_s", "p95_s", "p99_s",
                     "commits_per_step", "worker_cpu_ms_per_step", "steps_vs_ceiling"):  # fmt: skip
             assert key in figures, (name, key)
+    assert scenarios["starts"]["not_started"] == 0
+    assert (
+        scenarios["starts"]["starts_per_s"] > 0 and scenarios["starts"]["single_starts_per_s"] > 0
+    )
     assert scenarios["queue"]["not_completed"] == 0
     assert scenarios["queue"]["worker_cpu_ms_per_task"] >= 0
     assert scenarios["signal"]["samples"] == 3

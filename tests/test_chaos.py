@@ -54,6 +54,9 @@ CALLS: dict[str, LiteralString] = {
     "get_setting": "select * from get_setting('default_retention')",
     "start_workflow": "select * from start_workflow('chaos_main', '[0]', 'cq',"
     " %(id)s || '-started', null, '{}')",
+    "start_workflows": "select * from start_workflows(jsonb_build_array(jsonb_build_object("
+    "'workflow_name', 'chaos_main', 'args', '[0]'::jsonb, 'task_queue', 'cq',"
+    " 'workflow_id', %(id)s || '-batch')))",
     "workflow_status": "select * from workflow_status(%(id)s)",
     "workflow_outcome": "select * from workflow_outcome(%(id)s)",
     "get_workflow": "select * from get_workflow(%(id)s)",
@@ -256,11 +259,10 @@ def settle(obs: Observer, name: str, workflow_id: str) -> str:
     status = str(obs.one("select status from jobs where id = %s", workflow_id))
     expected = "cancelled" if name == "cancel_workflow" else "completed"
     assert status == expected, f"{workflow_id} ({name}) is {status}"
-    if name == "start_workflow":
+    if name in ("start_workflow", "start_workflows"):
+        started = f"{workflow_id}-{'started' if name == 'start_workflow' else 'batch'}"
         assert sleep_until(
-            lambda: obs.one(
-                "select status = 'completed' from jobs where id = %s", f"{workflow_id}-started"
-            ),
+            lambda: obs.one("select status = 'completed' from jobs where id = %s", started),
             60,
         ), "the workflow started in the held transaction did not run after the COMMIT"
     return status

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +23,8 @@ from hotmesh._install import migrate
 from hotmesh.errors import HotMeshError
 
 CITUS_URL = os.environ.get("HOTMESH_CITUS_URL", "")
+# python/, for the demo's workflows (examples.demo).
+PYTHON_DIR = str(Path(__file__).resolve().parent.parent / "python")
 pytestmark = [
     pytest.mark.citus,
     pytest.mark.skipif(not CITUS_URL, reason="no Citus cluster: run `make test-citus`"),
@@ -130,3 +134,188 @@ async def test_quick_start_on_a_distributed_app(app: str) -> None:
         handle.workflow_id,
     )
     assert rows == [("completed", [], "done")]
+
+
+# ------------------------------------------------------------------------------ pgTAP
+
+# The pgTAP files that cannot run on a distributed schema, and why (docs/citus.md).
+PGTAP_SKIPPED = {
+    # The test itself passes a row of the schedules table to _schedule_due in a query, which
+    # Citus sends to the node with the row typed as its shard.
+    "48_schedules.sql",
+    # SET ROLE to the app's NOLOGIN roles: Citus connects to the node of the tables as the
+    # current user, which may not log in.
+    "62_private_helpers.sql",
+}
+
+
+def test_pgtap_suite_on_a_distributed_schema(app: str) -> None:
+    """The engine's pgTAP suite, run on the node that holds the app's tables: there Citus
+    executes every query locally, in the session, where pgTAP's temporary tables are (through
+    the coordinator, an assertion that reads a table is sent to that node whole, and fails).
+    DDL propagation is off for the session (the files create helpers in pg_temp, which a worker
+    node refuses to propagate), and nested execution is allowed: every shard is local."""
+    port = node_of(app)
+    params = psycopg.conninfo.conninfo_to_dict(CITUS_URL)
+    root = Path(__file__).parent / "sql"
+    files = sorted(str(p) for p in root.glob("*.sql") if p.name not in PGTAP_SKIPPED)
+    env = {
+        **os.environ,
+        "PGHOST": str(params["host"]),
+        "PGPORT": str(port),
+        "PGUSER": str(params.get("user", "postgres")),
+        "PGDATABASE": str(params["dbname"]),
+        "PGOPTIONS": "-c citus.enable_ddl_propagation=off "
+        "-c citus.allow_nested_distributed_execution=on",
+    }
+    query("create extension if not exists pgtap")
+    query("create extension if not exists plpgsql_check")
+    done = subprocess.run(
+        ["pg_prove", "--ext", ".sql", "--set", f"app={app}", *files],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "All tests successful" in done.stdout
+
+
+# ------------------------------------------------------------------------------ three apps
+
+# Workflows per app in the load (tests/workers/fleet.py: hooks, signals, entity, effects).
+LOAD = int(os.environ.get("HOTMESH_CITUS_LOAD", "500"))
+
+
+async def demo_flow(app: str) -> None:
+    """The claims-review demo (python/examples/demo.py) on `app`: two hooks fill the entity,
+    a person approves from SQL, another claim is withdrawn (cancelled)."""
+    from examples import demo
+
+    mf = await MemFlow.init(app_id=app, dsn=CITUS_URL, migrate=False)
+    try:
+        await mf.worker.create(
+            task_queue="agents",
+            workflow=[demo.claims_review, demo.verify_coverage, demo.generate_summary],
+        )
+        ids = {}
+        for case in ("A42", "B17"):
+            handle = await mf.workflow.start(
+                workflow_name="claims_review",
+                args=[case],
+                task_queue="agents",
+                entity="claims-review",
+                workflow_id=f"claim-{case}",
+            )
+            ids[case] = handle.workflow_id
+        for workflow_id in ids.values():
+            await asyncio.wait_for(demo.wait_until_waiting(mf, workflow_id), 30)
+        query(f"select {app}.signal('human-approval', 'true', %s)", ids["A42"])
+        final = await mf.workflow.get_handle(ids["A42"]).result(timeout=20)
+        assert final["stage"] == "complete", final  # type: ignore[index]
+        query(f"select {app}.cancel_workflow(%s, 'withdrawn')", ids["B17"])
+        assert await mf.workflow.get_handle(ids["B17"]).status() == "cancelled"
+    finally:
+        await mf.close()
+
+
+def spread(apps: list[str]) -> dict[str, int]:
+    """Place the apps on different nodes (a worker each, round robin); returns app -> port."""
+    workers = [
+        (str(n), int(p))
+        for n, p in query(
+            "select nodename, nodeport from pg_dist_node where groupid <> 0 order by nodeport"
+        )
+    ]
+    for i, app in enumerate(apps):
+        name, port = workers[i % len(workers)]
+        if node_of(app) != port:
+            query("select citus_schema_move(%s::regnamespace, %s, %s)", app, name, port)
+    return {app: node_of(app) for app in apps}
+
+
+@pytest.mark.timeout(1800)
+async def test_three_apps_on_different_nodes(apps: list[str], tmp_path: Path) -> None:
+    """Three apps, their schemas on different nodes: each runs a load of LOAD workflows
+    while one worker process of each app is killed (SIGKILL) and replaced, and the first
+    app's schema is moved to another node (citus_schema_move, online) while its workers run;
+    nothing is lost anywhere. Then each runs the quick start and the claims-review demo."""
+    import sys
+
+    from fleet_harness import (
+        Fleet,
+        Observer,
+        create_effects,
+        expect_clean,
+        outcome,
+        send_signals,
+        start_workflows,
+        wait_until,
+    )
+    from helpers import kill9
+
+    sys.path.insert(0, PYTHON_DIR)
+    ids = [f"ct_{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    apps.extend(ids)
+    for app_id in ids:
+        await migrate(sharded(CITUS_URL), app_id)
+    placed = spread(ids)
+    assert len(set(placed.values())) >= 2, placed
+
+    observers = {a: Observer(CITUS_URL, a) for a in ids}
+    fleets = {a: Fleet(CITUS_URL, a, tmp_path / a) for a in ids}
+    try:
+        for app_id in ids:
+            (tmp_path / app_id).mkdir()
+            create_effects(observers[app_id])
+            # The test's own table: Citus moves a table online only with a replica identity.
+            observers[app_id].rows("alter table effects replica identity full")
+            start_workflows(observers[app_id], 1, LOAD)
+            send_signals(observers[app_id], list(range(1, LOAD + 1)))
+            fleets[app_id].start(processes=2, concurrency=8)
+        # A quarter done: kill one worker of each app in the middle of its work, replace it.
+        for app_id in ids:
+            done = "select count(*) from jobs where status = 'completed'"
+            wait_until(observers[app_id], done, LOAD // 4, 300)
+            kill9(fleets[app_id].workers.procs[0][0])
+            fleets[app_id].start(processes=1, concurrency=8)
+        # Move the first app's schema to another worker while its workers run.
+        first = ids[0]
+        target = next(
+            (str(n), int(p))
+            for n, p in query(
+                "select nodename, nodeport from pg_dist_node where groupid <> 0"
+                " and nodeport <> %s order by nodeport limit 1",
+                placed[first],
+            )
+        )
+        query("select citus_schema_move(%s::regnamespace, %s, %s)", first, *target)
+        assert node_of(first) == target[1]
+        for app_id in ids:
+            wait_until(
+                observers[app_id], "select count(*) from jobs where status = 'completed'", LOAD, 600
+            )
+            figures = outcome(observers[app_id], LOAD)
+            print(f"{app_id} on {node_of(app_id)}: {figures}")
+            expect_clean(figures)
+    finally:
+        for app_id in ids:
+            fleets[app_id].stop()
+            observers[app_id].close()
+    # Then, on the same three apps (one moved), the quick start and the demo.
+    for app_id in ids:
+        await test_quick_start_on_a_distributed_app(app_id)
+        await demo_flow(app_id)
+
+
+async def test_a_client_on_a_worker_node_is_refused(app: str) -> None:
+    """Connected to the node that holds the app instead of the coordinator, a client (and a
+    worker) would miss the wake-ups: a clear error instead of a silent 30 s delay."""
+    port = node_of(app)
+    url = CITUS_URL.replace(
+        f"port={psycopg.conninfo.conninfo_to_dict(CITUS_URL)['port']}", f"port={port}"
+    )
+    with pytest.raises(HotMeshError, match="Citus worker node, not the coordinator"):
+        await MemFlow.init(app_id=app, dsn=url, migrate=False)
+    with pytest.raises(HotMeshError, match="Citus worker node"):
+        await migrate(url, app)

@@ -30,6 +30,7 @@ from hotmesh import (
     TimeoutFailure,
     workflow,
 )
+from test_cli import hotmesh
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -108,6 +109,31 @@ async def test_bad_requests_fail_the_call_in_the_workflow(mf: MemFlow) -> None:
     due = await mf.workflow.start(workflow_name="bad", args=["due"], task_queue="q")
     assert "ask_human due must be a finite number of seconds >= 0" in await due.result(timeout=20)
     assert await mf.human_tasks.list(status="open") == []
+
+
+async def test_the_command_line_works_the_inbox(mf: MemFlow, dsn: str, app: str) -> None:
+    await mf.worker.create(task_queue="q", workflow=approval)
+    handle = await mf.workflow.start(workflow_name="approval", args=["C1"], task_queue="q")
+    await until_asked(mf, 1)
+    listed = await hotmesh(dsn, app, "tasks", "list", "--role", "approver", "--json")
+    [task] = listed.json()
+    assert (task["title"], task["status"]) == ("Approve C1", "open")
+    table = await hotmesh(dsn, app, "tasks", "list", "--metadata", '{"claim": "C1"}')
+    assert table.code == 0 and "Approve C1" in table.out, table.err
+    claimed = await hotmesh(dsn, app, "tasks", "claim-next", "approver", "ann", "--json")
+    assert claimed.json()["claimed_by"] == "ann"
+    noted = await hotmesh(dsn, app, "tasks", "comment", str(task["id"]), "ann", "a note")
+    assert noted.code == 0, noted.err
+    bad = await hotmesh(dsn, app, "tasks", "resolve", str(task["id"]), "ann", '{"approved": 1}')
+    assert bad.code == 1
+    assert "$.approved must be boolean, not number" in bad.err
+    done = await hotmesh(
+        dsn, app, "tasks", "resolve", str(task["id"]), "ann", '{"approved": true}', "--json"
+    )
+    assert done.json()["status"] == "resolved"
+    assert await handle.result(timeout=20) == {"approved": True}
+    shown = await hotmesh(dsn, app, "tasks", "show", str(task["id"]))
+    assert "ann: comment a note" in shown.out and "ann: resolved" in shown.out, shown.out
 
 
 def clocked(dsn: str, at: datetime) -> str:
@@ -364,6 +390,7 @@ HELD: dict[str, str] = {
 }
 
 
+@pytest.mark.timeout(240)  # 8 held sessions and 11 workflows on a shared machine
 async def test_reviewers_open_transactions_never_stall_the_workers(
     mf: MemFlow, dsn: str, app: str, db: Any
 ) -> None:

@@ -367,6 +367,10 @@ class Replays(Interceptor):
         return await next(command)
 
 
+class OnlySleeps(Replays):
+    durable_kinds = frozenset({"sleep"})
+
+
 async def two_naps() -> int:
     first, second = await asyncio.gather(workflow.sleep_for(0.01), workflow.sleep_for(0.02))
     acts = workflow.proxy_activities(activities=[shout])
@@ -377,8 +381,8 @@ async def two_naps() -> int:
 async def test_durable_calls_keep_their_numbers_and_know_replay(
     client: Callable[..., Awaitable[MemFlow]], db: SQL
 ) -> None:
-    seen = Replays()
-    mf = await client(interceptors=[seen])
+    seen, sleeps = Replays(), OnlySleeps()
+    mf = await client(interceptors=[seen, sleeps])
     await mf.worker.create(task_queue="rq", workflow=two_naps)
     handle = await mf.workflow.start(workflow_name="two_naps", task_queue="rq", workflow_id="tn")
     assert await handle.result(timeout=20) == 1
@@ -392,6 +396,9 @@ async def test_durable_calls_keep_their_numbers_and_know_replay(
     assert (1, "sleep", True) in seen.calls  # a later activation replays it
     assert [c for c in seen.calls if c[1] == "activity"] == [(3, "activity", False)]
     assert all(isinstance(c[0], int) for c in seen.calls)
+    # durable_kinds: only the calls of those kinds.
+    assert {kind for _, kind, _ in sleeps.calls} == {"sleep"}
+    assert [c for c in seen.calls if c[1] == "sleep"] == sleeps.calls
 
 
 class TwiceOrRenamed(Interceptor):

@@ -291,6 +291,10 @@ def test_the_application_role_starts_signals_reads_and_uses_entities(
 ) -> None:
     s = logins.session(app, app_roles[0])
     assert s.one("select start_workflow('w', '[1]', 'q', 'a1')") == "a1"
+    assert s.one(
+        'select start_workflows(\'[{"workflow_name": "w", "task_queue": "q",'
+        ' "workflow_id": "a2"}]\')'
+    ) == ["a2"]
     assert s.one("select workflow_status('a1')") == "pending"
     assert s.one("select status from workflow_outcome('a1')") == "pending"
     assert s.one("select get_workflow('a1') ->> 'status'") == "pending"
@@ -310,7 +314,7 @@ def test_the_application_role_starts_signals_reads_and_uses_entities(
     assert s.one("select count(*) from steps where job_id = 'a1'") == 3
     assert s.one("select name from threads where job_id = 'a1'") == "h"
     assert s.one("select status from workflows where id = 'a1'") == "pending"
-    assert s.one("select sum(ready) from queue_backlog") == 2
+    assert s.one("select sum(ready) from queue_backlog") == 3
     assert s.one("select count(*) from failed_workflows") == 0
     assert s.one("select count(*) from workflow_history('a1')") >= 4
     assert s.one("select retry_delay('{}', 2)") is not None

@@ -48,11 +48,12 @@ from hotmesh.rows import (
 )
 
 
-class ActivityPayload(TypedDict):
-    """What an activity task carries (`tasks.payload`)."""
+class ActivityPayload(TypedDict, total=False):
+    """What an activity task carries (`tasks.payload`), and its workflow's trace context."""
 
     args: list[Any]
     retry_policy: dict[str, Any]
+    traceparent: str
 
 
 class ActivationPayload(TypedDict, total=False):
@@ -61,6 +62,7 @@ class ActivationPayload(TypedDict, total=False):
 
     build_id: str
     run: int
+    traceparent: str  # the workflow's trace context (docs/tracing.md)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ class Claimed:
             return None
         build = self.payload.get("build_id")
         return build if isinstance(build, str) else None
+
+    @property
+    def traceparent(self) -> str | None:
+        """The W3C trace context of the workflow (`jobs.traceparent`), when it has one."""
+        found = self.payload.get("traceparent") if self.payload else None
+        return found if isinstance(found, str) else None
 
     @property
     def run(self) -> int:
@@ -210,6 +218,7 @@ set_json_loads(_json_loads, ADAPTERS)
 _STATEMENTS = {
     "start_workflow": "select {}.start_workflow(%(workflow_name)s::text, %(args)s::jsonb,"
     " %(task_queue)s::text, %(workflow_id)s::text, %(entity)s::text, %(options)s::jsonb)",
+    "start_workflows": "select {}.start_workflows(%(items)s::jsonb)",
     "workflow_status": "select {}.workflow_status(%(workflow_id)s::text)",
     "workflow_outcome": "select {columns} from {}.workflow_outcome(%(workflow_id)s::text)",
     "get_workflow": "select {}.get_workflow(%(workflow_id)s::text)",
@@ -416,6 +425,17 @@ def _start(
 Params = Mapping[str, object]
 R = TypeVar("R")
 Item = TypeVar("Item")
+
+
+class StartItem(TypedDict):
+    """An item of start_workflows (the parameters of start_workflow)."""
+
+    workflow_name: str
+    args: list[Any]
+    task_queue: str | None
+    workflow_id: str | None
+    entity: str | None
+    options: dict[str, Any]
 
 
 class _Completion(TypedDict):
@@ -718,6 +738,11 @@ class Database:
     ) -> str:
         params = _start(workflow_name, args, task_queue, workflow_id, entity, options)
         return str(await self._value("start_workflow", params))
+
+    async def start_workflows(self, items: list[StartItem]) -> list[str]:
+        """Many starts in one call, all or nothing; their workflow ids in order."""
+        ids: list[str] = await self._value("start_workflows", {"items": Jsonb(items)})
+        return ids
 
     async def workflow_status(self, workflow_id: str) -> str:
         return str(await self._value("workflow_status", {"workflow_id": workflow_id}))

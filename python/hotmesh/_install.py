@@ -420,6 +420,26 @@ async def check_worker(conn: psycopg.AsyncConnection[Any], app_id: str) -> None:
     mismatch = worker_mismatch(app_id, await installed_engine(conn, app_id))
     if mismatch is not None:
         raise mismatch
+    await check_node(conn, app_id)
+
+
+async def check_node(conn: psycopg.AsyncConnection[Any], app_id: str) -> None:
+    """HotMeshError on a Citus worker node: the engine's NOTIFYs (wake-ups) reach only the
+    listeners of the node where its functions run, the coordinator (docs/citus.md), so a
+    worker or client connected to another node would wait for its 30 s fallback poll."""
+    cur = await conn.execute(
+        "select exists (select from pg_extension where extname = 'citus')", prepare=False
+    )
+    if not (await cur.fetchone() or (False,))[0]:
+        return
+    cur = await conn.execute("select citus_is_coordinator()", prepare=False)
+    if (await cur.fetchone() or (True,))[0]:
+        return
+    raise HotMeshError(
+        f"app {app_id}: this database is a Citus worker node, not the coordinator: "
+        "wake-ups (NOTIFY) reach only listeners on the coordinator, where hotmesh's "
+        "functions run, so connect workers and clients to the coordinator (docs/citus.md)"
+    )
 
 
 async def check_installed(dsn: str, app_id: str) -> None:
@@ -430,6 +450,7 @@ async def check_installed(dsn: str, app_id: str) -> None:
             "select to_regclass(format('%%I.schema_migrations', %s::text)) is not null", (app_id,)
         )
         row = await cur.fetchone()
+        await check_node(conn, app_id)
     if not (row and row[0]):
         raise HotMeshError(
             f"app {app_id!r} is not installed in this database: run `hotmesh migrate --app "

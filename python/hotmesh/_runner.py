@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 from hotmesh import _convert, errors
 from hotmesh._commands import Command, PatchMarker, RecordedStep, WaitSignal, divergence
-from hotmesh.interceptors import Interceptor, compose, overrides
+from hotmesh.interceptors import Interceptor, compose, outbound, overrides
 
 log = logging.getLogger("hotmesh.worker")
 
@@ -82,6 +82,10 @@ class WorkflowContext:
     attempt: int
     replaying: bool
     run: int = 1
+    # The W3C trace context the workflow continues (docs/tracing.md), when it has one.
+    traceparent: str | None = None
+    # The function the thread runs: the workflow's, or a hook's own.
+    function: str = ""
 
 
 class SandboxError(errors.HotMeshError, RuntimeError):
@@ -295,10 +299,12 @@ class Activation:
         self.patches: dict[str, bool] = {}  # patched()'s answers: the same all run long
         self.interceptors = tuple(interceptors)
         # Without an interceptor that wraps durable calls (or signal deliveries), a call is
-        # the plain future: nothing of this costs the hot path.
+        # the plain future: nothing of this costs the hot path. `by_kind`: the interceptors
+        # that wrap each kind of call (Interceptor.durable_kinds), as met.
         self.outbound = overrides(self.interceptors, "durable_call") or overrides(
             self.interceptors, "handle_signal"
         )
+        self.by_kind: dict[str, tuple[Interceptor, ...]] = {}
 
     @property
     def replaying(self) -> bool:
@@ -344,6 +350,8 @@ class Activation:
             attempt=task.job_attempt,
             replaying=self.replaying if replaying is None else replaying,
             run=task.run,
+            traceparent=getattr(task, "traceparent", None),
+            function=task.name,
         )
 
     def call(self, command: Command) -> asyncio.Future[Any]:
@@ -353,9 +361,16 @@ class Activation:
         seq = self.next_seq(command.kind)
         if not self.outbound or command.kind == PatchMarker.kind:
             return self._call_at(seq, command)
-        return self.loop.create_task(self._intercepted(seq, command))
+        layers = self.by_kind.get(command.kind)
+        if layers is None:
+            layers = self.by_kind[command.kind] = outbound(self.interceptors, command.kind)
+        if not layers:
+            return self._call_at(seq, command)
+        return self.loop.create_task(self._intercepted(seq, command, layers))
 
-    async def _intercepted(self, seq: int, command: Command) -> Any:
+    async def _intercepted(
+        self, seq: int, command: Command, layers: tuple[Interceptor, ...]
+    ) -> Any:
         """A durable call through the interceptors' `durable_call` (and, for a signal wait,
         `handle_signal` around its delivery)."""
         ctx = self.context(replaying=seq in self.history)
@@ -373,11 +388,12 @@ class Activation:
             made = True
             return self._call_at(seq, given)
 
-        outcome = await compose(self.interceptors, "durable_call", (ctx, seq), last)(command)
+        outcome = await compose(layers, "durable_call", (ctx, seq), last)(command)
         if isinstance(command, WaitSignal):
-            delivered = compose(
-                self.interceptors, "handle_signal", (ctx, command.signal_id), _delivered
-            )
+            # A delivery this activation is the first to see: no step after the wait was
+            # recorded (an earlier activation went on past a delivery it saw).
+            seen = self.context(replaying=seq < self.last_recorded)
+            delivered = compose(layers, "handle_signal", (seen, command.signal_id), _delivered)
             outcome = await delivered(outcome)
         return outcome
 

@@ -26,6 +26,8 @@ class ActivityInfo:
     attempt: int
     inline: bool
     beat: Callable[[], None] | None = field(default=None, repr=False)
+    # The W3C trace context of its workflow (docs/tracing.md), when it has one.
+    traceparent: str | None = None
 
 
 def info() -> ActivityInfo:

@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import os
 import signal
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import _convert, _install, errors
-from hotmesh._db import ADAPTERS, Database
+from hotmesh._db import ADAPTERS, Database, StartItem
 from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
 from hotmesh._runner import encode, encode_args
@@ -30,6 +30,7 @@ from hotmesh.interceptors import (
     StartInput,
     check,
     compose,
+    overrides,
 )
 from hotmesh.retry import RetryPolicy
 from hotmesh.rows import (
@@ -279,6 +280,59 @@ class HumanTaskClient:
         return (await self._mf._db.human_tasks(name, params))[0]
 
 
+def _start_item(
+    *,
+    workflow_name: str,
+    args: Iterable[Any] = (),
+    task_queue: str | None = None,
+    workflow_id: str | None = None,
+    entity: str | None = None,
+    retry_policy: RetryPolicy | dict[str, Any] | None = None,
+    priority: int | None = None,
+    expire: Duration | None = None,
+    execution_timeout: Duration | None = None,
+    id_reuse: Literal["reject", "allow_finished", "terminate"] | None = None,
+    idempotency_key: str | None = None,
+    debounce: Duration | None = None,
+    start_at: datetime | str | None = None,
+    start_in: Duration | None = None,
+    search: Mapping[str, Any] | None = None,
+    concurrency_key: str | None = None,
+) -> StartItem:
+    """One start as start_workflow's parameters (an item of start_workflows): the arguments
+    and durations checked and encoded here, the rest checked by the engine."""
+    options = start_options(
+        retry_policy,
+        priority,
+        expire,
+        execution_timeout,
+        id_reuse=id_reuse,
+        idempotency_key=idempotency_key,
+        debounce=None if debounce is None else seconds(debounce, "debounce"),
+        start_at=start_at.isoformat() if isinstance(start_at, datetime) else start_at,
+        start_in=None if start_in is None else seconds(start_in, "start_in"),
+        search=dict(search) if isinstance(search, Mapping) else search,
+        concurrency_key=concurrency_key,
+    )
+    try:
+        arguments = encode_args(args, f"the args of workflow {workflow_name}")
+    except errors.FatalError as error:
+        # A caller's bad argument (22023), not a workflow-side failure (598).
+        raise errors.InvalidArgument(error.message) from None
+    return {
+        "workflow_name": workflow_name,
+        "args": arguments,
+        "task_queue": task_queue,
+        "workflow_id": workflow_id,
+        "entity": entity,
+        "options": options,
+    }
+
+
+# The fields of a start of start_many: start()'s keyword arguments.
+_START_FIELDS = frozenset(inspect.signature(_start_item).parameters)
+
+
 class WorkflowClient:
     """`mf.workflow`: start workflows and find them again."""
 
@@ -317,24 +371,24 @@ class WorkflowClient:
         the start; `search` seeds its search attributes. Its activations share the per-key
         limit of their queue with the other workflows of `concurrency_key` (a customer, a
         tenant: docs/flow-control.md)."""
-        options = start_options(
-            retry_policy,
-            priority,
-            expire,
-            execution_timeout,
+        item = _start_item(
+            workflow_name=workflow_name,
+            args=args,
+            task_queue=task_queue,
+            workflow_id=workflow_id,
+            entity=entity,
+            retry_policy=retry_policy,
+            priority=priority,
+            expire=expire,
+            execution_timeout=execution_timeout,
             id_reuse=id_reuse,
             idempotency_key=idempotency_key,
-            debounce=None if debounce is None else seconds(debounce, "debounce"),
-            start_at=start_at.isoformat() if isinstance(start_at, datetime) else start_at,
-            start_in=None if start_in is None else seconds(start_in, "start_in"),
-            search=dict(search) if isinstance(search, Mapping) else search,
+            debounce=debounce,
+            start_at=start_at,
+            start_in=start_in,
+            search=search,
             concurrency_key=concurrency_key,
         )
-        try:
-            arguments = encode_args(args, f"the args of workflow {workflow_name}")
-        except errors.FatalError as error:
-            # A caller's bad argument (22023), not a workflow-side failure (598).
-            raise errors.InvalidArgument(error.message) from None
         db = self._mf._db
 
         async def start(given: StartInput) -> str:
@@ -344,8 +398,94 @@ class WorkflowClient:
             )  # fmt: skip
 
         outbound = compose(self._mf.interceptors, "start_workflow", (), start)
-        started = StartInput(workflow_name, arguments, task_queue, workflow_id, entity, options)
-        return Handle(self._mf, await outbound(started))
+        return Handle(self._mf, await outbound(StartInput(**item)))
+
+    async def start_many(self, starts: Iterable[Mapping[str, Any]]) -> builtins.list[Handle]:
+        """Start many workflows in one call (one transaction, one round trip); returns their
+        Handles in order. Each start is a mapping of `start()`'s keyword arguments, e.g.
+        `{"workflow_name": "greet", "args": ["Ann"], "task_queue": "hello", "priority": 5}`.
+        All or nothing: a bad start, a taken `workflow_id` or an id given twice refuses the
+        whole batch (the error names it) and starts nothing (docs/python-api.md)."""
+        items = []
+        for number, start in enumerate(starts, 1):
+            if not isinstance(start, Mapping):
+                raise errors.InvalidArgument(
+                    f"start {number}: a start is a mapping of start()'s keyword arguments, "
+                    f"not {type(start).__name__}"
+                )
+            unknown = sorted(set(start) - _START_FIELDS)
+            if unknown:
+                raise errors.InvalidArgument(
+                    f"start {number}: unknown field(s) {', '.join(map(str, unknown))} (the "
+                    "fields are start()'s keyword arguments)"
+                )
+            if "workflow_name" not in start:
+                raise errors.InvalidArgument(f"start {number}: workflow_name is required")
+            try:
+                items.append(_start_item(**start))
+            except errors.InvalidArgument as error:
+                raise errors.InvalidArgument(f"start {number}: {error.message}") from None
+        ids = await self._start_batch([StartInput(**item) for item in items])
+        return [Handle(self._mf, workflow_id) for workflow_id in ids]
+
+    async def _start_batch(self, inputs: builtins.list[StartInput]) -> builtins.list[str]:
+        """The starts as one start_workflows call. With start_workflow interceptors, each
+        start goes through them as one of `start()` does: the call is made once every start
+        has reached the end of its chain (or an interceptor answered or refused it itself),
+        and each chain gets its own start's workflow id back."""
+        db = self._mf._db
+
+        async def send(batch: builtins.list[StartInput]) -> builtins.list[str]:
+            items: builtins.list[StartItem] = [
+                {"workflow_name": given.workflow_name, "args": given.args,
+                 "task_queue": given.task_queue, "workflow_id": given.workflow_id,
+                 "entity": given.entity, "options": dict(given.options)}
+                for given in batch
+            ]  # fmt: skip
+            return await db.start_workflows(items)
+
+        layers = self._mf.interceptors
+        if not overrides(layers, "start_workflow"):
+            return await send(inputs)
+        loop = asyncio.get_running_loop()
+        arrived: dict[int, tuple[StartInput, asyncio.Future[str]]] = {}
+        wake = asyncio.Event()
+
+        def chain(index: int) -> Callable[[StartInput], Awaitable[str]]:
+            async def last(given: StartInput) -> str:
+                if index in arrived:
+                    raise errors.HotMeshError("start_many: an interceptor called next twice")
+                future: asyncio.Future[str] = loop.create_future()
+                arrived[index] = (given, future)
+                wake.set()
+                return await future
+
+            return compose(layers, "start_workflow", (), last)
+
+        runs = [asyncio.ensure_future(chain(i)(given)) for i, given in enumerate(inputs)]
+        try:
+            while waiting := [r for i, r in enumerate(runs) if i not in arrived and not r.done()]:
+                wake.clear()
+                woken = asyncio.ensure_future(wake.wait())
+                await asyncio.wait([*waiting, woken], return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+            for run in runs:
+                if run.done() and run.exception() is not None:
+                    await run  # an interceptor refused a start: none is started
+            order = sorted(arrived)
+            try:
+                ids = await send([arrived[i][0] for i in order])
+            except Exception as error:
+                for i in order:
+                    arrived[i][1].set_exception(error)
+                await asyncio.gather(*runs, return_exceptions=True)
+                raise
+            for i, workflow_id in zip(order, ids, strict=True):
+                arrived[i][1].set_result(workflow_id)
+            return list(await asyncio.gather(*runs))
+        finally:
+            for run in runs:
+                run.cancel()
 
     async def signal(
         self,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hotmesh._commands import Command
 
@@ -66,6 +66,11 @@ class CancelInput:
 
 class Interceptor:
     """Pass-through for everything: subclass it and override what you need."""
+
+    # The kinds of durable call (`steps.kind`: activity, sleep, signal, send, hook, child,
+    # cancel, entity, search, emit) that `durable_call` and `handle_signal` are given; None:
+    # all. A call of a kind no interceptor asks for is not wrapped at all (cheaper).
+    durable_kinds: ClassVar[frozenset[str] | None] = None
 
     async def execute_workflow(
         self,
@@ -143,6 +148,16 @@ def overrides(layers: Sequence[Interceptor], method: str) -> bool:
     """Whether any of `layers` does something in `method` (the others are skipped)."""
     base = getattr(Interceptor, method)
     return any(getattr(type(layer), method, base) is not base for layer in layers)
+
+
+def outbound(layers: Sequence[Interceptor], kind: str) -> tuple[Interceptor, ...]:
+    """The layers that wrap a durable call of `kind` (in `durable_call` or `handle_signal`,
+    and asking for that kind)."""
+    return tuple(
+        layer for layer in layers
+        if (layer.durable_kinds is None or kind in layer.durable_kinds)
+        and (overrides([layer], "durable_call") or overrides([layer], "handle_signal"))
+    )  # fmt: skip
 
 
 def compose(

@@ -568,7 +568,9 @@ class Worker:
             else:
                 asyncio.run_coroutine_threadsafe(coro, loop)
 
-        info = ActivityInfo(task.job_id, task.name, task.task_queue, task.attempt, False, beat)
+        info = ActivityInfo(
+            task.job_id, task.name, task.task_queue, task.attempt, False, beat, task.traceparent
+        )
         try:
             result = encode(
                 await run_activity(
@@ -626,7 +628,9 @@ class _Executor:
                     )  # fmt: skip
                 # Runs here, in this process, and is recorded with one call.
                 attempt = 1 if recorded is None else recorded.attempt + 1
-                info = ActivityInfo(task.job_id, name, queue, attempt, True)
+                info = ActivityInfo(
+                    task.job_id, name, queue, attempt, True, traceparent=task.traceparent
+                )
                 try:
                     layers = self.registry.interceptors_for(queue)
                     output = encode(

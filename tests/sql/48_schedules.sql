@@ -7,7 +7,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2030-01-01 00:00:00+00';
 
-select plan(57);
+select plan(64);
 
 -- ------------------------------------------------------------------ cron_next
 
@@ -196,7 +196,12 @@ select results_eq(
              ('sk', 1::bigint, 1::bigint, null)$$,
     'skip: the 00:03 fire is skipped; buffer_one keeps it'
 );
--- The runs of 00:02 run and end; within a second the buffered one starts.
+select is(
+    (select due_at from schedules where id = 'buf'), '2030-01-01 00:04:00+00',
+    'buffer_one: while its run lives, a kept fire is not polled for: due at the next fire'
+);
+-- The runs of 00:02 run and end: the transition that ends the run makes the schedule due at
+-- once, and the next claim, on the same clock, starts the kept fire.
 select is(
     (
         select count(complete_task(c.task_id, c.lease_token, '"done"'))::integer
@@ -205,12 +210,21 @@ select is(
     ),
     2, 'the runs of 00:02 are claimed and completed'
 );
-set local "hotmesh.fake_now" = '2030-01-01 00:03:31+00';
-select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'claimed');
-select ok(
-    exists (select from jobs where id = 'buf@2030-01-01T00:03:00Z'),
-    'buffer_one: the kept fire started once the previous run ended'
+select results_eq(
+    $$select id, due_at from schedules where id in ('sk', 'buf') order by id$$,
+    $$values ('buf', '2030-01-01 00:03:30+00'::timestamptz),
+             ('sk', '2030-01-01 00:04:00+00'::timestamptz)$$,
+    'the end of the run made buffer_one due now; skip, which keeps nothing, is unchanged'
 );
+select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'claimed');
+select results_eq(
+    $$select j.id, s.buffered_at, s.due_at from jobs as j, schedules as s
+       where s.id = 'buf' and j.id = 'buf@2030-01-01T00:03:00Z'$$,
+    $$values ('buf@2030-01-01T00:03:00Z', null::timestamptz,
+              '2030-01-01 00:04:00+00'::timestamptz)$$,
+    'buffer_one: the kept fire started when the previous run ended, no clock tick later'
+);
+set local "hotmesh.fake_now" = '2030-01-01 00:03:31+00';
 
 -- pause / resume: the schedule state machine.
 select throws_ok(
@@ -305,6 +319,23 @@ select results_eq(
     $$values ('broken', '22023', 0::bigint, 0::bigint, '2030-01-03 00:02:00+00'::timestamptz),
              ('taken', null, 0::bigint, 1::bigint, '2030-01-03 00:02:00+00'::timestamptz)$$,
     'its error is kept and it moved on; the taken run id counts as skipped'
+);
+
+-- buffer_one behind a run that is cancelled (or fails): its end starts the kept fire too.
+select create_schedule('buf2', '@every 1m', 'w', '[]', 't48-q', '{"overlap": "buffer_one"}');
+set local "hotmesh.fake_now" = '2030-01-03 00:02:00+00';
+select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'fires 00:02');
+set local "hotmesh.fake_now" = '2030-01-03 00:03:00+00';
+select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'keeps 00:03');
+select is(
+    (select buffered_at from schedules where id = 'buf2'), '2030-01-03 00:03:00+00',
+    'the 00:03 fire is kept behind the 00:02 run'
+);
+select cancel_workflow('buf2@2030-01-03T00:02:00Z');
+select is_empty($$select * from claim_tasks(array['t48-other'], 'w1', 1)$$, 'claimed');
+select ok(
+    exists (select from jobs where id = 'buf2@2030-01-03T00:03:00Z'),
+    'buffer_one: cancelling the run started the kept fire at the next claim'
 );
 
 select * from finish();

@@ -22,7 +22,9 @@ async def scheduled_run(tag: str) -> str:
 
 async def main(dsn: str, app: str, queue: str) -> None:
     mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
-    await mf.worker.create(task_queue=queue, workflow=scheduled_run)
+    # A short lease: the test kills workers mid-run and moves the clock 10 s per round, so the
+    # tasks a killed worker held are taken over by the next round's workers.
+    await mf.worker.create(task_queue=queue, workflow=scheduled_run, lease=5.0)
     print("ready", flush=True)
     await mf.run_until_signal(grace=1.0)
 

@@ -111,6 +111,7 @@ def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> It
     env = {**os.environ, "DATABASE_URL": dsn}
     command = [sys.executable, "-m", "hotmesh.cli", "worker", *specs, "--queue", queue]
     command += ["--app", app, "--concurrency", str(concurrency)]
+    command += [arg for spec in _INTERCEPTORS for arg in ("--interceptor", spec)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     try:
         line = (
@@ -126,6 +127,27 @@ def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> It
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# `hotmesh bench --interceptor MODULE:FACTORY`: what every worker process runs with.
+_INTERCEPTORS: list[str] = []
+
+
+def traced_noop() -> Any:
+    """`--interceptor hotmesh.devtools.bench:traced_noop`: tracing on (docs/tracing.md), every
+    span made, ended and handed to an exporter that drops it (the OpenTelemetry SDK)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from hotmesh.otel import TracingInterceptor
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Drop()))
+    return TracingInterceptor(provider)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -377,7 +399,9 @@ def workflows(
             cpu0 = _cpu_seconds(pid)
             conn.execute(
                 sql.SQL(
-                    "select count({}.start_workflow(%s, jsonb_build_array(%s::integer), 'bench'))"
+                    "select {}.start_workflows(jsonb_agg(jsonb_build_object("
+                    "'workflow_name', %s::text, 'args', jsonb_build_array(%s::integer),"
+                    " 'task_queue', 'bench')))"
                     " from generate_series(1, %s)"
                 ).format(sql.Identifier(app)),
                 (name, steps, count),
@@ -399,6 +423,48 @@ def workflows(
         "worker_cpu_ms_per_step": cpu * 1000 / total_steps,
         "not_completed": timing["not_completed"],
     }
+
+
+def starts(dsn: str, app: str, *, count: int, batch: int) -> dict[str, Any]:
+    """`count` workflows started from one client through `mf.workflow.start_many`, `batch`
+    at a time (each batch one call, one commit), and `batch` more started one call at a time
+    (`mf.workflow.start`) for comparison; no worker runs. Client wall clock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _reset_app(conn, dsn, app)
+        counters = Counters(conn)
+        many, single = asyncio.run(_start_workflows(dsn, app, count, batch))
+        commits, statements = counters.read(app, own_queries=1)
+        row = conn.execute(
+            sql.SQL("select count(*) from {}.workflows").format(sql.Identifier(app))
+        ).fetchone()
+    started = int(row[0]) if row else 0
+    return {
+        "starts_per_s": count / many,
+        "single_starts_per_s": batch / single,
+        "batch_vs_single": (count / many) / (batch / single),
+        "commits_per_start": commits / (count + batch),
+        "statements_per_start": None if statements is None else statements / (count + batch),
+        "not_started": count + batch - started,
+    }
+
+
+async def _start_workflows(dsn: str, app: str, count: int, batch: int) -> tuple[float, float]:
+    mf = await MemFlow.init(app_id=app, dsn=dsn, pool_size=1, migrate=False)
+    try:
+        begun = time.perf_counter()
+        for first in range(0, count, batch):
+            await mf.workflow.start_many(
+                {"workflow_name": "empty", "task_queue": "bench", "args": [i]}
+                for i in range(first, min(count, first + batch))
+            )
+        many = time.perf_counter() - begun
+        begun = time.perf_counter()
+        for i in range(batch):
+            await mf.workflow.start(workflow_name="empty", task_queue="bench", args=[i])
+        single = time.perf_counter() - begun
+    finally:
+        await mf.close()
+    return many, single
 
 
 def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]:
@@ -617,6 +683,7 @@ def keys(dsn: str, app: str, *, tasks: int, claims: int = 20) -> dict[str, Any]:
 SCENARIOS = (
     "ceiling",
     "steps",
+    "starts",
     "limited",
     "long",
     "remote",
@@ -641,6 +708,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dsn, app = args.dsn, args.app
+    _INTERCEPTORS[:] = args.interceptor
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
@@ -652,6 +720,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plans: dict[str, Callable[[], dict[str, Any]]] = {
         "ceiling": lambda: ceiling(dsn, args.concurrency, args.seconds),
         "steps": lambda: chains(remote=False),
+        "starts": lambda: starts(dsn, app, count=args.start_count, batch=args.start_batch),
         "limited": lambda: chains(remote=False, limited=True),
         "long": lambda: workflows(
             dsn,
@@ -678,6 +747,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "concurrency": args.concurrency,
             "queue_tasks": args.queue_tasks,
             "queue_concurrency": args.queue_concurrency,
+            "start_batch": args.start_batch,
             "repeat": args.repeat,
         },
         "database": _database_facts(dsn),
@@ -755,6 +825,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="worker concurrency for `queue`: how many tasks one claim takes (256)",
     )
+    parser.add_argument(
+        "--start-count", type=int, default=20_000, help="workflows `starts` starts (20000)"
+    )
+    parser.add_argument(
+        "--start-batch", type=int, default=1000, help="starts per start_many call (1000)"
+    )
     parser.add_argument("--samples", type=int, default=60, help="signal samples (60)")
     # 100,000, not 1,000,000: they are made as a user would, started and finished through the
     # public functions (about 2,000 a second on a 2-core machine), not bulk-inserted into the
@@ -771,6 +847,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--key-tasks", type=int, default=20_000, help="the backlog `keys` claims from (20000)"
     )
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--interceptor",
+        action="append",
+        default=[],
+        metavar="MODULE:FACTORY",
+        help="run the worker processes with this interceptor (hotmesh.devtools.bench:traced_noop:"
+        " OpenTelemetry with an exporter that drops the spans)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling duration (5)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 

@@ -1,0 +1,257 @@
+"""OpenTelemetry traces for hotmesh (`pip install hotmesh[otel]`; docs/tracing.md).
+
+`TracingInterceptor` is an interceptor (`hotmesh.interceptors`): register it on the client
+that starts workflows and on every worker, and one trace runs from the request that started a
+workflow through each activation, activity attempt, signal delivery, child and hook, in
+whichever process runs them, days later included. The trace context travels in the database:
+a start records the W3C traceparent of its span (`jobs.traceparent`), the claim hands it to
+the worker with each task, a child starts with the span of the step that started it.
+
+Spans (attributes `hotmesh.workflow_id`, `.workflow_name`, `.task_queue`, `.thread`, `.step`,
+`.attempt`, `.activity`, `.signal_id`, `.run`):
+
+    StartWorkflow:<name>   the client's start (its context is what the workflow continues)
+    RunWorkflow:<name>     one activation of a workflow thread (a hook's: its function)
+    RunActivity:<name>     one attempt of an activity, inline or claimed
+    StartChild:<name>      the step that starts a child (the child's spans are inside it)
+    StartHook:<name>       the step that starts a hook
+    SignalWorkflow:<id>    a signal sent (by the client or by workflow code)
+    HandleSignal:<id>      a signal delivered to a `wait_for`
+    CancelWorkflow         the client's cancel
+
+Replays create no duplicate spans: a step's span is made when the step is first performed,
+never when history answers it. Errors are recorded on the span that raised them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from hotmesh._commands import Command, SendSignal, StartChild, StartHook
+from hotmesh.interceptors import CancelInput, Interceptor, SignalInput, StartInput
+
+if TYPE_CHECKING:
+    from hotmesh._runner import WorkflowContext
+    from hotmesh.activity import ActivityInfo
+    from hotmesh.rows import SignalOutcome
+
+__all__ = ["TracingInterceptor"]
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def _continued(traceparent: str | None) -> Context | None:
+    """The context of a stored traceparent (None: the current one)."""
+    if not traceparent:
+        return None
+    return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+def traceparent_of(span: Span) -> str | None:
+    """The W3C traceparent of `span` (None for a span that records nothing)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
+def _failed(span: Span, error: BaseException) -> None:
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+class TracingInterceptor(Interceptor):
+    """Spans for starts, activations, activity attempts, signals, children and hooks."""
+
+    # Only these steps make spans: an activity's span is its run's (execute_activity).
+    durable_kinds = frozenset({"child", "hook", "send", "signal"})
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        from hotmesh import _install
+
+        self.tracer = trace.get_tracer(
+            "hotmesh", _install.package_version(), tracer_provider=tracer_provider
+        )
+        # The activation span of each workflow thread running in this process: the parent
+        # of the spans its steps make.
+        self._activations: dict[tuple[str, str], Span] = {}
+
+    # -- workflow inbound -----------------------------------------------------------------
+    async def execute_workflow(
+        self, ctx: WorkflowContext, args: list[Any], next: Callable[[list[Any]], Awaitable[Any]]
+    ) -> Any:
+        span = self.tracer.start_span(
+            f"RunWorkflow:{ctx.function or ctx.workflow_name}",
+            context=_continued(ctx.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "hotmesh.workflow_id": ctx.workflow_id,
+                "hotmesh.workflow_name": ctx.workflow_name,
+                "hotmesh.function": ctx.function,
+                "hotmesh.task_queue": ctx.task_queue,
+                "hotmesh.thread": ctx.thread,
+                "hotmesh.attempt": ctx.attempt,
+                "hotmesh.run": ctx.run,
+            },
+        )
+        key = (ctx.workflow_id, ctx.thread)
+        self._activations[key] = span
+        # Spans are started and ended, never made current: workflow code runs on its own
+        # loop and may be closed at suspension from outside its context.
+        try:
+            result = await next(args)
+        except Exception as error:
+            _failed(span, error)
+            raise
+        except GeneratorExit:
+            span.set_attribute("hotmesh.outcome", "suspended")
+            raise
+        except BaseException as other:  # continue_as_new
+            span.set_attribute("hotmesh.outcome", type(other).__name__)
+            raise
+        else:
+            span.set_attribute("hotmesh.outcome", "completed")
+            return result
+        finally:
+            if self._activations.get(key) is span:
+                del self._activations[key]
+            span.end()
+
+    async def handle_signal(
+        self,
+        ctx: WorkflowContext,
+        signal_id: str,
+        payload: Any,
+        next: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        if ctx.replaying:
+            return await next(payload)
+        span = self._step_span(f"HandleSignal:{signal_id}", ctx, None)
+        span.set_attribute("hotmesh.signal_id", signal_id)
+        try:
+            return await next(payload)
+        except Exception as error:
+            _failed(span, error)
+            raise
+        finally:
+            span.end()
+
+    # -- workflow outbound ----------------------------------------------------------------
+    async def durable_call(
+        self,
+        ctx: WorkflowContext,
+        seq: int,
+        command: Command,
+        next: Callable[[Command], Awaitable[Any]],
+    ) -> Any:
+        if ctx.replaying or not isinstance(command, StartChild | StartHook | SendSignal):
+            return await next(command)
+        if isinstance(command, StartChild):
+            span = self._step_span(f"StartChild:{command.workflow_name}", ctx, seq)
+            context = traceparent_of(span)
+            if context is not None:
+                # The child continues the trace inside this step's span.
+                options = {**(command.options or {}), "traceparent": context}
+                command = dataclasses.replace(command, options=options)
+        elif isinstance(command, StartHook):
+            span = self._step_span(f"StartHook:{command.workflow_name}", ctx, seq)
+        else:
+            span = self._step_span(f"SignalWorkflow:{command.signal_id}", ctx, seq)
+            span.set_attribute("hotmesh.signal_id", command.signal_id)
+        # The span marks the step being made; a child's or hook's own spans show its run
+        # (an awaited child settles its step only when it ends, maybe days later).
+        outcome = next(command)
+        span.end()
+        return await outcome
+
+    def _step_span(self, name: str, ctx: WorkflowContext, seq: int | None) -> Span:
+        parent = self._activations.get((ctx.workflow_id, ctx.thread))
+        attributes: dict[str, Any] = {
+            "hotmesh.workflow_id": ctx.workflow_id,
+            "hotmesh.workflow_name": ctx.workflow_name,
+            "hotmesh.task_queue": ctx.task_queue,
+            "hotmesh.thread": ctx.thread,
+        }
+        if seq is not None:
+            attributes["hotmesh.step"] = seq
+        return self.tracer.start_span(
+            name,
+            context=(
+                trace.set_span_in_context(parent)
+                if parent is not None
+                else _continued(ctx.traceparent)
+            ),
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+        )
+
+    # -- activity inbound -----------------------------------------------------------------
+    async def execute_activity(
+        self, info: ActivityInfo, args: list[Any], next: Callable[[list[Any]], Awaitable[Any]]
+    ) -> Any:
+        # Current (so the activity's own instrumented calls nest inside it), under whatever
+        # span is current, else the workflow's trace.
+        current = trace.get_current_span().get_span_context().is_valid
+        with self.tracer.start_as_current_span(
+            f"RunActivity:{info.activity_name}",
+            context=None if current else _continued(info.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "hotmesh.workflow_id": info.workflow_id,
+                "hotmesh.activity": info.activity_name,
+                "hotmesh.task_queue": info.task_queue,
+                "hotmesh.attempt": info.attempt,
+                "hotmesh.inline": info.inline,
+            },
+        ):
+            return await next(args)
+
+    # -- client outbound ------------------------------------------------------------------
+    async def start_workflow(
+        self, input: StartInput, next: Callable[[StartInput], Awaitable[str]]
+    ) -> str:
+        with self.tracer.start_as_current_span(
+            f"StartWorkflow:{input.workflow_name}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "hotmesh.workflow_name": input.workflow_name,
+                "hotmesh.task_queue": input.task_queue or input.entity or "",
+            },
+        ) as span:
+            context = traceparent_of(span)
+            if context is not None and "traceparent" not in input.options:
+                input = dataclasses.replace(
+                    input, options={**input.options, "traceparent": context}
+                )
+            workflow_id = await next(input)
+            span.set_attribute("hotmesh.workflow_id", workflow_id)
+            return workflow_id
+
+    async def signal_workflow(
+        self, input: SignalInput, next: Callable[[SignalInput], Awaitable[SignalOutcome]]
+    ) -> SignalOutcome:
+        with self.tracer.start_as_current_span(
+            f"SignalWorkflow:{input.signal_id}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "hotmesh.signal_id": input.signal_id,
+                "hotmesh.workflow_id": input.workflow_id or "",
+            },
+        ):
+            return await next(input)
+
+    async def cancel_workflow(
+        self, input: CancelInput, next: Callable[[CancelInput], Awaitable[list[str]]]
+    ) -> list[str]:
+        with self.tracer.start_as_current_span(
+            "CancelWorkflow",
+            kind=SpanKind.PRODUCER,
+            attributes={"hotmesh.workflow_id": input.workflow_id},
+        ):
+            return await next(input)
