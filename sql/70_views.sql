@@ -21,6 +21,8 @@ begin
 end
 $$;
 
+-- metrics reads queue_backlog: made again on every migrate, so queue_backlog may change.
+drop view if exists metrics;
 select _drop_view_unless('workflows', array[
     'id', 'workflow_name', 'entity', 'status', 'task_queue', 'created_at', 'updated_at',
     'completed_at', 'attempt', 'waits', 'parent_id', 'expire_at', 'age', 'waiting_on', 'error',
@@ -285,8 +287,8 @@ left join jobs as j on s.last_run_id = j.id;
 -- outlived their lease, their worker is probably gone, and any worker may take them over),
 -- dead (parked until a person retries them), and how long the oldest ready task has waited.
 -- A limited queue (set_queue_limits) shows its limits and where it stands, on each of its
--- rows: running (of every kind) against max_running, the tokens left and the next one's time
--- (get_queue_limits lists limited queues that have no task too).
+-- rows: running (of every kind) against max_running, the tokens left and the next one's time,
+-- the limits per key (get_queue_limits lists limited queues that have no task too).
 --   select * from my_app.queue_backlog order by ready desc;
 create or replace view queue_backlog as
 with clock as (
@@ -302,7 +304,9 @@ limits as (
         l.per,
         l.tokens,
         l.next_token_at,
-        l.key_max_running
+        l.key_max_running,
+        l.key_rate,
+        l.key_per
     from get_queue_limits() as l
 )
 
@@ -325,7 +329,9 @@ select
     min(l.per) as per,
     min(l.tokens) as tokens,
     min(l.next_token_at) as next_token_at,
-    min(l.key_max_running) as key_max_running
+    min(l.key_max_running) as key_max_running,
+    min(l.key_rate) as key_rate,
+    min(l.key_per) as key_per
 from tasks as t
 cross join clock as c
 left join limits as l on t.task_queue = l.task_queue
@@ -428,3 +434,37 @@ $$;
 -- replaced by workflow_waits and waits_text above.
 drop function if exists _waits(text);
 drop function if exists _waits_text(jsonb);
+
+-- The database's own truth as Prometheus series (docs/metrics.md; `hotmesh metrics` prints
+-- them): the backlog per queue and kind, the age of its oldest ready task, the tasks running,
+-- and the unfinished workflows per queue and status. One scrape target per database, however
+-- many workers. The workflow counts read every unfinished job row: scrape every 30 s or
+-- slower on a big app.
+--   select * from my_app.metrics;
+create or replace view metrics as
+select
+    m.metric,
+    jsonb_build_object('queue', b.task_queue, 'kind', b.kind) as labels,
+    m.value
+from queue_backlog as b
+cross join
+    lateral (
+        values
+        ('hotmesh_tasks_ready', b.ready::float8),
+        ('hotmesh_tasks_delayed', b.delayed::float8),
+        ('hotmesh_tasks_running', b.leased::float8),
+        ('hotmesh_tasks_lease_expired', b.lease_expired::float8),
+        ('hotmesh_tasks_dead', b.dead::float8),
+        (
+            'hotmesh_oldest_ready_task_seconds',
+            coalesce(extract(epoch from b.oldest_ready_age)::float8, 0)
+        )
+    ) as m (metric, value)
+union all
+select
+    'hotmesh_workflows' as metric,
+    jsonb_build_object('queue', j.task_queue, 'status', j.status) as labels,
+    count(*)::float8 as value
+from jobs as j
+where j.status in ('pending', 'running', 'waiting')
+group by j.task_queue, j.status;

@@ -97,9 +97,10 @@ def _server_package_version() -> str:
     return out.stdout.strip()
 
 
-def install_citus() -> None:
-    """Build and install Citus from $CITUS_SRC unless pg_config's extension dir has it."""
-    if citus_installed():
+def install_citus(force: bool = False) -> None:
+    """Build and install Citus from $CITUS_SRC unless pg_config's extension dir has it (or
+    `force`: build it anyway, e.g. to check the build of a fresh machine)."""
+    if citus_installed() and not force:
         say(f"using the installed Citus ({_pg_config('--sharedir')}/extension/citus.control)")
         return
     src = Path(os.environ.get("CITUS_SRC") or DEFAULT_SRC)
@@ -277,10 +278,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="citus_cluster.py")
     parser.add_argument("command", choices=["up", "down", "run", "install", "urls"])
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--force", action="store_true", help="install: build even if installed")
     options = parser.parse_args(argv)
     d = Path(os.path.abspath(options.dir or default_dir()))
     if options.command == "install":
-        install_citus()
+        install_citus(options.force)
     elif options.command == "up":
         for url in up(d):
             print(url)

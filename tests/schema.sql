@@ -21,7 +21,8 @@
 -- migration 0013_workflow_list.sql
 -- migration 0014_traceparent.sql
 -- migration 0015_task_key.sql
--- migration 0016_human_tasks.sql
+-- migration 0016_key_rate.sql
+-- migration 0017_human_tasks.sql
 
 -- tables
 create table <app>.human_tasks (
@@ -82,6 +83,12 @@ create table <app>.jobs (
     schedule_id text,
     traceparent text
 ) with (fillfactor=80);
+create table <app>.key_buckets (
+    task_queue text not null,
+    concurrency_key text not null,
+    tokens double precision not null,
+    refilled_at timestamp with time zone not null
+);
 create table <app>.queue_buckets (
     task_queue text not null,
     tokens double precision not null,
@@ -93,7 +100,9 @@ create table <app>.queue_limits (
     rate integer,
     per interval,
     key_max_running integer,
-    updated_at timestamp with time zone not null
+    updated_at timestamp with time zone not null,
+    key_rate integer,
+    key_per interval
 );
 create table <app>.run_steps (
     job_id text not null,
@@ -241,8 +250,11 @@ alter table <app>.human_tasks add constraint human_tasks_status CHECK ((status =
 alter table <app>.human_tasks add constraint human_tasks_step UNIQUE (job_id, thread, seq);
 alter table <app>.jobs add constraint jobs_pkey PRIMARY KEY (id);
 alter table <app>.jobs add constraint jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])));
+alter table <app>.key_buckets add constraint key_buckets_pkey PRIMARY KEY (task_queue, concurrency_key);
 alter table <app>.queue_buckets add constraint queue_buckets_pkey PRIMARY KEY (task_queue);
 alter table <app>.queue_limits add constraint queue_limits_key_max_running CHECK ((key_max_running >= 1));
+alter table <app>.queue_limits add constraint queue_limits_key_per CHECK ((key_per > '00:00:00'::interval));
+alter table <app>.queue_limits add constraint queue_limits_key_rate CHECK ((((key_rate IS NULL) = (key_per IS NULL)) AND (key_rate >= 1)));
 alter table <app>.queue_limits add constraint queue_limits_max_running CHECK ((max_running >= 1));
 alter table <app>.queue_limits add constraint queue_limits_per CHECK ((per > '00:00:00'::interval));
 alter table <app>.queue_limits add constraint queue_limits_pkey PRIMARY KEY (task_queue);
@@ -280,6 +292,8 @@ CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
 CREATE INDEX jobs_timeout_at ON <app>.jobs USING btree (timeout_at) WHERE ((timeout_at IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text])));
+CREATE UNIQUE INDEX key_buckets_pkey ON <app>.key_buckets USING btree (task_queue, concurrency_key);
+CREATE INDEX key_buckets_refilled ON <app>.key_buckets USING btree (task_queue, refilled_at);
 CREATE UNIQUE INDEX queue_buckets_pkey ON <app>.queue_buckets USING btree (task_queue);
 CREATE UNIQUE INDEX queue_limits_pkey ON <app>.queue_limits USING btree (task_queue);
 CREATE INDEX run_steps_entity_version ON <app>.run_steps USING btree (job_id, entity_version) WHERE (entity_version IS NOT NULL);
@@ -333,6 +347,11 @@ create view <app>.failed_workflows (
     error_code integer,
     error_type text
 );
+create view <app>.metrics (
+    metric text,
+    labels jsonb,
+    value double precision
+);
 create view <app>.queue_backlog (
     task_queue text,
     kind text,
@@ -349,7 +368,9 @@ create view <app>.queue_backlog (
     per interval,
     tokens double precision,
     next_token_at timestamp with time zone,
-    key_max_running integer
+    key_max_running integer,
+    key_rate integer,
+    key_per interval
 );
 create view <app>.schedule_fires (
     id text,
@@ -437,7 +458,7 @@ create function <app>._activity_timeouts(p_policy jsonb) returns jsonb
     language plpgsql immutable;
 create function <app>._admit(p_task_queues text[], p_max_tasks integer, p_now timestamp with time zone) returns bigint[]
     language plpgsql volatile;
-create function <app>._admit_from(p_task_queue text, p_slots integer, p_key_max integer, p_now timestamp with time zone) returns bigint[]
+create function <app>._admit_from(p_task_queue text, p_slots integer, p_key_max integer, p_key_rate integer, p_key_per interval, p_now timestamp with time zone) returns bigint[]
     language plpgsql volatile;
 create function <app>._after(p_at timestamp with time zone, p_interval interval) returns timestamp with time zone
     language sql immutable;
@@ -445,6 +466,8 @@ create function <app>._batch_results(p_items jsonb) returns jsonb[]
     language plpgsql immutable;
 create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text, p_name text, p_input jsonb) returns boolean
     language plpgsql volatile;
+create function <app>._bucket_tokens(p_rate integer, p_per interval, p_tokens double precision, p_refilled_at timestamp with time zone, p_now timestamp with time zone) returns double precision
+    language sql immutable;
 create function <app>._cancel_human_tasks(p_job_ids text[], p_skip_locked boolean) returns void
     language plpgsql volatile;
 create function <app>._check_assignee(p_task <app>.human_tasks, p_who text, p_what text) returns void
@@ -458,6 +481,8 @@ create function <app>._check_lease(p_lease interval) returns void
 create function <app>._check_limit(p_what text, p_value integer) returns void
     language plpgsql immutable;
 create function <app>._check_name(p_what text, p_value text) returns void
+    language plpgsql immutable;
+create function <app>._check_rate(p_task_queue text, p_prefix text, p_rate integer, p_per interval) returns void
     language plpgsql immutable;
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
@@ -808,7 +833,7 @@ create function <app>.fail_task(p_task_id bigint, p_token uuid, p_error jsonb) r
 create function <app>.get_human_task(p_id bigint) returns <app>.human_tasks
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
-create function <app>.get_queue_limits() returns TABLE(task_queue text, max_running integer, running bigint, rate integer, per interval, tokens double precision, next_token_at timestamp with time zone, key_max_running integer, updated_at timestamp with time zone)
+create function <app>.get_queue_limits() returns TABLE(task_queue text, max_running integer, running bigint, rate integer, per interval, tokens double precision, next_token_at timestamp with time zone, key_max_running integer, key_rate integer, key_per interval, updated_at timestamp with time zone)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.get_setting(p_key text) returns jsonb
@@ -848,7 +873,7 @@ create function <app>.prune_runs(p_older_than interval DEFAULT '00:00:00'::inter
 create function <app>.prune_signals(p_older_than interval DEFAULT '00:00:00'::interval, p_batch integer DEFAULT 1000, p_dry_run boolean DEFAULT false) returns integer
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.queue_keys(p_task_queue text, p_limit integer DEFAULT 100) returns TABLE(concurrency_key text, running bigint, ready bigint, delayed bigint, oldest_ready_age interval)
+create function <app>.queue_keys(p_task_queue text, p_limit integer DEFAULT 100) returns TABLE(concurrency_key text, running bigint, ready bigint, delayed bigint, oldest_ready_age interval, tokens double precision, next_token_at timestamp with time zone)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.reassign_human_task(p_id bigint, p_who text, p_assignee text, p_role text DEFAULT NULL::text) returns <app>.human_tasks
@@ -908,7 +933,7 @@ create function <app>.search_step(p_task_id bigint, p_token uuid, p_seq integer,
 create function <app>.send_signal(p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_payload jsonb, p_workflow_id text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.set_queue_limits(p_task_queue text, max_running integer DEFAULT NULL::integer, rate integer DEFAULT NULL::integer, per interval DEFAULT NULL::interval, key_max_running integer DEFAULT NULL::integer) returns void
+create function <app>.set_queue_limits(p_task_queue text, max_running integer DEFAULT NULL::integer, rate integer DEFAULT NULL::integer, per interval DEFAULT NULL::interval, key_max_running integer DEFAULT NULL::integer, key_rate integer DEFAULT NULL::integer, key_per interval DEFAULT NULL::interval) returns void
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.set_setting(p_key text, p_value jsonb) returns jsonb
@@ -975,6 +1000,9 @@ grant select on table <app>.failed_workflows to <app>_worker;
 grant select on table <app>.jobs to <app>_app;
 grant select on table <app>.jobs to <app>_reader;
 grant select on table <app>.jobs to <app>_worker;
+grant select on table <app>.metrics to <app>_app;
+grant select on table <app>.metrics to <app>_reader;
+grant select on table <app>.metrics to <app>_worker;
 grant select on table <app>.queue_backlog to <app>_app;
 grant select on table <app>.queue_backlog to <app>_reader;
 grant select on table <app>.queue_backlog to <app>_worker;

@@ -22,14 +22,15 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2", "--queue-concurrency", "4"]
     command += ["--queue-tasks", "20", "--history-jobs", "100", "--key-tasks", "300"]
     command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
-    command += ["--start-count", "30", "--start-batch", "10"]
+    command += ["--start-count", "30", "--start-batch", "10", "--rate", "20", "--rate-seconds", "1"]
     command += ["--json", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
 
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    expected = "ceiling steps starts limited long remote queue keys signal fanout history".split()
+    expected = "ceiling steps starts limited rate long remote queue keys signal fanout history"
+    expected = expected.split()
     assert set(scenarios) == set(expected) == set(SCENARIOS)
     assert scenarios["ceiling"]["steps_per_s"] > 0
     for name in ("steps", "limited", "long", "remote"):
@@ -50,6 +51,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     history = scenarios["history"]
     assert history["claim_ms"] > 0 and history["claim_ms_with_history"] > 0
     assert scenarios["limited"]["vs_unlimited"] > 0
+    assert scenarios["rate"]["not_completed"] == 0 and scenarios["rate"]["held_per_s"] > 0
     assert all(scenarios["keys"][k] > 0 for k in ("claim_ms_plain", "claim_ms_10000_keys"))
     assert report["database"]["fsync"] in ("on", "off")
     # The printed table carries the same figures.

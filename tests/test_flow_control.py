@@ -6,7 +6,9 @@ token bucket and the claim's rules under a fake clock are in tests/sql/34_queue_
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,7 +106,17 @@ async def test_set_limits_python(mf: MemFlow, db: SQL) -> None:
         "llm", 4, 60, 60.0,
     )  # fmt: skip
     assert (row.running, row.tokens, row.key_max_running) == (0, 60.0, None)
-    for bad in ({"max_running": 0}, {"max_running": -1}, {"rate": 5}, {"rate": 0, "per": 1}):
+    assert (row.key_rate, row.key_per) == (None, None)
+    await mf.queue.set_limits("keyed", key_rate=5, key_per="1s")
+    assert [
+        (r.key_rate, r.key_per) for r in await mf.queue.limits() if r.task_queue == "keyed"
+    ] == [(5, timedelta(seconds=1))]
+    await mf.queue.set_limits("keyed")
+    bad_inputs: list[dict[str, Any]] = [
+        {"max_running": 0}, {"max_running": -1}, {"rate": 5}, {"rate": 0, "per": 1},
+        {"key_rate": 0, "key_per": 1}, {"key_rate": 5}, {"key_rate": 5, "key_per": 0},
+    ]  # fmt: skip
+    for bad in bad_inputs:
         with pytest.raises(InvalidArgument):
             await mf.queue.set_limits("llm", **bad)
     assert [r.max_running for r in await mf.queue.limits()] == [4], "nothing changed"
@@ -119,9 +131,12 @@ async def test_set_limits_python(mf: MemFlow, db: SQL) -> None:
 async def test_set_limits_cli(dsn: str, app: str, db: SQL) -> None:
     """`hotmesh queue limits`: set, show, refuse bad input, clear."""
     done = await hotmesh(dsn, app, "queue", "limits", "llm", "--max-running", "4", "--rate",
-                         "60", "--per", "1m", "--key-max-running", "2")  # fmt: skip
+                         "60", "--per", "1m", "--key-max-running", "2", "--key-rate", "5",
+                         "--key-per", "1s")  # fmt: skip
     assert done.code == 0, done.err
-    assert done.out.splitlines()[1].split() == ["llm", "0", "4", "60/1m00s", "60.00", "2"]
+    assert done.out.splitlines()[1].split() == [
+        "llm", "0", "4", "60/1m00s", "60.00", "2", "5/1s"
+    ]  # fmt: skip
     bad = await hotmesh(dsn, app, "queue", "limits", "llm", "--max-running", "0")
     assert bad.code != 0
     assert "max_running must be >= 1" in bad.err

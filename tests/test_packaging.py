@@ -49,7 +49,8 @@ def test_wheel_holds_the_product_and_no_cluster_manager(wheel: Path) -> None:
 def test_the_engine_imports_nothing_of_the_dashboard() -> None:
     program = (
         "import sys, hotmesh, hotmesh.cli, hotmesh.worker, hotmesh.client;"
-        " extra = ('hotmesh.ui', 'starlette', 'uvicorn', 'jinja2', 'multipart', 'pydantic');"
+        " extra = ('hotmesh.ui', 'starlette', 'uvicorn', 'jinja2', 'multipart', 'pydantic',"
+        " 'cryptography');"
         " loaded = sorted(m for m in sys.modules if m.startswith(extra)); assert not loaded, loaded"
     )
     done = subprocess.run(

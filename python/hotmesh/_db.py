@@ -36,6 +36,7 @@ from hotmesh._commands import RecordedStep
 from hotmesh.rows import (
     HistoryEntry,
     HumanTask,
+    MetricSample,
     QueueBacklog,
     QueueKey,
     QueueLimits,
@@ -317,6 +318,7 @@ _STATEMENTS = {
     "workflow_waits": "select {columns} from {}.workflows where id = %(workflow_id)s::text",
     "workflow_history": "select {columns} from {}.workflow_history(%(workflow_id)s::text)",
     "queue_backlog": "select {columns} from {}.queue_backlog order by task_queue, kind",
+    "metrics": "select {columns} from {}.metrics order by metric, labels::text",
     "export_workflow": "select {}.export_workflow(%(workflow_id)s::text)",
     "export_workflows": "select {}.export_workflows(%(workflow_names)s::text[],"
     " %(statuses)s::text[], %(since)s::timestamptz, %(limit)s::integer)",
@@ -354,7 +356,8 @@ _STATEMENTS = {
     # flow control: sql/25_limits.sql
     "set_queue_limits": "select {}.set_queue_limits(%(task_queue)s::text,"
     " max_running => %(max_running)s::integer, rate => %(rate)s::integer,"
-    " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer)",
+    " per => %(per)s::interval, key_max_running => %(key_max_running)s::integer,"
+    " key_rate => %(key_rate)s::integer, key_per => %(key_per)s::interval)",
     "get_queue_limits": "select {columns} from {}.get_queue_limits()",
     "queue_keys": "select {columns} from {}.queue_keys(%(task_queue)s::text, %(limit)s::integer)",
     "get_setting": "select {}.get_setting(%(key)s::text)",
@@ -372,6 +375,7 @@ _ROWS: dict[str, type[Any]] = {
     "workflow_waits": WorkflowWaits,
     "workflow_history": HistoryEntry,
     "queue_backlog": QueueBacklog,
+    "metrics": MetricSample,
     "list_schedules": Schedule,
     "list_human_tasks": HumanTask,
     "get_human_task": HumanTask,
@@ -554,6 +558,7 @@ _READS = frozenset(
         "workflow_waits",
         "workflow_history",
         "queue_backlog",
+        "metrics",
         "export_workflow",
         "export_workflows",
         "get_queue_limits",
@@ -1132,6 +1137,9 @@ class Database:
     async def queue_backlog(self) -> list[QueueBacklog]:
         return await self._rows("queue_backlog", QueueBacklog, {})
 
+    async def metrics(self) -> list[MetricSample]:
+        return await self._rows("metrics", MetricSample, {})
+
     async def retry_workflow(self, workflow_id: str) -> RetryOutcome:
         outcome: RetryOutcome = await self._value("retry_workflow", {"workflow_id": workflow_id})
         return outcome
@@ -1192,6 +1200,8 @@ class Database:
         rate: int | None,
         per: timedelta | None,
         key_max_running: int | None,
+        key_rate: int | None = None,
+        key_per: timedelta | None = None,
     ) -> None:
         params = {
             "task_queue": task_queue,
@@ -1199,6 +1209,8 @@ class Database:
             "rate": rate,
             "per": per,
             "key_max_running": key_max_running,
+            "key_rate": key_rate,
+            "key_per": key_per,
         }
         await self._value("set_queue_limits", params)
 

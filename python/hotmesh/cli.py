@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
         help="an Interceptor, or a callable that returns one, around the queue's workflows and "
         "activities (repeatable, the first outermost; docs/interceptors.md)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=_positive,
+        metavar="PORT",
+        help="serve this process's Prometheus metrics on http://0.0.0.0:PORT/metrics "
+        "(needs hotmesh[metrics]; docs/metrics.md)",
+    )
 
     start = commands.add_parser("start", help="start a workflow (or many: --from-file)")
     _common(start)
@@ -249,6 +256,15 @@ def _parser() -> argparse.ArgumentParser:
     queues = commands.add_parser("queues", help="the task backlog per queue")
     _common(queues, json_flag=True)
 
+    metrics = commands.add_parser(
+        "metrics", help="the database's metrics as Prometheus text (docs/metrics.md)"
+    )
+    _common(metrics)
+    metrics.add_argument(
+        "--port", type=_positive, help="serve them on http://HOST:PORT/metrics instead of printing"
+    )
+    metrics.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+
     queue = commands.add_parser("queue", help="flow control of a task queue")
     queue_commands = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
     limits = queue_commands.add_parser(
@@ -265,6 +281,8 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--key-max-running", type=int, metavar="N", help="tasks running at once per key"
     )
+    limits.add_argument("--key-rate", type=int, metavar="N", help="starts per key per --key-per")
+    limits.add_argument("--key-per", metavar="DURATION", help="the key rate's interval (e.g. 1s)")
     limits.add_argument("--clear", action="store_true", help="lift every limit of QUEUE")
 
     prune = commands.add_parser(
@@ -542,6 +560,12 @@ async def _worker(args: argparse.Namespace) -> int:
     mf = await MemFlow.init(
         app_id=_app(args), dsn=args.dsn, migrate=False, interceptors=interceptors
     )
+    if args.metrics_port is not None:
+        try:
+            mf.serve_metrics(args.metrics_port)
+        except HotMeshError:
+            await mf.close()
+            raise
     if activities:
         await mf.worker.register_activities(
             task_queue=args.queue, activities=activities, concurrency=args.concurrency
@@ -841,6 +865,46 @@ async def _retry(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _metrics(args: argparse.Namespace) -> int:
+    from hotmesh.metrics import render
+
+    async with _client(args) as mf:
+        if args.port is None:
+            print(render(await mf.metrics()), end="")
+            return 0
+
+        async def scrape(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                request = (await reader.readline()).split()
+                while (await reader.readline()).strip():
+                    pass  # the headers
+                path = request[1].split(b"?")[0] if len(request) > 1 else b""
+                if path != b"/metrics":
+                    status, body = b"404 Not Found", b"see /metrics\n"
+                else:
+                    status, body = b"200 OK", render(await mf.metrics()).encode()
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; "
+                    b"charset=utf-8\r\nContent-Length: " + str(len(body)).encode()
+                    + b"\r\nConnection: close\r\n\r\n" + body
+                )  # fmt: skip
+                await writer.drain()
+            finally:
+                writer.close()
+
+        try:
+            server = await asyncio.start_server(scrape, args.host, args.port)
+        except OSError as error:
+            raise HotMeshError(
+                f"cannot serve metrics on {args.host}:{args.port}: {error.strerror or error} "
+                f"(is another process using the port? choose another with --port)"
+            ) from None
+        print(f"metrics of {args.app} on http://{args.host}:{args.port}/metrics", flush=True)
+        async with server:
+            await server.serve_forever()
+    return 0
+
+
 async def _queues(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
         rows = await mf.queue_backlog()
@@ -870,7 +934,8 @@ async def _queues(args: argparse.Namespace) -> int:
 
 
 async def _queue(args: argparse.Namespace) -> int:
-    limits = (args.max_running, args.rate, args.per, args.key_max_running)
+    limits = (args.max_running, args.rate, args.per, args.key_max_running, args.key_rate,
+              args.key_per)  # fmt: skip
     changing = args.clear or any(value is not None for value in limits)
     if changing and args.task_queue is None:
         raise HotMeshError("queue limits: name the QUEUE whose limits to set")
@@ -884,6 +949,8 @@ async def _queue(args: argparse.Namespace) -> int:
                 rate=args.rate,
                 per=args.per,
                 key_max_running=args.key_max_running,
+                key_rate=args.key_rate,
+                key_per=args.key_per,
             )
         rows = [r for r in await mf.queue.limits() if args.task_queue in (None, r.task_queue)]
     if args.json:
@@ -892,7 +959,7 @@ async def _queue(args: argparse.Namespace) -> int:
     if not rows:
         print("no limits" + (f" on queue {args.task_queue}" if args.task_queue else ""))
         return 0
-    headers = ("QUEUE", "RUNNING", "MAX", "RATE", "TOKENS", "NEXT TOKEN", "PER KEY")
+    headers = ("QUEUE", "RUNNING", "MAX", "RATE", "TOKENS", "NEXT TOKEN", "PER KEY", "KEY RATE")
     table = [
         [
             r.task_queue,
@@ -902,6 +969,7 @@ async def _queue(args: argparse.Namespace) -> int:
             "" if r.tokens is None else f"{r.tokens:.2f}",
             _when(r.next_token_at),
             _or_blank(r.key_max_running),
+            "" if r.key_rate is None else f"{r.key_rate}/{_age(r.key_per)}",
         ]
         for r in rows
     ]
@@ -1100,6 +1168,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "cancel": _cancel,
     "retry": _retry,
     "queues": _queues,
+    "metrics": _metrics,
     "queue": _queue,
     "prune": _prune,
     "setting": _setting,

@@ -8,9 +8,9 @@ import contextlib
 import inspect
 import os
 import signal
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -22,6 +22,7 @@ from hotmesh._db import ADAPTERS, Database, StartItem
 from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
 from hotmesh._runner import encode, encode_args
+from hotmesh.codecs import Codec, Payloads
 from hotmesh.entity import EntityClient
 from hotmesh.interceptors import (
     CancelInput,
@@ -36,6 +37,7 @@ from hotmesh.retry import RetryPolicy
 from hotmesh.rows import (
     HistoryEntry,
     HumanTask,
+    MetricSample,
     QueueBacklog,
     QueueLimits,
     RetryOutcome,
@@ -46,6 +48,9 @@ from hotmesh.rows import (
 )
 from hotmesh.worker import Registry, Worker, check_build_id, default_build_id
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
+
+if TYPE_CHECKING:
+    from hotmesh.metrics import WorkerMetrics
 
 # The libpq variables that choose a server, shown when no DSN was given.
 _LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
@@ -161,10 +166,11 @@ class Handle:
                     event.clear()
                     outcome = await self._mf._db.workflow_outcome(self.workflow_id)
                     if outcome.status == "completed":
+                        value = self._mf.payloads.decode(outcome.result)
                         if result_type is None:
-                            return outcome.result
+                            return value
                         what = f"the result of workflow {self.workflow_id}"
-                        return _convert.from_json(outcome.result, result_type, what)
+                        return _convert.from_json(value, result_type, what)
                     if outcome.status in _TERMINAL:
                         raise errors.from_payload(outcome.error or {"message": outcome.status})
                     # Woken by its NOTIFY; the periodic look guards against one never seen
@@ -189,14 +195,18 @@ class QueueClient:
         rate: int | None = None,
         per: Duration | None = None,
         key_max_running: int | None = None,
+        key_rate: int | None = None,
+        key_per: Duration | None = None,
     ) -> None:
         """Limit `task_queue` (`<app>.set_queue_limits`): at most `max_running` tasks running
         at once across every worker, at most `rate` starts `per` interval (a token bucket),
-        at most `key_max_running` running per concurrency key. None lifts that limit; the
-        call sets all of them, so `set_limits(q)` lifts every limit. Applies at once."""
+        at most `key_max_running` running and `key_rate` starts `key_per` interval per
+        concurrency key. None lifts that limit; the call sets all of them, so
+        `set_limits(q)` lifts every limit. Applies at once."""
         interval = None if per is None else timedelta(seconds=seconds(per, "per"))
+        key_interval = None if key_per is None else timedelta(seconds=seconds(key_per, "key_per"))
         await self._mf._db.set_queue_limits(task_queue, max_running, rate, interval,
-                                            key_max_running)  # fmt: skip
+                                            key_max_running, key_rate, key_interval)  # fmt: skip
 
     async def limits(self) -> list[QueueLimits]:
         """Every limited queue, its limits and where it stands (`<app>.get_queue_limits`)."""
@@ -389,12 +399,12 @@ class WorkflowClient:
             search=search,
             concurrency_key=concurrency_key,
         )
-        db = self._mf._db
+        db, payloads = self._mf._db, self._mf.payloads
 
         async def start(given: StartInput) -> str:
             return await db.start_workflow(
-                given.workflow_name, given.args, given.task_queue, given.workflow_id,
-                given.entity, dict(given.options),
+                given.workflow_name, payloads.encode_args(list(given.args)), given.task_queue,
+                given.workflow_id, given.entity, dict(given.options),
             )  # fmt: skip
 
         outbound = compose(self._mf.interceptors, "start_workflow", (), start)
@@ -433,11 +443,12 @@ class WorkflowClient:
         start goes through them as one of `start()` does: the call is made once every start
         has reached the end of its chain (or an interceptor answered or refused it itself),
         and each chain gets its own start's workflow id back."""
-        db = self._mf._db
+        db, payloads = self._mf._db, self._mf.payloads
 
         async def send(batch: builtins.list[StartInput]) -> builtins.list[str]:
             items: builtins.list[StartItem] = [
-                {"workflow_name": given.workflow_name, "args": given.args,
+                {"workflow_name": given.workflow_name,
+                 "args": payloads.encode_args(list(given.args)),
                  "task_queue": given.task_queue, "workflow_id": given.workflow_id,
                  "entity": given.entity, "options": dict(given.options)}
                 for given in batch
@@ -502,12 +513,13 @@ class WorkflowClient:
             payload = encode(data, f"the data of signal {signal_id}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
-        db = self._mf._db
+        db, payloads = self._mf._db, self._mf.payloads
 
         async def send(given: SignalInput) -> SignalOutcome:
             return await db.signal(
-                given.signal_id, given.data, given.workflow_id, given.idempotency_key
-            )
+                given.signal_id, payloads.encode(given.data), given.workflow_id,
+                given.idempotency_key,
+            )  # fmt: skip
 
         outbound = compose(self._mf.interceptors, "signal_workflow", (), send)
         outcome: SignalOutcome = await outbound(
@@ -529,6 +541,7 @@ class WorkflowClient:
             arguments = encode_args(args, f"the args of hook {workflow_name}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
+        arguments = self._mf.payloads.encode_args(arguments)
         return await self._mf._db.hook(workflow_id, workflow_name, arguments, task_queue, signal_id)
 
     def get_handle(self, workflow_id: str) -> Handle:
@@ -613,6 +626,7 @@ class ScheduleClient:
             arguments = encode_args(args, f"the args of schedule {schedule_id}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
+        arguments = self._mf.payloads.encode_args(arguments)
         return await self._mf._db.save_schedule(
             create, schedule_id, spec, workflow_name, arguments, task_queue, options
         )
@@ -705,6 +719,7 @@ class MemFlow:
         dsn: str,
         pool: AsyncConnectionPool,
         interceptors: tuple[Interceptor, ...] = (),
+        payloads: Payloads | None = None,
     ) -> None:
         self.app_id = app_id
         self.dsn = dsn
@@ -712,13 +727,15 @@ class MemFlow:
         self.interceptors = interceptors
         self.registry = Registry()
         self.registry.interceptors = interceptors
+        self.payloads = payloads or Payloads(None)
+        self.registry.payloads = self.payloads
         self.workers: dict[str, Worker] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
         self.schedule = ScheduleClient(self)
         self.queue = QueueClient(self)
         self.human_tasks = HumanTaskClient(self)
-        self.entity = EntityClient(self._db)
+        self.entity = EntityClient(self._db, self.payloads)
         self._listener = Listener(dsn, app_id)
 
     @classmethod
@@ -730,13 +747,20 @@ class MemFlow:
         migrate: bool = True,
         pool_size: int = 10,
         interceptors: Iterable[Interceptor] | None = None,
+        codec: Codec | Sequence[Codec] | None = None,
+        encode_entity_fields: Sequence[str] = (),
     ) -> MemFlow:
         """Connect to app `app_id` (a Postgres schema), installing or upgrading it first.
         `dsn` defaults to DATABASE_URL, else the libpq environment (PGHOST, ...).
         `interceptors` wrap this client's starts, signals and cancels and the workflows and
-        activities its workers run, the first outermost (docs/interceptors.md)."""
+        activities its workers run, the first outermost (docs/interceptors.md).
+        `codec` (hotmesh.codecs: AesGcm, Compression, or a list applied in order) encodes
+        every workflow and activity argument and result and every signal payload before it
+        reaches the database, and the top-level entity fields in `encode_entity_fields`
+        (docs/codecs.md)."""
         _install.check_app_id(app_id)
         layers = check(interceptors)
+        payloads = Payloads(codec, encode_entity_fields)
         source = _dsn_source(dsn)
         dsn = os.environ.get("DATABASE_URL", "") if dsn is None else dsn
         try:
@@ -757,7 +781,7 @@ class MemFlow:
             open=False,
         )
         await pool.open(wait=True)
-        return cls(app_id, dsn, pool, layers)
+        return cls(app_id, dsn, pool, layers, payloads)
 
     async def events(self, topic: str | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Events workflows publish with `workflow.emit` from now on (all topics, or one):
@@ -807,6 +831,23 @@ class MemFlow:
         await self._db.pool.close()
 
     # -- operations: the app as a whole ------------------------------------------------------
+    def serve_metrics(self, port: int, host: str = "0.0.0.0") -> WorkerMetrics:  # noqa: S104
+        """Count what this process's workers do and serve it as Prometheus metrics on
+        http://host:port/metrics (needs hotmesh[metrics]; docs/metrics.md). Call it before
+        creating workers. HotMeshError when the port is taken."""
+        from hotmesh.metrics import WorkerMetrics, serve
+
+        metrics = self.registry.metrics or WorkerMetrics.default()
+        serve(metrics, port, host)
+        self.registry.metrics = metrics
+        return metrics
+
+    async def metrics(self) -> list[MetricSample]:
+        """The database's own metrics (the `<app>.metrics` view: backlog, oldest ready task,
+        running tasks, unfinished workflows); `hotmesh.metrics.render` makes them Prometheus
+        text."""
+        return await self._db.metrics()
+
     async def queue_backlog(self) -> list[QueueBacklog]:
         """The task backlog per task queue and kind (the `<app>.queue_backlog` view)."""
         return await self._db.queue_backlog()

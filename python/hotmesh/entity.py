@@ -24,6 +24,7 @@ from hotmesh._runner import Activation, SandboxError, current, encode
 
 if TYPE_CHECKING:
     from hotmesh._db import Database
+    from hotmesh.codecs import Payloads
 
 Path = str | Sequence[str | int]
 """Dotted text, or a sequence of segments (str keys, int array indexes)."""
@@ -268,16 +269,26 @@ def workflow_entity(act: Activation) -> Entity:
 class _Direct:
     """Operations as calls of the SQL API (entity_<operation>), one transaction each."""
 
-    def __init__(self, db: Database, workflow_id: str) -> None:
+    def __init__(self, db: Database, workflow_id: str, payloads: Payloads | None = None) -> None:
         self._db = db
         self.workflow_id = workflow_id
+        self._payloads = payloads
 
     def run(self, op: str, path: str | None, value: Any, key: str | None) -> Awaitable[Any]:
         if value is _NO_VALUE:
             value = None
         elif op == "increment" and isinstance(value, float):
             value = Decimal(repr(value))  # exact: the SQL function takes numeric
+        if self._payloads is not None and self._payloads.enabled:
+            return self._coded(self._payloads, op, path, value, key)
         return self._db.entity_call(op, self.workflow_id, path, value, key)
+
+    async def _coded(
+        self, payloads: Payloads, op: str, path: str | None, value: Any, key: str | None
+    ) -> Any:
+        """With a codec: the chosen fields go out encoded, what comes back is decoded."""
+        value = payloads.encode_entity(path, value)
+        return payloads.decode(await self._db.entity_call(op, self.workflow_id, path, value, key))
 
     async def fail(self, error: errors.HotMeshError) -> Any:
         if isinstance(error, errors.WorkflowError):  # a value that cannot be stored as JSON
@@ -298,15 +309,16 @@ class EntityClient:
     `find_by_condition`, `create_index` and `history` query entities from outside workflows.
     Each is one SQL function (entity_find, ...), callable from psql just the same."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, payloads: Payloads | None = None) -> None:
         self._db = db
+        self._payloads = payloads
 
     def __call__(self, workflow_id: str) -> Entity:
         if not isinstance(workflow_id, str) or not workflow_id:
             raise errors.InvalidArgument(
                 f"workflow id must be a non-empty str, not {errors.shown(workflow_id)}"
             )
-        return Entity(_Direct(self._db, workflow_id))
+        return Entity(_Direct(self._db, workflow_id, self._payloads))
 
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """Every change of the entity in the order applied: version, thread ('main', a hook

@@ -102,6 +102,17 @@ class QueueBacklog:
     tokens: float | None
     next_token_at: datetime | None
     key_max_running: int | None
+    key_rate: int | None
+    key_per: timedelta | None
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """A row of the `<app>.metrics` view (docs/metrics.md): a series, its labels, its value."""
+
+    metric: str
+    labels: dict[str, str]
+    value: float
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,8 @@ class QueueLimits:
     tokens: float | None
     next_token_at: datetime | None
     key_max_running: int | None
+    key_rate: int | None
+    key_per: timedelta | None
     updated_at: datetime
 
 
@@ -128,6 +141,8 @@ class QueueKey:
     ready: int
     delayed: int
     oldest_ready_age: timedelta | None
+    tokens: float | None  # left in the key's bucket, with a key rate
+    next_token_at: datetime | None
 
 
 @dataclass(frozen=True)

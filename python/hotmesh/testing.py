@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from hotmesh import errors
 from hotmesh._runner import Completed, Diverged, Failed, Outcome, Suspended, replay
+from hotmesh.codecs import Codec, Payloads
 from hotmesh.workflow import check_workflow_function
 
 if TYPE_CHECKING:
@@ -111,13 +112,15 @@ def check_export(doc: Any, source: str = "history") -> None:
 class Replayer:
     """Replays histories against `workflows` (functions, registered by `__name__`, or a
     mapping of workflow name to function). With `ignore_arguments`, a call whose arguments
-    changed is not a divergence (kind and name still are)."""
+    changed is not a divergence (kind and name still are). `codec` decodes histories recorded
+    with one (replay_app uses the app client's by default)."""
 
     def __init__(
         self,
         workflows: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
         *,
         ignore_arguments: bool = False,
+        codec: Codec | Sequence[Codec] | None = None,
     ) -> None:
         if isinstance(workflows, Mapping):
             named = dict(workflows)
@@ -129,11 +132,13 @@ class Replayer:
             check_workflow_function(fn)
         self.workflows = named
         self.ignore_arguments = ignore_arguments
+        self.payloads = Payloads(codec)  # histories recorded with a codec (docs/codecs.md)
 
     async def replay_export(self, export: Mapping[str, Any]) -> list[ReplayResult]:
         """Replay one export: its main thread, and each hook thread whose function is given.
         InvalidArgument when it is not an export or its workflow's function is not given."""
         check_export(export)
+        export = self.payloads.decode(export)
         job = export["workflow"]
         name = job["workflow_name"]
         if name not in self.workflows:
@@ -186,6 +191,8 @@ class Replayer:
         """Replay the recorded histories of an app's workflows that these functions serve:
         by default the unfinished ones, which the new code must take over (None: all)."""
         exports = await mf._db.export_workflows(list(self.workflows), statuses, since, limit)
+        if mf.payloads.enabled and not self.payloads.enabled:  # the app's codec decodes them
+            exports = [mf.payloads.decode(export) for export in exports]
         return await self.replay_exports(exports)
 
 

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -52,11 +53,13 @@ from hotmesh._db import LOCK_TIMEOUT_MS, Claimed, Database, lock_busy
 from hotmesh._log import event, first_line, log_failure, task_fields
 from hotmesh._runner import Activation, Completed, Continued, Failed, Suspended, encode
 from hotmesh.activity import ActivityInfo, run_activity
+from hotmesh.codecs import CodecError, Payloads
 from hotmesh.interceptors import Interceptor
 from hotmesh.retry import has_timeouts
 
 if TYPE_CHECKING:
     from hotmesh._listener import Listener
+    from hotmesh.metrics import WorkerMetrics
 
 log = logging.getLogger("hotmesh.worker")
 
@@ -88,7 +91,11 @@ class Registry:
         # What wraps the workflows and activities of each queue (docs/interceptors.md): the
         # client's interceptors, then those given to mf.worker.create for the queue.
         self.interceptors: tuple[Interceptor, ...] = ()
+        # The payload codecs of MemFlow.init(codec=...): the identity when there are none.
+        self.payloads = Payloads(None)
         self.queue_interceptors: dict[str, tuple[Interceptor, ...]] = {}
+        # What the workers of this process count, when metrics are on (docs/metrics.md).
+        self.metrics: WorkerMetrics | None = None
 
     def interceptors_for(self, task_queue: str) -> tuple[Interceptor, ...]:
         return self.queue_interceptors.get(task_queue, self.interceptors)
@@ -167,6 +174,8 @@ class Worker:
             await _install.check_worker(conn, self.db.app_id)
         self.registry.served.add(self.task_queue)
         self.listener.watch_queue(self.task_queue, self._wake)
+        if self.registry.metrics is not None:
+            self.registry.metrics.watch_in_flight(self.task_queue, lambda: len(self._running))
         event(
             log,
             logging.INFO,
@@ -272,8 +281,13 @@ class Worker:
                     failures=failures,
                     down_for=asyncio.get_running_loop().time() - down_since,
                 )
+                if self.registry.metrics is not None:
+                    self.registry.metrics.reconnects.labels(self.task_queue).inc()
                 failures = 0
                 delay = 0.1
+            if self.registry.metrics is not None:
+                for task in claimed:
+                    self.registry.metrics.claimed.labels(task.task_queue, task.kind).inc()
             for task in claimed:
                 event(
                     log,
@@ -364,16 +378,22 @@ class Worker:
                         "lease_lost",
                         **task_fields(task),
                     )
+                    if self.registry.metrics is not None:
+                        self.registry.metrics.lease_losses.labels(self.task_queue).inc()
                     runner.cancel()
 
     # -- running -------------------------------------------------------------------------
     async def _process(self, task: Claimed) -> None:
         try:
             try:
+                if self.registry.payloads.enabled:  # a codec (docs/codecs.md)
+                    task = self.registry.payloads.task(task)
                 if task.kind == "workflow":
                     await self._activate(task)
                 else:
                     await self._run_activity(task)
+            except CodecError as error:
+                await self._undecodable(task, error)
             except (psycopg.Error, errors.HotMeshError) as error:
                 if not lock_busy(error):
                     raise
@@ -485,14 +505,22 @@ class Worker:
             _Executor(self.db, task, self.registry),
             interceptors=self.registry.interceptors_for(task.task_queue),
         )
+        began = time.perf_counter()
         outcome = await act.run()
         self._settling_now()  # only the outcome's call remains
+        metrics = self.registry.metrics
+        if metrics is not None:
+            metrics.activation_seconds.labels(task.task_queue, task.name).observe(
+                time.perf_counter() - began
+            )
+            if not isinstance(outcome, Failed):
+                metrics.completed.labels(task.task_queue, task.kind).inc()
         fields = {**task_fields(task), "steps": act.seq}
         if isinstance(outcome, Suspended):
             next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task))
             event(log, logging.INFO, "suspend", **fields, next_run=next_run)
         elif isinstance(outcome, Completed):
-            value = outcome.result
+            value = self.registry.payloads.encode(outcome.result)
             await self._outcome_call(task, lambda: self.db.complete_task(task, value))
             event(log, logging.INFO, "complete", **fields)
         elif isinstance(outcome, Continued):
@@ -501,6 +529,8 @@ class Worker:
             payload = errors.to_payload(outcome.error)
             result = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
             log_failure(log, task, result, outcome.error)
+            if metrics is not None:
+                metrics.failure(task.task_queue, task.kind, result.status == "retrying")
         else:  # Diverged: parked as dead, the history untouched, until new code or a retry
             fault = outcome.error
             recorded = task.recorded_build_id or "unknown"
@@ -528,12 +558,20 @@ class Worker:
             await self._outcome_call(task, lambda: self.db.release_tasks([task]))
             event(log, logging.INFO, "replay", **fields, reason="an outcome arrived")
             return
-        run = await self._outcome_call(task, lambda: self.db.continue_task(task, outcome.args))
+        following = self.registry.payloads.encode_args(outcome.args)
+        run = await self._outcome_call(task, lambda: self.db.continue_task(task, following))
         if run is None:
             next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task))
             event(log, logging.INFO, "suspend", **fields, next_run=next_run)
         else:
             event(log, logging.INFO, "continue", **fields, run=run)
+
+    async def _undecodable(self, task: Claimed, error: CodecError) -> None:
+        """Fail a task whose payloads this process cannot decode: at once, not retried (a
+        retry here would fail the same way), naming the codec and key id."""
+        payload = errors.to_payload(error)
+        outcome = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
+        log_failure(log, task, outcome, error)
 
     async def _unregistered(
         self, task: Claimed, what: str, table: dict[str, dict[str, Callable[..., Any]]], code: int
@@ -571,20 +609,36 @@ class Worker:
         info = ActivityInfo(
             task.job_id, task.name, task.task_queue, task.attempt, False, beat, task.traceparent
         )
+        metrics = self.registry.metrics
+        began = time.perf_counter()
         try:
-            result = encode(
-                await run_activity(
-                    fn, list(task.args or []), info, self.registry.interceptors_for(task.task_queue)
-                ),
-                f"the result of activity {task.name}",
-            )
+            try:
+                result = encode(
+                    await run_activity(
+                        fn,
+                        list(task.args or []),
+                        info,
+                        self.registry.interceptors_for(task.task_queue),
+                    ),
+                    f"the result of activity {task.name}",
+                )
+            finally:
+                if metrics is not None:
+                    metrics.activity_seconds.labels(task.task_queue, task.name).observe(
+                        time.perf_counter() - began
+                    )
+            result = self.registry.payloads.encode(result)
         except Exception as error:
             self._settling_now()
             payload = errors.to_payload(error)
             outcome = await self._outcome_call(task, lambda: self.db.fail_task(task, payload))
             log_failure(log, task, outcome, error)
+            if metrics is not None:
+                metrics.failure(task.task_queue, task.kind, outcome.status == "retrying")
             return
         self._settling_now()
+        if metrics is not None:
+            metrics.completed.labels(task.task_queue, task.kind).inc()
         await self._outcome_call(task, lambda: self.db.complete_task(task, result))
         event(
             log,
@@ -604,6 +658,15 @@ class _Executor:
         self.registry = registry
 
     async def __call__(
+        self, seq: int, command: Command, recorded: RecordedStep | None
+    ) -> RecordedStep:
+        payloads = self.registry.payloads
+        if not payloads.enabled:
+            return await self._perform(seq, command, recorded)
+        # A codec: payloads go out encoded, and what comes back is decoded (docs/codecs.md).
+        return payloads.step(await self._perform(seq, payloads.command(command), recorded))
+
+    async def _perform(
         self, seq: int, command: Command, recorded: RecordedStep | None
     ) -> RecordedStep:
         db, task = self.db, self.task
@@ -631,11 +694,20 @@ class _Executor:
                 info = ActivityInfo(
                     task.job_id, name, queue, attempt, True, traceparent=task.traceparent
                 )
+                layers = self.registry.interceptors_for(queue)
+                began = time.perf_counter()
                 try:
-                    layers = self.registry.interceptors_for(queue)
-                    output = encode(
-                        await run_activity(fn, args, info, layers), f"the result of {name}"
-                    )
+                    plain = self.registry.payloads.decode(args)  # as the activity takes them
+                    try:
+                        output = encode(
+                            await run_activity(fn, plain, info, layers), f"the result of {name}"
+                        )
+                    finally:
+                        if self.registry.metrics is not None:
+                            self.registry.metrics.activity_seconds.labels(queue, name).observe(
+                                time.perf_counter() - began
+                            )
+                    output = self.registry.payloads.encode(output)
                 except Exception as error:
                     return await db.record_step(
                         task, seq, "activity", name, args, None,

@@ -5,7 +5,7 @@
 begin;
 \ir _preamble.psql
 
-select plan(48);
+select plan(61);
 
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -249,6 +249,74 @@ select is(
 select throws_ok(
     $$select * from queue_keys('l-keys', 0)$$, '22023',
     'limit must be from 1 to 10000, not 0', 'queue_keys: a limit out of range is 22023'
+);
+
+-- A rate per concurrency key: each key draws on a bucket of its own (key_rate per key_per);
+-- the other keys and unkeyed tasks are not held back; bad input 22023, nothing changed.
+select throws_ok(
+    $$select set_queue_limits('l-krate', key_rate => 0, key_per => '1 second')$$, '22023',
+    'key_rate must be >= 1 (null: no limit), not 0', 'a key rate of 0: 22023'
+);
+select throws_ok(
+    $$select set_queue_limits('l-krate', key_rate => 2)$$, '22023',
+    'queue "l-krate": key_rate and key_per go together (key_rate => 60, key_per => '
+    '''1 minute''), not key_rate 2 per null', 'a key rate without its interval: 22023'
+);
+select throws_ok(
+    $$select set_queue_limits('l-krate', key_rate => 2, key_per => '0 seconds')$$, '22023',
+    'key_per must be from 1 millisecond to 366 days, not 00:00:00', 'key_per of 0: 22023'
+);
+select is_empty(
+    $$select from queue_limits where task_queue = 'l-krate'$$, 'bad input changed nothing'
+);
+set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
+select set_queue_limits('l-krate', key_rate => 2, key_per => '1 second');
+select pg_temp.start_many('l-krate', 6, 'a');
+select pg_temp.start_many('l-krate', 6, 'b');
+select pg_temp.start_many('l-krate', 1);
+select is(
+    (select array_agg(k order by k) from unnest(pg_temp.claim_keys('l-krate', 20, '1 day')) as k),
+    array['-', 'a', 'a', 'b', 'b'], 'a full bucket per key: two of each key, the unkeyed task too'
+);
+select is(
+    pg_temp.claim_keys('l-krate', 20, '1 day'), '{}'::text[], 'then none: no key has a token'
+);
+select results_eq(
+    $$select concurrency_key, running, ready, tokens, next_token_at from queue_keys('l-krate')$$,
+    $$values ('a', 2::bigint, 4::bigint, 0::float8,
+              '2020-01-01 00:00:00.5+00'::timestamptz),
+             ('b', 2, 4, 0, '2020-01-01 00:00:00.5+00')$$,
+    'queue_keys: each key''s tokens left and its next token'
+);
+select results_eq(
+    $$select key_rate, key_per from get_queue_limits() where task_queue = 'l-krate'
+      union all
+      select key_rate, key_per from queue_backlog where task_queue = 'l-krate'$$,
+    $$values (2, '1 second'::interval), (2, '1 second')$$,
+    'get_queue_limits and queue_backlog show the key rate'
+);
+select is(
+    next_due(array['l-krate']), '2020-01-01 00:00:00.5+00'::timestamptz,
+    'an idle worker wakes for the next key token'
+);
+set local "hotmesh.fake_now" = '2020-01-01 00:00:00.5+00';
+select is(
+    (select array_agg(k order by k) from unnest(pg_temp.claim_keys('l-krate', 20, '1 day')) as k),
+    array['a', 'b'], 'half a second later: one token per key'
+);
+set local "hotmesh.fake_now" = '2020-01-01 01:00:00+00';
+select is(
+    (select array_agg(k order by k) from unnest(pg_temp.claim_keys('l-krate', 20, '1 day')) as k),
+    array['a', 'a', 'b', 'b'], 'an hour later: never more than key_rate at once per key'
+);
+select set_queue_limits('l-krate', max_running => 100);
+select is(
+    (select array_agg(k order by k) from unnest(pg_temp.claim_keys('l-krate', 20, '1 day')) as k),
+    array['a', 'b'], 'the key rate lifted: the keys'' waiting tasks start at once'
+);
+select is_empty(
+    $$select from key_buckets where task_queue = 'l-krate'$$,
+    'and the claim dropped the queue''s key buckets'
 );
 
 select * from finish(true);

@@ -494,6 +494,53 @@ def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]
     }
 
 
+def rate(dsn: str, app: str, *, per_s: int, seconds: float, concurrency: int) -> dict[str, Any]:
+    """A queue limited to `per_s` starts a second, drained by two worker processes of
+    `concurrency` each: a backlog of a full bucket (the burst) plus `per_s` x `seconds` empty
+    workflows. The rate the claims held is the starts after the burst over the time from the
+    burst to the last start (database clock), also as a ratio of `per_s`."""
+    count = per_s + round(per_s * seconds)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _reset_app(conn, dsn, app)
+        _set_limits(conn, app, rate=per_s, per=timedelta(seconds=1))
+        conn.execute(
+            sql.SQL(
+                "select count({}.start_workflow('empty', '[]', 'bench'))"
+                " from generate_series(1, %s)"
+            ).format(sql.Identifier(app)),
+            (count,),
+        )
+        with contextlib.ExitStack() as stack:
+            for _ in range(2):
+                stack.enter_context(
+                    _worker(dsn, app, "bench", f"{__name__}:empty", concurrency=concurrency)
+                )
+            _wait_done(conn, app, count, timeout=60 + 2 * seconds)
+        # A workflow with no steps completes in the activation its claim started.
+        row = conn.execute(
+            sql.SQL(
+                "select extract(epoch from max(t) - min(t)), count(*)"
+                "  from (select completed_at as t from {}.jobs where status = 'completed'"
+                "         order by completed_at offset %s) as after_burst"
+            ).format(sql.Identifier(app)),
+            (per_s - 1,),
+        ).fetchone()
+        done = conn.execute(
+            sql.SQL("select count(*) from {}.jobs where status = 'completed'").format(
+                sql.Identifier(app)
+            )
+        ).fetchone()
+    span, starts = (float(row[0] or 0), int(row[1])) if row else (0.0, 0)
+    held = (starts - 1) / span if span > 0 else float("nan")
+    return {
+        "target_per_s": per_s,
+        "held_per_s": held,
+        "vs_target": held / per_s,
+        "measured_s": span,
+        "not_completed": count - (int(done[0]) if done else 0),
+    }
+
+
 def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, Any]:
     """A parked workflow on an idle worker, a signal from SQL, the time until its result is
     committed (database clock: the signal's commit to the workflow's completion)."""
@@ -685,6 +732,7 @@ SCENARIOS = (
     "steps",
     "starts",
     "limited",
+    "rate",
     "long",
     "remote",
     "queue",
@@ -722,6 +770,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": lambda: chains(remote=False),
         "starts": lambda: starts(dsn, app, count=args.start_count, batch=args.start_batch),
         "limited": lambda: chains(remote=False, limited=True),
+        "rate": lambda: rate(
+            dsn, app, per_s=args.rate, seconds=args.rate_seconds, concurrency=args.concurrency
+        ),
         "long": lambda: workflows(
             dsn,
             app,
@@ -843,6 +894,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "functions, about a minute per run)",
     )
     parser.add_argument("--hooks", type=int, default=100, help="hooks for `fanout` (100)")
+    parser.add_argument(
+        "--rate", type=int, default=50, help="the queue's rate limit in `rate`, per second (50)"
+    )
+    parser.add_argument(
+        "--rate-seconds", type=float, default=60.0, help="how long `rate` runs at it (60)"
+    )
     parser.add_argument(
         "--key-tasks", type=int, default=20_000, help="the backlog `keys` claims from (20000)"
     )

@@ -1,0 +1,113 @@
+"""Payload codecs (docs/codecs.md): with `MemFlow.init(codec=...)` no plaintext of an encoded
+value reaches any table of the app; a SQL reader sees markers naming codec and key id; the
+entity stays plain except the fields chosen; a payload this worker cannot decode fails its
+task once, naming codec and key id; keys rotate."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from hotmesh import FatalError, MemFlow, RetryPolicy, workflow
+from hotmesh.codecs import AesGcm, CodecError, Compression, Payloads
+from hotmesh.testing import Replayer
+
+pytestmark = pytest.mark.timeout(60)
+
+K1, K2 = os.urandom(32), os.urandom(32)
+SECRET = "SSN-078-05-1120"  # must appear nowhere in the database
+
+
+def vet(claim: str) -> str:
+    return f"vetted {claim}"
+
+
+async def intake(claim: str) -> dict[str, Any]:
+    acts = workflow.proxy_activities(activities=[vet])
+    vetted = await acts.vet(claim)
+    note = await workflow.wait_for("note")
+    entity = await workflow.entity()
+    await entity.set({"ssn": claim, "stage": "vetted"})
+    await workflow.signal("echo", {"claim": claim})  # to itself: kept, then taken
+    echo = await workflow.wait_for("echo")
+    return {"vetted": vetted, "note": note, "echo": echo, "entity": await entity.get()}
+
+
+@pytest.fixture
+async def coded(app: str, dsn: str) -> AsyncIterator[MemFlow]:
+    client = await MemFlow.init(
+        app_id=app, dsn=dsn, migrate=False, codec=[Compression(), AesGcm({"k1": K1})],
+        encode_entity_fields=["ssn"],
+    )  # fmt: skip
+    yield client
+    await client.close(grace=2.0)
+
+
+async def test_no_plaintext_in_any_table(coded: MemFlow, db: Any, app: str) -> None:
+    await coded.worker.create(task_queue="secure", workflow=intake)
+    handle = await coded.workflow.start(
+        workflow_name="intake", args=[SECRET], task_queue="secure", workflow_id="c1"
+    )
+    await coded.workflow.signal("note", f"note on {SECRET}", workflow_id="c1")
+    result = await handle.result(timeout=30)
+    assert result == {
+        "vetted": f"vetted {SECRET}",
+        "note": f"note on {SECRET}",
+        "echo": {"claim": SECRET},
+        "entity": {"ssn": SECRET, "stage": "vetted"},
+    }
+    # Every table of the app, every row, as text.
+    tables = [r[0] for r in db.rows(
+        "select tablename from pg_tables where schemaname = %s order by 1", app)]  # fmt: skip
+    assert {"jobs", "steps", "tasks", "signals"} <= set(tables)
+    for table in tables:
+        leaked = db.one(f"select count(*) from {table} t where t::text like %s", f"%{SECRET[4:]}%")  # noqa: S608
+        assert leaked == 0, f"plaintext in {app}.{table}"
+    # What a SQL reader sees: markers naming codec and key; the entity's other fields plain.
+    arg, entity, result_marker = db.rows(
+        "select args->0, context, result from jobs where id = 'c1'")[0]  # fmt: skip
+    assert arg["$codec"] == "zlib+aes-gcm" and arg["key_id"] == "k1"
+    assert entity["stage"] == "vetted" and entity["ssn"]["$codec"] == "zlib+aes-gcm"
+    assert result_marker["key_id"] == "k1"
+    # The client decodes the entity's encoded field too; the Replayer decodes the history.
+    assert await coded.entity("c1").get() == {"ssn": SECRET, "stage": "vetted"}
+    report = await Replayer([intake]).replay_app(coded, statuses=None)
+    assert report.ok, report.text()
+
+
+async def test_undecodable_payload_fails_once_naming_codec_and_key(
+    coded: MemFlow, app: str, dsn: str, db: Any
+) -> None:
+    other = await MemFlow.init(app_id=app, dsn=dsn, migrate=False,
+                               codec=[Compression(), AesGcm({"k2": K2})])  # fmt: skip
+    try:
+        await other.worker.create(task_queue="secure", workflow=intake)
+        handle = await coded.workflow.start(
+            workflow_name="intake", args=[SECRET], task_queue="secure", workflow_id="c2",
+            retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=0.1),
+        )  # fmt: skip
+        with pytest.raises(FatalError) as caught:
+            await handle.result(timeout=30)
+    finally:
+        await other.close(grace=1.0)
+    assert caught.value.type == "CodecError"
+    assert 'codec "zlib+aes-gcm" with key "k1"' in caught.value.message
+    assert "no key 'k1'" in caught.value.message
+    assert db.one("select attempt from jobs where id = 'c2'") == 1  # not retried
+
+
+def test_keys_rotate_and_tampering_is_caught() -> None:
+    old = Payloads(AesGcm({"k1": K1}))
+    rotated = Payloads(AesGcm({"k1": K1, "k2": K2}))  # the last key is the current one
+    marker = old.encode({"a": SECRET})
+    assert marker["key_id"] == "k1" and SECRET not in str(marker)
+    assert rotated.decode(marker) == {"a": SECRET}
+    assert rotated.encode(1)["key_id"] == "k2"
+    tampered = {**marker, "data": marker["data"][:-6] + "AAAAA="}
+    with pytest.raises(CodecError, match='codec "aes-gcm" with key "k1": authentication failed'):
+        rotated.decode(tampered)
+    with pytest.raises(CodecError, match="this process has no codec 'aes-gcm'"):
+        Payloads(Compression()).decode(marker)
