@@ -250,6 +250,7 @@ $$;
 --   task: ready -> leased -> ready (backoff) | dead -> ready; a finished task is deleted
 --   step: scheduled | retrying -> completed | failed; retrying <-> scheduled; failed -> scheduled
 --   schedule: active <-> paused
+--   human_task: open -> claimed -> resolved | expired | cancelled; claimed -> open; open -> open
 create or replace function _legal_transitions()
 returns table (machine text, from_state text, to_state text, owner text)
 language sql immutable
@@ -288,7 +289,18 @@ as $$
         -- A retried workflow awaits a failed child again.
         ('step', 'failed', 'scheduled', '_move_steps'),
         ('schedule', 'active', 'paused', 'pause_schedule'),
-        ('schedule', 'paused', 'active', 'resume_schedule')
+        ('schedule', 'paused', 'active', 'resume_schedule'),
+        -- Human tasks (sql/49_human_tasks.sql): claim, release / reassign / escalate, answer,
+        -- SLA expiry; cancelled when their workflow ends.
+        ('human_task', 'open', 'claimed', '_move_human_task'),
+        ('human_task', 'open', 'open', '_move_human_task'),
+        ('human_task', 'claimed', 'open', '_move_human_task'),
+        ('human_task', 'open', 'resolved', '_move_human_task'),
+        ('human_task', 'claimed', 'resolved', '_move_human_task'),
+        ('human_task', 'open', 'expired', '_move_human_task'),
+        ('human_task', 'claimed', 'expired', '_move_human_task'),
+        ('human_task', 'open', 'cancelled', '_cancel_human_tasks'),
+        ('human_task', 'claimed', 'cancelled', '_cancel_human_tasks')
 $$;
 
 -- Refuses a move the table does not list (for p_owner, when given: a move another function
@@ -365,6 +377,11 @@ begin
     end loop;
     if v_ends and cardinality(v_moved) > 0 then
         perform _notify_done(v_moved);
+        -- Their people are no longer asked (never waiting for a reviewer's open transaction).
+        if exists (select from human_tasks
+                    where job_id = any(v_moved) and status in ('open', 'claimed')) then
+            perform _cancel_human_tasks(v_moved, true);
+        end if;
         if cardinality(v_runs) > 0 then
             -- A schedule that kept a fire behind one of these runs starts it now (buffer_one).
             perform _schedule_runs_ended(v_schedules, v_runs);

@@ -76,6 +76,12 @@ begin
     -- out again as an expired lease.
     perform _fire_timeouts(v_now);
     perform _fire_schedules(v_now);
+    -- Human tasks past their due time expire or escalate (sql/49_human_tasks.sql): one probe
+    -- of a partial index that holds only live tasks with a due time.
+    if exists (select from human_tasks
+                where due_at <= v_now and status in ('open', 'claimed')) then
+        perform _fire_human_tasks(v_now);
+    end if;
 
     -- Queues with limits (flow control, sql/25_limits.sql) are claimed by _admit, which
     -- enforces them; without any, the claim takes the plain path alone, as cheap as before.
@@ -273,6 +279,16 @@ begin
 end
 $$;
 
+-- The soonest due time of a live human task (sql/49_human_tasks.sql), for next_due: a second
+-- on when one is due but was held, so an idle worker does not spin on it.
+create or replace function _next_human_due() returns timestamptz
+language sql stable
+as $$
+    select case when d.due <= _now() then _now() + interval '1 second' else d.due end
+      from (select min(due_at) as due from human_tasks
+             where status in ('open', 'claimed') and due_at is not null) as d
+$$;
+
 -- The soonest moment a task on these queues, a schedule or any timeout becomes due (null
 -- when none is waiting; a claim fires each: _fire_schedules, _next_timeout), so an idle
 -- worker sleeps exactly until then instead of polling.
@@ -325,10 +341,11 @@ begin
     for v_pos in 1 .. coalesce(cardinality(v_queues), 0) loop
         v_due := least(v_due, _limited_due(v_queues[v_pos], v_dues[v_pos]));
     end loop;
-    -- A schedule or a timeout that comes due wakes the worker too: its claim fires it.
+    -- A schedule, a timeout or a human task's due time wakes the worker too: its claim
+    -- fires it.
     v_due := least(v_due, (select s.due_at from schedules as s
                             where s.due_at is not null order by s.due_at limit 1));
-    return least(v_due, _next_timeout());
+    return least(v_due, _next_timeout(), _next_human_due());
 end
 $$;
 

@@ -14,6 +14,9 @@
 --                   (v_reader_functions) and SELECT on what <app>_app may select; none of
 --                   the functions that change anything. <app>_app is a member of it, so a
 --                   login of <app>_app may `set role <app>_reader` to read with no more.
+--     <app>_reviewer a person's review screen: list, claim, comment and resolve human tasks
+--                   (v_reviewer_functions, docs/people.md), and nothing else: no table, no
+--                   view, no workflow. (Not made for app ids over 54 characters.)
 --   Operations (prune, prune_signals, prune_runs, set_setting, retry_workflow,
 --   entity_create_index) stay with the owner.
 -- * The roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
@@ -29,6 +32,7 @@ declare
     v_app text := current_schema() || '_app';
     v_worker text := current_schema() || '_worker';
     v_reader text := current_schema() || '_reader';
+    v_reviewer text := current_schema() || '_reviewer';
     -- What an application may call. The views' own helper functions are added below.
     v_app_functions text[] := array[
         'start_workflow', 'start_workflows', 'workflow_status', 'workflow_outcome',
@@ -41,7 +45,15 @@ declare
         'waits_text', 'workflow_blocker', 'engine_version', 'create_schedule',
         'update_schedule', 'pause_schedule', 'resume_schedule', 'trigger_schedule',
         'delete_schedule', 'cron_next', 'export_workflow', 'export_workflows',
-        'workflow_runs', 'run_history', 'get_queue_limits', 'queue_keys'
+        'workflow_runs', 'run_history', 'get_queue_limits', 'queue_keys', 'list_human_tasks',
+        'get_human_task', 'claim_human_task', 'claim_next_human_task', 'release_human_task',
+        'reassign_human_task', 'comment_human_task', 'resolve_human_task'
+    ];
+    -- What a person's review screen calls (docs/people.md): the human task functions, which
+    -- the application may call too.
+    v_reviewer_functions text[] := array[
+        'list_human_tasks', 'get_human_task', 'claim_human_task', 'claim_next_human_task',
+        'release_human_task', 'reassign_human_task', 'comment_human_task', 'resolve_human_task'
     ];
     -- What a reader may call: the application's functions that change nothing.
     v_reader_functions text[] := array[
@@ -49,7 +61,7 @@ declare
         'get_setting', 'entity_get', 'entity_history', 'entity_find', 'entity_find_by_condition',
         'entity_find_by_id', 'engine_clock', 'workflow_waits', 'waits_text', 'workflow_blocker',
         'engine_version', 'cron_next', 'export_workflow', 'export_workflows', 'workflow_runs',
-        'run_history', 'get_queue_limits', 'queue_keys'
+        'run_history', 'get_queue_limits', 'queue_keys', 'list_human_tasks', 'get_human_task'
     ];
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
@@ -58,7 +70,7 @@ declare
         'record_step',
         'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
         'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step',
-        'record_patch', 'continue_task'
+        'record_patch', 'continue_task', 'ask_human'
     ];
     v_tables text[] := array['jobs', 'steps', 'threads', 'schedules', 'runs', 'run_steps'];
     v_can_create boolean;
@@ -128,7 +140,8 @@ begin
     end if;
     select r.rolsuper or r.rolcreaterole into v_can_create
       from pg_roles as r where r.rolname = current_user;
-    foreach v_role in array array[v_app, v_worker, v_reader] loop
+    foreach v_role in array array[v_app, v_worker, v_reader, v_reviewer] loop
+        continue when length(v_role) > 63;
         if not exists (select from pg_roles as r where r.rolname = v_role) then
             if not v_can_create then
                 raise warning using
@@ -172,12 +185,21 @@ begin
            and (p.proname = any(v_app_functions) or p.oid = any(v_view_functions))
     loop
         foreach v_role in array v_roles loop
+            continue when v_role = v_reviewer;
             if v_role <> v_reader
                or (select p.proname = any(v_reader_functions) or p.oid = any(v_view_functions)
                      from pg_proc as p where p.oid = v_routine) then
                 execute format('grant execute on function %s to %I', v_routine, v_role);
             end if;
         end loop;
+    end loop;
+    for v_routine in
+        select p.oid from pg_proc as p
+         where p.pronamespace = v_schema::regnamespace and p.proname = any(v_reviewer_functions)
+    loop
+        if v_reviewer = any(v_roles) then
+            execute format('grant execute on function %s to %I', v_routine, v_reviewer);
+        end if;
     end loop;
     for v_routine in
         select p.oid from pg_proc as p
@@ -188,6 +210,7 @@ begin
         end if;
     end loop;
     foreach v_role in array v_roles loop
+        continue when v_role = v_reviewer;
         execute format('grant select on %s to %I',
                        (select string_agg(format('%I.%I', v_schema, c.relname), ', ')
                           from pg_class as c

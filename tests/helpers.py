@@ -135,7 +135,7 @@ def new_app_id() -> str:
 def drop_app(conn: psycopg.Connection[Any], app: str) -> None:
     """Drop schema `app` and the roles the installer made for it (sql/99_grants.sql)."""
     conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app)))
-    drop_roles(conn, f"{app}_app", f"{app}_worker", f"{app}_reader")
+    drop_roles(conn, f"{app}_app", f"{app}_worker", f"{app}_reader", f"{app}_reviewer")
 
 
 def drop_roles(conn: psycopg.Connection[Any], *roles: str) -> None:
@@ -256,7 +256,13 @@ class Databases:
     def close(self) -> None:
         self.drop(self.template)
         with self.admin() as conn:
-            drop_roles(conn, f"{self.app}_app", f"{self.app}_worker", f"{self.app}_reader")
+            drop_roles(
+                conn,
+                f"{self.app}_app",
+                f"{self.app}_worker",
+                f"{self.app}_reader",
+                f"{self.app}_reviewer",
+            )
             if self.tablespace_dir is not None:
                 conn.execute(
                     sql.SQL("drop tablespace if exists {}").format(sql.Identifier(self.tablespace))

@@ -22,8 +22,35 @@
 -- migration 0014_traceparent.sql
 -- migration 0015_task_key.sql
 -- migration 0016_key_rate.sql
+-- migration 0017_human_tasks.sql
 
 -- tables
+create table <app>.human_tasks (
+    id bigint not null generated always as identity,
+    job_id text not null,
+    thread text not null,
+    seq integer not null,
+    signal_id text not null,
+    role text not null,
+    assignee text,
+    type text not null,
+    priority integer not null default 0,
+    title text not null,
+    description text,
+    metadata jsonb not null default '{}'::jsonb,
+    form jsonb,
+    due_at timestamp with time zone,
+    escalate_to text,
+    escalate_after interval,
+    status text not null default 'open'::text,
+    created_at timestamp with time zone not null,
+    claimed_by text,
+    claimed_at timestamp with time zone,
+    resolved_by text,
+    resolved_at timestamp with time zone,
+    answer jsonb,
+    events jsonb not null default '[]'::jsonb
+);
 create table <app>.jobs (
     id text not null,
     entity text not null,
@@ -217,6 +244,10 @@ create table <app>.threads (
 );
 
 -- constraints
+alter table <app>.human_tasks add constraint human_tasks_metadata CHECK ((jsonb_typeof(metadata) = 'object'::text));
+alter table <app>.human_tasks add constraint human_tasks_pkey PRIMARY KEY (job_id, id);
+alter table <app>.human_tasks add constraint human_tasks_status CHECK ((status = ANY (ARRAY['open'::text, 'claimed'::text, 'resolved'::text, 'expired'::text, 'cancelled'::text])));
+alter table <app>.human_tasks add constraint human_tasks_step UNIQUE (job_id, thread, seq);
 alter table <app>.jobs add constraint jobs_pkey PRIMARY KEY (id);
 alter table <app>.jobs add constraint jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])));
 alter table <app>.key_buckets add constraint key_buckets_pkey PRIMARY KEY (task_queue, concurrency_key);
@@ -247,6 +278,12 @@ alter table <app>.threads add constraint threads_pkey PRIMARY KEY (job_id, threa
 alter table <app>.threads add constraint threads_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text])));
 
 -- indexes
+CREATE INDEX human_tasks_due ON <app>.human_tasks USING btree (due_at) WHERE ((status = ANY (ARRAY['open'::text, 'claimed'::text])) AND (due_at IS NOT NULL));
+CREATE INDEX human_tasks_id ON <app>.human_tasks USING btree (id);
+CREATE INDEX human_tasks_inbox ON <app>.human_tasks USING btree (role, priority DESC, COALESCE(due_at, 'infinity'::timestamp with time zone), id) WHERE (status = ANY (ARRAY['open'::text, 'claimed'::text]));
+CREATE INDEX human_tasks_metadata ON <app>.human_tasks USING gin (metadata jsonb_path_ops);
+CREATE UNIQUE INDEX human_tasks_pkey ON <app>.human_tasks USING btree (job_id, id);
+CREATE UNIQUE INDEX human_tasks_step ON <app>.human_tasks USING btree (job_id, thread, seq);
 CREATE INDEX jobs_created ON <app>.jobs USING btree (created_at, id);
 CREATE INDEX jobs_entity ON <app>.jobs USING btree (entity, created_at);
 CREATE INDEX jobs_expire_at ON <app>.jobs USING btree (expire_at) WHERE (expire_at IS NOT NULL);
@@ -287,6 +324,7 @@ CREATE INDEX tasks_timeout_at ON <app>.tasks USING btree (timeout_at) WHERE (tim
 CREATE UNIQUE INDEX threads_pkey ON <app>.threads USING btree (job_id, thread);
 
 -- sequences
+create sequence <app>.human_tasks_id_seq as bigint increment 1 minvalue 1 maxvalue 9223372036854775807 start 1 cache 1 owned by <app>.human_tasks.id;
 create sequence <app>.signals_id_seq as bigint increment 1 minvalue 1 maxvalue 9223372036854775807 start 1 cache 1 owned by <app>.signals.id;
 create sequence <app>.tasks_id_seq as bigint increment 1 minvalue 1 maxvalue 9223372036854775807 start 1 cache 1 owned by <app>.tasks.id;
 
@@ -430,7 +468,13 @@ create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text
     language plpgsql volatile;
 create function <app>._bucket_tokens(p_rate integer, p_per interval, p_tokens double precision, p_refilled_at timestamp with time zone, p_now timestamp with time zone) returns double precision
     language sql immutable;
+create function <app>._cancel_human_tasks(p_job_ids text[], p_skip_locked boolean) returns void
+    language plpgsql volatile;
+create function <app>._check_assignee(p_task <app>.human_tasks, p_who text, p_what text) returns void
+    language plpgsql immutable;
 create function <app>._check_concurrency_key(p_key text) returns void
+    language plpgsql immutable;
+create function <app>._check_form(p_schema jsonb, p_at text DEFAULT '$'::text) returns void
     language plpgsql immutable;
 create function <app>._check_lease(p_lease interval) returns void
     language plpgsql immutable;
@@ -450,6 +494,10 @@ create function <app>._check_transition(p_machine text, p_row text, p_from text,
     language plpgsql stable;
 create function <app>._check_value(p_what text, p_value jsonb) returns void
     language plpgsql immutable;
+create function <app>._check_who(p_what text, p_who text) returns void
+    language plpgsql immutable;
+create function <app>._claim_human_task(p_task <app>.human_tasks, p_who text) returns <app>.human_tasks
+    language plpgsql volatile;
 create function <app>._continue_run(p_job_id text, p_args jsonb) returns integer
     language plpgsql volatile;
 create function <app>._cron_field(p_expr text, p_field text, p_text text, p_min integer, p_max integer, p_names text[] DEFAULT NULL::text[]) returns integer[]
@@ -517,6 +565,8 @@ create function <app>._final_error(p_policy jsonb, p_attempt integer, p_error js
     language sql stable;
 create function <app>._finish_task(p_task <app>.tasks, p_result jsonb, p_error jsonb) returns void
     language plpgsql volatile;
+create function <app>._fire_human_tasks(p_now timestamp with time zone) returns void
+    language plpgsql volatile;
 create function <app>._fire_schedule(p_id text, p_now timestamp with time zone, p_budget integer) returns integer
     language plpgsql volatile;
 create function <app>._fire_schedules(p_now timestamp with time zone) returns void
@@ -525,7 +575,15 @@ create function <app>._fire_timeouts(p_now timestamp with time zone) returns voi
     language plpgsql volatile;
 create function <app>._fire_timers(p_job_ids text[], p_threads text[], p_now timestamp with time zone) returns void
     language plpgsql volatile;
+create function <app>._form_error(p_schema jsonb, p_value jsonb, p_at text DEFAULT '$'::text) returns text
+    language plpgsql immutable;
 create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.tasks
+    language plpgsql volatile;
+create function <app>._human_request(p_request jsonb) returns jsonb
+    language plpgsql immutable;
+create function <app>._human_seconds(p_what text, p_value jsonb) returns numeric
+    language plpgsql immutable;
+create function <app>._human_task(p_id bigint, p_lock boolean) returns <app>.human_tasks
     language plpgsql volatile;
 create function <app>._item_error(p_sqlstate text, p_message text) returns jsonb
     language sql immutable;
@@ -547,18 +605,24 @@ create function <app>._login_mark(p_group text) returns text
     language sql stable;
 create function <app>._login_password() returns text
     language sql volatile;
+create function <app>._move_human_task(p_task <app>.human_tasks, p_to text, p_who text, p_event jsonb) returns <app>.human_tasks
+    language plpgsql volatile;
 create function <app>._move_schedule(p_schedule_id text, p_to text, p_owner text) returns <app>.schedules
     language plpgsql volatile;
 create function <app>._move_step(p_job_id text, p_thread text, p_seq integer, p_to text, p_output jsonb, p_error jsonb, p_attempt integer DEFAULT NULL::integer, p_wake_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_refuse boolean DEFAULT true) returns <app>.steps
     language plpgsql volatile;
 create function <app>._move_steps(p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[], p_errors jsonb[], p_attempts integer[], p_wake_ats timestamp with time zone[]) returns SETOF <app>.steps
     language plpgsql volatile;
+create function <app>._next_human_due() returns timestamp with time zone
+    language sql stable;
 create function <app>._next_timeout() returns timestamp with time zone
     language sql stable;
 create function <app>._notify(p_payload text) returns void
     language sql volatile;
 create function <app>._notify_done(p_job_ids text[]) returns void
     language plpgsql volatile;
+create function <app>._notify_human_task(p_task <app>.human_tasks) returns void
+    language sql volatile;
 create function <app>._now() returns timestamp with time zone
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -646,6 +710,9 @@ create function <app>.activity_heartbeat(p_task_id bigint, p_token uuid, p_lease
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.ask_human(p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_request jsonb) returns jsonb
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.bury_task(p_task_id bigint, p_token uuid, p_error jsonb) returns void
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
@@ -656,11 +723,20 @@ create function <app>.cancel_step(p_task_id bigint, p_token uuid, p_seq integer,
 create function <app>.cancel_workflow(p_workflow_id text, p_reason text DEFAULT NULL::text, p_descend boolean DEFAULT true, p_ignore_finished boolean DEFAULT false) returns text[]
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.claim_human_task(p_id bigint, p_who text) returns <app>.human_tasks
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.claim_next_human_task(p_role text, p_who text) returns SETOF <app>.human_tasks
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.claim_tasks(p_task_queues text[], p_worker_id text, p_max_tasks integer DEFAULT 1, p_lease interval DEFAULT '00:00:30'::interval, p_build_id text DEFAULT NULL::text) returns SETOF <app>.claimed_task
     language plpgsql volatile security definer
     set enable_bitmapscan = off
     set enable_seqscan = off
     set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
+create function <app>.comment_human_task(p_id bigint, p_who text, p_text text) returns <app>.human_tasks
+    language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.complete_task(p_task_id bigint, p_token uuid, p_result jsonb) returns void
     language plpgsql volatile security definer
@@ -754,6 +830,9 @@ create function <app>.fail_task(p_task_id bigint, p_token uuid, p_error jsonb) r
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.get_human_task(p_id bigint) returns <app>.human_tasks
+    language plpgsql stable security definer
+    set search_path = <app>, pg_temp;
 create function <app>.get_queue_limits() returns TABLE(task_queue text, max_running integer, running bigint, rate integer, per interval, tokens double precision, next_token_at timestamp with time zone, key_max_running integer, key_rate integer, key_per interval, updated_at timestamp with time zone)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
@@ -769,6 +848,9 @@ create function <app>.heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lease in
     set search_path = <app>, pg_temp;
 create function <app>.hook(p_workflow_id text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_signal_id text DEFAULT NULL::text) returns text
     language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.list_human_tasks(role text DEFAULT NULL::text, assignee text DEFAULT NULL::text, status text DEFAULT NULL::text, type text DEFAULT NULL::text, metadata jsonb DEFAULT NULL::jsonb, max_rows integer DEFAULT 50, after bigint DEFAULT NULL::bigint) returns SETOF <app>.human_tasks
+    language plpgsql stable security definer
     set search_path = <app>, pg_temp;
 create function <app>.list_logins() returns TABLE(role_name text, group_name text, managed boolean, connections integer)
     language sql stable security definer
@@ -794,6 +876,9 @@ create function <app>.prune_signals(p_older_than interval DEFAULT '00:00:00'::in
 create function <app>.queue_keys(p_task_queue text, p_limit integer DEFAULT 100) returns TABLE(concurrency_key text, running bigint, ready bigint, delayed bigint, oldest_ready_age interval, tokens double precision, next_token_at timestamp with time zone)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
+create function <app>.reassign_human_task(p_id bigint, p_who text, p_assignee text, p_role text DEFAULT NULL::text) returns <app>.human_tasks
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.record_patch(p_task_id bigint, p_token uuid, p_seq integer, p_patch_id text, p_deprecated boolean) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
@@ -806,9 +891,15 @@ create function <app>.record_steps(p_items jsonb) returns jsonb
     set enable_seqscan = off
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.release_human_task(p_id bigint, p_who text) returns <app>.human_tasks
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
 create function <app>.release_tasks(p_task_ids bigint[], p_tokens uuid[]) returns integer
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
+create function <app>.resolve_human_task(p_id bigint, p_who text, p_answer jsonb) returns <app>.human_tasks
+    language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.resume_schedule(p_schedule_id text) returns timestamp with time zone
     language plpgsql volatile security definer
@@ -901,6 +992,7 @@ create function <app>.workflow_waits(p_job_id text) returns jsonb
 -- privileges
 grant usage on schema <app> to <app>_app;
 grant usage on schema <app> to <app>_reader;
+grant usage on schema <app> to <app>_reviewer;
 grant usage on schema <app> to <app>_worker;
 grant select on table <app>.failed_workflows to <app>_app;
 grant select on table <app>.failed_workflows to <app>_reader;
@@ -942,11 +1034,21 @@ grant select on table <app>.workflows to <app>_app;
 grant select on table <app>.workflows to <app>_reader;
 grant select on table <app>.workflows to <app>_worker;
 grant execute on function <app>.activity_heartbeat(bigint,uuid,interval) to <app>_worker;
+grant execute on function <app>.ask_human(bigint,uuid,integer,text,jsonb) to <app>_worker;
 grant execute on function <app>.bury_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.cancel_step(bigint,uuid,integer,text,text,boolean) to <app>_worker;
 grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <app>_app;
 grant execute on function <app>.cancel_workflow(text,text,boolean,boolean) to <app>_worker;
+grant execute on function <app>.claim_human_task(bigint,text) to <app>_app;
+grant execute on function <app>.claim_human_task(bigint,text) to <app>_reviewer;
+grant execute on function <app>.claim_human_task(bigint,text) to <app>_worker;
+grant execute on function <app>.claim_next_human_task(text,text) to <app>_app;
+grant execute on function <app>.claim_next_human_task(text,text) to <app>_reviewer;
+grant execute on function <app>.claim_next_human_task(text,text) to <app>_worker;
 grant execute on function <app>.claim_tasks(text[],text,integer,interval,text) to <app>_worker;
+grant execute on function <app>.comment_human_task(bigint,text,text) to <app>_app;
+grant execute on function <app>.comment_human_task(bigint,text,text) to <app>_reviewer;
+grant execute on function <app>.comment_human_task(bigint,text,text) to <app>_worker;
 grant execute on function <app>.complete_task(bigint,uuid,jsonb) to <app>_worker;
 grant execute on function <app>.complete_tasks(jsonb) to <app>_worker;
 grant execute on function <app>.continue_task(bigint,uuid,jsonb) to <app>_worker;
@@ -1005,6 +1107,10 @@ grant execute on function <app>.export_workflows(text[],text[],timestamp with ti
 grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_reader;
 grant execute on function <app>.export_workflows(text[],text[],timestamp with time zone,integer) to <app>_worker;
 grant execute on function <app>.fail_task(bigint,uuid,jsonb) to <app>_worker;
+grant execute on function <app>.get_human_task(bigint) to <app>_app;
+grant execute on function <app>.get_human_task(bigint) to <app>_reader;
+grant execute on function <app>.get_human_task(bigint) to <app>_reviewer;
+grant execute on function <app>.get_human_task(bigint) to <app>_worker;
 grant execute on function <app>.get_queue_limits() to <app>_app;
 grant execute on function <app>.get_queue_limits() to <app>_reader;
 grant execute on function <app>.get_queue_limits() to <app>_worker;
@@ -1017,16 +1123,29 @@ grant execute on function <app>.get_workflow(text) to <app>_worker;
 grant execute on function <app>.heartbeat(bigint[],uuid[],interval) to <app>_worker;
 grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_app;
 grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_worker;
+grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_app;
+grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_reader;
+grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_reviewer;
+grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_worker;
 grant execute on function <app>.next_due(text[]) to <app>_worker;
 grant execute on function <app>.pause_schedule(text) to <app>_app;
 grant execute on function <app>.pause_schedule(text) to <app>_worker;
 grant execute on function <app>.queue_keys(text,integer) to <app>_app;
 grant execute on function <app>.queue_keys(text,integer) to <app>_reader;
 grant execute on function <app>.queue_keys(text,integer) to <app>_worker;
+grant execute on function <app>.reassign_human_task(bigint,text,text,text) to <app>_app;
+grant execute on function <app>.reassign_human_task(bigint,text,text,text) to <app>_reviewer;
+grant execute on function <app>.reassign_human_task(bigint,text,text,text) to <app>_worker;
 grant execute on function <app>.record_patch(bigint,uuid,integer,text,boolean) to <app>_worker;
 grant execute on function <app>.record_step(bigint,uuid,integer,text,text,jsonb,jsonb,jsonb,jsonb) to <app>_worker;
 grant execute on function <app>.record_steps(jsonb) to <app>_worker;
+grant execute on function <app>.release_human_task(bigint,text) to <app>_app;
+grant execute on function <app>.release_human_task(bigint,text) to <app>_reviewer;
+grant execute on function <app>.release_human_task(bigint,text) to <app>_worker;
 grant execute on function <app>.release_tasks(bigint[],uuid[]) to <app>_worker;
+grant execute on function <app>.resolve_human_task(bigint,text,jsonb) to <app>_app;
+grant execute on function <app>.resolve_human_task(bigint,text,jsonb) to <app>_reviewer;
+grant execute on function <app>.resolve_human_task(bigint,text,jsonb) to <app>_worker;
 grant execute on function <app>.resume_schedule(text) to <app>_app;
 grant execute on function <app>.resume_schedule(text) to <app>_worker;
 grant execute on function <app>.retry_delay(jsonb,integer) to <app>_app;

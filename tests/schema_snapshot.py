@@ -2,8 +2,8 @@
 
 `make schema` writes it for a fresh install to tests/schema.sql (the committed snapshot that
 test_schema.py checks), and test_schema.py compares it between a fresh install and upgraded
-ones. The app id is replaced by `<app>` (roles `<app>_app`, `<app>_worker`, `<app>_reader`), so
-two apps' descriptions compare equal when their schemas are the same.
+ones. The app id is replaced by `<app>` (roles `<app>_app`, `<app>_worker`, `<app>_reader`,
+`<app>_reviewer`), so two apps' descriptions compare equal when their schemas are the same.
 
 What it lists is the schema's contract: tables with their columns, defaults, constraints,
 indexes and storage options; sequences, triggers and policies; views with their columns;
@@ -295,7 +295,7 @@ _SECTIONS = (
 def placeholder(text: str, app: str) -> str:
     """`text` with the app id (and its roles' prefix) replaced by `<app>`."""
     return re.sub(
-        rf"(?<![A-Za-z0-9_$]){re.escape(app)}(?=_app\b|_worker\b|_reader\b|[^A-Za-z0-9_$]|$)",
+        rf"(?<![A-Za-z0-9_$]){re.escape(app)}(?=_app\b|_worker\b|_reader\b|_reviewer\b|[^A-Za-z0-9_$]|$)",
         "<app>",
         text,
     )
@@ -328,7 +328,7 @@ def drop_app(dsn: str, app: str) -> None:
     """Drop an app's schema and the two roles the installer made for it."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(app)))
-        for role in (f"{app}_app", f"{app}_worker", f"{app}_reader"):
+        for role in (f"{app}_app", f"{app}_worker", f"{app}_reader", f"{app}_reviewer"):
             if conn.execute("select from pg_roles where rolname = %s", (role,)).fetchone():
                 conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
                 conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))

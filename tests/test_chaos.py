@@ -105,6 +105,19 @@ CALLS: dict[str, LiteralString] = {
     "delete_schedule": "with s as materialized (select create_schedule(%(id)s || '-d',"
     " '@every 1h', 'chaos_main', '[0]', 'cq')) select delete_schedule(%(id)s || '-d') from s",
 }
+# The human task functions need a task, which the held workflows here do not ask for: they are
+# held, each on a task of its own, by tests/test_human_tasks.py
+# (test_reviewers_open_transactions_never_stall_the_workers).
+HELD_ELSEWHERE = {
+    "list_human_tasks",
+    "get_human_task",
+    "claim_human_task",
+    "claim_next_human_task",
+    "release_human_task",
+    "reassign_human_task",
+    "comment_human_task",
+    "resolve_human_task",
+}
 FATAL = re.compile(r"event=(crash|stuck)|deadlock", re.IGNORECASE)
 
 
@@ -214,9 +227,9 @@ def chaos_workers(dsn: str, app: str, tmp_path: Path) -> Iterator[Workers]:
 def covered_calls(obs: Observer, app: str) -> list[str]:
     names = app_functions(obs, app)
     assert names, "the app role may execute no function"
-    uncovered = sorted(set(names) - set(CALLS))
+    uncovered = sorted(set(names) - set(CALLS) - HELD_ELSEWHERE)
     assert not uncovered, f"functions of the app role with no held call in CALLS: {uncovered}"
-    return names
+    return [name for name in names if name not in HELD_ELSEWHERE]
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """`make demo` runs the seed's claims-review example; here it runs against the test database
-and its output is checked: hooks wrote the shared entity, the approval came from SQL, the
-seed's query shows the in-flight claim of this run only, and rows print as psql prints them."""
+and its output is checked: hooks wrote the shared entity, the approval came from SQL through
+a human task (the inbox before and after), the seed's query shows the in-flight claim of this
+run only, and rows print as psql prints them."""
 
 from __future__ import annotations
 
@@ -35,9 +36,18 @@ def test_claims_review_demo(dsn: str) -> None:
     _, first_run = run_demo(dsn)
     out, run = run_demo(dsn)  # a second run in the same app shows only its own claims
     assert run != first_run
-    assert f"select my_app.signal('human-approval', 'true', 'claim-A42-{run}')" in out
+    resolved = out.split("a reviewer approves A42 from SQL", 1)[1].split("A42 finished", 1)[0]
+    assert re.search(r"from my_app.resolve_human_task\('\d+', 'ann', ", resolved), resolved
+    assert re.search(r"\| resolved +\| ann +\| \{\"note\": \"coverage verified\"", resolved)
+    inbox = out.split("the reviewers' inbox", 1)[1].split("-- a reviewer", 1)[0]
+    assert f"claim-A42-{run}" in inbox and f"claim-B17-{run}" in inbox and "(2 rows)" in inbox
+    assert first_run not in inbox
+    after = out.split("the inbox now", 1)[1].split("-- B17 is withdrawn", 1)[0]
+    assert f"claim-B17-{run}" in after and "claim-A42-" not in after and "(1 row)" in after
+    cancelled = out.split("B17's task was cancelled with it", 1)[1]
+    assert f"claim-B17-{run} | cancelled" in cancelled and "(1 row)" in cancelled
     # psql's output, not Python's: JSON as stored, t/f, nothing printed for NULL
-    assert '"status": "delivered"' in out and "'status'" not in out
+    assert "'status'" not in out
     assert re.search(r"\| h1 +\| +2 \| merge", out), out
     for python_repr in ("None", "False", "True", "datetime."):
         assert python_repr not in out.split("A42 finished", 1)[0], python_repr

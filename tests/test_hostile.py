@@ -223,6 +223,20 @@ GOOD: dict[str, Any] = {
     "p_since": "2020-01-01",
     "p_run": 1,
     "p_concurrency_key": None,
+    # human tasks (sql/49_human_tasks.sql); list_human_tasks' filters have plain names
+    "p_id": 1,
+    "p_who": "ann",
+    "p_answer": '{"approved": true}',
+    "p_text": "a note",
+    "p_assignee": "ann",
+    "p_request": '{"role": "approver", "title": "Approve"}',
+    "role": "approver",
+    "assignee": None,
+    "status": None,
+    "type": None,
+    "metadata": '{"region": "eu"}',
+    "max_rows": 10,
+    "after": None,
     # set_queue_limits: plain names, so that a call reads `max_running => 4`
     "max_running": 4,
     "rate": 60,
@@ -233,14 +247,21 @@ GOOD: dict[str, Any] = {
 
 @pytest.fixture
 def state(db: Any) -> dict[str, Any]:
-    """A running workflow `wf` (entity, a wait for 'go', a hook) whose activation is held, an
-    activity task held on `acts`, a finished workflow, a kept signal and a schedule `sch`."""
+    """A running workflow `wf` (entity, a wait for 'go', a hook, human task 1) whose activation
+    is held, an activity task held on `acts`, a finished workflow, a kept signal and a schedule
+    `sch`."""
     db.one("select start_workflow('w', '[1]', 'q', 'wf')")
     task, token = db.one("select row(task_id, lease_token) from claim_tasks(array['q'], 'W', 1)")
     db.one("select entity_step(%s, %s, 1, 'set', null, %s)", task, token, '{"a": {"b": [1, 2]}}')
     db.one("select wait_signal(%s, %s, 2, 'go', null)", task, token)
     db.one("select schedule_activity(%s, %s, 3, 'act', '[]', 'acts')", task, token)
     db.one("select hook('wf', 'h', '[]', 'hq', 'hook-done')")
+    db.one(
+        "select ask_human(%s, %s, 4, 'ask', %s)",
+        task,
+        token,
+        '{"role": "approver", "title": "Approve", "metadata": {"region": "eu"}}',
+    )  # human task 1
     act = db.one("select row(task_id, lease_token) from claim_tasks(array['acts'], 'A', 1)")
     db.one("select start_workflow('w', '[]', 'q2', 'done')")
     done = db.one("select row(task_id, lease_token) from claim_tasks(array['q2'], 'W', 1)")

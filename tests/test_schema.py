@@ -346,39 +346,46 @@ def granted_names() -> dict[str, list[str]]:
         m.group(1): re.findall(r"'([a-z_0-9]+)'", m.group(2))
         for m in re.finditer(r"(v_\w+_functions) text\[\] := array\[(.*?)\];", text, re.S)
     }
-    assert set(lists) == {"v_app_functions", "v_worker_functions", "v_reader_functions"}, (
-        f"sql/{PRIVILEGES_FILE} no longer lists functions as this test reads them: update it"
-    )
+    assert set(lists) == {
+        "v_app_functions",
+        "v_worker_functions",
+        "v_reader_functions",
+        "v_reviewer_functions",
+    }, f"sql/{PRIVILEGES_FILE} no longer lists functions as this test reads them: update it"
     return lists
 
 
-def public_functions(dsn: str, app: str) -> dict[str, tuple[bool, bool, bool]]:
-    """Each public (not `_`-prefixed) routine: may <app>_app, <app>_worker, <app>_reader
-    execute it."""
+def public_functions(dsn: str, app: str) -> dict[str, tuple[bool, bool, bool, bool]]:
+    """Each public (not `_`-prefixed) routine: may <app>_app, <app>_worker, <app>_reader,
+    <app>_reviewer execute it."""
     with admin(dsn) as conn:
         rows = conn.execute(
             "select p.proname::text, bool_or(has_function_privilege(%s, p.oid, 'execute')),"
             " bool_or(has_function_privilege(%s, p.oid, 'execute')),"
+            " bool_or(has_function_privilege(%s, p.oid, 'execute')),"
             " bool_or(has_function_privilege(%s, p.oid, 'execute'))"
             " from pg_proc as p where p.pronamespace = %s::regnamespace"
             " and p.proname !~ '^_' group by p.proname",
-            (f"{app}_app", f"{app}_worker", f"{app}_reader", app),
+            (f"{app}_app", f"{app}_worker", f"{app}_reader", f"{app}_reviewer", app),
         ).fetchall()
-    return {name: (a, w, r) for name, a, w, r in rows}
+    return {name: (a, w, r, v) for name, a, w, r, v in rows}
 
 
 def test_every_granted_name_is_a_function_of_the_schema(dsn: str, fresh: str) -> None:
     public = public_functions(dsn, fresh)
     lists = granted_names()
-    missing = sorted(set(lists["v_app_functions"] + lists["v_worker_functions"]) - set(public))
+    app, worker = lists["v_app_functions"], lists["v_worker_functions"]
+    reader, reviewer = lists["v_reader_functions"], lists["v_reviewer_functions"]
+    missing = sorted(set(app + worker) - set(public))
     assert missing == [], f"sql/{PRIVILEGES_FILE} grants functions that do not exist"
-    assert sorted(n for n, (a, _, _) in public.items() if a) == sorted(lists["v_app_functions"])
-    assert sorted(n for n, (_, w, _) in public.items() if w) == sorted(
-        lists["v_app_functions"] + lists["v_worker_functions"]
-    )
-    # The reader's functions are some of the application's: those that change nothing.
-    assert sorted(n for n, (_, _, r) in public.items() if r) == sorted(lists["v_reader_functions"])
-    assert set(lists["v_reader_functions"]) <= set(lists["v_app_functions"])
+    assert sorted(n for n, (a, _, _, _) in public.items() if a) == sorted(app)
+    assert sorted(n for n, (_, w, _, _) in public.items() if w) == sorted(app + worker)
+    # The reader's functions are some of the application's: those that change nothing; the
+    # reviewer's are the human task functions, which the application may call too.
+    assert sorted(n for n, (_, _, r, _) in public.items() if r) == sorted(reader)
+    assert set(reader) <= set(app)
+    assert sorted(n for n, (_, _, _, v) in public.items() if v) == sorted(reviewer)
+    assert set(reviewer) <= set(app)
 
 
 def documented_names() -> set[str]:

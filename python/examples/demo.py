@@ -3,9 +3,11 @@
 Two claims are filed. Each `claims_review` workflow sets its entity (my_app.jobs.context),
 runs two hooks in parallel — `verify_coverage` (a legacy policy system) and
 `generate_summary` (where an AI model would go) — which both write to the shared entity,
-then waits for a person's approval. The approval for A42 is sent from SQL, as any
-application (or a person in psql) would; B17 is then withdrawn (cancelled from SQL). The
-demo prints A42's final entity, its history, and the seed's SQL query over in-flight claims.
+then asks a person for approval through a human task (my_app.human_tasks, docs/people.md).
+The demo shows the reviewers' inbox, resolves A42's task from SQL with resolve_human_task, as
+any application (or a person in psql) would, and shows the inbox again; B17 is then withdrawn
+(cancelled from SQL, which cancels its task). It prints A42's final entity, its history, and
+the seed's SQL query over in-flight claims.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def summarise(case_id: str, coverage: dict[str, object]) -> dict[str, object]:
 
 
 ACTIVITIES = [lookup_policy, summarise]
+APPROVAL_FORM = {
+    "type": "object",
+    "required": ["approved"],
+    "properties": {"approved": {"type": "boolean"}, "note": {"type": "string"}},
+}
 RETRIES = RetryPolicy(maximum_attempts=5, initial_interval=0.5, backoff_coefficient=2)
 
 
@@ -77,9 +84,18 @@ async def claims_review(case_id: str) -> dict[str, object]:
         ]
     )
 
-    # Wait for a person's sign-off: for days if need be (no worker slot is held meanwhile).
-    approval = await workflow.wait_for("human-approval")
-    await entity.merge({"approved": approval is True, "stage": "complete"})
+    # Ask a person for the sign-off: a task in the reviewers' inbox, for days if need be (no
+    # worker slot is held meanwhile); the answer must match the form.
+    run = workflow.get_context().workflow_id.rsplit("-", 1)[-1]
+    answer = await workflow.ask_human(
+        f"Approve claim {case_id}",
+        role="claims-approver",
+        description="Coverage verified and summarised; see the entity.",
+        metadata={"case": case_id, "run": run},
+        due="3 days",
+        form=APPROVAL_FORM,
+    )
+    await entity.merge({"approved": answer["approved"] is True, "stage": "complete"})
     await entity.increment("reviews", 1)
     result: dict[str, object] = await entity.get()
     return result
@@ -95,6 +111,10 @@ FROM my_app.jobs
 WHERE entity = 'claims-review'
   AND context->>'stage' != 'complete'
   AND id LIKE %s"""
+
+# The reviewers' inbox, as a review screen would query it (this run's tasks only).
+INBOX_QUERY = """select id, job_id, title, status, priority, resolved_by, answer
+from my_app.list_human_tasks(role => 'claims-approver', metadata => %s::jsonb)"""
 
 # Every column read as the text Postgres sends, so rows print as psql prints them
 # (t/f, JSON as stored, timestamps with their zone), not as Python reprs.
@@ -166,11 +186,18 @@ async def main() -> None:
 
         with psycopg.connect(dsn, autocommit=True, context=_AS_TEXT) as conn:
             psql(conn, "claims in flight (the seed's query)", SEED_QUERY, this_run)
+            inbox = json.dumps({"run": suffix})
+            psql(conn, "the reviewers' inbox: a task per claim", INBOX_QUERY, inbox)
+            [task] = await mf.human_tasks.list(
+                role="claims-approver", metadata={"case": "A42", "run": suffix}
+            )
             psql(
                 conn,
-                "a reviewer approves A42 from SQL",
-                "select my_app.signal('human-approval', 'true', %s)",
-                ids["A42"],
+                "a reviewer approves A42 from SQL: the answer reaches the workflow",
+                "select id, status, resolved_by, answer"
+                " from my_app.resolve_human_task(%s, 'ann', %s)",
+                str(task.id),
+                '{"approved": true, "note": "coverage verified"}',
             )
             final = await mf.workflow.get_handle(ids["A42"]).result(timeout=30)
             print(f"\nA42 finished; its entity:\n{json.dumps(final, indent=2)}")
@@ -187,11 +214,19 @@ async def main() -> None:
                 ids["A42"],
             )
             psql(conn, "claims still in flight (the seed's query again)", SEED_QUERY, this_run)
+            psql(conn, "the inbox now: B17's task only", INBOX_QUERY, inbox)
             psql(
                 conn,
                 "B17 is withdrawn: cancelled from SQL (code 410, nothing of it runs again)",
                 "select my_app.cancel_workflow(%s, 'claim withdrawn')",
                 ids["B17"],
+            )
+            psql(
+                conn,
+                "B17's task was cancelled with it",
+                "select id, job_id, status from my_app.list_human_tasks(status => 'cancelled',"
+                " metadata => %s::jsonb)",
+                inbox,
             )
     finally:
         await mf.close()

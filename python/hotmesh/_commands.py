@@ -134,6 +134,23 @@ class WaitSignal(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class AskHuman(Command):
+    """Wait for signal `signal_id` and write a human task for it (`ask_human`): recorded as the
+    signal wait it is (no timeout: the task's due time is its SLA)."""
+
+    kind: ClassVar[str] = "signal"
+    signal_id: str
+    request: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.signal_id
+
+    def recorded_input(self, job_id: str, thread: str, seq: int, run: int = 1) -> Any:
+        return {"timeout": None}
+
+
+@dataclass(frozen=True, slots=True)
 class SendSignal(Command):
     """Send a signal to `workflow_id` (None: this workflow; "*": whoever waits)."""
 

@@ -35,6 +35,7 @@ from hotmesh import errors
 from hotmesh._commands import RecordedStep
 from hotmesh.rows import (
     HistoryEntry,
+    HumanTask,
     MetricSample,
     QueueBacklog,
     QueueKey,
@@ -290,6 +291,8 @@ _STATEMENTS = {
     " %(descend)s::boolean, %(ignore_finished)s::boolean)",
     "wait_signal": "select {}.wait_signal(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(signal_id)s::text, %(limit)s::numeric)",
+    "ask_human": "select {}.ask_human(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
+    " %(signal_id)s::text, %(request)s::jsonb)",
     "send_signal": "select {}.send_signal(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(signal_id)s::text, %(payload)s::jsonb, %(workflow_id)s::text)",
     "start_child": "select {}.start_child(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
@@ -332,6 +335,22 @@ _STATEMENTS = {
     "resume_schedule": "select {}.resume_schedule(%(schedule_id)s::text)",
     "trigger_schedule": "select {}.trigger_schedule(%(schedule_id)s::text)",
     "delete_schedule": "select {}.delete_schedule(%(schedule_id)s::text)",
+    # human tasks (sql/49_human_tasks.sql)
+    "list_human_tasks": "select {columns} from {}.list_human_tasks(%(role)s::text,"
+    " %(assignee)s::text, %(status)s::text, %(type)s::text, %(metadata)s::jsonb,"
+    " %(limit)s::integer, %(after)s::bigint)",
+    "get_human_task": "select {columns} from {}.get_human_task(%(id)s::bigint)",
+    "claim_human_task": "select {columns} from {}.claim_human_task(%(id)s::bigint, %(who)s::text)",
+    "claim_next_human_task": "select {columns} from {}.claim_next_human_task(%(role)s::text,"
+    " %(who)s::text)",
+    "release_human_task": "select {columns} from {}.release_human_task(%(id)s::bigint,"
+    " %(who)s::text)",
+    "reassign_human_task": "select {columns} from {}.reassign_human_task(%(id)s::bigint,"
+    " %(who)s::text, %(assignee)s::text, %(role)s::text)",
+    "comment_human_task": "select {columns} from {}.comment_human_task(%(id)s::bigint,"
+    " %(who)s::text, %(text)s::text)",
+    "resolve_human_task": "select {columns} from {}.resolve_human_task(%(id)s::bigint,"
+    " %(who)s::text, %(answer)s::jsonb)",
     "list_schedules": "select {columns} from {}.schedule_fires"
     " where %(schedule_id)s::text is null or id = %(schedule_id)s::text order by id",
     # flow control: sql/25_limits.sql
@@ -358,6 +377,14 @@ _ROWS: dict[str, type[Any]] = {
     "queue_backlog": QueueBacklog,
     "metrics": MetricSample,
     "list_schedules": Schedule,
+    "list_human_tasks": HumanTask,
+    "get_human_task": HumanTask,
+    "claim_human_task": HumanTask,
+    "claim_next_human_task": HumanTask,
+    "release_human_task": HumanTask,
+    "reassign_human_task": HumanTask,
+    "comment_human_task": HumanTask,
+    "resolve_human_task": HumanTask,
     "get_queue_limits": QueueLimits,
     "queue_keys": QueueKey,
 }
@@ -516,6 +543,8 @@ _CONFLICT_RETRIES = 4
 # The calls that only read, and how long apart they are sent again after a lost connection.
 _READS = frozenset(
     {
+        "list_human_tasks",
+        "get_human_task",
         "workflow_status",
         "workflow_outcome",
         "get_workflow",
@@ -563,6 +592,7 @@ WORKER_CALLS = frozenset(
         "search_step",
         "emit_step",
         "wait_signal",
+        "ask_human",
         "send_signal",
         "start_child",
         "start_hook",
@@ -914,6 +944,12 @@ class Database:
         params = {**_held(task, seq), "signal_id": signal_id, "limit": limit}
         return await self._step("wait_signal", params)
 
+    async def ask_human(
+        self, task: Claimed, seq: int, signal_id: str, request: dict[str, Any]
+    ) -> RecordedStep:
+        params = {**_held(task, seq), "signal_id": signal_id, "request": Jsonb(request)}
+        return await self._step("ask_human", params)
+
     async def send_signal(
         self, task: Claimed, seq: int, signal_id: str, payload: Any, workflow_id: str | None
     ) -> RecordedStep:
@@ -1149,6 +1185,10 @@ class Database:
     async def schedule_call(self, name: str, schedule_id: str) -> Any:
         """pause / resume / trigger / delete_schedule: what the function returns."""
         return await self._value(f"{name}_schedule", {"schedule_id": schedule_id})
+
+    async def human_tasks(self, name: str, params: Params) -> list[HumanTask]:
+        """A human task function of sql/49_human_tasks.sql: the rows it returns."""
+        return await self._rows(name, HumanTask, params)
 
     async def list_schedules(self, schedule_id: str | None) -> list[Schedule]:
         return await self._rows("list_schedules", Schedule, {"schedule_id": schedule_id})

@@ -32,7 +32,7 @@ from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
 from hotmesh.errors import DatabaseUnreachable, HotMeshError, SchemaMismatch
 from hotmesh.interceptors import Interceptor
-from hotmesh.rows import HistoryEntry
+from hotmesh.rows import HistoryEntry, HumanTask
 
 _STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -333,6 +333,47 @@ def _parser() -> argparse.ArgumentParser:
         acting.add_argument("schedule_id", metavar="ID")
     schedule_list = schedule_commands.add_parser("list", help="schedules, next and last fires")
     _common(schedule_list, json_flag=True)
+
+    tasks = commands.add_parser(
+        "tasks", help="the inbox of human tasks: list, claim, resolve, ... (docs/people.md)"
+    )
+    task_commands = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+    task_list = task_commands.add_parser("list", help="tasks, most urgent first")
+    _common(task_list, json_flag=True)
+    task_list.add_argument("--role", help="only this role")
+    task_list.add_argument("--assignee", help="assigned to or claimed by this person")
+    task_list.add_argument(
+        "--status", choices=("open", "claimed", "resolved", "expired", "cancelled"),
+        help="only this status (default: open and claimed)",
+    )  # fmt: skip
+    task_list.add_argument("--type", help="only this type")
+    task_list.add_argument("--metadata", help='JSON object the metadata contains: {"region": "eu"}')
+    task_list.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
+    task_list.add_argument("--after", type=int, help="the page after this task id")
+    task_show = task_commands.add_parser("show", help="one task, its form and events")
+    _common(task_show, json_flag=True)
+    task_show.add_argument("task_id", type=int, metavar="ID")
+    task_next = task_commands.add_parser("claim-next", help="claim the most urgent open task")
+    _common(task_next, json_flag=True)
+    task_next.add_argument("role", metavar="ROLE")
+    task_next.add_argument("who", metavar="WHO")
+    for action, more in (
+        ("claim", ()),
+        ("release", ()),
+        ("comment", ("text",)),
+        ("resolve", ("answer",)),
+        ("reassign", ()),
+    ):
+        acting = task_commands.add_parser(action, help=f"{action} a task")
+        _common(acting, json_flag=True)
+        acting.add_argument("task_id", type=int, metavar="ID")
+        acting.add_argument("who", metavar="WHO")
+        for name in more:
+            helps = {"text": "the comment", "answer": "the answer, as JSON"}
+            acting.add_argument(name, metavar=name.upper(), help=helps[name])
+        if action == "reassign":
+            acting.add_argument("--to", dest="assignee", help="the new assignee (none: anyone)")
+            acting.add_argument("--role", help="a new role")
 
     roles = commands.add_parser(
         "roles", help="login roles for workers and applications (owner only; docs/credentials.md)"
@@ -1056,6 +1097,64 @@ async def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _tasks(args: argparse.Namespace) -> int:
+    action = args.tasks_command
+    async with _client(args) as mf:
+        tasks = mf.human_tasks
+        rows: list[HumanTask]
+        if action == "list":
+            metadata = None if args.metadata is None else _json_arg(args.metadata, "--metadata")
+            rows = await tasks.list(
+                role=args.role, assignee=args.assignee, status=args.status, type=args.type,
+                metadata=metadata, limit=args.limit, after=args.after,
+            )  # fmt: skip
+        elif action == "show":
+            rows = [await tasks.get(args.task_id)]
+        elif action == "claim-next":
+            found = await tasks.claim_next(args.role, args.who)
+            rows = [] if found is None else [found]
+        elif action == "resolve":
+            answer = _json_arg(args.answer, "ANSWER")
+            rows = [await tasks.resolve(args.task_id, args.who, answer)]
+        elif action == "comment":
+            rows = [await tasks.comment(args.task_id, args.who, args.text)]
+        elif action == "reassign":
+            rows = [await tasks.reassign(args.task_id, args.who, args.assignee, args.role)]
+        else:
+            rows = [await getattr(tasks, action)(args.task_id, args.who)]
+    if args.json:
+        _print_json(rows if action == "list" else (rows[0] if rows else None))
+        return 0
+    if action == "claim-next" and not rows:
+        print(f"no open task for role {args.role}")
+        return 0
+    if action == "show":
+        task = rows[0]
+        shown_fields = (
+            "id", "job_id", "title", "role", "type", "priority", "status", "assignee",
+            "claimed_by", "due_at", "description", "metadata", "form", "answer",
+        )  # fmt: skip
+        for field in shown_fields:
+            value = getattr(task, field)
+            if value is not None:
+                shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+                print(f"{field:12} {_when(value) if field == 'due_at' else shown}")
+        for e in task.events:
+            text = f" {e['text']}" if "text" in e else ""
+            print(f"  {e['at']}  {e['who']}: {e['event']}{text}")
+        return 0
+    headers = ("ID", "WORKFLOW", "ROLE", "PRI", "DUE", "STATUS", "WHO", "TITLE")
+    table = [
+        [
+            str(r.id), r.job_id, r.role, str(r.priority), _when(r.due_at), r.status,
+            r.claimed_by or r.assignee or "", r.title,
+        ]
+        for r in rows
+    ]  # fmt: skip
+    print(_table(headers, table))
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "migrate": _migrate,
     "worker": _worker,
@@ -1075,6 +1174,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "setting": _setting,
     "roles": _roles,
     "schedule": _schedule,
+    "tasks": _tasks,
 }
 
 

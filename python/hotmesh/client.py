@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import _convert, _install, errors
@@ -35,6 +36,7 @@ from hotmesh.interceptors import (
 from hotmesh.retry import RetryPolicy
 from hotmesh.rows import (
     HistoryEntry,
+    HumanTask,
     MetricSample,
     QueueBacklog,
     QueueLimits,
@@ -209,6 +211,83 @@ class QueueClient:
     async def limits(self) -> list[QueueLimits]:
         """Every limited queue, its limits and where it stands (`<app>.get_queue_limits`)."""
         return await self._mf._db.get_queue_limits()
+
+
+class HumanTaskClient:
+    """`mf.human_tasks`: the inbox of people's tasks (docs/people.md). Each call is the
+    function of sql/49_human_tasks.sql of the same name, which any application can call too."""
+
+    def __init__(self, mf: MemFlow) -> None:
+        self._mf = mf
+
+    async def list(
+        self,
+        *,
+        role: str | None = None,
+        assignee: str | None = None,
+        status: str | None = None,
+        type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int = 50,
+        after: int | None = None,
+    ) -> builtins.list[HumanTask]:
+        """Tasks by role, assignee (assigned to or claimed by), status (None: open and
+        claimed), type and metadata (containment), most urgent first; `after` (a task id)
+        continues a page (`list_human_tasks`)."""
+        where = None if metadata is None else Jsonb(encode(metadata, "the metadata filter"))
+        params = {
+            "role": role,
+            "assignee": assignee,
+            "status": status,
+            "type": type,
+            "metadata": where,
+            "limit": limit,
+            "after": after,
+        }
+        return await self._mf._db.human_tasks("list_human_tasks", params)
+
+    async def get(self, task_id: int) -> HumanTask:
+        """One task (TaskNotFound, HM005, when there is none)."""
+        return (await self._mf._db.human_tasks("get_human_task", {"id": task_id}))[0]
+
+    async def claim(self, task_id: int, who: str) -> HumanTask:
+        """`who` takes the task: nobody else may resolve it until released or reassigned."""
+        return await self._one("claim_human_task", {"id": task_id, "who": who})
+
+    async def claim_next(self, role: str, who: str) -> HumanTask | None:
+        """The most urgent open task of `role` (assigned to nobody or to `who`), claimed by
+        `who`; None when there is none. Two callers never get the same task."""
+        rows = await self._mf._db.human_tasks("claim_next_human_task", {"role": role, "who": who})
+        return rows[0] if rows else None
+
+    async def release(self, task_id: int, who: str) -> HumanTask:
+        """Give a claimed task back: open again for its role."""
+        return await self._one("release_human_task", {"id": task_id, "who": who})
+
+    async def reassign(
+        self, task_id: int, who: str, assignee: str | None, role: str | None = None
+    ) -> HumanTask:
+        """Assign the task to `assignee` (None: anyone with the role), and to `role` when
+        given; it is open again."""
+        params = {"id": task_id, "who": who, "assignee": assignee, "role": role}
+        return await self._one("reassign_human_task", params)
+
+    async def comment(self, task_id: int, who: str, text: str) -> HumanTask:
+        """Append a comment to the task's events."""
+        return await self._one("comment_human_task", {"id": task_id, "who": who, "text": text})
+
+    async def resolve(self, task_id: int, who: str, answer: Any) -> HumanTask:
+        """Answer the task: checked against its form, delivered to the waiting workflow and
+        the task closed, in one transaction, once (a second resolve: IllegalTransition)."""
+        params = {
+            "id": task_id,
+            "who": who,
+            "answer": Jsonb(encode(answer, "the answer")),
+        }
+        return await self._one("resolve_human_task", params)
+
+    async def _one(self, name: str, params: dict[str, Any]) -> HumanTask:
+        return (await self._mf._db.human_tasks(name, params))[0]
 
 
 def _start_item(
@@ -655,6 +734,7 @@ class MemFlow:
         self.worker = WorkerFactory(self)
         self.schedule = ScheduleClient(self)
         self.queue = QueueClient(self)
+        self.human_tasks = HumanTaskClient(self)
         self.entity = EntityClient(self._db, self.payloads)
         self._listener = Listener(dsn, app_id)
 

@@ -172,6 +172,37 @@ class Schedule:
     updated_at: datetime
 
 
+@dataclass(frozen=True)
+class HumanTask:
+    """A row of `<app>.human_tasks`: what `mf.human_tasks.*` and `hotmesh tasks` return
+    (docs/people.md)."""
+
+    id: int
+    job_id: str  # the workflow that waits for the answer
+    thread: str
+    seq: int
+    signal_id: str
+    role: str
+    assignee: str | None
+    type: str
+    priority: int  # higher first
+    title: str
+    description: str | None
+    metadata: dict[str, Any]
+    form: dict[str, Any] | None  # the JSON schema the answer must match
+    due_at: datetime | None
+    escalate_to: str | None
+    escalate_after: timedelta | None  # the new due time after an escalation, from then
+    status: str  # open | claimed | resolved | expired | cancelled
+    created_at: datetime
+    claimed_by: str | None
+    claimed_at: datetime | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+    answer: Any
+    events: list[dict[str, Any]]  # append-only: created, claimed, comment, resolved, ...
+
+
 class TaskSummary(TypedDict):
     """A queued task of a workflow, in `describe()["tasks"]`."""
 

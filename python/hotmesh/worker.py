@@ -34,6 +34,7 @@ import psycopg
 
 from hotmesh import _install, errors
 from hotmesh._commands import (
+    AskHuman,
     CancelWorkflow,
     Command,
     Emit,
@@ -717,6 +718,8 @@ class _Executor:
                 return await db.schedule_sleep(task, seq, command.seconds)
             case WaitSignal():
                 return await db.wait_signal(task, seq, command.signal_id, command.timeout)
+            case AskHuman():
+                return await db.ask_human(task, seq, command.signal_id, command.request)
             case SendSignal():
                 return await db.send_signal(
                     task, seq, command.signal_id, command.payload, command.workflow_id

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from hotmesh import _convert, _durations, errors
 from hotmesh._commands import (
+    AskHuman,
     CancelWorkflow,
     Emit,
     ScheduleActivity,
@@ -242,6 +243,50 @@ def wait_for(signal_id: str, timeout: _durations.Duration | None = None) -> asyn
     act = activation("wait_for")
     limit = None if timeout is None else _durations.seconds(timeout, "wait_for timeout")
     return act.call(WaitSignal(signal_id, limit))
+
+
+def ask_human(
+    title: str,
+    *,
+    role: str,
+    description: str | None = None,
+    type: str = "approval",
+    priority: int = 0,
+    metadata: Mapping[str, Any] | None = None,
+    assignee: str | None = None,
+    due: _durations.Duration | None = None,
+    form: Mapping[str, Any] | None = None,
+    escalate_to: str | None = None,
+    escalate_due: _durations.Duration | None = None,
+    signal_id: str | None = None,
+) -> asyncio.Future[Any]:
+    """Ask a person: writes a human task (`<app>.human_tasks`, docs/people.md) for `role`
+    in the same transaction as the wait, and returns the answer that `resolve_human_task`
+    gives (checked against `form`, a JSON schema, when given). With `due`, raises
+    TimeoutFailure (596, `"timeout": "due"`) when nobody answered in time, as `wait_for`'s
+    timeout does; with `escalate_to`, the task is first opened again for that role, due
+    `escalate_due` (default: `due`) later. The default signal id is unique to this call."""
+    act = activation("ask_human")
+    request: dict[str, Any] = {"role": role, "title": title, "type": type, "priority": priority}
+    try:
+        for key, value in (
+            ("description", description),
+            ("assignee", assignee),
+            ("escalate_to", escalate_to),
+        ):
+            if value is not None:
+                request[key] = value
+        for key, duration in (("due", due), ("escalate_due", escalate_due)):
+            if duration is not None:
+                request[key] = _durations.seconds(duration, f"ask_human {key}")
+        if metadata is not None:
+            request["metadata"] = encode(metadata, "the metadata of a human task")
+        if form is not None:
+            request["form"] = encode(form, "the form of a human task")
+    except (errors.FatalError, errors.InvalidArgument) as error:
+        return act.fail_now(error)
+    sid = signal_id or f"{_position(act)}/human-{act.upcoming_seq()}"
+    return act.call(AskHuman(sid, request))
 
 
 def signal(

@@ -1,4 +1,4 @@
--- The four state machines (job, task, step, schedule) walked from their one table of legal moves
+-- The five state machines (job, task, step, schedule, human task) walked from their one table of legal moves
 -- (_legal_transitions): every legal move is made by the function the table names as its owner,
 -- every illegal one is refused with HM003 naming the row and both states and changes nothing.
 -- Also: an activity whose lease expired on its last attempt is failed by the claim, never
@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(109);
+select plan(160);
 
 -- ------------------------------------------------------------------ the table
 
@@ -17,8 +17,8 @@ select results_eq(
     select machine, count(*)::integer from _legal_transitions()
     group by machine order by machine
     $$,
-    $$values ('job', 12), ('schedule', 2), ('step', 8), ('task', 5)$$,
-    'the table lists 12 job, 2 schedule, 8 step and 5 task moves'
+    $$values ('human_task', 9), ('job', 12), ('schedule', 2), ('step', 8), ('task', 5)$$,
+    'the table lists 9 human task, 12 job, 2 schedule, 8 step and 5 task moves'
 );
 
 select is_empty(
@@ -52,13 +52,15 @@ from (
     ('job', array['pending', 'running', 'waiting', 'completed', 'failed', 'cancelled']),
     ('task', array['ready', 'leased', 'dead']),
     ('step', array['scheduled', 'retrying', 'completed', 'failed']),
-    ('schedule', array['active', 'paused'])
+    ('schedule', array['active', 'paused']),
+    ('human_task', array['open', 'claimed', 'resolved', 'expired', 'cancelled'])
 ) as m (machine, states)
 cross join lateral unnest(m.states) as f (state)
 cross join lateral unnest(m.states) as t (state);
 
 select is(
-    (select count(*)::integer from pairs), 65, '36 job, 9 task, 16 step and 4 schedule pairs'
+    (select count(*)::integer from pairs), 90,
+    '36 job, 9 task, 16 step, 4 schedule and 25 human task pairs'
 );
 
 select
@@ -385,6 +387,98 @@ select is(
     (select name from claim_tasks(array['t43-lq'], 'w3', 1)),
     't43',
     'the workflow was woken to see the failure'
+);
+
+-- ------------------------------------------------------------------ human tasks
+
+-- One task per pair, put in its from-state directly; _move_human_task makes the moves it owns
+-- and refuses the others (the cancellations are _cancel_human_tasks').
+do $$
+begin
+    perform start_workflow('t43', '[]', 't43-q', 't43-human', null, '{"expire": 60}');
+end
+$$;
+create temp table human_pairs on commit drop as
+select
+    p.from_state,
+    p.to_state,
+    coalesce(l.owner = '_move_human_task', false) as owned,
+    (row_number() over (order by p.from_state, p.to_state))::integer as seq
+from pairs as p
+left join _legal_transitions() as l
+    on p.machine = l.machine and p.from_state = l.from_state and p.to_state = l.to_state
+where p.machine = 'human_task';
+insert into human_tasks (job_id, thread, seq, signal_id, role, type, title, status, created_at)
+select
+    't43-human' as job_id,
+    'main' as thread,
+    h.seq,
+    's' as signal_id,
+    'r' as role,
+    't' as type,
+    'x' as title,
+    h.from_state as status,
+    '2020-01-01 00:00:00+00'::timestamptz as created_at
+from human_pairs as h;
+
+select
+    is(
+        (
+            select (_move_human_task(t, h.to_state, 'tester', '{"event": "x"}')).status
+            from human_tasks as t
+            where t.job_id = 't43-human' and t.seq = h.seq
+        ),
+        h.to_state,
+        format('human_task: %s -> %s moves', h.from_state, h.to_state)
+    )
+from human_pairs as h
+where h.owned
+order by h.seq;
+
+select
+    throws_ok(
+        format(
+            'select _move_human_task(t, %L, %L, %L) from human_tasks as t'
+            ' where t.job_id = %L and t.seq = %s',
+            h.to_state, 'tester', '{}', 't43-human', h.seq
+        ),
+        'HM003',
+        format(
+            'human task %s is %s; it cannot become %s',
+            (select t.id from human_tasks as t where t.job_id = 't43-human' and t.seq = h.seq),
+            h.from_state, h.to_state
+        ),
+        format('human_task: %s -> %s is refused by _move_human_task', h.from_state, h.to_state)
+    )
+from human_pairs as h
+where not h.owned
+order by h.seq;
+
+do $$
+begin
+    perform start_workflow('t43', '[]', 't43-q', 't43-cancel', null, '{"expire": 60}');
+end
+$$;
+insert into human_tasks (job_id, thread, seq, signal_id, role, type, title, status, created_at)
+select
+    't43-cancel' as job_id,
+    'main' as thread,
+    s.seq,
+    's' as signal_id,
+    'r' as role,
+    't' as type,
+    'x' as title,
+    s.status,
+    '2020-01-01 00:00:00+00'::timestamptz as created_at
+from
+    unnest(
+        array['open', 'claimed', 'resolved', 'expired', 'cancelled']
+    ) with ordinality as s (status, seq);
+select _cancel_human_tasks(array['t43-cancel'], false);
+select is(
+    (select string_agg(status, ',' order by seq) from human_tasks where job_id = 't43-cancel'),
+    'cancelled,cancelled,resolved,expired,cancelled',
+    '_cancel_human_tasks cancels the open and claimed tasks and leaves the closed ones'
 );
 
 select * from finish();
