@@ -10,11 +10,14 @@ import re
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from helpers import SQL, Process, kill9, python, sleep_until, until, until_row
 from hotmesh import FatalError, MemFlow
@@ -25,7 +28,7 @@ sys.path.insert(0, str(EXAMPLES))
 import research_agent as agent  # noqa: E402
 
 QUESTION = "Is PostgreSQL a good fit for durable workflows?"
-REVIEW = {"accepted": True, "by": "lead@example.com", "comment": "well sourced"}
+REVIEW = {"accepted": True, "comment": "well sourced"}
 
 
 async def awaiting_acceptance(mf: MemFlow, workflow_id: str) -> None:
@@ -40,9 +43,12 @@ async def awaiting_acceptance(mf: MemFlow, workflow_id: str) -> None:
 
 
 async def accepted_run(mf: MemFlow, workflow_id: str) -> tuple[Any, dict[str, Any]]:
-    """Wait for the answer, accept it; the result and the final entity."""
+    """Wait for the answer; a research lead takes the task from the inbox and accepts it.
+    The result and the final entity."""
     await awaiting_acceptance(mf, workflow_id)
-    await mf.workflow.signal(agent.ACCEPT_SIGNAL, REVIEW, workflow_id=workflow_id)
+    task = await mf.human_tasks.claim_next(agent.REVIEWER, "lead@example.com")
+    assert task is not None and task.job_id == workflow_id, task
+    await mf.human_tasks.resolve(task.id, "lead@example.com", REVIEW)
     result = await mf.workflow.get_handle(workflow_id).result(timeout=60)
     return result, await mf.entity(workflow_id).get()
 
@@ -56,9 +62,28 @@ async def test_research_agent_end_to_end(app: str, dsn: str, db: SQL) -> None:
         workflow_id = await agent.start(mf, QUESTION, "research-1")
         await awaiting_acceptance(mf, workflow_id)
         # the supervisor's answer waits for a person; nothing else is queued
-        doc = await mf.workflow.get_handle(workflow_id).describe()
-        assert doc["waiting_on"] == "signal accept-answer", doc["waiting_on"]
+        # the supervisor's answer waits in the research leads' inbox; nothing else is queued
         assert db.one("select count(*) from tasks") == 0
+        [task] = db.rows(
+            "select id, job_id, role, type, title, status, metadata, form, escalate_to,"
+            " due_at - created_at from list_human_tasks(role => 'research-lead')"
+        )
+        assert task[1:] == (
+            workflow_id,
+            "research-lead",
+            "acceptance",
+            "Accept the research agent's answer",
+            "open",
+            {"question": QUESTION, "rounds": 3},
+            agent.ACCEPT_FORM,
+            "research-director",
+            timedelta(days=2),
+        )
+        # an answer that does not fit the form is refused; the task stays open, the agent waits
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="accepted"):
+            db.one("select resolve_human_task(%s, 'lead@example.com', '{\"ok\": 1}')", task[0])
+        assert db.one("select status from human_tasks where id = %s", task[0]) == "open"
+        assert await mf.workflow.get_handle(workflow_id).status() == "waiting"
         result, entity = await accepted_run(mf, workflow_id)
     finally:
         await mf.close(grace=2.0)
@@ -192,7 +217,7 @@ def test_docs_excerpts_are_the_example() -> None:
     excerpts = re.findall(
         r"```python illustration\n# illustration: an excerpt[^\n]*\n(.*?)```", docs, flags=re.DOTALL
     )
-    assert len(excerpts) == 2
+    assert len(excerpts) == 3
     for excerpt in excerpts:
         assert excerpt in source, excerpt
 
@@ -280,3 +305,42 @@ async def test_openai_compatible_model(
             ],
         }
     )
+
+
+@pytest.mark.timeout(120)
+async def test_nobody_accepts(app: str, dsn: str, db: SQL) -> None:
+    """Nobody answers in 2 days: the task goes to the director's inbox (escalation); nobody
+    there in 2 more days, and the agent ends `unreviewed`. The engine's clock is moved by
+    the workers that come later (hotmesh.fake_now), as a worker on a later day would be."""
+    mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    try:
+        await agent.serve(mf)
+        await agent.start(mf, QUESTION, "unanswered")
+        await awaiting_acceptance(mf, "unanswered")
+    finally:
+        await mf.close(grace=2.0)
+    (created,) = db.rows("select created_at from human_tasks")[0]
+
+    async def worker_on(day: float, until_sql: str) -> None:
+        at = created + timedelta(days=day)
+        clocked = make_conninfo(dsn, options=f"-c hotmesh.fake_now={at.isoformat()}")
+        later = await MemFlow.init(app_id=app, dsn=clocked, migrate=False)
+        try:
+            await agent.serve(later)
+            await until_row(db, until_sql)
+        finally:
+            await later.close(grace=2.0)
+
+    await worker_on(2.01, "select role = 'research-director' from human_tasks")
+    assert db.rows("select status, role from list_human_tasks(role => 'research-lead')") == []
+    assert db.rows("select status from list_human_tasks(role => 'research-director')") == [
+        ("open",)
+    ]
+    await worker_on(4.02, "select status = 'completed' from jobs where id = 'unanswered'")
+    assert db.one("select status from human_tasks") == "expired"
+    assert db.one("select result from jobs") == {
+        "answer": db.one("select context ->> 'answer' from jobs"),
+        "accepted": False,
+        "rounds": 3,
+    }
+    assert db.one("select context ->> 'stage' from jobs") == "unreviewed"

@@ -11,7 +11,8 @@ hooks, threads of the same workflow that share its entity (my_app.jobs.context):
    per round in `memory`) and clears the raw findings;
 4. the supervisor asks the model whether another round is needed; a long loop goes on in a new
    run (`workflow.continue_as_new`: same workflow id and entity, empty history);
-5. a person is asked to accept the final answer (the workflow waits for `accept-answer`).
+5. a person is asked to accept the final answer: a human task (`workflow.ask_human`) in the
+   inbox of role `research-lead`, answered from SQL with `resolve_human_task`.
 
 Every model call is the activity `ask_model` on queue `llm`, with a retry policy, a
 `start_to_close` timeout and the queue's rate limit (`mf.queue.set_limits`), so the model's
@@ -42,9 +43,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
+
+# python/examples/demo.py: printing SQL and its rows as psql does
+from demo import _AS_TEXT, psql
 from psycopg import sql
 
-from hotmesh import FatalError, MemFlow, RetryPolicy, workflow
+from hotmesh import FatalError, MemFlow, RetryPolicy, TimeoutFailure, workflow
 
 APP = os.environ.get("HOTMESH_APP", "my_app")
 QUEUE = "research"  # the workflow and its hooks
@@ -52,7 +56,14 @@ MODEL_QUEUE = "llm"  # every model call: limited to what the model's API allows
 ROLES = ("optimist", "skeptic", "verifier")  # the tool hooks, run in parallel
 ROUNDS_PER_RUN = 2  # rounds in one run of the workflow; then continue_as_new
 MAX_ROUNDS = 6  # the supervisor's hard stop, whatever the model says
-ACCEPT_SIGNAL = "accept-answer"
+REVIEWER = "research-lead"  # the role whose inbox gets the answer to accept
+ESCALATE_TO = "research-director"
+# The answer a reviewer gives (resolve_human_task checks it against this JSON schema).
+ACCEPT_FORM = {
+    "type": "object",
+    "required": ["accepted"],
+    "properties": {"accepted": {"type": "boolean"}, "comment": {"type": "string"}},
+}
 
 # -- the model: pluggable ---------------------------------------------------------------------
 
@@ -322,10 +333,24 @@ async def research_agent(question: str, round_: int = 1) -> dict[str, Any]:
         if round_ - first >= ROUNDS_PER_RUN:  # a long loop: go on in a fresh run
             workflow.continue_as_new(question, round_)
 
-    # A person accepts (or rejects) the answer; the workflow holds no worker meanwhile.
+    # A person accepts (or rejects) the answer: a human task in the inbox of the research
+    # leads, written with the wait. The workflow holds no worker meanwhile, for days if need be.
     await entity.merge({"answer": answer, "stage": "awaiting acceptance"})
-    review = await workflow.wait_for(ACCEPT_SIGNAL)
-    accepted = bool(review.get("accepted")) if isinstance(review, dict) else review is True
+    try:
+        review = await workflow.ask_human(
+            "Accept the research agent's answer",
+            role=REVIEWER,
+            description=f"{question}\n\n{answer}",
+            type="acceptance",
+            metadata={"question": question, "rounds": round_},
+            form=ACCEPT_FORM,
+            due="2 days",
+            escalate_to=ESCALATE_TO,  # nobody in 2 days: the director's inbox, 2 days more
+        )
+    except TimeoutFailure:  # nobody answered, even after the escalation
+        await entity.merge({"stage": "unreviewed"})
+        return {"answer": answer, "accepted": False, "rounds": round_}
+    accepted = review["accepted"] is True
     await entity.merge({"review": review, "stage": "accepted" if accepted else "rejected"})
     return {"answer": answer, "accepted": accepted, "rounds": round_}
 
@@ -356,6 +381,7 @@ async def start(mf: MemFlow, question: str, workflow_id: str | None = None) -> s
 # -- the demo ---------------------------------------------------------------------------------
 
 
+REVIEW = {"accepted": True, "comment": "well sourced"}  # what the demo's lead answers
 RUNS = sql.SQL("select run, status, steps, args from {}.workflow_runs(%s) order by run").format(
     sql.Identifier(APP)
 )
@@ -391,11 +417,39 @@ async def demo(question: str) -> None:
                 raise TimeoutError(f"{workflow_id} did not reach its answer")
             await asyncio.sleep(0.2)
 
-        print(f"\nthe answer waits for a person:  {doc['waiting_on']}")
-        print(f"  {doc['context']['answer']}")
-        review = {"accepted": True, "by": "lead@example.com", "comment": "well sourced"}
-        await mf.workflow.signal(ACCEPT_SIGNAL, review, workflow_id=workflow_id)
-        print(f"\naccepted from outside: signal {ACCEPT_SIGNAL!r} {json.dumps(review)}")
+        print(f"\nthe answer waits for a person:\n  {doc['context']['answer']}")
+        with psycopg.connect(mf.dsn, autocommit=True, context=_AS_TEXT) as conn:
+
+            def show(title: str, query: str, *params: str) -> None:
+                # APP is a valid app id (MemFlow.init checked it): shown bare, as a user types it
+                psql(conn, title, sql.SQL(query).format(app=sql.SQL(APP)).as_string(conn), *params)
+
+            show(
+                "the research leads' inbox",
+                "select id, type, title, priority, status, due_at, escalate_to"
+                " from {app}.list_human_tasks(role => %s)",
+                REVIEWER,
+            )
+            show(
+                "a lead takes the next task (two leads never get the same one)",
+                "select id, status, claimed_by from {app}.claim_next_human_task(%s, %s)",
+                REVIEWER,
+                "lead@example.com",
+            )
+            tasks = await mf.human_tasks.list(role=REVIEWER, status="claimed")
+            task_id = next(task.id for task in tasks if task.job_id == workflow_id)
+            show(
+                "and accepts the answer (checked against the task's form)",
+                "select id, status, resolved_by, answer from {app}.resolve_human_task(%s, %s, %s)",
+                str(task_id),
+                "lead@example.com",
+                json.dumps(REVIEW),
+            )
+            show(
+                "the inbox again",
+                "select id, title, status from {app}.list_human_tasks(role => %s)",
+                REVIEWER,
+            )
         result = await handle.result(timeout=60)
         print(f"result: {json.dumps(result)}")
         entity = await mf.entity(workflow_id).get()
