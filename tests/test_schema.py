@@ -61,6 +61,7 @@ RELEASES = (
     "2390cf4ce14bc6387ad99777b9410a45b068f98d",  # 0006
     "4ca196596638d7eac6dd31b932cfee7fb7eb0729",  # the engine before issue 12
     "2543b6f37916a15ec04d9fbef7d0ab7e89182125",  # 0.1.0: 0007, worker protocol 1
+    "1ac7bd8b913304dfbea1c5adb97daf10eb4b510e",  # 0.2.0: 0013, worker protocol 2
 )
 
 # Run by a release's own package: its installer, on its own sql/ and migrations/.

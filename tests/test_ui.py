@@ -492,18 +492,20 @@ def test_schedules_and_queue_limits(site: Site, db: SQL, page: Page) -> None:
     page.fill("form.limits input[name=rate]", "10")
     page.fill("form.limits input[name=per]", "1m")
     page.fill("form.limits input[name=key_max_running]", "2")
+    page.fill("form.limits input[name=key_rate]", "5")
+    page.fill("form.limits input[name=key_per]", "1s")
     shot(page, "queue-keys")
     page.click("form.limits button")
     expect(page.locator("#statement")).to_have_text(
         f"select {site.app}.set_queue_limits('keyed', max_running => 3, rate => 10,"
-        " per => '60 seconds', key_max_running => 2);"
+        " per => '60 seconds', key_max_running => 2, key_rate => 5, key_per => '1 seconds');"
     )
     page.click("#confirm button")
     expect(page.locator("#done")).to_have_text("Limits set.")
     assert db.rows(
-        "select max_running, rate, extract(epoch from per)::int, key_max_running"
-        " from get_queue_limits() where task_queue = 'keyed'"
-    ) == [(3, 10, 60, 2)]
+        "select max_running, rate, extract(epoch from per)::int, key_max_running, key_rate,"
+        " extract(epoch from key_per)::int from get_queue_limits() where task_queue = 'keyed'"
+    ) == [(3, 10, 60, 2, 5, 1)]
     # The database refuses a limit of 0: its message, and nothing changed.
     page.fill("form.limits input[name=max_running]", "0")
     page.click("form.limits button")

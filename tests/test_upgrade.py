@@ -240,7 +240,8 @@ def test_old_workers_serve_through_an_upgrade_at_scale(
 
 def test_the_package_speaks_the_engines_protocol(db: SQL) -> None:
     """WORKER_PROTOCOL and sql/05_version.sql change together; this engine still serves the
-    previous release's workers (protocol 1, 0.1.0: the test above runs them) and protocol 0."""
+    previous release's workers (protocol 2, 0.2.0: the test above runs them) and protocols 1
+    and 0."""
     assert db.rows("select protocol, oldest_worker from engine_version()") == [(WORKER_PROTOCOL, 0)]
 
 

@@ -68,7 +68,7 @@ _DONE = {
 _INBOX = 100  # human tasks a page of the inbox shows
 TASK_STATUSES = ("open", "claimed", "resolved", "expired", "cancelled")
 _KEYS = 200  # concurrency keys shown on a queue's page
-_NUMBERS = ("max_running", "rate", "key_max_running")  # integer fields: SQL numbers
+_NUMBERS = ("max_running", "rate", "key_max_running", "key_rate")  # integer fields: SQL numbers
 
 
 Values = dict[str, str | None]  # an action's form fields: text, or None when left empty
@@ -471,15 +471,15 @@ def _schedule_call(name: str) -> Callable[[_Ui, str, Values], Awaitable[str]]:
 
 
 def _limit_values(values: Values, form: Mapping[str, Any]) -> Values:
-    """The limits as the SQL takes them: whole numbers, and `per` as an interval's text."""
+    """The limits as the SQL takes them: whole numbers, and `per`/`key_per` as intervals' text."""
     checked: Values = {}
     for name, value in values.items():
         if value is not None and name in _NUMBERS:
             if not value.isdigit():
                 raise errors.InvalidArgument(f"{name}: {value!r} is not a whole number")
             value = str(int(value))
-        elif value is not None and name == "per":
-            value = f"{durations.seconds(value, 'per'):g} seconds"
+        elif value is not None and name in ("per", "key_per"):
+            value = f"{durations.seconds(value, name):g} seconds"
         checked[name] = value
     return checked
 
@@ -489,13 +489,18 @@ async def _limits(ui: _Ui, task_queue: str, values: Values) -> str:
         value = values.get(name)
         return None if value is None else int(value)
 
-    per = values.get("per")
+    def interval(name: str) -> timedelta | None:
+        value = values.get(name)
+        return None if value is None else timedelta(seconds=durations.seconds(value, name))
+
     await ui.owner.set_queue_limits(
         task_queue,
         number("max_running"),
         number("rate"),
-        None if per is None else timedelta(seconds=durations.seconds(per, "per")),
+        interval("per"),
         number("key_max_running"),
+        number("key_rate"),
+        interval("key_per"),
     )
     return task_queue
 
@@ -649,9 +654,10 @@ _SCHEDULE_ACTIONS = {
 _QUEUE_ACTIONS = {
     "limits": _Action(
         "Set the queue's limits",
-        ("max_running", "rate", "per", "key_max_running"),
+        ("max_running", "rate", "per", "key_max_running", "key_rate", "key_per"),
         "select {app}.set_queue_limits({id}, max_running => {max_running}, rate => {rate},"
-        " per => {per}, key_max_running => {key_max_running})",
+        " per => {per}, key_max_running => {key_max_running}, key_rate => {key_rate},"
+        " key_per => {key_per})",
         _limits,
         "/queues/{}",
         "set_queue_limits",
