@@ -242,6 +242,8 @@ GOOD: dict[str, Any] = {
     "rate": 60,
     "per": "1 minute",
     "key_max_running": None,
+    "key_rate": None,
+    "key_per": None,
 }
 
 

@@ -402,7 +402,7 @@ def test_a_worker_refuses_a_schema_older_than_it(dsn: str, old_app: tuple[str, P
 async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     dsn: str, old_app: tuple[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Upgrading the previous release alters jobs (migration 0008). An application holds a
+    """Upgrading the previous release alters jobs (migration 0014). An application holds a
     start_workflow() open (RowExclusive on jobs): the migrate's ALTER waits for it, and a
     start sent meanwhile waits behind the migrate, but only until the migrate's lock_timeout:
     it returns while the application's transaction is still open. The migrate tries again
@@ -439,7 +439,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
         assert not upgrading.done()
         await holder.commit()
         applied = await asyncio.wait_for(upgrading, 60)
-        assert 8 in applied
+        assert 14 in applied
         assert "rolled back so as not to hold up the workers" in caplog.text
     finally:
         for conn in (holder, other, watch):
