@@ -55,6 +55,7 @@ class ActivityPayload(TypedDict, total=False):
     args: list[Any]
     retry_policy: dict[str, Any]
     traceparent: str
+    schedule_to_start: float  # seconds it was due before its claim (absent: none)
 
 
 class ActivationPayload(TypedDict, total=False):
@@ -64,6 +65,7 @@ class ActivationPayload(TypedDict, total=False):
     build_id: str
     run: int
     traceparent: str  # the workflow's trace context (docs/tracing.md)
+    schedule_to_start: float  # seconds it was due before its claim (absent: none)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,12 @@ class Claimed:
         """The W3C trace context of the workflow (`jobs.traceparent`), when it has one."""
         found = self.payload.get("traceparent") if self.payload else None
         return found if isinstance(found, str) else None
+
+    @property
+    def schedule_to_start(self) -> float:
+        """Seconds the task was due before its claim took it, on the engine's clock."""
+        waited = self.payload.get("schedule_to_start") if self.payload else None
+        return float(waited) if isinstance(waited, int | float) else 0.0
 
     @property
     def run(self) -> int:

@@ -288,6 +288,9 @@ class Worker:
             if self.registry.metrics is not None:
                 for task in claimed:
                     self.registry.metrics.claimed.labels(task.task_queue, task.kind).inc()
+                    self.registry.metrics.schedule_to_start.labels(
+                        task.task_queue, task.kind
+                    ).observe(task.schedule_to_start)
             for task in claimed:
                 event(
                     log,
