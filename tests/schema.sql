@@ -488,6 +488,8 @@ create function <app>._check_name(p_what text, p_value text) returns void
     language plpgsql immutable;
 create function <app>._check_rate(p_task_queue text, p_prefix text, p_rate integer, p_per interval) returns void
     language plpgsql immutable;
+create function <app>._check_seconds(p_what text, p_value jsonb, p_low numeric, p_high numeric, p_range text, p_low_open boolean DEFAULT false, p_required boolean DEFAULT false) returns numeric
+    language plpgsql immutable;
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
 create function <app>._check_timeout(p_what text, p_seconds jsonb, p_retention interval) returns interval
@@ -584,8 +586,6 @@ create function <app>._form_error(p_schema jsonb, p_value jsonb, p_at text DEFAU
 create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql volatile;
 create function <app>._human_request(p_request jsonb) returns jsonb
-    language plpgsql immutable;
-create function <app>._human_seconds(p_what text, p_value jsonb) returns numeric
     language plpgsql immutable;
 create function <app>._human_task(p_id bigint, p_lock boolean) returns <app>.human_tasks
     language plpgsql volatile;
