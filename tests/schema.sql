@@ -24,8 +24,13 @@
 -- migration 0016_key_rate.sql
 -- migration 0017_human_tasks.sql
 -- migration 0018_hook_timeouts.sql
+-- migration 0019_human_roles.sql
 
 -- tables
+create table <app>.human_roles (
+    role text not null,
+    first_asked_at timestamp with time zone not null
+);
 create table <app>.human_tasks (
     id bigint not null generated always as identity,
     job_id text not null,
@@ -247,6 +252,7 @@ create table <app>.threads (
 );
 
 -- constraints
+alter table <app>.human_roles add constraint human_roles_pkey PRIMARY KEY (role);
 alter table <app>.human_tasks add constraint human_tasks_metadata CHECK ((jsonb_typeof(metadata) = 'object'::text));
 alter table <app>.human_tasks add constraint human_tasks_pkey PRIMARY KEY (job_id, id);
 alter table <app>.human_tasks add constraint human_tasks_status CHECK ((status = ANY (ARRAY['open'::text, 'claimed'::text, 'resolved'::text, 'expired'::text, 'cancelled'::text])));
@@ -281,6 +287,7 @@ alter table <app>.threads add constraint threads_pkey PRIMARY KEY (job_id, threa
 alter table <app>.threads add constraint threads_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text])));
 
 -- indexes
+CREATE UNIQUE INDEX human_roles_pkey ON <app>.human_roles USING btree (role);
 CREATE INDEX human_tasks_due ON <app>.human_tasks USING btree (due_at) WHERE ((status = ANY (ARRAY['open'::text, 'claimed'::text])) AND (due_at IS NOT NULL));
 CREATE INDEX human_tasks_id ON <app>.human_tasks USING btree (id);
 CREATE INDEX human_tasks_inbox ON <app>.human_tasks USING btree (role, priority DESC, COALESCE(due_at, 'infinity'::timestamp with time zone), id) WHERE (status = ANY (ARRAY['open'::text, 'claimed'::text]));
@@ -480,6 +487,8 @@ create function <app>._check_concurrency_key(p_key text) returns void
     language plpgsql immutable;
 create function <app>._check_form(p_schema jsonb, p_at text DEFAULT '$'::text) returns void
     language plpgsql immutable;
+create function <app>._check_human_role(p_role text) returns void
+    language plpgsql stable;
 create function <app>._check_lease(p_lease interval) returns void
     language plpgsql immutable;
 create function <app>._check_limit(p_what text, p_value integer) returns void
@@ -520,7 +529,7 @@ create function <app>._defer_step(p_task <app>.tasks, p_seq integer) returns jso
 create function <app>._delete_jobs(p_ids text[]) returns void
     language sql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>._deliver(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb DEFAULT NULL::jsonb) returns jsonb
+create function <app>._deliver(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb DEFAULT NULL::jsonb, p_sender text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile;
 create function <app>._drop_view_unless(p_view text, p_columns text[]) returns void
     language plpgsql volatile security definer
@@ -563,7 +572,7 @@ create function <app>._error_json(p_sqlstate text, p_message text, p_type text) 
     language sql immutable;
 create function <app>._every(p_spec text) returns interval
     language plpgsql immutable;
-create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb) returns jsonb
+create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb, p_sender text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile;
 create function <app>._final_error(p_policy jsonb, p_attempt integer, p_error jsonb) returns jsonb
     language sql stable;
@@ -677,6 +686,10 @@ create function <app>._setting_value(p_key text, p_value jsonb) returns jsonb
 create function <app>._settle_parent(p_child <app>.jobs) returns void
     language plpgsql volatile;
 create function <app>._settle_step(p_task <app>.tasks, p_seq integer, p_output jsonb, p_error jsonb) returns jsonb
+    language plpgsql volatile;
+create function <app>._signal(p_signal_id text, p_payload jsonb, p_workflow_id text, p_idempotency_key text, p_sender text) returns jsonb
+    language plpgsql volatile;
+create function <app>._signal_human_task(p_wait <app>.steps, p_payload jsonb, p_error jsonb, p_sender text) returns void
     language plpgsql volatile;
 create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns bigint
     language sql stable;
@@ -952,7 +965,7 @@ create function <app>.set_setting(p_key text, p_value jsonb) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.signal(p_signal_id text, p_payload jsonb DEFAULT 'null'::jsonb, p_workflow_id text DEFAULT NULL::text, p_idempotency_key text DEFAULT NULL::text) returns jsonb
-    language plpgsql volatile security definer
+    language sql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.start_child(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_entity text, p_options jsonb, p_await boolean) returns jsonb
     language plpgsql volatile security definer
