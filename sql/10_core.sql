@@ -317,8 +317,9 @@ as $$
         ('thread', 'failed', 'running', '_retry_thread'),
         ('schedule', 'active', 'paused', 'pause_schedule'),
         ('schedule', 'paused', 'active', 'resume_schedule'),
-        -- Human tasks (sql/49_human_tasks.sql): claim, release / reassign / escalate, answer,
-        -- SLA expiry; cancelled when their workflow ends.
+        -- Human tasks (sql/49_human_tasks.sql): claim, release / reassign / escalate, answer
+        -- (resolve_human_task, or a signal that fills the wait: _signal_human_task), SLA
+        -- expiry; cancelled when their workflow ends.
         ('human_task', 'open', 'claimed', '_move_human_task'),
         ('human_task', 'open', 'open', '_move_human_task'),
         ('human_task', 'claimed', 'open', '_move_human_task'),
