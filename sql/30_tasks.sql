@@ -63,6 +63,8 @@ declare
     v_held_jobs text[];
     v_plain text[] := p_task_queues;
     v_admitted bigint[];
+    -- Seconds each task was due before this claim took it (schedule-to-start), by task id.
+    v_waited jsonb;
 begin
     if p_max_tasks is null or p_max_tasks < 1 then
         raise exception using errcode = '22023',
@@ -97,7 +99,7 @@ begin
     -- The lease token is drawn here, not in the UPDATE's SET list: Citus refuses a volatile
     -- function there (docs/citus.md).
     with picked as (
-        (select c.id, gen_random_uuid() as token
+        (select c.id, gen_random_uuid() as token, c.run_at as ready_at
            from unnest(v_plain) as q (name)
           cross join lateral (
                 select t.id, t.priority, t.key_rank, t.run_at
@@ -112,7 +114,7 @@ begin
           order by c.priority desc, c.key_rank nulls first, c.run_at, c.id
           limit p_max_tasks)
         union all
-        select a.id, gen_random_uuid() from unnest(v_admitted) as a (id)
+        select t.id, gen_random_uuid(), t.run_at from tasks as t where t.id = any(v_admitted)
     ), leased as (
         update tasks as t
            set state = 'leased',
@@ -133,7 +135,8 @@ begin
            and t.state in (select l.from_state from _legal_transitions() as l
                             where l.machine = 'task' and l.to_state = 'leased')
         returning t.id, t.job_id, t.thread, t.kind, t.lease_token, t.attempt, t.name,
-                  (t.payload -> 'retry_policy' ->> 'maximum_attempts')::integer as maximum
+                  (t.payload -> 'retry_policy' ->> 'maximum_attempts')::integer as maximum,
+                  v_now - picked.ready_at as waited
     )
     select array_agg(id), array_agg(distinct job_id),
            array_agg(job_id) filter (where kind = 'workflow' and thread = 'main'),
@@ -144,9 +147,10 @@ begin
            array_agg(lease_token) filter (where kind = 'activity' and attempt > maximum),
            array_agg(format('activity "%s": its lease expired on every one of %s attempts '
                             '(worker crashed or stalled)', name, maximum))
-               filter (where kind = 'activity' and attempt > maximum)
+               filter (where kind = 'activity' and attempt > maximum),
+           jsonb_object_agg(id::text, extract(epoch from waited)) filter (where waited > '0')
       into v_ids, v_jobs, v_main_jobs, v_run_jobs, v_run_threads, v_spent, v_spent_jobs,
-           v_spent_tokens, v_spent_messages
+           v_spent_tokens, v_spent_messages, v_waited
       from leased;
     if v_ids is null then
         return;
@@ -243,14 +247,21 @@ begin
            -- by this worker's), so a non-determinism failure can name both; and from the
            -- second run on (continue_as_new) the run. claimed_task keeps its shape, which
            -- older workers read by position.
-           -- Both carry the workflow's trace context (docs/tracing.md) when it has one.
-           case when t.kind = 'activity' and j.traceparent is not null
-                    then t.payload || jsonb_build_object('traceparent', j.traceparent)
+           -- Both carry the workflow's trace context (docs/tracing.md) when it has one, and
+           -- schedule_to_start: the seconds the task was due before this claim, on the
+           -- engine's clock (absent: none). Older workers ignore keys they do not know.
+           case when t.kind = 'activity' and (j.traceparent is not null
+                                              or v_waited ? t.id::text)
+                    then t.payload || jsonb_strip_nulls(jsonb_build_object(
+                        'traceparent', j.traceparent,
+                        'schedule_to_start', v_waited -> t.id::text))
                 when t.kind = 'activity' then t.payload
                 when j.build_id is not null or j.run > 1 or j.traceparent is not null
+                     or v_waited ? t.id::text
                     then jsonb_strip_nulls(jsonb_build_object(
                         'build_id', j.build_id, 'run', nullif(j.run, 1),
-                        'traceparent', j.traceparent))
+                        'traceparent', j.traceparent,
+                        'schedule_to_start', v_waited -> t.id::text))
            end,
            j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then (

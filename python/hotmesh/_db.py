@@ -55,6 +55,7 @@ class ActivityPayload(TypedDict, total=False):
     args: list[Any]
     retry_policy: dict[str, Any]
     traceparent: str
+    schedule_to_start: float  # seconds it was due before its claim (absent: none)
 
 
 class ActivationPayload(TypedDict, total=False):
@@ -64,6 +65,7 @@ class ActivationPayload(TypedDict, total=False):
     build_id: str
     run: int
     traceparent: str  # the workflow's trace context (docs/tracing.md)
+    schedule_to_start: float  # seconds it was due before its claim (absent: none)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,12 @@ class Claimed:
         """The W3C trace context of the workflow (`jobs.traceparent`), when it has one."""
         found = self.payload.get("traceparent") if self.payload else None
         return found if isinstance(found, str) else None
+
+    @property
+    def schedule_to_start(self) -> float:
+        """Seconds the task was due before its claim took it, on the engine's clock."""
+        waited = self.payload.get("schedule_to_start") if self.payload else None
+        return float(waited) if isinstance(waited, int | float) else 0.0
 
     @property
     def run(self) -> int:
@@ -286,7 +294,7 @@ _STATEMENTS = {
     "signal": "select {}.signal(%(signal_id)s::text, %(payload)s::jsonb, %(workflow_id)s::text,"
     " %(idempotency_key)s::text)",
     "hook": "select {}.hook(%(workflow_id)s::text, %(workflow_name)s::text, %(args)s::jsonb,"
-    " %(task_queue)s::text, %(signal_id)s::text)",
+    " %(task_queue)s::text, %(signal_id)s::text, %(options)s::jsonb)",
     "cancel_workflow": "select {}.cancel_workflow(%(workflow_id)s::text, %(reason)s::text,"
     " %(descend)s::boolean, %(ignore_finished)s::boolean)",
     "wait_signal": "select {}.wait_signal(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
@@ -300,7 +308,7 @@ _STATEMENTS = {
     " %(entity)s::text, %(options)s::jsonb, %(wait)s::boolean)",
     "start_hook": "select {}.start_hook(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(workflow_id)s::text,"
-    " %(signal_id)s::text)",
+    " %(signal_id)s::text, %(options)s::jsonb)",
     "record_patch": "select {}.record_patch(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(patch_id)s::text, %(deprecated)s::boolean)",
     "record_steps": "select {}.record_steps(%(items)s::jsonb)",
@@ -917,6 +925,7 @@ class Database:
         args: list[Any],
         task_queue: str | None,
         signal_id: str | None,
+        options: dict[str, Any] | None = None,
     ) -> str:
         params = {
             "workflow_id": workflow_id,
@@ -924,6 +933,7 @@ class Database:
             "args": Jsonb(args),
             "task_queue": task_queue,
             "signal_id": signal_id,
+            "options": None if options is None else Jsonb(options),
         }
         return str(await self._value("hook", params))
 
@@ -989,6 +999,7 @@ class Database:
         task_queue: str | None,
         workflow_id: str | None,
         signal_id: str | None,
+        options: dict[str, Any] | None = None,
     ) -> RecordedStep:
         params = {
             **_held(task, seq),
@@ -997,6 +1008,7 @@ class Database:
             "task_queue": task_queue,
             "workflow_id": workflow_id,
             "signal_id": signal_id,
+            "options": None if options is None else Jsonb(options),
         }
         return await self._step("start_hook", params)
 

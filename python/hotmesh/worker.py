@@ -288,6 +288,9 @@ class Worker:
             if self.registry.metrics is not None:
                 for task in claimed:
                     self.registry.metrics.claimed.labels(task.task_queue, task.kind).inc()
+                    self.registry.metrics.schedule_to_start.labels(
+                        task.task_queue, task.kind
+                    ).observe(task.schedule_to_start)
             for task in claimed:
                 event(
                     log,
@@ -727,7 +730,7 @@ class _Executor:
             case StartHook():
                 return await db.start_hook(
                     task, seq, command.workflow_name, command.args, command.task_queue,
-                    command.workflow_id, command.signal_id,
+                    command.workflow_id, command.signal_id, command.options,
                 )  # fmt: skip
             case StartChild():
                 return await db.start_child(
