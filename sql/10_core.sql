@@ -288,6 +288,11 @@ as $$
         ('step', 'retrying', 'scheduled', '_move_steps'),
         -- A retried workflow awaits a failed child again.
         ('step', 'failed', 'scheduled', '_move_steps'),
+        -- Hook threads (sql/46_children_hooks.sql): a hook returns or fails (its code, or its
+        -- execution_timeout: _stop_thread); a retry revives a failed one.
+        ('thread', 'running', 'completed', '_end_thread'),
+        ('thread', 'running', 'failed', '_end_thread'),
+        ('thread', 'failed', 'running', '_retry_thread'),
         ('schedule', 'active', 'paused', 'pause_schedule'),
         ('schedule', 'paused', 'active', 'resume_schedule'),
         -- Human tasks (sql/49_human_tasks.sql): claim, release / reassign / escalate, answer,

@@ -288,11 +288,14 @@ begin
 end
 $$;
 
--- The live tasks of workflows that ended become cancelled. A task that a caller's open
--- transaction holds is skipped when p_skip_locked (a worker ending its workflow never waits
--- for a reviewer): resolving it later is refused, as its workflow has ended.
-create or replace function _cancel_human_tasks(p_job_ids text[], p_skip_locked boolean)
-returns void
+-- The live tasks of workflows that ended become cancelled (with p_thread: those of that hook
+-- thread, which timed out). A task that a caller's open transaction holds is skipped when
+-- p_skip_locked (a worker ending its workflow never waits for a reviewer): resolving it
+-- later is refused, as its workflow has ended.
+drop function if exists _cancel_human_tasks(text[], boolean);
+create or replace function _cancel_human_tasks(
+    p_job_ids text[], p_skip_locked boolean, p_thread text default null
+) returns void
 language plpgsql
 as $$
 declare
@@ -303,10 +306,12 @@ begin
            set status = 'cancelled', resolved_by = 'engine', resolved_at = _now(),
                events = h.events || jsonb_build_array(jsonb_build_object(
                    'at', _now(), 'who', 'engine', 'event', 'cancelled',
-                   'text', 'the workflow ended'))
+                   'text', case when p_thread is null then 'the workflow ended'
+                                else format('hook %s timed out', p_thread) end))
          where (h.job_id, h.id) in (
                    select l.job_id, l.id from human_tasks as l
                     where l.job_id = any(p_job_ids) and l.status in ('open', 'claimed')
+                      and l.thread = coalesce(p_thread, l.thread)
                       and (not p_skip_locked
                            or exists (select from human_tasks as f
                                        where f.job_id = l.job_id and f.id = l.id

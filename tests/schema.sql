@@ -23,6 +23,7 @@
 -- migration 0015_task_key.sql
 -- migration 0016_key_rate.sql
 -- migration 0017_human_tasks.sql
+-- migration 0018_hook_timeouts.sql
 
 -- tables
 create table <app>.human_tasks (
@@ -240,7 +241,9 @@ create table <app>.threads (
     result jsonb,
     error jsonb,
     created_at timestamp with time zone not null default now(),
-    completed_at timestamp with time zone
+    completed_at timestamp with time zone,
+    execution_timeout interval,
+    timeout_at timestamp with time zone
 );
 
 -- constraints
@@ -322,6 +325,7 @@ CREATE INDEX tasks_rank ON <app>.tasks USING btree (task_queue, key_rank) WHERE 
 CREATE INDEX tasks_running ON <app>.tasks USING btree (task_queue, concurrency_key) WHERE (state = 'leased'::text);
 CREATE INDEX tasks_timeout_at ON <app>.tasks USING btree (timeout_at) WHERE (timeout_at IS NOT NULL);
 CREATE UNIQUE INDEX threads_pkey ON <app>.threads USING btree (job_id, thread);
+CREATE INDEX threads_timeout_at ON <app>.threads USING btree (timeout_at) WHERE ((timeout_at IS NOT NULL) AND (status = 'running'::text));
 
 -- sequences
 create sequence <app>.human_tasks_id_seq as bigint increment 1 minvalue 1 maxvalue 9223372036854775807 start 1 cache 1 owned by <app>.human_tasks.id;
@@ -468,7 +472,7 @@ create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text
     language plpgsql volatile;
 create function <app>._bucket_tokens(p_rate integer, p_per interval, p_tokens double precision, p_refilled_at timestamp with time zone, p_now timestamp with time zone) returns double precision
     language sql immutable;
-create function <app>._cancel_human_tasks(p_job_ids text[], p_skip_locked boolean) returns void
+create function <app>._cancel_human_tasks(p_job_ids text[], p_skip_locked boolean, p_thread text DEFAULT NULL::text) returns void
     language plpgsql volatile;
 create function <app>._check_assignee(p_task <app>.human_tasks, p_who text, p_what text) returns void
     language plpgsql immutable;
@@ -688,11 +692,15 @@ create function <app>._start_run(p_schedule <app>.schedules, p_fire_at timestamp
     language plpgsql volatile;
 create function <app>._step_json(p_step <app>.steps) returns jsonb
     language sql stable;
+create function <app>._stop_thread(p_job_id text, p_thread text, p_error jsonb) returns boolean
+    language plpgsql volatile;
 create function <app>._stop_workflow(p_workflow_id text, p_to text, p_error jsonb, p_reason text, p_descend boolean, p_ignore_finished boolean) returns text[]
     language plpgsql volatile;
 create function <app>._time_out_jobs(p_now timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._time_out_tasks(p_now timestamp with time zone) returns void
+    language plpgsql volatile;
+create function <app>._time_out_threads(p_now timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._timeout_error(p_task <app>.tasks, p_now timestamp with time zone) returns jsonb
     language sql stable;
@@ -846,7 +854,7 @@ create function <app>.heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lease in
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
-create function <app>.hook(p_workflow_id text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_signal_id text DEFAULT NULL::text) returns text
+create function <app>.hook(p_workflow_id text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_signal_id text DEFAULT NULL::text, p_options jsonb DEFAULT NULL::jsonb) returns text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.list_human_tasks(role text DEFAULT NULL::text, assignee text DEFAULT NULL::text, status text DEFAULT NULL::text, type text DEFAULT NULL::text, metadata jsonb DEFAULT NULL::jsonb, max_rows integer DEFAULT 50, after bigint DEFAULT NULL::bigint) returns SETOF <app>.human_tasks
@@ -945,7 +953,7 @@ create function <app>.signal(p_signal_id text, p_payload jsonb DEFAULT 'null'::j
 create function <app>.start_child(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_entity text, p_options jsonb, p_await boolean) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.start_hook(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_signal_id text) returns jsonb
+create function <app>.start_hook(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_signal_id text, p_options jsonb DEFAULT NULL::jsonb) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.start_workflow(p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_workflow_id text DEFAULT NULL::text, p_entity text DEFAULT NULL::text, p_options jsonb DEFAULT '{}'::jsonb) returns text
@@ -1121,8 +1129,8 @@ grant execute on function <app>.get_workflow(text) to <app>_app;
 grant execute on function <app>.get_workflow(text) to <app>_reader;
 grant execute on function <app>.get_workflow(text) to <app>_worker;
 grant execute on function <app>.heartbeat(bigint[],uuid[],interval) to <app>_worker;
-grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_app;
-grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_worker;
+grant execute on function <app>.hook(text,text,jsonb,text,text,jsonb) to <app>_app;
+grant execute on function <app>.hook(text,text,jsonb,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_app;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_reader;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_reviewer;
@@ -1161,7 +1169,7 @@ grant execute on function <app>.send_signal(bigint,uuid,integer,text,jsonb,text)
 grant execute on function <app>.signal(text,jsonb,text,text) to <app>_app;
 grant execute on function <app>.signal(text,jsonb,text,text) to <app>_worker;
 grant execute on function <app>.start_child(bigint,uuid,integer,text,jsonb,text,text,text,jsonb,boolean) to <app>_worker;
-grant execute on function <app>.start_hook(bigint,uuid,integer,text,jsonb,text,text,text) to <app>_worker;
+grant execute on function <app>.start_hook(bigint,uuid,integer,text,jsonb,text,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_app;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.start_workflows(jsonb) to <app>_app;

@@ -294,7 +294,7 @@ _STATEMENTS = {
     "signal": "select {}.signal(%(signal_id)s::text, %(payload)s::jsonb, %(workflow_id)s::text,"
     " %(idempotency_key)s::text)",
     "hook": "select {}.hook(%(workflow_id)s::text, %(workflow_name)s::text, %(args)s::jsonb,"
-    " %(task_queue)s::text, %(signal_id)s::text)",
+    " %(task_queue)s::text, %(signal_id)s::text, %(options)s::jsonb)",
     "cancel_workflow": "select {}.cancel_workflow(%(workflow_id)s::text, %(reason)s::text,"
     " %(descend)s::boolean, %(ignore_finished)s::boolean)",
     "wait_signal": "select {}.wait_signal(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
@@ -308,7 +308,7 @@ _STATEMENTS = {
     " %(entity)s::text, %(options)s::jsonb, %(wait)s::boolean)",
     "start_hook": "select {}.start_hook(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(workflow_id)s::text,"
-    " %(signal_id)s::text)",
+    " %(signal_id)s::text, %(options)s::jsonb)",
     "record_patch": "select {}.record_patch(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(patch_id)s::text, %(deprecated)s::boolean)",
     "record_steps": "select {}.record_steps(%(items)s::jsonb)",
@@ -925,6 +925,7 @@ class Database:
         args: list[Any],
         task_queue: str | None,
         signal_id: str | None,
+        options: dict[str, Any] | None = None,
     ) -> str:
         params = {
             "workflow_id": workflow_id,
@@ -932,6 +933,7 @@ class Database:
             "args": Jsonb(args),
             "task_queue": task_queue,
             "signal_id": signal_id,
+            "options": None if options is None else Jsonb(options),
         }
         return str(await self._value("hook", params))
 
@@ -997,6 +999,7 @@ class Database:
         task_queue: str | None,
         workflow_id: str | None,
         signal_id: str | None,
+        options: dict[str, Any] | None = None,
     ) -> RecordedStep:
         params = {
             **_held(task, seq),
@@ -1005,6 +1008,7 @@ class Database:
             "task_queue": task_queue,
             "workflow_id": workflow_id,
             "signal_id": signal_id,
+            "options": None if options is None else Jsonb(options),
         }
         return await self._step("start_hook", params)
 

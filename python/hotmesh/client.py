@@ -535,14 +535,19 @@ class WorkflowClient:
         args: Iterable[Any] = (),
         task_queue: str | None = None,
         signal_id: str | None = None,
+        execution_timeout: Duration | None = None,
     ) -> str:
-        """Start a hook in a running workflow from outside; returns the hook's thread."""
+        """Start a hook in a running workflow from outside; returns the hook's thread. With
+        `execution_timeout`, the engine ends the hook failed (596) when it runs longer."""
         try:
             arguments = encode_args(args, f"the args of hook {workflow_name}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
         arguments = self._mf.payloads.encode_args(arguments)
-        return await self._mf._db.hook(workflow_id, workflow_name, arguments, task_queue, signal_id)
+        options = start_options(execution_timeout=execution_timeout) or None
+        return await self._mf._db.hook(
+            workflow_id, workflow_name, arguments, task_queue, signal_id, options
+        )
 
     def get_handle(self, workflow_id: str) -> Handle:
         """The Handle of an existing workflow (no query: status() and result() check)."""

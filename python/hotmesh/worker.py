@@ -730,7 +730,7 @@ class _Executor:
             case StartHook():
                 return await db.start_hook(
                     task, seq, command.workflow_name, command.args, command.task_queue,
-                    command.workflow_id, command.signal_id,
+                    command.workflow_id, command.signal_id, command.options,
                 )  # fmt: skip
             case StartChild():
                 return await db.start_child(
