@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import python
 from hotmesh import FatalError, MemFlow, RetryPolicy, workflow
 from hotmesh.codecs import AesGcm, Codec, CodecError, Compression, Payloads
 from hotmesh.testing import Replayer
@@ -117,16 +118,19 @@ async def sealed(claim: str) -> dict[str, Any]:
 
 
 async def cli(app: str, dsn: str, *args: str, **env: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hotmesh.cli", *args, cwd=TESTS,
-        env={**os.environ, "DATABASE_URL": dsn, "HOTMESH_APP": app, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """`hotmesh ARGS` with `env` (forked by the tests' forkserver: hotmesh already imported)."""
+
+    def run(tmp: str) -> tuple[int, str, str]:
+        out, err = Path(tmp, "out"), Path(tmp, "err")
+        every = {**os.environ, "DATABASE_URL": dsn, "HOTMESH_APP": app, **env}
+        code = python("-m", "hotmesh.cli", *args, env=every, stdout=out, stderr=err, cwd=TESTS)
+        return code.wait(60), out.read_text(), err.read_text()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return await asyncio.to_thread(run, tmp)
 
 
+@pytest.mark.timeout(120)  # six commands, each a process
 async def test_cli_codec_reads_encoded_payloads(coded: MemFlow, app: str, dsn: str) -> None:
     """`hotmesh --codec MODULE:FACTORY` (or $HOTMESH_CODEC) decodes what show, history and
     result print; a key it lacks is a clear error naming codec and key id; without a codec
