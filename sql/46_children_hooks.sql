@@ -245,7 +245,7 @@ begin
        and not exists (select from steps
                         where job_id = p_job_id and thread = p_thread and kind = 'send'
                           and name = v_thread.signal_id and status = 'completed') then
-        perform _deliver(v_thread.signal_id, p_job_id, p_result, p_error);
+        perform _deliver(v_thread.signal_id, p_job_id, p_result, p_error, p_job_id);
     end if;
 end
 $$;

@@ -24,8 +24,13 @@
 -- migration 0016_key_rate.sql
 -- migration 0017_human_tasks.sql
 -- migration 0018_hook_timeouts.sql
+-- migration 0019_human_roles.sql
 
 -- tables
+create table <app>.human_roles (
+    role text not null,
+    first_asked_at timestamp with time zone not null
+);
 create table <app>.human_tasks (
     id bigint not null generated always as identity,
     job_id text not null,
@@ -247,6 +252,7 @@ create table <app>.threads (
 );
 
 -- constraints
+alter table <app>.human_roles add constraint human_roles_pkey PRIMARY KEY (role);
 alter table <app>.human_tasks add constraint human_tasks_metadata CHECK ((jsonb_typeof(metadata) = 'object'::text));
 alter table <app>.human_tasks add constraint human_tasks_pkey PRIMARY KEY (job_id, id);
 alter table <app>.human_tasks add constraint human_tasks_status CHECK ((status = ANY (ARRAY['open'::text, 'claimed'::text, 'resolved'::text, 'expired'::text, 'cancelled'::text])));
@@ -281,6 +287,7 @@ alter table <app>.threads add constraint threads_pkey PRIMARY KEY (job_id, threa
 alter table <app>.threads add constraint threads_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text])));
 
 -- indexes
+CREATE UNIQUE INDEX human_roles_pkey ON <app>.human_roles USING btree (role);
 CREATE INDEX human_tasks_due ON <app>.human_tasks USING btree (due_at) WHERE ((status = ANY (ARRAY['open'::text, 'claimed'::text])) AND (due_at IS NOT NULL));
 CREATE INDEX human_tasks_id ON <app>.human_tasks USING btree (id);
 CREATE INDEX human_tasks_inbox ON <app>.human_tasks USING btree (role, priority DESC, COALESCE(due_at, 'infinity'::timestamp with time zone), id) WHERE (status = ANY (ARRAY['open'::text, 'claimed'::text]));
@@ -480,6 +487,8 @@ create function <app>._check_concurrency_key(p_key text) returns void
     language plpgsql immutable;
 create function <app>._check_form(p_schema jsonb, p_at text DEFAULT '$'::text) returns void
     language plpgsql immutable;
+create function <app>._check_human_role(p_role text) returns void
+    language plpgsql stable;
 create function <app>._check_lease(p_lease interval) returns void
     language plpgsql immutable;
 create function <app>._check_limit(p_what text, p_value integer) returns void
@@ -487,6 +496,8 @@ create function <app>._check_limit(p_what text, p_value integer) returns void
 create function <app>._check_name(p_what text, p_value text) returns void
     language plpgsql immutable;
 create function <app>._check_rate(p_task_queue text, p_prefix text, p_rate integer, p_per interval) returns void
+    language plpgsql immutable;
+create function <app>._check_seconds(p_what text, p_value jsonb, p_low numeric, p_high numeric, p_range text, p_low_open boolean DEFAULT false, p_required boolean DEFAULT false) returns numeric
     language plpgsql immutable;
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
@@ -520,7 +531,7 @@ create function <app>._defer_step(p_task <app>.tasks, p_seq integer) returns jso
 create function <app>._delete_jobs(p_ids text[]) returns void
     language sql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>._deliver(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb DEFAULT NULL::jsonb) returns jsonb
+create function <app>._deliver(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb DEFAULT NULL::jsonb, p_sender text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile;
 create function <app>._drop_view_unless(p_view text, p_columns text[]) returns void
     language plpgsql volatile security definer
@@ -563,7 +574,7 @@ create function <app>._error_json(p_sqlstate text, p_message text, p_type text) 
     language sql immutable;
 create function <app>._every(p_spec text) returns interval
     language plpgsql immutable;
-create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb) returns jsonb
+create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb, p_sender text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile;
 create function <app>._final_error(p_policy jsonb, p_attempt integer, p_error jsonb) returns jsonb
     language sql stable;
@@ -584,8 +595,6 @@ create function <app>._form_error(p_schema jsonb, p_value jsonb, p_at text DEFAU
 create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.tasks
     language plpgsql volatile;
 create function <app>._human_request(p_request jsonb) returns jsonb
-    language plpgsql immutable;
-create function <app>._human_seconds(p_what text, p_value jsonb) returns numeric
     language plpgsql immutable;
 create function <app>._human_task(p_id bigint, p_lock boolean) returns <app>.human_tasks
     language plpgsql volatile;
@@ -656,6 +665,8 @@ create function <app>._run_deadline(p_close_at timestamp with time zone, p_start
     language sql immutable;
 create function <app>._run_started_at(p_job <app>.jobs) returns timestamp with time zone
     language sql stable;
+create function <app>._schedule_activity(p_task <app>.tasks, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb, p_concurrency_key text) returns jsonb
+    language plpgsql volatile;
 create function <app>._schedule_busy(p_schedule <app>.schedules) returns boolean
     language sql stable;
 create function <app>._schedule_due(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns timestamp with time zone
@@ -676,6 +687,10 @@ create function <app>._settle_parent(p_child <app>.jobs) returns void
     language plpgsql volatile;
 create function <app>._settle_step(p_task <app>.tasks, p_seq integer, p_output jsonb, p_error jsonb) returns jsonb
     language plpgsql volatile;
+create function <app>._signal(p_signal_id text, p_payload jsonb, p_workflow_id text, p_idempotency_key text, p_sender text) returns jsonb
+    language plpgsql volatile;
+create function <app>._signal_human_task(p_wait <app>.steps, p_payload jsonb, p_error jsonb, p_sender text) returns void
+    language plpgsql volatile;
 create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns bigint
     language sql stable;
 create function <app>._start_batch(p_plans jsonb[]) returns text[]
@@ -695,6 +710,8 @@ create function <app>._step_json(p_step <app>.steps) returns jsonb
 create function <app>._stop_thread(p_job_id text, p_thread text, p_error jsonb) returns boolean
     language plpgsql volatile;
 create function <app>._stop_workflow(p_workflow_id text, p_to text, p_error jsonb, p_reason text, p_descend boolean, p_ignore_finished boolean) returns text[]
+    language plpgsql volatile;
+create function <app>._suspend(p_task <app>.tasks) returns timestamp with time zone
     language plpgsql volatile;
 create function <app>._time_out_jobs(p_now timestamp with time zone) returns void
     language plpgsql volatile;
@@ -948,7 +965,7 @@ create function <app>.set_setting(p_key text, p_value jsonb) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.signal(p_signal_id text, p_payload jsonb DEFAULT 'null'::jsonb, p_workflow_id text DEFAULT NULL::text, p_idempotency_key text DEFAULT NULL::text) returns jsonb
-    language plpgsql volatile security definer
+    language sql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.start_child(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_entity text, p_options jsonb, p_await boolean) returns jsonb
     language plpgsql volatile security definer
@@ -964,6 +981,11 @@ create function <app>.start_workflows(p_items jsonb) returns text[]
     set search_path = <app>, pg_temp;
 create function <app>.suspend_task(p_task_id bigint, p_token uuid) returns timestamp with time zone
     language plpgsql volatile security definer
+    set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
+create function <app>.suspend_tasks(p_items jsonb) returns jsonb
+    language plpgsql volatile security definer
+    set enable_seqscan = off
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.trigger_schedule(p_schedule_id text) returns text
@@ -1175,6 +1197,7 @@ grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) 
 grant execute on function <app>.start_workflows(jsonb) to <app>_app;
 grant execute on function <app>.start_workflows(jsonb) to <app>_worker;
 grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
+grant execute on function <app>.suspend_tasks(jsonb) to <app>_worker;
 grant execute on function <app>.trigger_schedule(text) to <app>_app;
 grant execute on function <app>.trigger_schedule(text) to <app>_worker;
 grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;
