@@ -247,20 +247,22 @@ begin
            -- by this worker's), so a non-determinism failure can name both; and from the
            -- second run on (continue_as_new) the run. claimed_task keeps its shape, which
            -- older workers read by position.
-           -- Both carry the workflow's trace context (docs/tracing.md) when it has one, and
-           -- schedule_to_start: the seconds the task was due before this claim, on the
-           -- engine's clock (absent: none). Older workers ignore keys they do not know.
+           -- Both carry a trace context (docs/tracing.md): an activity's that of the
+           -- activation that scheduled it (in its payload), a hook thread's that of the step
+           -- that started it, else the workflow's; and schedule_to_start: the seconds the
+           -- task was due before this claim, on the engine's clock (absent: none). Older
+           -- workers ignore keys they do not know.
            case when t.kind = 'activity' and (j.traceparent is not null
                                               or v_waited ? t.id::text)
-                    then t.payload || jsonb_strip_nulls(jsonb_build_object(
+                    then jsonb_strip_nulls(jsonb_build_object(
                         'traceparent', j.traceparent,
-                        'schedule_to_start', v_waited -> t.id::text))
+                        'schedule_to_start', v_waited -> t.id::text)) || t.payload
                 when t.kind = 'activity' then t.payload
                 when j.build_id is not null or j.run > 1 or j.traceparent is not null
-                     or v_waited ? t.id::text
+                     or th.traceparent is not null or v_waited ? t.id::text
                     then jsonb_strip_nulls(jsonb_build_object(
                         'build_id', j.build_id, 'run', nullif(j.run, 1),
-                        'traceparent', j.traceparent,
+                        'traceparent', coalesce(th.traceparent, j.traceparent),
                         'schedule_to_start', v_waited -> t.id::text))
            end,
            j.workflow_name, j.attempt,
@@ -533,7 +535,8 @@ $$;
 
 -- Group commit of activations that suspend: each item {"task_id", "token", "schedules"}
 -- records the activity calls its activation sends through their queues (schedule_activity's
--- arguments as {"seq", "name", "args", "task_queue", "retry_policy", "concurrency_key"}) and
+-- arguments as {"seq", "name", "args", "task_queue", "retry_policy", "concurrency_key",
+-- "traceparent"}) and
 -- suspends it, so an activation's outcome is one round trip for any number of workflows, and
 -- none of its activities can finish before it suspends (no rerun). Returns, in order,
 -- {"next_run": ...} (suspend_task's answer) or {"error": {...}} for an item whose lease was
@@ -587,7 +590,8 @@ begin
             perform _schedule_activity(v_task, (v_call ->> 'seq')::integer, v_call ->> 'name',
                                        v_call -> 'args', v_call ->> 'task_queue',
                                        nullif(v_call -> 'retry_policy', 'null'),
-                                       v_call ->> 'concurrency_key');
+                                       v_call ->> 'concurrency_key',
+                                       v_call ->> 'traceparent');
         end loop;
         v_results[v_pos] := jsonb_build_object('next_run', _suspend(v_task));
     end loop;

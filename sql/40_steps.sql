@@ -171,10 +171,13 @@ $$;
 -- on the activity's queue, in one transaction. The activity's completion (complete_task /
 -- fail_task) records its outcome and wakes this thread. Returns the step as recorded.
 -- p_concurrency_key: the activity shares its queue's per-key limit with the key's other
--- tasks (sql/25_limits.sql). Workers that predate it call the 7-argument form, which is this.
+-- tasks (sql/25_limits.sql). p_traceparent: the W3C trace context of the activation that
+-- scheduled it (docs/tracing.md), handed to the worker that claims the task. Workers that
+-- predate them call the 7- or 8-argument form, which is this.
 -- An activation that suspends after its calls sends them with its suspension instead
 -- (suspend_tasks), in one round trip.
 drop function if exists schedule_activity(bigint, uuid, integer, text, jsonb, text, jsonb);
+drop function if exists schedule_activity(bigint, uuid, integer, text, jsonb, text, jsonb, text);
 create or replace function schedule_activity(
     p_task_id bigint,
     p_token uuid,
@@ -183,7 +186,8 @@ create or replace function schedule_activity(
     p_args jsonb,
     p_task_queue text,
     p_retry_policy jsonb default null,
-    p_concurrency_key text default null
+    p_concurrency_key text default null,
+    p_traceparent text default null
 ) returns jsonb
 language plpgsql
 set search_path from current
@@ -191,11 +195,13 @@ set plan_cache_mode = force_generic_plan
 as $$
 begin
     return _schedule_activity(_activation_task(p_task_id, p_token), p_seq, p_name, p_args,
-                              p_task_queue, p_retry_policy, p_concurrency_key);
+                              p_task_queue, p_retry_policy, p_concurrency_key,
+                              p_traceparent);
 end
 $$;
 
 -- schedule_activity for the activation p_task (its lease checked by the caller).
+drop function if exists _schedule_activity(tasks, integer, text, jsonb, text, jsonb, text);
 create or replace function _schedule_activity(
     p_task tasks,
     p_seq integer,
@@ -203,7 +209,8 @@ create or replace function _schedule_activity(
     p_args jsonb,
     p_task_queue text,
     p_retry_policy jsonb,
-    p_concurrency_key text
+    p_concurrency_key text,
+    p_traceparent text
 ) returns jsonb
 language plpgsql
 as $$
@@ -225,6 +232,7 @@ begin
     perform _check_name('activity name', p_name);
     perform _check_name('task_queue', p_task_queue);
     perform _check_concurrency_key(p_concurrency_key);
+    perform _check_traceparent(to_jsonb(p_traceparent));
     -- Its timeouts (sql/25_timeouts.sql): none may outlast the workflow's retention.
     if v_policy ?| array['start_to_close', 'schedule_to_close', 'heartbeat_timeout'] then
         select retention into v_retention from jobs where id = v_task.job_id;
@@ -262,7 +270,11 @@ begin
                        concurrency_key, key_rank)
     values (v_task.job_id, v_task.thread, 'activity', p_seq, p_name, p_task_queue,
             v_task.priority, v_run_at, v_attempt,
-            jsonb_build_object('args', p_args, 'retry_policy', v_policy), v_start_to_close,
+            case when p_traceparent is null
+                 then jsonb_build_object('args', p_args, 'retry_policy', v_policy)
+                 else jsonb_build_object('args', p_args, 'retry_policy', v_policy,
+                                         'traceparent', p_traceparent) end,
+            v_start_to_close,
             v_heartbeat_timeout, v_step.created_at + v_schedule_to_close,
             v_step.created_at + v_schedule_to_close, p_concurrency_key,
             case when p_concurrency_key is not null

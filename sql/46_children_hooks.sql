@@ -100,7 +100,8 @@ $$;
 -- hook's end (its return value, or its error) is delivered as that signal to the workflow,
 -- unless the hook already signalled it: a hook's failure always reaches its caller.
 -- p_options: {"execution_timeout": seconds}, the hook thread's own deadline, bounded by the
--- workflow's retention (_time_out_threads ends the thread with 596 when it passes).
+-- workflow's retention (_time_out_threads ends the thread with 596 when it passes);
+-- {"traceparent"}: the W3C trace context its activations continue (docs/tracing.md).
 drop function if exists hook(text, text, jsonb, text, text);
 create or replace function hook(
     p_workflow_id text,
@@ -130,12 +131,13 @@ begin
                              p_workflow_name, jsonb_typeof(v_options));
     end if;
     select k into v_unknown from jsonb_object_keys(v_options) as k
-     where k <> 'execution_timeout' limit 1;
+     where k not in ('execution_timeout', 'traceparent') limit 1;
     if found then
         raise exception using errcode = '22023',
             message = format('unknown option "%s" of hook "%s" (a hook takes '
-                             'execution_timeout)', v_unknown, p_workflow_name);
+                             'execution_timeout, traceparent)', v_unknown, p_workflow_name);
     end if;
+    perform _check_traceparent(v_options -> 'traceparent');
     if jsonb_typeof(coalesce(p_args, '[]'::jsonb)) <> 'array' then
         raise exception using errcode = '22023',
             message = format('args of hook "%s" must be a JSON array, not %s',
@@ -165,9 +167,10 @@ begin
       from threads where job_id = p_workflow_id;
     v_queue := coalesce(p_task_queue, v_job.task_queue);
     insert into threads (job_id, thread, name, task_queue, args, signal_id, created_at,
-                         execution_timeout, timeout_at)
+                         execution_timeout, timeout_at, traceparent)
     values (p_workflow_id, v_thread, p_workflow_name, v_queue, coalesce(p_args, '[]'::jsonb),
-            p_signal_id, _now(), v_timeout, _now() + v_timeout);
+            p_signal_id, _now(), v_timeout, _now() + v_timeout,
+            v_options ->> 'traceparent');
     insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
                        concurrency_key, key_rank)
     values (p_workflow_id, v_thread, 'workflow', p_workflow_name, v_queue, v_job.priority,

@@ -26,6 +26,7 @@
 -- migration 0018_hook_timeouts.sql
 -- migration 0019_human_roles.sql
 -- migration 0020_reviewer_roles.sql
+-- migration 0021_thread_traceparent.sql
 
 -- tables
 create table <app>.human_roles (
@@ -253,7 +254,8 @@ create table <app>.threads (
     created_at timestamp with time zone not null default now(),
     completed_at timestamp with time zone,
     execution_timeout interval,
-    timeout_at timestamp with time zone
+    timeout_at timestamp with time zone,
+    traceparent text
 );
 
 -- constraints
@@ -676,7 +678,7 @@ create function <app>._run_deadline(p_close_at timestamp with time zone, p_start
     language sql immutable;
 create function <app>._run_started_at(p_job <app>.jobs) returns timestamp with time zone
     language sql stable;
-create function <app>._schedule_activity(p_task <app>.tasks, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb, p_concurrency_key text) returns jsonb
+create function <app>._schedule_activity(p_task <app>.tasks, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb, p_concurrency_key text, p_traceparent text) returns jsonb
     language plpgsql volatile;
 create function <app>._schedule_busy(p_schedule <app>.schedules) returns boolean
     language sql stable;
@@ -955,7 +957,7 @@ create function <app>.rotate_login(p_role text) returns jsonb
 create function <app>.run_history(p_workflow_id text, p_run integer) returns TABLE(at timestamp with time zone, thread text, seq integer, kind text, name text, status text, attempt integer, entity_version bigint, input jsonb, output jsonb, error jsonb, completed_at timestamp with time zone)
     language plpgsql stable security definer
     set search_path = <app>, pg_temp;
-create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb, p_concurrency_key text DEFAULT NULL::text) returns jsonb
+create function <app>.schedule_activity(p_task_id bigint, p_token uuid, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb DEFAULT NULL::jsonb, p_concurrency_key text DEFAULT NULL::text, p_traceparent text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
@@ -1198,7 +1200,7 @@ grant execute on function <app>.retry_delay(jsonb,integer) to <app>_worker;
 grant execute on function <app>.run_history(text,integer) to <app>_app;
 grant execute on function <app>.run_history(text,integer) to <app>_reader;
 grant execute on function <app>.run_history(text,integer) to <app>_worker;
-grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb,text) to <app>_worker;
+grant execute on function <app>.schedule_activity(bigint,uuid,integer,text,jsonb,text,jsonb,text,text) to <app>_worker;
 grant execute on function <app>.schedule_sleep(bigint,uuid,integer,numeric) to <app>_worker;
 grant execute on function <app>.search_step(bigint,uuid,integer,text,jsonb) to <app>_worker;
 grant execute on function <app>.send_signal(bigint,uuid,integer,text,jsonb,text) to <app>_worker;

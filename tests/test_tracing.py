@@ -80,6 +80,24 @@ def named(found: list[dict[str, Any]]) -> collections.Counter[str]:
     return collections.Counter(s["name"] for s in found)
 
 
+def check_parents(found: list[dict[str, Any]]) -> None:
+    """Each activity attempt is a child of the activation that scheduled it; a child's and a
+    hook's activations are children of the step that started them."""
+    by_id = {s["span_id"]: s for s in found}
+    parents = {
+        "RunActivity:lookup": ("RunWorkflow:parent_flow", "RunWorkflow:child_flow"),
+        "RunWorkflow:child_flow": ("StartChild:child_flow",),
+        "RunWorkflow:hook_flow": ("StartHook:hook_flow",),
+    }
+    for span in found:
+        if span["name"] in parents:
+            parent = by_id.get(span["parent_id"])
+            assert parent is not None and parent["name"] in parents[span["name"]], tree(found)
+            if span["name"] == "RunActivity:lookup":  # its own workflow's activation
+                key = "hotmesh.workflow_id"
+                assert parent["attributes"][key] == span["attributes"][key], tree(found)
+
+
 async def test_one_trace_through_activations_activities_child_hook_and_signal(
     traced: MemFlow, spans: tuple[TracerProvider, InMemorySpanExporter], db: SQL
 ) -> None:
@@ -127,6 +145,7 @@ async def test_one_trace_through_activations_activities_child_hook_and_signal(
     activation = next(s for s in found if s["name"] == "RunWorkflow:parent_flow")
     assert activation["attributes"]["hotmesh.workflow_id"] == "tr-1"
     assert activation["attributes"]["hotmesh.task_queue"] == "traced"
+    check_parents(found)
     child_id = db.one("select id from jobs where parent_id = 'tr-1'")
     child_context = db.one("select traceparent from jobs where id = %s", child_id)
     assert child_context.startswith(f"00-{trace_id}-{start_child['span_id']}-")
@@ -228,5 +247,6 @@ async def test_one_trace_across_three_processes(
     assert counts["HandleSignal:go"] == 1
     pid_of = {s["name"]: s["pid"] for s in found}
     assert pid_of["RunActivity:lookup"] != pid_of["RunWorkflow:parent_flow"] != os.getpid()
+    check_parents(found)  # across the processes too
     if os.environ.get("HOTMESH_SHOW_TRACE"):
         print(tree(found))

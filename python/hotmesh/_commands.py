@@ -101,6 +101,9 @@ class ScheduleActivity(Command):
     task_queue: str
     retry_policy: dict[str, Any] | None = None
     concurrency_key: str | None = None
+    # The trace context its run continues (an interceptor's: hotmesh.otel), when not the
+    # workflow's.
+    traceparent: str | None = None
 
     @property
     def name(self) -> str:

@@ -54,7 +54,7 @@ class ActivityPayload(TypedDict, total=False):
 
     args: list[Any]
     retry_policy: dict[str, Any]
-    traceparent: str
+    traceparent: str  # the scheduling activation's trace context, else the workflow's
     schedule_to_start: float  # seconds it was due before its claim (absent: none)
 
 
@@ -106,7 +106,9 @@ class Claimed:
 
     @property
     def traceparent(self) -> str | None:
-        """The W3C trace context of the workflow (`jobs.traceparent`), when it has one."""
+        """The W3C trace context the task continues, when there is one: an activity's, that of
+        the activation that scheduled it; a hook thread's, that of the step that started it;
+        else the workflow's (`jobs.traceparent`)."""
         found = self.payload.get("traceparent") if self.payload else None
         return found if isinstance(found, str) else None
 
@@ -250,7 +252,7 @@ _STATEMENTS = {
     " %(retry_policy)s::jsonb)",
     "schedule_activity": "select {}.schedule_activity(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(name)s::text, %(args)s::jsonb, %(task_queue)s::text,"
-    " %(retry_policy)s::jsonb, %(concurrency_key)s::text)",
+    " %(retry_policy)s::jsonb, %(concurrency_key)s::text, %(traceparent)s::text)",
     "schedule_sleep": "select {}.schedule_sleep(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(seconds)s::numeric)",
     # entity
@@ -474,6 +476,7 @@ class ActivityCall(TypedDict):
     task_queue: str
     retry_policy: dict[str, Any] | None
     concurrency_key: str | None
+    traceparent: str | None  # the scheduling activation's trace context (docs/tracing.md)
 
 
 class _Suspension(TypedDict):
@@ -935,6 +938,7 @@ class Database:
         task_queue: str,
         retry_policy: dict[str, Any] | None,
         concurrency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> RecordedStep:
         params = {
             **_held(task, seq),
@@ -943,6 +947,7 @@ class Database:
             "task_queue": task_queue,
             "retry_policy": _json(retry_policy),
             "concurrency_key": concurrency_key,
+            "traceparent": traceparent,
         }
         return await self._step("schedule_activity", params)
 

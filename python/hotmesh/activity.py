@@ -26,7 +26,8 @@ class ActivityInfo:
     attempt: int
     inline: bool
     beat: Callable[[], None] | None = field(default=None, repr=False)
-    # The W3C trace context of its workflow (docs/tracing.md), when it has one.
+    # The W3C trace context it continues (docs/tracing.md): the scheduling activation's,
+    # else its workflow's, when there is one.
     traceparent: str | None = None
 
 

@@ -5,7 +5,9 @@ that starts workflows and on every worker, and one trace runs from the request t
 workflow through each activation, activity attempt, signal delivery, child and hook, in
 whichever process runs them, days later included. The trace context travels in the database:
 a start records the W3C traceparent of its span (`jobs.traceparent`), the claim hands it to
-the worker with each task, a child starts with the span of the step that started it.
+the worker with each task; a remote activity's task carries the context of the activation
+that scheduled it, a hook thread (`threads.traceparent`) and a child that of the step that
+started it.
 
 Spans (attributes `hotmesh.workflow_id`, `.workflow_name`, `.task_queue`, `.thread`, `.step`,
 `.attempt`, `.activity`, `.signal_id`, `.run`):
@@ -34,7 +36,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from hotmesh._commands import Command, SendSignal, StartChild, StartHook
+from hotmesh._commands import Command, ScheduleActivity, SendSignal, StartChild, StartHook
 from hotmesh.interceptors import CancelInput, Interceptor, SignalInput, StartInput
 
 if TYPE_CHECKING:
@@ -69,8 +71,9 @@ def _failed(span: Span, error: BaseException) -> None:
 class TracingInterceptor(Interceptor):
     """Spans for starts, activations, activity attempts, signals, children and hooks."""
 
-    # Only these steps make spans: an activity's span is its run's (execute_activity).
-    durable_kinds = frozenset({"child", "hook", "send", "signal"})
+    # Only these steps make spans: an activity's span is its run's (execute_activity), to
+    # which its call hands the activation's context.
+    durable_kinds = frozenset({"activity", "child", "hook", "send", "signal"})
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         from hotmesh import _install
@@ -150,7 +153,16 @@ class TracingInterceptor(Interceptor):
         command: Command,
         next: Callable[[Command], Awaitable[Any]],
     ) -> Any:
-        if ctx.replaying or not isinstance(command, StartChild | StartHook | SendSignal):
+        if ctx.replaying:
+            return await next(command)
+        if isinstance(command, ScheduleActivity):
+            # Its run, inline or in another process, is a child of this activation.
+            activation = self._activations.get((ctx.workflow_id, ctx.thread))
+            context = None if activation is None else traceparent_of(activation)
+            if context is not None:
+                command = dataclasses.replace(command, traceparent=context)
+            return await next(command)
+        if not isinstance(command, StartChild | StartHook | SendSignal):
             return await next(command)
         if isinstance(command, StartChild):
             span = self._step_span(f"StartChild:{command.workflow_name}", ctx, seq)
@@ -161,6 +173,11 @@ class TracingInterceptor(Interceptor):
                 command = dataclasses.replace(command, options=options)
         elif isinstance(command, StartHook):
             span = self._step_span(f"StartHook:{command.workflow_name}", ctx, seq)
+            context = traceparent_of(span)
+            if context is not None:
+                # The hook's activations continue the trace inside this step's span.
+                options = {**(command.options or {}), "traceparent": context}
+                command = dataclasses.replace(command, options=options)
         else:
             span = self._step_span(f"SignalWorkflow:{command.signal_id}", ctx, seq)
             span.set_attribute("hotmesh.signal_id", command.signal_id)

@@ -765,7 +765,7 @@ class _Executor:
             with contextlib.suppress(errors.InvalidArgument):
                 await self.db.schedule_activity(
                     self.task, call["seq"], call["name"], call["args"], call["task_queue"],
-                    call["retry_policy"], call["concurrency_key"],
+                    call["retry_policy"], call["concurrency_key"], call["traceparent"],
                 )  # fmt: skip
         self.deferred.clear()
 
@@ -800,19 +800,21 @@ class _Executor:
                     self.deferred.append(
                         {"seq": seq, "name": name, "args": args, "task_queue": queue,
                          "retry_policy": command.retry_policy,
-                         "concurrency_key": command.concurrency_key}
+                         "concurrency_key": command.concurrency_key,
+                         "traceparent": command.traceparent}
                     )  # fmt: skip
                     return RecordedStep(seq, "activity", name, "scheduled")
                 if fn is None:
                     return await db.schedule_activity(
                         task, seq, name, args, queue, command.retry_policy,
-                        command.concurrency_key,
+                        command.concurrency_key, command.traceparent,
                     )  # fmt: skip
                 # Runs here, in this process, and is recorded with one call.
                 attempt = 1 if recorded is None else recorded.attempt + 1
                 info = ActivityInfo(
-                    task.job_id, name, queue, attempt, True, traceparent=task.traceparent
-                )
+                    task.job_id, name, queue, attempt, True,
+                    traceparent=command.traceparent or task.traceparent,
+                )  # fmt: skip
                 layers = self.registry.interceptors_for(queue)
                 began = time.perf_counter()
                 try:

@@ -78,7 +78,7 @@ from (
     ),
     (
         'schedule_activity',
-        array['bigint', 'uuid', 'integer', 'text', 'jsonb', 'text', 'jsonb', 'text']
+        array['bigint', 'uuid', 'integer', 'text', 'jsonb', 'text', 'jsonb', 'text', 'text']
     ),
     ('schedule_sleep', array['bigint', 'uuid', 'integer', 'numeric']),
     ('retry_delay', array['jsonb', 'integer'])
