@@ -487,18 +487,26 @@ language plpgsql
 set search_path from current
 set plan_cache_mode = force_generic_plan
 as $$
-declare
-    v_task tasks;
-    v_next timestamptz;
 begin
     -- Lock the row before reading `rerun`: a wake-up (_wake) committing between the read and
-    -- the delete below would otherwise be lost, leaving the job waiting forever.
+    -- the delete in _suspend would otherwise be lost, leaving the job waiting forever.
     perform from tasks where id = p_task_id for update;
-    v_task := _leased_task(p_task_id, p_token);
+    return _suspend(_leased_task(p_task_id, p_token));
+end
+$$;
+
+-- suspend_task of the activation p_task, its row locked and its lease checked by the caller.
+create or replace function _suspend(p_task tasks) returns timestamptz
+language plpgsql
+as $$
+declare
+    v_task tasks := p_task;
+    v_next timestamptz;
+begin
     if v_task.kind <> 'workflow' then
         raise exception using errcode = 'HM003',
             message = format('task %s is an activity; only a workflow activation can suspend',
-                             p_task_id);
+                             v_task.id);
     end if;
     if v_task.rerun then
         v_next := _now();
@@ -512,14 +520,78 @@ begin
         perform _transition(v_task.job_id, 'waiting');
     end if;
     if v_next is null then
-        delete from tasks where id = p_task_id;
+        delete from tasks where id = v_task.id;
     else
-        perform _requeue_tasks(array[p_task_id], v_next);
+        perform _requeue_tasks(array[v_task.id], v_next);
         if v_next <= _now() then
             perform _notify('q:' || v_task.task_queue);
         end if;
     end if;
     return v_next;
+end
+$$;
+
+-- Group commit of activations that suspend: each item {"task_id", "token", "schedules"}
+-- records the activity calls its activation sends through their queues (schedule_activity's
+-- arguments as {"seq", "name", "args", "task_queue", "retry_policy", "concurrency_key"}) and
+-- suspends it, so an activation's outcome is one round trip for any number of workflows, and
+-- none of its activities can finish before it suspends (no rerun). Returns, in order,
+-- {"next_run": ...} (suspend_task's answer) or {"error": {...}} for an item whose lease was
+-- lost. A bad call fails the whole batch (22023), and the worker sends its items one by one.
+create or replace function suspend_tasks(p_items jsonb) returns jsonb
+language plpgsql
+set search_path from current
+set plan_cache_mode = force_generic_plan
+-- The items are looked up in tasks by key (see complete_tasks).
+set enable_seqscan = off
+as $$
+declare
+    v_results jsonb[];
+    v_held integer[];
+    v_pos integer;
+    v_item jsonb;
+    v_call jsonb;
+    v_task tasks;
+begin
+    v_results := _batch_results(p_items);
+    if cardinality(v_results) = 0 then
+        return '[]'::jsonb;
+    end if;
+    -- The held tasks, locked in job order as complete_tasks locks them (its completions wake
+    -- these activations), before their `rerun` is read.
+    select coalesce(array_agg(h.pos), '{}') into v_held
+      from (select i.pos::integer as pos
+              from jsonb_array_elements(p_items) with ordinality as i (value, pos)
+              join tasks as t on t.id = (i.value ->> 'task_id')::bigint
+                             and t.lease_token = (i.value ->> 'token')::uuid
+             order by t.job_id, t.thread
+               for update of t) as h;
+    for v_pos in
+        select i.pos
+          from jsonb_array_elements(p_items) with ordinality as i (value, pos)
+          left join tasks as t on t.id = (i.value ->> 'task_id')::bigint
+         order by t.job_id, t.thread, i.pos
+    loop
+        v_item := p_items -> (v_pos - 1);
+        if v_pos <> all(v_held) then
+            v_results[v_pos] := _lease_lost_item(v_item ->> 'task_id');
+            continue;
+        end if;
+        select * into v_task from tasks where id = (v_item ->> 'task_id')::bigint;
+        for v_call in select value
+                        from jsonb_array_elements(coalesce(nullif(v_item -> 'schedules', 'null'),
+                                                           '[]'::jsonb)) loop
+            if v_task.kind <> 'workflow' then
+                exit;  -- _suspend refuses it
+            end if;
+            perform _schedule_activity(v_task, (v_call ->> 'seq')::integer, v_call ->> 'name',
+                                       v_call -> 'args', v_call ->> 'task_queue',
+                                       nullif(v_call -> 'retry_policy', 'null'),
+                                       v_call ->> 'concurrency_key');
+        end loop;
+        v_results[v_pos] := jsonb_build_object('next_run', _suspend(v_task));
+    end loop;
+    return to_jsonb(v_results);
 end
 $$;
 

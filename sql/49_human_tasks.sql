@@ -167,23 +167,8 @@ begin
 end
 $$;
 
--- A duration in seconds given in a request: a number, more than 0 and at most 1e10.
-create or replace function _human_seconds(p_what text, p_value jsonb) returns numeric
-language plpgsql immutable
-as $$
-begin
-    if p_value is null or p_value = 'null' then
-        return null;
-    end if;
-    if jsonb_typeof(p_value) <> 'number' or not ((p_value #>> '{}')::numeric > 0
-                                                 and (p_value #>> '{}')::numeric <= 1e10) then
-        raise exception using errcode = '22023',
-            message = format('%s must be a number of seconds more than 0 (a due time in the '
-                             'future) and at most 1e10, not %s', p_what, p_value);
-    end if;
-    return (p_value #>> '{}')::numeric;
-end
-$$;
+-- Its durations are checked by _check_seconds (sql/10_core.sql), as every other one.
+drop function if exists _human_seconds(text, jsonb);
 
 -- Checks what workflow.ask_human asks for and fills in the defaults: {role, title,
 -- description, type, priority, metadata, assignee, due, form, escalate_to, escalate_due}.
@@ -233,8 +218,11 @@ begin
         perform _check_value('human task form', p_request -> 'form');
         perform _check_form(p_request -> 'form');
     end if;
-    v_due := _human_seconds('human task due', p_request -> 'due');
-    v_escalate_due := _human_seconds('human task escalate_due', p_request -> 'escalate_due');
+    v_due := _check_seconds('human task due', p_request -> 'due', 0, 1e10,
+                            'more than 0 (a due time in the future) and at most 1e10', true);
+    v_escalate_due := _check_seconds('human task escalate_due', p_request -> 'escalate_due', 0,
+                                     1e10, 'more than 0 (a due time in the future) and at most '
+                                     '1e10', true);
     if p_request ->> 'escalate_to' is not null and v_due is null then
         raise exception using errcode = '22023',
             message = 'human task escalate_to needs a due time (escalation happens at due)';

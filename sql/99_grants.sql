@@ -66,7 +66,8 @@ declare
     -- What a worker calls while it runs tasks, on top of the application's functions.
     v_worker_functions text[] := array[
         'claim_tasks', 'next_due', 'complete_task', 'complete_tasks', 'fail_task',
-        'suspend_task', 'bury_task', 'heartbeat', 'activity_heartbeat', 'release_tasks',
+        'suspend_task', 'suspend_tasks', 'bury_task', 'heartbeat', 'activity_heartbeat',
+        'release_tasks',
         'record_step',
         'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
         'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step',

@@ -497,6 +497,8 @@ create function <app>._check_name(p_what text, p_value text) returns void
     language plpgsql immutable;
 create function <app>._check_rate(p_task_queue text, p_prefix text, p_rate integer, p_per interval) returns void
     language plpgsql immutable;
+create function <app>._check_seconds(p_what text, p_value jsonb, p_low numeric, p_high numeric, p_range text, p_low_open boolean DEFAULT false, p_required boolean DEFAULT false) returns numeric
+    language plpgsql immutable;
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
 create function <app>._check_timeout(p_what text, p_seconds jsonb, p_retention interval) returns interval
@@ -594,8 +596,6 @@ create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.t
     language plpgsql volatile;
 create function <app>._human_request(p_request jsonb) returns jsonb
     language plpgsql immutable;
-create function <app>._human_seconds(p_what text, p_value jsonb) returns numeric
-    language plpgsql immutable;
 create function <app>._human_task(p_id bigint, p_lock boolean) returns <app>.human_tasks
     language plpgsql volatile;
 create function <app>._item_error(p_sqlstate text, p_message text) returns jsonb
@@ -665,6 +665,8 @@ create function <app>._run_deadline(p_close_at timestamp with time zone, p_start
     language sql immutable;
 create function <app>._run_started_at(p_job <app>.jobs) returns timestamp with time zone
     language sql stable;
+create function <app>._schedule_activity(p_task <app>.tasks, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb, p_concurrency_key text) returns jsonb
+    language plpgsql volatile;
 create function <app>._schedule_busy(p_schedule <app>.schedules) returns boolean
     language sql stable;
 create function <app>._schedule_due(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns timestamp with time zone
@@ -708,6 +710,8 @@ create function <app>._step_json(p_step <app>.steps) returns jsonb
 create function <app>._stop_thread(p_job_id text, p_thread text, p_error jsonb) returns boolean
     language plpgsql volatile;
 create function <app>._stop_workflow(p_workflow_id text, p_to text, p_error jsonb, p_reason text, p_descend boolean, p_ignore_finished boolean) returns text[]
+    language plpgsql volatile;
+create function <app>._suspend(p_task <app>.tasks) returns timestamp with time zone
     language plpgsql volatile;
 create function <app>._time_out_jobs(p_now timestamp with time zone) returns void
     language plpgsql volatile;
@@ -979,6 +983,11 @@ create function <app>.suspend_task(p_task_id bigint, p_token uuid) returns times
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
+create function <app>.suspend_tasks(p_items jsonb) returns jsonb
+    language plpgsql volatile security definer
+    set enable_seqscan = off
+    set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
 create function <app>.trigger_schedule(p_schedule_id text) returns text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
@@ -1188,6 +1197,7 @@ grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) 
 grant execute on function <app>.start_workflows(jsonb) to <app>_app;
 grant execute on function <app>.start_workflows(jsonb) to <app>_worker;
 grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
+grant execute on function <app>.suspend_tasks(jsonb) to <app>_worker;
 grant execute on function <app>.trigger_schedule(text) to <app>_app;
 grant execute on function <app>.trigger_schedule(text) to <app>_worker;
 grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;

@@ -237,7 +237,6 @@ _STATEMENTS = {
     "complete_task": "select {}.complete_task(%(task_id)s::bigint, %(token)s::uuid,"
     " %(result)s::jsonb)",
     "fail_task": "select {}.fail_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
-    "suspend_task": "select {}.suspend_task(%(task_id)s::bigint, %(token)s::uuid)",
     "continue_task": "select {}.continue_task(%(task_id)s::bigint, %(token)s::uuid,"
     " %(args)s::jsonb)",
     "bury_task": "select {}.bury_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
@@ -313,6 +312,7 @@ _STATEMENTS = {
     " %(seq)s::integer, %(patch_id)s::text, %(deprecated)s::boolean)",
     "record_steps": "select {}.record_steps(%(items)s::jsonb)",
     "complete_tasks": "select {}.complete_tasks(%(items)s::jsonb)",
+    "suspend_tasks": "select {}.suspend_tasks(%(items)s::jsonb)",
     "cancel_step": "select {}.cancel_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(workflow_id)s::text, %(reason)s::text, %(descend)s::boolean)",
     # -- operations: the views and functions of sql/70_views.sql and sql/71_retention.sql
@@ -409,6 +409,12 @@ def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
+def _next_run(answer: dict[str, Any]) -> datetime | None:
+    """suspend_tasks' answer for an item: when its thread runs next."""
+    value = answer.get("next_run")
+    return None if value is None else datetime.fromisoformat(value)
+
+
 def _held(task: Claimed, seq: int) -> dict[str, object]:
     """The parameters every durable call of an activation starts with: its task, the lease
     token that proves the task is still held (fencing), and the call's step number."""
@@ -456,6 +462,26 @@ class _Completion(TypedDict):
     task_id: int
     token: str
     result: Any
+
+
+class ActivityCall(TypedDict):
+    """An activity call an activation sends through its queue with its suspension (the
+    arguments of schedule_activity)."""
+
+    seq: int
+    name: str
+    args: list[Any]
+    task_queue: str
+    retry_policy: dict[str, Any] | None
+    concurrency_key: str | None
+
+
+class _Suspension(TypedDict):
+    """An item of suspend_tasks."""
+
+    task_id: int
+    token: str
+    schedules: list[ActivityCall]
 
 
 class _StepOutcome(TypedDict):
@@ -586,7 +612,7 @@ WORKER_CALLS = frozenset(
         "complete_task",
         "complete_tasks",
         "fail_task",
-        "suspend_task",
+        "suspend_tasks",
         "continue_task",
         "bury_task",
         "heartbeat",
@@ -645,6 +671,9 @@ class Database:
         )
         self._completions: _GroupCommit[_Completion, None] = _GroupCommit(
             self._complete_one, self._complete_many
+        )
+        self._suspensions: _GroupCommit[_Suspension, datetime | None] = _GroupCommit(
+            self._suspend_one, self._suspend_many
         )
         # The pool's connections that already run with the lock_timeout (set once each).
         self._bounded: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
@@ -807,10 +836,26 @@ class Database:
         params = {"task_id": task.task_id, "token": task.lease_token, "error": Jsonb(error)}
         return FailOutcome.from_json(await self._value("fail_task", params))
 
-    async def suspend_task(self, task: Claimed) -> datetime | None:
-        params = {"task_id": task.task_id, "token": task.lease_token}
-        value = await self._value("suspend_task", params)
-        return value if isinstance(value, datetime) else None
+    async def suspend_task(
+        self, task: Claimed, schedules: Sequence[ActivityCall] = ()
+    ) -> datetime | None:
+        """Suspend an activation, first sending the activity calls it made through their
+        queues; concurrent suspensions share one transaction (group commit). When the thread
+        runs next: None when something it awaits is recorded."""
+        return await self._suspensions.submit(
+            {"task_id": task.task_id, "token": str(task.lease_token), "schedules": [*schedules]}
+        )
+
+    async def _suspend_one(self, item: _Suspension) -> datetime | None:
+        answer = (await self._value("suspend_tasks", {"items": Jsonb([item])}))[0]
+        error = ItemError.from_json(answer)
+        if error is not None:
+            raise error.exception()
+        return _next_run(answer)
+
+    async def _suspend_many(self, items: list[_Suspension]) -> list[datetime | ItemError | None]:
+        answers = await self._value("suspend_tasks", {"items": Jsonb(items)})
+        return [ItemError.from_json(a) or _next_run(a) for a in answers]
 
     async def continue_task(self, task: Claimed, args: list[Any]) -> int | None:
         """End the run and start the next one with `args`: the new run's number, or None

@@ -46,7 +46,7 @@ from hotmesh.rows import (
     WorkflowDescription,
     WorkflowSummary,
 )
-from hotmesh.worker import Registry, Worker, check_build_id, default_build_id
+from hotmesh.worker import STICKY_CACHE, Registry, Worker, check_build_id, default_build_id
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
 if TYPE_CHECKING:
@@ -679,12 +679,15 @@ class WorkerFactory:
         lease: float = 30.0,
         build_id: str | None = None,
         interceptors: Iterable[Interceptor] | None = None,
+        sticky_cache: int = STICKY_CACHE,
     ) -> Worker:
         """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
         queue. A second create for the same queue adds to the worker that already serves it.
         `build_id` names this code version: each activation records it (`workflows.build_id`);
         by default a digest of the source of the queue's workflow functions. `interceptors`
-        wrap the queue's workflows and activities, inside the client's (docs/interceptors.md)."""
+        wrap the queue's workflows and activities, inside the client's (docs/interceptors.md).
+        `sticky_cache`: how many suspended workflows the worker keeps in memory to resume
+        without replay when it is woken again (0: always replay; docs/performance.md)."""
         if interceptors is not None:
             given = check(interceptors)
             registry = self._mf.registry
@@ -699,7 +702,7 @@ class WorkerFactory:
         table = self._mf.registry.workflows.setdefault(task_queue, {})
         table.update({fn.__name__: fn for fn in functions})
         build = check_build_id(build_id) or default_build_id(table.values())
-        return await self._mf._serve(task_queue, concurrency, lease, build)
+        return await self._mf._serve(task_queue, concurrency, lease, build, sticky_cache)
 
     async def register_activities(
         self,
@@ -807,7 +810,12 @@ class MemFlow:
         return self._listener
 
     async def _serve(
-        self, task_queue: str, concurrency: int, lease: float, build_id: str | None = None
+        self,
+        task_queue: str,
+        concurrency: int,
+        lease: float,
+        build_id: str | None = None,
+        sticky_cache: int = STICKY_CACHE,
     ) -> Worker:
         worker = self.workers.get(task_queue)
         if worker is None or worker.stopping:
@@ -820,6 +828,7 @@ class MemFlow:
                 concurrency=concurrency,
                 lease=lease,
                 build_id=build_id,
+                sticky_cache=sticky_cache,
             )
             self.workers[task_queue] = worker
             await worker.start()

@@ -159,6 +159,26 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _server_cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
+    """User + system CPU of the database server's processes (the postmaster's children, as
+    they run now), or None when the server does not run on this machine."""
+    row = conn.execute("select pg_backend_pid()").fetchone()
+    try:
+        stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
+    except OSError:
+        return None
+    postmaster = stat.rsplit(")", 1)[1].split()[1]
+    total = 0.0
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended meanwhile
+        if fields[1] == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 class Counters:
     """Commits and statements of this database between two readings."""
 
@@ -381,8 +401,9 @@ def workflows(
             _set_limits(conn, app, **_LOOSE_LIMITS)
         name = "chain_remote" if remote else "chain"
         with contextlib.ExitStack() as stack:
+            activity_pid = None
             if remote:
-                stack.enter_context(
+                activity_pid = stack.enter_context(
                     _worker(
                         dsn,
                         app,
@@ -397,6 +418,8 @@ def workflows(
             )
             counters = Counters(conn)
             cpu0 = _cpu_seconds(pid)
+            activity_cpu0 = _cpu_seconds(activity_pid) if activity_pid else 0.0
+            server_cpu0 = _server_cpu_seconds(conn)
             conn.execute(
                 sql.SQL(
                     "select {}.start_workflows(jsonb_agg(jsonb_build_object("
@@ -408,6 +431,10 @@ def workflows(
             )
             polls = _wait_done(conn, app, count, timeout=60 + count * steps / 50)
             cpu = _cpu_seconds(pid) - cpu0
+            activity_cpu = _cpu_seconds(activity_pid) - activity_cpu0 if activity_pid else None
+            server_cpu = _server_cpu_seconds(conn)
+            if server_cpu is not None and server_cpu0 is not None:
+                server_cpu -= server_cpu0
         commits, statements = counters.read(app, own_queries=polls + 3)
         timing = _timings(conn, app)
     total_steps = count * steps
@@ -421,6 +448,13 @@ def workflows(
         "commits_per_step": commits / total_steps,
         "statements_per_step": None if statements is None else statements / total_steps,
         "worker_cpu_ms_per_step": cpu * 1000 / total_steps,
+        # The second worker's, for `remote`.
+        **(
+            {}
+            if activity_cpu is None
+            else {"activity_cpu_ms_per_step": activity_cpu * 1000 / total_steps}
+        ),
+        "db_cpu_ms_per_step": None if server_cpu is None else server_cpu * 1000 / total_steps,
         "not_completed": timing["not_completed"],
     }
 
@@ -467,16 +501,24 @@ async def _start_workflows(dsn: str, app: str, count: int, batch: int) -> tuple[
     return many, single
 
 
-def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]:
-    """Enqueue `count` workflows with no steps, then drain them with one worker process."""
+def queue(
+    dsn: str, app: str, *, count: int, concurrency: int, keys: int = 0, key_max_running: int = 2
+) -> dict[str, Any]:
+    """Enqueue `count` workflows with no steps, then drain them with one worker process. With
+    `keys`: each workflow carries one of `keys` concurrency keys (in turn) and the queue has a
+    per-key `key_max_running`, so every claim goes through the limited claim (_admit, in key
+    rotation); `keyed` runs this beside the unkeyed `queue` for the ratio."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         _reset_app(conn, dsn, app)
+        if keys:
+            _set_limits(conn, app, key_max_running=key_max_running)
         conn.execute(
             sql.SQL(
-                "select count({}.start_workflow('empty', '[]', 'bench'))"
-                " from generate_series(1, %s)"
+                "select count({}.start_workflow('empty', '[]', 'bench', null, null,"
+                " case when %s > 0 then jsonb_build_object('concurrency_key', 'k' || i %% %s)"
+                " else '{{}}' end)) from generate_series(1, %s) as i"
             ).format(sql.Identifier(app)),
-            (count,),
+            (keys, max(keys, 1), count),
         )
         counters = Counters(conn)
         with _worker(dsn, app, "bench", f"{__name__}:empty", concurrency=concurrency) as pid:
@@ -491,6 +533,7 @@ def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]
         "statements_per_task": None if statements is None else statements / count,
         "worker_cpu_ms_per_task": cpu * 1000 / count,
         "not_completed": timing["not_completed"],
+        **({"keys": keys, "key_max_running": key_max_running} if keys else {}),
     }
 
 
@@ -736,6 +779,7 @@ SCENARIOS = (
     "long",
     "remote",
     "queue",
+    "keyed",
     "keys",
     "signal",
     "fanout",
@@ -785,6 +829,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "queue": lambda: queue(
             dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency
         ),
+        "keyed": lambda: queue(
+            dsn,
+            app,
+            count=args.queue_tasks,
+            concurrency=args.queue_concurrency,
+            keys=args.queue_keys,
+            key_max_running=args.key_max_running,
+        ),
         "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
         "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
         "history": lambda: history(dsn, app, finished=args.history_jobs),
@@ -818,6 +870,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "steps" in scenarios and "limited" in scenarios:  # the limited claim's cost, same run
         scenarios["limited"]["vs_unlimited"] = (
             scenarios["limited"]["steps_per_s"] / scenarios["steps"]["steps_per_s"]
+        )
+    if "queue" in scenarios and "keyed" in scenarios:  # the keyed drain's cost, same run
+        scenarios["keyed"]["vs_unkeyed"] = (
+            scenarios["keyed"]["tasks_per_s"] / scenarios["queue"]["tasks_per_s"]
         )
     ceiling_rate = report["scenarios"].get("ceiling", {}).get("steps_per_s")
     if ceiling_rate:
@@ -875,6 +931,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=256,
         help="worker concurrency for `queue`: how many tasks one claim takes (256)",
+    )
+    parser.add_argument(
+        "--queue-keys",
+        type=int,
+        default=1000,
+        help="concurrency keys of `keyed`, the `queue` drain with a per-key limit (1000)",
+    )
+    parser.add_argument(
+        "--key-max-running",
+        type=int,
+        default=2,
+        help="the per-key max_running of `keyed` (2)",
     )
     parser.add_argument(
         "--start-count", type=int, default=20_000, help="workflows `starts` starts (20000)"
