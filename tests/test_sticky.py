@@ -106,10 +106,15 @@ async def test_resume_refuses_a_history_that_moved_on() -> None:
     kept.close()
 
 
+PARKED = (
+    "select j.status = 'waiting' and exists (select from steps as s where s.job_id = j.id"
+    " and s.kind = 'signal') from jobs as j where j.id = %s"
+)
+
+
 def history_of(db: Any, job_id: str) -> list[tuple[Any, ...]]:
     return db.rows(
-        "select seq, kind, name, status, input, output from steps where job_id = %s"
-        " order by seq",
+        "select seq, kind, name, status, input, output from steps where job_id = %s order by seq",
         job_id,
     )
 
@@ -128,10 +133,8 @@ async def test_a_worker_resumes_its_workflows_from_the_cache(
     handle = await mf.workflow.start(
         workflow_name="mixed", task_queue="q", workflow_id="kept", args=["k"]
     )
-    while await handle.status() != "waiting" or not db.one(
-        "select count(*) from steps where job_id = 'kept' and kind = 'signal'"
-    ):
-        await asyncio.sleep(0.05)
+    # Suspended at the signal wait (committed), so the signal wakes a kept activation.
+    await until_row(db, PARKED, "kept")
     await mf.workflow.signal("go", {"ok": 1}, workflow_id="kept")
     assert await handle.result(timeout=30) == ["KA", "KB", "KC", {"ok": 1}]
     assert (cached.sticky.hits, cached.sticky.misses) == (4, 0)
@@ -141,8 +144,7 @@ async def test_a_worker_resumes_its_workflows_from_the_cache(
     again = await mf.workflow.start(
         workflow_name="mixed", task_queue="q", workflow_id="cold", args=["k"]
     )
-    while not db.one("select count(*) from steps where job_id = 'cold' and kind = 'signal'"):
-        await asyncio.sleep(0.05)
+    await until_row(db, PARKED, "cold")
     await mf.workflow.signal("go", {"ok": 1}, workflow_id="cold")
     assert await again.result(timeout=30) == ["KA", "KB", "KC", {"ok": 1}]
     assert (cold.sticky.hits, len(cold.sticky)) == (0, 0)
