@@ -457,7 +457,7 @@ select throws_ok(
 select throws_ok(
     $$select hook('to-7', 'h', '[]', null, null, '{"timeout": 5}')$$,
     '22023',
-    'unknown option "timeout" of hook "h" (a hook takes execution_timeout)',
+    'unknown option "timeout" of hook "h" (a hook takes execution_timeout, traceparent)',
     'an unknown hook option is refused'
 );
 select is(
