@@ -674,12 +674,15 @@ class WorkerFactory:
         lease: float = 30.0,
         build_id: str | None = None,
         interceptors: Iterable[Interceptor] | None = None,
+        prefetch: int = 64,
     ) -> Worker:
         """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
         queue. A second create for the same queue adds to the worker that already serves it.
         `build_id` names this code version: each activation records it (`workflows.build_id`);
         by default a digest of the source of the queue's workflow functions. `interceptors`
-        wrap the queue's workflows and activities, inside the client's (docs/interceptors.md)."""
+        wrap the queue's workflows and activities, inside the client's (docs/interceptors.md).
+        `prefetch`: how many tasks the worker may claim ahead of its free slots, on a short
+        lease until each starts (0: none; docs/performance.md)."""
         if interceptors is not None:
             given = check(interceptors)
             registry = self._mf.registry
@@ -694,7 +697,7 @@ class WorkerFactory:
         table = self._mf.registry.workflows.setdefault(task_queue, {})
         table.update({fn.__name__: fn for fn in functions})
         build = check_build_id(build_id) or default_build_id(table.values())
-        return await self._mf._serve(task_queue, concurrency, lease, build)
+        return await self._mf._serve(task_queue, concurrency, lease, build, prefetch)
 
     async def register_activities(
         self,
@@ -703,11 +706,12 @@ class WorkerFactory:
         activities: ActivityFunctions,
         concurrency: int = 8,
         lease: float = 30.0,
+        prefetch: int = 64,
     ) -> Worker:
         """Serve `activities` on `task_queue`: workflows anywhere that proxy them with this
-        queue get them run here."""
+        queue get them run here (`prefetch` as for create)."""
         self._mf.registry.register_activities(task_queue, _named(activities))
-        return await self._mf._serve(task_queue, concurrency, lease)
+        return await self._mf._serve(task_queue, concurrency, lease, prefetch=prefetch)
 
 
 class MemFlow:
@@ -802,7 +806,12 @@ class MemFlow:
         return self._listener
 
     async def _serve(
-        self, task_queue: str, concurrency: int, lease: float, build_id: str | None = None
+        self,
+        task_queue: str,
+        concurrency: int,
+        lease: float,
+        build_id: str | None = None,
+        prefetch: int = 64,
     ) -> Worker:
         worker = self.workers.get(task_queue)
         if worker is None or worker.stopping:
@@ -815,6 +824,7 @@ class MemFlow:
                 concurrency=concurrency,
                 lease=lease,
                 build_id=build_id,
+                prefetch=prefetch,
             )
             self.workers[task_queue] = worker
             await worker.start()

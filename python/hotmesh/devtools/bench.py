@@ -783,7 +783,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "remote": lambda: chains(remote=True),
         "queue": lambda: queue(
-            dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency
+            dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency or args.concurrency
         ),
         "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
         "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
@@ -797,7 +797,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "long_steps": args.long_steps,
             "concurrency": args.concurrency,
             "queue_tasks": args.queue_tasks,
-            "queue_concurrency": args.queue_concurrency,
+            "queue_concurrency": args.queue_concurrency or args.concurrency,
             "start_batch": args.start_batch,
             "repeat": args.repeat,
         },
@@ -873,8 +873,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-concurrency",
         type=int,
-        default=256,
-        help="worker concurrency for `queue`: how many tasks one claim takes (256)",
+        default=None,
+        help="worker concurrency for `queue` (default: --concurrency); the worker's default "
+        "prefetch claims ahead of it",
     )
     parser.add_argument(
         "--start-count", type=int, default=20_000, help="workflows `starts` starts (20000)"
