@@ -10,7 +10,8 @@ its lease ended on the clock the test moved."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections import defaultdict
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,13 @@ from helpers import SQL, Workers, kill9, until
 from hotmesh import MemFlow, errors, worker, workflow
 
 T0 = "2031-01-01T00:00:00+00"
+
+
+def at(seconds: float) -> datetime:
+    """T0 plus `seconds`, on the engine clock."""
+    return datetime.fromisoformat(T0) + timedelta(seconds=seconds)
+
+
 HELD = "select count(*) from tasks where task_queue = %s and lease_owner like %s"
 # The tasks of a queue: how many are started (running) and how many only claimed ahead.
 SPLIT = (
@@ -27,15 +35,16 @@ SPLIT = (
     " from tasks where task_queue = %s and state = 'leased'"
 )
 
-_go = asyncio.Event()
+# The gate each `held(n)` waits at, inside its inline activity, until the test opens it.
+_gates: defaultdict[int, asyncio.Event] = defaultdict(asyncio.Event)
 
 
-async def blocked() -> None:
-    await _go.wait()
+async def blocked(n: int) -> None:
+    await _gates[n].wait()
 
 
-async def held() -> None:
-    await workflow.proxy_activities(activities=[blocked]).blocked()
+async def held(n: int = 0) -> None:
+    await workflow.proxy_activities(activities=[blocked]).blocked(n)
 
 
 @pytest.fixture
@@ -61,7 +70,7 @@ async def test_a_stop_releases_the_prefetched_tasks_for_another_worker_at_once(
     db = frozen
     # Given back by the stop, not at half the short lease on the worker's own clock.
     monkeypatch.setattr(worker, "_PREFETCH_LEASE", 60.0)
-    _go.clear()
+    _gates.clear()
     start(db, "pq", 6)
     mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
     closing = None
@@ -93,10 +102,33 @@ async def test_a_stop_releases_the_prefetched_tasks_for_another_worker_at_once(
         assert {i for (i,) in ahead} <= {i for i, _ in taken}
         assert db.one(HELD, "pq", "%") == 6
     finally:
-        _go.set()
+        _gates[0].set()
         await (closing or mf.close())
     # The two it ran finished within the stop's grace.
     assert db.one("select count(*) from jobs where status = 'completed'") == 2
+
+
+async def test_a_prefetched_task_that_runs_is_started_on_the_normal_lease(
+    frozen: SQL, app: str, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = frozen
+    monkeypatch.setattr(worker, "_PREFETCH_LEASE", 60.0)
+    _gates.clear()
+    db.one("select start_workflow('held', '[1]', 'sq', 'first')")
+    db.one("select start_workflow('held', '[2]', 'sq', 'second')")
+    mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    try:
+        await mf.worker.create(task_queue="sq", workflow=held, concurrency=1, prefetch=1, lease=120)
+        lease = "select started_at, lease_expires_at from tasks where job_id = %s"
+        await until(lambda: db.rows(lease, "second") == [(None, at(60))], "prefetched")
+        _gates[1].set()  # the first ends, the second runs: started on the normal lease
+        await until(
+            lambda: db.rows(lease, "second") == [(at(0), at(120))],
+            "the prefetched task started in the database",
+        )
+    finally:
+        _gates[2].set()
+        await mf.close()
 
 
 async def test_a_killed_workers_prefetched_tasks_are_taken_after_the_short_lease(

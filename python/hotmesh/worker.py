@@ -79,10 +79,12 @@ _BUSY_RETRY_MAX = 5.0  # seconds between tries of an outcome's call that met a h
 _LIMITS_FRESH = 1.0
 # A prefetched task's lease until it starts: how long a worker that died holds it up.
 _PREFETCH_LEASE = 5.0
-# A prefetched task that started is started in the database (start_tasks) this long after,
-# in one call for all started meanwhile, unless it already finished: a drain's tasks finish
-# first and cost no call.
-_START_AFTER = 0.05
+# A prefetched task that runs is started in the database (start_tasks) this long after, in
+# one call with the others due, unless its code has finished by then (its outcome is on its
+# way): short tasks cost no call. An activity soon, since its run deadline (start_to_close,
+# heartbeat_timeout) begins then; an activation, which has none, once it outlasts what most
+# take (a start call locks its task row, and the activation's own step records waited).
+_START_AFTER = {"activity": 0.05, "workflow": 1.0}
 
 
 class Registry:
@@ -178,8 +180,9 @@ class Worker:
         # Runners of prefetched tasks not yet started in the database (start_tasks), and
         # when the last `prefetch` runners started: the buffer holds no more than started in
         # the last quarter of the short lease, so what it holds starts long before that ends.
-        self._unstarted: dict[asyncio.Task[None], Claimed] = {}
+        self._unstarted: dict[asyncio.Task[None], tuple[Claimed, float]] = {}
         self._start_wake = asyncio.Event()
+        self._start_next = math.inf  # when the start loop looks next (loop time)
         self._launched: deque[float] = deque(maxlen=max(prefetch, 1))
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
@@ -290,10 +293,13 @@ class Worker:
         runner = asyncio.create_task(self._process(task))
         self._running[runner] = task
         runner.add_done_callback(self._finished)
-        self._launched.append(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        self._launched.append(now)
         if prefetched:
-            self._unstarted[runner] = task
-            self._start_wake.set()
+            due = now + _START_AFTER.get(task.kind, _START_AFTER["activity"])
+            self._unstarted[runner] = (task, due)
+            if due < self._start_next:
+                self._start_wake.set()
 
     async def _release_buffer(self) -> None:
         """Give back the prefetched tasks not started (all of them when stopping)."""
@@ -469,18 +475,21 @@ class Worker:
             )
 
     async def _start_loop(self) -> None:
-        """Start in the database the prefetched tasks this worker started (start_tasks): a
-        moment later, in one call, all but those already finished or settling."""
+        """Start in the database the prefetched tasks this worker runs (start_tasks), each at
+        its time (_START_AFTER), in one call for all due, but not those whose code finished."""
+        loop = asyncio.get_running_loop()
         while True:
-            await self._start_wake.wait()
-            await asyncio.sleep(_START_AFTER)
-            self._start_wake.clear()
-            due = {r: t for r, t in self._unstarted.items() if r not in self._settling}
-            for runner in list(self._unstarted):
-                if runner not in due:
-                    del self._unstarted[runner]  # its outcome is on its way
-            if not due:
+            for runner in [r for r in self._unstarted if r in self._settling or r.done()]:
+                del self._unstarted[runner]  # its outcome is on its way
+            now = loop.time()
+            self._start_next = min((at for _, at in self._unstarted.values()), default=math.inf)
+            if self._start_next > now:
+                self._start_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    wait = None if self._start_next == math.inf else self._start_next - now
+                    await asyncio.wait_for(self._start_wake.wait(), wait)
                 continue
+            due = {r: task for r, (task, at) in self._unstarted.items() if at <= now}
             try:
                 held = await self.db.start_tasks(list(due.values()), self.lease)
             except (psycopg.Error, OSError, errors.HotMeshError) as error:
@@ -492,9 +501,8 @@ class Worker:
                     queue=self.task_queue,
                     error=first_line(error),
                 )
-                await asyncio.sleep(_START_AFTER)
-                self._start_wake.set()  # the runners are still in _unstarted: again
-                continue
+                await asyncio.sleep(_START_AFTER["activity"])
+                continue  # the runners are still in _unstarted: again
             # One not held was taken over (the heartbeat finds it lost and stops it) or is
             # locked by its own outcome's call right now: either way, not sent again.
             for runner in due:
