@@ -288,10 +288,16 @@ as $$
         ('step', 'retrying', 'scheduled', '_move_steps'),
         -- A retried workflow awaits a failed child again.
         ('step', 'failed', 'scheduled', '_move_steps'),
+        -- Hook threads (sql/46_children_hooks.sql): a hook returns or fails (its code, or its
+        -- execution_timeout: _stop_thread); a retry revives a failed one.
+        ('thread', 'running', 'completed', '_end_thread'),
+        ('thread', 'running', 'failed', '_end_thread'),
+        ('thread', 'failed', 'running', '_retry_thread'),
         ('schedule', 'active', 'paused', 'pause_schedule'),
         ('schedule', 'paused', 'active', 'resume_schedule'),
-        -- Human tasks (sql/49_human_tasks.sql): claim, release / reassign / escalate, answer,
-        -- SLA expiry; cancelled when their workflow ends.
+        -- Human tasks (sql/49_human_tasks.sql): claim, release / reassign / escalate, answer
+        -- (resolve_human_task, or a signal that fills the wait: _signal_human_task), SLA
+        -- expiry; cancelled when their workflow ends.
         ('human_task', 'open', 'claimed', '_move_human_task'),
         ('human_task', 'open', 'open', '_move_human_task'),
         ('human_task', 'claimed', 'open', '_move_human_task'),

@@ -145,7 +145,42 @@ begin
 end
 $$;
 
--- The soonest timeout of any task or workflow (null: none), for next_due: any worker's
+-- Ends the hook threads whose execution_timeout passed (_stop_thread): failed with code 596,
+-- which their caller's wait receives, as a workflow's run ends (_time_out_jobs). Rows another
+-- transaction holds are left for a later claim, as there.
+create or replace function _time_out_threads(p_now timestamptz) returns void
+language plpgsql
+as $$
+declare
+    v_thread threads;
+    v_lock_timeout text := current_setting('lock_timeout');
+begin
+    for v_thread in
+        select * from threads
+         where timeout_at <= p_now and status = 'running'
+         order by timeout_at
+         limit 20
+    loop
+        begin
+            perform set_config('lock_timeout', '1ms', true);
+            perform _stop_thread(
+                v_thread.job_id, v_thread.thread,
+                jsonb_build_object(
+                    'message', format('hook "%s" (thread %s of workflow "%s") did not finish '
+                                      'within its execution_timeout of %s', v_thread.name,
+                                      v_thread.thread, v_thread.job_id,
+                                      v_thread.execution_timeout),
+                    'type', 'TimeoutFailure', 'timeout', 'execution_timeout', 'code', 596,
+                    'workflow_id', v_thread.job_id, 'thread', v_thread.thread));
+        exception when lock_not_available then
+            null;  -- held right now: the next claim tries again
+        end;
+        perform set_config('lock_timeout', v_lock_timeout, true);
+    end loop;
+end
+$$;
+
+-- The soonest timeout of any task, workflow or hook thread (null: none), for next_due: any worker's
 -- claim fires it. One still due after a claim is held by another transaction: looked at
 -- again a second later, not in a busy loop.
 create or replace function _next_timeout() returns timestamptz
@@ -155,11 +190,13 @@ as $$
       from (select least((select min(timeout_at) from tasks where timeout_at is not null),
                          (select min(timeout_at) from jobs
                            where timeout_at is not null
-                             and status in ('pending', 'running', 'waiting'))) as soonest) as n
+                             and status in ('pending', 'running', 'waiting')),
+                         (select min(timeout_at) from threads
+                           where timeout_at is not null and status = 'running')) as soonest) as n
 $$;
 
 -- Every due timeout, fired by claim_tasks before it picks tasks. When nothing is due a claim
--- pays for two probes of small partial indexes only: entering the loops below (a cursor each)
+-- pays for three probes of small partial indexes only: entering the loops below (a cursor each)
 -- made an empty claim half as dear again (docs/timeouts.md).
 create or replace function _fire_timeouts(p_now timestamptz) returns void
 language plpgsql
@@ -168,6 +205,9 @@ begin
     if exists (select from jobs
                 where timeout_at <= p_now and status in ('pending', 'running', 'waiting')) then
         perform _time_out_jobs(p_now);
+    end if;
+    if exists (select from threads where timeout_at <= p_now and status = 'running') then
+        perform _time_out_threads(p_now);
     end if;
     if exists (select from tasks where timeout_at <= p_now) then
         perform _time_out_tasks(p_now);

@@ -73,6 +73,8 @@ declare
     v_held_jobs text[];
     v_plain text[] := p_task_queues;
     v_admitted bigint[];
+    -- Seconds each task was due before this claim took it (schedule-to-start), by task id.
+    v_waited jsonb;
 begin
     if p_prefetch is null or p_prefetch < 0 then
         raise exception using errcode = '22023',
@@ -116,8 +118,9 @@ begin
     -- function there (docs/citus.md).
     -- The first p_max_tasks in claim order start now; the rest (ahead) are prefetched.
     with picked as (
-        select p.id, gen_random_uuid() as token, p.ord > p_max_tasks as ahead
-          from (select c.id,
+        select p.id, gen_random_uuid() as token, p.ord > p_max_tasks as ahead,
+               p.run_at as ready_at
+          from (select c.id, c.run_at,
                        row_number() over (order by c.priority desc, c.key_rank nulls first,
                                                    c.run_at, c.id) as ord
                   from unnest(v_plain) as q (name)
@@ -134,7 +137,8 @@ begin
                  order by c.priority desc, c.key_rank nulls first, c.run_at, c.id
                  limit p_max_tasks + p_prefetch) as p
         union all
-        select a.id, gen_random_uuid(), false from unnest(v_admitted) as a (id)
+        select t.id, gen_random_uuid(), false, t.run_at
+          from tasks as t where t.id = any(v_admitted)
     ), leased as (
         update tasks as t
            set state = 'leased',
@@ -161,7 +165,8 @@ begin
            and t.state in (select l.from_state from _legal_transitions() as l
                             where l.machine = 'task' and l.to_state = 'leased')
         returning t.id, t.job_id, t.thread, t.kind, t.lease_token, t.attempt, t.name,
-                  (t.payload -> 'retry_policy' ->> 'maximum_attempts')::integer as maximum
+                  (t.payload -> 'retry_policy' ->> 'maximum_attempts')::integer as maximum,
+                  v_now - picked.ready_at as waited
     )
     select array_agg(id), array_agg(distinct job_id),
            array_agg(job_id) filter (where kind = 'workflow' and thread = 'main'),
@@ -172,9 +177,10 @@ begin
            array_agg(lease_token) filter (where kind = 'activity' and attempt > maximum),
            array_agg(format('activity "%s": its lease expired on every one of %s attempts '
                             '(worker crashed or stalled)', name, maximum))
-               filter (where kind = 'activity' and attempt > maximum)
+               filter (where kind = 'activity' and attempt > maximum),
+           jsonb_object_agg(id::text, extract(epoch from waited)) filter (where waited > '0')
       into v_ids, v_jobs, v_main_jobs, v_run_jobs, v_run_threads, v_spent, v_spent_jobs,
-           v_spent_tokens, v_spent_messages
+           v_spent_tokens, v_spent_messages, v_waited
       from leased;
     if v_ids is null then
         return;
@@ -278,14 +284,21 @@ begin
            -- by this worker's as it moved), so a non-determinism failure can name both; from the
            -- second run on (continue_as_new) the run. claimed_task keeps its shape, which
            -- older workers read by position.
-           -- Both carry the workflow's trace context (docs/tracing.md) when it has one.
-           case when t.kind = 'activity' and j.traceparent is not null
-                    then t.payload || jsonb_build_object('traceparent', j.traceparent)
+           -- Both carry the workflow's trace context (docs/tracing.md) when it has one, and
+           -- schedule_to_start: the seconds the task was due before this claim, on the
+           -- engine's clock (absent: none). Older workers ignore keys they do not know.
+           case when t.kind = 'activity' and (j.traceparent is not null
+                                              or v_waited ? t.id::text)
+                    then t.payload || jsonb_strip_nulls(jsonb_build_object(
+                        'traceparent', j.traceparent,
+                        'schedule_to_start', v_waited -> t.id::text))
                 when t.kind = 'activity' then t.payload
                 when b.build_id is not null or j.run > 1 or j.traceparent is not null
+                     or v_waited ? t.id::text
                     then jsonb_strip_nulls(jsonb_build_object(
                         'build_id', b.build_id, 'run', nullif(j.run, 1),
-                        'traceparent', j.traceparent))
+                        'traceparent', j.traceparent,
+                        'schedule_to_start', v_waited -> t.id::text))
            end,
            j.workflow_name, j.attempt,
            case when t.kind = 'workflow' then (
@@ -507,18 +520,26 @@ language plpgsql
 set search_path from current
 set plan_cache_mode = force_generic_plan
 as $$
-declare
-    v_task tasks;
-    v_next timestamptz;
 begin
     -- Lock the row before reading `rerun`: a wake-up (_wake) committing between the read and
-    -- the delete below would otherwise be lost, leaving the job waiting forever.
+    -- the delete in _suspend would otherwise be lost, leaving the job waiting forever.
     perform from tasks where id = p_task_id for update;
-    v_task := _leased_task(p_task_id, p_token);
+    return _suspend(_leased_task(p_task_id, p_token));
+end
+$$;
+
+-- suspend_task of the activation p_task, its row locked and its lease checked by the caller.
+create or replace function _suspend(p_task tasks) returns timestamptz
+language plpgsql
+as $$
+declare
+    v_task tasks := p_task;
+    v_next timestamptz;
+begin
     if v_task.kind <> 'workflow' then
         raise exception using errcode = 'HM003',
             message = format('task %s is an activity; only a workflow activation can suspend',
-                             p_task_id);
+                             v_task.id);
     end if;
     if v_task.rerun then
         v_next := _now();
@@ -532,14 +553,78 @@ begin
         perform _transition(v_task.job_id, 'waiting');
     end if;
     if v_next is null then
-        delete from tasks where id = p_task_id;
+        delete from tasks where id = v_task.id;
     else
-        perform _requeue_tasks(array[p_task_id], v_next);
+        perform _requeue_tasks(array[v_task.id], v_next);
         if v_next <= _now() then
             perform _notify('q:' || v_task.task_queue);
         end if;
     end if;
     return v_next;
+end
+$$;
+
+-- Group commit of activations that suspend: each item {"task_id", "token", "schedules"}
+-- records the activity calls its activation sends through their queues (schedule_activity's
+-- arguments as {"seq", "name", "args", "task_queue", "retry_policy", "concurrency_key"}) and
+-- suspends it, so an activation's outcome is one round trip for any number of workflows, and
+-- none of its activities can finish before it suspends (no rerun). Returns, in order,
+-- {"next_run": ...} (suspend_task's answer) or {"error": {...}} for an item whose lease was
+-- lost. A bad call fails the whole batch (22023), and the worker sends its items one by one.
+create or replace function suspend_tasks(p_items jsonb) returns jsonb
+language plpgsql
+set search_path from current
+set plan_cache_mode = force_generic_plan
+-- The items are looked up in tasks by key (see complete_tasks).
+set enable_seqscan = off
+as $$
+declare
+    v_results jsonb[];
+    v_held integer[];
+    v_pos integer;
+    v_item jsonb;
+    v_call jsonb;
+    v_task tasks;
+begin
+    v_results := _batch_results(p_items);
+    if cardinality(v_results) = 0 then
+        return '[]'::jsonb;
+    end if;
+    -- The held tasks, locked in job order as complete_tasks locks them (its completions wake
+    -- these activations), before their `rerun` is read.
+    select coalesce(array_agg(h.pos), '{}') into v_held
+      from (select i.pos::integer as pos
+              from jsonb_array_elements(p_items) with ordinality as i (value, pos)
+              join tasks as t on t.id = (i.value ->> 'task_id')::bigint
+                             and t.lease_token = (i.value ->> 'token')::uuid
+             order by t.job_id, t.thread
+               for update of t) as h;
+    for v_pos in
+        select i.pos
+          from jsonb_array_elements(p_items) with ordinality as i (value, pos)
+          left join tasks as t on t.id = (i.value ->> 'task_id')::bigint
+         order by t.job_id, t.thread, i.pos
+    loop
+        v_item := p_items -> (v_pos - 1);
+        if v_pos <> all(v_held) then
+            v_results[v_pos] := _lease_lost_item(v_item ->> 'task_id');
+            continue;
+        end if;
+        select * into v_task from tasks where id = (v_item ->> 'task_id')::bigint;
+        for v_call in select value
+                        from jsonb_array_elements(coalesce(nullif(v_item -> 'schedules', 'null'),
+                                                           '[]'::jsonb)) loop
+            if v_task.kind <> 'workflow' then
+                exit;  -- _suspend refuses it
+            end if;
+            perform _schedule_activity(v_task, (v_call ->> 'seq')::integer, v_call ->> 'name',
+                                       v_call -> 'args', v_call ->> 'task_queue',
+                                       nullif(v_call -> 'retry_policy', 'null'),
+                                       v_call ->> 'concurrency_key');
+        end loop;
+        v_results[v_pos] := jsonb_build_object('next_run', _suspend(v_task));
+    end loop;
+    return to_jsonb(v_results);
 end
 $$;
 

@@ -172,6 +172,8 @@ $$;
 -- fail_task) records its outcome and wakes this thread. Returns the step as recorded.
 -- p_concurrency_key: the activity shares its queue's per-key limit with the key's other
 -- tasks (sql/25_limits.sql). Workers that predate it call the 7-argument form, which is this.
+-- An activation that suspends after its calls sends them with its suspension instead
+-- (suspend_tasks), in one round trip.
 drop function if exists schedule_activity(bigint, uuid, integer, text, jsonb, text, jsonb);
 create or replace function schedule_activity(
     p_task_id bigint,
@@ -187,8 +189,26 @@ language plpgsql
 set search_path from current
 set plan_cache_mode = force_generic_plan
 as $$
+begin
+    return _schedule_activity(_activation_task(p_task_id, p_token), p_seq, p_name, p_args,
+                              p_task_queue, p_retry_policy, p_concurrency_key);
+end
+$$;
+
+-- schedule_activity for the activation p_task (its lease checked by the caller).
+create or replace function _schedule_activity(
+    p_task tasks,
+    p_seq integer,
+    p_name text,
+    p_args jsonb,
+    p_task_queue text,
+    p_retry_policy jsonb,
+    p_concurrency_key text
+) returns jsonb
+language plpgsql
+as $$
 declare
-    v_task tasks := _activation_task(p_task_id, p_token);
+    v_task tasks := p_task;
     v_policy jsonb := _retry_policy(p_retry_policy);
     v_step steps;
     v_run_at timestamptz := _now();

@@ -24,9 +24,12 @@ $$;
 -- Hands a payload (or, for a failed hook, an error) to the oldest live wait for p_signal_id
 -- (in p_workflow_id only, when given), recording its step and waking its thread; null when no
 -- wait took it. A wait left behind by a workflow (or hook thread) that already ended takes
--- nothing: a signal given to it would be lost.
+-- nothing: a signal given to it would be lost. A human task waiting on it is resolved with the
+-- payload, by p_sender (the sending workflow; null for an application's signal).
+drop function if exists _fill_wait(text, text, jsonb, jsonb);
 create or replace function _fill_wait(
-    p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb
+    p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb,
+    p_sender text default null
 ) returns jsonb
 language plpgsql
 as $$
@@ -65,6 +68,11 @@ begin
                        case when p_error is null then 'completed' else 'failed' end,
                        p_payload, p_error, null, null, false)).job_id is not null then
             perform _wake(v_wait.job_id, v_wait.thread);
+            if exists (select from human_tasks
+                        where job_id = v_wait.job_id and thread = v_wait.thread
+                          and seq = v_wait.seq and status in ('open', 'claimed')) then
+                perform _signal_human_task(v_wait, p_payload, p_error, p_sender);
+            end if;
             return jsonb_build_object('status', 'delivered', 'workflow_id', v_wait.job_id,
                                       'thread', v_wait.thread, 'seq', v_wait.seq);
         end if;
@@ -75,13 +83,15 @@ $$;
 
 -- Delivers a signal to the oldest live wait for it, or keeps it when nobody waits. Returns
 -- {"status": "delivered", "workflow_id", "thread", "seq"} or {"status": "kept", "id"}.
+drop function if exists _deliver(text, text, jsonb, jsonb);
 create or replace function _deliver(
-    p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb default null
+    p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb default null,
+    p_sender text default null
 ) returns jsonb
 language plpgsql
 as $$
 declare
-    v_outcome jsonb := _fill_wait(p_signal_id, p_workflow_id, p_payload, p_error);
+    v_outcome jsonb := _fill_wait(p_signal_id, p_workflow_id, p_payload, p_error, p_sender);
     v_kept bigint;
 begin
     if v_outcome is not null then
@@ -98,7 +108,7 @@ begin
                              current_setting('transaction_isolation'));
     end if;
     perform pg_advisory_xact_lock(_signal_key(p_signal_id, p_workflow_id));
-    v_outcome := _fill_wait(p_signal_id, p_workflow_id, p_payload, p_error);
+    v_outcome := _fill_wait(p_signal_id, p_workflow_id, p_payload, p_error, p_sender);
     if v_outcome is not null then
         return v_outcome;
     end if;
@@ -116,14 +126,13 @@ $$;
 -- same send is ignored ({"status": "duplicate"}), even after the workflow finished; the same
 -- key with another payload is refused (22023: a retry must repeat the same call); on another
 -- signal id or target it is another send. A payload must be JSON (a bad one fails the cast).
-create or replace function signal(
-    p_signal_id text,
-    p_payload jsonb default 'null',
-    p_workflow_id text default null,
-    p_idempotency_key text default null
+-- A human task waiting on the signal id is resolved with the payload (docs/people.md).
+-- _signal is the body, with the sender (a workflow's send_signal; null: an application).
+create or replace function _signal(
+    p_signal_id text, p_payload jsonb, p_workflow_id text, p_idempotency_key text,
+    p_sender text
 ) returns jsonb
 language plpgsql
-set search_path from current
 as $$
 declare
     v_status text;
@@ -176,7 +185,8 @@ begin
                                  'signals', p_signal_id, p_workflow_id, v_status);
         end if;
     end if;
-    v_outcome := _deliver(p_signal_id, p_workflow_id, coalesce(p_payload, 'null'::jsonb));
+    v_outcome := _deliver(p_signal_id, p_workflow_id, coalesce(p_payload, 'null'::jsonb), null,
+                          p_sender);
     -- A signal kept for a workflow that a concurrent cancel just finished would never be
     -- taken: checked again under a key share lock (which a cancel in progress waits on).
     if p_workflow_id is not null and v_outcome ->> 'status' = 'kept' then
@@ -189,6 +199,19 @@ begin
     end if;
     return v_outcome;
 end
+$$;
+
+-- The application's call: the sender is not known.
+create or replace function signal(
+    p_signal_id text,
+    p_payload jsonb default 'null',
+    p_workflow_id text default null,
+    p_idempotency_key text default null
+) returns jsonb
+language sql
+set search_path from current
+as $$
+    select _signal(p_signal_id, p_payload, p_workflow_id, p_idempotency_key, null)
 $$;
 
 -- Defers a step whose call met a lock that a caller's open transaction holds: the step is
@@ -329,7 +352,7 @@ begin
     -- A send that cannot be delivered (unknown target) fails the call, not the activation.
     begin
         perform set_config('lock_timeout', '50ms', true);
-        v_outcome := signal(p_signal_id, p_payload, v_target);
+        v_outcome := _signal(p_signal_id, p_payload, v_target, null, v_task.job_id);
         perform set_config('lock_timeout', v_lock_timeout, true);
     exception
         when lock_not_available then

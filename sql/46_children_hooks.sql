@@ -99,12 +99,16 @@ $$;
 -- registered function and shares the workflow's entity. When p_signal_id is given the
 -- hook's end (its return value, or its error) is delivered as that signal to the workflow,
 -- unless the hook already signalled it: a hook's failure always reaches its caller.
+-- p_options: {"execution_timeout": seconds}, the hook thread's own deadline, bounded by the
+-- workflow's retention (_time_out_threads ends the thread with 596 when it passes).
+drop function if exists hook(text, text, jsonb, text, text);
 create or replace function hook(
     p_workflow_id text,
     p_workflow_name text,
     p_args jsonb default '[]',
     p_task_queue text default null,
-    p_signal_id text default null
+    p_signal_id text default null,
+    p_options jsonb default null
 ) returns text
 language plpgsql
 set search_path from current
@@ -113,9 +117,24 @@ declare
     v_job jobs;
     v_thread text;
     v_queue text;
+    v_options jsonb := coalesce(nullif(p_options, 'null'), '{}');
+    v_unknown text;
+    v_timeout interval;
 begin
     if coalesce(p_workflow_name, '') = '' then
         raise exception using errcode = '22023', message = 'hook workflow_name is required';
+    end if;
+    if jsonb_typeof(v_options) <> 'object' then
+        raise exception using errcode = '22023',
+            message = format('options of hook "%s" must be a JSON object, not %s',
+                             p_workflow_name, jsonb_typeof(v_options));
+    end if;
+    select k into v_unknown from jsonb_object_keys(v_options) as k
+     where k <> 'execution_timeout' limit 1;
+    if found then
+        raise exception using errcode = '22023',
+            message = format('unknown option "%s" of hook "%s" (a hook takes '
+                             'execution_timeout)', v_unknown, p_workflow_name);
     end if;
     if jsonb_typeof(coalesce(p_args, '[]'::jsonb)) <> 'array' then
         raise exception using errcode = '22023',
@@ -138,14 +157,17 @@ begin
             message = format('hook "%s": workflow "%s" is %s and takes no more hooks',
                              p_workflow_name, p_workflow_id, v_job.status);
     end if;
+    v_timeout := _check_timeout('execution_timeout', v_options -> 'execution_timeout',
+                                v_job.retention);
     -- Numbered after the highest one left: a run that continued as new archived its finished
     -- hook threads, and one still running keeps its name.
     select 'h' || (coalesce(max(substr(thread, 2)::integer), 0) + 1) into v_thread
       from threads where job_id = p_workflow_id;
     v_queue := coalesce(p_task_queue, v_job.task_queue);
-    insert into threads (job_id, thread, name, task_queue, args, signal_id, created_at)
+    insert into threads (job_id, thread, name, task_queue, args, signal_id, created_at,
+                         execution_timeout, timeout_at)
     values (p_workflow_id, v_thread, p_workflow_name, v_queue, coalesce(p_args, '[]'::jsonb),
-            p_signal_id, _now());
+            p_signal_id, _now(), v_timeout, _now() + v_timeout);
     insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
                        concurrency_key, key_rank)
     values (p_workflow_id, v_thread, 'workflow', p_workflow_name, v_queue, v_job.priority,
@@ -159,6 +181,8 @@ $$;
 
 -- A workflow thread starts a hook, exactly once per code position; the step records the
 -- hook's thread. Bad input or a finished target fails the call, not the activation.
+-- p_options as hook's (workers of protocol 3 and older leave it out).
+drop function if exists start_hook(bigint, uuid, integer, text, jsonb, text, text, text);
 create or replace function start_hook(
     p_task_id bigint,
     p_token uuid,
@@ -167,7 +191,8 @@ create or replace function start_hook(
     p_args jsonb,
     p_task_queue text,
     p_workflow_id text,
-    p_signal_id text
+    p_signal_id text,
+    p_options jsonb default null
 ) returns jsonb
 language plpgsql
 set search_path from current
@@ -187,7 +212,7 @@ begin
     end if;
     begin
         v_thread := hook(v_target, p_workflow_name, p_args,
-                         coalesce(p_task_queue, v_task.task_queue), p_signal_id);
+                         coalesce(p_task_queue, v_task.task_queue), p_signal_id, p_options);
     exception when sqlstate 'HM002' or sqlstate 'HM003' or sqlstate '22023' then
         v_error := _error_json(sqlstate, sqlerrm, 'HookError');
     end;
@@ -213,12 +238,14 @@ begin
        set status = case when p_error is null then 'completed' else 'failed' end,
            result = p_result, error = p_error, completed_at = _now()
      where job_id = p_job_id and thread = p_thread
+       and status in (select l.from_state from _legal_transitions() as l
+                       where l.machine = 'thread' and l.owner = '_end_thread')
     returning * into v_thread;
     if v_thread.signal_id is not null
        and not exists (select from steps
                         where job_id = p_job_id and thread = p_thread and kind = 'send'
                           and name = v_thread.signal_id and status = 'completed') then
-        perform _deliver(v_thread.signal_id, p_job_id, p_result, p_error);
+        perform _deliver(v_thread.signal_id, p_job_id, p_result, p_error, p_job_id);
     end if;
 end
 $$;
@@ -296,6 +323,48 @@ begin
         end loop;
     end if;
     return v_ended;
+end
+$$;
+
+-- Ends a running hook thread from outside its code (its execution_timeout passed:
+-- _time_out_threads): failed with p_error through _end_thread, so its caller's wait gets
+-- the error; its queued tasks are removed (a worker still running one is fenced, HM004), the
+-- children it started are cancelled (descend) and its open human tasks too. A thread or
+-- workflow that already ended only loses its deadline. Returns whether the thread ended.
+create or replace function _stop_thread(p_job_id text, p_thread text, p_error jsonb)
+returns boolean
+language plpgsql
+as $$
+declare
+    v_status text;
+    v_thread threads;
+    v_child text;
+begin
+    -- The job's tasks, then its row, then the thread: the lock order of _stop_workflow (the
+    -- caller's wait, woken below, is one of those tasks).
+    perform from tasks where job_id = p_job_id order by id for update;
+    select status into v_status from jobs where id = p_job_id for no key update;
+    select * into v_thread from threads
+     where job_id = p_job_id and thread = p_thread for update;
+    if v_thread.status is distinct from 'running'
+       or v_status in ('completed', 'failed', 'cancelled') then
+        update threads set timeout_at = null where job_id = p_job_id and thread = p_thread;
+        return false;
+    end if;
+    delete from tasks where job_id = p_job_id and thread = p_thread;
+    perform _end_thread(p_job_id, p_thread, null, p_error);
+    perform _cancel_human_tasks(array[p_job_id], false, p_thread);
+    for v_child in
+        select c.id from steps as s
+          join jobs as c on c.id = s.input ->> 'workflow_id'
+         where s.job_id = p_job_id and s.thread = p_thread and s.kind = 'child'
+           and c.parent_id = p_job_id and c.status not in ('completed', 'failed', 'cancelled')
+         order by s.seq
+    loop
+        perform cancel_workflow(v_child, format('hook %s of workflow "%s" timed out', p_thread,
+                                                p_job_id), true, true);
+    end loop;
+    return true;
 end
 $$;
 

@@ -288,11 +288,14 @@ begin
 end
 $$;
 
--- The live tasks of workflows that ended become cancelled. A task that a caller's open
--- transaction holds is skipped when p_skip_locked (a worker ending its workflow never waits
--- for a reviewer): resolving it later is refused, as its workflow has ended.
-create or replace function _cancel_human_tasks(p_job_ids text[], p_skip_locked boolean)
-returns void
+-- The live tasks of workflows that ended become cancelled (with p_thread: those of that hook
+-- thread, which timed out). A task that a caller's open transaction holds is skipped when
+-- p_skip_locked (a worker ending its workflow never waits for a reviewer): resolving it
+-- later is refused, as its workflow has ended.
+drop function if exists _cancel_human_tasks(text[], boolean);
+create or replace function _cancel_human_tasks(
+    p_job_ids text[], p_skip_locked boolean, p_thread text default null
+) returns void
 language plpgsql
 as $$
 declare
@@ -303,10 +306,12 @@ begin
            set status = 'cancelled', resolved_by = 'engine', resolved_at = _now(),
                events = h.events || jsonb_build_array(jsonb_build_object(
                    'at', _now(), 'who', 'engine', 'event', 'cancelled',
-                   'text', 'the workflow ended'))
+                   'text', case when p_thread is null then 'the workflow ended'
+                                else format('hook %s timed out', p_thread) end))
          where (h.job_id, h.id) in (
                    select l.job_id, l.id from human_tasks as l
                     where l.job_id = any(p_job_ids) and l.status in ('open', 'claimed')
+                      and l.thread = coalesce(p_thread, l.thread)
                       and (not p_skip_locked
                            or exists (select from human_tasks as f
                                        where f.job_id = l.job_id and f.id = l.id
@@ -322,8 +327,10 @@ end
 $$;
 
 -- A workflow thread asks a person: registers the signal wait p_signal_id (wait_signal, no
--- timeout: the task's due time is its SLA) and, while the wait is pending, writes the task's
--- row in the same transaction (once: a replay finds it). Returns the wait's step.
+-- timeout: the task's due time is its SLA) and, once the wait is registered, writes the task's
+-- row in the same transaction (once: a replay finds it). A wait deferred by a signal being
+-- kept (`retrying`) writes no task yet: when it runs again it takes that signal (and nobody is
+-- asked) or registers. Returns the wait's step.
 create or replace function ask_human(
     p_task_id bigint, p_token uuid, p_seq integer, p_signal_id text, p_request jsonb
 ) returns jsonb
@@ -338,7 +345,7 @@ declare
     v_now timestamptz := _now();
 begin
     v_step := wait_signal(p_task_id, p_token, p_seq, p_signal_id, null);
-    if v_step ->> 'status' in ('scheduled', 'retrying') then
+    if v_step ->> 'status' = 'scheduled' then
         insert into human_tasks (
             job_id, thread, seq, signal_id, role, assignee, type, priority, title,
             description, metadata, form, due_at, escalate_to, escalate_after, created_at,
@@ -360,10 +367,47 @@ begin
         on conflict on constraint human_tasks_step do nothing
         returning * into v_row;
         if found then
+            -- Its roles are known from now on (human_roles, _check_human_role).
+            insert into human_roles (role, first_asked_at)
+            select r.role, v_now
+              from unnest(array[v_row.role, v_row.escalate_to]) as r (role)
+             where r.role is not null
+               and not exists (select from human_roles as k where k.role = r.role)
+            on conflict do nothing;
             perform _notify_human_task(v_row);
         end if;
     end if;
     return v_step;
+end
+$$;
+
+-- A signal filled the wait of a live human task (signal() to its signal id, another
+-- workflow's send, a hook's result): the task is resolved in the same transaction, with the
+-- payload as its answer (null when the signal carried an error, kept in the event) and the
+-- sender (null when unknown) as who resolved it. The form is not checked: a signal is never
+-- refused by the wait it fills (docs/people.md). Called by _fill_wait, which holds the wait's
+-- thread and job: the lock order of resolve_human_task.
+create or replace function _signal_human_task(
+    p_wait steps, p_payload jsonb, p_error jsonb, p_sender text
+) returns void
+language plpgsql
+as $$
+declare
+    v_task human_tasks;
+begin
+    select * into v_task
+      from human_tasks
+     where job_id = p_wait.job_id and thread = p_wait.thread and seq = p_wait.seq
+       for update;
+    if v_task.status in ('open', 'claimed') then
+        v_task.resolved_by := p_sender;
+        v_task.resolved_at := _now();
+        v_task.answer := case when p_error is null then p_payload end;
+        perform _move_human_task(v_task, 'resolved', p_sender, jsonb_build_object(
+            'event', 'resolved', 'signal_id', p_wait.name)
+            || case when p_error is not null then jsonb_build_object('error', p_error)
+                    else '{}' end);
+    end if;
 end
 $$;
 
@@ -473,6 +517,28 @@ begin
 end
 $$;
 
+-- Refuses a role no task was ever asked of (22023, naming some known ones): a reviewer
+-- claiming the next task of a misspelt role would otherwise wait for ever. A role is known
+-- once a workflow asked a task of it, as its role or escalate_to (human_roles, written by
+-- ask_human only, so no caller's transaction holds an insert a worker would wait for), and
+-- while a live task has it (reassigned to it).
+create or replace function _check_human_role(p_role text) returns void
+language plpgsql stable
+as $$
+begin
+    if not exists (select from human_roles where role = p_role)
+       and not exists (select from human_tasks
+                        where role = p_role and status in ('open', 'claimed')) then
+        raise exception using errcode = '22023',
+            message = format('unknown human task role "%s": no task was ever asked of it '
+                             '(known roles: %s)', p_role,
+                             coalesce((select string_agg(k.role, ', ' order by k.role)
+                                         from (select role from human_roles order by role
+                                               limit 10) as k), 'none yet'));
+    end if;
+end
+$$;
+
 -- Refuses a person the task is assigned to someone else (reassign it first).
 create or replace function _check_assignee(p_task human_tasks, p_who text, p_what text)
 returns void
@@ -528,7 +594,8 @@ end
 $$;
 
 -- A person claims the most urgent open task of a role (assigned to nobody or to them). SKIP
--- LOCKED: two reviewers asking at once get two different tasks. No row when none is open.
+-- LOCKED: two reviewers asking at once get two different tasks. No row when none is open; a
+-- role no task was ever asked of is refused (22023).
 create or replace function claim_next_human_task(p_role text, p_who text)
 returns setof human_tasks
 language plpgsql
@@ -548,6 +615,8 @@ begin
        for update skip locked;
     if found then
         return next _claim_human_task(v_task, p_who);
+    else
+        perform _check_human_role(p_role);
     end if;
 end
 $$;
@@ -579,7 +648,8 @@ end
 $$;
 
 -- Assigns a live task to p_assignee (null: to anyone with the role) and, with p_role, to
--- another role; a claim on it ends (it is open again).
+-- another role (any: a person may route a task to a new one); a claim on it ends (it is open
+-- again).
 create or replace function reassign_human_task(
     p_id bigint, p_who text, p_assignee text, p_role text default null
 ) returns human_tasks

@@ -295,19 +295,46 @@ with clock as (
     select engine_clock() as now
 ),
 
+-- What get_queue_limits returns, read from its tables here: Citus cannot run a function
+-- that queries the tables from a query over them (docs/citus.md). The tokens are
+-- _bucket_tokens' (a view may call only public functions).
+bucket as (
+    select
+        q.*,
+        least(
+            q.rate::double precision,
+            coalesce(
+                b.tokens + greatest(extract(epoch from c.now - b.refilled_at), 0)
+                / extract(epoch from q.per) * q.rate, q.rate
+            )
+        ) as now_tokens
+    from queue_limits as q
+    cross join clock as c
+    left join queue_buckets as b on q.task_queue = b.task_queue
+),
+
 limits as (
     select
         l.task_queue,
         l.max_running,
-        l.running,
         l.rate,
         l.per,
-        l.tokens,
-        l.next_token_at,
+        l.now_tokens as tokens,
         l.key_max_running,
         l.key_rate,
-        l.key_per
-    from get_queue_limits() as l
+        l.key_per,
+        (
+            select count(*) from tasks as r
+            where
+                r.task_queue = l.task_queue and r.state = 'leased'
+                and r.lease_expires_at > c.now
+        ) as running,
+        case
+            when l.now_tokens < l.rate
+                then c.now + (1 - l.now_tokens + floor(l.now_tokens)) * l.per / l.rate
+        end as next_token_at
+    from bucket as l
+    cross join clock as c
 )
 
 select

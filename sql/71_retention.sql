@@ -375,8 +375,11 @@ begin
                 -- replayed wait takes it).
                 update threads
                    set status = 'running', attempt = 1, result = null, error = null,
-                       completed_at = null
-                 where job_id = p_job_id and thread = v_hook;
+                       completed_at = null, timeout_at = _after(_now(), execution_timeout)
+                 where job_id = p_job_id and thread = v_hook
+                   and status in (select l.from_state from _legal_transitions() as l
+                                   where l.machine = 'thread' and l.to_state = 'running'
+                                     and l.owner = '_retry_thread');
                 v_sub := _retry_thread(p_job_id, v_hook);
                 v_reset := v_reset + (v_sub ->> 'reset_steps')::integer;
                 v_retried := v_retried || (v_sub -> 'retried');
@@ -428,6 +431,9 @@ begin
        and status in (select l.from_state from _legal_transitions() as l
                        where l.machine = 'job' and l.to_state = 'pending'
                          and l.owner = '_retry_job');
+    -- Its running hooks get their whole execution_timeout again too.
+    update threads set timeout_at = _after(_now(), execution_timeout)
+     where job_id = p_job_id and status = 'running' and execution_timeout is not null;
     -- One statement per thread (Citus: docs/citus.md).
     perform _wake(p_job_id, 'main');
     for v_thread in select t.thread from threads as t

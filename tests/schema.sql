@@ -23,8 +23,14 @@
 -- migration 0015_task_key.sql
 -- migration 0016_key_rate.sql
 -- migration 0017_human_tasks.sql
+-- migration 0018_hook_timeouts.sql
+-- migration 0019_human_roles.sql
 
 -- tables
+create table <app>.human_roles (
+    role text not null,
+    first_asked_at timestamp with time zone not null
+);
 create table <app>.human_tasks (
     id bigint not null generated always as identity,
     job_id text not null,
@@ -240,10 +246,13 @@ create table <app>.threads (
     result jsonb,
     error jsonb,
     created_at timestamp with time zone not null default now(),
-    completed_at timestamp with time zone
+    completed_at timestamp with time zone,
+    execution_timeout interval,
+    timeout_at timestamp with time zone
 );
 
 -- constraints
+alter table <app>.human_roles add constraint human_roles_pkey PRIMARY KEY (role);
 alter table <app>.human_tasks add constraint human_tasks_metadata CHECK ((jsonb_typeof(metadata) = 'object'::text));
 alter table <app>.human_tasks add constraint human_tasks_pkey PRIMARY KEY (job_id, id);
 alter table <app>.human_tasks add constraint human_tasks_status CHECK ((status = ANY (ARRAY['open'::text, 'claimed'::text, 'resolved'::text, 'expired'::text, 'cancelled'::text])));
@@ -278,6 +287,7 @@ alter table <app>.threads add constraint threads_pkey PRIMARY KEY (job_id, threa
 alter table <app>.threads add constraint threads_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text])));
 
 -- indexes
+CREATE UNIQUE INDEX human_roles_pkey ON <app>.human_roles USING btree (role);
 CREATE INDEX human_tasks_due ON <app>.human_tasks USING btree (due_at) WHERE ((status = ANY (ARRAY['open'::text, 'claimed'::text])) AND (due_at IS NOT NULL));
 CREATE INDEX human_tasks_id ON <app>.human_tasks USING btree (id);
 CREATE INDEX human_tasks_inbox ON <app>.human_tasks USING btree (role, priority DESC, COALESCE(due_at, 'infinity'::timestamp with time zone), id) WHERE (status = ANY (ARRAY['open'::text, 'claimed'::text]));
@@ -322,6 +332,7 @@ CREATE INDEX tasks_rank ON <app>.tasks USING btree (task_queue, key_rank) WHERE 
 CREATE INDEX tasks_running ON <app>.tasks USING btree (task_queue, concurrency_key) WHERE (state = 'leased'::text);
 CREATE INDEX tasks_timeout_at ON <app>.tasks USING btree (timeout_at) WHERE (timeout_at IS NOT NULL);
 CREATE UNIQUE INDEX threads_pkey ON <app>.threads USING btree (job_id, thread);
+CREATE INDEX threads_timeout_at ON <app>.threads USING btree (timeout_at) WHERE ((timeout_at IS NOT NULL) AND (status = 'running'::text));
 
 -- sequences
 create sequence <app>.human_tasks_id_seq as bigint increment 1 minvalue 1 maxvalue 9223372036854775807 start 1 cache 1 owned by <app>.human_tasks.id;
@@ -468,7 +479,7 @@ create function <app>._begin_step(p_task <app>.tasks, p_seq integer, p_kind text
     language plpgsql volatile;
 create function <app>._bucket_tokens(p_rate integer, p_per interval, p_tokens double precision, p_refilled_at timestamp with time zone, p_now timestamp with time zone) returns double precision
     language sql immutable;
-create function <app>._cancel_human_tasks(p_job_ids text[], p_skip_locked boolean) returns void
+create function <app>._cancel_human_tasks(p_job_ids text[], p_skip_locked boolean, p_thread text DEFAULT NULL::text) returns void
     language plpgsql volatile;
 create function <app>._check_assignee(p_task <app>.human_tasks, p_who text, p_what text) returns void
     language plpgsql immutable;
@@ -476,6 +487,8 @@ create function <app>._check_concurrency_key(p_key text) returns void
     language plpgsql immutable;
 create function <app>._check_form(p_schema jsonb, p_at text DEFAULT '$'::text) returns void
     language plpgsql immutable;
+create function <app>._check_human_role(p_role text) returns void
+    language plpgsql stable;
 create function <app>._check_lease(p_lease interval) returns void
     language plpgsql immutable;
 create function <app>._check_limit(p_what text, p_value integer) returns void
@@ -516,7 +529,7 @@ create function <app>._defer_step(p_task <app>.tasks, p_seq integer) returns jso
 create function <app>._delete_jobs(p_ids text[]) returns void
     language sql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>._deliver(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb DEFAULT NULL::jsonb) returns jsonb
+create function <app>._deliver(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb DEFAULT NULL::jsonb, p_sender text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile;
 create function <app>._drop_view_unless(p_view text, p_columns text[]) returns void
     language plpgsql volatile security definer
@@ -559,7 +572,7 @@ create function <app>._error_json(p_sqlstate text, p_message text, p_type text) 
     language sql immutable;
 create function <app>._every(p_spec text) returns interval
     language plpgsql immutable;
-create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb) returns jsonb
+create function <app>._fill_wait(p_signal_id text, p_workflow_id text, p_payload jsonb, p_error jsonb, p_sender text DEFAULT NULL::text) returns jsonb
     language plpgsql volatile;
 create function <app>._final_error(p_policy jsonb, p_attempt integer, p_error jsonb) returns jsonb
     language sql stable;
@@ -652,6 +665,8 @@ create function <app>._run_deadline(p_close_at timestamp with time zone, p_start
     language sql immutable;
 create function <app>._run_started_at(p_job <app>.jobs) returns timestamp with time zone
     language sql stable;
+create function <app>._schedule_activity(p_task <app>.tasks, p_seq integer, p_name text, p_args jsonb, p_task_queue text, p_retry_policy jsonb, p_concurrency_key text) returns jsonb
+    language plpgsql volatile;
 create function <app>._schedule_busy(p_schedule <app>.schedules) returns boolean
     language sql stable;
 create function <app>._schedule_due(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns timestamp with time zone
@@ -672,6 +687,10 @@ create function <app>._settle_parent(p_child <app>.jobs) returns void
     language plpgsql volatile;
 create function <app>._settle_step(p_task <app>.tasks, p_seq integer, p_output jsonb, p_error jsonb) returns jsonb
     language plpgsql volatile;
+create function <app>._signal(p_signal_id text, p_payload jsonb, p_workflow_id text, p_idempotency_key text, p_sender text) returns jsonb
+    language plpgsql volatile;
+create function <app>._signal_human_task(p_wait <app>.steps, p_payload jsonb, p_error jsonb, p_sender text) returns void
+    language plpgsql volatile;
 create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns bigint
     language sql stable;
 create function <app>._start_batch(p_plans jsonb[]) returns text[]
@@ -688,11 +707,17 @@ create function <app>._start_run(p_schedule <app>.schedules, p_fire_at timestamp
     language plpgsql volatile;
 create function <app>._step_json(p_step <app>.steps) returns jsonb
     language sql stable;
+create function <app>._stop_thread(p_job_id text, p_thread text, p_error jsonb) returns boolean
+    language plpgsql volatile;
 create function <app>._stop_workflow(p_workflow_id text, p_to text, p_error jsonb, p_reason text, p_descend boolean, p_ignore_finished boolean) returns text[]
+    language plpgsql volatile;
+create function <app>._suspend(p_task <app>.tasks) returns timestamp with time zone
     language plpgsql volatile;
 create function <app>._time_out_jobs(p_now timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._time_out_tasks(p_now timestamp with time zone) returns void
+    language plpgsql volatile;
+create function <app>._time_out_threads(p_now timestamp with time zone) returns void
     language plpgsql volatile;
 create function <app>._timeout_error(p_task <app>.tasks, p_now timestamp with time zone) returns jsonb
     language sql stable;
@@ -846,7 +871,7 @@ create function <app>.heartbeat(p_task_ids bigint[], p_tokens uuid[], p_lease in
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
-create function <app>.hook(p_workflow_id text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_signal_id text DEFAULT NULL::text) returns text
+create function <app>.hook(p_workflow_id text, p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_signal_id text DEFAULT NULL::text, p_options jsonb DEFAULT NULL::jsonb) returns text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.list_human_tasks(role text DEFAULT NULL::text, assignee text DEFAULT NULL::text, status text DEFAULT NULL::text, type text DEFAULT NULL::text, metadata jsonb DEFAULT NULL::jsonb, max_rows integer DEFAULT 50, after bigint DEFAULT NULL::bigint) returns SETOF <app>.human_tasks
@@ -940,12 +965,12 @@ create function <app>.set_setting(p_key text, p_value jsonb) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.signal(p_signal_id text, p_payload jsonb DEFAULT 'null'::jsonb, p_workflow_id text DEFAULT NULL::text, p_idempotency_key text DEFAULT NULL::text) returns jsonb
-    language plpgsql volatile security definer
+    language sql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.start_child(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_entity text, p_options jsonb, p_await boolean) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.start_hook(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_signal_id text) returns jsonb
+create function <app>.start_hook(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_signal_id text, p_options jsonb DEFAULT NULL::jsonb) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.start_tasks(p_task_ids bigint[], p_tokens uuid[], p_lease interval) returns bigint[]
@@ -960,6 +985,11 @@ create function <app>.start_workflows(p_items jsonb) returns text[]
     set search_path = <app>, pg_temp;
 create function <app>.suspend_task(p_task_id bigint, p_token uuid) returns timestamp with time zone
     language plpgsql volatile security definer
+    set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
+create function <app>.suspend_tasks(p_items jsonb) returns jsonb
+    language plpgsql volatile security definer
+    set enable_seqscan = off
     set plan_cache_mode = force_generic_plan
     set search_path = <app>, pg_temp;
 create function <app>.trigger_schedule(p_schedule_id text) returns text
@@ -1125,8 +1155,8 @@ grant execute on function <app>.get_workflow(text) to <app>_app;
 grant execute on function <app>.get_workflow(text) to <app>_reader;
 grant execute on function <app>.get_workflow(text) to <app>_worker;
 grant execute on function <app>.heartbeat(bigint[],uuid[],interval) to <app>_worker;
-grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_app;
-grant execute on function <app>.hook(text,text,jsonb,text,text) to <app>_worker;
+grant execute on function <app>.hook(text,text,jsonb,text,text,jsonb) to <app>_app;
+grant execute on function <app>.hook(text,text,jsonb,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_app;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_reader;
 grant execute on function <app>.list_human_tasks(text,text,text,text,jsonb,integer,bigint) to <app>_reviewer;
@@ -1165,13 +1195,14 @@ grant execute on function <app>.send_signal(bigint,uuid,integer,text,jsonb,text)
 grant execute on function <app>.signal(text,jsonb,text,text) to <app>_app;
 grant execute on function <app>.signal(text,jsonb,text,text) to <app>_worker;
 grant execute on function <app>.start_child(bigint,uuid,integer,text,jsonb,text,text,text,jsonb,boolean) to <app>_worker;
-grant execute on function <app>.start_hook(bigint,uuid,integer,text,jsonb,text,text,text) to <app>_worker;
+grant execute on function <app>.start_hook(bigint,uuid,integer,text,jsonb,text,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.start_tasks(bigint[],uuid[],interval) to <app>_worker;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_app;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.start_workflows(jsonb) to <app>_app;
 grant execute on function <app>.start_workflows(jsonb) to <app>_worker;
 grant execute on function <app>.suspend_task(bigint,uuid) to <app>_worker;
+grant execute on function <app>.suspend_tasks(jsonb) to <app>_worker;
 grant execute on function <app>.trigger_schedule(text) to <app>_app;
 grant execute on function <app>.trigger_schedule(text) to <app>_worker;
 grant execute on function <app>.update_schedule(text,text,text,jsonb,text,jsonb) to <app>_app;

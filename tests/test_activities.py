@@ -101,6 +101,37 @@ async def test_remote_activity_on_another_queue(mf: MemFlow, remote: MemFlow, db
     assert db.one("select count(*) from tasks") == 0
 
 
+async def test_remote_calls_go_with_the_suspension_a_bad_one_fails_alone(
+    mf: MemFlow, remote: MemFlow, db: Any
+) -> None:
+    """An activation's remote calls are sent with its suspension (suspend_tasks); when the
+    engine refuses one (a task queue name too long), nothing of that batch is kept and the
+    activation runs again sending each call alone: only the bad call fails, where it was made."""
+
+    def lookup(key: str) -> str:
+        return key.upper()
+
+    async def fans() -> Any:
+        good = workflow.proxy_activities(task_queue="elsewhere")
+        bad = workflow.proxy_activities(task_queue="x" * 300)
+        first = asyncio.ensure_future(good.lookup("a"))
+        try:
+            await bad.lookup("b")
+        except HotMeshError as error:
+            refused = type(error).__name__
+        return [await first, await good.lookup("c"), refused]
+
+    await remote.worker.register_activities(task_queue="elsewhere", activities=[lookup])
+    await mf.worker.create(task_queue="q", workflow=fans)
+    handle = await mf.workflow.start(workflow_name="fans", task_queue="q", workflow_id="fans")
+    assert await handle.result(timeout=20) == ["A", "C", "InvalidArgument"]
+    # Step 2 (the refused call) was never recorded; 1 and 3 went through the queue.
+    assert steps_of(db, "fans") == [
+        (1, "activity", "lookup", "completed", 1),
+        (3, "activity", "lookup", "completed", 1),
+    ]
+
+
 async def test_many_remote_activity_workflows_none_stuck(
     mf: MemFlow, remote: MemFlow, db: Any
 ) -> None:

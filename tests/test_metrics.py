@@ -9,10 +9,12 @@ import socket
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from psycopg.conninfo import make_conninfo
 
 from helpers import SQL, until
 from hotmesh import MemFlow, workflow
@@ -94,6 +96,32 @@ async def test_worker_counts_what_it_does(measured: tuple[MemFlow, WorkerMetrics
     assert value(metrics, "hotmesh_tasks_retried_total", queue="mq", kind="activity") == 1
     assert value(metrics, "hotmesh_tasks_failed_total", queue="mq", kind="activity") == 1
     assert value(metrics, "hotmesh_tasks_failed_total", queue="mq", kind="workflow") == 1
+
+
+async def test_schedule_to_start_on_the_engine_clock(app: str, dsn: str) -> None:
+    """A task due an hour before a worker claims it (its clock, the engine's, is an hour on)
+    is observed as an hour's wait; the tasks it then makes wait next to nothing."""
+    starter = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
+    try:
+        handle = await starter.workflow.start(workflow_name="counted", args=[1], task_queue="sq")
+    finally:
+        await starter.close()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    clocked = make_conninfo(dsn, options=f"-c hotmesh.fake_now={later.isoformat()}")
+    mf = await MemFlow.init(app_id=app, dsn=clocked, migrate=False)
+    metrics = WorkerMetrics(CollectorRegistry())
+    mf.registry.metrics = metrics
+    try:
+        await mf.worker.create(task_queue="sq", workflow=counted)
+        assert await mf.workflow.get_handle(handle.workflow_id).result(timeout=20) == 4
+    finally:
+        await mf.close(grace=2.0)
+    name = "hotmesh_schedule_to_start_seconds"
+    # The first activation waited the hour, the second (woken by the activity) did not.
+    assert value(metrics, f"{name}_count", queue="sq", kind="workflow") == 2
+    assert value(metrics, f"{name}_sum", queue="sq", kind="workflow") >= 3600
+    assert value(metrics, f"{name}_bucket", queue="sq", kind="workflow", le="900.0") == 1
+    assert value(metrics, f"{name}_count", queue="sq", kind="activity") == 1
 
 
 def test_served_on_metrics_and_a_port_in_use_is_a_clear_error() -> None:

@@ -1,7 +1,7 @@
 """Timeouts and start options end to end (docs/timeouts.md, docs/python-api.md): a hung
 activity that keeps heartbeating is failed by start_to_close and runs again on another worker;
-heartbeat_timeout; a workflow's execution_timeout (596) raised in its parent; and each start
-option: id_reuse, idempotency_key, debounce, start_at / start_in, search."""
+heartbeat_timeout; a workflow's execution_timeout (596) raised in its parent, a hook's in its
+caller; and each start option: id_reuse, idempotency_key, debounce, start_at / start_in, search."""
 
 from __future__ import annotations
 
@@ -112,6 +112,53 @@ async def test_execution_timeout_fails_the_child_in_its_parent(mf: MemFlow, db: 
         'workflow "slow-child" did not finish within its execution_timeout of 00:00:00.5'
     )
     assert db.one("select status from jobs where id = 'slow-child'") == "failed"
+
+
+async def test_hook_execution_timeout_ends_the_hook_not_the_workflow(mf: MemFlow, db: Any) -> None:
+    async def stuck() -> None:
+        await workflow.wait_for("never")
+
+    async def host() -> Any:
+        try:
+            await workflow.exec_hook(workflow_name="stuck", execution_timeout=0.5)
+        except TimeoutFailure as error:
+            return [error.code, error.message]
+
+    await mf.worker.create(task_queue="q", workflow=[stuck, host])
+    handle = await mf.workflow.start(workflow_name="host", task_queue="q")
+    code, message = await handle.result(timeout=30)
+    assert code == 596
+    assert message == (
+        f'hook "stuck" (thread h1 of workflow "{handle.workflow_id}") did not finish within '
+        "its execution_timeout of 00:00:00.5"
+    )
+    assert db.rows("select thread, status from threads where job_id = %s", handle.workflow_id) == [
+        ("h1", "failed")
+    ]
+
+
+async def test_hook_from_outside_takes_execution_timeout(mf: MemFlow, db: Any) -> None:
+    async def waiter() -> str:
+        return str(await workflow.wait_for("go"))
+
+    await mf.worker.create(task_queue="q", workflow=[waiter])
+    handle = await mf.workflow.start(workflow_name="waiter", task_queue="q")
+    with pytest.raises(InvalidArgument, match="execution_timeout must be a number of seconds"):
+        await mf.workflow.hook(
+            workflow_id=handle.workflow_id, workflow_name="waiter", execution_timeout=0.0001
+        )
+    thread = await mf.workflow.hook(
+        workflow_id=handle.workflow_id, workflow_name="waiter", execution_timeout="1s"
+    )
+    await until(
+        lambda: db.one(
+            "select status from threads where job_id = %s and thread = %s",
+            handle.workflow_id, thread,
+        ) == "failed",
+        "the hook to time out",
+    )  # fmt: skip
+    await mf.workflow.signal("go", "on", workflow_id=handle.workflow_id)
+    assert await handle.result(timeout=30) == "on"
 
 
 # ------------------------------------------------------------------------- start options

@@ -176,6 +176,8 @@ class StartHook(Command):
     task_queue: str | None = None
     workflow_id: str | None = None
     signal_id: str | None = None
+    # {"execution_timeout": seconds}; not part of the recorded input (as a child's options).
+    options: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:

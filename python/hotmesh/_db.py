@@ -55,6 +55,7 @@ class ActivityPayload(TypedDict, total=False):
     args: list[Any]
     retry_policy: dict[str, Any]
     traceparent: str
+    schedule_to_start: float  # seconds it was due before its claim (absent: none)
 
 
 class ActivationPayload(TypedDict, total=False):
@@ -64,6 +65,7 @@ class ActivationPayload(TypedDict, total=False):
     build_id: str
     run: int
     traceparent: str  # the workflow's trace context (docs/tracing.md)
+    schedule_to_start: float  # seconds it was due before its claim (absent: none)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,12 @@ class Claimed:
         """The W3C trace context of the workflow (`jobs.traceparent`), when it has one."""
         found = self.payload.get("traceparent") if self.payload else None
         return found if isinstance(found, str) else None
+
+    @property
+    def schedule_to_start(self) -> float:
+        """Seconds the task was due before its claim took it, on the engine's clock."""
+        waited = self.payload.get("schedule_to_start") if self.payload else None
+        return float(waited) if isinstance(waited, int | float) else 0.0
 
     @property
     def run(self) -> int:
@@ -232,7 +240,6 @@ _STATEMENTS = {
     "complete_task": "select {}.complete_task(%(task_id)s::bigint, %(token)s::uuid,"
     " %(result)s::jsonb)",
     "fail_task": "select {}.fail_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
-    "suspend_task": "select {}.suspend_task(%(task_id)s::bigint, %(token)s::uuid)",
     "continue_task": "select {}.continue_task(%(task_id)s::bigint, %(token)s::uuid,"
     " %(args)s::jsonb)",
     "bury_task": "select {}.bury_task(%(task_id)s::bigint, %(token)s::uuid, %(error)s::jsonb)",
@@ -289,7 +296,7 @@ _STATEMENTS = {
     "signal": "select {}.signal(%(signal_id)s::text, %(payload)s::jsonb, %(workflow_id)s::text,"
     " %(idempotency_key)s::text)",
     "hook": "select {}.hook(%(workflow_id)s::text, %(workflow_name)s::text, %(args)s::jsonb,"
-    " %(task_queue)s::text, %(signal_id)s::text)",
+    " %(task_queue)s::text, %(signal_id)s::text, %(options)s::jsonb)",
     "cancel_workflow": "select {}.cancel_workflow(%(workflow_id)s::text, %(reason)s::text,"
     " %(descend)s::boolean, %(ignore_finished)s::boolean)",
     "wait_signal": "select {}.wait_signal(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
@@ -303,11 +310,12 @@ _STATEMENTS = {
     " %(entity)s::text, %(options)s::jsonb, %(wait)s::boolean)",
     "start_hook": "select {}.start_hook(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(workflow_name)s::text, %(args)s::jsonb, %(task_queue)s::text, %(workflow_id)s::text,"
-    " %(signal_id)s::text)",
+    " %(signal_id)s::text, %(options)s::jsonb)",
     "record_patch": "select {}.record_patch(%(task_id)s::bigint, %(token)s::uuid,"
     " %(seq)s::integer, %(patch_id)s::text, %(deprecated)s::boolean)",
     "record_steps": "select {}.record_steps(%(items)s::jsonb)",
     "complete_tasks": "select {}.complete_tasks(%(items)s::jsonb)",
+    "suspend_tasks": "select {}.suspend_tasks(%(items)s::jsonb)",
     "cancel_step": "select {}.cancel_step(%(task_id)s::bigint, %(token)s::uuid, %(seq)s::integer,"
     " %(workflow_id)s::text, %(reason)s::text, %(descend)s::boolean)",
     # -- operations: the views and functions of sql/70_views.sql and sql/71_retention.sql
@@ -404,6 +412,12 @@ def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
+def _next_run(answer: dict[str, Any]) -> datetime | None:
+    """suspend_tasks' answer for an item: when its thread runs next."""
+    value = answer.get("next_run")
+    return None if value is None else datetime.fromisoformat(value)
+
+
 def _held(task: Claimed, seq: int) -> dict[str, object]:
     """The parameters every durable call of an activation starts with: its task, the lease
     token that proves the task is still held (fencing), and the call's step number."""
@@ -451,6 +465,26 @@ class _Completion(TypedDict):
     task_id: int
     token: str
     result: Any
+
+
+class ActivityCall(TypedDict):
+    """An activity call an activation sends through its queue with its suspension (the
+    arguments of schedule_activity)."""
+
+    seq: int
+    name: str
+    args: list[Any]
+    task_queue: str
+    retry_policy: dict[str, Any] | None
+    concurrency_key: str | None
+
+
+class _Suspension(TypedDict):
+    """An item of suspend_tasks."""
+
+    task_id: int
+    token: str
+    schedules: list[ActivityCall]
 
 
 class _StepOutcome(TypedDict):
@@ -581,7 +615,7 @@ WORKER_CALLS = frozenset(
         "complete_task",
         "complete_tasks",
         "fail_task",
-        "suspend_task",
+        "suspend_tasks",
         "continue_task",
         "bury_task",
         "heartbeat",
@@ -641,6 +675,9 @@ class Database:
         )
         self._completions: _GroupCommit[_Completion, None] = _GroupCommit(
             self._complete_one, self._complete_many
+        )
+        self._suspensions: _GroupCommit[_Suspension, datetime | None] = _GroupCommit(
+            self._suspend_one, self._suspend_many
         )
         # The pool's connections that already run with the lock_timeout (set once each).
         self._bounded: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
@@ -819,10 +856,26 @@ class Database:
         params = {"task_id": task.task_id, "token": task.lease_token, "error": Jsonb(error)}
         return FailOutcome.from_json(await self._value("fail_task", params))
 
-    async def suspend_task(self, task: Claimed) -> datetime | None:
-        params = {"task_id": task.task_id, "token": task.lease_token}
-        value = await self._value("suspend_task", params)
-        return value if isinstance(value, datetime) else None
+    async def suspend_task(
+        self, task: Claimed, schedules: Sequence[ActivityCall] = ()
+    ) -> datetime | None:
+        """Suspend an activation, first sending the activity calls it made through their
+        queues; concurrent suspensions share one transaction (group commit). When the thread
+        runs next: None when something it awaits is recorded."""
+        return await self._suspensions.submit(
+            {"task_id": task.task_id, "token": str(task.lease_token), "schedules": [*schedules]}
+        )
+
+    async def _suspend_one(self, item: _Suspension) -> datetime | None:
+        answer = (await self._value("suspend_tasks", {"items": Jsonb([item])}))[0]
+        error = ItemError.from_json(answer)
+        if error is not None:
+            raise error.exception()
+        return _next_run(answer)
+
+    async def _suspend_many(self, items: list[_Suspension]) -> list[datetime | ItemError | None]:
+        answers = await self._value("suspend_tasks", {"items": Jsonb(items)})
+        return [ItemError.from_json(a) or _next_run(a) for a in answers]
 
     async def continue_task(self, task: Claimed, args: list[Any]) -> int | None:
         """End the run and start the next one with `args`: the new run's number, or None
@@ -937,6 +990,7 @@ class Database:
         args: list[Any],
         task_queue: str | None,
         signal_id: str | None,
+        options: dict[str, Any] | None = None,
     ) -> str:
         params = {
             "workflow_id": workflow_id,
@@ -944,6 +998,7 @@ class Database:
             "args": Jsonb(args),
             "task_queue": task_queue,
             "signal_id": signal_id,
+            "options": None if options is None else Jsonb(options),
         }
         return str(await self._value("hook", params))
 
@@ -1009,6 +1064,7 @@ class Database:
         task_queue: str | None,
         workflow_id: str | None,
         signal_id: str | None,
+        options: dict[str, Any] | None = None,
     ) -> RecordedStep:
         params = {
             **_held(task, seq),
@@ -1017,6 +1073,7 @@ class Database:
             "task_queue": task_queue,
             "workflow_id": workflow_id,
             "signal_id": signal_id,
+            "options": None if options is None else Jsonb(options),
         }
         return await self._step("start_hook", params)
 

@@ -54,7 +54,7 @@ PRIVILEGES_FILE = "99_grants.sql"
 # The worker protocol of this package: the functions its worker calls, with their arguments,
 # results and meaning (sql/05_version.sql says which protocols an engine serves). 0 is the
 # release before engine_version() existed.
-WORKER_PROTOCOL = 3
+WORKER_PROTOCOL = 4
 # The migrate's connection, as pg_stat_activity shows it.
 APPLICATION_NAME = "hotmesh migrate"
 log = logging.getLogger("hotmesh.install")

@@ -295,6 +295,12 @@ class Activation:
         self.last_recorded = max(self.history, default=0)
         self.seq = 0
         self.pending: list[_Call] = []
+        # Calls whose outcome is not recorded yet (an activity through its queue, a timer, a
+        # signal wait), and the status of every step this activation knows of: what a
+        # resume() from the sticky cache checks the next claim's history against.
+        self.waiting: dict[int, _Call] = {}
+        self.known: dict[int, str] = {s.seq: s.status for s in task.steps or ()}
+        self.main: asyncio.Task[Any] | None = None
         self.fault: errors.NonDeterminismError | None = None
         self.patches: dict[str, bool] = {}  # patched()'s answers: the same all run long
         self.interceptors = tuple(interceptors)
@@ -407,6 +413,8 @@ class Activation:
                 self.fault = errors.NonDeterminismError(fault)
                 return future
             if not _apply(future, step):
+                if not future.done():
+                    self.waiting[seq] = _Call(seq, command, future)
                 return future
         self.pending.append(_Call(seq, command, future))
         return future
@@ -419,13 +427,65 @@ class Activation:
         future.set_exception(error)
         return future
 
-    async def run(self) -> Outcome:
-        """Run the thread until it returns, raises or waits on something outside."""
-        token = current.set(self)
+    async def run(self, keep: bool = False) -> Outcome:
+        """Run the thread until it returns, raises or waits on something outside. With
+        `keep`, an activation that suspends stays alive (its coroutines wait where they are)
+        for resume(); close() ends it."""
+        if self.main is None:
+            token = current.set(self)
+            try:
+                self.main = self.loop.create_task(self._body())
+            finally:
+                current.reset(token)
+        outcome: Outcome | None = None
         try:
-            main = self.loop.create_task(self._body())
+            outcome = await self._drive(self.main)
+            return outcome
         finally:
-            current.reset(token)
+            if not (keep and isinstance(outcome, Suspended) and self.perform is not None):
+                self.loop.close()
+
+    def close(self) -> None:
+        """End a kept activation: its coroutines are closed, nothing they ask is performed."""
+        self.loop.close()
+
+    def resume(self, task: Thread, perform: Perform) -> bool:
+        """Take up a kept (suspended) activation for the thread's next claim: True when the
+        claim's history is what this activation recorded, with only outcomes of the calls it
+        waits for added (each checked against its call, and settled); False, changing
+        nothing, when anything else differs (another worker advanced the thread, a retry or
+        a new run started): the caller then replays from the history."""
+        old = self.task
+        steps = {s.seq: s for s in task.steps or ()}
+        if (
+            (task.job_id, task.thread, task.run, task.job_attempt)
+            != (old.job_id, old.thread, old.run, old.job_attempt)
+            or steps.keys() != self.known.keys()
+            or any(
+                step.status != self.known[seq]
+                for seq, step in steps.items()
+                if seq not in self.waiting
+            )
+        ):
+            return False
+        for seq, call in self.waiting.items():
+            step = steps[seq]
+            if step.status != self.known[seq] and divergence(
+                step, call.command, task.job_id, task.thread, self.check_input, task.run
+            ):
+                return False  # cannot happen for a call it recorded itself; replay says why
+        self.task, self.perform, self.history = task, perform, steps
+        self.known = {seq: step.status for seq, step in steps.items()}
+        self.last_recorded = max(steps, default=0)
+        for seq, call in list(self.waiting.items()):
+            if _apply(call.future, steps[seq]):
+                self.pending.append(call)  # an inline retry now due: performed again
+                del self.waiting[seq]
+            elif call.future.done():
+                del self.waiting[seq]
+        return True
+
+    async def _drive(self, main: asyncio.Task[Any]) -> Outcome:
         running: dict[asyncio.Task[RecordedStep], _Call] = {}
         try:
             while True:
@@ -453,12 +513,14 @@ class Activation:
                     except errors.InvalidArgument as error:
                         call.future.set_exception(error)  # a bad call fails only itself
                         continue
+                    self.known[call.seq] = step.status
                     if _apply(call.future, step):
                         self.pending.append(call)
+                    elif not call.future.done():
+                        self.waiting[call.seq] = call
         finally:
             for leftover in running:
                 leftover.cancel()
-            self.loop.close()
 
     async def _body(self) -> Any:
         # Called inside the task, so a call that fails at once (wrong number of arguments)

@@ -33,6 +33,7 @@ from hotmesh.client import MemFlow
 from hotmesh.errors import DatabaseUnreachable, HotMeshError, SchemaMismatch
 from hotmesh.interceptors import Interceptor
 from hotmesh.rows import HistoryEntry, HumanTask
+from hotmesh.worker import STICKY_CACHE
 
 _STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -115,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a function, or a dict/list of functions, to serve as activities on the queue",
     )
     worker.add_argument("--concurrency", type=_positive, default=8, help="tasks run at once (8)")
+    worker.add_argument(
+        "--sticky-cache",
+        type=int,
+        default=STICKY_CACHE,
+        help=f"suspended workflows kept to resume without replay ({STICKY_CACHE}; 0: none)",
+    )
     worker.add_argument("--lease", type=float, default=30.0, help="lease seconds (30)")
     worker.add_argument(
         "--prefetch",
@@ -587,6 +594,7 @@ async def _worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         lease=args.lease,
         build_id=args.build_id,
+        sticky_cache=args.sticky_cache,
         prefetch=args.prefetch,
     )
     names = ", ".join([fn.__name__ for fn in workflows] + sorted(activities))

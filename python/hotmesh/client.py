@@ -46,7 +46,7 @@ from hotmesh.rows import (
     WorkflowDescription,
     WorkflowSummary,
 )
-from hotmesh.worker import Registry, Worker, check_build_id, default_build_id
+from hotmesh.worker import STICKY_CACHE, Registry, Worker, check_build_id, default_build_id
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
 if TYPE_CHECKING:
@@ -535,14 +535,19 @@ class WorkflowClient:
         args: Iterable[Any] = (),
         task_queue: str | None = None,
         signal_id: str | None = None,
+        execution_timeout: Duration | None = None,
     ) -> str:
-        """Start a hook in a running workflow from outside; returns the hook's thread."""
+        """Start a hook in a running workflow from outside; returns the hook's thread. With
+        `execution_timeout`, the engine ends the hook failed (596) when it runs longer."""
         try:
             arguments = encode_args(args, f"the args of hook {workflow_name}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
         arguments = self._mf.payloads.encode_args(arguments)
-        return await self._mf._db.hook(workflow_id, workflow_name, arguments, task_queue, signal_id)
+        options = start_options(execution_timeout=execution_timeout) or None
+        return await self._mf._db.hook(
+            workflow_id, workflow_name, arguments, task_queue, signal_id, options
+        )
 
     def get_handle(self, workflow_id: str) -> Handle:
         """The Handle of an existing workflow (no query: status() and result() check)."""
@@ -674,6 +679,7 @@ class WorkerFactory:
         lease: float = 30.0,
         build_id: str | None = None,
         interceptors: Iterable[Interceptor] | None = None,
+        sticky_cache: int = STICKY_CACHE,
         prefetch: int = 64,
     ) -> Worker:
         """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
@@ -681,6 +687,8 @@ class WorkerFactory:
         `build_id` names this code version: each activation records it (`workflows.build_id`);
         by default a digest of the source of the queue's workflow functions. `interceptors`
         wrap the queue's workflows and activities, inside the client's (docs/interceptors.md).
+        `sticky_cache`: how many suspended workflows the worker keeps in memory to resume
+        without replay when it is woken again (0: always replay; docs/performance.md).
         `prefetch`: how many tasks the worker may claim ahead of its free slots, on a short
         lease until each starts (0: none; docs/performance.md)."""
         if interceptors is not None:
@@ -697,7 +705,7 @@ class WorkerFactory:
         table = self._mf.registry.workflows.setdefault(task_queue, {})
         table.update({fn.__name__: fn for fn in functions})
         build = check_build_id(build_id) or default_build_id(table.values())
-        return await self._mf._serve(task_queue, concurrency, lease, build, prefetch)
+        return await self._mf._serve(task_queue, concurrency, lease, build, sticky_cache, prefetch)
 
     async def register_activities(
         self,
@@ -811,6 +819,7 @@ class MemFlow:
         concurrency: int,
         lease: float,
         build_id: str | None = None,
+        sticky_cache: int = STICKY_CACHE,
         prefetch: int = 64,
     ) -> Worker:
         worker = self.workers.get(task_queue)
@@ -824,6 +833,7 @@ class MemFlow:
                 concurrency=concurrency,
                 lease=lease,
                 build_id=build_id,
+                sticky_cache=sticky_cache,
                 prefetch=prefetch,
             )
             self.workers[task_queue] = worker

@@ -3,8 +3,8 @@
 Two sources, two kinds of series:
 
 - each worker process counts what it does (`WorkerMetrics`): tasks claimed, completed,
-  failed, retried; activation and activity durations; in-flight tasks; lease losses;
-  reconnects. `hotmesh worker --metrics-port 9464` serves them on /metrics.
+  failed, retried; activation and activity durations; schedule-to-start latency; in-flight
+  tasks; lease losses; reconnects. `hotmesh worker --metrics-port 9464` serves them on /metrics.
 - the database knows what no single worker does (`<app>.metrics`, a view): the backlog per
   queue and kind, the age of the oldest ready task, the tasks running, the workflows waiting.
   `hotmesh metrics` prints them as Prometheus text, `hotmesh metrics --port 9465` serves them:
@@ -80,6 +80,14 @@ class WorkerMetrics:
             "Time to run one attempt of an activity (inline or claimed)",
             ["queue", "activity"],
             buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.schedule_to_start = prom.Histogram(
+            "hotmesh_schedule_to_start_seconds",
+            "How long each task this worker claimed had been due before the claim "
+            "(the engine's clock)",
+            labels,
+            buckets=(*_BUCKETS, 900, 3600),  # a backlog may last longer than a run
             registry=registry,
         )
         self.in_flight = prom.Gauge(

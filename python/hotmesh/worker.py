@@ -29,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,9 +53,17 @@ from hotmesh._commands import (
     StartTimer,
     WaitSignal,
 )
-from hotmesh._db import LOCK_TIMEOUT_MS, Claimed, Database, lock_busy
+from hotmesh._db import LOCK_TIMEOUT_MS, ActivityCall, Claimed, Database, lock_busy
 from hotmesh._log import event, first_line, log_failure, task_fields
-from hotmesh._runner import Activation, Completed, Continued, Failed, Suspended, encode
+from hotmesh._runner import (
+    Activation,
+    Completed,
+    Continued,
+    Diverged,
+    Failed,
+    Suspended,
+    encode,
+)
 from hotmesh.activity import ActivityInfo, run_activity
 from hotmesh.codecs import CodecError, Payloads
 from hotmesh.interceptors import Interceptor
@@ -77,6 +85,11 @@ _GIVE_BACK_AFTER = 1.0
 _BUSY_RETRY_MAX = 5.0  # seconds between tries of an outcome's call that met a held lock
 # How long a process trusts what it read of the queues' limits (Registry.limited).
 _LIMITS_FRESH = 1.0
+# The sticky cache (StickyCache): how many suspended activations a worker keeps by default,
+# and for how long at most (seconds). A remote step's round trip is milliseconds; a workflow
+# woken later than this replays, which costs a few milliseconds once.
+STICKY_CACHE = 256
+STICKY_TTL = 10.0
 # A prefetched task's lease until it starts: how long a worker that died holds it up.
 _PREFETCH_LEASE = 5.0
 # A prefetched task that runs is started in the database (start_tasks) this long after, in
@@ -130,6 +143,51 @@ class Registry:
         return task_queue in self._limited
 
 
+class StickyCache:
+    """A worker's recently suspended activations, by (workflow, thread), kept alive so that
+    when the same worker claims the thread again it resumes where the code waits instead of
+    replaying its whole history (Temporal's sticky execution). Bounded: at most `size`, the
+    least recently used closed first, and none kept longer than `ttl` seconds, so workflows
+    parked for long hold no worker memory. Whether an entry may be used is decided by the
+    claim's history (Activation.resume); anything else replays."""
+
+    def __init__(self, size: int, ttl: float = STICKY_TTL) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._kept: OrderedDict[tuple[str, str], tuple[float, Activation]] = OrderedDict()
+        self.hits = 0  # claims resumed from the cache
+        self.misses = 0  # claims replayed though an entry was kept: the history moved on
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def take(self, key: tuple[str, str]) -> Activation | None:
+        self.expire()
+        kept = self._kept.pop(key, None)
+        return None if kept is None else kept[1]
+
+    def put(self, key: tuple[str, str], act: Activation) -> None:
+        self._kept[key] = (time.monotonic(), act)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)[1][1].close()
+        self.expire()
+
+    def expire(self) -> None:
+        """Close the entries kept longer than the ttl (the oldest are first)."""
+        now = time.monotonic()
+        while self._kept:
+            key, (kept_at, act) = next(iter(self._kept.items()))
+            if now - kept_at < self.ttl:
+                return
+            del self._kept[key]
+            act.close()
+
+    def clear(self) -> None:
+        for _, act in self._kept.values():
+            act.close()
+        self._kept.clear()
+
+
 class Worker:
     """Serves one task queue: workflow activations and activities registered on it."""
 
@@ -143,10 +201,15 @@ class Worker:
         concurrency: int = 8,
         lease: float = 30.0,
         build_id: str | None = None,
+        sticky_cache: int = STICKY_CACHE,
         prefetch: int = 64,
     ) -> None:
         if concurrency < 1:
             raise errors.InvalidArgument(f"concurrency must be >= 1, not {concurrency}")
+        if not (isinstance(sticky_cache, int) and 0 <= sticky_cache <= 1_000_000):
+            raise errors.InvalidArgument(
+                f"sticky_cache must be a whole number from 0 to 1000000, not {sticky_cache!r}"
+            )
         if not (isinstance(prefetch, int) and 0 <= prefetch <= 10_000):
             raise errors.InvalidArgument(f"prefetch must be 0 to 10000, not {prefetch!r:.80}")
         if not 0 < lease <= 86400:
@@ -187,6 +250,7 @@ class Worker:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._checking = asyncio.Lock()
+        self.sticky = StickyCache(sticky_cache)
 
     @property
     def stopping(self) -> bool:
@@ -250,6 +314,7 @@ class Worker:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        self.sticky.clear()
         event(log, logging.INFO, "worker_stop", worker=self.worker_id, queue=self.task_queue)
 
     # -- claiming ------------------------------------------------------------------------
@@ -412,6 +477,9 @@ class Worker:
             if self.registry.metrics is not None:
                 for task in claimed:
                     self.registry.metrics.claimed.labels(task.task_queue, task.kind).inc()
+                    self.registry.metrics.schedule_to_start.labels(
+                        task.task_queue, task.kind
+                    ).observe(task.schedule_to_start)
             # The first `free` rows started; the rest were claimed ahead (prefetched).
             now = asyncio.get_running_loop().time()
             for index, task in enumerate(claimed):
@@ -432,6 +500,7 @@ class Worker:
 
     async def _idle(self) -> None:
         """Sleep until a notification, the next due task or the fallback poll."""
+        self.sticky.expire()
         timeout = _IDLE_POLL
         try:
             due = await self.db.next_due([self.task_queue])
@@ -666,22 +735,31 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BUSY_RETRY_MAX)
 
-    async def _activate(self, task: Claimed) -> None:
+    async def _activate(self, task: Claimed, defer: bool = True) -> None:
         fn = self.registry.workflows.get(task.task_queue, {}).get(task.name)
         if fn is None:
             # Retryable (599): another worker on the queue may know it.
             await self._unregistered(task, "workflow", self.registry.workflows, 599)
             return
-        act = Activation(
-            task,
-            fn,
-            self.registry,
-            _Executor(self.db, task, self.registry),
-            interceptors=self.registry.interceptors_for(task.task_queue),
-        )
+        executor = _Executor(self.db, task, self.registry, defer)
+        interceptors = self.registry.interceptors_for(task.task_queue)
+        key = (task.job_id, task.thread)
+        # Interceptors see every activation run from its start (execute_workflow), so their
+        # workflows are not kept.
+        keep = self.sticky.size > 0 and not interceptors
+        act = self.sticky.take(key)
+        if act is not None and act.fn is fn and act.resume(task, executor):
+            self.sticky.hits += 1
+        else:
+            if act is not None:
+                self.sticky.misses += 1
+                act.close()
+            act = Activation(task, fn, self.registry, executor, interceptors=interceptors)
         began = time.perf_counter()
-        outcome = await act.run()
+        outcome = await act.run(keep=keep)
         self._settling_now()  # only the outcome's call remains
+        if executor.deferred and not isinstance(outcome, Suspended | Diverged):
+            await executor.send_deferred()  # calls it made but did not wait for
         metrics = self.registry.metrics
         if metrics is not None:
             metrics.activation_seconds.labels(task.task_queue, task.name).observe(
@@ -691,7 +769,23 @@ class Worker:
                 metrics.completed.labels(task.task_queue, task.kind).inc()
         fields = {**task_fields(task), "steps": act.seq}
         if isinstance(outcome, Suspended):
-            next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task))
+            calls = executor.deferred
+            try:
+                next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task, calls))
+            except errors.InvalidArgument:
+                act.close()
+                if not calls:
+                    raise
+                # The engine refused one of its calls (bad arguments), and nothing was
+                # recorded: the activation runs again sending each call alone, so that only
+                # the bad call fails, in the code that made it.
+                await self._activate(task, defer=False)
+                return
+            except BaseException:
+                act.close()
+                raise
+            if keep:
+                self.sticky.put(key, act)  # recorded: the next claim may resume it
             event(log, logging.INFO, "suspend", **fields, next_run=next_run)
         elif isinstance(outcome, Completed):
             value = self.registry.payloads.encode(outcome.result)
@@ -824,12 +918,29 @@ class Worker:
 
 class _Executor:
     """Carries out an activation's commands: the one place that maps each command to the
-    stored function that records it (and performs it, or schedules it)."""
+    stored function that records it (and performs it, or schedules it).
 
-    def __init__(self, db: Database, task: Claimed, registry: Registry) -> None:
+    With `defer`, a new call to an activity that runs through its queue is not sent at once:
+    the activation goes on as if it were scheduled, and when it suspends the calls go with its
+    suspension (suspend_tasks): one round trip and one commit for the activation's outcome."""
+
+    def __init__(self, db: Database, task: Claimed, registry: Registry, defer: bool) -> None:
         self.db = db
         self.task = task
         self.registry = registry
+        self.defer = defer
+        self.deferred: list[ActivityCall] = []
+
+    async def send_deferred(self) -> None:
+        """Send the deferred calls one by one: the activation ended without suspending
+        (nobody awaits them; a bad one fails only itself, as when sent at once)."""
+        for call in self.deferred:
+            with contextlib.suppress(errors.InvalidArgument):
+                await self.db.schedule_activity(
+                    self.task, call["seq"], call["name"], call["args"], call["task_queue"],
+                    call["retry_policy"], call["concurrency_key"],
+                )  # fmt: skip
+        self.deferred.clear()
 
     async def __call__(
         self, seq: int, command: Command, recorded: RecordedStep | None
@@ -858,6 +969,13 @@ class _Executor:
                     or (queue != task.task_queue and await self.registry.limited(db, queue))
                 ):
                     fn = None
+                if fn is None and recorded is None and self.defer:
+                    self.deferred.append(
+                        {"seq": seq, "name": name, "args": args, "task_queue": queue,
+                         "retry_policy": command.retry_policy,
+                         "concurrency_key": command.concurrency_key}
+                    )  # fmt: skip
+                    return RecordedStep(seq, "activity", name, "scheduled")
                 if fn is None:
                     return await db.schedule_activity(
                         task, seq, name, args, queue, command.retry_policy,
@@ -901,7 +1019,7 @@ class _Executor:
             case StartHook():
                 return await db.start_hook(
                     task, seq, command.workflow_name, command.args, command.task_queue,
-                    command.workflow_id, command.signal_id,
+                    command.workflow_id, command.signal_id, command.options,
                 )  # fmt: skip
             case StartChild():
                 return await db.start_child(

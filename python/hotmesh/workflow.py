@@ -310,17 +310,23 @@ def hook(
     task_queue: str | None = None,
     workflow_id: str | None = None,
     signal_id: str | None = None,
+    execution_timeout: _durations.Duration | None = None,
 ) -> asyncio.Future[Any]:
     """Start function `workflow_name` (registered on `task_queue`, default this workflow's) as
     a hook: a new thread of workflow `workflow_id` (default this one) that shares its entity.
     Returns {"workflow_id", "thread"} once started. With `signal_id`, the hook's end (its
-    return value or its error) is delivered as that signal unless it signalled it itself."""
+    return value or its error) is delivered as that signal unless it signalled it itself.
+    With `execution_timeout`, the engine ends the hook thread failed (TimeoutFailure, 596)
+    when it runs longer, as it ends a workflow."""
     act = activation("hook")
     try:
         arguments = encode_args(args, f"the args of hook {workflow_name}")
-    except errors.FatalError as error:
+        options = start_options(execution_timeout=execution_timeout) or None
+    except (errors.FatalError, errors.InvalidArgument) as error:
         return act.fail_now(error)
-    return act.call(StartHook(workflow_name, arguments, task_queue, workflow_id, signal_id))
+    return act.call(
+        StartHook(workflow_name, arguments, task_queue, workflow_id, signal_id, options)
+    )
 
 
 async def exec_hook(
@@ -330,19 +336,26 @@ async def exec_hook(
     task_queue: str | None = None,
     signal_id: str | None = None,
     timeout: _durations.Duration | None = None,  # noqa: ASYNC109 - a durable wait's limit
+    execution_timeout: _durations.Duration | None = None,
 ) -> Any:
     """Run a hook in this workflow and wait for it: returns the payload of `signal_id` if the
     hook sends it, else the hook's return value; raises the hook's error if it fails (errors
-    are never swallowed). The default signal id is unique to this call."""
+    are never swallowed). The default signal id is unique to this call. `timeout` bounds
+    this wait only (the hook runs on); `execution_timeout` bounds the hook itself: the engine
+    ends it and this call raises its TimeoutFailure (596)."""
     act = activation("exec_hook")
     sid = signal_id or f"{_position(act)}/hook-{act.upcoming_seq()}"
-    await hook(workflow_name=workflow_name, args=args, task_queue=task_queue, signal_id=sid)
+    await hook(
+        workflow_name=workflow_name, args=args, task_queue=task_queue, signal_id=sid,
+        execution_timeout=execution_timeout,
+    )  # fmt: skip
     return await wait_for(sid, timeout)
 
 
 async def exec_hook_batch(hooks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Run several hooks at once: `[{"key": k, "options": {exec_hook options}}, ...]`
-    (workflow_name, args, task_queue, signal_id, timeout); returns {key: result}. All hooks
+    (workflow_name, args, task_queue, signal_id, timeout, execution_timeout); returns
+    {key: result}. All hooks
     start before any wait; the first hook error (or timeout) raises here."""
     items = [(str(item["key"]), dict(item["options"])) for item in hooks]
     act = activation("exec_hook_batch")
@@ -358,6 +371,7 @@ async def exec_hook_batch(hooks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             args=options.get("args", ()),
             task_queue=options["task_queue"],
             signal_id=sids[-1],
+            execution_timeout=options.get("execution_timeout"),
         )
     results = await asyncio.gather(
         *(wait_for(sid, limit) for sid, limit in zip(sids, limits, strict=True))

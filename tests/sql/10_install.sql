@@ -4,7 +4,7 @@
 begin;
 \ir _preamble.psql
 
-select plan(48);
+select plan(49);
 
 select has_schema(:'app', 'the app schema exists');
 select has_table(:'app', 'schema_migrations', 'schema_migrations');
@@ -71,6 +71,7 @@ from (
     ('complete_task', array['bigint', 'uuid', 'jsonb']),
     ('fail_task', array['bigint', 'uuid', 'jsonb']),
     ('suspend_task', array['bigint', 'uuid']),
+    ('suspend_tasks', array['jsonb']),
     ('bury_task', array['bigint', 'uuid', 'jsonb']),
     ('heartbeat', array['bigint[]', 'uuid[]', 'interval']),
     ('release_tasks', array['bigint[]', 'uuid[]']),

@@ -74,10 +74,11 @@ select results_eq(
     $$
     select
         t.id, 'workflow', 'c-high-a', 'main', null::integer, 'w', 't30-a', 1,
-        '["x", {"y": 1}]'::jsonb, null::jsonb, 'w', 1, null::jsonb
+        '["x", {"y": 1}]'::jsonb, '{"schedule_to_start": 4}'::jsonb, 'w', 1, null::jsonb
     from tasks as t where t.job_id = 'c-high-a'
     $$,
-    'a claimed activation: the task, attempt 1, the workflow''s args, no payload, no steps yet'
+    'a claimed activation: the task, attempt 1, the workflow''s args, no steps yet; its '
+    || 'payload: the 4 s it was due (from 00:00:01) before this claim (at 00:00:05)'
 );
 select results_eq(
     $$

@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(31);
+select plan(37);
 
 -- ------------------------------------------------------------------ suspend: nothing timed
 
@@ -312,6 +312,73 @@ from claim_tasks(array['t33-race'], 'worker-1', 1) as c;
 select is(
     (select status from jobs where id = 'sw-race'), 'running',
     '... and the workflow stays running'
+);
+
+-- ------------------------------------------------------------------ suspend_tasks
+-- An activation's outcome in one call: its activity calls, then its suspension; a batch of
+-- activations in one transaction, a lost lease failing only its item.
+
+create temp table batch on commit drop as
+select * from pg_temp.start_claimed('t33-batch', 'sw-batch');
+select
+    is(
+        suspend_tasks(jsonb_build_array(
+            jsonb_build_object(
+                'task_id', b.task_id, 'token', b.lease_token,
+                'schedules', jsonb_build_array(
+                    jsonb_build_object(
+                        'seq', 1, 'name', 'a', 'args', '[1]'::jsonb,
+                        'task_queue', 't33-batch-acts'
+                    ),
+                    jsonb_build_object(
+                        'seq', 2, 'name', 'b', 'args', '[2]'::jsonb,
+                        'task_queue', 't33-batch-acts',
+                        'retry_policy', '{"maximum_attempts": 1}'::jsonb
+                    )
+                )
+            ),
+            jsonb_build_object('task_id', b.task_id, 'token', gen_random_uuid())
+        )),
+        jsonb_build_array(
+            '{"next_run": null}'::jsonb,
+            _lease_lost_item(b.task_id::text)
+        ),
+        'suspend_tasks: the calls are recorded and the activation suspended; a stale token '
+        'fails only its item'
+    )
+from batch as b;
+select results_eq(
+    $$select seq, kind, name, status, input from steps where job_id = 'sw-batch' order by seq$$,
+    $$values (1, 'activity', 'a', 'scheduled', '[1]'::jsonb),
+             (2, 'activity', 'b', 'scheduled', '[2]'::jsonb)$$,
+    '... both calls recorded as scheduled steps'
+);
+select results_eq(
+    $$select kind, seq, task_queue, payload -> 'retry_policy' ->> 'maximum_attempts'
+        from tasks where job_id = 'sw-batch' order by id$$,
+    $$values ('activity', 1, 't33-batch-acts', '3'), ('activity', 2, 't33-batch-acts', '1')$$,
+    '... their activity tasks queued with their retry policies; the activation''s deleted'
+);
+select is(
+    (select status from jobs where id = 'sw-batch'), 'waiting', '... the workflow waits'
+);
+
+create temp table batch2 on commit drop as
+select * from pg_temp.start_claimed('t33-batch', 'sw-batch2');
+select
+    throws_ok(
+        format($$select suspend_tasks(jsonb_build_array(jsonb_build_object(
+                     'task_id', %s, 'token', %L, 'schedules', '[{"seq": 1, "name": "a",
+                     "args": [], "task_queue": ""}]'::jsonb)))$$, b.task_id, b.lease_token),
+        '22023', 'activity "a": task_queue is required',
+        'a bad call refuses the whole batch'
+    )
+from batch2 as b;
+select is(
+    (select status from jobs where id = 'sw-batch2')
+    || (select count(*)::text from steps where job_id = 'sw-batch2'),
+    'running0',
+    '... and nothing of it changed: the workflow runs, no step is recorded'
 );
 
 select * from finish();

@@ -5,7 +5,7 @@
 begin;
 \ir _preamble.psql
 
-select plan(61);
+select plan(62);
 
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
@@ -317,6 +317,17 @@ select is(
 select is_empty(
     $$select from key_buckets where task_queue = 'l-krate'$$,
     'and the claim dropped the queue''s key buckets'
+);
+
+-- Schedule-to-start through a limited queue: the seconds a task was due before the claim
+-- that admitted it, on the engine's clock.
+set local "hotmesh.fake_now" = '2020-01-02 00:00:00+00';
+select set_queue_limits('l-wait', max_running => 1);
+select start_workflow('w', '[]', 'l-wait', 'wait-34');
+set local "hotmesh.fake_now" = '2020-01-02 00:01:30.25+00';
+select is(
+    (select payload -> 'schedule_to_start' from claim_tasks(array['l-wait'], 'tester', 5)),
+    '90.25'::jsonb, 'an admitted task carries the 90.25 s it was due before its claim'
 );
 
 select * from finish(true);

@@ -3,13 +3,14 @@
 -- the old run is fenced (HM004). heartbeat_timeout restarts only with the activity's own
 -- heartbeat. schedule_to_close bounds every attempt together and is final (596). A
 -- workflow's execution_timeout fails it (596) from pending, running or waiting and cancels its
--- children. Bad timeouts are refused (22023) and change nothing.
+-- children; a hook's ends its thread (596 to its caller) and cancels what it started. Bad
+-- timeouts are refused (22023) and change nothing.
 begin;
 \ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(38);
+select plan(51);
 
 -- A workflow (on its own queue, named after it) whose main activation schedules one activity
 -- with p_policy on t35-a and suspends.
@@ -282,6 +283,107 @@ select is(
     'with its whole execution_timeout again'
 );
 
+-- ------------------------------------------------------------------ a hook's execution_timeout
+
+-- to-h: its main thread starts hook h1 (slow, execution_timeout 10 s) and waits for its
+-- signal; h1 schedules an activity, starts a child and asks a person, then suspends.
+set local "hotmesh.fake_now" = '2020-01-06 00:00:00+00';
+create temp table hook_run (activity_id bigint, activity_token uuid) on commit drop;
+do $$
+declare
+    v_main record;
+    v_hook record;
+begin
+    perform start_workflow('w', '[]', 't35-hm', 'to-h', null, '{"expire": 3600}');
+    select task_id, lease_token into v_main from claim_tasks(array['t35-hm'], 'wf', 1);
+    perform start_hook(v_main.task_id, v_main.lease_token, 1, 'slow', '[]', 't35-hq', null,
+                       'sig-h', '{"execution_timeout": 10}');
+    perform wait_signal(v_main.task_id, v_main.lease_token, 2, 'sig-h', null);
+    perform suspend_task(v_main.task_id, v_main.lease_token);
+    select task_id, lease_token into v_hook from claim_tasks(array['t35-hq'], 'wf', 1);
+    perform schedule_activity(v_hook.task_id, v_hook.lease_token, 1, 'act', '[]', 't35-ha',
+                              '{}');
+    perform start_child(v_hook.task_id, v_hook.lease_token, 2, 'c', '[]', 't35-hc', 'to-h-c',
+                        null, '{}', true);
+    perform ask_human(v_hook.task_id, v_hook.lease_token, 3, 'sig-p',
+                      '{"role": "r", "title": "look"}');
+    perform suspend_task(v_hook.task_id, v_hook.lease_token);
+    insert into hook_run select task_id, lease_token from claim_tasks(array['t35-ha'], 'wa', 1);
+end
+$$;
+select results_eq(
+    $$select thread, status, execution_timeout, timeout_at from threads where job_id = 'to-h'$$,
+    $$values ('h1', 'running', interval '10 seconds', '2020-01-06 00:00:10+00'::timestamptz)$$,
+    'a hook started with an execution_timeout times out that long after its start'
+);
+select is(
+    next_due(array['t35-unrelated']),
+    '2020-01-06 00:00:10+00',
+    'next_due wakes an idle worker for the hook''s timeout'
+);
+set local "hotmesh.fake_now" = '2020-01-06 00:00:09+00';
+do $$ begin perform claim_tasks(array['t35-unrelated'], 'worker-1', 1); end $$;
+select is(
+    (select status from threads where job_id = 'to-h'),
+    'running',
+    'before it the hook runs on'
+);
+set local "hotmesh.fake_now" = '2020-01-06 00:00:10+00';
+do $$ begin perform claim_tasks(array['t35-unrelated'], 'worker-1', 1); end $$;
+select results_eq(
+    $$
+    select status, error ->> 'type', error ->> 'timeout', (error ->> 'code')::integer,
+        completed_at
+    from threads where job_id = 'to-h'
+    $$,
+    $$values ('failed', 'TimeoutFailure', 'execution_timeout', 596,
+              '2020-01-06 00:00:10+00'::timestamptz)$$,
+    'at 10 s a claim ends the hook thread failed with 596 (running -> failed)'
+);
+select results_eq(
+    $$
+    select status, error ->> 'message', (error ->> 'code')::integer
+    from steps where job_id = 'to-h' and thread = 'main' and seq = 2
+    $$,
+    $$values ('failed', 'hook "slow" (thread h1 of workflow "to-h") did not finish within its '
+              || 'execution_timeout of 00:00:10', 596)$$,
+    'the caller''s wait for the hook gets the TimeoutFailure'
+);
+select results_eq(
+    $$select thread, kind from tasks where job_id = 'to-h' order by thread$$,
+    $$values ('main', 'workflow')$$,
+    'the hook''s tasks are removed and the caller is woken'
+);
+select results_eq(
+    $$
+    select (select status from jobs where id = 'to-h'), (select status from jobs where id = 'to-h-c'),
+        (select status from human_tasks where job_id = 'to-h')
+    $$,
+    $$values ('waiting', 'cancelled', 'cancelled')$$,
+    'the workflow runs on; the hook''s child and its human task are cancelled'
+);
+select throws_ok(
+    format($$select complete_task(%s, %L, '"late"')$$, activity_id, activity_token),
+    'HM005',
+    null,
+    'the hook''s activity that finishes later is refused (HM005: its task is gone), not recorded'
+) from hook_run;
+
+-- A hook from SQL with a timeout; its workflow ends first: the hook only loses its deadline.
+do $$
+begin
+    perform hook('to-h', 'quick', '[]', 't35-hq', null, '{"execution_timeout": 30}');
+    perform cancel_workflow('to-h');
+end
+$$;
+set local "hotmesh.fake_now" = '2020-01-06 00:00:40+00';
+do $$ begin perform claim_tasks(array['t35-unrelated'], 'worker-1', 1); end $$;
+select results_eq(
+    $$select status, timeout_at from threads where job_id = 'to-h' and thread = 'h2'$$,
+    $$values ('running', null::timestamptz)$$,
+    'a hook of a workflow that ended is not failed by its timeout, only loses its deadline'
+);
+
 -- ------------------------------------------------------------------ bad input
 
 select throws_ok(
@@ -331,6 +433,37 @@ select is(
     (select count(*)::integer from steps where job_id = 'to-6'),
     0,
     'and records nothing'
+);
+
+do $$
+begin
+    perform start_workflow('w', '[]', 't35-q', 'to-7', null, '{"expire": 60}');
+end
+$$;
+select throws_ok(
+    $$select hook('to-7', 'h', '[]', null, null, '{"execution_timeout": 0.0005}')$$,
+    '22023',
+    'execution_timeout must be a number of seconds from 0.001 (1 ms) to the retention '
+    || '(00:01:00), not 0.0005',
+    'a hook execution_timeout under 1 ms is refused'
+);
+select throws_ok(
+    $$select hook('to-7', 'h', '[]', null, null, '{"execution_timeout": 61}')$$,
+    '22023',
+    'execution_timeout must be a number of seconds from 0.001 (1 ms) to the retention '
+    || '(00:01:00), not 61',
+    'a hook execution_timeout longer than its workflow''s retention is refused'
+);
+select throws_ok(
+    $$select hook('to-7', 'h', '[]', null, null, '{"timeout": 5}')$$,
+    '22023',
+    'unknown option "timeout" of hook "h" (a hook takes execution_timeout)',
+    'an unknown hook option is refused'
+);
+select is(
+    (select count(*)::integer from threads where job_id = 'to-7'),
+    0,
+    'and none of them started a thread'
 );
 
 select * from finish();

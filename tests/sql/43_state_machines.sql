@@ -1,4 +1,4 @@
--- The five state machines (job, task, step, schedule, human task) walked from their one table of legal moves
+-- The six state machines (job, task, step, schedule, human task, hook thread) walked from their one table of legal moves
 -- (_legal_transitions): every legal move is made by the function the table names as its owner,
 -- every illegal one is refused with HM003 naming the row and both states and changes nothing.
 -- Also: an activity whose lease expired on its last attempt is failed by the claim, never
@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(160);
+select plan(170);
 
 -- ------------------------------------------------------------------ the table
 
@@ -17,8 +17,8 @@ select results_eq(
     select machine, count(*)::integer from _legal_transitions()
     group by machine order by machine
     $$,
-    $$values ('human_task', 9), ('job', 12), ('schedule', 2), ('step', 8), ('task', 5)$$,
-    'the table lists 9 human task, 12 job, 2 schedule, 8 step and 5 task moves'
+    $$values ('human_task', 9), ('job', 12), ('schedule', 2), ('step', 8), ('task', 5), ('thread', 3)$$,
+    'the table lists 9 human task, 12 job, 2 schedule, 8 step, 5 task and 3 thread moves'
 );
 
 select is_empty(
@@ -53,14 +53,15 @@ from (
     ('task', array['ready', 'leased', 'dead']),
     ('step', array['scheduled', 'retrying', 'completed', 'failed']),
     ('schedule', array['active', 'paused']),
-    ('human_task', array['open', 'claimed', 'resolved', 'expired', 'cancelled'])
+    ('human_task', array['open', 'claimed', 'resolved', 'expired', 'cancelled']),
+    ('thread', array['running', 'completed', 'failed'])
 ) as m (machine, states)
 cross join lateral unnest(m.states) as f (state)
 cross join lateral unnest(m.states) as t (state);
 
 select is(
-    (select count(*)::integer from pairs), 90,
-    '36 job, 9 task, 16 step, 4 schedule and 25 human task pairs'
+    (select count(*)::integer from pairs), 99,
+    '36 job, 9 task, 16 step, 4 schedule, 25 human task and 9 thread pairs'
 );
 
 select
@@ -389,6 +390,23 @@ select is(
     'the workflow was woken to see the failure'
 );
 
+-- ------------------------------------------------------------------ hook threads
+
+-- _end_thread ends a running hook only: one that already ended keeps its outcome.
+do $$
+begin
+    perform start_workflow('t43', '[]', 't43-q', 't43-hook', null, '{"expire": 60}');
+    perform hook('t43-hook', 'h', '[]');
+    perform _end_thread('t43-hook', 'h1', '"first"', null);
+    perform _end_thread('t43-hook', 'h1', null, '{"message": "late"}');
+end
+$$;
+select results_eq(
+    $$select status, result, error from threads where job_id = 't43-hook'$$,
+    $$values ('completed', '"first"'::jsonb, null::jsonb)$$,
+    'thread: running -> completed through _end_thread; completed -> failed is not made'
+);
+
 -- ------------------------------------------------------------------ human tasks
 
 -- One task per pair, put in its from-state directly; _move_human_task makes the moves it owns
@@ -421,10 +439,15 @@ select
     '2020-01-01 00:00:00+00'::timestamptz as created_at
 from human_pairs as h;
 
+-- Each row rebuilt as a human_tasks row: on a distributed app (docs/citus.md) the query runs
+-- on the table's shard, whose rows have the shard's type.
 select
     is(
         (
-            select (_move_human_task(t, h.to_state, 'tester', '{"event": "x"}')).status
+            select (_move_human_task(
+                jsonb_populate_record(null::human_tasks, to_jsonb(t)),
+                h.to_state, 'tester', '{"event": "x"}'
+            )).status
             from human_tasks as t
             where t.job_id = 't43-human' and t.seq = h.seq
         ),
@@ -438,7 +461,8 @@ order by h.seq;
 select
     throws_ok(
         format(
-            'select _move_human_task(t, %L, %L, %L) from human_tasks as t'
+            'select _move_human_task(jsonb_populate_record(null::human_tasks, to_jsonb(t)),'
+            ' %L, %L, %L) from human_tasks as t'
             ' where t.job_id = %L and t.seq = %s',
             h.to_state, 'tester', '{}', 't43-human', h.seq
         ),

@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(65);
+select plan(75);
 
 create temp table held (
     job_id text primary key,
@@ -381,6 +381,78 @@ select throws_ok(
         pg_temp.task_id('c1')
     ),
     'a cancelled task cannot be resolved'
+);
+
+-- ------------------------------------------------------------------ a plain signal answers
+
+-- signal() to the signal id a task waits on: delivered (a signal is never refused) and the
+-- task resolved in the same transaction, by nobody known, with the payload as its answer.
+select pg_temp.start('g1');
+select pg_temp.ask('g1', 1, '{"role": "approver", "title": "Signalled",
+                              "form": {"type": "object"}}');
+select pg_temp.suspend('g1');
+select claim_human_task(pg_temp.task_id('g1'), 'ann');
+select is(
+    signal('g1-ask-1', '"from a legacy system"') ->> 'status', 'delivered',
+    'a plain signal to the signal id of a claimed task is delivered'
+);
+select results_eq(
+    $$select h.status, h.resolved_by, h.answer, s.status, s.output
+      from human_tasks as h
+      inner join steps as s on s.job_id = h.job_id and s.seq = h.seq where h.job_id = 'g1'$$,
+    $$values ('resolved', null::text, '"from a legacy system"'::jsonb, 'completed',
+              '"from a legacy system"'::jsonb)$$,
+    'and closes the task: resolved, by nobody known, the payload its answer (form not checked)'
+);
+select is(
+    (select (events -> -1) - 'at'::text from human_tasks where job_id = 'g1'),
+    '{"who": null, "event": "resolved", "signal_id": "g1-ask-1"}',
+    'its event names the signal'
+);
+select throws_ok(
+    format('select resolve_human_task(%s, %L, %L)', pg_temp.task_id('g1'), 'ann', '{}'),
+    'HM003', format('human task %s is resolved; it cannot become resolved', pg_temp.task_id('g1')),
+    'a person cannot answer it afterwards'
+);
+
+-- Another workflow's send: the sender is known.
+select pg_temp.start('g2');
+select pg_temp.ask('g2', 1, '{"role": "approver", "title": "Sent to"}');
+select pg_temp.suspend('g2');
+select pg_temp.start('g3');
+select is(
+    (
+        select send_signal(h.task_id, h.token, 1, 'g2-ask-1', '{"ok": true}', 'g2') ->> 'status'
+        from held as h where h.job_id = 'g3'
+    ),
+    'completed', 'a workflow sends the signal'
+);
+select results_eq(
+    $$select status, resolved_by, answer from human_tasks where job_id = 'g2'$$,
+    $$values ('resolved', 'g3', '{"ok": true}'::jsonb)$$,
+    'the task is resolved by the sending workflow'
+);
+
+-- ------------------------------------------------------------------ roles
+
+select results_eq(
+    $$select role from human_roles order by role$$,
+    $$values ('approver'), ('lead')$$,
+    'a role is known once a task was asked of it (its role or escalate_to)'
+);
+select is_empty(
+    $$select * from claim_next_human_task('lead', 'ann')$$,
+    'claim_next of a known role with no open task: no row'
+);
+select throws_ok(
+    $$select * from claim_next_human_task('aprover', 'ann')$$, '22023',
+    'unknown human task role "aprover": no task was ever asked of it (known roles: approver, '
+    || 'lead)',
+    'claim_next of a role no task was asked of is refused, naming the known ones'
+);
+select is(
+    (select job_id from claim_next_human_task('approver-lead', 'dave')), 'a4',
+    'a role a live task was reassigned to is known'
 );
 
 -- ------------------------------------------------------------------ the form subset

@@ -4,6 +4,7 @@
 
 MODE "inline": serves queue "wq" with `crashy_inline`, whose activities run inline.
 MODE "activities": serves queue "aq" with the activities only (they are remote there).
+MODE "remote": serves queue "wq" with `crashy_remote`, whose activities run on queue "aq".
 HANG: the name of the `effect` call that blocks forever after recording its side effect,
 so the test can kill the process in the middle of it ("" for none).
 Every `effect` call inserts one row into the app's `effects` table: the side-effect counter.
@@ -29,15 +30,22 @@ async def crashy_inline() -> list[str]:
     return [await acts.effect(name) for name in NAMES]
 
 
+async def crashy_remote() -> list[str]:
+    acts = workflow.proxy_activities(task_queue="aq")
+    return [await acts.effect(name) for name in NAMES]
+
+
 async def main(dsn: str, app: str, mode: str) -> None:
     lease = float(os.environ.get("CRASHY_LEASE", "1.0"))
     mf = await MemFlow.init(app_id=app, dsn=dsn, migrate=False)
     if mode == "inline":
         await mf.worker.create(task_queue="wq", workflow=crashy_inline, lease=lease)
+    elif mode == "remote":
+        await mf.worker.create(task_queue="wq", workflow=crashy_remote, lease=lease)
     elif mode == "activities":
         await mf.worker.register_activities(task_queue="aq", activities=[effect], lease=lease)
     else:
-        raise SystemExit(f"unknown mode {mode!r}: use inline or activities")
+        raise SystemExit(f"unknown mode {mode!r}: use inline, remote or activities")
     print("ready", flush=True)
     await mf.run_until_signal(grace=1.0)
 

@@ -159,6 +159,26 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _server_cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
+    """User + system CPU of the database server's processes (the postmaster's children, as
+    they run now), or None when the server does not run on this machine."""
+    row = conn.execute("select pg_backend_pid()").fetchone()
+    try:
+        stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
+    except OSError:
+        return None
+    postmaster = stat.rsplit(")", 1)[1].split()[1]
+    total = 0.0
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended meanwhile
+        if fields[1] == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 class Counters:
     """Commits and statements of this database between two readings."""
 
@@ -381,8 +401,9 @@ def workflows(
             _set_limits(conn, app, **_LOOSE_LIMITS)
         name = "chain_remote" if remote else "chain"
         with contextlib.ExitStack() as stack:
+            activity_pid = None
             if remote:
-                stack.enter_context(
+                activity_pid = stack.enter_context(
                     _worker(
                         dsn,
                         app,
@@ -397,6 +418,8 @@ def workflows(
             )
             counters = Counters(conn)
             cpu0 = _cpu_seconds(pid)
+            activity_cpu0 = _cpu_seconds(activity_pid) if activity_pid else 0.0
+            server_cpu0 = _server_cpu_seconds(conn)
             conn.execute(
                 sql.SQL(
                     "select {}.start_workflows(jsonb_agg(jsonb_build_object("
@@ -408,6 +431,10 @@ def workflows(
             )
             polls = _wait_done(conn, app, count, timeout=60 + count * steps / 50)
             cpu = _cpu_seconds(pid) - cpu0
+            activity_cpu = _cpu_seconds(activity_pid) - activity_cpu0 if activity_pid else None
+            server_cpu = _server_cpu_seconds(conn)
+            if server_cpu is not None and server_cpu0 is not None:
+                server_cpu -= server_cpu0
         commits, statements = counters.read(app, own_queries=polls + 3)
         timing = _timings(conn, app)
     total_steps = count * steps
@@ -421,6 +448,13 @@ def workflows(
         "commits_per_step": commits / total_steps,
         "statements_per_step": None if statements is None else statements / total_steps,
         "worker_cpu_ms_per_step": cpu * 1000 / total_steps,
+        # The second worker's, for `remote`.
+        **(
+            {}
+            if activity_cpu is None
+            else {"activity_cpu_ms_per_step": activity_cpu * 1000 / total_steps}
+        ),
+        "db_cpu_ms_per_step": None if server_cpu is None else server_cpu * 1000 / total_steps,
         "not_completed": timing["not_completed"],
     }
 

@@ -1,0 +1,222 @@
+"""The sticky cache (worker.StickyCache, docs/performance.md): a worker keeps a suspended
+activation alive and, when it claims the same thread again, resumes it instead of replaying
+the history. Resumed and replayed, a workflow makes the same calls; an entry is bypassed when
+the history moved on without it (another worker ran the thread)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import SQL, Workers, create_effects, kill9, until, until_row
+from hotmesh import MemFlow, workflow
+from hotmesh._commands import Command, RecordedStep
+from hotmesh._runner import Activation, Completed, Outcome, RecordedThread, Suspended
+from hotmesh.worker import Registry, Worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def mixed(prefix: str) -> list[Any]:
+    acts = workflow.proxy_activities(task_queue="elsewhere")
+    first = await acts.lookup(prefix + "a")
+    await workflow.sleep_for(5)
+    pair = await asyncio.gather(acts.lookup(prefix + "b"), acts.lookup(prefix + "c"))
+    if workflow.patched("p1"):
+        pair.append(await workflow.wait_for("go"))
+    return [first, *pair]
+
+
+class Recorder:
+    """The runner's `perform`: notes each command and answers it `scheduled`, as an activity
+    through its queue, a timer or a signal wait is answered until its outcome is recorded."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[int, Command]] = []
+
+    async def __call__(self, seq: int, command: Command, recorded: Any) -> RecordedStep:
+        self.commands.append((seq, command))
+        status = "completed" if command.kind == "patch" else "scheduled"
+        return RecordedStep(seq, command.kind, command.name, status)
+
+
+def thread(steps: dict[int, RecordedStep]) -> RecordedThread:
+    return RecordedThread(
+        job_id="w1", steps=list(steps.values()), args=["x"], name="mixed", workflow_name="mixed"
+    )
+
+
+def same(one: Outcome, other: Outcome) -> bool:
+    if isinstance(one, Completed) and isinstance(other, Completed):
+        return bool(one.result == other.result)
+    return type(one) is type(other)
+
+
+async def test_resumed_and_replayed_activations_make_the_same_calls() -> None:
+    """At every wake-up of one run (each recorded outcome in turn), the activation kept
+    since the last one and a fresh one replaying the same history make the same new calls
+    and end the same way."""
+    history: dict[int, RecordedStep] = {}
+    recorder = Recorder()
+    kept = Activation(thread(history), mixed, Registry(), recorder)
+    outcome = await kept.run(keep=True)
+    wakes = 0
+    while isinstance(outcome, Suspended):
+        for seq, command in recorder.commands:
+            status = "completed" if command.kind == "patch" else "scheduled"
+            history[seq] = RecordedStep(seq, command.kind, command.name, status)
+        # The next outcome arrives: the oldest call still waiting.
+        seq = min(s for s, step in history.items() if step.status == "scheduled")
+        step = history[seq]
+        history[seq] = step._replace(status="completed", output=f"out{seq}")
+        wakes += 1
+
+        cold_recorder = Recorder()
+        cold = await Activation(thread(history), mixed, Registry(), cold_recorder).run()
+        recorder = Recorder()
+        assert kept.resume(thread(history), recorder)
+        outcome = await kept.run(keep=True)
+        assert recorder.commands == cold_recorder.commands, f"wake-up {wakes}"
+        assert same(outcome, cold), f"wake-up {wakes}"
+    assert outcome == Completed(["out1", "out3", "out4", "out6"])
+    assert wakes == 5  # a, the timer, b, c, the signal
+
+
+async def test_resume_refuses_a_history_that_moved_on() -> None:
+    """A step the kept activation never made, a settled step that changed, or another run or
+    attempt: resume() says no and changes nothing (the worker then replays)."""
+    recorder = Recorder()
+    kept = Activation(thread({}), mixed, Registry(), recorder)
+    assert isinstance(await kept.run(keep=True), Suspended)
+    one = RecordedStep(1, "activity", "lookup", "completed", "A")
+    ahead = {1: one, 2: RecordedStep(2, "sleep", "", "scheduled")}
+    assert not kept.resume(thread(ahead), Recorder())  # another worker went on
+    other_run = RecordedThread(
+        job_id="w1", steps=[one], args=["x"], name="mixed", workflow_name="mixed", run=2
+    )
+    assert not kept.resume(other_run, Recorder())
+    renamed = {1: RecordedStep(1, "activity", "other", "completed", "A")}
+    assert not kept.resume(thread(renamed), Recorder())  # not the call it made
+    assert kept.resume(thread({1: one}), Recorder())
+    kept.close()
+
+
+def history_of(db: Any, job_id: str) -> list[tuple[Any, ...]]:
+    return db.rows(
+        "select seq, kind, name, status, input, output from steps where job_id = %s order by seq",
+        job_id,
+    )
+
+
+async def test_a_worker_resumes_its_workflows_from_the_cache(
+    mf: MemFlow, remote: MemFlow, db: Any
+) -> None:
+    """Run by a worker with the cache and by one without, the same workflow records the same
+    history; with it, every wake-up was resumed from the cache."""
+
+    def lookup(key: str) -> str:
+        return key.upper()
+
+    await remote.worker.register_activities(task_queue="elsewhere", activities=[lookup])
+    cached = await mf.worker.create(task_queue="q", workflow=mixed)
+    handle = await mf.workflow.start(
+        workflow_name="mixed", task_queue="q", workflow_id="kept", args=["k"]
+    )
+
+    async def parked() -> bool:
+        waits = db.one("select count(*) from steps where job_id = 'kept' and kind = 'signal'")
+        return await handle.status() == "waiting" and bool(waits)
+
+    await until(parked, "kept waiting for its signal")
+    await mf.workflow.signal("go", {"ok": 1}, workflow_id="kept")
+    assert await handle.result(timeout=30) == ["KA", "KB", "KC", {"ok": 1}]
+    assert (cached.sticky.hits, cached.sticky.misses) == (4, 0)
+    await cached.stop()
+
+    cold = await mf.worker.create(task_queue="q", workflow=mixed, sticky_cache=0)
+    again = await mf.workflow.start(
+        workflow_name="mixed", task_queue="q", workflow_id="cold", args=["k"]
+    )
+    await until_row(db, "select count(*) from steps where job_id = 'cold' and kind = 'signal'")
+    await mf.workflow.signal("go", {"ok": 1}, workflow_id="cold")
+    assert await again.result(timeout=30) == ["KA", "KB", "KC", {"ok": 1}]
+    assert (cold.sticky.hits, len(cold.sticky)) == (0, 0)
+    assert history_of(db, "kept") == history_of(db, "cold")
+
+
+async def waits() -> list[Any]:
+    return [await workflow.wait_for("s1"), await workflow.wait_for("s2")]
+
+
+async def test_the_cache_is_bypassed_when_another_worker_ran_the_workflow(
+    mf: MemFlow, remote: MemFlow, db: Any
+) -> None:
+    """Worker A suspends the workflow (kept), worker B runs its next activation, then A is
+    woken again: A's entry is stale (B recorded a step A never made), so A replays."""
+    a, b = (
+        Worker(client._db, client._listener, client.registry, "q", sticky_cache=8)
+        for client in (mf, remote)
+    )
+    for client in (mf, remote):
+        client.registry.workflows["q"] = {"waits": waits}
+
+    async def run_next(worker: Worker) -> None:
+        claimed = await worker.db.claim_tasks(["q"], worker.worker_id, 1, timedelta(seconds=30))
+        assert len(claimed) == 1
+        await worker._process(claimed[0])
+
+    await mf.workflow.start(workflow_name="waits", task_queue="q", workflow_id="moved")
+    await run_next(a)
+    assert len(a.sticky) == 1
+    await mf.workflow.signal("s1", 1, workflow_id="moved")
+    await run_next(b)
+    await mf.workflow.signal("s2", 2, workflow_id="moved")
+    await run_next(a)
+    assert (a.sticky.hits, a.sticky.misses, len(a.sticky)) == (0, 1, 0)
+    assert db.one("select status from jobs where id = 'moved'") == "completed"
+    assert db.one("select result from jobs where id = 'moved'") == [1, 2]
+    b.sticky.clear()
+
+
+@pytest.fixture
+def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
+    """tests/workers/crashy.py processes on the test's app, lease 1 s."""
+    create_effects(db.conn.execute)
+    procs = Workers("crashy", dsn, app, logs=tmp_path, CRASHY_LEASE="1.0")
+    yield procs
+    procs.close()
+
+
+async def test_after_a_kill_another_worker_replays_what_the_dead_one_kept(
+    remote: MemFlow, db: Any, workers: Workers
+) -> None:
+    """The workflow worker that keeps the suspended workflow is killed while activity c
+    runs; c's completion wakes the workflow, another worker replays it from the history and
+    finishes it: the same history as a run without a kill."""
+    release = asyncio.Event()
+
+    async def effect(name: str) -> str:
+        if name == "c":
+            await release.wait()
+        return f"{name} done"
+
+    await remote.worker.register_activities(task_queue="aq", activities=[effect])
+    handle = await remote.workflow.start(
+        workflow_name="crashy_remote", task_queue="wq", workflow_id="kept-kill"
+    )
+    first = workers.spawn("remote")
+    await until_row(db, "select count(*) from tasks where kind = 'activity' and seq = 3")
+    kill9(first)
+    release.set()
+    await until_row(db, "select count(*) from steps where seq = 3 and status = 'completed'")
+    workers.spawn("remote")
+    assert await handle.result(timeout=40) == ["a done", "b done", "c done", "d done"]
+    assert history_of(db, "kept-kill") == [
+        (seq, "activity", "effect", "completed", [name], f"{name} done")
+        for seq, name in enumerate("abcd", start=1)
+    ]
