@@ -8,6 +8,13 @@ SHELL := /bin/bash
 .SHELLFLAGS := -e -o pipefail -c
 .DEFAULT_GOAL := help
 
+# Bytecode caches (__pycache__, git-ignored) are written even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE, set on this project's machines): `make test` starts hundreds of
+# Python processes (CLI commands, workers, pytest phases), and without the caches each one
+# compiles hotmesh again (`hotmesh list`: 1.07 s, not 1.59 s) and each pytest process rewrites
+# every test module again (collecting the tests: 2.1 s of CPU, not 4.9 s).
+unexport PYTHONDONTWRITEBYTECODE
+
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

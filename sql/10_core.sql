@@ -107,6 +107,36 @@ begin
 end
 $$;
 
+-- Every duration the API takes as JSON seconds is checked here, each against its own bounds:
+-- a number from p_low (excluded when p_low_open) to p_high (null: no upper bound; the bounds
+-- also keep make_interval, which does not check overflow, from wrapping). JSON null or none
+-- is returned as null unless p_required. Anything else is 22023, '<p_what> must be a number of
+-- seconds <p_range>, not <value>'.
+create or replace function _check_seconds(
+    p_what text, p_value jsonb, p_low numeric, p_high numeric, p_range text,
+    p_low_open boolean default false, p_required boolean default false
+) returns numeric
+language plpgsql immutable
+as $$
+declare
+    v_seconds numeric;
+begin
+    if nullif(p_value, 'null') is null and not p_required then
+        return null;
+    end if;
+    if jsonb_typeof(p_value) = 'number' then
+        v_seconds := (p_value #>> '{}')::numeric;
+    end if;
+    if v_seconds is null or v_seconds < p_low or p_low_open and v_seconds = p_low
+       or v_seconds > p_high then
+        raise exception using errcode = '22023',
+            message = format('%s must be a number of seconds %s, not %s', p_what, p_range,
+                             coalesce(p_value::text, 'null'));
+    end if;
+    return v_seconds;
+end
+$$;
+
 -- Checks a retry policy and fills in the defaults (the seed's effective ones: 3 attempts,
 -- 1 s first delay, coefficient 10, 120 s cap). Durations are in seconds.
 create or replace function _retry_policy(p_policy jsonb) returns jsonb
@@ -147,25 +177,17 @@ begin
             message = format('retry policy maximum_attempts must be a whole number from 1 to '
                              '2147483647, not %s', v_out -> 'maximum_attempts');
     end if;
-    if jsonb_typeof(v_out -> 'initial_interval') <> 'number'
-       or (v_out ->> 'initial_interval')::numeric <= 0 then
-        raise exception using errcode = '22023',
-            message = format('retry policy initial_interval must be a number of seconds > 0, '
-                             'not %s', v_out -> 'initial_interval');
-    end if;
+    perform _check_seconds('retry policy initial_interval', v_out -> 'initial_interval', 0,
+                           null, '> 0', p_low_open => true, p_required => true);
     if jsonb_typeof(v_out -> 'backoff_coefficient') <> 'number'
        or (v_out ->> 'backoff_coefficient')::numeric < 1 then
         raise exception using errcode = '22023',
             message = format('retry policy backoff_coefficient must be a number >= 1, not %s',
                              v_out -> 'backoff_coefficient');
     end if;
-    if jsonb_typeof(v_out -> 'maximum_interval') <> 'number'
-       or (v_out ->> 'maximum_interval')::numeric < (v_out ->> 'initial_interval')::numeric
-       or (v_out ->> 'maximum_interval')::numeric > 1e10 then
-        raise exception using errcode = '22023',
-            message = format('retry policy maximum_interval must be a number of seconds >= '
-                             'initial_interval and <= 1e10, not %s', v_out -> 'maximum_interval');
-    end if;
+    perform _check_seconds('retry policy maximum_interval', v_out -> 'maximum_interval',
+                           (v_out ->> 'initial_interval')::numeric, 1e10,
+                           '>= initial_interval and <= 1e10', p_required => true);
     if jsonb_typeof(v_out -> 'non_retryable_errors') <> 'array'
        or exists (select from jsonb_array_elements(v_out -> 'non_retryable_errors') as e
                    where jsonb_typeof(e) <> 'string') then

@@ -190,12 +190,7 @@ begin
     v_priority := coalesce((v_options ->> 'priority')::numeric::smallint, 0);
     -- Bounded: make_interval does not check overflow, a huge value would wrap to a negative
     -- retention and the finished workflow would expire at once.
-    if jsonb_typeof(v_options -> 'expire') not in ('number', 'null')
-       or (v_options ->> 'expire')::numeric not between 0 and 1e10 then
-        raise exception using errcode = '22023',
-            message = format('expire must be a number of seconds from 0 to 1e10, not %s',
-                             v_options -> 'expire');
-    end if;
+    perform _check_seconds('expire', v_options -> 'expire', 0, 1e10, 'from 0 to 1e10');
     if jsonb_typeof(v_options -> 'concurrency_key') not in ('string', 'null') then
         raise exception using errcode = '22023',
             message = format('concurrency_key must be a string, not %s',
@@ -447,13 +442,8 @@ begin
         end if;
     end if;
     if nullif(p_options -> 'start_in', 'null') is not null then
-        if jsonb_typeof(p_options -> 'start_in') <> 'number'
-           or (p_options ->> 'start_in')::numeric not between 0 and 1e10 then
-            raise exception using errcode = '22023',
-                message = format('start_in must be a number of seconds from 0 to 1e10, not %s',
-                                 p_options -> 'start_in');
-        end if;
-        v_run_at := v_run_at + make_interval(secs => (p_options ->> 'start_in')::float8);
+        v_run_at := v_run_at + make_interval(secs => _check_seconds(
+            'start_in', p_options -> 'start_in', 0, 1e10, 'from 0 to 1e10')::float8);
     end if;
     if nullif(p_options -> 'debounce', 'null') is not null then
         v_debounce := _check_timeout('debounce', p_options -> 'debounce', p_retention);

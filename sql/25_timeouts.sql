@@ -15,13 +15,8 @@ declare
     v_key text;
 begin
     foreach v_key in array array['start_to_close', 'schedule_to_close', 'heartbeat_timeout'] loop
-        continue when nullif(p_policy -> v_key, 'null') is null;
-        if jsonb_typeof(p_policy -> v_key) <> 'number'
-           or (p_policy ->> v_key)::numeric not between 0.001 and 1e10 then
-            raise exception using errcode = '22023',
-                message = format('%s must be a number of seconds from 0.001 (1 ms) up to the '
-                                 'retention, not %s', v_key, p_policy -> v_key);
-        end if;
+        continue when _check_seconds(v_key, p_policy -> v_key, 0.001, 1e10,
+                                     'from 0.001 (1 ms) up to the retention') is null;
         v_out := v_out || jsonb_build_object(v_key, p_policy -> v_key);
     end loop;
     return v_out;
@@ -35,17 +30,9 @@ returns interval
 language plpgsql immutable
 as $$
 begin
-    if nullif(p_seconds, 'null') is null then
-        return null;
-    end if;
-    if jsonb_typeof(p_seconds) <> 'number'
-       or (p_seconds #>> '{}')::numeric < 0.001
-       or make_interval(secs => least((p_seconds #>> '{}')::float8, 1e10)) > p_retention then
-        raise exception using errcode = '22023',
-            message = format('%s must be a number of seconds from 0.001 (1 ms) to the retention '
-                             '(%s), not %s', p_what, p_retention, p_seconds);
-    end if;
-    return make_interval(secs => (p_seconds #>> '{}')::float8);
+    return make_interval(secs => _check_seconds(
+        p_what, p_seconds, 0.001, extract(epoch from p_retention),
+        format('from 0.001 (1 ms) to the retention (%s)', p_retention))::float8);
 end
 $$;
 

@@ -330,12 +330,8 @@ begin
                              p_schedule_id, v_row.overlap);
     end if;
     foreach v_key in array array['catchup_window', 'jitter'] loop
-        if jsonb_typeof(v_options -> v_key) not in ('number', 'null')
-           or (v_options ->> v_key)::numeric not between 0 and 1e9 then
-            raise exception using errcode = '22023',
-                message = format('schedule "%s": %s must be a number of seconds from 0 to 1e9, '
-                                 'not %s', p_schedule_id, v_key, v_options -> v_key);
-        end if;
+        perform _check_seconds(format('schedule "%s": %s', p_schedule_id, v_key),
+                               v_options -> v_key, 0, 1e9, 'from 0 to 1e9');
     end loop;
     v_seconds := (v_options ->> 'catchup_window')::numeric;
     v_row.catchup_window := coalesce(make_interval(secs => v_seconds), interval '1 hour');

@@ -167,23 +167,8 @@ begin
 end
 $$;
 
--- A duration in seconds given in a request: a number, more than 0 and at most 1e10.
-create or replace function _human_seconds(p_what text, p_value jsonb) returns numeric
-language plpgsql immutable
-as $$
-begin
-    if p_value is null or p_value = 'null' then
-        return null;
-    end if;
-    if jsonb_typeof(p_value) <> 'number' or not ((p_value #>> '{}')::numeric > 0
-                                                 and (p_value #>> '{}')::numeric <= 1e10) then
-        raise exception using errcode = '22023',
-            message = format('%s must be a number of seconds more than 0 (a due time in the '
-                             'future) and at most 1e10, not %s', p_what, p_value);
-    end if;
-    return (p_value #>> '{}')::numeric;
-end
-$$;
+-- Its durations are checked by _check_seconds (sql/10_core.sql), as every other one.
+drop function if exists _human_seconds(text, jsonb);
 
 -- Checks what workflow.ask_human asks for and fills in the defaults: {role, title,
 -- description, type, priority, metadata, assignee, due, form, escalate_to, escalate_due}.
@@ -233,8 +218,11 @@ begin
         perform _check_value('human task form', p_request -> 'form');
         perform _check_form(p_request -> 'form');
     end if;
-    v_due := _human_seconds('human task due', p_request -> 'due');
-    v_escalate_due := _human_seconds('human task escalate_due', p_request -> 'escalate_due');
+    v_due := _check_seconds('human task due', p_request -> 'due', 0, 1e10,
+                            'more than 0 (a due time in the future) and at most 1e10', true);
+    v_escalate_due := _check_seconds('human task escalate_due', p_request -> 'escalate_due', 0,
+                                     1e10, 'more than 0 (a due time in the future) and at most '
+                                     '1e10', true);
     if p_request ->> 'escalate_to' is not null and v_due is null then
         raise exception using errcode = '22023',
             message = 'human task escalate_to needs a due time (escalation happens at due)';
@@ -411,7 +399,68 @@ begin
 end
 $$;
 
--- The task with id p_id (HM005 when there is none), locked when p_lock.
+-- The task roles the calling database role may work, or null when it is not restricted
+-- (reviewer_roles, set_reviewer_roles): those of the role the session has set (`set role`, as
+-- PostgREST does from a token), else those of its login. Read from the session, which a
+-- security-definer function does not change; a restricted login that sets an unlisted role
+-- (its <app>_reviewer) stays restricted.
+create or replace function _reviewer_scope() returns text[]
+language sql stable
+as $$
+    select coalesce(
+        (select array_agg(r.task_role order by r.task_role) from reviewer_roles as r
+          where r.db_role = nullif(current_setting('role'), 'none')),
+        (select array_agg(r.task_role order by r.task_role) from reviewer_roles as r
+          where r.db_role = session_user::text))
+$$;
+
+-- Refuses (42501) a task role the caller may not work; p_what names the call or task.
+create or replace function _check_scope(p_role text, p_what text) returns void
+language plpgsql stable
+as $$
+declare
+    v_scope text[] := _reviewer_scope();
+begin
+    if v_scope is not null and not p_role = any(v_scope) then
+        raise exception using errcode = '42501',
+            message = format('%s: database role %s may work the human tasks of %s only, not '
+                             'of role %s', p_what,
+                             coalesce(nullif(current_setting('role'), 'none'), session_user),
+                             array_to_string(v_scope, ', '), p_role);
+    end if;
+end
+$$;
+
+-- Restricts database role p_db_role (a review screen's login, a role PostgREST sets) to the
+-- human tasks of p_task_roles: list_human_tasks shows it only those, and the other calls
+-- refuse it any other (42501). Null or empty: not restricted any more. The schema owner's
+-- call (like set_setting). Returns the roles it may work now (none: not restricted).
+create or replace function set_reviewer_roles(p_db_role text, p_task_roles text[])
+returns setof text
+language plpgsql
+set search_path from current
+as $$
+declare
+    v_role text;
+begin
+    if not exists (select from pg_roles where rolname = p_db_role) then
+        raise exception using errcode = '22023',
+            message = format('database role "%s" does not exist', p_db_role);
+    end if;
+    foreach v_role in array coalesce(p_task_roles, '{}') loop
+        perform _check_who('a task role', v_role);
+    end loop;
+    delete from reviewer_roles where db_role = p_db_role;
+    insert into reviewer_roles (db_role, task_role)
+    select distinct p_db_role, r.role from unnest(p_task_roles) as r (role);
+    return query
+    select r.task_role from reviewer_roles as r where r.db_role = p_db_role
+     order by r.task_role;
+end
+$$;
+
+-- The task with id p_id (HM005 when there is none), locked when p_lock; 42501 when the caller
+-- may not work its role (_check_scope).
 create or replace function _human_task(p_id bigint, p_lock boolean) returns human_tasks
 language plpgsql
 as $$
@@ -430,6 +479,7 @@ begin
         raise exception using errcode = 'HM005',
             message = format('human task %s not found', p_id);
     end if;
+    perform _check_scope(v_task.role, format('human task %s', p_id));
     return v_task;
 end
 $$;
@@ -450,6 +500,7 @@ begin
         raise exception using errcode = 'HM005',
             message = format('human task %s not found', p_id);
     end if;
+    perform _check_scope(v_task.role, format('human task %s', p_id));
     return v_task;
 end
 $$;
@@ -459,6 +510,7 @@ $$;
 -- (priority, higher first; then due time, none last; then id); at most max_rows (1 to 1000).
 -- after (a task id from the previous page) continues after that task. The parameters have
 -- plain names, for calls like list_human_tasks(role => 'approver', metadata => '{...}').
+-- A caller restricted to some roles (set_reviewer_roles) sees only their tasks.
 create or replace function list_human_tasks(
     role text default null,
     assignee text default null,
@@ -475,6 +527,7 @@ declare
     v_after human_tasks;
     v_status text := list_human_tasks.status;
     v_metadata jsonb := list_human_tasks.metadata;
+    v_scope text[] := _reviewer_scope();
 begin
     if v_status is not null
        and v_status not in ('open', 'claimed', 'resolved', 'expired', 'cancelled') then
@@ -508,6 +561,7 @@ begin
             or h.claimed_by = list_human_tasks.assignee)
        and (list_human_tasks.type is null or h.type = list_human_tasks.type)
        and (v_metadata is null or h.metadata @> v_metadata)
+       and (v_scope is null or h.role = any(v_scope))
        and (v_after.id is null
             or (-h.priority, coalesce(h.due_at, 'infinity'::timestamptz), h.id)
                > (-v_after.priority, coalesce(v_after.due_at, 'infinity'::timestamptz),
@@ -606,6 +660,7 @@ declare
 begin
     perform _check_who('role', p_role);
     perform _check_who('who', p_who);
+    perform _check_scope(p_role, 'claim_next_human_task');
     select * into v_task
       from human_tasks as h
      where h.role = p_role and h.status = 'open'
@@ -665,6 +720,9 @@ begin
         raise exception using errcode = '22023', message = 'role must not be empty';
     end if;
     perform _check_name('role', p_role);
+    if p_role is not null then
+        perform _check_scope(p_role, format('reassign human task %s', p_id));
+    end if;
     v_task := _human_task(p_id, true);
     v_task.assignee := nullif(p_assignee, '');
     v_task.role := coalesce(p_role, v_task.role);

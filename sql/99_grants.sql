@@ -17,8 +17,8 @@
 --     <app>_reviewer a person's review screen: list, claim, comment and resolve human tasks
 --                   (v_reviewer_functions, docs/people.md), and nothing else: no table, no
 --                   view, no workflow. (Not made for app ids over 54 characters.)
---   Operations (prune, prune_signals, prune_runs, set_setting, retry_workflow,
---   entity_create_index) stay with the owner.
+--   Operations (prune, prune_signals, prune_runs, set_setting, set_reviewer_roles,
+--   retry_workflow, entity_create_index) stay with the owner.
 -- * The roles are NOLOGIN: grant them to your login roles (`grant my_app_app to web_api`).
 --   They are created here when the installer may create roles (CREATEROLE or superuser);
 --   otherwise a WARNING says so and the grants wait until the roles exist (create them as

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -85,6 +86,26 @@ def sleep_until(check: Callable[[], Any], limit: float, every: float = 0.1) -> A
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(every)
+
+
+# ------------------------------------------------------------------------------ properties
+
+
+def fast_and_slow(
+    prop: Callable[..., None], fast: int, slow: int, **strategies: Any
+) -> tuple[Callable[..., None], Callable[..., None]]:
+    """Property `prop` (hypothesis: `strategies` by parameter name) as two tests: `fast`
+    examples in `make test`, `slow` examples marked slow (`make test-slow`). Both check the
+    same; more examples only give a rare case more chances to turn up."""
+
+    def test(examples: int) -> Callable[..., None]:
+        return settings(  # type: ignore[no-any-return]
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )(given(**strategies)(prop))
+
+    return test(fast), pytest.mark.slow(test(slow))
 
 
 # ------------------------------------------------------------------------------ SQL

@@ -25,6 +25,7 @@
 -- migration 0017_human_tasks.sql
 -- migration 0018_hook_timeouts.sql
 -- migration 0019_human_roles.sql
+-- migration 0020_reviewer_roles.sql
 
 -- tables
 create table <app>.human_roles (
@@ -109,6 +110,10 @@ create table <app>.queue_limits (
     updated_at timestamp with time zone not null,
     key_rate integer,
     key_per interval
+);
+create table <app>.reviewer_roles (
+    db_role text not null,
+    task_role text not null
 );
 create table <app>.run_steps (
     job_id text not null,
@@ -268,6 +273,7 @@ alter table <app>.queue_limits add constraint queue_limits_max_running CHECK ((m
 alter table <app>.queue_limits add constraint queue_limits_per CHECK ((per > '00:00:00'::interval));
 alter table <app>.queue_limits add constraint queue_limits_pkey PRIMARY KEY (task_queue);
 alter table <app>.queue_limits add constraint queue_limits_rate CHECK ((((rate IS NULL) = (per IS NULL)) AND (rate >= 1)));
+alter table <app>.reviewer_roles add constraint reviewer_roles_pkey PRIMARY KEY (db_role, task_role);
 alter table <app>.run_steps add constraint run_steps_pkey PRIMARY KEY (job_id, run, thread, seq);
 alter table <app>.runs add constraint runs_pkey PRIMARY KEY (job_id, run);
 alter table <app>.schedules add constraint schedules_overlap CHECK ((overlap = ANY (ARRAY['skip'::text, 'buffer_one'::text, 'allow'::text])));
@@ -306,6 +312,7 @@ CREATE UNIQUE INDEX key_buckets_pkey ON <app>.key_buckets USING btree (task_queu
 CREATE INDEX key_buckets_refilled ON <app>.key_buckets USING btree (task_queue, refilled_at);
 CREATE UNIQUE INDEX queue_buckets_pkey ON <app>.queue_buckets USING btree (task_queue);
 CREATE UNIQUE INDEX queue_limits_pkey ON <app>.queue_limits USING btree (task_queue);
+CREATE UNIQUE INDEX reviewer_roles_pkey ON <app>.reviewer_roles USING btree (db_role, task_role);
 CREATE INDEX run_steps_entity_version ON <app>.run_steps USING btree (job_id, entity_version) WHERE (entity_version IS NOT NULL);
 CREATE UNIQUE INDEX run_steps_pkey ON <app>.run_steps USING btree (job_id, run, thread, seq);
 CREATE UNIQUE INDEX runs_pkey ON <app>.runs USING btree (job_id, run);
@@ -497,6 +504,10 @@ create function <app>._check_name(p_what text, p_value text) returns void
     language plpgsql immutable;
 create function <app>._check_rate(p_task_queue text, p_prefix text, p_rate integer, p_per interval) returns void
     language plpgsql immutable;
+create function <app>._check_scope(p_role text, p_what text) returns void
+    language plpgsql stable;
+create function <app>._check_seconds(p_what text, p_value jsonb, p_low numeric, p_high numeric, p_range text, p_low_open boolean DEFAULT false, p_required boolean DEFAULT false) returns numeric
+    language plpgsql immutable;
 create function <app>._check_step(p_step <app>.steps, p_kind text, p_name text) returns void
     language plpgsql immutable;
 create function <app>._check_timeout(p_what text, p_seconds jsonb, p_retention interval) returns interval
@@ -594,8 +605,6 @@ create function <app>._held_task(p_task_id bigint, p_token uuid) returns <app>.t
     language plpgsql volatile;
 create function <app>._human_request(p_request jsonb) returns jsonb
     language plpgsql immutable;
-create function <app>._human_seconds(p_what text, p_value jsonb) returns numeric
-    language plpgsql immutable;
 create function <app>._human_task(p_id bigint, p_lock boolean) returns <app>.human_tasks
     language plpgsql volatile;
 create function <app>._item_error(p_sqlstate text, p_message text) returns jsonb
@@ -661,6 +670,8 @@ create function <app>._retry_thread(p_job_id text, p_thread text) returns jsonb
     set search_path = <app>, pg_temp;
 create function <app>._reuse_id(p_job <app>.jobs, p_policy text, p_now timestamp with time zone) returns void
     language plpgsql volatile;
+create function <app>._reviewer_scope() returns text[]
+    language sql stable;
 create function <app>._run_deadline(p_close_at timestamp with time zone, p_start_to_close interval, p_heartbeat_timeout interval, p_started timestamp with time zone, p_beat timestamp with time zone) returns timestamp with time zone
     language sql immutable;
 create function <app>._run_started_at(p_job <app>.jobs) returns timestamp with time zone
@@ -959,6 +970,9 @@ create function <app>.send_signal(p_task_id bigint, p_token uuid, p_seq integer,
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.set_queue_limits(p_task_queue text, max_running integer DEFAULT NULL::integer, rate integer DEFAULT NULL::integer, per interval DEFAULT NULL::interval, key_max_running integer DEFAULT NULL::integer, key_rate integer DEFAULT NULL::integer, key_per interval DEFAULT NULL::interval) returns void
+    language plpgsql volatile security definer
+    set search_path = <app>, pg_temp;
+create function <app>.set_reviewer_roles(p_db_role text, p_task_roles text[]) returns SETOF text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
 create function <app>.set_setting(p_key text, p_value jsonb) returns jsonb

@@ -21,6 +21,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "hotmesh.cli", "bench", "--dsn", dsn, "--app", app]
     command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2"]
     command += ["--queue-tasks", "20", "--history-jobs", "100", "--key-tasks", "300"]
+    command += ["--queue-keys", "3", "--key-max-running", "1"]
     command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
     command += ["--start-count", "30", "--start-batch", "10", "--rate", "20", "--rate-seconds", "1"]
     command += ["--json", str(out)]
@@ -29,7 +30,8 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
 
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    expected = "ceiling steps starts limited rate long remote queue keys signal fanout history"
+    expected = "ceiling steps starts limited rate long remote queue keyed keys signal fanout"
+    expected += " history"
     expected = expected.split()
     assert set(scenarios) == set(expected) == set(SCENARIOS)
     assert scenarios["ceiling"]["steps_per_s"] > 0
@@ -45,6 +47,9 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     )
     assert scenarios["queue"]["not_completed"] == 0
     assert scenarios["queue"]["worker_cpu_ms_per_task"] >= 0
+    keyed = scenarios["keyed"]
+    assert (keyed["not_completed"], keyed["keys"], keyed["key_max_running"]) == (0, 3, 1)
+    assert keyed["tasks_per_s"] > 0 and keyed["vs_unkeyed"] > 0
     assert scenarios["signal"]["samples"] == 3
     assert scenarios["fanout"]["lost_updates"] == 0
     assert scenarios["history"]["finished_jobs"] == 100

@@ -5,17 +5,23 @@ task once, naming codec and key id; keys rotate."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import python
 from hotmesh import FatalError, MemFlow, RetryPolicy, workflow
-from hotmesh.codecs import AesGcm, CodecError, Compression, Payloads
+from hotmesh.codecs import AesGcm, Codec, CodecError, Compression, Payloads
 from hotmesh.testing import Replayer
 
 pytestmark = pytest.mark.timeout(60)
+
+TESTS = Path(__file__).resolve().parent
 
 K1, K2 = os.urandom(32), os.urandom(32)
 SECRET = "SSN-078-05-1120"  # must appear nowhere in the database
@@ -97,6 +103,66 @@ async def test_undecodable_payload_fails_once_naming_codec_and_key(
     assert 'codec "zlib+aes-gcm" with key "k1"' in caught.value.message
     assert "no key 'k1'" in caught.value.message
     assert db.one("select attempt from jobs where id = 'c2'") == 1  # not retried
+
+
+def cli_codec() -> list[Codec]:
+    """`hotmesh --codec test_codecs:cli_codec`: a factory reading its keys at start, as an
+    operator's would from a secret store (here: TEST_CODEC_KEYS, "id=hex,...")."""
+    pairs = (item.split("=") for item in os.environ["TEST_CODEC_KEYS"].split(","))
+    return [Compression(), AesGcm({key_id: bytes.fromhex(key) for key_id, key in pairs})]
+
+
+async def sealed(claim: str) -> dict[str, Any]:
+    acts = workflow.proxy_activities(activities=[vet])
+    return {"vetted": await acts.vet(claim)}
+
+
+async def cli(app: str, dsn: str, *args: str, **env: str) -> tuple[int, str, str]:
+    """`hotmesh ARGS` with `env` (forked by the tests' forkserver: hotmesh already imported)."""
+
+    def run(tmp: str) -> tuple[int, str, str]:
+        out, err = Path(tmp, "out"), Path(tmp, "err")
+        every = {**os.environ, "DATABASE_URL": dsn, "HOTMESH_APP": app, **env}
+        code = python("-m", "hotmesh.cli", *args, env=every, stdout=out, stderr=err, cwd=TESTS)
+        return code.wait(60), out.read_text(), err.read_text()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return await asyncio.to_thread(run, tmp)
+
+
+@pytest.mark.timeout(120)  # six commands, each a process
+async def test_cli_codec_reads_encoded_payloads(coded: MemFlow, app: str, dsn: str) -> None:
+    """`hotmesh --codec MODULE:FACTORY` (or $HOTMESH_CODEC) decodes what show, history and
+    result print; a key it lacks is a clear error naming codec and key id; without a codec
+    only markers are shown."""
+    await coded.worker.create(task_queue="secure", workflow=sealed)
+    handle = await coded.workflow.start(
+        workflow_name="sealed", args=[SECRET], task_queue="secure", workflow_id="c3"
+    )
+    assert await handle.result(timeout=30) == {"vetted": f"vetted {SECRET}"}
+    keys = {"TEST_CODEC_KEYS": f"k1={K1.hex()}"}
+
+    code, out, err = await cli(app, dsn, "--codec", "test_codecs:cli_codec", "result", "c3",
+                               **keys)  # fmt: skip
+    assert (code, out) == (0, f'{{"vetted": "vetted {SECRET}"}}\n'), err
+    code, out, err = await cli(app, dsn, "show", "c3", HOTMESH_CODEC="test_codecs:cli_codec",
+                               **keys)  # fmt: skip
+    assert code == 0, err
+    assert f'result         {{"vetted": "vetted {SECRET}"}}' in out, out
+    code, out, err = await cli(app, dsn, "--codec", "test_codecs:cli_codec", "history", "c3",
+                               **keys)  # fmt: skip
+    assert code == 0 and f"-> vetted {SECRET}" in out, out + err
+
+    code, out, err = await cli(app, dsn, "show", "c3")  # no codec: the markers, never the value
+    assert code == 0 and SECRET not in out and '"$codec": "zlib+aes-gcm"' in out, out + err
+    code, out, err = await cli(app, dsn, "--codec", "test_codecs:cli_codec", "result", "c3",
+                               TEST_CODEC_KEYS=f"k2={K2.hex()}")  # fmt: skip
+    assert code == 1 and not out
+    assert 'cannot decode a payload encoded by codec "zlib+aes-gcm" with key "k1"' in err, err
+    assert "no key 'k1' in this process's keys (it has: k2)" in err, err
+    code, out, err = await cli(app, dsn, "--codec", "test_codecs:SECRET", "show", "c3")
+    assert code == 1
+    assert "--codec test_codecs:SECRET: expected a Codec (name, encode, decode)" in err, err
 
 
 def test_keys_rotate_and_tampering_is_caught() -> None:

@@ -1,8 +1,8 @@
-"""workflow.continue_as_new end to end: a workflow that continues 1,000 times keeps its id and
-its entity (every change in entity_history), its history stays one run long, and result()
-returns the last run's result; signals sent while runs turn over all arrive, once; children
-of later runs get ids of their own; a hook cannot continue its workflow; cancelling ends the
-chain; prune removes the archived runs with the workflow."""
+"""workflow.continue_as_new end to end: a workflow that continues 200 times (1,000 in
+`make test-slow`) keeps its id and its entity (every change in entity_history), its history
+stays one run long, and result() returns the last run's result; signals sent while runs turn
+over all arrive, once; children of later runs get ids of their own; a hook cannot continue its
+workflow; cancelling ends the chain; prune removes the archived runs with the workflow."""
 
 from __future__ import annotations
 
@@ -25,28 +25,32 @@ async def counter(n: int, last: int) -> dict[str, int]:
     return {"n": n, "run": workflow.get_context().run}
 
 
-async def test_a_thousand_runs_keep_the_id_and_every_entity_change(mf: MemFlow, db: Any) -> None:
+# 1,000 runs in `make test-slow`; 200 make the same point in `make test`.
+@pytest.mark.parametrize("last", [200, pytest.param(1000, marks=pytest.mark.slow)])
+async def test_many_runs_keep_the_id_and_every_entity_change(
+    mf: MemFlow, db: Any, last: int
+) -> None:
     await mf.worker.create(task_queue="q", workflow=counter)
     handle = await mf.workflow.start(
-        workflow_name="counter", args=[1, 1000], task_queue="q", workflow_id="agent"
+        workflow_name="counter", args=[1, last], task_queue="q", workflow_id="agent"
     )
-    assert await handle.result(timeout=240) == {"n": 1000, "run": 1000}
+    assert await handle.result(timeout=240) == {"n": last, "run": last}
 
-    # One jobs row, on its 1,000th run; the step history holds that run only.
+    # One jobs row, on its last run; the step history holds that run only.
     assert db.rows("select id, run, status, args from jobs") == [
-        ("agent", 1000, "completed", [1000, 1000])
+        ("agent", last, "completed", [last, last])
     ]
     assert db.one("select count(*) from steps where job_id = 'agent'") == 1
     runs = db.rows("select run, status, steps, next_args from workflow_runs('agent')")
-    assert len(runs) == 1000
-    assert runs[0] == (1, "continued", 1, [2, 1000])
-    assert runs[-1] == (1000, "completed", 1, None)
+    assert len(runs) == last
+    assert runs[0] == (1, "continued", 1, [2, last])
+    assert runs[-1] == (last, "completed", 1, None)
     assert {steps for _, _, steps, _ in runs} == {1}  # bounded: one step per run
     # The entity kept every change, in order, each one in its history.
-    assert await mf.entity("agent").get("seen") == list(range(1, 1001))
+    assert await mf.entity("agent").get("seen") == list(range(1, last + 1))
     history = await mf.entity.history("agent")
-    assert [change["version"] for change in history] == list(range(1, 1001))
-    assert history[-1]["document"] == {"seen": list(range(1, 1001))}
+    assert [change["version"] for change in history] == list(range(1, last + 1))
+    assert history[-1]["document"] == {"seen": list(range(1, last + 1))}
     # An archived run's timeline: started with its args, ended passing the next ones on.
     assert [
         (kind, name, status, output)
@@ -56,7 +60,7 @@ async def test_a_thousand_runs_keep_the_id_and_every_entity_change(mf: MemFlow, 
     ] == [
         ("workflow", "counter", "started", None),
         ("entity", "append", "completed", list(range(1, 8))),
-        ("workflow", "counter", "continued", [8, 1000]),
+        ("workflow", "counter", "continued", [8, last]),
     ]
 
 

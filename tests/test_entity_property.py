@@ -14,8 +14,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event
 from hypothesis import strategies as st
+
+from helpers import fast_and_slow
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -245,21 +247,7 @@ def path_argument(path: list[str] | None, as_list: bool) -> str | None:
     return ".".join(path)
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    initial=st.dictionaries(
-        st.sampled_from(["a", "b", "c", "x.y"]),
-        st.lists(values, min_size=1, max_size=3) | values,
-        min_size=1,
-        max_size=4,
-    ),
-    steps=st.lists(st.tuples(operations, st.booleans()), min_size=1, max_size=15),
-)
-def test_sql_matches_the_model(
+def _sql_matches_the_model(
     db: Any, initial: dict[str, Any], steps: list[tuple[tuple[str, Any, Any], bool]]
 ) -> None:
     workflow_id = f"p{next(COUNTER)}"
@@ -301,3 +289,17 @@ def test_sql_matches_the_model(
     assert [v for v, _ in history] == list(range(1, changes + 1))
     if history:
         assert canon(loads(history[-1][1])) == canon(doc)
+
+
+test_sql_matches_the_model, test_sql_matches_the_model_thoroughly = fast_and_slow(
+    _sql_matches_the_model,
+    40,
+    150,
+    initial=st.dictionaries(
+        st.sampled_from(["a", "b", "c", "x.y"]),
+        st.lists(values, min_size=1, max_size=3) | values,
+        min_size=1,
+        max_size=4,
+    ),
+    steps=st.lists(st.tuples(operations, st.booleans()), min_size=1, max_size=15),
+)

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from helpers import fast_and_slow
 from hotmesh import MemFlow, errors, workflow
 
 pytestmark = pytest.mark.timeout(180)
@@ -433,9 +434,7 @@ def sql_outcome(db: Any, query: str, *params: Any) -> tuple[str, Any]:
     return "ok", None if row is None else row[0]
 
 
-@hypothesis_settings
-@given(text=names)
-def test_any_text_as_a_workflow_id_name_or_queue(db: Any, text: str) -> None:
+def _any_text_as_a_workflow_id_name_or_queue(db: Any, text: str) -> None:
     wid = f"{uuid.uuid4().hex[:6]}{text}"
     result, value = sql_outcome(db, "select start_workflow(%s, '[]', %s, %s)", text, text, wid)
     if "\x00" in text:
@@ -448,6 +447,12 @@ def test_any_text_as_a_workflow_id_name_or_queue(db: Any, text: str) -> None:
         assert (result, value) == ("ok", wid)
         row = db.one("select row(workflow_name, task_queue) from jobs where id = %s", wid)
         assert row == (text, text)
+
+
+(
+    test_any_text_as_a_workflow_id_name_or_queue,
+    test_any_text_as_a_workflow_id_name_or_queue_thoroughly,
+) = fast_and_slow(_any_text_as_a_workflow_id_name_or_queue, 40, 150, text=names)
 
 
 json_scalars = (

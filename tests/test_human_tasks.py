@@ -224,16 +224,19 @@ async def test_a_due_task_expires_and_the_call_raises_a_timeout(
         await after.close()
 
 
-def make_tasks(db: Any, count: int, role: str = "reviewer") -> list[int]:
-    """`count` waiting workflows with one open human task each, made from SQL the way a
-    worker makes them (claim, ask_human, suspend): the tasks are what the test is about."""
+def make_tasks(db: Any, count: int, role: str = "reviewer", prefix: str = "made") -> list[int]:
+    """`count` waiting workflows (`<prefix>-<n>` on queue `prefix`) with one open human task
+    each, made from SQL the way a worker makes them (claim, ask_human, suspend): the tasks are
+    what the test is about. Returns the ids of every task there is."""
     db.rows(
-        "select start_workflow('w', '[]', 'made', 'made-' || i) from generate_series(1, %s) i",
+        "select start_workflow('w', '[]', %s, %s || '-' || i) from generate_series(1, %s) i",
+        prefix,
+        prefix,
         count,
     )
     for i in range(1, count + 1):
         [(task_id, token)] = db.rows(
-            "select task_id, lease_token from claim_tasks(array['made'], 'maker', 1)"
+            "select task_id, lease_token from claim_tasks(array[%s], 'maker', 1)", prefix
         )
         db.one(
             "select ask_human(%s, %s, 1, 'ask', %s)",
@@ -417,6 +420,74 @@ async def test_the_reviewer_cannot_reach_another_app(
             query = sql.SQL("select * from {}.").format(sql.Identifier(other)) + sql.SQL(call)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 reviewer.execute(query)
+
+
+# ------------------------------------------------------------------------ reviewers by role
+
+
+def test_a_reviewer_restricted_to_its_roles_works_only_their_tasks(
+    dsn: str, own_app: str, own_db: SQL
+) -> None:
+    """set_reviewer_roles: a review screen's login restricted to approver-eu lists, reads and
+    acts on the tasks of that role only (42501 for the others, nothing changed), also after
+    `set role <app>_reviewer`; lifted, it sees every task again. Only the owner sets it."""
+    row = own_db.one("select rolsuper or rolcreaterole from pg_roles where rolname = current_user")
+    if not row:
+        pytest.skip("the test database user may not create roles")
+    eu = make_tasks(own_db, 1, role="approver-eu", prefix="eu")
+    us = [i for i in make_tasks(own_db, 1, role="approver-us", prefix="us") if i not in eu]
+    login = f"{own_app}_eu"
+    own_db.conn.execute(
+        sql.SQL("create role {} login in role {}").format(
+            sql.Identifier(login), sql.Identifier(f"{own_app}_reviewer")
+        )
+    )
+    try:
+        assert own_db.one(
+            "select array_agg(r) from set_reviewer_roles(%s, %s) as r", login, ["approver-eu"]
+        ) == ["approver-eu"]
+        with psycopg.connect(make_conninfo(dsn, user=login), autocommit=True) as r:
+            r.execute(sql.SQL("set search_path = {}").format(sql.Identifier(own_app)))
+            before = own_db.rows("select * from human_tasks order by id")
+
+            def refused(query: str, *params: Any) -> None:
+                with pytest.raises(
+                    psycopg.errors.InsufficientPrivilege,
+                    match="may work the human tasks of approver-eu only",
+                ):
+                    r.execute(query, params)
+
+            assert r.execute("select id from list_human_tasks()").fetchall() == [(eu[0],)]
+            for query in (
+                "select get_human_task(%s)",
+                "select claim_human_task(%s, 'ann')",
+                "select release_human_task(%s, 'ann')",
+                "select reassign_human_task(%s, 'ann', 'ann')",
+                "select comment_human_task(%s, 'ann', 'a note')",
+                "select resolve_human_task(%s, 'ann', 'true')",
+            ):
+                refused(query, us[0])
+            refused("select claim_next_human_task('approver-us', 'ann')")
+            refused("select reassign_human_task(%s, 'ann', null, 'approver-us')", eu[0])
+            assert own_db.rows("select * from human_tasks order by id") == before
+            r.execute(sql.SQL("set role {}").format(sql.Identifier(f"{own_app}_reviewer")))
+            assert r.execute("select id from list_human_tasks()").fetchall() == [(eu[0],)]
+            refused("select get_human_task(%s)", us[0])
+            r.execute("reset role")
+            # Its own role's task: the whole round.
+            assert r.execute(
+                "select id from claim_next_human_task('approver-eu', 'ann')"
+            ).fetchall() == [(eu[0],)]
+            r.execute("select comment_human_task(%s, 'ann', 'fine')", (eu[0],))
+            assert r.execute(
+                "select status from resolve_human_task(%s, 'ann', 'true')", (eu[0],)
+            ).fetchone() == ("resolved",)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                r.execute("select set_reviewer_roles(%s, null)", (login,))
+            assert own_db.rows("select * from set_reviewer_roles(%s, null)", login) == []
+            assert r.execute("select id from list_human_tasks()").fetchall() == [(us[0],)]
+    finally:
+        own_db.conn.execute(sql.SQL("drop role {}").format(sql.Identifier(login)))
 
 
 # ------------------------------------------------------------------------ held calls

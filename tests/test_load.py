@@ -6,11 +6,12 @@ the signals arrive before their wait exists (kept), half while the workflows wai
 Everything completes: no stuck job, no task or signal left over, each step and each entity
 change recorded exactly once, each side effect run and none run again after its step was
 recorded; no deadlock (pg_stat_database) and no error surfaced in the workers' logs.
-`make test` runs 500 workflows (32 worker slots on one queue, so every claim, signal and
-completion still contends); `make test-slow` runs 10,000.
+`make test` runs 200 workflows (32 worker slots on one queue, so every claim, signal and
+completion still contends); `make test-slow` runs 500 and 10,000.
 
 A fan-out load (each workflow runs 8 remote activities at once, completed by two activity
-workers) checks the same of group commits that wake the same workflows concurrently.
+workers) checks the same of group commits that wake the same workflows concurrently: 100
+workflows in `make test`, 250 in `make test-slow`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def run_load(obs: Observer, fleet: Fleet, total: int, limit: float) -> dict[str,
     return figures
 
 
+@pytest.mark.timeout(300)
+async def test_load_200_workflows_two_workers(obs: Observer, fleet: Fleet) -> None:
+    await asyncio.to_thread(run_load, obs, fleet, 200, 240.0)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_load_500_workflows_two_workers(obs: Observer, fleet: Fleet) -> None:
     await asyncio.to_thread(run_load, obs, fleet, 500, 240.0)
@@ -114,4 +121,10 @@ def run_fanout(obs: Observer, fleet: Fleet, total: int, width: int, limit: float
 
 @pytest.mark.timeout(300)
 async def test_fanout_completions_by_two_activity_workers(obs: Observer, fleet: Fleet) -> None:
+    await asyncio.to_thread(run_fanout, obs, fleet, 100, 8, 240.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_fanout_250_workflows_by_two_activity_workers(obs: Observer, fleet: Fleet) -> None:
     await asyncio.to_thread(run_fanout, obs, fleet, 250, 8, 240.0)

@@ -13,6 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The tests that read the wheel run on one pytest-xdist worker, so it is built once (a build
+# is some 10 s of CPU).
+uses_wheel = pytest.mark.xdist_group("wheel")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
@@ -26,6 +31,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return unpacked
 
 
+@uses_wheel
 @pytest.mark.timeout(120)
 def test_wheel_holds_the_product_and_no_cluster_manager(wheel: Path) -> None:
     files = {p.relative_to(wheel).as_posix() for p in (wheel / "hotmesh").rglob("*") if p.is_file()}
@@ -59,6 +65,7 @@ def test_the_engine_imports_nothing_of_the_dashboard() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@uses_wheel
 @pytest.mark.timeout(120)
 def test_installed_hotmesh_db_says_what_to_do(wheel: Path, tmp_path: Path) -> None:
     # The wheel's package, ahead of the checkout this test runs from.

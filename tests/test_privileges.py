@@ -37,6 +37,7 @@ OWNER_ONLY = {
     "rotate_login",
     "list_logins",
     "revoke_login",
+    "set_reviewer_roles",
 }
 
 

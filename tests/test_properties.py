@@ -22,9 +22,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
+
+from helpers import fast_and_slow
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -114,11 +116,11 @@ any_policies = (
     | st.none()
     | st.dictionaries(
         st.sampled_from([*POLICY_FIELDS, "max_attempts"]),
-        # No NUL: jsonb cannot hold \u0000, so Postgres refuses such a value (22P05) before
-        # the engine sees it.
+        # No NUL and no lone surrogate: jsonb cannot hold \u0000 or \ud800, so Postgres
+        # refuses such a value (22P05, 22P02) before the engine sees it.
         numbers
         | st.none()
-        | st.text(st.characters(blacklist_characters="\x00"), max_size=3)
+        | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=3)
         | st.lists(st.integers(), max_size=2),
         max_size=5,
     )
@@ -137,13 +139,7 @@ def sql_error(conn: psycopg.Connection[Any], query: str, *params: Any) -> tuple[
     return (row[0] if row else None), None
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(policy=any_policies, attempt=attempts)
-def test_retry_delay_matches_the_policy(db: Any, policy: Any, attempt: int) -> None:
+def _retry_delay_matches_the_policy(db: Any, policy: Any, attempt: int) -> None:
     value, sqlstate = sql_error(
         db.conn, "select extract(epoch from retry_delay(%s, %s))", Jsonb(policy), attempt
     )
@@ -159,6 +155,11 @@ def test_retry_delay_matches_the_policy(db: Any, policy: Any, attempt: int) -> N
         event("capped")
     # intervals have microsecond resolution
     assert math.isclose(float(value), expected, rel_tol=1e-12, abs_tol=1.5e-6)
+
+
+test_retry_delay_matches_the_policy, test_retry_delay_matches_the_policy_thoroughly = fast_and_slow(
+    _retry_delay_matches_the_policy, 75, 300, policy=any_policies, attempt=attempts
+)
 
 
 def test_retry_delay_edge_values(db: Any) -> None:
@@ -183,18 +184,7 @@ def test_retry_delay_edge_values(db: Any) -> None:
         assert math.isclose(model_delay(model_policy(policy) or {}, attempt), expected)
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    policy=valid_policies,
-    attempt=st.integers(1, 6),
-    code=st.sampled_from([None, 410, 500, 596, 597, 598, 599, "598"]),
-    error_type=st.sampled_from([None, "ValueError", "KeyError", "OSError"]),
-)
-def test_retry_at_and_final_error_follow_the_policy(
+def _retry_at_and_final_error_follow_the_policy(
     db: Any, policy: dict[str, Any], attempt: int, code: Any, error_type: str | None
 ) -> None:
     full = model_policy(policy)
@@ -220,6 +210,20 @@ def test_retry_at_and_final_error_follow_the_policy(
         start = datetime.fromisoformat("2030-01-01T00:00:00+00:00")
         delay = (retry_at - start).total_seconds()
         assert math.isclose(delay, model_delay(full, attempt), rel_tol=1e-12, abs_tol=1.5e-6)
+
+
+(
+    test_retry_at_and_final_error_follow_the_policy,
+    test_retry_at_and_final_error_follow_the_policy_thoroughly,
+) = fast_and_slow(
+    _retry_at_and_final_error_follow_the_policy,
+    50,
+    200,
+    policy=valid_policies,
+    attempt=st.integers(1, 6),
+    code=st.sampled_from([None, 410, 500, 596, 597, 598, 599, "598"]),
+    error_type=st.sampled_from([None, "ValueError", "KeyError", "OSError"]),
+)
 
 
 # ------------------------------------------------------------------------ 2. the state machine
@@ -525,13 +529,7 @@ OPS = [
 ]
 
 
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(data=st.data())
-def test_the_state_machine_never_reaches_an_undefined_state(db: Any, data: st.DataObject) -> None:
+def _the_state_machine_never_reaches_an_undefined_state(db: Any, data: st.DataObject) -> None:
     machine = Machine(db.conn, data)
     try:
         machine.call("start")
@@ -545,6 +543,12 @@ def test_the_state_machine_never_reaches_an_undefined_state(db: Any, data: st.Da
             event(f"reached {status}")
     finally:
         db.conn.execute("select set_config('hotmesh.fake_now', '', false)")
+
+
+(
+    test_the_state_machine_never_reaches_an_undefined_state,
+    test_the_state_machine_never_reaches_an_undefined_state_thoroughly,
+) = fast_and_slow(_the_state_machine_never_reaches_an_undefined_state, 25, 100, data=st.data())
 
 
 def test_an_activity_lease_records_no_workflow_step(db: Any) -> None:

@@ -1,7 +1,8 @@
 """Typed payloads (docs/typed-payloads.md): dataclasses and pydantic models as workflow and
 activity arguments and results, stored as JSON and given back as the annotated type, inline,
 through a queue, in replay and in the Replayer; datetime, UUID, Decimal and enums round-trip;
-a payload that does not fit fails once, naming the field."""
+a payload that does not fit fails once, naming the field; children's, hooks' and signals'
+results typed by `result_type=` or the child's function's annotation."""
 
 from __future__ import annotations
 
@@ -148,3 +149,46 @@ async def test_bad_payload_fails_once_naming_the_field(mf: MemFlow, db: Any) -> 
         caught.value.message
     )
     assert db.one("select attempt from jobs where id = %s", handle.workflow_id) == 1  # no retry
+
+
+async def receipt_of(order: Order) -> Receipt:
+    return price(order)
+
+
+async def cheaper(line: Line) -> Line:
+    return Line(line.sku, line.price / 2)
+
+
+async def family(order: Order) -> dict[str, Any]:
+    """A typed child (its function's annotation), signal and hooks (result_type=)."""
+    receipt = await workflow.exec_child(workflow_name=receipt_of, args=[order])
+    line = await workflow.wait_for("line", result_type=Line)
+    half = await workflow.exec_hook(workflow_name="cheaper", args=[line], result_type=Line)
+    both = await workflow.exec_hook_batch(
+        [{"key": "quarter", "options": {"workflow_name": cheaper, "args": [half]}}]
+    )
+    await workflow.sleep_for(0)  # one more activation: all of them from replay
+    for value, tp in ((receipt, Receipt), (line, Line), (half, Line), (both["quarter"], Line)):
+        assert isinstance(value, tp), value
+    return {"total": receipt.total, "prices": [line.price, half.price, both["quarter"].price]}
+
+
+async def test_typed_children_hooks_and_signals(mf: MemFlow, db: Any) -> None:
+    SEEN.clear()
+    await mf.worker.create(task_queue="typed", workflow=[family, receipt_of, cheaper])
+    handle = await mf.workflow.start(workflow_name="family", args=[ORDER], task_queue="typed")
+    await mf.workflow.signal("line", Line("C-3", Decimal("8")), workflow_id=handle.workflow_id)
+    assert await handle.result(timeout=30) == {"total": "20.00", "prices": ["8", "4", "2"]}
+    report = await Replayer([family, receipt_of, cheaper]).replay_app(mf, statuses=None)
+    assert report.ok, report.text()
+
+    bad = await mf.workflow.start(workflow_name="family", args=[ORDER], task_queue="typed",
+                                  retry_policy=RetryPolicy(maximum_attempts=5))  # fmt: skip
+    await mf.workflow.signal("line", {"sku": "C-3", "price": "free"}, workflow_id=bad.workflow_id)
+    with pytest.raises(FatalError) as caught:
+        await bad.result(timeout=30)
+    assert caught.value.type == "PayloadTypeError"
+    assert "the payload of signal line: field price: expected a Decimal, got 'free'" in (
+        caught.value.message
+    ), caught.value.message
+    assert db.one("select attempt from jobs where id = %s", bad.workflow_id) == 1  # no retry

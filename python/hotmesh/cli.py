@@ -19,7 +19,7 @@ import sys
 import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from hotmesh import _install
 from hotmesh import _roles as _roles_module
 from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
+from hotmesh.codecs import Codec
 from hotmesh.errors import DatabaseUnreachable, HotMeshError, SchemaMismatch
 from hotmesh.interceptors import Interceptor
 from hotmesh.rows import HistoryEntry, HumanTask
@@ -96,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
         type=str.upper,
         choices=_LEVELS,
         help="log level of the worker's event log on stderr (default WARNING: quiet)",
+    )
+    parser.add_argument(
+        "--codec",
+        default=os.environ.get("HOTMESH_CODEC") or None,
+        metavar="MODULE:FACTORY",
+        help="the app's payload codec: a Codec, a list of them, or a callable returning one; "
+        "commands decode what they print and encode what they send, workers both "
+        "(default $HOTMESH_CODEC; docs/codecs.md)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -196,6 +205,13 @@ def _parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="the timeline of a workflow, step by step")
     _common(history, json_flag=True)
     history.add_argument("workflow_id", metavar="ID")
+
+    result = commands.add_parser("result", help="a workflow's result (its error if it failed)")
+    _common(result)
+    result.add_argument("workflow_id", metavar="ID")
+    result.add_argument(
+        "--wait", type=float, metavar="SECONDS", help="wait this long for it to end (default: not)"
+    )
 
     export = commands.add_parser(
         "export", help="a workflow's whole history as one JSON document (hotmesh replay reads it)"
@@ -468,6 +484,22 @@ def _interceptor(spec: str) -> Interceptor:
     return made
 
 
+def _codec(args: argparse.Namespace) -> Codec | list[Codec] | None:
+    """`--codec MODULE:FACTORY` ($HOTMESH_CODEC): a Codec, a list of them, or a callable that
+    returns either (so keys can come from a secret store at start)."""
+    if not args.codec:
+        return None
+    found = _load(args.codec)
+    made = found() if callable(found) and not isinstance(found, Codec) else found
+    chain = list(made) if isinstance(made, list | tuple) else [made]
+    if not chain or not all(isinstance(c, Codec) for c in chain):
+        raise HotMeshError(
+            f"--codec {args.codec}: expected a Codec (name, encode, decode), a list of them or "
+            f"a factory returning one, got {type(made).__name__}"
+        )
+    return chain if len(chain) > 1 else chain[0]
+
+
 def _app(args: argparse.Namespace) -> str:
     if not args.app:
         raise HotMeshError("no app id: pass --app NAME or set HOTMESH_APP")
@@ -484,7 +516,9 @@ def _json_arg(text: str, option: str) -> Any:
 @contextlib.asynccontextmanager
 async def _client(args: argparse.Namespace) -> AsyncIterator[MemFlow]:
     """A client on an installed app (a clear error when it is not), closed afterwards."""
-    mf = await MemFlow.init(app_id=_app(args), dsn=args.dsn, migrate=False, pool_size=2)
+    mf = await MemFlow.init(
+        app_id=_app(args), dsn=args.dsn, migrate=False, pool_size=2, codec=_codec(args)
+    )
     try:
         yield mf
     finally:
@@ -572,7 +606,11 @@ async def _worker(args: argparse.Namespace) -> int:
         raise HotMeshError("nothing to serve: name workflow functions and/or --activities")
     interceptors = [_interceptor(spec) for spec in args.interceptor]
     mf = await MemFlow.init(
-        app_id=_app(args), dsn=args.dsn, migrate=False, interceptors=interceptors
+        app_id=_app(args),
+        dsn=args.dsn,
+        migrate=False,
+        interceptors=interceptors,
+        codec=_codec(args),
     )
     if args.metrics_port is not None:
         try:
@@ -722,6 +760,7 @@ async def _list(args: argparse.Namespace) -> int:
 async def _show(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
         doc = await mf.workflow.get_handle(args.workflow_id).describe()
+        doc = mf.payloads.decode(doc)  # --codec: every marker in it, or a CodecError
     if args.json:
         _print_json(doc)
         return 0
@@ -774,6 +813,9 @@ def _history_detail(row: HistoryEntry) -> str:
 async def _history(args: argparse.Namespace) -> int:
     async with _client(args) as mf:
         rows = await mf.workflow.get_handle(args.workflow_id).history()
+        if mf.payloads.enabled:
+            decode = mf.payloads.decode
+            rows = [replace(r, input=decode(r.input), output=decode(r.output)) for r in rows]
     if args.json:
         _print_json(rows)
         return 0
@@ -790,6 +832,25 @@ async def _history(args: argparse.Namespace) -> int:
         for r in rows
     ]
     print(_table(("AT", "THREAD", "SEQ", "KIND", "NAME", "STATUS", "DETAIL"), table))
+    return 0
+
+
+async def _result(args: argparse.Namespace) -> int:
+    async with _client(args) as mf:
+        handle = mf.workflow.get_handle(args.workflow_id)
+        if args.wait is None:
+            status = (await handle.describe())["status"]
+            if status not in ("completed", "failed", "cancelled"):
+                raise HotMeshError(
+                    f"workflow {args.workflow_id} is {status}: no result yet (--wait SECONDS)"
+                )
+        try:
+            value = await handle.result(timeout=args.wait)
+        except TimeoutError:
+            raise HotMeshError(
+                f"workflow {args.workflow_id} did not end within {args.wait:g} s"
+            ) from None
+    print(json.dumps(value, ensure_ascii=False))
     return 0
 
 
@@ -822,10 +883,12 @@ async def _replay(args: argparse.Namespace) -> int:
         if len(functions) != 1:
             raise HotMeshError("--workflow-name takes exactly one MODULE:FUNCTION")
         replayer = Replayer(
-            {args.workflow_name: functions[0]}, ignore_arguments=args.ignore_arguments
+            {args.workflow_name: functions[0]},
+            ignore_arguments=args.ignore_arguments,
+            codec=_codec(args),
         )
     else:
-        replayer = Replayer(functions, ignore_arguments=args.ignore_arguments)
+        replayer = Replayer(functions, ignore_arguments=args.ignore_arguments, codec=_codec(args))
     if args.from_file:
         report = await replayer.replay_files(args.from_file)
     else:
@@ -1182,6 +1245,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "list": _list,
     "show": _show,
     "history": _history,
+    "result": _result,
     "export": _export,
     "replay": _replay,
     "signal": _signal,

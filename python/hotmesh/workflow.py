@@ -236,13 +236,36 @@ def start_options(
     return options
 
 
-def wait_for(signal_id: str, timeout: _durations.Duration | None = None) -> asyncio.Future[Any]:
-    """Wait until signal `signal_id` arrives for this workflow and return its payload. A
-    signal sent before the wait is kept and taken at once. With `timeout`, raises
-    TimeoutFailure (code 596) when it passes first."""
+def wait_for(
+    signal_id: str, timeout: _durations.Duration | None = None, *, result_type: Any = None
+) -> asyncio.Future[Any]:
+    """Wait until signal `signal_id` arrives for this workflow and return its payload, as
+    `result_type` when given (docs/typed-payloads.md). A signal sent before the wait is kept
+    and taken at once. With `timeout`, raises TimeoutFailure (code 596) when it passes first."""
     act = activation("wait_for")
     limit = None if timeout is None else _durations.seconds(timeout, "wait_for timeout")
-    return act.call(WaitSignal(signal_id, limit))
+    future = act.call(WaitSignal(signal_id, limit))
+    if result_type is None:
+        return future
+    return act.typed(future, result_type, f"the payload of signal {signal_id}")
+
+
+WorkflowName = str | Callable[..., Any]
+"""A workflow's registered name, or its function (its name, and its return annotation as the
+result's type)."""
+
+
+def _workflow_named(workflow: WorkflowName, result_type: Any) -> tuple[str, Any]:
+    """The name of a child's or hook's function, and the type its result is given back as:
+    `result_type`, else the function's return annotation (when it needs converting)."""
+    if isinstance(workflow, str):
+        return workflow, result_type
+    name = getattr(workflow, "__name__", None)
+    if not callable(workflow) or not isinstance(name, str):
+        raise errors.InvalidArgument(
+            f"workflow_name must be a name or a workflow function, not {workflow!r}"
+        )
+    return name, result_type if result_type is not None else _convert.return_type(workflow)
 
 
 def ask_human(
@@ -305,7 +328,7 @@ def signal(
 
 def hook(
     *,
-    workflow_name: str,
+    workflow_name: WorkflowName,
     args: Iterable[Any] = (),
     task_queue: str | None = None,
     workflow_id: str | None = None,
@@ -320,6 +343,7 @@ def hook(
     when it runs longer, as it ends a workflow."""
     act = activation("hook")
     try:
+        workflow_name, _ = _workflow_named(workflow_name, None)
         arguments = encode_args(args, f"the args of hook {workflow_name}")
         options = start_options(execution_timeout=execution_timeout) or None
     except (errors.FatalError, errors.InvalidArgument) as error:
@@ -331,76 +355,94 @@ def hook(
 
 async def exec_hook(
     *,
-    workflow_name: str,
+    workflow_name: WorkflowName,
     args: Iterable[Any] = (),
     task_queue: str | None = None,
     signal_id: str | None = None,
     timeout: _durations.Duration | None = None,  # noqa: ASYNC109 - a durable wait's limit
     execution_timeout: _durations.Duration | None = None,
+    result_type: Any = None,
 ) -> Any:
     """Run a hook in this workflow and wait for it: returns the payload of `signal_id` if the
     hook sends it, else the hook's return value; raises the hook's error if it fails (errors
     are never swallowed). The default signal id is unique to this call. `timeout` bounds
     this wait only (the hook runs on); `execution_timeout` bounds the hook itself: the engine
-    ends it and this call raises its TimeoutFailure (596)."""
+    ends it and this call raises its TimeoutFailure (596). The result is given back as
+    `result_type`, or as the return annotation of `workflow_name` when it is the function."""
     act = activation("exec_hook")
+    name, tp = _workflow_named(workflow_name, result_type)
     sid = signal_id or f"{_position(act)}/hook-{act.upcoming_seq()}"
     await hook(
-        workflow_name=workflow_name, args=args, task_queue=task_queue, signal_id=sid,
+        workflow_name=name, args=args, task_queue=task_queue, signal_id=sid,
         execution_timeout=execution_timeout,
     )  # fmt: skip
-    return await wait_for(sid, timeout)
+    future = wait_for(sid, timeout)
+    if tp is not None:
+        future = act.typed(future, tp, f"the result of hook {name}")
+    return await future
 
 
 async def exec_hook_batch(hooks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Run several hooks at once: `[{"key": k, "options": {exec_hook options}}, ...]`
-    (workflow_name, args, task_queue, signal_id, timeout, execution_timeout); returns
-    {key: result}. All hooks
-    start before any wait; the first hook error (or timeout) raises here."""
+    (workflow_name, args, task_queue, signal_id, timeout, execution_timeout, result_type);
+    returns {key: result}. All hooks start before any wait; the first hook error (or
+    timeout) raises here."""
     items = [(str(item["key"]), dict(item["options"])) for item in hooks]
     act = activation("exec_hook_batch")
     sids: list[str] = []
     limits = [options.get("timeout") for _key, options in items]
+    types = []
     for _key, options in items:
         sid = options.pop("signal_id", None) or options.pop("signalId", None)
         sids.append(sid or f"{_position(act)}/hook-{act.upcoming_seq()}")
         options.setdefault("workflow_name", options.pop("workflowName", None))
         options.setdefault("task_queue", options.pop("taskQueue", None))
+        name, tp = _workflow_named(options["workflow_name"], options.get("result_type"))
+        types.append((name, tp))
         await hook(
-            workflow_name=options["workflow_name"],
+            workflow_name=name,
             args=options.get("args", ()),
             task_queue=options["task_queue"],
             signal_id=sids[-1],
             execution_timeout=options.get("execution_timeout"),
         )
+    waits = [wait_for(sid, limit) for sid, limit in zip(sids, limits, strict=True)]
     results = await asyncio.gather(
-        *(wait_for(sid, limit) for sid, limit in zip(sids, limits, strict=True))
+        *(
+            wait if tp is None else act.typed(wait, tp, f"the result of hook {name}")
+            for wait, (name, tp) in zip(waits, types, strict=True)
+        )
     )
     return {key: result for (key, _), result in zip(items, results, strict=True)}
 
 
 def _child(
     wait: bool,
-    workflow_name: str,
+    workflow: WorkflowName,
     args: Iterable[Any],
     task_queue: str | None,
     workflow_id: str | None,
     entity: str | None,
     options: dict[str, Any],
+    result_type: Any = None,
 ) -> asyncio.Future[Any]:
     act = activation("exec_child" if wait else "start_child")
+    workflow_name, tp = _workflow_named(workflow, result_type)
     try:
         arguments = encode_args(args, f"the args of child workflow {workflow_name}")
     except errors.FatalError as error:
         return act.fail_now(error)
-    return act.call(
+    future = act.call(
         StartChild(workflow_name, arguments, task_queue, workflow_id, entity, options, wait)
     )
+    if not wait or tp is None:
+        return future
+    return act.typed(future, tp, f"the result of child workflow {workflow_name}")
 
 
 def exec_child(
     *,
-    workflow_name: str,
+    workflow_name: WorkflowName,
     args: Iterable[Any] = (),
     task_queue: str | None = None,
     workflow_id: str | None = None,
@@ -410,20 +452,22 @@ def exec_child(
     expire: _durations.Duration | None = None,
     execution_timeout: _durations.Duration | None = None,
     concurrency_key: str | None = None,
+    result_type: Any = None,
 ) -> asyncio.Future[Any]:
     """Start a child workflow and wait for its result (this workflow suspends meanwhile; it
     holds no worker slot). A failed child raises its error, with its code, here (596 when its
     `execution_timeout` passed). The child id defaults to "<this id>-<thread>-<step>", the same
-    on every replay."""
+    on every replay. The result is given back as `result_type`, or as the return annotation
+    of `workflow_name` when it is the child's function (docs/typed-payloads.md)."""
     options = start_options(
         retry_policy, priority, expire, execution_timeout, concurrency_key=concurrency_key
     )
-    return _child(True, workflow_name, args, task_queue, workflow_id, entity, options)
+    return _child(True, workflow_name, args, task_queue, workflow_id, entity, options, result_type)
 
 
 def start_child(
     *,
-    workflow_name: str,
+    workflow_name: WorkflowName,
     args: Iterable[Any] = (),
     task_queue: str | None = None,
     workflow_id: str | None = None,

@@ -10,7 +10,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(51);
+select plan(56);
 
 -- A workflow (on its own queue, named after it) whose main activation schedules one activity
 -- with p_policy on t35-a and suspends.
@@ -464,6 +464,23 @@ select is(
     (select count(*)::integer from threads where job_id = 'to-7'),
     0,
     'and none of them started a thread'
+);
+
+-- The one check of every duration given as JSON seconds (_check_seconds): its bounds, open
+-- or closed, an optional upper one, and a required value.
+select is(_check_seconds('x', null, 0, 1, 'from 0 to 1'), null, 'no duration: null');
+select is(_check_seconds('x', '2.5', 0, null, '> 0', true), 2.5, 'no upper bound: any above');
+select throws_ok(
+    $$select _check_seconds('x', '0', 0, null, '> 0', true)$$, '22023',
+    'x must be a number of seconds > 0, not 0', 'an open lower bound excludes it'
+);
+select throws_ok(
+    $$select _check_seconds('x', '"5"', 0, 10, 'from 0 to 10')$$, '22023',
+    'x must be a number of seconds from 0 to 10, not "5"', 'text is not a number of seconds'
+);
+select throws_ok(
+    $$select _check_seconds('x', 'null', 0, 10, 'from 0 to 10', p_required => true)$$, '22023',
+    'x must be a number of seconds from 0 to 10, not null', 'a required duration'
 );
 
 select * from finish();

@@ -501,16 +501,24 @@ async def _start_workflows(dsn: str, app: str, count: int, batch: int) -> tuple[
     return many, single
 
 
-def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]:
-    """Enqueue `count` workflows with no steps, then drain them with one worker process."""
+def queue(
+    dsn: str, app: str, *, count: int, concurrency: int, keys: int = 0, key_max_running: int = 2
+) -> dict[str, Any]:
+    """Enqueue `count` workflows with no steps, then drain them with one worker process. With
+    `keys`: each workflow carries one of `keys` concurrency keys (in turn) and the queue has a
+    per-key `key_max_running`, so every claim goes through the limited claim (_admit, in key
+    rotation); `keyed` runs this beside the unkeyed `queue` for the ratio."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         _reset_app(conn, dsn, app)
+        if keys:
+            _set_limits(conn, app, key_max_running=key_max_running)
         conn.execute(
             sql.SQL(
-                "select count({}.start_workflow('empty', '[]', 'bench'))"
-                " from generate_series(1, %s)"
+                "select count({}.start_workflow('empty', '[]', 'bench', null, null,"
+                " case when %s > 0 then jsonb_build_object('concurrency_key', 'k' || i %% %s)"
+                " else '{{}}' end)) from generate_series(1, %s) as i"
             ).format(sql.Identifier(app)),
-            (count,),
+            (keys, max(keys, 1), count),
         )
         counters = Counters(conn)
         with _worker(dsn, app, "bench", f"{__name__}:empty", concurrency=concurrency) as pid:
@@ -525,6 +533,7 @@ def queue(dsn: str, app: str, *, count: int, concurrency: int) -> dict[str, Any]
         "statements_per_task": None if statements is None else statements / count,
         "worker_cpu_ms_per_task": cpu * 1000 / count,
         "not_completed": timing["not_completed"],
+        **({"keys": keys, "key_max_running": key_max_running} if keys else {}),
     }
 
 
@@ -770,6 +779,7 @@ SCENARIOS = (
     "long",
     "remote",
     "queue",
+    "keyed",
     "keys",
     "signal",
     "fanout",
@@ -819,6 +829,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "queue": lambda: queue(
             dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency or args.concurrency
         ),
+        "keyed": lambda: queue(
+            dsn,
+            app,
+            count=args.queue_tasks,
+            concurrency=args.queue_concurrency,
+            keys=args.queue_keys,
+            key_max_running=args.key_max_running,
+        ),
         "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
         "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
         "history": lambda: history(dsn, app, finished=args.history_jobs),
@@ -852,6 +870,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "steps" in scenarios and "limited" in scenarios:  # the limited claim's cost, same run
         scenarios["limited"]["vs_unlimited"] = (
             scenarios["limited"]["steps_per_s"] / scenarios["steps"]["steps_per_s"]
+        )
+    if "queue" in scenarios and "keyed" in scenarios:  # the keyed drain's cost, same run
+        scenarios["keyed"]["vs_unkeyed"] = (
+            scenarios["keyed"]["tasks_per_s"] / scenarios["queue"]["tasks_per_s"]
         )
     ceiling_rate = report["scenarios"].get("ceiling", {}).get("steps_per_s")
     if ceiling_rate:
@@ -910,6 +932,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="worker concurrency for `queue` (default: --concurrency); the worker's default "
         "prefetch claims ahead of it",
+    )
+    parser.add_argument(
+        "--queue-keys",
+        type=int,
+        default=1000,
+        help="concurrency keys of `keyed`, the `queue` drain with a per-key limit (1000)",
+    )
+    parser.add_argument(
+        "--key-max-running",
+        type=int,
+        default=2,
+        help="the per-key max_running of `keyed` (2)",
     )
     parser.add_argument(
         "--start-count", type=int, default=20_000, help="workflows `starts` starts (20000)"
