@@ -833,7 +833,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dsn,
             app,
             count=args.queue_tasks,
-            concurrency=args.queue_concurrency,
+            concurrency=args.queue_concurrency or args.concurrency,
             keys=args.queue_keys,
             key_max_running=args.key_max_running,
         ),
@@ -930,8 +930,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--queue-concurrency",
         type=int,
         default=None,
-        help="worker concurrency for `queue` (default: --concurrency); the worker's default "
-        "prefetch claims ahead of it",
+        help="worker concurrency for `queue` and `keyed` (default: --concurrency); the "
+        "worker's default prefetch claims ahead of it (not on `keyed`'s limited queue)",
     )
     parser.add_argument(
         "--queue-keys",
