@@ -364,3 +364,67 @@ async def test_a_client_on_a_worker_node_is_refused(app: str) -> None:
         await MemFlow.init(app_id=app, dsn=url, migrate=False)
     with pytest.raises(HotMeshError, match="Citus worker node"):
         await migrate(url, app)
+
+
+# ------------------------------------------------------------------------------ by job_id
+
+
+async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
+    """The first step of docs/citus-row-distribution.md: one app's rows distributed by
+    job_id. Every table with a job_id that is never null distributes by it, colocated with
+    jobs (Citus refuses a unique key without the distribution column, so this holds the keys
+    to that), and the others become reference tables; the one key that is not ready is the
+    start's idempotency key. The engine does not run on it yet (docs/citus-row-distribution.md
+    says what fails: starts, then the claim)."""
+    app_id = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(app_id)
+    # A schema of its own (not a distributed schema): its tables start on the coordinator.
+    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
+    await migrate(sharded(CITUS_URL, on=False), app_id)
+    tables = query(
+        "select c.relname, exists (select from pg_attribute as a where a.attrelid = c.oid"
+        "  and a.attname = 'job_id' and a.attnotnull)"
+        " from pg_class as c where c.relnamespace = %s::regnamespace and c.relkind = 'r'"
+        " order by 1",
+        app_id,
+    )
+    by_job = sorted(t for t, keyed in tables if keyed)
+    assert {"steps", "threads", "tasks", "runs", "run_steps", "human_tasks"} <= set(by_job)
+    with psycopg.connect(CITUS_URL, autocommit=True) as conn:
+        # The one key not ready: a start's idempotency key is unique across all workflows
+        # (migration 0011), so jobs cannot be distributed by id while it is an index of jobs.
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="partition column"):
+            conn.execute(
+                "select create_distributed_table(%s, 'id', shard_count := 4)", (f"{app_id}.jobs",)
+            )
+        # Without it (this app's starts then take no idempotency key), the rest distributes.
+        conn.execute(f"drop index {app_id}.jobs_idempotency_key")
+        conn.execute(
+            "select create_distributed_table(%s, 'id', shard_count := 4)", (f"{app_id}.jobs",)
+        )
+        for table in by_job:
+            conn.execute(
+                "select create_distributed_table(%s, 'job_id', colocate_with := %s)",
+                (f"{app_id}.{table}", f"{app_id}.jobs"),
+            )
+        for table, keyed in tables:
+            if table != "jobs" and not keyed:
+                conn.execute("select create_reference_table(%s)", (f"{app_id}.{table}",))
+    kinds = dict(
+        query(
+            "select table_name::text, citus_table_type from citus_tables"
+            " where table_name::text like %s",
+            f"{app_id}.%",
+        )
+    )
+    assert len(kinds) == len(tables), kinds
+    assert {t for t, k in kinds.items() if k == "distributed"} == {
+        f"{app_id}.{t}" for t in ["jobs", *by_job]
+    }
+    # All in one colocation group: a workflow's rows on one node, together.
+    groups = query(
+        "select count(distinct colocation_id) from citus_tables"
+        " where citus_table_type = 'distributed' and table_name::text like %s",
+        f"{app_id}.%",
+    )
+    assert groups == [(1,)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from helpers import SQL, Workers, create_effects, kill9, until, until_row
+from helpers import SQL, Workers, create_effects, kill9, until_row
 from hotmesh import MemFlow, workflow
 from hotmesh._commands import Command, RecordedStep
 from hotmesh._runner import Activation, Completed, Outcome, RecordedThread, Suspended
@@ -106,6 +106,12 @@ async def test_resume_refuses_a_history_that_moved_on() -> None:
     kept.close()
 
 
+PARKED = (
+    "select j.status = 'waiting' and exists (select from steps as s where s.job_id = j.id"
+    " and s.kind = 'signal') from jobs as j where j.id = %s"
+)
+
+
 def history_of(db: Any, job_id: str) -> list[tuple[Any, ...]]:
     return db.rows(
         "select seq, kind, name, status, input, output from steps where job_id = %s order by seq",
@@ -127,13 +133,8 @@ async def test_a_worker_resumes_its_workflows_from_the_cache(
     handle = await mf.workflow.start(
         workflow_name="mixed", task_queue="q", workflow_id="kept", args=["k"]
     )
-
-    async def kept_waits() -> Any:
-        return await handle.status() == "waiting" and db.one(
-            "select count(*) from steps where job_id = 'kept' and kind = 'signal'"
-        )
-
-    await until(kept_waits, "kept to wait for the signal")
+    # Suspended at the signal wait (committed), so the signal wakes a kept activation.
+    await until_row(db, PARKED, "kept")
     await mf.workflow.signal("go", {"ok": 1}, workflow_id="kept")
     assert await handle.result(timeout=30) == ["KA", "KB", "KC", {"ok": 1}]
     assert (cached.sticky.hits, cached.sticky.misses) == (4, 0)
@@ -143,7 +144,7 @@ async def test_a_worker_resumes_its_workflows_from_the_cache(
     again = await mf.workflow.start(
         workflow_name="mixed", task_queue="q", workflow_id="cold", args=["k"]
     )
-    await until_row(db, "select count(*) from steps where job_id = 'cold' and kind = 'signal'")
+    await until_row(db, PARKED, "cold")
     await mf.workflow.signal("go", {"ok": 1}, workflow_id="cold")
     assert await again.result(timeout=30) == ["KA", "KB", "KC", {"ok": 1}]
     assert (cold.sticky.hits, len(cold.sticky)) == (0, 0)
