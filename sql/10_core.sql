@@ -361,8 +361,12 @@ $$;
 -- job and refuses when it cannot. The move to running (a claim) never waits for a job row
 -- that another transaction holds (an application's open transaction that changed the entity):
 -- that job does not move, and the claim gives its task back for later.
+-- p_build_id: the code of the worker whose claim moves them to running, recorded in the same
+-- row version (a second UPDATE of each claimed row cost as much as the move).
+drop function if exists _transitions(text[], text, jsonb[], jsonb);
 create or replace function _transitions(
-    p_job_ids text[], p_to text, p_results jsonb[] default null, p_error jsonb default null
+    p_job_ids text[], p_to text, p_results jsonb[] default null, p_error jsonb default null,
+    p_build_id text default null
 ) returns setof jobs
 language plpgsql
 as $$
@@ -385,7 +389,8 @@ begin
                result = case when p_to = 'completed' then m.result else j.result end,
                error = coalesce(p_error, j.error),
                completed_at = case when v_ends then v_now end,
-               expire_at = case when v_ends then _after(v_now, j.retention) end
+               expire_at = case when v_ends then _after(v_now, j.retention) end,
+               build_id = coalesce(p_build_id, j.build_id)
           from unnest(p_job_ids, p_results) as m (id, result)
          where j.id = m.id
            and j.status in (select l.from_state from _legal_transitions() as l

@@ -30,12 +30,21 @@ $$;
 -- its recorded steps, so the worker can replay without another query. p_build_id names the
 -- worker's code: recorded in jobs.build_id by each main activation it starts. Due schedules
 -- fire first (_fire_schedules), so their runs may be claimed at once.
+-- Prefetch: up to p_prefetch more tasks, after the p_max_tasks that start now, are claimed
+-- ahead for the worker's local buffer (on queues without limits). Such a task is leased but
+-- not started (started_at null): its lease is p_prefetch_lease, short, so a worker that dies
+-- holds it up no longer; no run deadline ticks until start_tasks starts it; and a claim that
+-- takes it over after that lease counts no attempt for the run that never was. The rows come
+-- back started first, then the prefetched, each part by priority.
+drop function if exists claim_tasks(text[], text, integer, interval, text);
 create or replace function claim_tasks(
     p_task_queues text[],
     p_worker_id text,
     p_max_tasks integer default 1,
     p_lease interval default interval '30 seconds',
-    p_build_id text default null
+    p_build_id text default null,
+    p_prefetch integer default 0,
+    p_prefetch_lease interval default interval '5 seconds'
 ) returns setof claimed_task
 language plpgsql
 set search_path from current
@@ -59,6 +68,7 @@ declare
     v_spent_tokens uuid[];
     v_spent_messages text[];
     v_started text[];
+    v_builds jsonb;
     v_held bigint[];
     v_held_jobs text[];
     v_plain text[] := p_task_queues;
@@ -66,14 +76,22 @@ declare
     -- Seconds each task was due before this claim took it (schedule-to-start), by task id.
     v_waited jsonb;
 begin
-    if p_max_tasks is null or p_max_tasks < 1 then
+    if p_prefetch is null or p_prefetch < 0 then
         raise exception using errcode = '22023',
-            message = format('max_tasks must be >= 1, not %s',
+            message = format('prefetch must be >= 0, not %s', coalesce(p_prefetch::text, 'null'));
+    end if;
+    -- Only a claim that prefetches may start none now.
+    if p_max_tasks is null or p_max_tasks < 1 - sign(p_prefetch) then
+        raise exception using errcode = '22023',
+            message = format('max_tasks must be >= %s, not %s', 1 - sign(p_prefetch),
                              coalesce(p_max_tasks::text, 'null'));
     end if;
     perform _check_name('worker id', p_worker_id);
     perform _check_name('build id', p_build_id);
     perform _check_lease(p_lease);
+    if p_prefetch > 0 then
+        perform _check_lease(p_prefetch_lease);
+    end if;
     -- Due timeouts first (sql/25_timeouts.sql), so a timed-out run is failed, never handed
     -- out again as an expired lease.
     perform _fire_timeouts(v_now);
@@ -98,38 +116,50 @@ begin
     -- key's one after it), after those without one.
     -- The lease token is drawn here, not in the UPDATE's SET list: Citus refuses a volatile
     -- function there (docs/citus.md).
+    -- The first p_max_tasks in claim order start now; the rest (ahead) are prefetched.
     with picked as (
-        (select c.id, gen_random_uuid() as token, c.run_at as ready_at
-           from unnest(v_plain) as q (name)
-          cross join lateral (
-                select t.id, t.priority, t.key_rank, t.run_at
-                  from tasks as t
-                 where t.task_queue = q.name and t.state <> 'dead' and t.run_at <= v_now
-                   -- one that timed out but was held while the timeouts fired: not now
-                   and (t.timeout_at is null or t.timeout_at > v_now)
-                 order by t.priority desc, t.key_rank nulls first, t.run_at, t.id
-                 limit p_max_tasks
-                   for update skip locked
-                ) as c
-          order by c.priority desc, c.key_rank nulls first, c.run_at, c.id
-          limit p_max_tasks)
+        select p.id, gen_random_uuid() as token, p.ord > p_max_tasks as ahead,
+               p.run_at as ready_at
+          from (select c.id, c.run_at,
+                       row_number() over (order by c.priority desc, c.key_rank nulls first,
+                                                   c.run_at, c.id) as ord
+                  from unnest(v_plain) as q (name)
+                 cross join lateral (
+                       select t.id, t.priority, t.key_rank, t.run_at
+                         from tasks as t
+                        where t.task_queue = q.name and t.state <> 'dead' and t.run_at <= v_now
+                          -- one that timed out but was held while the timeouts fired: not now
+                          and (t.timeout_at is null or t.timeout_at > v_now)
+                        order by t.priority desc, t.key_rank nulls first, t.run_at, t.id
+                        limit p_max_tasks + p_prefetch
+                          for update skip locked
+                       ) as c
+                 order by c.priority desc, c.key_rank nulls first, c.run_at, c.id
+                 limit p_max_tasks + p_prefetch) as p
         union all
-        select t.id, gen_random_uuid(), t.run_at from tasks as t where t.id = any(v_admitted)
+        select t.id, gen_random_uuid(), false, t.run_at
+          from tasks as t where t.id = any(v_admitted)
     ), leased as (
         update tasks as t
            set state = 'leased',
                lease_owner = p_worker_id,
                lease_token = picked.token,
                -- A lease never outlasts the run's timeout: the task is due again then.
-               lease_expires_at = least(v_now + p_lease, _run_deadline(
-                   t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)),
-               run_at = least(v_now + p_lease, _run_deadline(
-                   t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)),
-               attempt = t.attempt + 1,
+               lease_expires_at = case when picked.ahead
+                   then least(v_now + p_prefetch_lease, t.close_at)
+                   else least(v_now + p_lease, _run_deadline(
+                       t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)) end,
+               run_at = case when picked.ahead
+                   then least(v_now + p_prefetch_lease, t.close_at)
+                   else least(v_now + p_lease, _run_deadline(
+                       t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)) end,
+               -- A prefetched run that never started (its worker died) was no attempt.
+               attempt = t.attempt
+                   + case when t.state = 'leased' and t.started_at is null then 0 else 1 end,
                rerun = false,
-               started_at = v_now,
-               timeout_at = _run_deadline(
-                   t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)
+               started_at = case when picked.ahead then null else v_now end,
+               timeout_at = case when picked.ahead then t.close_at else _run_deadline(
+                   t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now) end
           from picked
          where t.id = picked.id
            and t.state in (select l.from_state from _legal_transitions() as l
@@ -203,7 +233,14 @@ begin
     end if;
 
     if v_main_jobs is not null then
-        select array_agg(m.id) into v_started from _transitions(v_main_jobs, 'running') as m;
+        -- The main activations it starts run this worker's code (build): recorded as they
+        -- move, in the same row version. The builds they ran before go to the worker.
+        if p_build_id is not null then
+            select jsonb_object_agg(id, build_id) into v_builds
+              from jobs where id = any(v_main_jobs) and build_id is not null;
+        end if;
+        select array_agg(m.id) into v_started
+          from _transitions(v_main_jobs, 'running', null, null, p_build_id) as m;
         -- A workflow whose row another transaction holds (an application's open transaction
         -- on its entity) did not start running: its activation is given back, due again in a
         -- second (not at once: an idle worker would claim it again in a loop), so one held
@@ -243,8 +280,8 @@ begin
                 else th.args end,
            -- null, not '{}' or '[]', where there is nothing to read: a worker claiming
            -- hundreds of tasks at once parses every JSON value it gets.
-           -- An activation's payload: the build of the previous activation (replaced below
-           -- by this worker's), so a non-determinism failure can name both; and from the
+           -- An activation's payload: the build of the previous activation (b: replaced
+           -- by this worker's as it moved), so a non-determinism failure can name both; from the
            -- second run on (continue_as_new) the run. claimed_task keeps its shape, which
            -- older workers read by position.
            -- Both carry the workflow's trace context (docs/tracing.md) when it has one, and
@@ -256,10 +293,10 @@ begin
                         'traceparent', j.traceparent,
                         'schedule_to_start', v_waited -> t.id::text))
                 when t.kind = 'activity' then t.payload
-                when j.build_id is not null or j.run > 1 or j.traceparent is not null
+                when b.build_id is not null or j.run > 1 or j.traceparent is not null
                      or v_waited ? t.id::text
                     then jsonb_strip_nulls(jsonb_build_object(
-                        'build_id', j.build_id, 'run', nullif(j.run, 1),
+                        'build_id', b.build_id, 'run', nullif(j.run, 1),
                         'traceparent', j.traceparent,
                         'schedule_to_start', v_waited -> t.id::text))
            end,
@@ -277,16 +314,12 @@ begin
       from unnest(v_ids) as c (id)
      cross join lateral (select * from tasks as t where t.id = c.id offset 0) as t
      cross join lateral (select * from jobs as j where j.id = t.job_id offset 0) as j
+     cross join lateral (select case when j.id = any(v_started) then v_builds ->> j.id
+                                     else j.build_id end as build_id) as b
       left join lateral (
            select * from threads as th
             where th.job_id = t.job_id and th.thread = t.thread offset 0) as th on true
-     order by t.priority desc, t.id;
-    -- The main activations this claim started run the claiming worker's code (build). Only
-    -- their job rows are held (by _transitions): nobody else's row is waited for.
-    if p_build_id is not null and v_started is not null then
-        update jobs set build_id = p_build_id
-         where id = any(v_started) and build_id is distinct from p_build_id;
-    end if;
+     order by t.started_at is null, t.priority desc, t.id;
 end
 $$;
 
@@ -652,6 +685,53 @@ begin
               from tasks as t
               join mine on t.id = mine.id and t.lease_token = mine.token
              where t.id not in (select id from free)) as held;
+    return v_held;
+end
+$$;
+
+-- Starts prefetched tasks (claim_tasks' p_prefetch) that the worker now runs: the run's
+-- deadline (start_to_close, heartbeat_timeout) begins and the short lease becomes p_lease.
+-- Not a move of the state machine (the task stays leased), like heartbeat. Returns the ids
+-- still held with their token, started now or before. Never waits for a row lock (a task its
+-- own completion holds right now is left as it is), for the reason heartbeat gives.
+create or replace function start_tasks(p_task_ids bigint[], p_tokens uuid[], p_lease interval)
+returns bigint[]
+language plpgsql
+set search_path from current
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_now timestamptz := _now();
+    v_held bigint[];
+begin
+    perform _check_lease(p_lease);
+    with mine as (
+        select h.id, h.token from unnest(p_task_ids, p_tokens) as h (id, token)
+    ), free as (
+        select t.id from tasks as t where t.id = any(p_task_ids) and t.started_at is null
+         order by t.id
+           for update skip locked
+    ), started as (
+        update tasks as t
+           set started_at = v_now,
+               timeout_at = d.deadline,
+               lease_expires_at = least(v_now + p_lease, d.deadline),
+               run_at = least(v_now + p_lease, d.deadline)
+          from mine
+         cross join lateral (select _run_deadline(k.close_at, k.start_to_close,
+                                                  k.heartbeat_timeout, v_now, v_now) as deadline
+                               from tasks as k where k.id = mine.id) as d
+         where t.id = mine.id and t.lease_token = mine.token and t.state = 'leased'
+           and t.id in (select id from free)
+        returning t.id
+    )
+    select coalesce(array_agg(held.id), '{}') into v_held
+      from (select id from started
+            union
+            select t.id
+              from tasks as t
+              join mine on t.id = mine.id and t.lease_token = mine.token
+             where t.state = 'leased' and t.started_at is not null) as held;
     return v_held;
 end
 $$;

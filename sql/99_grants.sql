@@ -67,7 +67,7 @@ declare
     v_worker_functions text[] := array[
         'claim_tasks', 'next_due', 'complete_task', 'complete_tasks', 'fail_task',
         'suspend_task', 'suspend_tasks', 'bury_task', 'heartbeat', 'activity_heartbeat',
-        'release_tasks',
+        'release_tasks', 'start_tasks',
         'record_step',
         'record_steps', 'schedule_activity', 'schedule_sleep', 'entity_step', 'search_step',
         'emit_step', 'wait_signal', 'send_signal', 'start_child', 'start_hook', 'cancel_step',

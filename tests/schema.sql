@@ -736,7 +736,7 @@ create function <app>._tokens(p_limits <app>.queue_limits, p_bucket <app>.queue_
     language sql immutable;
 create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb) returns <app>.jobs
     language plpgsql volatile;
-create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[] DEFAULT NULL::jsonb[], p_error jsonb DEFAULT NULL::jsonb) returns SETOF <app>.jobs
+create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[] DEFAULT NULL::jsonb[], p_error jsonb DEFAULT NULL::jsonb, p_build_id text DEFAULT NULL::text) returns SETOF <app>.jobs
     language plpgsql volatile;
 create function <app>._wake(p_job_id text, p_thread text) returns void
     language plpgsql volatile;
@@ -765,7 +765,7 @@ create function <app>.claim_human_task(p_id bigint, p_who text) returns <app>.hu
 create function <app>.claim_next_human_task(p_role text, p_who text) returns SETOF <app>.human_tasks
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
-create function <app>.claim_tasks(p_task_queues text[], p_worker_id text, p_max_tasks integer DEFAULT 1, p_lease interval DEFAULT '00:00:30'::interval, p_build_id text DEFAULT NULL::text) returns SETOF <app>.claimed_task
+create function <app>.claim_tasks(p_task_queues text[], p_worker_id text, p_max_tasks integer DEFAULT 1, p_lease interval DEFAULT '00:00:30'::interval, p_build_id text DEFAULT NULL::text, p_prefetch integer DEFAULT 0, p_prefetch_lease interval DEFAULT '00:00:05'::interval) returns SETOF <app>.claimed_task
     language plpgsql volatile security definer
     set enable_bitmapscan = off
     set enable_seqscan = off
@@ -987,6 +987,10 @@ create function <app>.start_child(p_task_id bigint, p_token uuid, p_seq integer,
 create function <app>.start_hook(p_task_id bigint, p_token uuid, p_seq integer, p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_signal_id text, p_options jsonb DEFAULT NULL::jsonb) returns jsonb
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
+create function <app>.start_tasks(p_task_ids bigint[], p_tokens uuid[], p_lease interval) returns bigint[]
+    language plpgsql volatile security definer
+    set plan_cache_mode = force_generic_plan
+    set search_path = <app>, pg_temp;
 create function <app>.start_workflow(p_workflow_name text, p_args jsonb DEFAULT '[]'::jsonb, p_task_queue text DEFAULT NULL::text, p_workflow_id text DEFAULT NULL::text, p_entity text DEFAULT NULL::text, p_options jsonb DEFAULT '{}'::jsonb) returns text
     language plpgsql volatile security definer
     set search_path = <app>, pg_temp;
@@ -1089,7 +1093,7 @@ grant execute on function <app>.claim_human_task(bigint,text) to <app>_worker;
 grant execute on function <app>.claim_next_human_task(text,text) to <app>_app;
 grant execute on function <app>.claim_next_human_task(text,text) to <app>_reviewer;
 grant execute on function <app>.claim_next_human_task(text,text) to <app>_worker;
-grant execute on function <app>.claim_tasks(text[],text,integer,interval,text) to <app>_worker;
+grant execute on function <app>.claim_tasks(text[],text,integer,interval,text,integer,interval) to <app>_worker;
 grant execute on function <app>.comment_human_task(bigint,text,text) to <app>_app;
 grant execute on function <app>.comment_human_task(bigint,text,text) to <app>_reviewer;
 grant execute on function <app>.comment_human_task(bigint,text,text) to <app>_worker;
@@ -1206,6 +1210,7 @@ grant execute on function <app>.signal(text,jsonb,text,text) to <app>_app;
 grant execute on function <app>.signal(text,jsonb,text,text) to <app>_worker;
 grant execute on function <app>.start_child(bigint,uuid,integer,text,jsonb,text,text,text,jsonb,boolean) to <app>_worker;
 grant execute on function <app>.start_hook(bigint,uuid,integer,text,jsonb,text,text,text,jsonb) to <app>_worker;
+grant execute on function <app>.start_tasks(bigint[],uuid[],interval) to <app>_worker;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_app;
 grant execute on function <app>.start_workflow(text,jsonb,text,text,text,jsonb) to <app>_worker;
 grant execute on function <app>.start_workflows(jsonb) to <app>_app;

@@ -19,7 +19,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     app = "bench_" + uuid.uuid4().hex[:8]
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "hotmesh.cli", "bench", "--dsn", dsn, "--app", app]
-    command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2", "--queue-concurrency", "4"]
+    command += ["-n", "5", "-k", "2", "--long-steps", "3", "-c", "2"]
     command += ["--queue-tasks", "20", "--history-jobs", "100", "--key-tasks", "300"]
     command += ["--queue-keys", "3", "--key-max-running", "1"]
     command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]

@@ -159,6 +159,49 @@ async def test_a_plain_signal_answers_the_task(mf: MemFlow) -> None:
         await mf.human_tasks.resolve(task.id, "ann", {"approved": False})
 
 
+async def test_a_wait_deferred_by_a_signal_being_kept_asks_nobody_until_registered(
+    mf: MemFlow, dsn: str, app: str, db: Any
+) -> None:
+    """An application's open transaction keeps signal `early-<n>` when the workflow asks: the
+    wait is deferred and no task is written. Committed, the wait takes the signal and nobody
+    is ever asked (no task left open); rolled back, the wait registers and the task appears."""
+
+    async def early(n: int) -> Any:
+        return await workflow.ask_human("Early", role="approver", signal_id=f"early-{n}")
+
+    await mf.worker.create(task_queue="q", workflow=early)
+    keep = sql.SQL("select {}.signal(%s, '\"yes\"')").format(sql.Identifier(app))
+    for n, commit in ((1, True), (2, False)):
+        with psycopg.connect(dsn) as holder:  # not autocommit: the keep stays open
+            holder.execute(keep, (f"early-{n}",))
+            handle = await mf.workflow.start(workflow_name="early", args=[n], task_queue="q")
+            await until_row(
+                db,
+                "select status = 'retrying' from steps where job_id = %s and kind = 'signal'",
+                handle.workflow_id,
+            )
+            assert (
+                db.one("select count(*) from human_tasks where job_id = %s", handle.workflow_id)
+                == 0
+            )
+            if commit:
+                holder.commit()
+            else:
+                holder.rollback()
+        if commit:
+            assert await handle.result(timeout=20) == "yes"
+            assert (
+                db.one("select count(*) from human_tasks where job_id = %s", handle.workflow_id)
+                == 0
+            )
+        else:
+            await until_asked(mf, 1)
+            [task] = await mf.human_tasks.list(role="approver")
+            assert task.job_id == handle.workflow_id
+            await mf.human_tasks.resolve(task.id, "ann", "asked")
+            assert await handle.result(timeout=20) == "asked"
+
+
 async def test_the_command_line_works_the_inbox(mf: MemFlow, dsn: str, app: str) -> None:
     await mf.worker.create(task_queue="q", workflow=approval)
     handle = await mf.workflow.start(workflow_name="approval", args=["C1"], task_queue="q")

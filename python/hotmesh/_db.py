@@ -232,7 +232,10 @@ _STATEMENTS = {
     "workflow_outcome": "select {columns} from {}.workflow_outcome(%(workflow_id)s::text)",
     "get_workflow": "select {}.get_workflow(%(workflow_id)s::text)",
     "claim_tasks": "select {columns} from {}.claim_tasks(%(queues)s::text[], %(worker_id)s::text,"
-    " %(max_tasks)s::integer, %(lease)s::interval, %(build_id)s::text)",
+    " %(max_tasks)s::integer, %(lease)s::interval, %(build_id)s::text, %(prefetch)s::integer,"
+    " %(prefetch_lease)s::interval)",
+    "start_tasks": "select {}.start_tasks(%(task_ids)s::bigint[], %(tokens)s::uuid[],"
+    " %(lease)s::interval)",
     "next_due": "select {}.next_due(%(queues)s::text[])",
     "complete_task": "select {}.complete_task(%(task_id)s::bigint, %(token)s::uuid,"
     " %(result)s::jsonb)",
@@ -618,6 +621,7 @@ WORKER_CALLS = frozenset(
         "heartbeat",
         "activity_heartbeat",
         "release_tasks",
+        "start_tasks",
         "record_step",
         "record_steps",
         "schedule_activity",
@@ -805,15 +809,31 @@ class Database:
         max_tasks: int,
         lease: timedelta,
         build_id: str | None = None,
+        prefetch: int = 0,
+        prefetch_lease: timedelta = timedelta(seconds=5),
     ) -> list[Claimed]:
+        """Up to `max_tasks` tasks started now, then up to `prefetch` more claimed ahead (not
+        started, on the short `prefetch_lease`): the rows come back in that order."""
         params = {
             "queues": queues,
             "worker_id": worker_id,
             "max_tasks": max_tasks,
             "lease": lease,
             "build_id": build_id,
+            "prefetch": prefetch,
+            "prefetch_lease": prefetch_lease,
         }
         return await self._rows("claim_tasks", Claimed, params)
+
+    async def start_tasks(self, tasks: Sequence[Claimed], lease: timedelta) -> set[int]:
+        """Start prefetched tasks (their run deadline begins, their lease becomes `lease`);
+        the ids of those still held."""
+        params = {
+            "task_ids": [t.task_id for t in tasks],
+            "tokens": [t.lease_token for t in tasks],
+            "lease": lease,
+        }
+        return set(await self._value("start_tasks", params) or ())
 
     async def next_due(self, queues: list[str]) -> datetime | None:
         value = await self._value("next_due", {"queues": queues})

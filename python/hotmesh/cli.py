@@ -133,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--lease", type=float, default=30.0, help="lease seconds (30)")
     worker.add_argument(
+        "--prefetch",
+        type=int,
+        default=64,
+        help="tasks claimed ahead of free slots into a local buffer, each on a 5-second lease "
+        "until it starts; released at a stop (64; 0: none)",
+    )
+    worker.add_argument(
         "--build-id",
         help="this code's version, recorded by each activation (default: a digest of the "
         "workflow functions' source)",
@@ -613,7 +620,11 @@ async def _worker(args: argparse.Namespace) -> int:
             raise
     if activities:
         await mf.worker.register_activities(
-            task_queue=args.queue, activities=activities, concurrency=args.concurrency
+            task_queue=args.queue,
+            activities=activities,
+            concurrency=args.concurrency,
+            lease=args.lease,
+            prefetch=args.prefetch,
         )
     await mf.worker.create(
         task_queue=args.queue,
@@ -622,6 +633,7 @@ async def _worker(args: argparse.Namespace) -> int:
         lease=args.lease,
         build_id=args.build_id,
         sticky_cache=args.sticky_cache,
+        prefetch=args.prefetch,
     )
     names = ", ".join([fn.__name__ for fn in workflows] + sorted(activities))
     print(f"worker serving {args.app}/{args.queue}: {names} (Ctrl-C to stop)", flush=True)

@@ -680,6 +680,7 @@ class WorkerFactory:
         build_id: str | None = None,
         interceptors: Iterable[Interceptor] | None = None,
         sticky_cache: int = STICKY_CACHE,
+        prefetch: int = 64,
     ) -> Worker:
         """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
         queue. A second create for the same queue adds to the worker that already serves it.
@@ -687,7 +688,9 @@ class WorkerFactory:
         by default a digest of the source of the queue's workflow functions. `interceptors`
         wrap the queue's workflows and activities, inside the client's (docs/interceptors.md).
         `sticky_cache`: how many suspended workflows the worker keeps in memory to resume
-        without replay when it is woken again (0: always replay; docs/performance.md)."""
+        without replay when it is woken again (0: always replay; docs/performance.md).
+        `prefetch`: how many tasks the worker may claim ahead of its free slots, on a short
+        lease until each starts (0: none; docs/performance.md)."""
         if interceptors is not None:
             given = check(interceptors)
             registry = self._mf.registry
@@ -702,7 +705,7 @@ class WorkerFactory:
         table = self._mf.registry.workflows.setdefault(task_queue, {})
         table.update({fn.__name__: fn for fn in functions})
         build = check_build_id(build_id) or default_build_id(table.values())
-        return await self._mf._serve(task_queue, concurrency, lease, build, sticky_cache)
+        return await self._mf._serve(task_queue, concurrency, lease, build, sticky_cache, prefetch)
 
     async def register_activities(
         self,
@@ -711,11 +714,12 @@ class WorkerFactory:
         activities: ActivityFunctions,
         concurrency: int = 8,
         lease: float = 30.0,
+        prefetch: int = 64,
     ) -> Worker:
         """Serve `activities` on `task_queue`: workflows anywhere that proxy them with this
-        queue get them run here."""
+        queue get them run here (`prefetch` as for create)."""
         self._mf.registry.register_activities(task_queue, _named(activities))
-        return await self._mf._serve(task_queue, concurrency, lease)
+        return await self._mf._serve(task_queue, concurrency, lease, prefetch=prefetch)
 
 
 class MemFlow:
@@ -816,6 +820,7 @@ class MemFlow:
         lease: float,
         build_id: str | None = None,
         sticky_cache: int = STICKY_CACHE,
+        prefetch: int = 64,
     ) -> Worker:
         worker = self.workers.get(task_queue)
         if worker is None or worker.stopping:
@@ -829,6 +834,7 @@ class MemFlow:
                 lease=lease,
                 build_id=build_id,
                 sticky_cache=sticky_cache,
+                prefetch=prefetch,
             )
             self.workers[task_queue] = worker
             await worker.start()

@@ -1,9 +1,12 @@
 """The worker: claims tasks of its queue with SKIP LOCKED, runs them, reports the outcome.
 
 One claim loop per task queue per process. It claims as many tasks as it has free slots,
-sleeps until a NOTIFY for its queue or the next due task, and keeps the leases of everything
-it runs alive with one heartbeat call. A stop finishes in-flight work within a grace period
-and gives back (releases) the leases of whatever is still running.
+plus up to `prefetch` more ahead into a local buffer that feeds slots as they free (so a busy
+worker does not wait a claim's round trip for its next task); sleeps until a NOTIFY for its
+queue or the next due task, and keeps the leases of everything it runs alive with one
+heartbeat call. A prefetched task holds a short lease until it starts (docs/performance.md).
+A stop releases the buffer at once, finishes in-flight work within a grace period and gives
+back (releases) the leases of whatever is still running.
 
 A worker serves only an engine that serves its worker protocol (`<app>.engine_version()`,
 docs/upgrading.md). It checks at start, before its first claim after a failed one (a
@@ -26,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -87,6 +90,14 @@ _LIMITS_FRESH = 1.0
 # woken later than this replays, which costs a few milliseconds once.
 STICKY_CACHE = 256
 STICKY_TTL = 10.0
+# A prefetched task's lease until it starts: how long a worker that died holds it up.
+_PREFETCH_LEASE = 5.0
+# A prefetched task that runs is started in the database (start_tasks) this long after, in
+# one call with the others due, unless its code has finished by then (its outcome is on its
+# way): short tasks cost no call. An activity soon, since its run deadline (start_to_close,
+# heartbeat_timeout) begins then; an activation, which has none, once it outlasts what most
+# take (a start call locks its task row, and the activation's own step records waited).
+_START_AFTER = {"activity": 0.05, "workflow": 1.0}
 
 
 class Registry:
@@ -191,6 +202,7 @@ class Worker:
         lease: float = 30.0,
         build_id: str | None = None,
         sticky_cache: int = STICKY_CACHE,
+        prefetch: int = 64,
     ) -> None:
         if concurrency < 1:
             raise errors.InvalidArgument(f"concurrency must be >= 1, not {concurrency}")
@@ -198,6 +210,8 @@ class Worker:
             raise errors.InvalidArgument(
                 f"sticky_cache must be a whole number from 0 to 1000000, not {sticky_cache!r}"
             )
+        if not (isinstance(prefetch, int) and 0 <= prefetch <= 10_000):
+            raise errors.InvalidArgument(f"prefetch must be 0 to 10000, not {prefetch!r:.80}")
         if not 0 < lease <= 86400:
             raise errors.InvalidArgument(f"lease must be > 0 and <= 86400 seconds, not {lease}")
         if not (isinstance(task_queue, str) and 0 < len(task_queue) <= 255) or "\0" in task_queue:
@@ -211,6 +225,8 @@ class Worker:
         self.task_queue = task_queue
         self.concurrency = concurrency
         self.lease = timedelta(seconds=lease)
+        self.prefetch = prefetch
+        self.prefetch_lease = timedelta(seconds=min(_PREFETCH_LEASE, lease))
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -219,6 +235,18 @@ class Worker:
         # flight, usually waiting for a group commit. Their slots are free for new claims;
         # their tasks stay leased (and heartbeaten) until that call commits.
         self._settling: set[asyncio.Task[None]] = set()
+        # Prefetched tasks not started yet, with when they were claimed (loop time), in claim
+        # order; those kept past half their lease, to release; slots a claim in flight fills.
+        self._buffer: deque[tuple[float, Claimed]] = deque()
+        self._stale: list[Claimed] = []
+        self._claiming = 0
+        # Runners of prefetched tasks not yet started in the database (start_tasks), and
+        # when the last `prefetch` runners started: the buffer holds no more than started in
+        # the last quarter of the short lease, so what it holds starts long before that ends.
+        self._unstarted: dict[asyncio.Task[None], tuple[Claimed, float]] = {}
+        self._start_wake = asyncio.Event()
+        self._start_next = math.inf  # when the start loop looks next (loop time)
+        self._launched: deque[float] = deque(maxlen=max(prefetch, 1))
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._checking = asyncio.Lock()
@@ -249,10 +277,12 @@ class Worker:
             queue=self.task_queue,
             concurrency=self.concurrency,
             lease=self.lease,
+            prefetch=self.prefetch,
         )
         self._loops = [
             asyncio.create_task(self._claim_loop(), name=f"hotmesh-claim-{self.task_queue}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"hotmesh-beat-{self.task_queue}"),
+            asyncio.create_task(self._start_loop(), name=f"hotmesh-start-{self.task_queue}"),
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -267,6 +297,8 @@ class Worker:
             # what it took gets a runner (finished or released below) instead of staying
             # leased by nobody until the lease expires.
             await asyncio.wait(self._loops[:1], timeout=grace)
+        # What it claimed ahead and never started is claimable by others at once.
+        await self._release_buffer()
         if self._running:
             await asyncio.wait(list(self._running), timeout=grace)
         # Only now: in-flight activations keep running their activities inline until here.
@@ -286,24 +318,113 @@ class Worker:
         event(log, logging.INFO, "worker_stop", worker=self.worker_id, queue=self.task_queue)
 
     # -- claiming ------------------------------------------------------------------------
+    def _free(self) -> int:
+        return self.concurrency - len(self._running) + len(self._settling) - self._claiming
+
+    def _ahead(self) -> int:
+        """How many tasks to claim ahead: room in the buffer, but no more than this worker
+        started in the last quarter of the prefetch lease (or its concurrency, if more), so
+        that what it holds starts long before that lease ends (or is released at half)."""
+        if not self.prefetch:
+            return 0
+        recent = asyncio.get_running_loop().time() - self.prefetch_lease.total_seconds() / 4
+        started = 0
+        for at in reversed(self._launched):
+            if at <= recent:
+                break
+            started += 1
+        return max(0, min(self.prefetch - len(self._buffer), max(started, self.concurrency)))
+
+    def _dispatch(self) -> None:
+        """Start buffered tasks in the free slots; set aside those kept past half their
+        lease (released by the claim loop: another worker may take them at once)."""
+        if self._stopping:
+            return
+        now = asyncio.get_running_loop().time()
+        keep = self.prefetch_lease.total_seconds() / 2
+        while self._buffer and self._free() > 0:
+            claimed_at, task = self._buffer.popleft()
+            if now - claimed_at > keep:
+                self._stale.append(task)
+                self._slot_freed.set()
+                continue
+            self._launch(task, prefetched=True)
+        while self._buffer and now - self._buffer[0][0] > keep:
+            self._stale.append(self._buffer.popleft()[1])
+        if self._stale or 2 * len(self._buffer) <= self.prefetch:
+            self._slot_freed.set()  # time to release, or to refill
+
+    def _launch(self, task: Claimed, *, prefetched: bool) -> None:
+        runner = asyncio.create_task(self._process(task))
+        self._running[runner] = task
+        runner.add_done_callback(self._finished)
+        now = asyncio.get_running_loop().time()
+        self._launched.append(now)
+        if prefetched:
+            due = now + _START_AFTER.get(task.kind, _START_AFTER["activity"])
+            self._unstarted[runner] = (task, due)
+            if due < self._start_next:
+                self._start_wake.set()
+
+    async def _release_buffer(self) -> None:
+        """Give back the prefetched tasks not started (all of them when stopping)."""
+        if self._stopping:
+            self._stale.extend(task for _, task in self._buffer)
+            self._buffer.clear()
+        stale, self._stale = self._stale, []
+        if not stale:
+            return
+        try:
+            released = await self.db.release_tasks(stale)
+        except (psycopg.Error, errors.HotMeshError) as error:
+            # Their short lease runs out: another worker takes them then.
+            event(
+                log,
+                logging.WARNING,
+                "db_error",
+                during="release",
+                queue=self.task_queue,
+                error=first_line(error),
+            )
+            return
+        event(log, logging.INFO, "release", worker=self.worker_id, tasks=released, ahead=True)
+
     async def _claim_loop(self) -> None:
         delay = 0.1
         failures = 0
         down_since = 0.0
         while not self._stopping:
-            free = self.concurrency - len(self._running) + len(self._settling)
-            if free <= 0:
+            await self._release_buffer()
+            self._dispatch()
+            free = self._free()
+            ahead = self._ahead()
+            # Claim for free slots; else refill the buffer once it is down to half.
+            if free <= 0 and (ahead == 0 or len(self._buffer) > ahead):
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
+                timeout = None
+                if self._buffer:  # wake to set aside what grows stale
+                    keep = self.prefetch_lease.total_seconds() / 2
+                    age = asyncio.get_running_loop().time() - self._buffer[0][0]
+                    timeout = max(0.01, keep - age)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), timeout)
                 continue
+            free = max(free, 0)
             self._wake.clear()
+            self._claiming = free
             try:
                 # After a failure (the server restarted, maybe upgraded, or refused the call),
                 # claim only from an engine that still serves this worker.
                 if failures and not await self._engine_serves_us():
                     return
                 claimed = await self.db.claim_tasks(
-                    [self.task_queue], self.worker_id, free, self.lease, self.build_id
+                    [self.task_queue],
+                    self.worker_id,
+                    free,
+                    self.lease,
+                    self.build_id,
+                    ahead,
+                    self.prefetch_lease,
                 )
             except Exception as error:  # the loop must outlive any failure, it only backs off
                 if lock_busy(error):
@@ -338,6 +459,8 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            finally:
+                self._claiming = 0
             if failures:
                 event(
                     log,
@@ -357,18 +480,22 @@ class Worker:
                     self.registry.metrics.schedule_to_start.labels(
                         task.task_queue, task.kind
                     ).observe(task.schedule_to_start)
-            for task in claimed:
+            # The first `free` rows started; the rest were claimed ahead (prefetched).
+            now = asyncio.get_running_loop().time()
+            for index, task in enumerate(claimed):
                 event(
                     log,
                     logging.INFO,
                     "claim",
                     **task_fields(task),
                     attempt=task.attempt,
+                    ahead=index >= free,
                 )
-                runner = asyncio.create_task(self._process(task))
-                self._running[runner] = task
-                runner.add_done_callback(self._finished)
-            if len(claimed) < free and not self._stopping:
+                if index < free:
+                    self._launch(task, prefetched=False)
+                else:
+                    self._buffer.append((now, task))
+            if len(claimed) < free + ahead and not self._stopping:
                 await self._idle()
 
     async def _idle(self) -> None:
@@ -395,11 +522,14 @@ class Worker:
         if runner in self._running:
             self._settling.add(runner)
             self._slot_freed.set()
+            self._dispatch()
 
     def _finished(self, runner: asyncio.Task[None]) -> None:
         task = self._running.pop(runner, None)
         self._settling.discard(runner)
+        self._unstarted.pop(runner, None)
         self._slot_freed.set()
+        self._dispatch()
         # A finished activation may have left its task due later (a timer, a retry): the
         # claim loop looks again, so it sleeps until then and not until the fallback poll.
         self._wake.set()
@@ -412,6 +542,49 @@ class Worker:
                 task=None if task is None else task.task_id,
                 workflow=None if task is None else task.job_id,
             )
+
+    async def _start_loop(self) -> None:
+        """Start in the database the prefetched tasks this worker runs (start_tasks), each at
+        its time (_START_AFTER), in one call for all due, but not those whose code finished."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for runner in [r for r in self._unstarted if r in self._settling or r.done()]:
+                del self._unstarted[runner]  # its outcome is on its way
+            now = loop.time()
+            self._start_next = min((at for _, at in self._unstarted.values()), default=math.inf)
+            if self._start_next > now:
+                self._start_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    wait = None if self._start_next == math.inf else self._start_next - now
+                    await asyncio.wait_for(self._start_wake.wait(), wait)
+                continue
+            due = {r: task for r, (task, at) in self._unstarted.items() if at <= now}
+            try:
+                held = await self.db.start_tasks(list(due.values()), self.lease)
+            except (psycopg.Error, OSError, errors.HotMeshError) as error:
+                event(
+                    log,
+                    logging.WARNING,
+                    "db_error",
+                    during="start",
+                    queue=self.task_queue,
+                    error=first_line(error),
+                )
+                await asyncio.sleep(_START_AFTER["activity"])
+                continue  # the runners are still in _unstarted: again
+            # One not held was taken over (the heartbeat finds it lost and stops it) or is
+            # locked by its own outcome's call right now: either way, not sent again.
+            for runner in due:
+                self._unstarted.pop(runner, None)
+            if len(held) < len(due):
+                event(
+                    log,
+                    logging.DEBUG,
+                    "start",
+                    queue=self.task_queue,
+                    started=len(held),
+                    not_held=len(due) - len(held),
+                )
 
     async def _heartbeat_loop(self) -> None:
         interval = self.lease.total_seconds() / 3

@@ -63,7 +63,10 @@ from (
     ('start_workflow', array['text', 'jsonb', 'text', 'text', 'text', 'jsonb']),
     ('workflow_status', array['text']),
     ('workflow_outcome', array['text']),
-    ('claim_tasks', array['text[]', 'text', 'integer', 'interval', 'text']),
+    (
+        'claim_tasks',
+        array['text[]', 'text', 'integer', 'interval', 'text', 'integer', 'interval']
+    ),
     ('next_due', array['text[]']),
     ('complete_task', array['bigint', 'uuid', 'jsonb']),
     ('fail_task', array['bigint', 'uuid', 'jsonb']),
@@ -89,7 +92,8 @@ select function_returns(
     'start_workflow returns the workflow id'
 );
 select function_returns(
-    :'app', 'claim_tasks', array['text[]', 'text', 'integer', 'interval', 'text'],
+    :'app', 'claim_tasks',
+    array['text[]', 'text', 'integer', 'interval', 'text', 'integer', 'interval'],
     'setof claimed_task', 'claim_tasks returns claimed_task rows'
 );
 select function_returns(

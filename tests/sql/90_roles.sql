@@ -42,10 +42,12 @@ select ok(
 );
 select ok(
     has_function_privilege(
-        :'app' || '_worker_w1', 'claim_tasks(text[], text, integer, interval, text)', 'execute'
+        :'app' || '_worker_w1',
+        'claim_tasks(text[], text, integer, interval, text, integer, interval)', 'execute'
     )
     and not has_function_privilege(
-        :'app' || '_app_web', 'claim_tasks(text[], text, integer, interval, text)', 'execute'
+        :'app' || '_app_web',
+        'claim_tasks(text[], text, integer, interval, text, integer, interval)', 'execute'
     )
     and has_function_privilege(
         :'app' || '_app_web', 'signal(text, jsonb, text, text)', 'execute'

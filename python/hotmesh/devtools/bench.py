@@ -827,13 +827,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "remote": lambda: chains(remote=True),
         "queue": lambda: queue(
-            dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency
+            dsn, app, count=args.queue_tasks, concurrency=args.queue_concurrency or args.concurrency
         ),
         "keyed": lambda: queue(
             dsn,
             app,
             count=args.queue_tasks,
-            concurrency=args.queue_concurrency,
+            concurrency=args.queue_concurrency or args.concurrency,
             keys=args.queue_keys,
             key_max_running=args.key_max_running,
         ),
@@ -849,7 +849,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "long_steps": args.long_steps,
             "concurrency": args.concurrency,
             "queue_tasks": args.queue_tasks,
-            "queue_concurrency": args.queue_concurrency,
+            "queue_concurrency": args.queue_concurrency or args.concurrency,
             "start_batch": args.start_batch,
             "repeat": args.repeat,
         },
@@ -929,8 +929,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-concurrency",
         type=int,
-        default=256,
-        help="worker concurrency for `queue`: how many tasks one claim takes (256)",
+        default=None,
+        help="worker concurrency for `queue` and `keyed` (default: --concurrency); the "
+        "worker's default prefetch claims ahead of it (not on `keyed`'s limited queue)",
     )
     parser.add_argument(
         "--queue-keys",

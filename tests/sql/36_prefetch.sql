@@ -1,0 +1,157 @@
+-- Prefetch (claim_tasks' p_prefetch): tasks claimed ahead of a worker's free slots are leased
+-- but not started, on the short prefetch lease; start_tasks starts them (the normal lease and
+-- the run's deadline); a claim that takes one over after its short lease counts no attempt;
+-- release_tasks gives one back with its attempt count unchanged.
+begin;
+\ir _preamble.psql
+-- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
+set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
+
+select plan(17);
+
+do $$
+begin
+    perform start_workflow('w', '[]', 't36-q', id)
+    from unnest(array['p-1', 'p-2', 'p-3', 'p-4']) as id;
+end
+$$;
+create temp table claimed on commit drop as
+select
+    row_number() over () as pos,
+    c.*
+from claim_tasks(array['t36-q'], 'worker-1', 1, interval '30 seconds', null, 2) as c;
+
+select results_eq(
+    $$select pos::integer, job_id, attempt from claimed order by pos$$,
+    $$values (1, 'p-1', 1), (2, 'p-2', 1), (3, 'p-3', 1)$$,
+    'one task started and two prefetched, in claim order, started first'
+);
+select results_eq(
+    $$
+    select t.job_id, t.state, t.started_at, t.lease_expires_at
+    from tasks as t where t.job_id in ('p-1', 'p-2', 'p-3') order by t.job_id
+    $$,
+    $$
+    values
+    ('p-1', 'leased', '2020-01-01 00:00:00+00'::timestamptz,
+     '2020-01-01 00:00:30+00'::timestamptz),
+    ('p-2', 'leased', null, '2020-01-01 00:00:05+00'),
+    ('p-3', 'leased', null, '2020-01-01 00:00:05+00')
+    $$,
+    'the prefetched are leased, not started, for the 5-second prefetch lease'
+);
+
+-- ------------------------------------------------------------------ start_tasks
+
+set local "hotmesh.fake_now" = '2020-01-01 00:00:01+00';
+select is(
+    (
+        select array_agg(s.id order by s.id)
+        from claimed as c
+        cross join
+            lateral unnest(
+                start_tasks(array[c.task_id], array[c.lease_token], interval '30 seconds')
+            ) as s (id)
+        where c.job_id in ('p-1', 'p-2')
+    ),
+    (select array_agg(task_id order by task_id) from claimed where job_id in ('p-1', 'p-2')),
+    'start_tasks answers the tasks held: one started now, one started before'
+);
+select results_eq(
+    $$
+    select job_id, started_at, lease_expires_at from tasks
+    where job_id in ('p-1', 'p-2') order by job_id
+    $$,
+    $$
+    values
+    ('p-1', '2020-01-01 00:00:00+00'::timestamptz, '2020-01-01 00:00:30+00'::timestamptz),
+    ('p-2', '2020-01-01 00:00:01+00', '2020-01-01 00:00:31+00')
+    $$,
+    'the prefetched one started now, on the normal lease; the started one is unchanged'
+);
+select is(
+    (
+        select start_tasks(array[task_id], array[gen_random_uuid()], interval '30 seconds')
+        from claimed where job_id = 'p-3'
+    ),
+    '{}'::bigint[],
+    'a stale token starts nothing'
+);
+select is(
+    (select started_at from tasks where job_id = 'p-3'), null,
+    '... and the task stays not started'
+);
+select throws_ok(
+    $$select start_tasks(array[1::bigint], array[gen_random_uuid()], interval '0')$$,
+    '22023', 'lease must be a positive interval, not 00:00:00',
+    'start_tasks checks the lease'
+);
+
+-- ------------------------------------------------------------------ the short lease
+
+set local "hotmesh.fake_now" = '2020-01-01 00:00:04.999999+00';
+select is_empty(
+    $$select * from claim_tasks(array['t36-q'], 'worker-2', 0, interval '30 seconds', null, 9)
+      where job_id <> 'p-4'$$,
+    'no other worker takes a prefetched task before its short lease ends'
+);
+set local "hotmesh.fake_now" = '2020-01-01 00:00:05+00';
+select results_eq(
+    $$select job_id, attempt from claim_tasks(array['t36-q'], 'worker-3', 5)$$,
+    $$values ('p-3', 1)$$,
+    'once it ended another worker takes it, attempt 1 again: the run that never was is no attempt'
+);
+select results_eq(
+    $$select lease_owner, started_at from tasks where job_id = 'p-3'$$,
+    $$values ('worker-3', '2020-01-01 00:00:05+00'::timestamptz)$$,
+    '... and runs it, started'
+);
+
+-- ------------------------------------------------------------------ release
+
+-- p-4 was prefetched by worker-2 above (a claim that starts none).
+select results_eq(
+    $$select lease_owner, started_at, attempt from tasks where job_id = 'p-4'$$,
+    $$values ('worker-2', null::timestamptz, 1)$$,
+    'a claim of none started and 9 ahead prefetched the one left'
+);
+select is(
+    (
+        select release_tasks(array[t.id], array[t.lease_token])
+        from tasks as t where t.job_id = 'p-4'
+    ),
+    1,
+    'release_tasks gives a prefetched task back'
+);
+select results_eq(
+    $$select state, attempt, run_at, lease_owner from tasks where job_id = 'p-4'$$,
+    $$values ('ready', 0, '2020-01-01 00:00:05+00'::timestamptz, null::text)$$,
+    '... ready at once, its attempt count as before it was claimed'
+);
+
+-- ------------------------------------------------------------------ bad input
+
+select throws_ok(
+    $$select * from claim_tasks(array['t36-q'], 'w', 1, interval '30 seconds', null, -1)$$,
+    '22023', 'prefetch must be >= 0, not -1',
+    'a negative prefetch is refused'
+);
+select throws_ok(
+    $$select * from claim_tasks(array['t36-q'], 'w', 0)$$,
+    '22023', 'max_tasks must be >= 1, not 0',
+    'a claim without prefetch must start at least one'
+);
+select throws_ok(
+    $$select * from claim_tasks(array['t36-q'], 'w', -1, interval '30 seconds', null, 3)$$,
+    '22023', 'max_tasks must be >= 0, not -1',
+    'a claim with prefetch may start none, not fewer'
+);
+select throws_ok(
+    $$select * from claim_tasks(array['t36-q'], 'w', 0, interval '30 seconds', null, 3,
+                                 interval '0')$$,
+    '22023', 'lease must be a positive interval, not 00:00:00',
+    'the prefetch lease is checked'
+);
+
+select * from finish(true);
+rollback;
