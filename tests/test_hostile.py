@@ -200,6 +200,8 @@ GOOD: dict[str, Any] = {
     "p_worker_id": "fuzz",
     "p_max_tasks": 1,
     "p_lease": "30 seconds",
+    "p_prefetch": 0,
+    "p_prefetch_lease": "5 seconds",
     "p_policy": "{}",
     "p_attempt": 2,
     "p_key": "default_retention",
