@@ -621,6 +621,8 @@ begin
                    coalesce(nullif(p_items -> (h.pos - 1) -> 'schedules', 'null'), '[]'::jsonb)
                ) as c (value)
          where t.kind = 'workflow' and c.value ->> 'concurrency_key' is null
+           -- a traced call: _schedule_activity checks its trace context and keeps it
+           and c.value ->> 'traceparent' is null
            and length(c.value ->> 'task_queue') between 1 and 255
            and length(c.value ->> 'name') <= 255
            and not coalesce(nullif(c.value -> 'retry_policy', 'null')
