@@ -10,7 +10,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(56);
+select plan(59);
 
 -- A workflow (on its own queue, named after it) whose main activation schedules one activity
 -- with p_policy on t35-a and suspends.
@@ -382,6 +382,38 @@ select results_eq(
     $$select status, timeout_at from threads where job_id = 'to-h' and thread = 'h2'$$,
     $$values ('running', null::timestamptz)$$,
     'a hook of a workflow that ended is not failed by its timeout, only loses its deadline'
+);
+
+-- to-r times out (20 s) while its hook (30 s) runs: the hook is left running, and loses its
+-- deadline when it passes; a retry gives the workflow and its running hook their whole
+-- execution_timeout again.
+set local "hotmesh.fake_now" = '2020-01-07 00:00:00+00';
+do $$
+begin
+    perform start_workflow('w', '[]', 't35-r', 'to-r', null,
+                           '{"expire": 3600, "execution_timeout": 20}');
+    perform hook('to-r', 'hr', '[]', 't35-hq', null, '{"execution_timeout": 30}');
+end
+$$;
+set local "hotmesh.fake_now" = '2020-01-07 00:00:30+00';
+do $$ begin perform claim_tasks(array['t35-unrelated'], 'worker-1', 1); end $$;
+select results_eq(
+    $$
+    select j.status, th.status, th.timeout_at
+    from jobs as j inner join threads as th on j.id = th.job_id
+    where j.id = 'to-r'
+    $$,
+    $$values ('failed', 'running', null::timestamptz)$$,
+    'the workflow timed out; its running hook only lost its deadline'
+);
+select is((retry_workflow('to-r') ->> 'status'), 'pending', 'the retried workflow runs again');
+select results_eq(
+    $$
+    select (select timeout_at from jobs where id = 'to-r'),
+        (select timeout_at from threads where job_id = 'to-r')
+    $$,
+    $$values ('2020-01-07 00:00:50+00'::timestamptz, '2020-01-07 00:01:00+00'::timestamptz)$$,
+    'with their whole execution_timeout again, the workflow and its running hook'
 );
 
 -- ------------------------------------------------------------------ bad input
