@@ -110,7 +110,8 @@ as $$
 $$;
 
 -- Deletes one batch of finished workflows whose retention ran out, with everything recorded
--- for them (steps, tasks, hook threads, signals kept for them, people's tasks), in the caller's transaction.
+-- for them (steps, tasks, hook threads, signals kept for them, people's tasks), in the
+-- caller's transaction.
 -- The rule: a workflow is pruned when it is completed, failed or cancelled, its expire_at (end
 -- + its retention: the start's `expire`, else the app's default_retention) has passed, AND it
 -- finished at least p_older_than ago. p_older_than is an extra guard (default 0: retention
