@@ -651,40 +651,74 @@ $$;
 create or replace function _wake(p_job_id text, p_thread text) returns void
 language plpgsql
 as $$
+begin
+    perform _wake_threads(array[p_job_id], array[p_thread]);
+end
+$$;
+
+-- _wake for many threads at once (p_job_ids[i], p_threads[i]; a thread given twice is woken
+-- once): one INSERT for the batch, its rows taken in job order (the order complete_tasks
+-- locks in), one notification per queue. A thread of a workflow with a concurrency key takes
+-- its rank one by one.
+create or replace function _wake_threads(p_job_ids text[], p_threads text[]) returns void
+language plpgsql
+as $$
 declare
+    v_now timestamptz := _now();
+    v_keyed record;
     v_state text;
     v_queue text;
-    v_name text;
-    v_priority integer;
-    v_key text;
-    v_rank bigint;
+    v_queues text[];
 begin
-    -- Three statements, not one INSERT ... SELECT that calls _key_rank per row: Citus cannot
-    -- run a query over the tables that calls a function that queries them again
-    -- (docs/citus.md).
-    select coalesce(th.name, j.workflow_name), coalesce(th.task_queue, j.task_queue),
-           j.priority, j.concurrency_key
-      into v_name, v_queue, v_priority, v_key
-      from jobs as j
-      left join threads as th on th.job_id = j.id and th.thread = p_thread
-     where j.id = p_job_id and j.status not in ('completed', 'failed', 'cancelled')
-       and (p_thread = 'main' or th.status = 'running');
-    if not found then
-        return;
-    end if;
-    if v_key is not null then
-        v_rank := _key_rank(v_queue, v_key);
-    end if;
-    insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
-                       concurrency_key, key_rank)
-    values (p_job_id, p_thread, 'workflow', v_name, v_queue, v_priority, _now(), v_key, v_rank)
-    on conflict (job_id, thread, seq) do update
-       set rerun = tasks.rerun or tasks.state = 'leased',
-           run_at = case when tasks.state = 'ready' then least(tasks.run_at, excluded.run_at)
-                         else tasks.run_at end
-    returning state, task_queue into v_state, v_queue;
-    if v_state = 'ready' then
+    -- Two statements per keyed thread, not one INSERT ... SELECT that calls _key_rank per
+    -- row: Citus cannot run a query over the tables that calls a function that queries them
+    -- again (docs/citus.md).
+    for v_keyed in
+        select w.job_id, w.thread, coalesce(th.name, j.workflow_name) as name,
+               coalesce(th.task_queue, j.task_queue) as queue, j.priority, j.concurrency_key
+          from (select distinct u.job_id, u.thread
+                  from unnest(p_job_ids, p_threads) as u (job_id, thread)) as w
+          join jobs as j on j.id = w.job_id
+          left join threads as th on th.job_id = j.id and th.thread = w.thread
+         where j.status not in ('completed', 'failed', 'cancelled')
+           and (w.thread = 'main' or th.status = 'running') and j.concurrency_key is not null
+         order by w.job_id, w.thread
+    loop
+        insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at,
+                           concurrency_key, key_rank)
+        values (v_keyed.job_id, v_keyed.thread, 'workflow', v_keyed.name, v_keyed.queue,
+                v_keyed.priority, v_now, v_keyed.concurrency_key,
+                _key_rank(v_keyed.queue, v_keyed.concurrency_key))
+        on conflict (job_id, thread, seq) do update
+           set rerun = tasks.rerun or tasks.state = 'leased',
+               run_at = case when tasks.state = 'ready'
+                             then least(tasks.run_at, excluded.run_at) else tasks.run_at end
+        returning state, task_queue into v_state, v_queue;
+        if v_state = 'ready' then
+            perform _notify('q:' || v_queue);
+        end if;
+    end loop;
+    with woken as (
+        insert into tasks (job_id, thread, kind, name, task_queue, priority, run_at)
+        select w.job_id, w.thread, 'workflow', coalesce(th.name, j.workflow_name),
+               coalesce(th.task_queue, j.task_queue), j.priority, v_now
+          from (select distinct u.job_id, u.thread
+                  from unnest(p_job_ids, p_threads) as u (job_id, thread)) as w
+          join jobs as j on j.id = w.job_id
+          left join threads as th on th.job_id = j.id and th.thread = w.thread
+         where j.status not in ('completed', 'failed', 'cancelled')
+           and (w.thread = 'main' or th.status = 'running') and j.concurrency_key is null
+         order by w.job_id, w.thread
+        on conflict (job_id, thread, seq) do update
+           set rerun = tasks.rerun or tasks.state = 'leased',
+               run_at = case when tasks.state = 'ready'
+                             then least(tasks.run_at, excluded.run_at) else tasks.run_at end
+        returning state, task_queue
+    )
+    select array_agg(distinct task_queue) filter (where state = 'ready') into v_queues
+      from woken;
+    foreach v_queue in array coalesce(v_queues, '{}') loop
         perform _notify('q:' || v_queue);
-    end if;
+    end loop;
 end
 $$;

@@ -585,6 +585,11 @@ declare
     v_item jsonb;
     v_call jsonb;
     v_task tasks;
+    v_now timestamptz := _now();
+    v_policy jsonb := _retry_policy(null);
+    v_done jsonb[];
+    v_queues text[];
+    v_queue text;
 begin
     v_results := _batch_results(p_items);
     if cardinality(v_results) = 0 then
@@ -599,6 +604,50 @@ begin
                              and t.lease_token = (i.value ->> 'token')::uuid
              order by t.job_id, t.thread
                for update of t) as h;
+    -- The common call of the held activations (no timeouts, no concurrency key, its position
+    -- not recorded yet): one INSERT per table for the batch, as _schedule_activity records
+    -- one. The loop sends any other through _schedule_activity, which checks it.
+    with calls as (
+        select t.job_id, t.thread, t.priority, (c.value ->> 'seq')::integer as seq,
+               c.value ->> 'name' as name, c.value -> 'args' as args,
+               c.value ->> 'task_queue' as queue,
+               nullif(c.value -> 'retry_policy', 'null') as policy
+          from unnest(v_held) as h (pos)
+          join tasks as t on t.id = (p_items -> (h.pos - 1) ->> 'task_id')::bigint
+         cross join lateral jsonb_array_elements(
+                   coalesce(nullif(p_items -> (h.pos - 1) -> 'schedules', 'null'), '[]'::jsonb)
+               ) as c (value)
+         where t.kind = 'workflow' and c.value ->> 'concurrency_key' is null
+           and length(c.value ->> 'task_queue') between 1 and 255
+           and length(c.value ->> 'name') <= 255
+           and not coalesce(nullif(c.value -> 'retry_policy', 'null')
+                            ?| array['start_to_close', 'schedule_to_close', 'heartbeat_timeout'],
+                            false)
+    ), fresh as (
+        insert into steps as s (job_id, thread, seq, kind, name, status, input, created_at)
+        select c.job_id, c.thread, c.seq, 'activity', c.name, 'scheduled', c.args, v_now
+          from calls as c
+         order by c.job_id, c.thread, c.seq
+        on conflict do nothing
+        returning s.job_id, s.thread, s.seq
+    ), queued as (
+        insert into tasks as q (job_id, thread, kind, seq, name, task_queue, priority, run_at,
+                                attempt, payload)
+        select c.job_id, c.thread, 'activity', c.seq, c.name, c.queue, c.priority, v_now, 0,
+               jsonb_build_object('args', c.args, 'retry_policy',
+                                  case when c.policy is null then v_policy
+                                       else _retry_policy(c.policy) end)
+          from calls as c
+          join fresh as f on f.job_id = c.job_id and f.thread = c.thread and f.seq = c.seq
+        returning q.job_id, q.thread, q.seq, q.task_queue
+    )
+    select array_agg(jsonb_build_array(job_id, thread, seq)), array_agg(distinct task_queue)
+      into v_done, v_queues
+      from queued;
+    foreach v_queue in array coalesce(v_queues, '{}') loop
+        perform _notify('q:' || v_queue);
+    end loop;
+
     for v_pos in
         select i.pos
           from jsonb_array_elements(p_items) with ordinality as i (value, pos)
@@ -617,6 +666,8 @@ begin
             if v_task.kind <> 'workflow' then
                 exit;  -- _suspend refuses it
             end if;
+            continue when jsonb_build_array(v_task.job_id, v_task.thread,
+                                            (v_call ->> 'seq')::integer) = any(v_done);
             perform _schedule_activity(v_task, (v_call ->> 'seq')::integer, v_call ->> 'name',
                                        v_call -> 'args', v_call ->> 'task_queue',
                                        nullif(v_call -> 'retry_policy', 'null'),
@@ -849,6 +900,13 @@ declare
     v_busy integer[];
     v_pos integer;
     v_task tasks;
+    v_done integer[];
+    v_acts bigint[];
+    v_act_jobs text[];
+    v_act_threads text[];
+    v_act_seqs integer[];
+    v_act_results jsonb[];
+    v_act_attempts integer[];
 begin
     v_results := _batch_results(p_items);
     if cardinality(v_results) = 0 then
@@ -890,10 +948,35 @@ begin
         return to_jsonb(v_results);  -- every item ended its workflow: nothing else to do
     end if;
 
+    -- Completed activities (remote steps), the other common case: their steps recorded, their
+    -- tasks deleted and the threads that await them woken, one statement each for the batch
+    -- (what _finish_task does for one). A task given twice is done once; the loop answers
+    -- the other item.
+    select coalesce(array_agg(a.pos), '{}'), array_agg(a.id), array_agg(a.job_id),
+           array_agg(a.thread), array_agg(a.seq), array_agg(a.result), array_agg(a.attempt)
+      into v_done, v_acts, v_act_jobs, v_act_threads, v_act_seqs, v_act_results,
+           v_act_attempts
+      from (select distinct on (t.id) i.pos::integer as pos, t.id, t.job_id, t.thread, t.seq,
+                   i.result, t.attempt
+              from unnest(v_ids, v_values) with ordinality as i (id, result, pos)
+              join tasks as t on t.id = i.id
+             where i.pos = any(v_held) and t.kind = 'activity' and t.id <> all(v_gone)
+             order by t.id, i.pos) as a;
+    if v_acts is not null then
+        perform _move_steps(v_act_jobs, v_act_threads, v_act_seqs,
+                            array_fill('completed'::text, array[cardinality(v_acts)]),
+                            v_act_results, array_fill(null::jsonb, array[cardinality(v_acts)]),
+                            v_act_attempts,
+                            array_fill(null::timestamptz, array[cardinality(v_acts)]));
+        delete from tasks where id = any(v_acts);
+        perform _wake_threads(v_act_jobs, v_act_threads);
+    end if;
+
     for v_pos in
         select i.pos
           from unnest(v_ids) with ordinality as i (id, pos)
           left join tasks as t on t.id = i.id
+         where i.pos <> all(v_done)
          order by t.job_id, t.thread, i.pos
     loop
         if v_pos <> all(v_held) then

@@ -740,6 +740,8 @@ create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[
     language plpgsql volatile;
 create function <app>._wake(p_job_id text, p_thread text) returns void
     language plpgsql volatile;
+create function <app>._wake_threads(p_job_ids text[], p_threads text[]) returns void
+    language plpgsql volatile;
 create function <app>._without(p_ids bigint[], p_drop bigint[]) returns bigint[]
     language plpgsql immutable;
 create function <app>.activity_heartbeat(p_task_id bigint, p_token uuid, p_lease interval) returns boolean

@@ -168,6 +168,7 @@ GOOD: dict[str, Any] = {
     "p_args": "[1]",
     "p_task_queue": "q",
     "p_task_queues": ["q"],
+    "p_task_roles": ["approver"],
     "p_entity": "w",
     "p_options": "{}",
     "p_signal_id": "go",
@@ -199,6 +200,8 @@ GOOD: dict[str, Any] = {
     "p_worker_id": "fuzz",
     "p_max_tasks": 1,
     "p_lease": "30 seconds",
+    "p_prefetch": 0,
+    "p_prefetch_lease": "5 seconds",
     "p_policy": "{}",
     "p_attempt": 2,
     "p_key": "default_retention",
@@ -314,6 +317,7 @@ def test_every_public_sql_function_refuses_hostile_arguments_clearly(
         "p_token": state["token"],
         "p_task_ids": [state["task"], state["activity"]],
         "p_tokens": [state["token"], state["act"]],
+        "p_db_role": f"{db.app}_reviewer",  # set_reviewer_roles: a role that exists
     }
     per_function = {
         "complete_tasks": {

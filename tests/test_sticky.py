@@ -137,7 +137,8 @@ async def test_a_worker_resumes_its_workflows_from_the_cache(
     await until_row(db, PARKED, "kept")
     await mf.workflow.signal("go", {"ok": 1}, workflow_id="kept")
     assert await handle.result(timeout=30) == ["KA", "KB", "KC", {"ok": 1}]
-    assert (cached.sticky.hits, cached.sticky.misses) == (4, 0)
+    # Every wake-up resumed: a, the timer, b and c (one wake-up or two), the signal.
+    assert cached.sticky.hits in (4, 5) and cached.sticky.misses == 0
     await cached.stop()
 
     cold = await mf.worker.create(task_queue="q", workflow=mixed, sticky_cache=0)

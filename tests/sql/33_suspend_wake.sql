@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(37);
+select plan(40);
 
 -- ------------------------------------------------------------------ suspend: nothing timed
 
@@ -379,6 +379,45 @@ select is(
     || (select count(*)::text from steps where job_id = 'sw-batch2'),
     'running0',
     '... and nothing of it changed: the workflow runs, no step is recorded'
+);
+
+-- complete_tasks: activities of one thread completed in one batch (a fan-out) record their
+-- steps and wake the thread once (_wake_threads).
+create temp table fan on commit drop as
+select * from pg_temp.start_claimed('t33-fan', 'sw-fan');
+select
+    suspend_tasks(jsonb_build_array(jsonb_build_object(
+        'task_id', f.task_id, 'token', f.lease_token,
+        'schedules', jsonb_build_array(
+            jsonb_build_object(
+                'seq', 1, 'name', 'a', 'args', '[]'::jsonb,
+                'task_queue', 't33-fan-acts'
+            ),
+            jsonb_build_object(
+                'seq', 2, 'name', 'b', 'args', '[]'::jsonb,
+                'task_queue', 't33-fan-acts'
+            )
+        )
+    )))
+from fan as f;
+create temp table fan_acts on commit drop as
+select * from claim_tasks(array['t33-fan-acts'], 'worker-2', 2);
+select is(
+    complete_tasks((select jsonb_agg(jsonb_build_object(
+        'task_id', a.task_id, 'token', a.lease_token, 'result', a.name
+    )) from fan_acts as a)),
+    '[null, null]'::jsonb,
+    'complete_tasks: two activities of one thread in one batch'
+);
+select results_eq(
+    $$select seq, status, output from steps where job_id = 'sw-fan' order by seq$$,
+    $$values (1, 'completed', '"a"'::jsonb), (2, 'completed', '"b"'::jsonb)$$,
+    '... both steps recorded'
+);
+select results_eq(
+    $$select kind, thread, state from tasks where job_id = 'sw-fan'$$,
+    $$values ('workflow', 'main', 'ready')$$,
+    '... their tasks gone, the thread woken once'
 );
 
 select * from finish();
