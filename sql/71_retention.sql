@@ -105,11 +105,13 @@ as $$
     delete from signals where job_id = any(p_ids);
     delete from run_steps where job_id = any(p_ids);
     delete from runs where job_id = any(p_ids);
+    delete from human_tasks where job_id = any(p_ids);
     delete from jobs where id = any(p_ids);
 $$;
 
 -- Deletes one batch of finished workflows whose retention ran out, with everything recorded
--- for them (steps, tasks, hook threads, signals kept for them), in the caller's transaction.
+-- for them (steps, tasks, hook threads, signals kept for them, people's tasks), in the
+-- caller's transaction.
 -- The rule: a workflow is pruned when it is completed, failed or cancelled, its expire_at (end
 -- + its retention: the start's `expire`, else the app's default_retention) has passed, AND it
 -- finished at least p_older_than ago. p_older_than is an extra guard (default 0: retention

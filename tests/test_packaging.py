@@ -3,6 +3,8 @@ that creates a database cluster. Installed from it, `hotmesh db` says what to do
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import zipfile
@@ -13,25 +15,29 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# The tests that read the wheel run on one pytest-xdist worker, so it is built once (a build
-# is some 10 s of CPU).
-uses_wheel = pytest.mark.xdist_group("wheel")
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    command = [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=110, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (found,) = out.glob("hotmesh-*.whl")
-    unpacked = out / "unpacked"
-    with zipfile.ZipFile(found) as archive:
-        archive.extractall(unpacked)
+    """The wheel, unpacked; built once per run: pytest-xdist workers share the run's directory
+    above their own temporary ones, and the first to take the lock builds (some 10 s of CPU)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "wheel"
+    shared.mkdir(exist_ok=True)
+    unpacked = shared / "unpacked"
+    with (shared / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not unpacked.is_dir():
+            out = shared / "built"
+            command = [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q"]
+            command += ["-w", str(out)]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=110, check=False)
+            assert done.returncode == 0, done.stderr[-2000:]
+            (found,) = out.glob("hotmesh-*.whl")
+            with zipfile.ZipFile(found) as archive:
+                archive.extractall(shared / "partial")
+            (shared / "partial").rename(unpacked)
     return unpacked
 
 
-@uses_wheel
 @pytest.mark.timeout(120)
 def test_wheel_holds_the_product_and_no_cluster_manager(wheel: Path) -> None:
     files = {p.relative_to(wheel).as_posix() for p in (wheel / "hotmesh").rglob("*") if p.is_file()}
@@ -65,7 +71,6 @@ def test_the_engine_imports_nothing_of_the_dashboard() -> None:
     assert done.returncode == 0, done.stderr
 
 
-@uses_wheel
 @pytest.mark.timeout(120)
 def test_installed_hotmesh_db_says_what_to_do(wheel: Path, tmp_path: Path) -> None:
     # The wheel's package, ahead of the checkout this test runs from.

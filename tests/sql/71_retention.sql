@@ -19,6 +19,7 @@ language sql as $$
          + (select count(*) from tasks where job_id = p_id)
          + (select count(*) from threads where job_id = p_id)
          + (select count(*) from signals where job_id = p_id)
+         + (select count(*) from human_tasks where job_id = p_id)
 $$;
 
 -- ------------------------------------------------------------------ settings
@@ -76,6 +77,10 @@ begin
     perform complete_task(pg_temp.tid('done'), pg_temp.tok('done'), '1');
     perform start_workflow('wf', '[]', 't71-p', 'p-failed', null, '{"expire": 60}');
     perform pg_temp.claim('failed', 't71-p');
+    perform ask_human(
+        pg_temp.tid('failed'), pg_temp.tok('failed'), 1, 'p-failed-ask',
+        '{"title": "Approve?", "role": "t71-approver"}'
+    );
     perform fail_task(pg_temp.tid('failed'), pg_temp.tok('failed'), '{"message": "x", "code": 598}');
     perform start_workflow('wf', '[]', 't71-p', 'p-cancelled', null, '{"expire": 60}');
     perform cancel_workflow('p-cancelled');
@@ -118,7 +123,7 @@ select is(prune_batch(p_batch => 2), 0, 'then nothing is left to prune');
 select results_eq(
     $$select pg_temp.rows_of(id) from (values ('p-done'), ('p-failed'), ('p-cancelled')) as v (id)$$,
     $$values (0::bigint), (0::bigint), (0::bigint)$$,
-    'a pruned workflow leaves no job, step, task, thread or kept signal'
+    'a pruned workflow leaves no job, step, task, thread, kept signal or human task'
 );
 select results_eq(
     $$select id, status from jobs where id like 'p-%' order by id$$,
