@@ -138,7 +138,7 @@ async def counter_with_sleeps() -> dict[str, Any]:
 
 async def test_replays_after_sleeps_apply_each_operation_once(mf: MemFlow, db: Any) -> None:
     RUNS.clear()
-    await mf.worker.create(task_queue="q", workflow=counter_with_sleeps)
+    await mf.worker.create(task_queue="q", workflow=counter_with_sleeps, sticky_cache=0)
     handle = await mf.workflow.start(workflow_name="counter_with_sleeps", task_queue="q")
     assert await handle.result(timeout=20) == {"n": 3, "log": ["a", "b"]}
     assert len(RUNS) >= 3  # each sleep ended an activation; the next one replayed from the top
@@ -215,7 +215,7 @@ async def entity_errors() -> dict[str, Any]:
 
 async def test_entity_errors_in_a_workflow_are_recorded_and_replayed(mf: MemFlow, db: Any) -> None:
     ERROR_RUNS.clear()
-    await mf.worker.create(task_queue="q", workflow=entity_errors)
+    await mf.worker.create(task_queue="q", workflow=entity_errors, sticky_cache=0)
     handle = await mf.workflow.start(workflow_name="entity_errors", task_queue="q")
     out = await handle.result(timeout=20)
     assert out["entity"] == {"name": "x", "items": [1]}  # nothing changed by any failure

@@ -1,6 +1,9 @@
 """Replay: recorded calls are not performed again, non-determinism is detected and parks the
 job, suspension cannot be swallowed by user code, random() and get_context() are stable, and
-a workflow whose activities all run inline completes in one activation."""
+a workflow whose activities all run inline completes in one activation.
+
+The tests that watch replays run their workers with sticky_cache=0, so that every wake-up
+replays; the cache, which resumes a workflow instead, is tested in test_sticky.py."""
 
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ async def test_recorded_calls_are_not_performed_again(mf: MemFlow, db: Any) -> N
         return [first, await acts.effect("two"), workflow.get_context().replaying]
 
     claimed = count_claims(mf)
-    await mf.worker.create(task_queue="q", workflow=twice)
+    await mf.worker.create(task_queue="q", workflow=twice, sticky_cache=0)
     handle = await mf.workflow.start(workflow_name="twice", task_queue="q", workflow_id="tw")
     assert await handle.result(timeout=20) == ["did one", "did two", False]
     assert runs == ["one", "two"]  # the replay returned "did one" from history
@@ -68,7 +71,7 @@ async def test_first_run_sees_what_a_replay_sees(mf: MemFlow) -> None:
         await workflow.sleep_for(0.1)
         return value
 
-    await mf.worker.create(task_queue="q", workflow=shapes)
+    await mf.worker.create(task_queue="q", workflow=shapes, sticky_cache=0)
     handle = await mf.workflow.start(workflow_name="shapes", task_queue="q")
     stored = {"pair": [1, 2], "3": "int key", "nested": [[4, 5]]}
     assert await handle.result(timeout=20) == stored
@@ -195,7 +198,7 @@ async def test_random_is_equal_across_replays(mf: MemFlow) -> None:
         await workflow.sleep_for(0.1)
         return [first, second, workflow.random()]
 
-    await mf.worker.create(task_queue="q", workflow=dice)
+    await mf.worker.create(task_queue="q", workflow=dice, sticky_cache=0)
     one = await mf.workflow.start(workflow_name="dice", task_queue="q", workflow_id="d1")
     first, second, third = await one.result(timeout=20)
     assert len(seen) == 3 and set(seen) == {first}  # three activations, one value
@@ -222,7 +225,7 @@ async def test_get_context(mf: MemFlow) -> None:
             end.replaying,
         ]
 
-    await mf.worker.create(task_queue="ctxq", workflow=introspect)
+    await mf.worker.create(task_queue="ctxq", workflow=introspect, sticky_cache=0)
     handle = await mf.workflow.start(
         workflow_name="introspect", args=["t"], task_queue="ctxq", workflow_id="ctx-1"
     )

@@ -25,7 +25,9 @@ Workers keep calling functions meanwhile (`create or replace` takes no lock they
 a migration's ALTER TABLE and a view's replacement need exclusive locks: waiting in line for one
 behind an application's open transaction would hold up every worker queued behind it. So every
 lock wait of the migrate is bounded by `lock_timeout`; when one runs out the whole migrate rolls
-back, logs a warning and tries again after a pause, for up to `patience` seconds.
+back, logs a warning and tries again after a pause, for up to `patience` seconds. A deadlock
+with a worker (the server ends one side: say an old worker's complete_task against a migration's
+ALTER TABLE on tasks) is treated the same way when the migrate is the side it ended.
 """
 
 from __future__ import annotations
@@ -165,9 +167,10 @@ async def _drop_stale(
 
 
 class _LockWait(Exception):
-    """A lock wait of the migrate ran out of lock_timeout (55P03), in `step`."""
+    """A lock wait of the migrate ran out of lock_timeout (55P03) or ended in a deadlock
+    (40P01), in `step`."""
 
-    def __init__(self, step: str, error: pg_errors.LockNotAvailable) -> None:
+    def __init__(self, step: str, error: pg_errors.Error) -> None:
         super().__init__(f"{step}: {error.diag.message_primary or error}")
 
 
@@ -259,7 +262,7 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> list[int]
             await _drop_stale(conn, app_id, before)
             step = f"sql/{privileges.name}"
             await conn.execute(privileges.read_bytes())
-    except pg_errors.LockNotAvailable as error:
+    except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as error:
         raise _LockWait(step, error) from error
     except psycopg.OperationalError as error:
         # On Citus: a node that does not answer (its connection fails, SQLSTATE class 08).
