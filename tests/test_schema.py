@@ -62,6 +62,7 @@ RELEASES = (
     "4ca196596638d7eac6dd31b932cfee7fb7eb0729",  # the engine before issue 12
     "2543b6f37916a15ec04d9fbef7d0ab7e89182125",  # 0.1.0: 0007, worker protocol 1
     "1ac7bd8b913304dfbea1c5adb97daf10eb4b510e",  # 0.2.0: 0013, worker protocol 2
+    "2a4ff67bba6cef77a261b627bc4cf4cc492eba6f",  # 0.3.0: 0017, worker protocol 3
 )
 
 # Run by a release's own package: its installer, on its own sql/ and migrations/.

@@ -240,8 +240,8 @@ def test_old_workers_serve_through_an_upgrade_at_scale(
 
 def test_the_package_speaks_the_engines_protocol(db: SQL) -> None:
     """WORKER_PROTOCOL and sql/05_version.sql change together; this engine still serves the
-    previous release's workers (protocol 2, 0.2.0: the test above runs them) and protocols 1
-    and 0."""
+    previous release's workers (protocol 3, 0.3.0: the test above runs them) and protocols 2,
+    1 and 0."""
     assert db.rows("select protocol, oldest_worker from engine_version()") == [(WORKER_PROTOCOL, 0)]
 
 
@@ -402,11 +402,11 @@ def test_a_worker_refuses_a_schema_older_than_it(dsn: str, old_app: tuple[str, P
 async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     dsn: str, old_app: tuple[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Upgrading the previous release alters jobs (migration 0014). An application holds a
-    start_workflow() open (RowExclusive on jobs): the migrate's ALTER waits for it, and a
-    start sent meanwhile waits behind the migrate, but only until the migrate's lock_timeout:
-    it returns while the application's transaction is still open. The migrate tries again
-    and succeeds after the COMMIT."""
+    """Upgrading the previous release alters threads (migration 0018). An application holds a
+    hook() open (RowExclusive on threads): the migrate's ALTER waits for it, and a hook sent
+    meanwhile waits behind the migrate, but only until the migrate's lock_timeout: it returns
+    while the application's transaction is still open. The migrate tries again and succeeds
+    after the COMMIT."""
     app, _ = old_app
     caplog.set_level(logging.WARNING, "hotmesh.install")
     schema = sql.Identifier(app)
@@ -414,9 +414,12 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     other = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     try:
-        await holder.execute(
-            sql.SQL("select {}.start_workflow('w', '[]', 'q', 'held')").format(schema)
-        )
+        for workflow_id in ("held", "other"):
+            await other.execute(
+                sql.SQL("select {}.start_workflow('w', '[]', 'q', %s)").format(schema),
+                (workflow_id,),
+            )
+        await holder.execute(sql.SQL("select {}.hook('held', 'h', '[]', 'q')").format(schema))
         upgrading = asyncio.create_task(migrate(dsn, app, lock_timeout=3.0, patience=120))
 
         async def migrate_waits() -> bool:
@@ -429,9 +432,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
 
         await until(migrate_waits, "the migrate to wait for a lock")
         sending = asyncio.create_task(
-            other.execute(
-                sql.SQL("select {}.start_workflow('w', '[]', 'q', 'other')").format(schema)
-            )
+            other.execute(sql.SQL("select {}.hook('other', 'h', '[]', 'q')").format(schema))
         )
         await until_lock_wait(watch, other.info.backend_pid)
         await asyncio.wait_for(sending, 30)  # the migrate gave way: the call went on
@@ -439,7 +440,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
         assert not upgrading.done()
         await holder.commit()
         applied = await asyncio.wait_for(upgrading, 60)
-        assert 14 in applied
+        assert 18 in applied
         assert "rolled back so as not to hold up the workers" in caplog.text
     finally:
         for conn in (holder, other, watch):
