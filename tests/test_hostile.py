@@ -202,6 +202,7 @@ GOOD: dict[str, Any] = {
     "p_lease": "30 seconds",
     "p_prefetch": 0,
     "p_prefetch_lease": "5 seconds",
+    "p_traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     "p_policy": "{}",
     "p_attempt": 2,
     "p_key": "default_retention",
