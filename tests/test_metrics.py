@@ -76,6 +76,8 @@ async def test_worker_counts_what_it_does(measured: tuple[MemFlow, WorkerMetrics
     await mf.worker.create(task_queue="mq", workflow=[counted, refused])
     handle = await mf.workflow.start(workflow_name="counted", args=[4], task_queue="mq")
     assert await handle.result(timeout=20) == 16
+    # The result is committed before the worker counts it; it leaves its slot after counting.
+    await until(lambda: value(metrics, "hotmesh_tasks_in_flight", queue="mq") == 0, "in flight 0")
     # Claimed: the first activation, the queued activity, the activation it woke.
     assert value(metrics, "hotmesh_tasks_claimed_total", queue="mq", kind="workflow") == 2
     assert value(metrics, "hotmesh_tasks_claimed_total", queue="mq", kind="activity") == 1
@@ -85,14 +87,13 @@ async def test_worker_counts_what_it_does(measured: tuple[MemFlow, WorkerMetrics
     assert value(metrics, count, queue="mq", activity="double") == 2  # inline and queued
     assert value(metrics, "hotmesh_activation_duration_seconds_count", queue="mq",
                  workflow="counted") == 2  # fmt: skip
-    # The runner leaves the worker's slots just after its outcome committed.
-    await until(lambda: value(metrics, "hotmesh_tasks_in_flight", queue="mq") == 0, "in flight 0")
 
     failing = await mf.workflow.start(
         workflow_name="refused", args=[1], task_queue="mq", retry_policy={"maximum_attempts": 1}
     )
     with pytest.raises(Exception, match="not 1"):
         await failing.result(timeout=20)
+    await until(lambda: value(metrics, "hotmesh_tasks_in_flight", queue="mq") == 0, "in flight 0")
     assert value(metrics, "hotmesh_tasks_retried_total", queue="mq", kind="activity") == 1
     assert value(metrics, "hotmesh_tasks_failed_total", queue="mq", kind="activity") == 1
     assert value(metrics, "hotmesh_tasks_failed_total", queue="mq", kind="workflow") == 1
