@@ -372,8 +372,18 @@ $$;
 -- anything changes) and normalised: {"execution_timeout": interval text, "id_reuse",
 -- "idempotency_key", "debounce": interval text, "run_at": when the first activation is due,
 -- "search"}. p_retention bounds the timeout; a debounce needs a chosen workflow id (its key).
--- A W3C traceparent (version 00: https://www.w3.org/TR/trace-context/#traceparent-header),
--- or null. Anything else is refused, so a trace id read back is always one a tracer accepts.
+-- Whether p_value is a W3C traceparent (version 00:
+-- https://www.w3.org/TR/trace-context/#traceparent-header), with a trace id and a span id that
+-- are not all zeros.
+create or replace function _is_traceparent(p_value text) returns boolean
+language sql immutable
+as $$
+    select p_value ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+           and p_value !~ '^00-0{32}-' and p_value !~ '-0{16}-[0-9a-f]{2}$'
+$$;
+
+-- A W3C traceparent (_is_traceparent) or null. Anything else is refused, so a trace id read
+-- back is always one a tracer accepts.
 create or replace function _check_traceparent(p_value jsonb) returns void
 language plpgsql immutable
 as $$
@@ -381,9 +391,7 @@ begin
     if p_value is null or jsonb_typeof(p_value) = 'null' then
         return;
     end if;
-    if jsonb_typeof(p_value) <> 'string'
-       or p_value #>> '{}' !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
-       or p_value #>> '{}' ~ '^00-0{32}-' or p_value #>> '{}' ~ '-0{16}-[0-9a-f]{2}$' then
+    if jsonb_typeof(p_value) <> 'string' or not _is_traceparent(p_value #>> '{}') then
         raise exception using errcode = '22023',
             message = format('traceparent must be a W3C trace context such as '
                              '"00-<32 hex trace id>-<16 hex span id>-<2 hex flags>", not %s',

@@ -614,15 +614,16 @@ begin
         select t.job_id, t.thread, t.priority, (c.value ->> 'seq')::integer as seq,
                c.value ->> 'name' as name, c.value -> 'args' as args,
                c.value ->> 'task_queue' as queue,
-               nullif(c.value -> 'retry_policy', 'null') as policy
+               nullif(c.value -> 'retry_policy', 'null') as policy,
+               c.value ->> 'traceparent' as traceparent
           from unnest(v_held) as h (pos)
           join tasks as t on t.id = (p_items -> (h.pos - 1) ->> 'task_id')::bigint
          cross join lateral jsonb_array_elements(
                    coalesce(nullif(p_items -> (h.pos - 1) -> 'schedules', 'null'), '[]'::jsonb)
                ) as c (value)
          where t.kind = 'workflow' and c.value ->> 'concurrency_key' is null
-           -- a traced call: _schedule_activity checks its trace context and keeps it
-           and c.value ->> 'traceparent' is null
+           -- a trace context _schedule_activity would refuse goes its way, to be refused
+           and (c.value ->> 'traceparent' is null or _is_traceparent(c.value ->> 'traceparent'))
            and length(c.value ->> 'task_queue') between 1 and 255
            and length(c.value ->> 'name') <= 255
            and not coalesce(nullif(c.value -> 'retry_policy', 'null')
@@ -642,6 +643,9 @@ begin
                jsonb_build_object('args', c.args, 'retry_policy',
                                   case when c.policy is null then v_policy
                                        else _retry_policy(c.policy) end)
+               -- as _schedule_activity keeps it: the activity's span continues the activation's
+               || case when c.traceparent is null then '{}'::jsonb
+                       else jsonb_build_object('traceparent', c.traceparent) end
           from calls as c
           join fresh as f on f.job_id = c.job_id and f.thread = c.thread and f.seq = c.seq
         returning q.job_id, q.thread, q.seq, q.task_queue

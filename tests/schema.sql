@@ -609,6 +609,8 @@ create function <app>._human_request(p_request jsonb) returns jsonb
     language plpgsql immutable;
 create function <app>._human_task(p_id bigint, p_lock boolean) returns <app>.human_tasks
     language plpgsql volatile;
+create function <app>._is_traceparent(p_value text) returns boolean
+    language sql immutable;
 create function <app>._item_error(p_sqlstate text, p_message text) returns jsonb
     language sql immutable;
 create function <app>._key_rank(p_task_queue text, p_key text) returns bigint

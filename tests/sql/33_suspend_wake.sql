@@ -328,7 +328,8 @@ select
                 'schedules', jsonb_build_array(
                     jsonb_build_object(
                         'seq', 1, 'name', 'a', 'args', '[1]'::jsonb,
-                        'task_queue', 't33-batch-acts'
+                        'task_queue', 't33-batch-acts',
+                        'traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
                     ),
                     jsonb_build_object(
                         'seq', 2, 'name', 'b', 'args', '[2]'::jsonb,
@@ -354,10 +355,14 @@ select results_eq(
     '... both calls recorded as scheduled steps'
 );
 select results_eq(
-    $$select kind, seq, task_queue, payload -> 'retry_policy' ->> 'maximum_attempts'
+    $$select kind, seq, task_queue, payload -> 'retry_policy' ->> 'maximum_attempts',
+             payload ->> 'traceparent'
         from tasks where job_id = 'sw-batch' order by id$$,
-    $$values ('activity', 1, 't33-batch-acts', '3'), ('activity', 2, 't33-batch-acts', '1')$$,
-    '... their activity tasks queued with their retry policies; the activation''s deleted'
+    $$values ('activity', 1, 't33-batch-acts', '3',
+              '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'),
+             ('activity', 2, 't33-batch-acts', '1', null)$$,
+    '... their activity tasks queued with their retry policies and trace context; the '
+    'activation''s deleted'
 );
 select is(
     (select status from jobs where id = 'sw-batch'), 'waiting', '... the workflow waits'
