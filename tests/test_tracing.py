@@ -181,6 +181,55 @@ async def test_errors_are_recorded_on_their_spans(
     assert last["events"] == ["exception"]
 
 
+async def test_an_activity_span_is_current_while_it_runs(
+    traced: MemFlow, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """The spans an activity makes (async, or sync in a thread) nest inside its attempt's
+    span, which is inside the activation's; a failed inline attempt is recorded on its own."""
+    provider, exporter = spans
+    tracer = provider.get_tracer("the app")
+
+    async def query(n: int) -> int:
+        with tracer.start_as_current_span("SELECT"):
+            if n < 0:
+                raise ValueError("negative")
+            return n
+
+    def compute(n: int) -> int:
+        with tracer.start_as_current_span("compute"):
+            return n + 1
+
+    async def nested(n: int) -> int:
+        acts = workflow.proxy_activities(
+            activities=[query, compute], retry_policy={"maximum_attempts": 1}
+        )
+        try:
+            await acts.query(-n)
+        except Exception:
+            pass
+        return int(await acts.compute(await acts.query(n)))
+
+    await traced.worker.create(task_queue="nest", workflow=nested)
+    handle = await traced.workflow.start(workflow_name="nested", args=[4], task_queue="nest")
+    assert await handle.result(timeout=30) == 5
+    found = [as_json(span) for span in exporter.get_finished_spans()]
+    by_id = {s["span_id"]: s for s in found}
+    parent = {s["name"] + str(s["status"]): by_id[s["parent_id"]]["name"] for s in found
+              if s["parent_id"] in by_id}  # fmt: skip
+    assert parent == {
+        "SELECTERROR": "RunActivity:query",
+        "SELECTUNSET": "RunActivity:query",
+        "computeUNSET": "RunActivity:compute",
+        "RunActivity:queryERROR": "RunWorkflow:nested",
+        "RunActivity:queryUNSET": "RunWorkflow:nested",
+        "RunActivity:computeUNSET": "RunWorkflow:nested",
+        "RunWorkflow:nestedUNSET": "StartWorkflow:nested",
+    }, tree(found)
+    (failed,) = [s for s in found if s["name"] == "RunActivity:query" and s["status"] == "ERROR"]
+    assert failed["events"] == ["exception"]
+    assert failed["attributes"]["hotmesh.inline"] is True
+
+
 async def test_a_bad_traceparent_is_refused(mf: MemFlow, db: SQL) -> None:
     with pytest.raises(InvalidArgument, match="traceparent must be a W3C trace context"):
         await mf._db.start_workflow("x", [], "q", "bad-tp", None, {"traceparent": "00-abc"})
