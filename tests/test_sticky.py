@@ -6,14 +6,12 @@ the history moved on without it (another worker ran the thread)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import SQL, Workers, create_effects, kill9, until, until_row
+from helpers import Workers, kill9, until, until_row, workers_fixture
 from hotmesh import MemFlow, workflow
 from hotmesh._commands import Command, RecordedStep
 from hotmesh._db import HeldClaim
@@ -187,13 +185,7 @@ async def test_the_cache_is_bypassed_when_another_worker_ran_the_workflow(
     b.sticky.clear()
 
 
-@pytest.fixture
-def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
-    """tests/workers/crashy.py processes on the test's app, lease 1 s."""
-    create_effects(db.conn.execute)
-    procs = Workers("crashy", dsn, app, logs=tmp_path, CRASHY_LEASE="1.0")
-    yield procs
-    procs.close()
+workers = workers_fixture("crashy")
 
 
 async def test_after_a_kill_another_worker_replays_what_the_dead_one_kept(
