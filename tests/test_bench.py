@@ -47,6 +47,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     )
     assert scenarios["queue"]["not_completed"] == 0
     assert scenarios["queue"]["worker_cpu_ms_per_task"] >= 0
+    assert scenarios["queue"]["db_cpu_ms_per_task"] >= 0  # None: the server was not found
     keyed = scenarios["keyed"]
     assert (keyed["not_completed"], keyed["keys"], keyed["key_max_running"]) == (0, 3, 1)
     assert keyed["tasks_per_s"] > 0 and keyed["vs_unkeyed"] > 0
