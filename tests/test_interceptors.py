@@ -18,7 +18,7 @@ from helpers import SQL, until
 from hotmesh import FatalError, InvalidArgument, MemFlow, activity, workflow
 from hotmesh._commands import Command, ScheduleActivity, StartTimer
 from hotmesh.activity import ActivityInfo
-from hotmesh.interceptors import CancelInput, Interceptor, SignalInput, StartInput
+from hotmesh.interceptors import CancelInput, Interceptor, SignalInput, StartInput, keepable
 from hotmesh.rows import SignalOutcome
 from hotmesh.workflow import WorkflowContext
 
@@ -499,3 +499,57 @@ async def test_worker_command_takes_interceptors(
     _, err = await bad.communicate()
     assert bad.returncode != 0
     assert b"expected an Interceptor or a factory returning one, got int" in err
+
+
+class Observer(Recorder):
+    sticky = True
+
+
+class ActivitiesOnly(Interceptor):
+    async def execute_activity(
+        self, info: ActivityInfo, args: list[Any], next: Callable[[list[Any]], Awaitable[Any]]
+    ) -> Any:
+        return await next(args)
+
+
+def test_which_interceptors_let_a_worker_keep_a_workflow() -> None:
+    """The sticky cache keeps a workflow when each interceptor that wraps workflow code says
+    it may (`sticky`); one that wraps only activities or the client has no say."""
+    assert keepable(()) and keepable([Interceptor(), ActivitiesOnly()])
+    assert keepable([Observer("S", []), ActivitiesOnly()])
+    assert not keepable([Recorder("A", [])])
+    assert not keepable([Observer("S", []), Recorder("A", [])])
+
+
+async def test_a_sticky_interceptor_wraps_each_activation_kept_or_not(
+    client: Callable[..., Awaitable[MemFlow]], db: SQL
+) -> None:
+    """A sticky interceptor's execute_workflow is around each activation, whether the worker
+    resumed it from its cache or replayed it: the same log with the cache and without; a
+    workflow under an interceptor that is not sticky is never kept."""
+    logs: dict[str, list[str]] = {}
+    for cache in (8, 0):
+        log = logs.setdefault(f"cache {cache}", [])
+        mf = await client(interceptors=[Observer("S", log)])
+        worker = await mf.worker.create(
+            task_queue=f"sq{cache}", workflow=sleepy, sticky_cache=cache
+        )
+        handle = await mf.workflow.start(workflow_name="sleepy", task_queue=f"sq{cache}")
+        assert await handle.result(timeout=20) == 2
+        assert worker.sticky.hits == (2 if cache else 0)
+    assert logs["cache 8"] == logs["cache 0"] == [
+        "S>workflow", "S>sleep:@1", "S<workflow",
+        "S>workflow", "S>sleep:@2", "S<workflow",
+        "S>workflow", "S<workflow",
+    ]  # fmt: skip
+    mf = await client(interceptors=[Recorder("A", [])])
+    worker = await mf.worker.create(task_queue="nq", workflow=sleepy)
+    handle = await mf.workflow.start(workflow_name="sleepy", task_queue="nq")
+    assert await handle.result(timeout=20) == 2
+    assert (worker.sticky.hits, len(worker.sticky)) == (0, 0)
+
+
+async def sleepy() -> int:
+    await workflow.sleep_for(0.01)
+    await workflow.sleep_for(0.01)
+    return 2

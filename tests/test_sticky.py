@@ -6,16 +6,21 @@ the history moved on without it (another worker ran the thread)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from helpers import Workers, kill9, until, until_row, workers_fixture
 from hotmesh import MemFlow, workflow
-from hotmesh._commands import Command, RecordedStep
+from hotmesh._commands import Command, RecordedStep, ScheduleActivity
 from hotmesh._db import HeldClaim
 from hotmesh._runner import Activation, Completed, Outcome, RecordedThread, Suspended
+from hotmesh.otel import TracingInterceptor
 from hotmesh.worker import Registry, Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -105,6 +110,90 @@ async def test_resume_refuses_a_history_that_moved_on() -> None:
     kept.close()
 
 
+class Traced:
+    """A TracingInterceptor with its own in-memory exporter: the spans it made so far, each
+    as (name, its parent's name, attributes, status), and the span a traceparent names."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.interceptor = TracingInterceptor(provider)
+        self.taken = 0
+
+    def new_spans(self) -> list[tuple[Any, ...]]:
+        spans: tuple[ReadableSpan, ...] = self.exporter.get_finished_spans()
+        names = {s.context.span_id: s.name for s in spans if s.context is not None}
+        made = [
+            (s.name, s.parent and names.get(s.parent.span_id), dict(s.attributes or {}),
+             s.status.status_code.name)
+            for s in spans[self.taken :]
+        ]  # fmt: skip
+        self.taken = len(spans)
+        return sorted(made, key=repr)
+
+    def named(self, commands: list[tuple[int, Command]]) -> list[tuple[int, Command]]:
+        """The commands with each traceparent replaced by the name of the span it names."""
+        names = {
+            f"{s.context.span_id:016x}": s.name
+            for s in self.exporter.get_finished_spans()
+            if s.context is not None
+        }
+        return [
+            (seq, command)
+            if not isinstance(command, ScheduleActivity) or command.traceparent is None
+            else (seq, dataclasses.replace(
+                command, traceparent=names[command.traceparent.split("-")[2]]))
+            for seq, command in commands
+        ]  # fmt: skip
+
+
+async def test_traced_resumed_and_replayed_activations_make_the_same_spans() -> None:
+    """With the tracing interceptor (sticky), at every wake-up the kept activation and a
+    fresh one replaying the history make the same commands (an activity call carries the
+    context of the activation that made it) and the same spans: one RunWorkflow per
+    activation, none for what a replay answers."""
+    history: dict[int, RecordedStep] = {}
+    kept_trace, cold_trace = Traced(), Traced()
+    recorder = Recorder()
+    kept = Activation(
+        thread(history), mixed, Registry(), recorder, interceptors=[kept_trace.interceptor]
+    )
+    outcome = await kept.run(keep=True)
+    cold_trace.new_spans()
+    assert kept_trace.new_spans() == [
+        ("RunWorkflow:mixed", None, {
+            "hotmesh.workflow_id": "w1", "hotmesh.workflow_name": "mixed",
+            "hotmesh.function": "mixed", "hotmesh.task_queue": "", "hotmesh.thread": "main",
+            "hotmesh.attempt": 1, "hotmesh.run": 1, "hotmesh.outcome": "suspended"}, "UNSET")
+    ]  # fmt: skip
+    wakes = 0
+    while isinstance(outcome, Suspended):
+        for seq, command in recorder.commands:
+            status = "completed" if command.kind == "patch" else "scheduled"
+            history[seq] = RecordedStep(seq, command.kind, command.name, status)
+        seq = min(s for s, step in history.items() if step.status == "scheduled")
+        history[seq] = history[seq]._replace(status="completed", output=f"out{seq}")
+        wakes += 1
+
+        cold_recorder = Recorder()
+        cold = await Activation(
+            thread(history), mixed, Registry(), cold_recorder,
+            interceptors=[cold_trace.interceptor],
+        ).run()  # fmt: skip
+        recorder = Recorder()
+        assert kept.resume(thread(history), recorder)
+        outcome = await kept.run(keep=True)
+        assert kept_trace.named(recorder.commands) == cold_trace.named(cold_recorder.commands)
+        assert same(outcome, cold), f"wake-up {wakes}"
+        spans = kept_trace.new_spans()
+        assert spans == cold_trace.new_spans(), f"wake-up {wakes}"
+        assert [name for name, *_ in spans].count("RunWorkflow:mixed") == 1
+    assert outcome == Completed(["out1", "out3", "out4", "out6"])
+    assert wakes == 5
+    assert kept_trace.interceptor._activations == {}  # nothing of the activations is left
+
+
 PARKED = (
     "select j.status = 'waiting' and exists (select from steps as s where s.job_id = j.id"
     " and s.kind = 'signal') from jobs as j where j.id = %s"
@@ -118,17 +207,21 @@ def history_of(db: Any, job_id: str) -> list[tuple[Any, ...]]:
     )
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "traced"])
 async def test_a_worker_resumes_its_workflows_from_the_cache(
-    mf: MemFlow, remote: MemFlow, db: Any
+    mf: MemFlow, remote: MemFlow, db: Any, traced: bool
 ) -> None:
     """Run by a worker with the cache and by one without, the same workflow records the same
-    history; with it, every wake-up was resumed from the cache."""
+    history; with it, every wake-up was resumed from the cache. Traced (a sticky
+    interceptor), the workflow is kept too, and makes the same spans: one per activation."""
 
     def lookup(key: str) -> str:
         return key.upper()
 
+    kept_trace, cold_trace = Traced(), Traced()
+    wrap: dict[str, Any] = {"interceptors": [kept_trace.interceptor]} if traced else {}
     await remote.worker.register_activities(task_queue="elsewhere", activities=[lookup])
-    cached = await mf.worker.create(task_queue="q", workflow=mixed)
+    cached = await mf.worker.create(task_queue="q", workflow=mixed, **wrap)
     handle = await mf.workflow.start(
         workflow_name="mixed", task_queue="q", workflow_id="kept", args=["k"]
     )
@@ -140,7 +233,8 @@ async def test_a_worker_resumes_its_workflows_from_the_cache(
     assert cached.sticky.hits in (4, 5) and cached.sticky.misses == 0
     await cached.stop()
 
-    cold = await mf.worker.create(task_queue="q", workflow=mixed, sticky_cache=0)
+    wrap = {"interceptors": [cold_trace.interceptor]} if traced else {}
+    cold = await mf.worker.create(task_queue="q", workflow=mixed, sticky_cache=0, **wrap)
     again = await mf.workflow.start(
         workflow_name="mixed", task_queue="q", workflow_id="cold", args=["k"]
     )
@@ -149,6 +243,19 @@ async def test_a_worker_resumes_its_workflows_from_the_cache(
     assert await again.result(timeout=30) == ["KA", "KB", "KC", {"ok": 1}]
     assert (cold.sticky.hits, len(cold.sticky)) == (0, 0)
     assert history_of(db, "kept") == history_of(db, "cold")
+    if traced:
+        spans = kept_trace.new_spans()
+        runs = [span for span in spans if span[0] == "RunWorkflow:mixed"]
+        assert len(runs) == cached.sticky.hits + 1  # each activation, resumed or not
+        assert [run[2]["hotmesh.outcome"] for run in runs].count("completed") == 1
+        steps = [span for span in spans if span not in runs]
+        cold_steps = [span for span in cold_trace.new_spans() if span[0] != "RunWorkflow:mixed"]
+        assert [(n, p, {**a, "hotmesh.workflow_id": "?"}, s) for n, p, a, s in steps] == [
+            (n, p, {**a, "hotmesh.workflow_id": "?"}, s) for n, p, a, s in cold_steps
+        ]
+        assert [(name, parent) for name, parent, *_ in steps] == [
+            ("HandleSignal:go", "RunWorkflow:mixed")
+        ]
 
 
 async def waits() -> list[Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import json
 import logging
@@ -216,6 +217,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         if not self._closed:
             log.debug("workflow loop: %s", context.get("message"))
 
+    def drop(self, task: asyncio.Task[Any]) -> None:
+        """Close one unfinished task's coroutine (its `finally` blocks run), the others
+        waiting where they are."""
+        self._tasks.remove(task)
+        task._log_destroy_pending = False  # type: ignore[attr-defined]  # closed, not lost
+        with contextlib.suppress(RuntimeError):  # a coroutine that ignored GeneratorExit
+            task.get_coro().close()
+
     def close(self) -> None:
         """Close every unfinished coroutine of the workflow; `finally` blocks run, nothing
         they ask for is performed."""
@@ -311,6 +320,12 @@ class Activation:
             self.interceptors, "handle_signal"
         )
         self.by_kind: dict[str, tuple[Interceptor, ...]] = {}
+        # The interceptors whose execute_workflow is around each activation (sticky ones:
+        # run or resumed), and the others', around the function run from the top.
+        around = tuple(layer for layer in self.interceptors if layer.sticky)
+        self.around = around if overrides(around, "execute_workflow") else ()
+        self.inner = tuple(layer for layer in self.interceptors if not layer.sticky)
+        self.resumed = False  # resume() took it up: the new outcomes are to be handed over
         self._contexts: dict[bool, WorkflowContext] = {}  # context() of this claim, as made
 
     @property
@@ -438,19 +453,26 @@ class Activation:
         """Run the thread until it returns, raises or waits on something outside. With
         `keep`, an activation that suspends stays alive (its coroutines wait where they are)
         for resume(); close() ends it."""
-        if self.main is None:
-            token = current.set(self)
-            try:
-                self.main = self.loop.create_task(self._body())
-            finally:
-                current.reset(token)
+        token = current.set(self)
+        try:
+            if self.around:
+                watched = self.loop.create_task(self._activation())
+            else:
+                if self.main is None:
+                    self.main = self.loop.create_task(self._body())
+                self._settle()
+                watched = self.main
+        finally:
+            current.reset(token)
         outcome: Outcome | None = None
         try:
-            outcome = await self._drive(self.main)
+            outcome = await self._drive(watched)
             return outcome
         finally:
             if not (keep and isinstance(outcome, Suspended) and self.perform is not None):
                 self.loop.close()
+            elif watched is not self.main:
+                self.loop.drop(watched)  # this activation ends; the code waits where it is
 
     def close(self) -> None:
         """End a kept activation: its coroutines are closed, nothing they ask is performed."""
@@ -485,13 +507,21 @@ class Activation:
         self._contexts.clear()
         self.known = {seq: step.status for seq, step in steps.items()}
         self.last_recorded = max(steps, default=0)
+        self.resumed = True
+        return True
+
+    def _settle(self) -> None:
+        """Hand the outcomes a resumed activation's claim brought to the calls waiting for
+        them (at its start: inside its interceptors, when they wrap each activation)."""
+        if not self.resumed:
+            return
+        self.resumed = False
         for seq, call in list(self.waiting.items()):
-            if _apply(call.future, steps[seq]):
+            if _apply(call.future, self.history[seq]):
                 self.pending.append(call)  # an inline retry now due: performed again
                 del self.waiting[seq]
             elif call.future.done():
                 del self.waiting[seq]
-        return True
 
     async def _drive(self, main: asyncio.Task[Any]) -> Outcome:
         running: dict[asyncio.Task[RecordedStep], _Call] = {}
@@ -530,18 +560,49 @@ class Activation:
             for leftover in running:
                 leftover.cancel()
 
-    async def _body(self) -> Any:
-        # Called inside the task, so a call that fails at once (wrong number of arguments)
+    def _args(self) -> list[Any]:
+        # Called inside a task, so a call that fails at once (wrong number of arguments)
         # fails the workflow like any error of its code, instead of crashing the runner.
         # Typed parameters (dataclasses, pydantic models, datetimes, ...) get their type back.
         args = list(self.task.args or [])
         if _convert.arg_plan(self.fn) is not None:
             args = _convert.convert_args(self.fn, args, f"workflow {self.task.name}")
-        if not self.interceptors:
+        return args
+
+    async def _body(self, args: list[Any] | None = None) -> Any:
+        if args is None:
+            args = self._args()
+        if not self.inner:
             return await self.fn(*args)
-        return await compose(self.interceptors, "execute_workflow", (self.context(),), self._fn)(
-            args
-        )
+        return await compose(self.inner, "execute_workflow", (self.context(),), self._fn)(args)
+
+    async def _activation(self) -> Any:
+        """One activation inside the sticky interceptors' execute_workflow; `next` runs the
+        code (the first) or lets it go on (a resumed one) until it ends or waits."""
+        wrapped = compose(self.around, "execute_workflow", (self.context(),), self._proceed)
+        return await wrapped(self._args())
+
+    async def _proceed(self, args: list[Any]) -> Any:
+        if self.main is None:
+            self.main = self.loop.create_task(self._body(args))
+        self._settle()
+        main, waiter = self.main, self.loop.create_future()
+
+        def relay(done: asyncio.Task[Any]) -> None:
+            if waiter.done():
+                return
+            if done.cancelled():
+                waiter.cancel()
+            elif (error := done.exception()) is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(done.result())
+
+        main.add_done_callback(relay)
+        try:
+            return await waiter
+        finally:
+            main.remove_done_callback(relay)  # a kept run outlives this activation
 
     async def _fn(self, args: list[Any]) -> Any:
         return await self.fn(*args)

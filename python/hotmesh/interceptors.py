@@ -19,7 +19,9 @@ outermost. Workflow-side methods run in workflow code, so the rules of workflow 
 what they do must be the same on every replay (the determinism check catches a durable call
 made by one that is not), and they do no I/O of their own. An interceptor that raises fails
 what it wraps like any error of that code: the workflow or activity fails (and retries per
-its policy) with that error, recorded; the worker keeps serving.
+its policy) with that error, recorded; the worker keeps serving. A worker's sticky cache keeps
+the workflows of interceptors that wrap workflow code only when they set `sticky = True`
+(they only observe; execute_workflow is then around each activation, resumed ones too).
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ class Interceptor:
     # cancel, entity, search, emit) that `durable_call` and `handle_signal` are given; None:
     # all. A call of a kind no interceptor asks for is not wrapped at all (cheaper).
     durable_kinds: ClassVar[frozenset[str] | None] = None
+    # Whether a worker may keep the workflows this interceptor wraps in its sticky cache
+    # (docs/interceptors.md): True when its workflow-side methods only observe. Then its
+    # execute_workflow is around each activation, a fresh one or one resumed from the cache
+    # (`next` runs the code from the top, or lets it go on from where it waits).
+    sticky: ClassVar[bool] = False
 
     async def execute_workflow(
         self,
@@ -148,6 +155,18 @@ def overrides(layers: Sequence[Interceptor], method: str) -> bool:
     """Whether any of `layers` does something in `method` (the others are skipped)."""
     base = getattr(Interceptor, method)
     return any(getattr(type(layer), method, base) is not base for layer in layers)
+
+
+_WORKFLOW_SIDE = ("execute_workflow", "durable_call", "handle_signal")
+
+
+def keepable(layers: Sequence[Interceptor]) -> bool:
+    """Whether the sticky cache may keep the workflows `layers` wrap: each layer that wraps
+    workflow code says it may (`sticky`)."""
+    return all(
+        layer.sticky or not any(overrides([layer], method) for method in _WORKFLOW_SIDE)
+        for layer in layers
+    )
 
 
 def outbound(layers: Sequence[Interceptor], kind: str) -> tuple[Interceptor, ...]:

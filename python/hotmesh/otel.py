@@ -87,6 +87,8 @@ class TracingInterceptor(Interceptor):
     # Only these steps make spans: an activity's span is its run's (execute_activity), to
     # which its call hands the activation's context.
     durable_kinds = frozenset({"activity", "child", "hook", "send", "signal"})
+    # It only observes: a kept workflow's activations, resumed, make the same spans.
+    sticky = True
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         from hotmesh import _install

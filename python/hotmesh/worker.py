@@ -66,7 +66,7 @@ from hotmesh._runner import (
 )
 from hotmesh.activity import ActivityInfo, run_activity
 from hotmesh.codecs import CodecError, Payloads
-from hotmesh.interceptors import Interceptor
+from hotmesh.interceptors import Interceptor, keepable
 from hotmesh.retry import has_timeouts
 
 if TYPE_CHECKING:
@@ -787,9 +787,8 @@ class Worker:
         executor = _Executor(self.db, task, self.registry, defer, held)
         interceptors = self.registry.interceptors_for(task.task_queue)
         key = (task.job_id, task.thread)
-        # Interceptors see every activation run from its start (execute_workflow), so their
-        # workflows are not kept.
-        keep = self.sticky.size > 0 and not interceptors
+        # Kept only when each interceptor that wraps workflow code allows it (sticky).
+        keep = self.sticky.size > 0 and keepable(interceptors)
         act = self.sticky.take(key)
         if act is not None and act.fn is fn and act.resume(task, executor):
             self.sticky.hits += 1

@@ -134,7 +134,7 @@ def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> It
 _INTERCEPTORS: list[str] = []
 
 
-def traced_noop() -> Any:
+def traced_noop(sampler: Any = None) -> Any:
     """`--interceptor hotmesh.devtools.bench:traced_noop`: tracing on (docs/tracing.md), every
     span made, ended and handed to an exporter that drops it (the OpenTelemetry SDK)."""
     from opentelemetry.sdk.trace import TracerProvider
@@ -146,9 +146,17 @@ def traced_noop() -> Any:
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(Drop()))
     return TracingInterceptor(provider)
+
+
+def traced_sampled() -> Any:
+    """`--interceptor hotmesh.devtools.bench:traced_sampled`: the same, with one trace in ten
+    sampled (ParentBased(TraceIdRatioBased(0.1))): what the others cost unsampled."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    return traced_noop(ParentBased(TraceIdRatioBased(0.1)))
 
 
 def _cpu_seconds(pid: int) -> float:
