@@ -23,6 +23,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     command += ["--queue-tasks", "20", "--history-jobs", "100", "--key-tasks", "300"]
     command += ["--queue-keys", "3", "--key-max-running", "1"]
     command += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
+    command += ["--parked", "20", "--parked-idle", "0"]
     command += ["--start-count", "30", "--start-batch", "10", "--rate", "20", "--rate-seconds", "1"]
     command += ["--json", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
@@ -30,7 +31,7 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
 
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    expected = "ceiling steps starts limited rate long remote queue keyed keys signal fanout"
+    expected = "ceiling steps starts limited rate long remote queue keyed keys signal parked fanout"
     expected += " history"
     expected = expected.split()
     assert set(scenarios) == set(expected) == set(SCENARIOS)
@@ -52,6 +53,8 @@ def test_bench_reports_every_scenario(dsn: str, tmp_path: Path) -> None:
     assert (keyed["not_completed"], keyed["keys"], keyed["key_max_running"]) == (0, 3, 1)
     assert keyed["tasks_per_s"] > 0 and keyed["vs_unkeyed"] > 0
     assert scenarios["signal"]["samples"] == 3
+    parked = scenarios["parked"]
+    assert parked["parked"] == 20 and parked["rss_mb_n_idle"] > 0 and parked["claim_ms_n"] > 0
     assert scenarios["fanout"]["lost_updates"] == 0
     assert scenarios["history"]["finished_jobs"] == 100
     history = scenarios["history"]
