@@ -744,8 +744,10 @@ def _claim_ms(
     return statistics.median(durations) * 1000
 
 
-def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str, Any]:
-    """claim_tasks of 128 tasks from a 10,000-task backlog, in an app with no finished
+def history(
+    dsn: str, app: str, *, finished: int, backlog: int = 10_000, claims: int = 20
+) -> dict[str, Any]:
+    """claim_tasks of 128 tasks from a `backlog` of tasks, in an app with no finished
     workflows and in one with `finished` of them (started and completed through the public
     functions, then vacuumed and analyzed as autovacuum would): a claim must cost the same
     however much history the app keeps."""
@@ -761,8 +763,9 @@ def history(dsn: str, app: str, *, finished: int, claims: int = 20) -> dict[str,
             conn.execute(
                 sql.SQL(
                     "select count({}.start_workflow('empty', '[]', 'bench'))"
-                    " from generate_series(1, 10000)"
-                ).format(schema)
+                    " from generate_series(1, %s)"
+                ).format(schema),
+                (backlog,),
             )
             medians[label] = _claim_ms(conn, app, batch, claims)
     return {
@@ -925,7 +928,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
         "parked": lambda: parked_many(dsn, app, count=args.parked, idle=args.parked_idle),
         "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
-        "history": lambda: history(dsn, app, finished=args.history_jobs),
+        "history": lambda: history(
+            dsn, app, finished=args.history_jobs, backlog=args.history_backlog
+        ),
         "keys": lambda: keys(dsn, app, tasks=args.key_tasks),
     }
     report: dict[str, Any] = {
@@ -1057,6 +1062,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100_000,
         help="finished workflows `history` claims beside (100000; made through the public "
         "functions, about a minute per run)",
+    )
+    parser.add_argument(
+        "--history-backlog",
+        type=int,
+        default=10_000,
+        help="the backlog `history` claims from (10000)",
     )
     parser.add_argument("--hooks", type=int, default=100, help="hooks for `fanout` (100)")
     parser.add_argument(
