@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 async def mixed(prefix: str) -> list[Any]:
     acts = workflow.proxy_activities(task_queue="elsewhere")
     first = await acts.lookup(prefix + "a")
-    await workflow.sleep_for(5)
+    await workflow.sleep_for(1)  # a real timer: the wake-up after it is resumed too
     pair = await asyncio.gather(acts.lookup(prefix + "b"), acts.lookup(prefix + "c"))
     if workflow.patched("p1"):
         pair.append(await workflow.wait_for("go"))
