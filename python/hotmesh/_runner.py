@@ -224,6 +224,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         task._log_destroy_pending = False  # type: ignore[attr-defined]  # closed, not lost
         with contextlib.suppress(RuntimeError):  # a coroutine that ignored GeneratorExit
             task.get_coro().close()
+        task.cancel()  # its wait ends too (as in close()): no cycle left to collect
 
     def close(self) -> None:
         """Close every unfinished coroutine of the workflow; `finally` blocks run, nothing
@@ -236,6 +237,11 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
                     task.get_coro().close()
                 except RuntimeError:
                     pass  # a coroutine that ignored GeneratorExit; it is dropped all the same
+                # Its wait ends too: the future's callback no longer refers to the task, so
+                # reference counting frees both (a kept workflow's memory returns at once,
+                # not at the cycle collector's next full pass).
+                task.cancel()
+        self._ready.clear()  # the callbacks the cancels scheduled: never run
         self._tasks.clear()
 
 
@@ -470,13 +476,14 @@ class Activation:
             return outcome
         finally:
             if not (keep and isinstance(outcome, Suspended) and self.perform is not None):
-                self.loop.close()
+                self.close()
             elif watched is not self.main:
                 self.loop.drop(watched)  # this activation ends; the code waits where it is
 
     def close(self) -> None:
         """End a kept activation: its coroutines are closed, nothing they ask is performed."""
         self.loop.close()
+        self.main = None  # its context refers to this activation: no cycle left to collect
 
     def resume(self, task: Thread, perform: Perform) -> bool:
         """Take up a kept (suspended) activation for the thread's next claim: True when the
