@@ -434,15 +434,22 @@ async def test_an_outcome_that_fails_in_the_claims_transaction_rolls_both_back(
     assert (worker.sticky.hits, worker.sticky.misses) == (1, 0)
 
 
-async def test_an_ended_activation_is_freed_at_once() -> None:
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "traced"])
+async def test_an_ended_activation_is_freed_at_once(traced: bool) -> None:
     """A finished activation, and a kept one once closed (the cache's ttl, its bound), leave
     no reference cycle: reference counting frees them at once, so a worker's memory does not
-    grow with the workflows it ran until the cycle collector's next full pass."""
+    grow with the workflows it ran until the cycle collector's next full pass (traced too: a
+    kept activation then ran and suspended twice, each inside its own span)."""
     history: dict[int, RecordedStep] = {}
-    finished = Activation(thread(history), waits_nothing, Registry(), Recorder())
-    kept = Activation(thread(history), mixed, Registry(), Recorder())
+    wrap = [Traced().interceptor] if traced else []
+    finished = Activation(thread(history), waits_nothing, Registry(), Recorder(), interceptors=wrap)
+    kept = Activation(thread(history), mixed, Registry(), Recorder(), interceptors=wrap)
     assert isinstance(await finished.run(), Completed)
     assert isinstance(await kept.run(keep=True), Suspended)
+    if traced:
+        one = RecordedStep(1, "activity", "lookup", "completed", "A")
+        assert kept.resume(thread({1: one}), Recorder())
+        assert isinstance(await kept.run(keep=True), Suspended)
     gc.collect()
     flags = gc.get_debug()
     gc.set_debug(gc.DEBUG_SAVEALL)
