@@ -372,17 +372,18 @@ language plpgsql
 as $$
 declare
     v_now timestamptz := _now();
-    v_job jobs;
-    v_moved text[] := array[]::text[];
-    v_runs text[] := array[]::text[];
-    v_schedules text[] := array[]::text[];
+    v_rows jobs[];
+    v_moved text[];
+    v_runs text[];
+    v_schedules text[];
     v_ends boolean := p_to in ('completed', 'failed', 'cancelled');
 begin
     if p_to not in ('pending', 'running', 'waiting', 'completed', 'failed', 'cancelled') then
         raise exception using errcode = '22023',
             message = format('unknown workflow status "%s"', p_to);
     end if;
-    for v_job in
+    -- One statement for the batch, its rows kept in an array (not a loop of RETURN NEXT).
+    with moved as (
         update jobs as j
            set status = p_to,
                updated_at = v_now,
@@ -390,6 +391,8 @@ begin
                error = coalesce(p_error, j.error),
                completed_at = case when v_ends then v_now end,
                expire_at = case when v_ends then _after(v_now, j.retention) end,
+               -- An ended workflow leaves jobs_timeout_at (migration 0022).
+               timeout_at = case when v_ends then null else j.timeout_at end,
                build_id = coalesce(p_build_id, j.build_id)
           from unnest(p_job_ids, p_results) as m (id, result)
          where j.id = m.id
@@ -400,26 +403,28 @@ begin
                 or exists (select from jobs as f where f.id = j.id
                               for no key update skip locked))
         returning j.*
-    loop
-        v_moved := array_append(v_moved, v_job.id);
-        if v_job.schedule_id is not null then
-            v_runs := array_append(v_runs, v_job.id);
-            v_schedules := array_append(v_schedules, v_job.schedule_id);
-        end if;
-        return next v_job;
-    end loop;
-    if v_ends and cardinality(v_moved) > 0 then
+    )
+    select array_agg(row(m.*)::jobs), array_agg(m.id),
+           array_agg(m.id) filter (where m.schedule_id is not null),
+           array_agg(m.schedule_id) filter (where m.schedule_id is not null)
+      into v_rows, v_moved, v_runs, v_schedules
+      from moved as m;
+    if v_rows is null then
+        return;
+    end if;
+    if v_ends then
         perform _notify_done(v_moved);
         -- Their people are no longer asked (never waiting for a reviewer's open transaction).
         if exists (select from human_tasks
                     where job_id = any(v_moved) and status in ('open', 'claimed')) then
             perform _cancel_human_tasks(v_moved, true);
         end if;
-        if cardinality(v_runs) > 0 then
+        if v_runs is not null then
             -- A schedule that kept a fire behind one of these runs starts it now (buffer_one).
             perform _schedule_runs_ended(v_schedules, v_runs);
         end if;
     end if;
+    return query select * from unnest(v_rows);
 end
 $$;
 

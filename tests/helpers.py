@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -427,3 +427,18 @@ class Workers:
 def kill9(proc: Process) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(10) == -signal.SIGKILL
+
+
+def workers_fixture(script: str) -> Any:
+    """A `workers` fixture: processes of tests/workers/<script>.py (DSN APP ...) on the test's
+    app, which has the effects table they write; the scripts' lease is 1 s, so a killed
+    worker's work is taken over fast."""
+
+    @pytest.fixture
+    def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
+        create_effects(db.conn.execute)
+        procs = Workers(script, dsn, app, logs=tmp_path, **{f"{script.upper()}_LEASE": "1.0"})
+        yield procs
+        procs.close()
+
+    return workers

@@ -27,7 +27,8 @@
 -- migration 0019_human_roles.sql
 -- migration 0020_reviewer_roles.sql
 -- migration 0021_thread_traceparent.sql
--- migration 0022_start_keys.sql
+-- migration 0022_hot_status.sql
+-- migration 0023_start_keys.sql
 
 -- tables
 create table <app>.human_roles (
@@ -314,7 +315,7 @@ CREATE INDEX jobs_expire_at ON <app>.jobs USING btree (expire_at) WHERE (expire_
 CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
-CREATE INDEX jobs_timeout_at ON <app>.jobs USING btree (timeout_at) WHERE ((timeout_at IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text])));
+CREATE INDEX jobs_timeout_at ON <app>.jobs USING btree (timeout_at) WHERE (timeout_at IS NOT NULL);
 CREATE UNIQUE INDEX key_buckets_pkey ON <app>.key_buckets USING btree (task_queue, concurrency_key);
 CREATE INDEX key_buckets_refilled ON <app>.key_buckets USING btree (task_queue, refilled_at);
 CREATE UNIQUE INDEX queue_buckets_pkey ON <app>.queue_buckets USING btree (task_queue);

@@ -409,7 +409,7 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
     """The first steps of docs/citus-row-distribution.md: one app's rows distributed by
     job_id. Every table with a job_id that is never null distributes by it, colocated with
     jobs (Citus refuses a unique key without the distribution column, so this holds the keys
-    to that), a start's idempotency keys (their own table, migration 0022) by the key, and the
+    to that), a start's idempotency keys (their own table, migration 0023) by the key, and the
     others become reference tables. Starts work on it; the claim is not built yet
     (docs/citus-row-distribution.md)."""
     app_id = f"ct_{uuid.uuid4().hex[:10]}"

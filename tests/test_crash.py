@@ -8,13 +8,11 @@ the database (it waits for the side effect of the call it wants to interrupt).""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import SQL, Workers, create_effects, kill9, until_row
+from helpers import Workers, kill9, until_row, workers_fixture
 from hotmesh import MemFlow, workflow
 
 pytestmark = pytest.mark.timeout(90)
@@ -22,13 +20,7 @@ pytestmark = pytest.mark.timeout(90)
 EXPECTED = ["a done", "b done", "c done", "d done"]
 
 
-@pytest.fixture
-def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
-    """tests/workers/crashy.py processes (MODE [HANG]) on the test's app, lease 1 s."""
-    create_effects(db.conn.execute)
-    procs = Workers("crashy", dsn, app, logs=tmp_path, CRASHY_LEASE="1.0")
-    yield procs
-    procs.close()
+workers = workers_fixture("crashy")
 
 
 def effect_counts(db: Any, job_id: str) -> dict[str, int]:

@@ -26,14 +26,13 @@ import os
 import random
 import signal
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import SQL, Process, Workers, create_effects
+from helpers import Process, Workers, workers_fixture
 from hotmesh import MemFlow
 
 pytestmark = pytest.mark.timeout(300)
@@ -60,13 +59,7 @@ class Point:
         return f"kill {self.when} {self.label}"
 
 
-@pytest.fixture
-def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
-    """tests/workers/matrix.py processes (SLOT ...) on the test's app, lease 1 s."""
-    create_effects(db.conn.execute)
-    procs = Workers("matrix", dsn, app, logs=tmp_path, MATRIX_LEASE="1.0")
-    yield procs
-    procs.close()
+workers = workers_fixture("matrix")
 
 
 def _normal(value: Any, workflow_id: str) -> Any:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from helpers import SQL, Workers, create_effects, kill9, until_lock_wait, until_row
+from helpers import Workers, kill9, until_lock_wait, until_row, workers_fixture
 from hotmesh import (
     FatalError,
     IllegalTransition,
@@ -385,13 +383,7 @@ async def test_emit_delivers_to_events_once(mf: MemFlow) -> None:
 # -- a worker killed while hooks run ----------------------------------------------------------
 
 
-@pytest.fixture
-def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
-    """tests/workers/hooky.py processes ([HANG]) on the test's app, lease 1 s."""
-    create_effects(db.conn.execute)
-    procs = Workers("hooky", dsn, app, logs=tmp_path, HOOKY_LEASE="1.0")
-    yield procs
-    procs.close()
+workers = workers_fixture("hooky")
 
 
 @pytest.mark.timeout(90)

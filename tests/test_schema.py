@@ -188,7 +188,7 @@ def test_an_upgraded_app_equals_a_fresh_install(
 
 
 def test_the_upgrade_keeps_the_idempotency_keys(dsn: str, releases: Path, apps: list[str]) -> None:
-    """Migration 0022 moves a start's idempotency key from jobs to start_keys: a key a run
+    """Migration 0023 moves a start's idempotency key from jobs to start_keys: a key a run
     took before the upgrade still returns that run."""
     app = new_app("keys")
     apps.append(app)

@@ -6,16 +6,15 @@ the history moved on without it (another worker ran the thread)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import SQL, Workers, create_effects, kill9, until_row
+from helpers import Workers, kill9, until, until_row, workers_fixture
 from hotmesh import MemFlow, workflow
 from hotmesh._commands import Command, RecordedStep
+from hotmesh._db import HeldClaim
 from hotmesh._runner import Activation, Completed, Outcome, RecordedThread, Suspended
 from hotmesh.worker import Registry, Worker
 
@@ -186,13 +185,7 @@ async def test_the_cache_is_bypassed_when_another_worker_ran_the_workflow(
     b.sticky.clear()
 
 
-@pytest.fixture
-def workers(dsn: str, app: str, db: SQL, tmp_path: Path) -> Iterator[Workers]:
-    """tests/workers/crashy.py processes on the test's app, lease 1 s."""
-    create_effects(db.conn.execute)
-    procs = Workers("crashy", dsn, app, logs=tmp_path, CRASHY_LEASE="1.0")
-    yield procs
-    procs.close()
+workers = workers_fixture("crashy")
 
 
 async def test_after_a_kill_another_worker_replays_what_the_dead_one_kept(
@@ -223,3 +216,111 @@ async def test_after_a_kill_another_worker_replays_what_the_dead_one_kept(
         (seq, "activity", "effect", "completed", [name], f"{name} done")
         for seq, name in enumerate("abcd", start=1)
     ]
+
+
+def held_outcomes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The outcomes sent in their claim's transaction (HeldClaim.finish), by statement."""
+    sent: list[str] = []
+    real = HeldClaim.finish
+
+    async def finish(self: HeldClaim, name: str, item: Any) -> Any:
+        answers = await real(self, name, item)
+        if answers is not None:
+            sent.append(name)
+        return answers
+
+    monkeypatch.setattr(HeldClaim, "finish", finish)
+    return sent
+
+
+async def parked_in(worker: Worker, db: Any, workflow_id: str) -> None:
+    """Until the workflow waits for a signal and the idle worker keeps its activation."""
+    await until_row(db, PARKED, workflow_id)
+    await until(lambda: len(worker.sticky) == 1 and not worker.in_flight, "kept and idle")
+
+
+async def both() -> list[Any]:
+    return list(await asyncio.gather(workflow.wait_for("s1"), workflow.wait_for("s2")))
+
+
+async def test_a_woken_kept_activation_ends_in_its_claims_transaction(
+    mf: MemFlow, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker claims the activation a signal wakes in a transaction it keeps open,
+    resumes it from the cache and sends its suspension (still waiting for s2), then its
+    completion, in that same transaction: one commit per wake-up; the history is the same."""
+    sent = held_outcomes(monkeypatch)
+    worker = await mf.worker.create(task_queue="q", workflow=both)
+    handle = await mf.workflow.start(workflow_name="both", task_queue="q", workflow_id="one")
+    await parked_in(worker, db, "one")
+    await mf.workflow.signal("s1", 1, workflow_id="one")
+    await until(lambda: sent == ["suspend_tasks"], "the held suspension")
+    await parked_in(worker, db, "one")
+    await mf.workflow.signal("s2", 2, workflow_id="one")
+    assert await handle.result(timeout=20) == [1, 2]
+    assert sent == ["suspend_tasks", "complete_tasks"]
+    assert (worker.sticky.hits, worker.sticky.misses) == (2, 0)
+    assert db.one("select count(*) from tasks") == 0
+    assert history_of(db, "one") == [
+        (1, "signal", "s1", "completed", {"timeout": None}, 1),
+        (2, "signal", "s2", "completed", {"timeout": None}, 2),
+    ]
+
+
+async def then_records(x: str) -> Any:
+    """After its signal, an inline activity and an entity change: calls of their own."""
+    got = await workflow.wait_for("go")
+    acts = workflow.proxy_activities(activities=[shout])
+    entity = await workflow.entity()
+    await entity.set({"seen": got})
+    return [await acts.shout(x), await entity.get("seen")]
+
+
+def shout(x: str) -> str:
+    return x.upper()
+
+
+async def test_a_resumed_activation_that_calls_commits_its_claim_first(
+    mf: MemFlow, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed code that makes durable calls (each in its own transaction, which must see the
+    claim's lease) commits the claim before the first one: the workflow completes at once,
+    its outcome sent on its own (no lease is lost, nothing waits for an expiry)."""
+    sent = held_outcomes(monkeypatch)
+    worker = await mf.worker.create(task_queue="q", workflow=then_records)
+    handle = await mf.workflow.start(
+        workflow_name="then_records", task_queue="q", workflow_id="calls", args=["x"]
+    )
+    await parked_in(worker, db, "calls")
+    await mf.workflow.signal("go", "yes", workflow_id="calls")
+    assert await handle.result(timeout=20) == ["X", "yes"]
+    assert sent == [] and worker.sticky.hits == 1
+
+
+async def refused_after_signal() -> str:
+    """After its signal, a call the engine refuses as it suspends (a queue name too long)."""
+    await workflow.wait_for("go")
+    acts = workflow.proxy_activities(task_queue="q" * 256)
+    try:
+        await acts.anything()
+    except Exception as error:
+        return type(error).__name__
+    return "not refused"
+
+
+async def test_an_outcome_that_fails_in_the_claims_transaction_rolls_both_back(
+    mf: MemFlow, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suspension sent in the claim's transaction fails (the engine refuses a call it
+    carries): claim and suspension roll back together, the task is claimable again at once,
+    and the replay that claims it sends the call alone, so only that call fails."""
+    sent = held_outcomes(monkeypatch)
+    worker = await mf.worker.create(task_queue="q", workflow=refused_after_signal)
+    handle = await mf.workflow.start(
+        workflow_name="refused_after_signal", task_queue="q", workflow_id="refused"
+    )
+    await parked_in(worker, db, "refused")
+    await mf.workflow.signal("go", None, workflow_id="refused")
+    assert await handle.result(timeout=20) == "InvalidArgument"
+    assert sent == []  # the held suspension never answered
+    assert (worker.sticky.hits, worker.sticky.misses) == (1, 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from helpers import SQL, until
-from hotmesh import InvalidArgument, MemFlow, workflow
+from hotmesh import InvalidArgument, MaxedError, MemFlow, workflow
 from hotmesh.otel import TracingInterceptor
 from workers.traced import as_json, child_flow, hook_flow, lookup, parent_flow
 
@@ -179,6 +180,53 @@ async def test_errors_are_recorded_on_their_spans(
     last = [s for s in found if s["name"] == "RunWorkflow:failing"][-1]
     assert last["status"] == "ERROR"
     assert last["events"] == ["exception"]
+
+
+async def test_an_activity_span_is_current_while_it_runs(
+    traced: MemFlow, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """The spans an activity makes (async, or sync in a thread) nest inside its attempt's
+    span, which is inside the activation's; a failed inline attempt is recorded on its own."""
+    provider, exporter = spans
+    tracer = provider.get_tracer("the app")
+
+    async def query(n: int) -> int:
+        with tracer.start_as_current_span("SELECT"):
+            if n < 0:
+                raise ValueError("negative")
+            return n
+
+    def compute(n: int) -> int:
+        with tracer.start_as_current_span("compute"):
+            return n + 1
+
+    async def nested(n: int) -> int:
+        acts = workflow.proxy_activities(
+            activities=[query, compute], retry_policy={"maximum_attempts": 1}
+        )
+        with contextlib.suppress(MaxedError):  # its one attempt failed
+            await acts.query(-n)
+        return int(await acts.compute(await acts.query(n)))
+
+    await traced.worker.create(task_queue="nest", workflow=nested)
+    handle = await traced.workflow.start(workflow_name="nested", args=[4], task_queue="nest")
+    assert await handle.result(timeout=30) == 5
+    found = [as_json(span) for span in exporter.get_finished_spans()]
+    by_id = {s["span_id"]: s for s in found}
+    parent = {s["name"] + str(s["status"]): by_id[s["parent_id"]]["name"] for s in found
+              if s["parent_id"] in by_id}  # fmt: skip
+    assert parent == {
+        "SELECTERROR": "RunActivity:query",
+        "SELECTUNSET": "RunActivity:query",
+        "computeUNSET": "RunActivity:compute",
+        "RunActivity:queryERROR": "RunWorkflow:nested",
+        "RunActivity:queryUNSET": "RunWorkflow:nested",
+        "RunActivity:computeUNSET": "RunWorkflow:nested",
+        "RunWorkflow:nestedUNSET": "StartWorkflow:nested",
+    }, tree(found)
+    (failed,) = [s for s in found if s["name"] == "RunActivity:query" and s["status"] == "ERROR"]
+    assert failed["events"] == ["exception"]
+    assert failed["attributes"]["hotmesh.inline"] is True
 
 
 async def test_a_bad_traceparent_is_refused(mf: MemFlow, db: SQL) -> None:

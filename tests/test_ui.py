@@ -189,6 +189,13 @@ def detail(site: Site, workflow_id: str, base: str | None = None) -> str:
     return f"{base or site.url}/workflows/{quote(workflow_id, safe='')}"
 
 
+def test_the_module_runs_on_one_worker(request: pytest.FixtureRequest) -> None:
+    """`--dist loadgroup` keeps an xdist_group on one worker by a suffix on the node id (else
+    each worker would start the dashboards and the browser; pyproject.toml pins pytest)."""
+    if request.config.getoption("dist", "no") == "loadgroup":
+        assert request.node.nodeid.endswith("@ui")
+
+
 # -- pages ---------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import json
 import select
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypedDict, TypeVar
@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from hotmesh import errors
 from hotmesh._commands import RecordedStep
+from hotmesh._log import first_line
 from hotmesh.rows import (
     HistoryEntry,
     HumanTask,
@@ -663,6 +664,69 @@ def _connection_lost(error: psycopg.OperationalError) -> bool:
     return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
+class Claims(list[Claimed]):
+    """What claim_tasks took, and with `hold` the transaction it took them in, still open."""
+
+    def __init__(self, tasks: Iterable[Claimed] = (), held: HeldClaim | None = None) -> None:
+        super().__init__(tasks)
+        self.held = held
+
+
+class HeldClaim:
+    """A claim whose transaction is still open (claim_tasks with `hold`). A worker that claimed
+    nothing but one activation, which its sticky cache resumes in memory, sends that
+    activation's completion or suspension in the same transaction: claim and outcome commit
+    together, one commit and one round trip fewer on a woken workflow's path
+    (docs/performance.md). Anything else ends it first (`end`). Until then the task's row and
+    its workflow's are locked by it; if the outcome fails, both roll back, the task is ready
+    again at once and the caller's run is dropped (LeaseLost)."""
+
+    def __init__(
+        self, db: Database, conn: psycopg.AsyncConnection[Any], stack: contextlib.AsyncExitStack
+    ) -> None:
+        self._db = db
+        self._conn = conn
+        self._stack = stack  # gives the connection back to the pool
+        self._ending = asyncio.Lock()
+        self.open = True
+        self.ended = asyncio.Event()
+
+    async def end(self, commit: bool = True) -> None:
+        """Commit (or roll back) the claim alone, if it is still open."""
+        async with self._ending:
+            if self.open:
+                self.open = False
+                try:
+                    async with self._stack:
+                        await (self._conn.commit() if commit else self._conn.rollback())
+                finally:
+                    self.ended.set()
+
+    async def finish(self, name: str, item: Mapping[str, Any]) -> Any:
+        """`name` (complete_tasks, suspend_tasks) for one item, then the commit: its answer
+        (a one-item list), or None when the claim had already been committed alone."""
+        async with self._ending:
+            if not self.open:
+                return None
+            self.open = False
+            try:
+                async with self._stack:
+                    try:
+                        rows = await self._db._fetch_on(self._conn, name, {"items": Jsonb([item])})
+                        await self._conn.commit()
+                    except (psycopg.Error, errors.HotMeshError) as error:
+                        with contextlib.suppress(psycopg.Error):
+                            await self._conn.rollback()
+                        raise errors.LeaseLost(
+                            f"task {item['task_id']}: its claim was rolled back with its outcome"
+                            f" ({first_line(error)}); it is claimable again"
+                        ) from error
+            finally:
+                self.ended.set()
+            answers: list[Any] = rows[0][0]
+            return answers
+
+
 class Database:
     """The stored functions of one app schema, called through a connection pool."""
 
@@ -739,21 +803,27 @@ class Database:
 
     async def _fetch_once(self, name: str, params: Params) -> list[Any]:
         """The statement's rows: its dataclass (_ROWS) or tuples."""
+        async with self._connection() as conn:
+            return await self._fetch_on(conn, name, params)
+
+    async def _fetch_on(
+        self, conn: psycopg.AsyncConnection[Any], name: str, params: Params
+    ) -> list[Any]:
+        """The statement's rows on `conn`, its errors mapped as every call's are."""
         row = _ROWS.get(name)
         try:
-            async with self._connection() as conn:
-                # A row class builds itself from the columns: from_row where it converts some.
-                factory = kwargs_row(getattr(row, "from_row", row)) if row else None
-                cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
-                try:
-                    await cur.execute(self._sql[name], params)
-                except (TypeError, ValueError, RecursionError) as error:
-                    # An argument psycopg cannot send (a str with a lone surrogate, an int of
-                    # thousands of digits, JSON nested too deeply or not JSON at all): nothing
-                    # was sent.
-                    message = f"{name}: an argument cannot be sent to Postgres: {error}"
-                    raise errors.InvalidArgument(message) from error
-                return await cur.fetchall()
+            # A row class builds itself from the columns: from_row where it converts some.
+            factory = kwargs_row(getattr(row, "from_row", row)) if row else None
+            cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
+            try:
+                await cur.execute(self._sql[name], params)
+            except (TypeError, ValueError, RecursionError) as error:
+                # An argument psycopg cannot send (a str with a lone surrogate, an int of
+                # thousands of digits, JSON nested too deeply or not JSON at all): nothing
+                # was sent.
+                message = f"{name}: an argument cannot be sent to Postgres: {error}"
+                raise errors.InvalidArgument(message) from error
+            return await cur.fetchall()
         except psycopg.Error as error:
             if error.sqlstate and (error.sqlstate.startswith("HM") or error.sqlstate[:2] == "22"):
                 raise errors.from_database(error) from error
@@ -814,9 +884,11 @@ class Database:
         build_id: str | None = None,
         prefetch: int = 0,
         prefetch_lease: timedelta = timedelta(seconds=5),
-    ) -> list[Claimed]:
+        hold: bool = False,
+    ) -> Claims:
         """Up to `max_tasks` tasks started now, then up to `prefetch` more claimed ahead (not
-        started, on the short `prefetch_lease`): the rows come back in that order."""
+        started, on the short `prefetch_lease`): the rows come back in that order. With
+        `hold`, the claim's transaction is left open (`Claims.held`) for the caller to end."""
         params = {
             "queues": queues,
             "worker_id": worker_id,
@@ -826,7 +898,17 @@ class Database:
             "prefetch": prefetch,
             "prefetch_lease": prefetch_lease,
         }
-        return await self._rows("claim_tasks", Claimed, params)
+        if not hold:
+            return Claims(await self._rows("claim_tasks", Claimed, params))
+        stack = contextlib.AsyncExitStack()
+        conn = await stack.enter_async_context(self._connection())
+        held = HeldClaim(self, conn, stack)
+        try:
+            await conn.execute("begin")
+            return Claims(await self._fetch_on(conn, "claim_tasks", params), held)
+        except BaseException:
+            await held.end(commit=False)
+            raise
 
     async def start_tasks(self, tasks: Sequence[Claimed], lease: timedelta) -> set[int]:
         """Start prefetched tasks (their run deadline begins, their lease becomes `lease`);
@@ -842,11 +924,21 @@ class Database:
         value = await self._value("next_due", {"queues": queues})
         return value if isinstance(value, datetime) else None
 
-    async def complete_task(self, task: Claimed, result: Any) -> None:
-        """Complete a task; concurrent completions share one transaction (group commit)."""
-        await self._completions.submit(
-            {"task_id": task.task_id, "token": str(task.lease_token), "result": result}
-        )
+    async def complete_task(
+        self, task: Claimed, result: Any, held: HeldClaim | None = None
+    ) -> None:
+        """Complete a task; concurrent completions share one transaction (group commit), or
+        with `held` open, the completion commits with the claim."""
+        item: _Completion = {
+            "task_id": task.task_id,
+            "token": str(task.lease_token),
+            "result": result,
+        }
+        answers = None if held is None else await held.finish("complete_tasks", item)
+        if answers is None:
+            await self._completions.submit(item)
+        elif (error := ItemError.from_json(answers[0])) is not None:
+            raise error.exception()  # the claim committed without it (55P03: sent again)
 
     async def _complete_one(self, item: _Completion) -> None:
         await self._fetch("complete_task", {**item, "result": Jsonb(item["result"])})
@@ -860,14 +952,23 @@ class Database:
         return FailOutcome.from_json(await self._value("fail_task", params))
 
     async def suspend_task(
-        self, task: Claimed, schedules: Sequence[ActivityCall] = ()
+        self, task: Claimed, schedules: Sequence[ActivityCall] = (), held: HeldClaim | None = None
     ) -> datetime | None:
         """Suspend an activation, first sending the activity calls it made through their
-        queues; concurrent suspensions share one transaction (group commit). When the thread
-        runs next: None when something it awaits is recorded."""
-        return await self._suspensions.submit(
-            {"task_id": task.task_id, "token": str(task.lease_token), "schedules": [*schedules]}
-        )
+        queues; concurrent suspensions share one transaction (group commit), or with `held`
+        open, the suspension commits with the claim. When the thread runs next: None when
+        something it awaits is recorded."""
+        item: _Suspension = {
+            "task_id": task.task_id,
+            "token": str(task.lease_token),
+            "schedules": [*schedules],
+        }
+        answers = None if held is None else await held.finish("suspend_tasks", item)
+        if answers is None:
+            return await self._suspensions.submit(item)
+        if (error := ItemError.from_json(answers[0])) is not None:
+            raise error.exception()
+        return _next_run(answers[0])
 
     async def _suspend_one(self, item: _Suspension) -> datetime | None:
         answer = (await self._value("suspend_tasks", {"items": Jsonb([item])}))[0]

@@ -311,6 +311,7 @@ class Activation:
             self.interceptors, "handle_signal"
         )
         self.by_kind: dict[str, tuple[Interceptor, ...]] = {}
+        self._contexts: dict[bool, WorkflowContext] = {}  # context() of this claim, as made
 
     @property
     def replaying(self) -> bool:
@@ -347,18 +348,24 @@ class Activation:
         return answer
 
     def context(self, replaying: bool | None = None) -> WorkflowContext:
+        if replaying is None:
+            replaying = self.replaying
+        made = self._contexts.get(replaying)
+        if made is not None:
+            return made  # frozen: one per claim and value of `replaying` (one per call is slow)
         task = self.task
-        return WorkflowContext(
+        made = self._contexts[replaying] = WorkflowContext(
             workflow_id=task.job_id,
             workflow_name=task.workflow_name,
             task_queue=task.task_queue,
             thread=task.thread,
             attempt=task.job_attempt,
-            replaying=self.replaying if replaying is None else replaying,
+            replaying=replaying,
             run=task.run,
             traceparent=getattr(task, "traceparent", None),
             function=task.name,
         )
+        return made
 
     def call(self, command: Command) -> asyncio.Future[Any]:
         """The future of the thread's next durable call: its recorded outcome, a parked wait,
@@ -475,6 +482,7 @@ class Activation:
             ):
                 return False  # cannot happen for a call it recorded itself; replay says why
         self.task, self.perform, self.history = task, perform, steps
+        self._contexts.clear()
         self.known = {seq: step.status for seq, step in steps.items()}
         self.last_recorded = max(steps, default=0)
         for seq, call in list(self.waiting.items()):

@@ -53,7 +53,7 @@ from hotmesh._commands import (
     StartTimer,
     WaitSignal,
 )
-from hotmesh._db import LOCK_TIMEOUT_MS, ActivityCall, Claimed, Database, lock_busy
+from hotmesh._db import LOCK_TIMEOUT_MS, ActivityCall, Claimed, Database, HeldClaim, lock_busy
 from hotmesh._log import event, first_line, log_failure, task_fields
 from hotmesh._runner import (
     Activation,
@@ -160,6 +160,9 @@ class StickyCache:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._kept
 
     def take(self, key: tuple[str, str]) -> Activation | None:
         self.expire()
@@ -354,8 +357,8 @@ class Worker:
         if self._stale or 2 * len(self._buffer) <= self.prefetch:
             self._slot_freed.set()  # time to release, or to refill
 
-    def _launch(self, task: Claimed, *, prefetched: bool) -> None:
-        runner = asyncio.create_task(self._process(task))
+    def _launch(self, task: Claimed, *, prefetched: bool, held: HeldClaim | None = None) -> None:
+        runner = asyncio.create_task(self._process(task, held))
         self._running[runner] = task
         runner.add_done_callback(self._finished)
         now = asyncio.get_running_loop().time()
@@ -412,20 +415,31 @@ class Worker:
             free = max(free, 0)
             self._wake.clear()
             self._claiming = free
+            held: HeldClaim | None = None
             try:
                 # After a failure (the server restarted, maybe upgraded, or refused the call),
                 # claim only from an engine that still serves this worker.
                 if failures and not await self._engine_serves_us():
                     return
+                hold = self._may_hold(free)
                 claimed = await self.db.claim_tasks(
                     [self.task_queue],
                     self.worker_id,
                     free,
                     self.lease,
                     self.build_id,
-                    ahead,
+                    0 if hold else ahead,
                     self.prefetch_lease,
+                    hold,
                 )
+                held = claimed.held
+                if held is not None and not (
+                    len(claimed) == 1
+                    and claimed[0].kind == "workflow"
+                    and (claimed[0].job_id, claimed[0].thread) in self.sticky
+                ):
+                    await held.end()
+                    held = None
             except Exception as error:  # the loop must outlive any failure, it only backs off
                 if lock_busy(error):
                     # Cut off by lock_timeout (a migrate holds `tasks`): nothing was claimed;
@@ -492,11 +506,26 @@ class Worker:
                     ahead=index >= free,
                 )
                 if index < free:
-                    self._launch(task, prefetched=False)
+                    self._launch(task, prefetched=False, held=held)
                 else:
                     self._buffer.append((now, task))
+            if held is not None:
+                # Until it commits, the task it holds looks due to every other reader: a
+                # claim now would find nothing, and next_due would wake it again at once.
+                await held.ended.wait()
             if len(claimed) < free + ahead and not self._stopping:
                 await self._idle()
+
+    def _may_hold(self, free: int) -> bool:
+        """Whether to claim in a transaction left open (HeldClaim): when this worker is idle
+        and keeps suspended activations, so that the one a signal or an outcome wakes can end
+        in its claim's transaction. (A codec decodes first: not held.)"""
+        return (
+            free > 0
+            and not self._running
+            and len(self.sticky) > 0
+            and not self.registry.payloads.enabled
+        )
 
     async def _idle(self) -> None:
         """Sleep until a notification, the next due task or the fallback poll."""
@@ -626,13 +655,13 @@ class Worker:
                     runner.cancel()
 
     # -- running -------------------------------------------------------------------------
-    async def _process(self, task: Claimed) -> None:
+    async def _process(self, task: Claimed, held: HeldClaim | None = None) -> None:
         try:
             try:
                 if self.registry.payloads.enabled:  # a codec (docs/codecs.md)
                     task = self.registry.payloads.task(task)
                 if task.kind == "workflow":
-                    await self._activate(task)
+                    await self._activate(task, held=held)
                 else:
                     await self._run_activity(task)
             except CodecError as error:
@@ -735,13 +764,27 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BUSY_RETRY_MAX)
 
-    async def _activate(self, task: Claimed, defer: bool = True) -> None:
+    async def _activate(
+        self, task: Claimed, defer: bool = True, held: HeldClaim | None = None
+    ) -> None:
+        try:
+            await self._activate_held(task, defer, held)
+        finally:
+            if held is not None:
+                await held.end()  # not ended with an outcome: the claim commits alone
+
+    async def _activate_held(self, task: Claimed, defer: bool, held: HeldClaim | None) -> None:
+        """Run an activation. With `held` (its claim's transaction, still open), one resumed
+        from the sticky cache sends its completion or suspension in that transaction; a
+        replay, a durable call or any other outcome commits the claim first."""
         fn = self.registry.workflows.get(task.task_queue, {}).get(task.name)
         if fn is None:
+            if held is not None:
+                await held.end()
             # Retryable (599): another worker on the queue may know it.
             await self._unregistered(task, "workflow", self.registry.workflows, 599)
             return
-        executor = _Executor(self.db, task, self.registry, defer)
+        executor = _Executor(self.db, task, self.registry, defer, held)
         interceptors = self.registry.interceptors_for(task.task_queue)
         key = (task.job_id, task.thread)
         # Interceptors see every activation run from its start (execute_workflow), so their
@@ -751,6 +794,8 @@ class Worker:
         if act is not None and act.fn is fn and act.resume(task, executor):
             self.sticky.hits += 1
         else:
+            if held is not None:
+                await held.end()  # a replay: no transaction stays open while it runs
             if act is not None:
                 self.sticky.misses += 1
                 act.close()
@@ -758,6 +803,8 @@ class Worker:
         began = time.perf_counter()
         outcome = await act.run(keep=keep)
         self._settling_now()  # only the outcome's call remains
+        if held is not None and not isinstance(outcome, Suspended | Completed):
+            await held.end()
         if executor.deferred and not isinstance(outcome, Suspended | Diverged):
             await executor.send_deferred()  # calls it made but did not wait for
         metrics = self.registry.metrics
@@ -771,7 +818,9 @@ class Worker:
         if isinstance(outcome, Suspended):
             calls = executor.deferred
             try:
-                next_run = await self._outcome_call(task, lambda: self.db.suspend_task(task, calls))
+                next_run = await self._outcome_call(
+                    task, lambda: self.db.suspend_task(task, calls, held)
+                )
             except errors.InvalidArgument:
                 act.close()
                 if not calls:
@@ -779,7 +828,7 @@ class Worker:
                 # The engine refused one of its calls (bad arguments), and nothing was
                 # recorded: the activation runs again sending each call alone, so that only
                 # the bad call fails, in the code that made it.
-                await self._activate(task, defer=False)
+                await self._activate_held(task, False, None)
                 return
             except BaseException:
                 act.close()
@@ -789,7 +838,7 @@ class Worker:
             event(log, logging.INFO, "suspend", **fields, next_run=next_run)
         elif isinstance(outcome, Completed):
             value = self.registry.payloads.encode(outcome.result)
-            await self._outcome_call(task, lambda: self.db.complete_task(task, value))
+            await self._outcome_call(task, lambda: self.db.complete_task(task, value, held))
             event(log, logging.INFO, "complete", **fields)
         elif isinstance(outcome, Continued):
             await self._continue(task, outcome, fields)
@@ -924,16 +973,26 @@ class _Executor:
     the activation goes on as if it were scheduled, and when it suspends the calls go with its
     suspension (suspend_tasks): one round trip and one commit for the activation's outcome."""
 
-    def __init__(self, db: Database, task: Claimed, registry: Registry, defer: bool) -> None:
+    def __init__(
+        self,
+        db: Database,
+        task: Claimed,
+        registry: Registry,
+        defer: bool,
+        held: HeldClaim | None = None,
+    ) -> None:
         self.db = db
         self.task = task
         self.registry = registry
         self.defer = defer
         self.deferred: list[ActivityCall] = []
+        self.held = held  # the claim's open transaction: committed before any call is sent
 
     async def send_deferred(self) -> None:
         """Send the deferred calls one by one: the activation ended without suspending
         (nobody awaits them; a bad one fails only itself, as when sent at once)."""
+        if self.held is not None:
+            await self.held.end()
         for call in self.deferred:
             with contextlib.suppress(errors.InvalidArgument):
                 await self.db.schedule_activity(
@@ -945,6 +1004,8 @@ class _Executor:
     async def __call__(
         self, seq: int, command: Command, recorded: RecordedStep | None
     ) -> RecordedStep:
+        if self.held is not None:
+            await self.held.end()  # the call's own transaction must see the claim
         payloads = self.registry.payloads
         if not payloads.enabled:
             return await self._perform(seq, command, recorded)

@@ -10,7 +10,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(59);
+select plan(60);
 
 -- A workflow (on its own queue, named after it) whose main activation schedules one activity
 -- with p_policy on t35-a and suspends.
@@ -259,6 +259,11 @@ select results_eq(
     $$,
     $$values ('failed', 'TimeoutFailure', '596', 0)$$,
     'a workflow that never ran fails (pending -> failed, 596), its activation removed'
+);
+select is(
+    (select timeout_at from jobs where id = 'to-5'),
+    null,
+    'an ended workflow has no deadline left (it leaves jobs_timeout_at)'
 );
 
 set local "hotmesh.fake_now" = '2020-01-05 00:00:30+00';

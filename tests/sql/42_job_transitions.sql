@@ -6,7 +6,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(52);
+select plan(54);
 
 -- The specification, written out: 6 states x 6 targets, 10 of them legal.
 create temp table spec on commit drop as
@@ -156,6 +156,34 @@ select is(
     (select j.status from _transition('t42-keeps-error', 'waiting') as j),
     'waiting',
     '_transition returns the updated row'
+);
+
+-- A move writes no index entry (a HOT update): no index of jobs names its status, and a
+-- workflow without a deadline keeps timeout_at null (migration 0022).
+select is_empty(
+    $$
+    select i.indexrelid::regclass from pg_index as i
+    where i.indrelid = 'jobs'::regclass and pg_get_indexdef(i.indexrelid) ~ '\mstatus\M'
+    $$,
+    'no index of jobs names status'
+);
+do $$
+begin
+    perform start_workflow('t42', '[]', 't42-q', 't42-hot');
+    create temp table hot0 on commit drop as
+    select n_tup_upd, n_tup_hot_upd from pg_stat_xact_user_tables where relid = 'jobs'::regclass;
+    perform _transition('t42-hot', 'running');
+    perform _transition('t42-hot', 'waiting');
+    perform _transition('t42-hot', 'running');
+end
+$$;
+select results_eq(
+    $$
+    select x.n_tup_upd - h.n_tup_upd, x.n_tup_hot_upd - h.n_tup_hot_upd
+    from pg_stat_xact_user_tables as x, hot0 as h where x.relid = 'jobs'::regclass
+    $$,
+    $$values (3::bigint, 3::bigint)$$,
+    'pending -> running -> waiting -> running: three HOT updates'
 );
 
 select * from finish();
