@@ -200,8 +200,10 @@ def test_pgtap_suite_on_a_distributed_schema(app: str) -> None:
         "PGPORT": str(port),
         "PGUSER": str(params.get("user", "postgres")),
         "PGDATABASE": str(params["dbname"]),
+        # Shards shown: 42_job_transitions reads the HOT updates of jobs's shard.
         "PGOPTIONS": "-c citus.enable_ddl_propagation=off "
-        "-c citus.allow_nested_distributed_execution=on",
+        "-c citus.allow_nested_distributed_execution=on "
+        "-c citus.show_shards_for_app_name_prefixes=*",
     }
     query("create extension if not exists pgtap")
     query("create extension if not exists plpgsql_check")
