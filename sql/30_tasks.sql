@@ -329,9 +329,11 @@ begin
      cross join lateral (select * from jobs as j where j.id = t.job_id offset 0) as j
      cross join lateral (select case when j.id = any(v_started) then v_builds ->> j.id
                                      else j.build_id end as build_id) as b
+      -- Only a hook thread has a row (and only its activations read it).
       left join lateral (
            select * from threads as th
-            where th.job_id = t.job_id and th.thread = t.thread offset 0) as th on true
+            where th.job_id = t.job_id and th.thread = t.thread
+              and t.kind = 'workflow' and t.thread <> 'main' offset 0) as th on true
      order by t.started_at is null, t.priority desc, t.id;
 end
 $$;
@@ -917,6 +919,8 @@ declare
     v_main_jobs text[];
     v_main_results jsonb[];
     v_ended text[];
+    v_children jobs[];
+    v_child jobs;
     v_gone bigint[];
     v_busy integer[];
     v_pos integer;
@@ -959,9 +963,15 @@ begin
                for update of t) as h
       left join lateral (select j.id from jobs as j where h.ends and j.id = h.job_id
                             for no key update skip locked) as f on true;
-    select coalesce(array_agg(j.id), '{}') into v_ended
-      from _transitions(v_main_jobs, 'completed', v_main_results) as j
-     cross join lateral _settle_parent(j) as settled;
+    -- A child's end settles its parent's step: called for the children only, not per row.
+    select coalesce(array_agg(j.id), '{}'), array_agg(j) filter (where j.parent_seq is not null)
+      into v_ended, v_children
+      from _transitions(v_main_jobs, 'completed', v_main_results) as j;
+    if v_children is not null then
+        foreach v_child in array v_children loop
+            perform _settle_parent(v_child);
+        end loop;
+    end if;
     -- Nothing of a finished workflow runs afterwards: no zombie activities or hooks.
     with gone as (delete from tasks where job_id = any(v_ended) returning id)
     select coalesce(array_agg(id), '{}') into v_gone from gone;

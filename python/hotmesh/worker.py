@@ -496,15 +496,17 @@ class Worker:
                     ).observe(task.schedule_to_start)
             # The first `free` rows started; the rest were claimed ahead (prefetched).
             now = asyncio.get_running_loop().time()
+            logged = log.isEnabledFor(logging.INFO)  # not a dict of fields per task otherwise
             for index, task in enumerate(claimed):
-                event(
-                    log,
-                    logging.INFO,
-                    "claim",
-                    **task_fields(task),
-                    attempt=task.attempt,
-                    ahead=index >= free,
-                )
+                if logged:
+                    event(
+                        log,
+                        logging.INFO,
+                        "claim",
+                        **task_fields(task),
+                        attempt=task.attempt,
+                        ahead=index >= free,
+                    )
                 if index < free:
                     self._launch(task, prefetched=False, held=held)
                 else:

@@ -4,10 +4,11 @@ while the test holds open transactions on every function an application may call
     python tests/workers/chaos.py DSN APP CONCURRENCY LEASE
 
 `chaos_main` is an unrelated workflow: an entity increment and an inline activity of 0.1 s.
-`chaos_held` is the workflow the held calls address: for `rounds` rounds it writes its entity
-and runs an inline activity of `seconds`, so it is running (not waiting: the claim would skip
-its held row) when the call is held and its next entity write meets the held row; then it
-waits for signal "done".
+`chaos_held` is the workflow the held calls address: it writes its entity and runs an inline
+activity of `seconds`, round after round, so it is running (not waiting: the claim would skip
+its held row) when the call is held and its next entity write meets the held row; once the
+test sets `stop` in its entity (the hold is over), or after `rounds` rounds, it waits for
+signal "done".
 `chaos_hook` is the hook a held `hook(...)` call starts on it.
 
 Warnings (lock_busy, db_error) and errors (crash, stuck) go to stderr, one line each.
@@ -44,6 +45,8 @@ async def chaos_held(rounds: int, seconds: float) -> Any:
     e = await workflow.entity()
     for _ in range(rounds):
         await e.increment("n")
+        if await e.get("stop"):
+            break
         await acts.pause(seconds)
     return await workflow.wait_for("done")
 
