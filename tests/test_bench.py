@@ -26,6 +26,7 @@ TINY += ["--queue-tasks", "20", "--history-jobs", "100", "--history-backlog", "3
 TINY += ["--key-tasks", "300", "--queue-keys", "3", "--key-max-running", "1"]
 TINY += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
 TINY += ["--start-count", "30", "--start-batch", "10", "--rate", "20", "--rate-seconds", "1"]
+TINY += ["--parked", "20", "--parked-idle", "0"]
 
 
 def _workflows(name: str) -> Callable[[dict[str, Any]], None]:
@@ -74,6 +75,11 @@ def _signal(scenarios: dict[str, Any]) -> None:
     assert scenarios["signal"]["samples"] == 3
 
 
+def _parked(scenarios: dict[str, Any]) -> None:
+    parked = scenarios["parked"]
+    assert parked["parked"] == 20 and parked["rss_mb_n_idle"] > 0 and parked["claim_ms_n"] > 0
+
+
 def _fanout(scenarios: dict[str, Any]) -> None:
     assert scenarios["fanout"]["lost_updates"] == 0
 
@@ -93,6 +99,7 @@ GROUPS: dict[str, Callable[[dict[str, Any]], None]] = {
     "queue,keyed": _queue_keyed,
     "keys": _keys,
     "signal": _signal,
+    "parked": _parked,
     "fanout": _fanout,
     "history": _history,
 }

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -65,13 +65,24 @@ RELEASES = (
     "2a4ff67bba6cef77a261b627bc4cf4cc492eba6f",  # 0.3.0: 0017, worker protocol 3
 )
 
-# Run by a release's own package: its installer, on its own sql/ and migrations/.
+# Run by each release's own package in turn, in one interpreter: its installer, on its own
+# sql/ and migrations/ (the hotmesh modules of the one before are forgotten first).
 _OLD_MIGRATE = """
-import asyncio, sys
-from hotmesh import _install
-if not _install.__file__.startswith(sys.argv[3]):
-    sys.exit(f"imported {_install.__file__}, not the release's installer in {sys.argv[3]}")
-asyncio.run(_install.migrate(sys.argv[1], sys.argv[2]))
+import asyncio, importlib, sys
+dsn, app = sys.argv[1:3]
+for root in sys.argv[3:]:
+    for name in [m for m in sys.modules if m == "hotmesh" or m.startswith("hotmesh.")]:
+        del sys.modules[name]
+    sys.path.insert(0, root + "/python")
+    importlib.invalidate_caches()
+    _install = importlib.import_module("hotmesh._install")
+    if not _install.__file__.startswith(root + "/"):
+        sys.exit(f"imported {_install.__file__}, not the release's installer in {root}")
+    try:
+        asyncio.run(_install.migrate(dsn, app))
+    except Exception as error:
+        sys.exit(f"release {root} failed to install: {error!r}")
+    sys.path.remove(root + "/python")
 """
 
 
@@ -100,22 +111,26 @@ def schema_of(dsn: str, app: str) -> str:
         return describe(conn, app, bodies=True)
 
 
-def install_release(dsn: str, app: str, rev: str, into: Path) -> None:
-    """Install or upgrade `app` as release `rev` did: its package, in a subprocess."""
-    root = into / rev
-    if not root.exists():
-        archive = git("archive", "--format=tar", rev, "python/hotmesh", "sql", "migrations")
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(root, filter="data")
-    env = {**os.environ, "PYTHONPATH": str(root / "python")}
+def install_releases(dsn: str, app: str, revs: Sequence[str], into: Path) -> None:
+    """Install or upgrade `app` as each release of `revs` did, one after another: each by its
+    own package, in one subprocess."""
+    roots = []
+    for rev in revs:
+        root = into / rev
+        if not root.exists():
+            archive = git("archive", "--format=tar", rev, "python/hotmesh", "sql", "migrations")
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(root, filter="data")
+        roots.append(str(root))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [sys.executable, "-c", _OLD_MIGRATE, dsn, app, str(root)],
+        [sys.executable, "-c", _OLD_MIGRATE, dsn, app, *roots],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60 * len(revs),
     )
-    assert done.returncode == 0, f"release {rev[:7]} failed to install: {done.stderr}"
+    assert done.returncode == 0, f"installing {[r[:7] for r in revs]}: {done.stderr}"
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +195,7 @@ def test_an_upgraded_app_equals_a_fresh_install(
 ) -> None:
     app = new_app("upgraded")
     apps.append(app)
-    for rev in path:
-        install_release(dsn, app, rev, releases)
+    install_releases(dsn, app, path, releases)
     applied = asyncio.run(migrate(dsn, app))
     assert applied == [v for v, _ in migrations() if v > max(_release_migrations(path[-1]))]
     assert_same_schema(schema_of(dsn, app), schema_of(dsn, fresh))

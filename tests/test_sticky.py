@@ -6,6 +6,7 @@ the history moved on without it (another worker ran the thread)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 async def mixed(prefix: str) -> list[Any]:
     acts = workflow.proxy_activities(task_queue="elsewhere")
     first = await acts.lookup(prefix + "a")
-    await workflow.sleep_for(5)
+    await workflow.sleep_for(1)  # a real timer: the wake-up after it is resumed too
     pair = await asyncio.gather(acts.lookup(prefix + "b"), acts.lookup(prefix + "c"))
     if workflow.patched("p1"):
         pair.append(await workflow.wait_for("go"))
@@ -324,3 +325,30 @@ async def test_an_outcome_that_fails_in_the_claims_transaction_rolls_both_back(
     assert await handle.result(timeout=20) == "InvalidArgument"
     assert sent == []  # the held suspension never answered
     assert (worker.sticky.hits, worker.sticky.misses) == (1, 0)
+
+
+async def test_an_ended_activation_is_freed_at_once() -> None:
+    """A finished activation, and a kept one once closed (the cache's ttl, its bound), leave
+    no reference cycle: reference counting frees them at once, so a worker's memory does not
+    grow with the workflows it ran until the cycle collector's next full pass."""
+    history: dict[int, RecordedStep] = {}
+    finished = Activation(thread(history), waits_nothing, Registry(), Recorder())
+    kept = Activation(thread(history), mixed, Registry(), Recorder())
+    assert isinstance(await finished.run(), Completed)
+    assert isinstance(await kept.run(keep=True), Suspended)
+    gc.collect()
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        kept.close()
+        del finished, kept
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, Activation | asyncio.Task)]
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+    assert left == []
+
+
+async def waits_nothing(prefix: str) -> str:
+    return "done"

@@ -59,7 +59,7 @@ from helpers import (
 from hotmesh import _install
 from hotmesh._install import WORKER_PROTOCOL, migrate
 from hotmesh.errors import SchemaMismatch
-from test_schema import RELEASES, REPO, install_release
+from test_schema import RELEASES, REPO, install_releases
 
 PREVIOUS = RELEASES[-1]
 QUEUE = "uq"
@@ -81,7 +81,7 @@ def old_app(dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """An app installed by PREVIOUS's own installer; returns it and PREVIOUS's tree."""
     app = new_app_id()
     try:
-        install_release(dsn, app, PREVIOUS, tmp_path)
+        install_releases(dsn, app, [PREVIOUS], tmp_path)
         yield app, tmp_path / PREVIOUS
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -315,7 +315,7 @@ def test_a_worker_exits_when_the_schema_is_newer_than_it(
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         old = subprocess.Popen(
-            this_release("worker", "upgrade:up_slow", "--queue", QUEUE, "--lease", "5"),
+            this_release("worker", "upgrade:up_slow", "--queue", QUEUE, "--lease", "2"),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=cli_env(dsn, app, UPGRADE_PAUSE="120"),

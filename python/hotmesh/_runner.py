@@ -227,6 +227,11 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
                     task.get_coro().close()
                 except RuntimeError:
                     pass  # a coroutine that ignored GeneratorExit; it is dropped all the same
+                # Its wait ends too: the future's callback no longer refers to the task, so
+                # reference counting frees both (a kept workflow's memory returns at once,
+                # not at the cycle collector's next full pass).
+                task.cancel()
+        self._ready.clear()  # the callbacks the cancels scheduled: never run
         self._tasks.clear()
 
 
@@ -450,11 +455,12 @@ class Activation:
             return outcome
         finally:
             if not (keep and isinstance(outcome, Suspended) and self.perform is not None):
-                self.loop.close()
+                self.close()
 
     def close(self) -> None:
         """End a kept activation: its coroutines are closed, nothing they ask is performed."""
         self.loop.close()
+        self.main = None  # its context refers to this activation: no cycle left to collect
 
     def resume(self, task: Thread, perform: Perform) -> bool:
         """Take up a kept (suspended) activation for the thread's next claim: True when the

@@ -185,6 +185,13 @@ class StickyCache:
             del self._kept[key]
             act.close()
 
+    def next_expiry(self) -> float | None:
+        """Seconds until the oldest entry expires; None when none is kept."""
+        if not self._kept:
+            return None
+        kept_at, _ = next(iter(self._kept.values()))
+        return max(0.0, kept_at + self.ttl - time.monotonic())
+
     def clear(self) -> None:
         for _, act in self._kept.values():
             act.close()
@@ -530,7 +537,8 @@ class Worker:
         )
 
     async def _idle(self) -> None:
-        """Sleep until a notification, the next due task or the fallback poll."""
+        """Sleep until a notification, the next due task or the fallback poll, closing the
+        kept activations as they expire meanwhile (an idle worker holds none past the ttl)."""
         self.sticky.expire()
         timeout = _IDLE_POLL
         try:
@@ -542,9 +550,17 @@ class Worker:
         else:
             if due is not None:
                 timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
-        if timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while (left := until - loop.time()) > 0:
+            expiry = self.sticky.next_expiry()
+            try:
+                await asyncio.wait_for(
+                    self._wake.wait(), left if expiry is None else min(left, expiry)
+                )
+                return
+            except TimeoutError:
+                self.sticky.expire()
 
     def _settling_now(self) -> None:
         """The calling runner's code is done: free its slot so the next claim need not wait

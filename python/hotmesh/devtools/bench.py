@@ -719,8 +719,10 @@ def _finished_workflows(conn: psycopg.Connection[Any], app: str, count: int) -> 
             size -= finished
 
 
-def _claim_ms(conn: psycopg.Connection[Any], app: str, batch: int, claims: int) -> float:
-    """The median time of `claims` claims of `batch` tasks from queue `bench` (each batch
+def _claim_ms(
+    conn: psycopg.Connection[Any], app: str, batch: int, claims: int, queue: str = "bench"
+) -> float:
+    """The median time of `claims` claims of `batch` tasks from `queue` (each batch
     completed before the next claim), once the app's tables are vacuumed and analyzed."""
     schema = sql.Identifier(app)
     # Every table of the app, named by the catalog: finished workflows leave rows in more of
@@ -729,13 +731,13 @@ def _claim_ms(conn: psycopg.Connection[Any], app: str, batch: int, claims: int) 
     for (table,) in tables.fetchall():
         conn.execute(sql.SQL("vacuum analyze {}.{}").format(schema, sql.Identifier(table)))
     claim = sql.SQL(
-        "select task_id, lease_token from {}.claim_tasks(array['bench'], 'bench', %s)"
+        "select task_id, lease_token from {}.claim_tasks(array[%s], 'bench', %s)"
     ).format(schema)
     complete = sql.SQL("select {}.complete_tasks(%s)").format(schema)
     durations = []
     for _ in range(claims):
         started = time.perf_counter()
-        claimed = conn.execute(claim, (batch,)).fetchall()
+        claimed = conn.execute(claim, (queue, batch)).fetchall()
         durations.append(time.perf_counter() - started)
         items = [{"task_id": t, "token": str(k), "result": None} for t, k in claimed]
         conn.execute(complete, (json.dumps(items),))
@@ -772,6 +774,55 @@ def history(
         "claim_ms_with_history": medians["history"],
         "history_vs_empty": medians["history"] / medians["empty"],
     }
+
+
+def parked_many(dsn: str, app: str, *, count: int, idle: float, claims: int = 20) -> dict[str, Any]:
+    """Workflows parked on a signal (each waiting in `wait_for`, started with
+    start_workflows) on one worker: 10 first, then `count`. At each: the worker's resident
+    memory once they all wait (its sticky cache keeps the last 256 for 10 s) and again after
+    `idle` seconds, and the median claim_tasks of other work (128 of 2,560 tasks of another
+    queue) beside them. Parked workflows must hold no worker memory and cost claims nothing."""
+    schema = sql.Identifier(app)
+    start = sql.SQL(
+        "select cardinality({}.start_workflows((select jsonb_agg(jsonb_build_object("
+        "'workflow_name', 'parked', 'task_queue', 'bench', 'workflow_id', 'parked-' || i))"
+        " from generate_series(%s::integer, %s::integer) as i)))"
+    ).format(schema)
+    backlog = sql.SQL(
+        "select count({}.start_workflow('empty', '[]', 'bench-other')) from generate_series(1, %s)"
+    ).format(schema)
+    waiting = sql.SQL("select count(*) from {}.workflows where status = 'waiting'").format(schema)
+    result: dict[str, Any] = {"parked": count}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _reset_app(conn, dsn, app)
+        with _worker(dsn, app, "bench", f"{__name__}:parked", concurrency=8) as pid:
+            done = 0
+            for label, total in (("10", 10), ("n", count)):
+                for first in range(done + 1, total + 1, 1000):
+                    conn.execute(start, (first, min(first + 999, total)))
+                done = total
+                deadline = time.monotonic() + 60 + total / 100
+                while (row := conn.execute(waiting).fetchone()) and int(row[0]) < total:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"only {row[0]} of {total} workflows parked")
+                    time.sleep(0.05)
+                result[f"rss_mb_{label}"] = _rss_mb(pid)
+                time.sleep(idle)
+                result[f"rss_mb_{label}_idle"] = _rss_mb(pid)
+                conn.execute(backlog, (claims * 128,))
+                result[f"claim_ms_{label}"] = _claim_ms(conn, app, 128, claims, "bench-other")
+    result["rss_n_vs_10"] = result["rss_mb_n_idle"] / result["rss_mb_10_idle"]
+    result["claim_n_vs_10"] = result["claim_ms_n"] / result["claim_ms_10"]
+    return result
+
+
+def _rss_mb(pid: int) -> float:
+    """A process's resident memory (VmRSS, Linux /proc), in MB; nan when unavailable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def keys(dsn: str, app: str, *, tasks: int, claims: int = 20) -> dict[str, Any]:
@@ -818,6 +869,7 @@ SCENARIOS = (
     "keyed",
     "keys",
     "signal",
+    "parked",
     "fanout",
     "history",
 )
@@ -874,6 +926,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             key_max_running=args.key_max_running,
         ),
         "signal": lambda: signal(dsn, app, samples=args.samples, concurrency=args.concurrency),
+        "parked": lambda: parked_many(dsn, app, count=args.parked, idle=args.parked_idle),
         "fanout": lambda: fan_out(dsn, app, hooks=args.hooks, concurrency=args.concurrency),
         "history": lambda: history(
             dsn, app, finished=args.history_jobs, backlog=args.history_backlog
@@ -990,6 +1043,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--start-batch", type=int, default=1000, help="starts per start_many call (1000)"
     )
     parser.add_argument("--samples", type=int, default=60, help="signal samples (60)")
+    parser.add_argument(
+        "--parked", type=int, default=10_000, help="workflows `parked` parks on a signal (10000)"
+    )
+    parser.add_argument(
+        "--parked-idle",
+        type=float,
+        default=11.0,
+        help="seconds `parked` waits before its second memory reading (11: the sticky cache's"
+        " 10 s, and a second)",
+    )
     # 100,000, not 1,000,000: they are made as a user would, started and finished through the
     # public functions (about 2,000 a second on a 2-core machine), not bulk-inserted into the
     # tables; 10 x the backlog is enough for a claim that grows with history to show.
