@@ -206,7 +206,7 @@ def test_the_upgrade_keeps_the_idempotency_keys(dsn: str, releases: Path, apps: 
     took before the upgrade still returns that run."""
     app = new_app("keys")
     apps.append(app)
-    install_release(dsn, app, RELEASES[-1], releases)
+    install_releases(dsn, app, RELEASES[-1:], releases)
     start = sql.SQL("select {}.start_workflow('w', '[]', 'q', %s, null, %s)").format(
         sql.Identifier(app)
     )
