@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -77,10 +76,26 @@ class _Parser(argparse.ArgumentParser):
 
 def _package_version() -> str:
     """The installed package's version (run from a bare checkout, there is none)."""
+    import importlib.metadata  # here, not at the top: see _Version
+
     try:
         return importlib.metadata.version("hotmesh")
     except importlib.metadata.PackageNotFoundError:
         return "(not installed)"
+
+
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked: importing importlib.metadata and reading the
+    installed distributions cost every other command 10-20 % of its start-up."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show the version and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(OSError):  # a closed pipe (`| head -c0`), as argparse's own
+            sys.stdout.write(f"hotmesh {_package_version()}\n")
+        parser.exit(0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="hotmesh db {up,down,restart,run,url,env,status}: a private throwaway Postgres "
         "on a Unix socket, for development and tests, in a source checkout (hotmesh db --help).",
     )
-    parser.add_argument("--version", action="version", version=f"hotmesh {_package_version()}")
+    parser.add_argument("--version", action=_Version, dest=argparse.SUPPRESS)
     parser.add_argument(
         "--log-level",
         default="WARNING",
