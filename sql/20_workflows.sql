@@ -246,6 +246,10 @@ declare
     v_queues text[];
     v_queue text;
     v_special record;
+    v_keyed boolean := false;
+    -- The ids a run holds, read by one lookup of the batch's ids (not a subquery per plan:
+    -- Citus cannot plan a correlated subquery over unnest).
+    v_taken text[] := array(select j.id from jobs as j where j.id = any(v_ids));
 begin
     if cardinality(p_plans) > 1 then
         select p ->> 'id' into v_dup
@@ -261,15 +265,42 @@ begin
         select p.plan, p.ord
           from unnest(p_plans) with ordinality as p (plan, ord)
          where p.plan ->> 'idempotency_key' is not null or p.plan ->> 'debounce' is not null
-            or exists (select from jobs as j where j.id = p.plan ->> 'id')
+            or (p.plan ->> 'id') = any(v_taken)
          order by p.ord
     loop
         v_answer := _start_check(v_special.plan);
         if v_answer is not null then
             v_ids[v_special.ord] := v_answer;
             v_answered := v_answered || v_special.ord::integer;
+        elsif v_special.plan ->> 'idempotency_key' is not null then
+            v_keyed := true;
         end if;
     end loop;
+    if v_keyed then
+        -- The new runs take their keys in order. A key taken meanwhile (earlier in the batch, or
+        -- by a start racing this one: the insert waits for it) answers the run that holds it.
+        with taken as (
+            insert into start_keys (idempotency_key, job_id)
+            select plan ->> 'idempotency_key', plan ->> 'id'
+              from unnest(p_plans) with ordinality as p (plan, ord)
+             where p.ord <> all(v_answered) and plan ->> 'idempotency_key' is not null
+             order by p.ord
+            on conflict do nothing
+            returning job_id
+        )
+        select array_agg(job_id) into v_inserted from taken;
+        for v_special in
+            select p.plan, p.ord
+              from unnest(p_plans) with ordinality as p (plan, ord)
+             where p.ord <> all(v_answered) and plan ->> 'idempotency_key' is not null
+               and (p.plan ->> 'id') <> all(coalesce(v_inserted, '{}'))
+        loop
+            select job_id into strict v_answer from start_keys
+             where idempotency_key = v_special.plan ->> 'idempotency_key';
+            v_ids[v_special.ord] := v_answer;
+            v_answered := v_answered || v_special.ord::integer;
+        end loop;
+    end if;
     with inserted as (
         insert into jobs (id, entity, workflow_name, task_queue, args, retry_policy, priority,
                           retention, created_at, updated_at, execution_timeout, timeout_at,
@@ -287,22 +318,13 @@ begin
     )
     select array_agg(id) into v_inserted from inserted;
     if coalesce(cardinality(v_inserted), 0) < cardinality(p_plans) - cardinality(v_answered) then
-        -- A start racing this one took an id or a key first (rare: read by array lookups).
-        for v_special in
-            select p.plan, p.ord
-              from unnest(p_plans) with ordinality as p (plan, ord)
-             where p.ord <> all(v_answered) and (p.plan ->> 'id') <> all(coalesce(v_inserted, '{}'))
-        loop
-            select id into v_answer from jobs
-             where idempotency_key = v_special.plan ->> 'idempotency_key';
-            if not found then
-                raise exception using errcode = 'HM001',
-                    message = format('Duplicate job: workflow id "%s" is already taken',
-                                     v_special.plan ->> 'id');
-            end if;
-            v_ids[v_special.ord] := v_answer;
-            v_answered := v_answered || v_special.ord::integer;
-        end loop;
+        -- A start racing this one took an id first (rare: read by array lookups).
+        select p ->> 'id' into v_dup
+          from unnest(p_plans) with ordinality as e (p, ord)
+         where e.ord <> all(v_answered) and (p ->> 'id') <> all(coalesce(v_inserted, '{}'))
+         order by e.ord limit 1;
+        raise exception using errcode = 'HM001',
+            message = format('Duplicate job: workflow id "%s" is already taken', v_dup);
     end if;
     -- A key's starts in one batch rank one after another, as one by one they would. Without
     -- keys (most batches) no rank is computed: the window sorted the whole batch.
@@ -350,7 +372,8 @@ declare
 begin
     -- A start that carries a key another run holds returns that run: nothing changes.
     if p_plan ->> 'idempotency_key' is not null then
-        select id into v_held_by from jobs where idempotency_key = p_plan ->> 'idempotency_key';
+        select job_id into v_held_by from start_keys
+         where idempotency_key = p_plan ->> 'idempotency_key';
         if found then
             return v_held_by;
         end if;

@@ -157,12 +157,12 @@ begin
                lease_token = picked.token,
                -- A lease never outlasts the run's timeout: the task is due again then.
                lease_expires_at = case when picked.ahead
-                   then least(v_now + p_prefetch_lease, t.close_at)
-                   else least(v_now + p_lease, _run_deadline(
+                   then least(_after(v_now, p_prefetch_lease), t.close_at)
+                   else least(_after(v_now, p_lease), _run_deadline(
                        t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)) end,
                run_at = case when picked.ahead
-                   then least(v_now + p_prefetch_lease, t.close_at)
-                   else least(v_now + p_lease, _run_deadline(
+                   then least(_after(v_now, p_prefetch_lease), t.close_at)
+                   else least(_after(v_now, p_lease), _run_deadline(
                        t.close_at, t.start_to_close, t.heartbeat_timeout, v_now, v_now)) end,
                -- A prefetched run that never started (its worker died) was no attempt.
                attempt = t.attempt

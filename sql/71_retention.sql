@@ -106,6 +106,7 @@ as $$
     delete from run_steps where job_id = any(p_ids);
     delete from runs where job_id = any(p_ids);
     delete from human_tasks where job_id = any(p_ids);
+    delete from start_keys where job_id = any(p_ids);
     delete from jobs where id = any(p_ids);
 $$;
 

@@ -28,6 +28,7 @@
 -- migration 0020_reviewer_roles.sql
 -- migration 0021_thread_traceparent.sql
 -- migration 0022_hot_status.sql
+-- migration 0023_start_keys.sql
 
 -- tables
 create table <app>.human_roles (
@@ -197,6 +198,10 @@ create table <app>.signals (
     error jsonb,
     created_at timestamp with time zone not null default now()
 );
+create table <app>.start_keys (
+    idempotency_key text not null,
+    job_id text not null
+);
 create table <app>.steps (
     job_id text not null,
     thread text not null,
@@ -286,6 +291,7 @@ alter table <app>.schema_migrations add constraint schema_migrations_pkey PRIMAR
 alter table <app>.settings add constraint settings_pkey PRIMARY KEY (key);
 alter table <app>.signal_keys add constraint signal_keys_scope UNIQUE NULLS NOT DISTINCT (idempotency_key, signal_id, job_id);
 alter table <app>.signals add constraint signals_pkey PRIMARY KEY (id);
+alter table <app>.start_keys add constraint start_keys_pkey PRIMARY KEY (idempotency_key);
 alter table <app>.steps add constraint steps_pkey PRIMARY KEY (job_id, thread, seq);
 alter table <app>.steps add constraint steps_status_check CHECK ((status = ANY (ARRAY['scheduled'::text, 'retrying'::text, 'completed'::text, 'failed'::text])));
 alter table <app>.tasks add constraint tasks_kind_check CHECK ((kind = ANY (ARRAY['workflow'::text, 'activity'::text])));
@@ -306,7 +312,6 @@ CREATE UNIQUE INDEX human_tasks_step ON <app>.human_tasks USING btree (job_id, t
 CREATE INDEX jobs_created ON <app>.jobs USING btree (created_at, id);
 CREATE INDEX jobs_entity ON <app>.jobs USING btree (entity, created_at);
 CREATE INDEX jobs_expire_at ON <app>.jobs USING btree (expire_at) WHERE (expire_at IS NOT NULL);
-CREATE UNIQUE INDEX jobs_idempotency_key ON <app>.jobs USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX jobs_parent_id ON <app>.jobs USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 CREATE UNIQUE INDEX jobs_pkey ON <app>.jobs USING btree (id);
 CREATE INDEX jobs_search ON <app>.jobs USING gin (search jsonb_path_ops);
@@ -329,6 +334,8 @@ CREATE INDEX signals_job ON <app>.signals USING btree (job_id) WHERE (job_id IS 
 CREATE INDEX signals_pending ON <app>.signals USING btree (signal_id, id);
 CREATE UNIQUE INDEX signals_pkey ON <app>.signals USING btree (id);
 CREATE INDEX signals_untargeted ON <app>.signals USING btree (created_at) WHERE (job_id IS NULL);
+CREATE INDEX start_keys_job_id ON <app>.start_keys USING btree (job_id);
+CREATE UNIQUE INDEX start_keys_pkey ON <app>.start_keys USING btree (idempotency_key);
 CREATE UNIQUE INDEX steps_entity_idempotency ON <app>.steps USING btree (job_id, idempotency_key) WHERE ((kind = 'entity'::text) AND (idempotency_key IS NOT NULL));
 CREATE UNIQUE INDEX steps_entity_version ON <app>.steps USING btree (job_id, entity_version) WHERE (entity_version IS NOT NULL);
 CREATE INDEX steps_patches ON <app>.steps USING btree (name, job_id) WHERE (kind = 'patch'::text);

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from hotmesh import MemFlow, RetryPolicy, workflow
 from hotmesh._install import migrate
@@ -60,6 +61,9 @@ async def app(apps: list[str]) -> AsyncIterator[str]:
     apps.append(app_id)
     await migrate(sharded(CITUS_URL), app_id)
     yield app_id
+
+
+KEY = Jsonb({"idempotency_key": "order-7"})
 
 
 def sharded(url: str, on: bool = True) -> str:
@@ -196,8 +200,10 @@ def test_pgtap_suite_on_a_distributed_schema(app: str) -> None:
         "PGPORT": str(port),
         "PGUSER": str(params.get("user", "postgres")),
         "PGDATABASE": str(params["dbname"]),
+        # Shards shown: 42_job_transitions reads the HOT updates of jobs's shard.
         "PGOPTIONS": "-c citus.enable_ddl_propagation=off "
-        "-c citus.allow_nested_distributed_execution=on",
+        "-c citus.allow_nested_distributed_execution=on "
+        "-c citus.show_shards_for_app_name_prefixes=*",
     }
     query("create extension if not exists pgtap")
     query("create extension if not exists plpgsql_check")
@@ -369,18 +375,10 @@ async def test_a_client_on_a_worker_node_is_refused(app: str) -> None:
 # ------------------------------------------------------------------------------ by job_id
 
 
-async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
-    """The first step of docs/citus-row-distribution.md: one app's rows distributed by
-    job_id. Every table with a job_id that is never null distributes by it, colocated with
-    jobs (Citus refuses a unique key without the distribution column, so this holds the keys
-    to that), and the others become reference tables; the one key that is not ready is the
-    start's idempotency key. The engine does not run on it yet (docs/citus-row-distribution.md
-    says what fails: starts, then the claim)."""
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    # A schema of its own (not a distributed schema): its tables start on the coordinator.
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
+def distribute_by_job_id(app_id: str) -> None:
+    """Distributes installed app `app_id`'s rows by job_id (docs/citus-row-distribution.md):
+    jobs by id, every table with a job_id that is never null by it, colocated with jobs, the
+    start's idempotency keys by the key, and the others as reference tables."""
     tables = query(
         "select c.relname, exists (select from pg_attribute as a where a.attrelid = c.oid"
         "  and a.attname = 'job_id' and a.attnotnull)"
@@ -388,28 +386,47 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
         " order by 1",
         app_id,
     )
-    by_job = sorted(t for t, keyed in tables if keyed)
-    assert {"steps", "threads", "tasks", "runs", "run_steps", "human_tasks"} <= set(by_job)
     with psycopg.connect(CITUS_URL, autocommit=True) as conn:
-        # The one key not ready: a start's idempotency key is unique across all workflows
-        # (migration 0011), so jobs cannot be distributed by id while it is an index of jobs.
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="partition column"):
-            conn.execute(
-                "select create_distributed_table(%s, 'id', shard_count := 4)", (f"{app_id}.jobs",)
-            )
-        # Without it (this app's starts then take no idempotency key), the rest distributes.
-        conn.execute(f"drop index {app_id}.jobs_idempotency_key")
         conn.execute(
             "select create_distributed_table(%s, 'id', shard_count := 4)", (f"{app_id}.jobs",)
         )
-        for table in by_job:
-            conn.execute(
-                "select create_distributed_table(%s, 'job_id', colocate_with := %s)",
-                (f"{app_id}.{table}", f"{app_id}.jobs"),
-            )
+        conn.execute(
+            "select create_distributed_table(%s, 'idempotency_key', shard_count := 4,"
+            " colocate_with := 'none')",
+            (f"{app_id}.start_keys",),
+        )
         for table, keyed in tables:
-            if table != "jobs" and not keyed:
+            if table in ("jobs", "start_keys"):
+                continue
+            if keyed:
+                conn.execute(
+                    "select create_distributed_table(%s, 'job_id', colocate_with := %s)",
+                    (f"{app_id}.{table}", f"{app_id}.jobs"),
+                )
+            else:
                 conn.execute("select create_reference_table(%s)", (f"{app_id}.{table}",))
+
+
+async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
+    """The first steps of docs/citus-row-distribution.md: one app's rows distributed by
+    job_id. Every table with a job_id that is never null distributes by it, colocated with
+    jobs (Citus refuses a unique key without the distribution column, so this holds the keys
+    to that), a start's idempotency keys (their own table, migration 0023) by the key, and the
+    others become reference tables. Starts work on it; the claim is not built yet
+    (docs/citus-row-distribution.md)."""
+    app_id = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(app_id)
+    # A schema of its own (not a distributed schema): its tables start on the coordinator.
+    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
+    await migrate(sharded(CITUS_URL, on=False), app_id)
+    tables = [
+        t
+        for (t,) in query(
+            "select relname from pg_class where relnamespace = %s::regnamespace and relkind = 'r'",
+            app_id,
+        )
+    ]
+    distribute_by_job_id(app_id)
     kinds = dict(
         query(
             "select table_name::text, citus_table_type from citus_tables"
@@ -418,13 +435,30 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
         )
     )
     assert len(kinds) == len(tables), kinds
-    assert {t for t, k in kinds.items() if k == "distributed"} == {
-        f"{app_id}.{t}" for t in ["jobs", *by_job]
-    }
+    by_job = {t for t, k in kinds.items() if k == "distributed"} - {f"{app_id}.start_keys"}
+    assert {
+        f"{app_id}.{t}"
+        for t in ["jobs", "steps", "threads", "tasks", "runs", "run_steps", "human_tasks"]
+    } <= by_job
     # All in one colocation group: a workflow's rows on one node, together.
     groups = query(
-        "select count(distinct colocation_id) from citus_tables"
-        " where citus_table_type = 'distributed' and table_name::text like %s",
-        f"{app_id}.%",
+        "select count(distinct colocation_id) from citus_tables where table_name::text = any(%s)",
+        sorted(by_job),
     )
     assert groups == [(1,)]
+    # Starts: one by one, in a batch, with an idempotency key (held across shards).
+    app = app_id
+    ids = [f"d{n}" for n in range(8)]
+    plans = [{"workflow_name": "w", "task_queue": "q", "workflow_id": i} for i in ids]
+    assert query(f"select {app}.start_workflows(%s)", Jsonb(plans))[0][0] == ids
+    started = query(f"select {app}.start_workflow('w', '[]', 'q', 'k1', null, %s)", KEY)
+    again = query(f"select {app}.start_workflow('w', '[]', 'q', 'k2', null, %s)", KEY)
+    assert started == again == [("k1",)]
+    with pytest.raises(psycopg.Error, match='"d0" is already taken') as taken:
+        query(f"select {app}.start_workflow('w', '[]', 'q', 'd0')")
+    assert taken.value.sqlstate == "HM001"
+    rows = query(
+        f"select count(*), count(distinct get_shard_id_for_distribution_column("  # noqa: S608
+        f"'{app}.jobs', id)) from {app}.jobs"
+    )
+    assert rows[0][0] == 9 and rows[0][1] > 1, rows

@@ -340,6 +340,7 @@ def test_the_application_role_starts_signals_reads_and_uses_entities(
         "update tasks set run_at = now()",
         "select * from signals",
         "select * from signal_keys",
+        "select * from start_keys",
         "select * from settings",
         "select * from schema_migrations",
         "select * from claim_tasks(array['q'], 'me', 1)",

@@ -114,6 +114,26 @@ async def waiting_workflow(s: Session, wid: str, signal_id: str) -> None:
 # ------------------------------------------------------------------------ two workers, one task
 
 
+async def test_two_starts_with_one_idempotency_key(sessions: list[Session]) -> None:
+    """The second start waits for the first's open transaction: once it commits, the second
+    returns its run; had it rolled back, the second takes the key and starts its own."""
+    a, b, obs = sessions
+    start = "select start_workflow('w', '[]', 'q', %s, null, '{\"idempotency_key\": \"k\"}')"
+    held, second = await open_race(
+        obs, a, start, b, start, hold_params=["first"], call_params=["second"]
+    )
+    assert (held, second) == ("first", "first")
+    await obs.one("select _delete_jobs(array['first'])")
+    await a.conn.execute("begin")
+    assert await a.one(start, "again") == "again"
+    waiting = asyncio.create_task(outcome(b.one(start, "mine")))
+    await blocked_by(obs, b.pid, a.pid)
+    await a.conn.execute("rollback")
+    assert await waiting == "mine"
+    assert await obs.rows("select id from jobs") == [("mine",)]
+    assert await obs.rows("select idempotency_key, job_id from start_keys") == [("k", "mine")]
+
+
 async def test_two_workers_claiming_one_task(sessions: list[Session]) -> None:
     a, b, obs = sessions
     await obs.one("select start_workflow('w', '[]', 'q', 'one')")

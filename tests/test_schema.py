@@ -201,6 +201,27 @@ def test_an_upgraded_app_equals_a_fresh_install(
     assert_same_schema(schema_of(dsn, app), schema_of(dsn, fresh))
 
 
+def test_the_upgrade_keeps_the_idempotency_keys(dsn: str, releases: Path, apps: list[str]) -> None:
+    """Migration 0023 moves a start's idempotency key from jobs to start_keys: a key a run
+    took before the upgrade still returns that run."""
+    app = new_app("keys")
+    apps.append(app)
+    install_releases(dsn, app, RELEASES[-1:], releases)
+    start = sql.SQL("select {}.start_workflow('w', '[]', 'q', %s, null, %s)").format(
+        sql.Identifier(app)
+    )
+    key = '{"idempotency_key": "order-7"}'
+    with admin(dsn) as conn:
+        assert conn.execute(start, ("old", key)).fetchone() == ("old",)
+    asyncio.run(migrate(dsn, app))
+    with admin(dsn) as conn:
+        keys = sql.SQL("select idempotency_key, job_id from {}.start_keys").format(
+            sql.Identifier(app)
+        )
+        assert conn.execute(keys).fetchall() == [("order-7", "old")]
+        assert conn.execute(start, ("new", key)).fetchone() == ("old",)
+
+
 def _release_migrations(rev: str) -> list[int]:
     names = git("ls-tree", "--name-only", f"{rev}:migrations").decode().split()
     return [int(name[:4]) for name in names if re.match(r"\d{4}_.*\.sql$", name)]
