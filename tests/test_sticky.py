@@ -366,7 +366,8 @@ async def test_a_woken_kept_activation_ends_in_its_claims_transaction(
     await parked_in(worker, db, "one")
     await mf.workflow.signal("s2", 2, workflow_id="one")
     assert await handle.result(timeout=20) == [1, 2]
-    assert sent == ["suspend_tasks", "complete_tasks"]
+    # Noted once finish() returns, which is after the commit that result() may see first.
+    await until(lambda: sent == ["suspend_tasks", "complete_tasks"], "the held completion")
     assert (worker.sticky.hits, worker.sticky.misses) == (2, 0)
     assert db.one("select count(*) from tasks") == 0
     assert history_of(db, "one") == [
