@@ -240,8 +240,8 @@ def test_old_workers_serve_through_an_upgrade_at_scale(
 
 def test_the_package_speaks_the_engines_protocol(db: SQL) -> None:
     """WORKER_PROTOCOL and sql/05_version.sql change together; this engine still serves the
-    previous release's workers (protocol 3, 0.3.0: the test above runs them) and protocols 2,
-    1 and 0."""
+    previous release's workers (protocol 4, 0.4.0: the test above runs them) and protocols 3,
+    2, 1 and 0."""
     assert db.rows("select protocol, oldest_worker from engine_version()") == [(WORKER_PROTOCOL, 0)]
 
 
@@ -402,11 +402,11 @@ def test_a_worker_refuses_a_schema_older_than_it(dsn: str, old_app: tuple[str, P
 async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     dsn: str, old_app: tuple[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Upgrading the previous release alters threads (migration 0018). An application holds a
-    hook() open (RowExclusive on threads): the migrate's ALTER waits for it, and a hook sent
-    meanwhile waits behind the migrate, but only until the migrate's lock_timeout: it returns
-    while the application's transaction is still open. The migrate tries again and succeeds
-    after the COMMIT."""
+    """Upgrading the previous release drops and re-creates an index of jobs (migration 0022). An
+    application holds a hook() open (it locks its workflow's jobs row): the migrate's DROP INDEX
+    waits for it, and a hook sent meanwhile waits behind the migrate, but only until the
+    migrate's lock_timeout: it returns while the application's transaction is still open. The
+    migrate tries again and succeeds after the COMMIT."""
     app, _ = old_app
     caplog.set_level(logging.WARNING, "hotmesh.install")
     schema = sql.Identifier(app)
@@ -440,7 +440,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
         assert not upgrading.done()
         await holder.commit()
         applied = await asyncio.wait_for(upgrading, 60)
-        assert 18 in applied
+        assert 22 in applied
         assert "rolled back so as not to hold up the workers" in caplog.text
     finally:
         for conn in (holder, other, watch):
