@@ -31,6 +31,7 @@ transaction) waits in turns of lock_timeout, so the calls queued behind it go on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -76,16 +77,28 @@ TROUBLE = re.compile(r"event=(db_error|crash|stuck|lease_lost)|Traceback", re.IG
 OLD_CLAIM_CUT_OFF = re.compile(r"^.*event=db_error during=claim .*lock timeout.*$", re.M)
 
 
-@pytest.fixture
-def old_app(dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An app installed by PREVIOUS's own installer; returns it and PREVIOUS's tree."""
+# The newest release whose workers speak an older protocol than this package's: an engine this
+# package's worker must refuse (0.5.0 kept 0.4.0's protocol 4, so PREVIOUS is not one).
+OLDER_PROTOCOL = "2a4ff67bba6cef77a261b627bc4cf4cc492eba6f"  # 0.3.0: protocol 3
+
+
+@contextlib.contextmanager
+def installed(dsn: str, release: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An app installed by `release`'s own installer; yields it and the release's tree."""
     app = new_app_id()
     try:
-        install_releases(dsn, app, [PREVIOUS], tmp_path)
-        yield app, tmp_path / PREVIOUS
+        install_releases(dsn, app, [release], tmp_path)
+        yield app, tmp_path / release
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             drop_app(conn, app)
+
+
+@pytest.fixture
+def old_app(dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An app installed by PREVIOUS's own installer; returns it and PREVIOUS's tree."""
+    with installed(dsn, PREVIOUS, tmp_path) as app_and_tree:
+        yield app_and_tree
 
 
 def start(db: SQL, first: int, last: int) -> None:
@@ -382,18 +395,23 @@ def test_a_worker_exits_when_the_schema_is_newer_than_it(
     assert TROUBLE.findall(future.log()) == [], future.log()
 
 
-def test_a_worker_refuses_a_schema_older_than_it(dsn: str, old_app: tuple[str, Path]) -> None:
-    app, _ = old_app
-    done = subprocess.run(
-        this_release("worker", "upgrade:up_steps", "--queue", QUEUE),
-        env=cli_env(dsn, app),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == SchemaMismatch.exit_code, done.stderr
-    assert f"schema {app} is older than this worker" in done.stderr
-    assert f"run `hotmesh migrate --app {app}` with this release" in done.stderr
+def test_a_worker_refuses_a_schema_older_than_it(dsn: str, tmp_path: Path) -> None:
+    with installed(dsn, OLDER_PROTOCOL, tmp_path) as (app, _):
+        with psycopg.connect(dsn) as conn:
+            protocol = conn.execute(
+                sql.SQL("select protocol from {}.engine_version()").format(sql.Identifier(app))
+            ).fetchone()
+        assert protocol is not None and protocol[0] < WORKER_PROTOCOL
+        done = subprocess.run(
+            this_release("worker", "upgrade:up_steps", "--queue", QUEUE),
+            env=cli_env(dsn, app),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == SchemaMismatch.exit_code, done.stderr
+        assert f"schema {app} is older than this worker" in done.stderr
+        assert f"run `hotmesh migrate --app {app}` with this release" in done.stderr
 
 
 # ------------------------------------------------------------------------ locks
