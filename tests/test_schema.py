@@ -63,6 +63,7 @@ RELEASES = (
     "2543b6f37916a15ec04d9fbef7d0ab7e89182125",  # 0.1.0: 0007, worker protocol 1
     "1ac7bd8b913304dfbea1c5adb97daf10eb4b510e",  # 0.2.0: 0013, worker protocol 2
     "2a4ff67bba6cef77a261b627bc4cf4cc492eba6f",  # 0.3.0: 0017, worker protocol 3
+    "19fa91879b0503f84830927ba220db6224b5132d",  # 0.4.0: 0021, worker protocol 4
 )
 
 # Run by each release's own package in turn, in one interpreter: its installer, on its own

@@ -31,6 +31,7 @@ transaction) waits in turns of lock_timeout, so the calls queued behind it go on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -76,16 +77,28 @@ TROUBLE = re.compile(r"event=(db_error|crash|stuck|lease_lost)|Traceback", re.IG
 OLD_CLAIM_CUT_OFF = re.compile(r"^.*event=db_error during=claim .*lock timeout.*$", re.M)
 
 
-@pytest.fixture
-def old_app(dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An app installed by PREVIOUS's own installer; returns it and PREVIOUS's tree."""
+# The newest release whose workers speak an older protocol than this package's: an engine this
+# package's worker must refuse (0.5.0 kept 0.4.0's protocol 4, so PREVIOUS is not one).
+OLDER_PROTOCOL = "2a4ff67bba6cef77a261b627bc4cf4cc492eba6f"  # 0.3.0: protocol 3
+
+
+@contextlib.contextmanager
+def installed(dsn: str, release: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An app installed by `release`'s own installer; yields it and the release's tree."""
     app = new_app_id()
     try:
-        install_releases(dsn, app, [PREVIOUS], tmp_path)
-        yield app, tmp_path / PREVIOUS
+        install_releases(dsn, app, [release], tmp_path)
+        yield app, tmp_path / release
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             drop_app(conn, app)
+
+
+@pytest.fixture
+def old_app(dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An app installed by PREVIOUS's own installer; returns it and PREVIOUS's tree."""
+    with installed(dsn, PREVIOUS, tmp_path) as app_and_tree:
+        yield app_and_tree
 
 
 def start(db: SQL, first: int, last: int) -> None:
@@ -240,8 +253,8 @@ def test_old_workers_serve_through_an_upgrade_at_scale(
 
 def test_the_package_speaks_the_engines_protocol(db: SQL) -> None:
     """WORKER_PROTOCOL and sql/05_version.sql change together; this engine still serves the
-    previous release's workers (protocol 3, 0.3.0: the test above runs them) and protocols 2,
-    1 and 0."""
+    previous release's workers (protocol 4, 0.4.0: the test above runs them) and protocols 3,
+    2, 1 and 0."""
     assert db.rows("select protocol, oldest_worker from engine_version()") == [(WORKER_PROTOCOL, 0)]
 
 
@@ -382,18 +395,23 @@ def test_a_worker_exits_when_the_schema_is_newer_than_it(
     assert TROUBLE.findall(future.log()) == [], future.log()
 
 
-def test_a_worker_refuses_a_schema_older_than_it(dsn: str, old_app: tuple[str, Path]) -> None:
-    app, _ = old_app
-    done = subprocess.run(
-        this_release("worker", "upgrade:up_steps", "--queue", QUEUE),
-        env=cli_env(dsn, app),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == SchemaMismatch.exit_code, done.stderr
-    assert f"schema {app} is older than this worker" in done.stderr
-    assert f"run `hotmesh migrate --app {app}` with this release" in done.stderr
+def test_a_worker_refuses_a_schema_older_than_it(dsn: str, tmp_path: Path) -> None:
+    with installed(dsn, OLDER_PROTOCOL, tmp_path) as (app, _):
+        with psycopg.connect(dsn) as conn:
+            protocol = conn.execute(
+                sql.SQL("select protocol from {}.engine_version()").format(sql.Identifier(app))
+            ).fetchone()
+        assert protocol is not None and protocol[0] < WORKER_PROTOCOL
+        done = subprocess.run(
+            this_release("worker", "upgrade:up_steps", "--queue", QUEUE),
+            env=cli_env(dsn, app),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == SchemaMismatch.exit_code, done.stderr
+        assert f"schema {app} is older than this worker" in done.stderr
+        assert f"run `hotmesh migrate --app {app}` with this release" in done.stderr
 
 
 # ------------------------------------------------------------------------ locks
@@ -402,11 +420,11 @@ def test_a_worker_refuses_a_schema_older_than_it(dsn: str, old_app: tuple[str, P
 async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     dsn: str, old_app: tuple[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Upgrading the previous release alters threads (migration 0018). An application holds a
-    hook() open (RowExclusive on threads): the migrate's ALTER waits for it, and a hook sent
-    meanwhile waits behind the migrate, but only until the migrate's lock_timeout: it returns
-    while the application's transaction is still open. The migrate tries again and succeeds
-    after the COMMIT."""
+    """Upgrading the previous release drops and re-creates an index of jobs (migration 0022). An
+    application holds a hook() open (it locks its workflow's jobs row): the migrate's DROP INDEX
+    waits for it, and a hook sent meanwhile waits behind the migrate, but only until the
+    migrate's lock_timeout: it returns while the application's transaction is still open. The
+    migrate tries again and succeeds after the COMMIT."""
     app, _ = old_app
     caplog.set_level(logging.WARNING, "hotmesh.install")
     schema = sql.Identifier(app)
@@ -440,7 +458,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
         assert not upgrading.done()
         await holder.commit()
         applied = await asyncio.wait_for(upgrading, 60)
-        assert 18 in applied
+        assert 22 in applied
         assert "rolled back so as not to hold up the workers" in caplog.text
     finally:
         for conn in (holder, other, watch):
