@@ -12,10 +12,11 @@ an inline and a remote activity, a timer, a hook, a child and a signal (sent by 
 kept until the parent waits for it). Every `effect` call inserts one row into the app's
 `effects` table: the side-effect counter, keyed by workflow and step name.
 
-The kill is injected by counting calls, in this process only: `Database._fetch` (every SQL
-statement the worker sends) is wrapped here. The calls that move a workflow are counted per
-statement name: a claim that returned tasks, and every other call except the housekeeping ones
-(next_due, heartbeat, release_tasks, empty claims), whose number depends on timing.
+The kill is injected by counting calls, in this process only: `Database._fetch_on` (every SQL
+statement the worker sends, a held claim's included) is wrapped here. The calls that move a
+workflow are counted per statement name: a claim that returned tasks, and every other call
+except the housekeeping ones (next_due, heartbeat, release_tasks, empty claims), whose number
+depends on timing. "After" a call of a held claim's transaction is before its commit.
 
     HOTMESH_TEST_KILL_AT=<statement>#<n>   die at the n-th call of that statement ...
     HOTMESH_TEST_KILL_WHEN=before|after    ... before it is sent, or once it has committed
@@ -32,7 +33,6 @@ import collections
 import os
 import signal
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -57,24 +57,33 @@ def _trace(line: str) -> None:
             os.close(fd)
 
 
+# A held claim (docs/performance.md: a woken workflow's claim and outcome commit together)
+# sends a one-item batch where a claim committed alone sends the single call: one label for
+# both, so a kill point of the baseline is reached whichever way the run goes.
+SAME_CALL = {"complete_tasks": "complete_task", "record_steps": "record_step"}
+
+
 def install_kill_switch() -> None:
-    """Wrap Database._fetch: count the calls, trace them, die at the chosen one."""
+    """Wrap Database._fetch_on, which every statement goes through (a held claim's too):
+    count the calls, trace them, die at the chosen one."""
     target = os.environ.get("HOTMESH_TEST_KILL_AT", "")
     when = os.environ.get("HOTMESH_TEST_KILL_WHEN", "after")
     if when not in ("before", "after"):
         raise SystemExit(f"HOTMESH_TEST_KILL_WHEN must be before or after, not {when!r}")
     counts: collections.Counter[str] = collections.Counter()
-    original = Database._fetch
+    original = Database._fetch_on
 
     def die(label: str) -> None:
         _trace(f"killed {when} {label}")
         os.kill(os.getpid(), signal.SIGKILL)
 
-    async def fetch(self: Database, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self: Database, conn: psycopg.AsyncConnection[Any], name: str, params: Any
+    ) -> list[Any]:
         if name in HOUSEKEEPING:
-            return await original(self, name, params)
+            return await original(self, conn, name, params)
         if name == "claim_tasks":  # counted only when it claimed something
-            rows = await original(self, name, params)
+            rows = await original(self, conn, name, params)
             if rows:
                 counts[name] += 1
                 label = f"{name}#{counts[name]}"
@@ -82,17 +91,18 @@ def install_kill_switch() -> None:
                 if label == target:
                     die(label)  # "before" a claim is "after" the call before it
             return rows
-        counts[name] += 1
-        label = f"{name}#{counts[name]}"
+        call = SAME_CALL.get(name, name)
+        counts[call] += 1
+        label = f"{call}#{counts[call]}"
         _trace(label)
         if label == target and when == "before":
             die(label)
-        rows = await original(self, name, params)
+        rows = await original(self, conn, name, params)
         if label == target:
-            die(label)
+            die(label)  # committed, or in a held claim's transaction: rolled back with it
         return rows
 
-    Database._fetch = fetch  # type: ignore[method-assign]
+    Database._fetch_on = fetch  # type: ignore[method-assign]
 
 
 # -- the workflow -------------------------------------------------------------------------------
