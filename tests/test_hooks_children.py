@@ -70,6 +70,9 @@ async def test_exec_hook_result_signal_and_shared_entity(mf: MemFlow, db: Any) -
         {"via": "signal"},
         {"log": ["one"], "one": "h1", "signaller": "two"},
     ]
+    # The signaller's result came by its signal: its thread's own completion may commit after
+    # the workflow's.
+    await until_row(db, "select count(*) = 0 from threads where status = 'running'")
     assert db.rows("select thread, name, status from threads order by thread") == [
         ("h1", "reviewer", "completed"),
         ("h2", "signaller", "completed"),
