@@ -62,6 +62,16 @@ def same(one: Outcome, other: Outcome) -> bool:
     return type(one) is type(other)
 
 
+def wake_next(history: dict[int, RecordedStep], recorder: Recorder) -> None:
+    """Record the calls the activation just made, then the next outcome arrives: the oldest
+    call still waiting completes."""
+    for seq, command in recorder.commands:
+        status = "completed" if command.kind == "patch" else "scheduled"
+        history[seq] = RecordedStep(seq, command.kind, command.name, status)
+    seq = min(s for s, step in history.items() if step.status == "scheduled")
+    history[seq] = history[seq]._replace(status="completed", output=f"out{seq}")
+
+
 async def test_resumed_and_replayed_activations_make_the_same_calls() -> None:
     """At every wake-up of one run (each recorded outcome in turn), the activation kept
     since the last one and a fresh one replaying the same history make the same new calls
@@ -72,13 +82,7 @@ async def test_resumed_and_replayed_activations_make_the_same_calls() -> None:
     outcome = await kept.run(keep=True)
     wakes = 0
     while isinstance(outcome, Suspended):
-        for seq, command in recorder.commands:
-            status = "completed" if command.kind == "patch" else "scheduled"
-            history[seq] = RecordedStep(seq, command.kind, command.name, status)
-        # The next outcome arrives: the oldest call still waiting.
-        seq = min(s for s, step in history.items() if step.status == "scheduled")
-        step = history[seq]
-        history[seq] = step._replace(status="completed", output=f"out{seq}")
+        wake_next(history, recorder)
         wakes += 1
 
         cold_recorder = Recorder()
@@ -170,11 +174,7 @@ async def test_traced_resumed_and_replayed_activations_make_the_same_spans() -> 
     ]  # fmt: skip
     wakes = 0
     while isinstance(outcome, Suspended):
-        for seq, command in recorder.commands:
-            status = "completed" if command.kind == "patch" else "scheduled"
-            history[seq] = RecordedStep(seq, command.kind, command.name, status)
-        seq = min(s for s, step in history.items() if step.status == "scheduled")
-        history[seq] = history[seq]._replace(status="completed", output=f"out{seq}")
+        wake_next(history, recorder)
         wakes += 1
 
         cold_recorder = Recorder()
