@@ -23,6 +23,7 @@ import pytest
 from helpers import drop_app, python, until
 from hotmesh import FatalError, MemFlow, workflow
 from hotmesh._install import migrations
+from hotmesh.errors import WorkflowNotFound
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -161,8 +162,14 @@ async def dad(kid: str) -> Any:
 
 
 async def until_waiting(mf: MemFlow, *ids: str) -> None:
+    async def waits(workflow_id: str) -> bool:
+        try:
+            return bool((await mf.workflow.get_handle(workflow_id).describe())["waits"])
+        except WorkflowNotFound:
+            return False  # a child its parent has not started yet
+
     async def all_wait() -> bool:
-        return all([(await mf.workflow.get_handle(i).describe())["waits"] for i in ids])
+        return all([await waits(i) for i in ids])
 
     await until(all_wait, f"{ids} to wait", every=0.05)
 
