@@ -339,13 +339,19 @@ end
 $$;
 
 -- The soonest due time of a live human task (sql/49_human_tasks.sql), for next_due: a second
--- on when one is due but was held, so an idle worker does not spin on it.
+-- on when one is due but was held, so an idle worker does not spin on it. PL/pgSQL for the
+-- reason _next_timeout is: its plan is kept, where a SQL function's was made at every call.
 create or replace function _next_human_due() returns timestamptz
-language sql stable
+language plpgsql stable
 as $$
-    select case when d.due <= _now() then _now() + interval '1 second' else d.due end
-      from (select min(due_at) as due from human_tasks
-             where status in ('open', 'claimed') and due_at is not null) as d
+declare
+    v_due timestamptz;
+begin
+    select min(due_at) into v_due
+      from human_tasks
+     where status in ('open', 'claimed') and due_at is not null;
+    return case when v_due <= _now() then _now() + interval '1 second' else v_due end;
+end
 $$;
 
 -- The soonest moment a task on these queues, a schedule or any timeout becomes due (null
