@@ -89,7 +89,7 @@ begin
          limit 100
            for update skip locked
     loop
-        continue when not exists (select from jobs where id = v_task.job_id
+        continue when not exists (select 1 from jobs where id = v_task.job_id
                                      for no key update skip locked);
         perform fail_task(v_task.id, v_task.lease_token, _timeout_error(v_task, p_now));
     end loop;
@@ -196,14 +196,14 @@ create or replace function _fire_timeouts(p_now timestamptz) returns void
 language plpgsql
 as $$
 begin
-    if exists (select from jobs
+    if exists (select 1 from jobs
                 where timeout_at <= p_now and status in ('pending', 'running', 'waiting')) then
         perform _time_out_jobs(p_now);
     end if;
-    if exists (select from threads where timeout_at <= p_now and status = 'running') then
+    if exists (select 1 from threads where timeout_at <= p_now and status = 'running') then
         perform _time_out_threads(p_now);
     end if;
-    if exists (select from tasks where timeout_at <= p_now) then
+    if exists (select 1 from tasks where timeout_at <= p_now) then
         perform _time_out_tasks(p_now);
     end if;
 end
