@@ -169,23 +169,29 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _server_cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
-    """User + system CPU of the database server's processes (the postmaster's children, as
-    they run now), or None when the server does not run on this machine."""
+    """User + system CPU of the database server: the postmaster's own, its children's as they
+    run now and that of the children it has reaped (so a backend that ends between two
+    readings still counts: the figure never goes down), or None when the server does not
+    run on this machine."""
     row = conn.execute("select pg_backend_pid()").fetchone()
     try:
         stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
     except OSError:
         return None
     postmaster = stat.rsplit(")", 1)[1].split()[1]
-    total = 0.0
+    total = 0
     for path in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = path.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
-            continue  # it ended meanwhile
+            continue  # it ended meanwhile (and is in the postmaster's figures, read last)
         if fields[1] == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            total += int(fields[11]) + int(fields[12])
+    try:  # utime, stime, cutime, cstime
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (total + sum(int(f) for f in fields[11:15])) / os.sysconf("SC_CLK_TCK")
 
 
 class Counters:
@@ -606,17 +612,31 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
     result, as handle.result() reads it (woken by the result's NOTIFY). On the database clock:
     from the signal's commit (the clock of the statement that follows it in the same pipeline,
     so no round trip is counted) to the client's read of the result. `commit_ms`: the
-    signal's own commit, the yardstick of this database's commits in the same run."""
+    signal's own commit, the yardstick of this database's commits in the same run.
+    `engine_p50_ms`: from the signal's commit to the result's, as the database recorded them
+    (pg_xact_commit_timestamp of the signal's transaction and of the workflow row's last
+    change), when the server runs with track_commit_timestamp = on (the private cluster
+    does); absent otherwise."""
     schema = sql.Identifier(app)
-    latencies, commits = [], []
+    latencies, commits, engine = [], [], []
     with (
         psycopg.connect(dsn, autocommit=True) as conn,
         psycopg.connect(dsn, autocommit=True) as listen,
     ):
         _reset_app(conn, dsn, app)
         listen.execute(sql.SQL("listen {}").format(schema))
-        send = sql.SQL("select clock_timestamp() from {}.signal('go', 'true', %s)").format(schema)
+        send = sql.SQL(
+            "select clock_timestamp(), pg_current_xact_id()::text from {}.signal('go', 'true', %s)"
+        ).format(schema)
         read = sql.SQL("select o.status, clock_timestamp() from {}.workflow_outcome(%s) as o")
+        # Each commit's time as the database recorded it (when it wrote the commit record).
+        committed_at = sql.SQL(
+            "select extract(epoch from pg_xact_commit_timestamp(j.xmin)"
+            "        - pg_xact_commit_timestamp((%s::bigint %% 4294967296)::text::xid))"
+            "  from {}.jobs as j where j.id = %s"
+        ).format(schema)
+        row = conn.execute("select current_setting('track_commit_timestamp')").fetchone()
+        stamped = bool(row and row[0] == "on")
         with _worker(dsn, app, "bench", f"{__name__}:parked", concurrency=concurrency):
             for i in range(samples):
                 workflow_id = f"parked-{i}"
@@ -637,8 +657,11 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
                 if before and after and row and row[0] == "completed":
                     commits.append((after[0] - before[0]).total_seconds())
                     latencies.append((row[1] - after[0]).total_seconds())
+                    if stamped:
+                        span = conn.execute(committed_at, (before[1], workflow_id)).fetchone()
+                        engine.append(float(span[0]) if span else float("nan"))
     p50, commit = _percentile(latencies, 0.50), _percentile(commits, 0.50)
-    return {
+    figures = {
         "samples": len(latencies),
         "p50_ms": p50 * 1000,
         "p95_ms": _percentile(latencies, 0.95) * 1000,
@@ -647,6 +670,10 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
         # the path in commits of this database, loaded as it was in this run
         "p50_vs_commit": p50 / commit if commit > 0 else float("nan"),
     }
+    if engine:
+        figures["engine_p50_ms"] = _percentile(engine, 0.50) * 1000
+        figures["engine_p95_ms"] = _percentile(engine, 0.95) * 1000
+    return figures
 
 
 def _wait_done_notify(listen: psycopg.Connection[Any], workflow_id: str) -> None:
@@ -986,7 +1013,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _database_facts(dsn: str) -> dict[str, str]:
     with psycopg.connect(dsn) as conn:
         facts = {}
-        for setting in ("server_version", "fsync", "synchronous_commit", "max_connections"):
+        for setting in (
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "max_connections",
+            "track_commit_timestamp",  # the signal's latency on the engine's clock needs it
+        ):
             row = conn.execute(sql.SQL("show {}").format(sql.Identifier(setting))).fetchone()
             facts[setting] = str(row[0]) if row else "?"
     return facts
