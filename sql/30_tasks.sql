@@ -23,6 +23,20 @@ begin
 end
 $$;
 
+-- p_ids without p_drop (null when nothing is left), for job ids.
+create or replace function _without_jobs(p_ids text[], p_drop text[]) returns text[]
+language plpgsql immutable
+as $$
+declare
+    v_left text[];
+begin
+    select array_agg(i.id) into v_left
+      from unnest(p_ids) as i (id)
+     where i.id <> all(coalesce(p_drop, '{}'));
+    return v_left;
+end
+$$;
+
 -- Claims up to p_max_tasks due tasks on the given queues, highest priority first, then oldest
 -- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other (or
 -- on an application's open transaction: see _transitions); each claim issues a fresh lease
@@ -62,6 +76,8 @@ declare
     v_ids bigint[];
     v_jobs text[];
     v_main_jobs text[];
+    v_ahead_jobs text[];
+    v_now_jobs text[];
     v_run_jobs text[];
     v_run_threads text[];
     v_finished text[];
@@ -183,8 +199,8 @@ begin
                   v_now - picked.ready_at as waited, picked.ahead
     )
     select array_agg(id), array_agg(distinct job_id),
-           -- Only those that start now move to running (_start_job says when the rest do).
-           array_agg(job_id) filter (where kind = 'workflow' and thread = 'main' and not ahead),
+           array_agg(job_id) filter (where kind = 'workflow' and thread = 'main'),
+           array_agg(job_id) filter (where kind = 'workflow' and thread = 'main' and ahead),
            array_agg(job_id) filter (where kind = 'workflow'),
            array_agg(thread) filter (where kind = 'workflow'),
            array_agg(id) filter (where kind = 'activity' and attempt > maximum),
@@ -194,7 +210,8 @@ begin
                             '(worker crashed or stalled)', name, maximum))
                filter (where kind = 'activity' and attempt > maximum),
            jsonb_object_agg(id::text, extract(epoch from waited)) filter (where waited > '0')
-      into v_ids, v_jobs, v_main_jobs, v_run_jobs, v_run_threads, v_spent, v_spent_jobs,
+      into v_ids, v_jobs, v_main_jobs, v_ahead_jobs, v_run_jobs, v_run_threads, v_spent,
+           v_spent_jobs,
            v_spent_tokens, v_spent_messages, v_waited
       from leased;
     if v_ids is null then
@@ -254,13 +271,24 @@ begin
             select jsonb_object_agg(id, build_id) into v_builds
               from jobs where id = any(v_main_jobs) and build_id is not null;
         end if;
-        select array_agg(m.id) into v_started
-          from _transitions(v_main_jobs, 'running', null, null,
-                            array_fill(p_build_id, array[cardinality(v_main_jobs)])) as m;
+        -- Those claimed ahead move when they start or end (_start_job): one job write fewer
+        -- for a drained workflow. Their rows are only share-locked here, as a check.
+        v_now_jobs := _without_jobs(v_main_jobs, v_ahead_jobs);
+        if v_now_jobs is not null then
+            select array_agg(m.id) into v_started
+              from _transitions(v_now_jobs, 'running', null, null,
+                                array_fill(p_build_id, array[cardinality(v_now_jobs)])) as m;
+        end if;
+        if v_ahead_jobs is not null then
+            select array_cat(v_started, array_agg(l.id)) into v_started
+              from (select j.id from jobs as j where j.id = any(v_ahead_jobs)
+                       for share skip locked) as l;
+        end if;
         -- A workflow whose row another transaction holds (an application's open transaction
-        -- on its entity) did not start running: its activation is given back, due again in a
-        -- second (not at once: an idle worker would claim it again in a loop), so one held
-        -- workflow waits alone and the claim never waits for it.
+        -- on its entity) did not start running, nor is one claimed ahead handed out: its
+        -- activation is given back, due again in a second (not at once: an idle worker would
+        -- claim it again in a loop), so one held workflow waits alone and the claim never
+        -- waits for it.
         if coalesce(cardinality(v_started), 0) < cardinality(v_main_jobs) then
             -- Two statements: Citus cannot run a query over the tables that calls a
             -- function that queries them again (docs/citus.md).

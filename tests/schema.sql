@@ -760,6 +760,8 @@ create function <app>._wake_threads(p_job_ids text[], p_threads text[]) returns 
     language plpgsql volatile;
 create function <app>._without(p_ids bigint[], p_drop bigint[]) returns bigint[]
     language plpgsql immutable;
+create function <app>._without_jobs(p_ids text[], p_drop text[]) returns text[]
+    language plpgsql immutable;
 create function <app>.activity_heartbeat(p_task_id bigint, p_token uuid, p_lease interval) returns boolean
     language plpgsql volatile security definer
     set plan_cache_mode = force_generic_plan
