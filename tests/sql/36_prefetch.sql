@@ -175,9 +175,10 @@ select n_tup_upd from pg_stat_xact_user_tables
 where relid = 'jobs'::regclass;
 select is(
     (
-        select complete_tasks(jsonb_build_array(jsonb_build_object(
-            'task_id', task_id, 'token', lease_token, 'result', 7
-        )))
+        select
+            complete_tasks(jsonb_build_array(jsonb_build_object(
+                'task_id', task_id, 'token', lease_token, 'result', 7
+            )))
         from ahead where job_id = 'b-3'
     ),
     '[null]'::jsonb,
