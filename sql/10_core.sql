@@ -406,7 +406,7 @@ begin
                              where l.machine = 'job' and l.to_state = p_to
                                and l.owner = '_transitions')
            and (p_to <> 'running'
-                or exists (select from jobs as f where f.id = j.id
+                or exists (select 1 from jobs as f where f.id = j.id
                               for no key update skip locked))
         returning j.*
     )
@@ -421,7 +421,7 @@ begin
     if v_ends then
         perform _notify_done(v_moved);
         -- Their people are no longer asked (never waiting for a reviewer's open transaction).
-        if exists (select from human_tasks
+        if exists (select 1 from human_tasks
                     where job_id = any(v_moved) and status in ('open', 'claimed')) then
             perform _cancel_human_tasks(v_moved, true);
         end if;

@@ -167,7 +167,7 @@ begin
         exit when v_slots < 1;
         v_limits := null;
         v_tokens := null;
-        if exists (select from queue_limits as l where l.task_queue = v_queue) then
+        if exists (select 1 from queue_limits as l where l.task_queue = v_queue) then
             perform pg_advisory_xact_lock(
                 hashtextextended('hotmesh.limits:' || current_schema() || '.' || v_queue, 0));
             select * into v_limits from queue_limits as l where l.task_queue = v_queue;

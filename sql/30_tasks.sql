@@ -119,14 +119,14 @@ begin
     perform _fire_schedules(v_now);
     -- Human tasks past their due time expire or escalate (sql/49_human_tasks.sql): one probe
     -- of a partial index that holds only live tasks with a due time.
-    if exists (select from human_tasks
+    if exists (select 1 from human_tasks
                 where due_at <= v_now and status in ('open', 'claimed')) then
         perform _fire_human_tasks(v_now);
     end if;
 
     -- Queues with limits (flow control, sql/25_limits.sql) are claimed by _admit, which
     -- enforces them; without any, the claim takes the plain path alone, as cheap as before.
-    if exists (select from queue_limits where task_queue = any(p_task_queues)) then
+    if exists (select 1 from queue_limits where task_queue = any(p_task_queues)) then
         v_admitted := _admit(p_task_queues, p_max_tasks, v_now);
         v_plain := null;
     end if;
@@ -248,7 +248,7 @@ begin
             continue when v_spent_jobs[v_pos] = any(coalesce(v_finished, '{}'));
             -- fail_task takes the job row: one that an open transaction holds is not waited
             -- for; the task is given back, due in a second, and fails at a later claim.
-            if not exists (select from jobs where id = v_spent_jobs[v_pos]
+            if not exists (select 1 from jobs where id = v_spent_jobs[v_pos]
                               for no key update skip locked) then
                 perform _requeue_tasks(array[v_spent[v_pos]], v_now + interval '1 second',
                                        null, true);
@@ -372,13 +372,19 @@ end
 $$;
 
 -- The soonest due time of a live human task (sql/49_human_tasks.sql), for next_due: a second
--- on when one is due but was held, so an idle worker does not spin on it.
+-- on when one is due but was held, so an idle worker does not spin on it. PL/pgSQL for the
+-- reason _next_timeout is: its plan is kept, where a SQL function's was made at every call.
 create or replace function _next_human_due() returns timestamptz
-language sql stable
+language plpgsql stable
 as $$
-    select case when d.due <= _now() then _now() + interval '1 second' else d.due end
-      from (select min(due_at) as due from human_tasks
-             where status in ('open', 'claimed') and due_at is not null) as d
+declare
+    v_due timestamptz;
+begin
+    select min(due_at) into v_due
+      from human_tasks
+     where status in ('open', 'claimed') and due_at is not null;
+    return case when v_due <= _now() then _now() + interval '1 second' else v_due end;
+end
 $$;
 
 -- The soonest moment a task on these queues, a schedule or any timeout becomes due (null

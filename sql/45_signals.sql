@@ -44,7 +44,7 @@ begin
            and (p_workflow_id is null or s.job_id = p_workflow_id)
            and j.status not in ('completed', 'failed', 'cancelled')
            and (s.thread = 'main'
-                or exists (select from threads as th
+                or exists (select 1 from threads as th
                             where th.job_id = s.job_id and th.thread = s.thread
                               and th.status = 'running'))
          order by s.created_at, s.job_id, s.thread, s.seq
@@ -68,7 +68,7 @@ begin
                        case when p_error is null then 'completed' else 'failed' end,
                        p_payload, p_error, null, null, false)).job_id is not null then
             perform _wake(v_wait.job_id, v_wait.thread);
-            if exists (select from human_tasks
+            if exists (select 1 from human_tasks
                         where job_id = v_wait.job_id and thread = v_wait.thread
                           and seq = v_wait.seq and status in ('open', 'claimed')) then
                 perform _signal_human_task(v_wait, p_payload, p_error, p_sender);
@@ -148,7 +148,7 @@ begin
     perform _check_value(format('the payload of signal "%s"', p_signal_id), p_payload);
     if p_idempotency_key is not null then
         -- A key recorded before keys had a scope (migration 0007) stops any send with it.
-        if exists (select from signal_keys
+        if exists (select 1 from signal_keys
                     where idempotency_key = p_idempotency_key and signal_id is null) then
             return jsonb_build_object('status', 'duplicate');
         end if;
@@ -302,7 +302,7 @@ begin
          limit 1
            for update;
         exit when found or not exists (
-            select from signals
+            select 1 from signals
              where signal_id = p_signal_id and (job_id is null or job_id = v_task.job_id));
     end loop;
     if v_kept.id is not null then

@@ -81,7 +81,7 @@ begin
     -- A step of a run that continued as new is archived: a later run's step at that position
     -- is not the child's to settle.
     if p_child.parent_seq is null
-       or not exists (select from steps as s
+       or not exists (select 1 from steps as s
                        where s.job_id = p_child.parent_id and s.thread = p_child.parent_thread
                          and s.seq = p_child.parent_seq and s.kind = 'child'
                          and s.input ->> 'workflow_id' = p_child.id) then
@@ -245,7 +245,7 @@ begin
                        where l.machine = 'thread' and l.owner = '_end_thread')
     returning * into v_thread;
     if v_thread.signal_id is not null
-       and not exists (select from steps
+       and not exists (select 1 from steps
                         where job_id = p_job_id and thread = p_thread and kind = 'send'
                           and name = v_thread.signal_id and status = 'completed') then
         perform _deliver(v_thread.signal_id, p_job_id, p_result, p_error, p_job_id);

@@ -190,7 +190,7 @@ as $$
 declare
     v_run runs;
 begin
-    if exists (select from jobs as j where j.id = p_workflow_id and j.run = p_run) then
+    if exists (select 1 from jobs as j where j.id = p_workflow_id and j.run = p_run) then
         return query select * from workflow_history(p_workflow_id);
         return;
     end if;

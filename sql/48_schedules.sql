@@ -569,7 +569,7 @@ $$;
 create or replace function _schedule_busy(p_schedule schedules) returns boolean
 language sql stable
 as $$
-    select exists(select from jobs where id = p_schedule.last_run_id
+    select exists(select 1 from jobs where id = p_schedule.last_run_id
                                    and status not in ('completed', 'failed', 'cancelled'))
 $$;
 
@@ -669,7 +669,7 @@ declare
     v_budget integer := 100;
 begin
     -- The common case, nothing due: a plain probe, half the cost of opening the locking loop.
-    if not exists (select from schedules where due_at <= p_now) then
+    if not exists (select 1 from schedules where due_at <= p_now) then
         return;
     end if;
     for v_id in

@@ -301,7 +301,7 @@ begin
                     where l.job_id = any(p_job_ids) and l.status in ('open', 'claimed')
                       and l.thread = coalesce(p_thread, l.thread)
                       and (not p_skip_locked
-                           or exists (select from human_tasks as f
+                           or exists (select 1 from human_tasks as f
                                        where f.job_id = l.job_id and f.id = l.id
                                          for update skip locked)))
            and h.status in (select t.from_state from _legal_transitions() as t
@@ -360,7 +360,7 @@ begin
             select r.role, v_now
               from unnest(array[v_row.role, v_row.escalate_to]) as r (role)
              where r.role is not null
-               and not exists (select from human_roles as k where k.role = r.role)
+               and not exists (select 1 from human_roles as k where k.role = r.role)
             on conflict do nothing;
             perform _notify_human_task(v_row);
         end if;
@@ -580,8 +580,8 @@ create or replace function _check_human_role(p_role text) returns void
 language plpgsql stable
 as $$
 begin
-    if not exists (select from human_roles where role = p_role)
-       and not exists (select from human_tasks
+    if not exists (select 1 from human_roles where role = p_role)
+       and not exists (select 1 from human_tasks
                         where role = p_role and status in ('open', 'claimed')) then
         raise exception using errcode = '22023',
             message = format('unknown human task role "%s": no task was ever asked of it '

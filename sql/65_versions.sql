@@ -75,7 +75,7 @@ select
             j.workflow_name = m.workflow_name
             and j.status in ('pending', 'running', 'waiting')
             and not exists (
-                select from steps as s
+                select 1 from steps as s
                 where s.job_id = j.id and s.kind = 'patch' and s.name = m.patch_id
             )
     ) as without_marker

@@ -129,7 +129,7 @@ as $$
                     '[]'::jsonb)
       from workflow_wait_list as w
      where w.job_id = p_job_id
-       and exists (select from jobs as j
+       and exists (select 1 from jobs as j
                     where j.id = p_job_id and j.status in ('pending', 'running', 'waiting'))
 $$;
 

@@ -357,7 +357,7 @@ begin
     loop
         v_reset := v_reset + 1;
         if v_step.kind = 'child' and v_step.status = 'failed'
-           and exists (select from jobs as c
+           and exists (select 1 from jobs as c
                         where c.id = v_step.input ->> 'workflow_id' and c.parent_id = p_job_id
                           and c.status = 'failed') then
             v_sub := _retry_job(v_step.input ->> 'workflow_id');

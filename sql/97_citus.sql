@@ -1,11 +1,13 @@
--- Citus (docs/citus.md). Nothing here runs unless the app schema is a distributed schema of
--- Citus's schema-based sharding (its tables live together on one node of the cluster).
+-- Citus (docs/citus.md). Nothing here runs unless the app's tables are distributed: a
+-- distributed schema of Citus's schema-based sharding (its tables live together on one node
+-- of the cluster), or tables distributed by job_id (docs/citus-row-distribution.md; migrate
+-- again after distributing them).
 --
 -- The worker's hot functions run with `plan_cache_mode = force_generic_plan` (30_tasks.sql
 -- says why). Citus cannot build a distributed plan for a generic plan whose parameters reach a
 -- distributed table ("could not create distributed plan"), so on a distributed schema they
 -- get the default plan cache mode: custom plans, which Citus routes to the node that holds
--- the schema. A single-node install keeps the generic plans.
+-- the schema (or the job's shard). A single-node install keeps the generic plans.
 do $citus$
 declare
     v_function regprocedure;
@@ -14,8 +16,11 @@ begin
         return;
     end if;
     if not exists (
-        select from pg_catalog.pg_dist_schema
+        select 1 from pg_catalog.pg_dist_schema
          where schemaid = current_schema()::regnamespace
+    ) and not exists (
+        select 1 from pg_catalog.pg_dist_partition
+         where logicalrelid = to_regclass(format('%I.jobs', current_schema()))
     ) then
         return;
     end if;

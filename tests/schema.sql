@@ -650,9 +650,9 @@ create function <app>._move_step(p_job_id text, p_thread text, p_seq integer, p_
 create function <app>._move_steps(p_job_ids text[], p_threads text[], p_seqs integer[], p_to text[], p_outputs jsonb[], p_errors jsonb[], p_attempts integer[], p_wake_ats timestamp with time zone[]) returns SETOF <app>.steps
     language plpgsql volatile;
 create function <app>._next_human_due() returns timestamp with time zone
-    language sql stable;
+    language plpgsql stable;
 create function <app>._next_timeout() returns timestamp with time zone
-    language sql stable;
+    language plpgsql stable;
 create function <app>._notify(p_payload text) returns void
     language sql volatile;
 create function <app>._notify_done(p_job_ids text[]) returns void

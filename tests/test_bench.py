@@ -72,7 +72,11 @@ def _keys(scenarios: dict[str, Any]) -> None:
 
 
 def _signal(scenarios: dict[str, Any]) -> None:
-    assert scenarios["signal"]["samples"] == 3
+    signal = scenarios["signal"]
+    assert signal["samples"] == 3
+    # Commit to commit on the engine's clock, with the server's commit timestamps (the test
+    # below checks it is reported exactly when the server records them).
+    assert signal.get("engine_p50_ms", 1) > 0 and signal["p50_ms"] > 0
 
 
 def _parked(scenarios: dict[str, Any]) -> None:
@@ -134,6 +138,9 @@ def test_bench_reports_every_scenario(
     assert set(scenarios) == set(group.split(","))
     GROUPS[group](scenarios)
     assert report["database"]["fsync"] in ("on", "off")
+    if "signal" in scenarios:
+        stamped = report["database"]["track_commit_timestamp"] == "on"
+        assert ("engine_p50_ms" in scenarios["signal"]) == stamped
     # The printed table carries the same figures.
     for name, figures in scenarios.items():
         assert all(f"{name:10} {key:24}" in printed for key in figures), name

@@ -412,8 +412,8 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
     job_id. Every table with a job_id that is never null distributes by it, colocated with
     jobs (Citus refuses a unique key without the distribution column, so this holds the keys
     to that), a start's idempotency keys (their own table, migration 0023) by the key, and the
-    others become reference tables. Starts work on it; the claim is not built yet
-    (docs/citus-row-distribution.md)."""
+    others become reference tables. Starts work on it, and so do the claim's probes; the
+    claim itself is not built yet (docs/citus-row-distribution.md)."""
     app_id = f"ct_{uuid.uuid4().hex[:10]}"
     apps.append(app_id)
     # A schema of its own (not a distributed schema): its tables start on the coordinator.
@@ -462,3 +462,15 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
         f"'{app}.jobs', id)) from {app}.jobs"
     )
     assert rows[0][0] == 9 and rows[0][1] > 1, rows
+    # Migrated again once distributed: no function keeps its generic plans, which Citus
+    # cannot distribute (sql/97_citus.sql), and the claim's probes across every shard run
+    # (`exists (select 1 ...)`: Citus 13.2 cannot send `select from` to several shards).
+    assert await migrate(sharded(CITUS_URL, on=False), app_id) == []
+    generic = query(
+        "select count(*) from pg_proc where pronamespace = %s::regnamespace"
+        " and 'plan_cache_mode=force_generic_plan' = any(proconfig)",
+        app,
+    )
+    assert generic == [(0,)]
+    with psycopg.connect(CITUS_URL, autocommit=True, options=f"-c search_path={app}") as conn:
+        conn.execute("select _fire_timeouts(now())")

@@ -643,6 +643,10 @@ WORKER_CALLS = frozenset(
     }
 )
 LOCK_TIMEOUT_MS = 1000
+# How long a held claim's transaction may sit idle (its activation running in memory) before
+# the server ends the session: claim and outcome roll back, the task is claimable again and
+# the workflow replays. What bounds a held claim, whatever the workflow code does.
+HELD_IDLE_MS = 1000
 # An application's call (signal, entity_merge, ...) that meets the lock_timeout was rolled
 # back whole (one autocommit statement) and is sent again: a caller still waits for a caller,
 # as it would without the timeout, but in rounds of at most this long apart.
@@ -679,7 +683,9 @@ class HeldClaim:
     together, one commit and one round trip fewer on a woken workflow's path
     (docs/performance.md). Anything else ends it first (`end`). Until then the task's row and
     its workflow's are locked by it; if the outcome fails, both roll back, the task is ready
-    again at once and the caller's run is dropped (LeaseLost)."""
+    again at once and the caller's run is dropped (LeaseLost). The server ends a transaction
+    left idle longer than HELD_IDLE_MS the same way (idle_in_transaction_session_timeout), so
+    no workflow code keeps the rows locked longer."""
 
     def __init__(
         self, db: Database, conn: psycopg.AsyncConnection[Any], stack: contextlib.AsyncExitStack
@@ -698,7 +704,18 @@ class HeldClaim:
                 self.open = False
                 try:
                     async with self._stack:
-                        await (self._conn.commit() if commit else self._conn.rollback())
+                        if not commit:
+                            await self._conn.rollback()
+                            return
+                        try:
+                            await self._conn.commit()
+                        except psycopg.Error as error:
+                            # The server ended it (held past HELD_IDLE_MS), or the connection
+                            # broke: the claim rolled back, and its task is claimable again.
+                            raise errors.LeaseLost(
+                                f"the claim's transaction ended before its commit"
+                                f" ({first_line(error)}); its tasks are claimable again"
+                            ) from error
                 finally:
                     self.ended.set()
 
@@ -904,7 +921,12 @@ class Database:
         conn = await stack.enter_async_context(self._connection())
         held = HeldClaim(self, conn, stack)
         try:
-            await conn.execute("begin")
+            # One round trip (the simple protocol: no parameters).
+            await conn.execute(
+                sql.SQL("begin; set local idle_in_transaction_session_timeout = {}").format(
+                    sql.Literal(HELD_IDLE_MS)
+                )
+            )
             return Claims(await self._fetch_on(conn, "claim_tasks", params), held)
         except BaseException:
             await held.end(commit=False)

@@ -250,6 +250,9 @@ class Worker:
         self._buffer: deque[tuple[float, Claimed]] = deque()
         self._stale: list[Claimed] = []
         self._claiming = 0
+        # Runners whose activation suspended with nothing due (next_run None): whatever makes
+        # it due later sends a NOTIFY, so their end need not wake the claim loop (_finished).
+        self._parked: set[asyncio.Task[None]] = set()
         # Runners of prefetched tasks not yet started in the database (start_tasks), and
         # when the last `prefetch` runners started: the buffer holds no more than started in
         # the last quarter of the short lease, so what it holds starts long before that ends.
@@ -579,7 +582,12 @@ class Worker:
         self._dispatch()
         # A finished activation may have left its task due later (a timer, a retry): the
         # claim loop looks again, so it sleeps until then and not until the fallback poll.
-        self._wake.set()
+        # Not after a suspension with nothing due: that look (a claim and next_due, about
+        # 2 ms) kept a worker busy just when a signal to the workflow that parked may come.
+        if runner in self._parked:
+            self._parked.discard(runner)
+        else:
+            self._wake.set()
         if not runner.cancelled() and runner.exception() is not None:
             event(
                 log,
@@ -852,6 +860,8 @@ class Worker:
                 raise
             if keep:
                 self.sticky.put(key, act)  # recorded: the next claim may resume it
+            if next_run is None and (runner := asyncio.current_task()) in self._running:
+                self._parked.add(runner)
             event(log, logging.INFO, "suspend", **fields, next_run=next_run)
         elif isinstance(outcome, Completed):
             value = self.registry.payloads.encode(outcome.result)

@@ -606,17 +606,31 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
     result, as handle.result() reads it (woken by the result's NOTIFY). On the database clock:
     from the signal's commit (the clock of the statement that follows it in the same pipeline,
     so no round trip is counted) to the client's read of the result. `commit_ms`: the
-    signal's own commit, the yardstick of this database's commits in the same run."""
+    signal's own commit, the yardstick of this database's commits in the same run.
+    `engine_p50_ms`: from the signal's commit to the result's, as the database recorded them
+    (pg_xact_commit_timestamp of the signal's transaction and of the workflow row's last
+    change), when the server runs with track_commit_timestamp = on (the private cluster
+    does); absent otherwise."""
     schema = sql.Identifier(app)
-    latencies, commits = [], []
+    latencies, commits, engine = [], [], []
     with (
         psycopg.connect(dsn, autocommit=True) as conn,
         psycopg.connect(dsn, autocommit=True) as listen,
     ):
         _reset_app(conn, dsn, app)
         listen.execute(sql.SQL("listen {}").format(schema))
-        send = sql.SQL("select clock_timestamp() from {}.signal('go', 'true', %s)").format(schema)
+        send = sql.SQL(
+            "select clock_timestamp(), pg_current_xact_id()::text from {}.signal('go', 'true', %s)"
+        ).format(schema)
         read = sql.SQL("select o.status, clock_timestamp() from {}.workflow_outcome(%s) as o")
+        # Each commit's time as the database recorded it (when it wrote the commit record).
+        committed_at = sql.SQL(
+            "select extract(epoch from pg_xact_commit_timestamp(j.xmin)"
+            "        - pg_xact_commit_timestamp((%s::bigint %% 4294967296)::text::xid))"
+            "  from {}.jobs as j where j.id = %s"
+        ).format(schema)
+        row = conn.execute("select current_setting('track_commit_timestamp')").fetchone()
+        stamped = bool(row and row[0] == "on")
         with _worker(dsn, app, "bench", f"{__name__}:parked", concurrency=concurrency):
             for i in range(samples):
                 workflow_id = f"parked-{i}"
@@ -637,8 +651,11 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
                 if before and after and row and row[0] == "completed":
                     commits.append((after[0] - before[0]).total_seconds())
                     latencies.append((row[1] - after[0]).total_seconds())
+                    if stamped:
+                        span = conn.execute(committed_at, (before[1], workflow_id)).fetchone()
+                        engine.append(float(span[0]) if span else float("nan"))
     p50, commit = _percentile(latencies, 0.50), _percentile(commits, 0.50)
-    return {
+    figures = {
         "samples": len(latencies),
         "p50_ms": p50 * 1000,
         "p95_ms": _percentile(latencies, 0.95) * 1000,
@@ -647,6 +664,10 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
         # the path in commits of this database, loaded as it was in this run
         "p50_vs_commit": p50 / commit if commit > 0 else float("nan"),
     }
+    if engine:
+        figures["engine_p50_ms"] = _percentile(engine, 0.50) * 1000
+        figures["engine_p95_ms"] = _percentile(engine, 0.95) * 1000
+    return figures
 
 
 def _wait_done_notify(listen: psycopg.Connection[Any], workflow_id: str) -> None:
@@ -986,7 +1007,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _database_facts(dsn: str) -> dict[str, str]:
     with psycopg.connect(dsn) as conn:
         facts = {}
-        for setting in ("server_version", "fsync", "synchronous_commit", "max_connections"):
+        for setting in (
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "max_connections",
+            "track_commit_timestamp",  # the signal's latency on the engine's clock needs it
+        ):
             row = conn.execute(sql.SQL("show {}").format(sql.Identifier(setting))).fetchone()
             facts[setting] = str(row[0]) if row else "?"
     return facts
