@@ -27,6 +27,7 @@ TINY += ["--key-tasks", "300", "--queue-keys", "3", "--key-max-running", "1"]
 TINY += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
 TINY += ["--start-count", "30", "--start-batch", "10", "--rate", "20", "--rate-seconds", "1"]
 TINY += ["--parked", "20", "--parked-idle", "0"]
+TINY += ["--held-rows", "2", "--held-seconds", "0.5", "--held-concurrency", "4"]
 
 
 def _workflows(name: str) -> Callable[[dict[str, Any]], None]:
@@ -72,7 +73,11 @@ def _keys(scenarios: dict[str, Any]) -> None:
 
 
 def _signal(scenarios: dict[str, Any]) -> None:
-    assert scenarios["signal"]["samples"] == 3
+    signal = scenarios["signal"]
+    assert signal["samples"] == 3
+    # Commit to commit on the engine's clock, with the server's commit timestamps (the test
+    # below checks it is reported exactly when the server records them).
+    assert signal.get("engine_p50_ms", 1) > 0 and signal["p50_ms"] > 0
 
 
 def _parked(scenarios: dict[str, Any]) -> None:
@@ -90,6 +95,12 @@ def _history(scenarios: dict[str, Any]) -> None:
     assert history["claim_ms"] > 0 and history["claim_ms_with_history"] > 0
 
 
+def _held(scenarios: dict[str, Any]) -> None:
+    held = scenarios["held"]
+    assert held["rows"] == 2 and held["unheld_per_s"] > 0 and held["held_per_s"] > 0
+    assert held["held_done_s"] >= 0
+
+
 GROUPS: dict[str, Callable[[dict[str, Any]], None]] = {
     "ceiling,steps,limited": _ceiling_steps_limited,
     "starts": _starts,
@@ -102,6 +113,7 @@ GROUPS: dict[str, Callable[[dict[str, Any]], None]] = {
     "parked": _parked,
     "fanout": _fanout,
     "history": _history,
+    "held": _held,
 }
 
 
@@ -134,6 +146,9 @@ def test_bench_reports_every_scenario(
     assert set(scenarios) == set(group.split(","))
     GROUPS[group](scenarios)
     assert report["database"]["fsync"] in ("on", "off")
+    if "signal" in scenarios:
+        stamped = report["database"]["track_commit_timestamp"] == "on"
+        assert ("engine_p50_ms" in scenarios["signal"]) == stamped
     # The printed table carries the same figures.
     for name, figures in scenarios.items():
         assert all(f"{name:10} {key:24}" in printed for key in figures), name

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from helpers import Workers, kill9, until, until_row, workers_fixture
-from hotmesh import MemFlow, workflow
+from hotmesh import MemFlow, _db, workflow
 from hotmesh._commands import Command, RecordedStep, ScheduleActivity
 from hotmesh._db import Database, HeldClaim
 from hotmesh._runner import Activation, Completed, Outcome, RecordedThread, Suspended
@@ -408,6 +409,32 @@ async def test_a_worker_claims_nothing_after_a_suspension_with_nothing_due(
     assert await handle.result(timeout=20) == 7
     await until(lambda: sent == ["complete_tasks"], "the held completion")
     assert claims[before] == [True, 1] and worker.sticky.hits == 1
+
+
+async def stalls_after_signal() -> Any:
+    got = await workflow.wait_for("go")
+    time.sleep(0.5)  # noqa: ASYNC251 - a synchronous stretch of workflow code, on purpose
+    return got
+
+
+async def test_a_held_claim_left_idle_too_long_is_ended_by_the_server(
+    mf: MemFlow, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed code that runs longer than HELD_IDLE_MS leaves its claim's transaction idle:
+    the server ends it (idle_in_transaction_session_timeout), claim and outcome roll back,
+    the task is claimable again at once and a replay completes the workflow. What bounds
+    how long a held claim keeps the workflow's rows locked."""
+    monkeypatch.setattr(_db, "HELD_IDLE_MS", 100)
+    sent = held_outcomes(monkeypatch)
+    worker = await mf.worker.create(task_queue="q", workflow=stalls_after_signal)
+    handle = await mf.workflow.start(
+        workflow_name="stalls_after_signal", task_queue="q", workflow_id="stalls"
+    )
+    await parked_in(worker, db, "stalls")
+    await mf.workflow.signal("go", 5, workflow_id="stalls")
+    assert await handle.result(timeout=20) == 5
+    assert sent == []  # the held completion never committed
+    assert (worker.sticky.hits, worker.sticky.misses) == (1, 0)
 
 
 async def then_records(x: str) -> Any:

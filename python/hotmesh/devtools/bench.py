@@ -45,7 +45,17 @@ async def noop(i: int) -> int:
     return i
 
 
+async def pause(seconds: float) -> None:
+    """An activity that takes `seconds`."""
+    await asyncio.sleep(seconds)
+
+
 ACTIVITIES = [noop]
+
+
+async def ends_later(seconds: float) -> None:
+    """Runs an inline activity of `seconds`, then ends: `held` holds its row meanwhile."""
+    await workflow.proxy_activities(activities=[pause]).pause(seconds)
 
 
 async def chain(steps: int) -> int:
@@ -169,23 +179,29 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _server_cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
-    """User + system CPU of the database server's processes (the postmaster's children, as
-    they run now), or None when the server does not run on this machine."""
+    """User + system CPU of the database server: the postmaster's own, its children's as they
+    run now and that of the children it has reaped (so a backend that ends between two
+    readings still counts: the figure never goes down), or None when the server does not
+    run on this machine."""
     row = conn.execute("select pg_backend_pid()").fetchone()
     try:
         stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
     except OSError:
         return None
     postmaster = stat.rsplit(")", 1)[1].split()[1]
-    total = 0.0
+    total = 0
     for path in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = path.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
-            continue  # it ended meanwhile
+            continue  # it ended meanwhile (and is in the postmaster's figures, read last)
         if fields[1] == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            total += int(fields[11]) + int(fields[12])
+    try:  # utime, stime, cutime, cstime
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (total + sum(int(f) for f in fields[11:15])) / os.sysconf("SC_CLK_TCK")
 
 
 class Counters:
@@ -606,17 +622,31 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
     result, as handle.result() reads it (woken by the result's NOTIFY). On the database clock:
     from the signal's commit (the clock of the statement that follows it in the same pipeline,
     so no round trip is counted) to the client's read of the result. `commit_ms`: the
-    signal's own commit, the yardstick of this database's commits in the same run."""
+    signal's own commit, the yardstick of this database's commits in the same run.
+    `engine_p50_ms`: from the signal's commit to the result's, as the database recorded them
+    (pg_xact_commit_timestamp of the signal's transaction and of the workflow row's last
+    change), when the server runs with track_commit_timestamp = on (the private cluster
+    does); absent otherwise."""
     schema = sql.Identifier(app)
-    latencies, commits = [], []
+    latencies, commits, engine = [], [], []
     with (
         psycopg.connect(dsn, autocommit=True) as conn,
         psycopg.connect(dsn, autocommit=True) as listen,
     ):
         _reset_app(conn, dsn, app)
         listen.execute(sql.SQL("listen {}").format(schema))
-        send = sql.SQL("select clock_timestamp() from {}.signal('go', 'true', %s)").format(schema)
+        send = sql.SQL(
+            "select clock_timestamp(), pg_current_xact_id()::text from {}.signal('go', 'true', %s)"
+        ).format(schema)
         read = sql.SQL("select o.status, clock_timestamp() from {}.workflow_outcome(%s) as o")
+        # Each commit's time as the database recorded it (when it wrote the commit record).
+        committed_at = sql.SQL(
+            "select extract(epoch from pg_xact_commit_timestamp(j.xmin)"
+            "        - pg_xact_commit_timestamp((%s::bigint %% 4294967296)::text::xid))"
+            "  from {}.jobs as j where j.id = %s"
+        ).format(schema)
+        row = conn.execute("select current_setting('track_commit_timestamp')").fetchone()
+        stamped = bool(row and row[0] == "on")
         with _worker(dsn, app, "bench", f"{__name__}:parked", concurrency=concurrency):
             for i in range(samples):
                 workflow_id = f"parked-{i}"
@@ -637,8 +667,11 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
                 if before and after and row and row[0] == "completed":
                     commits.append((after[0] - before[0]).total_seconds())
                     latencies.append((row[1] - after[0]).total_seconds())
+                    if stamped:
+                        span = conn.execute(committed_at, (before[1], workflow_id)).fetchone()
+                        engine.append(float(span[0]) if span else float("nan"))
     p50, commit = _percentile(latencies, 0.50), _percentile(commits, 0.50)
-    return {
+    figures = {
         "samples": len(latencies),
         "p50_ms": p50 * 1000,
         "p95_ms": _percentile(latencies, 0.95) * 1000,
@@ -647,6 +680,10 @@ def signal(dsn: str, app: str, *, samples: int, concurrency: int) -> dict[str, A
         # the path in commits of this database, loaded as it was in this run
         "p50_vs_commit": p50 / commit if commit > 0 else float("nan"),
     }
+    if engine:
+        figures["engine_p50_ms"] = _percentile(engine, 0.50) * 1000
+        figures["engine_p95_ms"] = _percentile(engine, 0.95) * 1000
+    return figures
 
 
 def _wait_done_notify(listen: psycopg.Connection[Any], workflow_id: str) -> None:
@@ -669,6 +706,118 @@ def _wait_status(conn: psycopg.Connection[Any], app: str, workflow_id: str, stat
             return
         time.sleep(0.002)
     raise RuntimeError(f"workflow {workflow_id} did not become {status} in 30 s")
+
+
+def held(
+    dsn: str, app: str, *, rows: int, seconds: float, batch: int, concurrency: int
+) -> dict[str, Any]:
+    """What an application's open transaction costs everyone else (docs/reliability.md). An
+    application that waits for its workflows: batches of `batch` one-step workflows on one
+    worker process, each batch started once the one before completed, for `seconds` with
+    nothing held, then for `seconds` while another transaction holds the rows of `rows`
+    workflows that end meanwhile, 50 ms apart (an entity_merge on each, committed after).
+    Rates and 95th-percentile latencies on the database's clock; `ratio`: held over unheld
+    rate, the same worker in the same run. `waiters_max`: most backends seen waiting on the
+    holder at once; `held_done_s`: from the COMMIT until the held workflows completed."""
+    schema = sql.Identifier(app)
+    start = sql.SQL(
+        "select {}.start_workflows(jsonb_agg(jsonb_build_object('workflow_name', 'chain',"
+        " 'args', '[1]'::jsonb, 'task_queue', 'bench', 'workflow_id', %s || i)))"
+        " from generate_series(1, %s) as i"
+    ).format(schema)
+    left = sql.SQL(
+        "select count(*) from {}.jobs where id like %s || '%%' and status <> 'completed'"
+    ).format(schema)
+    measured = sql.SQL(
+        "select count(*) / extract(epoch from max(completed_at) - min(created_at)),"
+        " percentile_cont(0.95) within group (order by extract(epoch from completed_at"
+        " - created_at)) from {}.workflows where id like %s || '%%'"
+    ).format(schema)
+    waiting = sql.SQL("select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))")
+    most = 0
+
+    def phase(name: str, holder_pid: int = 0) -> None:
+        nonlocal most
+        began = time.monotonic()
+        n = 0
+        while time.monotonic() - began < seconds:
+            prefix = f"{name}-{n}-"
+            conn.execute(start, (prefix, batch))
+            while _one(conn, left, prefix):
+                # Read in both phases (pid 0 waits for nobody), so both cost the same.
+                most = max(most, _one(conn, waiting, holder_pid))
+                time.sleep(0.01)
+            n += 1
+
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        psycopg.connect(dsn) as holder,  # not autocommit: the application's transaction
+    ):
+        _reset_app(conn, dsn, app)
+        specs = (f"{__name__}:chain", f"{__name__}:ends_later")
+        with _worker(dsn, app, "bench", *specs, concurrency=concurrency):
+            phase("warm")
+            phase("free")
+            conn.execute(
+                sql.SQL(
+                    "select {0}.start_workflows(jsonb_agg(jsonb_build_object('workflow_name',"
+                    " 'ends_later', 'args', jsonb_build_array(0.2 + 0.05 * i), 'task_queue',"
+                    " 'bench', 'workflow_id', 'held-' || i))) from generate_series(1, %s) as i"
+                ).format(schema),
+                (rows,),
+            )
+            running = sql.SQL(
+                "select count(*) from {}.jobs where id like 'held-%%' and status = 'running'"
+            ).format(schema)
+            _until(lambda: _one(conn, running) == rows, "the held workflows to run")
+            holder.execute(
+                sql.SQL(
+                    "select {}.entity_merge('held-' || i, '{{\"held\": true}}')"
+                    " from generate_series(1, %s) as i"
+                ).format(schema),
+                (rows,),
+            )
+            # Their activities done (recorded: no slot of theirs runs code), they end now.
+            paused = sql.SQL(
+                "select count(*) from {}.steps where job_id like 'held-%%' and kind = 'activity'"
+            ).format(schema)
+            _until(lambda: _one(conn, paused) == rows, "the held workflows to end")
+            phase("busy", holder.info.backend_pid)
+            holder.commit()
+            committed = time.monotonic()
+            _until(lambda: _one(conn, left, "held-") == 0, "the held workflows")
+            held_done = time.monotonic() - committed
+        free, busy = _one_row(conn, measured, "free-"), _one_row(conn, measured, "busy-")
+    return {
+        "rows": rows,
+        "unheld_per_s": float(free[0]),
+        "held_per_s": float(busy[0]),
+        "ratio": float(busy[0] / free[0]),
+        "unheld_p95_ms": float(free[1]) * 1000,
+        "held_p95_ms": float(busy[1]) * 1000,
+        "waiters_max": most,
+        "held_done_s": held_done,
+    }
+
+
+def _one_row(conn: psycopg.Connection[Any], query: sql.Composed, *params: Any) -> tuple[Any, ...]:
+    row: tuple[Any, ...] | None = conn.execute(query, params).fetchone()
+    if row is None:
+        raise RuntimeError("no row")
+    return row
+
+
+def _one(conn: psycopg.Connection[Any], query: sql.Composed | sql.SQL, *params: Any) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not finish in {timeout:.0f} s")
+        time.sleep(0.02)
 
 
 def fan_out(dsn: str, app: str, *, hooks: int, concurrency: int) -> dict[str, Any]:
@@ -880,6 +1029,7 @@ SCENARIOS = (
     "parked",
     "fanout",
     "history",
+    "held",
 )
 
 
@@ -940,6 +1090,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dsn, app, finished=args.history_jobs, backlog=args.history_backlog
         ),
         "keys": lambda: keys(dsn, app, tasks=args.key_tasks),
+        "held": lambda: held(
+            dsn,
+            app,
+            rows=args.held_rows,
+            seconds=args.held_seconds,
+            batch=20,
+            concurrency=args.held_concurrency,
+        ),
     }
     report: dict[str, Any] = {
         "settings": {
@@ -986,7 +1144,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _database_facts(dsn: str) -> dict[str, str]:
     with psycopg.connect(dsn) as conn:
         facts = {}
-        for setting in ("server_version", "fsync", "synchronous_commit", "max_connections"):
+        for setting in (
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "max_connections",
+            "track_commit_timestamp",  # the signal's latency on the engine's clock needs it
+        ):
             row = conn.execute(sql.SQL("show {}").format(sql.Identifier(setting))).fetchone()
             facts[setting] = str(row[0]) if row else "?"
     return facts
@@ -1078,6 +1242,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the backlog `history` claims from (10000)",
     )
     parser.add_argument("--hooks", type=int, default=100, help="hooks for `fanout` (100)")
+    parser.add_argument(
+        "--held-rows", type=int, default=16, help="rows an application holds in `held` (16)"
+    )
+    parser.add_argument(
+        "--held-concurrency", type=int, default=32, help="the worker's slots in `held` (32)"
+    )
+    parser.add_argument("--held-seconds", type=float, default=5.0, help="each phase of `held` (5)")
     parser.add_argument(
         "--rate", type=int, default=50, help="the queue's rate limit in `rate`, per second (50)"
     )

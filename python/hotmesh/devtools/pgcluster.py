@@ -63,7 +63,13 @@ OS_USER: Final = "postgres"  # the system user that runs the server when we are 
 INSTALL_HINT: Final = "apt-get install postgresql-15"
 START_TIMEOUT_S: Final = 120
 
-_BASE_SETTINGS: Final = ("shared_preload_libraries=pg_stat_statements", "max_connections=200")
+# track_commit_timestamp: `hotmesh bench`'s signal latency on the engine's clock, from one
+# commit to another as the server recorded them (pg_xact_commit_timestamp).
+_BASE_SETTINGS: Final = (
+    "shared_preload_libraries=pg_stat_statements",
+    "max_connections=200",
+    "track_commit_timestamp=on",
+)
 # Only settings that are safe against a *server* crash: with fsync=off a commit still write()s
 # its WAL to the OS, so `restart(mode="immediate")` (crash-recovery tests) loses nothing.
 # synchronous_commit=off is deliberately absent: it loses the last commits on a server crash,
