@@ -17,6 +17,37 @@ from fleet_harness import Fleet, Observer, create_effects
 from helpers import SQL, Databases, installed_app, may_create_databases, with_dbname
 from hotmesh import MemFlow
 
+# The longest tests that are work units of their own under `--dist loadgroup` (seconds of a
+# `make test` at load 8). xdist hands out the xdist_groups first (the most tests), then the
+# other tests in collection order: these go first, so that the run does not end with one
+# worker busy on a long test while the other has nothing left.
+LONG_FIRST = (
+    "test_docs.py::test_readme_runs_top_to_bottom",  # 30 (a cluster of its own)
+    "test_crash_matrix.py::test_kill9_at_every_sql_boundary",  # 26
+    "test_upgrade.py::test_old_workers_serve_through_an_upgrade",  # 17
+    "test_hostile.py::test_every_public_sql_function_refuses_hostile_arguments_clearly",  # 13
+    "test_hostile.py::test_python_entry_points_raise_hotmesh_errors_and_change_nothing",  # 11
+    "test_upgrade.py::test_a_worker_refuses_a_schema_older_than_it",  # 9
+    "test_workflow_basics.py::test_concurrent_migrations_all_succeed",  # 9
+    "test_bench.py::test_bench_reports_every_scenario",  # 4-9 each
+    "test_db_faults.py::test_terminate_every_worker_connection_repeatedly",  # 8
+    "test_schedules.py::test_cli",  # 8
+    "test_schema.py::test_an_upgraded_app_equals_a_fresh_install",  # 7
+    "test_roles.py::test_a_revoked_worker_stops_and_its_task_is_taken_over",  # 7
+    "test_activities.py::test_many_remote_activity_workflows_none_stuck",  # 7
+    "test_properties.py::test_the_state_machine_never_reaches_an_undefined_state",  # 7
+    "test_upgrade.py::test_a_worker_exits_when_the_schema_is_newer_than_it",  # 6
+)
+
+
+def _long_rank(item: pytest.Item) -> int:
+    name = item.nodeid.removeprefix("tests/").split("[")[0].split("@")[0]
+    return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_long_rank)  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def cluster_dsn() -> str:

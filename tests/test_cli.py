@@ -395,6 +395,7 @@ BAD = [
     (("queues", "--app", "never_migrated_app"), "is not installed in this database"),
     (("list", "--app", "Bad-Name"), "invalid app id"),
     (("worker", "m:f", "--queue", "q", "--app", "never_migrated_app"), "cannot import"),
+    (("worker", "m:f", "--queue", "q", "--grace", "-1"), "seconds >= 0, not '-1'"),
     (
         ("worker", "--queue", "q", "--activities", "os:getcwd", "--dsn", NOWHERE),
         "database error: connection is bad",

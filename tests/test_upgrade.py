@@ -328,7 +328,10 @@ def test_a_worker_exits_when_the_schema_is_newer_than_it(
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         old = subprocess.Popen(
-            this_release("worker", "upgrade:up_slow", "--queue", QUEUE, "--lease", "2"),
+            # --grace 1: its exit waits no longer than that for u-1's paused activity
+            this_release(
+                "worker", "upgrade:up_slow", "--queue", QUEUE, "--lease", "2", "--grace", "1"
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=cli_env(dsn, app, UPGRADE_PAUSE="120"),

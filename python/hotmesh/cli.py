@@ -67,6 +67,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> float:
+    """Seconds, or text like "500ms" or "1m" (hotmesh._durations)."""
+    try:
+        return seconds(text)
+    except HotMeshError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error of the command."""
 
@@ -147,6 +155,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"suspended workflows kept to resume without replay ({STICKY_CACHE}; 0: none)",
     )
     worker.add_argument("--lease", type=float, default=30.0, help="lease seconds (30)")
+    worker.add_argument(
+        "--grace",
+        type=_duration,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds in-flight tasks get to finish at a stop before their leases are released "
+        "(10)",
+    )
     worker.add_argument(
         "--prefetch",
         type=int,
@@ -652,7 +668,7 @@ async def _worker(args: argparse.Namespace) -> int:
     )
     names = ", ".join([fn.__name__ for fn in workflows] + sorted(activities))
     print(f"worker serving {args.app}/{args.queue}: {names} (Ctrl-C to stop)", flush=True)
-    await mf.run_until_signal()
+    await mf.run_until_signal(args.grace)
     return 0
 
 

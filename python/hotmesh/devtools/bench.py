@@ -169,23 +169,29 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _server_cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
-    """User + system CPU of the database server's processes (the postmaster's children, as
-    they run now), or None when the server does not run on this machine."""
+    """User + system CPU of the database server: the postmaster's own, its children's as they
+    run now and that of the children it has reaped (so a backend that ends between two
+    readings still counts: the figure never goes down), or None when the server does not
+    run on this machine."""
     row = conn.execute("select pg_backend_pid()").fetchone()
     try:
         stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
     except OSError:
         return None
     postmaster = stat.rsplit(")", 1)[1].split()[1]
-    total = 0.0
+    total = 0
     for path in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = path.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
-            continue  # it ended meanwhile
+            continue  # it ended meanwhile (and is in the postmaster's figures, read last)
         if fields[1] == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            total += int(fields[11]) + int(fields[12])
+    try:  # utime, stime, cutime, cstime
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (total + sum(int(f) for f in fields[11:15])) / os.sysconf("SC_CLK_TCK")
 
 
 class Counters:
