@@ -333,6 +333,10 @@ class Activation:
         self.inner = tuple(layer for layer in self.interceptors if not layer.sticky)
         self.resumed = False  # resume() took it up: the new outcomes are to be handed over
         self._contexts: dict[bool, WorkflowContext] = {}  # context() of this claim, as made
+        # The W3C trace context the activity calls of this activation continue (set around
+        # each activation by the tracing interceptor, hotmesh.otel): a plain attribute, so
+        # that tracing does not wrap every activity call in an interceptor's durable_call.
+        self.calls_traceparent: str | None = None
 
     @property
     def replaying(self) -> bool:

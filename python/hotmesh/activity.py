@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,10 +63,7 @@ async def run_activity(
     token = _current.set(info)
     try:
         if interceptors:
-
-            async def last(given: list[Any]) -> Any:
-                return await _invoke(fn, given)
-
+            last = functools.partial(_invoke, fn)
             return await compose(interceptors, "execute_activity", (info,), last)(args)
         return await _invoke(fn, args)
     finally:

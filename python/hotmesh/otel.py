@@ -37,7 +37,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from hotmesh._commands import Command, ScheduleActivity, SendSignal, StartChild, StartHook
+from hotmesh import _runner
+from hotmesh._commands import Command, SendSignal, StartChild, StartHook
 from hotmesh.interceptors import CancelInput, Interceptor, SignalInput, StartInput
 
 if TYPE_CHECKING:
@@ -58,22 +59,24 @@ def _continued(traceparent: str | None) -> Context | None:
 
 
 def traceparent_of(span: Span) -> str | None:
-    """The W3C traceparent of `span` (None for a span that records nothing)."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier.get("traceparent")
+    """The W3C traceparent of `span` (None for a span that records nothing): what the W3C
+    propagator injects, formatted here directly (it is made for every activation)."""
+    made = span.get_span_context()
+    if not made.is_valid:
+        return None
+    return f"00-{made.trace_id:032x}-{made.span_id:016x}-{made.trace_flags:02x}"
 
 
 class _Running:
-    """An activation running in this process: its span, the context holding it, and (made
-    at its first activity call) its traceparent."""
+    """An activation running in this process: its span, the context holding it, and its
+    traceparent (which its activity calls carry)."""
 
     __slots__ = ("context", "span", "traceparent")
 
     def __init__(self, span: Span) -> None:
         self.span = span
         self.context = trace.set_span_in_context(span)
-        self.traceparent: str | None = None
+        self.traceparent = traceparent_of(span)
 
 
 def _failed(span: Span, error: BaseException) -> None:
@@ -84,9 +87,9 @@ def _failed(span: Span, error: BaseException) -> None:
 class TracingInterceptor(Interceptor):
     """Spans for starts, activations, activity attempts, signals, children and hooks."""
 
-    # Only these steps make spans: an activity's span is its run's (execute_activity), to
-    # which its call hands the activation's context.
-    durable_kinds = frozenset({"activity", "child", "hook", "send", "signal"})
+    # Only these steps make spans. An activity's span is its run's (execute_activity); its
+    # call carries the activation's traceparent without being wrapped (calls_traceparent).
+    durable_kinds = frozenset({"child", "hook", "send", "signal"})
     # It only observes: a kept workflow's activations, resumed, make the same spans.
     sticky = True
 
@@ -122,6 +125,12 @@ class TracingInterceptor(Interceptor):
         )
         key = (ctx.workflow_id, ctx.thread)
         running = self._activations[key] = _Running(span)
+        activation = _runner.current.get(None)
+        if running.traceparent:
+            self._by_traceparent[running.traceparent] = running.context
+            if activation is not None:
+                # Its activity calls, inline or through a queue, continue this span.
+                activation.calls_traceparent = running.traceparent
         # Spans are started and ended, never made current: workflow code runs on its own
         # loop and may be closed at suspension from outside its context.
         try:
@@ -139,6 +148,8 @@ class TracingInterceptor(Interceptor):
             span.set_attribute("hotmesh.outcome", "completed")
             return result
         finally:
+            if activation is not None:
+                activation.calls_traceparent = None
             if self._activations.get(key) is running:
                 del self._activations[key]
             if running.traceparent:
@@ -172,20 +183,7 @@ class TracingInterceptor(Interceptor):
         command: Command,
         next: Callable[[Command], Awaitable[Any]],
     ) -> Any:
-        if ctx.replaying:
-            return await next(command)
-        if isinstance(command, ScheduleActivity):
-            # Its run, inline or in another process, is a child of this activation.
-            running = self._activations.get((ctx.workflow_id, ctx.thread))
-            if running is not None:
-                if running.traceparent is None:
-                    running.traceparent = traceparent_of(running.span) or ""
-                    if running.traceparent:
-                        self._by_traceparent[running.traceparent] = running.context
-                if running.traceparent:
-                    command = dataclasses.replace(command, traceparent=running.traceparent)
-            return await next(command)
-        if not isinstance(command, StartChild | StartHook | SendSignal):
+        if ctx.replaying or not isinstance(command, StartChild | StartHook | SendSignal):
             return await next(command)
         if isinstance(command, StartChild):
             span = self._step_span(f"StartChild:{command.workflow_name}", ctx, seq)

@@ -90,8 +90,11 @@ class ActivityProxy:
         except errors.FatalError as error:
             return act.fail_now(error)
         future = act.call(
-            ScheduleActivity(name, arguments, queue, self._retry_policy, self._concurrency_key)
-        )
+            ScheduleActivity(
+                name, arguments, queue, self._retry_policy, self._concurrency_key,
+                act.calls_traceparent,
+            )
+        )  # fmt: skip
         fn = None if self._activities is None else self._activities.get(name)
         tp = None if fn is None else _convert.return_type(fn)
         return future if tp is None else act.typed(future, tp, f"the result of activity {name}")
