@@ -267,8 +267,9 @@ $$;
 -- of rows moves together, the illegal ones stay) or through _check_transition (one row,
 -- refused with HM003):
 --   job:  pending -> running <-> waiting -> completed | failed | cancelled; pending -> failed
---         (execution_timeout); failed -> pending; running -> pending (continue_as_new: the
---         next run)
+--         (execution_timeout); pending | waiting -> completed (an activation claimed ahead
+--         that ends before it starts); failed -> pending; running -> pending
+--         (continue_as_new: the next run)
 --   task: ready -> leased -> ready (backoff) | dead -> ready; a finished task is deleted
 --   step: scheduled | retrying -> completed | failed; retrying <-> scheduled; failed -> scheduled
 --   schedule: active <-> paused
@@ -282,6 +283,9 @@ as $$
         ('job', 'waiting', 'running', '_transitions'),
         ('job', 'running', 'waiting', '_transitions'),
         ('job', 'running', 'completed', '_transitions'),
+        -- A main activation claimed ahead (prefetch) that ends before it starts: one write.
+        ('job', 'pending', 'completed', '_transitions'),
+        ('job', 'waiting', 'completed', '_transitions'),
         ('job', 'running', 'failed', '_transitions'),
         ('job', 'waiting', 'failed', '_transitions'),
         -- A workflow whose execution_timeout passed before it ever ran (_time_out_jobs).
@@ -361,12 +365,14 @@ $$;
 -- job and refuses when it cannot. The move to running (a claim) never waits for a job row
 -- that another transaction holds (an application's open transaction that changed the entity):
 -- that job does not move, and the claim gives its task back for later.
--- p_build_id: the code of the worker whose claim moves them to running, recorded in the same
--- row version (a second UPDATE of each claimed row cost as much as the move).
+-- p_build_ids[i]: the code of the worker that runs p_job_ids[i]'s activation (the build of
+-- its task's lease), recorded in the same row version (a second UPDATE of each row cost as
+-- much as the move); null keeps the one recorded.
 drop function if exists _transitions(text[], text, jsonb[], jsonb);
+drop function if exists _transitions(text[], text, jsonb[], jsonb, text);
 create or replace function _transitions(
     p_job_ids text[], p_to text, p_results jsonb[] default null, p_error jsonb default null,
-    p_build_id text default null
+    p_build_ids text[] default null
 ) returns setof jobs
 language plpgsql
 as $$
@@ -393,8 +399,8 @@ begin
                expire_at = case when v_ends then _after(v_now, j.retention) end,
                -- An ended workflow leaves jobs_timeout_at (migration 0022).
                timeout_at = case when v_ends then null else j.timeout_at end,
-               build_id = coalesce(p_build_id, j.build_id)
-          from unnest(p_job_ids, p_results) as m (id, result)
+               build_id = coalesce(m.build_id, j.build_id)
+          from unnest(p_job_ids, p_results, p_build_ids) as m (id, result, build_id)
          where j.id = m.id
            and j.status in (select l.from_state from _legal_transitions() as l
                              where l.machine = 'job' and l.to_state = p_to
@@ -451,6 +457,27 @@ begin
                              'become %s now', p_job_id, p_to);
     end if;
     return v_job;
+end
+$$;
+
+-- The move to running of the workflow whose main activation p_task is, if it has not made it:
+-- a main activation claimed ahead (prefetch) moves its workflow only when it starts
+-- (start_tasks, which never waits for the row), and one that ends sooner goes from pending or
+-- waiting to completed in one write (complete_tasks). Its other outcomes (a suspension, a
+-- failure, continue_as_new) start from running: they call this first, which waits for the row
+-- as they do, and records the build of the task's lease.
+create or replace function _start_job(p_task tasks) returns void
+language plpgsql
+as $$
+begin
+    if p_task.kind = 'workflow' and p_task.thread = 'main' then
+        perform from jobs where id = p_task.job_id and status in ('pending', 'waiting')
+           for no key update;
+        if found then
+            perform _transitions(array[p_task.job_id], 'running', null, null,
+                                 array[p_task.build_id]);
+        end if;
+    end if;
 end
 $$;
 

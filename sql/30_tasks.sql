@@ -23,17 +23,33 @@ begin
 end
 $$;
 
+-- p_ids without p_drop (null when nothing is left), for job ids.
+create or replace function _without_jobs(p_ids text[], p_drop text[]) returns text[]
+language plpgsql immutable
+as $$
+declare
+    v_left text[];
+begin
+    select array_agg(i.id) into v_left
+      from unnest(p_ids) as i (id)
+     where i.id <> all(coalesce(p_drop, '{}'));
+    return v_left;
+end
+$$;
+
 -- Claims up to p_max_tasks due tasks on the given queues, highest priority first, then oldest
 -- due. SKIP LOCKED lets any number of workers claim at once without waiting on each other (or
 -- on an application's open transaction: see _transitions); each claim issues a fresh lease
 -- token. For an activation it also fires the thread's due timers (_fire_timers) and returns
 -- its recorded steps, so the worker can replay without another query. p_build_id names the
--- worker's code: recorded in jobs.build_id by each main activation it starts. Due schedules
--- fire first (_fire_schedules), so their runs may be claimed at once.
+-- worker's code: kept in each task's lease (tasks.build_id) and recorded in jobs.build_id when
+-- the workflow moves for it. Due schedules fire first (_fire_schedules), so their runs may be
+-- claimed at once.
 -- Prefetch: up to p_prefetch more tasks, after the p_max_tasks that start now, are claimed
 -- ahead for the worker's local buffer (on queues without limits). Such a task is leased but
 -- not started (started_at null): its lease is p_prefetch_lease, short, so a worker that dies
--- holds it up no longer; no run deadline ticks until start_tasks starts it; and a claim that
+-- holds it up no longer; no run deadline ticks until start_tasks starts it; its workflow stays
+-- pending or waiting until then, or until the activation ends (_start_job); and a claim that
 -- takes it over after that lease counts no attempt for the run that never was. The rows come
 -- back started first, then the prefetched, each part by priority.
 drop function if exists claim_tasks(text[], text, integer, interval, text);
@@ -60,6 +76,8 @@ declare
     v_ids bigint[];
     v_jobs text[];
     v_main_jobs text[];
+    v_ahead_jobs text[];
+    v_now_jobs text[];
     v_run_jobs text[];
     v_run_threads text[];
     v_finished text[];
@@ -155,6 +173,7 @@ begin
            set state = 'leased',
                lease_owner = p_worker_id,
                lease_token = picked.token,
+               build_id = p_build_id,
                -- A lease never outlasts the run's timeout: the task is due again then.
                lease_expires_at = case when picked.ahead
                    then least(_after(v_now, p_prefetch_lease), t.close_at)
@@ -177,10 +196,11 @@ begin
                             where l.machine = 'task' and l.to_state = 'leased')
         returning t.id, t.job_id, t.thread, t.kind, t.lease_token, t.attempt, t.name,
                   (t.payload -> 'retry_policy' ->> 'maximum_attempts')::integer as maximum,
-                  v_now - picked.ready_at as waited
+                  v_now - picked.ready_at as waited, picked.ahead
     )
     select array_agg(id), array_agg(distinct job_id),
            array_agg(job_id) filter (where kind = 'workflow' and thread = 'main'),
+           array_agg(job_id) filter (where kind = 'workflow' and thread = 'main' and ahead),
            array_agg(job_id) filter (where kind = 'workflow'),
            array_agg(thread) filter (where kind = 'workflow'),
            array_agg(id) filter (where kind = 'activity' and attempt > maximum),
@@ -190,7 +210,8 @@ begin
                             '(worker crashed or stalled)', name, maximum))
                filter (where kind = 'activity' and attempt > maximum),
            jsonb_object_agg(id::text, extract(epoch from waited)) filter (where waited > '0')
-      into v_ids, v_jobs, v_main_jobs, v_run_jobs, v_run_threads, v_spent, v_spent_jobs,
+      into v_ids, v_jobs, v_main_jobs, v_ahead_jobs, v_run_jobs, v_run_threads, v_spent,
+           v_spent_jobs,
            v_spent_tokens, v_spent_messages, v_waited
       from leased;
     if v_ids is null then
@@ -250,12 +271,24 @@ begin
             select jsonb_object_agg(id, build_id) into v_builds
               from jobs where id = any(v_main_jobs) and build_id is not null;
         end if;
-        select array_agg(m.id) into v_started
-          from _transitions(v_main_jobs, 'running', null, null, p_build_id) as m;
+        -- Those claimed ahead move when they start or end (_start_job): one job write fewer
+        -- for a drained workflow. Their rows are only share-locked here, as a check.
+        v_now_jobs := _without_jobs(v_main_jobs, v_ahead_jobs);
+        if v_now_jobs is not null then
+            select array_agg(m.id) into v_started
+              from _transitions(v_now_jobs, 'running', null, null,
+                                array_fill(p_build_id, array[cardinality(v_now_jobs)])) as m;
+        end if;
+        if v_ahead_jobs is not null then
+            select array_cat(v_started, array_agg(l.id)) into v_started
+              from (select j.id from jobs as j where j.id = any(v_ahead_jobs)
+                       for share skip locked) as l;
+        end if;
         -- A workflow whose row another transaction holds (an application's open transaction
-        -- on its entity) did not start running: its activation is given back, due again in a
-        -- second (not at once: an idle worker would claim it again in a loop), so one held
-        -- workflow waits alone and the claim never waits for it.
+        -- on its entity) did not start running, nor is one claimed ahead handed out: its
+        -- activation is given back, due again in a second (not at once: an idle worker would
+        -- claim it again in a loop), so one held workflow waits alone and the claim never
+        -- waits for it.
         if coalesce(cardinality(v_started), 0) < cardinality(v_main_jobs) then
             -- Two statements: Citus cannot run a query over the tables that calls a
             -- function that queries them again (docs/citus.md).
@@ -496,6 +529,7 @@ begin
         -- row meanwhile would deadlock with a main activation that suspends (it locks its
         -- task, then the job row).
         if v_task.thread = 'main' then
+            perform _start_job(v_task);
             select * into v_job from jobs where id = v_task.job_id for no key update;
         else
             select * into v_job from jobs where id = v_task.job_id;
@@ -571,6 +605,7 @@ begin
            and status in ('scheduled', 'retrying') and wake_at is not null;
     end if;
     if v_task.thread = 'main' then
+        perform _start_job(v_task);
         perform _transition(v_task.job_id, 'waiting');
     end if;
     if v_next is null then
@@ -783,6 +818,9 @@ as $$
 declare
     v_now timestamptz := _now();
     v_held bigint[];
+    v_started bigint[];
+    v_jobs text[];
+    v_builds text[];
 begin
     perform _check_lease(p_lease);
     with mine as (
@@ -803,14 +841,24 @@ begin
                                from tasks as k where k.id = mine.id) as d
          where t.id = mine.id and t.lease_token = mine.token and t.state = 'leased'
            and t.id in (select id from free)
-        returning t.id
+        returning t.id, t.job_id, t.build_id, t.kind = 'workflow' and t.thread = 'main' as main
     )
+    select array_agg(s.id), array_agg(s.job_id) filter (where s.main),
+           array_agg(s.build_id) filter (where s.main)
+      into v_started, v_jobs, v_builds
+      from started as s;
+    -- Their workflows run now (skipping one whose row another transaction holds: its
+    -- activation's outcome makes the move then, _start_job).
+    if v_jobs is not null then
+        perform _transitions(v_jobs, 'running', null, null, v_builds);
+    end if;
     select coalesce(array_agg(held.id), '{}') into v_held
-      from (select id from started
+      from (select id from unnest(v_started) as s (id)
             union
             select t.id
               from tasks as t
-              join mine on t.id = mine.id and t.lease_token = mine.token
+              join unnest(p_task_ids, p_tokens) as h (id, token)
+                on t.id = h.id and t.lease_token = h.token
              where t.state = 'leased' and t.started_at is not null) as held;
     return v_held;
 end
@@ -924,6 +972,7 @@ declare
     v_main bigint[];
     v_main_jobs text[];
     v_main_results jsonb[];
+    v_main_builds text[];
     v_ended text[];
     v_children jobs[];
     v_child jobs;
@@ -959,9 +1008,10 @@ begin
     select coalesce(array_agg(h.pos), '{}'), array_agg(h.id) filter (where f.id is not null),
            array_agg(h.job_id) filter (where f.id is not null),
            array_agg(h.result) filter (where f.id is not null),
+           array_agg(h.build_id) filter (where f.id is not null),
            coalesce(array_agg(h.pos) filter (where h.ends and f.id is null), '{}')
-      into v_held, v_main, v_main_jobs, v_main_results, v_busy
-      from (select i.pos::integer as pos, t.id, t.job_id,
+      into v_held, v_main, v_main_jobs, v_main_results, v_main_builds, v_busy
+      from (select i.pos::integer as pos, t.id, t.job_id, t.build_id,
                    t.kind = 'workflow' and t.thread = 'main' as ends, i.result
               from unnest(v_ids, v_tokens, v_values) with ordinality as i (id, token, result, pos)
               join tasks as t on t.id = i.id and t.lease_token = i.token
@@ -970,9 +1020,11 @@ begin
       left join lateral (select j.id from jobs as j where h.ends and j.id = h.job_id
                             for no key update skip locked) as f on true;
     -- A child's end settles its parent's step: called for the children only, not per row.
+    -- A workflow whose activation was claimed ahead and never started moves from pending or
+    -- waiting (_start_job): one write, with the build that ran it.
     select coalesce(array_agg(j.id), '{}'), array_agg(j) filter (where j.parent_seq is not null)
       into v_ended, v_children
-      from _transitions(v_main_jobs, 'completed', v_main_results) as j;
+      from _transitions(v_main_jobs, 'completed', v_main_results, null, v_main_builds) as j;
     if v_children is not null then
         foreach v_child in array v_children loop
             perform _settle_parent(v_child);

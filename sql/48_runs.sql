@@ -113,6 +113,7 @@ begin
     if v_task.rerun then
         return null;
     end if;
+    perform _start_job(v_task);
     return _continue_run(v_task.job_id, p_args);
 end
 $$;

@@ -29,6 +29,7 @@
 -- migration 0021_thread_traceparent.sql
 -- migration 0022_hot_status.sql
 -- migration 0023_start_keys.sql
+-- migration 0024_task_build.sql
 
 -- tables
 create table <app>.human_roles (
@@ -244,7 +245,8 @@ create table <app>.tasks (
     heartbeat_timeout interval,
     started_at timestamp with time zone,
     close_at timestamp with time zone,
-    timeout_at timestamp with time zone
+    timeout_at timestamp with time zone,
+    build_id text
 ) with (autovacuum_vacuum_scale_factor=0.0, autovacuum_vacuum_threshold=1000, autovacuum_analyze_scale_factor=0.0, autovacuum_analyze_threshold=1000);
 create table <app>.threads (
     job_id text not null,
@@ -722,6 +724,8 @@ create function <app>._start_check(p_plan jsonb) returns text
     language plpgsql volatile;
 create function <app>._start_fire(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns void
     language plpgsql volatile;
+create function <app>._start_job(p_task <app>.tasks) returns void
+    language plpgsql volatile;
 create function <app>._start_options(p_options jsonb, p_retention interval, p_workflow_id text, p_id_given boolean) returns jsonb
     language plpgsql stable;
 create function <app>._start_plan(p_workflow_name text, p_args jsonb, p_task_queue text, p_workflow_id text, p_entity text, p_options jsonb, p_default_retention interval DEFAULT NULL::interval, p_default_policy jsonb DEFAULT NULL::jsonb) returns jsonb
@@ -748,13 +752,15 @@ create function <app>._tokens(p_limits <app>.queue_limits, p_bucket <app>.queue_
     language sql immutable;
 create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb) returns <app>.jobs
     language plpgsql volatile;
-create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[] DEFAULT NULL::jsonb[], p_error jsonb DEFAULT NULL::jsonb, p_build_id text DEFAULT NULL::text) returns SETOF <app>.jobs
+create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[] DEFAULT NULL::jsonb[], p_error jsonb DEFAULT NULL::jsonb, p_build_ids text[] DEFAULT NULL::text[]) returns SETOF <app>.jobs
     language plpgsql volatile;
 create function <app>._wake(p_job_id text, p_thread text) returns void
     language plpgsql volatile;
 create function <app>._wake_threads(p_job_ids text[], p_threads text[]) returns void
     language plpgsql volatile;
 create function <app>._without(p_ids bigint[], p_drop bigint[]) returns bigint[]
+    language plpgsql immutable;
+create function <app>._without_jobs(p_ids text[], p_drop text[]) returns text[]
     language plpgsql immutable;
 create function <app>.activity_heartbeat(p_task_id bigint, p_token uuid, p_lease interval) returns boolean
     language plpgsql volatile security definer

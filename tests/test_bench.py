@@ -27,6 +27,7 @@ TINY += ["--key-tasks", "300", "--queue-keys", "3", "--key-max-running", "1"]
 TINY += ["--repeat", "1", "--seconds", "1", "--samples", "3", "--hooks", "5"]
 TINY += ["--start-count", "30", "--start-batch", "10", "--rate", "20", "--rate-seconds", "1"]
 TINY += ["--parked", "20", "--parked-idle", "0"]
+TINY += ["--held-rows", "2", "--held-seconds", "0.5", "--held-concurrency", "4"]
 
 
 def _workflows(name: str) -> Callable[[dict[str, Any]], None]:
@@ -94,6 +95,12 @@ def _history(scenarios: dict[str, Any]) -> None:
     assert history["claim_ms"] > 0 and history["claim_ms_with_history"] > 0
 
 
+def _held(scenarios: dict[str, Any]) -> None:
+    held = scenarios["held"]
+    assert held["rows"] == 2 and held["unheld_per_s"] > 0 and held["held_per_s"] > 0
+    assert held["held_done_s"] >= 0
+
+
 GROUPS: dict[str, Callable[[dict[str, Any]], None]] = {
     "ceiling,steps,limited": _ceiling_steps_limited,
     "starts": _starts,
@@ -106,6 +113,7 @@ GROUPS: dict[str, Callable[[dict[str, Any]], None]] = {
     "parked": _parked,
     "fanout": _fanout,
     "history": _history,
+    "held": _held,
 }
 
 

@@ -15,11 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import select
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypedDict, TypeVar
@@ -530,13 +539,27 @@ class _GroupCommit(Generic[Item, R]):
         self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, item: Item) -> R:
+        if _patient.get():  # a call that met a held lock waits alone, never in a batch
+            return await self._single(item)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        try:
+            return await future
+        except (psycopg.Error, errors.HotMeshError) as error:
+            if not lock_busy(error):
+                raise
+        # It met a lock another transaction holds: once more on its own, in the patient lane
+        # (Database.patient), so that the batches behind it never wait for that transaction.
+        token = _patient.set(True)
+        try:
+            return await self._single(item)
+        finally:
+            _patient.reset(token)
 
     async def _flush(self) -> None:
+        _flushing.set(True)  # this task's calls never wait past the quick lock_timeout
         while self._waiting:
             batch = self._waiting[: self._limit]
             del self._waiting[: self._limit]
@@ -581,6 +604,11 @@ def _ended_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
 
 
 _CONFLICT_RETRIES = 4
+# A call in the patient lane (Database.patient): it may wait LOCK_TIMEOUT_MS for a lock, and
+# only a quarter of the pool's connections at once may be in that lane.
+_patient: contextvars.ContextVar[bool] = contextvars.ContextVar("hotmesh_patient", default=False)
+# Set in a group commit's flusher: a lock wait there would hold up every batch behind it.
+_flushing: contextvars.ContextVar[bool] = contextvars.ContextVar("hotmesh_flush", default=False)
 # The calls that only read, and how long apart they are sent again after a lost connection.
 _READS = frozenset(
     {
@@ -608,10 +636,12 @@ _READS = frozenset(
 )
 _RECONNECT_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
 
-# The calls a worker makes while it runs tasks. None of them may wait longer than
-# LOCK_TIMEOUT for a lock an application's open transaction holds: each connection of the pool
-# runs with that lock_timeout, and a worker call that meets it (55P03) raises, so the worker
-# gives its task back or retries the call later instead of filling a slot (docs/reliability.md).
+# The calls a worker makes while it runs tasks. None of them may wait long for a lock an
+# application's open transaction holds: every call first runs with QUICK_LOCK_TIMEOUT_MS, and
+# one that meets it is sent once more in the patient lane (LOCK_TIMEOUT_MS, a quarter of the
+# pool at most); a worker call that meets that too (55P03) raises, so the worker gives its task
+# back or retries the call later (again in the lane) instead of filling a slot or a connection
+# (docs/reliability.md).
 WORKER_CALLS = frozenset(
     {
         "claim_tasks",
@@ -642,7 +672,8 @@ WORKER_CALLS = frozenset(
         "record_patch",
     }
 )
-LOCK_TIMEOUT_MS = 1000
+QUICK_LOCK_TIMEOUT_MS = 100  # every call's first try: longer than a worker's own transactions
+LOCK_TIMEOUT_MS = 1000  # a call in the patient lane
 # How long a held claim's transaction may sit idle (its activation running in memory) before
 # the server ends the session: claim and outcome roll back, the task is claimable again and
 # the workflow replays. What bounds a held claim, whatever the workflow code does.
@@ -768,8 +799,13 @@ class Database:
         self._suspensions: _GroupCommit[_Suspension, datetime | None] = _GroupCommit(
             self._suspend_one, self._suspend_many
         )
-        # The pool's connections that already run with the lock_timeout (set once each).
-        self._bounded: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
+        # The lock_timeout each pool connection runs with (set when it changes, not per call).
+        self._bounded: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
+        # The patient lane: how many connections may wait LOCK_TIMEOUT_MS for a lock at once.
+        self.lane = max(1, pool.max_size // 4)
+        self._lane = asyncio.Semaphore(self.lane)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -777,23 +813,50 @@ class Database:
         operator terminated it) is closed and handed back, so the pool replaces it, and the
         next one is taken at once: after a restart the first call does not fail on a stale
         connection. (The pool's own `check` backs off 1, 2, 4, ... s per dead connection, so
-        with a pool full of them a call waited out its whole timeout.)"""
-        conn = await self.pool.getconn()
-        for _ in range(2 * self.pool.max_size):
-            if not _ended_by_server(conn):
-                break
-            await conn.close()
-            await self.pool.putconn(conn)
-            conn = await self.pool.getconn()
+        with a pool full of them a call waited out its whole timeout.) In the patient lane
+        (`patient`) it is one of the lane's few, and may wait LOCK_TIMEOUT_MS for a lock;
+        otherwise QUICK_LOCK_TIMEOUT_MS: no number of held rows takes more of the pool."""
+        patient = _patient.get()
+        if patient:
+            try:
+                await asyncio.wait_for(self._lane.acquire(), LOCK_TIMEOUT_MS / 1000)
+            except TimeoutError:
+                # As if it had waited for the lock itself: handled as a lock timeout.
+                raise psycopg.errors.LockNotAvailable(
+                    f"the patient lane ({self.lane} connections) stayed full for"
+                    f" {LOCK_TIMEOUT_MS} ms: other calls wait for held locks"
+                ) from None
         try:
-            if conn not in self._bounded:
-                await conn.execute(
-                    sql.SQL("set lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS))
-                )
-                self._bounded.add(conn)
-            yield conn
+            conn = await self.pool.getconn()
+            for _ in range(2 * self.pool.max_size):
+                if not _ended_by_server(conn):
+                    break
+                await conn.close()
+                await self.pool.putconn(conn)
+                conn = await self.pool.getconn()
+            try:
+                timeout = LOCK_TIMEOUT_MS if patient else QUICK_LOCK_TIMEOUT_MS
+                if self._bounded.get(conn) != timeout:
+                    await conn.execute(
+                        sql.SQL("set lock_timeout = {}").format(sql.Literal(timeout))
+                    )
+                    self._bounded[conn] = timeout
+                yield conn
+            finally:
+                await self.pool.putconn(conn)
         finally:
-            await self.pool.putconn(conn)
+            if patient:
+                self._lane.release()
+
+    @contextlib.contextmanager
+    def patient(self) -> Iterator[None]:
+        """The calls in this block run in the patient lane: a call that met a lock another
+        transaction holds waits for it there, up to LOCK_TIMEOUT_MS, one of `lane` at most."""
+        token = _patient.set(True)
+        try:
+            yield
+        finally:
+            _patient.reset(token)
 
     async def _fetch(self, name: str, params: Params) -> list[Any]:
         # Each call is one autocommit statement, so one that lost a deadlock or a
@@ -801,17 +864,25 @@ class Database:
         # connection was lost (a server restart, a terminated backend) is sent again on a
         # fresh one, for about 5 s: reading twice changes nothing. A write is not: whether it
         # committed before the connection went is unknown, so its caller decides.
+        # One that met a lock past QUICK_LOCK_TIMEOUT_MS is sent again in the patient lane:
+        # a worker's once (then it raises), an application's until it succeeds (a caller waits
+        # for a caller, in rounds). In a group commit's flusher it raises at once: its caller
+        # sends it again alone (_GroupCommit.submit), so no batch waits behind it.
         conflicts = 0
         busy = 0.0
+        patient = _patient.get()
         waits = iter(_RECONNECT_WAITS if name in _READS else ())
         while True:
             try:
-                return await self._fetch_once(name, params)
+                with self.patient() if patient else contextlib.nullcontext():
+                    return await self._fetch_once(name, params)
             except psycopg.errors.LockNotAvailable:
-                if name in WORKER_CALLS:
+                if _flushing.get() or (patient and name in WORKER_CALLS):
                     raise
-                busy = min(max(busy * 2, 0.05), _LOCK_RETRY_MAX)
-                await asyncio.sleep(busy)
+                if patient:
+                    busy = min(max(busy * 2, 0.05), _LOCK_RETRY_MAX)
+                    await asyncio.sleep(busy)
+                patient = True
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 conflicts += 1
                 if conflicts == _CONFLICT_RETRIES:

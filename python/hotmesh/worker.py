@@ -768,7 +768,8 @@ class Worker:
         _log_busy(task, error, _GIVE_BACK_AFTER)
         await asyncio.sleep(_GIVE_BACK_AFTER)
         try:
-            await self.db.release_tasks([task])
+            with self.db.patient():
+                await self.db.release_tasks([task])
         except (psycopg.Error, errors.HotMeshError) as again:
             if not lock_busy(again):
                 raise
@@ -777,18 +778,22 @@ class Worker:
 
     async def _outcome_call(self, task: Claimed, call: Callable[[], Awaitable[R]]) -> R:
         """An outcome's call (complete, suspend, fail): one that meets a held lock is sent
-        again, 0.1 s doubling to 5 s, with the slot free and the lease kept by heartbeats, so
-        a run that is done is never run again because of somebody's open transaction."""
+        again, 0.1 s doubling to 5 s, in the patient lane (Database.patient), with the slot
+        free and the lease kept by heartbeats, so a run that is done is never run again
+        because of somebody's open transaction."""
         delay = 0.1
+        busy = False
         while True:
             try:
-                return await call()
+                with self.db.patient() if busy else contextlib.nullcontext():
+                    return await call()
             except (psycopg.Error, errors.HotMeshError) as error:
                 if not lock_busy(error):
                     raise
                 _log_busy(task, error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BUSY_RETRY_MAX)
+            busy = True
 
     async def _activate(
         self, task: Claimed, defer: bool = True, held: HeldClaim | None = None

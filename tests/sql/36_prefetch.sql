@@ -1,13 +1,14 @@
 -- Prefetch (claim_tasks' p_prefetch): tasks claimed ahead of a worker's free slots are leased
 -- but not started, on the short prefetch lease; start_tasks starts them (the normal lease and
 -- the run's deadline); a claim that takes one over after its short lease counts no attempt;
--- release_tasks gives one back with its attempt count unchanged.
+-- release_tasks gives one back with its attempt count unchanged; a main activation claimed ahead
+-- moves its workflow when it starts or ends.
 begin;
 \ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(17);
+select plan(24);
 
 do $$
 begin
@@ -127,6 +128,80 @@ select results_eq(
     $$select state, attempt, run_at, lease_owner from tasks where job_id = 'p-4'$$,
     $$values ('ready', 0, '2020-01-01 00:00:05+00'::timestamptz, null::text)$$,
     '... ready at once, its attempt count as before it was claimed'
+);
+
+-- ------------------------------------------------------------------ the workflow of one
+
+-- A main activation claimed ahead leaves its workflow where it was until it starts
+-- (start_tasks) or ends: one that completes first goes pending -> completed in one write; one
+-- that suspends first moves through running (_start_job). Each records the build of the claim.
+do $$
+begin
+    perform start_workflow('w', '[]', 't36-b', id)
+    from unnest(array['b-1', 'b-2', 'b-3', 'b-4']) as id;
+end
+$$;
+create temp table ahead on commit drop as
+select c.*
+from claim_tasks(array['t36-b'], 'worker-b', 1, interval '30 seconds', 'build-b', 3) as c;
+select results_eq(
+    $$
+    select j.id, j.status, j.build_id, t.build_id
+    from jobs as j inner join tasks as t on j.id = t.job_id
+    where j.id like 'b-%' order by j.id
+    $$,
+    $$
+    values
+    ('b-1', 'running', 'build-b', 'build-b'), ('b-2', 'pending', null, 'build-b'),
+    ('b-3', 'pending', null, 'build-b'), ('b-4', 'pending', null, 'build-b')
+    $$,
+    'the one started runs; the workflows of those claimed ahead stay pending; each lease keeps the build'
+);
+select is(
+    (
+        select start_tasks(array[task_id], array[lease_token], interval '30 seconds')
+        from ahead where job_id = 'b-2'
+    ),
+    (select array_agg(task_id) from ahead where job_id = 'b-2'),
+    'start_tasks starts one claimed ahead ...'
+);
+select results_eq(
+    $$select status, build_id from jobs where id = 'b-2'$$,
+    $$values ('running', 'build-b')$$,
+    '... and its workflow runs, with the build'
+);
+create temp table writes on commit drop as
+select n_tup_upd from pg_stat_xact_user_tables
+where relid = 'jobs'::regclass;
+select is(
+    (
+        select
+            complete_tasks(jsonb_build_array(jsonb_build_object(
+                'task_id', task_id, 'token', lease_token, 'result', 7
+            )))
+        from ahead where job_id = 'b-3'
+    ),
+    '[null]'::jsonb,
+    'one claimed ahead completes before it started ...'
+);
+select results_eq(
+    $$
+    select j.status, j.result, j.build_id, x.n_tup_upd - w.n_tup_upd
+    from jobs as j, pg_stat_xact_user_tables as x, writes as w
+    where j.id = 'b-3' and x.relid = 'jobs'::regclass
+    $$,
+    $$values ('completed', '7'::jsonb, 'build-b', 1::bigint)$$,
+    '... its workflow pending -> completed in one write, with the build'
+);
+select is(
+    (select suspend_task(task_id, lease_token) from ahead where job_id = 'b-4'),
+    null,
+    'one claimed ahead suspends before it started ...'
+);
+select results_eq(
+    $$select status, build_id from jobs where id = 'b-4'$$,
+    $$values ('waiting', 'build-b')$$,
+    '... its workflow waits (through running), with the build'
 );
 
 -- ------------------------------------------------------------------ bad input

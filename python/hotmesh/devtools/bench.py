@@ -45,7 +45,17 @@ async def noop(i: int) -> int:
     return i
 
 
+async def pause(seconds: float) -> None:
+    """An activity that takes `seconds`."""
+    await asyncio.sleep(seconds)
+
+
 ACTIVITIES = [noop]
+
+
+async def ends_later(seconds: float) -> None:
+    """Runs an inline activity of `seconds`, then ends: `held` holds its row meanwhile."""
+    await workflow.proxy_activities(activities=[pause]).pause(seconds)
 
 
 async def chain(steps: int) -> int:
@@ -698,6 +708,118 @@ def _wait_status(conn: psycopg.Connection[Any], app: str, workflow_id: str, stat
     raise RuntimeError(f"workflow {workflow_id} did not become {status} in 30 s")
 
 
+def held(
+    dsn: str, app: str, *, rows: int, seconds: float, batch: int, concurrency: int
+) -> dict[str, Any]:
+    """What an application's open transaction costs everyone else (docs/reliability.md). An
+    application that waits for its workflows: batches of `batch` one-step workflows on one
+    worker process, each batch started once the one before completed, for `seconds` with
+    nothing held, then for `seconds` while another transaction holds the rows of `rows`
+    workflows that end meanwhile, 50 ms apart (an entity_merge on each, committed after).
+    Rates and 95th-percentile latencies on the database's clock; `ratio`: held over unheld
+    rate, the same worker in the same run. `waiters_max`: most backends seen waiting on the
+    holder at once; `held_done_s`: from the COMMIT until the held workflows completed."""
+    schema = sql.Identifier(app)
+    start = sql.SQL(
+        "select {}.start_workflows(jsonb_agg(jsonb_build_object('workflow_name', 'chain',"
+        " 'args', '[1]'::jsonb, 'task_queue', 'bench', 'workflow_id', %s || i)))"
+        " from generate_series(1, %s) as i"
+    ).format(schema)
+    left = sql.SQL(
+        "select count(*) from {}.jobs where id like %s || '%%' and status <> 'completed'"
+    ).format(schema)
+    measured = sql.SQL(
+        "select count(*) / extract(epoch from max(completed_at) - min(created_at)),"
+        " percentile_cont(0.95) within group (order by extract(epoch from completed_at"
+        " - created_at)) from {}.workflows where id like %s || '%%'"
+    ).format(schema)
+    waiting = sql.SQL("select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))")
+    most = 0
+
+    def phase(name: str, holder_pid: int = 0) -> None:
+        nonlocal most
+        began = time.monotonic()
+        n = 0
+        while time.monotonic() - began < seconds:
+            prefix = f"{name}-{n}-"
+            conn.execute(start, (prefix, batch))
+            while _one(conn, left, prefix):
+                # Read in both phases (pid 0 waits for nobody), so both cost the same.
+                most = max(most, _one(conn, waiting, holder_pid))
+                time.sleep(0.01)
+            n += 1
+
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        psycopg.connect(dsn) as holder,  # not autocommit: the application's transaction
+    ):
+        _reset_app(conn, dsn, app)
+        specs = (f"{__name__}:chain", f"{__name__}:ends_later")
+        with _worker(dsn, app, "bench", *specs, concurrency=concurrency):
+            phase("warm")
+            phase("free")
+            conn.execute(
+                sql.SQL(
+                    "select {0}.start_workflows(jsonb_agg(jsonb_build_object('workflow_name',"
+                    " 'ends_later', 'args', jsonb_build_array(0.2 + 0.05 * i), 'task_queue',"
+                    " 'bench', 'workflow_id', 'held-' || i))) from generate_series(1, %s) as i"
+                ).format(schema),
+                (rows,),
+            )
+            running = sql.SQL(
+                "select count(*) from {}.jobs where id like 'held-%%' and status = 'running'"
+            ).format(schema)
+            _until(lambda: _one(conn, running) == rows, "the held workflows to run")
+            holder.execute(
+                sql.SQL(
+                    "select {}.entity_merge('held-' || i, '{{\"held\": true}}')"
+                    " from generate_series(1, %s) as i"
+                ).format(schema),
+                (rows,),
+            )
+            # Their activities done (recorded: no slot of theirs runs code), they end now.
+            paused = sql.SQL(
+                "select count(*) from {}.steps where job_id like 'held-%%' and kind = 'activity'"
+            ).format(schema)
+            _until(lambda: _one(conn, paused) == rows, "the held workflows to end")
+            phase("busy", holder.info.backend_pid)
+            holder.commit()
+            committed = time.monotonic()
+            _until(lambda: _one(conn, left, "held-") == 0, "the held workflows")
+            held_done = time.monotonic() - committed
+        free, busy = _one_row(conn, measured, "free-"), _one_row(conn, measured, "busy-")
+    return {
+        "rows": rows,
+        "unheld_per_s": float(free[0]),
+        "held_per_s": float(busy[0]),
+        "ratio": float(busy[0] / free[0]),
+        "unheld_p95_ms": float(free[1]) * 1000,
+        "held_p95_ms": float(busy[1]) * 1000,
+        "waiters_max": most,
+        "held_done_s": held_done,
+    }
+
+
+def _one_row(conn: psycopg.Connection[Any], query: sql.Composed, *params: Any) -> tuple[Any, ...]:
+    row: tuple[Any, ...] | None = conn.execute(query, params).fetchone()
+    if row is None:
+        raise RuntimeError("no row")
+    return row
+
+
+def _one(conn: psycopg.Connection[Any], query: sql.Composed | sql.SQL, *params: Any) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not finish in {timeout:.0f} s")
+        time.sleep(0.02)
+
+
 def fan_out(dsn: str, app: str, *, hooks: int, concurrency: int) -> dict[str, Any]:
     """One workflow, `hooks` hooks incrementing its entity at once: time and lost updates."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -907,6 +1029,7 @@ SCENARIOS = (
     "parked",
     "fanout",
     "history",
+    "held",
 )
 
 
@@ -967,6 +1090,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dsn, app, finished=args.history_jobs, backlog=args.history_backlog
         ),
         "keys": lambda: keys(dsn, app, tasks=args.key_tasks),
+        "held": lambda: held(
+            dsn,
+            app,
+            rows=args.held_rows,
+            seconds=args.held_seconds,
+            batch=20,
+            concurrency=args.held_concurrency,
+        ),
     }
     report: dict[str, Any] = {
         "settings": {
@@ -1111,6 +1242,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the backlog `history` claims from (10000)",
     )
     parser.add_argument("--hooks", type=int, default=100, help="hooks for `fanout` (100)")
+    parser.add_argument(
+        "--held-rows", type=int, default=16, help="rows an application holds in `held` (16)"
+    )
+    parser.add_argument(
+        "--held-concurrency", type=int, default=32, help="the worker's slots in `held` (32)"
+    )
+    parser.add_argument("--held-seconds", type=float, default=5.0, help="each phase of `held` (5)")
     parser.add_argument(
         "--rate", type=int, default=50, help="the queue's rate limit in `rate`, per second (50)"
     )
