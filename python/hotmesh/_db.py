@@ -34,9 +34,9 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.adapt import AdaptersMap
-from psycopg.rows import kwargs_row
+from psycopg.rows import kwargs_row, tuple_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
@@ -707,6 +707,9 @@ class Claims(list[Claimed]):
         self.held = held
 
 
+_THEN_COMMIT = (sql.SQL(""), sql.SQL("; commit"))
+
+
 class HeldClaim:
     """A claim whose transaction is still open (claim_tasks with `hold`). A worker that claimed
     nothing but one activation, which its sticky cache resumes in memory, sends that
@@ -760,8 +763,10 @@ class HeldClaim:
             try:
                 async with self._stack:
                     try:
-                        rows = await self._db._fetch_on(self._conn, name, {"items": Jsonb([item])})
-                        await self._conn.commit()
+                        # The outcome and the commit in one round trip.
+                        rows = await self._db._fetch_on(
+                            self._conn, name, {"items": Jsonb([item])}, _THEN_COMMIT
+                        )
                     except (psycopg.Error, errors.HotMeshError) as error:
                         with contextlib.suppress(psycopg.Error):
                             await self._conn.rollback()
@@ -895,22 +900,36 @@ class Database:
             return await self._fetch_on(conn, name, params)
 
     async def _fetch_on(
-        self, conn: psycopg.AsyncConnection[Any], name: str, params: Params
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        name: str,
+        params: Params,
+        around: tuple[sql.Composable, sql.Composable] | None = None,
     ) -> list[Any]:
-        """The statement's rows on `conn`, its errors mapped as every call's are."""
+        """The statement's rows on `conn`, its errors mapped as every call's are. With
+        `around`, the statement goes between those two (a held claim's `begin`, an outcome's
+        `commit`) in one round trip: the simple protocol, the parameters bound client-side."""
         row = _ROWS.get(name)
         try:
             # A row class builds itself from the columns: from_row where it converts some.
-            factory = kwargs_row(getattr(row, "from_row", row)) if row else None
-            cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
+            factory = kwargs_row(getattr(row, "from_row", row)) if row else tuple_row
+            if around is None:
+                cur: psycopg.AsyncCursor[Any] = conn.cursor(row_factory=factory)
+                query: sql.Composed = self._sql[name]
+            else:
+                cur = psycopg.AsyncClientCursor(conn, row_factory=factory)
+                query = sql.Composed([around[0], self._sql[name], around[1]])
             try:
-                await cur.execute(self._sql[name], params)
+                await cur.execute(query, params)
             except (TypeError, ValueError, RecursionError) as error:
                 # An argument psycopg cannot send (a str with a lone surrogate, an int of
                 # thousands of digits, JSON nested too deeply or not JSON at all): nothing
                 # was sent.
                 message = f"{name}: an argument cannot be sent to Postgres: {error}"
                 raise errors.InvalidArgument(message) from error
+            while cur.pgresult is not None and cur.pgresult.status != pq.ExecStatus.TUPLES_OK:
+                if not cur.nextset():  # the rows are the statement's, between the others
+                    break
             return await cur.fetchall()
         except psycopg.Error as error:
             if error.sqlstate and (error.sqlstate.startswith("HM") or error.sqlstate[:2] == "22"):
@@ -991,14 +1010,10 @@ class Database:
         stack = contextlib.AsyncExitStack()
         conn = await stack.enter_async_context(self._connection())
         held = HeldClaim(self, conn, stack)
+        begin = sql.SQL("begin; set local idle_in_transaction_session_timeout = {}; ")
         try:
-            # One round trip (the simple protocol: no parameters).
-            await conn.execute(
-                sql.SQL("begin; set local idle_in_transaction_session_timeout = {}").format(
-                    sql.Literal(HELD_IDLE_MS)
-                )
-            )
-            return Claims(await self._fetch_on(conn, "claim_tasks", params), held)
+            around = (begin.format(sql.Literal(HELD_IDLE_MS)), sql.SQL(""))
+            return Claims(await self._fetch_on(conn, "claim_tasks", params, around), held)
         except BaseException:
             await held.end(commit=False)
             raise
