@@ -474,3 +474,84 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
     assert generic == [(0,)]
     with psycopg.connect(CITUS_URL, autocommit=True, options=f"-c search_path={app}") as conn:
         conn.execute("select _fire_timeouts(now())")
+
+
+async def approved_intake(case_id: str) -> dict[str, Any]:
+    """The README quick start's workflow, and a person's approval (a signal)."""
+    acts = workflow.proxy_activities(
+        activities=[lookup_policy], retry_policy=RetryPolicy(maximum_attempts=5)
+    )
+    policy = await acts.lookup_policy(case_id)
+    approved = await workflow.wait_for("approve")
+    return {**policy, "approved": approved}
+
+
+async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) -> None:
+    """The claim on an app distributed by job_id (docs/citus-row-distribution.md): migrated
+    again once distributed, the app gets a per-shard engine on the node of each shard group,
+    and a worker per engine, connected to that node, serves the workflows of its shards. On
+    every shard group a workflow starts, runs an activity, waits for a signal, takes it and
+    completes (each wake-up is the node's own NOTIFY, far below the 30 s poll); the
+    coordinator then reads every row of them. A job of another shard is refused there."""
+    from helpers import until
+    from hotmesh._citus import shard_engines
+
+    app_id = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(app_id)
+    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
+    await migrate(sharded(CITUS_URL, on=False), app_id)
+    distribute_by_job_id(app_id)
+    await migrate(sharded(CITUS_URL, on=False), app_id)
+    async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+        engines = await shard_engines(conn, CITUS_URL, app_id)
+    assert [e.schema for e in engines] == [f"{app_id}_s{n}" for n in range(4)]
+    assert len({e.dsn for e in engines}) == 2  # both worker nodes
+
+    def workflow_id(low: int, high: int) -> str:
+        """An id that Citus places in the shard group of hash range [low, high]."""
+        for n in range(10_000):
+            candidate = f"claim-{n}"
+            if low <= query("select worker_hash(%s::text)", candidate)[0][0] <= high:
+                return candidate
+        raise AssertionError(f"no id in [{low}, {high}]")
+
+    ids = [workflow_id(e.low, e.high) for e in engines]
+    flows = [await MemFlow.init(app_id=e.schema, dsn=e.dsn, migrate=False) for e in engines]
+    try:
+        handles = []
+        for mf, wid in zip(flows, ids, strict=True):
+            await mf.worker.create(task_queue="claims", workflow=approved_intake)
+            handles.append(
+                await mf.workflow.start(
+                    workflow_name="approved_intake",
+                    args=[wid],
+                    task_queue="claims",
+                    workflow_id=wid,
+                )
+            )
+        for handle in handles:
+            waiting = f"select 1 from {app_id}.steps where job_id = %s and kind = 'signal'"  # noqa: S608
+            await until(lambda: query(waiting, handle.workflow_id), "waits for approve")  # noqa: B023
+            assert (await handle.signal("approve", True))["status"] == "delivered"
+        results = [await asyncio.wait_for(h.result(), 20) for h in handles]
+        # A child, say, whose id belongs to another shard group: refused, not misplaced.
+        other = workflow_id(engines[1].low, engines[1].high)
+        with pytest.raises(psycopg.errors.WithCheckOptionViolation):
+            query(
+                f"select {engines[0].schema}.start_workflow('w', '[]', 'q', %s)",
+                other,
+                url=engines[0].dsn,
+            )
+    finally:
+        for mf in flows:
+            await mf.close()
+    assert results == [{"case_id": wid, "covered": True, "approved": True} for wid in ids]
+    # Through the coordinator: every workflow completed, one activity run each, no task left.
+    rows = query(
+        f"select j.id, j.status, count(s.*) filter (where s.kind = 'activity'),"  # noqa: S608
+        f" max(s.attempt) filter (where s.kind = 'activity')"
+        f" from {app_id}.jobs as j join {app_id}.steps as s on s.job_id = j.id"
+        " group by j.id, j.status order by j.id"
+    )
+    assert rows == sorted((wid, "completed", 1, 1) for wid in ids)
+    assert query(f"select count(*) from {app_id}.tasks") == [(0,)]  # noqa: S608

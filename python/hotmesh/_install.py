@@ -46,7 +46,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from hotmesh import _paths
+from hotmesh import _citus, _paths
 from hotmesh.errors import HotMeshError, InvalidArgument, SchemaMismatch, shown
 
 APP_ID = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -189,7 +189,10 @@ async def migrate(
     pause = 0.5
     while True:
         try:
-            return await _migrate_once(dsn, app_id, lock_timeout)
+            applied, citus = await _migrate_once(dsn, app_id, lock_timeout)
+            if citus:
+                await _citus.install_shard_engines(dsn, app_id, sql_files()[:-1])
+            return applied
         except _LockWait as busy:
             if time.monotonic() + pause > deadline:
                 raise HotMeshError(
@@ -209,7 +212,8 @@ async def migrate(
             pause = min(pause * 2, 10.0)
 
 
-async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> list[int]:
+async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> tuple[list[int], bool]:
+    """migrate's one try: the versions it applied, and whether the database has Citus."""
     schema = sql.Identifier(app_id)
     step = "the advisory lock"
     conn = await psycopg.AsyncConnection.connect(dsn, application_name=APPLICATION_NAME)
@@ -224,7 +228,7 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> list[int]
                 "select set_config('lock_timeout', %s, true)", (f"{lock_timeout * 1000:.0f}ms",)
             )
             step = "the schema"
-            await _check_citus(conn, app_id)
+            citus = await _check_citus(conn, app_id)
             await conn.execute(sql.SQL("create schema if not exists {}").format(schema))
             await conn.execute(sql.SQL("set local search_path = {}, pg_temp").format(schema))
             await conn.execute(
@@ -273,7 +277,7 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> list[int]
             f", at {step}): start it again, or take it out of the cluster "
             "(citus_disable_node), then migrate again (nothing was changed)"
         ) from error
-    return applied
+    return applied, citus
 
 
 # The Citus cluster this database belongs to, if any: whether this node is its coordinator,
@@ -288,13 +292,13 @@ select citus_is_coordinator(),
 """
 
 
-async def _check_citus(conn: psycopg.AsyncConnection[TupleRow], app_id: str) -> None:
+async def _check_citus(conn: psycopg.AsyncConnection[TupleRow], app_id: str) -> bool:
     """On a Citus cluster, refuse what would install an app that its workers cannot use
     (docs/citus.md): an install on a worker node, or a new app whose tables would stay on the
-    coordinator because schema-based sharding is off."""
+    coordinator because schema-based sharding is off. Returns whether Citus is installed."""
     cur = await conn.execute("select exists (select from pg_extension where extname = 'citus')")
     if not (await cur.fetchone() or (False,))[0]:
-        return
+        return False
     cur = await conn.execute(_CITUS, {"app": app_id})
     coordinator, workers, sharding, exists, distributed = await cur.fetchone() or (True, 0, 1, 1, 1)
     if not coordinator:
@@ -312,6 +316,7 @@ async def _check_citus(conn: psycopg.AsyncConnection[TupleRow], app_id: str) -> 
         )
     if exists and distributed:
         log.info("app %s: a distributed schema (Citus schema-based sharding)", app_id)
+    return True
 
 
 async def _refuse_downgrade(
@@ -435,7 +440,13 @@ async def check_node(conn: psycopg.AsyncConnection[Any], app_id: str) -> None:
     )
     if not (await cur.fetchone() or (False,))[0]:
         return
-    cur = await conn.execute("select citus_is_coordinator()", prepare=False)
+    # A per-shard engine (its jobs a view over a shard: hotmesh/_citus.py) runs on its node.
+    cur = await conn.execute(
+        "select citus_is_coordinator() or exists (select 1 from pg_class"
+        " where oid = to_regclass(format('%%I.jobs', %s::text)) and relkind = 'v')",
+        (app_id,),
+        prepare=False,
+    )
     if (await cur.fetchone() or (True,))[0]:
         return
     raise HotMeshError(

@@ -768,8 +768,7 @@ class Worker:
         _log_busy(task, error, _GIVE_BACK_AFTER)
         await asyncio.sleep(_GIVE_BACK_AFTER)
         try:
-            with self.db.patient():
-                await self.db.release_tasks([task])
+            await self.db.release_tasks([task])
         except (psycopg.Error, errors.HotMeshError) as again:
             if not lock_busy(again):
                 raise

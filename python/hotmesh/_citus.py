@@ -1,0 +1,171 @@
+"""Per-shard engines for an app distributed by job_id on Citus (docs/citus-row-distribution.md).
+
+Citus cannot run the claim (`FOR UPDATE SKIP LOCKED` over a queue) or the engine's updates by
+lists of ids across shards. Every statement of the engine reads or writes the rows of the
+workflows at hand, though, and all of a workflow's rows are in one group of colocated shards,
+on one node. So for each shard group, `migrate` installs on its node a schema `<app>_s<n>`:
+a view named like each table over that group's shard (`jobs` checks that a new row belongs
+to the shard), a view over each reference table, and the engine's functions, unchanged. A
+worker connected to that node serves app `<app>_s<n>`: its claims, steps, signals and NOTIFYs
+are local to the node, as on a single server.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger("hotmesh.install")
+
+# The shards of the tables colocated with <app>.jobs (hash-distributed by job_id), by group:
+# the group's hash range, the node of its jobs shard, and each table's shard name.
+_GROUPS = """
+select s.shardminvalue::integer, s.shardmaxvalue::integer, c.relname::text,
+       cs.shard_name::text, cs.nodename::text, cs.nodeport
+  from pg_dist_partition as p
+  join pg_class as c on c.oid = p.logicalrelid
+  join pg_dist_shard as s on s.logicalrelid = p.logicalrelid
+  join citus_shards as cs on cs.shardid = s.shardid
+ where p.partmethod = 'h' and c.relnamespace = %(app)s::regnamespace
+   and p.colocationid = (select colocationid from pg_dist_partition
+                          where logicalrelid = to_regclass(format('%%I.jobs', %(app)s::text)))
+ order by s.shardminvalue::integer, c.relname
+"""
+
+# The app's other tables (reference tables, start_keys) and the identity columns of all.
+_TABLES = """
+select c.relname::text,
+       array(select a.attname::text from pg_attribute as a
+              where a.attrelid = c.oid and a.attidentity <> '' order by a.attnum)
+  from pg_class as c
+ where c.relnamespace = %(app)s::regnamespace and c.relkind in ('r', 'p')
+ order by 1
+"""
+
+
+@dataclass(frozen=True)
+class ShardEngine:
+    """The engine of one shard group: app `schema` on the node at `dsn`, for the workflows
+    whose id hashes (Citus's worker_hash) into [low, high]."""
+
+    schema: str
+    dsn: str
+    low: int
+    high: int
+
+
+async def shard_engines(
+    conn: psycopg.AsyncConnection[Any], dsn: str, app_id: str
+) -> list[ShardEngine]:
+    """The per-shard engines of app `app_id`, read on `conn` to the coordinator at `dsn` (a
+    node's DSN is `dsn` with the node's host and port); [] unless its jobs table is
+    distributed by hash (not on Citus, or a distributed schema)."""
+    cur = await conn.execute(
+        "select exists (select 1 from pg_extension where extname = 'citus')", prepare=False
+    )
+    if not (await cur.fetchone() or (False,))[0]:
+        return []
+    cur = await conn.execute(_GROUPS, {"app": app_id}, prepare=False)
+    engines: dict[int, ShardEngine] = {}
+    for low, high, table, _shard, host, port in await cur.fetchall():
+        if table == "jobs":
+            node = psycopg.conninfo.make_conninfo(dsn, host=host, port=port)
+            engines[low] = ShardEngine(f"{app_id}_s{len(engines)}", node, low, high)
+    return list(engines.values())
+
+
+async def install_shard_engines(dsn: str, app_id: str, engine_files: list[Path]) -> None:
+    """(Re)installs the per-shard engines of app `app_id` (a no-op unless its tables are
+    distributed by job_id), each in one transaction on its node; `migrate` calls it after
+    its own transaction (whose DDL, propagated to the nodes, holds locks there until it
+    commits), under the same advisory lock. Run again after shards move."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
+        engines = await shard_engines(conn, dsn, app_id)
+        if engines:
+            await conn.execute(
+                "select pg_advisory_xact_lock(hashtextextended(%s, 0))", ("hotmesh:" + app_id,)
+            )
+            await _install(conn, app_id, engines, engine_files)
+
+
+async def _install(
+    conn: psycopg.AsyncConnection[Any],
+    app_id: str,
+    engines: list[ShardEngine],
+    engine_files: list[Path],
+) -> None:
+    cur = await conn.execute(_GROUPS, {"app": app_id}, prepare=False)
+    shards: dict[tuple[int, str], str] = {
+        (low, table): shard for low, _high, table, shard, _h, _p in await cur.fetchall()
+    }
+    cur = await conn.execute(_TABLES, {"app": app_id}, prepare=False)
+    tables: list[tuple[str, list[str]]] = await cur.fetchall()
+    cur = await conn.execute(
+        "select relname::text from pg_class where relnamespace = %s::regnamespace"
+        " and relkind = 'v' order by 1",
+        (app_id,),
+        prepare=False,
+    )
+    views = [view for (view,) in await cur.fetchall()]
+    app = sql.Identifier(app_id)
+    for engine in engines:
+        schema = sql.Identifier(engine.schema)
+        async with await psycopg.AsyncConnection.connect(engine.dsn) as node, node.transaction():
+            # The schema is the node's own: not created on the other nodes.
+            await node.execute("set local citus.enable_ddl_propagation = off")
+            await node.execute(sql.SQL("create schema if not exists {}").format(schema))
+            await node.execute(
+                sql.SQL("set local search_path = {}, {}, pg_temp").format(schema, app)
+            )
+            for table, identity in tables:
+                shard = shards.get((engine.low, table))
+                name = sql.Identifier(table)
+                if shard is None:  # a reference table, or start_keys: Citus routes them
+                    body = sql.SQL("select * from {}.{}").format(app, name)
+                elif table == "jobs":
+                    # A job of another shard (a child, say) is refused, never stored here.
+                    body = sql.SQL(
+                        "select * from {}.{} where worker_hash(id) between {} and {}"
+                        " with local check option"
+                    ).format(app, sql.Identifier(shard.split(".")[-1]), engine.low, engine.high)
+                else:
+                    body = sql.SQL("select * from {}.{}").format(
+                        app, sql.Identifier(shard.split(".")[-1])
+                    )
+                await node.execute(
+                    sql.SQL("create or replace view {}.{} as ").format(schema, name) + body
+                )
+                # A shard has no identity column: the view draws from the table's sequence,
+                # which on each node has a range of its own.
+                for column in identity:
+                    cur = await node.execute(
+                        "select pg_get_serial_sequence(%s, %s)", (f"{app_id}.{table}", column)
+                    )
+                    sequence = (await cur.fetchone() or ("",))[0]
+                    await node.execute(
+                        sql.SQL("alter view {}.{} alter column {} set default nextval({})").format(
+                            schema, name, sql.Identifier(column), sql.Literal(sequence)
+                        )
+                    )
+            for path in engine_files:
+                # The views of 70_views.sql read a row's xmax, which a view over a shard does
+                # not have: the app's own views (Citus reads them from every shard) stand in.
+                if path.name != "70_views.sql":
+                    await node.execute(path.read_bytes())
+            for view in views:
+                cur = await node.execute(
+                    "select to_regclass(format('%%I.%%I', %s::text, %s::text))",
+                    (engine.schema, view),
+                )
+                if (await cur.fetchone() or (None,))[0] is None:
+                    await node.execute(
+                        sql.SQL("create view {}.{} as select * from {}.{}").format(
+                            schema, sql.Identifier(view), app, sql.Identifier(view)
+                        )
+                    )
+        log.info("app %s: shard engine %s on %s", app_id, engine.schema, engine.dsn)
