@@ -37,13 +37,17 @@ end
 $$;
 
 -- When a run claimed at p_started, last heartbeating at p_beat, times out (null: never).
+-- Through _after (the timeouts are seconds, so it is the same sum): `timestamptz + interval`
+-- is only stable, and an immutable SQL function over it is not inlined but planned at each
+-- statement that calls it (three times in a claim's lease UPDATE).
 create or replace function _run_deadline(
     p_close_at timestamptz, p_start_to_close interval, p_heartbeat_timeout interval,
     p_started timestamptz, p_beat timestamptz
 ) returns timestamptz
 language sql immutable
 as $$
-    select least(p_close_at, p_started + p_start_to_close, p_beat + p_heartbeat_timeout)
+    select least(p_close_at, _after(p_started, p_start_to_close),
+                 _after(p_beat, p_heartbeat_timeout))
 $$;
 
 -- The error of a task whose timeout passed: schedule_to_close is final (596); a run's

@@ -173,6 +173,9 @@ async def test_traced_resumed_and_replayed_activations_make_the_same_spans() -> 
             "hotmesh.function": "mixed", "hotmesh.task_queue": "", "hotmesh.thread": "main",
             "hotmesh.attempt": 1, "hotmesh.run": 1, "hotmesh.outcome": "suspended"}, "UNSET")
     ]  # fmt: skip
+    # Its activity call, not wrapped by the interceptor, carries that activation's context.
+    assert [(seq, command.traceparent) for seq, command in kept_trace.named(recorder.commands)
+            if isinstance(command, ScheduleActivity)] == [(1, "RunWorkflow:mixed")]  # fmt: skip
     wakes = 0
     while isinstance(outcome, Suspended):
         wake_next(history, recorder)

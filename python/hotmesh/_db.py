@@ -34,9 +34,9 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.adapt import AdaptersMap
-from psycopg.rows import kwargs_row
+from psycopg.rows import kwargs_row, tuple_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
@@ -551,8 +551,9 @@ class _GroupCommit(Generic[Item, R]):
             if not lock_busy(error):
                 raise
         # It met a lock another transaction holds: once more on its own, in the patient lane
-        # (Database.patient), so that the batches behind it never wait for that transaction.
-        token = _patient.set(True)
+        # if a lane connection is free (Database.patient), so that the batches behind it
+        # never wait for that transaction.
+        token = _patient.set(_IF_FREE)
         try:
             return await self._single(item)
         finally:
@@ -605,8 +606,11 @@ def _ended_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
 
 _CONFLICT_RETRIES = 4
 # A call in the patient lane (Database.patient): it may wait LOCK_TIMEOUT_MS for a lock, and
-# only a quarter of the pool's connections at once may be in that lane.
-_patient: contextvars.ContextVar[bool] = contextvars.ContextVar("hotmesh_patient", default=False)
+# only a quarter of the pool's connections at once may be in that lane. _IF_FREE: only if a
+# lane connection is free at once (a call that holds a worker slot meanwhile); _WAIT: it waits
+# up to LOCK_TIMEOUT_MS for one.
+_OUT, _IF_FREE, _WAIT = 0, 1, 2
+_patient: contextvars.ContextVar[int] = contextvars.ContextVar("hotmesh_patient", default=_OUT)
 # Set in a group commit's flusher: a lock wait there would hold up every batch behind it.
 _flushing: contextvars.ContextVar[bool] = contextvars.ContextVar("hotmesh_flush", default=False)
 # The calls that only read, and how long apart they are sent again after a lost connection.
@@ -707,6 +711,9 @@ class Claims(list[Claimed]):
         self.held = held
 
 
+_THEN_COMMIT = (sql.SQL(""), sql.SQL("; commit"))
+
+
 class HeldClaim:
     """A claim whose transaction is still open (claim_tasks with `hold`). A worker that claimed
     nothing but one activation, which its sticky cache resumes in memory, sends that
@@ -760,8 +767,10 @@ class HeldClaim:
             try:
                 async with self._stack:
                     try:
-                        rows = await self._db._fetch_on(self._conn, name, {"items": Jsonb([item])})
-                        await self._conn.commit()
+                        # The outcome and the commit in one round trip.
+                        rows = await self._db._fetch_on(
+                            self._conn, name, {"items": Jsonb([item])}, _THEN_COMMIT
+                        )
                     except (psycopg.Error, errors.HotMeshError) as error:
                         with contextlib.suppress(psycopg.Error):
                             await self._conn.rollback()
@@ -812,6 +821,10 @@ class Database:
         (`patient`) it is one of the lane's few, and may wait LOCK_TIMEOUT_MS for a lock;
         otherwise QUICK_LOCK_TIMEOUT_MS: no number of held rows takes more of the pool."""
         patient = _patient.get()
+        if patient == _IF_FREE and self._lane.locked():
+            raise psycopg.errors.LockNotAvailable(
+                f"the patient lane's {self.lane} connections all wait for held locks"
+            )
         if patient:
             try:
                 await asyncio.wait_for(self._lane.acquire(), LOCK_TIMEOUT_MS / 1000)
@@ -847,7 +860,7 @@ class Database:
     def patient(self) -> Iterator[None]:
         """The calls in this block run in the patient lane: a call that met a lock another
         transaction holds waits for it there, up to LOCK_TIMEOUT_MS, one of `lane` at most."""
-        token = _patient.set(True)
+        token = _patient.set(_WAIT)
         try:
             yield
         finally:
@@ -860,24 +873,24 @@ class Database:
         # fresh one, for about 5 s: reading twice changes nothing. A write is not: whether it
         # committed before the connection went is unknown, so its caller decides.
         # One that met a lock past QUICK_LOCK_TIMEOUT_MS is sent again in the patient lane:
-        # a worker's once (then it raises), an application's until it succeeds (a caller waits
-        # for a caller, in rounds). In a group commit's flusher it raises at once: its caller
-        # sends it again alone (_GroupCommit.submit), so no batch waits behind it.
+        # a worker's once, if a lane connection is free at once (then it raises: the worker
+        # frees its slot), an application's until it succeeds (a caller waits for a caller, in
+        # rounds). In a group commit's flusher it raises at once: its caller sends it again
+        # alone (_GroupCommit.submit), so no batch waits behind it.
         conflicts = 0
         busy = 0.0
-        patient = _patient.get()
+        lane = _patient.get()
         waits = iter(_RECONNECT_WAITS if name in _READS else ())
         while True:
             try:
-                with self.patient() if patient else contextlib.nullcontext():
-                    return await self._fetch_once(name, params)
+                return await self._fetch_once(name, params, lane)
             except psycopg.errors.LockNotAvailable:
-                if _flushing.get() or (patient and name in WORKER_CALLS):
+                if _flushing.get() or (lane and name in WORKER_CALLS):
                     raise
-                if patient:
+                if lane:
                     busy = min(max(busy * 2, 0.05), _LOCK_RETRY_MAX)
                     await asyncio.sleep(busy)
-                patient = True
+                lane = _IF_FREE if name in WORKER_CALLS else _WAIT
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 conflicts += 1
                 if conflicts == _CONFLICT_RETRIES:
@@ -889,28 +902,46 @@ class Database:
                     raise
                 await asyncio.sleep(wait)
 
-    async def _fetch_once(self, name: str, params: Params) -> list[Any]:
-        """The statement's rows: its dataclass (_ROWS) or tuples."""
-        async with self._connection() as conn:
-            return await self._fetch_on(conn, name, params)
+    async def _fetch_once(self, name: str, params: Params, lane: int = _OUT) -> list[Any]:
+        """The statement's rows: its dataclass (_ROWS) or tuples; `lane`: see _patient."""
+        token = _patient.set(lane)
+        try:
+            async with self._connection() as conn:
+                return await self._fetch_on(conn, name, params)
+        finally:
+            _patient.reset(token)
 
     async def _fetch_on(
-        self, conn: psycopg.AsyncConnection[Any], name: str, params: Params
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        name: str,
+        params: Params,
+        around: tuple[sql.Composable, sql.Composable] | None = None,
     ) -> list[Any]:
-        """The statement's rows on `conn`, its errors mapped as every call's are."""
+        """The statement's rows on `conn`, its errors mapped as every call's are. With
+        `around`, the statement goes between those two (a held claim's `begin`, an outcome's
+        `commit`) in one round trip: the simple protocol, the parameters bound client-side."""
         row = _ROWS.get(name)
         try:
             # A row class builds itself from the columns: from_row where it converts some.
-            factory = kwargs_row(getattr(row, "from_row", row)) if row else None
-            cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
+            factory = kwargs_row(getattr(row, "from_row", row)) if row else tuple_row
+            if around is None:
+                cur: psycopg.AsyncCursor[Any] = conn.cursor(row_factory=factory)
+                query: sql.Composed = self._sql[name]
+            else:
+                cur = psycopg.AsyncClientCursor(conn, row_factory=factory)
+                query = sql.Composed([around[0], self._sql[name], around[1]])
             try:
-                await cur.execute(self._sql[name], params)
+                await cur.execute(query, params)
             except (TypeError, ValueError, RecursionError) as error:
                 # An argument psycopg cannot send (a str with a lone surrogate, an int of
                 # thousands of digits, JSON nested too deeply or not JSON at all): nothing
                 # was sent.
                 message = f"{name}: an argument cannot be sent to Postgres: {error}"
                 raise errors.InvalidArgument(message) from error
+            while cur.pgresult is not None and cur.pgresult.status != pq.ExecStatus.TUPLES_OK:
+                if not cur.nextset():  # the rows are the statement's, between the others
+                    break
             return await cur.fetchall()
         except psycopg.Error as error:
             if error.sqlstate and (error.sqlstate.startswith("HM") or error.sqlstate[:2] == "22"):
@@ -991,14 +1022,10 @@ class Database:
         stack = contextlib.AsyncExitStack()
         conn = await stack.enter_async_context(self._connection())
         held = HeldClaim(self, conn, stack)
+        begin = sql.SQL("begin; set local idle_in_transaction_session_timeout = {}; ")
         try:
-            # One round trip (the simple protocol: no parameters).
-            await conn.execute(
-                sql.SQL("begin; set local idle_in_transaction_session_timeout = {}").format(
-                    sql.Literal(HELD_IDLE_MS)
-                )
-            )
-            return Claims(await self._fetch_on(conn, "claim_tasks", params), held)
+            around = (begin.format(sql.Literal(HELD_IDLE_MS)), sql.SQL(""))
+            return Claims(await self._fetch_on(conn, "claim_tasks", params, around), held)
         except BaseException:
             await held.end(commit=False)
             raise

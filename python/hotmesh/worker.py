@@ -264,6 +264,11 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._checking = asyncio.Lock()
         self.sticky = StickyCache(sticky_cache)
+        # How long the last give-back of each activation (workflow, thread) that met a held
+        # lock waited: the next one waits twice as long, up to _BUSY_RETRY_MAX, so a thread
+        # that is claimed again while the row is still held (a hook: the claim skips only
+        # main threads of held workflows) costs a slot and a first try ever more rarely.
+        self._given_back: dict[tuple[str, str], float] = {}
 
     @property
     def stopping(self) -> bool:
@@ -762,14 +767,19 @@ class Worker:
 
     async def _give_back(self, task: Claimed, error: BaseException) -> None:
         """A durable call of this activation met a lock that an open transaction held past
-        lock_timeout: free the slot, keep the lease a second, then give the task back (not
-        counted as an attempt). Nothing it recorded is lost; the next run replays it."""
+        lock_timeout: free the slot, keep the lease a second (doubling, up to 5 s, for the
+        same thread again), then give the task back (not counted as an attempt). Nothing it
+        recorded is lost; the next run replays it."""
         self._settling_now()
-        _log_busy(task, error, _GIVE_BACK_AFTER)
-        await asyncio.sleep(_GIVE_BACK_AFTER)
+        key = (task.job_id, task.thread)
+        wait = min(2 * self._given_back.get(key, _GIVE_BACK_AFTER / 2), _BUSY_RETRY_MAX)
+        if len(self._given_back) >= 10_000:  # threads that never came back: forget them
+            self._given_back.clear()
+        self._given_back[key] = wait
+        _log_busy(task, error, wait)
+        await asyncio.sleep(wait)
         try:
-            with self.db.patient():
-                await self.db.release_tasks([task])
+            await self.db.release_tasks([task])
         except (psycopg.Error, errors.HotMeshError) as again:
             if not lock_busy(again):
                 raise
@@ -832,6 +842,7 @@ class Worker:
             act = Activation(task, fn, self.registry, executor, interceptors=interceptors)
         began = time.perf_counter()
         outcome = await act.run(keep=keep)
+        self._given_back.pop(key, None)  # its durable calls went through
         self._settling_now()  # only the outcome's call remains
         if held is not None and not isinstance(outcome, Suspended | Completed):
             await held.end()

@@ -78,12 +78,16 @@ def install_kill_switch() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     async def fetch(
-        self: Database, conn: psycopg.AsyncConnection[Any], name: str, params: Any
+        self: Database,
+        conn: psycopg.AsyncConnection[Any],
+        name: str,
+        params: Any,
+        around: Any = None,
     ) -> list[Any]:
         if name in HOUSEKEEPING:
-            return await original(self, conn, name, params)
+            return await original(self, conn, name, params, around)
         if name == "claim_tasks":  # counted only when it claimed something
-            rows = await original(self, conn, name, params)
+            rows = await original(self, conn, name, params, around)
             if rows:
                 counts[name] += 1
                 label = f"{name}#{counts[name]}"
@@ -97,9 +101,9 @@ def install_kill_switch() -> None:
         _trace(label)
         if label == target and when == "before":
             die(label)
-        rows = await original(self, conn, name, params)
+        rows = await original(self, conn, name, params, around)
         if label == target:
-            die(label)  # committed, or in a held claim's transaction: rolled back with it
+            die(label)  # committed (a held claim's outcome with its commit), or rolled back
         return rows
 
     Database._fetch_on = fetch  # type: ignore[method-assign]

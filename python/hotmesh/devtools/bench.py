@@ -718,7 +718,8 @@ def held(
     workflows that end meanwhile, 50 ms apart (an entity_merge on each, committed after).
     Rates and 95th-percentile latencies on the database's clock; `ratio`: held over unheld
     rate, the same worker in the same run. `waiters_max`: most backends seen waiting on the
-    holder at once; `held_done_s`: from the COMMIT until the held workflows completed."""
+    holder at once; `held_done_s`: from the COMMIT until the held workflows completed.
+    `--held-rows 0`: the same phases with nothing held, what the second costs by itself."""
     schema = sql.Identifier(app)
     start = sql.SQL(
         "select {}.start_workflows(jsonb_agg(jsonb_build_object('workflow_name', 'chain',"
@@ -760,9 +761,10 @@ def held(
             phase("free")
             conn.execute(
                 sql.SQL(
-                    "select {0}.start_workflows(jsonb_agg(jsonb_build_object('workflow_name',"
-                    " 'ends_later', 'args', jsonb_build_array(0.2 + 0.05 * i), 'task_queue',"
-                    " 'bench', 'workflow_id', 'held-' || i))) from generate_series(1, %s) as i"
+                    "select {0}.start_workflows(coalesce(jsonb_agg(jsonb_build_object("
+                    "'workflow_name', 'ends_later', 'args', jsonb_build_array(0.2 + 0.05 * i),"
+                    " 'task_queue', 'bench', 'workflow_id', 'held-' || i)), '[]'))"
+                    " from generate_series(1, %s) as i"
                 ).format(schema),
                 (rows,),
             )
