@@ -555,3 +555,82 @@ async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) 
     )
     assert rows == sorted((wid, "completed", 1, 1) for wid in ids)
     assert query(f"select count(*) from {app_id}.tasks") == [(0,)]  # noqa: S608
+
+
+# Workflows in the fault test on the app distributed by job_id, over its 4 shard groups.
+LOAD_BY_JOB = int(os.environ.get("HOTMESH_CITUS_LOAD_BY_JOB", "400"))
+
+
+@pytest.mark.timeout(900)
+async def test_worker_kills_on_an_app_distributed_by_job_id(
+    apps: list[str], tmp_path: Path
+) -> None:
+    """The fault test of docs/citus-row-distribution.md: LOAD_BY_JOB workflows of the fleet
+    (tests/workers/fleet.py: an activity, the entity, a hook, a signal) on an app distributed
+    by job_id, each started and signalled through the engine of its shard group, a worker
+    process per engine on its node. Once a quarter are done, one worker of each node is killed
+    (SIGKILL) mid-work and replaced. Every workflow completes once, with its steps, entity and
+    side effects: nothing lost, nothing doubled."""
+    from fleet_harness import Fleet, Observer, create_effects, expect_clean, outcome, wait_until
+    from helpers import kill9
+    from hotmesh._citus import shard_engines
+
+    app_id = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(app_id)
+    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
+    await migrate(sharded(CITUS_URL, on=False), app_id)
+    distribute_by_job_id(app_id)
+    await migrate(sharded(CITUS_URL, on=False), app_id)
+    async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+        engines = await shard_engines(conn, CITUS_URL, app_id)
+    observers = [Observer(e.dsn, e.schema) for e in engines]
+    fleets = [Fleet(e.dsn, e.schema, tmp_path / e.schema) for e in engines]
+    totals = []
+    try:
+        for engine, obs, fleet in zip(engines, observers, fleets, strict=True):
+            # The harness reads the app's reference tables (signals) too.
+            obs.rows(f"set search_path = {engine.schema}, {app_id}, public")
+            # Workflow f-<i> goes to the engine whose hash range holds its id.
+            (tmp_path / engine.schema).mkdir()
+            create_effects(obs)
+            started = obs.rows(
+                "select start_workflow('fleet_main', jsonb_build_array(i), 'lq', 'f-' || i)"
+                " from generate_series(1, %s) as i"
+                " where worker_hash('f-' || i) between %s and %s",
+                LOAD_BY_JOB,
+                engine.low,
+                engine.high,
+            )
+            totals.append(len(started))
+            obs.rows(
+                "select signal('go-' || i, to_jsonb(i), 'f-' || i)"
+                " from generate_series(1, %s) as i"
+                " where worker_hash('f-' || i) between %s and %s",
+                LOAD_BY_JOB,
+                engine.low,
+                engine.high,
+            )
+            fleet.start(processes=1, concurrency=8)
+        assert sum(totals) == LOAD_BY_JOB and min(totals) > 0, totals
+        done = "select count(*) from jobs where status = 'completed'"
+        killed = set()
+        for engine, obs, fleet, total in zip(engines, observers, fleets, totals, strict=True):
+            if engine.dsn in killed:
+                continue
+            killed.add(engine.dsn)
+            wait_until(obs, done, total // 4, 300)
+            kill9(fleet.workers.procs[0][0])
+            fleet.start(processes=1, concurrency=8)
+        assert len(killed) == 2
+        for obs, total in zip(observers, totals, strict=True):
+            wait_until(obs, done, total, 600)
+        # Then the figures (signals, a reference table, are the whole app's).
+        for engine, obs, total in zip(engines, observers, totals, strict=True):
+            figures = outcome(obs, total)
+            print(f"{engine.schema}: {figures}")
+            expect_clean(figures)
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        for obs in observers:
+            obs.close()

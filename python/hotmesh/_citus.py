@@ -125,7 +125,12 @@ async def _install(
             for table, identity in tables:
                 shard = shards.get((engine.low, table))
                 name = sql.Identifier(table)
-                if shard is None:  # a reference table, or start_keys: Citus routes them
+                if shard is None:
+                    # A reference table, or start_keys: the functions reach the Citus table
+                    # itself by the search_path (Citus cannot write through a view over it).
+                    # The read-only schema_migrations marks the schema as an installed app.
+                    if table != "schema_migrations":
+                        continue
                     body = sql.SQL("select * from {}.{}").format(app, name)
                 elif table == "jobs":
                     # A job of another shard (a child, say) is refused, never stored here.
@@ -142,7 +147,7 @@ async def _install(
                 )
                 # A shard has no identity column: the view draws from the table's sequence,
                 # which on each node has a range of its own.
-                for column in identity:
+                for column in identity if shard is not None else []:
                     cur = await node.execute(
                         "select pg_get_serial_sequence(%s, %s)", (f"{app_id}.{table}", column)
                     )
