@@ -424,9 +424,10 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     dsn: str, old_app: tuple[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Upgrading the previous release adds a column to tasks (migration 0024). An application
-    holds a hook() open (it has written a task): the migrate's ALTER TABLE waits for it, and a hook sent meanwhile waits behind the migrate, but only until the
-    migrate's lock_timeout: it returns while the application's transaction is still open. The
-    migrate tries again and succeeds after the COMMIT."""
+    holds a hook() open (it has written a task): the migrate's ALTER TABLE waits for it, and a
+    hook sent meanwhile waits behind the migrate, but only until the migrate's lock_timeout: it
+    returns while the application's transaction is still open. The migrate tries again and
+    succeeds after the COMMIT."""
     app, _ = old_app
     caplog.set_level(logging.WARNING, "hotmesh.install")
     schema = sql.Identifier(app)
