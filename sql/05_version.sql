@@ -31,5 +31,5 @@ create or replace function engine_version(
 language sql stable
 set search_path from current
 as $$
-    select '0.5.0', (select max(m.version) from schema_migrations as m), 4, 0
+    select '0.6.0', (select max(m.version) from schema_migrations as m), 4, 0
 $$;

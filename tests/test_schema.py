@@ -64,6 +64,7 @@ RELEASES = (
     "1ac7bd8b913304dfbea1c5adb97daf10eb4b510e",  # 0.2.0: 0013, worker protocol 2
     "2a4ff67bba6cef77a261b627bc4cf4cc492eba6f",  # 0.3.0: 0017, worker protocol 3
     "19fa91879b0503f84830927ba220db6224b5132d",  # 0.4.0: 0021, worker protocol 4
+    "3f67c521d02dee189858a5cb39f86f2ab055f588",  # 0.5.0: 0023, worker protocol 4
 )
 
 # Run by each release's own package in turn, in one interpreter: its installer, on its own
@@ -204,10 +205,11 @@ def test_an_upgraded_app_equals_a_fresh_install(
 
 def test_the_upgrade_keeps_the_idempotency_keys(dsn: str, releases: Path, apps: list[str]) -> None:
     """Migration 0023 moves a start's idempotency key from jobs to start_keys: a key a run
-    took before the upgrade still returns that run."""
+    took before the upgrade still returns that run (installed by 0.4.0, the last release
+    before 0023)."""
     app = new_app("keys")
     apps.append(app)
-    install_releases(dsn, app, RELEASES[-1:], releases)
+    install_releases(dsn, app, [r for r in RELEASES if r.startswith("19fa918")], releases)
     start = sql.SQL("select {}.start_workflow('w', '[]', 'q', %s, null, %s)").format(
         sql.Identifier(app)
     )

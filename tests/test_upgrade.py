@@ -78,7 +78,7 @@ OLD_CLAIM_CUT_OFF = re.compile(r"^.*event=db_error during=claim .*lock timeout.*
 
 
 # The newest release whose workers speak an older protocol than this package's: an engine this
-# package's worker must refuse (0.5.0 kept 0.4.0's protocol 4, so PREVIOUS is not one).
+# package's worker must refuse (0.5.0 and 0.6.0 kept 0.4.0's protocol 4, so PREVIOUS is not one).
 OLDER_PROTOCOL = "2a4ff67bba6cef77a261b627bc4cf4cc492eba6f"  # 0.3.0: protocol 3
 
 
@@ -423,11 +423,11 @@ def test_a_worker_refuses_a_schema_older_than_it(dsn: str, tmp_path: Path) -> No
 async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
     dsn: str, old_app: tuple[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Upgrading the previous release drops and re-creates an index of jobs (migration 0022). An
-    application holds a hook() open (it locks its workflow's jobs row): the migrate's DROP INDEX
-    waits for it, and a hook sent meanwhile waits behind the migrate, but only until the
-    migrate's lock_timeout: it returns while the application's transaction is still open. The
-    migrate tries again and succeeds after the COMMIT."""
+    """Upgrading the previous release adds a column to tasks (migration 0024). An application
+    holds a hook() open (it has written a task): the migrate's ALTER TABLE waits for it, and a
+    hook sent meanwhile waits behind the migrate, but only until the migrate's lock_timeout: it
+    returns while the application's transaction is still open. The migrate tries again and
+    succeeds after the COMMIT."""
     app, _ = old_app
     caplog.set_level(logging.WARNING, "hotmesh.install")
     schema = sql.Identifier(app)
@@ -461,7 +461,7 @@ async def test_migrate_waits_for_a_lock_in_turns_of_lock_timeout(
         assert not upgrading.done()
         await holder.commit()
         applied = await asyncio.wait_for(upgrading, 60)
-        assert 22 in applied
+        assert 24 in applied
         assert "rolled back so as not to hold up the workers" in caplog.text
     finally:
         for conn in (holder, other, watch):
