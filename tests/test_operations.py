@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from helpers import until_row
-from hotmesh import FatalError, MemFlow, RetryPolicy, workflow
+from hotmesh import FatalError, MemFlow, RetryPolicy, _db, workflow
 from hotmesh._db import _READS, _STATEMENTS
 
 pytestmark = pytest.mark.timeout(60)
@@ -316,9 +316,13 @@ WAITS_ON_A_LOCK = (
 
 
 async def test_worker_survives_terminated_connections(
-    dsn: str, app: str, db: Any, caplog: pytest.LogCaptureFixture
+    dsn: str, app: str, db: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="hotmesh")
+    # The completion must still be waiting on the held row when its connection is terminated:
+    # a first try's 100 ms lock_timeout can run out before the terminate on a loaded machine
+    # (the call is then sent again after it, and nothing is cut off mid-flight).
+    monkeypatch.setattr(_db, "QUICK_LOCK_TIMEOUT_MS", 60_000)
     tag = f"hm-ops-{app}"
     mf = await MemFlow.init(app_id=app, dsn=make_conninfo(dsn, application_name=tag), migrate=False)
     holder = psycopg.connect(dsn)
