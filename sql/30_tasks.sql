@@ -9,26 +9,15 @@
 -- every statement at every call (generic plans assume 10 keys, which looks dearer than the
 -- one a signal or a remote step claims): planning was half of a small claim's time.
 
--- p_ids without p_drop (null when nothing is left): the tasks a claim does not hand out.
-create or replace function _without(p_ids bigint[], p_drop bigint[]) returns bigint[]
+-- p_ids without p_drop (null when nothing is left): the tasks a claim does not hand out, the
+-- jobs it does not move.
+drop function if exists _without(bigint[], bigint[]);
+drop function if exists _without_jobs(text[], text[]);
+create or replace function _without(p_ids anyarray, p_drop anyarray) returns anyarray
 language plpgsql immutable
 as $$
 declare
-    v_left bigint[];
-begin
-    select array_agg(i.id) into v_left
-      from unnest(p_ids) as i (id)
-     where i.id <> all(coalesce(p_drop, '{}'));
-    return v_left;
-end
-$$;
-
--- p_ids without p_drop (null when nothing is left), for job ids.
-create or replace function _without_jobs(p_ids text[], p_drop text[]) returns text[]
-language plpgsql immutable
-as $$
-declare
-    v_left text[];
+    v_left p_ids%type;
 begin
     select array_agg(i.id) into v_left
       from unnest(p_ids) as i (id)
@@ -273,7 +262,7 @@ begin
         end if;
         -- Those claimed ahead move when they start or end (_start_job): one job write fewer
         -- for a drained workflow. Their rows are only share-locked here, as a check.
-        v_now_jobs := _without_jobs(v_main_jobs, v_ahead_jobs);
+        v_now_jobs := _without(v_main_jobs, v_ahead_jobs);
         if v_now_jobs is not null then
             select array_agg(m.id) into v_started
               from _transitions(v_now_jobs, 'running', null, null,

@@ -758,9 +758,7 @@ create function <app>._wake(p_job_id text, p_thread text) returns void
     language plpgsql volatile;
 create function <app>._wake_threads(p_job_ids text[], p_threads text[]) returns void
     language plpgsql volatile;
-create function <app>._without(p_ids bigint[], p_drop bigint[]) returns bigint[]
-    language plpgsql immutable;
-create function <app>._without_jobs(p_ids text[], p_drop text[]) returns text[]
+create function <app>._without(p_ids anyarray, p_drop anyarray) returns anyarray
     language plpgsql immutable;
 create function <app>.activity_heartbeat(p_task_id bigint, p_token uuid, p_lease interval) returns boolean
     language plpgsql volatile security definer
