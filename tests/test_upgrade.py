@@ -72,9 +72,15 @@ EFFECTS = {"up_steps": ["a", "b"], "up_remote": ["r"], "up_child": ["c"]}
 # lost lease, a traceback.
 TROUBLE = re.compile(r"event=(db_error|crash|stuck|lease_lost)|Traceback", re.IGNORECASE)
 # Not trouble: 0.1.0's workers claim with lock_timeout 1 s and log a claim the timeout cut off
-# as a db_error (this release logs lock_busy); the migrate holds `tasks` longer than that. The
+# as a db_error (this release logs lock_busy); the migrate holds `tasks` longer than that. Nor
+# a claim running the previous release's claim_tasks body at the migrate's commit: it then
+# calls the _transitions signature 0.6.0 replaced (one failed statement, rolled back). Either
 # claim took no task and is sent again 0.1 s later.
-OLD_CLAIM_CUT_OFF = re.compile(r"^.*event=db_error during=claim .*lock timeout.*$", re.M)
+OLD_CLAIM_CUT_OFF = re.compile(
+    r"^.*event=db_error during=claim .*"
+    r"(lock timeout|function _transitions\(.*\) does not exist).*$",
+    re.M,
+)
 
 
 # The newest release whose workers speak an older protocol than this package's: an engine this
