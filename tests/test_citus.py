@@ -224,10 +224,11 @@ def test_pgtap_suite_on_a_distributed_schema(app: str) -> None:
 LOAD = int(os.environ.get("HOTMESH_CITUS_LOAD", "500"))
 
 
-async def demo_flow(app: str) -> None:
+async def demo_flow(app: str, by_sql: bool = True) -> None:
     """The claims-review demo (python/examples/demo.py) on `app`: two hooks fill the entity,
-    a person approves from SQL through the reviewers' inbox (a human task), another claim is
-    withdrawn (cancelled) and its task with it."""
+    a person approves through the reviewers' inbox (a human task), another claim is
+    withdrawn (cancelled) and its task with it: from SQL on the coordinator, or (`by_sql`
+    False) through the client, as on an app distributed by job_id, where the client routes."""
     from examples import demo
 
     mf = await MemFlow.init(app_id=app, dsn=CITUS_URL, migrate=False)
@@ -248,17 +249,25 @@ async def demo_flow(app: str) -> None:
             ids[case] = handle.workflow_id
         for workflow_id in ids.values():
             await asyncio.wait_for(demo.wait_until_waiting(mf, workflow_id), 30)
-        resolved = query(
-            f"select status from {app}.resolve_human_task("  # noqa: S608
-            f" (select id from {app}.list_human_tasks(metadata => %s::jsonb)),"
-            " 'ann', '{\"approved\": true}')",
-            '{"case": "A42"}',
-        )
+        if by_sql:
+            resolved = query(
+                f"select status from {app}.resolve_human_task("  # noqa: S608
+                f" (select id from {app}.list_human_tasks(metadata => %s::jsonb)),"
+                " 'ann', '{\"approved\": true}')",
+                '{"case": "A42"}',
+            )
+        else:
+            (task,) = await mf.human_tasks.list(metadata={"case": "A42"})
+            done = await mf.human_tasks.resolve(task.id, "ann", {"approved": True})
+            resolved = [(done.status,)]
         assert resolved == [("resolved",)]
         final = await mf.workflow.get_handle(ids["A42"]).result(timeout=20)
         assert final["stage"] == "complete", final  # type: ignore[index]
         assert final["approved"] is True, final  # type: ignore[index]
-        query(f"select {app}.cancel_workflow(%s, 'withdrawn')", ids["B17"])
+        if by_sql:
+            query(f"select {app}.cancel_workflow(%s, 'withdrawn')", ids["B17"])
+        else:
+            await mf.workflow.get_handle(ids["B17"]).interrupt("withdrawn")
         assert await mf.workflow.get_handle(ids["B17"]).status() == "cancelled"
         left = query(
             f"select status from {app}.list_human_tasks(status => 'cancelled',"  # noqa: S608
@@ -407,6 +416,19 @@ def distribute_by_job_id(app_id: str) -> None:
                 conn.execute("select create_reference_table(%s)", (f"{app_id}.{table}",))
 
 
+async def app_by_job_id(apps: list[str]) -> str:
+    """A new app whose rows are distributed by job_id, with its per-shard engines (migrated
+    again once distributed)."""
+    app_id = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(app_id)
+    # A schema of its own (not a distributed schema): its tables start on the coordinator.
+    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
+    await migrate(sharded(CITUS_URL, on=False), app_id)
+    distribute_by_job_id(app_id)
+    await migrate(sharded(CITUS_URL, on=False), app_id)
+    return app_id
+
+
 async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
     """The first steps of docs/citus-row-distribution.md: one app's rows distributed by
     job_id. Every table with a job_id that is never null distributes by it, colocated with
@@ -487,65 +509,50 @@ async def approved_intake(case_id: str) -> dict[str, Any]:
 
 
 async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) -> None:
-    """The claim on an app distributed by job_id (docs/citus-row-distribution.md): migrated
-    again once distributed, the app gets a per-shard engine on the node of each shard group,
-    and a worker per engine, connected to that node, serves the workflows of its shards. On
-    every shard group a workflow starts, runs an activity, waits for a signal, takes it and
-    completes (each wake-up is the node's own NOTIFY, far below the 30 s poll); the
-    coordinator then reads every row of them. A job of another shard is refused there."""
+    """The README quick start on an app distributed by job_id, through the plain MemFlow
+    API on the coordinator (docs/citus-row-distribution.md): MemFlow finds the app's per-shard
+    engines at init, its worker runs a claim loop per engine, listening on that engine's
+    node, and every call about a workflow goes to the engine of its shard group. A workflow
+    on every group (and one whose id the client makes) starts, runs an activity, waits for a
+    signal, takes it and completes (each wake-up the node's own NOTIFY, far below the 30 s
+    poll); the coordinator then reads every row of them. A job of another shard group is
+    refused by an engine's SQL."""
     from helpers import until
     from hotmesh._citus import shard_engines
 
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
-    distribute_by_job_id(app_id)
-    await migrate(sharded(CITUS_URL, on=False), app_id)
+    app_id = await app_by_job_id(apps)
     async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
         engines = await shard_engines(conn, CITUS_URL, app_id)
     assert [e.schema for e in engines] == [f"{app_id}_s{n}" for n in range(4)]
     assert len({e.dsn for e in engines}) == 2  # both worker nodes
-
-    def workflow_id(low: int, high: int) -> str:
-        """An id that Citus places in the shard group of hash range [low, high]."""
-        for n in range(10_000):
-            candidate = f"claim-{n}"
-            if low <= query("select worker_hash(%s::text)", candidate)[0][0] <= high:
-                return candidate
-        raise AssertionError(f"no id in [{low}, {high}]")
-
-    ids = [workflow_id(e.low, e.high) for e in engines]
-    flows = [await MemFlow.init(app_id=e.schema, dsn=e.dsn, migrate=False) for e in engines]
+    ids = [in_group(e.low, e.high) for e in engines]
+    mf = await MemFlow.init(app_id=app_id, dsn=CITUS_URL, migrate=False)
     try:
-        handles = []
-        for mf, wid in zip(flows, ids, strict=True):
-            await mf.worker.create(task_queue="claims", workflow=approved_intake)
-            handles.append(
-                await mf.workflow.start(
-                    workflow_name="approved_intake",
-                    args=[wid],
-                    task_queue="claims",
-                    workflow_id=wid,
-                )
+        await mf.worker.create(task_queue="claims", workflow=approved_intake)
+        handles = [
+            await mf.workflow.start(
+                workflow_name="approved_intake", args=[wid], task_queue="claims", workflow_id=wid
             )
+            for wid in ids
+        ]
+        handles.append(
+            await mf.workflow.start(
+                workflow_name="approved_intake", args=["H"], task_queue="claims"
+            )
+        )
         for handle in handles:
             waiting = f"select 1 from {app_id}.steps where job_id = %s and kind = 'signal'"  # noqa: S608
             await until(lambda: query(waiting, handle.workflow_id), "waits for approve")  # noqa: B023
             assert (await handle.signal("approve", True))["status"] == "delivered"
         results = [await asyncio.wait_for(h.result(), 20) for h in handles]
-        # A child, say, whose id belongs to another shard group: refused, not misplaced.
-        other = workflow_id(engines[1].low, engines[1].high)
-        with pytest.raises(psycopg.errors.WithCheckOptionViolation):
-            query(
-                f"select {engines[0].schema}.start_workflow('w', '[]', 'q', %s)",
-                other,
-                url=engines[0].dsn,
-            )
+        history = await handles[0].history()
+        assert [h.kind for h in history if h.kind == "activity"] == ["activity"]
+        assert (await handles[1].describe())["status"] == "completed"
     finally:
-        for mf in flows:
-            await mf.close()
-    assert results == [{"case_id": wid, "covered": True, "approved": True} for wid in ids]
+        await mf.close()
+    ids.append(handles[-1].workflow_id)
+    cases = [*ids[:-1], "H"]
+    assert results == [{"case_id": c, "covered": True, "approved": True} for c in cases]
     # Through the coordinator: every workflow completed, one activity run each, no task left.
     rows = query(
         f"select j.id, j.status, count(s.*) filter (where s.kind = 'activity'),"  # noqa: S608
@@ -555,6 +562,105 @@ async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) 
     )
     assert rows == sorted((wid, "completed", 1, 1) for wid in ids)
     assert query(f"select count(*) from {app_id}.tasks") == [(0,)]  # noqa: S608
+    # A child, say, whose id belongs to another shard group: refused, not misplaced.
+    other = in_group(engines[1].low, engines[1].high)
+    with pytest.raises(psycopg.errors.WithCheckOptionViolation):
+        query(
+            f"select {engines[0].schema}.start_workflow('w', '[]', 'q', %s)",
+            other,
+            url=engines[0].dsn,
+        )
+
+
+def in_group(low: int, high: int, prefix: str = "claim") -> str:
+    """An id that Citus places in the shard group of hash range [low, high]."""
+    for n in range(10_000):
+        candidate = f"{prefix}-{n}"
+        if low <= query("select worker_hash(%s::text)", candidate)[0][0] <= high:
+            return candidate
+    raise AssertionError(f"no id in [{low}, {high}]")
+
+
+def test_the_client_hashes_ids_as_citus() -> None:
+    """The client routes a workflow by its id's hash, computed in Python: the same as Citus's
+    worker_hash of the text, for every id tried (ASCII, multibyte, of every tail length)."""
+    import random
+
+    from hotmesh._citus import worker_hash
+
+    rng = random.Random(20)
+    ids = ["", "a", "claim-1", "H" + "0" * 32, "élan→✓🙂", *(("x" * n) for n in range(40))]
+    ids += [
+        "".join(rng.choice("ab-_0é✓🙂") for _ in range(rng.randint(1, 50))) for _ in range(2000)
+    ]
+    hashes = [h for (h,) in query("select worker_hash(x) from unnest(%s::text[]) as x", ids)]
+    assert [worker_hash(i) for i in ids] == hashes
+
+
+async def greets(name: str) -> str:
+    return f"hello {name}"
+
+
+async def starts_a_child(child_id: str) -> Any:
+    return await workflow.exec_child(workflow_name="greets", args=["child"], workflow_id=child_id)
+
+
+async def test_the_routing_client_on_an_app_distributed_by_job_id(apps: list[str]) -> None:
+    """What else a user of an app distributed by job_id does through the plain API: a batch
+    of starts across shard groups (all or nothing: a taken id refuses every group's), the
+    entity read and written from outside, a hook, the claims-review demo (hooks, a human task
+    listed and resolved, a cancel), the list of workflows (read through the coordinator);
+    and what is not supported says so: a signal that names no workflow, a child whose id
+    belongs to another shard group (the child's start fails the parent with a clear error)."""
+    import sys
+
+    from hotmesh._citus import shard_engines
+
+    sys.path.insert(0, PYTHON_DIR)
+    app_id = await app_by_job_id(apps)
+    async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+        engines = await shard_engines(conn, CITUS_URL, app_id)
+    ids = [in_group(e.low, e.high, "b") for e in engines]
+    mf = await MemFlow.init(app_id=app_id, dsn=CITUS_URL, migrate=False)
+    try:
+        await mf.worker.create(task_queue="q", workflow=[greets, starts_a_child])
+        batch = [
+            {"workflow_name": "greets", "args": [w], "task_queue": "q", "workflow_id": w}
+            for w in ids
+        ]
+        # The last start's id is taken (on another group): nothing of the batch starts.
+        query(f"select {app_id}.start_workflow('greets', '[\"x\"]', 'q', %s)", ids[-1])
+        with pytest.raises(HotMeshError, match="already taken"):
+            await mf.workflow.start_many(batch)
+        assert query(f"select count(*) from {app_id}.jobs") == [(1,)]  # noqa: S608
+        unnamed = {"workflow_name": "greets", "args": ["n"], "task_queue": "q"}
+        handles = await mf.workflow.start_many([*batch[:-1], unnamed])
+        assert [await asyncio.wait_for(h.result(), 20) for h in handles] == [
+            *(f"hello {w}" for w in ids[:-1]),
+            "hello n",
+        ]
+        # The entity of a workflow on each group, from outside.
+        for wid in ids[:-1]:
+            await mf.entity(wid).set({"n": 1})
+            assert await mf.entity(wid).increment("n", 2) == 3
+            assert [c["op"] for c in await mf.entity.history(wid)] == ["set", "increment"]
+        listed = {w.id for w in await mf.workflow.list(status="completed", limit=100)}
+        assert {h.workflow_id for h in handles} <= listed
+        # A signal that names no workflow: the oldest wait across groups is not looked for.
+        with pytest.raises(HotMeshError, match="names its workflow_id"):
+            await mf.workflow.signal("approve", True)
+        # A child whose id belongs to another shard group fails its parent, saying why.
+        parent = in_group(engines[0].low, engines[0].high, "p")
+        child = in_group(engines[1].low, engines[1].high, "c")
+        handle = await mf.workflow.start(
+            workflow_name="starts_a_child", args=[child], task_queue="q", workflow_id=parent
+        )
+        with pytest.raises(Exception, match="outside shard group") as failed:
+            await asyncio.wait_for(handle.result(), 30)
+        print(failed.value)
+    finally:
+        await mf.close()
+    await demo_flow(app_id, by_sql=False)
 
 
 # Workflows in the fault test on the app distributed by job_id, over its 4 shard groups.
@@ -567,70 +673,53 @@ async def test_worker_kills_on_an_app_distributed_by_job_id(
 ) -> None:
     """The fault test of docs/citus-row-distribution.md: LOAD_BY_JOB workflows of the fleet
     (tests/workers/fleet.py: an activity, the entity, a hook, a signal) on an app distributed
-    by job_id, each started and signalled through the engine of its shard group, a worker
-    process per engine on its node. Once a quarter are done, one worker of each node is killed
-    (SIGKILL) mid-work and replaced. Every workflow completes once, with its steps, entity and
-    side effects: nothing lost, nothing doubled."""
+    by job_id, started and signalled through the routing client on the coordinator, served
+    by two worker processes connected to the coordinator (each runs a claim loop per shard
+    group's engine, on its node). Once a quarter are done, one is killed (SIGKILL) mid-work
+    and replaced. Every workflow completes once, with its steps, entity and side effects:
+    nothing lost, nothing doubled."""
     from fleet_harness import Fleet, Observer, create_effects, expect_clean, outcome, wait_until
     from helpers import kill9
-    from hotmesh._citus import shard_engines
 
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
-    distribute_by_job_id(app_id)
-    await migrate(sharded(CITUS_URL, on=False), app_id)
-    async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
-        engines = await shard_engines(conn, CITUS_URL, app_id)
-    observers = [Observer(e.dsn, e.schema) for e in engines]
-    fleets = [Fleet(e.dsn, e.schema, tmp_path / e.schema) for e in engines]
-    totals = []
+    app_id = await app_by_job_id(apps)
+    obs = Observer(CITUS_URL, app_id)
+    fleet = Fleet(CITUS_URL, app_id, tmp_path)
+    mf = await MemFlow.init(app_id=app_id, dsn=CITUS_URL, migrate=False)
     try:
-        for engine, obs, fleet in zip(engines, observers, fleets, strict=True):
-            # The harness reads the app's reference tables (signals) too.
-            obs.rows(f"set search_path = {engine.schema}, {app_id}, public")
-            # Workflow f-<i> goes to the engine whose hash range holds its id.
-            (tmp_path / engine.schema).mkdir()
-            create_effects(obs)
-            started = obs.rows(
-                "select start_workflow('fleet_main', jsonb_build_array(i), 'lq', 'f-' || i)"
-                " from generate_series(1, %s) as i"
-                " where worker_hash('f-' || i) between %s and %s",
-                LOAD_BY_JOB,
-                engine.low,
-                engine.high,
-            )
-            totals.append(len(started))
-            obs.rows(
-                "select signal('go-' || i, to_jsonb(i), 'f-' || i)"
-                " from generate_series(1, %s) as i"
-                " where worker_hash('f-' || i) between %s and %s",
-                LOAD_BY_JOB,
-                engine.low,
-                engine.high,
-            )
-            fleet.start(processes=1, concurrency=8)
-        assert sum(totals) == LOAD_BY_JOB and min(totals) > 0, totals
+        # The side effects, colocated with the workflows (the harness joins them by job_id).
+        create_effects(obs)
+        obs.rows(
+            "select create_distributed_table('effects', 'job_id', colocate_with := %s)",
+            f"{app_id}.jobs",
+        )
+        numbers = range(1, LOAD_BY_JOB + 1)
+        await mf.workflow.start_many(
+            {
+                "workflow_name": "fleet_main",
+                "args": [i],
+                "task_queue": "lq",
+                "workflow_id": f"f-{i}",
+            }
+            for i in numbers
+        )
+        for i in numbers:
+            await mf.workflow.signal(f"go-{i}", i, workflow_id=f"f-{i}")
+        fleet.start(processes=2, concurrency=8)
         done = "select count(*) from jobs where status = 'completed'"
-        killed = set()
-        for engine, obs, fleet, total in zip(engines, observers, fleets, totals, strict=True):
-            if engine.dsn in killed:
-                continue
-            killed.add(engine.dsn)
-            wait_until(obs, done, total // 4, 300)
-            kill9(fleet.workers.procs[0][0])
-            fleet.start(processes=1, concurrency=8)
-        assert len(killed) == 2
-        for obs, total in zip(observers, totals, strict=True):
-            wait_until(obs, done, total, 600)
-        # Then the figures (signals, a reference table, are the whole app's).
-        for engine, obs, total in zip(engines, observers, totals, strict=True):
-            figures = outcome(obs, total)
-            print(f"{engine.schema}: {figures}")
-            expect_clean(figures)
+        wait_until(obs, done, LOAD_BY_JOB // 4, 300)
+        kill9(fleet.workers.procs[0][0])
+        fleet.start(processes=1, concurrency=8)
+        wait_until(obs, done, LOAD_BY_JOB, 600)
+        figures = outcome(obs, LOAD_BY_JOB)
+        print(f"{app_id}: {figures}")
+        expect_clean(figures)
+        # Every shard group had its share.
+        groups = obs.rows(
+            "select count(distinct get_shard_id_for_distribution_column(%s, id)) from jobs",
+            f"{app_id}.jobs",
+        )
+        assert groups == [(4,)]
     finally:
-        for fleet in fleets:
-            fleet.stop()
-        for obs in observers:
-            obs.close()
+        await mf.close()
+        fleet.stop()
+        obs.close()

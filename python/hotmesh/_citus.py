@@ -174,3 +174,46 @@ async def _install(
                         )
                     )
         log.info("app %s: shard engine %s on %s", app_id, engine.schema, engine.dsn)
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & 0xFFFFFFFF
+
+
+def worker_hash(value: str) -> int:
+    """Citus's `worker_hash(value::text)`: PostgreSQL's hashtext (Bob Jenkins' lookup3,
+    hash_bytes of src/common/hashfn.c, as little-endian machines run it) of the UTF-8 bytes,
+    as a signed 32-bit integer. The client routes a workflow with it, with no round trip."""
+    k = value.encode()
+    m = 0xFFFFFFFF
+    a = b = c = (0x9E3779B9 + len(k) + 3923095) & m
+    words = len(k) // 12 * 12
+    for i in range(0, words, 12):
+        a = (a + int.from_bytes(k[i : i + 4], "little")) & m
+        b = (b + int.from_bytes(k[i + 4 : i + 8], "little")) & m
+        c = (c + int.from_bytes(k[i + 8 : i + 12], "little")) & m
+        a = ((a - c) & m) ^ _rot(c, 4)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ _rot(a, 6)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ _rot(b, 8)
+        b = (b + a) & m
+        a = ((a - c) & m) ^ _rot(c, 16)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ _rot(a, 19)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ _rot(b, 4)
+        b = (b + a) & m
+    tail = k[words:]
+    # The last 11 bytes: the low byte of c is left for the length, as in hash_bytes.
+    a = (a + int.from_bytes(tail[0:4], "little")) & m
+    b = (b + int.from_bytes(tail[4:8], "little")) & m
+    c = (c + (int.from_bytes(tail[8:11], "little") << 8)) & m
+    c = ((c ^ b) - _rot(b, 14)) & m
+    a = ((a ^ c) - _rot(c, 11)) & m
+    b = ((b ^ a) - _rot(a, 25)) & m
+    c = ((c ^ b) - _rot(b, 16)) & m
+    a = ((a ^ c) - _rot(c, 4)) & m
+    b = ((b ^ a) - _rot(a, 14)) & m
+    c = ((c ^ b) - _rot(b, 24)) & m
+    return c - (1 << 32) if c & 0x80000000 else c

@@ -946,6 +946,15 @@ class Database:
         except psycopg.Error as error:
             if error.sqlstate and (error.sqlstate.startswith("HM") or error.sqlstate[:2] == "22"):
                 raise errors.from_database(error) from error
+            if isinstance(error, psycopg.errors.WithCheckOptionViolation):
+                # A per-shard engine's jobs view refuses a job of another shard group.
+                raise errors.HotMeshError(
+                    f"{name}: a workflow id outside shard group {self.app_id}: an app "
+                    "distributed by job_id starts and reaches only workflows of the caller's "
+                    "shard group from there (a child or a signal to a workflow of another "
+                    "group is not supported: docs/citus-row-distribution.md)",
+                    sqlstate=error.sqlstate,
+                ) from error
             if error.sqlstate is None and isinstance(error, psycopg.DataError):
                 # Refused before it was sent: a NUL character in a text argument.
                 raise errors.InvalidArgument(f"{name}: {error}") from error
@@ -977,10 +986,16 @@ class Database:
         params = _start(workflow_name, args, task_queue, workflow_id, entity, options)
         return str(await self._value("start_workflow", params))
 
-    async def start_workflows(self, items: list[StartItem]) -> list[str]:
-        """Many starts in one call, all or nothing; their workflow ids in order."""
-        ids: list[str] = await self._value("start_workflows", {"items": Jsonb(items)})
-        return ids
+    async def start_workflows(
+        self, items: list[StartItem], conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> list[str]:
+        """Many starts in one call, all or nothing; their workflow ids in order. On `conn`
+        when given (in its caller's transaction), else on a pooled connection."""
+        params = {"items": Jsonb(items)}
+        if conn is None:
+            ids: list[str] = await self._value("start_workflows", params)
+            return ids
+        return list((await self._fetch_on(conn, "start_workflows", params))[0][0])
 
     async def workflow_status(self, workflow_id: str) -> str:
         return str(await self._value("workflow_status", {"workflow_id": workflow_id}))

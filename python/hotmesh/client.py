@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
 import contextlib
 import inspect
 import os
 import signal
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from hotmesh import _convert, _install, errors
+from hotmesh import _citus, _convert, _install, errors
 from hotmesh._db import ADAPTERS, Database, StartItem
 from hotmesh._durations import Duration, seconds
 from hotmesh._listener import Listener
@@ -88,9 +91,14 @@ class Handle:
     def __repr__(self) -> str:
         return f"Handle({self.workflow_id!r})"
 
+    @property
+    def _db(self) -> Database:
+        """The engine of the workflow (its shard group's, on an app distributed by job_id)."""
+        return self._mf._route(self.workflow_id).db
+
     async def status(self) -> str:
         """pending, running, waiting, completed, failed or cancelled."""
-        return await self._mf._db.workflow_status(self.workflow_id)
+        return await self._db.workflow_status(self.workflow_id)
 
     async def signal(
         self, signal_id: str, data: Any = None, *, idempotency_key: str | None = None
@@ -104,7 +112,7 @@ class Handle:
         """Cancel the workflow: it ends `cancelled` (code 410), its queued tasks are removed
         and, with `descend`, its children are cancelled too. Returns the ids cancelled;
         IllegalTransition if it already finished."""
-        db = self._mf._db
+        db = self._db
 
         async def cancel(given: CancelInput) -> list[str]:
             return await db.cancel_workflow(given.workflow_id, given.reason, given.descend, False)
@@ -117,8 +125,8 @@ class Handle:
         """Everything about the workflow (`<app>.get_workflow`): status, entity, tasks, ...,
         and what it waits on (`waiting_on` as text, `waits` one object per wait, `blocked_by`
         the open transaction holding its row: the `workflows` view's columns)."""
-        doc = await self._mf._db.get_workflow(self.workflow_id)
-        waits = await self._mf._db.workflow_waits(self.workflow_id)
+        doc = await self._db.get_workflow(self.workflow_id)
+        waits = await self._db.workflow_waits(self.workflow_id)
         return WorkflowDescription(
             **doc, waiting_on=waits.waiting_on, waits=waits.waits, blocked_by=waits.blocked_by
         )
@@ -126,23 +134,23 @@ class Handle:
     async def search_attributes(self) -> dict[str, Any]:
         """The workflow's search attributes: those seeded at start (`search=`) and those its
         code set (`workflow.search()`, `enrich`)."""
-        return dict((await self._mf._db.get_workflow(self.workflow_id))["search"])
+        return dict((await self._db.get_workflow(self.workflow_id))["search"])
 
     async def history(self) -> list[HistoryEntry]:
         """The workflow's timeline, step by step (`<app>.workflow_history`)."""
-        return await self._mf._db.workflow_history(self.workflow_id)
+        return await self._db.workflow_history(self.workflow_id)
 
     async def export(self) -> dict[str, Any]:
         """The workflow as one JSON document (`<app>.export_workflow`): its row, threads,
         every step with inputs and outcomes, its entity's versions and its children; what
         hotmesh.testing.Replayer and `hotmesh replay --from-file` check code against."""
-        return await self._mf._db.export_workflow(self.workflow_id)
+        return await self._db.export_workflow(self.workflow_id)
 
     async def retry(self) -> RetryOutcome:
         """Run a failed workflow again from its last recorded step, or make its dead tasks
         ready again (`<app>.retry_workflow`; the app's owner only). Returns what it did:
         {"workflow_id", "status", "reset_steps", "retried", "revived_tasks"}."""
-        return await self._mf._db.retry_workflow(self.workflow_id)
+        return await self._db.retry_workflow(self.workflow_id)
 
     async def result(
         self,
@@ -157,14 +165,14 @@ class Handle:
         (FatalError 598, MaxedError 597, CancelledFailure 410, ...); TimeoutError when
         `timeout` seconds pass first."""
         limit = None if timeout is None else seconds(timeout, "timeout")
-        listener = await self._mf._listening()
+        listener = await self._mf._listening(self.workflow_id)
         event = asyncio.Event()
         listener.watch_done(self.workflow_id, event)
         try:
             async with asyncio.timeout(limit):
                 while True:
                     event.clear()
-                    outcome = await self._mf._db.workflow_outcome(self.workflow_id)
+                    outcome = await self._db.workflow_outcome(self.workflow_id)
                     if outcome.status == "completed":
                         value = self._mf.payloads.decode(outcome.result)
                         if result_type is None:
@@ -257,8 +265,13 @@ class HumanTaskClient:
     async def claim_next(self, role: str, who: str) -> HumanTask | None:
         """The most urgent open task of `role` (assigned to nobody or to `who`), claimed by
         `who`; None when there is none. Two callers never get the same task."""
-        rows = await self._mf._db.human_tasks("claim_next_human_task", {"role": role, "who": who})
-        return rows[0] if rows else None
+        params = {"role": role, "who": who}
+        # On an app distributed by job_id each shard group's engine claims its own tasks.
+        for db in [shard.db for shard in self._mf._shards] or [self._mf._db]:
+            rows = await db.human_tasks("claim_next_human_task", params)
+            if rows:
+                return rows[0]
+        return None
 
     async def release(self, task_id: int, who: str) -> HumanTask:
         """Give a claimed task back: open again for its role."""
@@ -287,7 +300,10 @@ class HumanTaskClient:
         return await self._one("resolve_human_task", params)
 
     async def _one(self, name: str, params: dict[str, Any]) -> HumanTask:
-        return (await self._mf._db.human_tasks(name, params))[0]
+        db = self._mf._db
+        if self._mf._shards:  # the engine of the task's workflow changes it
+            db = self._mf._route((await self.get(params["id"])).job_id).db
+        return (await db.human_tasks(name, params))[0]
 
 
 def _start_item(
@@ -399,12 +415,13 @@ class WorkflowClient:
             search=search,
             concurrency_key=concurrency_key,
         )
-        db, payloads = self._mf._db, self._mf.payloads
+        mf, payloads = self._mf, self._mf.payloads
 
         async def start(given: StartInput) -> str:
-            return await db.start_workflow(
+            workflow_id = mf._new_id(given.workflow_id)
+            return await mf._route(workflow_id).db.start_workflow(
                 given.workflow_name, payloads.encode_args(list(given.args)), given.task_queue,
-                given.workflow_id, given.entity, dict(given.options),
+                workflow_id, given.entity, dict(given.options),
             )  # fmt: skip
 
         outbound = compose(self._mf.interceptors, "start_workflow", (), start)
@@ -443,17 +460,17 @@ class WorkflowClient:
         start goes through them as one of `start()` does: the call is made once every start
         has reached the end of its chain (or an interceptor answered or refused it itself),
         and each chain gets its own start's workflow id back."""
-        db, payloads = self._mf._db, self._mf.payloads
+        mf, payloads = self._mf, self._mf.payloads
 
         async def send(batch: builtins.list[StartInput]) -> builtins.list[str]:
             items: builtins.list[StartItem] = [
                 {"workflow_name": given.workflow_name,
                  "args": payloads.encode_args(list(given.args)),
-                 "task_queue": given.task_queue, "workflow_id": given.workflow_id,
+                 "task_queue": given.task_queue, "workflow_id": mf._new_id(given.workflow_id),
                  "entity": given.entity, "options": dict(given.options)}
                 for given in batch
             ]  # fmt: skip
-            return await db.start_workflows(items)
+            return await mf._start_items(items)
 
         layers = self._mf.interceptors
         if not overrides(layers, "start_workflow"):
@@ -513,9 +530,16 @@ class WorkflowClient:
             payload = encode(data, f"the data of signal {signal_id}")
         except errors.FatalError as error:
             raise errors.InvalidArgument(error.message) from None
-        db, payloads = self._mf._db, self._mf.payloads
+        mf, payloads = self._mf, self._mf.payloads
 
         async def send(given: SignalInput) -> SignalOutcome:
+            if given.workflow_id is None and mf._shards:
+                raise errors.InvalidArgument(
+                    f"signal {given.signal_id}: app {mf.app_id} is distributed by job_id, so a "
+                    "signal names its workflow_id (the oldest wait across shard groups is not "
+                    "looked for: docs/citus-row-distribution.md)"
+                )
+            db = mf._db if given.workflow_id is None else mf._route(given.workflow_id).db
             return await db.signal(
                 given.signal_id, payloads.encode(given.data), given.workflow_id,
                 given.idempotency_key,
@@ -545,7 +569,7 @@ class WorkflowClient:
             raise errors.InvalidArgument(error.message) from None
         arguments = self._mf.payloads.encode_args(arguments)
         options = start_options(execution_timeout=execution_timeout) or None
-        return await self._mf._db.hook(
+        return await self._mf._route(workflow_id).db.hook(
             workflow_id, workflow_name, arguments, task_queue, signal_id, options
         )
 
@@ -722,8 +746,29 @@ class WorkerFactory:
         return await self._mf._serve(task_queue, concurrency, lease, prefetch=prefetch)
 
 
+def _pool(dsn: str, size: int) -> AsyncConnectionPool:
+    return AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "context": ADAPTERS},
+        open=False,
+    )
+
+
+@dataclass(frozen=True)
+class _Engine:
+    """Where the calls about a workflow go: the app's functions and listener, or on an app
+    distributed by job_id those of the workflow's shard group, on its node."""
+
+    db: Database
+    listener: Listener
+
+
 class MemFlow:
-    """One app: its schema, a connection pool, a listener and the workers of this process."""
+    """One app: its schema, a connection pool, a listener and the workers of this process.
+    On an app distributed by job_id (docs/citus-row-distribution.md), also a pool per node
+    and the engine of each shard group, to which every call about a workflow is routed."""
 
     def __init__(
         self,
@@ -732,6 +777,7 @@ class MemFlow:
         pool: AsyncConnectionPool,
         interceptors: tuple[Interceptor, ...] = (),
         payloads: Payloads | None = None,
+        shards: Sequence[tuple[_citus.ShardEngine, AsyncConnectionPool]] = (),
     ) -> None:
         self.app_id = app_id
         self.dsn = dsn
@@ -741,14 +787,61 @@ class MemFlow:
         self.registry.interceptors = interceptors
         self.payloads = payloads or Payloads(None)
         self.registry.payloads = self.payloads
-        self.workers: dict[str, Worker] = {}
+        # A worker per task queue, or one per shard group on an app distributed by job_id.
+        self.workers: dict[str, list[Worker]] = {}
         self.workflow = WorkflowClient(self)
         self.worker = WorkerFactory(self)
         self.schedule = ScheduleClient(self)
         self.queue = QueueClient(self)
         self.human_tasks = HumanTaskClient(self)
-        self.entity = EntityClient(self._db, self.payloads)
+        self.entity = EntityClient(self._db, self.payloads, lambda wid: self._route(wid).db)
         self._listener = Listener(dsn, app_id)
+        self._home = _Engine(self._db, self._listener)
+        # The shard groups' engines in hash order, and the low end of each one's range.
+        self._shards = [
+            _Engine(Database(node, engine.schema), Listener(engine.dsn, engine.schema))
+            for engine, node in shards
+        ]
+        self._lows = [engine.low for engine, _ in shards]
+        self._pools = list({id(p): p for p in [pool, *(node for _, node in shards)]}.values())
+
+    def _route(self, workflow_id: str | None) -> _Engine:
+        """The engine of workflow `workflow_id`: on an app distributed by job_id, that of
+        the shard group whose hash range holds Citus's hash of the id (computed here: no
+        round trip); the app's otherwise (and for None)."""
+        if workflow_id is None or not self._shards:
+            return self._home
+        at = bisect.bisect_right(self._lows, _citus.worker_hash(workflow_id)) - 1
+        return self._shards[at]
+
+    def _new_id(self, workflow_id: str | None) -> str | None:
+        """The id to start a workflow with: the engine names one left out, except on an app
+        distributed by job_id, where the id must be known to find its shard group (the
+        engine's form: 'H' and 32 hex digits)."""
+        if workflow_id is None and self._shards:
+            return "H" + uuid.uuid4().hex
+        return workflow_id
+
+    async def _start_items(self, items: builtins.list[StartItem]) -> builtins.list[str]:
+        """start_workflows: one call, or on an app distributed by job_id one per shard group
+        that has starts, each in a transaction of its own on its node, committed only once
+        every group's starts succeeded (a bad start refuses them all)."""
+        if not self._shards:
+            return await self._db.start_workflows(items)
+        groups: dict[int, builtins.list[int]] = {}
+        for i, item in enumerate(items):
+            engine = self._route(item["workflow_id"])
+            groups.setdefault(self._shards.index(engine), []).append(i)
+        ids = [""] * len(items)
+        async with contextlib.AsyncExitStack() as stack:
+            for group in sorted(groups):  # in one order: two batches never wait in a circle
+                db, members = self._shards[group].db, groups[group]
+                conn = await stack.enter_async_context(db.pool.connection())
+                await stack.enter_async_context(conn.transaction())
+                started = await db.start_workflows([items[i] for i in members], conn)
+                for i, workflow_id in zip(members, started, strict=True):
+                    ids[i] = workflow_id
+        return ids
 
     @classmethod
     async def init(
@@ -785,33 +878,46 @@ class MemFlow:
                 raise
             first = str(error).strip().splitlines()[0] if str(error).strip() else "failed"
             raise errors.DatabaseUnreachable(f"{first} (connecting with {source})") from error
-        pool = AsyncConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True, "context": ADAPTERS},
-            open=False,
-        )
+        pool = _pool(dsn, pool_size)
         await pool.open(wait=True)
-        return cls(app_id, dsn, pool, layers, payloads)
+        nodes: dict[str, AsyncConnectionPool] = {}
+        try:
+            # Once, here: an app distributed by job_id has an engine per shard group.
+            async with pool.connection() as conn:
+                engines = await _citus.shard_engines(conn, dsn, app_id)
+            for engine in engines:
+                if engine.dsn not in nodes:
+                    nodes[engine.dsn] = _pool(engine.dsn, pool_size)
+                    await nodes[engine.dsn].open(wait=True)
+        except BaseException:
+            await asyncio.gather(*(p.close() for p in [pool, *nodes.values()]))
+            raise
+        shards = [(engine, nodes[engine.dsn]) for engine in engines]
+        return cls(app_id, dsn, pool, layers, payloads, shards)
 
     async def events(self, topic: str | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Events workflows publish with `workflow.emit` from now on (all topics, or one):
         dicts {"workflow_id", "topic", "data"}. Ephemeral: nothing sent earlier is replayed."""
-        listener = await self._listening()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        listener.watch_events(queue)
+        listeners = [engine.listener for engine in self._shards or [self._home]]
+        for listener in listeners:
+            await listener.start()
+            listener.watch_events(queue)
         try:
             while True:
                 event = await queue.get()
                 if topic is None or event.get("topic") == topic:
                     yield event
         finally:
-            listener.unwatch_events(queue)
+            for listener in listeners:
+                listener.unwatch_events(queue)
 
-    async def _listening(self) -> Listener:
-        await self._listener.start()
-        return self._listener
+    async def _listening(self, workflow_id: str | None = None) -> Listener:
+        """The listener that hears about workflow `workflow_id` (the app's for None),
+        listening."""
+        listener = self._route(workflow_id).listener
+        await listener.start()
+        return listener
 
     async def _serve(
         self,
@@ -822,33 +928,41 @@ class MemFlow:
         sticky_cache: int = STICKY_CACHE,
         prefetch: int = 64,
     ) -> Worker:
-        worker = self.workers.get(task_queue)
-        if worker is None or worker.stopping:
-            listener = await self._listening()
-            worker = Worker(
-                self._db,
-                listener,
-                self.registry,
-                task_queue,
-                concurrency=concurrency,
-                lease=lease,
-                build_id=build_id,
-                sticky_cache=sticky_cache,
-                prefetch=prefetch,
-            )
-            self.workers[task_queue] = worker
-            await worker.start()
+        workers = self.workers.get(task_queue)
+        if not workers or workers[0].stopping:
+            # On an app distributed by job_id, a worker (a claim loop) per shard group's
+            # engine, listening on its node: each wake-up is heard where it is raised.
+            workers = [
+                Worker(
+                    engine.db,
+                    engine.listener,
+                    self.registry,
+                    task_queue,
+                    concurrency=concurrency,
+                    lease=lease,
+                    build_id=build_id,
+                    sticky_cache=sticky_cache,
+                    prefetch=prefetch,
+                )
+                for engine in self._shards or [self._home]
+            ]
+            self.workers[task_queue] = workers
+            for worker in workers:
+                await worker.listener.start()
+                await worker.start()
         elif build_id is not None:
-            worker.build_id = build_id  # more workflows registered on the queue
-        return worker
+            for worker in workers:
+                worker.build_id = build_id  # more workflows registered on the queue
+        return workers[0]
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop the workers (in-flight work gets `grace` seconds, then its leases are
         released), the listener and the pool."""
-        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        await asyncio.gather(*(w.stop(grace) for ws in self.workers.values() for w in ws))
         self.workers.clear()
-        await self._listener.stop()
-        await self._db.pool.close()
+        for engine in [self._home, *self._shards]:
+            await engine.listener.stop()
+        await asyncio.gather(*(pool.close() for pool in self._pools))
 
     # -- operations: the app as a whole ------------------------------------------------------
     def serve_metrics(self, port: int, host: str = "0.0.0.0") -> WorkerMetrics:  # noqa: S104

@@ -13,7 +13,7 @@ a list of segments (`["a.b", "c", 0]`) for keys that contain dots.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -309,22 +309,31 @@ class EntityClient:
     `find_by_condition`, `create_index` and `history` query entities from outside workflows.
     Each is one SQL function (entity_find, ...), callable from psql just the same."""
 
-    def __init__(self, db: Database, payloads: Payloads | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        payloads: Payloads | None = None,
+        route: Callable[[str], Database] | None = None,
+    ) -> None:
         self._db = db
         self._payloads = payloads
+        # The engine of a workflow (its shard group's on an app distributed by job_id); the
+        # finds read every workflow, through `db`.
+        self._route = route or (lambda _workflow_id: db)
 
     def __call__(self, workflow_id: str) -> Entity:
         if not isinstance(workflow_id, str) or not workflow_id:
             raise errors.InvalidArgument(
                 f"workflow id must be a non-empty str, not {errors.shown(workflow_id)}"
             )
-        return Entity(_Direct(self._db, workflow_id, self._payloads))
+        return Entity(_Direct(self._route(workflow_id), workflow_id, self._payloads))
 
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """Every change of the entity in the order applied: version, thread ('main', a hook
         thread, or 'sql' for SQL callers), seq, op, path, value, result, document (the entity
         after the change), caller (worker id or database user) and recorded_at."""
-        return [asdict(change) for change in await self._db.entity_history(workflow_id)]
+        changes = await self._route(workflow_id).entity_history(workflow_id)
+        return [asdict(change) for change in changes]
 
     async def find(
         self,
@@ -366,7 +375,7 @@ class EntityClient:
 
     async def find_by_id(self, entity: str, workflow_id: str) -> dict[str, Any] | None:
         """`{"id", "context", "status"}` of that workflow if it is of entity type `entity`."""
-        found = await self._db.entity_find_by_id(entity, workflow_id)
+        found = await self._route(workflow_id).entity_find_by_id(entity, workflow_id)
         return None if found is None else asdict(found)
 
     async def create_index(self, entity: str, path: Path | None = None, kind: str = "btree") -> str:
