@@ -352,7 +352,9 @@ begin
             jsonb_build_array(jsonb_build_object('at', v_now, 'who', v_task.job_id,
                                                  'event', 'created'))
         )
-        on conflict on constraint human_tasks_step do nothing
+        -- By its columns, not its name: a per-shard engine inserts through a view (no
+        -- constraint of that name), whose shard has the unique index (hotmesh/_citus.py).
+        on conflict (job_id, thread, seq) do nothing
         returning * into v_row;
         if found then
             -- Its roles are known from now on (human_roles, _check_human_role).

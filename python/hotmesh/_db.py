@@ -947,8 +947,9 @@ class Database:
             if error.sqlstate and (error.sqlstate.startswith("HM") or error.sqlstate[:2] == "22"):
                 raise errors.from_database(error) from error
             if isinstance(error, psycopg.errors.WithCheckOptionViolation):
-                # A per-shard engine's jobs view refuses a job of another shard group.
-                raise errors.HotMeshError(
+                # A per-shard engine's jobs view refuses a job of another shard group: a bad
+                # id, which fails only the call that named it (a child's start, in its parent).
+                raise errors.InvalidArgument(
                     f"{name}: a workflow id outside shard group {self.app_id}: an app "
                     "distributed by job_id starts and reaches only workflows of the caller's "
                     "shard group from there (a child or a signal to a workflow of another "

@@ -126,7 +126,9 @@ class Handle:
         and what it waits on (`waiting_on` as text, `waits` one object per wait, `blocked_by`
         the open transaction holding its row: the `workflows` view's columns)."""
         doc = await self._db.get_workflow(self.workflow_id)
-        waits = await self._db.workflow_waits(self.workflow_id)
+        # The views (sql/70_views.sql) are the app's, read through the coordinator when the
+        # app is distributed by job_id: an engine has none of its own.
+        waits = await self._mf._db.workflow_waits(self.workflow_id)
         return WorkflowDescription(
             **doc, waiting_on=waits.waiting_on, waits=waits.waits, blocked_by=waits.blocked_by
         )
