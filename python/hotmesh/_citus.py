@@ -186,34 +186,20 @@ def worker_hash(value: str) -> int:
     as a signed 32-bit integer. The client routes a workflow with it, with no round trip."""
     k = value.encode()
     m = 0xFFFFFFFF
-    a = b = c = (0x9E3779B9 + len(k) + 3923095) & m
-    words = len(k) // 12 * 12
-    for i in range(0, words, 12):
-        a = (a + int.from_bytes(k[i : i + 4], "little")) & m
-        b = (b + int.from_bytes(k[i + 4 : i + 8], "little")) & m
-        c = (c + int.from_bytes(k[i + 8 : i + 12], "little")) & m
-        a = ((a - c) & m) ^ _rot(c, 4)
-        c = (c + b) & m
-        b = ((b - a) & m) ^ _rot(a, 6)
-        a = (a + c) & m
-        c = ((c - b) & m) ^ _rot(b, 8)
-        b = (b + a) & m
-        a = ((a - c) & m) ^ _rot(c, 16)
-        c = (c + b) & m
-        b = ((b - a) & m) ^ _rot(a, 19)
-        a = (a + c) & m
-        c = ((c - b) & m) ^ _rot(b, 4)
-        b = (b + a) & m
-    tail = k[words:]
-    # The last 11 bytes: the low byte of c is left for the length, as in hash_bytes.
-    a = (a + int.from_bytes(tail[0:4], "little")) & m
-    b = (b + int.from_bytes(tail[4:8], "little")) & m
-    c = (c + (int.from_bytes(tail[8:11], "little") << 8)) & m
-    c = ((c ^ b) - _rot(b, 14)) & m
-    a = ((a ^ c) - _rot(c, 11)) & m
-    b = ((b ^ a) - _rot(a, 25)) & m
-    c = ((c ^ b) - _rot(b, 16)) & m
-    a = ((a ^ c) - _rot(c, 4)) & m
-    b = ((b ^ a) - _rot(a, 14)) & m
-    c = ((c ^ b) - _rot(b, 24)) & m
+    v = [(0x9E3779B9 + len(k) + 3923095) & m] * 3  # a, b, c
+    whole = len(k) // 12 * 12
+    # The low byte of c's last word is left for the length (the 9th to 11th bytes shift).
+    blocks = [k[i : i + 12] for i in range(0, whole, 12)] + [k[whole:]]
+    for n, block in enumerate(blocks):
+        words = (block[0:4], block[4:8], block[8:12] if n < len(blocks) - 1 else b"\0" + block[8:])
+        v = [(x + int.from_bytes(w, "little")) & m for x, w in zip(v, words, strict=True)]
+        if n < len(blocks) - 1:  # mix(a, b, c)
+            for i, r in enumerate((4, 6, 8, 16, 19, 4)):
+                x, y, z = i % 3, (i + 1) % 3, (i + 2) % 3
+                v[x] = ((v[x] - v[z]) & m) ^ _rot(v[z], r)
+                v[z] = (v[z] + v[y]) & m
+    for i, r in enumerate((14, 11, 25, 16, 4, 14, 24)):  # final(a, b, c)
+        x, y = (2 + i) % 3, (1 + i) % 3
+        v[x] = ((v[x] ^ v[y]) - _rot(v[y], r)) & m
+    c = v[2]
     return c - (1 << 32) if c & 0x80000000 else c
