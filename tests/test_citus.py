@@ -184,6 +184,8 @@ async def test_the_app_roles_read_every_view(app: str) -> None:
 # ------------------------------------------------------------------------------ pgTAP
 
 
+# The whole suite, then the app's drop: past the default 120 s on a loaded 2-core machine.
+@pytest.mark.timeout(600)
 def test_pgtap_suite_on_a_distributed_schema(app: str) -> None:
     """The engine's pgTAP suite, run on the node that holds the app's tables: there Citus
     executes every query locally, in the session, where pgTAP's temporary tables are (through
