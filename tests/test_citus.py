@@ -470,8 +470,19 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
         sorted(by_job),
     )
     assert groups == [(1,)]
-    # Starts: one by one, in a batch, with an idempotency key (held across shards).
     app = app_id
+    # Migrated again once distributed (before any start: _start_batch's generic plan is one
+    # Citus cannot distribute), no function keeps its generic plans (sql/97_citus.sql), and
+    # the starts and the claim's probes across every shard run (`exists (select 1 ...)`:
+    # Citus 13.2 cannot send `select from` to several shards).
+    assert await migrate(sharded(CITUS_URL, on=False), app_id) == []
+    generic = query(
+        "select count(*) from pg_proc where pronamespace = %s::regnamespace"
+        " and 'plan_cache_mode=force_generic_plan' = any(proconfig)",
+        app,
+    )
+    assert generic == [(0,)]
+    # Starts: one by one, in a batch, with an idempotency key (held across shards).
     ids = [f"d{n}" for n in range(8)]
     plans = [{"workflow_name": "w", "task_queue": "q", "workflow_id": i} for i in ids]
     assert query(f"select {app}.start_workflows(%s)", Jsonb(plans))[0][0] == ids
@@ -486,16 +497,6 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
         f"'{app}.jobs', id)) from {app}.jobs"
     )
     assert rows[0][0] == 9 and rows[0][1] > 1, rows
-    # Migrated again once distributed: no function keeps its generic plans, which Citus
-    # cannot distribute (sql/97_citus.sql), and the claim's probes across every shard run
-    # (`exists (select 1 ...)`: Citus 13.2 cannot send `select from` to several shards).
-    assert await migrate(sharded(CITUS_URL, on=False), app_id) == []
-    generic = query(
-        "select count(*) from pg_proc where pronamespace = %s::regnamespace"
-        " and 'plan_cache_mode=force_generic_plan' = any(proconfig)",
-        app,
-    )
-    assert generic == [(0,)]
     with psycopg.connect(CITUS_URL, autocommit=True, options=f"-c search_path={app}") as conn:
         conn.execute("select _fire_timeouts(now())")
 
