@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from hotmesh import MemFlow, RetryPolicy, workflow
 from hotmesh._install import migrate
-from hotmesh.errors import HotMeshError
+from hotmesh.errors import HotMeshError, InvalidArgument
 
 CITUS_URL = os.environ.get("HOTMESH_CITUS_URL", "")
 # python/, for the demo's workflows (examples.demo).
@@ -51,7 +51,7 @@ def apps() -> Iterator[list[str]]:
     made: list[str] = []
     yield made
     for app in made:
-        query(f"drop schema if exists {app} cascade")
+        drop_app(app)
 
 
 @pytest.fixture
@@ -375,50 +375,108 @@ async def test_a_client_on_a_worker_node_is_refused(app: str) -> None:
 # ------------------------------------------------------------------------------ by job_id
 
 
-def distribute_by_job_id(app_id: str) -> None:
-    """Distributes installed app `app_id`'s rows by job_id (docs/citus-row-distribution.md):
-    jobs by id, every table with a job_id that is never null by it, colocated with jobs, the
-    start's idempotency keys by the key, and the others as reference tables."""
-    tables = query(
-        "select c.relname, exists (select from pg_attribute as a where a.attrelid = c.oid"
-        "  and a.attname = 'job_id' and a.attnotnull)"
-        " from pg_class as c where c.relnamespace = %s::regnamespace and c.relkind = 'r'"
-        " order by 1",
-        app_id,
-    )
-    with psycopg.connect(CITUS_URL, autocommit=True) as conn:
-        conn.execute(
-            "select create_distributed_table(%s, 'id', shard_count := 4)", (f"{app_id}.jobs",)
-        )
-        conn.execute(
-            "select create_distributed_table(%s, 'idempotency_key', shard_count := 4,"
-            " colocate_with := 'none')",
-            (f"{app_id}.start_keys",),
-        )
-        for table, keyed in tables:
-            if table in ("jobs", "start_keys"):
-                continue
-            if keyed:
-                conn.execute(
-                    "select create_distributed_table(%s, 'job_id', colocate_with := %s)",
-                    (f"{app_id}.{table}", f"{app_id}.jobs"),
-                )
-            else:
-                conn.execute("select create_reference_table(%s)", (f"{app_id}.{table}",))
+NODES = os.environ.get("HOTMESH_CITUS_NODES", "").split()
 
 
-async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
+def drop_app(app_id: str) -> None:
+    """Drops app `app_id` on the coordinator and its shard engines' schemas on the nodes."""
+    query(f"drop schema if exists {app_id} cascade")
+    for url in NODES[1:]:
+        for (schema,) in query(
+            "select nspname from pg_namespace where nspname ~ ('^' || %s || '_s[0-9]+$')",
+            app_id,
+            url=url,
+        ):
+            query(f"drop schema {schema} cascade", url=url)
+
+
+@pytest.fixture
+async def by_job_id(apps: list[str]) -> str:
+    """A freshly installed app distributed by job_id in 4 shard groups (`migrate(...,
+    distribute="job_id")`), with its shard engines; through a session with schema-based
+    sharding on, which the distribution turns off for its own transaction."""
+    app_id = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(app_id)
+    await migrate(sharded(CITUS_URL), app_id, distribute="job_id", shard_count=4)
+    return app_id
+
+
+def test_the_docs_distribute_an_app_by_job_id(apps: list[str], tmp_path: Path) -> None:
+    """The `citus`-tagged blocks of docs/citus-row-distribution.md, top to bottom, as a reader
+    types them against the coordinator (tests/test_docs.py runs every other block)."""
+    from test_docs import ROOT, Session, _runs, blocks
+
+    apps.append("orders")
+    env = {**os.environ, "DATABASE_URL": CITUS_URL}
+    for key, value in psycopg.conninfo.conninfo_to_dict(CITUS_URL).items():
+        if key in ("host", "port", "user", "dbname"):
+            env["PGDATABASE" if key == "dbname" else "PG" + key.upper()] = str(value)
+    session = Session(env, tmp_path)
+    ran = 0
+    try:
+        for block in blocks(ROOT / "docs" / "citus-row-distribution.md"):
+            if _runs(block, citus=True):
+                session.run(block)
+                ran += 1
+    finally:
+        session.close()
+    assert ran >= 2
+    assert len(query("select 1 from citus_shards where table_name = 'orders.jobs'::regclass")) == 4
+
+
+async def test_distributing_by_job_id_refuses_what_it_cannot_do(app: str, apps: list[str]) -> None:
+    """migrate(distribute="job_id") explains itself and changes nothing: on a database without
+    Citus, on a worker node, on an app that is a distributed schema, into another number of
+    shards than the app has, or with a worker node down."""
+    fresh = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(fresh)
+    plain = f"ct_plain_{uuid.uuid4().hex[:8]}"
+    query(f"create database {plain}")
+    try:
+        with pytest.raises(HotMeshError, match="needs a Citus coordinator"):
+            await migrate(
+                psycopg.conninfo.make_conninfo(CITUS_URL, dbname=plain), fresh, distribute="job_id"
+            )
+    finally:
+        query(f"drop database {plain} with (force)")
+    with pytest.raises(HotMeshError, match="Citus worker node"):
+        await migrate(NODES[1], fresh, distribute="job_id")
+    with pytest.raises(HotMeshError, match="already a distributed schema"):
+        await migrate(CITUS_URL, app, distribute="job_id")
+    assert query("select count(*) from citus_tables where table_name::text like %s", f"{app}.%")
+    with pytest.raises(InvalidArgument, match="distribute must be 'job_id'"):
+        await migrate(CITUS_URL, fresh, distribute="id")
+    with pytest.raises(InvalidArgument, match="goes with distribute='job_id'"):
+        await migrate(CITUS_URL, fresh, shard_count=2)
+    await migrate(CITUS_URL, fresh, distribute="job_id", shard_count=2)
+    # Again: nothing to do (and no shard count: the app's own).
+    assert await migrate(CITUS_URL, fresh, distribute="job_id") == []
+    with pytest.raises(HotMeshError, match="already distributed by job_id in 2 shard groups"):
+        await migrate(CITUS_URL, fresh, distribute="job_id", shard_count=4)
+    # A worker node down: the error says which, and no schema is left half-made.
+    import citus_cluster
+
+    cluster = Path(os.environ["HOTMESH_CITUS_DIR"])
+    node = cluster / "n2"
+    down = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(down)
+    citus_cluster.pgcluster._pg(node, "pg_ctl", "stop", "-D", str(node / "data"), "-m", "fast")
+    try:
+        with pytest.raises(HotMeshError, match="a Citus node does not answer"):
+            await migrate(CITUS_URL, down, distribute="job_id", shard_count=2, patience=0)
+    finally:
+        citus_cluster.up(cluster)
+    assert not query("select 1 from pg_namespace where nspname = %s", down)
+
+
+async def test_an_app_distributes_by_job_id(by_job_id: str) -> None:
     """The first steps of docs/citus-row-distribution.md: one app's rows distributed by
     job_id. Every table with a job_id that is never null distributes by it, colocated with
     jobs (Citus refuses a unique key without the distribution column, so this holds the keys
     to that), a start's idempotency keys (their own table, migration 0023) by the key, and the
-    others become reference tables. Starts work on it, and so do the claim's probes; the
-    claim itself is not built yet (docs/citus-row-distribution.md)."""
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    # A schema of its own (not a distributed schema): its tables start on the coordinator.
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
+    others become reference tables. Starts work on it through the coordinator, and so do the
+    claim's probes (the claim runs on the per-shard engines)."""
+    app_id = by_job_id
     tables = [
         t
         for (t,) in query(
@@ -426,7 +484,8 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
             app_id,
         )
     ]
-    distribute_by_job_id(app_id)
+    # Not a distributed schema, though the migrate's session had schema-based sharding on.
+    assert not query("select 1 from citus_schemas where schema_name = %s::regnamespace", app_id)
     kinds = dict(
         query(
             "select table_name::text, citus_table_type from citus_tables"
@@ -486,7 +545,7 @@ async def approved_intake(case_id: str) -> dict[str, Any]:
     return {**policy, "approved": approved}
 
 
-async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) -> None:
+async def test_the_quick_start_on_an_app_distributed_by_job_id(by_job_id: str) -> None:
     """The claim on an app distributed by job_id (docs/citus-row-distribution.md): migrated
     again once distributed, the app gets a per-shard engine on the node of each shard group,
     and a worker per engine, connected to that node, serves the workflows of its shards. On
@@ -496,12 +555,7 @@ async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) 
     from helpers import until
     from hotmesh._citus import shard_engines
 
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
-    distribute_by_job_id(app_id)
-    await migrate(sharded(CITUS_URL, on=False), app_id)
+    app_id = by_job_id
     async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
         engines = await shard_engines(conn, CITUS_URL, app_id)
     assert [e.schema for e in engines] == [f"{app_id}_s{n}" for n in range(4)]
@@ -562,9 +616,7 @@ LOAD_BY_JOB = int(os.environ.get("HOTMESH_CITUS_LOAD_BY_JOB", "400"))
 
 
 @pytest.mark.timeout(900)
-async def test_worker_kills_on_an_app_distributed_by_job_id(
-    apps: list[str], tmp_path: Path
-) -> None:
+async def test_worker_kills_on_an_app_distributed_by_job_id(by_job_id: str, tmp_path: Path) -> None:
     """The fault test of docs/citus-row-distribution.md: LOAD_BY_JOB workflows of the fleet
     (tests/workers/fleet.py: an activity, the entity, a hook, a signal) on an app distributed
     by job_id, each started and signalled through the engine of its shard group, a worker
@@ -575,12 +627,7 @@ async def test_worker_kills_on_an_app_distributed_by_job_id(
     from helpers import kill9
     from hotmesh._citus import shard_engines
 
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
-    distribute_by_job_id(app_id)
-    await migrate(sharded(CITUS_URL, on=False), app_id)
+    app_id = by_job_id
     async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
         engines = await shard_engines(conn, CITUS_URL, app_id)
     observers = [Observer(e.dsn, e.schema) for e in engines]

@@ -20,6 +20,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hotmesh.errors import HotMeshError
+
 log = logging.getLogger("hotmesh.install")
 
 # The shards of the tables colocated with <app>.jobs (hash-distributed by job_id), by group:
@@ -46,6 +48,79 @@ select c.relname::text,
  where c.relnamespace = %(app)s::regnamespace and c.relkind in ('r', 'p')
  order by 1
 """
+
+
+# Each table of the app that is not a Citus table yet (jobs first), and whether it has a
+# never-null job_id; how its jobs table is distributed (partition method, column, shards).
+_UNDISTRIBUTED = """
+select c.relname::text,
+       exists (select 1 from pg_attribute as a
+                where a.attrelid = c.oid and a.attname = 'job_id' and a.attnotnull)
+  from pg_class as c
+ where c.relnamespace = %(app)s::regnamespace and c.relkind in ('r', 'p')
+   and not exists (select 1 from pg_dist_partition as p where p.logicalrelid = c.oid)
+ order by c.relname <> 'jobs', 1
+"""
+_JOBS = """
+select p.partmethod::text, column_to_column_name(p.logicalrelid, p.partkey),
+       (select count(*) from pg_dist_shard as s where s.logicalrelid = p.logicalrelid)
+  from pg_dist_partition as p
+ where p.logicalrelid = to_regclass(format('%%I.jobs', %(app)s::text))
+"""
+
+
+async def distribute_by_job_id(
+    conn: psycopg.AsyncConnection[Any], app_id: str, shard_count: int | None, requested: bool
+) -> None:
+    """Distributes the rows of app `app_id` by workflow id, in `conn`'s transaction (the
+    migrate's, on the coordinator; docs/citus-row-distribution.md): jobs by id into
+    `shard_count` shards (Citus's citus.shard_count when None), every table with a never-null
+    job_id by it, colocated with jobs, the start's idempotency keys by the key, and the others
+    as reference tables. Only tables not distributed yet are (those of a newer migration); an
+    app whose jobs are distributed otherwise, or into another number of shards, is refused.
+    Unless `requested`, only an app distributed by job_id already (its newer tables)."""
+    cur = await conn.execute(_JOBS, {"app": app_id})
+    row = await cur.fetchone()
+    if not requested and (row is None or tuple(row[:2]) != ("h", "id")):
+        return
+    if row is not None:
+        method, column, shards = row
+        if (method, column) != ("h", "id"):
+            raise HotMeshError(
+                f"app {app_id}: its jobs table is already a Citus table, not distributed by "
+                f"id (partition method {method!r}, column {column!r}): cannot distribute it by "
+                "job_id (nothing was changed)"
+            )
+        if shard_count not in (None, shards):
+            raise HotMeshError(
+                f"app {app_id}: already distributed by job_id in {shards} shard groups, not "
+                f"{shard_count}: change that with Citus's alter_distributed_table(..., "
+                "shard_count := ...) (nothing was changed)"
+            )
+    # One transaction: Citus then creates the shards over one connection per node.
+    await conn.execute("set local citus.multi_shard_modify_mode = 'sequential'")
+    cur = await conn.execute(_UNDISTRIBUTED, {"app": app_id})
+    for table, by_job in await cur.fetchall():
+        name = f"{app_id}.{table}"
+        if table == "jobs":
+            await conn.execute(
+                "select create_distributed_table(%s, 'id', shard_count := %s)",
+                (name, shard_count),
+            )
+        elif table == "start_keys":
+            # Keyed by the key alone (a unique key must hold the distribution column).
+            await conn.execute(
+                "select create_distributed_table(%s, 'idempotency_key', colocate_with := %s,"
+                " shard_count := %s)",
+                (name, "none", shard_count),
+            )
+        elif by_job:
+            await conn.execute(
+                "select create_distributed_table(%s, 'job_id', colocate_with := %s)",
+                (name, f"{app_id}.jobs"),
+            )
+        else:
+            await conn.execute("select create_reference_table(%s)", (name,))
 
 
 @dataclass(frozen=True)
