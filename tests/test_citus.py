@@ -615,6 +615,72 @@ async def test_the_quick_start_on_an_app_distributed_by_job_id(by_job_id: str) -
 LOAD_BY_JOB = int(os.environ.get("HOTMESH_CITUS_LOAD_BY_JOB", "400"))
 
 
+def in_group(low: int, high: int, prefix: str = "claim") -> str:
+    """An id that Citus places in the shard group of hash range [low, high]."""
+    for n in range(10_000):
+        candidate = f"{prefix}-{n}"
+        if low <= query("select worker_hash(%s::text)", candidate)[0][0] <= high:
+            return candidate
+    raise AssertionError(f"no id in [{low}, {high}]")
+
+
+async def test_the_app_roles_on_the_shard_engines(by_job_id: str) -> None:
+    """sql/99_grants.sql on each shard engine, with the app's roles: a login of
+    <app>_worker serves an engine, one of <app>_app starts a workflow there and reads its
+    result, one of <app>_reader reads it (the engine's views, and the app's through the
+    coordinator) and may neither start a workflow nor read a task's payload."""
+    from hotmesh._citus import shard_engines
+
+    app_id = by_job_id
+    async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+        engines = await shard_engines(conn, CITUS_URL, app_id)
+    logins = {group: f"{app_id}_{group}_login" for group in ("worker", "app", "reader")}
+    for group, login in logins.items():
+        query(f"create role {login} login in role {app_id}_{group}")
+    try:
+        engine = engines[0]
+        wid = in_group(engine.low, engine.high)
+
+        def as_login(group: str, url: str) -> str:
+            return psycopg.conninfo.make_conninfo(url, user=logins[group])
+
+        worker = await MemFlow.init(
+            app_id=engine.schema, dsn=as_login("worker", engine.dsn), migrate=False
+        )
+        client = await MemFlow.init(
+            app_id=engine.schema, dsn=as_login("app", engine.dsn), migrate=False
+        )
+        try:
+            await worker.worker.create(task_queue="claims", workflow=claims_intake)
+            handle = await client.workflow.start(
+                workflow_name="claims_intake", args=[wid], task_queue="claims", workflow_id=wid
+            )
+            assert await asyncio.wait_for(handle.result(), 20) == {"case_id": wid, "covered": True}
+        finally:
+            await client.close()
+            await worker.close()
+        schema = engine.schema
+        reader = as_login("reader", engine.dsn)
+        done = f"select status from {schema}.workflows where id = %s"  # noqa: S608
+        assert query(done, wid, url=reader) == [("completed",)]
+        assert query(f"select {schema}.workflow_status(%s)", wid, url=reader) == [("completed",)]
+        assert query(
+            f"select status from {app_id}.workflows where id = %s",  # noqa: S608
+            wid,
+            url=as_login("reader", CITUS_URL),
+        ) == [("completed",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            query(f"select {schema}.start_workflow('w', '[]', 'q', %s)", wid + "x", url=reader)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            query(f"select payload from {schema}.tasks", url=reader)  # noqa: S608
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app_login = as_login("app", engine.dsn)
+            query(f"select * from {schema}.claim_tasks('{{claims}}', 'w')", url=app_login)  # noqa: S608
+    finally:
+        for login in logins.values():
+            query(f"drop role {login}")
+
+
 @pytest.mark.timeout(900)
 async def test_worker_kills_on_an_app_distributed_by_job_id(by_job_id: str, tmp_path: Path) -> None:
     """The fault test of docs/citus-row-distribution.md: LOAD_BY_JOB workflows of the fleet

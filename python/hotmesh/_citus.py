@@ -154,9 +154,41 @@ async def shard_engines(
     return list(engines.values())
 
 
+# The app's views: an engine reads them through views of its own (70_views.sql's views read
+# a row's xmax, which a view over a shard does not have).
+_VIEWS = """
+select relname::text from pg_class
+ where relnamespace = %(app)s::regnamespace and relkind = 'v' order by 1
+"""
+
+
+async def drop_view_copies(conn: psycopg.AsyncConnection[Any], dsn: str, app_id: str) -> None:
+    """Drops each engine's views over the app's views (`_install` makes them again), before
+    `migrate`'s transaction on `conn` (to `dsn`): 70_views.sql drops and makes again some of
+    the app's views, which Citus does on every node too, where the engines' views would
+    depend on them."""
+    async with conn.transaction():
+        cur = await conn.execute("select to_regnamespace(%s) is not null", (app_id,))
+        if not (await cur.fetchone() or (False,))[0]:
+            return
+        engines = await shard_engines(conn, dsn, app_id)
+        cur = await conn.execute(_VIEWS, {"app": app_id}, prepare=False)
+        views = [view for (view,) in await cur.fetchall()] if engines else []
+    for engine in engines:
+        async with await psycopg.AsyncConnection.connect(engine.dsn) as node, node.transaction():
+            await node.execute("set local citus.enable_ddl_propagation = off")
+            for view in views:
+                await node.execute(
+                    sql.SQL("drop view if exists {}.{}").format(
+                        sql.Identifier(engine.schema), sql.Identifier(view)
+                    )
+                )
+
+
 async def install_shard_engines(dsn: str, app_id: str, engine_files: list[Path]) -> None:
-    """(Re)installs the per-shard engines of app `app_id` (a no-op unless its tables are
-    distributed by job_id), each in one transaction on its node; `migrate` calls it after
+    """(Re)installs the per-shard engines of app `app_id` from `engine_files` (sql/, the
+    privileges last; a no-op unless its tables are distributed by job_id), each in one
+    transaction on its node; `migrate` calls it after
     its own transaction (whose DDL, propagated to the nodes, holds locks there until it
     commits), under the same advisory lock. Run again after shards move."""
     async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
@@ -180,12 +212,7 @@ async def _install(
     }
     cur = await conn.execute(_TABLES, {"app": app_id}, prepare=False)
     tables: list[tuple[str, list[str]]] = await cur.fetchall()
-    cur = await conn.execute(
-        "select relname::text from pg_class where relnamespace = %s::regnamespace"
-        " and relkind = 'v' order by 1",
-        (app_id,),
-        prepare=False,
-    )
+    cur = await conn.execute(_VIEWS, {"app": app_id}, prepare=False)
     views = [view for (view,) in await cur.fetchall()]
     app = sql.Identifier(app_id)
     for engine in engines:
@@ -193,6 +220,8 @@ async def _install(
         async with await psycopg.AsyncConnection.connect(engine.dsn) as node, node.transaction():
             # The schema is the node's own: not created on the other nodes.
             await node.execute("set local citus.enable_ddl_propagation = off")
+            # sql/99_grants.sql: the app's roles, not roles of the engine's own.
+            await node.execute("select set_config('hotmesh.app', %s, true)", (app_id,))
             await node.execute(sql.SQL("create schema if not exists {}").format(schema))
             await node.execute(
                 sql.SQL("set local search_path = {}, {}, pg_temp").format(schema, app)
@@ -232,7 +261,8 @@ async def _install(
                             schema, name, sql.Identifier(column), sql.Literal(sequence)
                         )
                     )
-            for path in engine_files:
+            *engine_sql, privileges = engine_files
+            for path in engine_sql:
                 # The views of 70_views.sql read a row's xmax, which a view over a shard does
                 # not have: the app's own views (Citus reads them from every shard) stand in.
                 if path.name != "70_views.sql":
@@ -248,4 +278,5 @@ async def _install(
                             schema, sql.Identifier(view), app, sql.Identifier(view)
                         )
                     )
+            await node.execute(privileges.read_bytes())
         log.info("app %s: shard engine %s on %s", app_id, engine.schema, engine.dsn)

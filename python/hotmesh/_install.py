@@ -207,7 +207,7 @@ async def migrate(
         try:
             applied, citus = await _migrate_once(dsn, app_id, lock_timeout, distribute, shard_count)
             if citus:
-                await _citus.install_shard_engines(dsn, app_id, sql_files()[:-1])
+                await _citus.install_shard_engines(dsn, app_id, sql_files())
             return applied
         except _LockWait as busy:
             if time.monotonic() + pause > deadline:
@@ -236,6 +236,7 @@ async def _migrate_once(
     step = "the advisory lock"
     conn = await psycopg.AsyncConnection.connect(dsn, application_name=APPLICATION_NAME)
     try:
+        await _citus.drop_view_copies(conn, dsn, app_id)
         async with conn, conn.transaction():
             conn.add_notice_handler(_warn)
             # Only other migrates wait for this one, so no timeout yet.
@@ -294,8 +295,9 @@ async def _migrate_once(
     except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as error:
         raise _LockWait(step, error) from error
     except psycopg.OperationalError as error:
-        # On Citus: a node that does not answer (its connection fails, SQLSTATE class 08).
-        if not (error.sqlstate or "").startswith("08") or conn.closed:
+        # On Citus: a node that does not answer (its connection fails, SQLSTATE class 08, sent
+        # by the coordinator; the loss of this connection itself has no SQLSTATE).
+        if not (error.sqlstate or "").startswith("08"):
             raise
         raise HotMeshError(
             f"app {app_id}: a Citus node does not answer ({error.diag.message_primary or error}"
@@ -313,7 +315,7 @@ select citus_is_coordinator(),
        (select count(*) from pg_dist_node where groupid <> 0 and noderole = 'primary'),
        current_setting('citus.enable_schema_based_sharding')::boolean,
        to_regnamespace(%(app)s) is not null,
-       exists (select from pg_dist_schema where schemaid::text = quote_ident(%(app)s))
+       exists (select from pg_dist_schema where schemaid = to_regnamespace(%(app)s))
 """
 
 
