@@ -11,7 +11,7 @@ import asyncio
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,17 @@ def node_of(app: str) -> int:
 
 
 @pytest.fixture
-def apps() -> Iterator[list[str]]:
-    """App ids for the test (appended by the test); their schemas are dropped afterwards."""
+async def apps() -> AsyncIterator[list[str]]:
+    """App ids for the test (appended by the test); their schemas are dropped afterwards, and
+    their shard engines on the nodes (none is left behind)."""
+    from hotmesh._citus import drop_shard_engines
+
     made: list[str] = []
     yield made
     for app in made:
-        drop_app(app)
+        query(f"drop schema if exists {app} cascade")
+        await drop_shard_engines(CITUS_URL, app)
+        assert not engine_schemas(app)
 
 
 @pytest.fixture
@@ -378,16 +383,19 @@ async def test_a_client_on_a_worker_node_is_refused(app: str) -> None:
 NODES = os.environ.get("HOTMESH_CITUS_NODES", "").split()
 
 
-def drop_app(app_id: str) -> None:
-    """Drops app `app_id` on the coordinator and its shard engines' schemas on the nodes."""
-    query(f"drop schema if exists {app_id} cascade")
-    for url in NODES[1:]:
+def engine_schemas(app_id: str) -> list[tuple[int, str]]:
+    """The shard engines' schemas of app `app_id` on the nodes: (node port, schema)."""
+    found = []
+    for url in NODES:
+        port = int(psycopg.conninfo.conninfo_to_dict(url)["port"])
         for (schema,) in query(
-            "select nspname from pg_namespace where nspname ~ ('^' || %s || '_s[0-9]+$')",
-            app_id,
+            "select nspname from pg_namespace"
+            " where obj_description(oid, 'pg_namespace') = %s order by 1",
+            f"hotmesh: a shard engine of app {app_id}",
             url=url,
         ):
-            query(f"drop schema {schema} cascade", url=url)
+            found.append((port, schema))
+    return found
 
 
 @pytest.fixture
@@ -679,6 +687,107 @@ async def test_the_app_roles_on_the_shard_engines(by_job_id: str) -> None:
     finally:
         for login in logins.values():
             query(f"drop role {login}")
+
+
+async def test_a_shard_group_moves_and_migrate_follows(by_job_id: str) -> None:
+    """A shard group moved to the other node (citus_move_shard_placement, online: logical
+    replication) with a workflow waiting in it for a signal: `migrate` again creates its
+    engine on the new node and drops the stale one on the old node, and the workflow, served
+    by a worker on the new node, takes its signal there and completes."""
+    from helpers import until
+    from hotmesh._citus import shard_engines
+
+    app_id = by_job_id
+
+    async def engines() -> list[Any]:
+        async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+            return await shard_engines(conn, CITUS_URL, app_id)
+
+    before = (await engines())[0]
+    wid = in_group(before.low, before.high)
+    mf = await MemFlow.init(app_id=before.schema, dsn=before.dsn, migrate=False)
+    try:
+        await mf.worker.create(task_queue="claims", workflow=approved_intake)
+        await mf.workflow.start(
+            workflow_name="approved_intake", args=[wid], task_queue="claims", workflow_id=wid
+        )
+        waiting = f"select 1 from {app_id}.steps where job_id = %s and kind = 'signal'"  # noqa: S608
+        await until(lambda: query(waiting, wid), "waits for approve")
+    finally:
+        await mf.close()
+    old_port = int(psycopg.conninfo.conninfo_to_dict(before.dsn)["port"])
+    (shard, host), *_ = query(
+        "select shardid, nodename from citus_shards where table_name = %s::regclass"
+        " and nodeport = %s and shardid = get_shard_id_for_distribution_column(%s, %s::text)",
+        f"{app_id}.jobs",
+        old_port,
+        f"{app_id}.jobs",
+        wid,
+    )
+    (new_port,) = [
+        p for (p,) in query("select nodeport from pg_dist_node where groupid <> 0") if p != old_port
+    ]
+    query(
+        "select citus_move_shard_placement(%s, %s, %s, %s, %s)",
+        shard,
+        host,
+        old_port,
+        host,
+        new_port,
+    )
+    assert await migrate(CITUS_URL, app_id) == []
+    after = (await engines())[0]
+    assert (after.schema, after.low, after.high) == (before.schema, before.low, before.high)
+    assert int(psycopg.conninfo.conninfo_to_dict(after.dsn)["port"]) == new_port
+    placed = engine_schemas(app_id)
+    assert (new_port, after.schema) in placed and (old_port, after.schema) not in placed, placed
+    assert len(placed) == 4, placed
+    mf = await MemFlow.init(app_id=after.schema, dsn=after.dsn, migrate=False)
+    try:
+        await mf.worker.create(task_queue="claims", workflow=approved_intake)
+        handle = mf.workflow.get_handle(wid)
+        assert (await handle.signal("approve", True))["status"] == "delivered"
+        result = await asyncio.wait_for(handle.result(), 20)
+    finally:
+        await mf.close()
+    assert result == {"case_id": wid, "covered": True, "approved": True}
+
+
+async def test_prune_on_each_engine_removes_only_its_workflows(by_job_id: str) -> None:
+    """`call <app>_s<n>.prune()` on an engine's node deletes the expired workflows of its
+    shard group: not another group's, nor its own that are still running or kept."""
+    from hotmesh._citus import shard_engines
+
+    app_id = by_job_id
+    async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+        engines = (await shard_engines(conn, CITUS_URL, app_id))[:2]
+    ids: dict[str, list[str]] = {}
+    for n, engine in enumerate(engines):
+        done = [in_group(engine.low, engine.high, f"done{n}{k}") for k in range(2)]
+        kept = in_group(engine.low, engine.high, f"kept{n}")
+        running = in_group(engine.low, engine.high, f"run{n}")
+        for wid in [*done, kept, running]:
+            expire = Jsonb({"expire": 3600 if wid == kept else 0})
+            query(
+                f"select {engine.schema}.start_workflow('w', '[]', 'q', %s, null, %s)",
+                wid,
+                expire,
+                url=engine.dsn,
+            )
+        for wid in [*done, kept]:
+            query(f"select {engine.schema}.cancel_workflow(%s)", wid, url=engine.dsn)
+        ids[engine.schema] = [*done, kept, running]
+
+    def left() -> dict[str, list[str]]:
+        rows = {r for (r,) in query(f"select id from {app_id}.jobs")}  # noqa: S608
+        return {schema: [i for i in wids if i in rows] for schema, wids in ids.items()}
+
+    first, second = engines
+    pruned = query(f"call {first.schema}.prune()", url=first.dsn)
+    assert pruned == [(2,)]
+    assert left() == {first.schema: ids[first.schema][2:], second.schema: ids[second.schema]}
+    assert query(f"call {second.schema}.prune()", url=second.dsn) == [(2,)]
+    assert left() == {first.schema: ids[first.schema][2:], second.schema: ids[second.schema][2:]}
 
 
 @pytest.mark.timeout(900)

@@ -168,19 +168,24 @@ async def drop_view_copies(conn: psycopg.AsyncConnection[Any], dsn: str, app_id:
     the app's views, which Citus does on every node too, where the engines' views would
     depend on them."""
     async with conn.transaction():
-        cur = await conn.execute("select to_regnamespace(%s) is not null", (app_id,))
+        cur = await conn.execute(
+            "select to_regnamespace(%s) is not null"
+            " and to_regclass('pg_catalog.pg_dist_node') is not null",
+            (app_id,),
+        )
         if not (await cur.fetchone() or (False,))[0]:
             return
-        engines = await shard_engines(conn, dsn, app_id)
         cur = await conn.execute(_VIEWS, {"app": app_id}, prepare=False)
-        views = [view for (view,) in await cur.fetchall()] if engines else []
-    for engine in engines:
-        async with await psycopg.AsyncConnection.connect(engine.dsn) as node, node.transaction():
+        views = [view for (view,) in await cur.fetchall()]
+        # Every engine schema of the app: one left on a node its group has left too.
+        schemas = await _engine_schemas(conn, dsn, app_id)
+    for url, schema in schemas:
+        async with await psycopg.AsyncConnection.connect(url) as node, node.transaction():
             await node.execute("set local citus.enable_ddl_propagation = off")
             for view in views:
                 await node.execute(
                     sql.SQL("drop view if exists {}.{}").format(
-                        sql.Identifier(engine.schema), sql.Identifier(view)
+                        sql.Identifier(schema), sql.Identifier(view)
                     )
                 )
 
@@ -198,6 +203,60 @@ async def install_shard_engines(dsn: str, app_id: str, engine_files: list[Path])
                 "select pg_advisory_xact_lock(hashtextextended(%s, 0))", ("hotmesh:" + app_id,)
             )
             await _install(conn, app_id, engines, engine_files)
+            # A shard group moved (or split) leaves its engine on its old node: dropped.
+            await _drop_engines(conn, dsn, app_id, {(e.schema, e.dsn) for e in engines})
+
+
+async def drop_shard_engines(dsn: str, app_id: str) -> None:
+    """Drops every per-shard engine of app `app_id` on the nodes of the Citus cluster whose
+    coordinator is at `dsn`: before (or after) `drop schema <app> cascade` on the
+    coordinator, which drops the app's tables and their shards but not the engines' schemas
+    (the nodes' own)."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
+        cur = await conn.execute("select to_regclass('pg_catalog.pg_dist_node') is not null")
+        if (await cur.fetchone() or (False,))[0]:
+            await _drop_engines(conn, dsn, app_id, set())
+
+
+def _mark(app_id: str) -> str:
+    return f"hotmesh: a shard engine of app {app_id}"
+
+
+async def _engine_schemas(
+    conn: psycopg.AsyncConnection[Any], dsn: str, app_id: str
+) -> list[tuple[str, str]]:
+    """The engine schemas of app `app_id` on every node of the cluster (read on `conn` to the
+    coordinator at `dsn`), as (node DSN, schema)."""
+    cur = await conn.execute(
+        "select nodename::text, nodeport from pg_dist_node"
+        " where isactive and noderole = 'primary' order by nodeid",
+        prepare=False,
+    )
+    found = []
+    for host, port in await cur.fetchall():
+        url = psycopg.conninfo.make_conninfo(dsn, host=host, port=port)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as node:
+            marked = await node.execute(
+                "select nspname::text from pg_namespace"
+                " where obj_description(oid, 'pg_namespace') = %s order by 1",
+                (_mark(app_id),),
+            )
+            found += [(url, schema) for (schema,) in await marked.fetchall()]
+    return found
+
+
+async def _drop_engines(
+    conn: psycopg.AsyncConnection[Any], dsn: str, app_id: str, keep: set[tuple[str, str]]
+) -> None:
+    """Drops, on every node of the cluster (read on `conn` to the coordinator at `dsn`), the
+    engine schemas of app `app_id` but those in `keep` (schema, node DSN)."""
+    for url, schema in await _engine_schemas(conn, dsn, app_id):
+        if (schema, url) in keep:
+            continue
+        async with await psycopg.AsyncConnection.connect(url) as node, node.transaction():
+            await node.execute("set local citus.enable_ddl_propagation = off")
+            await node.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
+        log.info("app %s: dropped shard engine %s on %s", app_id, schema, url)
 
 
 async def _install(
@@ -223,6 +282,10 @@ async def _install(
             # sql/99_grants.sql: the app's roles, not roles of the engine's own.
             await node.execute("select set_config('hotmesh.app', %s, true)", (app_id,))
             await node.execute(sql.SQL("create schema if not exists {}").format(schema))
+            # The mark by which a later migrate, or the app's drop, finds it on the nodes.
+            await node.execute(
+                sql.SQL("comment on schema {} is {}").format(schema, sql.Literal(_mark(app_id)))
+            )
             await node.execute(
                 sql.SQL("set local search_path = {}, {}, pg_temp").format(schema, app)
             )
