@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hotmesh import MemFlow, workflow
 from hotmesh._install import migrate
-from test_citus import distribute_by_job_id, sharded
+from test_citus import sharded
 
 LOCAL_DB = "hotmesh_bench_local"
 
@@ -89,11 +89,7 @@ async def local_app(url: str) -> tuple[str, str]:
 
 async def distributed_app(url: str) -> tuple[str, str]:
     app = f"bd_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(sharded(url, on=False), autocommit=True) as conn:
-        conn.execute(f"create schema {app}")
-    await migrate(sharded(url, on=False), app)
-    distribute_by_job_id(app)
-    await migrate(sharded(url, on=False), app)
+    await migrate(sharded(url), app, distribute="job_id", shard_count=4)
     return url, app
 
 
