@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -120,7 +121,8 @@ def _percentile(values: list[float], q: float) -> float:
 def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> Iterator[int]:
     """A worker process serving `specs` on `queue`; yields its pid."""
     env = {**os.environ, "DATABASE_URL": dsn}
-    command = [sys.executable, "-m", "hotmesh.cli", "worker", *specs, "--queue", queue]
+    command = [*_WORKER_PREFIX, sys.executable, "-m", "hotmesh.cli", "worker", *specs]
+    command += ["--queue", queue]
     command += ["--app", app, "--concurrency", str(concurrency)]
     command += [arg for spec in _INTERCEPTORS for arg in ("--interceptor", spec)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
@@ -142,6 +144,8 @@ def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> It
 
 # `hotmesh bench --interceptor MODULE:FACTORY`: what every worker process runs with.
 _INTERCEPTORS: list[str] = []
+# `hotmesh bench --worker-prefix "valgrind ..."`: what every worker process runs under.
+_WORKER_PREFIX: list[str] = []
 
 
 def traced_noop(sampler: Any = None) -> Any:
@@ -1049,6 +1053,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dsn, app = args.dsn, args.app
     _INTERCEPTORS[:] = args.interceptor
+    _WORKER_PREFIX[:] = shlex.split(args.worker_prefix)
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
@@ -1268,6 +1273,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE:FACTORY",
         help="run the worker processes with this interceptor (hotmesh.devtools.bench:traced_noop:"
         " OpenTelemetry with an exporter that drops the spans)",
+    )
+    parser.add_argument(
+        "--worker-prefix",
+        default="",
+        metavar="COMMAND",
+        help="run the worker processes under this command, e.g. 'valgrind --tool=cachegrind"
+        " --cache-sim=no' to count their instructions (docs/performance.md#tracing)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling duration (5)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
