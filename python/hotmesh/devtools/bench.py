@@ -475,7 +475,9 @@ def workflows(
                 ).format(sql.Identifier(app)),
                 (name, steps, count),
             )
-            polls = _wait_done(conn, app, count, timeout=60 + count * steps / 50)
+            # Under callgrind a worker runs some fifty times slower.
+            slowdown = 50 if _WORKER_PREFIX else 1
+            polls = _wait_done(conn, app, count, timeout=(60 + count * steps / 50) * slowdown)
             cpu = _cpu_seconds(pid) - cpu0
             activity_cpu = _cpu_seconds(activity_pid) - activity_cpu0 if activity_pid else None
             instructions = _instructions(pid)
