@@ -1081,6 +1081,8 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dsn, app = args.dsn, args.app
     _INTERCEPTORS[:] = args.interceptor
+    if args.count_instructions and shutil.which("callgrind_control") is None:
+        raise ValueError("--count-instructions needs valgrind (callgrind_control) on the PATH")
     _WORKER_PREFIX[:] = _CALLGRIND if args.count_instructions else []
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(wanted) - set(SCENARIOS)
