@@ -625,9 +625,9 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 # The youngest generation's collection threshold of a worker process (Python's default: 700
 # allocations). A task makes dozens of short-lived objects (its row, activation, futures,
-# coroutines), so at the default the collector ran every few tasks: a drain spent about a
-# third of the worker's CPU less with this (docs/performance.md#bigger-batches). Garbage
-# waits a little longer: at most this many new objects.
+# coroutines), so at the default the collector ran every 15-20 tasks: a drain spent about a
+# quarter of the worker's CPU less with this (docs/performance.md#bigger-batches). Garbage in
+# cycles waits a little longer: at most this many new objects.
 _GC_YOUNG = 10_000
 
 
