@@ -153,7 +153,8 @@ def _parser() -> argparse.ArgumentParser:
         "--sticky-cache",
         type=int,
         default=STICKY_CACHE,
-        help=f"suspended workflows kept to resume without replay ({STICKY_CACHE}; 0: none)",
+        help=f"suspended workflows kept to resume without replay ({STICKY_CACHE}, at most a"
+        " quarter parked on a signal, timer or child; 0: none)",
     )
     worker.add_argument("--lease", type=float, default=30.0, help="lease seconds (30)")
     worker.add_argument(
