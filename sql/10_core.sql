@@ -268,7 +268,8 @@ $$;
 -- refused with HM003):
 --   job:  pending -> running <-> waiting -> completed | failed | cancelled; pending -> failed
 --         (execution_timeout); pending | waiting -> completed (an activation claimed ahead
---         that ends before it starts); failed -> pending; running -> pending
+--         that ends before it starts); pending | waiting -> waiting (one that suspends
+--         before it starts); failed -> pending; running -> pending
 --         (continue_as_new: the next run)
 --   task: ready -> leased -> ready (backoff) | dead -> ready; a finished task is deleted
 --   step: scheduled | retrying -> completed | failed; retrying <-> scheduled; failed -> scheduled
@@ -282,6 +283,10 @@ as $$
         ('job', 'pending', 'running', '_transitions'),
         ('job', 'waiting', 'running', '_transitions'),
         ('job', 'running', 'waiting', '_transitions'),
+        -- A main activation claimed ahead that suspends before it starts (suspend_tasks): one
+        -- write, with the build that ran it, where the move to running and back took two.
+        ('job', 'pending', 'waiting', '_transitions'),
+        ('job', 'waiting', 'waiting', '_transitions'),
         ('job', 'running', 'completed', '_transitions'),
         -- A main activation claimed ahead (prefetch) that ends before it starts: one write.
         ('job', 'pending', 'completed', '_transitions'),
@@ -463,9 +468,10 @@ $$;
 -- The move to running of the workflow whose main activation p_task is, if it has not made it:
 -- a main activation claimed ahead (prefetch) moves its workflow only when it starts
 -- (start_tasks, which never waits for the row), and one that ends sooner goes from pending or
--- waiting to completed in one write (complete_tasks). Its other outcomes (a suspension, a
--- failure, continue_as_new) start from running: they call this first, which waits for the row
--- as they do, and records the build of the task's lease.
+-- waiting to completed in one write (complete_tasks), one that suspends to waiting (_suspend,
+-- suspend_tasks). Its other outcomes (a failure, continue_as_new) start from running: they
+-- call this first, which waits for the row as they do, and records the build of the task's
+-- lease.
 create or replace function _start_job(p_task tasks) returns void
 language plpgsql
 as $$

@@ -593,8 +593,11 @@ begin
          where job_id = v_task.job_id and thread = v_task.thread
            and status in ('scheduled', 'retrying') and wake_at is not null;
     end if;
-    if v_task.thread = 'main' then
-        perform _start_job(v_task);
+    -- From running, or in one write from pending or waiting when it was claimed ahead and
+    -- never started; _transition names why a workflow that cannot wait does not.
+    if v_task.thread = 'main'
+       and not exists (select from _transitions(array[v_task.job_id], 'waiting', null, null,
+                                                array[v_task.build_id])) then
         perform _transition(v_task.job_id, 'waiting');
     end if;
     if v_next is null then
@@ -636,6 +639,11 @@ declare
     v_done jsonb[];
     v_queues text[];
     v_queue text;
+    v_parked integer[];
+    v_parked_ids bigint[];
+    v_waits text[];
+    v_wait_builds text[];
+    v_waited text[];
 begin
     v_results := _batch_results(p_items);
     if cardinality(v_results) = 0 then
@@ -700,10 +708,42 @@ begin
         perform _notify('q:' || v_queue);
     end loop;
 
+    -- The common suspension, what _suspend does for one, one statement per table for the
+    -- batch: a held activation whose calls all went in above, not to run again (no rerun,
+    -- nothing due on its thread). Its task goes, and a main thread's workflow waits.
+    select coalesce(array_agg(p.pos), '{}'), array_agg(p.id),
+           array_agg(p.job_id order by p.job_id) filter (where p.thread = 'main'),
+           array_agg(p.build_id order by p.job_id) filter (where p.thread = 'main')
+      into v_parked, v_parked_ids, v_waits, v_wait_builds
+      from (select distinct on (t.id) h.pos, t.id, t.job_id, t.thread, t.build_id
+              from unnest(v_held) as h (pos)
+              join tasks as t on t.id = (p_items -> (h.pos - 1) ->> 'task_id')::bigint
+             where t.kind = 'workflow' and not t.rerun
+               and not exists (
+                   select from jsonb_array_elements(coalesce(
+                                   nullif(p_items -> (h.pos - 1) -> 'schedules', 'null'),
+                                   '[]'::jsonb)) as c (value)
+                    where jsonb_build_array(t.job_id, t.thread, (c.value ->> 'seq')::integer)
+                          <> all(coalesce(v_done, '{}')))
+               and not exists (
+                   select from steps as s
+                    where s.job_id = t.job_id and s.thread = t.thread
+                      and s.status in ('scheduled', 'retrying') and s.wake_at is not null)
+             order by t.id, h.pos) as p;
+    select coalesce(array_agg(j.id), '{}') into v_waited
+      from _transitions(v_waits, 'waiting', null, null, v_wait_builds) as j;
+    if cardinality(v_waited) < cardinality(v_waits) then
+        -- One that cannot wait (ended meanwhile): _transition refuses it, naming why.
+        perform _transition(w.id, 'waiting') from unnest(v_waits) as w (id)
+          where w.id <> all(v_waited);
+    end if;
+    delete from tasks where id = any(v_parked_ids);
+
     for v_pos in
         select i.pos
           from jsonb_array_elements(p_items) with ordinality as i (value, pos)
           left join tasks as t on t.id = (i.value ->> 'task_id')::bigint
+         where i.pos <> all(v_parked)
          order by t.job_id, t.thread, i.pos
     loop
         v_item := p_items -> (v_pos - 1);
@@ -727,6 +767,9 @@ begin
                                        v_call ->> 'traceparent');
         end loop;
         v_results[v_pos] := jsonb_build_object('next_run', _suspend(v_task));
+    end loop;
+    foreach v_pos in array v_parked loop
+        v_results[v_pos] := '{"next_run": null}'::jsonb;
     end loop;
     return to_jsonb(v_results);
 end

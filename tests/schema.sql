@@ -719,7 +719,8 @@ create function <app>._signal_human_task(p_wait <app>.steps, p_payload jsonb, p_
 create function <app>._signal_key(p_signal_id text, p_workflow_id text) returns bigint
     language sql stable;
 create function <app>._start_batch(p_plans jsonb[]) returns text[]
-    language plpgsql volatile;
+    language plpgsql volatile
+    set plan_cache_mode = force_generic_plan;
 create function <app>._start_check(p_plan jsonb) returns text
     language plpgsql volatile;
 create function <app>._start_fire(p_schedule <app>.schedules, p_fire_at timestamp with time zone) returns void

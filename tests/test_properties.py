@@ -234,6 +234,7 @@ LEGAL = {
     ("pending", "running"),
     ("waiting", "running"),
     ("running", "waiting"),
+    ("pending", "waiting"),  # an activation claimed ahead that suspends before it starts
     ("running", "completed"),
     ("running", "failed"),
     ("waiting", "failed"),

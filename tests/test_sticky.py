@@ -16,6 +16,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from psycopg import sql
 
 from helpers import Workers, kill9, until, until_row, workers_fixture
 from hotmesh import MemFlow, _db, workflow
@@ -345,6 +346,20 @@ def held_outcomes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return sent
 
 
+def claims_of(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """Each claim_tasks the workers make: [held, tasks claimed (None until it answered)]."""
+    claims: list[list[Any]] = []
+    real = Database.claim_tasks
+
+    async def claim_tasks(self: Database, *args: Any, **kwargs: Any) -> Any:
+        claims.append([kwargs.get("hold", args[7] if len(args) > 7 else False), None])
+        claims[-1][1] = len(claimed := await real(self, *args, **kwargs))
+        return claimed
+
+    monkeypatch.setattr(Database, "claim_tasks", claim_tasks)
+    return claims
+
+
 async def parked_in(worker: Worker, db: Any, workflow_id: str) -> None:
     """Until the workflow waits for a signal and the idle worker keeps its activation."""
     await until_row(db, PARKED, workflow_id)
@@ -392,15 +407,7 @@ async def test_a_worker_claims_nothing_after_a_suspension_with_nothing_due(
     not in a claim or next_due, when the signal comes, and the claim the signal wakes is the
     held one that resumes the kept activation."""
     sent = held_outcomes(monkeypatch)
-    claims: list[list[Any]] = []  # [held, tasks claimed (None until it answered)]
-    real = Database.claim_tasks
-
-    async def claim_tasks(self: Database, *args: Any, **kwargs: Any) -> Any:
-        claims.append([kwargs.get("hold", args[7] if len(args) > 7 else False), None])
-        claims[-1][1] = len(claimed := await real(self, *args, **kwargs))
-        return claimed
-
-    monkeypatch.setattr(Database, "claim_tasks", claim_tasks)
+    claims = claims_of(monkeypatch)
     worker = await mf.worker.create(task_queue="q", workflow=parks)
     handle = await mf.workflow.start(workflow_name="parks", task_queue="q", workflow_id="p")
     await parked_in(worker, db, "p")
@@ -412,6 +419,54 @@ async def test_a_worker_claims_nothing_after_a_suspension_with_nothing_due(
     assert await handle.result(timeout=20) == 7
     await until(lambda: sent == ["complete_tasks"], "the held completion")
     assert claims[before] == [True, 1] and worker.sticky.hits == 1
+
+
+async def test_a_held_wake_up_moves_its_workflow_once(
+    mf: MemFlow, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held claim takes its activation ahead (not started): claim and outcome commit
+    together, so the workflow goes from waiting to completed in one write, never through a
+    running that no other transaction could see."""
+    sent = held_outcomes(monkeypatch)
+    moves = sql.Identifier(db.app, "moves")
+    db.conn.execute(sql.SQL("create table {} (job_id text, from_to text[])").format(moves))
+    db.conn.execute(
+        sql.SQL(
+            "create function note_move() returns trigger language plpgsql as $$ begin"
+            " insert into {} values (new.id, array[old.status, new.status]); return new; end $$"
+        ).format(moves)
+    )
+    db.conn.execute(
+        "create trigger note_move after update of status on jobs for each row"
+        " when (old.status is distinct from new.status) execute function note_move()"
+    )
+    worker = await mf.worker.create(task_queue="q", workflow=parks)
+    handle = await mf.workflow.start(workflow_name="parks", task_queue="q", workflow_id="m")
+    await parked_in(worker, db, "m")
+    db.conn.execute(sql.SQL("delete from {}").format(moves))
+    await mf.workflow.signal("go", 3, workflow_id="m")
+    assert await handle.result(timeout=20) == 3
+    await until(lambda: sent == ["complete_tasks"], "the held completion")
+    assert db.rows("select from_to from moves where job_id = 'm'") == [(["waiting", "completed"],)]
+
+
+async def test_a_held_claim_that_a_limited_queue_refused_is_made_plainly(
+    mf: MemFlow, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue with limits gives tasks to a claim for free slots only, never ahead: the held
+    claim (ahead) of the woken activation takes nothing, and the worker claims it plainly at
+    once, still resuming it from the cache (not after the cache let it go)."""
+    claims = claims_of(monkeypatch)
+    worker = await mf.worker.create(task_queue="q", workflow=parks)
+    handle = await mf.workflow.start(workflow_name="parks", task_queue="q", workflow_id="l")
+    await parked_in(worker, db, "l")
+    await mf.queue.set_limits("q", max_running=100)
+    before = len(claims)
+    await mf.workflow.signal("go", 5, workflow_id="l")
+    assert await handle.result(timeout=20) == 5
+    woken = claims[before:]
+    assert woken[0] == [True, 0] and [False, 1] in woken
+    assert (worker.sticky.hits, worker.sticky.misses) == (1, 0)
 
 
 async def stalls_after_signal() -> Any:

@@ -79,6 +79,8 @@ Workflow = Callable[..., Any]
 R = TypeVar("R")
 Activity = Callable[..., Any]
 _IDLE_POLL = 30.0  # seconds between claims when no notification and no due task arrives
+# next_due puts a task that a queue's limits hold back a second ahead (_limited_due).
+_HELD_BACK = 1.0
 # An activation that met a lock held past lock_timeout gives its task back this long later
 # (not at once: it would meet the same open transaction again in a loop).
 _GIVE_BACK_AFTER = 1.0
@@ -250,6 +252,7 @@ class Worker:
         self._buffer: deque[tuple[float, Claimed]] = deque()
         self._stale: list[Claimed] = []
         self._claiming = 0
+        self._plain = False  # the next claim is not held (_idle)
         # Runners whose activation suspended with nothing due (next_run None): whatever makes
         # it due later sends a NOTIFY, so their end need not wake the claim loop (_finished).
         self._parked: set[asyncio.Task[None]] = set()
@@ -437,16 +440,20 @@ class Worker:
                 if failures and not await self._engine_serves_us():
                     return
                 hold = self._may_hold(free)
+                # A held claim takes its tasks ahead (not started): a woken activation's
+                # outcome commits with it, so its workflow's move to running would be a
+                # write nobody sees; the outcome moves it once (waiting -> completed).
                 claimed = await self.db.claim_tasks(
                     [self.task_queue],
                     self.worker_id,
-                    free,
+                    0 if hold else free,
                     self.lease,
                     self.build_id,
-                    0 if hold else ahead,
+                    free if hold else ahead,
                     self.prefetch_lease,
                     hold,
                 )
+                self._plain = False
                 held = claimed.held
                 if held is not None and not (
                     len(claimed) == 1
@@ -523,7 +530,7 @@ class Worker:
                         ahead=index >= free,
                     )
                 if index < free:
-                    self._launch(task, prefetched=False, held=held)
+                    self._launch(task, prefetched=hold, held=held)
                 else:
                     self._buffer.append((now, task))
             if held is not None:
@@ -531,7 +538,7 @@ class Worker:
                 # claim now would find nothing, and next_due would wake it again at once.
                 await held.ended.wait()
             if len(claimed) < free + ahead and not self._stopping:
-                await self._idle()
+                await self._idle(missed=hold and not claimed)
 
     def _may_hold(self, free: int) -> bool:
         """Whether to claim in a transaction left open (HeldClaim): when this worker is idle
@@ -539,14 +546,16 @@ class Worker:
         in its claim's transaction. (A codec decodes first: not held.)"""
         return (
             free > 0
+            and not self._plain
             and not self._running
             and len(self.sticky) > 0
             and not self.registry.payloads.enabled
         )
 
-    async def _idle(self) -> None:
+    async def _idle(self, missed: bool = False) -> None:
         """Sleep until a notification, the next due task or the fallback poll, closing the
-        kept activations as they expire meanwhile (an idle worker holds none past the ttl)."""
+        kept activations as they expire meanwhile (an idle worker holds none past the ttl).
+        `missed`: a held claim took nothing."""
         self.sticky.expire()
         timeout = _IDLE_POLL
         try:
@@ -558,6 +567,12 @@ class Worker:
         else:
             if due is not None:
                 timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+                # A queue with limits gives tasks to a claim for free slots only, never
+                # ahead: a task due (or held back) that a held claim missed is claimed
+                # plainly, at once.
+                self._plain = missed and timeout <= _HELD_BACK
+                if self._plain:
+                    return
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout
         while (left := until - loop.time()) > 0:

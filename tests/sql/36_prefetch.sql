@@ -8,7 +8,7 @@ begin;
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(24);
+select plan(28);
 
 do $$
 begin
@@ -133,8 +133,8 @@ select results_eq(
 -- ------------------------------------------------------------------ the workflow of one
 
 -- A main activation claimed ahead leaves its workflow where it was until it starts
--- (start_tasks) or ends: one that completes first goes pending -> completed in one write; one
--- that suspends first moves through running (_start_job). Each records the build of the claim.
+-- (start_tasks) or ends: one that completes first goes pending -> completed in one write, one
+-- that suspends first pending -> waiting. Each records the build of the claim.
 do $$
 begin
     perform start_workflow('w', '[]', 't36-b', id)
@@ -170,10 +170,16 @@ select results_eq(
     $$values ('running', 'build-b')$$,
     '... and its workflow runs, with the build'
 );
--- jobs, and on a distributed schema (docs/citus.md) its shard jobs_<id>, which holds the rows.
+-- Row writes of this transaction to jobs, and on a distributed schema (docs/citus.md) to its
+-- shard jobs_<id>, which holds the rows.
+create function pg_temp.job_writes() returns numeric
+language sql
+as $$
+    select sum(n_tup_upd) from pg_stat_xact_user_tables
+    where schemaname = current_schema() and relname ~ '^jobs(_[0-9]+)?$'
+$$;
 create temp table writes on commit drop as
-select sum(n_tup_upd) as n_tup_upd from pg_stat_xact_user_tables
-where schemaname = current_schema() and relname ~ '^jobs(_[0-9]+)?$';
+select pg_temp.job_writes() as n_tup_upd;
 select is(
     (
         select
@@ -187,27 +193,95 @@ select is(
 );
 select results_eq(
     $$
-    select j.status, j.result, j.build_id, x.n_tup_upd - w.n_tup_upd
-    from jobs as j, writes as w,
-        (
-            select sum(n_tup_upd) as n_tup_upd from pg_stat_xact_user_tables
-            where schemaname = current_schema() and relname ~ '^jobs(_[0-9]+)?$'
-        ) as x
+    select j.status, j.result, j.build_id, pg_temp.job_writes() - w.n_tup_upd
+    from jobs as j, writes as w
     where j.id = 'b-3'
     $$,
     $$values ('completed', '7'::jsonb, 'build-b', 1::numeric)$$,
     '... its workflow pending -> completed in one write, with the build'
 );
+update writes set n_tup_upd = pg_temp.job_writes();
 select is(
     (select suspend_task(task_id, lease_token) from ahead where job_id = 'b-4'),
     null,
     'one claimed ahead suspends before it started ...'
 );
 select results_eq(
-    $$select status, build_id from jobs where id = 'b-4'$$,
-    $$values ('waiting', 'build-b')$$,
-    '... its workflow waits (through running), with the build'
+    $$
+    select j.status, j.build_id, pg_temp.job_writes() - w.n_tup_upd
+    from jobs as j, writes as w
+    where j.id = 'b-4'
+    $$,
+    $$values ('waiting', 'build-b', 1::numeric)$$,
+    '... its workflow pending -> waiting in one write, with the build'
 );
+
+-- suspend_tasks, the batch as one statement per table: workflows claimed ahead wait in one
+-- write each, from pending or from waiting (an earlier activation's), one started waits
+-- from running, one with a timer goes its way (requeued for it); each with the build of its
+-- claim.
+do $$
+begin
+    perform start_workflow('w', '[]', 't36-s', id)
+    from unnest(array['s-1', 's-2', 's-3', 's-4']) as id;
+end
+$$;
+create temp table parked on commit drop as
+select c.*
+from claim_tasks(array['t36-s'], 'worker-s', 1, interval '30 seconds', 'build-s', 3) as c;
+update jobs set status = 'waiting' where id = 's-3';
+select schedule_sleep(task_id, lease_token, 1, 60) from parked where job_id = 's-4';
+update writes set n_tup_upd = pg_temp.job_writes();
+select is(
+    suspend_tasks((
+        select
+            jsonb_agg(jsonb_build_object(
+                'task_id', task_id, 'token', lease_token,
+                'schedules', case when job_id = 's-2' then jsonb_build_array(jsonb_build_object(
+                    'seq', 1, 'name', 'a', 'args', '[]'::jsonb, 'task_queue', 't36-s-acts'
+                )) end
+            ) order by job_id)
+        from parked
+    )) #>> '{3,next_run}',
+    to_jsonb(timestamptz '2020-01-01 00:01:05+00') #>> '{}',
+    'suspend_tasks: four activations, the one with a timer runs again at it ...'
+);
+select results_eq(
+    $$
+    select j.id, j.status, j.build_id, t.kind, t.state
+    from jobs as j left join tasks as t on j.id = t.job_id
+    where j.id like 's-%' order by j.id
+    $$,
+    $$
+    values
+    ('s-1', 'waiting', 'build-s', null, null), ('s-2', 'waiting', 'build-s', 'activity', 'ready'),
+    ('s-3', 'waiting', 'build-s', null, null), ('s-4', 'waiting', 'build-s', 'workflow', 'ready')
+    $$,
+    '... all four wait, with the build; the others'' activations are gone, s-2''s call queued'
+);
+select is(
+    (select pg_temp.job_writes() - w.n_tup_upd from writes as w),
+    4::numeric,
+    '... one write per workflow'
+);
+do $$
+begin
+    perform start_workflow('w', '[]', 't36-s', 's-5');
+end
+$$;
+create temp table ended on commit drop as
+select c.* from claim_tasks(array['t36-s'], 'worker-s', 0, interval '30 seconds', null, 1) as c;
+update jobs set status = 'completed' where id = 's-5';
+select
+    throws_ok(
+        format(
+            $$select suspend_tasks(jsonb_build_array(jsonb_build_object('task_id', %s, 'token', %L)))$$,
+            e.task_id, e.lease_token
+        ),
+        'HM003', 'workflow "s-5" is completed; it cannot become waiting',
+        'a workflow that ended meanwhile cannot wait: the batch is refused'
+    )
+from ended as e;
 
 -- ------------------------------------------------------------------ bad input
 

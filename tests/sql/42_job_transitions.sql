@@ -1,15 +1,15 @@
 -- The job state machine (_transition): every legal transition and what it sets, every illegal
 -- one refused with HM003 naming the workflow and both states, HM002 for an unknown workflow.
 --   pending -> running <-> waiting -> completed | failed | cancelled; pending -> failed;
---   pending | waiting -> completed
+--   pending | waiting -> completed; pending | waiting -> waiting
 begin;
 \ir _preamble.psql
 -- The engine clock (_now); the name is quoted only because sqlfluff cannot parse it bare.
 set local "hotmesh.fake_now" = '2020-01-01 00:00:00+00';
 
-select plan(56);
+select plan(58);
 
--- The specification, written out: 6 states x 6 targets, 12 of them legal.
+-- The specification, written out: 6 states x 6 targets, 14 of them legal.
 create temp table spec on commit drop as
 select
     f.status as from_status,
@@ -23,6 +23,9 @@ select
         -- an activation claimed ahead that ends before it starts (complete_tasks)
         ('pending', 'completed'),
         ('waiting', 'completed'),
+        -- one claimed ahead that suspends before it starts (suspend_tasks)
+        ('pending', 'waiting'),
+        ('waiting', 'waiting'),
         ('running', 'failed'),
         ('waiting', 'failed'),
         -- execution_timeout passed before it ran (_time_out_jobs)
@@ -40,7 +43,7 @@ cross join
         as t (status);
 
 select is(
-    (select count(*)::integer from spec where legal), 12, 'the spec lists 12 legal transitions'
+    (select count(*)::integer from spec where legal), 14, 'the spec lists 14 legal transitions'
 );
 
 -- One job per (from, to), put in its from-state directly.
