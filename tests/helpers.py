@@ -218,7 +218,7 @@ class Databases:
     def admin(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=True)
 
-    def _execute(self, statement: sql.Composable) -> None:
+    def _execute(self, statement: sql.Composed) -> None:
         """`statement` on the kept connection; on a new one when the server has cut that off
         (a serial test restarts it), where it runs again: nothing of it ran."""
         for attempt in (1, 2):
