@@ -24,7 +24,7 @@ from hotmesh._commands import Command, RecordedStep, ScheduleActivity
 from hotmesh._db import Database, HeldClaim
 from hotmesh._runner import Activation, Completed, Outcome, RecordedThread, Suspended
 from hotmesh.otel import TracingInterceptor
-from hotmesh.worker import Registry, Worker
+from hotmesh.worker import Registry, StickyCache, Worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -586,3 +586,34 @@ async def test_an_ended_activation_is_freed_at_once(traced: bool) -> None:
 
 async def waits_nothing(prefix: str) -> str:
     return "done"
+
+
+async def test_the_cache_keeps_at_most_a_quarter_parked() -> None:
+    """At most `size` kept, the least recently used closed first; of them at most a quarter
+    parked (suspended without sending an activity call), the oldest parked closed first, so
+    workflows parked on signals never push out those whose activities come back soon."""
+    cache = StickyCache(8)
+
+    async def put(name: str, parked: bool = False) -> None:
+        act = Activation(thread({}), mixed, Registry(), Recorder())
+        assert isinstance(await act.run(keep=True), Suspended)
+        cache.put((name, "main"), act, parked=parked)
+
+    def kept() -> list[str]:
+        return [n for n in (f"w{i}" for i in range(13)) if (n, "main") in cache]
+
+    for i in range(6):
+        await put(f"w{i}")
+    for i in range(6, 10):
+        await put(f"w{i}", parked=True)
+    assert kept() == ["w0", "w1", "w2", "w3", "w4", "w5", "w8", "w9"]
+    await put("w10")
+    await put("w11")
+    assert kept() == ["w2", "w3", "w4", "w5", "w8", "w9", "w10", "w11"]
+    taken = cache.take(("w8", "main"))
+    assert taken is not None
+    taken.close()
+    await put("w12", parked=True)  # w8's place: no other parked one closes
+    assert kept() == ["w2", "w3", "w4", "w5", "w9", "w10", "w11", "w12"]
+    cache.clear()
+    assert len(cache) == 0
