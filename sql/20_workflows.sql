@@ -251,14 +251,23 @@ declare
     v_queue text;
     v_special record;
     v_keyed boolean := false;
-    -- The ids a run holds, read by one lookup of the batch's ids (not a subquery per plan:
-    -- Citus cannot plan a correlated subquery over unnest), each a keyed probe (`offset 0`):
-    -- `id = any(...)` was a seq scan when the statistics still saw an empty table, so 10,000
-    -- starts in one statement read 10,000 growing tables (2.7 ms a start at the end).
-    v_taken text[] := array(select j.id from unnest(v_ids) as i (id)
-                             cross join lateral (select j.id from jobs as j
-                                                  where j.id = i.id offset 0) as j);
+    v_taken text[];
 begin
+    -- The ids a run holds, read by one lookup of the batch's ids (not a subquery per plan:
+    -- Citus cannot plan a correlated subquery over unnest). Under this function's generic
+    -- plan (a single server), each a keyed probe (`offset 0`): `id = any(...)` was a seq scan
+    -- when the statistics still saw an empty table, so 10,000 starts in one statement read
+    -- 10,000 growing tables (2.7 ms a start at the end). On Citus (sql/97_citus.sql resets
+    -- the plan mode: custom plans) `id = any(...)`, which it can push down and the lateral
+    -- probe it cannot ("Offset clause is currently unsupported when a lateral subquery
+    -- references a column from a table function").
+    if current_setting('plan_cache_mode') = 'force_generic_plan' then
+        v_taken := array(select j.id from unnest(v_ids) as i (id)
+                          cross join lateral (select j.id from jobs as j
+                                               where j.id = i.id offset 0) as j);
+    else
+        v_taken := array(select j.id from jobs as j where j.id = any(v_ids));
+    end if;
     if cardinality(p_plans) > 1 then
         select p ->> 'id' into v_dup
           from unnest(p_plans) as p

@@ -26,13 +26,19 @@
 --   superuser, is never used: it is not one of ours.
 -- * No role gets USAGE on another app's schema, so one app's roles cannot read or call
 --   anything of another app.
+-- * A per-shard engine `<app>_s<n>` of an app distributed by job_id (hotmesh/_citus.py sets
+--   hotmesh.app to `<app>`) gets the app's roles, not roles of its own: one login serves
+--   (or reads) every engine of the app. Its views named like the app's tables are those
+--   tables' shards, granted as the tables are.
 do $grants$
 declare
     v_schema text := current_schema();
-    v_app text := current_schema() || '_app';
-    v_worker text := current_schema() || '_worker';
-    v_reader text := current_schema() || '_reader';
-    v_reviewer text := current_schema() || '_reviewer';
+    -- The app: this schema, or the app of this per-shard engine.
+    v_of text := coalesce(nullif(current_setting('hotmesh.app', true), ''), current_schema());
+    v_app text := v_of || '_app';
+    v_worker text := v_of || '_worker';
+    v_reader text := v_of || '_reader';
+    v_reviewer text := v_of || '_reviewer';
     -- What an application may call. The views' own helper functions are added below.
     v_app_functions text[] := array[
         'start_workflow', 'start_workflows', 'workflow_status', 'workflow_outcome',
@@ -219,17 +225,24 @@ begin
                        (select string_agg(format('%I.%I', v_schema, c.relname), ', ')
                           from pg_class as c
                          where c.relnamespace = v_schema::regnamespace
-                           and (c.relkind = 'v' or c.relname = any(v_tables))),
+                           and (c.relname = any(v_tables)
+                                or c.relkind = 'v' and not exists (
+                                    select 1 from pg_class as t
+                                     where t.relnamespace = v_of::regnamespace
+                                       and t.relname = c.relname and t.relkind = 'r'))),
                        v_role);
     end loop;
-    -- On a distributed schema of Citus (docs/citus.md) a view's tables are checked with its
-    -- reader's rights, on the node that holds them: there the roles get SELECT on the
-    -- columns the views read, which the views show anyway, and on no other (a task's payload
-    -- or lease token). A single server needs none of it.
+    -- On a distributed schema of Citus (docs/citus.md), or an app distributed by job_id, a
+    -- view's tables are checked with its reader's rights, on the nodes that hold them: there
+    -- the roles get SELECT on the columns the views read, which the views show anyway, and on
+    -- no other (a task's payload or lease token). A single server needs none of it.
     -- (Two tests: the second query is planned only where Citus is installed.)
     if to_regclass('pg_catalog.pg_dist_schema') is not null then
         v_distributed := exists (select from pg_catalog.pg_dist_schema as s
-                                  where s.schemaid = v_schema::regnamespace);
+                                  where s.schemaid = v_schema::regnamespace)
+                         or exists (select from pg_catalog.pg_dist_partition as d
+                                     where d.logicalrelid
+                                           = to_regclass(format('%I.jobs', v_schema)));
     end if;
     if v_distributed then
         for v_table, v_columns in

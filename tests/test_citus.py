@@ -11,7 +11,7 @@ import asyncio
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from hotmesh import MemFlow, RetryPolicy, workflow
 from hotmesh._install import migrate
-from hotmesh.errors import HotMeshError
+from hotmesh.errors import HotMeshError, InvalidArgument
 
 CITUS_URL = os.environ.get("HOTMESH_CITUS_URL", "")
 # python/, for the demo's workflows (examples.demo).
@@ -46,12 +46,17 @@ def node_of(app: str) -> int:
 
 
 @pytest.fixture
-def apps() -> Iterator[list[str]]:
-    """App ids for the test (appended by the test); their schemas are dropped afterwards."""
+async def apps() -> AsyncIterator[list[str]]:
+    """App ids for the test (appended by the test); their schemas are dropped afterwards, and
+    their shard engines on the nodes (none is left behind)."""
+    from hotmesh._citus import drop_shard_engines
+
     made: list[str] = []
     yield made
     for app in made:
         query(f"drop schema if exists {app} cascade")
+        await drop_shard_engines(CITUS_URL, app)
+        assert not engine_schemas(app)
 
 
 @pytest.fixture
@@ -375,50 +380,111 @@ async def test_a_client_on_a_worker_node_is_refused(app: str) -> None:
 # ------------------------------------------------------------------------------ by job_id
 
 
-def distribute_by_job_id(app_id: str) -> None:
-    """Distributes installed app `app_id`'s rows by job_id (docs/citus-row-distribution.md):
-    jobs by id, every table with a job_id that is never null by it, colocated with jobs, the
-    start's idempotency keys by the key, and the others as reference tables."""
-    tables = query(
-        "select c.relname, exists (select from pg_attribute as a where a.attrelid = c.oid"
-        "  and a.attname = 'job_id' and a.attnotnull)"
-        " from pg_class as c where c.relnamespace = %s::regnamespace and c.relkind = 'r'"
-        " order by 1",
-        app_id,
-    )
-    with psycopg.connect(CITUS_URL, autocommit=True) as conn:
-        conn.execute(
-            "select create_distributed_table(%s, 'id', shard_count := 4)", (f"{app_id}.jobs",)
-        )
-        conn.execute(
-            "select create_distributed_table(%s, 'idempotency_key', shard_count := 4,"
-            " colocate_with := 'none')",
-            (f"{app_id}.start_keys",),
-        )
-        for table, keyed in tables:
-            if table in ("jobs", "start_keys"):
-                continue
-            if keyed:
-                conn.execute(
-                    "select create_distributed_table(%s, 'job_id', colocate_with := %s)",
-                    (f"{app_id}.{table}", f"{app_id}.jobs"),
-                )
-            else:
-                conn.execute("select create_reference_table(%s)", (f"{app_id}.{table}",))
+NODES = os.environ.get("HOTMESH_CITUS_NODES", "").split()
 
 
-async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
+def engine_schemas(app_id: str) -> list[tuple[int, str]]:
+    """The shard engines' schemas of app `app_id` on the nodes: (node port, schema)."""
+    found = []
+    for url in NODES:
+        port = int(psycopg.conninfo.conninfo_to_dict(url)["port"])
+        for (schema,) in query(
+            "select nspname from pg_namespace"
+            " where obj_description(oid, 'pg_namespace') = %s order by 1",
+            f"hotmesh: a shard engine of app {app_id}",
+            url=url,
+        ):
+            found.append((port, schema))
+    return found
+
+
+@pytest.fixture
+async def by_job_id(apps: list[str]) -> str:
+    """A freshly installed app distributed by job_id in 4 shard groups (`migrate(...,
+    distribute="job_id")`), with its shard engines; through a session with schema-based
+    sharding on, which the distribution turns off for its own transaction."""
+    app_id = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(app_id)
+    await migrate(sharded(CITUS_URL), app_id, distribute="job_id", shard_count=4)
+    return app_id
+
+
+def test_the_docs_distribute_an_app_by_job_id(apps: list[str], tmp_path: Path) -> None:
+    """The `citus`-tagged blocks of docs/citus-row-distribution.md, top to bottom, as a reader
+    types them against the coordinator (tests/test_docs.py runs every other block)."""
+    from test_docs import ROOT, Session, _runs, blocks
+
+    apps.append("orders")
+    env = {**os.environ, "DATABASE_URL": CITUS_URL}
+    for key, value in psycopg.conninfo.conninfo_to_dict(CITUS_URL).items():
+        if key in ("host", "port", "user", "dbname"):
+            env["PGDATABASE" if key == "dbname" else "PG" + key.upper()] = str(value)
+    session = Session(env, tmp_path)
+    ran = 0
+    try:
+        for block in blocks(ROOT / "docs" / "citus-row-distribution.md"):
+            if _runs(block, citus=True):
+                session.run(block)
+                ran += 1
+    finally:
+        session.close()
+    assert ran >= 2
+    assert len(query("select 1 from citus_shards where table_name = 'orders.jobs'::regclass")) == 4
+
+
+async def test_distributing_by_job_id_refuses_what_it_cannot_do(app: str, apps: list[str]) -> None:
+    """migrate(distribute="job_id") explains itself and changes nothing: on a database without
+    Citus, on a worker node, on an app that is a distributed schema, into another number of
+    shards than the app has, or with a worker node down."""
+    fresh = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(fresh)
+    plain = f"ct_plain_{uuid.uuid4().hex[:8]}"
+    query(f"create database {plain}")
+    try:
+        with pytest.raises(HotMeshError, match="needs a Citus coordinator"):
+            await migrate(
+                psycopg.conninfo.make_conninfo(CITUS_URL, dbname=plain), fresh, distribute="job_id"
+            )
+    finally:
+        query(f"drop database {plain} with (force)")
+    with pytest.raises(HotMeshError, match="Citus worker node"):
+        await migrate(NODES[1], fresh, distribute="job_id")
+    with pytest.raises(HotMeshError, match="already a distributed schema"):
+        await migrate(CITUS_URL, app, distribute="job_id")
+    assert query("select count(*) from citus_tables where table_name::text like %s", f"{app}.%")
+    with pytest.raises(InvalidArgument, match="distribute must be 'job_id'"):
+        await migrate(CITUS_URL, fresh, distribute="id")
+    with pytest.raises(InvalidArgument, match="goes with distribute='job_id'"):
+        await migrate(CITUS_URL, fresh, shard_count=2)
+    await migrate(CITUS_URL, fresh, distribute="job_id", shard_count=2)
+    # Again: nothing to do (and no shard count: the app's own).
+    assert await migrate(CITUS_URL, fresh, distribute="job_id") == []
+    with pytest.raises(HotMeshError, match="already distributed by job_id in 2 shard groups"):
+        await migrate(CITUS_URL, fresh, distribute="job_id", shard_count=4)
+    # A worker node down: the error says which, and no schema is left half-made.
+    import citus_cluster
+
+    cluster = Path(os.environ["HOTMESH_CITUS_DIR"])
+    node = cluster / "n2"
+    down = f"ct_{uuid.uuid4().hex[:10]}"
+    apps.append(down)
+    citus_cluster.pgcluster._pg(node, "pg_ctl", "stop", "-D", str(node / "data"), "-m", "fast")
+    try:
+        with pytest.raises(HotMeshError, match="a Citus node does not answer"):
+            await migrate(CITUS_URL, down, distribute="job_id", shard_count=2, patience=0)
+    finally:
+        citus_cluster.up(cluster)
+    assert not query("select 1 from pg_namespace where nspname = %s", down)
+
+
+async def test_an_app_distributes_by_job_id(by_job_id: str) -> None:
     """The first steps of docs/citus-row-distribution.md: one app's rows distributed by
     job_id. Every table with a job_id that is never null distributes by it, colocated with
     jobs (Citus refuses a unique key without the distribution column, so this holds the keys
     to that), a start's idempotency keys (their own table, migration 0023) by the key, and the
-    others become reference tables. Starts work on it, and so do the claim's probes; the
-    claim itself is not built yet (docs/citus-row-distribution.md)."""
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    # A schema of its own (not a distributed schema): its tables start on the coordinator.
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
+    others become reference tables. Starts work on it through the coordinator, and so do the
+    claim's probes (the claim runs on the per-shard engines)."""
+    app_id = by_job_id
     tables = [
         t
         for (t,) in query(
@@ -426,7 +492,8 @@ async def test_an_app_distributes_by_job_id(apps: list[str]) -> None:
             app_id,
         )
     ]
-    distribute_by_job_id(app_id)
+    # Not a distributed schema, though the migrate's session had schema-based sharding on.
+    assert not query("select 1 from citus_schemas where schema_name = %s::regnamespace", app_id)
     kinds = dict(
         query(
             "select table_name::text, citus_table_type from citus_tables"
@@ -486,7 +553,7 @@ async def approved_intake(case_id: str) -> dict[str, Any]:
     return {**policy, "approved": approved}
 
 
-async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) -> None:
+async def test_the_quick_start_on_an_app_distributed_by_job_id(by_job_id: str) -> None:
     """The claim on an app distributed by job_id (docs/citus-row-distribution.md): migrated
     again once distributed, the app gets a per-shard engine on the node of each shard group,
     and a worker per engine, connected to that node, serves the workflows of its shards. On
@@ -496,12 +563,7 @@ async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) 
     from helpers import until
     from hotmesh._citus import shard_engines
 
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
-    distribute_by_job_id(app_id)
-    await migrate(sharded(CITUS_URL, on=False), app_id)
+    app_id = by_job_id
     async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
         engines = await shard_engines(conn, CITUS_URL, app_id)
     assert [e.schema for e in engines] == [f"{app_id}_s{n}" for n in range(4)]
@@ -561,10 +623,175 @@ async def test_the_quick_start_on_an_app_distributed_by_job_id(apps: list[str]) 
 LOAD_BY_JOB = int(os.environ.get("HOTMESH_CITUS_LOAD_BY_JOB", "400"))
 
 
+def in_group(low: int, high: int, prefix: str = "claim") -> str:
+    """An id that Citus places in the shard group of hash range [low, high]."""
+    for n in range(10_000):
+        candidate = f"{prefix}-{n}"
+        if low <= query("select worker_hash(%s::text)", candidate)[0][0] <= high:
+            return candidate
+    raise AssertionError(f"no id in [{low}, {high}]")
+
+
+async def test_the_app_roles_on_the_shard_engines(by_job_id: str) -> None:
+    """sql/99_grants.sql on each shard engine, with the app's roles: a login of
+    <app>_worker serves an engine, one of <app>_app starts a workflow there and reads its
+    result, one of <app>_reader reads it (the engine's views, and the app's through the
+    coordinator) and may neither start a workflow nor read a task's payload."""
+    from hotmesh._citus import shard_engines
+
+    app_id = by_job_id
+    async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+        engines = await shard_engines(conn, CITUS_URL, app_id)
+    logins = {group: f"{app_id}_{group}_login" for group in ("worker", "app", "reader")}
+    for group, login in logins.items():
+        query(f"create role {login} login in role {app_id}_{group}")
+    try:
+        engine = engines[0]
+        wid = in_group(engine.low, engine.high)
+
+        def as_login(group: str, url: str) -> str:
+            return psycopg.conninfo.make_conninfo(url, user=logins[group])
+
+        worker = await MemFlow.init(
+            app_id=engine.schema, dsn=as_login("worker", engine.dsn), migrate=False
+        )
+        client = await MemFlow.init(
+            app_id=engine.schema, dsn=as_login("app", engine.dsn), migrate=False
+        )
+        try:
+            await worker.worker.create(task_queue="claims", workflow=claims_intake)
+            handle = await client.workflow.start(
+                workflow_name="claims_intake", args=[wid], task_queue="claims", workflow_id=wid
+            )
+            assert await asyncio.wait_for(handle.result(), 20) == {"case_id": wid, "covered": True}
+        finally:
+            await client.close()
+            await worker.close()
+        schema = engine.schema
+        reader = as_login("reader", engine.dsn)
+        done = f"select status from {schema}.workflows where id = %s"  # noqa: S608
+        assert query(done, wid, url=reader) == [("completed",)]
+        assert query(f"select {schema}.workflow_status(%s)", wid, url=reader) == [("completed",)]
+        assert query(
+            f"select status from {app_id}.workflows where id = %s",  # noqa: S608
+            wid,
+            url=as_login("reader", CITUS_URL),
+        ) == [("completed",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            query(f"select {schema}.start_workflow('w', '[]', 'q', %s)", wid + "x", url=reader)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            query(f"select payload from {schema}.tasks", url=reader)  # noqa: S608
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app_login = as_login("app", engine.dsn)
+            query(f"select * from {schema}.claim_tasks('{{claims}}', 'w')", url=app_login)  # noqa: S608
+    finally:
+        for login in logins.values():
+            query(f"drop role {login}")
+
+
+async def test_a_shard_group_moves_and_migrate_follows(by_job_id: str) -> None:
+    """A shard group moved to the other node (citus_move_shard_placement, online: logical
+    replication) with a workflow waiting in it for a signal: `migrate` again creates its
+    engine on the new node and drops the stale one on the old node, and the workflow, served
+    by a worker on the new node, takes its signal there and completes."""
+    from helpers import until
+    from hotmesh._citus import shard_engines
+
+    app_id = by_job_id
+
+    async def engines() -> list[Any]:
+        async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+            return await shard_engines(conn, CITUS_URL, app_id)
+
+    before = (await engines())[0]
+    wid = in_group(before.low, before.high)
+    mf = await MemFlow.init(app_id=before.schema, dsn=before.dsn, migrate=False)
+    try:
+        await mf.worker.create(task_queue="claims", workflow=approved_intake)
+        await mf.workflow.start(
+            workflow_name="approved_intake", args=[wid], task_queue="claims", workflow_id=wid
+        )
+        waiting = f"select 1 from {app_id}.steps where job_id = %s and kind = 'signal'"  # noqa: S608
+        await until(lambda: query(waiting, wid), "waits for approve")
+    finally:
+        await mf.close()
+    old_port = int(psycopg.conninfo.conninfo_to_dict(before.dsn)["port"])
+    (shard, host), *_ = query(
+        "select shardid, nodename from citus_shards where table_name = %s::regclass"
+        " and nodeport = %s and shardid = get_shard_id_for_distribution_column(%s, %s::text)",
+        f"{app_id}.jobs",
+        old_port,
+        f"{app_id}.jobs",
+        wid,
+    )
+    (new_port,) = [
+        p for (p,) in query("select nodeport from pg_dist_node where groupid <> 0") if p != old_port
+    ]
+    query(
+        "select citus_move_shard_placement(%s, %s, %s, %s, %s)",
+        shard,
+        host,
+        old_port,
+        host,
+        new_port,
+    )
+    assert await migrate(CITUS_URL, app_id) == []
+    after = (await engines())[0]
+    assert (after.schema, after.low, after.high) == (before.schema, before.low, before.high)
+    assert int(psycopg.conninfo.conninfo_to_dict(after.dsn)["port"]) == new_port
+    placed = engine_schemas(app_id)
+    assert (new_port, after.schema) in placed and (old_port, after.schema) not in placed, placed
+    assert len(placed) == 4, placed
+    mf = await MemFlow.init(app_id=after.schema, dsn=after.dsn, migrate=False)
+    try:
+        await mf.worker.create(task_queue="claims", workflow=approved_intake)
+        handle = mf.workflow.get_handle(wid)
+        assert (await handle.signal("approve", True))["status"] == "delivered"
+        result = await asyncio.wait_for(handle.result(), 20)
+    finally:
+        await mf.close()
+    assert result == {"case_id": wid, "covered": True, "approved": True}
+
+
+async def test_prune_on_each_engine_removes_only_its_workflows(by_job_id: str) -> None:
+    """`call <app>_s<n>.prune()` on an engine's node deletes the expired workflows of its
+    shard group: not another group's, nor its own that are still running or kept."""
+    from hotmesh._citus import shard_engines
+
+    app_id = by_job_id
+    async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
+        engines = (await shard_engines(conn, CITUS_URL, app_id))[:2]
+    ids: dict[str, list[str]] = {}
+    for n, engine in enumerate(engines):
+        done = [in_group(engine.low, engine.high, f"done{n}{k}") for k in range(2)]
+        kept = in_group(engine.low, engine.high, f"kept{n}")
+        running = in_group(engine.low, engine.high, f"run{n}")
+        for wid in [*done, kept, running]:
+            expire = Jsonb({"expire": 3600 if wid == kept else 0})
+            query(
+                f"select {engine.schema}.start_workflow('w', '[]', 'q', %s, null, %s)",
+                wid,
+                expire,
+                url=engine.dsn,
+            )
+        for wid in [*done, kept]:
+            query(f"select {engine.schema}.cancel_workflow(%s)", wid, url=engine.dsn)
+        ids[engine.schema] = [*done, kept, running]
+
+    def left() -> dict[str, list[str]]:
+        rows = {r for (r,) in query(f"select id from {app_id}.jobs")}  # noqa: S608
+        return {schema: [i for i in wids if i in rows] for schema, wids in ids.items()}
+
+    first, second = engines
+    pruned = query(f"call {first.schema}.prune()", url=first.dsn)
+    assert pruned == [(2,)]
+    assert left() == {first.schema: ids[first.schema][2:], second.schema: ids[second.schema]}
+    assert query(f"call {second.schema}.prune()", url=second.dsn) == [(2,)]
+    assert left() == {first.schema: ids[first.schema][2:], second.schema: ids[second.schema][2:]}
+
+
 @pytest.mark.timeout(900)
-async def test_worker_kills_on_an_app_distributed_by_job_id(
-    apps: list[str], tmp_path: Path
-) -> None:
+async def test_worker_kills_on_an_app_distributed_by_job_id(by_job_id: str, tmp_path: Path) -> None:
     """The fault test of docs/citus-row-distribution.md: LOAD_BY_JOB workflows of the fleet
     (tests/workers/fleet.py: an activity, the entity, a hook, a signal) on an app distributed
     by job_id, each started and signalled through the engine of its shard group, a worker
@@ -575,12 +802,7 @@ async def test_worker_kills_on_an_app_distributed_by_job_id(
     from helpers import kill9
     from hotmesh._citus import shard_engines
 
-    app_id = f"ct_{uuid.uuid4().hex[:10]}"
-    apps.append(app_id)
-    query(f"create schema {app_id}", url=sharded(CITUS_URL, on=False))
-    await migrate(sharded(CITUS_URL, on=False), app_id)
-    distribute_by_job_id(app_id)
-    await migrate(sharded(CITUS_URL, on=False), app_id)
+    app_id = by_job_id
     async with await psycopg.AsyncConnection.connect(CITUS_URL) as conn:
         engines = await shard_engines(conn, CITUS_URL, app_id)
     observers = [Observer(e.dsn, e.schema) for e in engines]

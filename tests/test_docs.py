@@ -12,6 +12,7 @@ The convention (the fence's info string: a language, then a tag; renderers ignor
                          lines under it, once times and ages are masked and runs of spaces
                          (column widths) count as one
     ```text              output, diagrams, listings: never run
+    ```sh run citus      (any language) run only on a Citus cluster, by tests/test_citus.py
 
 Every `python`, `sql` and `sh` block carries `run` or `illustration` (test_every_block_is_tagged),
 so no block can claim to run without being run. A block inside an HTML comment (`<!-- ... -->`)
@@ -309,8 +310,9 @@ def _masked(lines: list[str]) -> list[str]:
     return masked
 
 
-def _runs(block: Block) -> bool:
-    return "run" in block.tags or "transcript" in block.tags
+def _runs(block: Block, citus: bool = False) -> bool:
+    """Whether `block` runs here; `citus`: on the Citus cluster instead (its own blocks)."""
+    return ("run" in block.tags or "transcript" in block.tags) and citus == ("citus" in block.tags)
 
 
 def _runnable(path: Path) -> bool:

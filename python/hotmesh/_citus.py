@@ -20,6 +20,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hotmesh.errors import HotMeshError
+
 log = logging.getLogger("hotmesh.install")
 
 # The shards of the tables colocated with <app>.jobs (hash-distributed by job_id), by group:
@@ -46,6 +48,79 @@ select c.relname::text,
  where c.relnamespace = %(app)s::regnamespace and c.relkind in ('r', 'p')
  order by 1
 """
+
+
+# Each table of the app that is not a Citus table yet (jobs first), and whether it has a
+# never-null job_id; how its jobs table is distributed (partition method, column, shards).
+_UNDISTRIBUTED = """
+select c.relname::text,
+       exists (select 1 from pg_attribute as a
+                where a.attrelid = c.oid and a.attname = 'job_id' and a.attnotnull)
+  from pg_class as c
+ where c.relnamespace = %(app)s::regnamespace and c.relkind in ('r', 'p')
+   and not exists (select 1 from pg_dist_partition as p where p.logicalrelid = c.oid)
+ order by c.relname <> 'jobs', 1
+"""
+_JOBS = """
+select p.partmethod::text, column_to_column_name(p.logicalrelid, p.partkey),
+       (select count(*) from pg_dist_shard as s where s.logicalrelid = p.logicalrelid)
+  from pg_dist_partition as p
+ where p.logicalrelid = to_regclass(format('%%I.jobs', %(app)s::text))
+"""
+
+
+async def distribute_by_job_id(
+    conn: psycopg.AsyncConnection[Any], app_id: str, shard_count: int | None, requested: bool
+) -> None:
+    """Distributes the rows of app `app_id` by workflow id, in `conn`'s transaction (the
+    migrate's, on the coordinator; docs/citus-row-distribution.md): jobs by id into
+    `shard_count` shards (Citus's citus.shard_count when None), every table with a never-null
+    job_id by it, colocated with jobs, the start's idempotency keys by the key, and the others
+    as reference tables. Only tables not distributed yet are (those of a newer migration); an
+    app whose jobs are distributed otherwise, or into another number of shards, is refused.
+    Unless `requested`, only an app distributed by job_id already (its newer tables)."""
+    cur = await conn.execute(_JOBS, {"app": app_id})
+    row = await cur.fetchone()
+    if not requested and (row is None or tuple(row[:2]) != ("h", "id")):
+        return
+    if row is not None:
+        method, column, shards = row
+        if (method, column) != ("h", "id"):
+            raise HotMeshError(
+                f"app {app_id}: its jobs table is already a Citus table, not distributed by "
+                f"id (partition method {method!r}, column {column!r}): cannot distribute it by "
+                "job_id (nothing was changed)"
+            )
+        if shard_count not in (None, shards):
+            raise HotMeshError(
+                f"app {app_id}: already distributed by job_id in {shards} shard groups, not "
+                f"{shard_count}: change that with Citus's alter_distributed_table(..., "
+                "shard_count := ...) (nothing was changed)"
+            )
+    # One transaction: Citus then creates the shards over one connection per node.
+    await conn.execute("set local citus.multi_shard_modify_mode = 'sequential'")
+    cur = await conn.execute(_UNDISTRIBUTED, {"app": app_id})
+    for table, by_job in await cur.fetchall():
+        name = f"{app_id}.{table}"
+        if table == "jobs":
+            await conn.execute(
+                "select create_distributed_table(%s, 'id', shard_count := %s)",
+                (name, shard_count),
+            )
+        elif table == "start_keys":
+            # Keyed by the key alone (a unique key must hold the distribution column).
+            await conn.execute(
+                "select create_distributed_table(%s, 'idempotency_key', colocate_with := %s,"
+                " shard_count := %s)",
+                (name, "none", shard_count),
+            )
+        elif by_job:
+            await conn.execute(
+                "select create_distributed_table(%s, 'job_id', colocate_with := %s)",
+                (name, f"{app_id}.jobs"),
+            )
+        else:
+            await conn.execute("select create_reference_table(%s)", (name,))
 
 
 @dataclass(frozen=True)
@@ -79,9 +154,46 @@ async def shard_engines(
     return list(engines.values())
 
 
+# The app's views: an engine reads them through views of its own (70_views.sql's views read
+# a row's xmax, which a view over a shard does not have).
+_VIEWS = """
+select relname::text from pg_class
+ where relnamespace = %(app)s::regnamespace and relkind = 'v' order by 1
+"""
+
+
+async def drop_view_copies(conn: psycopg.AsyncConnection[Any], dsn: str, app_id: str) -> None:
+    """Drops each engine's views over the app's views (`_install` makes them again), before
+    `migrate`'s transaction on `conn` (to `dsn`): 70_views.sql drops and makes again some of
+    the app's views, which Citus does on every node too, where the engines' views would
+    depend on them."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "select to_regnamespace(%s) is not null"
+            " and to_regclass('pg_catalog.pg_dist_node') is not null",
+            (app_id,),
+        )
+        if not (await cur.fetchone() or (False,))[0]:
+            return
+        cur = await conn.execute(_VIEWS, {"app": app_id}, prepare=False)
+        views = [view for (view,) in await cur.fetchall()]
+        # Every engine schema of the app: one left on a node its group has left too.
+        schemas = await _engine_schemas(conn, dsn, app_id)
+    for url, schema in schemas:
+        async with await psycopg.AsyncConnection.connect(url) as node, node.transaction():
+            await node.execute("set local citus.enable_ddl_propagation = off")
+            for view in views:
+                await node.execute(
+                    sql.SQL("drop view if exists {}.{}").format(
+                        sql.Identifier(schema), sql.Identifier(view)
+                    )
+                )
+
+
 async def install_shard_engines(dsn: str, app_id: str, engine_files: list[Path]) -> None:
-    """(Re)installs the per-shard engines of app `app_id` (a no-op unless its tables are
-    distributed by job_id), each in one transaction on its node; `migrate` calls it after
+    """(Re)installs the per-shard engines of app `app_id` from `engine_files` (sql/, the
+    privileges last; a no-op unless its tables are distributed by job_id), each in one
+    transaction on its node; `migrate` calls it after
     its own transaction (whose DDL, propagated to the nodes, holds locks there until it
     commits), under the same advisory lock. Run again after shards move."""
     async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
@@ -91,6 +203,60 @@ async def install_shard_engines(dsn: str, app_id: str, engine_files: list[Path])
                 "select pg_advisory_xact_lock(hashtextextended(%s, 0))", ("hotmesh:" + app_id,)
             )
             await _install(conn, app_id, engines, engine_files)
+            # A shard group moved (or split) leaves its engine on its old node: dropped.
+            await _drop_engines(conn, dsn, app_id, {(e.schema, e.dsn) for e in engines})
+
+
+async def drop_shard_engines(dsn: str, app_id: str) -> None:
+    """Drops every per-shard engine of app `app_id` on the nodes of the Citus cluster whose
+    coordinator is at `dsn`: before (or after) `drop schema <app> cascade` on the
+    coordinator, which drops the app's tables and their shards but not the engines' schemas
+    (the nodes' own)."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
+        cur = await conn.execute("select to_regclass('pg_catalog.pg_dist_node') is not null")
+        if (await cur.fetchone() or (False,))[0]:
+            await _drop_engines(conn, dsn, app_id, set())
+
+
+def _mark(app_id: str) -> str:
+    return f"hotmesh: a shard engine of app {app_id}"
+
+
+async def _engine_schemas(
+    conn: psycopg.AsyncConnection[Any], dsn: str, app_id: str
+) -> list[tuple[str, str]]:
+    """The engine schemas of app `app_id` on every node of the cluster (read on `conn` to the
+    coordinator at `dsn`), as (node DSN, schema)."""
+    cur = await conn.execute(
+        "select nodename::text, nodeport from pg_dist_node"
+        " where isactive and noderole = 'primary' order by nodeid",
+        prepare=False,
+    )
+    found = []
+    for host, port in await cur.fetchall():
+        url = psycopg.conninfo.make_conninfo(dsn, host=host, port=port)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as node:
+            marked = await node.execute(
+                "select nspname::text from pg_namespace"
+                " where obj_description(oid, 'pg_namespace') = %s order by 1",
+                (_mark(app_id),),
+            )
+            found += [(url, schema) for (schema,) in await marked.fetchall()]
+    return found
+
+
+async def _drop_engines(
+    conn: psycopg.AsyncConnection[Any], dsn: str, app_id: str, keep: set[tuple[str, str]]
+) -> None:
+    """Drops, on every node of the cluster (read on `conn` to the coordinator at `dsn`), the
+    engine schemas of app `app_id` but those in `keep` (schema, node DSN)."""
+    for url, schema in await _engine_schemas(conn, dsn, app_id):
+        if (schema, url) in keep:
+            continue
+        async with await psycopg.AsyncConnection.connect(url) as node, node.transaction():
+            await node.execute("set local citus.enable_ddl_propagation = off")
+            await node.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
+        log.info("app %s: dropped shard engine %s on %s", app_id, schema, url)
 
 
 async def _install(
@@ -105,12 +271,7 @@ async def _install(
     }
     cur = await conn.execute(_TABLES, {"app": app_id}, prepare=False)
     tables: list[tuple[str, list[str]]] = await cur.fetchall()
-    cur = await conn.execute(
-        "select relname::text from pg_class where relnamespace = %s::regnamespace"
-        " and relkind = 'v' order by 1",
-        (app_id,),
-        prepare=False,
-    )
+    cur = await conn.execute(_VIEWS, {"app": app_id}, prepare=False)
     views = [view for (view,) in await cur.fetchall()]
     app = sql.Identifier(app_id)
     for engine in engines:
@@ -118,7 +279,13 @@ async def _install(
         async with await psycopg.AsyncConnection.connect(engine.dsn) as node, node.transaction():
             # The schema is the node's own: not created on the other nodes.
             await node.execute("set local citus.enable_ddl_propagation = off")
+            # sql/99_grants.sql: the app's roles, not roles of the engine's own.
+            await node.execute("select set_config('hotmesh.app', %s, true)", (app_id,))
             await node.execute(sql.SQL("create schema if not exists {}").format(schema))
+            # The mark by which a later migrate, or the app's drop, finds it on the nodes.
+            await node.execute(
+                sql.SQL("comment on schema {} is {}").format(schema, sql.Literal(_mark(app_id)))
+            )
             await node.execute(
                 sql.SQL("set local search_path = {}, {}, pg_temp").format(schema, app)
             )
@@ -157,7 +324,8 @@ async def _install(
                             schema, name, sql.Identifier(column), sql.Literal(sequence)
                         )
                     )
-            for path in engine_files:
+            *engine_sql, privileges = engine_files
+            for path in engine_sql:
                 # The views of 70_views.sql read a row's xmax, which a view over a shard does
                 # not have: the app's own views (Citus reads them from every shard) stand in.
                 if path.name != "70_views.sql":
@@ -173,4 +341,5 @@ async def _install(
                             schema, sql.Identifier(view), app, sql.Identifier(view)
                         )
                     )
+            await node.execute(privileges.read_bytes())
         log.info("app %s: shard engine %s on %s", app_id, engine.schema, engine.dsn)

@@ -175,23 +175,39 @@ class _LockWait(Exception):
 
 
 async def migrate(
-    dsn: str, app_id: str, *, lock_timeout: float = 2.0, patience: float = 600.0
+    dsn: str,
+    app_id: str,
+    *,
+    lock_timeout: float = 2.0,
+    patience: float = 600.0,
+    distribute: str | None = None,
+    shard_count: int | None = None,
 ) -> list[int]:
     """Install or upgrade schema `app_id`; returns the migration versions it applied.
 
     No lock wait of the migrate lasts longer than `lock_timeout` seconds, so it never holds up
     workers queued behind it for longer; after one the migrate rolls back and tries again (a
-    pause of 0.5 s, doubling up to 10 s), for up to `patience` seconds in all."""
+    pause of 0.5 s, doubling up to 10 s), for up to `patience` seconds in all.
+
+    `distribute="job_id"` (on a Citus coordinator) distributes the app's rows by workflow id
+    in the same transaction, in `shard_count` shard groups (Citus's citus.shard_count when
+    None), and installs an engine per shard group (docs/citus-row-distribution.md)."""
     check_app_id(app_id)
     if not lock_timeout > 0:
         raise InvalidArgument(f"lock_timeout must be > 0 seconds, not {lock_timeout}")
+    if distribute not in (None, "job_id"):
+        raise InvalidArgument(f"distribute must be 'job_id' (or None), not {distribute!r}")
+    if shard_count is not None and distribute is None:
+        raise InvalidArgument("shard_count (--shard-count) goes with distribute='job_id'")
+    if shard_count is not None and not 1 <= shard_count <= 64000:
+        raise InvalidArgument(f"shard_count must be 1 to 64000, not {shard_count}")
     deadline = time.monotonic() + patience
     pause = 0.5
     while True:
         try:
-            applied, citus = await _migrate_once(dsn, app_id, lock_timeout)
+            applied, citus = await _migrate_once(dsn, app_id, lock_timeout, distribute, shard_count)
             if citus:
-                await _citus.install_shard_engines(dsn, app_id, sql_files()[:-1])
+                await _citus.install_shard_engines(dsn, app_id, sql_files())
             return applied
         except _LockWait as busy:
             if time.monotonic() + pause > deadline:
@@ -212,12 +228,15 @@ async def migrate(
             pause = min(pause * 2, 10.0)
 
 
-async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> tuple[list[int], bool]:
+async def _migrate_once(
+    dsn: str, app_id: str, lock_timeout: float, distribute: str | None, shard_count: int | None
+) -> tuple[list[int], bool]:
     """migrate's one try: the versions it applied, and whether the database has Citus."""
     schema = sql.Identifier(app_id)
     step = "the advisory lock"
     conn = await psycopg.AsyncConnection.connect(dsn, application_name=APPLICATION_NAME)
     try:
+        await _citus.drop_view_copies(conn, dsn, app_id)
         async with conn, conn.transaction():
             conn.add_notice_handler(_warn)
             # Only other migrates wait for this one, so no timeout yet.
@@ -228,7 +247,10 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> tuple[lis
                 "select set_config('lock_timeout', %s, true)", (f"{lock_timeout * 1000:.0f}ms",)
             )
             step = "the schema"
-            citus = await _check_citus(conn, app_id)
+            citus = await _check_citus(conn, app_id, distribute)
+            if distribute:
+                # Rows distributed by job_id: not a distributed schema (all on one node).
+                await conn.execute("set local citus.enable_schema_based_sharding = off")
             await conn.execute(sql.SQL("create schema if not exists {}").format(schema))
             await conn.execute(sql.SQL("set local search_path = {}, pg_temp").format(schema))
             await conn.execute(
@@ -254,6 +276,10 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> tuple[lis
                 for statement in split_statements(path.read_text()):
                     await conn.execute(statement.encode())
                 applied.append(version)
+            if citus:
+                # Also the tables of newer migrations of an app distributed by job_id.
+                step = "distributing the tables by job_id"
+                await _citus.distribute_by_job_id(conn, app_id, shard_count, bool(distribute))
             cur = await conn.execute(_ENGINE_OBJECTS)
             before = set(await cur.fetchall())
             *engine, privileges = sql_files()
@@ -269,8 +295,9 @@ async def _migrate_once(dsn: str, app_id: str, lock_timeout: float) -> tuple[lis
     except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as error:
         raise _LockWait(step, error) from error
     except psycopg.OperationalError as error:
-        # On Citus: a node that does not answer (its connection fails, SQLSTATE class 08).
-        if not (error.sqlstate or "").startswith("08") or conn.closed:
+        # On Citus: a node that does not answer (its connection fails, SQLSTATE class 08, sent
+        # by the coordinator; the loss of this connection itself has no SQLSTATE).
+        if not (error.sqlstate or "").startswith("08"):
             raise
         raise HotMeshError(
             f"app {app_id}: a Citus node does not answer ({error.diag.message_primary or error}"
@@ -288,16 +315,25 @@ select citus_is_coordinator(),
        (select count(*) from pg_dist_node where groupid <> 0 and noderole = 'primary'),
        current_setting('citus.enable_schema_based_sharding')::boolean,
        to_regnamespace(%(app)s) is not null,
-       exists (select from pg_dist_schema where schemaid::text = quote_ident(%(app)s))
+       exists (select from pg_dist_schema where schemaid = to_regnamespace(%(app)s))
 """
 
 
-async def _check_citus(conn: psycopg.AsyncConnection[TupleRow], app_id: str) -> bool:
+async def _check_citus(
+    conn: psycopg.AsyncConnection[TupleRow], app_id: str, distribute: str | None = None
+) -> bool:
     """On a Citus cluster, refuse what would install an app that its workers cannot use
     (docs/citus.md): an install on a worker node, or a new app whose tables would stay on the
-    coordinator because schema-based sharding is off. Returns whether Citus is installed."""
+    coordinator because schema-based sharding is off (unless its rows are to be distributed
+    by job_id, which needs a coordinator and an app that is not a distributed schema).
+    Returns whether Citus is installed."""
     cur = await conn.execute("select exists (select from pg_extension where extname = 'citus')")
     if not (await cur.fetchone() or (False,))[0]:
+        if distribute:
+            raise HotMeshError(
+                f"app {app_id}: --distribute {distribute} needs a Citus coordinator, and this "
+                "database has no citus extension (docs/citus.md; nothing was changed)"
+            )
         return False
     cur = await conn.execute(_CITUS, {"app": app_id})
     coordinator, workers, sharding, exists, distributed = await cur.fetchone() or (True, 0, 1, 1, 1)
@@ -306,7 +342,14 @@ async def _check_citus(conn: psycopg.AsyncConnection[TupleRow], app_id: str) -> 
             f"app {app_id}: this database is a Citus worker node; migrate (and connect "
             "workers and clients) through the coordinator (nothing was changed)"
         )
-    if workers and not exists and not sharding:
+    if distribute and distributed:
+        raise HotMeshError(
+            f"app {app_id}: already a distributed schema (Citus schema-based sharding, all its "
+            f"rows on one node); to distribute its rows by {distribute} instead, undistribute "
+            "it first (select citus_schema_undistribute(...)), then migrate again "
+            "(nothing was changed)"
+        )
+    if workers and not exists and not sharding and not distribute:
         raise HotMeshError(
             f"app {app_id}: this database is a Citus coordinator with {workers} worker "
             "node(s), but citus.enable_schema_based_sharding is off, so the app's tables would "

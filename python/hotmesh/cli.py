@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from hotmesh import _install
+from hotmesh import _citus, _install
 from hotmesh import _roles as _roles_module
 from hotmesh._durations import seconds
 from hotmesh.client import MemFlow
@@ -134,6 +134,15 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="install or upgrade an app's schema")
     _common(migrate)
+    migrate.add_argument(
+        "--distribute",
+        choices=("job_id",),
+        help="on a Citus coordinator: distribute the app's rows by workflow id, with an engine "
+        "per shard group (docs/citus-row-distribution.md)",
+    )
+    migrate.add_argument(
+        "--shard-count", type=_positive, help="shard groups of --distribute (citus.shard_count)"
+    )
 
     worker = commands.add_parser("worker", help="serve a task queue until SIGTERM/SIGINT")
     _common(worker)
@@ -614,13 +623,22 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    applied = await _install.migrate(args.dsn, _app(args))
+    applied = await _install.migrate(
+        args.dsn, _app(args), distribute=args.distribute, shard_count=args.shard_count
+    )
     done = ", ".join(f"{v:04d}" for v in applied) if applied else "none (up to date)"
     engine = await _install.engine_version(args.dsn, args.app)
     print(
         f"app {args.app}: migrations applied: {done}; functions installed "
         f"(engine {engine.version}, migration {engine.migration:04d})"
     )
+    async with await psycopg.AsyncConnection.connect(args.dsn) as conn:
+        for shard in await _citus.shard_engines(conn, args.dsn, args.app):
+            node = psycopg.conninfo.conninfo_to_dict(shard.dsn)
+            print(
+                f"shard engine {shard.schema} on {node.get('host')}:{node.get('port')}, "
+                f"worker_hash(workflow id) in [{shard.low}, {shard.high}]"
+            )
     return 0
 
 
