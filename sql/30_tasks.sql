@@ -96,16 +96,13 @@ begin
             message = format('max_tasks must be >= %s, not %s', 1 - sign(p_prefetch),
                              coalesce(p_max_tasks::text, 'null'));
     end if;
-    perform _check_name('worker id', p_worker_id);
-    perform _check_name('build id', p_build_id);
-    perform _check_lease(p_lease);
-    if p_prefetch > 0 then
-        perform _check_lease(p_prefetch_lease);
-    end if;
+    -- One statement for the checks, one for the firing: each is a query of its own.
+    perform _check_name('worker id', p_worker_id), _check_name('build id', p_build_id),
+            _check_lease(p_lease),
+            _check_lease(case when p_prefetch > 0 then p_prefetch_lease else p_lease end);
     -- Due timeouts first (sql/25_timeouts.sql), so a timed-out run is failed, never handed
     -- out again as an expired lease.
-    perform _fire_timeouts(v_now);
-    perform _fire_schedules(v_now);
+    perform _fire_timeouts(v_now), _fire_schedules(v_now);
     -- Human tasks past their due time expire or escalate (sql/49_human_tasks.sql): one probe
     -- of a partial index that holds only live tasks with a due time.
     if exists (select 1 from human_tasks

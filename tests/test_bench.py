@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -152,3 +153,22 @@ def test_bench_reports_every_scenario(
     # The printed table carries the same figures.
     for name, figures in scenarios.items():
         assert all(f"{name:10} {key:24}" in printed for key in figures), name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (callgrind)")
+def test_bench_counts_the_workers_instructions(dsn: str, tmp_path: Path) -> None:
+    """--count-instructions: the worker runs under callgrind; the instructions it executed
+    from the start of the workflows to their end are reported per step (docs/tracing.md)."""
+    out = tmp_path / "bench.json"
+    argv = ["--dsn", dsn, "--app", "bench_" + uuid.uuid4().hex[:8], *TINY]
+    argv += ["--scenarios", "steps", "--count-instructions", "--json", str(out)]
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.main(parser.parse_args(argv)) == 0
+    steps = json.loads(out.read_text())["scenarios"]["steps"]
+    assert steps["not_completed"] == 0
+    # A step is some hundred thousand instructions of the worker's: never none, never a
+    # whole second's worth.
+    assert 10_000 < steps["worker_instructions_per_step"] < 1_000_000_000

@@ -49,7 +49,14 @@ from hotmesh.rows import (
     WorkflowDescription,
     WorkflowSummary,
 )
-from hotmesh.worker import STICKY_CACHE, Registry, Worker, check_build_id, default_build_id
+from hotmesh.worker import (
+    PREFETCH,
+    STICKY_CACHE,
+    Registry,
+    Worker,
+    check_build_id,
+    default_build_id,
+)
 from hotmesh.workflow import ActivityFunctions, _named, check_workflow_function, start_options
 
 if TYPE_CHECKING:
@@ -706,7 +713,7 @@ class WorkerFactory:
         build_id: str | None = None,
         interceptors: Iterable[Interceptor] | None = None,
         sticky_cache: int = STICKY_CACHE,
-        prefetch: int = 64,
+        prefetch: int = PREFETCH,
     ) -> Worker:
         """Register `workflow` (an `async def`, or several) on `task_queue` and serve the
         queue. A second create for the same queue adds to the worker that already serves it.
@@ -740,7 +747,7 @@ class WorkerFactory:
         activities: ActivityFunctions,
         concurrency: int = 8,
         lease: float = 30.0,
-        prefetch: int = 64,
+        prefetch: int = PREFETCH,
     ) -> Worker:
         """Serve `activities` on `task_queue`: workflows anywhere that proxy them with this
         queue get them run here (`prefetch` as for create)."""
@@ -928,7 +935,7 @@ class MemFlow:
         lease: float,
         build_id: str | None = None,
         sticky_cache: int = STICKY_CACHE,
-        prefetch: int = 64,
+        prefetch: int = PREFETCH,
     ) -> Worker:
         workers = self.workers.get(task_queue)
         if not workers or workers[0].stopping:

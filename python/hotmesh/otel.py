@@ -28,14 +28,22 @@ never when history answers it. Errors are recorded on the span that raised them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
 from hotmesh import _runner
 from hotmesh._commands import Command, SendSignal, StartChild, StartHook
@@ -48,14 +56,25 @@ if TYPE_CHECKING:
 
 __all__ = ["TracingInterceptor"]
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+_EMPTY = Context()
 
 
+@functools.lru_cache(maxsize=1024)
 def _continued(traceparent: str | None) -> Context | None:
-    """The context of a stored traceparent (None: the current one)."""
+    """The context of a stored traceparent (None: the current one): what the W3C propagator
+    extracts, read here directly (its extract is 45 k instructions, a fifth of a span). The
+    database stores only `00-<32 hex>-<16 hex>-<2 hex>` with nonzero ids (_is_traceparent).
+    Kept, as contexts are immutable: a workflow's activations all continue its start's, and
+    a remote activity's attempts, the one activation's that scheduled them."""
     if not traceparent:
         return None
-    return _PROPAGATOR.extract({"traceparent": traceparent})
+    parent = SpanContext(
+        int(traceparent[3:35], 16),
+        int(traceparent[36:52], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(traceparent[53:55], 16)),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent), _EMPTY)
 
 
 def traceparent_of(span: Span) -> str | None:

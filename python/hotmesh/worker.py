@@ -95,6 +95,11 @@ _LIMITS_FRESH = 1.0
 # replayed (bench's `remote`, 500 in flight, missed 9 in 10 at 256).
 STICKY_CACHE = 1024
 STICKY_TTL = 10.0
+# Tasks a worker claims ahead of its free slots by default (Worker.prefetch). A claim and a
+# completion each cost the database about a millisecond whatever their size, so a drain's
+# cost per task falls with the batch: the buffer refills at half, so claims take about half
+# of this (docs/performance.md#bigger-batches).
+PREFETCH = 256
 # A prefetched task's lease until it starts: how long a worker that died holds it up.
 _PREFETCH_LEASE = 5.0
 # A prefetched task that runs is started in the database (start_tasks) this long after, in
@@ -231,7 +236,7 @@ class Worker:
         lease: float = 30.0,
         build_id: str | None = None,
         sticky_cache: int = STICKY_CACHE,
-        prefetch: int = 64,
+        prefetch: int = PREFETCH,
     ) -> None:
         if concurrency < 1:
             raise errors.InvalidArgument(f"concurrency must be >= 1, not {concurrency}")

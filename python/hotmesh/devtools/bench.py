@@ -120,7 +120,8 @@ def _percentile(values: list[float], q: float) -> float:
 def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> Iterator[int]:
     """A worker process serving `specs` on `queue`; yields its pid."""
     env = {**os.environ, "DATABASE_URL": dsn}
-    command = [sys.executable, "-m", "hotmesh.cli", "worker", *specs, "--queue", queue]
+    command = [*_WORKER_PREFIX, sys.executable, "-m", "hotmesh.cli", "worker", *specs]
+    command += ["--queue", queue]
     command += ["--app", app, "--concurrency", str(concurrency)]
     command += [arg for spec in _INTERCEPTORS for arg in ("--interceptor", spec)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
@@ -142,6 +143,9 @@ def _worker(dsn: str, app: str, queue: str, *specs: str, concurrency: int) -> It
 
 # `hotmesh bench --interceptor MODULE:FACTORY`: what every worker process runs with.
 _INTERCEPTORS: list[str] = []
+# `hotmesh bench --count-instructions`: every worker process runs under valgrind's callgrind.
+_WORKER_PREFIX: list[str] = []
+_CALLGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
 
 
 def traced_noop(sampler: Any = None) -> Any:
@@ -176,6 +180,18 @@ def _cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _instructions(pid: int | None, zero: bool = False) -> int | None:
+    """The instructions a worker run under callgrind (--count-instructions) executed since
+    they were last zeroed (all its threads); None without it."""
+    if not _WORKER_PREFIX or pid is None:
+        return None
+    command = ["callgrind_control", "--zero" if zero else "-e", str(pid)]
+    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    # "   Th 1  10,583,791": one line per thread.
+    return sum(int(line.split()[2].replace(",", "")) for line in shown.splitlines()
+               if line.split()[:1] == ["Th"])  # fmt: skip
 
 
 def _server_cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
@@ -447,6 +463,8 @@ def workflows(
             counters = Counters(conn)
             cpu0 = _cpu_seconds(pid)
             activity_cpu0 = _cpu_seconds(activity_pid) if activity_pid else 0.0
+            _instructions(pid, zero=True)
+            _instructions(activity_pid, zero=True)
             server_cpu0 = _server_cpu_seconds(conn)
             conn.execute(
                 sql.SQL(
@@ -457,9 +475,13 @@ def workflows(
                 ).format(sql.Identifier(app)),
                 (name, steps, count),
             )
-            polls = _wait_done(conn, app, count, timeout=60 + count * steps / 50)
+            # Under callgrind a worker runs some fifty times slower.
+            slowdown = 50 if _WORKER_PREFIX else 1
+            polls = _wait_done(conn, app, count, timeout=(60 + count * steps / 50) * slowdown)
             cpu = _cpu_seconds(pid) - cpu0
             activity_cpu = _cpu_seconds(activity_pid) - activity_cpu0 if activity_pid else None
+            instructions = _instructions(pid)
+            activity_instructions = _instructions(activity_pid)
             server_cpu = _server_cpu_seconds(conn)
             if server_cpu is not None and server_cpu0 is not None:
                 server_cpu -= server_cpu0
@@ -483,6 +505,16 @@ def workflows(
             else {"activity_cpu_ms_per_step": activity_cpu * 1000 / total_steps}
         ),
         "db_cpu_ms_per_step": None if server_cpu is None else server_cpu * 1000 / total_steps,
+        **(
+            {}
+            if instructions is None
+            else {"worker_instructions_per_step": round(instructions / total_steps)}
+        ),
+        **(
+            {}
+            if activity_instructions is None
+            else {"activity_instructions_per_step": round(activity_instructions / total_steps)}
+        ),
         "not_completed": timing["not_completed"],
     }
 
@@ -1049,6 +1081,9 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dsn, app = args.dsn, args.app
     _INTERCEPTORS[:] = args.interceptor
+    if args.count_instructions and shutil.which("callgrind_control") is None:
+        raise ValueError("--count-instructions needs valgrind (callgrind_control) on the PATH")
+    _WORKER_PREFIX[:] = _CALLGRIND if args.count_instructions else []
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
@@ -1268,6 +1303,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE:FACTORY",
         help="run the worker processes with this interceptor (hotmesh.devtools.bench:traced_noop:"
         " OpenTelemetry with an exporter that drops the spans)",
+    )
+    parser.add_argument(
+        "--count-instructions",
+        action="store_true",
+        help="run the worker processes under valgrind (callgrind) and report the instructions"
+        " they execute per step of steps, limited and remote: a figure the machine's load does"
+        " not change (the rates are then valgrind's, much lower)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling duration (5)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
