@@ -178,6 +178,8 @@ async def test_errors_are_recorded_on_their_spans(
     found = [as_json(span) for span in exporter.get_finished_spans()]
     attempts = [s for s in found if s["name"] == "RunActivity:lookup"]
     assert sorted(s["attributes"]["hotmesh.attempt"] for s in attempts) == [1, 2]
+    (step,) = {s["attributes"]["hotmesh.step"] for s in attempts}  # both attempts of one step
+    assert isinstance(step, int) and step >= 1
     assert all(s["status"] == "ERROR" and s["events"] == ["exception"] for s in attempts)
     last = [s for s in found if s["name"] == "RunWorkflow:failing"][-1]
     assert last["status"] == "ERROR"
@@ -229,6 +231,7 @@ async def test_an_activity_span_is_current_while_it_runs(
     (failed,) = [s for s in found if s["name"] == "RunActivity:query" and s["status"] == "ERROR"]
     assert failed["events"] == ["exception"]
     assert failed["attributes"]["hotmesh.inline"] is True
+    assert isinstance(failed["attributes"]["hotmesh.step"], int)
 
 
 async def test_a_bad_traceparent_is_refused(mf: MemFlow, db: SQL) -> None:

@@ -19,7 +19,8 @@ _current: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar("hotmesh
 
 @dataclass(frozen=True)
 class ActivityInfo:
-    """The activity's workflow id, name, queue and attempt (1 for the first run)."""
+    """The activity's workflow id, name, queue and attempt (1 for the first run), and the
+    workflow's step that records it."""
 
     workflow_id: str
     activity_name: str
@@ -30,6 +31,7 @@ class ActivityInfo:
     # The W3C trace context it continues (docs/tracing.md): the scheduling activation's,
     # else its workflow's, when there is one.
     traceparent: str | None = None
+    step: int | None = None  # the step's seq in its workflow's history
 
 
 def info() -> ActivityInfo:

@@ -263,6 +263,7 @@ class TracingInterceptor(Interceptor):
                 "hotmesh.workflow_id": info.workflow_id,
                 "hotmesh.activity": info.activity_name,
                 "hotmesh.task_queue": info.task_queue,
+                "hotmesh.step": info.step,
                 "hotmesh.attempt": info.attempt,
                 "hotmesh.inline": info.inline,
             },

@@ -1004,8 +1004,9 @@ class Worker:
                 asyncio.run_coroutine_threadsafe(coro, loop)
 
         info = ActivityInfo(
-            task.job_id, task.name, task.task_queue, task.attempt, False, beat, task.traceparent
-        )
+            task.job_id, task.name, task.task_queue, task.attempt, False, beat, task.traceparent,
+            task.seq,
+        )  # fmt: skip
         metrics = self.registry.metrics
         began = time.perf_counter()
         try:
@@ -1127,7 +1128,7 @@ class _Executor:
                 attempt = 1 if recorded is None else recorded.attempt + 1
                 info = ActivityInfo(
                     task.job_id, name, queue, attempt, True,
-                    traceparent=command.traceparent or task.traceparent,
+                    traceparent=command.traceparent or task.traceparent, step=seq,
                 )  # fmt: skip
                 layers = self.registry.interceptors_for(queue)
                 began = time.perf_counter()
