@@ -409,6 +409,10 @@ def test_cancel_with_descend_and_a_workflow_finished_meanwhile(
     start(db, "nobody_serves_this", [], "C2", queue="idle")
     page.goto(detail(site, "C2"))
     page.click("form[action$='/cancel'] button")
+    # The confirmation shown first: a click's navigation may still be on its way to the server.
+    expect(page.locator("#statement")).to_have_text(
+        f"select {site.app}.cancel_workflow('C2', null, true);"
+    )
     db.one("select cancel_workflow('C2', 'from psql')")
     page.click("#confirm button")
     expect(page.locator("#problem")).to_contain_text('(HM003): workflow "C2" is cancelled')
