@@ -439,15 +439,18 @@ begin
 end
 $$;
 
+drop function if exists _transition(text, text, jsonb, jsonb);
 create or replace function _transition(
-    p_job_id text, p_to text, p_result jsonb default null, p_error jsonb default null
+    p_job_id text, p_to text, p_result jsonb default null, p_error jsonb default null,
+    p_build_id text default null
 ) returns jobs
 language plpgsql
 as $$
 declare
     v_job jobs;
 begin
-    select * into v_job from _transitions(array[p_job_id], p_to, array[p_result], p_error);
+    select * into v_job
+      from _transitions(array[p_job_id], p_to, array[p_result], p_error, array[p_build_id]);
     if not found then
         select * into v_job from jobs where id = p_job_id;
         if not found then

@@ -591,11 +591,9 @@ begin
            and status in ('scheduled', 'retrying') and wake_at is not null;
     end if;
     -- From running, or in one write from pending or waiting when it was claimed ahead and
-    -- never started; _transition names why a workflow that cannot wait does not.
-    if v_task.thread = 'main'
-       and not exists (select from _transitions(array[v_task.job_id], 'waiting', null, null,
-                                                array[v_task.build_id])) then
-        perform _transition(v_task.job_id, 'waiting');
+    -- never started (with the build that ran it).
+    if v_task.thread = 'main' then
+        perform _transition(v_task.job_id, 'waiting', null, null, v_task.build_id);
     end if;
     if v_next is null then
         delete from tasks where id = v_task.id;
@@ -731,7 +729,8 @@ begin
       from _transitions(v_waits, 'waiting', null, null, v_wait_builds) as j;
     if cardinality(v_waited) < cardinality(v_waits) then
         -- One that cannot wait (ended meanwhile): _transition refuses it, naming why.
-        perform _transition(w.id, 'waiting') from unnest(v_waits) as w (id)
+        perform _transition(w.id, 'waiting', null, null, w.build)
+           from unnest(v_waits, v_wait_builds) as w (id, build)
           where w.id <> all(v_waited);
     end if;
     delete from tasks where id = any(v_parked_ids);

@@ -751,7 +751,7 @@ create function <app>._timeout_error(p_task <app>.tasks, p_now timestamp with ti
     language sql stable;
 create function <app>._tokens(p_limits <app>.queue_limits, p_bucket <app>.queue_buckets, p_now timestamp with time zone) returns double precision
     language sql immutable;
-create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb) returns <app>.jobs
+create function <app>._transition(p_job_id text, p_to text, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb, p_build_id text DEFAULT NULL::text) returns <app>.jobs
     language plpgsql volatile;
 create function <app>._transitions(p_job_ids text[], p_to text, p_results jsonb[] DEFAULT NULL::jsonb[], p_error jsonb DEFAULT NULL::jsonb, p_build_ids text[] DEFAULT NULL::text[]) returns SETOF <app>.jobs
     language plpgsql volatile;
